@@ -1,0 +1,57 @@
+# Concord's commands. `make run` is the main job, `make test` the whole suite (see README.md).
+# Every Python tool runs from the venv that scripts/bootstrap.sh maintains outside the repo.
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+# Same default as scripts/bootstrap.sh; exported so both always agree.
+VENV ?= $(or $(CONCORD_VENV),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/concord/venv)
+export CONCORD_VENV := $(VENV)
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+
+SEEDS ?= 2000
+
+.PHONY: help bootstrap run test sim lint typecheck fmt clean
+
+help:
+	@echo "make run           run the demo (python -m coordinator.demo)"
+	@echo "make test          the whole suite: lint, typecheck, import contracts, pytest, sim"
+	@echo "make sim SEEDS=N   run N simulation seeds (default $(SEEDS))"
+	@echo "make lint | typecheck | fmt | clean"
+
+bootstrap:
+	@bash scripts/bootstrap.sh
+
+run: bootstrap
+	$(PY) -m coordinator.demo
+
+test: bootstrap
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy -p coordinator -p concord_operator
+	$(BIN)/lint-imports
+	$(BIN)/pytest
+	$(MAKE) --no-print-directory sim SEEDS=$(SEEDS)
+
+sim: bootstrap
+	$(PY) -m coordinator.testing.sim --seeds $(SEEDS)
+
+lint: bootstrap
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+
+typecheck: bootstrap
+	$(BIN)/mypy -p coordinator -p concord_operator
+
+fmt: bootstrap
+	$(BIN)/ruff check --select I --fix .
+	$(BIN)/ruff format .
+
+# Build outputs and tool caches only: never the venv, demo data (.run/) or results (.results/).
+clean:
+	rm -rf build dist .mypy_cache .ruff_cache .pytest_cache .import_linter_cache
+	find . -path ./.git -prune -o \( -name __pycache__ -o -name '*.egg-info' \) -type d \
+		-prune -exec rm -rf {} +

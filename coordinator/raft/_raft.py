@@ -1,0 +1,857 @@
+"""The Raft protocol proper: one node's state and its reaction to every input.
+
+All inputs funnel through `step()`. It first normalizes the message's term (§5.1: a higher
+term turns us into a follower; a lower one is answered or ignored), then handles the
+messages every role treats alike (votes), and then hands over to the role's own handler,
+which `_become_*` swaps. Ticks become local messages (HUP, BEAT, CHECK_QUORUM) that take the
+same path, so there is exactly one way for anything to happen.
+
+Outputs accumulate in `msgs` and `read_states` and in the log's unstable tail; `RawNode`
+packages them into a `Ready` for the caller, which persists before it sends (see
+`coordinator.runtime.driver.handle_ready`).
+
+The node never reads a clock, a socket, a file or a global random source: time arrives as
+`tick()` calls, randomness from `Config.rng`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from . import _quorum as quorum
+from ._confchange import ConfChange, ConfChangeType, apply_change
+from ._log import RaftLog
+from ._progress import Inflights, Progress, ProgressState
+from ._readonly import PendingRead, ReadOnly
+from .errors import ConfChangeError, NotLeaderError, ProposalDroppedError
+from .messages import (
+    NONE,
+    ConfState,
+    Entry,
+    EntryKind,
+    Message,
+    MessageType,
+    ReadState,
+    Role,
+    Snapshot,
+    SnapshotMeta,
+)
+from .storage import CompactedError, LogStorage
+
+MT = MessageType
+
+
+class RandomSource(Protocol):
+    """The slice of `random.Random` the core uses; inject one seeded per node."""
+
+    def randrange(self, start: int, stop: int, /) -> int: ...
+
+
+class Logger(Protocol):
+    def debug(self, msg: str, /, *args: object) -> None: ...
+
+    def info(self, msg: str, /, *args: object) -> None: ...
+
+    def warning(self, msg: str, /, *args: object) -> None: ...
+
+
+class NullLogger:
+    def debug(self, msg: str, /, *args: object) -> None:
+        pass
+
+    def info(self, msg: str, /, *args: object) -> None:
+        pass
+
+    def warning(self, msg: str, /, *args: object) -> None:
+        pass
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    id: int
+    rng: RandomSource
+    election_timeout_ticks: int = 10
+    """Followers wait a random [T, 2T) ticks without a leader before campaigning."""
+    heartbeat_ticks: int = 1
+    max_msg_bytes: int = 1 << 20
+    """Upper bound on the entries carried by one APP (batching)."""
+    max_inflight_msgs: int = 256
+    """Unacknowledged APPs per follower in REPLICATE state (pipelining window)."""
+    max_apply_bytes: int | None = 8 << 20
+    """Upper bound on the committed entries handed out by one Ready."""
+    snapshot_chunk_bytes: int = 1 << 20
+    pre_vote: bool = True
+    check_quorum: bool = True
+    logger: Logger = field(default_factory=NullLogger)
+
+    def validate(self) -> None:
+        if self.id <= 0:
+            raise ValueError("Config.id must be a positive integer")
+        if self.heartbeat_ticks <= 0:
+            raise ValueError("Config.heartbeat_ticks must be positive")
+        if self.election_timeout_ticks <= self.heartbeat_ticks:
+            raise ValueError("Config.election_timeout_ticks must exceed heartbeat_ticks")
+        if self.max_inflight_msgs <= 0 or self.snapshot_chunk_bytes <= 0:
+            raise ValueError("Config.max_inflight_msgs and snapshot_chunk_bytes must be positive")
+
+
+class CampaignKind(enum.Enum):
+    PRE_VOTE = "pre-vote"
+    ELECTION = "election"
+    TRANSFER = "transfer"
+
+
+@dataclass(slots=True)
+class _IncomingSnapshot:
+    meta: SnapshotMeta
+    buf: bytearray
+
+
+class Raft:
+    def __init__(self, config: Config, storage: LogStorage) -> None:
+        config.validate()
+        self.cfg = config
+        self.id = config.id
+        self.log = RaftLog(storage)
+        self.term = 0
+        self.vote = NONE
+        self.lead = NONE
+        self.role = Role.FOLLOWER
+        self.msgs: list[Message] = []
+        self.read_states: list[ReadState] = []
+        self.prs: dict[int, Progress] = {}
+        self.votes: dict[int, bool] = {}
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self.randomized_election_timeout = config.election_timeout_ticks
+        self.lead_transferee = NONE
+        self.read_only = ReadOnly()
+        self.incoming_snapshot: _IncomingSnapshot | None = None
+        self._step_role: Callable[[Message], None] = self._step_follower
+
+        hs, snap_conf = storage.initial_state()
+        # Configurations in force: the snapshot's, then one per CONF entry in the log
+        # (index, term, conf), newest last. Truncating the log rolls them back.
+        self.base_conf = snap_conf
+        self.conf_history: list[tuple[int, int, ConfState]] = []
+        first, last = storage.first_index(), storage.last_index()
+        if last >= first:
+            self._record_confs(storage.entries(first, last + 1))
+        self.conf = self._newest_conf()
+        if hs.commit:
+            self.log.commit_to(hs.commit)
+        self.term, self.vote = hs.term, hs.vote
+        self._sync_progress()
+        self._become_follower(self.term, NONE)
+
+    # ------------------------------------------------------------------ configuration
+
+    def _newest_conf(self) -> ConfState:
+        return self.conf_history[-1][2] if self.conf_history else self.base_conf
+
+    def _record_confs(self, entries: list[Entry] | tuple[Entry, ...]) -> None:
+        newest = self.conf_history[-1][0] if self.conf_history else 0
+        for e in entries:
+            if e.kind is EntryKind.CONF and e.index > newest:
+                self.conf_history.append((e.index, e.term, ConfState.decode(e.data)))
+
+    def _after_log_change(self, appended: list[Entry] | tuple[Entry, ...]) -> None:
+        """Keep the configuration equal to the newest CONF entry in the log."""
+        hist = self.conf_history
+        while hist and self.log.term(hist[-1][0]) != hist[-1][1]:
+            hist.pop()  # that entry was truncated away by a new leader
+        self._record_confs(appended)
+        conf = self._newest_conf()
+        if conf != self.conf:
+            self.conf = conf
+            self._sync_progress()
+
+    def _sync_progress(self) -> None:
+        last = self.log.last_index()
+        members = self.conf.members
+        for node in list(self.prs):
+            if node not in members:
+                del self.prs[node]
+        for node in members:
+            pr = self.prs.get(node)
+            if pr is None:
+                pr = Progress(0, last + 1, Inflights(self.cfg.max_inflight_msgs))
+                if node == self.id:
+                    pr.match = last
+                self.prs[node] = pr
+            pr.learner = node in self.conf.learners
+        if self.lead_transferee != NONE and self.lead_transferee not in self.conf.voters:
+            self.lead_transferee = NONE
+
+    def promotable(self) -> bool:
+        return self.id in self.conf.voters
+
+    def pending_conf_index(self) -> int:
+        return self.conf_history[-1][0] if self.conf_history else 0
+
+    def compact_conf_history(self) -> None:
+        """Fold configurations below the log's start into the base (bounded memory)."""
+        first = self.log.first_index()
+        while len(self.conf_history) > 1 and self.conf_history[1][0] < first:
+            self.conf_history.pop(0)
+        if self.conf_history and self.conf_history[0][0] < first:
+            self.base_conf = self.conf_history.pop(0)[2]
+
+    # ------------------------------------------------------------------ role changes
+
+    def _reset(self, term: int) -> None:
+        if term != self.term:
+            self.term = term
+            self.vote = NONE
+        self.lead = NONE
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self.randomized_election_timeout = self.cfg.election_timeout_ticks + self.cfg.rng.randrange(
+            0, self.cfg.election_timeout_ticks
+        )
+        self.lead_transferee = NONE
+        self.votes = {}
+        self.read_only = ReadOnly()
+        last = self.log.last_index()
+        for node, pr in self.prs.items():
+            pr.match = last if node == self.id else 0
+            pr.next = last + 1
+            pr.recent_active = node == self.id
+            pr.read_ack = 0
+            pr.become_probe()
+            pr.next = last + 1
+
+    def _become_follower(self, term: int, lead: int) -> None:
+        self._reset(term)
+        self.lead = lead
+        self.role = Role.FOLLOWER
+        self._step_role = self._step_follower
+
+    def _become_pre_candidate(self) -> None:
+        # Term and vote stay: a pre-candidate disturbs nobody until it knows it could win.
+        self.votes = {}
+        self.lead = NONE
+        self.role = Role.PRE_CANDIDATE
+        self._step_role = self._step_candidate
+
+    def _become_candidate(self) -> None:
+        self._reset(self.term + 1)
+        self.vote = self.id
+        self.role = Role.CANDIDATE
+        self._step_role = self._step_candidate
+
+    def _become_leader(self) -> None:
+        self._reset(self.term)
+        self.lead = self.id
+        self.role = Role.LEADER
+        self._step_role = self._step_leader
+        self.cfg.logger.info("node %d became leader at term %d", self.id, self.term)
+        # An empty entry of our own term: committing it commits everything before it
+        # (§5.4.2) and tells us the true commit index for ReadIndex.
+        self._append([Entry(0, 0)])
+        self._bcast_append()
+
+    # ------------------------------------------------------------------ ticks
+
+    def tick(self) -> None:
+        if self.role is Role.LEADER:
+            self._tick_heartbeat()
+        else:
+            self._tick_election()
+
+    def _tick_election(self) -> None:
+        self.election_elapsed += 1
+        if self.promotable() and self.election_elapsed >= self.randomized_election_timeout:
+            self.election_elapsed = 0
+            self.step(Message(MT.HUP, to=self.id, frm=self.id))
+
+    def _tick_heartbeat(self) -> None:
+        self.heartbeat_elapsed += 1
+        self.election_elapsed += 1
+        if self.election_elapsed >= self.cfg.election_timeout_ticks:
+            self.election_elapsed = 0
+            if self.cfg.check_quorum:
+                self.step(Message(MT.CHECK_QUORUM, to=self.id, frm=self.id))
+            if self.role is Role.LEADER and self.lead_transferee != NONE:
+                self.cfg.logger.info("leadership transfer to %d timed out", self.lead_transferee)
+                self.lead_transferee = NONE
+        if self.role is not Role.LEADER:
+            return
+        if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks:
+            self.heartbeat_elapsed = 0
+            self.step(Message(MT.BEAT, to=self.id, frm=self.id))
+
+    # ------------------------------------------------------------------ the funnel
+
+    def step(self, m: Message) -> None:
+        if m.term == 0:
+            pass  # local message
+        elif m.term > self.term:
+            if m.type is MT.VOTE or m.type is MT.PRE_VOTE:
+                in_lease = (
+                    self.cfg.check_quorum
+                    and self.lead != NONE
+                    and self.election_elapsed < self.cfg.election_timeout_ticks
+                )
+                if in_lease and not m.force:
+                    # We heard from a live leader recently: a node that cannot hear it must
+                    # not depose it (leader stickiness, thesis §9.6).
+                    return
+            if m.type is MT.PRE_VOTE or (m.type is MT.PRE_VOTE_RESP and not m.reject):
+                pass  # a PreVote never changes terms; the winner bumps its own
+            elif m.type is MT.APP or m.type is MT.HEARTBEAT or m.type is MT.SNAP:
+                self._become_follower(m.term, m.frm)
+            else:
+                self._become_follower(m.term, NONE)
+        elif m.term < self.term:
+            if (self.cfg.check_quorum or self.cfg.pre_vote) and (
+                m.type is MT.HEARTBEAT or m.type is MT.APP
+            ):
+                # A stale leader (e.g. back from a partition) learns our term and steps
+                # down; without this it could never hear of the new term under PreVote.
+                self._send(Message(MT.APP_RESP, to=m.frm, frm=self.id, term=self.term))
+            elif m.type is MT.PRE_VOTE:
+                self._send(
+                    Message(MT.PRE_VOTE_RESP, to=m.frm, frm=self.id, term=self.term, reject=True)
+                )
+            return
+
+        match m.type:
+            case MT.HUP:
+                self._hup()
+            case MT.VOTE | MT.PRE_VOTE:
+                self._handle_vote_request(m)
+            case _:
+                self._step_role(m)
+
+    def _hup(self) -> None:
+        if self.role is Role.LEADER or not self.promotable():
+            return
+        self._campaign(CampaignKind.PRE_VOTE if self.cfg.pre_vote else CampaignKind.ELECTION)
+
+    def _campaign(self, kind: CampaignKind) -> None:
+        if kind is CampaignKind.PRE_VOTE:
+            self._become_pre_candidate()
+            vote_type, term = MT.PRE_VOTE, self.term + 1
+        else:
+            self._become_candidate()
+            vote_type, term = MT.VOTE, self.term
+        self.votes[self.id] = True
+        if self._poll() is quorum.VoteResult.WON:
+            return  # a single-voter cluster wins at once
+        last_index, last_term = self.log.last_index(), self.log.last_term()
+        for node in sorted(self.conf.voters):
+            if node != self.id:
+                self._send(
+                    Message(
+                        vote_type,
+                        to=node,
+                        frm=self.id,
+                        term=term,
+                        index=last_index,
+                        log_term=last_term,
+                        force=kind is CampaignKind.TRANSFER,
+                    )
+                )
+
+    def _poll(self) -> quorum.VoteResult:
+        result = quorum.vote_result(self.conf.voters, self.votes)
+        if result is quorum.VoteResult.WON:
+            if self.role is Role.PRE_CANDIDATE:
+                self._campaign(CampaignKind.ELECTION)
+            else:
+                self._become_leader()
+        elif result is quorum.VoteResult.LOST:
+            self._become_follower(self.term, NONE)
+        return result
+
+    def _handle_vote_request(self, m: Message) -> None:
+        pre = m.type is MT.PRE_VOTE
+        can_vote = (
+            self.vote == m.frm
+            or (self.vote == NONE and self.lead == NONE)
+            or (pre and m.term > self.term)
+        )
+        resp_type = MT.PRE_VOTE_RESP if pre else MT.VOTE_RESP
+        if can_vote and self.log.is_up_to_date(m.index, m.log_term):
+            # A granted PreVote answers in the asked-for term so the pre-candidate counts it.
+            self._send(Message(resp_type, to=m.frm, frm=self.id, term=m.term))
+            if not pre:
+                self.election_elapsed = 0
+                self.vote = m.frm
+        else:
+            self._send(Message(resp_type, to=m.frm, frm=self.id, term=self.term, reject=True))
+
+    # ------------------------------------------------------------------ leader
+
+    def _step_leader(self, m: Message) -> None:
+        match m.type:
+            case MT.BEAT:
+                self._bcast_heartbeat()
+                return
+            case MT.CHECK_QUORUM:
+                active = [n for n, pr in self.prs.items() if pr.recent_active]
+                if not quorum.has_quorum(self.conf.voters, active):
+                    self.cfg.logger.warning(
+                        "leader %d lost contact with a quorum; stepping down", self.id
+                    )
+                    self._become_follower(self.term, NONE)
+                    return
+                for node, peer in self.prs.items():
+                    peer.recent_active = node == self.id
+                return
+            case MT.READ_INDEX:
+                self._handle_read_request(m.context, m.frm)
+                return
+            case _:
+                pass
+
+        pr = self.prs.get(m.frm)
+        if pr is None:
+            return  # not (or no longer) a member
+        match m.type:
+            case MT.APP_RESP:
+                pr.recent_active = True
+                self._handle_append_response(m, pr)
+            case MT.HEARTBEAT_RESP:
+                pr.recent_active = True
+                pr.probe_sent = False
+                if pr.state is ProgressState.REPLICATE and pr.inflights.full():
+                    # An APP was probably lost; free one slot so replication can resume
+                    # (the follower will reject any gap and we fall back to probing).
+                    pr.inflights.items.popleft()
+                if pr.state is ProgressState.SNAPSHOT:
+                    pr.snapshot_sent = False  # resend the unacknowledged chunk
+                    self._send_snapshot_chunk(m.frm, pr)
+                elif pr.match < self.log.last_index():
+                    self._send_append(m.frm)
+                if m.context > pr.read_ack:
+                    pr.read_ack = m.context
+                    self._release_reads()
+            case MT.SNAP_RESP:
+                pr.recent_active = True
+                self._handle_snapshot_response(m, pr)
+            case _:
+                pass
+
+    def _handle_append_response(self, m: Message, pr: Progress) -> None:
+        if m.reject:
+            probe = m.hint_index
+            if m.log_term > 0:
+                probe = self.log.find_conflict_by_term(m.hint_index, m.log_term)
+            if pr.maybe_decr_to(m.index, probe):
+                if pr.state is ProgressState.REPLICATE:
+                    pr.become_probe()
+                self._send_append(m.frm)
+            return
+        was_paused = pr.is_paused()
+        if not pr.maybe_update(m.index):
+            return
+        if pr.state is ProgressState.PROBE:
+            pr.become_replicate()
+        elif pr.state is ProgressState.SNAPSHOT:
+            snap_index = pr.snapshot.meta.index if pr.snapshot is not None else 0
+            if pr.match >= snap_index or pr.match + 1 >= self.log.first_index():
+                pr.become_probe()
+                pr.become_replicate()
+        else:
+            pr.inflights.free_to(m.index)
+        if self._maybe_commit():
+            self._bcast_append()
+        if self.role is not Role.LEADER:
+            return  # our own removal committed and we stepped down
+        if was_paused:
+            self._send_append(m.frm)
+        while self._send_append(m.frm, send_if_empty=False):
+            pass  # keep the pipeline full
+        if m.frm == self.lead_transferee and pr.match == self.log.last_index():
+            self._send(Message(MT.TIMEOUT_NOW, to=m.frm, frm=self.id, term=self.term))
+
+    def _maybe_commit(self) -> bool:
+        match = {node: pr.match for node, pr in self.prs.items()}
+        index = quorum.committed_index(self.conf.voters, match)
+        # §5.4.2: only an entry of the current term is committed by counting replicas.
+        if index <= self.log.committed or self.log.term(index) != self.term:
+            return False
+        first_in_term = self.log.term(self.log.committed) != self.term
+        self.log.commit_to(index)
+        if first_in_term:
+            self._on_first_commit_in_term()
+        if self.id not in self.conf.voters and self.pending_conf_index() <= index:
+            self._step_down_after_removal()
+            return False
+        return True
+
+    def _on_first_commit_in_term(self) -> None:
+        waiting, self.read_only.awaiting_commit = self.read_only.awaiting_commit, []
+        for context, requester in waiting:
+            self._handle_read_request(context, requester)
+
+    def _step_down_after_removal(self) -> None:
+        """Our own removal committed: hand over to the most up-to-date voter at once."""
+        self._bcast_append()  # tell followers the commit index first
+        best = max(
+            (n for n in self.conf.voters if n in self.prs),
+            key=lambda n: (self.prs[n].match, -n),
+            default=NONE,
+        )
+        if best != NONE and self.prs[best].match == self.log.last_index():
+            self._send(Message(MT.TIMEOUT_NOW, to=best, frm=self.id, term=self.term))
+        self.cfg.logger.info("leader %d removed from the configuration; stepping down", self.id)
+        self._become_follower(self.term, NONE)
+
+    def _send_append(self, to: int, send_if_empty: bool = True) -> bool:
+        pr = self.prs[to]
+        if self.role is not Role.LEADER or to == self.id or pr.is_paused():
+            return False
+        prev_index = pr.next - 1
+        prev_term = self.log.term(prev_index)
+        entries: list[Entry] = []
+        if prev_term == 0 and prev_index != 0:
+            compacted = True
+        else:
+            try:
+                entries = self.log.entries_from(pr.next, self.cfg.max_msg_bytes)
+                compacted = False
+            except CompactedError:
+                compacted = True
+        if compacted:
+            snap = self.log.storage.snapshot()
+            if snap.empty:
+                return False  # entries not yet in storage; a later Ready will fix this
+            pr.become_snapshot(snap)
+            self._send_snapshot_chunk(to, pr)
+            return False
+        if not entries and not send_if_empty:
+            return False
+        self._send(
+            Message(
+                MT.APP,
+                to=to,
+                frm=self.id,
+                term=self.term,
+                index=prev_index,
+                log_term=prev_term,
+                entries=tuple(entries),
+                commit=self.log.committed,
+            )
+        )
+        pr.sent_entries(entries[-1].index if entries else prev_index, len(entries))
+        return True
+
+    def _bcast_append(self) -> None:
+        for node in self.prs:
+            if node != self.id:
+                self._send_append(node)
+
+    def _bcast_heartbeat(self, context: int | None = None) -> None:
+        ctx = self.read_only.seq if context is None else context
+        for node, pr in self.prs.items():
+            if node != self.id:
+                self._send(
+                    Message(
+                        MT.HEARTBEAT,
+                        to=node,
+                        frm=self.id,
+                        term=self.term,
+                        commit=min(pr.match, self.log.committed),
+                        context=ctx,
+                    )
+                )
+
+    def _send_snapshot_chunk(self, to: int, pr: Progress) -> None:
+        snap = pr.snapshot
+        if snap is None or pr.snapshot_sent:
+            return
+        size = self.cfg.snapshot_chunk_bytes
+        off = pr.snapshot_offset
+        chunk = snap.data[off : off + size]
+        self._send(
+            Message(
+                MT.SNAP,
+                to=to,
+                frm=self.id,
+                term=self.term,
+                snapshot_meta=snap.meta,
+                offset=off,
+                data=chunk,
+                done=off + len(chunk) >= len(snap.data),
+            )
+        )
+        pr.snapshot_sent = True
+
+    def _handle_snapshot_response(self, m: Message, pr: Progress) -> None:
+        snap = pr.snapshot
+        if pr.state is not ProgressState.SNAPSHOT or snap is None:
+            return
+        if m.snapshot_meta != snap.meta:
+            return  # about an older snapshot
+        pr.snapshot_offset = min(m.offset, len(snap.data))
+        pr.snapshot_sent = False
+        self._send_snapshot_chunk(m.frm, pr)
+
+    # --- ReadIndex -----------------------------------------------------------------------
+
+    def _handle_read_request(self, context: int, requester: int) -> None:
+        if self.log.term(self.log.committed) != self.term:
+            self.read_only.awaiting_commit.append((context, requester))
+            return
+        index = self.log.committed
+        if self.conf.voters == {self.id}:
+            self._answer_read(PendingRead(0, index, context, requester))
+            return
+        seq = self.read_only.add(index, context, requester)
+        self._bcast_heartbeat(seq)
+
+    def _release_reads(self) -> None:
+        acks = {node: pr.read_ack for node, pr in self.prs.items()}
+        acks[self.id] = self.read_only.seq
+        confirmed = quorum.committed_index(self.conf.voters, acks)
+        for read in self.read_only.release_to(confirmed):
+            self._answer_read(read)
+
+    def _answer_read(self, read: PendingRead) -> None:
+        if read.requester == self.id:
+            self.read_states.append(ReadState(read.index, read.context))
+        else:
+            self._send(
+                Message(
+                    MT.READ_INDEX_RESP,
+                    to=read.requester,
+                    frm=self.id,
+                    term=self.term,
+                    index=read.index,
+                    context=read.context,
+                )
+            )
+
+    # ------------------------------------------------------------------ candidates
+
+    def _step_candidate(self, m: Message) -> None:
+        match m.type:
+            case MT.APP | MT.HEARTBEAT | MT.SNAP:
+                # Someone won this term (§5.2).
+                self._become_follower(m.term, m.frm)
+                self._step_follower(m)
+            case MT.PRE_VOTE_RESP if self.role is Role.PRE_CANDIDATE:
+                self.votes.setdefault(m.frm, not m.reject)
+                self._poll()
+            case MT.VOTE_RESP if self.role is Role.CANDIDATE:
+                self.votes.setdefault(m.frm, not m.reject)
+                self._poll()
+            case _:
+                pass
+
+    # ------------------------------------------------------------------ followers
+
+    def _step_follower(self, m: Message) -> None:
+        match m.type:
+            case MT.APP:
+                self.election_elapsed = 0
+                self.lead = m.frm
+                self._handle_append(m)
+            case MT.HEARTBEAT:
+                self.election_elapsed = 0
+                self.lead = m.frm
+                self.log.commit_to(m.commit)
+                self._send(
+                    Message(
+                        MT.HEARTBEAT_RESP, to=m.frm, frm=self.id, term=self.term, context=m.context
+                    )
+                )
+            case MT.SNAP:
+                self.election_elapsed = 0
+                self.lead = m.frm
+                self._handle_snapshot_chunk(m)
+            case MT.TIMEOUT_NOW:
+                if self.promotable():
+                    self.cfg.logger.info("node %d campaigning at %d's request", self.id, m.frm)
+                    self._campaign(CampaignKind.TRANSFER)
+            case MT.READ_INDEX_RESP:
+                if not m.reject:
+                    self.read_states.append(ReadState(m.index, m.context))
+            case _:
+                pass
+
+    def _handle_append(self, m: Message) -> None:
+        if m.index < self.log.committed:
+            self._send(
+                Message(
+                    MT.APP_RESP, to=m.frm, frm=self.id, term=self.term, index=self.log.committed
+                )
+            )
+            return
+        last = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
+        if last is not None:
+            self._after_log_change(m.entries)
+            self._send(Message(MT.APP_RESP, to=m.frm, frm=self.id, term=self.term, index=last))
+            return
+        # Fast backtracking: point the leader at the last entry that could possibly match,
+        # skipping every entry of a term the leader's log cannot have at that position.
+        hint = self.log.find_conflict_by_term(min(m.index, self.log.last_index()), m.log_term)
+        self._send(
+            Message(
+                MT.APP_RESP,
+                to=m.frm,
+                frm=self.id,
+                term=self.term,
+                index=m.index,
+                reject=True,
+                hint_index=hint,
+                log_term=self.log.term(hint),
+            )
+        )
+
+    def _handle_snapshot_chunk(self, m: Message) -> None:
+        meta = m.snapshot_meta
+        if meta is None:
+            return
+        if meta.index <= self.log.committed:
+            self.incoming_snapshot = None
+            self._send(
+                Message(
+                    MT.APP_RESP, to=m.frm, frm=self.id, term=self.term, index=self.log.committed
+                )
+            )
+            return
+        inc = self.incoming_snapshot
+        if inc is None or inc.meta != meta:
+            inc = self.incoming_snapshot = _IncomingSnapshot(meta, bytearray())
+        if m.offset != len(inc.buf):
+            self._send(
+                Message(
+                    MT.SNAP_RESP,
+                    to=m.frm,
+                    frm=self.id,
+                    term=self.term,
+                    snapshot_meta=meta,
+                    offset=len(inc.buf),
+                    reject=True,
+                )
+            )
+            return
+        inc.buf += m.data
+        if not m.done:
+            self._send(
+                Message(
+                    MT.SNAP_RESP,
+                    to=m.frm,
+                    frm=self.id,
+                    term=self.term,
+                    snapshot_meta=meta,
+                    offset=len(inc.buf),
+                )
+            )
+            return
+        self.incoming_snapshot = None
+        self.restore(Snapshot(meta, bytes(inc.buf)))
+        self._send(
+            Message(MT.APP_RESP, to=m.frm, frm=self.id, term=self.term, index=self.log.last_index())
+        )
+
+    def restore(self, snap: Snapshot) -> bool:
+        """Adopt a snapshot from the leader; False if our log already covers it."""
+        if snap.meta.index <= self.log.committed:
+            return False
+        if self.log.match_term(snap.meta.index, snap.meta.term):
+            # Our log agrees up to the snapshot: just learn that it is committed.
+            self.log.commit_to(snap.meta.index)
+            return False
+        self.log.restore(snap)
+        self.base_conf = snap.meta.conf
+        self.conf_history = []
+        self.conf = snap.meta.conf
+        self._sync_progress()
+        return True
+
+    # ------------------------------------------------------------------ the caller's API
+
+    def propose(self, data: list[bytes]) -> tuple[int, int]:
+        """Append entries as leader; returns (first index, term) they were given."""
+        if self.role is not Role.LEADER:
+            raise NotLeaderError(self.lead, "a proposal")
+        if self.lead_transferee != NONE:
+            raise ProposalDroppedError(
+                f"leadership is being transferred to {self.lead_transferee}; retry shortly"
+            )
+        if self.id not in self.prs:
+            raise ProposalDroppedError("this leader has been removed from the cluster")
+        if not all(data):
+            raise ValueError("empty proposals are reserved for the leader's no-op entry")
+        first = self.log.last_index() + 1
+        self._append([Entry(0, 0, EntryKind.NORMAL, d) for d in data])
+        self._bcast_append()
+        return first, self.term
+
+    def propose_conf_change(self, cc: ConfChange) -> tuple[int, int]:
+        if self.role is not Role.LEADER:
+            raise NotLeaderError(self.lead, "a membership change")
+        if self.log.term(self.log.committed) != self.term:
+            raise ProposalDroppedError(
+                "the new leader has not committed an entry in its term yet; retry shortly"
+            )
+        if self.pending_conf_index() > self.log.committed:
+            raise ProposalDroppedError(
+                "another membership change is still uncommitted; retry when it commits"
+            )
+        new = apply_change(self.conf, cc)
+        if cc.type is ConfChangeType.PROMOTE:
+            pr = self.prs[cc.node_id]
+            if pr.match < self.log.committed:
+                raise ConfChangeError(
+                    f"learner {cc.node_id} has not caught up (match {pr.match}, "
+                    f"commit {self.log.committed}); promote it once it has"
+                )
+        if self.lead_transferee != NONE:
+            raise ProposalDroppedError("a leadership transfer is in progress; retry shortly")
+        index = self.log.last_index() + 1
+        self._append([Entry(0, 0, EntryKind.CONF, new.encode())])
+        self._bcast_append()
+        return index, self.term
+
+    def _append(self, entries: list[Entry]) -> None:
+        last = self.log.last_index()
+        stamped = [Entry(last + 1 + i, self.term, e.kind, e.data) for i, e in enumerate(entries)]
+        self.log.append(stamped)
+        self._after_log_change(stamped)
+        own = self.prs.get(self.id)
+        if own is not None:
+            own.maybe_update(self.log.last_index())
+        self._maybe_commit()
+
+    def read_index(self, context: int) -> None:
+        """Ask for a linearizable read point; a ReadState with `context` comes out later."""
+        if self.role is Role.LEADER:
+            self._handle_read_request(context, self.id)
+        elif self.lead != NONE:
+            self._send(
+                Message(MT.READ_INDEX, to=self.lead, frm=self.id, term=self.term, context=context)
+            )
+        else:
+            raise NotLeaderError(NONE, "a read")
+
+    def transfer_leader(self, target: int) -> None:
+        if self.role is not Role.LEADER:
+            raise NotLeaderError(self.lead, "a leadership transfer")
+        if target == self.id:
+            return
+        if target not in self.conf.voters:
+            raise ConfChangeError(f"node {target} is not a voter and cannot lead")
+        if self.lead_transferee == target:
+            return
+        self.lead_transferee = target
+        self.election_elapsed = 0  # give up after one election timeout
+        if self.prs[target].match == self.log.last_index():
+            self._send(Message(MT.TIMEOUT_NOW, to=target, frm=self.id, term=self.term))
+        else:
+            self._send_append(target)
+
+    def campaign(self) -> None:
+        """Start an election now (tests, and a lone bootstrapping member)."""
+        self.step(Message(MT.HUP, to=self.id, frm=self.id))
+
+    def _send(self, m: Message) -> None:
+        self.msgs.append(m)

@@ -1,0 +1,115 @@
+"""Mechanical checks of the source layout that import-linter cannot express.
+
+- The Raft core (coordinator/raft/) must stay pure and deterministic: no clock, socket, file,
+  thread or random source of its own, and nothing from the project but itself. import-linter
+  covers our own packages; banning stdlib modules is done here, on the AST, unambiguously.
+- operator/ is a plain folder, never a package, so it cannot shadow the stdlib ``operator``.
+- ``time.monotonic`` is read in exactly one module, coordinator/runtime/clock.py.
+"""
+
+import ast
+import importlib
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+COORDINATOR = REPO / "coordinator"
+RAFT = COORDINATOR / "raft"
+
+# The core never reads a clock, a socket, a file or a random source of its own, never spawns
+# threads or processes, and never imports by name at run time (which would dodge this check).
+BANNED_IN_RAFT = frozenset(
+    {
+        "asyncio", "grpc", "time", "random", "os", "socket", "threading",
+        "concurrent", "multiprocessing", "subprocess", "selectors", "select", "signal",
+        "datetime", "secrets", "uuid", "pathlib", "shutil", "tempfile", "io", "importlib",
+    }
+)  # fmt: skip
+PROJECT_PACKAGES = frozenset({"coordinator", "concord_operator"})
+
+
+def _py_files(root: Path) -> list[Path]:
+    return sorted(root.rglob("*.py"))
+
+
+def _imported_modules(path: Path) -> list[tuple[int, str, int]]:
+    """(line, absolute module name, relative level) of every import statement in `path`."""
+    package = path.relative_to(REPO).parts[:-1]  # for an __init__.py, the package itself
+    found: list[tuple[int, str, int]] = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name, 0) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else ()
+            name = ".".join((*base, *([node.module] if node.module else [])))
+            found.append((node.lineno, name, node.level))
+    return found
+
+
+def test_raft_package_exists() -> None:
+    assert (RAFT / "__init__.py").is_file(), f"{RAFT} is not a package"
+
+
+@pytest.mark.parametrize("path", _py_files(RAFT), ids=lambda p: str(p.relative_to(REPO)))
+def test_raft_imports_only_pure_modules(path: Path) -> None:
+    bad = []
+    for line, module, level in _imported_modules(path):
+        top = module.split(".")[0]
+        inside_raft = module == "coordinator.raft" or module.startswith("coordinator.raft.")
+        if (level == 0 and top in BANNED_IN_RAFT) or (top in PROJECT_PACKAGES and not inside_raft):
+            bad.append(f"{path.relative_to(REPO)}:{line}: imports {module}")
+    assert not bad, "the Raft core must stay pure:\n" + "\n".join(bad)
+
+
+def test_operator_folder_is_not_a_package() -> None:
+    assert (REPO / "operator" / "concord_operator" / "__init__.py").is_file()
+    assert not (REPO / "operator" / "__init__.py").exists(), "operator/ would shadow the stdlib"
+
+
+def test_stdlib_operator_survives_concord_operator() -> None:
+    importlib.import_module("concord_operator")
+    operator = importlib.import_module("operator")
+    stdlib = Path(sysconfig.get_paths()["stdlib"]).resolve()
+    assert callable(operator.itemgetter)
+    assert Path(operator.__file__).resolve().parent == stdlib
+
+    # This process imported `operator` at start-up, which would hide a clash; so check again in
+    # a fresh interpreter without site (operator not pre-imported), with the repo root first on
+    # sys.path as `python -m ...` run from the root puts it.
+    code = (
+        "import concord_operator, operator; "
+        "assert callable(operator.itemgetter), operator; "
+        "print(operator.__file__)"
+    )
+    env = {"PYTHONPATH": f"{REPO}:{REPO / 'operator'}"}
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", code],
+        cwd=REPO, env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip()).resolve().parent == stdlib
+
+
+def _monotonic_uses(path: Path) -> list[int]:
+    uses = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Attribute) and node.attr in {"monotonic", "monotonic_ns"}:
+            uses.append(node.lineno)
+        elif isinstance(node, ast.ImportFrom) and node.module == "time":
+            uses += [node.lineno for a in node.names if a.name in {"monotonic", "monotonic_ns"}]
+    return uses
+
+
+def test_monotonic_clock_is_read_in_one_module_only() -> None:
+    allowed = COORDINATOR / "runtime" / "clock.py"
+    bad = [
+        f"{path.relative_to(REPO)}:{line}: uses time.monotonic"
+        for path in _py_files(COORDINATOR)
+        if path != allowed
+        for line in _monotonic_uses(path)
+    ]
+    assert not bad, "only coordinator/runtime/clock.py reads the clock:\n" + "\n".join(bad)
