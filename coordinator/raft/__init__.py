@@ -34,6 +34,9 @@ from .messages import Role as Role
 from .messages import Snapshot as Snapshot
 from .messages import SnapshotMeta as SnapshotMeta
 from .messages import SoftState as SoftState
+from .sessions import SessionCheck as SessionCheck
+from .sessions import SessionTable as SessionTable
+from .sessions import SessionVerdict as SessionVerdict
 from .storage import CompactedError as CompactedError
 from .storage import LogStorage as LogStorage
 from .storage import MemoryStorage as MemoryStorage
@@ -66,6 +69,9 @@ __all__ = [
     "ReadState",
     "Ready",
     "Role",
+    "SessionCheck",
+    "SessionTable",
+    "SessionVerdict",
     "Snapshot",
     "SnapshotMeta",
     "SoftState",

@@ -193,6 +193,13 @@ class RawNode:
         """The configuration in force: the newest one in the log, committed or not."""
         return self._raft.conf
 
+    def term_at(self, index: int) -> int:
+        """The term of our log entry at `index` (0 if compacted away or past the end)."""
+        return self._raft.log.term(index)
+
+    def first_index(self) -> int:
+        return self._raft.log.first_index()
+
     def status(self) -> Status:
         r = self._raft
         peers: dict[int, PeerStatus] = {}

@@ -370,13 +370,9 @@ class Raft:
 
     def _handle_vote_request(self, m: Message) -> None:
         pre = m.type is MT.PRE_VOTE
-        can_vote = (
-            self.vote == m.frm
-            or (self.vote == NONE and self.lead == NONE)
-            or (pre and m.term > self.term)
-        )
+        can_vote = self._can_vote(m)
         resp_type = MT.PRE_VOTE_RESP if pre else MT.VOTE_RESP
-        if can_vote and self.log.is_up_to_date(m.index, m.log_term):
+        if can_vote and self._log_ok_for_vote(m):
             # A granted PreVote answers in the asked-for term so the pre-candidate counts it.
             self._send(Message(resp_type, to=m.frm, frm=self.id, term=m.term))
             if not pre:
@@ -384,6 +380,18 @@ class Raft:
                 self.vote = m.frm
         else:
             self._send(Message(resp_type, to=m.frm, frm=self.id, term=self.term, reject=True))
+
+    def _can_vote(self, m: Message) -> bool:
+        """One vote per term (§5.2): repeat it to the same candidate, else only if unspent."""
+        return (
+            self.vote == m.frm
+            or (self.vote == NONE and self.lead == NONE)
+            or (m.type is MT.PRE_VOTE and m.term > self.term)
+        )
+
+    def _log_ok_for_vote(self, m: Message) -> bool:
+        """§5.4.1: vote only for a candidate whose log is at least as up-to-date as ours."""
+        return self.log.is_up_to_date(m.index, m.log_term)
 
     # ------------------------------------------------------------------ leader
 
@@ -470,11 +478,18 @@ class Raft:
         if m.frm == self.lead_transferee and pr.match == self.log.last_index():
             self._send(Message(MT.TIMEOUT_NOW, to=m.frm, frm=self.id, term=self.term))
 
-    def _maybe_commit(self) -> bool:
+    def _quorum_index(self) -> int:
+        """The largest index a majority of voters hold."""
         match = {node: pr.match for node, pr in self.prs.items()}
-        index = quorum.committed_index(self.conf.voters, match)
-        # §5.4.2: only an entry of the current term is committed by counting replicas.
-        if index <= self.log.committed or self.log.term(index) != self.term:
+        return quorum.committed_index(self.conf.voters, match)
+
+    def _countable(self, index: int) -> bool:
+        """§5.4.2: only an entry of the current term is committed by counting replicas."""
+        return self.log.term(index) == self.term
+
+    def _maybe_commit(self) -> bool:
+        index = self._quorum_index()
+        if index <= self.log.committed or not self._countable(index):
             return False
         first_in_term = self.log.term(self.log.committed) != self.term
         self.log.commit_to(index)

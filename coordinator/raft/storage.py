@@ -17,6 +17,7 @@ Contract for implementations (`MemoryStorage` below, the WAL's index in producti
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from .messages import ConfState, Entry, HardState, Snapshot, SnapshotMeta
@@ -115,7 +116,7 @@ class MemoryStorage:
     def set_hard_state(self, hs: HardState) -> None:
         self._hard_state = hs
 
-    def append(self, entries: list[Entry] | tuple[Entry, ...]) -> None:
+    def append(self, entries: Sequence[Entry]) -> None:
         if not entries:
             return
         first = self.first_index()

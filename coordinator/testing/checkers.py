@@ -1,0 +1,131 @@
+"""Safety checkers the simulator runs at every step where a property could break.
+
+Each Raft safety property (Raft paper, Figure 3) is checked at the moment the state it
+talks about changes, which is equivalent to checking it after every step but costs
+O(change) instead of O(cluster state):
+
+- Election safety: at most one leader per term (checked when a node becomes leader).
+- Leader append-only: a leader never overwrites its own entries (checked on each persist).
+- Log matching: two entries with the same index and term hold the same data and follow
+  entries of the same term; by induction the logs are identical up to there (on persist).
+- Leader completeness: a new leader's log holds every entry any member has applied (at
+  election), so no committed entry is ever lost.
+- State machine safety: no two members apply different entries at one index, and each
+  member applies indices in order without gaps (on apply and snapshot restore).
+
+`invariant()` raises `Violation`; it is a function, not `assert`, so `python -O` keeps it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from coordinator.raft import Entry, SnapshotMeta
+
+
+class Violation(Exception):
+    """A safety property broke; the message names it and the evidence."""
+
+
+def invariant(condition: bool, message: str) -> None:
+    if not condition:
+        raise Violation(message)
+
+
+class SafetyChecker:
+    def __init__(self) -> None:
+        self.leader_of_term: dict[int, int] = {}
+        self.applied: dict[int, Entry] = {}
+        """The oracle: the one entry every member applied at each index."""
+        self.entry_ids: dict[tuple[int, int], tuple[int | None, bytes]] = {}
+        self.leader_last: dict[tuple[int, int], int] = {}
+        self.node_applied: dict[int, int] = {}
+        self.checks = 0
+
+    def on_leader(
+        self, node: int, term: int, term_at: Callable[[int], int], first_index: int
+    ) -> None:
+        self.checks += 1
+        prior = self.leader_of_term.setdefault(term, node)
+        invariant(prior == node, f"election safety: nodes {prior} and {node} both lead term {term}")
+        for index in sorted(self.applied):
+            if index < first_index - 1:
+                continue
+            want = self.applied[index].term
+            got = term_at(index)
+            invariant(
+                got == want,
+                f"leader completeness: node {node}, leader of term {term}, has term {got} at "
+                f"index {index} where term {want} was committed and applied",
+            )
+
+    def on_persist(
+        self,
+        node: int,
+        entries: Sequence[Entry],
+        term_at: Callable[[int], int],
+        leader_term: int | None,
+    ) -> None:
+        if not entries:
+            return
+        self.checks += 1
+        if leader_term is not None:
+            key = (node, leader_term)
+            last = self.leader_last.get(key, 0)
+            invariant(
+                entries[0].index > last,
+                f"leader append-only: node {node} (leader of term {leader_term}) rewrote "
+                f"index {entries[0].index} after persisting up to {last}",
+            )
+            self.leader_last[key] = entries[-1].index
+        prev_term: int | None = term_at(entries[0].index - 1) if entries[0].index > 1 else 0
+        for e in entries:
+            ident = (e.index, e.term)
+            seen = self.entry_ids.get(ident)
+            if seen is None:
+                self.entry_ids[ident] = (prev_term or None, e.data)
+            else:
+                seen_prev, seen_data = seen
+                invariant(
+                    seen_data == e.data,
+                    f"log matching: two different entries at index {e.index} term {e.term}",
+                )
+                invariant(
+                    seen_prev is None or not prev_term or seen_prev == prev_term,
+                    f"log matching: entry {e.index}/{e.term} follows term {prev_term} on node "
+                    f"{node} but term {seen_prev} elsewhere",
+                )
+            prev_term = e.term
+
+    def on_apply(self, node: int, entry: Entry) -> None:
+        self.checks += 1
+        last = self.node_applied.get(node, 0)
+        invariant(
+            entry.index == last + 1,
+            f"state machine safety: node {node} applied index {entry.index} after {last}",
+        )
+        self.node_applied[node] = entry.index
+        prior = self.applied.setdefault(entry.index, entry)
+        invariant(
+            prior == entry,
+            f"state machine safety: index {entry.index} applied as term {prior.term} "
+            f"elsewhere but as term {entry.term} on node {node}",
+        )
+
+    def on_restore(self, node: int, meta: SnapshotMeta) -> None:
+        self.checks += 1
+        prior = self.applied.get(meta.index)
+        invariant(
+            prior is None or prior.term == meta.term,
+            f"state machine safety: node {node} restored a snapshot at {meta.index}/{meta.term} "
+            f"but term {prior.term if prior else 0} was applied there",
+        )
+        invariant(
+            meta.index >= self.node_applied.get(node, 0),
+            f"state machine safety: node {node} restored an older snapshot "
+            f"({meta.index} < applied {self.node_applied.get(node, 0)})",
+        )
+        self.node_applied[node] = meta.index
+
+    def on_restart(self, node: int, snapshot_index: int) -> None:
+        self.node_applied[node] = snapshot_index

@@ -1,0 +1,101 @@
+"""Deliberately broken variants of the core, to prove the simulator's checkers bite.
+
+Each mutant breaks one rule the Raft paper states, by overriding the one small method of
+`Raft` that embodies it. The production core has no flags for this: the variants live here,
+in the test kit, and are swapped into a `RawNode` only by the simulator. A checker that
+cannot catch these within the seeds CI runs is not checking anything.
+
+    python -m coordinator.testing.sim --seeds 200 --mutant commit_on_minority
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from coordinator.raft import Config, LogStorage, Message, RawNode
+from coordinator.raft._log import RaftLog
+from coordinator.raft._raft import Raft
+from coordinator.raft._readonly import PendingRead
+
+from .kv import KvMachine
+
+
+class _CommitOnMinority(Raft):
+    def _quorum_index(self) -> int:
+        # Broken: n // 2 replicas (a minority) "commit" an entry.
+        voters = sorted(
+            (pr.match for n, pr in self.prs.items() if n in self.conf.voters), reverse=True
+        )
+        return voters[max(0, len(voters) // 2 - 1)] if voters else 0
+
+
+class _VoteIgnoresLog(Raft):
+    def _log_ok_for_vote(self, m: Message) -> bool:
+        return True  # Broken: skips the §5.4.1 up-to-date check.
+
+
+class _DoubleVote(Raft):
+    def _can_vote(self, m: Message) -> bool:
+        return True  # Broken: votes for every candidate of a term, not just one.
+
+
+class _CommitPriorTerm(Raft):
+    def _countable(self, index: int) -> bool:
+        return True  # Broken: counts replicas of old-term entries (the Figure 8 bug).
+
+
+class _StaleRead(Raft):
+    def _handle_read_request(self, context: int, requester: int) -> None:
+        # Broken: serves ReadIndex without confirming leadership with a quorum.
+        self._answer_read(PendingRead(0, self.log.committed, context, requester))
+
+
+class _EagerLog(RaftLog):
+    def next_committed(self, max_bytes: int | None = None) -> list:  # type: ignore[type-arg]
+        lo = max(self.applied + 1, self.first_index())
+        return self.slice(lo, self.last_index() + 1, max_bytes) if lo <= self.last_index() else []
+
+    def applied_to(self, index: int) -> None:
+        self.applied = index
+
+
+class _ApplyBeforeCommit(Raft):
+    def __init__(self, config: Config, storage: LogStorage) -> None:
+        super().__init__(config, storage)
+        self.log.__class__ = _EagerLog  # Broken: hands out entries before they commit.
+
+
+def _with_raft(cls: type[Raft]) -> Callable[[Config, LogStorage], RawNode]:
+    def factory(config: Config, storage: LogStorage) -> RawNode:
+        node = RawNode(config, storage)
+        node._raft = cls(config, storage)  # the one place the core's innards are swapped
+        return node
+
+    return factory
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    breaks: str
+    node_factory: Callable[[Config, LogStorage], RawNode] = RawNode
+    fsm_factory: Callable[[], KvMachine] = KvMachine
+
+
+MUTANTS: dict[str, Mutant] = {
+    m.name: m
+    for m in (
+        Mutant("commit_on_minority", "commit needs a majority", _with_raft(_CommitOnMinority)),
+        Mutant("vote_ignores_log", "§5.4.1 election restriction", _with_raft(_VoteIgnoresLog)),
+        Mutant("double_vote", "one vote per term (§5.2)", _with_raft(_DoubleVote)),
+        Mutant("commit_prior_term", "§5.4.2 count only current-term", _with_raft(_CommitPriorTerm)),
+        Mutant("stale_read", "ReadIndex confirms leadership", _with_raft(_StaleRead)),
+        Mutant("apply_before_commit", "apply only committed", _with_raft(_ApplyBeforeCommit)),
+        Mutant(
+            "no_sessions",
+            "exactly-once via client sessions",
+            fsm_factory=lambda: KvMachine(sessions=False),
+        ),
+    )
+}
