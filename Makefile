@@ -13,19 +13,20 @@ PY := $(BIN)/python
 
 SEEDS ?= 2000
 
-.PHONY: help bootstrap run test sim lint typecheck fmt clean
+.PHONY: help bootstrap run test sim elections lint typecheck fmt clean
 
 help:
-	@echo "make run           run the demo (python -m coordinator.demo)"
+	@echo "make run           run the demo (python -m coordinator.testing.demo)"
 	@echo "make test          the whole suite: lint, typecheck, import contracts, pytest, sim"
 	@echo "make sim SEEDS=N   run N simulation seeds (default $(SEEDS))"
+	@echo "make elections     leader-crash downtime distribution (Raft paper Figure 16)"
 	@echo "make lint | typecheck | fmt | clean"
 
 bootstrap:
 	@bash scripts/bootstrap.sh
 
 run: bootstrap
-	$(PY) -m coordinator.demo
+	$(PY) -m coordinator.testing.demo
 
 test: bootstrap
 	$(BIN)/ruff check .
@@ -37,6 +38,10 @@ test: bootstrap
 
 sim: bootstrap
 	$(PY) -m coordinator.testing.sim --seeds $(SEEDS)
+
+TRIALS ?= 1000
+elections: bootstrap
+	$(PY) -m coordinator.testing.elections --trials $(TRIALS)
 
 lint: bootstrap
 	$(BIN)/ruff check .

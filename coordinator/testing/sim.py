@@ -42,6 +42,7 @@ from coordinator.raft import (
     Entry,
     EntryKind,
     Message,
+    MessageType,
     RaftError,
     RawNode,
     ReadState,
@@ -93,6 +94,7 @@ class SimOptions:
     chunk_bytes: int
     max_msg_bytes: int
     max_inflight: int
+    client_timeout_us: int
     liveness_bound_us: int = 10_000 * MS
     drain_us: int = 1_500 * MS
 
@@ -140,6 +142,7 @@ class SimOptions:
             chunk_bytes=r.choice((64, 256, 4096)),
             max_msg_bytes=r.choice((200, 4096, 1 << 20)),
             max_inflight=r.choice((1, 4, 64)),
+            client_timeout_us=r.choice((60, 150, 400)) * MS,
         )
 
     def describe(self) -> str:
@@ -397,6 +400,8 @@ class Simulator:
                 "snapshots",
                 "applied",
                 "steps",
+                "snapshot_chunks",
+                "leaders",
             ),
             0,
         )
@@ -421,6 +426,9 @@ class Simulator:
     def at(self, delay_us: int, fn: Callable[..., object], *args: object) -> None:
         self._seq += 1
         heapq.heappush(self._queue, (self.now + delay_us, self._seq, fn, args))
+
+    def _pop(self) -> tuple[int, int, Callable[..., object], tuple[object, ...]]:
+        return heapq.heappop(self._queue)
 
     def trace(self, *parts: object) -> None:
         self.hash_event(*parts)
@@ -468,6 +476,8 @@ class Simulator:
         if node is None or node.raw is None or node.removed:
             return
         self.stats["steps"] += 1
+        if msg.type is MessageType.SNAP:
+            self.stats["snapshot_chunks"] += 1
         self.hash_event("msg", msg.type.value, msg.frm, msg.to, msg.term, msg.index)
         node.raw.step(msg)
         node.process()
@@ -492,6 +502,7 @@ class Simulator:
 
     def on_new_leader(self, node: SimNode, raw: RawNode) -> None:
         self.hash_event("leader", node.id, raw.term)
+        self.stats["leaders"] += 1
         self.checker.on_leader(node.id, raw.term, raw.term_at, raw.first_index())
         if self.leaderless_since is not None:
             self.elections_us.append(self.now - self.leaderless_since)
@@ -700,7 +711,7 @@ class Simulator:
                 c.leader_hint = NONE
                 self.client_send(c)
 
-        self.at(400 * MS, timeout)
+        self.at(self.opts.client_timeout_us, timeout)
 
     def on_reply(self, rep: ClientReply) -> None:
         c = self.clients[rep.client - 100]
@@ -765,7 +776,7 @@ class Simulator:
         end = 1 << 62
         try:
             while self._queue:
-                t, _, fn, fn_args = heapq.heappop(self._queue)
+                t, _, fn, fn_args = self._pop()
                 self.now = t
                 if self.marker_done is not None and self.stop_clients_at == 1 << 62:
                     self.stop_clients_at = self.now
