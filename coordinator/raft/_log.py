@@ -107,6 +107,8 @@ class RaftLog:
         after = entries[0].index
         if after <= self.committed:
             raise AssertionError(f"truncating committed entry {after} (committed {self.committed})")
+        if after > self.last_index() + 1:
+            raise AssertionError(f"gap in log: appending {after} after {self.last_index()}")
         self._truncate_and_append(list(entries))
         return self.last_index()
 
@@ -189,6 +191,10 @@ class RaftLog:
 
     def restore(self, snap: Snapshot) -> None:
         """Install an incoming snapshot: the whole log is replaced by it."""
+        if snap.meta.index < self.committed:
+            raise AssertionError(
+                f"restoring snapshot {snap.meta.index} below committed index {self.committed}"
+            )
         self.pending_snapshot = snap
         self.unstable = []
         self.unstable_offset = snap.meta.index + 1

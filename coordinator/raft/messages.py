@@ -66,11 +66,25 @@ class ConfState:
     def decode(data: bytes) -> ConfState:
         if not data or data[0] != 1:
             raise ValueError(f"unknown ConfState encoding version {data[:1]!r}")
+        if len(data) < 9:
+            raise ValueError(f"ConfState encoding truncated: {len(data)} bytes")
         nv, nl = struct.unpack_from(">II", data, 1)
+        want = 9 + 8 * (nv + nl)
+        if want > len(data):
+            raise ValueError(f"ConfState encoding truncated: {nv}+{nl} ids need {want} bytes")
+        if want < len(data):
+            raise ValueError(f"ConfState encoding has {len(data) - want} trailing bytes")
         ids = struct.unpack_from(f">{nv + nl}Q", data, 9)
-        if 9 + 8 * (nv + nl) != len(data):
-            raise ValueError("ConfState encoding has trailing bytes")
-        return ConfState(frozenset(ids[:nv]), frozenset(ids[nv:]))
+        voters, learners = frozenset(ids[:nv]), frozenset(ids[nv:])
+        if 0 in ids:
+            raise ValueError("ConfState encoding names node 0, which means 'nobody'")
+        if len(voters) != nv or len(learners) != nl:
+            raise ValueError("ConfState encoding lists a node twice")
+        if voters & learners:
+            raise ValueError(
+                f"ConfState encoding has {sorted(voters & learners)} as both voter and learner"
+            )
+        return ConfState(voters, learners)
 
     @property
     def members(self) -> frozenset[int]:

@@ -10,7 +10,8 @@ Contract for implementations (`MemoryStorage` below, the WAL's index in producti
   its own methods, on the caller's thread, so no locking is needed between the two;
 - ordering: entries are contiguous from `first_index()` to `last_index()`; appending an entry
   at an index that exists truncates everything from that index on (a new leader overwrote it);
-- compaction: `first_index() == snapshot().meta.index + 1`; reads below that raise
+- compaction: `first_index() <= snapshot().meta.index + 1` (a member may keep some entries
+  below its snapshot for lagging followers); reads below `first_index()` raise
   `CompactedError`, reads above `last_index()` raise `UnavailableError`;
 - durability is the writer's business: whatever is readable here must already be on disk.
 """
@@ -157,4 +158,9 @@ class MemoryStorage:
             return
         if index > self.last_index():
             raise UnavailableError(index)
+        if index > self._snapshot.meta.index:
+            raise ValueError(
+                f"cannot compact to {index}: past the snapshot at {self._snapshot.meta.index} "
+                "(entries there would exist nowhere)"
+            )
         self._entries = [Entry(index, self.term(index)), *self._entries[index - offset + 1 :]]

@@ -46,20 +46,27 @@ class Command:
 
     @staticmethod
     def decode(data: bytes) -> Command:
-        version, cid, seq, op = struct.unpack_from(">BQQB", data, 0)
-        if version != _VERSION:
-            raise ValueError(f"unknown command version {version}")
-        pos = 18
-        out: list[str | None] = []
-        for _ in range(3):
-            (n,) = struct.unpack_from(">I", data, pos)
-            pos += 4
-            if n == 0xFFFFFFFF:
-                out.append(None)
-            else:
+        try:
+            version, cid, seq, op = struct.unpack_from(">BQQB", data, 0)
+            if version != _VERSION:
+                raise ValueError(f"unknown command version {version}")
+            pos = 18
+            out: list[str | None] = []
+            for _ in range(3):
+                (n,) = struct.unpack_from(">I", data, pos)
+                pos += 4
+                if n == 0xFFFFFFFF:
+                    out.append(None)
+                    continue
+                if pos + n > len(data):
+                    raise ValueError("command truncated inside a string")
                 out.append(data[pos : pos + n].decode())
                 pos += n
-        return Command(cid, seq, Op(op), out[0] or "", out[1], out[2])
+            if pos != len(data):
+                raise ValueError("command has trailing bytes")
+            return Command(cid, seq, Op(op), out[0] or "", out[1], out[2])
+        except struct.error as err:
+            raise ValueError(f"command truncated: {err}") from err
 
 
 def encode_result(ok: bool) -> bytes:
