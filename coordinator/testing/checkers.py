@@ -8,8 +8,11 @@ O(change) instead of O(cluster state):
 - Leader append-only: a leader never overwrites its own entries (checked on each persist).
 - Log matching: two entries with the same index and term hold the same data and follow
   entries of the same term; by induction the logs are identical up to there (on persist).
-- Leader completeness: a new leader's log holds every entry any member has applied (at
-  election), so no committed entry is ever lost.
+- Leader completeness: a new leader of term L holds every entry committed in a term before
+  L (at election), so no committed entry is ever lost. The commit term of an entry is
+  bounded above by the term of any member at the moment it applied the entry; only entries
+  whose bound is below L are required (a candidate whose votes were delayed may legitimately
+  win an old term after a later term committed entries it lacks).
 - State machine safety: no two members apply different entries at one index, and each
   member applies indices in order without gaps (on apply and snapshot restore).
 
@@ -39,6 +42,8 @@ class SafetyChecker:
         """The oracle: the one entry every member applied at each index."""
         self.entry_ids: dict[tuple[int, int], tuple[int | None, bytes]] = {}
         self.leader_last: dict[tuple[int, int], int] = {}
+        self.commit_term_bound: dict[int, int] = {}
+        """Per index: a term no earlier than the one in which the entry was committed."""
         self.node_applied: dict[int, int] = {}
         self.checks = 0
 
@@ -49,7 +54,7 @@ class SafetyChecker:
         prior = self.leader_of_term.setdefault(term, node)
         invariant(prior == node, f"election safety: nodes {prior} and {node} both lead term {term}")
         for index in sorted(self.applied):
-            if index < first_index - 1:
+            if index < first_index - 1 or self.commit_term_bound[index] >= term:
                 continue
             want = self.applied[index].term
             got = term_at(index)
@@ -97,8 +102,10 @@ class SafetyChecker:
                 )
             prev_term = e.term
 
-    def on_apply(self, node: int, entry: Entry) -> None:
+    def on_apply(self, node: int, entry: Entry, node_term: int) -> None:
         self.checks += 1
+        bound = self.commit_term_bound.get(entry.index, node_term)
+        self.commit_term_bound[entry.index] = min(bound, node_term)
         last = self.node_applied.get(node, 0)
         invariant(
             entry.index == last + 1,

@@ -250,7 +250,7 @@ class SimNode:
     def apply(self, entries: Sequence[Entry]) -> None:
         sim = self.sim
         for e in entries:
-            sim.checker.on_apply(self.id, e)
+            sim.checker.on_apply(self.id, e, self.raw.term if self.raw is not None else 0)
             sim.stats["applied"] += 1
             sim.hash_event("apply", self.id, e.index, e.term)
             result = self.kv.apply(e)

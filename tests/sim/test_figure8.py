@@ -77,7 +77,7 @@ class Member:
 
     def apply(self, entries: Sequence[Entry]) -> None:
         for e in entries:
-            self.cluster.checker.on_apply(self.id, e)
+            self.cluster.checker.on_apply(self.id, e, self.node.term)
 
     def read_states(self, states: Sequence[ReadState]) -> None:
         pass
