@@ -26,8 +26,10 @@ class RaftLog:
         self.unstable_offset = last + 1
         self.pending_snapshot: Snapshot | None = None
         """Incoming snapshot not yet handed to the caller to persist and install."""
-        self.committed = first - 1
-        self.applied = first - 1
+        # The state machine is restored from the snapshot, which may be newer than the first
+        # entry storage kept: everything up to the snapshot is applied already.
+        self.committed = max(first - 1, storage.snapshot().meta.index)
+        self.applied = self.committed
 
     # --- positions ---------------------------------------------------------------------------
 

@@ -248,6 +248,9 @@ class Raft:
         self.lead = self.id
         self.role = Role.LEADER
         self._step_role = self._step_leader
+        own = self.prs.get(self.id)
+        if own is not None:
+            own.become_replicate()  # our own log trivially matches
         self.cfg.logger.info("node %d became leader at term %d", self.id, self.term)
         # An empty entry of our own term: committing it commits everything before it
         # (§5.4.2) and tells us the true commit index for ReadIndex.
@@ -467,11 +470,12 @@ class Raft:
                 pr.become_replicate()
         else:
             pr.inflights.free_to(m.index)
-        if self._maybe_commit():
-            self._bcast_append()
+        committed = self._maybe_commit()
         if self.role is not Role.LEADER:
             return  # our own removal committed and we stepped down
-        if was_paused:
+        if committed:
+            self._bcast_append()
+        elif was_paused:
             self._send_append(m.frm)
         while self._send_append(m.frm, send_if_empty=False):
             pass  # keep the pipeline full
@@ -604,6 +608,10 @@ class Raft:
             return
         if m.snapshot_meta != snap.meta:
             return  # about an older snapshot
+        if m.offset == pr.snapshot_offset and pr.snapshot_sent:
+            return  # the chunk it asks for is already on its way (we resent a slow one)
+        if not m.reject and m.offset < pr.snapshot_offset:
+            return  # a late acknowledgement of a chunk we have moved past
         pr.snapshot_offset = min(m.offset, len(snap.data))
         pr.snapshot_sent = False
         self._send_snapshot_chunk(m.frm, pr)
@@ -763,8 +771,10 @@ class Raft:
             return
         self.incoming_snapshot = None
         self.restore(Snapshot(meta, bytes(inc.buf)))
+        # Vouch only for what the snapshot proves: entries after it were never checked
+        # against the leader's log (restore may have kept them).
         self._send(
-            Message(MT.APP_RESP, to=m.frm, frm=self.id, term=self.term, index=self.log.last_index())
+            Message(MT.APP_RESP, to=m.frm, frm=self.id, term=self.term, index=self.log.committed)
         )
 
     def restore(self, snap: Snapshot) -> bool:

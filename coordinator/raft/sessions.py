@@ -78,14 +78,21 @@ class SessionTable:
     def decode(cls, data: bytes, max_sessions: int = 100_000) -> SessionTable:
         if not data or data[0] != 1:
             raise ValueError(f"unknown session table version {data[:1]!r}")
-        (count,) = struct.unpack_from(">I", data, 1)
-        pos = 5
         table = cls(max_sessions)
-        for _ in range(count):
-            cid, seq, index, size = struct.unpack_from(">QQQI", data, pos)
-            pos += 28
-            table._sessions[cid] = _Session(seq, data[pos : pos + size], index)
-            pos += size
+        try:
+            (count,) = struct.unpack_from(">I", data, 1)
+            pos = 5
+            for _ in range(count):
+                cid, seq, index, size = struct.unpack_from(">QQQI", data, pos)
+                pos += 28
+                if pos + size > len(data):
+                    raise ValueError("session table image truncated inside a response")
+                table._sessions[cid] = _Session(seq, data[pos : pos + size], index)
+                pos += size
+        except struct.error as err:
+            raise ValueError(f"session table image truncated: {err}") from err
         if pos != len(data):
             raise ValueError("session table image has trailing bytes")
+        while len(table._sessions) > max_sessions:  # images are oldest first
+            del table._sessions[next(iter(table._sessions))]
         return table
