@@ -24,6 +24,7 @@ help:
 
 bootstrap:
 	@bash scripts/bootstrap.sh
+	@$(PY) scripts/gen_protos.py
 
 run: bootstrap
 	$(PY) -m coordinator.testing.demo
