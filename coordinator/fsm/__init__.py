@@ -1,0 +1,135 @@
+"""Concord's replicated state machine: KV, leases, locks, elections, sequences, members.
+
+Pure and deterministic: `StateMachine.apply(entry)` derives everything, time included, from the
+committed log entries (see `machine.py`), so every replica, and every replica restored from a
+snapshot, reaches the same state with the same results. It imports the Raft core's
+vocabulary (`Entry`, `SessionTable`) and the standard library, nothing else.
+
+- `commands`: the tagged, versioned binary codec of what clients propose (`Envelope`).
+- `results`, `errors`: what applying returns (`Result`, or an `FsmError` with a gRPC-shaped
+  `ErrorCode`).
+- `kv`, `leases`, `locks`, `elections`, `sequences`, `members`: the parts of the state.
+- `machine`: `StateMachine`, `Applied` and the wake-up effects the server acts on.
+"""
+
+from .commands import ENVELOPE_VERSION as ENVELOPE_VERSION
+from .commands import Campaign as Campaign
+from .commands import Command as Command
+from .commands import CommandDecodeError as CommandDecodeError
+from .commands import Compare as Compare
+from .commands import CompareOp as CompareOp
+from .commands import CompareTarget as CompareTarget
+from .commands import Delete as Delete
+from .commands import Envelope as Envelope
+from .commands import ExpireLeases as ExpireLeases
+from .commands import LeaseGrant as LeaseGrant
+from .commands import LeaseKeepAlive as LeaseKeepAlive
+from .commands import LeaseRevoke as LeaseRevoke
+from .commands import LockAcquire as LockAcquire
+from .commands import LockRelease as LockRelease
+from .commands import MemberRemove as MemberRemove
+from .commands import MemberUpsert as MemberUpsert
+from .commands import Noop as Noop
+from .commands import Proclaim as Proclaim
+from .commands import Put as Put
+from .commands import Range as Range
+from .commands import Resign as Resign
+from .commands import SequenceCreate as SequenceCreate
+from .commands import SequenceNext as SequenceNext
+from .commands import Txn as Txn
+from .commands import TxnOp as TxnOp
+from .elections import LeaderInfo as LeaderInfo
+from .errors import ErrorCode as ErrorCode
+from .errors import FsmError as FsmError
+from .kv import Event as Event
+from .kv import EventKind as EventKind
+from .leases import LeaseInfo as LeaseInfo
+from .locks import Holder as Holder
+from .locks import Waiter as Waiter
+from .machine import Applied as Applied
+from .machine import Effect as Effect
+from .machine import LeaderElected as LeaderElected
+from .machine import LeaseExpired as LeaseExpired
+from .machine import LeaseRevoked as LeaseRevoked
+from .machine import LockGranted as LockGranted
+from .machine import SnapshotDecodeError as SnapshotDecodeError
+from .machine import StateMachine as StateMachine
+from .members import Member as Member
+from .results import AcquireResult as AcquireResult
+from .results import DeleteResult as DeleteResult
+from .results import ExpireResult as ExpireResult
+from .results import KeyValue as KeyValue
+from .results import LeaseResult as LeaseResult
+from .results import OpResult as OpResult
+from .results import PutResult as PutResult
+from .results import RangeResult as RangeResult
+from .results import ReleaseResult as ReleaseResult
+from .results import Result as Result
+from .results import RevisionResult as RevisionResult
+from .results import SequenceBlock as SequenceBlock
+from .results import SequenceInfo as SequenceInfo
+from .results import TxnResult as TxnResult
+from .results import decode_outcome as decode_outcome
+from .results import encode_outcome as encode_outcome
+
+__all__ = [
+    "ENVELOPE_VERSION",
+    "AcquireResult",
+    "Applied",
+    "Campaign",
+    "Command",
+    "CommandDecodeError",
+    "Compare",
+    "CompareOp",
+    "CompareTarget",
+    "Delete",
+    "DeleteResult",
+    "Effect",
+    "Envelope",
+    "ErrorCode",
+    "Event",
+    "EventKind",
+    "ExpireLeases",
+    "ExpireResult",
+    "FsmError",
+    "Holder",
+    "KeyValue",
+    "LeaderElected",
+    "LeaderInfo",
+    "LeaseExpired",
+    "LeaseGrant",
+    "LeaseInfo",
+    "LeaseKeepAlive",
+    "LeaseResult",
+    "LeaseRevoke",
+    "LeaseRevoked",
+    "LockAcquire",
+    "LockGranted",
+    "LockRelease",
+    "Member",
+    "MemberRemove",
+    "MemberUpsert",
+    "Noop",
+    "OpResult",
+    "Proclaim",
+    "Put",
+    "PutResult",
+    "Range",
+    "RangeResult",
+    "ReleaseResult",
+    "Resign",
+    "Result",
+    "RevisionResult",
+    "SequenceBlock",
+    "SequenceCreate",
+    "SequenceInfo",
+    "SequenceNext",
+    "SnapshotDecodeError",
+    "StateMachine",
+    "Txn",
+    "TxnOp",
+    "TxnResult",
+    "Waiter",
+    "decode_outcome",
+    "encode_outcome",
+]

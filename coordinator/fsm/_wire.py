@@ -1,0 +1,174 @@
+"""Binary codec primitives shared by commands, results and snapshots.
+
+Every replicated byte the state machine reads (a command in a log entry, a saved response in
+the session table, a snapshot image) goes through `Writer` and `Reader`: big-endian fixed-width
+integers, length-prefixed byte strings, explicit presence bytes for optional fields. Nothing is
+self-describing and nothing is pickled, so the only code that can run while decoding is this
+module, and every layout change must bump a version byte that the decoders check.
+
+`Reader` never trusts a length: every read is bounds-checked and raises the caller's
+`DecodeError` subclass with the offset, so garbage is rejected with a message rather than an
+`IndexError`, a `struct.error` or a silently truncated value. `Reader.finish()` rejects
+trailing bytes, so two different encodings never decode to the same value.
+"""
+
+from __future__ import annotations
+
+import struct
+
+_U8 = struct.Struct(">B")
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+_I64 = struct.Struct(">q")
+
+U32_MAX = 2**32 - 1
+U64_MAX = 2**64 - 1
+I64_MIN = -(2**63)
+I64_MAX = 2**63 - 1
+
+
+class DecodeError(ValueError):
+    """Bytes that are not a valid encoding (truncated, unknown tag or version, bad UTF-8)."""
+
+
+def invariant(condition: bool, message: str) -> None:
+    """An internal consistency check that `python -O` does not strip (unlike `assert`)."""
+    if not condition:
+        raise AssertionError(f"fsm invariant violated: {message}")
+
+
+class Writer:
+    """Appends fields to a byte string; `getvalue()` joins them once at the end."""
+
+    __slots__ = ("_parts",)
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+
+    def u8(self, value: int) -> None:
+        self._parts.append(_U8.pack(value))
+
+    def u16(self, value: int) -> None:
+        self._parts.append(_U16.pack(value))
+
+    def u32(self, value: int) -> None:
+        self._parts.append(_U32.pack(value))
+
+    def u64(self, value: int) -> None:
+        self._parts.append(_U64.pack(value))
+
+    def i64(self, value: int) -> None:
+        self._parts.append(_I64.pack(value))
+
+    def boolean(self, value: bool) -> None:
+        self._parts.append(b"\x01" if value else b"\x00")
+
+    def blob(self, value: bytes) -> None:
+        """A u32 length, then the bytes."""
+        self._parts.append(_U32.pack(len(value)))
+        self._parts.append(bytes(value))
+
+    def text(self, value: str) -> None:
+        self.blob(value.encode("utf-8"))
+
+    def opt_blob(self, value: bytes | None) -> None:
+        """A presence byte (0 absent, 1 present), then the blob if present: b"" != None."""
+        if value is None:
+            self.u8(0)
+        else:
+            self.u8(1)
+            self.blob(value)
+
+    def raw(self, value: bytes) -> None:
+        self._parts.append(bytes(value))
+
+    def getvalue(self) -> bytes:
+        return b"".join(self._parts)
+
+
+class Reader:
+    """Reads what `Writer` wrote; every failure raises `error` (a `DecodeError` subclass)."""
+
+    __slots__ = ("_data", "_error", "_pos", "_what")
+
+    def __init__(self, data: bytes, what: str, error: type[DecodeError] = DecodeError) -> None:
+        self._data = bytes(data)
+        self._pos = 0
+        self._what = what
+        self._error = error
+
+    def fail(self, reason: str) -> DecodeError:
+        """The error to raise for `reason`, naming what was being decoded and where."""
+        return self._error(f"cannot decode {self._what} at byte {self._pos}: {reason}")
+
+    def _take(self, size: int) -> bytes:
+        end = self._pos + size
+        if end > len(self._data):
+            raise self.fail(
+                f"truncated (needs {size} more bytes, has {len(self._data) - self._pos})"
+            )
+        chunk = self._data[self._pos : end]
+        self._pos = end
+        return chunk
+
+    def raw(self, size: int) -> bytes:
+        return self._take(size)
+
+    def u8(self) -> int:
+        value: int = _U8.unpack(self._take(1))[0]
+        return value
+
+    def u16(self) -> int:
+        value: int = _U16.unpack(self._take(2))[0]
+        return value
+
+    def u32(self) -> int:
+        value: int = _U32.unpack(self._take(4))[0]
+        return value
+
+    def u64(self) -> int:
+        value: int = _U64.unpack(self._take(8))[0]
+        return value
+
+    def i64(self) -> int:
+        value: int = _I64.unpack(self._take(8))[0]
+        return value
+
+    def boolean(self) -> bool:
+        value = self.u8()
+        if value > 1:
+            raise self.fail(f"boolean byte must be 0 or 1, got {value}")
+        return value == 1
+
+    def blob(self) -> bytes:
+        return self._take(self.u32())
+
+    def text(self) -> str:
+        raw = self.blob()
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise self.fail(f"invalid UTF-8 ({exc.reason})") from None
+
+    def opt_blob(self) -> bytes | None:
+        present = self.u8()
+        if present == 0:
+            return None
+        if present != 1:
+            raise self.fail(f"presence byte must be 0 or 1, got {present}")
+        return self.blob()
+
+    def count(self, limit: int = U32_MAX) -> int:
+        """A u32 element count, rejected if above `limit` or above the bytes left (every
+        element takes at least one byte), so garbage cannot make a decoder loop 4 G times."""
+        n = self.u32()
+        if n > limit:
+            raise self.fail(f"count {n} exceeds the limit of {limit}")
+        if n > len(self._data) - self._pos:
+            raise self.fail(f"count {n} exceeds the {len(self._data) - self._pos} bytes left")
+        return n
+
+    def finish(self) -> None:
+        if self._pos != len(self._data):
+            raise self.fail(f"{len(self._data) - self._pos} trailing bytes")

@@ -1,0 +1,567 @@
+"""The commands the state machine applies, and their binary codec.
+
+A client request becomes one log entry whose data is an `Envelope`:
+
+    version u8 | client_id u64 | seq u64 | leader_time_ms u64 | tag u8 | body
+
+- `version` is the layout of everything after it. A decoder that meets a version it does not
+  know refuses the entry (`CommandDecodeError`) rather than guess; a new layout gets a new
+  version and the decoders keep reading the old ones for as long as old entries can be in a
+  log or a snapshot.
+- `client_id`/`seq` are the session key: a retried proposal carries the same pair and is
+  applied once (see `coordinator.raft.sessions`). `client_id` 0 means "no session": the
+  leader's own `ExpireLeases` ticks use it, and so may any command whose repetition is
+  harmless.
+- `leader_time_ms` is the proposing leader's clock, read once when it proposed the entry. It is
+  the state machine's only source of time (see `machine.py` for how it becomes the replicated
+  clock); the state machine itself never reads a clock.
+- `tag` selects the command class (one frozen, slotted dataclass each, `TAG` below); the body
+  is that class's fields in declaration order. Tags are never reused.
+
+Fields are fixed-width big-endian integers, u32-length-prefixed byte strings (UTF-8 for names)
+and presence-prefixed optionals, through `_wire`. Never pickle, never a dict or JSON blob: the
+codec is the schema, and a test round-trips every command.
+
+Decoding checks *shape* only (lengths, tags, enum values, booleans, no trailing bytes). Whether
+a well-formed command makes sense (an empty key, a TTL of a week, a lease that does not exist)
+is the state machine's call, answered with an `FsmError` the client can act on.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar, Self, TypeVar
+
+from ._wire import DecodeError, Reader, Writer
+
+ENVELOPE_VERSION = 1
+"""The layout written by `Envelope.encode`; the only one `Envelope.decode` accepts today."""
+
+
+class CommandDecodeError(DecodeError):
+    """Entry data that is not a command this version understands: garbage, truncation, an
+    unknown version or tag. The state machine answers such an entry with INVALID_ARGUMENT."""
+
+
+class CompareTarget(enum.IntEnum):
+    """What a `Compare` reads. Missing keys read as 0 (and VALUE compares as false)."""
+
+    VALUE = 1
+    VERSION = 2
+    CREATE_REVISION = 3
+    MOD_REVISION = 4
+    LEASE = 5
+    LOCK_TOKEN = 6
+    """`key` names a lock (UTF-8); EQUAL holds iff `value` is a current holder's fencing token
+    (Chubby's CheckSequencer; with a semaphore, any holder's), NOT_EQUAL is its negation, and
+    LESS/GREATER compare with the newest holder's token (0 while nobody holds it)."""
+
+
+class CompareOp(enum.IntEnum):
+    EQUAL = 1
+    NOT_EQUAL = 2
+    LESS = 3
+    """The key's current value is less than `Compare.value`."""
+    GREATER = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Compare:
+    """One guard of a `Txn`: `<target of key> <op> value`.
+
+    Invariant: `value` is bytes iff `target` is VALUE; an int otherwise.
+    """
+
+    key: bytes
+    target: CompareTarget
+    op: CompareOp
+    value: bytes | int
+
+    def _write(self, w: Writer) -> None:
+        w.blob(self.key)
+        w.u8(self.target)
+        w.u8(self.op)
+        if self.target is CompareTarget.VALUE:
+            if not isinstance(self.value, bytes):
+                raise TypeError(f"a VALUE compare needs bytes, got {type(self.value).__name__}")
+            w.blob(self.value)
+        else:
+            if not isinstance(self.value, int):
+                raise TypeError(f"a {self.target.name} compare needs an int, got bytes")
+            w.u64(self.value)
+
+    @classmethod
+    def _read(cls, r: Reader) -> Self:
+        key = r.blob()
+        target = _enum(r, CompareTarget)
+        op = _enum(r, CompareOp)
+        value: bytes | int = r.blob() if target is CompareTarget.VALUE else r.u64()
+        return cls(key, target, op, value)
+
+
+# --- KV --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    """Set `key` to `value`; `lease` != 0 attaches it (deleted when the lease ends), 0 detaches.
+    `prev_kv` asks for the previous key-value in the result."""
+
+    TAG: ClassVar[int] = 1
+    key: bytes
+    value: bytes
+    lease: int = 0
+    prev_kv: bool = False
+
+    def _write(self, w: Writer) -> None:
+        w.blob(self.key)
+        w.blob(self.value)
+        w.u64(self.lease)
+        w.boolean(self.prev_kv)
+
+    @classmethod
+    def _read(cls, r: Reader) -> Self:
+        return cls(r.blob(), r.blob(), r.u64(), r.boolean())
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    """Delete `key`, or every key in [key, range_end) (etcd's convention: range_end b"\\0"
+    means every key >= key)."""
+
+    TAG: ClassVar[int] = 2
+    key: bytes
+    range_end: bytes | None = None
+
+    def _write(self, w: Writer) -> None:
+        w.blob(self.key)
+        w.opt_blob(self.range_end)
+
+    @classmethod
+    def _read(cls, r: Reader) -> Self:
+        return cls(r.blob(), r.opt_blob())
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    """Read `key` or [key, range_end) inside a `Txn`; `limit` 0 means no limit. (Plain reads
+    are queries on the state machine and never go through the log.)"""
+
+    TAG: ClassVar[int] = 3
+    key: bytes
+    range_end: bytes | None = None
+    limit: int = 0
+
+    def _write(self, w: Writer) -> None:
+        w.blob(self.key)
+        w.opt_blob(self.range_end)
+        w.u32(self.limit)
+
+    @classmethod
+    def _read(cls, r: Reader) -> Self:
+        return cls(r.blob(), r.opt_blob(), r.u32())
+
+
+TxnOp = Put | Delete | Range
+
+_OP_READERS: dict[int, Callable[[Reader], TxnOp]] = {
+    Put.TAG: Put._read,
+    Delete.TAG: Delete._read,
+    Range.TAG: Range._read,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Txn:
+    """If every compare holds, run `success`, else `failure`; atomically, at one revision."""
+
+    TAG: ClassVar[int] = 4
+    compares: tuple[Compare, ...] = ()
+    success: tuple[TxnOp, ...] = ()
+    failure: tuple[TxnOp, ...] = ()
+
+    def _write(self, w: Writer) -> None:
+        w.u32(len(self.compares))
+        for c in self.compares:
+            c._write(w)
+        for ops in (self.success, self.failure):
+            w.u32(len(ops))
+            for op in ops:
+                w.u8(op.TAG)
+                op._write(w)
+
+    @classmethod
+    def _read(cls, r: Reader) -> Self:
+        compares = tuple(Compare._read(r) for _ in range(r.count()))
+        success = tuple(_read_op(r) for _ in range(r.count()))
+        failure = tuple(_read_op(r) for _ in range(r.count()))
+        return cls(compares, success, failure)
+
+
+def _read_op(r: Reader) -> TxnOp:
+    tag = r.u8()
+    reader = _OP_READERS.get(tag)
+    if reader is None:
+        raise r.fail(f"unknown txn op tag {tag} (a txn holds Put, Delete and Range only)")
+    return reader(r)
+
+
+# --- leases ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseGrant:
+    """A new lease of `ttl_ms`; `id` 0 lets the state machine pick the id."""
+
+    TAG: ClassVar[int] = 10
+    ttl_ms: int
+    id: int = 0
+
+    def _write(self, w: Writer) -> None:
+        w.u64(self.ttl_ms)
+        w.u64(self.id)
+
+    @classmethod
+    def _read(cls, r: Reader) -> Self:
+        return cls(r.u64(), r.u64())
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseKeepAlive:
+    """Reset the lease's deadline to now + its TTL."""
+
+    TAG: ClassVar[int] = 11
+    id: int
+
+    def _write(self, w: Writer) -> None:
+        w.u64(self.id)
+
+    @classmethod
+    def _read(cls, r: Reader) -> Self:
+        return cls(r.u64())
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRevoke:
+    """End the lease now: its keys are deleted, its locks released, its elections resigned."""
+
+    TAG: ClassVar[int] = 12
+    id: int
+
+    def _write(self, w: Writer) -> None:
+        w.u64(self.id)
+
+    @classmethod
+    def _read(cls, r: Reader) -> Self:
+        return cls(r.u64())
+
+
+@dataclass(frozen=True, slots=True)
+class ExpireLeases:
+    """Proposed by the leader periodically: end every lease whose deadline has passed (by the
+    envelope's time), and grant locks whose lock-delay is over."""
+
+    TAG: ClassVar[int] = 13
+
+    def _write(self, w: Writer) -> None:
+        pass
+
+    @classmethod
+    def _read(cls, r: Reader) -> Self:
+        return cls()
+
+
+# --- locks and elections ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LockAcquire:
+    """Hold lock `name` under `lease`, or queue for it (FIFO). `max_holders` > 1 makes it a
+    semaphore. `lock_delay_ms`: if this holder's lease *expires* while holding, nobody is
+    granted the lock for that long. `waiter_id` is the server's handle for the waiting request,
+    echoed in the `LockGranted` effect when the grant comes later."""
+
+    TAG: ClassVar[int] = 20
+    name: str
+    lease: int
+    max_holders: int = 1
+    lock_delay_ms: int = 0
+    waiter_id: int = 0
+
+    def _write(self, w: Writer) -> None:
+        w.text(self.name)
+        w.u64(self.lease)
+        w.u32(self.max_holders)
+        w.u64(self.lock_delay_ms)
+        w.u64(self.waiter_id)
+
+    @classmethod
+    def _read(cls, r: Reader) -> Self:
+        return cls(r.text(), r.u64(), r.u32(), r.u64(), r.u64())
+
+
+@dataclass(frozen=True, slots=True)
+class LockRelease:
+    """Release lock `name` held by `lease`, or withdraw `lease` from its queue."""
+
+    TAG: ClassVar[int] = 21
+    name: str
+    lease: int
+
+    def _write(self, w: Writer) -> None:
+        w.text(self.name)
+        w.u64(self.lease)
+
+    @classmethod
+    def _read(cls, r: Reader) -> Self:
+        return cls(r.text(), r.u64())
+
+
+@dataclass(frozen=True, slots=True)
+class Campaign:
+    """Become leader of `election` with `value` under `lease`, or queue (FIFO) until then."""
+
+    TAG: ClassVar[int] = 30
+    election: str
+    lease: int
+    value: bytes
+
+    def _write(self, w: Writer) -> None:
+        w.text(self.election)
+        w.u64(self.lease)
+        w.blob(self.value)
+
+    @classmethod
+    def _read(cls, r: Reader) -> Self:
+        return cls(r.text(), r.u64(), r.blob())
+
+
+@dataclass(frozen=True, slots=True)
+class Proclaim:
+    """The current leader (and only it) publishes a new value."""
+
+    TAG: ClassVar[int] = 31
+    election: str
+    lease: int
+    value: bytes
+
+    def _write(self, w: Writer) -> None:
+        w.text(self.election)
+        w.u64(self.lease)
+        w.blob(self.value)
+
+    @classmethod
+    def _read(cls, r: Reader) -> Self:
+        return cls(r.text(), r.u64(), r.blob())
+
+
+@dataclass(frozen=True, slots=True)
+class Resign:
+    """Step down as leader (the next candidate wins), or withdraw a pending campaign."""
+
+    TAG: ClassVar[int] = 32
+    election: str
+    lease: int
+
+    def _write(self, w: Writer) -> None:
+        w.text(self.election)
+        w.u64(self.lease)
+
+    @classmethod
+    def _read(cls, r: Reader) -> Self:
+        return cls(r.text(), r.u64())
+
+
+# --- sequences -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceCreate:
+    """A sequence whose first value is `start`, stepping by `increment`."""
+
+    TAG: ClassVar[int] = 40
+    name: str
+    start: int = 1
+    increment: int = 1
+
+    def _write(self, w: Writer) -> None:
+        w.text(self.name)
+        w.i64(self.start)
+        w.i64(self.increment)
+
+    @classmethod
+    def _read(cls, r: Reader) -> Self:
+        return cls(r.text(), r.i64(), r.i64())
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceNext:
+    """Take the next `count` values as one contiguous block."""
+
+    TAG: ClassVar[int] = 41
+    name: str
+    count: int = 1
+
+    def _write(self, w: Writer) -> None:
+        w.text(self.name)
+        w.u32(self.count)
+
+    @classmethod
+    def _read(cls, r: Reader) -> Self:
+        return cls(r.text(), r.u32())
+
+
+# --- members ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MemberUpsert:
+    """Record (or update) a member's metadata. Raft membership itself changes through CONF
+    entries; this is the directory the CLI and operator read names and URLs from."""
+
+    TAG: ClassVar[int] = 50
+    id: int
+    name: str
+    peer_url: str
+    client_url: str
+
+    def _write(self, w: Writer) -> None:
+        w.u64(self.id)
+        w.text(self.name)
+        w.text(self.peer_url)
+        w.text(self.client_url)
+
+    @classmethod
+    def _read(cls, r: Reader) -> Self:
+        return cls(r.u64(), r.text(), r.text(), r.text())
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRemove:
+    TAG: ClassVar[int] = 51
+    id: int
+
+    def _write(self, w: Writer) -> None:
+        w.u64(self.id)
+
+    @classmethod
+    def _read(cls, r: Reader) -> Self:
+        return cls(r.u64())
+
+
+@dataclass(frozen=True, slots=True)
+class Noop:
+    """Changes nothing; a client may propose it as a barrier (it commits after all before)."""
+
+    TAG: ClassVar[int] = 63
+
+    def _write(self, w: Writer) -> None:
+        pass
+
+    @classmethod
+    def _read(cls, r: Reader) -> Self:
+        return cls()
+
+
+Command = (
+    Put
+    | Delete
+    | Txn
+    | LeaseGrant
+    | LeaseKeepAlive
+    | LeaseRevoke
+    | ExpireLeases
+    | LockAcquire
+    | LockRelease
+    | Campaign
+    | Proclaim
+    | Resign
+    | SequenceCreate
+    | SequenceNext
+    | MemberUpsert
+    | MemberRemove
+    | Noop
+)
+
+COMMAND_TYPES: tuple[type[Command], ...] = (
+    Put,
+    Delete,
+    Txn,
+    LeaseGrant,
+    LeaseKeepAlive,
+    LeaseRevoke,
+    ExpireLeases,
+    LockAcquire,
+    LockRelease,
+    Campaign,
+    Proclaim,
+    Resign,
+    SequenceCreate,
+    SequenceNext,
+    MemberUpsert,
+    MemberRemove,
+    Noop,
+)
+"""Every top-level command class (`Range` is a txn op only)."""
+
+_READERS: dict[int, Callable[[Reader], Command]] = {cls.TAG: cls._read for cls in COMMAND_TYPES}
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One client command as it travels in a log entry (see the module docstring)."""
+
+    client_id: int
+    """The client's session id; 0 = no session (no exactly-once, e.g. the leader's ticks)."""
+    seq: int
+    """Strictly increasing per client session; a retry reuses it."""
+    leader_time_ms: int
+    """The proposing leader's clock when it proposed this; monotonic within one term."""
+    command: Command
+
+    def encode(self) -> bytes:
+        w = Writer()
+        try:
+            w.u8(ENVELOPE_VERSION)
+            w.u64(self.client_id)
+            w.u64(self.seq)
+            w.u64(self.leader_time_ms)
+            w.u8(self.command.TAG)
+            self.command._write(w)
+        except struct.error as exc:
+            raise ValueError(
+                f"cannot encode {self!r}: an integer is out of range ({exc})"
+            ) from None
+        return w.getvalue()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Envelope:
+        r = Reader(data, "command envelope", CommandDecodeError)
+        version = r.u8()
+        if version != ENVELOPE_VERSION:
+            raise r.fail(
+                f"unknown envelope version {version} (this build reads version {ENVELOPE_VERSION}"
+                "; upgrade every member before proposing commands of a newer version)"
+            )
+        client_id, seq, leader_time_ms = r.u64(), r.u64(), r.u64()
+        tag = r.u8()
+        reader = _READERS.get(tag)
+        if reader is None:
+            raise r.fail(f"unknown command tag {tag}")
+        command = reader(r)
+        r.finish()
+        return cls(client_id, seq, leader_time_ms, command)
+
+
+_E = TypeVar("_E", bound=enum.IntEnum)
+
+
+def _enum(r: Reader, kind: type[_E]) -> _E:
+    raw = r.u8()
+    try:
+        return kind(raw)
+    except ValueError:
+        raise r.fail(f"unknown {kind.__name__} {raw}") from None

@@ -1,0 +1,515 @@
+"""The replicated state machine: committed entries in, results and wake-ups out.
+
+Determinism is the whole contract. Every replica applies the same log, so every replica must
+end in the same state with the same results, and so must a replica that restored a snapshot
+halfway and applied the rest. Hence:
+
+- no clock, no randomness, no I/O: time comes only from the entries (below); ids are counters;
+- no iteration over hash order: sets are sorted before anything observable depends on them
+  (Python randomizes str/bytes hashes per process, so two replicas' sets iterate differently);
+- every rejection is a value (`FsmError` in `Applied.result`), validated before any write, so
+  a rejected command changes nothing on any replica;
+- an entry that does not decode is answered with INVALID_ARGUMENT rather than raising: raising
+  would stop every replica at the same entry forever (a poison pill). A bug that raises
+  anything else mid-apply does stop the member: carrying on after a half-applied command would
+  diverge.
+
+Time. Each client command's envelope carries `leader_time_ms`, the proposing leader's clock.
+The machine turns those stamps into one replicated clock, `now_ms`:
+- within a term, all entries come from one leader (Raft: one leader per term), so its stamps
+  are comparable: now = max(now, stamp + offset);
+- at the first stamped entry of a new term, the offset is re-pinned so that `now` continues
+  from where it stopped (offset = now - stamp). Two leaders' clocks need not agree at all
+  (monotonic clocks have arbitrary epochs; wall clocks skew), so a new leader's stamp is only
+  trusted for the time that passes *during its term*. The outage itself is not counted, which
+  only ever makes leases and lock-delays last longer, never shorter; and every lease gets a
+  full TTL at a leader change anyway (below).
+The very first term's offset is 0, so before any leader change `now_ms` is the leader's clock.
+The runtime must stamp on the leader, once per proposal, from one monotonic source.
+
+Leader change. When an entry of a higher term than any applied before arrives (usually the new
+leader's empty no-op), the machine notes it; at the next stamped command, before running it,
+every lease deadline becomes max(deadline, now + TTL) (see `leases.py` for why). Expiry comes
+only from the leader's `ExpireLeases` commands, so the refresh always precedes the first expiry
+decided in the new term.
+
+Sessions. Every command with client_id != 0 goes through `SessionTable`: a duplicate (same
+client, same seq) returns the saved result and changes nothing, a stale one (older seq) is
+refused and changes nothing. The saved result is the encoded `Result | FsmError`.
+
+Wake-ups (`Applied.effects`). A request that waits (LockAcquire, Campaign) is answered at once
+with `granted=False`; the grant may come later, from someone else's command. The server keeps
+its own table of blocked requests and settles them from effects, on *every* member that has
+clients waiting (effects are computed identically everywhere):
+- `LockGranted(name, lease, waiter_id, token)`: complete the waiting acquire (by waiter_id, or by
+  (name, lease)) with the token;
+- `LeaderElected(election, lease, token)`: complete the waiting campaign of (election, lease);
+- `LeaseExpired(id)` / `LeaseRevoked(id)`: fail every request still waiting under that lease
+  (NOT_FOUND: the lease ended) and tell its holders they lost what they held;
+- a `LockRelease`/`Resign` whose result has held=False withdrew a waiter: fail the request
+  waiting for (name, lease) (`Applied.command` says which).
+A grant made by the request's own command is its result, not an effect. Effects are not
+produced again for a duplicate, and after a restart the server has no waiters to wake: clients
+re-issue their acquire (idempotent: a holder gets its grant back, a waiter keeps its place).
+
+Concurrency contract (hashicorp/raft's FSM): `apply`, `snapshot` and `restore` are called from
+one thread, the one that owns the Raft node, in log order; entries are applied exactly once
+each, in index order (index = applied_index + 1, else ValueError). Queries read the same
+objects and must run on that thread too (or between applies). `snapshot()` returns bytes that
+no later apply changes. `restore` replaces everything or, if the image is bad, nothing.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from coordinator.raft import Entry, EntryKind, SessionTable, SessionVerdict
+
+from ._wire import DecodeError, Reader, Writer
+from .commands import (
+    Campaign,
+    Command,
+    CommandDecodeError,
+    Delete,
+    Envelope,
+    ExpireLeases,
+    LeaseGrant,
+    LeaseKeepAlive,
+    LeaseRevoke,
+    LockAcquire,
+    LockRelease,
+    MemberRemove,
+    MemberUpsert,
+    Noop,
+    Proclaim,
+    Put,
+    Resign,
+    SequenceCreate,
+    SequenceNext,
+    Txn,
+)
+from .elections import ElectionTable, LeaderInfo
+from .errors import FsmError, failed_precondition, invalid
+from .kv import (
+    DEFAULT_HISTORY_BYTES_MAX,
+    DEFAULT_HISTORY_EVENTS_MAX,
+    Event,
+    History,
+    KvStore,
+)
+from .leases import LeaseInfo, LeaseTable
+from .locks import Grant, Holder, LockTable, Waiter
+from .members import Member, MemberTable
+from .results import (
+    AcquireResult,
+    ExpireResult,
+    KeyValue,
+    LeaseResult,
+    RangeResult,
+    ReleaseResult,
+    Result,
+    RevisionResult,
+    SequenceInfo,
+    decode_outcome,
+    encode_outcome,
+)
+from .sequences import SequenceTable
+
+SNAPSHOT_MAGIC = b"CFSM"
+SNAPSHOT_VERSION = 1
+DEFAULT_MAX_SESSIONS = 100_000
+
+
+class SnapshotDecodeError(DecodeError):
+    """A snapshot image this version cannot read; the machine is left as it was."""
+
+
+# --- what apply returns ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LockGranted:
+    """A waiter got the lock because of someone else's release, an expiry or a lock-delay's end."""
+
+    name: str
+    lease: int
+    waiter_id: int
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderElected:
+    """A waiting candidate became leader (the leader before it resigned or expired)."""
+
+    election: str
+    lease: int
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseExpired:
+    """ExpireLeases ended this lease: its keys are gone, its locks and elections released."""
+
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRevoked:
+    """LeaseRevoke ended this lease (same clean-up as expiry, but no lock-delay)."""
+
+    id: int
+
+
+Effect = LockGranted | LeaderElected | LeaseExpired | LeaseRevoked
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """The outcome of applying one entry."""
+
+    index: int
+    term: int
+    client_id: int = 0
+    seq: int = 0
+    command: Command | None = None
+    """The decoded command; None for a leader no-op, a CONF entry or undecodable data."""
+    result: Result | FsmError | None = None
+    """The command's result or rejection (INVALID_ARGUMENT for undecodable data); None for a
+    leader no-op or a CONF entry."""
+    effects: tuple[Effect, ...] = ()
+    """Wake-ups for requests other than this one, in the order they happened."""
+    duplicate: bool = False
+    """True if the session table answered (a retry or a stale request): nothing changed."""
+
+
+# --- the machine -----------------------------------------------------------------------------
+
+
+class StateMachine:
+    """KV + leases + locks + elections + sequences + members, with sessions and a replicated
+    clock. The history bounds and session limit are part of the replicated behaviour: every
+    member must be built with the same values."""
+
+    def __init__(
+        self,
+        *,
+        history_events_max: int = DEFAULT_HISTORY_EVENTS_MAX,
+        history_bytes_max: int = DEFAULT_HISTORY_BYTES_MAX,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+    ) -> None:
+        self._history_events_max = history_events_max
+        self._history_bytes_max = history_bytes_max
+        self._max_sessions = max_sessions
+        self._applied_index = 0
+        """Index of the last applied entry; apply takes exactly applied_index + 1."""
+        self._applied_term = 0
+        self._max_term = 0
+        """The highest term of any applied entry (never decreases)."""
+        self._refresh_pending = False
+        """A higher term was seen and leases have not yet had their full TTL restored."""
+        self._now_ms = 0
+        """The replicated clock (module docstring). Never decreases."""
+        self._clock_term = 0
+        """The term whose leader's stamps `_clock_offset_ms` maps; 0 before the first stamp."""
+        self._clock_offset_ms = 0
+        """now_ms = stamp + offset for stamps of `_clock_term`."""
+        self._history = History(history_events_max, history_bytes_max)
+        self._leases = LeaseTable()
+        self._locks = LockTable(self._history, self._leases.__contains__)
+        self._elections = ElectionTable(self._history, self._leases.__contains__)
+        self._kv = KvStore(self._history, self._leases.__contains__, self._locks.tokens)
+        self._sequences = SequenceTable(self._history)
+        self._members = MemberTable(self._history)
+        self._sessions = SessionTable(max_sessions)
+
+    # --- apply -------------------------------------------------------------------------------
+
+    def apply(self, entry: Entry) -> Applied:
+        if entry.index != self._applied_index + 1:
+            raise ValueError(
+                f"entry {entry.index} applied out of order: the machine has applied up to "
+                f"{self._applied_index}, so it takes {self._applied_index + 1} next"
+            )
+        self._applied_index, self._applied_term = entry.index, entry.term
+        if entry.term > self._max_term:
+            self._max_term = entry.term
+            self._refresh_pending = True
+        if entry.kind is not EntryKind.NORMAL or not entry.data:
+            return Applied(entry.index, entry.term)
+        try:
+            env = Envelope.decode(entry.data)
+        except CommandDecodeError as exc:
+            return Applied(
+                entry.index,
+                entry.term,
+                result=invalid(f"entry {entry.index} holds no valid command ({exc})"),
+            )
+        self._advance_clock(env.leader_time_ms, entry.term)
+        head = (entry.index, entry.term, env.client_id, env.seq, env.command)
+        if env.client_id:
+            seen = self._sessions.check(env.client_id, env.seq)
+            if seen.verdict is SessionVerdict.DUPLICATE:
+                return Applied(*head, result=decode_outcome(seen.response), duplicate=True)
+            if seen.verdict is SessionVerdict.STALE:
+                stale = failed_precondition(
+                    f"request {env.seq} of client {env.client_id} is older than the newest one "
+                    "applied for that client; a client sends one request at a time with "
+                    "increasing sequence numbers, so this is a late duplicate: drop it"
+                )
+                return Applied(*head, result=stale, duplicate=True)
+        effects: list[Effect] = []
+        result: Result | FsmError
+        try:
+            result = self._execute(env.command, effects)
+        except FsmError as err:
+            result = err
+            effects.clear()
+        if env.client_id:
+            self._sessions.record(env.client_id, env.seq, encode_outcome(result), entry.index)
+        return Applied(*head, result=result, effects=tuple(effects))
+
+    def _advance_clock(self, stamp_ms: int, term: int) -> None:
+        if term != self._clock_term:
+            self._clock_offset_ms = 0 if self._clock_term == 0 else self._now_ms - stamp_ms
+            self._clock_term = term
+        self._now_ms = max(self._now_ms, stamp_ms + self._clock_offset_ms)
+        if self._refresh_pending:
+            self._leases.refresh(self._now_ms)
+            self._refresh_pending = False
+
+    def _execute(self, cmd: Command, effects: list[Effect]) -> Result:
+        now = self._now_ms
+        match cmd:
+            case Put():
+                return self._kv.put(cmd)
+            case Delete():
+                return self._kv.delete(cmd)
+            case Txn():
+                return self._kv.txn(cmd)
+            case LeaseGrant():
+                lease = self._leases.grant(cmd.ttl_ms, cmd.id, now)
+                return LeaseResult(lease.id, lease.ttl_ms)
+            case LeaseKeepAlive():
+                lease = self._leases.keep_alive(cmd.id, now)
+                return LeaseResult(lease.id, lease.ttl_ms)
+            case LeaseRevoke():
+                self._leases.get(cmd.id)  # NOT_FOUND before any change
+                effects.append(LeaseRevoked(cmd.id))
+                self._end_lease(cmd.id, expired=False, effects=effects)
+                return RevisionResult(self._history.revision)
+            case ExpireLeases():
+                due = self._leases.due(now)
+                for lease_id in due:
+                    self._locks.leave_queues(lease_id, now)
+                    self._elections.leave_queues(lease_id, now)
+                for lease_id in due:
+                    effects.append(LeaseExpired(lease_id))
+                    self._end_lease(lease_id, expired=True, effects=effects)
+                effects += [_lock_granted(g) for g in self._locks.tick(now)]
+                effects += [_leader_elected(g) for g in self._elections.tick(now)]
+                return ExpireResult(self._history.revision, tuple(due))
+            case LockAcquire():
+                acq = self._locks.acquire(
+                    cmd.name,
+                    cmd.lease,
+                    now,
+                    waiter_id=cmd.waiter_id,
+                    max_holders=cmd.max_holders,
+                    lock_delay_ms=cmd.lock_delay_ms,
+                )
+                effects += [_lock_granted(g) for g in acq.others]
+                return AcquireResult(
+                    self._history.revision, acq.granted, acq.token, acq.waiting_ahead
+                )
+            case LockRelease():
+                held, grants = self._locks.release(cmd.name, cmd.lease, now)
+                effects += [_lock_granted(g) for g in grants]
+                return ReleaseResult(self._history.revision, held)
+            case Campaign():
+                acq = self._elections.campaign(cmd.election, cmd.lease, cmd.value, now)
+                effects += [_leader_elected(g) for g in acq.others]
+                return AcquireResult(
+                    self._history.revision, acq.granted, acq.token, acq.waiting_ahead
+                )
+            case Proclaim():
+                return RevisionResult(self._elections.proclaim(cmd.election, cmd.lease, cmd.value))
+            case Resign():
+                held, grants = self._elections.resign(cmd.election, cmd.lease, now)
+                effects += [_leader_elected(g) for g in grants]
+                return ReleaseResult(self._history.revision, held)
+            case SequenceCreate():
+                return self._sequences.create(cmd.name, cmd.start, cmd.increment)
+            case SequenceNext():
+                return self._sequences.next(cmd.name, cmd.count)
+            case MemberUpsert():
+                member = Member(cmd.id, cmd.name, cmd.peer_url, cmd.client_url)
+                return RevisionResult(self._members.upsert(member))
+            case MemberRemove():
+                return RevisionResult(self._members.remove(cmd.id))
+            case Noop():
+                return RevisionResult(self._history.revision)
+
+    def _end_lease(self, lease_id: int, *, expired: bool, effects: list[Effect]) -> None:
+        """Delete the lease's keys (one revision), release its locks (lock-delay if it
+        expired) and elections, then forget it."""
+        now = self._now_ms
+        self._kv.delete_keys(self._kv.keys_of_lease(lease_id))
+        effects += [_lock_granted(g) for g in self._locks.end_lease(lease_id, now, expired=expired)]
+        effects += [
+            _leader_elected(g) for g in self._elections.end_lease(lease_id, now, expired=False)
+        ]
+        self._leases.remove(lease_id)
+
+    # --- state -------------------------------------------------------------------------------
+
+    @property
+    def applied_index(self) -> int:
+        return self._applied_index
+
+    @property
+    def applied_term(self) -> int:
+        return self._applied_term
+
+    @property
+    def revision(self) -> int:
+        """The global revision: the newest change's; 0 before any."""
+        return self._history.revision
+
+    @property
+    def now_ms(self) -> int:
+        """The replicated clock as of the last applied command (module docstring)."""
+        return self._now_ms
+
+    @property
+    def history_horizon(self) -> int:
+        """The oldest revision `events_since` can still start from."""
+        return self._history.horizon
+
+    # --- queries (read side; never through the log) ------------------------------------------
+
+    def get(self, key: bytes) -> KeyValue | None:
+        return self._kv.get(key)
+
+    def range(self, key: bytes, range_end: bytes | None = None, limit: int = 0) -> RangeResult:
+        return self._kv.range(key, range_end, limit)
+
+    def events_since(self, revision: int) -> list[Event]:
+        """Every event at `revision` or later; OUT_OF_RANGE if the history no longer has them."""
+        return self._history.events_since(revision)
+
+    def leases(self) -> tuple[int, ...]:
+        return tuple(self._leases.ids())
+
+    def lease_ttl(self, lease_id: int) -> LeaseInfo:
+        lease = self._leases.get(lease_id)
+        return LeaseInfo(
+            lease.id,
+            lease.ttl_ms,
+            max(0, lease.deadline_ms - self._now_ms),
+            tuple(self._kv.keys_of_lease(lease_id)),
+        )
+
+    def lock_holders(self, name: str) -> tuple[Holder, ...]:
+        """Current holders, oldest grant first (one for a mutex)."""
+        return self._locks.holders(name)
+
+    def lock_waiters(self, name: str) -> tuple[Waiter, ...]:
+        """Queued acquirers, first in line first."""
+        return self._locks.waiters(name)
+
+    def check_fence(self, name: str, token: int) -> bool:
+        """Is `token` a current holder's fencing token for lock `name`? (CheckSequencer)"""
+        return self._locks.check_fence(name, token)
+
+    def election_leader(self, election: str) -> LeaderInfo | None:
+        return self._elections.leader(election)
+
+    def election_candidates(self, election: str) -> tuple[Waiter, ...]:
+        """Candidates waiting to lead, next in line first."""
+        return self._elections.waiters(election)
+
+    def sequence_current(self, name: str) -> SequenceInfo:
+        return self._sequences.current(name)
+
+    def members(self) -> tuple[Member, ...]:
+        return self._members.list()
+
+    # --- snapshots ---------------------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """A versioned binary image of everything: clock, KV, history (with its horizon),
+        leases, locks, elections, sequences, members and the session table. Canonical: two
+        machines in the same state produce the same bytes."""
+        w = Writer()
+        w.raw(SNAPSHOT_MAGIC)
+        w.u8(SNAPSHOT_VERSION)
+        w.u64(self._applied_index)
+        w.u64(self._applied_term)
+        w.u64(self._max_term)
+        w.boolean(self._refresh_pending)
+        w.i64(self._now_ms)
+        w.u64(self._clock_term)
+        w.i64(self._clock_offset_ms)
+        self._history.write(w)
+        self._kv.write(w)
+        self._leases.write(w)
+        self._locks.write(w)
+        self._elections.write(w)
+        self._sequences.write(w)
+        self._members.write(w)
+        w.blob(self._sessions.encode())
+        return w.getvalue()
+
+    def restore(self, data: bytes) -> None:
+        """Replace the whole state with a `snapshot()` image; on a bad image raise
+        SnapshotDecodeError and keep the current state."""
+        fresh = StateMachine(
+            history_events_max=self._history_events_max,
+            history_bytes_max=self._history_bytes_max,
+            max_sessions=self._max_sessions,
+        )
+        r = Reader(data, "state machine snapshot", SnapshotDecodeError)
+        try:
+            fresh._read_image(r)
+        except DecodeError as exc:
+            if isinstance(exc, SnapshotDecodeError):
+                raise
+            raise SnapshotDecodeError(str(exc)) from exc
+        except (ValueError, struct.error) as exc:  # the session table's own decoder
+            raise SnapshotDecodeError(f"cannot decode state machine snapshot: {exc}") from exc
+        self.__dict__.update(fresh.__dict__)
+
+    def _read_image(self, r: Reader) -> None:
+        magic = r.raw(len(SNAPSHOT_MAGIC))
+        if magic != SNAPSHOT_MAGIC:
+            raise r.fail(f"not a Concord state machine snapshot (magic {magic!r})")
+        version = r.u8()
+        if version != SNAPSHOT_VERSION:
+            raise r.fail(
+                f"unknown snapshot version {version} (this build reads {SNAPSHOT_VERSION})"
+            )
+        self._applied_index = r.u64()
+        self._applied_term = r.u64()
+        self._max_term = r.u64()
+        self._refresh_pending = r.boolean()
+        self._now_ms = r.i64()
+        self._clock_term = r.u64()
+        self._clock_offset_ms = r.i64()
+        self._history.read_into(r)
+        self._kv.read_into(r)
+        self._leases.read_into(r)
+        self._locks.read_into(r)
+        self._elections.read_into(r)
+        self._sequences.read_into(r)
+        self._members.read_into(r)
+        self._sessions = SessionTable.decode(r.blob(), self._max_sessions)
+        r.finish()
+
+
+def _lock_granted(g: Grant) -> LockGranted:
+    return LockGranted(g.name, g.lease, g.waiter_id, g.token)
+
+
+def _leader_elected(g: Grant) -> LeaderElected:
+    return LeaderElected(g.name, g.lease, g.token)

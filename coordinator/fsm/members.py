@@ -1,0 +1,102 @@
+"""The member directory: id -> name and URLs, replicated so every member and client agrees.
+
+Raft membership itself (who votes, who is a learner) changes through CONF entries that the Raft
+core applies; those carry only ids. This table is the metadata the humans and the operator
+need next to the ids: a name (the StatefulSet pod name), the URL peers dial and the URL
+clients dial. The server proposes `MemberUpsert` along with adding a member and `MemberRemove`
+along with removing one; `concordctl member list` joins it with the core's status (Leader /
+Reachable / Unreachable, match index).
+
+Upsert is level-based: writing what is already there changes nothing (no revision, no event),
+so a reconciler may repeat it freely. Names are unique: a second member may not take a name
+in use (ALREADY_EXISTS), which catches a pod that came back with a new id before the old id
+was removed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ._wire import Reader, Writer
+from .errors import already_exists, invalid, not_found
+from .kv import EventKind, History, check_id, check_name
+
+MAX_URL_BYTES = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    id: int
+    """The Raft node id, 1..2**63-1."""
+    name: str
+    peer_url: str
+    client_url: str
+
+
+def _check_url(url: str, what: str) -> None:
+    scheme, sep, rest = url.partition("://")
+    if not sep or not scheme or not rest or any(c.isspace() for c in url):
+        raise invalid(f"{what} {url!r} must look like scheme://host:port, without spaces")
+    if len(url.encode("utf-8")) > MAX_URL_BYTES:
+        raise invalid(f"{what} is longer than {MAX_URL_BYTES} bytes")
+
+
+class MemberTable:
+    def __init__(self, history: History) -> None:
+        self._history = history
+        self._members: dict[int, Member] = {}
+        """id -> member. Invariant: names are unique."""
+
+    def list(self) -> tuple[Member, ...]:
+        return tuple(self._members[i] for i in sorted(self._members))
+
+    def get(self, member_id: int) -> Member | None:
+        return self._members.get(member_id)
+
+    def upsert(self, member: Member) -> int:
+        """Record `member`; returns the revision after (unchanged if nothing changed)."""
+        check_id(member.id, "member id")
+        check_name(member.name, "member")
+        _check_url(member.peer_url, "peer_url")
+        _check_url(member.client_url, "client_url")
+        for other in self._members.values():
+            if other.name == member.name and other.id != member.id:
+                raise already_exists(
+                    f"member name {member.name!r} belongs to member {other.id}; remove member "
+                    f"{other.id} first, or choose another name"
+                )
+        if self._members.get(member.id) == member:
+            return self._history.revision
+        revision = self._history.record(
+            EventKind.MEMBER_UPSERTED, member.name.encode(), number=member.id
+        )
+        self._members[member.id] = member
+        return revision
+
+    def remove(self, member_id: int) -> int:
+        member = self._members.get(member_id)
+        if member is None:
+            raise not_found(
+                f"member {member_id} is not in the member list; list members to see ids"
+            )
+        del self._members[member_id]
+        return self._history.record(
+            EventKind.MEMBER_REMOVED, member.name.encode(), number=member_id
+        )
+
+    def write(self, w: Writer) -> None:
+        w.u32(len(self._members))
+        for member in self.list():
+            w.u64(member.id)
+            w.text(member.name)
+            w.text(member.peer_url)
+            w.text(member.client_url)
+
+    def read_into(self, r: Reader) -> None:
+        members: dict[int, Member] = {}
+        for _ in range(r.count()):
+            member = Member(r.u64(), r.text(), r.text(), r.text())
+            if member.id in members:
+                raise r.fail(f"member {member.id} appears twice")
+            members[member.id] = member
+        self._members = members
