@@ -1,0 +1,1 @@
+"""concordctl, the command line (click)."""

@@ -1,0 +1,373 @@
+"""RaftLoop: one member's Raft core, driven for real on an asyncio event loop.
+
+Task ownership. One task, `run()`, owns the `RawNode` and the `StateMachine`: it alone calls
+`tick`, `step`, `propose`, `read_index` and `handle_ready`, so neither needs a lock. Other
+tasks (gRPC handlers, the peer transport) never touch them; they put requests on the inbox
+and await a future that `run()` settles. The ticker is part of `run()` (a deadline, not a
+second task), so a tick can never interleave with a Ready half-processed.
+
+Batching. Each turn of the loop drains everything queued, hands all proposals to the core in
+one `propose_batch`, and then processes the resulting Ready: one fsync covers every proposal
+that arrived while the previous fsync ran (group commit), and one APP per follower carries
+them all. The fsync itself runs on the loop thread: nothing this member could do meanwhile
+would be safe to do before the data is durable anyway.
+
+Outcomes. A proposal is identified by the (index, term) the core gave it. When the entry at
+that index applies, the proposal succeeded iff the entry's term matches; otherwise another
+leader overwrote it and the caller gets `ProposalLostError` (retrying with the same session
+sequence is safe: the state machine answers a duplicate from its session table).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+from coordinator.fsm import Applied, Command, Effect, Envelope, ExpireLeases, StateMachine
+from coordinator.raft import (
+    ConfChange,
+    Config,
+    ConfState,
+    Entry,
+    EntryKind,
+    LogStorage,
+    Message,
+    RaftError,
+    RawNode,
+    ReadState,
+    Role,
+    Snapshot,
+    Status,
+)
+
+from .clock import Clock
+from .driver import Transport, Wal, handle_ready
+
+log = logging.getLogger("concord.raft")
+_T = TypeVar("_T")
+
+
+class DurableLog(Wal, LogStorage, Protocol):
+    """The member's log: durable writes (`Wal`) and Raft's read side (`LogStorage`) in one."""
+
+    def create_snapshot(self, index: int, conf: ConfState, data: bytes) -> Snapshot: ...
+
+    def compact(self, index: int) -> int: ...
+
+
+class ProposalLostError(RaftError):
+    """The entry was overwritten by another leader: it did not and will not apply. Retry."""
+
+
+class StoppedError(RaftError):
+    """The member is shutting down."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoopConfig:
+    id: int
+    tick_s: float = 0.1
+    election_ticks: int = 10
+    heartbeat_ticks: int = 1
+    snapshot_every_entries: int = 10_000
+    snapshot_keep_entries: int = 1_000
+    """Entries kept below a snapshot so slightly lagging followers need no snapshot."""
+    lease_check_s: float = 0.5
+    max_batch: int = 1024
+
+
+@dataclass(slots=True)
+class _Proposal:
+    data: bytes
+    future: asyncio.Future[Applied]
+
+
+@dataclass(slots=True)
+class _Pending:
+    term: int
+    future: asyncio.Future[Applied]
+
+
+@dataclass(slots=True)
+class _Inbox:
+    messages: list[Message] = field(default_factory=list)
+    proposals: list[_Proposal] = field(default_factory=list)
+    calls: list[Callable[[], None]] = field(default_factory=list)
+
+
+class RaftLoop:
+    def __init__(
+        self,
+        cfg: LoopConfig,
+        storage: DurableLog,
+        transport: Transport,
+        fsm: StateMachine,
+        clock: Clock,
+        *,
+        rng: random.Random | None = None,
+        on_effects: Callable[[Sequence[Effect]], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.storage = storage
+        self.transport = transport
+        self.fsm = fsm
+        self.clock = clock
+        self.on_effects = on_effects
+        self.node = RawNode(
+            Config(
+                id=cfg.id,
+                rng=rng or random.Random(),
+                election_timeout_ticks=cfg.election_ticks,
+                heartbeat_ticks=cfg.heartbeat_ticks,
+                logger=log,
+            ),
+            storage,
+        )
+        snap = storage.snapshot()
+        if snap.data:
+            fsm.restore(snap.data)
+        self._applied_conf = snap.meta.conf
+        self._inbox = _Inbox()
+        self._wake = asyncio.Event()
+        self._pending: dict[int, _Pending] = {}
+        self._reads: dict[int, asyncio.Future[int]] = {}
+        self._waiting_reads: list[tuple[int, asyncio.Future[int]]] = []
+        self._ctx = itertools.count(1)
+        self._stopped = False
+        self.leader_changes = 0
+        self._last_leader = 0
+        self._next_lease_check_s = 0.0
+
+    # --- called from other tasks -------------------------------------------------------------
+
+    def receive(self, msg: Message) -> None:
+        """A message from a peer (the transport calls this)."""
+        self._inbox.messages.append(msg)
+        self._wake.set()
+
+    async def propose(self, command: Command, client_id: int = 0, seq: int = 0) -> Applied:
+        """Replicate one command; returns what applying it produced. Raises NotLeaderError
+        (with the leader we know of) or ProposalLostError; both are safe to retry."""
+        self._check_running()
+        env = Envelope(client_id, seq, self.clock.wall_ms(), command)
+        fut: asyncio.Future[Applied] = asyncio.get_running_loop().create_future()
+        self._inbox.proposals.append(_Proposal(env.encode(), fut))
+        self._wake.set()
+        return await fut
+
+    async def read_barrier(self) -> int:
+        """Wait until this member's state machine reflects every write acknowledged before
+        the call (ReadIndex): a linearizable read may then be served locally."""
+        self._check_running()
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        ctx = next(self._ctx)
+
+        def ask() -> None:
+            try:
+                self.node.read_index(ctx)
+                self._reads[ctx] = fut
+            except RaftError as err:
+                fut.set_exception(err)
+
+        self._call(ask)
+        return await fut
+
+    async def conf_change(self, cc: ConfChange) -> int:
+        return await self._run_in_loop(lambda: self.node.propose_conf_change(cc)[0])
+
+    async def transfer_leader(self, target: int) -> None:
+        await self._run_in_loop(lambda: self.node.transfer_leader(target))
+
+    async def campaign(self) -> None:
+        await self._run_in_loop(self.node.campaign)
+
+    def status(self) -> Status:
+        return self.node.status()
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._wake.set()
+
+    # --- the owner task ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Own the node until `stop()`: ticks, inputs, Ready processing."""
+        next_tick = self.clock.monotonic_s() + self.cfg.tick_s
+        try:
+            while not self._stopped:
+                timeout = max(0.0, next_tick - self.clock.monotonic_s())
+                if not self._has_input():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), timeout)
+                self._wake.clear()
+                now = self.clock.monotonic_s()
+                while now >= next_tick:
+                    self.node.tick()
+                    next_tick += self.cfg.tick_s
+                    if now - next_tick > 10 * self.cfg.tick_s:
+                        next_tick = now + self.cfg.tick_s  # we were stalled: do not burst
+                self._drain_inbox()
+                self._maybe_expire_leases(now)
+                while handle_ready(self.node, self.storage, self.transport, self) is not None:
+                    self._drain_inbox()
+                self._observe_leader()
+        finally:
+            self._fail_all(StoppedError("member stopping"))
+
+    def _has_input(self) -> bool:
+        ib = self._inbox
+        return bool(ib.messages or ib.proposals or ib.calls)
+
+    def _drain_inbox(self) -> None:
+        ib = self._inbox
+        msgs, ib.messages = ib.messages, []
+        for m in msgs:
+            try:
+                self.node.step(m)
+            except ValueError as err:
+                log.warning("dropping bad message from %d: %s", m.frm, err)
+        calls, ib.calls = ib.calls, []
+        for call in calls:
+            call()
+        while ib.proposals:
+            batch = ib.proposals[: self.cfg.max_batch]
+            del ib.proposals[: self.cfg.max_batch]
+            try:
+                first, term = self.node.propose_batch([p.data for p in batch])
+            except RaftError as err:
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(err)
+                continue
+            for i, p in enumerate(batch):
+                self._pending[first + i] = _Pending(term, p.future)
+
+    def _maybe_expire_leases(self, now_s: float) -> None:
+        """The leader decides lease expiry by proposing it; every member applies the same."""
+        if self.node.role is not Role.LEADER or now_s < self._next_lease_check_s:
+            return
+        self._next_lease_check_s = now_s + self.cfg.lease_check_s
+        if not self.fsm.leases():
+            return
+        env = Envelope(0, 0, self.clock.wall_ms(), ExpireLeases())
+        with contextlib.suppress(RaftError):
+            self.node.propose(env.encode())
+
+    def _observe_leader(self) -> None:
+        leader = self.node.leader
+        if leader != self._last_leader:
+            if leader:
+                self.leader_changes += 1
+            self._last_leader = leader
+
+    def _call(self, fn: Callable[[], None]) -> None:
+        self._inbox.calls.append(fn)
+        self._wake.set()
+
+    async def _run_in_loop(self, fn: Callable[[], _T]) -> _T:
+        self._check_running()
+        fut: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
+
+        def call() -> None:
+            try:
+                fut.set_result(fn())
+            except RaftError as err:
+                fut.set_exception(err)
+
+        self._call(call)
+        return await fut
+
+    def _check_running(self) -> None:
+        if self._stopped:
+            raise StoppedError("member stopping")
+
+    def _fail_all(self, err: Exception) -> None:
+        for p in self._pending.values():
+            if not p.future.done():
+                p.future.set_exception(err)
+        self._pending.clear()
+        for f in self._reads.values():
+            if not f.done():
+                f.set_exception(err)
+        for _, f in self._waiting_reads:
+            if not f.done():
+                f.set_exception(err)
+        for queued in self._inbox.proposals:
+            if not queued.future.done():
+                queued.future.set_exception(err)
+
+    # --- Applier (called by handle_ready, inside run()) ----------------------------------------
+
+    def restore(self, snapshot: Snapshot) -> None:
+        self.fsm.restore(snapshot.data)
+        self._applied_conf = snapshot.meta.conf
+        for index in [i for i in self._pending if i <= snapshot.meta.index]:
+            p = self._pending.pop(index)
+            if not p.future.done():
+                p.future.set_exception(
+                    ProposalLostError("outcome unknown (replaced by a snapshot); retry")
+                )
+
+    def apply(self, entries: Sequence[Entry]) -> None:
+        effects: list[Effect] = []
+        for e in entries:
+            applied = self.fsm.apply(e)
+            if e.kind is EntryKind.CONF:
+                self._applied_conf = ConfState.decode(e.data)
+            effects.extend(applied.effects)
+            p = self._pending.pop(e.index, None)
+            if p is not None and not p.future.done():
+                if p.term == e.term:
+                    p.future.set_result(applied)
+                else:
+                    p.future.set_exception(
+                        ProposalLostError("a new leader overwrote this proposal; retry")
+                    )
+        if effects and self.on_effects is not None:
+            self.on_effects(effects)
+        self._serve_reads()
+        self._maybe_snapshot()
+
+    def read_states(self, states: Sequence[ReadState]) -> None:
+        for rs in states:
+            fut = self._reads.pop(rs.context, None)
+            if fut is not None:
+                self._waiting_reads.append((rs.index, fut))
+        self._serve_reads()
+
+    def _serve_reads(self) -> None:
+        if not self._waiting_reads:
+            return
+        applied = self.fsm.applied_index
+        keep: list[tuple[int, asyncio.Future[int]]] = []
+        for index, fut in self._waiting_reads:
+            if index <= applied:
+                if not fut.done():
+                    fut.set_result(index)
+            else:
+                keep.append((index, fut))
+        self._waiting_reads = keep
+
+    def _maybe_snapshot(self) -> None:
+        applied = self.fsm.applied_index
+        snap_index = self.storage.snapshot().meta.index
+        if applied - snap_index < self.cfg.snapshot_every_entries:
+            return
+        self.storage.create_snapshot(applied, self._applied_conf, self.fsm.snapshot())
+        self.storage.compact(max(snap_index, applied - self.cfg.snapshot_keep_entries))
+
+    # --- introspection -----------------------------------------------------------------------
+
+    @property
+    def is_leader(self) -> bool:
+        return self.node.role is Role.LEADER
+
+    @property
+    def leader(self) -> int:
+        return self.node.leader

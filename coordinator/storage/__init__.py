@@ -1,0 +1,72 @@
+"""Concord's durable storage: an encrypted, segmented write-ahead log and snapshots on disk.
+
+A member's data directory holds
+
+    FORMAT          data-dir format version
+    keys/           dek.ring (the data keys, wrapped under the KEK) and, without autolock, kek
+    wal/            segments of checksummed, AES-GCM-sealed records; LOCK
+    snap/           the newest two sealed snapshots
+
+`KeyStore` opens the keys (`crypto.py`: DEKs, KEK, autolock, unlock keys and their Shamir
+shares); `DiskWal` is the log (`wal.py`): the runtime passes one object both as the Raft
+core's `LogStorage` and as `handle_ready`'s `Wal`. `dump` (`rafttool.py`) reads a data dir
+record by record for `concordctl rafttool dump`.
+
+This package depends on the Raft core's vocabulary only; it never imports the runtime.
+"""
+
+from ._segment import RecordType as RecordType
+from .crypto import KeyStore as KeyStore
+from .crypto import combine_unlock_key_shares as combine_unlock_key_shares
+from .crypto import format_unlock_key as format_unlock_key
+from .crypto import parse_unlock_key as parse_unlock_key
+from .crypto import split_unlock_key as split_unlock_key
+from .errors import AlreadyInitializedError as AlreadyInitializedError
+from .errors import DataDirBusyError as DataDirBusyError
+from .errors import FormatVersionError as FormatVersionError
+from .errors import InvalidUnlockKeyError as InvalidUnlockKeyError
+from .errors import KeyFileCorruptError as KeyFileCorruptError
+from .errors import KeyStoreError as KeyStoreError
+from .errors import LockedError as LockedError
+from .errors import NotInitializedError as NotInitializedError
+from .errors import ShareError as ShareError
+from .errors import StorageError as StorageError
+from .errors import UnknownKeyError as UnknownKeyError
+from .errors import WalCorruptError as WalCorruptError
+from .errors import WalError as WalError
+from .errors import WrongUnlockKeyError as WrongUnlockKeyError
+from .rafttool import DumpRecord as DumpRecord
+from .rafttool import dump as dump
+from .wal import DEFAULT_SEGMENT_BYTES as DEFAULT_SEGMENT_BYTES
+from .wal import DiskWal as DiskWal
+from .wal import RecoveryReport as RecoveryReport
+from .wal import WalMetrics as WalMetrics
+
+__all__ = [
+    "DEFAULT_SEGMENT_BYTES",
+    "AlreadyInitializedError",
+    "DataDirBusyError",
+    "DiskWal",
+    "DumpRecord",
+    "FormatVersionError",
+    "InvalidUnlockKeyError",
+    "KeyFileCorruptError",
+    "KeyStore",
+    "KeyStoreError",
+    "LockedError",
+    "NotInitializedError",
+    "RecordType",
+    "RecoveryReport",
+    "ShareError",
+    "StorageError",
+    "UnknownKeyError",
+    "WalCorruptError",
+    "WalError",
+    "WalMetrics",
+    "WrongUnlockKeyError",
+    "combine_unlock_key_shares",
+    "dump",
+    "format_unlock_key",
+    "parse_unlock_key",
+    "split_unlock_key",
+]

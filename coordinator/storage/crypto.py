@@ -1,0 +1,689 @@
+"""Encryption at rest: AES-256-GCM data keys, a wrapped key ring, autolock and unlock keys.
+
+The model is Docker Swarm's, tightened where Swarm is loose.
+
+**Data keys (DEKs).** Every WAL record and every snapshot is sealed with AES-256-GCM under a
+32-byte random DEK. Each sealed object carries its DEK's key id (u32) in the clear, so the
+ring can hold several DEKs: after `rotate_dek` new records use the new key while old ones
+stay readable, and `drop_keys_older_than` forgets a retired key once snapshots and
+compaction have removed everything sealed under it. The associated data of every seal binds
+what the object is and where it lives (record type, index, term, key id, and for WAL records
+the segment and byte offset), so a record copied to another index, another file or another
+position fails authentication instead of being replayed.
+
+**Nonces never repeat under one key.** A nonce is 12 bytes: a 4-byte prefix and an 8-byte
+counter.
+
+- WAL records: prefix = the segment's sequence number (< 2**31, top bit clear), counter = the
+  record's ordinal within that segment. A segment is written only by the process that
+  created it and is never appended to after that process stops (every open starts a new
+  segment). A new segment takes 1 + the highest sequence number present, its name is made
+  durable (directory fsync) before its first sealed record is written, and the newest
+  segment is never deleted, so no sequence number is handed out twice within one WAL. A new
+  WAL always starts under a freshly generated DEK (`DiskWal.create` rotates it), so even a
+  hand-deleted `wal/` cannot restart the numbering under a key that already sealed
+  something. (A purely random 4-byte prefix per open, the obvious alternative, collides by
+  the birthday bound after about 2**16 restarts: unlikely, but not "never".)
+- Snapshots: prefix top bit set, the other 95 bits random. The top bit keeps them disjoint
+  from WAL nonces, and a collision among snapshots (a few per hour at most) needs on the
+  order of 2**47 of them.
+- The key ring is wrapped under the KEK with a random 96-bit nonce; it is rewrapped a
+  handful of times in a member's life.
+
+**Key encryption key (KEK).** The ring lives in `keys/dek.ring`, sealed under a KEK. Without
+autolock the KEK sits beside it in `keys/kek` (mode 0600), exactly as Swarm does: the
+encryption then protects a copied WAL or snapshot, not a stolen disk. With autolock the KEK
+is derived (HKDF-SHA256, stored random salt) from a 32-byte unlock key that never touches
+disk; a restarted member can read nothing until `concordctl unlock` supplies it. A wrong
+key fails the ring's authentication and is reported as `WrongUnlockKeyError`; a damaged
+ring file is caught first by its CRC and reported as `KeyFileCorruptError`, so an operator
+is never told "wrong key" about a disk fault.
+
+**Unlock keys for people.** `CONCORD-UNLOCK-` + base32 of the key and a 4-byte SHA-256
+checksum, so a mistyped key is rejected before any decryption is attempted. For custody by
+several people the key can be split k-of-n with Shamir's scheme over GF(256), byte by byte;
+each share is a string carrying its index, the threshold k, a split id and its own
+checksum. The shared secret includes the key's checksum, so `combine` can also tell when
+k well-formed shares still do not belong together.
+
+Every key file is replaced atomically (temp, fsync, rename, directory fsync). This module
+is not thread-safe: one owner (the member's runtime, or a CLI command) uses a `KeyStore`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import logging
+import os
+import struct
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from ._fs import TMP_SUFFIX, fsync_dir, remove_files, write_file_atomic
+from .errors import (
+    AlreadyInitializedError,
+    FormatVersionError,
+    InvalidUnlockKeyError,
+    KeyFileCorruptError,
+    KeyStoreError,
+    LockedError,
+    NotInitializedError,
+    ShareError,
+    UnknownKeyError,
+    WrongUnlockKeyError,
+)
+
+_log = logging.getLogger(__name__)
+
+KEY_BYTES = 32
+"""AES-256 keys, KEKs and unlock keys are all 32 random bytes."""
+NONCE_BYTES = 12
+TAG_BYTES = 16
+_CHECKSUM_BYTES = 4
+_WAL_SEQ_LIMIT = 1 << 31
+"""WAL nonce prefixes are segment sequence numbers below this; the top bit marks snapshots."""
+
+DATA_DIR_FORMAT_VERSION = 1
+FORMAT_FILE = "FORMAT"
+_FORMAT_WORD = "concord-data-dir"
+KEYS_DIR = "keys"
+RING_FILE = "dek.ring"
+KEK_FILE = "kek"
+
+# --- nonces ----------------------------------------------------------------------------------
+
+
+def wal_nonce(seq: int, counter: int) -> bytes:
+    """The nonce of the `counter`-th record of WAL segment `seq` (see the module docstring)."""
+    if not 0 <= seq < _WAL_SEQ_LIMIT:
+        raise ValueError(f"WAL segment sequence {seq} is outside the nonce space")
+    return struct.pack(">IQ", seq, counter)
+
+
+def snapshot_nonce() -> bytes:
+    """A fresh random snapshot nonce, its top bit set so it never equals a WAL nonce."""
+    nonce = bytearray(os.urandom(NONCE_BYTES))
+    nonce[0] |= 0x80
+    return bytes(nonce)
+
+
+# --- unlock keys as text -------------------------------------------------------------------
+
+_UNLOCK_PREFIX = "CONCORD-UNLOCK-"
+_UNLOCK_DOMAIN = b"concord/unlock-key/v1"
+_SHARE_PREFIX = "CONCORD-SHARE-"
+_SHARE_DOMAIN = b"concord/unlock-share/v1"
+_SHARE_VERSION = 1
+_SPLIT_ID_BYTES = 4
+
+
+def _checksum(domain: bytes, data: bytes) -> bytes:
+    return hashlib.sha256(domain + data).digest()[:_CHECKSUM_BYTES]
+
+
+def _b32encode(data: bytes) -> str:
+    return base64.b32encode(data).decode("ascii").rstrip("=")
+
+
+def _b32decode(text: str) -> bytes:
+    """Decode unpadded base32; ValueError for characters outside the alphabet."""
+    try:
+        return base64.b32decode(text + "=" * (-len(text) % 8))
+    except binascii.Error as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _normalize(text: str) -> str:
+    """Keys are read back from terminals and password managers: ignore case and blanks."""
+    return "".join(text.split()).upper()
+
+
+def format_unlock_key(raw: bytes) -> str:
+    """The text form of a 32-byte unlock key: `CONCORD-UNLOCK-` + base32(key + checksum)."""
+    if len(raw) != KEY_BYTES:
+        raise ValueError(f"an unlock key is {KEY_BYTES} bytes, not {len(raw)}")
+    return _UNLOCK_PREFIX + _b32encode(raw + _checksum(_UNLOCK_DOMAIN, raw))
+
+
+def parse_unlock_key(text: str) -> bytes:
+    """The 32 raw bytes of an unlock key, or `InvalidUnlockKeyError` for a malformed or
+    mistyped one. The messages never echo the text back: it is a secret."""
+    cleaned = _normalize(text)
+    if not cleaned.startswith(_UNLOCK_PREFIX):
+        raise InvalidUnlockKeyError(f"not an unlock key: it must start with {_UNLOCK_PREFIX}")
+    body = cleaned[len(_UNLOCK_PREFIX) :].replace("-", "")
+    try:
+        decoded = _b32decode(body)
+    except ValueError:
+        raise InvalidUnlockKeyError(
+            "not an unlock key: it may contain only the letters A-Z and digits 2-7 after "
+            "the prefix (a mistyped 0/O or 1/I?)"
+        ) from None
+    if len(decoded) != KEY_BYTES + _CHECKSUM_BYTES:
+        expected = len(_b32encode(bytes(KEY_BYTES + _CHECKSUM_BYTES)))
+        raise InvalidUnlockKeyError(
+            f"not an unlock key: {len(body)} characters after the prefix, expected {expected} "
+            "(truncated or doubled paste?)"
+        )
+    raw, check = decoded[:KEY_BYTES], decoded[KEY_BYTES:]
+    # The last base32 character carries 2 spare bits; a typo there that only touches them
+    # decodes to the same bytes, so insist on the canonical spelling.
+    if _b32encode(decoded) != body or _checksum(_UNLOCK_DOMAIN, raw) != check:
+        raise InvalidUnlockKeyError("the unlock key has a typo: its checksum does not match")
+    return raw
+
+
+# --- Shamir secret sharing over GF(256) ------------------------------------------------------
+
+
+def _gf_tables() -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """exp/log tables of GF(2^8) modulo x^8+x^4+x^3+x+1 (AES's field), generator 3."""
+    exp = [0] * 510
+    log = [0] * 256
+    x = 1
+    for i in range(255):
+        exp[i] = x
+        log[x] = i
+        doubled = ((x << 1) ^ (0x1B if x & 0x80 else 0)) & 0xFF
+        x ^= doubled  # x * 3 = x * 2 + x
+    for i in range(255, 510):
+        exp[i] = exp[i - 255]
+    return tuple(exp), tuple(log)
+
+
+_GF_EXP, _GF_LOG = _gf_tables()
+
+
+def gf_mul(a: int, b: int) -> int:
+    """Multiplication in GF(256); addition is XOR."""
+    if a == 0 or b == 0:
+        return 0
+    return _GF_EXP[_GF_LOG[a] + _GF_LOG[b]]
+
+
+def gf_div(a: int, b: int) -> int:
+    if b == 0:
+        raise ZeroDivisionError("division by zero in GF(256)")
+    if a == 0:
+        return 0
+    return _GF_EXP[(_GF_LOG[a] - _GF_LOG[b]) % 255]
+
+
+def _interpolate(points: list[tuple[int, bytes]], at: int) -> bytes:
+    """Lagrange interpolation, bytewise, of the polynomial through `points` (x, y) at `at`.
+
+    With k points this evaluates the unique degree < k polynomial through them; at 0 that
+    is the secret. In characteristic 2, subtraction is XOR."""
+    length = len(points[0][1])
+    out = bytearray(length)
+    for i, (xi, yi) in enumerate(points):
+        basis = 1
+        for j, (xj, _) in enumerate(points):
+            if i != j:
+                basis = gf_mul(basis, gf_div(at ^ xj, xi ^ xj))
+        if basis:
+            for b in range(length):
+                out[b] ^= gf_mul(yi[b], basis)
+    return bytes(out)
+
+
+@dataclass(frozen=True, slots=True)
+class _Share:
+    split_id: bytes
+    threshold: int
+    x: int
+    y: bytes
+
+
+def _format_share(share: _Share) -> str:
+    payload = bytes([_SHARE_VERSION]) + share.split_id + bytes([share.threshold, share.x]) + share.y
+    body = _b32encode(payload + _checksum(_SHARE_DOMAIN, payload))
+    return f"{_SHARE_PREFIX}{share.x}-{share.threshold}-{body}"
+
+
+def _parse_share(text: str) -> _Share:
+    cleaned = _normalize(text)
+    if not cleaned.startswith(_SHARE_PREFIX):
+        raise ShareError(f"not an unlock-key share: it must start with {_SHARE_PREFIX}")
+    parts = cleaned[len(_SHARE_PREFIX) :].split("-", 2)
+    if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit():
+        raise ShareError(f"not an unlock-key share: expected {_SHARE_PREFIX}<index>-<k>-<data>")
+    try:
+        decoded = _b32decode(parts[2].replace("-", ""))
+    except ValueError:
+        raise ShareError("mistyped: only A-Z and 2-7 may follow the index and k") from None
+    head = 1 + _SPLIT_ID_BYTES + 2
+    secret_bytes = KEY_BYTES + _CHECKSUM_BYTES
+    if len(decoded) != head + secret_bytes + _CHECKSUM_BYTES:
+        raise ShareError("mistyped: the share has the wrong length (truncated paste?)")
+    payload, check = decoded[:-_CHECKSUM_BYTES], decoded[-_CHECKSUM_BYTES:]
+    canonical = _b32encode(decoded) == parts[2].replace("-", "")
+    if not canonical or _checksum(_SHARE_DOMAIN, payload) != check:
+        raise ShareError("mistyped: its checksum does not match")
+    if payload[0] != _SHARE_VERSION:
+        raise ShareError(f"share format version {payload[0]} is not supported")
+    split_id = payload[1 : 1 + _SPLIT_ID_BYTES]
+    threshold, x = payload[1 + _SPLIT_ID_BYTES], payload[2 + _SPLIT_ID_BYTES]
+    if (int(parts[0]), int(parts[1])) != (x, threshold):
+        raise ShareError(
+            f"mistyped: the visible index/k {parts[0]}-{parts[1]} disagree with the "
+            f"checksummed ones {x}-{threshold}"
+        )
+    return _Share(split_id, threshold, x, payload[head:])
+
+
+def split_unlock_key(unlock_key: str, k: int, n: int) -> list[str]:
+    """Split an unlock key into `n` shares, any `k` of which rebuild it (Shamir, GF(256)).
+
+    Fewer than k shares reveal nothing about the key: for every byte, each candidate value
+    is consistent with them in exactly as many polynomials."""
+    if not 2 <= k <= n <= 255:
+        raise ValueError(f"need 2 <= k <= n <= 255 shares, got k={k}, n={n}")
+    raw = parse_unlock_key(unlock_key)
+    secret = raw + _checksum(_UNLOCK_DOMAIN, raw)
+    split_id = os.urandom(_SPLIT_ID_BYTES)
+    coefficients = [os.urandom(len(secret)) for _ in range(k - 1)]
+    shares = []
+    for x in range(1, n + 1):
+        y = bytearray(len(secret))
+        for b in range(len(secret)):
+            acc = 0
+            for coefficient in reversed(coefficients):  # Horner, highest degree first
+                acc = gf_mul(acc, x) ^ coefficient[b]
+            y[b] = gf_mul(acc, x) ^ secret[b]
+        shares.append(_format_share(_Share(split_id, k, x, bytes(y))))
+    return shares
+
+
+def combine_unlock_key_shares(shares: Iterable[str]) -> str:
+    """Rebuild the unlock key from at least k shares of one split, or raise `ShareError`
+    naming the problem: a mistyped share, shares of different splits, too few shares, or
+    shares that do not lie on one polynomial."""
+    parsed: list[_Share] = []
+    for position, text in enumerate(shares, start=1):
+        try:
+            parsed.append(_parse_share(text))
+        except ShareError as exc:
+            raise ShareError(f"share #{position} is {exc}") from None
+    if not parsed:
+        raise ShareError("no shares given")
+    if len({s.split_id for s in parsed}) > 1:
+        raise ShareError(
+            "the shares come from different splits (another unlock key, or another split of "
+            "it); use shares from one split only"
+        )
+    if len({s.threshold for s in parsed}) > 1:
+        raise ShareError("the shares disagree on how many are needed (k)")
+    k = parsed[0].threshold
+    by_x: dict[int, bytes] = {}
+    for s in parsed:
+        if by_x.setdefault(s.x, s.y) != s.y:
+            raise ShareError(f"two different shares both claim index {s.x}")
+    if len(by_x) < k:
+        raise ShareError(f"{len(by_x)} distinct share(s) given; this key needs {k}")
+    points = sorted(by_x.items())
+    base = points[:k]
+    for x, y in points[k:]:
+        if _interpolate(base, x) != y:
+            raise ShareError(f"share {x} is inconsistent with the others")
+    secret = _interpolate(base, 0)
+    raw, check = secret[:KEY_BYTES], secret[KEY_BYTES:]
+    if _checksum(_UNLOCK_DOMAIN, raw) != check:
+        raise ShareError("the shares do not combine to a valid unlock key (altered shares?)")
+    return format_unlock_key(raw)
+
+
+# --- the data directory's format marker ------------------------------------------------------
+
+
+def check_data_dir(data_dir: Path) -> None:
+    """Raise unless `data_dir` is an initialised data directory of our format version."""
+    if not data_dir.exists():
+        raise NotInitializedError(
+            f"data dir {data_dir} does not exist; initialise it with `concordctl init` "
+            "(KeyStore.create)"
+        )
+    if not data_dir.is_dir():
+        raise NotInitializedError(f"data dir {data_dir} is not a directory")
+    marker = data_dir / FORMAT_FILE
+    try:
+        text = marker.read_text(encoding="ascii", errors="replace").strip()
+    except FileNotFoundError:
+        raise NotInitializedError(
+            f"{data_dir} is not a Concord data dir (no {FORMAT_FILE} file); initialise it "
+            "with `concordctl init` (KeyStore.create)"
+        ) from None
+    word, _, version = text.partition(" ")
+    if word != _FORMAT_WORD or not version.isdigit():
+        raise FormatVersionError(f"{marker} does not describe a Concord data dir: {text[:60]!r}")
+    if int(version) != DATA_DIR_FORMAT_VERSION:
+        raise FormatVersionError(
+            f"{data_dir} holds data-dir format version {version}; this build reads version "
+            f"{DATA_DIR_FORMAT_VERSION} only"
+        )
+
+
+# --- key files ---------------------------------------------------------------------------------
+
+_MODE_KEK_FILE = 0
+_MODE_AUTOLOCK = 1
+_RING_MAGIC = b"CCRING"
+_RING_VERSION = 1
+_RING_HEAD = struct.Struct(f">6sHB{KEY_BYTES}s{NONCE_BYTES}s")
+"""magic, version, mode, HKDF salt (autolock only), nonce; then the sealed ring, then CRC32."""
+_RING_AAD = b"concord/dek-ring/v1"
+_RING_ENTRY = struct.Struct(f">I{KEY_BYTES}s")
+_KEK_MAGIC = b"CCKEK\x00"
+_KEK_VERSION = 1
+_KEK_BODY = struct.Struct(f">6sH{KEY_BYTES}s")
+_HKDF_INFO = b"concord/kek/v1"
+_CRC = struct.Struct(">I")
+
+
+@dataclass(slots=True)
+class _Ring:
+    """The DEKs. Invariant: `current` is a key of `keys`; key ids only ever grow."""
+
+    current: int
+    keys: dict[int, bytes] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        out = bytearray(struct.pack(">HII", 1, self.current, len(self.keys)))
+        for key_id in sorted(self.keys):
+            out += _RING_ENTRY.pack(key_id, self.keys[key_id])
+        return bytes(out)
+
+    @staticmethod
+    def decode(data: bytes) -> _Ring:
+        version, current, count = struct.unpack_from(">HII", data)
+        if version != 1:
+            raise ValueError(f"key ring plaintext version {version}")
+        if len(data) != 10 + count * _RING_ENTRY.size:
+            raise ValueError("key ring plaintext has the wrong length")
+        keys = dict(_RING_ENTRY.iter_unpack(data[10:]))
+        if current not in keys:
+            raise ValueError(f"current key id {current} is not in the ring")
+        return _Ring(current, keys)
+
+
+def _derive_kek(unlock_raw: bytes, salt: bytes) -> bytes:
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=salt, info=_HKDF_INFO)
+    return hkdf.derive(unlock_raw)
+
+
+def _with_crc(body: bytes) -> bytes:
+    return body + _CRC.pack(zlib.crc32(body))
+
+
+def _strip_crc(path: Path, data: bytes) -> bytes:
+    if len(data) < _CRC.size or _CRC.unpack(data[-_CRC.size :])[0] != zlib.crc32(data[:-4]):
+        raise KeyFileCorruptError(f"{path} is damaged (checksum mismatch or truncated)")
+    return data[: -_CRC.size]
+
+
+class KeyStore:
+    """A member's key ring: the DEKs, wrapped under a KEK that is either on disk or derived
+    from an unlock key held only in memory. Build one with `create` or `open`."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        ring: _Ring,
+        kek: bytes,
+        salt: bytes,
+        unlock_raw: bytes | None,
+    ) -> None:
+        self._data_dir = data_dir
+        self._ring = ring
+        self._kek = kek
+        self._salt = salt
+        self._unlock_raw = unlock_raw
+        """None without autolock; with it, the key the KEK was derived from."""
+        self._ciphers: dict[int, AESGCM] = {}
+
+    # --- construction ----------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, data_dir: str | os.PathLike[str], autolock: bool = False) -> KeyStore:
+        """Initialise a data directory with a fresh DEK ring. With autolock, read the new
+        unlock key from `unlock_key` and hand it to the operator: it is stored nowhere."""
+        path = Path(data_dir)
+        if (path / FORMAT_FILE).exists():
+            raise AlreadyInitializedError(f"{path} is already a Concord data dir")
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        keys_dir = path / KEYS_DIR
+        keys_dir.mkdir(mode=0o700, exist_ok=True)
+        fsync_dir(path)
+        ring = _Ring(1, {1: os.urandom(KEY_BYTES)})
+        if autolock:
+            unlock_raw, salt = os.urandom(KEY_BYTES), os.urandom(KEY_BYTES)
+            store = cls(path, ring, _derive_kek(unlock_raw, salt), salt, unlock_raw)
+        else:
+            store = cls(path, ring, os.urandom(KEY_BYTES), bytes(KEY_BYTES), None)
+            store._write_kek_file(store._kek)
+        store._write_ring(store._ring, store._kek, store._salt, autolock)
+        # The marker goes last: its presence means "keys complete", so a crash before it
+        # leaves a directory `create` may simply run over again.
+        marker = f"{_FORMAT_WORD} {DATA_DIR_FORMAT_VERSION}\n".encode("ascii")
+        write_file_atomic(path / FORMAT_FILE, marker, 0o644)
+        return store
+
+    @classmethod
+    def open(
+        cls,
+        data_dir: str | os.PathLike[str],
+        unlock_key: str | None = None,
+        *,
+        read_only: bool = False,
+    ) -> KeyStore:
+        """Open the key ring. With autolock on, `unlock_key` is required (`LockedError`
+        otherwise) and must be the current one (`WrongUnlockKeyError`). Unless `read_only`,
+        leftovers of interrupted key operations are removed."""
+        path = Path(data_dir)
+        check_data_dir(path)
+        ring_path = path / KEYS_DIR / RING_FILE
+        try:
+            data = ring_path.read_bytes()
+        except FileNotFoundError:
+            raise KeyFileCorruptError(f"{ring_path} is missing: the data keys are gone") from None
+        body = _strip_crc(ring_path, data)
+        if len(body) < _RING_HEAD.size + TAG_BYTES:
+            raise KeyFileCorruptError(f"{ring_path} is truncated")
+        head = body[: _RING_HEAD.size]
+        magic, version, mode, salt, nonce = _RING_HEAD.unpack(head)
+        if magic != _RING_MAGIC:
+            raise KeyFileCorruptError(f"{ring_path} is not a Concord key ring")
+        if version != _RING_VERSION:
+            raise FormatVersionError(
+                f"{ring_path} has key-ring format version {version}; this build reads "
+                f"version {_RING_VERSION}"
+            )
+        kek_path = path / KEYS_DIR / KEK_FILE
+        unlock_raw: bytes | None = None
+        if mode == _MODE_AUTOLOCK:
+            if unlock_key is None:
+                raise LockedError(
+                    f"{path} is locked (autolock is on): run `concordctl unlock` and give "
+                    "it the unlock key (or mount the unlock key secret)"
+                )
+            unlock_raw = parse_unlock_key(unlock_key)
+            kek = _derive_kek(unlock_raw, salt)
+        elif mode == _MODE_KEK_FILE:
+            kek = cls._read_kek_file(kek_path)
+        else:
+            raise KeyFileCorruptError(f"{ring_path} has unknown wrapping mode {mode}")
+        try:
+            plain = AESGCM(kek).decrypt(nonce, body[_RING_HEAD.size :], _RING_AAD + head)
+        except InvalidTag:
+            if mode == _MODE_AUTOLOCK:
+                raise WrongUnlockKeyError(
+                    f"the unlock key does not open {ring_path}: it is not this member's key, "
+                    "or one from before a rotation"
+                ) from None
+            raise KeyFileCorruptError(
+                f"{kek_path} does not open {ring_path}: the key files do not belong together"
+            ) from None
+        try:
+            ring = _Ring.decode(plain)
+        except (ValueError, struct.error) as exc:
+            raise KeyFileCorruptError(f"{ring_path} holds a malformed key ring: {exc}") from None
+        store = cls(path, ring, kek, salt, unlock_raw)
+        if not read_only:
+            store._clean_leftovers(autolock=mode == _MODE_AUTOLOCK)
+        return store
+
+    # --- what the WAL uses -------------------------------------------------------------------
+
+    @property
+    def data_dir(self) -> Path:
+        return self._data_dir
+
+    @property
+    def current_key_id(self) -> int:
+        """The DEK new records and snapshots are sealed under."""
+        return self._ring.current
+
+    @property
+    def key_ids(self) -> tuple[int, ...]:
+        return tuple(sorted(self._ring.keys))
+
+    def cipher(self, key_id: int) -> AESGCM:
+        """The AES-GCM instance for DEK `key_id`; `UnknownKeyError` if the ring lacks it."""
+        cipher = self._ciphers.get(key_id)
+        if cipher is None:
+            key = self._ring.keys.get(key_id)
+            if key is None:
+                raise UnknownKeyError(
+                    f"data key {key_id} is not in the key ring (dropped too early, or the "
+                    f"record belongs to another member); the ring holds {self.key_ids}"
+                )
+            cipher = self._ciphers[key_id] = AESGCM(key)
+        return cipher
+
+    # --- autolock and rotation ---------------------------------------------------------------
+
+    @property
+    def autolock(self) -> bool:
+        return self._unlock_raw is not None
+
+    @property
+    def unlock_key(self) -> str | None:
+        """The current unlock key's text with autolock on (it is in memory anyway, to rewrap
+        the ring on DEK rotation); None without autolock."""
+        return None if self._unlock_raw is None else format_unlock_key(self._unlock_raw)
+
+    def enable_autolock(self) -> str:
+        """Wrap the ring under a KEK derived from a new unlock key, then delete `keys/kek`.
+        Returns the unlock key: it exists nowhere else, so the caller must show it."""
+        if self.autolock:
+            raise KeyStoreError("autolock is already on; rotate_unlock_key changes the key")
+        unlock_raw, salt = os.urandom(KEY_BYTES), os.urandom(KEY_BYTES)
+        kek = _derive_kek(unlock_raw, salt)
+        self._write_ring(self._ring, kek, salt, True)
+        self._kek, self._salt, self._unlock_raw = kek, salt, unlock_raw
+        # The ring no longer needs the KEK file; once it is gone (durably), a stolen disk
+        # holds nothing that opens the ring.
+        remove_files([self._data_dir / KEYS_DIR / KEK_FILE])
+        return format_unlock_key(unlock_raw)
+
+    def disable_autolock(self) -> None:
+        """Store a new KEK in `keys/kek` and wrap the ring under it. The KEK file is written
+        first: a crash between the two leaves autolock on and the stray file is removed on
+        the next open."""
+        if not self.autolock:
+            raise KeyStoreError("autolock is already off")
+        kek = os.urandom(KEY_BYTES)
+        self._write_kek_file(kek)
+        self._write_ring(self._ring, kek, bytes(KEY_BYTES), False)
+        self._kek, self._salt, self._unlock_raw = kek, bytes(KEY_BYTES), None
+
+    def rotate_unlock_key(self) -> str:
+        """Rewrap the ring under a new unlock key (and salt); the old key stops working. The
+        DEKs, and so every record, are unchanged."""
+        if not self.autolock:
+            raise KeyStoreError("autolock is off: there is no unlock key to rotate")
+        unlock_raw, salt = os.urandom(KEY_BYTES), os.urandom(KEY_BYTES)
+        kek = _derive_kek(unlock_raw, salt)
+        self._write_ring(self._ring, kek, salt, True)
+        self._kek, self._salt, self._unlock_raw = kek, salt, unlock_raw
+        return format_unlock_key(unlock_raw)
+
+    def rotate_dek(self) -> int:
+        """Add a new DEK and make it current; returns its key id. Older DEKs stay until
+        `drop_keys_older_than` (after a snapshot and compaction cover their records)."""
+        new_id = max(self._ring.keys) + 1
+        if new_id >= 1 << 32:
+            raise KeyStoreError("data key ids exhausted")
+        ring = _Ring(new_id, {**self._ring.keys, new_id: os.urandom(KEY_BYTES)})
+        self._write_ring(ring, self._kek, self._salt, self.autolock)
+        self._ring = ring
+        return new_id
+
+    def drop_keys_older_than(self, key_id: int) -> list[int]:
+        """Forget every DEK with an id below `key_id`; returns the ids dropped. The caller
+        vouches that nothing still readable is sealed under them (`DiskWal.retire_keys`
+        checks that for the WAL and snapshots)."""
+        if key_id > self._ring.current:
+            raise KeyStoreError(
+                f"cannot drop keys older than {key_id}: the current key is {self._ring.current}"
+            )
+        dropped = sorted(k for k in self._ring.keys if k < key_id)
+        if dropped:
+            keep = {k: v for k, v in self._ring.keys.items() if k >= key_id}
+            ring = _Ring(self._ring.current, keep)
+            self._write_ring(ring, self._kek, self._salt, self.autolock)
+            self._ring = ring
+            for k in dropped:
+                self._ciphers.pop(k, None)
+        return dropped
+
+    # --- files ---------------------------------------------------------------------------------
+
+    def _write_ring(self, ring: _Ring, kek: bytes, salt: bytes, autolock: bool) -> None:
+        nonce = os.urandom(NONCE_BYTES)
+        mode = _MODE_AUTOLOCK if autolock else _MODE_KEK_FILE
+        head = _RING_HEAD.pack(_RING_MAGIC, _RING_VERSION, mode, salt, nonce)
+        sealed = AESGCM(kek).encrypt(nonce, ring.encode(), _RING_AAD + head)
+        write_file_atomic(self._data_dir / KEYS_DIR / RING_FILE, _with_crc(head + sealed))
+
+    def _write_kek_file(self, kek: bytes) -> None:
+        body = _KEK_BODY.pack(_KEK_MAGIC, _KEK_VERSION, kek)
+        write_file_atomic(self._data_dir / KEYS_DIR / KEK_FILE, _with_crc(body))
+
+    @staticmethod
+    def _read_kek_file(path: Path) -> bytes:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise KeyFileCorruptError(
+                f"{path} is missing and autolock is off: the key ring cannot be opened"
+            ) from None
+        body = _strip_crc(path, data)
+        if len(body) != _KEK_BODY.size:
+            raise KeyFileCorruptError(f"{path} has the wrong length")
+        magic, version, kek = _KEK_BODY.unpack(body)
+        if magic != _KEK_MAGIC:
+            raise KeyFileCorruptError(f"{path} is not a Concord key file")
+        if version != _KEK_VERSION:
+            raise FormatVersionError(f"{path} has key-file format version {version}")
+        key: bytes = kek
+        return key
+
+    def _clean_leftovers(self, autolock: bool) -> None:
+        keys_dir = self._data_dir / KEYS_DIR
+        stale = sorted(keys_dir.glob("*" + TMP_SUFFIX))
+        if autolock and (keys_dir / KEK_FILE).exists():
+            # A crash between rewrapping and deleting: the old KEK must not linger.
+            stale.append(keys_dir / KEK_FILE)
+        if stale:
+            _log.warning("removing leftovers of an interrupted key operation: %s", stale)
+            remove_files(stale)
