@@ -292,6 +292,50 @@ def status(ctx: Ctx) -> None:
     )
 
 
+# --- local maintenance (reads a data directory; no cluster needed) ----------------------------
+
+
+@cli.group()
+def rafttool() -> None:
+    """Inspect a member's data directory offline (Swarm's swarm-rafttool)."""
+
+
+@rafttool.command(name="dump")
+@click.option("--data-dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--unlock-key",
+    envvar="CONCORD_UNLOCK_KEY",
+    default=None,
+    help="The unlock key, for an autolocked member (env CONCORD_UNLOCK_KEY).",
+)
+@click.pass_obj
+def rafttool_dump(ctx: Ctx, data_dir: str, unlock_key: str | None) -> None:
+    """Decrypt and print every snapshot and log record of DATA_DIR."""
+    from coordinator.storage import StorageError, dump  # noqa: PLC0415 (offline tool only)
+
+    try:
+        records = dump(data_dir, unlock_key)
+        for rec in records:
+            if ctx.output == "json":
+                click.echo(
+                    json.dumps(
+                        {
+                            "source": rec.source,
+                            "offset": rec.offset,
+                            "type": rec.type,
+                            "index": rec.index,
+                            "term": rec.term,
+                            "data": rec.data.decode(errors="backslashreplace"),
+                        }
+                    )
+                )
+            else:
+                click.echo(rec.describe())
+    except StorageError as err:
+        click.echo(f"Error: {err}", err=True)
+        sys.exit(1)
+
+
 def main() -> None:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     cli(prog_name="concordctl")
