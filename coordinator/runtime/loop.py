@@ -61,6 +61,29 @@ class DurableLog(Wal, LogStorage, Protocol):
     def compact(self, index: int) -> int: ...
 
 
+class LoopObserver(Protocol):
+    """Told what the member did, from inside `run()`: between two applies, so it may read the
+    state machine, and it must neither block nor raise (an exception is logged and dropped).
+    The client-facing server uses this to wake blocked requests and watch streams."""
+
+    def on_applied(self, batch: Sequence[Applied]) -> None:
+        """Entries just applied, in log order (the state machine already reflects them)."""
+        ...
+
+    def on_restored(self) -> None:
+        """The state machine was replaced by a snapshot: everything may have changed at once,
+        and the effects of the entries it covers were never reported."""
+        ...
+
+    def on_leader(self, leader: int) -> None:
+        """The leader this member knows of changed (0: none known)."""
+        ...
+
+    def on_stop(self) -> None:
+        """`run()` is ending; nothing more will be reported."""
+        ...
+
+
 class ProposalLostError(RaftError):
     """The entry was overwritten by another leader: it did not and will not apply. Retry."""
 
@@ -143,11 +166,17 @@ class RaftLoop:
         self.leader_changes = 0
         self._last_leader = 0
         self._next_lease_check_s = 0.0
+        self._observers: list[LoopObserver] = []
+        self._heard_s: dict[int, float] = {}
+        """peer id -> monotonic time its latest message arrived (any type)."""
+        self._leaderless_since_s: float | None = clock.monotonic_s()
+        """When this member last lost track of a leader; None while it knows one."""
 
     # --- called from other tasks -------------------------------------------------------------
 
     def receive(self, msg: Message) -> None:
         """A message from a peer (the transport calls this)."""
+        self._heard_s[msg.frm] = self.clock.monotonic_s()
         self._inbox.messages.append(msg)
         self._wake.set()
 
@@ -181,6 +210,23 @@ class RaftLoop:
     async def conf_change(self, cc: ConfChange) -> int:
         return await self._run_in_loop(lambda: self.node.propose_conf_change(cc)[0])
 
+    async def change_membership(self, cc: ConfChange) -> Applied:
+        """Propose a membership change and wait until it applies, like `propose` (same
+        errors; the change took effect iff this returns)."""
+        self._check_running()
+        fut: asyncio.Future[Applied] = asyncio.get_running_loop().create_future()
+
+        def call() -> None:
+            try:
+                index, term = self.node.propose_conf_change(cc)
+            except RaftError as err:
+                fut.set_exception(err)
+                return
+            self._pending[index] = _Pending(term, fut)
+
+        self._call(call)
+        return await fut
+
     async def transfer_leader(self, target: int) -> None:
         await self._run_in_loop(lambda: self.node.transfer_leader(target))
 
@@ -193,6 +239,13 @@ class RaftLoop:
     def stop(self) -> None:
         self._stopped = True
         self._wake.set()
+
+    def add_observer(self, observer: LoopObserver) -> None:
+        self._observers.append(observer)
+
+    def remove_observer(self, observer: LoopObserver) -> None:
+        with contextlib.suppress(ValueError):
+            self._observers.remove(observer)
 
     # --- the owner task ----------------------------------------------------------------------
 
@@ -218,7 +271,9 @@ class RaftLoop:
                     self._drain_inbox()
                 self._observe_leader()
         finally:
+            self._stopped = True
             self._fail_all(StoppedError("member stopping"))
+            self._notify(lambda o: o.on_stop())
 
     def _has_input(self) -> bool:
         ib = self._inbox
@@ -264,7 +319,18 @@ class RaftLoop:
         if leader != self._last_leader:
             if leader:
                 self.leader_changes += 1
+                self._leaderless_since_s = None
+            else:
+                self._leaderless_since_s = self.clock.monotonic_s()
             self._last_leader = leader
+            self._notify(lambda o: o.on_leader(leader))
+
+    def _notify(self, event: Callable[[LoopObserver], None]) -> None:
+        for observer in list(self._observers):
+            try:
+                event(observer)
+            except Exception:
+                log.exception("observer %r failed; ignoring", observer)
 
     def _call(self, fn: Callable[[], None]) -> None:
         self._inbox.calls.append(fn)
@@ -313,11 +379,14 @@ class RaftLoop:
                 p.future.set_exception(
                     ProposalLostError("outcome unknown (replaced by a snapshot); retry")
                 )
+        self._notify(lambda o: o.on_restored())
 
     def apply(self, entries: Sequence[Entry]) -> None:
         effects: list[Effect] = []
+        batch: list[Applied] = []
         for e in entries:
             applied = self.fsm.apply(e)
+            batch.append(applied)
             if e.kind is EntryKind.CONF:
                 self._applied_conf = ConfState.decode(e.data)
             effects.extend(applied.effects)
@@ -331,6 +400,8 @@ class RaftLoop:
                     )
         if effects and self.on_effects is not None:
             self.on_effects(effects)
+        if self._observers:
+            self._notify(lambda o: o.on_applied(batch))
         self._serve_reads()
         self._maybe_snapshot()
 
@@ -371,3 +442,24 @@ class RaftLoop:
     @property
     def leader(self) -> int:
         return self.node.leader
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    @property
+    def election_timeout_s(self) -> float:
+        """The base election timeout (a follower waits between this and twice this)."""
+        return self.cfg.tick_s * self.cfg.election_ticks
+
+    def last_heard_s(self, member: int) -> float | None:
+        """Seconds since a message from `member` last arrived (None: never; 0 for ourself)."""
+        if member == self.cfg.id:
+            return 0.0
+        at = self._heard_s.get(member)
+        return None if at is None else max(0.0, self.clock.monotonic_s() - at)
+
+    def leaderless_for_s(self) -> float:
+        """How long this member has known no leader (0 while it knows one)."""
+        since = self._leaderless_since_s
+        return 0.0 if since is None else max(0.0, self.clock.monotonic_s() - since)

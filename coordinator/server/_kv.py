@@ -1,0 +1,91 @@
+"""concord.v1.KV: Range, Put, Delete and Txn (compare-and-swap, LOCK_TOKEN fencing)."""
+
+from __future__ import annotations
+
+from coordinator.api.v1 import concord_pb2 as pb
+from coordinator.fsm import (
+    DeleteResult,
+    KeyValue,
+    OpResult,
+    PutResult,
+    RangeResult,
+    TxnResult,
+)
+
+from . import _validate as v
+from ._core import Core
+from ._rpc import Call, Servicer, unary
+
+
+def kv_pb(kv: KeyValue) -> pb.KeyValue:
+    return pb.KeyValue(
+        key=kv.key,
+        value=kv.value,
+        create_revision=kv.create_revision,
+        mod_revision=kv.mod_revision,
+        version=kv.version,
+        lease=kv.lease,
+    )
+
+
+def _opt(kv: KeyValue | None) -> pb.KeyValue | None:
+    return None if kv is None else kv_pb(kv)
+
+
+class KVService(Servicer):
+    def __init__(self, core: Core) -> None:
+        super().__init__(core.cfg.deadline_s)
+        self.core = core
+
+    def _range(self, res: RangeResult, revision: int | None = None) -> pb.RangeResponse:
+        return pb.RangeResponse(
+            header=self.core.header(revision),
+            kvs=[kv_pb(kv) for kv in res.kvs],
+            more=res.more,
+            count=res.count,
+        )
+
+    @unary
+    async def Range(self, request: pb.RangeRequest, call: Call) -> pb.RangeResponse:
+        end = v.range_end(request.key, request.range_end)
+        await self.core.read(request.serializable)
+        return self._range(self.core.fsm.range(request.key, end, request.limit))
+
+    @unary
+    async def Put(self, request: pb.PutRequest, call: Call) -> pb.PutResponse:
+        cmd = v.put(request)
+        applied = await self.core.propose(cmd, v.session(request.session))
+        res = self.core.expect(applied, PutResult)
+        return pb.PutResponse(
+            header=self.core.header(res.revision, applied.index), prev_kv=_opt(res.prev_kv)
+        )
+
+    @unary
+    async def Delete(self, request: pb.DeleteRequest, call: Call) -> pb.DeleteResponse:
+        cmd = v.delete(request)
+        applied = await self.core.propose(cmd, v.session(request.session))
+        res = self.core.expect(applied, DeleteResult)
+        return pb.DeleteResponse(
+            header=self.core.header(res.revision, applied.index), deleted=res.deleted
+        )
+
+    @unary
+    async def Txn(self, request: pb.TxnRequest, call: Call) -> pb.TxnResponse:
+        cmd = v.txn(request)
+        applied = await self.core.propose(cmd, v.session(request.session))
+        res = self.core.expect(applied, TxnResult)
+        return pb.TxnResponse(
+            header=self.core.header(res.revision, applied.index),
+            succeeded=res.succeeded,
+            results=[self._op_result(r, applied.index) for r in res.responses],
+        )
+
+    def _op_result(self, r: OpResult, index: int) -> pb.TxnOpResult:
+        header = self.core.header(r.revision, index)
+        match r:
+            case PutResult():
+                return pb.TxnOpResult(put=pb.PutResponse(header=header, prev_kv=_opt(r.prev_kv)))
+            case DeleteResult():
+                return pb.TxnOpResult(delete=pb.DeleteResponse(header=header, deleted=r.deleted))
+            case RangeResult():
+                return pb.TxnOpResult(range=self._range(r, r.revision))

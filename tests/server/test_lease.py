@@ -1,0 +1,50 @@
+"""Leases over gRPC: grant, keep-alive (bidirectional stream), time-to-live, revoke."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+
+from coordinator.api.v1 import concord_pb2 as pb
+from tests.server.harness import Cluster, Session, rpc_error, with_cluster
+
+
+def test_grant_keepalive_revoke(tmp_path: Path) -> None:
+    async def scenario(c: Cluster) -> None:
+        client = (await c.leader()).client
+        s = Session(21)
+        lease = await client.lease.Grant(pb.LeaseGrantRequest(session=s.next(), ttl_ms=3_000))
+        assert lease.id > 0 and lease.ttl_ms == 3_000
+        await client.kv.Put(pb.PutRequest(session=s.next(), key=b"eph", value=b"x", lease=lease.id))
+
+        stream = client.lease.KeepAlive()
+        for _ in range(3):
+            await stream.write(pb.LeaseKeepAliveRequest(id=lease.id))
+            answer = await asyncio.wait_for(stream.read(), 5)
+            assert (answer.id, answer.ttl_ms) == (lease.id, 3_000)
+        await stream.done_writing()
+        assert await stream.read() is grpc.aio.EOF
+
+        ttl = await client.lease.TimeToLive(pb.LeaseTimeToLiveRequest(id=lease.id))
+        assert ttl.ttl_ms == 3_000 and 0 < ttl.remaining_ms <= 3_000
+
+        await client.lease.Revoke(pb.LeaseRevokeRequest(session=s.next(), id=lease.id))
+        assert (await client.kv.Range(pb.RangeRequest(key=b"eph"))).count == 0
+        err = await rpc_error(client.lease.TimeToLive(pb.LeaseTimeToLiveRequest(id=lease.id)))
+        assert err.code() is grpc.StatusCode.NOT_FOUND
+        assert f"lease {lease.id} not found" in err.details()
+
+        # Keeping a lease alive that is gone ends the stream with NOT_FOUND.
+        stream = client.lease.KeepAlive()
+        await stream.write(pb.LeaseKeepAliveRequest(id=lease.id))
+        err = await rpc_error(stream.read())
+        assert err.code() is grpc.StatusCode.NOT_FOUND and "grant a new lease" in err.details()
+
+        # A duplicate Grant (same session) is answered, not executed: same id, no new lease.
+        again = await client.lease.Grant(pb.LeaseGrantRequest(session=s.next(), ttl_ms=5_000))
+        dup = await client.lease.Grant(pb.LeaseGrantRequest(session=s.same(), ttl_ms=5_000))
+        assert dup.id == again.id
+
+    with_cluster(tmp_path, scenario)
