@@ -271,7 +271,12 @@ class Client:
 
 
 def _leader_hint(err: grpc.aio.AioRpcError) -> str:
+    """The leader's host:port from a redirect, or "" (the hint may be a bare member id when
+    the member directory has no address for the leader: then we just try the next one)."""
     for key, value in err.trailing_metadata() or ():
         if key == "concord-leader":
-            return str(value)
+            text = str(value)
+            if "://" in text:
+                text = text.split("://", 1)[1]
+            return text.rstrip("/") if ":" in text else ""
     return ""

@@ -1,0 +1,90 @@
+"""The client library against a real 3-member cluster: redirects, retries, locks, sequences."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from coordinator.client import Client, ConcordError
+from tests.server.harness import Cluster, with_cluster
+
+
+def endpoints(c: Cluster) -> list[str]:
+    return [f"127.0.0.1:{m.served.port}" for m in c.running()]
+
+
+def test_writes_through_a_follower_follow_the_redirect(tmp_path: Path) -> None:
+    async def scenario(c: Cluster) -> None:
+        await c.register_directory()
+        follower = await c.follower()
+        async with Client([f"127.0.0.1:{follower.served.port}"]) as client:
+            rev = await client.put(b"k", b"v1")
+            assert rev > 0
+            assert await client.cas(b"k", b"v1", b"v2")
+            assert not await client.cas(b"k", b"v1", b"v3")
+            assert await client.cas(b"new", None, b"x")
+            assert not await client.cas(b"new", None, b"y")
+            kv = await client.get(b"k")
+            assert kv is not None and kv.value == b"v2"
+            assert await client.delete(b"k") == 1
+            assert await client.get(b"k") is None
+
+    with_cluster(tmp_path, scenario)
+
+
+def test_lock_context_manager_gives_increasing_fencing_tokens(tmp_path: Path) -> None:
+    async def scenario(c: Cluster) -> None:
+        async with Client(endpoints(c)) as a, Client(endpoints(c)) as b:
+            order: list[str] = []
+            async with a.lock("jobs", ttl_ms=3000) as first:
+                assert await a.check_fence("jobs", first.fencing_token)
+                waiter = asyncio.create_task(_hold(b, "jobs", order))
+                await asyncio.sleep(0.2)  # give b time to queue behind a (it must not get in)
+                order.append("a-done")
+            second = await asyncio.wait_for(waiter, 10)
+            assert order == ["a-done", "b-in"]
+            assert second > first.fencing_token
+            assert not await a.check_fence("jobs", first.fencing_token)
+
+    with_cluster(tmp_path, scenario)
+
+
+async def _hold(client: Client, name: str, order: list[str]) -> int:
+    async with client.lock(name, ttl_ms=3000) as held:
+        order.append("b-in")
+        return held.fencing_token
+
+
+def test_sequences_never_repeat_and_errors_are_clear(tmp_path: Path) -> None:
+    async def scenario(c: Cluster) -> None:
+        async with Client(endpoints(c)) as client:
+            await client.sequence_create("orders")
+            first = await client.sequence_next("orders", 3)
+            second = await client.sequence_next("orders", 2)
+            assert first == [1, 2, 3] and second == [4, 5]
+            with pytest.raises(ConcordError) as err:
+                await client.sequence_next("nope")
+            assert err.value.code == "NOT_FOUND"
+            with pytest.raises(ConcordError) as err:
+                await client.put(b"", b"x")
+            assert err.value.code == "INVALID_ARGUMENT"
+
+    with_cluster(tmp_path, scenario)
+
+
+def test_client_survives_the_leader_stopping(tmp_path: Path) -> None:
+    async def scenario(c: Cluster) -> None:
+        await c.register_directory()
+        async with Client(endpoints(c), timeout_s=20) as client:
+            await client.sequence_create("ids")
+            before = await client.sequence_next("ids")
+            leader = await c.leader()
+            await c.stop(leader.id)
+            after = await client.sequence_next("ids")
+            assert after[0] > before[0]
+            members = await client.members()
+            assert len(members.members) == 3
+
+    with_cluster(tmp_path, scenario)
