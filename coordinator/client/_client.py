@@ -54,13 +54,15 @@ class Lock:
 class _Stubs:
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self.channel = channel
-        self.kv = rpc.KVStub(channel)
-        self.lease = rpc.LeaseStub(channel)
-        self.lock = rpc.LockStub(channel)
-        self.election = rpc.ElectionStub(channel)
-        self.sequence = rpc.SequenceStub(channel)
-        self.watch = rpc.WatchStub(channel)
-        self.cluster = rpc.ClusterStub(channel)
+        # The generated stubs are untyped; the typed surface is this client's own methods.
+        stubs: Any = rpc
+        self.kv = stubs.KVStub(channel)
+        self.lease = stubs.LeaseStub(channel)
+        self.lock = stubs.LockStub(channel)
+        self.election = stubs.ElectionStub(channel)
+        self.sequence = stubs.SequenceStub(channel)
+        self.watch = stubs.WatchStub(channel)
+        self.cluster = stubs.ClusterStub(channel)
 
 
 class Client:

@@ -1,0 +1,480 @@
+"""GrpcTransport: the `Transport` contract over real gRPC streams between members.
+
+**Sending.** Every peer gets a bounded outbound `asyncio.Queue` and one task that owns the
+connection to it. `send` only enqueues (never blocks, never raises): when a peer's queue is
+full the message is dropped and counted, because Raft tolerates loss and a slow or dead peer
+must never hold up the member's loop. The peer task keeps one client-streaming
+`concord.v1.Raft/Stream` RPC open, takes whatever is queued (up to `batch_max` messages and
+`batch_bytes_max` bytes), and writes it as one `RaftBatch` stamped with the cluster id. When
+the stream breaks (peer down, refused, a write that does not finish within `write_timeout_s`)
+the batch in flight and everything still queued are dropped (stale by the time the peer is
+back; Raft resends what matters), and the task reconnects with jittered exponential backoff.
+A stream is opened lazily, on the first message after a failure.
+
+**Receiving.** `RaftServicer` is the server side of the same RPC. Each batch's cluster id is
+checked first: a mismatch (a stale address after a cluster was rebuilt, a member of another
+cluster) aborts the stream with PERMISSION_DENIED and a message that says which ids clashed.
+Each message is converted with `from_wire`; a malformed one (`WireError`) or one addressed
+to another member is dropped and logged, the rest go to the owner's `receive`
+(`RaftLoop.receive`), in order.
+
+**Observation.** Per peer the transport records when it last sent to and last heard from
+it, what it sent, dropped and received, and a round-trip estimate: the time from enqueueing
+an APP or HEARTBEAT (when no probe is outstanding) to the next APP_RESP or HEARTBEAT_RESP
+from that peer. Only a member that sends those (the leader) measures round trips, and a lost
+probe makes the next sample at most one heartbeat too long. A peer is *reachable* when it
+was heard from within `reachable_window_s`: from the leader this is the Leader / Reachable /
+Unreachable view of `concordctl member list`; followers hear only from the leader.
+
+**Membership.** `set_peers` (level-based), `add_peer` and `remove_peer` change the peer set
+at run time; changing a peer's address restarts its connection.
+
+Ownership: everything here runs on the member's event loop; `send` must be called from it
+(RaftLoop does). The grpc module is untyped; its objects stay inside this module's typed
+methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from coordinator.api.v1 import raft_pb2 as pb
+from coordinator.api.v1 import raft_pb2_grpc as pb_grpc
+from coordinator.raft import Message, MessageType
+
+from .clock import Clock
+from .wire import WireError, from_wire, to_wire
+
+log = logging.getLogger("concord.transport")
+
+# The generated service module is untyped; these are its two entry points, typed here once.
+_raft_stub: Callable[[grpc.aio.Channel], Any] = pb_grpc.RaftStub
+_add_raft_servicer: Callable[[Any, grpc.aio.Server], None] = pb_grpc.add_RaftServicer_to_server
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+"""gRPC message size limit on both ends of the peer stream (a batch, or a snapshot chunk)."""
+
+_PROBES = frozenset({MessageType.APP, MessageType.HEARTBEAT})
+_PROBE_ANSWERS = frozenset({MessageType.APP_RESP, MessageType.HEARTBEAT_RESP})
+_PROBE_STALE_S = 10.0
+"""A probe unanswered this long is forgotten rather than turned into a huge sample."""
+
+
+def channel_options() -> list[tuple[str, int]]:
+    """Options for peer channels: quick reconnects (a returning peer catches up within a
+    fraction of a second) and keepalive pings that notice a silently dead connection."""
+    return [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+        ("grpc.keepalive_time_ms", 10_000),
+        ("grpc.keepalive_timeout_ms", 5_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+def server_options() -> list[tuple[str, int]]:
+    """Options for the peer server, matching `channel_options` (it must accept the pings)."""
+    return [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+        ("grpc.http2.max_ping_strikes", 0),
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStats:
+    """One peer as this member sees it. Times are `Clock.monotonic_s` values; None: never."""
+
+    id: int
+    address: str
+    connected: bool
+    """A stream to the peer is open and its last write went through."""
+    reachable: bool
+    """Heard from within the transport's `reachable_window_s`."""
+    last_sent_s: float | None
+    last_heard_s: float | None
+    round_trip_s: float | None
+    """The latest round-trip sample (leader only; see the module docstring)."""
+    sent: int
+    """Messages written to the stream."""
+    dropped: int
+    """Messages dropped: queue full, or lost with a broken stream."""
+    received: int
+    last_error: str
+    """Why the last stream failed ('' if none has)."""
+
+
+class _Peer:
+    """Mutable per-peer state; owned by the transport, touched only on the event loop."""
+
+    def __init__(self, peer_id: int, address: str, queue_max: int) -> None:
+        self.id = peer_id
+        self.address = address
+        self.queue: asyncio.Queue[pb.RaftMessage] = asyncio.Queue(maxsize=queue_max)
+        """Already in wire form: a message that cannot be converted is refused by `send`."""
+        self.task: asyncio.Task[None] | None = None
+        self.connected = False
+        self.failing = False
+        """The last attempt failed and the failure was logged (to log changes, not spam)."""
+        self.last_sent_s: float | None = None
+        self.last_heard_s: float | None = None
+        self.round_trip_s: float | None = None
+        self.probe_s: float | None = None
+        self.sent = 0
+        self.dropped = 0
+        self.received = 0
+        self.last_error = ""
+
+
+class GrpcTransport:
+    """Best-effort delivery to peers over gRPC streams (see the module docstring).
+
+    `credentials` are grpc channel credentials (`tls.channel_credentials`); None dials
+    without TLS (only for `--insecure` demos and tests). `on_round_trip(peer, seconds)` is
+    called with every round-trip sample (the metrics histogram)."""
+
+    def __init__(
+        self,
+        member_id: int,
+        cluster_id: str,
+        clock: Clock,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        queue_max: int = 4096,
+        batch_max: int = 512,
+        batch_bytes_max: int = 4 * 1024 * 1024,
+        backoff_initial_s: float = 0.05,
+        backoff_max_s: float = 2.0,
+        write_timeout_s: float = 5.0,
+        reachable_window_s: float = 5.0,
+        on_round_trip: Callable[[int, float], None] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if member_id <= 0:
+            raise ValueError("member id must be a positive integer")
+        if queue_max <= 0 or batch_max <= 0:
+            raise ValueError("queue_max and batch_max must be positive")
+        self.member_id = member_id
+        self.cluster_id = cluster_id
+        self.clock = clock
+        self._credentials = credentials
+        self._queue_max = queue_max
+        self._batch_max = batch_max
+        self._batch_bytes_max = batch_bytes_max
+        self._backoff_initial_s = backoff_initial_s
+        self._backoff_max_s = backoff_max_s
+        self._write_timeout_s = write_timeout_s
+        self.reachable_window_s = reachable_window_s
+        self._on_round_trip = on_round_trip
+        self._rng = rng or random.Random()
+        self._peers: dict[int, _Peer] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
+        """Tasks of removed peers, still closing their channels (awaited by `close`)."""
+        self._receive: Callable[[Message], None] | None = None
+        self._closed = False
+        self.dropped_unknown_peer = 0
+        """Messages for an id that is not a peer (yet, or any more)."""
+
+    # --- wiring ------------------------------------------------------------------------------
+
+    def bind(self, receive: Callable[[Message], None]) -> None:
+        """Where incoming messages go (`RaftLoop.receive`). Until bound they are dropped."""
+        self._receive = receive
+
+    def servicer(self) -> RaftServicer:
+        return RaftServicer(self)
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        """Register the Raft peer service on a `grpc.aio.Server`."""
+        add_raft_servicer(server, self.servicer())
+
+    # --- the Transport contract --------------------------------------------------------------
+
+    def send(self, msg: Message) -> None:
+        peer = self._peers.get(msg.to)
+        if peer is None or self._closed:
+            self.dropped_unknown_peer += 1
+            return
+        try:
+            wire = to_wire(msg)
+        except WireError as err:
+            log.error("not sending a message to peer %d: %s", msg.to, err)
+            return
+        try:
+            peer.queue.put_nowait(wire)
+        except asyncio.QueueFull:
+            peer.dropped += 1
+            return
+        if msg.type in _PROBES:
+            now = self.clock.monotonic_s()
+            if peer.probe_s is None or now - peer.probe_s > _PROBE_STALE_S:
+                peer.probe_s = now
+
+    # --- membership --------------------------------------------------------------------------
+
+    def set_peers(self, peers: Mapping[int, str]) -> None:
+        """Make the peer set exactly `peers` (id -> host:port); this member's id is ignored."""
+        wanted = {i: a for i, a in peers.items() if i != self.member_id}
+        for peer_id in [i for i in self._peers if i not in wanted]:
+            self.remove_peer(peer_id)
+        for peer_id, address in wanted.items():
+            self.add_peer(peer_id, address)
+
+    def add_peer(self, peer_id: int, address: str) -> None:
+        """Start talking to `peer_id` at `address`; a known peer with a new address is
+        reconnected, one with the same address is left alone."""
+        if peer_id == self.member_id:
+            raise ValueError(f"member {peer_id} is this member, not a peer")
+        if self._closed:
+            raise RuntimeError("the transport is closed")
+        old = self._peers.get(peer_id)
+        if old is not None:
+            if old.address == address:
+                return
+            self.remove_peer(peer_id)
+        peer = _Peer(peer_id, address, self._queue_max)
+        self._peers[peer_id] = peer
+        peer.task = asyncio.get_running_loop().create_task(
+            self._run_peer(peer), name=f"raft-peer-{peer_id}"
+        )
+        log.info("peer %d at %s added", peer_id, address)
+
+    def remove_peer(self, peer_id: int) -> None:
+        peer = self._peers.pop(peer_id, None)
+        if peer is None:
+            return
+        if peer.task is not None:
+            peer.task.cancel()
+            self._retiring.add(peer.task)
+            peer.task.add_done_callback(self._retiring.discard)
+        log.info("peer %d at %s removed", peer_id, peer.address)
+
+    def peers(self) -> dict[int, str]:
+        return {i: p.address for i, p in self._peers.items()}
+
+    async def close(self) -> None:
+        """Stop every peer task and close its stream and channel."""
+        self._closed = True
+        tasks = [p.task for p in self._peers.values() if p.task is not None]
+        tasks += self._retiring
+        self._peers.clear()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=5.0)
+            if stuck:
+                log.error("%d peer task(s) did not stop within 5 s", len(stuck))
+
+    # --- observation -------------------------------------------------------------------------
+
+    def stats(self) -> dict[int, PeerStats]:
+        now = self.clock.monotonic_s()
+        return {i: self._stats(p, now) for i, p in sorted(self._peers.items())}
+
+    def reachable(self, peer_id: int) -> bool:
+        peer = self._peers.get(peer_id)
+        return peer is not None and self._heard_recently(peer, self.clock.monotonic_s())
+
+    def _heard_recently(self, peer: _Peer, now: float) -> bool:
+        heard = peer.last_heard_s
+        return heard is not None and now - heard <= self.reachable_window_s
+
+    def _stats(self, p: _Peer, now: float) -> PeerStats:
+        return PeerStats(
+            id=p.id,
+            address=p.address,
+            connected=p.connected,
+            reachable=self._heard_recently(p, now),
+            last_sent_s=p.last_sent_s,
+            last_heard_s=p.last_heard_s,
+            round_trip_s=p.round_trip_s,
+            sent=p.sent,
+            dropped=p.dropped,
+            received=p.received,
+            last_error=p.last_error,
+        )
+
+    # --- receiving (called by the servicer) --------------------------------------------------
+
+    def deliver(self, msg: Message) -> None:
+        """A checked message from a peer: note what it tells us, then hand it to the owner."""
+        peer = self._peers.get(msg.frm)
+        if peer is not None:
+            now = self.clock.monotonic_s()
+            peer.last_heard_s = now
+            peer.received += 1
+            if msg.type in _PROBE_ANSWERS and peer.probe_s is not None:
+                sample = now - peer.probe_s
+                peer.probe_s = None
+                peer.round_trip_s = sample
+                if self._on_round_trip is not None:
+                    self._on_round_trip(peer.id, sample)
+        if self._receive is not None:
+            self._receive(msg)
+
+    # --- sending (one task per peer) ---------------------------------------------------------
+
+    async def _run_peer(self, peer: _Peer) -> None:
+        channel = self._open_channel(peer.address)
+        stub = _raft_stub(channel)
+        call: grpc.aio.StreamUnaryCall | None = None
+        backoff_s = self._backoff_initial_s
+        try:
+            while True:
+                batch = await self._next_batch(peer)
+                try:
+                    if call is None:
+                        call = stub.Stream()
+                    request = pb.RaftBatch(cluster_id=self.cluster_id, messages=batch)
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+                    # cancellation that races with the write finishing, and close() would wait.
+                    async with asyncio.timeout(self._write_timeout_s):
+                        await call.write(request)
+                except Exception as err:
+                    # AioRpcError, InvalidStateError (the call already ended), TimeoutError;
+                    # anything else is a surprise, but must not end this peer's task for good.
+                    if not isinstance(
+                        err, grpc.aio.AioRpcError | asyncio.InvalidStateError | TimeoutError
+                    ):
+                        log.exception("unexpected error in the stream to peer %d", peer.id)
+                    reason = await _failure_reason(call, err)
+                    call = None
+                    self._stream_failed(peer, batch, reason)
+                    await asyncio.sleep(backoff_s * self._rng.uniform(0.5, 1.0))
+                    backoff_s = min(backoff_s * 2, self._backoff_max_s)
+                    continue
+                peer.sent += len(batch)
+                peer.last_sent_s = self.clock.monotonic_s()
+                backoff_s = self._backoff_initial_s
+                if not peer.connected:
+                    peer.connected = True
+                    if peer.failing:
+                        log.info("peer %d at %s is reachable again", peer.id, peer.address)
+                    peer.failing = False
+        finally:
+            peer.connected = False
+            if call is not None:
+                call.cancel()
+            await channel.close(None)
+
+    async def _next_batch(self, peer: _Peer) -> list[pb.RaftMessage]:
+        batch = [await peer.queue.get()]
+        size = _payload_bytes(batch[0])
+        while len(batch) < self._batch_max and size < self._batch_bytes_max:
+            try:
+                msg = peer.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            batch.append(msg)
+            size += _payload_bytes(msg)
+        return batch
+
+    def _stream_failed(self, peer: _Peer, batch: Sequence[pb.RaftMessage], reason: str) -> None:
+        lost = len(batch)
+        while not peer.queue.empty():
+            peer.queue.get_nowait()
+            lost += 1
+        peer.dropped += lost
+        peer.connected = False
+        peer.last_error = reason
+        if not peer.failing:
+            peer.failing = True
+            level = logging.ERROR if reason.startswith("PERMISSION_DENIED") else logging.WARNING
+            log.log(
+                level,
+                "peer %d at %s is unreachable (%s); %d message(s) dropped, retrying",
+                peer.id,
+                peer.address,
+                reason,
+                lost,
+            )
+
+    def _open_channel(self, address: str) -> grpc.aio.Channel:
+        if self._credentials is None:
+            return grpc.aio.insecure_channel(address, options=channel_options())
+        return grpc.aio.secure_channel(address, self._credentials, options=channel_options())
+
+
+def _payload_bytes(msg: pb.RaftMessage) -> int:
+    """Roughly what a message weighs on the wire (its entries' and snapshot chunk's data)."""
+    return len(msg.data) + sum(len(e.data) for e in msg.entries)
+
+
+async def _failure_reason(call: grpc.aio.StreamUnaryCall | None, err: BaseException) -> str:
+    """A one-line "CODE: details" for a failed stream."""
+    if isinstance(err, grpc.aio.AioRpcError):
+        return f"{err.code().name}: {err.details()}"
+    if isinstance(err, TimeoutError):
+        if call is not None:
+            call.cancel()
+        return "DEADLINE_EXCEEDED: a write did not finish in time (peer stalled?)"
+    if call is not None and call.done() and not call.cancelled():
+        # The call has finished, so its status is there: these awaits do not suspend (and a
+        # cancellation of this task is never swallowed here).
+        code = await call.code()
+        details = await call.details()
+        return f"{code.name}: {details}"
+    return f"stream failed: {str(err) or type(err).__name__}"
+
+
+class RaftServicer:
+    """The server side of `concord.v1.Raft/Stream` (see the module docstring)."""
+
+    def __init__(self, transport: GrpcTransport) -> None:
+        self._transport = transport
+
+    async def Stream(  # the gRPC method's name
+        self, request_iterator: AsyncIterator[pb.RaftBatch], context: grpc.aio.ServicerContext
+    ) -> pb.RaftAck:
+        t = self._transport
+        async for batch in request_iterator:
+            if batch.cluster_id != t.cluster_id:
+                log.error(
+                    "refusing peer stream from %s: it is for cluster %r, this member (%d) "
+                    "belongs to cluster %r",
+                    context.peer(),
+                    batch.cluster_id,
+                    t.member_id,
+                    t.cluster_id,
+                )
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"cluster id mismatch: member {t.member_id} belongs to cluster "
+                    f"{t.cluster_id!r} but the sender is in cluster {batch.cluster_id!r}; "
+                    "check --cluster-id and the peer addresses (a stale address after a "
+                    "rebuild?)",
+                )
+            for wire in batch.messages:
+                try:
+                    msg = from_wire(wire)
+                except WireError as err:
+                    log.warning("dropping a malformed message from %s: %s", context.peer(), err)
+                    continue
+                if msg.to != t.member_id:
+                    log.warning(
+                        "dropping a message for member %d from member %d: this is member %d",
+                        msg.to,
+                        msg.frm,
+                        t.member_id,
+                    )
+                    continue
+                t.deliver(msg)
+        return pb.RaftAck()
+
+
+def add_raft_servicer(server: grpc.aio.Server, servicer: RaftServicer) -> None:
+    """Register `servicer` on a `grpc.aio.Server` (the generated helper is untyped)."""
+    _add_raft_servicer(servicer, server)

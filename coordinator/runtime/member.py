@@ -1,0 +1,736 @@
+"""`concord-coordinator`: one member process, from data directory to serving sockets.
+
+What runs, in start-up order:
+
+1. the HTTP server (`--metrics-listen`): /healthz answers as soon as the process is up, so
+   a locked or slow-starting member is visibly alive;
+2. the data directory: the key store and the encrypted WAL (`coordinator.storage`). A new
+   directory is initialised and the WAL bootstrapped with an index-0 snapshot whose
+   configuration is the voters of `--initial-cluster`. With autolock on and no unlock key,
+   the member is *locked*: it serves /healthz only, says so in /readyz and in its log, and
+   waits for the key to appear in `--unlock-key-file` (a mounted secret);
+3. the Raft loop (`MeteredRaftLoop`) over the WAL, the peer gRPC server and the
+   `GrpcTransport` (mutual TLS from `--tls-dir`, or plaintext with an explicit
+   `--insecure`);
+4. the client API (`coordinator.server.server.serve`), when the build has it;
+5. a level-based peer sync: every second the transport's peer set is made equal to the
+   current configuration's members, addressed by the replicated member table or, failing
+   that, `--initial-cluster`.
+
+SIGTERM or SIGINT stops it cleanly: a leader first hands leadership to its most
+up-to-date follower (bounded wait), then both servers stop accepting, the loop stops, the
+transport closes and the WAL is closed. Exit status: 0 after a clean stop, 1 when the member
+failed (the WAL, a port), 2 for a bad command line.
+
+Layering: this module is the composition root of a member process. It finds the client
+API by name at run time (`importlib`), because `coordinator.server` sits above the runtime
+and the runtime must not import it statically (see .importlinter).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import importlib
+import logging
+import random
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics, generate_latest
+
+from coordinator.fsm import Applied, StateMachine
+from coordinator.raft import ConfState, RaftError, Snapshot, SnapshotMeta
+from coordinator.storage import (
+    DiskWal,
+    InvalidUnlockKeyError,
+    KeyStore,
+    LockedError,
+    NotInitializedError,
+    StorageError,
+    WrongUnlockKeyError,
+)
+
+from .clock import Clock, SystemClock
+from .grpc_transport import GrpcTransport, server_options
+from .httpd import HttpServer, Response
+from .loop import LoopConfig
+from .metrics import MemberMetrics, MeteredLog, MeteredRaftLoop
+from .tls import (
+    MemberTls,
+    TlsError,
+    load_member_tls,
+    member_channel_credentials,
+    member_server_credentials,
+)
+
+log = logging.getLogger("concord.member")
+
+PEER_SYNC_S = 1.0
+UNLOCK_POLL_S = 1.0
+STOP_GRACE_S = 1.0
+
+_disable_created_metrics: Callable[[], None] = disable_created_metrics  # untyped upstream
+
+
+class ConfigError(Exception):
+    """A command line or configuration that cannot work; the message says why."""
+
+
+# --- configuration -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MemberConfig:
+    id: int
+    name: str
+    data_dir: Path
+    client_listen: str
+    peer_listen: str
+    metrics_listen: str
+    initial_cluster: dict[int, str]
+    """id -> host:port peers dial. Bootstraps the voters of a new data dir; always used as
+    the fallback address book."""
+    cluster_id: str
+    tls_dir: Path | None
+    insecure: bool
+    unlock_key_file: Path | None
+    tick_ms: int = 100
+    election_ticks: int = 10
+
+
+def split_host_port(text: str, what: str) -> tuple[str, int]:
+    """'host:port' or '[v6]:port' -> (host, port); ConfigError if malformed."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{what} {text!r} must be HOST:PORT (for IPv6, [ADDR]:PORT)")
+    return host.strip("[]"), int(port)
+
+
+def parse_initial_cluster(text: str) -> dict[int, str]:
+    """'1=host:port,2=host:port' -> {1: 'host:port', 2: 'host:port'}."""
+    out: dict[int, str] = {}
+    for item in (i.strip() for i in text.split(",")):
+        if not item:
+            continue
+        ident, sep, address = item.partition("=")
+        if not sep or not ident.strip().isdigit() or int(ident) <= 0:
+            raise ConfigError(
+                f"--initial-cluster item {item!r} must be ID=HOST:PORT with a positive ID"
+            )
+        split_host_port(address.strip(), f"--initial-cluster address of member {ident}")
+        if int(ident) in out:
+            raise ConfigError(f"--initial-cluster lists member {int(ident)} twice")
+        out[int(ident)] = address.strip()
+    if not out:
+        raise ConfigError("--initial-cluster is empty")
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="concord-coordinator",
+        description="Run one member of a Concord cluster.",
+    )
+    p.add_argument("--id", type=int, required=True, help="this member's Raft id (>= 1)")
+    p.add_argument("--name", help="human-readable member name (default: member-ID)")
+    p.add_argument("--data-dir", type=Path, required=True, help="data directory (keys, WAL)")
+    p.add_argument("--client-listen", default="127.0.0.1:7070", help="client API HOST:PORT")
+    p.add_argument("--peer-listen", default="127.0.0.1:7071", help="peer (Raft) HOST:PORT")
+    p.add_argument(
+        "--metrics-listen", default="127.0.0.1:7072", help="/metrics, /healthz, /readyz HOST:PORT"
+    )
+    p.add_argument(
+        "--initial-cluster",
+        required=True,
+        help="ID=HOST:PORT,... peer addresses; a new data dir bootstraps with these voters",
+    )
+    p.add_argument("--cluster-id", required=True, help="cluster id; peers must agree on it")
+    sec = p.add_mutually_exclusive_group(required=True)
+    sec.add_argument(
+        "--tls-dir", type=Path, help="directory with ca.pem, member.pem, member-key.pem"
+    )
+    sec.add_argument(
+        "--insecure",
+        action="store_true",
+        help="no TLS at all: plaintext and unauthenticated; for local demos only",
+    )
+    p.add_argument(
+        "--unlock-key-file",
+        type=Path,
+        help="file holding the unlock key of an autolocked data dir (e.g. a mounted secret)",
+    )
+    p.add_argument("--tick-ms", type=int, default=100, help="Raft tick (default 100)")
+    p.add_argument(
+        "--election-ticks", type=int, default=10, help="election timeout in ticks (default 10)"
+    )
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
+def config_from_args(ns: argparse.Namespace) -> MemberConfig:
+    if ns.id <= 0:
+        raise ConfigError(f"--id must be a positive integer, got {ns.id}")
+    if ns.tick_ms <= 0:
+        raise ConfigError("--tick-ms must be positive")
+    if ns.election_ticks < 3:
+        raise ConfigError("--election-ticks must be at least 3 (heartbeats go every tick)")
+    if not ns.cluster_id.strip():
+        raise ConfigError("--cluster-id must not be empty")
+    for flag in ("client_listen", "peer_listen", "metrics_listen"):
+        split_host_port(getattr(ns, flag), "--" + flag.replace("_", "-"))
+    return MemberConfig(
+        id=ns.id,
+        name=ns.name or f"member-{ns.id}",
+        data_dir=ns.data_dir,
+        client_listen=ns.client_listen,
+        peer_listen=ns.peer_listen,
+        metrics_listen=ns.metrics_listen,
+        initial_cluster=parse_initial_cluster(ns.initial_cluster),
+        cluster_id=ns.cluster_id.strip(),
+        tls_dir=ns.tls_dir,
+        insecure=ns.insecure,
+        unlock_key_file=ns.unlock_key_file,
+        tick_ms=ns.tick_ms,
+        election_ticks=ns.election_ticks,
+    )
+
+
+def _dial_address(url: str) -> str:
+    """'scheme://host:port' (the member table's peer_url) or 'host:port' -> 'host:port'."""
+    return url.split("://", 1)[1] if "://" in url else url
+
+
+# --- the member --------------------------------------------------------------------------------
+
+
+class Member:
+    """One member process's parts and their lifecycle (see the module docstring)."""
+
+    def __init__(
+        self, cfg: MemberConfig, clock: Clock | None = None, *, client_api: bool = True
+    ) -> None:
+        self.cfg = cfg
+        self.client_api = client_api
+        """Serve the client API when the build has it (off: peers and metrics only)."""
+        self.clock = clock or SystemClock()
+        self.metrics = MemberMetrics()
+        self.phase = "starting"
+        """starting -> (locked ->) running -> stopping; what /readyz explains."""
+        self.loop: MeteredRaftLoop | None = None
+        self.transport: GrpcTransport | None = None
+        self.start_commit = 0
+        """The commit index the WAL held at start: ready once applied up to it."""
+        self.http_port = 0
+        self.peer_port = 0
+        self._stop = asyncio.Event()
+        self._stop_reason = ""
+        self._unknown_address_logged: set[int] = set()
+        self.http = HttpServer(
+            {"/healthz": self._healthz, "/readyz": self._readyz, "/metrics": self._metrics}
+        )
+
+    # --- HTTP handlers -------------------------------------------------------------------------
+
+    def readiness(self) -> tuple[bool, str]:
+        loop = self.loop
+        if self.phase == "locked":
+            return False, (
+                "locked: waiting for the unlock key (--unlock-key-file or `concordctl unlock`)"
+            )
+        if self.phase == "stopping":
+            return False, "stopping"
+        if loop is None:
+            return False, "starting: opening the data directory"
+        st = loop.status()
+        if st.leader == 0:
+            reachable = 0
+            if self.transport is not None:
+                reachable = sum(p.reachable for p in self.transport.stats().values())
+            return False, (
+                f"no leader known (term {st.term}, {st.role.value}); "
+                f"{reachable} of {len(self.transport.peers()) if self.transport else 0} "
+                "peers heard from recently"
+            )
+        applied = loop.fsm.applied_index
+        if applied < self.start_commit:
+            return (
+                False,
+                f"catching up: applied {applied} of {self.start_commit} committed at start",
+            )
+        return True, f"ready: leader {st.leader}, term {st.term}, applied {applied}"
+
+    def _healthz(self) -> Response:
+        return Response.text(200, f"ok ({self.phase})")
+
+    def _readyz(self) -> Response:
+        ok, reason = self.readiness()
+        return Response.text(200 if ok else 503, reason)
+
+    def _metrics(self) -> Response:
+        if self.phase == "locked":
+            return Response.text(503, "locked: waiting for the unlock key; nothing is served")
+        return Response(200, generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST)
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def request_stop(self, reason: str) -> None:
+        if self._stop.is_set():
+            log.info("%s: already stopping", reason)
+            return
+        log.info("%s: stopping", reason)
+        self._stop_reason = reason
+        self._stop.set()
+
+    async def run(self) -> int:
+        cfg = self.cfg
+        try:
+            host, port = split_host_port(cfg.metrics_listen, "--metrics-listen")
+            self.http_port = await self.http.start(host, port)
+        except OSError as err:
+            log.error("cannot listen on %s for metrics: %s", cfg.metrics_listen, err.strerror)
+            return 1
+        log.info("serving /metrics, /healthz, /readyz on %s", cfg.metrics_listen)
+        try:
+            return await self._run_member()
+        finally:
+            await self.http.close()
+
+    async def _run_member(self) -> int:
+        cfg = self.cfg
+        try:
+            tls = self._load_tls()
+            wal = await self._open_storage()
+        except (ConfigError, TlsError, StorageError) as err:
+            log.error("%s", err)
+            return 1
+        if wal is None:
+            return 0  # asked to stop while locked
+        parts = _Parts(MeteredLog(wal, self.metrics.wal_fsync_seconds))
+        try:
+            transport = GrpcTransport(
+                cfg.id,
+                cfg.cluster_id,
+                self.clock,
+                credentials=member_channel_credentials(tls) if tls else None,
+                reachable_window_s=max(1.0, 2 * cfg.election_ticks * cfg.tick_ms / 1000),
+                on_round_trip=self.metrics.observe_round_trip,
+            )
+            parts.transport = self.transport = transport
+            loop = MeteredRaftLoop(
+                LoopConfig(id=cfg.id, tick_s=cfg.tick_ms / 1000, election_ticks=cfg.election_ticks),
+                parts.wal,
+                transport,
+                StateMachine(),
+                self.clock,
+                metrics=self.metrics,
+                rng=random.Random(),
+            )
+            transport.bind(loop.receive)
+            loop.add_observer(_LeaderLog(cfg.id, loop))
+            self.start_commit = wal.hard_state.commit
+            self.metrics.attach(
+                loop, wal_metrics=wal.metrics, peers=transport.stats, now_s=self.clock.monotonic_s
+            )
+            parts.server = grpc.aio.server(options=server_options())
+            transport.add_to_server(parts.server)
+            self.peer_port = _bind(parts.server, cfg.peer_listen, tls, "peer")
+            await parts.server.start()
+            log.info("peer server listening on %s", cfg.peer_listen)
+            self._sync_peers(loop, transport)
+            self.loop = loop
+            self.phase = "running"
+            parts.loop_task = asyncio.create_task(loop.run(), name="raft-loop")
+            if self.client_api:
+                parts.client = await _ClientApi.start(loop, cfg.client_listen, tls)
+            parts.sync_task = asyncio.create_task(self._peer_sync(loop, transport))
+            return await self._wait(parts.loop_task)
+        except (ConfigError, OSError) as err:
+            log.error("%s", err)
+            return 1
+        finally:
+            self.phase = "stopping"
+            await self._shutdown(parts)
+
+    async def _wait(self, loop_task: asyncio.Task[None]) -> int:
+        log.info(
+            "member %d (%s) of cluster %r running: %d voters, tick %d ms, election %d ticks",
+            self.cfg.id,
+            self.cfg.name,
+            self.cfg.cluster_id,
+            len(self.loop.status().conf.voters) if self.loop else 0,
+            self.cfg.tick_ms,
+            self.cfg.election_ticks,
+        )
+        stop = asyncio.create_task(self._stop.wait())
+        try:
+            await asyncio.wait({stop, loop_task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if loop_task.done():
+            err = loop_task.exception()
+            log.critical("the Raft loop stopped: %s", err or "without an error")
+            return 1
+        await self._hand_over_leadership()
+        return 0
+
+    async def _hand_over_leadership(self) -> None:
+        """A stopping leader hands over to its most up-to-date voter, so the cluster does not
+        sit out an election timeout. Bounded: peers may be stopping too."""
+        loop = self.loop
+        me = self.cfg.id
+        if loop is None or loop.leader != me:
+            return
+        st = loop.status()
+        candidates = [(p.match, i) for i, p in st.peers.items() if i in st.conf.voters and i != me]
+        if not candidates:
+            return
+        _, target = max(candidates)
+        limit_s = min(1.0, self.cfg.election_ticks * self.cfg.tick_ms / 1000)
+        watch = _LeaderWatch(me)
+        loop.add_observer(watch)
+        try:
+            await loop.transfer_leader(target)
+            async with asyncio.timeout(limit_s):
+                await watch.moved.wait()
+            log.info("handed leadership to member %d", target)
+        except TimeoutError:
+            log.info("leadership hand-over to member %d did not finish in time", target)
+        except RaftError as err:
+            log.info("leadership hand-over to member %d refused: %s", target, err)
+        finally:
+            loop.remove_observer(watch)
+
+    async def _shutdown(self, parts: _Parts) -> None:
+        """Stop accepting, stop the loop, close the transport and the WAL."""
+        if parts.sync_task is not None:
+            parts.sync_task.cancel()
+        if parts.client is not None:
+            await parts.client.stop(STOP_GRACE_S)
+        if parts.server is not None:
+            await parts.server.stop(STOP_GRACE_S / 2)
+        if self.loop is not None:
+            self.loop.stop()
+        if parts.loop_task is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(parts.loop_task, 5.0)
+        if parts.transport is not None:
+            await parts.transport.close()
+        parts.wal.close()
+        log.info("stopped (%s); WAL closed", self._stop_reason or "shut down")
+
+    # --- start-up pieces -----------------------------------------------------------------------
+
+    def _load_tls(self) -> MemberTls | None:
+        cfg = self.cfg
+        if cfg.insecure:
+            log.warning(
+                "INSECURE MODE (--insecure): peer and client traffic is plaintext and "
+                "unauthenticated; anyone who can reach these ports can join the Raft group and "
+                "read or change everything. For local demos only, never in production."
+            )
+            return None
+        if cfg.tls_dir is None:
+            raise ConfigError("give --tls-dir, or --insecure for a local demo")
+        tls = load_member_tls(cfg.tls_dir)
+        log.info(
+            "mutual TLS with certificates from %s (member certificate valid until %s)",
+            cfg.tls_dir,
+            f"{tls.not_after:%Y-%m-%d}",
+        )
+        return tls
+
+    async def _open_storage(self) -> DiskWal | None:
+        """Open (or create and bootstrap) the data dir; None if stopped while locked."""
+        cfg = self.cfg
+        keys = await self._open_keys()
+        if keys is None:
+            return None
+        try:
+            wal = DiskWal.open(keys)
+        except NotInitializedError:
+            voters = frozenset(cfg.initial_cluster)
+            if cfg.id not in voters:
+                raise ConfigError(
+                    f"{cfg.data_dir} is new and --initial-cluster does not list this member "
+                    f"(--id {cfg.id}); a new member must be one of the initial voters "
+                    "(joining a running cluster is not supported yet)"
+                ) from None
+            wal = DiskWal.create(keys)
+            wal.save_snapshot(Snapshot(SnapshotMeta(0, 0, ConfState(voters))))
+            log.info(
+                "bootstrapped a new WAL in %s with voters %s",
+                cfg.data_dir,
+                ", ".join(str(v) for v in sorted(voters)),
+            )
+        if wal.recovery is not None:
+            r = wal.recovery
+            log.warning(
+                "recovery cut a torn write at the end of %s (%d bytes at offset %d: %s)",
+                r.path,
+                r.cut_bytes,
+                r.offset,
+                r.reason,
+            )
+        hs = wal.hard_state
+        log.info(
+            "opened the WAL in %s: term %d, commit %d, last index %d, snapshot at %d",
+            cfg.data_dir,
+            hs.term,
+            hs.commit,
+            wal.last_index(),
+            wal.snapshot().meta.index,
+        )
+        return wal
+
+    async def _open_keys(self) -> KeyStore | None:
+        """The key store; while it is locked, retry every UNLOCK_POLL_S with whatever
+        --unlock-key-file holds by then. None if asked to stop meanwhile."""
+        cfg = self.cfg
+        announced = False
+        refused: bytes | None = None
+        while True:
+            key = self._read_unlock_key()
+            try:
+                keys = KeyStore.open(cfg.data_dir, key)
+            except NotInitializedError:
+                log.info("%s is not initialised: creating a new data directory", cfg.data_dir)
+                if cfg.unlock_key_file is not None:
+                    log.warning(
+                        "--unlock-key-file is ignored for a new data dir: autolock is turned "
+                        "on later (`concordctl autolock`), which prints the key"
+                    )
+                return KeyStore.create(cfg.data_dir, autolock=False)
+            except LockedError:
+                if not announced:
+                    where = cfg.unlock_key_file or "(no --unlock-key-file given)"
+                    log.warning(
+                        "LOCKED: %s is autolocked and there is no unlock key in %s; serving "
+                        "/healthz only until the key is provided (or `concordctl unlock`)",
+                        cfg.data_dir,
+                        where,
+                    )
+                    announced = True
+            except (WrongUnlockKeyError, InvalidUnlockKeyError) as err:
+                digest = hashlib.sha256((key or "").encode()).digest()
+                if digest != refused:
+                    log.error(
+                        "LOCKED: the unlock key in %s is refused: %s", cfg.unlock_key_file, err
+                    )
+                    refused = digest
+            else:
+                if self.phase == "locked":
+                    log.info("unlocked with the key from %s", cfg.unlock_key_file)
+                    self.phase = "starting"
+                    self.metrics.locked.set(0)
+                return keys
+            self.phase = "locked"
+            self.metrics.locked.set(1)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), UNLOCK_POLL_S)
+            if self._stop.is_set():
+                return None
+
+    def _read_unlock_key(self) -> str | None:
+        path = self.cfg.unlock_key_file
+        if path is None:
+            return None
+        try:
+            text = path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            log.error("cannot read the unlock key file %s: %s", path, err.strerror)
+            return None
+        return text or None
+
+    # --- peers ---------------------------------------------------------------------------------
+
+    def desired_peers(self, loop: MeteredRaftLoop) -> dict[int, str]:
+        """The configuration's members (voters and learners) with an address each: the
+        replicated member table's peer URL, else --initial-cluster."""
+        addresses = dict(self.cfg.initial_cluster)
+        for m in loop.fsm.members():
+            addresses[m.id] = _dial_address(m.peer_url)
+        conf = loop.status().conf
+        ids = conf.voters | conf.learners
+        out: dict[int, str] = {}
+        for i in sorted(ids - {self.cfg.id}):
+            address = addresses.get(i)
+            if address is None:
+                if i not in self._unknown_address_logged:
+                    log.warning("member %d is in the configuration but has no known address", i)
+                    self._unknown_address_logged.add(i)
+                continue
+            out[i] = address
+        return out
+
+    def _sync_peers(self, loop: MeteredRaftLoop, transport: GrpcTransport) -> None:
+        transport.set_peers(self.desired_peers(loop))
+
+    async def _peer_sync(self, loop: MeteredRaftLoop, transport: GrpcTransport) -> None:
+        while True:
+            await asyncio.sleep(PEER_SYNC_S)
+            self._sync_peers(loop, transport)
+
+
+class _LeaderWatch:
+    """A `LoopObserver` that notices leadership leaving member `me`."""
+
+    def __init__(self, me: int) -> None:
+        self.me = me
+        self.moved = asyncio.Event()
+
+    def on_applied(self, batch: Sequence[Applied]) -> None:
+        pass
+
+    def on_restored(self) -> None:
+        pass
+
+    def on_leader(self, leader: int) -> None:
+        if leader != self.me:
+            self.moved.set()
+
+    def on_stop(self) -> None:
+        self.moved.set()
+
+
+class _LeaderLog(_LeaderWatch):
+    """Logs every change of the leader this member knows, in one line."""
+
+    def __init__(self, me: int, loop: MeteredRaftLoop) -> None:
+        super().__init__(me)
+        self._loop = loop
+
+    def on_leader(self, leader: int) -> None:
+        term = self._loop.status().term
+        if leader:
+            who = "this member" if leader == self.me else f"member {leader}"
+            log.info("leader is %s (term %d)", who, term)
+        else:
+            log.info("no leader known (term %d)", term)
+
+
+@dataclass(slots=True)
+class _Parts:
+    """What a running member has started, for `_shutdown` to stop in order."""
+
+    wal: MeteredLog
+    server: grpc.aio.Server | None = None
+    transport: GrpcTransport | None = None
+    loop_task: asyncio.Task[None] | None = None
+    client: _ClientApi | None = None
+    sync_task: asyncio.Task[None] | None = None
+
+
+def _bind(server: grpc.aio.Server, address: str, tls: MemberTls | None, what: str) -> int:
+    try:
+        if tls is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, member_server_credentials(tls))
+    except RuntimeError as err:
+        raise ConfigError(f"cannot listen on {address} for the {what} server: {err}") from None
+    if not port:
+        raise ConfigError(f"cannot listen on {address} for the {what} server")
+    bound: int = port
+    return bound
+
+
+class _ClientApi:
+    """The client-facing gRPC API, found by name (see the module docstring):
+    `serve(loop, address, credentials)` starts listening and returns the running
+    `grpc.aio.Server`."""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self.server = server
+
+    @classmethod
+    async def start(
+        cls, loop: MeteredRaftLoop, address: str, tls: MemberTls | None
+    ) -> _ClientApi | None:
+        serve = _find_serve()
+        if serve is None:
+            log.warning(
+                "this build has no client API (coordinator.server is missing): serving the "
+                "peer protocol and metrics only"
+            )
+            return None
+        credentials = member_server_credentials(tls) if tls else None
+        try:
+            server = await serve(loop, address, credentials)
+        except (OSError, RuntimeError) as err:
+            raise ConfigError(f"cannot serve the client API on {address}: {err}") from None
+        log.info("client API on %s", address)
+        return cls(server)
+
+    async def stop(self, grace_s: float) -> None:
+        await self.server.stop(grace_s)
+
+
+def _find_serve() -> Callable[..., Awaitable[grpc.aio.Server]] | None:
+    try:
+        module = importlib.import_module("coordinator.server.server")
+    except ModuleNotFoundError as err:
+        if err.name in ("coordinator.server", "coordinator.server.server"):
+            return None
+        raise
+    serve: Callable[..., Awaitable[grpc.aio.Server]] | None = getattr(module, "serve", None)
+    return serve
+
+
+# --- the process -------------------------------------------------------------------------------
+
+
+class _MemberLogFormatter(logging.Formatter):
+    """One line per record: UTC time, level, member, logger, message (and a traceback)."""
+
+    def __init__(self, member: str) -> None:
+        super().__init__(
+            f"%(asctime)s.%(msecs)03dZ %(levelname)-7s {member} %(name)s: %(message)s",
+            datefmt="%Y-%m-%dT%H:%M:%S",
+        )
+        self.converter = time.gmtime
+
+
+def configure_logging(member: str, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_MemberLogFormatter(member))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("grpc").setLevel(logging.WARNING)
+
+
+async def _amain(cfg: MemberConfig) -> int:
+    member = Member(cfg)
+    running = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        running.add_signal_handler(sig, member.request_stop, signal.Signals(sig).name)
+    return await member.run()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    try:
+        cfg = config_from_args(ns)
+    except ConfigError as err:
+        parser.error(str(err))
+    configure_logging(f"[{cfg.name}]", ns.log_level)
+    _disable_created_metrics()  # no `_created` series beside every counter and histogram
+    try:
+        return asyncio.run(_amain(cfg))
+    except KeyboardInterrupt:  # a signal before the handlers were installed
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
