@@ -16,7 +16,7 @@ SEEDS ?= 2000
 .PHONY: help bootstrap run test sim elections lint typecheck fmt clean
 
 help:
-	@echo "make run           run the demo (python -m coordinator.testing.demo)"
+	@echo "make run           3 members on loopback + a lock, sequence, CAS and failover demo"
 	@echo "make test          the whole suite: lint, typecheck, import contracts, pytest, sim"
 	@echo "make sim SEEDS=N   run N simulation seeds (default $(SEEDS))"
 	@echo "make elections     leader-crash downtime distribution (Raft paper Figure 16)"
@@ -27,7 +27,7 @@ bootstrap:
 	@$(PY) scripts/gen_protos.py
 
 run: bootstrap
-	$(PY) -m coordinator.testing.demo
+	$(PY) -m coordinator.cli.devcluster
 
 test: bootstrap
 	$(BIN)/ruff check .

@@ -99,6 +99,13 @@ async def demo(procs: list[Proc]) -> None:
     endpoints = [p.client for p in procs]
     async with Client(endpoints, timeout_s=20) as c:
         st = await c.status()
+        for _ in range(200):  # members start in parallel; the first election takes a moment
+            if st.leader:
+                break
+            await asyncio.sleep(0.05)
+            st = await c.status()
+        if not st.leader:
+            raise ConcordError("UNAVAILABLE", "no leader was elected within 10 s")
         print(f"  cluster up: leader is member {st.leader}, term {st.header.raft_term}")
         async with c.lock("jobs") as held:
             print(f"  lock 'jobs' held, fencing token {held.fencing_token}")
@@ -112,6 +119,7 @@ async def demo(procs: list[Proc]) -> None:
         await c.put(b"config", b"v1")
         print(f"  cas config v1->v2: {await c.cas(b'config', b'v1', b'v2')}")
         print(f"  cas config v1->v3: {await c.cas(b'config', b'v1', b'v3')}")
+        st = await c.status()
         leader = next(p for p in procs if p.id == st.leader)
         print(f"  killing the leader (member {leader.id}) with SIGKILL")
         assert leader.popen is not None
@@ -145,7 +153,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             eps = ",".join(p.client for p in procs)
             print(f"cluster running; try: CONCORD_ENDPOINTS={eps} concordctl member list")
             print("Ctrl-C stops it")
-            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+            stop_signals = {signal.SIGINT, signal.SIGTERM}
+            signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+            signal.sigwait(stop_signals)
     except KeyboardInterrupt:
         pass
     except ConcordError as err:
