@@ -85,7 +85,8 @@ class LoopObserver(Protocol):
 
 
 class ProposalLostError(RaftError):
-    """The entry was overwritten by another leader: it did not and will not apply. Retry."""
+    """The proposal's fate is not ours to report: another leader overwrote it, or we lost
+    leadership before it applied. Retrying with the same session is always safe."""
 
 
 class StoppedError(RaftError):
@@ -315,6 +316,19 @@ class RaftLoop:
             self.node.propose(env.encode())
 
     def _observe_leader(self) -> None:
+        if self._pending and self.node.leader not in (0, self.cfg.id):
+            # Another member leads now: our proposals may or may not commit under it, and if
+            # no one writes at their indexes again they would wait forever. Their outcome is
+            # unknown; a retry with the same session is answered exactly once either way.
+            # (With no leader known they keep waiting: the caller's deadline or quorum-loss
+            # detection decides, and a returning quorum may still commit them.)
+            err = ProposalLostError(
+                "leadership changed before the outcome was known; retry with the same session"
+            )
+            for p in self._pending.values():
+                if not p.future.done():
+                    p.future.set_exception(err)
+            self._pending.clear()
         leader = self.node.leader
         if leader != self._last_leader:
             if leader:

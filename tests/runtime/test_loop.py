@@ -155,3 +155,28 @@ def test_state_machine_errors_come_back_as_values(tmp_path: Path) -> None:
             await c.close()
 
     run(scenario())
+
+
+def test_proposals_of_a_deposed_leader_fail_as_unknown_not_hang(tmp_path: Path) -> None:
+    """An isolated leader appends proposals it can never commit; once it hears of the new
+    leader, every one of them fails with ProposalLostError (outcome unknown: retry with the
+    same session), even those at indexes no one writes again."""
+    from coordinator.runtime.loop import ProposalLostError
+
+    async def scenario() -> None:
+        c = Cluster(tmp_path)
+        try:
+            old = await c.leader()
+            await old.propose(Put(b"warm", b"up"))
+            c.net.isolate(old.cfg.id)
+            stuck = [asyncio.ensure_future(old.propose(Put(b"k%d" % i, b"v"))) for i in range(5)]
+            await wait_for(lambda: any(m.is_leader for m in c.running() if m is not old))
+            c.net.heal()
+            results = await asyncio.wait_for(
+                asyncio.gather(*stuck, return_exceptions=True), timeout=10
+            )
+            assert all(isinstance(r, ProposalLostError) for r in results), results
+        finally:
+            await c.close()
+
+    run(scenario())
