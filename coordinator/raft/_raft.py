@@ -744,30 +744,11 @@ class Raft:
         if inc is None or inc.meta != meta:
             inc = self.incoming_snapshot = _IncomingSnapshot(meta, bytearray())
         if m.offset != len(inc.buf):
-            self._send(
-                Message(
-                    MT.SNAP_RESP,
-                    to=m.frm,
-                    frm=self.id,
-                    term=self.term,
-                    snapshot_meta=meta,
-                    offset=len(inc.buf),
-                    reject=True,
-                )
-            )
+            self._ask_for_chunk(m.frm, meta, len(inc.buf), reject=True)
             return
         inc.buf += m.data
         if not m.done:
-            self._send(
-                Message(
-                    MT.SNAP_RESP,
-                    to=m.frm,
-                    frm=self.id,
-                    term=self.term,
-                    snapshot_meta=meta,
-                    offset=len(inc.buf),
-                )
-            )
+            self._ask_for_chunk(m.frm, meta, len(inc.buf))
             return
         self.incoming_snapshot = None
         self.restore(Snapshot(meta, bytes(inc.buf)))
@@ -775,6 +756,22 @@ class Raft:
         # against the leader's log (restore may have kept them).
         self._send(
             Message(MT.APP_RESP, to=m.frm, frm=self.id, term=self.term, index=self.log.committed)
+        )
+
+    def _ask_for_chunk(
+        self, to: int, meta: SnapshotMeta, offset: int, reject: bool = False
+    ) -> None:
+        """SNAP_RESP: we hold `offset` bytes of the snapshot; send the chunk from there."""
+        self._send(
+            Message(
+                MT.SNAP_RESP,
+                to=to,
+                frm=self.id,
+                term=self.term,
+                snapshot_meta=meta,
+                offset=offset,
+                reject=reject,
+            )
         )
 
     def restore(self, snap: Snapshot) -> bool:
