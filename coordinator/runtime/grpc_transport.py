@@ -44,6 +44,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from coordinator.api.v1 import raft_pb2 as pb
 from coordinator.api.v1 import raft_pb2_grpc as pb_grpc
@@ -440,6 +442,10 @@ class RaftServicer:
         self, request_iterator: AsyncIterator[pb.RaftBatch], context: grpc.aio.ServicerContext
     ) -> pb.RaftAck:
         t = self._transport
+        refusal = peer_refusal(context.auth_context())
+        if refusal:
+            log.error("refusing peer stream from %s: %s", context.peer(), refusal)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
         async for batch in request_iterator:
             if batch.cluster_id != t.cluster_id:
                 log.error(
@@ -473,6 +479,30 @@ class RaftServicer:
                     continue
                 t.deliver(msg)
         return pb.RaftAck()
+
+
+def peer_refusal(auth: Mapping[str, Sequence[bytes]]) -> str:
+    """Why a caller may not speak Raft to us ("" if it may). Under TLS every caller holds a
+    certificate from the cluster CA, clients included; only a member certificate (issued
+    for serverAuth) may open the peer stream, or any client could forge votes and
+    TimeoutNow messages. Without TLS (an explicit --insecure demo) nobody is checked."""
+    kind = b"".join(auth.get("transport_security_type", ()))
+    if kind != b"ssl":
+        return ""
+    pems = auth.get("x509_pem_cert", ())
+    if not pems:
+        return "the peer port needs a member certificate; none was presented"
+    try:
+        cert = x509.load_pem_x509_certificate(pems[0])
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except (ValueError, x509.ExtensionNotFound):
+        return "the peer port needs a member certificate; this one has no key usages"
+    if ExtendedKeyUsageOID.SERVER_AUTH not in usages:
+        return (
+            "the peer port accepts member certificates only; this is a client certificate "
+            "(clients use the client port)"
+        )
+    return ""
 
 
 def add_raft_servicer(server: grpc.aio.Server, servicer: RaftServicer) -> None:

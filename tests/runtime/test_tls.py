@@ -150,10 +150,20 @@ def test_mutual_tls_admits_only_certificates_of_the_cluster_ca(
     tmp_path: Path, ca: CertifiedKey, other_ca: CertifiedKey
 ) -> None:
     async def body(port: int, got: list[Message]) -> None:
-        # A client certificate from the cluster CA: connects, and the message arrives.
-        client = issue_client_cert(ca, "concordctl")
-        ok = channel_credentials(ca.cert_pem, client.cert_pem, client.key_pem)
+        # A member certificate from the cluster CA: connects, and the message arrives.
+        peer = issue_member_cert(ca, "member-2")
+        ok = channel_credentials(ca.cert_pem, peer.cert_pem, peer.key_pem)
         assert isinstance(await _call(port, ok), pb.RaftAck)
+        assert len(got) == 1
+
+        # A client certificate from the cluster CA completes the handshake but may not speak
+        # Raft: it could forge votes or TimeoutNow.
+        client = issue_client_cert(ca, "concordctl")
+        as_client = channel_credentials(ca.cert_pem, client.cert_pem, client.key_pem)
+        with pytest.raises(grpc.aio.AioRpcError) as posing:
+            await _call(port, as_client)
+        assert posing.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        assert "client certificate" in (posing.value.details() or "")
         assert len(got) == 1
 
         # A certificate from another CA (trusting our CA for the server): refused.
