@@ -1,8 +1,14 @@
 """`concordctl`: the command line for people (tables by default, `-o json` for scripts).
 
-Every command is a thin shell over `coordinator.client.Client`; errors from the service are
-printed as one line with the gRPC status and the server's advice, and exit with status 1
-(2 for usage errors, as click does).
+Every cluster command is a thin shell over `coordinator.client.Client`; errors from the
+service are printed as one line with the gRPC status and the server's advice. Exit status:
+0 done, 1 refused or absent, 2 a usage error or malformed input (nothing was sent), 130
+interrupted; see `_common.py`, which also holds the TLS options and the output helpers.
+
+Commands: keys (put/get/del/cas, watch), leases, locks and fencing, elections, sequences,
+members and status; per-member key management (`unlock`, `cluster autolock`, `cluster
+rotate-unlock-key`: `_keys.py`); offline set-up (`cluster init`, `join-token`: `_setup.py`)
+and inspection (`rafttool`).
 """
 
 from __future__ import annotations
@@ -11,50 +17,53 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any
 
 import click
 
+from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.client import Client, ConcordError
 
-T = TypeVar("T")
+from ._common import EXIT_INTERRUPTED, Ctx, emit, fail, interrupts, run, wait_first
+from ._keys import autolock, rotate_unlock_key, unlock
+from ._setup import cluster_init, join_token
+
+__all__ = ["Ctx", "cli", "emit", "main", "run"]
 
 DEFAULT_ENDPOINTS = "127.0.0.1:2379"
 
 
-@dataclass(frozen=True)
-class Ctx:
-    endpoints: list[str]
-    output: str
-    timeout_s: float
+class Duration(click.ParamType[int]):
+    """A duration > 0: seconds (`10`, `2.5`), or with a unit: `500ms`, `10s`, `5m`, `1h`."""
+
+    name = "DURATION"
+    _UNITS = (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0))
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> int:
+        """The duration in milliseconds."""
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().lower()
+        scale = 1.0
+        for unit, factor in self._UNITS:
+            if text.endswith(unit) and text[: -len(unit)].replace(".", "", 1).isdigit():
+                text, scale = text[: -len(unit)], factor
+                break
+        try:
+            ms = round(float(text) * scale * 1000)
+        except ValueError:
+            self.fail(f"{value!r} is not a duration (e.g. 30, 30s, 500ms, 5m)", param, ctx)
+        if ms <= 0:
+            self.fail(f"{value!r}: the TTL must be > 0 (leases live 1 s to 1 day)", param, ctx)
+        return ms
 
 
-def run(ctx: Ctx, fn: Callable[[Client], Awaitable[T]]) -> T:
-    async def main() -> T:
-        async with Client(ctx.endpoints, timeout_s=ctx.timeout_s) as client:
-            return await fn(client)
-
-    try:
-        return asyncio.run(main())
-    except ConcordError as err:
-        click.echo(f"Error: {err}", err=True)
-        sys.exit(1)
-
-
-def emit(ctx: Ctx, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
-    if ctx.output == "json":
-        click.echo(json.dumps(list(rows), indent=2))
-        return
-    widths = [max([len(c)] + [len(str(r.get(c, ""))) for r in rows]) for c in columns]
-    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
-    for r in rows:
-        click.echo(
-            "  ".join(str(r.get(c, "")).ljust(w) for c, w in zip(columns, widths, strict=True))
-        )
+DURATION = Duration()
+ID = click.IntRange(min=1)
 
 
 @click.group()
@@ -66,14 +75,35 @@ def emit(ctx: Ctx, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> No
     help="Comma-separated client addresses of any members (env CONCORD_ENDPOINTS).",
 )
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
-@click.option("--timeout", "timeout_s", type=float, default=10.0, show_default=True)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Give up after this many seconds without an answer.",
+)
+@click.option(
+    "--tls-dir",
+    envvar="CONCORD_TLS_DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="ca.pem + client.pem + client-key.pem for mutual TLS (env CONCORD_TLS_DIR).",
+)
 @click.pass_context
-def cli(click_ctx: click.Context, endpoints: str, output: str, timeout_s: float) -> None:
-    """Talk to a Concord cluster: keys, compare-and-swap, leases, locks, sequences, members."""
+def cli(
+    click_ctx: click.Context,
+    endpoints: str,
+    output: str,
+    timeout_s: float,
+    tls_dir: Path | None,
+) -> None:
+    """Talk to a Concord cluster: keys, compare-and-swap, leases, locks, elections,
+    sequences, members, and each member's keys (unlock, autolock)."""
     eps = [e.strip() for e in endpoints.split(",") if e.strip()]
     if not eps:
         raise click.BadParameter("give at least one host:port", param_hint="--endpoints")
-    click_ctx.obj = Ctx(eps, output, timeout_s)
+    click_ctx.obj = Ctx(eps, output, timeout_s, tls_dir)
 
 
 # --- keys ----------------------------------------------------------------------------------
@@ -82,10 +112,11 @@ def cli(click_ctx: click.Context, endpoints: str, output: str, timeout_s: float)
 @cli.command()
 @click.argument("key")
 @click.argument("value")
+@click.option("--lease", type=ID, default=None, help="Delete KEY when this lease ends.")
 @click.pass_obj
-def put(ctx: Ctx, key: str, value: str) -> None:
+def put(ctx: Ctx, key: str, value: str, lease: int | None) -> None:
     """Set KEY to VALUE."""
-    rev = run(ctx, lambda c: c.put(key.encode(), value.encode()))
+    rev = run(ctx, lambda c: c.put(key.encode(), value.encode(), lease or 0))
     emit(ctx, [{"key": key, "revision": rev}], ["key", "revision"])
 
 
@@ -99,8 +130,7 @@ def get(ctx: Ctx, key: str, serializable: bool) -> None:
     """Print KEY's value (exit 1 if absent)."""
     kv = run(ctx, lambda c: c.get(key.encode(), serializable=serializable))
     if kv is None:
-        click.echo(f"Error: key {key!r} not found", err=True)
-        sys.exit(1)
+        fail(f"key {key!r} not found")
     emit(
         ctx,
         [
@@ -139,6 +169,138 @@ def cas(ctx: Ctx, key: str, expected: str, new: str, absent: bool) -> None:
     emit(ctx, [{"key": key, "swapped": ok}], ["key", "swapped"])
     if not ok:
         sys.exit(1)
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The end of the range of keys starting with `prefix` (b"\\0": every key)."""
+    end = bytearray(prefix)
+    while end:
+        if end[-1] < 0xFF:
+            end[-1] += 1
+            return bytes(end)
+        end.pop()
+    return b"\0"
+
+
+_EVENT_TYPES = {v: k.lower() for k, v in pb.Event.Type.items()}
+_WATCH_COLUMNS = (("revision", 9), ("type", 9), ("key", 24), ("value", 0))
+
+
+def _event_row(e: pb.Event) -> dict[str, Any]:
+    kind = _EVENT_TYPES.get(e.type, str(e.type))
+    key = e.kv.key.decode(errors="backslashreplace")
+    row: dict[str, Any] = {"revision": e.revision, "type": kind, "key": key}
+    if e.type in (pb.Event.PUT, pb.Event.SEQUENCE) or (
+        e.type == pb.Event.ELECTION and e.kv.version
+    ):
+        row["value"] = e.kv.value.decode(errors="backslashreplace")
+    if e.type in (pb.Event.LOCK, pb.Event.UNLOCK, pb.Event.ELECTION):
+        row["lease"] = e.kv.lease
+        row["fencing_token"] = e.kv.version
+    if e.type == pb.Event.MEMBER:
+        row["member"] = e.kv.version
+        row["value"] = e.kv.value.decode(errors="backslashreplace")
+    return row
+
+
+def _event_line(row: dict[str, Any]) -> str:
+    value = str(row.get("value", ""))
+    details = [f"{k}={row[k]}" for k in ("lease", "fencing_token", "member") if k in row]
+    cells = [str(row["revision"]), str(row["type"]), str(row["key"]), value, *details]
+    widths = [w for _, w in _WATCH_COLUMNS] + [0] * len(details)
+    return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+
+@cli.command()
+@click.argument("key")
+@click.option("--prefix", is_flag=True, help="Every key that starts with KEY.")
+@click.option(
+    "--rev",
+    "start_revision",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Replay from this revision (default: changes from now on).",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Stop after this many events (default: until Ctrl-C).",
+)
+@click.pass_obj
+def watch(ctx: Ctx, key: str, prefix: bool, start_revision: int | None, limit: int | None) -> None:
+    """Print every change to KEY (or under a prefix) as it happens, until Ctrl-C.
+
+    Also shows locks, elections, sequences and members named KEY. `-o json` prints one
+    JSON object per line.
+    """
+    raw = key.encode()
+    range_end = prefix_end(raw) if prefix else b""
+
+    async def follow(c: Client) -> None:
+        if not ctx.json:
+            click.echo(_event_line({n: n.upper() for n, _ in _WATCH_COLUMNS}))
+        seen = 0
+        async for event in c.watch(raw, range_end, start_revision=start_revision or 0):
+            row = _event_row(event)
+            click.echo(json.dumps(row) if ctx.json else _event_line(row))
+            seen += 1
+            if limit is not None and seen >= limit:
+                return
+
+    async def until_interrupted(c: Client) -> None:
+        with interrupts() as stop:
+            task = asyncio.ensure_future(follow(c))
+            if not await wait_first(task, stop):
+                task.cancel()  # Ctrl-C: the normal way to end a watch
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                return
+            task.result()
+
+    run(ctx, until_interrupted)
+
+
+# --- leases ---------------------------------------------------------------------------------
+
+
+@cli.group()
+def lease() -> None:
+    """Leases: a TTL that ends unless kept alive, and takes its keys and locks with it."""
+
+
+@lease.command(name="grant", context_settings={"ignore_unknown_options": True})
+@click.argument("ttl", type=DURATION)
+@click.pass_obj
+def lease_grant(ctx: Ctx, ttl: int) -> None:
+    """Grant a lease of TTL (seconds, or 500ms/10s/5m/1h); prints its id.
+
+    Nothing keeps it alive: it ends after TTL unless something renews it.
+    """
+    lease_id = run(ctx, lambda c: c.lease_grant(ttl))
+    emit(ctx, [{"id": lease_id, "ttl_ms": ttl}], ["id", "ttl_ms"])
+
+
+@lease.command(name="revoke")
+@click.argument("lease_id", metavar="ID", type=ID)
+@click.pass_obj
+def lease_revoke(ctx: Ctx, lease_id: int) -> None:
+    """End lease ID now: its keys are deleted and its locks released."""
+    run(ctx, lambda c: c.lease_revoke(lease_id))
+    emit(ctx, [{"id": lease_id, "revoked": True}], ["id", "revoked"])
+
+
+@lease.command(name="ttl")
+@click.argument("lease_id", metavar="ID", type=ID)
+@click.pass_obj
+def lease_ttl(ctx: Ctx, lease_id: int) -> None:
+    """Lease ID's TTL and the time it has left."""
+    info = run(ctx, lambda c: c.lease_time_to_live(lease_id))
+    emit(
+        ctx,
+        [{"id": info.id, "ttl_ms": info.ttl_ms, "remaining_ms": info.remaining_ms}],
+        ["id", "ttl_ms", "remaining_ms"],
+    )
 
 
 # --- sequences ------------------------------------------------------------------------------
@@ -241,6 +403,95 @@ def fence(ctx: Ctx, name: str, token: int) -> None:
     sys.exit(0 if ok else 1)
 
 
+# --- elections ------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("value", required=False)
+@click.option("--leader", "show_leader", is_flag=True, help="Print NAME's current leader.")
+@click.option(
+    "--ttl", type=DURATION, default="10s", show_default=True, help="The campaign's lease."
+)
+@click.pass_obj
+def elect(ctx: Ctx, name: str, value: str | None, show_leader: bool, ttl: int) -> None:
+    """Campaign in election NAME with VALUE: wait until elected, print it, and lead until
+    Ctrl-C, then resign. With --leader: print NAME's current leader (exit 1 if none).
+
+    The leadership lives on a lease kept alive meanwhile; if it is lost, elect says so and
+    exits 1.
+    """
+    if show_leader:
+        if value is not None:
+            raise click.UsageError("--leader takes only NAME, no VALUE")
+        _print_leader(ctx, name)
+        return
+    if value is None:
+        raise click.UsageError("give VALUE to campaign with (or --leader to show the leader)")
+    code = run(ctx, lambda c: _campaign(ctx, c, name, value.encode(), ttl))
+    sys.exit(code)
+
+
+def _print_leader(ctx: Ctx, name: str) -> None:
+    leadership = run(ctx, lambda c: c.leader(name))
+    if leadership is None:
+        fail(f"election {name!r} has no leader")
+    row = {
+        "election": name,
+        "value": leadership.value.decode(errors="backslashreplace"),
+        "lease": leadership.lease,
+        "fencing_token": leadership.fencing_token,
+    }
+    emit(ctx, [row], ["election", "value", "lease", "fencing_token"])
+
+
+async def _campaign(ctx: Ctx, c: Client, name: str, value: bytes, ttl_ms: int) -> int:
+    """Campaign, lead until interrupted, resign; the exit status."""
+    with interrupts() as stop:
+        lease_id = await c.lease_grant(ttl_ms)
+        keeper = asyncio.ensure_future(_renew_until_lost(c, lease_id, ttl_ms))
+        campaign = asyncio.ensure_future(c.campaign(name, lease_id, value))
+        waiting = asyncio.ensure_future(
+            asyncio.wait([campaign, keeper], return_when=asyncio.FIRST_COMPLETED)
+        )
+        try:
+            click.echo(f"campaigning in {name!r} (lease {lease_id}); Ctrl-C to stop", err=True)
+            if not await wait_first(waiting, stop):
+                click.echo("interrupted before being elected; withdrawn", err=True)
+                return EXIT_INTERRUPTED
+            if not campaign.done():
+                click.echo(f"Error: lost lease {lease_id} before being elected", err=True)
+                return 1
+            leadership = campaign.result()
+            row = {
+                "election": name,
+                "value": value.decode(errors="backslashreplace"),
+                "lease": lease_id,
+                "fencing_token": leadership.fencing_token,
+            }
+            if ctx.json:
+                click.echo(json.dumps(row))
+            else:
+                click.echo(
+                    f"elected: {name} = {row['value']} (lease {lease_id}, fencing token "
+                    f"{leadership.fencing_token}); leading until Ctrl-C"
+                )
+            if await wait_first(keeper, stop):
+                message = f"lost the leadership of {name!r}: lease {lease_id} ended"
+                click.echo(f"Error: {message}", err=True)
+                return 1
+            await c.resign(leadership)
+            click.echo(f"resigned from {name!r}", err=True)
+            return 0
+        finally:
+            for task in (waiting, campaign, keeper):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ConcordError):
+                    await task
+            with contextlib.suppress(ConcordError):
+                await c.lease_revoke(lease_id)
+
+
 # --- cluster --------------------------------------------------------------------------------
 
 
@@ -270,6 +521,51 @@ def member_list(ctx: Ctx) -> None:
     emit(ctx, rows, ["id", "name", "status", "role", "match", "peer", "client"])
 
 
+@member.command(name="add")
+@click.argument("member_id", metavar="ID", type=ID)
+@click.argument("name")
+@click.argument("peer_url")
+@click.argument("client_url")
+@click.pass_obj
+def member_add(ctx: Ctx, member_id: int, name: str, peer_url: str, client_url: str) -> None:
+    """Add member ID as a non-voting learner; promote it once it has caught up."""
+    run(ctx, lambda c: c.member_add_learner(member_id, name, peer_url, client_url))
+    emit(ctx, [{"id": member_id, "name": name, "role": "learner"}], ["id", "name", "role"])
+    if not ctx.json:
+        click.echo(
+            f"next: start member {member_id}, then `concordctl member promote {member_id}` "
+            "once its match index has caught up (`member list`)",
+            err=True,
+        )
+
+
+@member.command(name="promote")
+@click.argument("member_id", metavar="ID", type=ID)
+@click.pass_obj
+def member_promote(ctx: Ctx, member_id: int) -> None:
+    """Make learner ID a voter (refused while it lags behind the leader)."""
+    run(ctx, lambda c: c.member_promote(member_id))
+    emit(ctx, [{"id": member_id, "role": "voter"}], ["id", "role"])
+
+
+@member.command(name="remove")
+@click.argument("member_id", metavar="ID", type=ID)
+@click.pass_obj
+def member_remove(ctx: Ctx, member_id: int) -> None:
+    """Remove member ID (to remove the leader, transfer leadership first)."""
+    run(ctx, lambda c: c.member_remove(member_id))
+    emit(ctx, [{"id": member_id, "removed": True}], ["id", "removed"])
+
+
+@member.command(name="transfer")
+@click.argument("member_id", metavar="ID", type=ID)
+@click.pass_obj
+def member_transfer(ctx: Ctx, member_id: int) -> None:
+    """Hand the leadership to voter ID; returns once it leads."""
+    run(ctx, lambda c: c.transfer_leader(member_id))
+    emit(ctx, [{"leader": member_id}], ["leader"])
+
+
 @cli.command()
 @click.pass_obj
 def status(ctx: Ctx) -> None:
@@ -290,6 +586,18 @@ def status(ctx: Ctx) -> None:
         ],
         ["member", "leader", "role", "term", "commit", "applied", "locked"],
     )
+
+
+@cli.group()
+def cluster() -> None:
+    """Set up a cluster (`init`) and manage each member's encryption keys."""
+
+
+cluster.add_command(cluster_init)
+cluster.add_command(autolock)
+cluster.add_command(rotate_unlock_key)
+cli.add_command(unlock)
+cli.add_command(join_token)
 
 
 # --- local maintenance (reads a data directory; no cluster needed) ----------------------------
@@ -337,8 +645,16 @@ def rafttool_dump(ctx: Ctx, data_dir: str, unlock_key: str | None) -> None:
 
 
 def main() -> None:
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    cli(prog_name="concordctl")
+    # A reader that goes away (`concordctl watch k | head -1`) ends the command quietly. Not
+    # by restoring SIGPIPE's default action: gRPC's sockets would then kill the process too
+    # (a write racing a connection's close, as when a watch is cancelled), so only stdout's
+    # BrokenPipeError is handled, as the Python documentation recommends.
+    try:
+        cli(prog_name="concordctl")
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(1)
 
 
 if __name__ == "__main__":

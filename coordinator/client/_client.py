@@ -13,6 +13,19 @@ overwrites a later one.
 Errors. gRPC statuses a person must act on (INVALID_ARGUMENT, NOT_FOUND,
 FAILED_PRECONDITION, OUT_OF_RANGE, PERMISSION_DENIED) surface as `ConcordError` with the
 server's message; UNAVAILABLE and DEADLINE_EXCEEDED are retried until `timeout_s` runs out.
+
+Locked members. A member with autolock on that has not been given its unlock key answers
+UNAVAILABLE with trailing metadata `concord-locked`: the client moves on to the next endpoint,
+and gives up at once (UNAVAILABLE, "member is locked: run concordctl unlock") when every
+endpoint it knows is locked, instead of retrying for `timeout_s`.
+
+Per-member calls. Key management (`unlock_member`, `autolock_status`, `set_autolock`,
+`rotate_unlock_key`) acts on one member's own key ring, so these calls go to the endpoint
+named, are never redirected, and are retried there only while it is unreachable or starting.
+
+Streams. `watch` and `observe` are async iterators that reconnect (to the next endpoint, if
+need be) after a broken stream and resume where they were, so a consumer sees every change
+once, in order; they give up after `timeout_s` without any member answering.
 """
 
 from __future__ import annotations
@@ -21,7 +34,7 @@ import asyncio
 import contextlib
 import itertools
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -33,15 +46,26 @@ from coordinator.api.v1 import concord_pb2_grpc as rpc
 T = TypeVar("T")
 
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+LOCKED_METADATA_KEY = "concord-locked"
+"""Trailing metadata of a locked member's UNAVAILABLE (see coordinator.server)."""
 
 
 class ConcordError(Exception):
     """The service refused a request; `code` is the gRPC status name."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, *, locked: bool = False) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        self.locked = locked
+        """Every member asked is locked (autolock): retrying will not help until someone
+        runs `concordctl unlock`."""
+
+    @property
+    def waiting(self) -> bool:
+        """An UNAVAILABLE a blocking call (lock, campaign) retries: still in line, or no
+        leader for now. Not when the members are locked."""
+        return self.code == "UNAVAILABLE" and not self.locked
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +73,31 @@ class Lock:
     name: str
     lease: int
     fencing_token: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseInfo:
+    id: int
+    ttl_ms: int
+    """The TTL granted (fixed at grant)."""
+    remaining_ms: int
+    """How long until it expires unless kept alive (0: expiring now)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Leadership:
+    """An election's leader: the key Campaign returned (for Proclaim and Resign), and the
+    value it published."""
+
+    election: str
+    lease: int
+    fencing_token: int
+    value: bytes = b""
+
+    def key(self) -> pb.LeaderKey:
+        return pb.LeaderKey(
+            election=self.election, lease=self.lease, fencing_token=self.fencing_token
+        )
 
 
 class _Stubs:
@@ -63,6 +112,7 @@ class _Stubs:
         self.sequence = stubs.SequenceStub(channel)
         self.watch = stubs.WatchStub(channel)
         self.cluster = stubs.ClusterStub(channel)
+        self.maintenance = stubs.MaintenanceStub(channel)
 
 
 class Client:
@@ -108,6 +158,28 @@ class Client:
             stubs = self._stubs[endpoint] = _Stubs(channel)
         return stubs
 
+    async def call_endpoint(self, endpoint: str, fn: Callable[[_Stubs], Awaitable[T]]) -> T:
+        """Run one RPC against `endpoint` itself (no redirect): retried there while it is
+        unreachable or starting, up to `timeout_s`; a locked member's refusal is final."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        delay_s = 0.05
+        while True:
+            try:
+                return await fn(self._stubs_for(endpoint))
+            except grpc.aio.AioRpcError as err:
+                code, detail = err.code(), err.details() or ""
+                locked = bool(_metadata(err, LOCKED_METADATA_KEY))
+                if code not in RETRYABLE or locked:
+                    raise ConcordError(code.name, detail, locked=locked) from None
+                if loop.time() + delay_s >= deadline:
+                    raise ConcordError(
+                        code.name,
+                        f"{endpoint} did not answer within {self.timeout_s:g} s: {detail}",
+                    ) from None
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 0.5)
+
     def session(self) -> pb.Session:
         return pb.Session(client_id=self.client_id, seq=next(self._seq))
 
@@ -117,6 +189,7 @@ class Client:
         deadline = loop.time() + self.timeout_s
         delay_s = 0.02
         last: grpc.aio.AioRpcError | None = None
+        locked: set[str] = set()
         while loop.time() < deadline:
             endpoint = self.endpoints[self._current % len(self.endpoints)]
             try:
@@ -125,6 +198,13 @@ class Client:
                 if err.code() not in RETRYABLE:
                     raise ConcordError(err.code().name, err.details() or "") from None
                 last = err
+                if _metadata(err, LOCKED_METADATA_KEY):
+                    locked.add(endpoint)
+                    if locked.issuperset(self.endpoints):
+                        message = _every_locked(self.endpoints, err)
+                        raise ConcordError("UNAVAILABLE", message, locked=True) from None
+                    self._current += 1
+                    continue
                 hint = _leader_hint(err)
                 if hint and hint != endpoint:
                     if hint not in self.endpoints:
@@ -179,6 +259,12 @@ class Client:
         req = pb.LeaseRevokeRequest(session=self.session(), id=lease)
         await self.call(lambda s: s.lease.Revoke(req, timeout=self.rpc_timeout_s))
 
+    async def lease_time_to_live(self, lease: int) -> LeaseInfo:
+        """The lease's TTL and what is left of it (NOT_FOUND once it has ended)."""
+        req = pb.LeaseTimeToLiveRequest(id=lease)
+        resp = await self.call(lambda s: s.lease.TimeToLive(req, timeout=self.rpc_timeout_s))
+        return LeaseInfo(int(resp.id), int(resp.ttl_ms), int(resp.remaining_ms))
+
     async def lease_keepalive_once(self, lease: int) -> int:
         """Renew once; returns the TTL granted again (ms)."""
 
@@ -210,7 +296,7 @@ class Client:
             try:
                 resp = await self.call(lambda s: s.lock.Lock(req, timeout=self.rpc_timeout_s))
             except ConcordError as err:
-                if err.code == "UNAVAILABLE":
+                if err.waiting:
                     continue  # still waiting in line; the retry keeps our place (same session)
                 raise
             if resp.granted:
@@ -261,6 +347,96 @@ class Client:
         resp = await self.call(lambda s: s.sequence.Next(req, timeout=self.rpc_timeout_s))
         return [int(resp.first) + i * int(resp.increment) for i in range(int(resp.count))]
 
+    # --- elections -----------------------------------------------------------------------------
+
+    async def campaign(self, election: str, lease: int, value: bytes) -> Leadership:
+        """Block until `lease` leads `election`, publishing `value`; returns the leadership
+        (its fencing token strictly increases across all leaderships of the election)."""
+        req = pb.CampaignRequest(
+            session=self.session(), election=election, lease=lease, value=value
+        )
+        while True:
+            try:
+                resp = await self.call(
+                    lambda s: s.election.Campaign(req, timeout=self.rpc_timeout_s)
+                )
+            except ConcordError as err:
+                if err.waiting:
+                    continue  # still in line; the retry keeps our place (same session)
+                raise
+            key = resp.leader
+            return Leadership(key.election, int(key.lease), int(key.fencing_token), value)
+
+    async def proclaim(self, leadership: Leadership, value: bytes) -> Leadership:
+        """Publish a new value as the current leader (FAILED_PRECONDITION if no longer)."""
+        req = pb.ProclaimRequest(session=self.session(), leader=leadership.key(), value=value)
+        await self.call(lambda s: s.election.Proclaim(req, timeout=self.rpc_timeout_s))
+        return Leadership(leadership.election, leadership.lease, leadership.fencing_token, value)
+
+    async def resign(self, leadership: Leadership) -> None:
+        """Give up the leadership (or a queued campaign) of `leadership.lease`."""
+        req = pb.ResignRequest(session=self.session(), leader=leadership.key())
+        await self.call(lambda s: s.election.Resign(req, timeout=self.rpc_timeout_s))
+
+    async def leader(self, election: str, *, serializable: bool = False) -> Leadership | None:
+        """The election's current leader, or None if it has none."""
+        req = pb.LeaderRequest(election=election, serializable=serializable)
+        resp = await self.call(lambda s: s.election.Leader(req, timeout=self.rpc_timeout_s))
+        return _leadership(resp)
+
+    # --- watch ---------------------------------------------------------------------------------
+
+    async def watch(
+        self, key: bytes, range_end: bytes = b"", *, start_revision: int = 0
+    ) -> AsyncGenerator[pb.Event, None]:
+        """Every change to `key` (or to [key, range_end); b"\\0" = every key >= key) from
+        `start_revision` (0: from now on), in revision order, until the caller stops
+        iterating. A broken stream is resumed after the last event seen (see the module doc);
+        OUT_OF_RANGE means the history no longer reaches back that far."""
+        next_revision = start_revision
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        delay_s = 0.02
+        locked: set[str] = set()
+        while True:
+            endpoint = self.endpoints[self._current % len(self.endpoints)]
+            req = pb.WatchRequest(key=key, range_end=range_end, start_revision=next_revision)
+            stream = self._stubs_for(endpoint).watch.Watch(req)
+            try:
+                async for resp in stream:
+                    deadline = loop.time() + self.timeout_s
+                    delay_s = 0.02
+                    if next_revision == 0:
+                        next_revision = int(resp.header.revision) + 1
+                    for event in resp.events:
+                        next_revision = int(event.revision) + 1
+                        yield event
+            except grpc.aio.AioRpcError as err:
+                if err.code() not in RETRYABLE:
+                    raise ConcordError(err.code().name, err.details() or "") from None
+                if _metadata(err, LOCKED_METADATA_KEY):
+                    locked.add(endpoint)
+                    if locked.issuperset(self.endpoints):
+                        message = _every_locked(self.endpoints, err)
+                        raise ConcordError("UNAVAILABLE", message, locked=True) from None
+                if loop.time() >= deadline:
+                    raise ConcordError(
+                        err.code().name,
+                        f"the watch stream broke and no member resumed it within "
+                        f"{self.timeout_s:g} s: {err.details()}",
+                    ) from None
+            finally:
+                stream.cancel()
+            if loop.time() >= deadline:
+                raise ConcordError(
+                    "UNAVAILABLE",
+                    f"the watch stream keeps ending and no member resumed it within "
+                    f"{self.timeout_s:g} s",
+                )
+            self._current += 1
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, 0.5)
+
     # --- cluster -------------------------------------------------------------------------------
 
     async def members(self) -> pb.MemberListResponse:
@@ -270,6 +446,83 @@ class Client:
     async def status(self) -> pb.StatusResponse:
         req = pb.StatusRequest()
         return await self.call(lambda s: s.cluster.Status(req, timeout=self.rpc_timeout_s))
+
+    async def member_add_learner(
+        self, member: int, name: str, peer_url: str, client_url: str
+    ) -> None:
+        """Add a non-voting learner (it catches up before `member_promote`); a no-op if it
+        already is one."""
+        req = pb.MemberAddLearnerRequest(
+            id=member, name=name, peer_url=peer_url, client_url=client_url
+        )
+        await self.call(lambda s: s.cluster.MemberAddLearner(req, timeout=self.rpc_timeout_s))
+
+    async def member_promote(self, member: int) -> None:
+        """Make a caught-up learner a voter (FAILED_PRECONDITION while it lags)."""
+        req = pb.MemberIdRequest(id=member)
+        await self.call(lambda s: s.cluster.MemberPromote(req, timeout=self.rpc_timeout_s))
+
+    async def member_remove(self, member: int) -> None:
+        req = pb.MemberIdRequest(id=member)
+        await self.call(lambda s: s.cluster.MemberRemove(req, timeout=self.rpc_timeout_s))
+
+    async def transfer_leader(self, member: int) -> None:
+        """Hand leadership to voter `member`; returns once it leads."""
+        req = pb.MemberIdRequest(id=member)
+        await self.call(lambda s: s.cluster.TransferLeader(req, timeout=self.timeout_s))
+
+    # --- one member's keys (per endpoint, never redirected) --------------------------------------
+
+    async def unlock_member(self, endpoint: str, unlock_key: str) -> int:
+        """Give a locked member its unlock key; returns its member id."""
+        req = pb.UnlockMemberRequest(unlock_key=unlock_key)
+        resp = await self.call_endpoint(
+            endpoint, lambda s: s.maintenance.Unlock(req, timeout=self.rpc_timeout_s)
+        )
+        return int(resp.member_id)
+
+    async def autolock_status(self, endpoint: str) -> pb.AutolockStatusResponse:
+        req = pb.AutolockStatusRequest()
+        return await self.call_endpoint(
+            endpoint, lambda s: s.maintenance.AutolockStatus(req, timeout=self.rpc_timeout_s)
+        )
+
+    async def set_autolock(self, endpoint: str, enabled: bool) -> pb.SetAutolockResponse:
+        """Turn the member's autolock on (the response carries its new unlock key, once) or
+        off; `changed` is False if it already was so."""
+        req = pb.SetAutolockRequest(enabled=enabled)
+        return await self.call_endpoint(
+            endpoint, lambda s: s.maintenance.SetAutolock(req, timeout=self.rpc_timeout_s)
+        )
+
+    async def rotate_unlock_key(self, endpoint: str) -> pb.RotateUnlockKeyResponse:
+        req = pb.RotateUnlockKeyRequest()
+        return await self.call_endpoint(
+            endpoint, lambda s: s.maintenance.RotateUnlockKey(req, timeout=self.rpc_timeout_s)
+        )
+
+
+def _leadership(resp: pb.LeaderResponse) -> Leadership | None:
+    if not resp.HasField("leader"):
+        return None
+    key = resp.leader
+    return Leadership(key.election, int(key.lease), int(key.fencing_token), bytes(resp.value))
+
+
+def _metadata(err: grpc.aio.AioRpcError, wanted: str) -> str:
+    for key, value in err.trailing_metadata() or ():
+        if key == wanted:
+            return str(value)
+    return ""
+
+
+def _every_locked(endpoints: Sequence[str], err: grpc.aio.AioRpcError) -> str:
+    if len(endpoints) == 1:
+        return err.details() or "member is locked: run concordctl unlock"
+    return (
+        f"member is locked: run concordctl unlock (every endpoint given is locked: "
+        f"{', '.join(endpoints)})"
+    )
 
 
 def _leader_hint(err: grpc.aio.AioRpcError) -> str:

@@ -7,12 +7,17 @@ What runs, in start-up order:
 2. the data directory: the key store and the encrypted WAL (`coordinator.storage`). A new
    directory is initialised and the WAL bootstrapped with an index-0 snapshot whose
    configuration is the voters of `--initial-cluster`. With autolock on and no unlock key,
-   the member is *locked*: it serves /healthz only, says so in /readyz and in its log, and
-   waits for the key to appear in `--unlock-key-file` (a mounted secret);
+   the member is *locked*: it says so in /readyz and in its log, and waits for the key to
+   appear in `--unlock-key-file` (a mounted secret) or to arrive through the client API's
+   Maintenance.Unlock (`concordctl unlock`), whichever comes first;
 3. the Raft loop (`MeteredRaftLoop`) over the WAL, the peer gRPC server and the
    `GrpcTransport` (mutual TLS from `--tls-dir`, or plaintext with an explicit
    `--insecure`);
-4. the client API (`coordinator.server.server.serve`), when the build has it;
+4. the client API (`coordinator.server.server.start_gateway`), when the build has it. It
+   listens from the start, between steps 1 and 2: before the Raft loop exists it answers the
+   Maintenance service (unlock, autolock status) and refuses everything else with UNAVAILABLE
+   "member is locked" / "member is starting"; once the loop runs, it is attached to it and
+   serves every service;
 5. a level-based peer sync: every second the transport's peer set is made equal to the
    current configuration's members, addressed by the replicated member table or, failing
    that, `--initial-cluster`.
@@ -24,7 +29,9 @@ failed (the WAL, a port), 2 for a bad command line.
 
 Layering: this module is the composition root of a member process. It finds the client
 API by name at run time (`importlib`), because `coordinator.server` sits above the runtime
-and the runtime must not import it statically (see .importlinter).
+and the runtime must not import it statically (see .importlinter). It hands the API itself
+as the `MemberKeys` the Maintenance service acts on (`member_id`, `member_name`, `phase`,
+`keys`, `unlock`): a structural protocol, so no import is needed that way either.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import grpc
 from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics, generate_latest
@@ -230,12 +238,39 @@ class Member:
         """The commit index the WAL held at start: ready once applied up to it."""
         self.http_port = 0
         self.peer_port = 0
+        self.client_port = 0
+        self.keys: KeyStore | None = None
+        """The open key ring (None until the data directory is open); the client API's
+        Maintenance service rotates its unlock key and turns autolock on and off."""
+        self._offered: asyncio.Future[KeyStore] | None = None
+        """While locked: resolved by `unlock` with the key ring a right key opened."""
         self._stop = asyncio.Event()
         self._stop_reason = ""
         self._unknown_address_logged: set[int] = set()
         self.http = HttpServer(
             {"/healthz": self._healthz, "/readyz": self._readyz, "/metrics": self._metrics}
         )
+
+    # --- what the client API's Maintenance service uses (MemberKeys) ---------------------------
+
+    @property
+    def member_id(self) -> int:
+        return self.cfg.id
+
+    @property
+    def member_name(self) -> str:
+        return self.cfg.name
+
+    def unlock(self, unlock_key: str) -> bool:
+        """Open the key ring with `unlock_key` (`concordctl unlock`) and let the start-up go
+        on. False if the member is not waiting for a key; WrongUnlockKeyError or
+        InvalidUnlockKeyError (it stays locked) if the key does not open the ring."""
+        offered = self._offered
+        if self.phase != "locked" or offered is None or offered.done():
+            return False
+        keys = KeyStore.open(self.cfg.data_dir, unlock_key)
+        offered.set_result(keys)
+        return True
 
     # --- HTTP handlers -------------------------------------------------------------------------
 
@@ -305,15 +340,24 @@ class Member:
 
     async def _run_member(self) -> int:
         cfg = self.cfg
+        api: _ClientApi | None = None
+        opened = False
         try:
             tls = self._load_tls()
+            if self.client_api:
+                api = await _ClientApi.start(self, cfg.client_listen, tls)
+                self.client_port = api.port if api else 0
             wal = await self._open_storage()
+            opened = wal is not None
         except (ConfigError, TlsError, StorageError) as err:
             log.error("%s", err)
             return 1
+        finally:
+            if api is not None and not opened:
+                await api.stop(0)
         if wal is None:
             return 0  # asked to stop while locked
-        parts = _Parts(MeteredLog(wal, self.metrics.wal_fsync_seconds))
+        parts = _Parts(MeteredLog(wal, self.metrics.wal_fsync_seconds), client=api)
         try:
             transport = GrpcTransport(
                 cfg.id,
@@ -348,8 +392,8 @@ class Member:
             self.loop = loop
             self.phase = "running"
             parts.loop_task = asyncio.create_task(loop.run(), name="raft-loop")
-            if self.client_api:
-                parts.client = await _ClientApi.start(loop, cfg.client_listen, tls)
+            if api is not None:
+                api.attach(loop)
             parts.sync_task = asyncio.create_task(self._peer_sync(loop, transport))
             return await self._wait(parts.loop_task)
         except (ConfigError, OSError) as err:
@@ -453,6 +497,7 @@ class Member:
         keys = await self._open_keys()
         if keys is None:
             return None
+        self.keys = keys
         try:
             wal = DiskWal.open(keys)
         except NotInitializedError:
@@ -505,7 +550,7 @@ class Member:
                 if cfg.unlock_key_file is not None:
                     log.warning(
                         "--unlock-key-file is ignored for a new data dir: autolock is turned "
-                        "on later (`concordctl autolock`), which prints the key"
+                        "on later (`concordctl cluster autolock on`), which prints the key"
                     )
                 return KeyStore.create(cfg.data_dir, autolock=False)
             except LockedError:
@@ -513,7 +558,8 @@ class Member:
                     where = cfg.unlock_key_file or "(no --unlock-key-file given)"
                     log.warning(
                         "LOCKED: %s is autolocked and there is no unlock key in %s; serving "
-                        "/healthz only until the key is provided (or `concordctl unlock`)",
+                        "/healthz and the client API's Unlock only, until the key is provided "
+                        "there or through `concordctl unlock`",
                         cfg.data_dir,
                         where,
                     )
@@ -533,10 +579,24 @@ class Member:
                 return keys
             self.phase = "locked"
             self.metrics.locked.set(1)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), UNLOCK_POLL_S)
+            if self._offered is None:
+                self._offered = asyncio.get_running_loop().create_future()
+            offered = self._offered
+            stop = asyncio.ensure_future(self._stop.wait())
+            waits: list[asyncio.Future[Any]] = [stop, offered]
+            try:
+                await asyncio.wait(
+                    waits, timeout=UNLOCK_POLL_S, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                stop.cancel()
             if self._stop.is_set():
                 return None
+            if offered.done():
+                log.info("unlocked with a key given through the client API")
+                self.phase = "starting"
+                self.metrics.locked.set(0)
+                return offered.result()
 
     def _read_unlock_key(self) -> str | None:
         path = self.cfg.unlock_key_file
@@ -644,20 +704,32 @@ def _bind(server: grpc.aio.Server, address: str, tls: MemberTls | None, what: st
     return bound
 
 
+class _Gateway(Protocol):
+    """`coordinator.server.server.Gateway`, as this module uses it (found by name)."""
+
+    port: int
+
+    def attach(self, loop: MeteredRaftLoop) -> object: ...
+
+    async def stop(self, grace_s: float | None) -> None: ...
+
+
 class _ClientApi:
     """The client-facing gRPC API, found by name (see the module docstring):
-    `serve(loop, address, credentials)` starts listening and returns the running
-    `grpc.aio.Server`."""
+    `start_gateway(address, credentials, member=...)` starts listening and returns a gateway
+    that refuses everything but the Maintenance service until `attach(loop)`."""
 
-    def __init__(self, server: grpc.aio.Server) -> None:
-        self.server = server
+    def __init__(self, gateway: _Gateway) -> None:
+        self.gateway = gateway
+
+    @property
+    def port(self) -> int:
+        return self.gateway.port
 
     @classmethod
-    async def start(
-        cls, loop: MeteredRaftLoop, address: str, tls: MemberTls | None
-    ) -> _ClientApi | None:
-        serve = _find_serve()
-        if serve is None:
+    async def start(cls, member: Member, address: str, tls: MemberTls | None) -> _ClientApi | None:
+        start_gateway = _find_start_gateway()
+        if start_gateway is None:
             log.warning(
                 "this build has no client API (coordinator.server is missing): serving the "
                 "peer protocol and metrics only"
@@ -665,25 +737,28 @@ class _ClientApi:
             return None
         credentials = member_server_credentials(tls) if tls else None
         try:
-            server = await serve(loop, address, credentials)
+            gateway = await start_gateway(address, credentials, member=member)
         except (OSError, RuntimeError) as err:
             raise ConfigError(f"cannot serve the client API on {address}: {err}") from None
         log.info("client API on %s", address)
-        return cls(server)
+        return cls(gateway)
+
+    def attach(self, loop: MeteredRaftLoop) -> None:
+        self.gateway.attach(loop)
 
     async def stop(self, grace_s: float) -> None:
-        await self.server.stop(grace_s)
+        await self.gateway.stop(grace_s)
 
 
-def _find_serve() -> Callable[..., Awaitable[grpc.aio.Server]] | None:
+def _find_start_gateway() -> Callable[..., Awaitable[_Gateway]] | None:
     try:
         module = importlib.import_module("coordinator.server.server")
     except ModuleNotFoundError as err:
         if err.name in ("coordinator.server", "coordinator.server.server"):
             return None
         raise
-    serve: Callable[..., Awaitable[grpc.aio.Server]] | None = getattr(module, "serve", None)
-    return serve
+    start: Callable[..., Awaitable[_Gateway]] | None = getattr(module, "start_gateway", None)
+    return start
 
 
 # --- the process -------------------------------------------------------------------------------

@@ -24,6 +24,13 @@ Contract for clients (the CLI, the sidecar, the operator):
   times out has an unknown outcome (retry with the same session). Blocking calls (Lock with
   wait, Campaign) are bounded only by the client's deadline once queued; cancelling them
   withdraws the queued request (see `_acquire.py` for the exact rule).
+- Locked members. A member listens before it has opened its data directory; until then only
+  the Maintenance service answers (`_maintenance.py`: Unlock, AutolockStatus, SetAutolock,
+  RotateUnlockKey, all per member, never redirected), and everything else is UNAVAILABLE
+  "member is locked: run concordctl unlock" (trailing metadata `concord-locked`) or "member
+  is starting". `start_gateway` / `Gateway.attach` (`server.py`, `_gateway.py`) implement
+  the switch; the member process finds `start_gateway` in `coordinator.server.server` by
+  name.
 - Streams. Watch and Observe are served by any member from its own replicated history
   (`_watch.py`, `_election.py`); KeepAlive goes to the leader.
 """

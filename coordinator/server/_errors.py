@@ -19,6 +19,10 @@ LEADER_METADATA_KEY = "concord-leader"
 """Trailing metadata on a not-the-leader UNAVAILABLE: the leader's client URL if the member
 directory has one, else its member id in decimal."""
 
+LOCKED_METADATA_KEY = "concord-locked"
+"""Trailing metadata on the UNAVAILABLE of a locked member: its member id. A client skips
+such a member, and gives up at once when every member it knows is locked."""
+
 
 class Code(enum.Enum):
     """The gRPC status codes the service answers with (names = grpc.StatusCode names)."""
@@ -27,11 +31,13 @@ class Code(enum.Enum):
     INVALID_ARGUMENT = "INVALID_ARGUMENT"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     NOT_FOUND = "NOT_FOUND"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
     ALREADY_EXISTS = "ALREADY_EXISTS"
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
     FAILED_PRECONDITION = "FAILED_PRECONDITION"
     ABORTED = "ABORTED"
     OUT_OF_RANGE = "OUT_OF_RANGE"
+    UNIMPLEMENTED = "UNIMPLEMENTED"
     INTERNAL = "INTERNAL"
     UNAVAILABLE = "UNAVAILABLE"
 

@@ -1,10 +1,19 @@
 """Start the client-facing gRPC server (`concord.v1`) for one member.
 
-`serve(loop, address, credentials)` wires every service to a `RaftLoop` that the caller runs
-(`loop.run()` in its own task, on the same event loop) and starts listening. With
-`credentials` None it listens without TLS (tests, local development); the member process
-passes TLS server credentials. `start_server` is the same with the bound port (for
-"host:0") and a `stop` that also detaches the services from the loop.
+Two ways in:
+
+- `start_gateway(address, credentials, member=...)` listens at once, before the member has a
+  Raft loop: it answers the Maintenance service (unlock, autolock) and refuses everything
+  else with the member's phase ("member is locked: run concordctl unlock", "member is
+  starting"). `Gateway.attach(loop)` then brings up every service over the loop. The member
+  process (`concord-coordinator`) uses this, so a locked member can be unlocked remotely.
+- `start_server(loop, address, credentials)` / `serve(...)`: the same, attached at once (tests,
+  embedding). Its Maintenance service has no member to act on and answers UNIMPLEMENTED.
+
+The loop must run (`loop.run()` in its own task) on the same event loop. With `credentials`
+None the server listens without TLS (tests, local development); the member process passes TLS
+server credentials. `start_server` returns the bound port (for "host:0") and a `stop` that also
+detaches the services from the loop.
 
 Everything runs on the caller's event loop: handlers read the state machine between the
 loop's applies, so they never need a lock (see `coordinator.runtime.loop`).
@@ -12,25 +21,23 @@ loop's applies, so they never need a lock (see `coordinator.runtime.loop`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
 
-from coordinator.api.v1 import concord_pb2_grpc as pb_grpc
 from coordinator.runtime.loop import RaftLoop
 
 from ._cluster import ClusterService
 from ._core import Core, ServiceConfig
 from ._election import ElectionService
+from ._errors import ServiceError, unavailable
+from ._gateway import Dispatch
 from ._kv import KVService
 from ._lease import LeaseService
 from ._lock import LockService
+from ._maintenance import MaintenanceService, MemberKeys, phase_error
 from ._sequence import SequenceService
 from ._watch import WatchService
-
-_Register = Callable[[object, object], None]
-"""The generated (untyped) `add_XServicer_to_server(servicer, server)` functions."""
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 """Requests and responses (a 1 MiB value, a txn of 128 ops) fit well inside."""
@@ -49,6 +56,81 @@ class RunningServer:
         self.core.close()
 
 
+class Gateway:
+    """A member's client port: listening from the start, serving the API once attached."""
+
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        port: int,
+        dispatch: Dispatch,
+        config: ServiceConfig,
+    ) -> None:
+        self.server = server
+        self.port = port
+        """The port actually bound (useful with "host:0")."""
+        self.config = config
+        self._dispatch = dispatch
+        self.core: Core | None = None
+
+    def attach(self, loop: RaftLoop) -> Core:
+        """Serve every service over `loop` from now on (once)."""
+        if self.core is not None:
+            raise RuntimeError("the gateway is already attached to a Raft loop")
+        core = self.core = Core(loop, self.config)
+        self._dispatch.attach(
+            [
+                ("KV", KVService(core)),
+                ("Lease", LeaseService(core)),
+                ("Lock", LockService(core)),
+                ("Election", ElectionService(core)),
+                ("Sequence", SequenceService(core)),
+                ("Watch", WatchService(core)),
+                ("Cluster", ClusterService(core)),
+            ]
+        )
+        return core
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop listening, end the open RPCs (after `grace_s`) and detach from the loop."""
+        await self.server.stop(grace_s)
+        if self.core is not None:
+            self.core.close()
+
+
+async def start_gateway(
+    address: str,
+    credentials: grpc.ServerCredentials | None,
+    *,
+    member: MemberKeys | None = None,
+    config: ServiceConfig | None = None,
+) -> Gateway:
+    """Listen on `address` (TLS iff `credentials`); see the module docstring."""
+    cfg = config or ServiceConfig()
+
+    def refusal() -> ServiceError:
+        if member is not None:
+            return phase_error(member.member_id, member.phase)
+        return unavailable("the server is starting: retry in a moment")
+
+    dispatch = Dispatch(MaintenanceService(member, cfg.deadline_s), refusal)
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
+    )
+    server.add_generic_rpc_handlers((dispatch,))
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
+    if not port:
+        raise OSError(f"cannot listen on {address!r} (in use, or not a host:port)")
+    await server.start()
+    return Gateway(server, int(port), dispatch, cfg)
+
+
 async def start_server(
     loop: RaftLoop,
     address: str,
@@ -56,33 +138,9 @@ async def start_server(
     *,
     config: ServiceConfig | None = None,
 ) -> RunningServer:
-    core = Core(loop, config or ServiceConfig())
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ]
-    )
-    services: list[tuple[_Register, object]] = [
-        (pb_grpc.add_KVServicer_to_server, KVService(core)),
-        (pb_grpc.add_LeaseServicer_to_server, LeaseService(core)),
-        (pb_grpc.add_LockServicer_to_server, LockService(core)),
-        (pb_grpc.add_ElectionServicer_to_server, ElectionService(core)),
-        (pb_grpc.add_SequenceServicer_to_server, SequenceService(core)),
-        (pb_grpc.add_WatchServicer_to_server, WatchService(core)),
-        (pb_grpc.add_ClusterServicer_to_server, ClusterService(core)),
-    ]
-    for register, service in services:
-        register(service, server)
-    if credentials is None:
-        port = server.add_insecure_port(address)
-    else:
-        port = server.add_secure_port(address, credentials)
-    if not port:
-        core.close()
-        raise OSError(f"cannot listen on {address!r} (in use, or not a host:port)")
-    await server.start()
-    return RunningServer(server, int(port), core)
+    gateway = await start_gateway(address, credentials, config=config)
+    core = gateway.attach(loop)
+    return RunningServer(gateway.server, gateway.port, core)
 
 
 async def serve(

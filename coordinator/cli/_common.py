@@ -1,0 +1,146 @@
+"""What every concordctl command shares: the global options, running a client, printing.
+
+Output. Tables for people by default; `-o json` prints JSON for scripts (a list of objects,
+or one object per line for a stream). Diagnostics go to stderr, one line each, starting
+with "Error:" or "Warning:".
+
+Exit status:
+- 0: done;
+- 1: the cluster (or a member) refused or failed, or what was asked for is absent (a key,
+  a leader): the message is the service's, with the gRPC status name;
+- 2: the command line or its input is wrong (a malformed unlock key or share, a TTL <= 0,
+  too few shares...): nothing was sent anywhere (click's usage errors);
+- 130: interrupted (Ctrl-C) before the command could finish what it set out to do.
+
+TLS. `--tls-dir DIR` (env CONCORD_TLS_DIR) holds `ca.pem` and a client certificate,
+`client.pem` + `client-key.pem` (as `concordctl cluster init` writes them), or a member's
+`member.pem` + `member-key.pem`. Without it, concordctl speaks plaintext (`--insecure`
+members only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+import grpc
+
+from coordinator.client import Client, ConcordError
+
+T = TypeVar("T")
+
+CLIENT_CERT_FILE = "client.pem"
+CLIENT_KEY_FILE = "client-key.pem"
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+@dataclass(frozen=True)
+class Ctx:
+    endpoints: list[str]
+    output: str
+    timeout_s: float
+    tls_dir: Path | None = None
+
+    @property
+    def json(self) -> bool:
+        return self.output == "json"
+
+    def client(self) -> Client:
+        return Client(self.endpoints, credentials=self.credentials(), timeout_s=self.timeout_s)
+
+    def credentials(self) -> grpc.ChannelCredentials | None:
+        if self.tls_dir is None:
+            return None
+        d = self.tls_dir
+        pairs = [(CLIENT_CERT_FILE, CLIENT_KEY_FILE), ("member.pem", "member-key.pem")]
+        cert_name, key_name = next(
+            (p for p in pairs if (d / p[0]).exists()), (CLIENT_CERT_FILE, CLIENT_KEY_FILE)
+        )
+        try:
+            ca = (d / "ca.pem").read_bytes()
+            cert = (d / cert_name).read_bytes()
+            key = (d / key_name).read_bytes()
+        except OSError as err:
+            raise click.BadParameter(
+                f"{d} must hold ca.pem and {CLIENT_CERT_FILE} + {CLIENT_KEY_FILE} (as "
+                f"`concordctl cluster init` writes them): {err.strerror}: {err.filename}",
+                param_hint="--tls-dir",
+            ) from None
+        return grpc.ssl_channel_credentials(
+            root_certificates=ca, private_key=key, certificate_chain=cert
+        )
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
+
+
+def warn(message: str) -> None:
+    click.echo(f"Warning: {message}", err=True)
+
+
+def run(ctx: Ctx, fn: Callable[[Client], Awaitable[T]]) -> T:
+    """Run `fn` with a client; a refusal ends the command with status 1, Ctrl-C with 130."""
+
+    async def main() -> T:
+        async with ctx.client() as client:
+            return await fn(client)
+
+    try:
+        return asyncio.run(main())
+    except ConcordError as err:
+        fail(str(err))
+    except KeyboardInterrupt:
+        fail("interrupted", EXIT_INTERRUPTED)
+
+
+def emit(ctx: Ctx, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    if ctx.json:
+        click.echo(json.dumps(list(rows), indent=2))
+        return
+    widths = [max([len(c)] + [len(str(r.get(c, ""))) for r in rows]) for c in columns]
+    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for r in rows:
+        click.echo(
+            "  ".join(
+                str(r.get(c, "")).ljust(w) for c, w in zip(columns, widths, strict=True)
+            ).rstrip()
+        )
+
+
+@contextmanager
+def interrupts() -> Iterator[asyncio.Event]:
+    """An event set by SIGINT or SIGTERM, for commands that run until interrupted and then
+    clean up (elect resigns, watch ends quietly). Only in the main thread."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    for sig in sigs:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        yield stop
+    finally:
+        for sig in sigs:
+            loop.remove_signal_handler(sig)
+
+
+async def wait_first(task: asyncio.Future[T], stop: asyncio.Event) -> bool:
+    """Wait for `task` or `stop`; True if `task` finished first (it is left running if not)."""
+    stopper = asyncio.ensure_future(stop.wait())
+    waits: list[asyncio.Future[Any]] = [task, stopper]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    return task.done()

@@ -1,0 +1,346 @@
+"""concordctl's key commands: `unlock`, `cluster autolock on|off|status` and
+`cluster rotate-unlock-key`.
+
+Every member has its own key ring and so its own unlock key (coordinator.storage.crypto).
+These commands therefore act on each endpoint given, one after the other, through the
+Maintenance service that a member serves even while locked, and report one row per
+endpoint. The exit status is 1 if any endpoint failed.
+
+Unlock keys are printed once, by the command that creates them, to stdout, followed by a
+warning on stderr to store them: a member restarted without its key serves nothing until it
+gets it back. With `--shares K/N` the key is split on this machine with Shamir's scheme
+(any K of the N shares rebuild it) and only the shares are printed; `concordctl unlock
+--share ... --share ...` combines them here again and sends the key.
+
+A key or share that is malformed or mistyped is rejected here, before anything is sent
+(exit 2); only a well-formed key is tried against a member.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+
+from coordinator.client import Client, ConcordError
+from coordinator.storage import (
+    InvalidUnlockKeyError,
+    ShareError,
+    combine_unlock_key_shares,
+    parse_unlock_key,
+    split_unlock_key,
+)
+
+from ._common import EXIT_FAILED, Ctx, emit, run
+
+STORE_WARNING = (
+    "{what} shown only this once and stored nowhere: store {them} now, away from the "
+    "members' disks (a password manager, a sealed secret). A member restarted without its "
+    "unlock key serves nothing until `concordctl unlock` gives it back; each member has its "
+    "own key. While a member runs, `concordctl cluster rotate-unlock-key` replaces a lost key."
+)
+
+
+class SharesParam(click.ParamType[tuple[int, int]]):
+    """`K/N`: split into N shares, any K of which rebuild the key."""
+
+    name = "K/N"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[int, int]:
+        if isinstance(value, tuple):
+            return value  # already converted (a default)
+        k, sep, n = str(value).partition("/")
+        if sep and k.strip().isdigit() and n.strip().isdigit():
+            kk, nn = int(k), int(n)
+            if 2 <= kk <= nn <= 255:
+                return kk, nn
+        self.fail(
+            f"{value!r} is not K/N with 2 <= K <= N <= 255 (e.g. 2/3: three shares, any two "
+            "of which unlock)",
+            param,
+            ctx,
+        )
+
+
+SHARES = SharesParam()
+
+
+@dataclass
+class _Outcome:
+    endpoint: str
+    member: int | None = None
+    result: str = ""
+    error: ConcordError | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "endpoint": self.endpoint,
+            "member": self.member if self.member is not None else "",
+            "result": self.result if self.error is None else f"failed ({self.error.code})",
+            **self.extra,
+        }
+
+    def json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "endpoint": self.endpoint,
+            "member": self.member,
+            "ok": self.error is None,
+            "result": self.result,
+            **self.extra,
+        }
+        if self.error is not None:
+            out["error"] = {"code": self.error.code, "message": self.error.message}
+        return out
+
+
+def _report(ctx: Ctx, outcomes: list[_Outcome], columns: list[str]) -> None:
+    """The per-endpoint table (or JSON), the errors on stderr, exit 1 if any failed."""
+    if ctx.json:
+        click.echo(json.dumps([o.json() for o in outcomes], indent=2))
+    else:
+        emit(ctx, [o.row() for o in outcomes], columns)
+    failed = [o for o in outcomes if o.error is not None]
+    for o in failed:
+        click.echo(f"Error: {o.endpoint}: {o.error}", err=True)
+    if failed:
+        sys.exit(EXIT_FAILED)
+
+
+# --- unlock ------------------------------------------------------------------------------------
+
+
+def _read_secret_input() -> list[str]:
+    """The key (or shares, one per line) from a prompt or from stdin."""
+    stdin = sys.stdin
+    if stdin.isatty():
+        text = click.prompt("Unlock key", hide_input=True, err=True)
+        return [str(text)]
+    return [line.strip() for line in stdin.read().splitlines() if line.strip()]
+
+
+def _unlock_key_from(key: str | None, shares: tuple[str, ...]) -> str:
+    if key is not None and shares:
+        raise click.UsageError("give either --key or --share, not both")
+    source = "--key"
+    if key is None and not shares:
+        lines = _read_secret_input()
+        if not lines:
+            raise click.UsageError(
+                "no unlock key given: pass --key, --share (repeated), or type it at the prompt "
+                "(or pipe it, or its shares one per line, into stdin)"
+            )
+        if all(line.upper().startswith("CONCORD-SHARE-") for line in lines):
+            shares = tuple(lines)
+        elif len(lines) == 1:
+            key, source = lines[0], "the unlock key read from stdin"
+        else:
+            raise click.UsageError(
+                f"read {len(lines)} lines from stdin: expected one unlock key, or shares "
+                "(CONCORD-SHARE-...) one per line"
+            )
+    if shares:
+        try:
+            return combine_unlock_key_shares(shares)
+        except ShareError as err:
+            raise click.UsageError(
+                f"cannot rebuild the unlock key from the shares: {err}"
+            ) from None
+    assert key is not None
+    try:
+        parse_unlock_key(key)
+    except InvalidUnlockKeyError as err:
+        raise click.UsageError(f"{source}: {err}") from None
+    return key
+
+
+@click.command()
+@click.option("--key", "key", default=None, help="The unlock key (else read from a prompt/stdin).")
+@click.option(
+    "--share",
+    "shares",
+    multiple=True,
+    help="An unlock-key share; repeat for K shares (from --shares K/N).",
+)
+@click.pass_obj
+def unlock(ctx: Ctx, key: str | None, shares: tuple[str, ...]) -> None:
+    """Give a locked member its unlock key (autolock): it then opens its data and joins in.
+
+    Acts on every endpoint given (--endpoints), each being a member with its own key, and
+    says per member whether it worked. Without --key or --share the key is read from a
+    hidden prompt, or from stdin (a key, or shares one per line) when stdin is not a terminal.
+    """
+    unlock_key = _unlock_key_from(key, shares)
+
+    async def each(c: Client) -> list[_Outcome]:
+        outcomes = []
+        for endpoint in ctx.endpoints:
+            o = _Outcome(endpoint)
+            try:
+                o.member = await c.unlock_member(endpoint, unlock_key)
+                o.result = "unlocked"
+            except ConcordError as err:
+                o.error = err
+            outcomes.append(o)
+        return outcomes
+
+    _report(ctx, run(ctx, each), ["endpoint", "member", "result"])
+
+
+# --- autolock ----------------------------------------------------------------------------------
+
+
+def _show_key(o: _Outcome, what: str, key: str, shares: tuple[int, int] | None) -> None:
+    """Print a new unlock key (or its shares) for a person, once."""
+    member = f"member {o.member} at {o.endpoint}"
+    if shares is None:
+        click.echo(f"{member}: {what}. Its unlock key:\n\n    {key}\n")
+        return
+    k, n = shares
+    click.echo(f"{member}: {what}. Its unlock key, as {n} shares (any {k} of them unlock it):\n")
+    for i, share in enumerate(split_unlock_key(key, k, n), start=1):
+        click.echo(f"    share {i}: {share}")
+    click.echo("")
+
+
+def _split(key: str, shares: tuple[int, int] | None) -> dict[str, Any]:
+    if shares is None:
+        return {"unlock_key": key}
+    return {"threshold": shares[0], "shares": split_unlock_key(key, *shares)}
+
+
+def _keys_out(ctx: Ctx, outcomes: list[_Outcome], shares: tuple[int, int] | None) -> None:
+    """Print the new keys (table mode: one block each), then the store-it warning."""
+    made = [o for o in outcomes if "unlock_key" in o.extra]
+    for o in made:
+        key = o.extra.pop("unlock_key")
+        if ctx.json:
+            o.extra.update(_split(key, shares))
+        else:
+            _show_key(o, o.result, key, shares)
+    if made:
+        if shares is None:
+            text = STORE_WARNING.format(what="Each unlock key above is", them="it")
+        else:
+            text = STORE_WARNING.format(
+                what="The shares above are", them="each with a different person"
+            )
+        click.echo(f"Warning: {text}", err=True)
+        if shares is not None:
+            click.echo(
+                f"Warning: any {shares[0]} shares of a member rebuild its key: "
+                "`concordctl unlock --share S1 --share S2 ...`",
+                err=True,
+            )
+
+
+@click.command()
+@click.argument("state", type=click.Choice(["on", "off", "status"]))
+@click.option(
+    "--shares",
+    "shares",
+    type=SHARES,
+    default=None,
+    help="With `on`: print the key as N Shamir shares, any K of which unlock (e.g. 2/3).",
+)
+@click.pass_obj
+def autolock(ctx: Ctx, state: str, shares: tuple[int, int] | None) -> None:
+    """Turn autolock on or off on every endpoint given, or show it (`status`).
+
+    With autolock on, a member's data keys are wrapped under an unlock key that is printed
+    here once and stored nowhere: a restarted member serves nothing until it is given the key
+    (`concordctl unlock`, or --unlock-key-file). Each member gets its own key.
+    """
+    if shares is not None and state != "on":
+        raise click.UsageError("--shares goes with `autolock on` (or rotate-unlock-key) only")
+    if state == "status":
+        _autolock_status(ctx)
+        return
+    enabled = state == "on"
+
+    async def each(c: Client) -> list[_Outcome]:
+        outcomes = []
+        for endpoint in ctx.endpoints:
+            o = _Outcome(endpoint)
+            try:
+                resp = await c.set_autolock(endpoint, enabled)
+                o.member = int(resp.member_id)
+                if not resp.changed:
+                    o.result = f"already {state}; nothing changed"
+                    if enabled:
+                        o.result += " (its unlock key stays as it was)"
+                elif enabled:
+                    o.result = "autolock is now on"
+                    o.extra["unlock_key"] = resp.unlock_key
+                else:
+                    o.result = "autolock is now off (a key file on its disk wraps the keys)"
+            except ConcordError as err:
+                o.error = err
+            outcomes.append(o)
+        return outcomes
+
+    outcomes = run(ctx, each)
+    _keys_out(ctx, outcomes, shares)
+    _report(ctx, outcomes, ["endpoint", "member", "result"])
+
+
+def _autolock_status(ctx: Ctx) -> None:
+    async def each(c: Client) -> list[_Outcome]:
+        outcomes = []
+        for endpoint in ctx.endpoints:
+            o = _Outcome(endpoint)
+            try:
+                st = await c.autolock_status(endpoint)
+                o.member = int(st.member_id)
+                o.result = st.phase
+                o.extra = {"name": st.member_name, "autolock": st.autolock, "locked": st.locked}
+            except ConcordError as err:
+                o.error = err
+            outcomes.append(o)
+        return outcomes
+
+    outcomes = run(ctx, each)
+    for o in outcomes:
+        if o.error is None:
+            o.extra["phase"] = o.result
+    _report(ctx, outcomes, ["endpoint", "member", "name", "phase", "autolock", "locked"])
+
+
+@click.command(name="rotate-unlock-key")
+@click.option(
+    "--shares",
+    "shares",
+    type=SHARES,
+    default=None,
+    help="Print the new key as N Shamir shares, any K of which unlock (e.g. 2/3).",
+)
+@click.pass_obj
+def rotate_unlock_key(ctx: Ctx, shares: tuple[int, int] | None) -> None:
+    """Give every endpoint's member a new unlock key; the old one stops working at once.
+
+    The data keys, and so the data, are unchanged: only their wrapping changes. The new keys
+    are printed once.
+    """
+
+    async def each(c: Client) -> list[_Outcome]:
+        outcomes = []
+        for endpoint in ctx.endpoints:
+            o = _Outcome(endpoint)
+            try:
+                resp = await c.rotate_unlock_key(endpoint)
+                o.member = int(resp.member_id)
+                o.result = "unlock key rotated; the old one no longer works"
+                o.extra["unlock_key"] = resp.unlock_key
+            except ConcordError as err:
+                o.error = err
+            outcomes.append(o)
+        return outcomes
+
+    outcomes = run(ctx, each)
+    _keys_out(ctx, outcomes, shares)
+    _report(ctx, outcomes, ["endpoint", "member", "result"])

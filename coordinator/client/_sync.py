@@ -1,0 +1,218 @@
+"""`SyncClient`: the asyncio `Client` for synchronous code (scripts, tests, a REPL).
+
+Mechanism. Each `SyncClient` owns a private event loop that runs forever in a daemon
+thread; every method submits the matching `Client` coroutine to it
+(`asyncio.run_coroutine_threadsafe`) and blocks until it finishes, so the leader discovery,
+the retries and the exactly-once sessions are the async client's own. Background work keeps
+running between calls in that thread: the keep-alive of a held `lock()`, for instance.
+
+Why a thread and not `asyncio.run` per call: gRPC channels and lease keep-alives belong
+to one event loop and must outlive a call. Why not the caller's loop: a synchronous caller
+may have none, or may be inside one that it cannot block on.
+
+Rules. Methods may be called from any thread (one call at a time per thread; calls from
+several threads interleave safely on the loop). Call `close()` (or use `with`) to stop the
+thread. Do not call it from a coroutine on some other event loop: it blocks that loop for
+the duration of the call. Ctrl-C during a call cancels the call's coroutine and re-raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncGenerator, Coroutine, Iterator, Sequence
+from typing import Any, TypeVar
+
+import grpc
+
+from coordinator.api.v1 import concord_pb2 as pb
+
+from ._client import Client, Leadership, LeaseInfo, Lock
+
+T = TypeVar("T")
+
+
+class SyncClient:
+    """The same operations as `Client`, blocking (see the module docstring)."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        timeout_s: float = 10.0,
+        rpc_timeout_s: float = 3.0,
+    ) -> None:
+        self._client = Client(
+            endpoints, credentials=credentials, timeout_s=timeout_s, rpc_timeout_s=rpc_timeout_s
+        )
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="concord-sync-client", daemon=True
+        )
+        self._thread.start()
+        self._closed = False
+
+    @property
+    def client(self) -> Client:
+        """The async client underneath (use it only on this client's loop)."""
+        return self._client
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._closed:
+            coro.close()
+            raise RuntimeError("this SyncClient is closed")
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()
+            raise
+
+    def close(self) -> None:
+        """Close the channels and stop the loop's thread (idempotent)."""
+        if self._closed:
+            return
+        with contextlib.suppress(Exception):
+            self._run(self._client.close())
+        self._closed = True
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- KV ------------------------------------------------------------------------------------
+
+    def put(self, key: bytes, value: bytes, lease: int = 0) -> int:
+        return self._run(self._client.put(key, value, lease))
+
+    def get(self, key: bytes, *, serializable: bool = False) -> pb.KeyValue | None:
+        return self._run(self._client.get(key, serializable=serializable))
+
+    def delete(self, key: bytes, range_end: bytes = b"") -> int:
+        return self._run(self._client.delete(key, range_end))
+
+    def cas(self, key: bytes, expected: bytes | None, new: bytes) -> bool:
+        return self._run(self._client.cas(key, expected, new))
+
+    def watch(
+        self, key: bytes, range_end: bytes = b"", *, start_revision: int = 0
+    ) -> Iterator[pb.Event]:
+        """The events of `Client.watch`, one at a time; stop iterating to end the watch."""
+        stream = self._client.watch(key, range_end, start_revision=start_revision)
+        try:
+            while True:
+                try:
+                    yield self._run(_anext(stream))
+                except StopAsyncIteration:
+                    return
+        finally:
+            if not self._closed:
+                self._run(stream.aclose())
+
+    # --- leases and locks ----------------------------------------------------------------------
+
+    def lease_grant(self, ttl_ms: int) -> int:
+        return self._run(self._client.lease_grant(ttl_ms))
+
+    def lease_revoke(self, lease: int) -> None:
+        self._run(self._client.lease_revoke(lease))
+
+    def lease_time_to_live(self, lease: int) -> LeaseInfo:
+        return self._run(self._client.lease_time_to_live(lease))
+
+    def lease_keepalive_once(self, lease: int) -> int:
+        return self._run(self._client.lease_keepalive_once(lease))
+
+    def acquire(
+        self, name: str, lease: int, *, max_holders: int = 1, lock_delay_ms: int = 0
+    ) -> Lock:
+        return self._run(
+            self._client.acquire(name, lease, max_holders=max_holders, lock_delay_ms=lock_delay_ms)
+        )
+
+    def release(self, lock: Lock) -> None:
+        self._run(self._client.release(lock))
+
+    def check_fence(self, name: str, token: int) -> bool:
+        return self._run(self._client.check_fence(name, token))
+
+    @contextlib.contextmanager
+    def lock(self, name: str, *, ttl_ms: int = 10_000) -> Iterator[Lock]:
+        """Hold `name` for the body of a `with` (the lease is kept alive in the background
+        thread meanwhile); released, and the lease revoked, on exit."""
+        manager = self._client.lock(name, ttl_ms=ttl_ms)
+        held = self._run(manager.__aenter__())
+        try:
+            yield held
+        except BaseException as exc:
+            if not self._run(manager.__aexit__(type(exc), exc, exc.__traceback__)):
+                raise
+        else:
+            self._run(manager.__aexit__(None, None, None))
+
+    # --- sequences -----------------------------------------------------------------------------
+
+    def sequence_create(self, name: str, start: int = 1, increment: int = 1) -> None:
+        self._run(self._client.sequence_create(name, start, increment))
+
+    def sequence_next(self, name: str, count: int = 1) -> list[int]:
+        return self._run(self._client.sequence_next(name, count))
+
+    # --- elections -----------------------------------------------------------------------------
+
+    def campaign(self, election: str, lease: int, value: bytes) -> Leadership:
+        return self._run(self._client.campaign(election, lease, value))
+
+    def proclaim(self, leadership: Leadership, value: bytes) -> Leadership:
+        return self._run(self._client.proclaim(leadership, value))
+
+    def resign(self, leadership: Leadership) -> None:
+        self._run(self._client.resign(leadership))
+
+    def leader(self, election: str, *, serializable: bool = False) -> Leadership | None:
+        return self._run(self._client.leader(election, serializable=serializable))
+
+    # --- cluster -------------------------------------------------------------------------------
+
+    def members(self) -> pb.MemberListResponse:
+        return self._run(self._client.members())
+
+    def status(self) -> pb.StatusResponse:
+        return self._run(self._client.status())
+
+    def member_add_learner(self, member: int, name: str, peer_url: str, client_url: str) -> None:
+        self._run(self._client.member_add_learner(member, name, peer_url, client_url))
+
+    def member_promote(self, member: int) -> None:
+        self._run(self._client.member_promote(member))
+
+    def member_remove(self, member: int) -> None:
+        self._run(self._client.member_remove(member))
+
+    def transfer_leader(self, member: int) -> None:
+        self._run(self._client.transfer_leader(member))
+
+    # --- one member's keys ---------------------------------------------------------------------
+
+    def unlock_member(self, endpoint: str, unlock_key: str) -> int:
+        return self._run(self._client.unlock_member(endpoint, unlock_key))
+
+    def autolock_status(self, endpoint: str) -> pb.AutolockStatusResponse:
+        return self._run(self._client.autolock_status(endpoint))
+
+    def set_autolock(self, endpoint: str, enabled: bool) -> pb.SetAutolockResponse:
+        return self._run(self._client.set_autolock(endpoint, enabled))
+
+    def rotate_unlock_key(self, endpoint: str) -> pb.RotateUnlockKeyResponse:
+        return self._run(self._client.rotate_unlock_key(endpoint))
+
+
+async def _anext(stream: AsyncGenerator[pb.Event, None]) -> pb.Event:
+    return await anext(stream)

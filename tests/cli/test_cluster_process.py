@@ -1,0 +1,164 @@
+"""The operator's path end to end, with real processes and mutual TLS: `concordctl cluster
+init`, the three `concord-coordinator` command lines it prints, `cluster autolock on` on
+every member (one key each), a member restarted locked, `concordctl unlock`, back in."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+CONCORDCTL = [sys.executable, "-m", "coordinator.cli.main"]
+MEMBER = [sys.executable, "-m", "coordinator.runtime.member"]
+KEY_RE = re.compile(r"member (\d+) at \S+: autolock is now on\. Its unlock key:\s+(\S+)")
+
+
+def _free_base_port() -> int:
+    """A base port with 9 free ports after it (cluster init lays members out from it)."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = int(probe.getsockname()[1])
+        if base + 9 > 65535:
+            continue
+        socks = []
+        try:
+            for port in range(base, base + 9):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise AssertionError("no 9 consecutive free ports on 127.0.0.1")
+
+
+def _ctl(*args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CONCORDCTL, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        input=input,
+    )
+
+
+def _poll(cond: Callable[[], bool], what: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)  # a bounded poll of other processes
+
+
+class Members:
+    def __init__(self, root: Path, commands: list[str]) -> None:
+        self.root = root
+        self.commands = commands
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    def start(self, i: int) -> None:
+        argv = [*shlex.split(self.commands[i - 1])[1:], "--tick-ms", "20"]
+        with (self.root / f"member-{i}.log").open("ab") as log:
+            self.procs[i] = subprocess.Popen(
+                [*MEMBER, *argv],
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+
+    def stop(self, i: int) -> None:
+        proc = self.procs.pop(i)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0, self.log(i)
+
+    def log(self, i: int) -> str:
+        return (self.root / f"member-{i}.log").read_text(errors="replace")
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
+
+@pytest.fixture
+def members(tmp_path: Path) -> Iterator[tuple[Members, dict[str, object]]]:
+    init = _ctl(
+        "-o", "json", "cluster", "init", "--dir", str(tmp_path / "c"),
+        "--base-port", str(_free_base_port()),
+    )  # fmt: skip
+    assert init.returncode == 0, init.stderr
+    doc = json.loads(init.stdout)
+    m = Members(tmp_path, [x["command"] for x in doc["members"]])
+    try:
+        for i in (1, 2, 3):
+            m.start(i)
+        yield m, doc
+    finally:
+        m.close()
+
+
+@pytest.mark.process
+def test_init_start_autolock_restart_locked_and_unlock(
+    members: tuple[Members, dict[str, object]],
+) -> None:
+    m, doc = members
+    endpoints = doc["endpoints"]
+    assert isinstance(endpoints, list)
+    tls = ["--tls-dir", str(doc["client_tls_dir"]), "--endpoints", ",".join(endpoints)]
+
+    def listed() -> bool:
+        res = _ctl(*tls, "--timeout", "2", "-o", "json", "member", "list")
+        return res.returncode == 0 and len(json.loads(res.stdout)) == 3
+
+    _poll(listed, "a leader listing three members")
+    assert _ctl(*tls, "put", "k", "v").returncode == 0
+    plain = _ctl("--endpoints", endpoints[0], "--timeout", "2", "get", "k")
+    assert plain.returncode == 1  # no client certificate, no service
+
+    on = _ctl(*tls, "cluster", "autolock", "on")
+    assert on.returncode == 0, on.stderr
+    keys = {int(i): k for i, k in KEY_RE.findall(on.stdout)}
+    assert sorted(keys) == [1, 2, 3] and len(set(keys.values())) == 3  # one key per member
+
+    m.stop(2)
+    m.start(2)
+    member2 = ["--tls-dir", str(doc["client_tls_dir"]), "--endpoints", endpoints[1]]
+
+    def locked() -> bool:
+        res = _ctl(*member2, "--timeout", "2", "-o", "json", "cluster", "autolock", "status")
+        return res.returncode == 0 and json.loads(res.stdout)[0]["locked"] is True
+
+    _poll(locked, "member 2 to come back locked")
+    res = _ctl(*member2, "get", "k")
+    assert res.returncode == 1 and "member is locked: run concordctl unlock" in res.stderr
+    wrong = _ctl(*member2, "unlock", input=keys[1] + "\n")  # member 1's key
+    assert wrong.returncode == 1 and "PERMISSION_DENIED: wrong unlock key" in wrong.stderr
+    right = _ctl(*member2, "unlock", input=keys[2] + "\n")
+    assert right.returncode == 0, right.stderr
+
+    def serves() -> bool:
+        res = _ctl(*member2, "--timeout", "2", "get", "k", "--serializable")
+        return res.returncode == 0 and "v" in res.stdout
+
+    _poll(serves, "member 2 to serve again")
+    assert "unlocked through the client API" in m.log(2)
+    assert keys[2] not in m.log(2)  # the key is never logged
