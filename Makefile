@@ -13,7 +13,7 @@ PY := $(BIN)/python
 
 SEEDS ?= 2000
 
-.PHONY: help bootstrap run test sim elections lint typecheck fmt clean
+.PHONY: help bootstrap run test test-fast sim elections lint typecheck fmt clean
 
 help:
 	@echo "make run           3 members on loopback + a lock, sequence, CAS and failover demo"
@@ -36,6 +36,10 @@ test: bootstrap
 	$(BIN)/lint-imports
 	$(BIN)/pytest
 	$(MAKE) --no-print-directory sim SEEDS=$(SEEDS)
+
+# The suite without the real-process tests (kill -9, TLS handshakes, make run end to end).
+test-fast: bootstrap
+	$(BIN)/pytest -m "not process"
 
 sim: bootstrap
 	$(PY) -m coordinator.testing.sim --seeds $(SEEDS)
