@@ -4,11 +4,14 @@ Leader discovery. Any member answers reads; mutations need the leader. A member 
 the leader answers UNAVAILABLE with trailing metadata `concord-leader` naming it; the client
 switches to that endpoint (or, with no hint, tries the next one) and retries.
 
-Exactly once. Every client has a random 64-bit session id, and every mutation takes the
-next sequence number. A retry (after a timeout, a redirect, a lost leader) reuses the SAME
-(client id, seq), so the state machine answers a duplicate from its session table instead
-of running it twice: a retried sequence `next` never burns a block, a retried put never
-overwrites a later one.
+Exactly once. A mutation runs under a session: a random 64-bit client id and the next
+sequence number of that id. A retry (after a timeout, a redirect, a lost leader) reuses the
+SAME (client id, seq), so the state machine answers a duplicate from its session table
+instead of running it twice: a retried sequence `next` never burns a block, a retried put
+never overwrites a later one. The state machine keeps one answer per client id and expects
+one request at a time per id, so a `Client` shared by many tasks keeps a pool of ids: each
+call borrows an idle one (or makes a new one) for its whole life, retries included, and
+returns it with its sequence advanced. The pool grows to the client's peak concurrency.
 
 Errors. gRPC statuses a person must act on (INVALID_ARGUMENT, NOT_FOUND,
 FAILED_PRECONDITION, OUT_OF_RANGE, PERMISSION_DENIED) surface as `ConcordError` with the
@@ -32,9 +35,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    Sequence,
+)
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -130,8 +139,8 @@ class Client:
         self.credentials = credentials
         self.timeout_s = timeout_s
         self.rpc_timeout_s = rpc_timeout_s
-        self.client_id = secrets.randbits(63) | 1
-        self._seq = itertools.count(1)
+        self._idle_sessions: list[list[int]] = []
+        """Sessions no call is using: [client id, last seq used]; most recently used last."""
         self._current = 0
         self._stubs: dict[str, _Stubs] = {}
 
@@ -180,8 +189,17 @@ class Client:
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 0.5)
 
-    def session(self) -> pb.Session:
-        return pb.Session(client_id=self.client_id, seq=next(self._seq))
+    @contextlib.contextmanager
+    def session(self) -> Iterator[pb.Session]:
+        """A session for one call, retries included (see the module doc). Given back with its
+        sequence advanced whatever the outcome: if an abandoned attempt still applies later,
+        the state machine sees an old sequence and ignores it."""
+        held = self._idle_sessions.pop() if self._idle_sessions else [secrets.randbits(63) | 1, 0]
+        held[1] += 1
+        try:
+            yield pb.Session(client_id=held[0], seq=held[1])
+        finally:
+            self._idle_sessions.append(held)
 
     async def call(self, fn: Callable[[_Stubs], Awaitable[T]]) -> T:
         """Run one RPC against the leader, following redirects and retrying what is safe."""
@@ -220,9 +238,10 @@ class Client:
     # --- KV ------------------------------------------------------------------------------------
 
     async def put(self, key: bytes, value: bytes, lease: int = 0) -> int:
-        req = pb.PutRequest(session=self.session(), key=key, value=value, lease=lease)
-        resp = await self.call(lambda s: s.kv.Put(req, timeout=self.rpc_timeout_s))
-        return int(resp.header.revision)
+        with self.session() as session:
+            req = pb.PutRequest(session=session, key=key, value=value, lease=lease)
+            resp = await self.call(lambda s: s.kv.Put(req, timeout=self.rpc_timeout_s))
+            return int(resp.header.revision)
 
     async def get(self, key: bytes, *, serializable: bool = False) -> pb.KeyValue | None:
         req = pb.RangeRequest(key=key, serializable=serializable)
@@ -230,9 +249,10 @@ class Client:
         return resp.kvs[0] if resp.kvs else None
 
     async def delete(self, key: bytes, range_end: bytes = b"") -> int:
-        req = pb.DeleteRequest(session=self.session(), key=key, range_end=range_end)
-        resp = await self.call(lambda s: s.kv.Delete(req, timeout=self.rpc_timeout_s))
-        return int(resp.deleted)
+        with self.session() as session:
+            req = pb.DeleteRequest(session=session, key=key, range_end=range_end)
+            resp = await self.call(lambda s: s.kv.Delete(req, timeout=self.rpc_timeout_s))
+            return int(resp.deleted)
 
     async def cas(self, key: bytes, expected: bytes | None, new: bytes) -> bool:
         """Set `key` to `new` iff its value is `expected` (None: iff it does not exist)."""
@@ -240,24 +260,27 @@ class Client:
             cmp = pb.Compare(key=key, target=pb.Compare.VERSION, op=pb.Compare.EQUAL, number=0)
         else:
             cmp = pb.Compare(key=key, target=pb.Compare.VALUE, op=pb.Compare.EQUAL, value=expected)
-        req = pb.TxnRequest(
-            session=self.session(),
-            compares=[cmp],
-            success=[pb.TxnOp(put=pb.PutRequest(key=key, value=new))],
-        )
-        resp = await self.call(lambda s: s.kv.Txn(req, timeout=self.rpc_timeout_s))
-        return bool(resp.succeeded)
+        with self.session() as session:
+            req = pb.TxnRequest(
+                session=session,
+                compares=[cmp],
+                success=[pb.TxnOp(put=pb.PutRequest(key=key, value=new))],
+            )
+            resp = await self.call(lambda s: s.kv.Txn(req, timeout=self.rpc_timeout_s))
+            return bool(resp.succeeded)
 
     # --- leases and locks ----------------------------------------------------------------------
 
     async def lease_grant(self, ttl_ms: int) -> int:
-        req = pb.LeaseGrantRequest(session=self.session(), ttl_ms=ttl_ms)
-        resp = await self.call(lambda s: s.lease.Grant(req, timeout=self.rpc_timeout_s))
-        return int(resp.id)
+        with self.session() as session:
+            req = pb.LeaseGrantRequest(session=session, ttl_ms=ttl_ms)
+            resp = await self.call(lambda s: s.lease.Grant(req, timeout=self.rpc_timeout_s))
+            return int(resp.id)
 
     async def lease_revoke(self, lease: int) -> None:
-        req = pb.LeaseRevokeRequest(session=self.session(), id=lease)
-        await self.call(lambda s: s.lease.Revoke(req, timeout=self.rpc_timeout_s))
+        with self.session() as session:
+            req = pb.LeaseRevokeRequest(session=session, id=lease)
+            await self.call(lambda s: s.lease.Revoke(req, timeout=self.rpc_timeout_s))
 
     async def lease_time_to_live(self, lease: int) -> LeaseInfo:
         """The lease's TTL and what is left of it (NOT_FOUND once it has ended)."""
@@ -284,27 +307,29 @@ class Client:
         self, name: str, lease: int, *, max_holders: int = 1, lock_delay_ms: int = 0
     ) -> Lock:
         """Block until `name` is held under `lease`; returns the grant's fencing token."""
-        req = pb.LockRequest(
-            session=self.session(),
-            name=name,
-            lease=lease,
-            max_holders=max_holders,
-            lock_delay_ms=lock_delay_ms,
-            wait=True,
-        )
-        while True:
-            try:
-                resp = await self.call(lambda s: s.lock.Lock(req, timeout=self.rpc_timeout_s))
-            except ConcordError as err:
-                if err.waiting:
-                    continue  # still waiting in line; the retry keeps our place (same session)
-                raise
-            if resp.granted:
-                return Lock(name, lease, int(resp.fencing_token))
+        with self.session() as session:
+            req = pb.LockRequest(
+                session=session,
+                name=name,
+                lease=lease,
+                max_holders=max_holders,
+                lock_delay_ms=lock_delay_ms,
+                wait=True,
+            )
+            while True:
+                try:
+                    resp = await self.call(lambda s: s.lock.Lock(req, timeout=self.rpc_timeout_s))
+                except ConcordError as err:
+                    if err.waiting:
+                        continue  # still in line; the retry keeps our place (same session)
+                    raise
+                if resp.granted:
+                    return Lock(name, lease, int(resp.fencing_token))
 
     async def release(self, lock: Lock) -> None:
-        req = pb.UnlockRequest(session=self.session(), name=lock.name, lease=lock.lease)
-        await self.call(lambda s: s.lock.Unlock(req, timeout=self.rpc_timeout_s))
+        with self.session() as session:
+            req = pb.UnlockRequest(session=session, name=lock.name, lease=lock.lease)
+            await self.call(lambda s: s.lock.Unlock(req, timeout=self.rpc_timeout_s))
 
     async def check_fence(self, name: str, token: int) -> bool:
         req = pb.CheckFenceRequest(name=name, fencing_token=token)
@@ -337,46 +362,51 @@ class Client:
     # --- sequences -----------------------------------------------------------------------------
 
     async def sequence_create(self, name: str, start: int = 1, increment: int = 1) -> None:
-        req = pb.SequenceCreateRequest(
-            session=self.session(), name=name, start=start, increment=increment
-        )
-        await self.call(lambda s: s.sequence.Create(req, timeout=self.rpc_timeout_s))
+        with self.session() as session:
+            req = pb.SequenceCreateRequest(
+                session=session, name=name, start=start, increment=increment
+            )
+            await self.call(lambda s: s.sequence.Create(req, timeout=self.rpc_timeout_s))
 
     async def sequence_next(self, name: str, count: int = 1) -> list[int]:
-        req = pb.SequenceNextRequest(session=self.session(), name=name, count=count)
-        resp = await self.call(lambda s: s.sequence.Next(req, timeout=self.rpc_timeout_s))
-        return [int(resp.first) + i * int(resp.increment) for i in range(int(resp.count))]
+        with self.session() as session:
+            req = pb.SequenceNextRequest(session=session, name=name, count=count)
+            resp = await self.call(lambda s: s.sequence.Next(req, timeout=self.rpc_timeout_s))
+            return [int(resp.first) + i * int(resp.increment) for i in range(int(resp.count))]
 
     # --- elections -----------------------------------------------------------------------------
 
     async def campaign(self, election: str, lease: int, value: bytes) -> Leadership:
         """Block until `lease` leads `election`, publishing `value`; returns the leadership
         (its fencing token strictly increases across all leaderships of the election)."""
-        req = pb.CampaignRequest(
-            session=self.session(), election=election, lease=lease, value=value
-        )
-        while True:
-            try:
-                resp = await self.call(
-                    lambda s: s.election.Campaign(req, timeout=self.rpc_timeout_s)
-                )
-            except ConcordError as err:
-                if err.waiting:
-                    continue  # still in line; the retry keeps our place (same session)
-                raise
-            key = resp.leader
-            return Leadership(key.election, int(key.lease), int(key.fencing_token), value)
+        with self.session() as session:
+            req = pb.CampaignRequest(session=session, election=election, lease=lease, value=value)
+            while True:
+                try:
+                    resp = await self.call(
+                        lambda s: s.election.Campaign(req, timeout=self.rpc_timeout_s)
+                    )
+                except ConcordError as err:
+                    if err.waiting:
+                        continue  # still in line; the retry keeps our place (same session)
+                    raise
+                key = resp.leader
+                return Leadership(key.election, int(key.lease), int(key.fencing_token), value)
 
     async def proclaim(self, leadership: Leadership, value: bytes) -> Leadership:
         """Publish a new value as the current leader (FAILED_PRECONDITION if no longer)."""
-        req = pb.ProclaimRequest(session=self.session(), leader=leadership.key(), value=value)
-        await self.call(lambda s: s.election.Proclaim(req, timeout=self.rpc_timeout_s))
-        return Leadership(leadership.election, leadership.lease, leadership.fencing_token, value)
+        with self.session() as session:
+            req = pb.ProclaimRequest(session=session, leader=leadership.key(), value=value)
+            await self.call(lambda s: s.election.Proclaim(req, timeout=self.rpc_timeout_s))
+            return Leadership(
+                leadership.election, leadership.lease, leadership.fencing_token, value
+            )
 
     async def resign(self, leadership: Leadership) -> None:
         """Give up the leadership (or a queued campaign) of `leadership.lease`."""
-        req = pb.ResignRequest(session=self.session(), leader=leadership.key())
-        await self.call(lambda s: s.election.Resign(req, timeout=self.rpc_timeout_s))
+        with self.session() as session:
+            req = pb.ResignRequest(session=session, leader=leadership.key())
+            await self.call(lambda s: s.election.Resign(req, timeout=self.rpc_timeout_s))
 
     async def leader(self, election: str, *, serializable: bool = False) -> Leadership | None:
         """The election's current leader, or None if it has none."""

@@ -88,3 +88,29 @@ def test_client_survives_the_leader_stopping(tmp_path: Path) -> None:
             assert len(members.members) == 3
 
     with_cluster(tmp_path, scenario)
+
+
+def test_one_client_shared_by_many_tasks(tmp_path: Path) -> None:
+    """Concurrent calls on one Client each run under their own session, so none is taken for
+    a late duplicate of another; a blocking lock waits while puts go on around it."""
+
+    async def scenario(c: Cluster) -> None:
+        async with Client(endpoints(c)) as shared, Client(endpoints(c)) as other:
+            await shared.sequence_create("ids")
+            async with other.lock("busy", ttl_ms=3000):
+                waiting = asyncio.create_task(_hold(shared, "busy", []))
+                revisions = await asyncio.gather(
+                    *(shared.put(f"k/{i}".encode(), b"v") for i in range(40))
+                )
+                values = await asyncio.gather(*(shared.sequence_next("ids") for _ in range(20)))
+                assert not waiting.done()  # still in line behind `other`, not failed
+            token = await asyncio.wait_for(waiting, 10)
+            assert token > 0
+            assert len(set(revisions)) == 40
+            flat = [v for block in values for v in block]
+            assert sorted(flat) == list(range(1, 21))
+            for i in range(40):
+                kv = await shared.get(f"k/{i}".encode())
+                assert kv is not None and kv.value == b"v"
+
+    with_cluster(tmp_path, scenario)
