@@ -24,7 +24,10 @@ from coordinator.raft import Entry, HardState, Message, RawNode, ReadState, Read
 
 class Wal(Protocol):
     """Durable log. Both methods return only once the data is on stable storage (fsync),
-    and afterwards the data is readable through the `LogStorage` the node reads from.
+    and afterwards the data is readable through the `LogStorage` the node reads from. One
+    exception is allowed: a save of a hard state that changes only the commit index (no
+    entries, same term and vote) may skip the fsync, since a commit index lost in a crash is
+    re-learnt from the leader.
     Entries may overwrite a stored suffix (truncate, then append). Errors propagate: a
     node that cannot persist must stop, never carry on as if it had."""
 
@@ -65,10 +68,24 @@ def handle_ready(node: RawNode, wal: Wal, transport: Transport, app: Applier) ->
     if not node.has_ready():
         return None
     rd = node.ready()
+    persist(wal, rd)
+    finish(node, transport, app, rd)
+    return rd
+
+
+def persist(wal: Wal, rd: Ready) -> None:
+    """Step 1: make the Ready's snapshot, entries and hard state durable. Touches only the
+    WAL, so a runtime may run it off its event loop (the asyncio loop does, so that requests
+    keep arriving and batch up while the disk syncs), provided nothing else reads or writes
+    the WAL or steps the node until it returns."""
     if rd.snapshot is not None:
         wal.save_snapshot(rd.snapshot)
     if rd.entries or rd.hard_state is not None:
         wal.save(rd.entries, rd.hard_state)
+
+
+def finish(node: RawNode, transport: Transport, app: Applier, rd: Ready) -> None:
+    """Steps 2-4, once `persist(rd)` has returned: send, apply, advance."""
     for msg in rd.messages:
         transport.send(msg)
     if rd.snapshot is not None:
@@ -78,4 +95,3 @@ def handle_ready(node: RawNode, wal: Wal, transport: Transport, app: Applier) ->
     if rd.read_states:
         app.read_states(rd.read_states)
     node.advance(rd)
-    return rd

@@ -9,8 +9,10 @@ second task), so a tick can never interleave with a Ready half-processed.
 Batching. Each turn of the loop drains everything queued, hands all proposals to the core in
 one `propose_batch`, and then processes the resulting Ready: one fsync covers every proposal
 that arrived while the previous fsync ran (group commit), and one APP per follower carries
-them all. The fsync itself runs on the loop thread: nothing this member could do meanwhile
-would be safe to do before the data is durable anyway.
+them all. The write and fsync of new entries run on a dedicated disk thread while `run()`
+awaits it (`driver.persist`, then `driver.finish` back on the loop): the node is not stepped
+meanwhile, so the ordering of `handle_ready` holds, but the event loop keeps accepting
+requests and peer messages, which queue up for the next turn and share its fsync.
 
 Outcomes. A proposal is identified by the (index, term) the core gave it. When the entry at
 that index applies, the proposal succeeded iff the entry's term matches; otherwise another
@@ -21,6 +23,7 @@ sequence is safe: the state machine answers a duplicate from its session table).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import itertools
 import logging
@@ -47,7 +50,7 @@ from coordinator.raft import (
 )
 
 from .clock import Clock
-from .driver import Transport, Wal, handle_ready
+from .driver import Transport, Wal, finish, persist
 
 log = logging.getLogger("concord.raft")
 _T = TypeVar("_T")
@@ -172,6 +175,9 @@ class RaftLoop:
         """peer id -> monotonic time its latest message arrived (any type)."""
         self._leaderless_since_s: float | None = clock.monotonic_s()
         """When this member last lost track of a leader; None while it knows one."""
+        self._disk = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"wal-{cfg.id}"
+        )
 
     # --- called from other tasks -------------------------------------------------------------
 
@@ -268,13 +274,34 @@ class RaftLoop:
                         next_tick = now + self.cfg.tick_s  # we were stalled: do not burst
                 self._drain_inbox()
                 self._maybe_expire_leases(now)
-                while handle_ready(self.node, self.storage, self.transport, self) is not None:
+                while await self._handle_ready():
                     self._drain_inbox()
                 self._observe_leader()
         finally:
             self._stopped = True
+            self._disk.shutdown(wait=True)
             self._fail_all(StoppedError("member stopping"))
             self._notify(lambda o: o.on_stop())
+
+    async def _handle_ready(self) -> bool:
+        """`driver.handle_ready`, with the disk write of new entries or a snapshot on the disk
+        thread (see the module doc). False if there was nothing to do."""
+        node = self.node
+        if not node.has_ready():
+            return False
+        rd = node.ready()
+        if rd.entries or rd.snapshot is not None:
+            done = self._disk.submit(persist, self.storage, rd)
+            try:
+                await asyncio.wrap_future(done)
+            except asyncio.CancelledError:
+                # Never leave the WAL in the middle of a write (the member closes it next).
+                concurrent.futures.wait([done])
+                raise
+        else:
+            persist(self.storage, rd)  # at most a hard state: no fsync, or a rare vote's
+        finish(node, self.transport, self, rd)
+        return True
 
     def _has_input(self) -> bool:
         ib = self._inbox

@@ -54,6 +54,7 @@ retrying would report durability that does not exist.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import itertools
 import logging
@@ -189,6 +190,8 @@ class DiskWal:
         self._segments: list[_Segment] = []
         """Oldest first; the last one is the active segment, written through `_fd`."""
         self._fd = -1
+        self._unsynced = False
+        """The active segment holds a write not yet fsynced (a commit-only hard state)."""
         self._active_bytes = 0
         self._counter = 0
         """Records written to the active segment so far: the next nonce counter."""
@@ -269,8 +272,12 @@ class DiskWal:
         return wal
 
     def close(self) -> None:
-        """Release the files. Everything `save` returned from is already durable."""
+        """Release the files, fsyncing a commit index left unsynced (best effort: it is not
+        needed for safety, only spares the next start a little catching up)."""
         if self._fd >= 0:
+            if self._unsynced and self._failed is None:
+                with contextlib.suppress(OSError):
+                    self._sync_active()
             os.close(self._fd)
             self._fd = -1
         if self._lock_fd >= 0:
@@ -317,11 +324,22 @@ class DiskWal:
 
     def save(self, entries: Sequence[Entry], hard_state: HardState | None) -> None:
         """Append `entries` (truncating any stored suffix they overlap) and record
-        `hard_state`; returns once both are durable, with one write and one fsync."""
+        `hard_state`; returns once both are durable, with one write and one fsync.
+
+        Except: a hard state that moves only the commit index, with no entries, is written
+        but not fsynced (the next fsync, a segment roll or `close` carries it). Nothing
+        depends on a commit index surviving a crash: a member that restarts with an older one
+        re-learns it from the leader, and the entries it covers are durable already. Terms and
+        votes are always synced: forgetting those could let one member vote twice in a term.
+        This saves a follower its second fsync per replicated batch."""
         self._check_usable()
         entries = self._admissible(entries)
         if not entries and hard_state is None:
             return
+        prev = self._storage.hard_state
+        sync = bool(entries) or (
+            hard_state is not None and (hard_state.term, hard_state.vote) != (prev.term, prev.vote)
+        )
         records: list[tuple[RecordType, int, int, bytes]] = [
             (RecordType.ENTRY, e.index, e.term, bytes([e.kind]) + e.data) for e in entries
         ]
@@ -329,7 +347,7 @@ class DiskWal:
             hs = hard_state
             payload = HARD_STATE.pack(hs.term, hs.vote, hs.commit)
             records.append((RecordType.HARD_STATE, hs.commit, hs.term, payload))
-        self._append(records, entries[0].index if entries else self.last_index() + 1)
+        self._append(records, entries[0].index if entries else self.last_index() + 1, sync=sync)
         self.metrics.saves += 1
         if entries:
             self._discard_after(entries[0].index - 1)
@@ -461,7 +479,13 @@ class DiskWal:
         seg.live_max_index = index
         self._live_ceiling = max(self._live_ceiling, index)
 
-    def _append(self, records: list[tuple[RecordType, int, int, bytes]], first_index: int) -> None:
+    def _append(
+        self,
+        records: list[tuple[RecordType, int, int, bytes]],
+        first_index: int,
+        *,
+        sync: bool = True,
+    ) -> None:
         size = sum(RECORD_OVERHEAD_BYTES + len(r[3]) for r in records)
         if not self._active.header_only and self._active_bytes + size > self._segment_bytes:
             self._roll(first_index)
@@ -487,22 +511,28 @@ class DiskWal:
             self._counter += 1
             buf += record
             offset += len(record)
-        self._write_durably(buf)
+        self._write(buf, sync=sync)
         self._active_bytes = offset
         self._active.key_ids.add(key_id)
         self._active.header_only = False
 
-    def _write_durably(self, buf: bytes | bytearray) -> None:
+    def _write(self, buf: bytes | bytearray, *, sync: bool) -> None:
         try:
             write_all(self._fd, buf)
-            started = time.perf_counter()
-            sync_data(self._fd)
-            elapsed = time.perf_counter() - started
+            self._unsynced = True
+            if sync:
+                self._sync_active()
         except OSError as exc:
             self._failed = exc
             raise WalError(f"writing {self._active.path} failed: {exc}") from exc
-        self._count_fsync(elapsed)
         self.metrics.bytes_written += len(buf)
+
+    def _sync_active(self) -> None:
+        """fsync the active segment (OSError propagates to the caller, which fails the WAL)."""
+        started = time.perf_counter()
+        sync_data(self._fd)
+        self._count_fsync(time.perf_counter() - started)
+        self._unsynced = False
 
     def _count_fsync(self, elapsed_s: float) -> None:
         self.metrics.fsyncs += 1
@@ -510,10 +540,14 @@ class DiskWal:
         self.metrics.fsync_total_s += elapsed_s
 
     def _roll(self, first_index: int) -> None:
-        """Start segment seq+1; the old active segment is complete (every save fsynced it)."""
+        """Start segment seq+1. The old active segment is fsynced first if a commit-only hard
+        state was left unsynced in it: a record lost there would sit in the middle of the log,
+        which recovery rightly refuses, rather than at its tail, which it cuts."""
         seq = self._next_seq
         self._next_seq += 1
         try:
+            if self._fd >= 0 and self._unsynced:
+                self._sync_active()
             started = time.perf_counter()
             fd, size = _create_segment(self._wal_dir, seq, first_index, self.hard_state, self._keys)
             elapsed = time.perf_counter() - started

@@ -5,6 +5,10 @@ returns after fsync). A crash can strike *during* a save: then only a random pre
 records reaches the platter (a torn write), the rest is lost, and the node dies on the spot
 without running the rest of `handle_ready`, so it never says anything about the lost part.
 Restart rebuilds the node's `MemoryStorage` from exactly what survived.
+
+One relaxation mirrors `DiskWal`: a save that only moves the commit index is not fsynced, so a
+crash loses it unless a later synced save carried it to the platter. The simulator takes the
+pessimistic view (a crash always loses it), which is the case safety must survive.
 """
 
 from __future__ import annotations
@@ -26,11 +30,14 @@ class SimDisk:
     snapshot: Snapshot = field(default_factory=Snapshot)
     entries: list[Entry] = field(default_factory=list)
     """Durable entries after the snapshot, contiguous."""
+    unsynced_hard_state: HardState | None = None
+    """A commit-only hard state written but not yet fsynced (lost by a crash)."""
     tear_next_write: bool = False
     latency_us: int = 0
     fsyncs: int = 0
 
     def load(self) -> MemoryStorage:
+        self.unsynced_hard_state = None  # the crash that preceded this load lost it
         st = MemoryStorage()
         st.apply_snapshot(self.snapshot)
         st.append(self.entries)
@@ -74,7 +81,18 @@ class SimWal:
 
     def save(self, entries: Sequence[Entry], hard_state: HardState | None) -> None:
         disk = self.disk
+        if (
+            not entries
+            and hard_state is not None
+            and (hard_state.term, hard_state.vote) == (disk.hard_state.term, disk.hard_state.vote)
+        ):
+            disk.unsynced_hard_state = hard_state
+            self.storage.set_hard_state(hard_state)
+            return
         disk.fsyncs += 1
+        if hard_state is None and disk.unsynced_hard_state is not None:
+            hard_state = disk.unsynced_hard_state  # this fsync carries the earlier write too
+        disk.unsynced_hard_state = None
         if disk.tear_next_write:
             disk.tear_next_write = False
             keep = self.rng.randrange(len(entries) + 1)

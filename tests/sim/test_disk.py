@@ -81,9 +81,31 @@ def test_a_normal_write_reaches_disk_then_storage() -> None:
     assert wal.storage.last_index() == 3
     assert wal.storage.hard_state == HardState(1, 1, 0)
     assert wal.disk.fsyncs == 1
-    wal.save([], HardState(1, 1, 2))  # a hard-state-only write
-    assert wal.disk.hard_state == HardState(1, 1, 2)
+    wal.save([], HardState(2, 1, 0))  # a hard-state-only write that changes the term
+    assert wal.disk.hard_state == HardState(2, 1, 0)
+    assert wal.disk.fsyncs == 2
     assert_reload_matches(wal)
+
+
+def test_a_commit_only_write_is_not_synced_and_a_crash_loses_it() -> None:
+    wal, _ = booted(SimDisk())
+    wal.save(ents(1, 3, 1), HardState(1, 1, 0))
+    wal.save([], HardState(1, 1, 2))  # only the commit moved: no fsync (as DiskWal)
+    assert wal.disk.fsyncs == 1
+    assert wal.storage.hard_state == HardState(1, 1, 2)  # the node sees it at once
+    assert wal.disk.hard_state == HardState(1, 1, 0)
+    assert wal.disk.load().hard_state == HardState(1, 1, 0)  # a crash now loses it
+    wal.save([], HardState(1, 1, 3))
+    wal.save(ents(4, 1, 1), None)  # the next fsync carries it
+    assert wal.disk.hard_state == HardState(1, 1, 3)
+    assert wal.disk.fsyncs == 2
+
+
+def test_a_vote_is_always_synced() -> None:
+    wal, _ = booted(SimDisk())
+    wal.save([], HardState(3, 2, 0))
+    assert wal.disk.hard_state == HardState(3, 2, 0)
+    assert wal.disk.fsyncs == 1
 
 
 def test_a_write_truncates_the_durable_suffix() -> None:

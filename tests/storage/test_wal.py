@@ -105,6 +105,37 @@ def test_one_save_is_one_fsync(tmp_path: Path) -> None:
         assert wal.metrics.fsyncs == before, "nothing to persist, nothing to sync"
 
 
+def test_a_commit_only_hard_state_is_written_without_fsync(tmp_path: Path) -> None:
+    """Only the commit index moved: written (so a clean restart keeps it) but not fsynced;
+    the next fsync, a roll or close carries it. Term and vote changes are always synced."""
+    data_dir = tmp_path / "d"
+    _, wal = new_wal(data_dir, segment_bytes=2048)
+    with wal:
+        wal.save(ents(1, 3), HardState(1, 1, 0))
+        before = wal.metrics.fsyncs
+        wal.save([], HardState(1, 1, 2))
+        assert wal.metrics.fsyncs == before
+        assert wal.hard_state == HardState(1, 1, 2)
+        wal.save([], HardState(2, 0, 2))  # a new term: synced
+        assert wal.metrics.fsyncs == before + 1
+        wal.save([], HardState(2, 3, 2))  # a vote: synced
+        assert wal.metrics.fsyncs == before + 2
+        # Rolling to a new segment first syncs a commit left unsynced in the old one.
+        lo, created = 3, wal.metrics.segments_created
+        synced_before_roll = wal.metrics.fsyncs
+        while wal.metrics.segments_created == created:
+            synced_before_roll = wal.metrics.fsyncs
+            wal.save([], HardState(2, 3, lo - 1))
+            wal.save(ents(lo, lo + 5, 2), None)
+            lo += 5
+        assert wal.metrics.fsyncs >= synced_before_roll + 2  # the old segment, then the new
+        wal.save([], HardState(2, 3, lo - 1))
+        final = view(wal)
+    with reopen(data_dir, segment_bytes=2048) as wal:
+        assert view(wal) == final
+        assert wal.hard_state == HardState(2, 3, lo - 1)
+
+
 def test_overwritten_tail_is_truncated_and_stays_truncated(tmp_path: Path) -> None:
     data_dir = tmp_path / "d"
     _, wal = new_wal(data_dir)
