@@ -52,11 +52,11 @@ import grpc
 from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.api.v1 import concord_pb2_grpc as rpc
 
+from ._pipe import LEADER_METADATA_KEY, LOCKED_METADATA_KEY, CallFailed, Pipe
+
 T = TypeVar("T")
 
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
-LOCKED_METADATA_KEY = "concord-locked"
-"""Trailing metadata of a locked member's UNAVAILABLE (see coordinator.server)."""
 
 
 class ConcordError(Exception):
@@ -110,8 +110,9 @@ class Leadership:
 
 
 class _Stubs:
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    def __init__(self, channel: grpc.aio.Channel, endpoint: str) -> None:
         self.channel = channel
+        self.endpoint = endpoint
         # The generated stubs are untyped; the typed surface is this client's own methods.
         stubs: Any = rpc
         self.kv = stubs.KVStub(channel)
@@ -122,6 +123,19 @@ class _Stubs:
         self.watch = stubs.WatchStub(channel)
         self.cluster = stubs.ClusterStub(channel)
         self.maintenance = stubs.MaintenanceStub(channel)
+        self._pipeline = stubs.PipelineStub(channel)
+        self._pipe: Pipe | None = None
+
+    def pipe(self) -> Pipe:
+        """The Pipeline stream to this endpoint (a new one if the last one broke)."""
+        if self._pipe is None or self._pipe.broken is not None:
+            self._pipe = Pipe(self._pipeline, self.endpoint)
+        return self._pipe
+
+    async def close(self) -> None:
+        if self._pipe is not None:
+            await self._pipe.close()
+        await self.channel.close()
 
 
 class Client:
@@ -132,6 +146,7 @@ class Client:
         credentials: grpc.ChannelCredentials | None = None,
         timeout_s: float = 10.0,
         rpc_timeout_s: float = 3.0,
+        pipeline: bool = True,
     ) -> None:
         if not endpoints:
             raise ValueError("give at least one endpoint (host:port)")
@@ -139,6 +154,9 @@ class Client:
         self.credentials = credentials
         self.timeout_s = timeout_s
         self.rpc_timeout_s = rpc_timeout_s
+        self.pipeline = pipeline
+        """Send the small calls (KV, CAS, sequences, leases, locks) on one multiplexed
+        Pipeline stream per member rather than one unary RPC each (see the module doc)."""
         self._idle_sessions: list[list[int]] = []
         """Sessions no call is using: [client id, last seq used]; most recently used last."""
         self._current = 0
@@ -146,7 +164,7 @@ class Client:
 
     async def close(self) -> None:
         for stubs in self._stubs.values():
-            await stubs.channel.close()
+            await stubs.close()
         self._stubs.clear()
 
     async def __aenter__(self) -> Client:
@@ -164,7 +182,7 @@ class Client:
                 channel = grpc.aio.insecure_channel(endpoint)
             else:
                 channel = grpc.aio.secure_channel(endpoint, self.credentials)
-            stubs = self._stubs[endpoint] = _Stubs(channel)
+            stubs = self._stubs[endpoint] = _Stubs(channel, endpoint)
         return stubs
 
     async def call_endpoint(self, endpoint: str, fn: Callable[[_Stubs], Awaitable[T]]) -> T:
@@ -176,9 +194,9 @@ class Client:
         while True:
             try:
                 return await fn(self._stubs_for(endpoint))
-            except grpc.aio.AioRpcError as err:
-                code, detail = err.code(), err.details() or ""
-                locked = bool(_metadata(err, LOCKED_METADATA_KEY))
+            except (grpc.aio.AioRpcError, CallFailed) as exc:
+                err = _Failure.of(exc)
+                code, detail, locked = err.code, err.details, err.locked
                 if code not in RETRYABLE or locked:
                     raise ConcordError(code.name, detail, locked=locked) from None
                 if loop.time() + delay_s >= deadline:
@@ -206,24 +224,25 @@ class Client:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout_s
         delay_s = 0.02
-        last: grpc.aio.AioRpcError | None = None
+        last: _Failure | None = None
         locked: set[str] = set()
         while loop.time() < deadline:
             endpoint = self.endpoints[self._current % len(self.endpoints)]
             try:
                 return await fn(self._stubs_for(endpoint))
-            except grpc.aio.AioRpcError as err:
-                if err.code() not in RETRYABLE:
-                    raise ConcordError(err.code().name, err.details() or "") from None
+            except (grpc.aio.AioRpcError, CallFailed) as exc:
+                err = _Failure.of(exc)
+                if err.code not in RETRYABLE:
+                    raise ConcordError(err.code.name, err.details) from None
                 last = err
-                if _metadata(err, LOCKED_METADATA_KEY):
+                if err.locked:
                     locked.add(endpoint)
                     if locked.issuperset(self.endpoints):
-                        message = _every_locked(self.endpoints, err)
+                        message = _every_locked(self.endpoints, err.details)
                         raise ConcordError("UNAVAILABLE", message, locked=True) from None
                     self._current += 1
                     continue
-                hint = _leader_hint(err)
+                hint = err.leader
                 if hint and hint != endpoint:
                     if hint not in self.endpoints:
                         self.endpoints.append(hint)
@@ -232,26 +251,39 @@ class Client:
                 self._current += 1
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 0.5)
-        detail = last.details() if last is not None else "no endpoint answered"
+        detail = last.details if last is not None else "no endpoint answered"
         raise ConcordError("UNAVAILABLE", f"gave up after {self.timeout_s:.0f} s: {detail}")
+
+    async def _small(
+        self,
+        kind: str,
+        request: Any,  # noqa: ANN401 (a generated message)
+        unary: Callable[[_Stubs], Callable[..., Awaitable[Any]]],
+    ) -> Any:  # noqa: ANN401
+        """One small call, through `call` (redirects, retries): on the member's Pipeline
+        stream as a `kind` call, or as its unary RPC when `pipeline` is off."""
+        timeout_s = self.rpc_timeout_s
+        if self.pipeline:
+            return await self.call(lambda s: s.pipe().send(kind, request, timeout_s))
+        return await self.call(lambda s: unary(s)(request, timeout=timeout_s))
 
     # --- KV ------------------------------------------------------------------------------------
 
     async def put(self, key: bytes, value: bytes, lease: int = 0) -> int:
         with self.session() as session:
             req = pb.PutRequest(session=session, key=key, value=value, lease=lease)
-            resp = await self.call(lambda s: s.kv.Put(req, timeout=self.rpc_timeout_s))
+            resp = await self._small("put", req, lambda s: s.kv.Put)
             return int(resp.header.revision)
 
     async def get(self, key: bytes, *, serializable: bool = False) -> pb.KeyValue | None:
         req = pb.RangeRequest(key=key, serializable=serializable)
-        resp = await self.call(lambda s: s.kv.Range(req, timeout=self.rpc_timeout_s))
+        resp = await self._small("range", req, lambda s: s.kv.Range)
         return resp.kvs[0] if resp.kvs else None
 
     async def delete(self, key: bytes, range_end: bytes = b"") -> int:
         with self.session() as session:
             req = pb.DeleteRequest(session=session, key=key, range_end=range_end)
-            resp = await self.call(lambda s: s.kv.Delete(req, timeout=self.rpc_timeout_s))
+            resp = await self._small("delete", req, lambda s: s.kv.Delete)
             return int(resp.deleted)
 
     async def cas(self, key: bytes, expected: bytes | None, new: bytes) -> bool:
@@ -266,7 +298,7 @@ class Client:
                 compares=[cmp],
                 success=[pb.TxnOp(put=pb.PutRequest(key=key, value=new))],
             )
-            resp = await self.call(lambda s: s.kv.Txn(req, timeout=self.rpc_timeout_s))
+            resp = await self._small("txn", req, lambda s: s.kv.Txn)
             return bool(resp.succeeded)
 
     # --- leases and locks ----------------------------------------------------------------------
@@ -274,13 +306,13 @@ class Client:
     async def lease_grant(self, ttl_ms: int) -> int:
         with self.session() as session:
             req = pb.LeaseGrantRequest(session=session, ttl_ms=ttl_ms)
-            resp = await self.call(lambda s: s.lease.Grant(req, timeout=self.rpc_timeout_s))
+            resp = await self._small("lease_grant", req, lambda s: s.lease.Grant)
             return int(resp.id)
 
     async def lease_revoke(self, lease: int) -> None:
         with self.session() as session:
             req = pb.LeaseRevokeRequest(session=session, id=lease)
-            await self.call(lambda s: s.lease.Revoke(req, timeout=self.rpc_timeout_s))
+            await self._small("lease_revoke", req, lambda s: s.lease.Revoke)
 
     async def lease_time_to_live(self, lease: int) -> LeaseInfo:
         """The lease's TTL and what is left of it (NOT_FOUND once it has ended)."""
@@ -318,7 +350,7 @@ class Client:
             )
             while True:
                 try:
-                    resp = await self.call(lambda s: s.lock.Lock(req, timeout=self.rpc_timeout_s))
+                    resp = await self._small("lock", req, lambda s: s.lock.Lock)
                 except ConcordError as err:
                     if err.waiting:
                         continue  # still in line; the retry keeps our place (same session)
@@ -329,11 +361,11 @@ class Client:
     async def release(self, lock: Lock) -> None:
         with self.session() as session:
             req = pb.UnlockRequest(session=session, name=lock.name, lease=lock.lease)
-            await self.call(lambda s: s.lock.Unlock(req, timeout=self.rpc_timeout_s))
+            await self._small("unlock", req, lambda s: s.lock.Unlock)
 
     async def check_fence(self, name: str, token: int) -> bool:
         req = pb.CheckFenceRequest(name=name, fencing_token=token)
-        resp = await self.call(lambda s: s.lock.CheckFence(req, timeout=self.rpc_timeout_s))
+        resp = await self._small("check_fence", req, lambda s: s.lock.CheckFence)
         return bool(resp.current)
 
     @contextlib.asynccontextmanager
@@ -371,7 +403,7 @@ class Client:
     async def sequence_next(self, name: str, count: int = 1) -> list[int]:
         with self.session() as session:
             req = pb.SequenceNextRequest(session=session, name=name, count=count)
-            resp = await self.call(lambda s: s.sequence.Next(req, timeout=self.rpc_timeout_s))
+            resp = await self._small("sequence_next", req, lambda s: s.sequence.Next)
             return [int(resp.first) + i * int(resp.increment) for i in range(int(resp.count))]
 
     # --- elections -----------------------------------------------------------------------------
@@ -447,7 +479,7 @@ class Client:
                 if _metadata(err, LOCKED_METADATA_KEY):
                     locked.add(endpoint)
                     if locked.issuperset(self.endpoints):
-                        message = _every_locked(self.endpoints, err)
+                        message = _every_locked(self.endpoints, err.details() or "")
                         raise ConcordError("UNAVAILABLE", message, locked=True) from None
                 if loop.time() >= deadline:
                     raise ConcordError(
@@ -546,22 +578,41 @@ def _metadata(err: grpc.aio.AioRpcError, wanted: str) -> str:
     return ""
 
 
-def _every_locked(endpoints: Sequence[str], err: grpc.aio.AioRpcError) -> str:
+def _every_locked(endpoints: Sequence[str], details: str) -> str:
     if len(endpoints) == 1:
-        return err.details() or "member is locked: run concordctl unlock"
+        return details or "member is locked: run concordctl unlock"
     return (
         f"member is locked: run concordctl unlock (every endpoint given is locked: "
         f"{', '.join(endpoints)})"
     )
 
 
-def _leader_hint(err: grpc.aio.AioRpcError) -> str:
-    """The leader's host:port from a redirect, or "" (the hint may be a bare member id when
-    the member directory has no address for the leader: then we just try the next one)."""
-    for key, value in err.trailing_metadata() or ():
-        if key == "concord-leader":
-            text = str(value)
-            if "://" in text:
-                text = text.split("://", 1)[1]
-            return text.rstrip("/") if ":" in text else ""
-    return ""
+def _leader_hint(text: str) -> str:
+    """The leader's host:port from a redirect's `concord-leader`, or "" (it may be a bare
+    member id when the member directory has no address for the leader: then we just try the
+    next one)."""
+    if "://" in text:
+        text = text.split("://", 1)[1]
+    return text.rstrip("/") if ":" in text else ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    """A failed call, unary or pipelined, as the retry logic sees it."""
+
+    code: grpc.StatusCode
+    details: str
+    leader: str
+    """The leader's host:port from a redirect, or ""."""
+    locked: bool
+
+    @classmethod
+    def of(cls, err: grpc.aio.AioRpcError | CallFailed) -> _Failure:
+        if isinstance(err, CallFailed):
+            return cls(err.status, err.details, _leader_hint(err.leader), err.locked)
+        return cls(
+            err.code(),
+            err.details() or "",
+            _leader_hint(_metadata(err, LEADER_METADATA_KEY)),
+            bool(_metadata(err, LOCKED_METADATA_KEY)),
+        )

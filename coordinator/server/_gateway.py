@@ -41,7 +41,17 @@ REGISTRARS: dict[str, tuple[_Register, Callable[[], object]]] = {
         getattr(_generated, f"add_{name}Servicer_to_server"),
         getattr(_generated, f"{name}Servicer"),
     )
-    for name in ("KV", "Lease", "Lock", "Election", "Sequence", "Watch", "Cluster", "Maintenance")
+    for name in (
+        "KV",
+        "Lease",
+        "Lock",
+        "Election",
+        "Sequence",
+        "Watch",
+        "Cluster",
+        "Maintenance",
+        "Pipeline",
+    )
 }
 """Every service of concord.v1: its registration function and its generated base class."""
 

@@ -95,7 +95,7 @@ def deadline_error(seconds: float) -> ServiceError:
     )
 
 
-def _to_service_error(exc: Exception) -> ServiceError:
+def to_service_error(exc: Exception) -> ServiceError:
     """The status for anything a handler let escape (grpc's own abort is re-raised)."""
     if isinstance(exc, grpc.aio.AbortError):
         raise exc
@@ -122,7 +122,7 @@ def unary(fn: UnaryFn[S, Req, Resp]) -> UnaryHandler[S, Req, Resp]:
         except TimeoutError:
             await call.abort(deadline_error(bound))
         except Exception as exc:
-            await call.abort(_to_service_error(exc))
+            await call.abort(to_service_error(exc))
 
     return handler
 
@@ -136,7 +136,7 @@ def blocking(fn: UnaryFn[S, Req, Resp]) -> UnaryHandler[S, Req, Resp]:
         except TimeoutError:
             await call.abort(deadline_error(call.default_deadline_s))
         except Exception as exc:
-            await call.abort(_to_service_error(exc))
+            await call.abort(to_service_error(exc))
 
     return handler
 
@@ -151,6 +151,6 @@ def streaming(fn: StreamFn[S, Req, Resp]) -> StreamHandler[S, Req, Resp]:
         except TimeoutError:
             await call.abort(deadline_error(call.default_deadline_s))
         except Exception as exc:
-            await call.abort(_to_service_error(exc))
+            await call.abort(to_service_error(exc))
 
     return handler

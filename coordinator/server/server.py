@@ -36,6 +36,7 @@ from ._kv import KVService
 from ._lease import LeaseService
 from ._lock import LockService
 from ._maintenance import MaintenanceService, MemberKeys, phase_error
+from ._pipeline import PipelineService
 from ._sequence import SequenceService
 from ._watch import WatchService
 
@@ -72,23 +73,27 @@ class Gateway:
         self.config = config
         self._dispatch = dispatch
         self.core: Core | None = None
+        self.maintenance: MaintenanceService | None = None
+        """The Maintenance service, which serves Snapshot once attached."""
 
     def attach(self, loop: RaftLoop) -> Core:
         """Serve every service over `loop` from now on (once)."""
         if self.core is not None:
             raise RuntimeError("the gateway is already attached to a Raft loop")
         core = self.core = Core(loop, self.config)
-        self._dispatch.attach(
-            [
-                ("KV", KVService(core)),
-                ("Lease", LeaseService(core)),
-                ("Lock", LockService(core)),
-                ("Election", ElectionService(core)),
-                ("Sequence", SequenceService(core)),
-                ("Watch", WatchService(core)),
-                ("Cluster", ClusterService(core)),
-            ]
-        )
+        if self.maintenance is not None:
+            self.maintenance.core = core
+        services: dict[str, object] = {
+            "KV": KVService(core),
+            "Lease": LeaseService(core),
+            "Lock": LockService(core),
+            "Election": ElectionService(core),
+            "Sequence": SequenceService(core),
+            "Watch": WatchService(core),
+            "Cluster": ClusterService(core),
+        }
+        services["Pipeline"] = PipelineService(core, services)
+        self._dispatch.attach(list(services.items()))
         return core
 
     async def stop(self, grace_s: float | None = None) -> None:
@@ -113,7 +118,8 @@ async def start_gateway(
             return phase_error(member.member_id, member.phase)
         return unavailable("the server is starting: retry in a moment")
 
-    dispatch = Dispatch(MaintenanceService(member, cfg.deadline_s), refusal)
+    maintenance = MaintenanceService(member, cfg.deadline_s)
+    dispatch = Dispatch(maintenance, refusal)
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -128,7 +134,9 @@ async def start_gateway(
     if not port:
         raise OSError(f"cannot listen on {address!r} (in use, or not a host:port)")
     await server.start()
-    return Gateway(server, int(port), dispatch, cfg)
+    gateway = Gateway(server, int(port), dispatch, cfg)
+    gateway.maintenance = maintenance
+    return gateway
 
 
 async def start_server(

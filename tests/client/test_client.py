@@ -15,11 +15,12 @@ def endpoints(c: Cluster) -> list[str]:
     return [f"127.0.0.1:{m.served.port}" for m in c.running()]
 
 
-def test_writes_through_a_follower_follow_the_redirect(tmp_path: Path) -> None:
+@pytest.mark.parametrize("pipeline", [True, False], ids=["pipeline", "unary"])
+def test_writes_through_a_follower_follow_the_redirect(tmp_path: Path, pipeline: bool) -> None:
     async def scenario(c: Cluster) -> None:
         await c.register_directory()
         follower = await c.follower()
-        async with Client([f"127.0.0.1:{follower.served.port}"]) as client:
+        async with Client([f"127.0.0.1:{follower.served.port}"], pipeline=pipeline) as client:
             rev = await client.put(b"k", b"v1")
             assert rev > 0
             assert await client.cas(b"k", b"v1", b"v2")

@@ -76,6 +76,7 @@ class Client:
         self.seq = pb_grpc.SequenceStub(self.channel)
         self.watch = pb_grpc.WatchStub(self.channel)
         self.cluster = pb_grpc.ClusterStub(self.channel)
+        self.pipeline = pb_grpc.PipelineStub(self.channel)
 
     async def close(self) -> None:
         await self.channel.close()
