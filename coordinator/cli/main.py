@@ -29,6 +29,7 @@ from coordinator.client import Client, ConcordError
 from ._common import EXIT_INTERRUPTED, Ctx, emit, fail, interrupts, run, wait_first
 from ._keys import autolock, rotate_unlock_key, unlock
 from ._setup import cluster_init, join_token
+from ._txn import txn
 
 __all__ = ["Ctx", "cli", "emit", "main", "run"]
 
@@ -340,7 +341,14 @@ def seq_next(ctx: Ctx, name: str, count: int) -> None:
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("name")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-@click.option("--ttl", "ttl_ms", type=click.IntRange(1000), default=10_000, show_default=True)
+@click.option(
+    "--ttl",
+    "ttl_ms",
+    type=DURATION,
+    default="10s",
+    show_default=True,
+    help="Lease TTL (e.g. 10s, 1m; at least 1s): how soon others get the lock if we die.",
+)
 @click.pass_obj
 def lock(ctx: Ctx, name: str, command: tuple[str, ...], ttl_ms: int) -> None:
     """Run COMMAND while holding lock NAME (use `--` before COMMAND).
@@ -349,6 +357,9 @@ def lock(ctx: Ctx, name: str, command: tuple[str, ...], ttl_ms: int) -> None:
     token to whatever it writes, which can check it with `concordctl fence`. If the lock is
     lost (the lease cannot be renewed), the child is killed. Exits with the child's status.
     """
+
+    if ttl_ms < 1000:
+        raise click.BadParameter("must be at least 1s", param_hint="--ttl")
 
     async def hold(c: Client) -> int:
         lease = await c.lease_grant(ttl_ms)
@@ -598,6 +609,7 @@ cluster.add_command(autolock)
 cluster.add_command(rotate_unlock_key)
 cli.add_command(unlock)
 cli.add_command(join_token)
+cli.add_command(txn)
 
 
 # --- local maintenance (reads a data directory; no cluster needed) ----------------------------

@@ -301,6 +301,20 @@ class Client:
             resp = await self._small("txn", req, lambda s: s.kv.Txn)
             return bool(resp.succeeded)
 
+    async def txn(
+        self,
+        compares: Sequence[pb.Compare],
+        success: Sequence[pb.TxnOp],
+        failure: Sequence[pb.TxnOp] = (),
+    ) -> pb.TxnResponse:
+        """If every compare holds, run `success`, else `failure`, atomically (exactly once)."""
+        with self.session() as session:
+            req = pb.TxnRequest(
+                session=session, compares=compares, success=success, failure=failure
+            )
+            resp: pb.TxnResponse = await self._small("txn", req, lambda s: s.kv.Txn)
+            return resp
+
     # --- leases and locks ----------------------------------------------------------------------
 
     async def lease_grant(self, ttl_ms: int) -> int:
