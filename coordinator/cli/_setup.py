@@ -1,19 +1,26 @@
-"""concordctl's offline set-up commands: `cluster init` and `join-token create|revoke|list`.
+"""concordctl's set-up commands: `cluster init` (offline) and `join-token create|list|revoke`
+(online, against a running cluster).
 
 `cluster init --dir D` makes everything a new cluster needs before any member runs, as
 `docker swarm init` does, but into files a person then copies to where they belong:
 
     D/ca.pem, D/ca-key.pem       the cluster CA (coordinator.runtime.tls.create_ca); the key
-                                 signs certificates and belongs offline, never on a member
-    D/member-I/tls/              member I's --tls-dir: ca.pem, member.pem, member-key.pem
+                                 signs certificates: give it (--ca-key-file) only to the
+                                 members that sign joining members' certificates
+    D/member-I/tls/              member I's --tls-dir: ca.pem, member.pem (bound to member id
+                                 I), member-key.pem
     D/client/                    a client certificate for concordctl: --tls-dir D/client
-    D/join-tokens.json           the hashes of the join tokens (JoinTokenStore), one issued
 
-and prints the join token and a `concord-coordinator` command line per member (all on one
-host, `--host`, ports from `--base-port`: three per member). Nothing here talks to a
-cluster; `join-token` works on `D/join-tokens.json` and needs `D/ca.pem` (the token names
-the CA's fingerprint). Joining over the network with a token is not built yet: the token
-is issued and recorded for when it is.
+and prints a `concord-coordinator` command line per member (all on one host, `--host`, ports
+from `--base-port`: four per member, client, peer, metrics and join), with `--ca-key-file`
+and `--join-listen` so that each member can let new members join. Join tokens live in the
+cluster's replicated state (hashes only), so there is none until the cluster runs: the
+output ends with the `concordctl join-token create` command to run then, and the command
+line a new member joins with.
+
+`join-token create|list|revoke` talk to the cluster (a client certificate is needed): create
+prints the token once (no member stores it), list shows ids and times, revoke takes an id or
+the token itself.
 """
 
 from __future__ import annotations
@@ -34,7 +41,6 @@ from coordinator.runtime.tls import (
     JOIN_TOKEN_PREFIX,
     JoinToken,
     JoinTokenError,
-    JoinTokenStore,
     TlsError,
     create_ca,
     issue_client_cert,
@@ -44,14 +50,11 @@ from coordinator.runtime.tls import (
     write_pem,
 )
 
-from ._common import CLIENT_CERT_FILE, CLIENT_KEY_FILE, Ctx, emit, fail, warn
+from ._common import CLIENT_CERT_FILE, CLIENT_KEY_FILE, Ctx, emit, fail, run, warn
 
-TOKENS_FILE = "join-tokens.json"
 MEMBERS_MAX = 9
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
+PORTS_PER_MEMBER = 4
+_PORT_NAMES = ("client", "peer", "metrics", "join")
 
 
 def _is_ip(text: str) -> bool:
@@ -72,7 +75,7 @@ def _host_port(host: str, port: int) -> str:
     "directory",
     required=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="Where to write the CA, certificates and join tokens (created if missing).",
+    help="Where to write the CA and the certificates (created if missing).",
 )
 @click.option("--members", type=click.IntRange(1, MEMBERS_MAX), default=3, show_default=True)
 @click.option(
@@ -90,10 +93,10 @@ def _host_port(host: str, port: int) -> str:
 )
 @click.option(
     "--base-port",
-    type=click.IntRange(1, 65535 - 3 * MEMBERS_MAX),
+    type=click.IntRange(1, 65535 - PORTS_PER_MEMBER * (MEMBERS_MAX + 1)),
     default=7070,
     show_default=True,
-    help="Member I listens on BASE+3(I-1) (client), +1 (peer), +2 (metrics).",
+    help="Member I listens on BASE+4(I-1) (client), +1 (peer), +2 (metrics), +3 (join).",
 )
 @click.pass_obj
 def cluster_init(
@@ -106,7 +109,7 @@ def cluster_init(
     host: str,
     base_port: int,
 ) -> None:
-    """Create a new cluster's CA, member and client certificates, and a join token."""
+    """Create a new cluster's CA and its member and client certificates."""
     if (directory / CA_FILE).exists() or (directory / CA_KEY_FILE).exists():
         fail(
             f"{directory} already holds a cluster CA ({directory / CA_FILE}); a second "
@@ -125,21 +128,32 @@ def cluster_init(
         ca = create_ca(cid)
         write_ca(directory, ca)
         for i in range(1, members + 1):
-            cert = issue_member_cert(ca, f"member-{i}", dns, ips)
+            cert = issue_member_cert(ca, f"member-{i}", dns, ips, member_id=i)
             write_member_tls(directory / f"member-{i}" / "tls", ca.cert_pem, cert)
         client = issue_client_cert(ca, "concordctl")
         write_pem(directory / "client" / CA_FILE, ca.cert_pem)
         write_pem(directory / "client" / CLIENT_KEY_FILE, client.key_pem)
         write_pem(directory / "client" / CLIENT_CERT_FILE, client.cert_pem)
-        token = JoinTokenStore(directory / TOKENS_FILE).issue(ca.cert_pem, now_ms=_now_ms())
-    except (OSError, TlsError, JoinTokenError, ValueError) as err:
+    except (OSError, TlsError, ValueError) as err:
         fail(f"cannot create the cluster files in {directory}: {err}")
 
-    ports = {
-        i: {k: base_port + 3 * (i - 1) + n for n, k in enumerate(("client", "peer", "metrics"))}
-        for i in range(1, members + 1)
-    }
+    def ports_of(i: int) -> dict[str, int]:
+        first = base_port + PORTS_PER_MEMBER * (i - 1)
+        return {k: first + n for n, k in enumerate(_PORT_NAMES)}
+
+    ports = {i: ports_of(i) for i in range(1, members + 1)}
     initial = ",".join(f"{i}={_host_port(host, p['peer'])}" for i, p in ports.items())
+
+    def listen_args(p: dict[str, int]) -> list[str]:
+        return [
+            "--client-listen",
+            _host_port(host, p["client"]),
+            "--peer-listen",
+            _host_port(host, p["peer"]),
+            "--metrics-listen",
+            _host_port(host, p["metrics"]),
+        ]
+
     commands = [
         shlex.join(
             [
@@ -154,12 +168,11 @@ def cluster_init(
                 str(directory / f"member-{i}" / "data"),
                 "--tls-dir",
                 str(directory / f"member-{i}" / "tls"),
-                "--client-listen",
-                _host_port(host, p["client"]),
-                "--peer-listen",
-                _host_port(host, p["peer"]),
-                "--metrics-listen",
-                _host_port(host, p["metrics"]),
+                *listen_args(p),
+                "--join-listen",
+                _host_port(host, p["join"]),
+                "--ca-key-file",
+                str(directory / CA_KEY_FILE),
                 "--initial-cluster",
                 initial,
             ]
@@ -167,8 +180,24 @@ def cluster_init(
         for i, p in ports.items()
     ]
     endpoints = ",".join(_host_port(host, p["client"]) for p in ports.values())
-    concordctl = shlex.join(
-        ["concordctl", "--tls-dir", str(directory / "client"), "--endpoints", endpoints]
+    concordctl = ["concordctl", "--tls-dir", str(directory / "client"), "--endpoints", endpoints]
+    token_command = shlex.join([*concordctl, "join-token", "create"])
+    new_id = members + 1
+    join_command = shlex.join(
+        [
+            "concord-coordinator",
+            "--id",
+            "0",
+            "--data-dir",
+            str(directory / f"member-{new_id}" / "data"),
+            "--tls-dir",
+            str(directory / f"member-{new_id}" / "tls"),
+            *listen_args(ports_of(new_id)),
+            "--join",
+            _host_port(host, ports[1]["join"]),
+            "--join-token",
+            "TOKEN",
+        ]
     )
     if ctx.json:
         doc: dict[str, Any] = {
@@ -177,13 +206,18 @@ def cluster_init(
             "ca": str(directory / CA_FILE),
             "ca_key": str(directory / CA_KEY_FILE),
             "members": [
-                {"id": i, "tls_dir": str(directory / f"member-{i}" / "tls"), "command": cmd}
+                {
+                    "id": i,
+                    "tls_dir": str(directory / f"member-{i}" / "tls"),
+                    "join_address": _host_port(host, ports[i]["join"]),
+                    "command": cmd,
+                }
                 for i, cmd in zip(ports, commands, strict=True)
             ],
             "client_tls_dir": str(directory / "client"),
             "endpoints": endpoints.split(","),
-            "join_token": str(token),
-            "join_token_id": token.id,
+            "join_token_command": token_command,
+            "join_command": join_command,
         }
         click.echo(json.dumps(doc, indent=2))
     else:
@@ -191,16 +225,12 @@ def cluster_init(
         click.echo(f"Created cluster {cid!r} in {d}:")
         click.echo(f"  {d / CA_FILE}        the cluster CA certificate")
         click.echo(
-            f"  {d / CA_KEY_FILE}    the CA key: it signs certificates; keep it offline, "
-            "never on a member"
+            f"  {d / CA_KEY_FILE}    the CA key: it signs certificates; only members that "
+            "sign joining members' certificates get it (--ca-key-file)"
         )
         for i in ports:
             click.echo(f"  {d / f'member-{i}' / 'tls'}/  member {i}'s --tls-dir")
         click.echo(f"  {d / 'client'}/  a client certificate: concordctl --tls-dir {d / 'client'}")
-        click.echo(f"  {d / TOKENS_FILE}  join tokens (hashes only)")
-        click.echo("")
-        click.echo(f"Join token (id {token.id}; `concordctl join-token` manages them):")
-        click.echo(f"  {token}")
         click.echo("")
         click.echo(
             f"Start the members ({'all on ' + host if members > 1 else 'on ' + host}; each "
@@ -210,7 +240,12 @@ def cluster_init(
             click.echo(f"  {cmd}")
         click.echo("")
         click.echo("Then talk to the cluster:")
-        click.echo(f"  {concordctl} member list")
+        click.echo(f"  {shlex.join(concordctl)} member list")
+        click.echo("")
+        click.echo("To add a member later, issue a join token (the cluster keeps its hash only):")
+        click.echo(f"  {token_command}")
+        click.echo("and start the new member with it (a new data dir; it gets its certificate):")
+        click.echo(f"  {join_command}")
     if members % 2 == 0:
         warn(
             f"{members} members tolerate no more failures than {members - 1}: an even size "
@@ -218,87 +253,60 @@ def cluster_init(
         )
 
 
-# --- join tokens -------------------------------------------------------------------------------
+# --- join tokens (online) ----------------------------------------------------------------------
 
 
-def _store(directory: Path) -> tuple[JoinTokenStore, bytes]:
-    try:
-        ca_pem = (directory / CA_FILE).read_bytes()
-    except FileNotFoundError:
-        fail(
-            f"no cluster CA in {directory} ({directory / CA_FILE} is missing): run "
-            f"`concordctl cluster init --dir {directory}` first, or give the --dir it used"
-        )
-    except OSError as err:
-        fail(f"cannot read {directory / CA_FILE}: {err.strerror}")
-    return JoinTokenStore(directory / TOKENS_FILE), ca_pem
-
-
-_DIR = click.option(
-    "--dir",
-    "directory",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="The directory `concordctl cluster init` wrote (ca.pem, join-tokens.json).",
-)
+def _when(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000)) if ms else ""
 
 
 @click.group(name="join-token")
 def join_token() -> None:
-    """Join tokens (as `docker swarm join-token`), kept as hashes in DIR/join-tokens.json."""
+    """Join tokens (as `docker swarm join-token`): the cluster keeps their hashes; a new
+    member joins with one (`concord-coordinator --join HOST:PORT --join-token TOKEN`)."""
 
 
 @join_token.command(name="create")
-@_DIR
 @click.pass_obj
-def join_token_create(ctx: Ctx, directory: Path) -> None:
-    """Issue a new join token and print it (only its hash is kept)."""
-    store, ca_pem = _store(directory)
-    try:
-        token = store.issue(ca_pem, now_ms=_now_ms())
-    except (JoinTokenError, TlsError, OSError) as err:
-        fail(str(err))
+def join_token_create(ctx: Ctx) -> None:
+    """Issue a new join token and print it (this is the only time it is shown)."""
+    resp = run(ctx, lambda c: c.join_token_create())
     if ctx.json:
-        click.echo(json.dumps({"id": token.id, "token": str(token)}, indent=2))
-    else:
-        click.echo(str(token))
+        doc = {"id": resp.info.id, "token": resp.token, "created": _when(resp.info.created_ms)}
+        click.echo(json.dumps(doc, indent=2))
+        return
+    click.echo(resp.token)
+    click.echo(
+        f"join token {resp.info.id}: a new member joins with `concord-coordinator --id 0 "
+        "--data-dir NEW_DIR --tls-dir NEW_DIR --join HOST:PORT --join-token TOKEN ...` "
+        "(HOST:PORT: a member's --join-listen); `concordctl join-token revoke "
+        f"{resp.info.id}` withdraws it",
+        err=True,
+    )
 
 
 @join_token.command(name="revoke")
-@_DIR
 @click.argument("token_or_id")
 @click.pass_obj
-def join_token_revoke(ctx: Ctx, directory: Path, token_or_id: str) -> None:
-    """Revoke a join token, given as the token itself or its id (`join-token list`)."""
+def join_token_revoke(ctx: Ctx, token_or_id: str) -> None:
+    """Revoke a join token, given as its id (`join-token list`) or as the token itself."""
     text = token_or_id.strip()
     if text.upper().startswith(JOIN_TOKEN_PREFIX):
         try:
             JoinToken.parse(text)
         except JoinTokenError as err:
             raise click.BadParameter(str(err), param_hint="TOKEN_OR_ID") from None
-    store, _ = _store(directory)
-    try:
-        revoked = store.revoke(text, now_ms=_now_ms())
-    except (JoinTokenError, OSError) as err:
-        fail(f"{err}; `concordctl join-token list --dir {directory}` shows the ids")
-    emit(ctx, [{"id": revoked.id, "revoked": True}], ["id", "revoked"])
+    info = run(ctx, lambda c: c.join_token_revoke(text))
+    row = {"id": info.id, "created": _when(info.created_ms), "revoked": _when(info.revoked_ms)}
+    emit(ctx, [row], ["id", "created", "revoked"])
 
 
 @join_token.command(name="list")
-@_DIR
 @click.pass_obj
-def join_token_list(ctx: Ctx, directory: Path) -> None:
-    """The join tokens issued (ids only) and whether each is revoked."""
-    store, _ = _store(directory)
-    try:
-        tokens = store.tokens()
-    except JoinTokenError as err:
-        fail(str(err))
-
-    def when(ms: int) -> str:
-        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000)) if ms else ""
-
+def join_token_list(ctx: Ctx) -> None:
+    """The join tokens issued (ids, never the tokens), and which are revoked."""
+    tokens = run(ctx, lambda c: c.join_token_list())
     rows = [
-        {"id": t.id, "created": when(t.created_ms), "revoked": when(t.revoked_ms)} for t in tokens
+        {"id": t.id, "created": _when(t.created_ms), "revoked": _when(t.revoked_ms)} for t in tokens
     ]
     emit(ctx, rows, ["id", "created", "revoked"])

@@ -7,8 +7,9 @@ interrupted; see `_common.py`, which also holds the TLS options and the output h
 
 Commands: keys (put/get/del/cas, watch), leases, locks and fencing, elections, sequences,
 members and status; per-member key management (`unlock`, `cluster autolock`, `cluster
-rotate-unlock-key`: `_keys.py`); offline set-up (`cluster init`, `join-token`: `_setup.py`)
-and inspection (`rafttool`).
+rotate-unlock-key`: `_keys.py`); set-up (`cluster init`, offline; `join-token`: `_setup.py`)
+and inspection (`rafttool`); disaster recovery (`snapshot save|status|restore`, `cluster
+recover`: `_recovery.py`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from coordinator.client import Client, ConcordError
 
 from ._common import EXIT_INTERRUPTED, Ctx, emit, fail, interrupts, run, wait_first
 from ._keys import autolock, rotate_unlock_key, unlock
+from ._recovery import recover, snapshot
 from ._setup import cluster_init, join_token
 from ._txn import txn
 
@@ -601,12 +603,15 @@ def status(ctx: Ctx) -> None:
 
 @cli.group()
 def cluster() -> None:
-    """Set up a cluster (`init`) and manage each member's encryption keys."""
+    """Set up a cluster (`init`), manage each member's encryption keys, recover from a lost
+    quorum (`recover`)."""
 
 
 cluster.add_command(cluster_init)
 cluster.add_command(autolock)
 cluster.add_command(rotate_unlock_key)
+cluster.add_command(recover)
+cli.add_command(snapshot)
 cli.add_command(unlock)
 cli.add_command(join_token)
 cli.add_command(txn)

@@ -547,6 +547,27 @@ class Client:
         req = pb.MemberIdRequest(id=member)
         await self.call(lambda s: s.cluster.TransferLeader(req, timeout=self.timeout_s))
 
+    # --- join tokens ---------------------------------------------------------------------------
+
+    async def join_token_create(self) -> pb.JoinTokenCreateResponse:
+        """A new join token: `.token` is shown this once (the cluster keeps its hash only).
+        Not exactly-once: a retry after an unknown outcome may leave an unseen extra token."""
+        req = pb.JoinTokenCreateRequest()
+        return await self.call(lambda s: s.cluster.JoinTokenCreate(req, timeout=self.rpc_timeout_s))
+
+    async def join_token_list(self) -> list[pb.JoinTokenInfo]:
+        """Every join token's id and times (revoked ones included), oldest first."""
+        req = pb.JoinTokenListRequest()
+        resp = await self.call(lambda s: s.cluster.JoinTokenList(req, timeout=self.rpc_timeout_s))
+        return list(resp.tokens)
+
+    async def join_token_revoke(self, token_or_id: str) -> pb.JoinTokenInfo:
+        """Revoke a join token, given as its id or the token itself (idempotent)."""
+        req = pb.JoinTokenRevokeRequest(id=token_or_id)
+        resp = await self.call(lambda s: s.cluster.JoinTokenRevoke(req, timeout=self.rpc_timeout_s))
+        info: pb.JoinTokenInfo = resp.info
+        return info
+
     # --- one member's keys (per endpoint, never redirected) --------------------------------------
 
     async def unlock_member(self, endpoint: str, unlock_key: str) -> int:

@@ -8,7 +8,8 @@ vocabulary (`Entry`, `SessionTable`) and the standard library, nothing else.
 - `commands`: the tagged, versioned binary codec of what clients propose (`Envelope`).
 - `results`, `errors`: what applying returns (`Result`, or an `FsmError` with a gRPC-shaped
   `ErrorCode`).
-- `kv`, `leases`, `locks`, `elections`, `sequences`, `members`: the parts of the state.
+- `kv`, `leases`, `locks`, `elections`, `sequences`, `members`, `join_tokens`: the parts of
+  the state.
 - `machine`: `StateMachine`, `Applied` and the wake-up effects the server acts on.
 """
 
@@ -22,6 +23,8 @@ from .commands import CompareTarget as CompareTarget
 from .commands import Delete as Delete
 from .commands import Envelope as Envelope
 from .commands import ExpireLeases as ExpireLeases
+from .commands import JoinTokenAdd as JoinTokenAdd
+from .commands import JoinTokenRevoke as JoinTokenRevoke
 from .commands import LeaseGrant as LeaseGrant
 from .commands import LeaseKeepAlive as LeaseKeepAlive
 from .commands import LeaseRevoke as LeaseRevoke
@@ -41,6 +44,7 @@ from .commands import TxnOp as TxnOp
 from .elections import LeaderInfo as LeaderInfo
 from .errors import ErrorCode as ErrorCode
 from .errors import FsmError as FsmError
+from .join_tokens import JoinTokenInfo as JoinTokenInfo
 from .kv import Event as Event
 from .kv import EventKind as EventKind
 from .leases import LeaseInfo as LeaseInfo
@@ -93,6 +97,9 @@ __all__ = [
     "ExpireResult",
     "FsmError",
     "Holder",
+    "JoinTokenAdd",
+    "JoinTokenInfo",
+    "JoinTokenRevoke",
     "KeyValue",
     "LeaderElected",
     "LeaderInfo",

@@ -452,6 +452,46 @@ class MemberRemove:
         return cls(r.u64())
 
 
+# --- join tokens -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class JoinTokenAdd:
+    """Accept a new join token: its public id and the SHA-256 of its secret (never the
+    secret). `created_ms` is the proposing member's wall clock, for people to read."""
+
+    TAG: ClassVar[int] = 52
+    id: str
+    secret_sha256: bytes
+    created_ms: int
+
+    def _write(self, w: Writer) -> None:
+        w.text(self.id)
+        w.blob(self.secret_sha256)
+        w.u64(self.created_ms)
+
+    @classmethod
+    def _read(cls, r: Reader) -> Self:
+        return cls(r.text(), r.blob(), r.u64())
+
+
+@dataclass(frozen=True, slots=True)
+class JoinTokenRevoke:
+    """Stop accepting join token `id` (it stays listed as revoked at `revoked_ms`)."""
+
+    TAG: ClassVar[int] = 53
+    id: str
+    revoked_ms: int
+
+    def _write(self, w: Writer) -> None:
+        w.text(self.id)
+        w.u64(self.revoked_ms)
+
+    @classmethod
+    def _read(cls, r: Reader) -> Self:
+        return cls(r.text(), r.u64())
+
+
 @dataclass(frozen=True, slots=True)
 class Noop:
     """Changes nothing; a client may propose it as a barrier (it commits after all before)."""
@@ -483,6 +523,8 @@ Command = (
     | SequenceNext
     | MemberUpsert
     | MemberRemove
+    | JoinTokenAdd
+    | JoinTokenRevoke
     | Noop
 )
 
@@ -503,6 +545,8 @@ COMMAND_TYPES: tuple[type[Command], ...] = (
     SequenceNext,
     MemberUpsert,
     MemberRemove,
+    JoinTokenAdd,
+    JoinTokenRevoke,
     Noop,
 )
 """Every top-level command class (`Range` is a txn op only)."""

@@ -62,6 +62,7 @@ no later apply changes. `restore` replaces everything or, if the image is bad, n
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from coordinator.raft import Entry, EntryKind, SessionTable, SessionVerdict
@@ -74,6 +75,8 @@ from .commands import (
     Delete,
     Envelope,
     ExpireLeases,
+    JoinTokenAdd,
+    JoinTokenRevoke,
     LeaseGrant,
     LeaseKeepAlive,
     LeaseRevoke,
@@ -91,6 +94,7 @@ from .commands import (
 )
 from .elections import ElectionTable, LeaderInfo
 from .errors import FsmError, failed_precondition, invalid
+from .join_tokens import JoinTokenInfo, JoinTokenTable
 from .kv import (
     DEFAULT_HISTORY_BYTES_MAX,
     DEFAULT_HISTORY_EVENTS_MAX,
@@ -117,7 +121,9 @@ from .results import (
 from .sequences import SequenceTable
 
 SNAPSHOT_MAGIC = b"CFSM"
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
+"""The image `snapshot` writes. Version 1 (no join-token table) is still read."""
+_READABLE_SNAPSHOT_VERSIONS = (1, 2)
 DEFAULT_MAX_SESSIONS = 100_000
 
 
@@ -221,6 +227,7 @@ class StateMachine:
         self._kv = KvStore(self._history, self._leases.__contains__, self._locks.tokens)
         self._sequences = SequenceTable(self._history)
         self._members = MemberTable(self._history)
+        self._join_tokens = JoinTokenTable()
         self._sessions = SessionTable(max_sessions)
 
     # --- apply -------------------------------------------------------------------------------
@@ -347,6 +354,12 @@ class StateMachine:
                 return RevisionResult(self._members.upsert(member))
             case MemberRemove():
                 return RevisionResult(self._members.remove(cmd.id))
+            case JoinTokenAdd():
+                self._join_tokens.add(cmd.id, cmd.secret_sha256, cmd.created_ms)
+                return RevisionResult(self._history.revision)
+            case JoinTokenRevoke():
+                self._join_tokens.revoke(cmd.id, cmd.revoked_ms)
+                return RevisionResult(self._history.revision)
             case Noop():
                 return RevisionResult(self._history.revision)
 
@@ -435,12 +448,31 @@ class StateMachine:
     def members(self) -> tuple[Member, ...]:
         return self._members.list()
 
+    def join_tokens(self) -> tuple[JoinTokenInfo, ...]:
+        """Every join token (hashes only), revoked ones included, oldest first. For the
+        members' own checks and listings; no client API returns the hashes."""
+        return self._join_tokens.list()
+
+    # --- disaster recovery ---------------------------------------------------------------------
+
+    def rewrite_for_recovery(self, members: Sequence[Member]) -> None:
+        """Prepare a restored or forced image for a new cluster: `members` becomes the member
+        directory, and every lease gets a full TTL again at the next stamped command.
+
+        Never through the log: a stopped member's offline tooling calls this on an image it
+        then installs as a snapshot (`concordctl snapshot restore`, `--force-new-cluster`).
+        It records no event and changes no revision. Every member built from one image must
+        get the same `members`, or their states diverge. Raises FsmError (INVALID_ARGUMENT)
+        for duplicate ids or names, changing nothing."""
+        self._members.replace(members)
+        self._refresh_pending = True
+
     # --- snapshots ---------------------------------------------------------------------------
 
     def snapshot(self) -> bytes:
         """A versioned binary image of everything: clock, KV, history (with its horizon),
-        leases, locks, elections, sequences, members and the session table. Canonical: two
-        machines in the same state produce the same bytes."""
+        leases, locks, elections, sequences, members, join tokens and the session table.
+        Canonical: two machines in the same state produce the same bytes."""
         w = Writer()
         w.raw(SNAPSHOT_MAGIC)
         w.u8(SNAPSHOT_VERSION)
@@ -458,6 +490,7 @@ class StateMachine:
         self._elections.write(w)
         self._sequences.write(w)
         self._members.write(w)
+        self._join_tokens.write(w)
         w.blob(self._sessions.encode())
         return w.getvalue()
 
@@ -485,9 +518,10 @@ class StateMachine:
         if magic != SNAPSHOT_MAGIC:
             raise r.fail(f"not a Concord state machine snapshot (magic {magic!r})")
         version = r.u8()
-        if version != SNAPSHOT_VERSION:
+        if version not in _READABLE_SNAPSHOT_VERSIONS:
             raise r.fail(
-                f"unknown snapshot version {version} (this build reads {SNAPSHOT_VERSION})"
+                f"unknown snapshot version {version} (this build reads versions "
+                f"{', '.join(map(str, _READABLE_SNAPSHOT_VERSIONS))})"
             )
         self._applied_index = r.u64()
         self._applied_term = r.u64()
@@ -503,6 +537,8 @@ class StateMachine:
         self._elections.read_into(r)
         self._sequences.read_into(r)
         self._members.read_into(r)
+        if version >= 2:
+            self._join_tokens.read_into(r)
         self._sessions = SessionTable.decode(r.blob(), self._max_sessions)
         r.finish()
 

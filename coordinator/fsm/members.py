@@ -15,6 +15,7 @@ was removed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ._wire import Reader, Writer
@@ -83,6 +84,19 @@ class MemberTable:
         return self._history.record(
             EventKind.MEMBER_REMOVED, member.name.encode(), number=member_id
         )
+
+    def replace(self, members: Sequence[Member]) -> None:
+        """Make `members` the whole directory, outside the log and without an event (disaster
+        recovery only: `StateMachine.rewrite_for_recovery`). Ids and names must be unique."""
+        table: dict[int, Member] = {}
+        for member in members:
+            check_id(member.id, "member id")
+            if member.id in table:
+                raise invalid(f"member {member.id} is listed twice")
+            if any(other.name == member.name for other in table.values()):
+                raise invalid(f"member name {member.name!r} is listed twice")
+            table[member.id] = member
+        self._members = table
 
     def write(self, w: Writer) -> None:
         w.u32(len(self._members))

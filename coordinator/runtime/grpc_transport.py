@@ -11,12 +11,15 @@ the batch in flight and everything still queued are dropped (stale by the time t
 back; Raft resends what matters), and the task reconnects with jittered exponential backoff.
 A stream is opened lazily, on the first message after a failure.
 
-**Receiving.** `RaftServicer` is the server side of the same RPC. Each batch's cluster id is
-checked first: a mismatch (a stale address after a cluster was rebuilt, a member of another
-cluster) aborts the stream with PERMISSION_DENIED and a message that says which ids clashed.
-Each message is converted with `from_wire`; a malformed one (`WireError`) or one addressed
-to another member is dropped and logged, the rest go to the owner's `receive`
-(`RaftLoop.receive`), in order.
+**Receiving.** `RaftServicer` is the server side of the same RPC. Under TLS only a member
+certificate may open it (`peer_refusal`), and a certificate bound to a member id
+(`tls.member_id_of`) may send only that member's messages: a message that claims another
+sender aborts the stream with PERMISSION_DENIED, so a compromised member certificate cannot
+cast another member's vote. Each batch's cluster id is checked first: a mismatch (a stale
+address after a cluster was rebuilt, a member of another cluster) aborts the stream with
+PERMISSION_DENIED and a message that says which ids clashed. Each message is converted with
+`from_wire`; a malformed one (`WireError`) or one addressed to another member is dropped and
+logged, the rest go to the owner's `receive` (`RaftLoop.receive`), in order.
 
 **Observation.** Per peer the transport records when it last sent to and last heard from
 it, what it sent, dropped and received, and a round-trip estimate: the time from enqueueing
@@ -52,6 +55,7 @@ from coordinator.api.v1 import raft_pb2_grpc as pb_grpc
 from coordinator.raft import Message, MessageType
 
 from .clock import Clock
+from .tls import TlsError, member_id_of
 from .wire import WireError, from_wire, to_wire
 
 log = logging.getLogger("concord.transport")
@@ -442,10 +446,12 @@ class RaftServicer:
         self, request_iterator: AsyncIterator[pb.RaftBatch], context: grpc.aio.ServicerContext
     ) -> pb.RaftAck:
         t = self._transport
-        refusal = peer_refusal(context.auth_context())
+        auth = context.auth_context()
+        refusal = peer_refusal(auth)
         if refusal:
             log.error("refusing peer stream from %s: %s", context.peer(), refusal)
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
+        bound = certified_member_id(auth)
         async for batch in request_iterator:
             if batch.cluster_id != t.cluster_id:
                 log.error(
@@ -469,6 +475,13 @@ class RaftServicer:
                 except WireError as err:
                     log.warning("dropping a malformed message from %s: %s", context.peer(), err)
                     continue
+                if bound is not None and msg.frm != bound:
+                    why = (
+                        f"the certificate of member {bound} cannot send messages as member "
+                        f"{msg.frm}: each member speaks for itself only"
+                    )
+                    log.error("refusing peer stream from %s: %s", context.peer(), why)
+                    await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
                 if msg.to != t.member_id:
                     log.warning(
                         "dropping a message for member %d from member %d: this is member %d",
@@ -502,7 +515,24 @@ def peer_refusal(auth: Mapping[str, Sequence[bytes]]) -> str:
             "the peer port accepts member certificates only; this is a client certificate "
             "(clients use the client port)"
         )
+    try:
+        member_id_of(cert)
+    except TlsError as err:
+        return f"the peer port needs a well-formed member certificate: {err}"
     return ""
+
+
+def certified_member_id(auth: Mapping[str, Sequence[bytes]]) -> int | None:
+    """The member id the caller's certificate is bound to; None without TLS, without a
+    certificate, or for a certificate that names no id (issued before ids were bound). Call
+    after `peer_refusal` has accepted the caller."""
+    pems = auth.get("x509_pem_cert", ())
+    if b"".join(auth.get("transport_security_type", ())) != b"ssl" or not pems:
+        return None
+    try:
+        return member_id_of(x509.load_pem_x509_certificate(pems[0]))
+    except (ValueError, TlsError):
+        return None
 
 
 def add_raft_servicer(server: grpc.aio.Server, servicer: RaftServicer) -> None:

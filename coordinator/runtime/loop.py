@@ -477,6 +477,12 @@ class RaftLoop:
     # --- introspection -----------------------------------------------------------------------
 
     @property
+    def applied_conf(self) -> ConfState:
+        """The configuration as of the state machine's applied index (what a snapshot taken
+        now records; `status().conf` is the newest one in the log, committed or not)."""
+        return self._applied_conf
+
+    @property
     def is_leader(self) -> bool:
         return self.node.role is Role.LEADER
 

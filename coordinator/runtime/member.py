@@ -9,7 +9,9 @@ What runs, in start-up order:
    configuration is the voters of `--initial-cluster`. With autolock on and no unlock key,
    the member is *locked*: it says so in /readyz and in its log, and waits for the key to
    appear in `--unlock-key-file` (a mounted secret) or to arrive through the client API's
-   Maintenance.Unlock (`concordctl unlock`), whichever comes first;
+   Maintenance.Unlock (`concordctl unlock`), whichever comes first. With
+   `--force-new-cluster` an existing data dir is first turned into a new one-member cluster of
+   this member (`recovery.py`; refused for a new dir);
 3. the Raft loop (`MeteredRaftLoop`) over the WAL, the peer gRPC server and the
    `GrpcTransport` (mutual TLS from `--tls-dir`, or plaintext with an explicit
    `--insecure`);
@@ -20,7 +22,14 @@ What runs, in start-up order:
    serves every service;
 5. a level-based peer sync: every second the transport's peer set is made equal to the
    current configuration's members, addressed by the replicated member table or, failing
-   that, `--initial-cluster`.
+   that, `--initial-cluster` (a joined member: the address book it was given).
+
+Joining (`join.py`): with `--join HOST:PORT --join-token TOKEN` and a new data dir, the member
+first joins through another member's join port (it gets its certificate, the cluster id, its
+id and the address book), then starts as a learner from an empty WAL and asks to become a
+voter once it has caught up. Every member with TLS serves the leader's half of joining on its
+peer port; `--join-listen` adds a join port, and `--ca-key-file` lets it sign joiners'
+certificates (the services live in `coordinator.server`, found by name like the client API).
 
 SIGTERM or SIGINT stops it cleanly: a leader first hands leadership to its most
 up-to-date follower (bounded wait), then both servers stop accepting, the loop stops, the
@@ -42,12 +51,13 @@ import contextlib
 import hashlib
 import importlib
 import logging
+import os
 import random
 import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -65,18 +75,39 @@ from coordinator.storage import (
     StorageError,
     WrongUnlockKeyError,
 )
+from coordinator.storage.crypto import FORMAT_FILE
+from coordinator.storage.wal import WAL_DIR
 
 from .clock import Clock, SystemClock
 from .grpc_transport import GrpcTransport, server_options
 from .httpd import HttpServer, Response
+from .join import (
+    JoinAsk,
+    JoinError,
+    JoinRecord,
+    JoinSettings,
+    MemberAuthority,
+    join_cluster,
+    promote_when_caught_up,
+    read_join_record,
+    write_join_record,
+)
+from .join import address_book as _address_book
 from .loop import LoopConfig
 from .metrics import MemberMetrics, MeteredLog, MeteredRaftLoop
+from .recovery import check_force_target, force_new_cluster
 from .tls import (
+    CertifiedKey,
+    JoinToken,
+    JoinTokenError,
     MemberTls,
     TlsError,
+    join_server_credentials,
+    load_ca_key,
     load_member_tls,
     member_channel_credentials,
     member_server_credentials,
+    write_member_tls,
 )
 
 log = logging.getLogger("concord.member")
@@ -112,6 +143,19 @@ class MemberConfig:
     unlock_key_file: Path | None
     tick_ms: int = 100
     election_ticks: int = 10
+    force_new_cluster: bool = False
+    """Restart a survivor from its own data as a new one-member cluster (runtime/recovery.py)."""
+    join: JoinSettings | None = None
+    """Join a running cluster first (a new data dir; runtime/join.py)."""
+    join_listen: str = ""
+    """Serve the join port (concord.v1.Join) here; "" for none."""
+    ca_key_file: Path | None = None
+    """The cluster CA key: with it this member signs joining members' certificates."""
+    advertise_peer_url: str = ""
+    """The URL peers dial this member at ("" if it cannot be told from --peer-listen)."""
+    advertise_client_url: str = ""
+    promote: bool = False
+    """A member that joined asks to become a voter once it has caught up."""
 
 
 def split_host_port(text: str, what: str) -> tuple[str, int]:
@@ -147,7 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="concord-coordinator",
         description="Run one member of a Concord cluster.",
     )
-    p.add_argument("--id", type=int, required=True, help="this member's Raft id (>= 1)")
+    p.add_argument(
+        "--id",
+        type=int,
+        required=True,
+        help="this member's Raft id (>= 1); 0 with --join lets the cluster pick it, and a "
+        "joined member's restart reads it from its data dir",
+    )
     p.add_argument("--name", help="human-readable member name (default: member-ID)")
     p.add_argument("--data-dir", type=Path, required=True, help="data directory (keys, WAL)")
     p.add_argument("--client-listen", default="127.0.0.1:7070", help="client API HOST:PORT")
@@ -157,10 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--initial-cluster",
-        required=True,
-        help="ID=HOST:PORT,... peer addresses; a new data dir bootstraps with these voters",
+        help="ID=HOST:PORT,... peer addresses; a new data dir bootstraps with these voters "
+        "(not with --join; a joined member's restart needs none)",
     )
-    p.add_argument("--cluster-id", required=True, help="cluster id; peers must agree on it")
+    p.add_argument(
+        "--cluster-id",
+        help="cluster id; peers must agree on it (a joining member learns it from the cluster)",
+    )
     sec = p.add_mutually_exclusive_group(required=True)
     sec.add_argument(
         "--tls-dir", type=Path, help="directory with ca.pem, member.pem, member-key.pem"
@@ -180,35 +233,215 @@ def build_parser() -> argparse.ArgumentParser:
         "--election-ticks", type=int, default=10, help="election timeout in ticks (default 10)"
     )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument(
+        "--force-new-cluster",
+        action="store_true",
+        help="disaster recovery: restart this surviving member from its own data as a new "
+        "one-member cluster (see `concordctl cluster recover`); refused for a new data dir",
+    )
+    join = p.add_argument_group("joining a running cluster (runtime/join.py)")
+    join.add_argument(
+        "--join",
+        metavar="HOST:PORT",
+        help="join a running cluster through a member's join port (its --join-listen); the "
+        "data dir must be new, and the certificate is written into --tls-dir",
+    )
+    join.add_argument(
+        "--join-token",
+        help="the join token (`concordctl join-token create`; env CONCORD_JOIN_TOKEN)",
+    )
+    join.add_argument(
+        "--join-as",
+        choices=["voter", "learner"],
+        default="voter",
+        help="become a voter once caught up (default), or stay a learner",
+    )
+    join.add_argument(
+        "--join-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to keep retrying an unreachable join address or leader (default 30)",
+    )
+    join.add_argument(
+        "--join-listen",
+        metavar="HOST:PORT",
+        help="serve a join port here (TLS, no client certificate) for new members to join",
+    )
+    join.add_argument(
+        "--ca-key-file",
+        type=Path,
+        help="the cluster CA key (e.g. a mounted secret): this member then signs joining "
+        "members' certificates",
+    )
+    join.add_argument(
+        "--advertise-peer-url",
+        help="the URL peers dial this member at (default: https://<--peer-listen>)",
+    )
+    join.add_argument(
+        "--advertise-client-url",
+        help="the URL clients dial this member at (default: https://<--client-listen>)",
+    )
     return p
 
 
 def config_from_args(ns: argparse.Namespace) -> MemberConfig:
-    if ns.id <= 0:
+    if ns.id < 0:
         raise ConfigError(f"--id must be a positive integer, got {ns.id}")
     if ns.tick_ms <= 0:
         raise ConfigError("--tick-ms must be positive")
     if ns.election_ticks < 3:
         raise ConfigError("--election-ticks must be at least 3 (heartbeats go every tick)")
-    if not ns.cluster_id.strip():
+    if ns.cluster_id is not None and not ns.cluster_id.strip():
         raise ConfigError("--cluster-id must not be empty")
     for flag in ("client_listen", "peer_listen", "metrics_listen"):
         split_host_port(getattr(ns, flag), "--" + flag.replace("_", "-"))
+    if ns.insecure and (ns.join or ns.join_listen or ns.ca_key_file):
+        raise ConfigError(
+            "--join, --join-listen and --ca-key-file need TLS (--tls-dir): joining hands out "
+            "certificates of the cluster CA"
+        )
+    if ns.join_listen:
+        split_host_port(ns.join_listen, "--join-listen")
+    scheme = "http" if ns.insecure else "https"
+    peer_url = _advertised(ns.advertise_peer_url, ns.peer_listen, scheme, "peer")
+    client_url = _advertised(ns.advertise_client_url, ns.client_listen, scheme, "client")
+    join = _join_settings(ns)
+    try:
+        record = read_join_record(ns.data_dir)
+    except JoinError as err:
+        raise ConfigError(str(err)) from None
+    common: dict[str, Any] = {
+        "data_dir": ns.data_dir,
+        "client_listen": ns.client_listen,
+        "peer_listen": ns.peer_listen,
+        "metrics_listen": ns.metrics_listen,
+        "tls_dir": ns.tls_dir,
+        "insecure": ns.insecure,
+        "unlock_key_file": ns.unlock_key_file,
+        "tick_ms": ns.tick_ms,
+        "election_ticks": ns.election_ticks,
+        "force_new_cluster": ns.force_new_cluster,
+        "join_listen": ns.join_listen or "",
+        "ca_key_file": ns.ca_key_file,
+        "advertise_peer_url": peer_url,
+        "advertise_client_url": client_url,
+    }
+    if join is not None:
+        if record is not None or _initialised(ns.data_dir):
+            whose = (
+                f"it joined cluster {record.cluster_id!r} as member {record.member_id}"
+                if record is not None
+                else "it is an initialised data dir"
+            )
+            raise ConfigError(
+                f"--join: {ns.data_dir} already belongs to a cluster ({whose}); restart the "
+                "member without --join and --join-token, or give a new --data-dir"
+            )
+        if ns.initial_cluster:
+            raise ConfigError(
+                "--initial-cluster bootstraps a new cluster; a joining member gets the "
+                "addresses from the cluster: drop it"
+            )
+        if not peer_url or not client_url:
+            raise ConfigError(
+                "a joining member must tell the cluster where to reach it: --peer-listen and "
+                "--client-listen listen on every address, so give --advertise-peer-url and "
+                "--advertise-client-url"
+            )
+        return MemberConfig(
+            id=ns.id,
+            name=ns.name or (f"member-{ns.id}" if ns.id else ""),
+            initial_cluster={},
+            cluster_id=(ns.cluster_id or "").strip(),
+            join=join,
+            **common,
+        )
+    if record is not None:
+        return _joined_config(ns, record, common)
+    if ns.id == 0:
+        raise ConfigError(
+            "--id must be a positive integer (0 only with --join, or to restart a member that "
+            "joined over the network)"
+        )
+    if not ns.initial_cluster:
+        raise ConfigError(
+            "--initial-cluster is required to bootstrap a new cluster or to restart one of its "
+            "first members; to join a running cluster give --join HOST:PORT --join-token TOKEN"
+        )
+    if ns.cluster_id is None:
+        raise ConfigError("--cluster-id is required (or --join, to learn it from the cluster)")
     return MemberConfig(
         id=ns.id,
         name=ns.name or f"member-{ns.id}",
-        data_dir=ns.data_dir,
-        client_listen=ns.client_listen,
-        peer_listen=ns.peer_listen,
-        metrics_listen=ns.metrics_listen,
         initial_cluster=parse_initial_cluster(ns.initial_cluster),
         cluster_id=ns.cluster_id.strip(),
-        tls_dir=ns.tls_dir,
-        insecure=ns.insecure,
-        unlock_key_file=ns.unlock_key_file,
-        tick_ms=ns.tick_ms,
-        election_ticks=ns.election_ticks,
+        **common,
     )
+
+
+def _joined_config(
+    ns: argparse.Namespace, record: JoinRecord, common: dict[str, Any]
+) -> MemberConfig:
+    """A restart of a member that joined over the network: its record supplies the rest."""
+    if ns.id not in (0, record.member_id):
+        raise ConfigError(
+            f"{ns.data_dir} holds member {record.member_id} (it joined cluster "
+            f"{record.cluster_id!r} as that member), not --id {ns.id}"
+        )
+    if ns.cluster_id is not None and ns.cluster_id.strip() != record.cluster_id:
+        raise ConfigError(
+            f"{ns.data_dir} belongs to cluster {record.cluster_id!r}, not --cluster-id "
+            f"{ns.cluster_id.strip()!r}"
+        )
+    initial = (
+        parse_initial_cluster(ns.initial_cluster) if ns.initial_cluster else record.dial_addresses()
+    )
+    return MemberConfig(
+        id=record.member_id,
+        name=ns.name or record.name,
+        initial_cluster=initial,
+        cluster_id=record.cluster_id,
+        promote=record.promote,
+        **common,
+    )
+
+
+def _join_settings(ns: argparse.Namespace) -> JoinSettings | None:
+    text = ns.join_token or os.environ.get("CONCORD_JOIN_TOKEN", "")
+    if not ns.join:
+        if ns.join_token:
+            raise ConfigError("--join-token is used with --join HOST:PORT (a member's join port)")
+        return None
+    split_host_port(ns.join, "--join")
+    if not text.strip():
+        raise ConfigError(
+            "--join needs --join-token (or CONCORD_JOIN_TOKEN): get one from a running "
+            "cluster with `concordctl join-token create`"
+        )
+    try:
+        token = JoinToken.parse(text)
+    except JoinTokenError as err:
+        raise ConfigError(f"--join-token: {err}") from None
+    if not ns.join_timeout > 0:
+        raise ConfigError("--join-timeout must be positive")
+    return JoinSettings(ns.join, token, ns.join_as == "learner", ns.join_timeout)
+
+
+def _advertised(url: str | None, listen: str, scheme: str, what: str) -> str:
+    """The URL to advertise: the flag's, else scheme://<listen> ("" for a wildcard listen)."""
+    if url:
+        if "://" not in url:
+            raise ConfigError(f"--advertise-{what}-url {url!r} must look like scheme://host:port")
+        split_host_port(_dial_address(url).rstrip("/"), f"--advertise-{what}-url")
+        return url
+    host, port = split_host_port(listen, f"--{what}-listen")
+    if host in ("", "0.0.0.0", "::"):
+        return ""
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+def _initialised(data_dir: Path) -> bool:
+    return (data_dir / FORMAT_FILE).exists() or (data_dir / WAL_DIR).exists()
 
 
 def _dial_address(url: str) -> str:
@@ -239,6 +472,9 @@ class Member:
         self.http_port = 0
         self.peer_port = 0
         self.client_port = 0
+        self.join_port = 0
+        self._signing_ca: CertifiedKey | None = None
+        """The cluster CA with its key (--ca-key-file), for signing joiners' certificates."""
         self.keys: KeyStore | None = None
         """The open key ring (None until the data directory is open); the client API's
         Maintenance service rotates its unlock key and turns autolock on and off."""
@@ -256,6 +492,10 @@ class Member:
     @property
     def member_id(self) -> int:
         return self.cfg.id
+
+    @property
+    def cluster_id(self) -> str:
+        return self.cfg.cluster_id
 
     @property
     def member_name(self) -> str:
@@ -343,13 +583,17 @@ class Member:
         api: _ClientApi | None = None
         opened = False
         try:
+            if cfg.join is not None:
+                cfg = await self._join(cfg.join)
             tls = self._load_tls()
             if self.client_api:
                 api = await _ClientApi.start(self, cfg.client_listen, tls)
                 self.client_port = api.port if api else 0
             wal = await self._open_storage()
             opened = wal is not None
-        except (ConfigError, TlsError, StorageError) as err:
+        except (ConfigError, TlsError, StorageError, JoinError) as err:
+            if isinstance(err, JoinError) and self._stop.is_set():
+                return 0  # asked to stop while joining
             log.error("%s", err)
             return 1
         finally:
@@ -385,9 +629,23 @@ class Member:
             )
             parts.server = grpc.aio.server(options=server_options())
             transport.add_to_server(parts.server)
+            parts.join = self._join_services(loop, transport, tls)
+            if parts.join is not None:
+                parts.join.add_to_peer_server(parts.server)
             self.peer_port = _bind(parts.server, cfg.peer_listen, tls, "peer")
             await parts.server.start()
             log.info("peer server listening on %s", cfg.peer_listen)
+            if parts.join is not None and tls is not None and cfg.join_listen:
+                self.join_port = await parts.join.listen(
+                    cfg.join_listen, join_server_credentials(tls)
+                )
+                log.info(
+                    "join port listening on %s (%s)",
+                    cfg.join_listen,
+                    "signs joining members' certificates"
+                    if self._signing_ca is not None
+                    else "no --ca-key-file: joins through it are refused",
+                )
             self._sync_peers(loop, transport)
             self.loop = loop
             self.phase = "running"
@@ -395,6 +653,17 @@ class Member:
             if api is not None:
                 api.attach(loop)
             parts.sync_task = asyncio.create_task(self._peer_sync(loop, transport))
+            if cfg.promote and tls is not None:
+                parts.promote_task = asyncio.create_task(
+                    promote_when_caught_up(
+                        cfg.id,
+                        loop.status,
+                        lambda: loop.fsm.applied_index,
+                        transport.peers,
+                        member_channel_credentials(tls),
+                    ),
+                    name="promote",
+                )
             return await self._wait(parts.loop_task)
         except (ConfigError, OSError) as err:
             log.error("%s", err)
@@ -456,6 +725,10 @@ class Member:
         """Stop accepting, stop the loop, close the transport and the WAL."""
         if parts.sync_task is not None:
             parts.sync_task.cancel()
+        if parts.promote_task is not None:
+            parts.promote_task.cancel()
+        if parts.join is not None:
+            await parts.join.stop(STOP_GRACE_S / 2)
         if parts.client is not None:
             await parts.client.stop(STOP_GRACE_S)
         if parts.server is not None:
@@ -484,6 +757,18 @@ class Member:
         if cfg.tls_dir is None:
             raise ConfigError("give --tls-dir, or --insecure for a local demo")
         tls = load_member_tls(cfg.tls_dir)
+        if tls.member_id is not None and tls.member_id != cfg.id:
+            raise ConfigError(
+                f"{cfg.tls_dir}/member.pem is the certificate of member {tls.member_id}, but "
+                f"this is member {cfg.id} (--id): give each member its own certificate"
+            )
+        if cfg.ca_key_file is not None:
+            self._signing_ca = load_ca_key(tls.ca_pem, cfg.ca_key_file)
+            if not cfg.join_listen:
+                log.warning(
+                    "--ca-key-file without --join-listen: this member signs only the "
+                    "certificates of members that join through its join port, and has none"
+                )
         log.info(
             "mutual TLS with certificates from %s (member certificate valid until %s)",
             cfg.tls_dir,
@@ -494,6 +779,8 @@ class Member:
     async def _open_storage(self) -> DiskWal | None:
         """Open (or create and bootstrap) the data dir; None if stopped while locked."""
         cfg = self.cfg
+        if cfg.force_new_cluster:
+            check_force_target(cfg.data_dir)  # before anything could create the dir
         keys = await self._open_keys()
         if keys is None:
             return None
@@ -502,11 +789,17 @@ class Member:
             wal = DiskWal.open(keys)
         except NotInitializedError:
             voters = frozenset(cfg.initial_cluster)
+            try:
+                joined = read_join_record(cfg.data_dir)
+            except JoinError as err:
+                raise ConfigError(str(err)) from None
+            if joined is not None:
+                return _create_joined_wal(keys, joined)
             if cfg.id not in voters:
                 raise ConfigError(
                     f"{cfg.data_dir} is new and --initial-cluster does not list this member "
-                    f"(--id {cfg.id}); a new member must be one of the initial voters "
-                    "(joining a running cluster is not supported yet)"
+                    f"(--id {cfg.id}); a new member must be one of the initial voters, or "
+                    "join a running cluster with --join HOST:PORT --join-token TOKEN"
                 ) from None
             wal = DiskWal.create(keys)
             wal.save_snapshot(Snapshot(SnapshotMeta(0, 0, ConfState(voters))))
@@ -533,6 +826,12 @@ class Member:
             wal.last_index(),
             wal.snapshot().meta.index,
         )
+        if cfg.force_new_cluster:
+            try:
+                force_new_cluster(wal, cfg.id)
+            except BaseException:
+                wal.close()
+                raise
         return wal
 
     async def _open_keys(self) -> KeyStore | None:
@@ -611,6 +910,73 @@ class Member:
             return None
         return text or None
 
+    # --- joining (join.py) ---------------------------------------------------------------------
+
+    async def _join(self, settings: JoinSettings) -> MemberConfig:
+        """Join through `settings.address`, write the TLS dir and the join record, and become
+        the member the cluster admitted (its id, name, cluster id and address book)."""
+        cfg = self.cfg
+        if cfg.tls_dir is None:
+            raise ConfigError("--join needs --tls-dir: the new certificate is written there")
+        log.info(
+            "joining the cluster through %s with join token %s",
+            settings.address,
+            settings.token.id,
+        )
+        ask = JoinAsk(
+            cfg.id, cfg.name, cfg.advertise_peer_url, cfg.advertise_client_url, cfg.cluster_id
+        )
+        joined = await join_cluster(settings, ask, stop=self._stop)
+        record = joined.record
+        write_member_tls(cfg.tls_dir, joined.ca_pem, joined.certified)
+        write_join_record(cfg.data_dir, record)
+        log.info(
+            "joined cluster %r as member %d (%s), a learner; certificate in %s, %s",
+            record.cluster_id,
+            record.member_id,
+            record.name,
+            cfg.tls_dir,
+            "will ask to become a voter once caught up" if record.promote else "stays a learner",
+        )
+        self.cfg = replace(
+            cfg,
+            id=record.member_id,
+            name=record.name,
+            cluster_id=record.cluster_id,
+            initial_cluster=record.dial_addresses(),
+            join=None,
+            promote=record.promote,
+        )
+        return self.cfg
+
+    def address_book(self, loop: MeteredRaftLoop) -> dict[int, str]:
+        """Member id -> peer URL of every member known (what a joining member is given)."""
+        cfg = self.cfg
+        return _address_book(
+            cfg.initial_cluster, loop.fsm.members(), cfg.id, cfg.advertise_peer_url
+        )
+
+    def _join_services(
+        self, loop: MeteredRaftLoop, transport: GrpcTransport, tls: MemberTls | None
+    ) -> _JoinServices | None:
+        """The leader's half of joining (peer port) and the join port, with TLS only."""
+        if tls is None:
+            return None
+        make = _find_server_function("join_services")
+        if make is None:
+            if self.cfg.join_listen:
+                log.warning("this build has no join services: --join-listen is ignored")
+            return None
+        authority = MemberAuthority(
+            cluster_id=self.cfg.cluster_id,
+            tls=tls,
+            signing_ca=self._signing_ca,
+            book=lambda: self.address_book(loop),
+            peers=transport.peers,
+        )
+        services: _JoinServices = make(loop, authority)
+        return services
+
     # --- peers ---------------------------------------------------------------------------------
 
     def desired_peers(self, loop: MeteredRaftLoop) -> dict[int, str]:
@@ -621,6 +987,10 @@ class Member:
             addresses[m.id] = _dial_address(m.peer_url)
         conf = loop.status().conf
         ids = conf.voters | conf.learners
+        if self.cfg.id not in ids:
+            # Not in its own configuration yet (a joined member before its log or snapshot
+            # arrives): it must still answer the leader.
+            ids |= set(addresses)
         out: dict[int, str] = {}
         for i in sorted(ids - {self.cfg.id}):
             address = addresses.get(i)
@@ -688,6 +1058,8 @@ class _Parts:
     loop_task: asyncio.Task[None] | None = None
     client: _ClientApi | None = None
     sync_task: asyncio.Task[None] | None = None
+    join: _JoinServices | None = None
+    promote_task: asyncio.Task[None] | None = None
 
 
 def _bind(server: grpc.aio.Server, address: str, tls: MemberTls | None, what: str) -> int:
@@ -737,7 +1109,9 @@ class _ClientApi:
             return None
         credentials = member_server_credentials(tls) if tls else None
         try:
-            gateway = await start_gateway(address, credentials, member=member)
+            gateway = await start_gateway(
+                address, credentials, member=member, cluster_ca_pem=tls.ca_pem if tls else None
+            )
         except (OSError, RuntimeError) as err:
             raise ConfigError(f"cannot serve the client API on {address}: {err}") from None
         log.info("client API on %s", address)
@@ -751,14 +1125,48 @@ class _ClientApi:
 
 
 def _find_start_gateway() -> Callable[..., Awaitable[_Gateway]] | None:
+    start: Callable[..., Awaitable[_Gateway]] | None = _find_server_function("start_gateway")
+    return start
+
+
+def _find_server_function(name: str) -> Any:  # noqa: ANN401 (found by name; typed by the caller)
+    """`coordinator.server.server.<name>`, or None if this build has no client API."""
     try:
         module = importlib.import_module("coordinator.server.server")
     except ModuleNotFoundError as err:
         if err.name in ("coordinator.server", "coordinator.server.server"):
             return None
         raise
-    start: Callable[..., Awaitable[_Gateway]] | None = getattr(module, "start_gateway", None)
-    return start
+    return getattr(module, name, None)
+
+
+class _JoinServices(Protocol):
+    """`coordinator.server._join.JoinServices`, as this module uses it (found by name)."""
+
+    port: int
+
+    def add_to_peer_server(self, server: grpc.aio.Server) -> None: ...
+
+    async def listen(self, address: str, credentials: grpc.ServerCredentials) -> int: ...
+
+    async def stop(self, grace_s: float | None = None) -> None: ...
+
+
+def _create_joined_wal(keys: KeyStore, record: JoinRecord) -> DiskWal:
+    """The WAL of a member that joined over the network: empty, starting from the
+    configuration the leader's log starts from (if known: else the leader sends a
+    snapshot). Never a configuration of its own: the cluster's log decides it."""
+    wal = DiskWal.create(keys)
+    if record.log_start is not None:
+        wal.save_snapshot(Snapshot(SnapshotMeta(0, 0, record.log_start)))
+    log.info(
+        "created an empty WAL in %s for member %d, which joined cluster %r: it receives the "
+        "log from the leader",
+        keys.data_dir,
+        record.member_id,
+        record.cluster_id,
+    )
+    return wal
 
 
 # --- the process -------------------------------------------------------------------------------
@@ -799,7 +1207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = config_from_args(ns)
     except ConfigError as err:
         parser.error(str(err))
-    configure_logging(f"[{cfg.name}]", ns.log_level)
+    configure_logging(f"[{cfg.name or 'joining member'}]", ns.log_level)
     _disable_created_metrics()  # no `_created` series beside every counter and histogram
     try:
         return asyncio.run(_amain(cfg))

@@ -1,12 +1,20 @@
 """Mutual TLS for peers and clients, and join tokens, in Docker Swarm's manner.
 
-**Certificates.** `concordctl init` makes a cluster CA: an EC P-256 key and a self-signed
-certificate valid for ten years (`create_ca`). Every member gets a certificate from it
-(`issue_member_cert`) that is good for both ends of a connection (extended key usage
+**Certificates.** `concordctl cluster init` makes a cluster CA: an EC P-256 key and a
+self-signed certificate valid for ten years (`create_ca`). Every member gets a certificate
+from it (`issue_member_cert`, or `sign_member_csr` for a member that joins over the network
+and keeps its key to itself) that is good for both ends of a connection (extended key usage
 serverAuth and clientAuth, since a member both serves and dials its peers), with subject
-alternative names for 127.0.0.1, ::1, localhost and the DNS names it is reached by (the
-StatefulSet's pod and service names). Clients get clientAuth-only certificates
-(`issue_client_cert`). Every file is written atomically with mode 0600 (`write_pem`).
+alternative names for 127.0.0.1, ::1, localhost and the DNS names and addresses it is reached
+by. Clients get clientAuth-only certificates (`issue_client_cert`). Every file is written
+atomically with mode 0600 (`write_pem`).
+
+**Member ids are bound to certificates.** A member certificate carries its member id as a
+URI subject alternative name, `concord://member/<id>` (`member_id_of`). The peer port checks
+that every Raft message on a stream claims the sender id of the certificate that opened it,
+so a stolen or compromised member certificate can speak as that one member only, never cast
+another member's vote. (A certificate without the URI, issued before ids were bound, is
+accepted for any id: it keeps its old meaning.)
 
 A member's TLS directory (`--tls-dir`) holds `ca.pem`, `member.pem` and `member-key.pem`;
 `load_member_tls` reads them and checks, before any socket is opened, that the key matches
@@ -14,18 +22,20 @@ the certificate, the certificate was issued by the CA and is within its validity
 so a misconfiguration is reported as such and not as a failed handshake later. Peers and
 clients then speak gRPC over TLS with client certificates required
 (`server_credentials(..., require_client_auth=True)`): a peer or client without a
-certificate from the cluster CA cannot even open a connection.
+certificate from the cluster CA cannot even open a connection. The one exception is the
+join port (`join_server_credentials`): a joining member has no certificate yet, so that
+port asks for none, and it presents the CA with its own certificate, so the joiner can check
+the CA against its token before it trusts anything.
 
 **Join tokens** look like Swarm's: `CONCORD-JOIN-1-<CA fingerprint>-<secret>`, where the
 fingerprint is the SHA-256 of the CA certificate (DER) in lower-case base32 and the secret is
 160 random bits, also base32. Whoever holds a token can check the CA a cluster presents
-against the fingerprint (so a joining member trusts the right CA without copying it
-beforehand), and the cluster checks the secret against the hashes in its `JoinTokenStore`.
-The secret is high-entropy and random, so a plain SHA-256 suffices (a slow password hash
-protects guessable secrets, which this is not); comparisons are constant-time. Revoked tokens
-stay in the store so a person presenting one is told it was revoked, not that it is unknown.
-`verify_join_token` does both checks. (Carrying a join over the network, and issuing the
-joining member its certificate, is a later step.)
+against the fingerprint (`check_ca_fingerprint`: a joiner trusts the right CA without copying
+it beforehand), and the cluster checks the secret against the hashes it keeps in its
+replicated state (`verify_join_token` over `StoredToken`s). The secret is high-entropy and
+random, so a plain SHA-256 suffices (a slow password hash protects guessable secrets, which
+this is not); comparisons are constant-time. Revoked tokens stay recorded so a person
+presenting one is told it was revoked, and when, not that it is unknown.
 """
 
 from __future__ import annotations
@@ -35,11 +45,10 @@ import datetime as dt
 import hashlib
 import hmac
 import ipaddress
-import json
 import os
 import secrets
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -90,6 +99,8 @@ class MemberTls:
     cert_pem: bytes
     key_pem: bytes
     not_after: dt.datetime
+    member_id: int | None = None
+    """The member id the certificate is bound to (None: an unbound, older certificate)."""
 
 
 # --- issuing -----------------------------------------------------------------------------------
@@ -156,15 +167,16 @@ def create_ca(cluster_id: str, *, days: int = CA_VALIDITY_DAYS) -> CertifiedKey:
     return CertifiedKey(_cert_pem(cert), _key_pem(key))
 
 
-def _issue(
+def _build_cert(
     ca: CertifiedKey,
+    public_key: ec.EllipticCurvePublicKey,
+    *,
     common_name: str,
     usages: list[x509.ObjectIdentifier],
     sans: list[x509.GeneralName],
     days: int,
-) -> CertifiedKey:
+) -> x509.Certificate:
     ca_cert, ca_key = ca.cert, ca.private_key()
-    key = _new_key()
     now = _now()
     not_after = min(now + dt.timedelta(days=days), ca_cert.not_valid_after_utc)
     builder = (
@@ -178,7 +190,7 @@ def _issue(
             )
         )
         .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
+        .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - _BACKDATE)
         .not_valid_after(not_after)
@@ -205,7 +217,47 @@ def _issue(
     )
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    return CertifiedKey(_cert_pem(builder.sign(ca_key, hashes.SHA256())), _key_pem(key))
+    return builder.sign(ca_key, hashes.SHA256())
+
+
+def _issue(
+    ca: CertifiedKey,
+    common_name: str,
+    usages: list[x509.ObjectIdentifier],
+    sans: list[x509.GeneralName],
+    days: int,
+) -> CertifiedKey:
+    key = _new_key()
+    cert = _build_cert(
+        ca, key.public_key(), common_name=common_name, usages=usages, sans=sans, days=days
+    )
+    return CertifiedKey(_cert_pem(cert), _key_pem(key))
+
+
+MEMBER_URI_PREFIX = "concord://member/"
+"""A member certificate's URI subject alternative name: this prefix, then the member id."""
+
+
+def member_uri(member_id: int) -> str:
+    if member_id <= 0:
+        raise ValueError(f"a member id is a positive integer, not {member_id}")
+    return f"{MEMBER_URI_PREFIX}{member_id}"
+
+
+def _member_sans(
+    dns_names: Iterable[str], ip_addresses: Iterable[str], member_id: int | None
+) -> list[x509.GeneralName]:
+    dns = ["localhost", *(d for d in dns_names if d != "localhost")]
+    ips = {ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")}
+    ips |= {ipaddress.ip_address(a) for a in ip_addresses}
+    sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dict.fromkeys(dns)]
+    sans += [x509.IPAddress(ip) for ip in sorted(ips, key=lambda i: (i.version, int(i)))]
+    if member_id is not None:
+        sans.append(x509.UniformResourceIdentifier(member_uri(member_id)))
+    return sans
+
+
+_MEMBER_USAGES = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
 
 
 def issue_member_cert(
@@ -214,17 +266,14 @@ def issue_member_cert(
     dns_names: Iterable[str] = (),
     ip_addresses: Iterable[str] = (),
     *,
+    member_id: int | None = None,
     days: int = CERT_VALIDITY_DAYS,
 ) -> CertifiedKey:
     """A member certificate (serverAuth + clientAuth) for 127.0.0.1, ::1, localhost and
-    the given DNS names and IP addresses."""
-    dns = ["localhost", *(d for d in dns_names if d != "localhost")]
-    ips = {ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")}
-    ips |= {ipaddress.ip_address(a) for a in ip_addresses}
-    sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dict.fromkeys(dns)]
-    sans += [x509.IPAddress(ip) for ip in sorted(ips, key=lambda i: (i.version, int(i)))]
-    usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-    return _issue(ca, name, usages, sans, days)
+    the given DNS names and IP addresses, bound to `member_id` if given (see the module
+    docstring; without it the certificate may speak for any member)."""
+    sans = _member_sans(dns_names, ip_addresses, member_id)
+    return _issue(ca, name, _MEMBER_USAGES, sans, days)
 
 
 def issue_client_cert(
@@ -232,6 +281,148 @@ def issue_client_cert(
 ) -> CertifiedKey:
     """A client certificate (clientAuth only): it can call members, never pose as one."""
     return _issue(ca, name, [ExtendedKeyUsageOID.CLIENT_AUTH], [], days)
+
+
+def member_id_of(cert: x509.Certificate) -> int | None:
+    """The member id a certificate is bound to (its `concord://member/<id>` URI), or None if
+    it carries none. TlsError if it names a malformed id or more than one."""
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    ids: set[int] = set()
+    for uri in sans.get_values_for_type(x509.UniformResourceIdentifier):
+        if not uri.startswith(MEMBER_URI_PREFIX):
+            continue
+        text = uri[len(MEMBER_URI_PREFIX) :]
+        if not text.isdigit() or int(text) <= 0 or int(text) >= 2**63:
+            raise TlsError(f"the certificate names a malformed member id: {uri!r}")
+        ids.add(int(text))
+    if len(ids) > 1:
+        raise TlsError(f"the certificate names several member ids: {sorted(ids)}")
+    return ids.pop() if ids else None
+
+
+# --- certificate signing requests (a joining member keeps its key) ----------------------------
+
+
+def new_member_key() -> ec.EllipticCurvePrivateKey:
+    """A joining member's own key: it never leaves the member."""
+    return _new_key()
+
+
+def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return _key_pem(key)
+
+
+def make_csr(
+    key: ec.EllipticCurvePrivateKey,
+    name: str,
+    dns_names: Iterable[str] = (),
+    ip_addresses: Iterable[str] = (),
+) -> bytes:
+    """A PEM certificate signing request for `key`, asking for these names (the signer
+    decides what the certificate says; see `sign_member_csr`)."""
+    sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dict.fromkeys(dns_names)]
+    sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in dict.fromkeys(ip_addresses)]
+    builder = x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, (name or "joining member")[:64])])
+    )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+@dataclass(frozen=True, slots=True)
+class CsrRequest:
+    """A checked certificate signing request: its key and the names it asks for."""
+
+    public_key: ec.EllipticCurvePublicKey
+    dns_names: tuple[str, ...]
+    ip_addresses: tuple[str, ...]
+
+
+CSR_BYTES_MAX = 16 * 1024
+CSR_NAMES_MAX = 32
+
+
+def check_csr(csr_pem: bytes) -> CsrRequest:
+    """Parse a joiner's CSR and check its self-signature (proof that the sender holds the
+    key); TlsError saying what is wrong otherwise. Only EC P-256 keys are accepted, as
+    for every certificate of the cluster."""
+    if len(csr_pem) > CSR_BYTES_MAX:
+        raise TlsError(f"the certificate signing request is over {CSR_BYTES_MAX} bytes")
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+    except ValueError as err:
+        raise TlsError(f"not a PEM certificate signing request: {err}") from None
+    if not csr.is_signature_valid:
+        raise TlsError("the certificate signing request is not signed by its own key")
+    public = csr.public_key()
+    if not isinstance(public, ec.EllipticCurvePublicKey) or public.curve.name != "secp256r1":
+        raise TlsError("the certificate signing request must be for an EC P-256 key")
+    try:
+        sans = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return CsrRequest(public, (), ())
+    dns = tuple(sans.get_values_for_type(x509.DNSName))
+    ips = tuple(str(ip) for ip in sans.get_values_for_type(x509.IPAddress))
+    if len(dns) + len(ips) > CSR_NAMES_MAX:
+        raise TlsError(f"the certificate signing request asks for over {CSR_NAMES_MAX} names")
+    for d in dns:
+        if not d or len(d) > 253 or any(c.isspace() or c == "/" for c in d):
+            raise TlsError(f"the certificate signing request asks for a bad DNS name {d!r}")
+    return CsrRequest(public, dns, ips)
+
+
+def sign_member_csr(
+    ca: CertifiedKey,
+    request: CsrRequest,
+    *,
+    member_id: int,
+    name: str,
+    hosts: Iterable[str] = (),
+    days: int = CERT_VALIDITY_DAYS,
+) -> bytes:
+    """A member certificate (PEM) for the CSR's key, bound to `member_id`, for loopback, the
+    names the CSR asked for and `hosts` (the hosts of its peer and client URLs: IP
+    addresses or DNS names)."""
+    dns = list(request.dns_names)
+    ips = list(request.ip_addresses)
+    for host in hosts:
+        (ips if _is_ip(host) else dns).append(host)
+    sans = _member_sans(dns, ips, member_id)
+    cert = _build_cert(
+        ca, request.public_key, common_name=name, usages=_MEMBER_USAGES, sans=sans, days=days
+    )
+    return _cert_pem(cert)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def load_ca_key(ca_pem: bytes, key_path: Path) -> CertifiedKey:
+    """The cluster CA with its key (`--ca-key-file`), checked to belong together."""
+    key_pem = _read(key_path, "the cluster CA key")
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+        ca_cert = x509.load_pem_x509_certificate(ca_pem)
+    except (ValueError, TypeError) as err:
+        raise TlsError(f"{key_path}: not an unencrypted PEM key: {err}") from None
+    public = serialization.PublicFormat.SubjectPublicKeyInfo
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key().public_bytes(
+        serialization.Encoding.DER, public
+    ) != ca_cert.public_key().public_bytes(serialization.Encoding.DER, public):
+        raise TlsError(
+            f"{key_path} is not the key of the cluster CA in ca.pem (the CA key of another "
+            "cluster?)"
+        )
+    return CertifiedKey(ca_pem, key_pem)
 
 
 # --- files -------------------------------------------------------------------------------------
@@ -318,7 +509,11 @@ def load_member_tls(tls_dir: Path, *, now: dt.datetime | None = None) -> MemberT
             f"{tls_dir / MEMBER_CERT_FILE} is valid from {cert.not_valid_before_utc:%Y-%m-%d} "
             f"to {cert.not_valid_after_utc:%Y-%m-%d}, not now; issue a new one"
         )
-    return MemberTls(ca_pem, cert_pem, key_pem, cert.not_valid_after_utc)
+    try:
+        bound = member_id_of(cert)
+    except TlsError as err:
+        raise TlsError(f"{tls_dir / MEMBER_CERT_FILE}: {err}") from None
+    return MemberTls(ca_pem, cert_pem, key_pem, cert.not_valid_after_utc, bound)
 
 
 # --- gRPC credentials (the grpc module is untyped: these are its opaque objects) ------------------
@@ -339,6 +534,14 @@ def channel_credentials(
     return grpc.ssl_channel_credentials(
         root_certificates=ca_pem, private_key=key_pem, certificate_chain=cert_pem
     )
+
+
+def join_server_credentials(member: MemberTls) -> grpc.ServerCredentials:
+    """The join port's side: present the member certificate *followed by the CA* (so a
+    joiner can fetch the CA in the handshake and check it against its token), and ask the
+    caller for no certificate (a joiner has none yet)."""
+    chain = member.cert_pem.rstrip(b"\n") + b"\n" + member.ca_pem
+    return grpc.ssl_server_credentials([(member.key_pem, chain)], require_client_auth=False)
 
 
 def member_server_credentials(member: MemberTls) -> grpc.ServerCredentials:
@@ -388,6 +591,11 @@ class JoinToken:
         return hashlib.sha256(_SECRET_DOMAIN + self.secret.encode("ascii")).hexdigest()
 
     @property
+    def secret_digest(self) -> bytes:
+        """`secret_hash` as 32 bytes (what the replicated state stores)."""
+        return bytes.fromhex(self.secret_hash)
+
+    @property
     def id(self) -> str:
         """A short, non-secret name for the token (for listings and logs)."""
         return self.secret_hash[:12]
@@ -398,7 +606,7 @@ class JoinToken:
         if len(parts) != 5 or "-".join(parts[:2]).upper() != JOIN_TOKEN_PREFIX:
             raise JoinTokenError(
                 f"not a join token: expected {JOIN_TOKEN_PREFIX}-<version>-<CA fingerprint>-"
-                "<secret> (from `concordctl join-token`)"
+                "<secret> (from `concordctl join-token create`)"
             )
         version, fingerprint, secret = parts[2:]
         if version != str(JOIN_TOKEN_VERSION):
@@ -428,108 +636,64 @@ def new_join_token(ca_pem: bytes) -> JoinToken:
 
 @dataclass(frozen=True, slots=True)
 class StoredToken:
+    """What a cluster keeps of a join token (the replicated state's join-token table)."""
+
     id: str
     secret_hash: str
+    """Hex SHA-256 of the domain-separated secret (`JoinToken.secret_hash`)."""
     created_ms: int
     revoked_ms: int = 0
     """0 while the token is valid."""
 
 
-class JoinTokenStore:
-    """The hashes of the join tokens a cluster accepts (and of the ones it revoked), in a
-    0600 JSON file. Not thread-safe; every change rewrites the file atomically."""
+class JoinTokenRefusedError(JoinTokenError):
+    """A well-formed token the cluster does not accept: for another CA, unknown, revoked."""
 
-    VERSION = 1
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def tokens(self) -> list[StoredToken]:
-        try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
-            return []
-        try:
-            doc = json.loads(raw)
-            if doc.get("version") != self.VERSION:
-                raise JoinTokenError(f"{self.path}: unsupported version {doc.get('version')!r}")
-            return [
-                StoredToken(
-                    str(t["id"]), str(t["sha256"]), int(t["created_ms"]), int(t["revoked_ms"])
-                )
-                for t in doc["tokens"]
-            ]
-        except (ValueError, KeyError, TypeError, AttributeError) as err:
-            raise JoinTokenError(f"{self.path} is damaged: {err}") from None
-
-    def _save(self, tokens: list[StoredToken]) -> None:
-        doc = {
-            "version": self.VERSION,
-            "tokens": [
-                {
-                    "id": t.id,
-                    "sha256": t.secret_hash,
-                    "created_ms": t.created_ms,
-                    "revoked_ms": t.revoked_ms,
-                }
-                for t in tokens
-            ],
-        }
-        write_pem(self.path, json.dumps(doc, indent=2).encode("utf-8") + b"\n")
-
-    def issue(self, ca_pem: bytes, *, now_ms: int) -> JoinToken:
-        """A new valid token; the store keeps only its hash."""
-        token = new_join_token(ca_pem)
-        self._save([*self.tokens(), StoredToken(token.id, token.secret_hash, now_ms)])
-        return token
-
-    def revoke(self, token_or_id: str, *, now_ms: int) -> StoredToken:
-        """Revoke a token, given as the token itself or its id."""
-        text = token_or_id.strip()
-        wanted = JoinToken.parse(text).id if text.upper().startswith(JOIN_TOKEN_PREFIX) else text
-        tokens = self.tokens()
-        for i, t in enumerate(tokens):
-            if t.id == wanted:
-                if not t.revoked_ms:
-                    tokens[i] = replace(t, revoked_ms=now_ms)
-                    self._save(tokens)
-                return tokens[i]
-        raise JoinTokenError(f"no join token with id {wanted!r} in {self.path}")
-
-    def rotate(self, ca_pem: bytes, *, now_ms: int) -> JoinToken:
-        """Revoke every valid token and issue a new one (`docker swarm join-token --rotate`)."""
-        tokens = [t if t.revoked_ms else replace(t, revoked_ms=now_ms) for t in self.tokens()]
-        token = new_join_token(ca_pem)
-        self._save([*tokens, StoredToken(token.id, token.secret_hash, now_ms)])
-        return token
+def format_time_ms(ms: int) -> str:
+    """A wall-clock time in milliseconds as people read it (UTC, to the second)."""
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def check_ca_fingerprint(token: JoinToken, presented_ca_pem: bytes) -> None:
     """The joiner's check: is the CA the cluster presented the one the token names?"""
     presented = ca_fingerprint(presented_ca_pem)
     if not hmac.compare_digest(presented, token.ca_fingerprint):
-        raise JoinTokenError(
+        raise JoinTokenRefusedError(
             "the join token is for another cluster: the CA certificate presented has "
-            f"fingerprint {presented[:12]}..., the token names {token.ca_fingerprint[:12]}... "
-            "(wrong address, a rebuilt cluster, or someone in the middle)"
+            f"fingerprint {presented}, the token names {token.ca_fingerprint} (wrong "
+            "cluster, or someone in the middle; a rebuilt cluster has a new CA and needs a "
+            "new token)"
         )
 
 
-def verify_join_token(text: str, presented_ca_pem: bytes, store: JoinTokenStore) -> JoinToken:
-    """Accept a join token or raise `JoinTokenError` saying why not: malformed, for another
-    cluster's CA, unknown to this cluster, or revoked."""
-    token = JoinToken.parse(text)
-    check_ca_fingerprint(token, presented_ca_pem)
+def verify_join_token(
+    token: JoinToken | str, cluster_ca_pem: bytes, stored: Iterable[StoredToken]
+) -> JoinToken:
+    """The cluster's check: accept a join token, or raise `JoinTokenError` saying why not:
+    malformed (`JoinToken.parse`), or `JoinTokenRefusedError`: for another cluster's CA,
+    unknown to this cluster, or revoked."""
+    if isinstance(token, str):
+        token = JoinToken.parse(token)
+    ours = ca_fingerprint(cluster_ca_pem)
+    if not hmac.compare_digest(ours, token.ca_fingerprint):
+        raise JoinTokenRefusedError(
+            f"the join token names CA fingerprint {token.ca_fingerprint[:12]}..., but this "
+            f"cluster's CA is {ours[:12]}...: it is a token of another cluster"
+        )
     digest = token.secret_hash
-    for stored in store.tokens():
-        if hmac.compare_digest(stored.secret_hash, digest):
-            if stored.revoked_ms:
-                raise JoinTokenError(
-                    f"join token {stored.id} was revoked; ask for the current one "
-                    "(`concordctl join-token`)"
-                )
-            return token
-    raise JoinTokenError(
-        "the join token is not valid for this cluster (mistyped, or replaced by "
-        "`concordctl join-token --rotate`)"
-    )
+    found: StoredToken | None = None
+    for record in stored:  # no early exit: the time taken does not depend on the match
+        if hmac.compare_digest(record.secret_hash, digest):
+            found = record
+    if found is None:
+        raise JoinTokenRefusedError(
+            "join token not valid for this cluster (mistyped, or never issued here); get one "
+            "with `concordctl join-token create`"
+        )
+    if found.revoked_ms:
+        raise JoinTokenRefusedError(
+            f"join token {found.id} was revoked at {format_time_ms(found.revoked_ms)}; get a "
+            "current one with `concordctl join-token create`"
+        )
+    return token

@@ -33,6 +33,10 @@ Contract for clients (the CLI, the sidecar, the operator):
   name.
 - Streams. Watch and Observe are served by any member from its own replicated history
   (`_watch.py`, `_election.py`); KeepAlive goes to the leader.
+- Joining (`_join.py`, concord/v1/join.proto). Join tokens are managed through the Cluster
+  service (client certificate needed); `Join` is served on a member's join port (no client
+  certificate), `Admission` on its peer port (member certificates only). The member process
+  finds `join_services` in `coordinator.server.server` by name.
 """
 
 from ._core import ServiceConfig as ServiceConfig

@@ -1,5 +1,5 @@
 """concord.v1.Cluster: member list (docker-node-ls style), one-at-a-time membership changes,
-leadership transfer, status.
+leadership transfer, status, and join tokens (whose logic lives in `_join.py`).
 
 MemberList joins the Raft configuration (who votes, who learns) with the replicated member
 directory (names and URLs) and, on the leader, with replication progress: LEADER for itself;
@@ -34,15 +34,40 @@ from . import _validate as v
 from ._core import Core
 from ._errors import Code, ServiceError, unavailable
 from ._hub import first_done, stopping_error
+from ._join import join_token_create, join_token_list, join_token_revoke
 from ._rpc import Call, Servicer, unary
 
 _M = pb.Member
 
 
 class ClusterService(Servicer):
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: Core, *, ca_pem: bytes | None = None) -> None:
         super().__init__(core.cfg.deadline_s)
         self.core = core
+        self.ca_pem = ca_pem
+        """The cluster CA, which join tokens name (None: the member runs without TLS)."""
+
+    # --- join tokens (see _join.py) ------------------------------------------------------------
+
+    @unary
+    async def JoinTokenCreate(
+        self, request: pb.JoinTokenCreateRequest, call: Call
+    ) -> pb.JoinTokenCreateResponse:
+        return await join_token_create(self.core, self.ca_pem)
+
+    @unary
+    async def JoinTokenList(
+        self, request: pb.JoinTokenListRequest, call: Call
+    ) -> pb.JoinTokenListResponse:
+        return await join_token_list(self.core)
+
+    @unary
+    async def JoinTokenRevoke(
+        self, request: pb.JoinTokenRevokeRequest, call: Call
+    ) -> pb.JoinTokenRevokeResponse:
+        return await join_token_revoke(self.core, request)
+
+    # --- members -------------------------------------------------------------------------------
 
     @unary
     async def MemberList(self, request: pb.MemberListRequest, call: Call) -> pb.MemberListResponse:
@@ -196,4 +221,7 @@ class ClusterService(Servicer):
             last_index=status.last_index,
             snapshot_index=loop.storage.snapshot().meta.index,
             locked=False,
+            last_term=loop.node.term_at(status.last_index),
+            voters=sorted(status.conf.voters),
+            learners=sorted(status.conf.learners),
         )

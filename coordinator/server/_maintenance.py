@@ -20,6 +20,14 @@ The service is reachable before the member has opened its data directory (see `_
   `disable_autolock` / `rotate_unlock_key` and return a new unlock key exactly once: it is
   stored nowhere, and the log records that the key changed, never the key.
 
+Snapshot streams a consistent image of the state machine (`concordctl snapshot save`): once
+the member is attached to its Raft loop (`Gateway.attach` hands the service the `Core`), it
+takes a read barrier (the leader-only form redirects from a follower, as a write does), then
+reads the image, its applied index and term and the applied configuration with no await in
+between, so they describe one state; then it sends the image in chunks and its SHA-256. The
+image goes out in the clear over the connection (mutual TLS in production): the CLI encrypts
+it under a backup key the member never sees.
+
 Everything runs on the member's event loop, which also owns the key store (the WAL uses it
 from the same thread), so no call here races a WAL write. Who may call this: whoever the
 client port admits, i.e. a holder of a certificate from the cluster CA (mutual TLS), or
@@ -28,7 +36,10 @@ anyone in `--insecure` mode.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Protocol
 
 from coordinator.api.v1 import concord_pb2 as pb
@@ -41,13 +52,16 @@ from coordinator.storage import (
     parse_unlock_key,
 )
 
+from ._core import Core
 from ._errors import LOCKED_METADATA_KEY, Code, ServiceError, invalid, unavailable
-from ._rpc import Call, Servicer, unary
+from ._rpc import Call, Servicer, streaming, unary
 
 log = logging.getLogger("concord.server")
 
 LOCKED = "locked"
 STARTING = "starting"
+SNAPSHOT_CHUNK_BYTES = 1 << 20
+"""Image bytes per SnapshotChunk (well inside the 4 MiB message limit)."""
 
 
 class MemberKeys(Protocol):
@@ -101,6 +115,8 @@ class MaintenanceService(Servicer):
     def __init__(self, member: MemberKeys | None, deadline_s: float) -> None:
         super().__init__(deadline_s)
         self.member = member
+        self.core: Core | None = None
+        """Set by `Gateway.attach` once the Raft loop runs (Snapshot needs it)."""
 
     def _member(self) -> MemberKeys:
         if self.member is None:
@@ -214,6 +230,45 @@ class MaintenanceService(Servicer):
             raise _key_write_failed(me, err) from None
         log.warning("the unlock key was rotated through the client API; the old one is void")
         return pb.RotateUnlockKeyResponse(member_id=me, unlock_key=unlock_key)
+
+    @streaming
+    async def Snapshot(
+        self, request: pb.SnapshotRequest, call: Call
+    ) -> AsyncIterator[pb.SnapshotChunk]:
+        core = self.core
+        if core is None:
+            if self.member is not None:
+                raise phase_error(self.member.member_id, self.member.phase)
+            raise unavailable("the server is starting: retry in a moment")
+        async with asyncio.timeout(call.bound_s()):
+            if not request.any_member:
+                await core.require_leader()
+            elif not request.serializable:
+                await core.read(False)
+        # No await from here to the image: index, term, configuration and image are one state.
+        fsm = core.fsm
+        image = fsm.snapshot()
+        conf = core.loop.applied_conf
+        info = pb.SnapshotInfo(
+            member_id=core.id,
+            cluster_id=str(getattr(self.member, "cluster_id", "")),
+            index=fsm.applied_index,
+            term=fsm.applied_term,
+            voters=sorted(conf.voters),
+            learners=sorted(conf.learners),
+            size_bytes=len(image),
+            revision=fsm.revision,
+        )
+        log.info(
+            "streaming a snapshot of the state machine at index %d (term %d, %d bytes)",
+            info.index,
+            info.term,
+            len(image),
+        )
+        yield pb.SnapshotChunk(info=info)
+        for offset in range(0, len(image), SNAPSHOT_CHUNK_BYTES):
+            yield pb.SnapshotChunk(data=image[offset : offset + SNAPSHOT_CHUNK_BYTES])
+        yield pb.SnapshotChunk(sha256=hashlib.sha256(image).digest())
 
 
 def _not_locked(member: int, phase: str) -> ServiceError:

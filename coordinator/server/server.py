@@ -32,6 +32,7 @@ from ._core import Core, ServiceConfig
 from ._election import ElectionService
 from ._errors import ServiceError, unavailable
 from ._gateway import Dispatch
+from ._join import JoinAuthority, JoinServices
 from ._kv import KVService
 from ._lease import LeaseService
 from ._lock import LockService
@@ -73,6 +74,8 @@ class Gateway:
         self.config = config
         self._dispatch = dispatch
         self.core: Core | None = None
+        self.cluster_ca_pem: bytes | None = None
+        """The cluster CA the Cluster service names in join tokens (None: no TLS)."""
         self.maintenance: MaintenanceService | None = None
         """The Maintenance service, which serves Snapshot once attached."""
 
@@ -90,7 +93,7 @@ class Gateway:
             "Election": ElectionService(core),
             "Sequence": SequenceService(core),
             "Watch": WatchService(core),
-            "Cluster": ClusterService(core),
+            "Cluster": ClusterService(core, ca_pem=self.cluster_ca_pem),
         }
         services["Pipeline"] = PipelineService(core, services)
         self._dispatch.attach(list(services.items()))
@@ -109,8 +112,10 @@ async def start_gateway(
     *,
     member: MemberKeys | None = None,
     config: ServiceConfig | None = None,
+    cluster_ca_pem: bytes | None = None,
 ) -> Gateway:
-    """Listen on `address` (TLS iff `credentials`); see the module docstring."""
+    """Listen on `address` (TLS iff `credentials`); see the module docstring.
+    `cluster_ca_pem`: the cluster CA, for join tokens (JoinTokenCreate)."""
     cfg = config or ServiceConfig()
 
     def refusal() -> ServiceError:
@@ -136,6 +141,7 @@ async def start_gateway(
     await server.start()
     gateway = Gateway(server, int(port), dispatch, cfg)
     gateway.maintenance = maintenance
+    gateway.cluster_ca_pem = cluster_ca_pem
     return gateway
 
 
@@ -145,8 +151,11 @@ async def start_server(
     credentials: grpc.ServerCredentials | None,
     *,
     config: ServiceConfig | None = None,
+    cluster_ca_pem: bytes | None = None,
 ) -> RunningServer:
-    gateway = await start_gateway(address, credentials, config=config)
+    gateway = await start_gateway(
+        address, credentials, config=config, cluster_ca_pem=cluster_ca_pem
+    )
     core = gateway.attach(loop)
     return RunningServer(gateway.server, gateway.port, core)
 
@@ -156,3 +165,9 @@ async def serve(
 ) -> grpc.aio.Server:
     """Serve `concord.v1` for `loop` on `address`; TLS iff `credentials` is given."""
     return (await start_server(loop, address, credentials)).server
+
+
+def join_services(loop: RaftLoop, authority: JoinAuthority) -> JoinServices:
+    """A member's joining services over `loop` (`_join.py`): Admission for its peer server,
+    and the join port. The member process finds this function by name, as `start_gateway`."""
+    return JoinServices(loop, authority)

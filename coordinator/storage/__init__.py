@@ -10,7 +10,9 @@ A member's data directory holds
 `KeyStore` opens the keys (`crypto.py`: DEKs, KEK, autolock, unlock keys and their Shamir
 shares); `DiskWal` is the log (`wal.py`): the runtime passes one object both as the Raft
 core's `LogStorage` and as `handle_ready`'s `Wal`. `dump` (`rafttool.py`) reads a data dir
-record by record for `concordctl rafttool dump`.
+record by record for `concordctl rafttool dump`, and `log_position` says how far its log
+reaches (`concordctl cluster recover`). `backup.py` is the format of the encrypted backup
+files of `concordctl snapshot save` and `restore`.
 
 This package depends on the Raft core's vocabulary only; it never imports the runtime.
 """
@@ -22,8 +24,12 @@ from .crypto import format_unlock_key as format_unlock_key
 from .crypto import parse_unlock_key as parse_unlock_key
 from .crypto import split_unlock_key as split_unlock_key
 from .errors import AlreadyInitializedError as AlreadyInitializedError
+from .errors import BackupCorruptError as BackupCorruptError
+from .errors import BackupError as BackupError
+from .errors import BackupShareError as BackupShareError
 from .errors import DataDirBusyError as DataDirBusyError
 from .errors import FormatVersionError as FormatVersionError
+from .errors import InvalidBackupKeyError as InvalidBackupKeyError
 from .errors import InvalidUnlockKeyError as InvalidUnlockKeyError
 from .errors import KeyFileCorruptError as KeyFileCorruptError
 from .errors import KeyStoreError as KeyStoreError
@@ -34,9 +40,12 @@ from .errors import StorageError as StorageError
 from .errors import UnknownKeyError as UnknownKeyError
 from .errors import WalCorruptError as WalCorruptError
 from .errors import WalError as WalError
+from .errors import WrongBackupKeyError as WrongBackupKeyError
 from .errors import WrongUnlockKeyError as WrongUnlockKeyError
 from .rafttool import DumpRecord as DumpRecord
+from .rafttool import LogPosition as LogPosition
 from .rafttool import dump as dump
+from .rafttool import log_position as log_position
 from .wal import DEFAULT_SEGMENT_BYTES as DEFAULT_SEGMENT_BYTES
 from .wal import DiskWal as DiskWal
 from .wal import RecoveryReport as RecoveryReport
@@ -45,15 +54,20 @@ from .wal import WalMetrics as WalMetrics
 __all__ = [
     "DEFAULT_SEGMENT_BYTES",
     "AlreadyInitializedError",
+    "BackupCorruptError",
+    "BackupError",
+    "BackupShareError",
     "DataDirBusyError",
     "DiskWal",
     "DumpRecord",
     "FormatVersionError",
+    "InvalidBackupKeyError",
     "InvalidUnlockKeyError",
     "KeyFileCorruptError",
     "KeyStore",
     "KeyStoreError",
     "LockedError",
+    "LogPosition",
     "NotInitializedError",
     "RecordType",
     "RecoveryReport",
@@ -63,10 +77,12 @@ __all__ = [
     "WalCorruptError",
     "WalError",
     "WalMetrics",
+    "WrongBackupKeyError",
     "WrongUnlockKeyError",
     "combine_unlock_key_shares",
     "dump",
     "format_unlock_key",
+    "log_position",
     "parse_unlock_key",
     "split_unlock_key",
 ]

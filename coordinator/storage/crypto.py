@@ -116,14 +116,45 @@ def snapshot_nonce() -> bytes:
     return bytes(nonce)
 
 
-# --- unlock keys as text -------------------------------------------------------------------
+# --- keys as text: unlock keys (and backup keys, coordinator.storage.backup) -----------------
 
-_UNLOCK_PREFIX = "CONCORD-UNLOCK-"
-_UNLOCK_DOMAIN = b"concord/unlock-key/v1"
-_SHARE_PREFIX = "CONCORD-SHARE-"
-_SHARE_DOMAIN = b"concord/unlock-share/v1"
 _SHARE_VERSION = 1
 _SPLIT_ID_BYTES = 4
+
+
+@dataclass(frozen=True, slots=True)
+class KeyFormat:
+    """How one kind of 32-byte key is written for people, and its Shamir shares.
+
+    `prefix` + base32(key + 4-byte SHA-256 checksum under `domain`); shares are
+    `share_prefix` + `<index>-<k>-` + base32(payload + checksum under `share_domain`). Each
+    kind has its own prefixes and domains, so a key (or a share) of one kind is refused where
+    the other is expected instead of being tried. `invalid` and `share_error` are the
+    exceptions raised for malformed keys and shares; `noun` names the key in messages."""
+
+    prefix: str
+    domain: bytes
+    share_prefix: str
+    share_domain: bytes
+    noun: str
+    """"unlock key", "backup key"."""
+    invalid: type[Exception]
+    share_error: type[Exception]
+
+    @property
+    def a_noun(self) -> str:
+        return ("an " if self.noun[0] in "aeiou" else "a ") + self.noun
+
+
+UNLOCK_KEY_FORMAT = KeyFormat(
+    "CONCORD-UNLOCK-",
+    b"concord/unlock-key/v1",
+    "CONCORD-SHARE-",
+    b"concord/unlock-share/v1",
+    "unlock key",
+    InvalidUnlockKeyError,
+    ShareError,
+)
 
 
 def _checksum(domain: bytes, data: bytes) -> bytes:
@@ -147,39 +178,54 @@ def _normalize(text: str) -> str:
     return "".join(text.split()).upper()
 
 
-def format_unlock_key(raw: bytes) -> str:
-    """The text form of a 32-byte unlock key: `CONCORD-UNLOCK-` + base32(key + checksum)."""
+def format_key(fmt: KeyFormat, raw: bytes) -> str:
+    """The text form of a 32-byte key of kind `fmt`."""
     if len(raw) != KEY_BYTES:
-        raise ValueError(f"an unlock key is {KEY_BYTES} bytes, not {len(raw)}")
-    return _UNLOCK_PREFIX + _b32encode(raw + _checksum(_UNLOCK_DOMAIN, raw))
+        raise ValueError(f"{fmt.a_noun} is {KEY_BYTES} bytes, not {len(raw)}")
+    return fmt.prefix + _b32encode(raw + _checksum(fmt.domain, raw))
 
 
-def parse_unlock_key(text: str) -> bytes:
-    """The 32 raw bytes of an unlock key, or `InvalidUnlockKeyError` for a malformed or
-    mistyped one. The messages never echo the text back: it is a secret."""
+def parse_key(fmt: KeyFormat, text: str) -> bytes:
+    """The 32 raw bytes of a key of kind `fmt`, or `fmt.invalid` for a malformed or mistyped
+    one. The messages never echo the text back: it is a secret."""
     cleaned = _normalize(text)
-    if not cleaned.startswith(_UNLOCK_PREFIX):
-        raise InvalidUnlockKeyError(f"not an unlock key: it must start with {_UNLOCK_PREFIX}")
-    body = cleaned[len(_UNLOCK_PREFIX) :].replace("-", "")
+    if not cleaned.startswith(fmt.prefix):
+        raise fmt.invalid(f"not {fmt.a_noun}: it must start with {fmt.prefix}")
+    if cleaned.startswith(fmt.share_prefix):
+        raise fmt.invalid(
+            f"that is one share of {fmt.a_noun}, not the key itself: give k shares instead"
+        )
+    body = cleaned[len(fmt.prefix) :].replace("-", "")
     try:
         decoded = _b32decode(body)
     except ValueError:
-        raise InvalidUnlockKeyError(
-            "not an unlock key: it may contain only the letters A-Z and digits 2-7 after "
+        raise fmt.invalid(
+            f"not {fmt.a_noun}: it may contain only the letters A-Z and digits 2-7 after "
             "the prefix (a mistyped 0/O or 1/I?)"
         ) from None
     if len(decoded) != KEY_BYTES + _CHECKSUM_BYTES:
         expected = len(_b32encode(bytes(KEY_BYTES + _CHECKSUM_BYTES)))
-        raise InvalidUnlockKeyError(
-            f"not an unlock key: {len(body)} characters after the prefix, expected {expected} "
+        raise fmt.invalid(
+            f"not {fmt.a_noun}: {len(body)} characters after the prefix, expected {expected} "
             "(truncated or doubled paste?)"
         )
     raw, check = decoded[:KEY_BYTES], decoded[KEY_BYTES:]
     # The last base32 character carries 2 spare bits; a typo there that only touches them
     # decodes to the same bytes, so insist on the canonical spelling.
-    if _b32encode(decoded) != body or _checksum(_UNLOCK_DOMAIN, raw) != check:
-        raise InvalidUnlockKeyError("the unlock key has a typo: its checksum does not match")
+    if _b32encode(decoded) != body or _checksum(fmt.domain, raw) != check:
+        raise fmt.invalid(f"the {fmt.noun} has a typo: its checksum does not match")
     return raw
+
+
+def format_unlock_key(raw: bytes) -> str:
+    """The text form of a 32-byte unlock key: `CONCORD-UNLOCK-` + base32(key + checksum)."""
+    return format_key(UNLOCK_KEY_FORMAT, raw)
+
+
+def parse_unlock_key(text: str) -> bytes:
+    """The 32 raw bytes of an unlock key, or `InvalidUnlockKeyError` for a malformed or
+    mistyped one. The messages never echo the text back: it is a secret."""
+    return parse_key(UNLOCK_KEY_FORMAT, text)
 
 
 # --- Shamir secret sharing over GF(256) ------------------------------------------------------
@@ -244,52 +290,56 @@ class _Share:
     y: bytes
 
 
-def _format_share(share: _Share) -> str:
+def _format_share(share: _Share, fmt: KeyFormat = UNLOCK_KEY_FORMAT) -> str:
     payload = bytes([_SHARE_VERSION]) + share.split_id + bytes([share.threshold, share.x]) + share.y
-    body = _b32encode(payload + _checksum(_SHARE_DOMAIN, payload))
-    return f"{_SHARE_PREFIX}{share.x}-{share.threshold}-{body}"
+    body = _b32encode(payload + _checksum(fmt.share_domain, payload))
+    return f"{fmt.share_prefix}{share.x}-{share.threshold}-{body}"
 
 
-def _parse_share(text: str) -> _Share:
+def _parse_share(text: str, fmt: KeyFormat = UNLOCK_KEY_FORMAT) -> _Share:
+    error = fmt.share_error
     cleaned = _normalize(text)
-    if not cleaned.startswith(_SHARE_PREFIX):
-        raise ShareError(f"not an unlock-key share: it must start with {_SHARE_PREFIX}")
-    parts = cleaned[len(_SHARE_PREFIX) :].split("-", 2)
+    article = fmt.a_noun.split(" ", 1)[0]
+    what = f"{article} {fmt.noun.replace(' ', '-')} share"
+    if not cleaned.startswith(fmt.share_prefix):
+        raise error(f"not {what}: it must start with {fmt.share_prefix}")
+    parts = cleaned[len(fmt.share_prefix) :].split("-", 2)
     if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit():
-        raise ShareError(f"not an unlock-key share: expected {_SHARE_PREFIX}<index>-<k>-<data>")
+        raise error(f"not {what}: expected {fmt.share_prefix}<index>-<k>-<data>")
     try:
         decoded = _b32decode(parts[2].replace("-", ""))
     except ValueError:
-        raise ShareError("mistyped: only A-Z and 2-7 may follow the index and k") from None
+        raise error("mistyped: only A-Z and 2-7 may follow the index and k") from None
     head = 1 + _SPLIT_ID_BYTES + 2
     secret_bytes = KEY_BYTES + _CHECKSUM_BYTES
     if len(decoded) != head + secret_bytes + _CHECKSUM_BYTES:
-        raise ShareError("mistyped: the share has the wrong length (truncated paste?)")
+        raise error("mistyped: the share has the wrong length (truncated paste?)")
     payload, check = decoded[:-_CHECKSUM_BYTES], decoded[-_CHECKSUM_BYTES:]
     canonical = _b32encode(decoded) == parts[2].replace("-", "")
-    if not canonical or _checksum(_SHARE_DOMAIN, payload) != check:
-        raise ShareError("mistyped: its checksum does not match")
+    if not canonical or _checksum(fmt.share_domain, payload) != check:
+        raise error("mistyped: its checksum does not match")
     if payload[0] != _SHARE_VERSION:
-        raise ShareError(f"share format version {payload[0]} is not supported")
+        raise error(f"share format version {payload[0]} is not supported")
     split_id = payload[1 : 1 + _SPLIT_ID_BYTES]
     threshold, x = payload[1 + _SPLIT_ID_BYTES], payload[2 + _SPLIT_ID_BYTES]
     if (int(parts[0]), int(parts[1])) != (x, threshold):
-        raise ShareError(
+        raise error(
             f"mistyped: the visible index/k {parts[0]}-{parts[1]} disagree with the "
             f"checksummed ones {x}-{threshold}"
         )
     return _Share(split_id, threshold, x, payload[head:])
 
 
-def split_unlock_key(unlock_key: str, k: int, n: int) -> list[str]:
-    """Split an unlock key into `n` shares, any `k` of which rebuild it (Shamir, GF(256)).
+def split_key(fmt: KeyFormat, key: str, k: int, n: int) -> list[str]:
+    """Split a key of kind `fmt` into `n` shares, any `k` of which rebuild it (Shamir,
+    GF(256)).
 
     Fewer than k shares reveal nothing about the key: for every byte, each candidate value
     is consistent with them in exactly as many polynomials."""
     if not 2 <= k <= n <= 255:
         raise ValueError(f"need 2 <= k <= n <= 255 shares, got k={k}, n={n}")
-    raw = parse_unlock_key(unlock_key)
-    secret = raw + _checksum(_UNLOCK_DOMAIN, raw)
+    raw = parse_key(fmt, key)
+    secret = raw + _checksum(fmt.domain, raw)
     split_id = os.urandom(_SPLIT_ID_BYTES)
     coefficients = [os.urandom(len(secret)) for _ in range(k - 1)]
     shares = []
@@ -300,46 +350,58 @@ def split_unlock_key(unlock_key: str, k: int, n: int) -> list[str]:
             for coefficient in reversed(coefficients):  # Horner, highest degree first
                 acc = gf_mul(acc, x) ^ coefficient[b]
             y[b] = gf_mul(acc, x) ^ secret[b]
-        shares.append(_format_share(_Share(split_id, k, x, bytes(y))))
+        shares.append(_format_share(_Share(split_id, k, x, bytes(y)), fmt))
     return shares
 
 
-def combine_unlock_key_shares(shares: Iterable[str]) -> str:
-    """Rebuild the unlock key from at least k shares of one split, or raise `ShareError`
-    naming the problem: a mistyped share, shares of different splits, too few shares, or
-    shares that do not lie on one polynomial."""
+def combine_key_shares(fmt: KeyFormat, shares: Iterable[str]) -> str:
+    """Rebuild a key of kind `fmt` from at least k shares of one split, or raise
+    `fmt.share_error` naming the problem: a mistyped share, shares of different splits, too
+    few shares, or shares that do not lie on one polynomial."""
+    error = fmt.share_error
     parsed: list[_Share] = []
     for position, text in enumerate(shares, start=1):
         try:
-            parsed.append(_parse_share(text))
-        except ShareError as exc:
-            raise ShareError(f"share #{position} is {exc}") from None
+            parsed.append(_parse_share(text, fmt))
+        except error as exc:
+            raise error(f"share #{position} is {exc}") from None
     if not parsed:
-        raise ShareError("no shares given")
+        raise error("no shares given")
     if len({s.split_id for s in parsed}) > 1:
-        raise ShareError(
-            "the shares come from different splits (another unlock key, or another split of "
+        raise error(
+            f"the shares come from different splits (another {fmt.noun}, or another split of "
             "it); use shares from one split only"
         )
     if len({s.threshold for s in parsed}) > 1:
-        raise ShareError("the shares disagree on how many are needed (k)")
+        raise error("the shares disagree on how many are needed (k)")
     k = parsed[0].threshold
     by_x: dict[int, bytes] = {}
     for s in parsed:
         if by_x.setdefault(s.x, s.y) != s.y:
-            raise ShareError(f"two different shares both claim index {s.x}")
+            raise error(f"two different shares both claim index {s.x}")
     if len(by_x) < k:
-        raise ShareError(f"{len(by_x)} distinct share(s) given; this key needs {k}")
+        raise error(f"{len(by_x)} distinct share(s) given; this key needs {k}")
     points = sorted(by_x.items())
     base = points[:k]
     for x, y in points[k:]:
         if _interpolate(base, x) != y:
-            raise ShareError(f"share {x} is inconsistent with the others")
+            raise error(f"share {x} is inconsistent with the others")
     secret = _interpolate(base, 0)
     raw, check = secret[:KEY_BYTES], secret[KEY_BYTES:]
-    if _checksum(_UNLOCK_DOMAIN, raw) != check:
-        raise ShareError("the shares do not combine to a valid unlock key (altered shares?)")
-    return format_unlock_key(raw)
+    if _checksum(fmt.domain, raw) != check:
+        raise error(f"the shares do not combine to a valid {fmt.noun} (altered shares?)")
+    return format_key(fmt, raw)
+
+
+def split_unlock_key(unlock_key: str, k: int, n: int) -> list[str]:
+    """Split an unlock key into `n` shares, any `k` of which rebuild it (see `split_key`)."""
+    return split_key(UNLOCK_KEY_FORMAT, unlock_key, k, n)
+
+
+def combine_unlock_key_shares(shares: Iterable[str]) -> str:
+    """Rebuild the unlock key from at least k shares of one split, or raise `ShareError`
+    naming the problem (see `combine_key_shares`)."""
+    return combine_key_shares(UNLOCK_KEY_FORMAT, shares)
 
 
 # --- the data directory's format marker ------------------------------------------------------

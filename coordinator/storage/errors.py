@@ -81,3 +81,29 @@ class WalCorruptError(WalError):
             "entry may be damaged. Inspect it with `concordctl rafttool dump`, then rebuild "
             "this member from its peers."
         )
+
+
+class BackupError(StorageError):
+    """A backup file (`concordctl snapshot save`) cannot be written or read as asked."""
+
+
+class InvalidBackupKeyError(BackupError, ValueError):
+    """Text that is not a backup key (a typo caught by its checksum, a truncated paste)."""
+
+
+class BackupShareError(BackupError, ValueError):
+    """Backup-key shares that are mistyped, too few, or do not belong together."""
+
+
+class WrongBackupKeyError(BackupError):
+    """A well-formed backup key that does not open this backup file."""
+
+
+class BackupCorruptError(BackupError):
+    """A backup file that does not read back: truncated, damaged or altered."""
+
+    def __init__(self, path: Path, offset: int, reason: str) -> None:
+        self.path = path
+        self.offset = offset
+        self.reason = reason
+        super().__init__(f"{path}: damaged at offset {offset}: {reason}")

@@ -25,6 +25,7 @@ from ._segment import Record as _Record
 from ._segment import scan_segment_partially as _scan_segment
 from ._snapfile import list_snapshots, read_snapshot
 from .crypto import KeyStore
+from .errors import WalCorruptError
 from .wal import SNAP_DIR, WAL_DIR
 
 
@@ -127,3 +128,90 @@ def _describe(source: str, rec: _Record) -> DumpRecord:
             reset = bool(rec.payload[0] & MARK_RESET)
             conf = ConfState.decode(rec.payload[1:])
             return DumpRecord(*common, conf=conf, note="reset" if reset else "")
+
+
+@dataclass(frozen=True, slots=True)
+class LogPosition:
+    """How far a data directory's log reaches: what `concordctl cluster recover` compares
+    between survivors (Raft's "more up-to-date": higher last term, then higher last index)."""
+
+    hard_state: HardState
+    last_index: int
+    last_term: int
+    snapshot_index: int
+    snapshot_term: int
+    conf: ConfState
+    """The newest configuration in the log (committed or not), else the snapshot's."""
+    torn_bytes: int = 0
+    """An unacknowledged torn tail the next open would cut (not counted above)."""
+
+
+def log_position(data_dir: str | os.PathLike[str], unlock_key: str | None = None) -> LogPosition:
+    """Replay a data directory read-only (no lock, nothing cut or cleaned, like `dump`) and
+    return where its log ends. The keys are needed (`LockedError` without the unlock key of
+    an autolocked member); damage raises `WalCorruptError`.
+
+    The replay follows the WAL's own rule: an entry at index i means "the log now ends at
+    i", an entry at or below the snapshot (or a reset mark) resets the log to the snapshot."""
+    keys = KeyStore.open(data_dir, unlock_key, read_only=True)
+    path = Path(data_dir)
+    base_index, base_term, base_conf = 0, 0, ConfState()
+    snap_dir = path / SNAP_DIR
+    if snap_dir.is_dir():
+        snapshots = list_snapshots(snap_dir)[0]
+        if snapshots:
+            snap, _ = read_snapshot(snapshots[-1][2], keys.cipher)
+            base_index, base_term, base_conf = snap.meta.index, snap.meta.term, snap.meta.conf
+    wal_dir = path / WAL_DIR
+    if not wal_dir.is_dir():
+        raise WalCorruptError(wal_dir, 0, "the data dir has no WAL")
+    last_index, last_term = base_index, base_term
+    confs: list[tuple[int, ConfState]] = []
+    hs = HardState()
+    torn = 0
+    gap: WalCorruptError | None = None
+    segments = list_segments(wal_dir)
+    for position, (seq, first_index, seg_path) in enumerate(segments):
+        final = position == len(segments) - 1
+        scan = _scan_segment(seg_path, seq, first_index, keys.cipher, final=final)
+        for rec in scan.records:
+            match rec.type:
+                case RecordType.SEGMENT_HEADER:
+                    _, _, hs = decode_segment_header(rec.payload)
+                case RecordType.HARD_STATE:
+                    hs = HardState(*HARD_STATE.unpack(rec.payload))
+                case RecordType.ENTRY:
+                    if rec.index <= base_index:
+                        last_index, last_term, confs, gap = base_index, base_term, [], None
+                        continue
+                    if rec.index > last_index + 1:
+                        # Stale after compaction, or a missing segment (as `DiskWal`).
+                        if gap is None:
+                            why = f"entry {rec.index} leaves a gap after {last_index}"
+                            gap = WalCorruptError(seg_path, rec.offset, why)
+                        continue
+                    gap = None
+                    last_index, last_term = rec.index, rec.term
+                    confs = [c for c in confs if c[0] < rec.index]
+                    if rec.payload[:1] == bytes([EntryKind.CONF]):
+                        confs.append((rec.index, ConfState.decode(rec.payload[1:])))
+                case RecordType.SNAPSHOT_MARK:
+                    if rec.payload[0] & MARK_RESET:
+                        gap = None
+                        if last_index > base_index:
+                            last_index, last_term, confs = base_index, base_term, []
+        if scan.corruption is not None:
+            raise scan.corruption
+        if scan.torn_reason is not None:
+            torn = scan.size_bytes - scan.valid_bytes
+    if gap is not None:
+        raise gap
+    return LogPosition(
+        hard_state=hs,
+        last_index=last_index,
+        last_term=last_term,
+        snapshot_index=base_index,
+        snapshot_term=base_term,
+        conf=confs[-1][1] if confs else base_conf,
+        torn_bytes=torn,
+    )

@@ -40,7 +40,11 @@ the newest snapshot, as if `compact` had been called up to it.
 oldest segments whose live entries all lie at or below it. "Live" discounts entries that
 a later overwrite or snapshot reset discarded, so a stale tail does not pin a segment
 forever, and only a *prefix* of segments is ever deleted, which keeps replay of the rest
-equivalent to replay of everything. Every segment header repeats the hard state in force
+equivalent to replay of everything, with one wrinkle: the first kept segment may open
+with stale entries whose predecessors were in the deleted segments, so replay skips an
+entry that leaves a gap and reports corruption only if no later record closes it (a later
+overwrite below the gap, or a snapshot reset, discards the skipped entries as it did when
+they were written). Every segment header repeats the hard state in force
 when it was opened, so deleting old segments never loses the term or vote.
 
 **Keys.** `rotate_dek` starts a new segment under the new key; once a snapshot and
@@ -202,6 +206,8 @@ class DiskWal:
         self._snapshot_files: list[tuple[int, int, Path]] = []
         self._failed: BaseException | None = None
         self._closed = False
+        self._replay_gap: tuple[Path, int, str] | None = None
+        """During recovery: the first entry that left a gap not yet closed by a later one."""
         self.metrics = WalMetrics()
         self.recovery: RecoveryReport | None = None
         """Set by `open` when it cut a torn tail."""
@@ -295,6 +301,10 @@ class DiskWal:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    @property
+    def data_dir(self) -> Path:
+        return self._keys.data_dir
 
     # --- LogStorage (raft's read side) -------------------------------------------------------
 
@@ -616,6 +626,8 @@ class DiskWal:
                     seg.header_only = False
                 hs = self._replay(seg, rec, base, hs)
         assert scan is not None
+        if self._replay_gap is not None:
+            raise WalCorruptError(*self._replay_gap)
         self._storage.set_hard_state(hs)
         last = self._segments[-1]
         if scan.torn_reason is not None:
@@ -675,16 +687,23 @@ class DiskWal:
                 self._discard_after(rec.index - 1)
                 self._mark_live(seg, rec.index)
                 if rec.index <= base_index:
+                    self._replay_gap = None
                     if storage.last_index() > base_index:
                         storage.apply_snapshot(base)
                 elif rec.index > storage.last_index() + 1:
-                    raise WalCorruptError(
-                        seg.path,
-                        rec.offset,
-                        f"entry {rec.index} leaves a gap after {storage.last_index()} "
-                        "(a segment is missing?)",
-                    )
+                    # Either a segment is missing, or this entry is stale: written after
+                    # entries that lived in segments compaction has deleted, and discarded
+                    # by a later record of this log (an overwrite at a lower index). Skip it;
+                    # a gap that no later record closes is the former (see `_recover`).
+                    if self._replay_gap is None:
+                        self._replay_gap = (
+                            seg.path,
+                            rec.offset,
+                            f"entry {rec.index} leaves a gap after {storage.last_index()} "
+                            "(a segment is missing?)",
+                        )
                 else:
+                    self._replay_gap = None
                     storage.append([Entry(rec.index, rec.term, kind, rec.payload[1:])])
             case RecordType.SNAPSHOT_MARK:
                 if rec.index > base_index:
@@ -696,6 +715,7 @@ class DiskWal:
                     )
                 if rec.payload[0] & MARK_RESET:
                     self._discard_after(rec.index)
+                    self._replay_gap = None
                     if storage.last_index() > base_index:
                         storage.apply_snapshot(base)
         return hs

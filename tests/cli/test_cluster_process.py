@@ -25,16 +25,16 @@ KEY_RE = re.compile(r"member (\d+) at \S+: autolock is now on\. Its unlock key:\
 
 
 def _free_base_port() -> int:
-    """A base port with 9 free ports after it (cluster init lays members out from it)."""
+    """A base port with 12 free ports after it (cluster init lays members out from it)."""
     for _ in range(50):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             base = int(probe.getsockname()[1])
-        if base + 9 > 65535:
+        if base + 12 > 65535:
             continue
         socks = []
         try:
-            for port in range(base, base + 9):
+            for port in range(base, base + 12):
                 s = socket.socket()
                 socks.append(s)
                 s.bind(("127.0.0.1", port))
@@ -44,7 +44,7 @@ def _free_base_port() -> int:
         finally:
             for s in socks:
                 s.close()
-    raise AssertionError("no 9 consecutive free ports on 127.0.0.1")
+    raise AssertionError("no 12 consecutive free ports on 127.0.0.1")
 
 
 def _ctl(*args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -1,4 +1,5 @@
-"""`concordctl cluster init` and `concordctl join-token`: offline, with click's CliRunner."""
+"""`concordctl cluster init` (offline) and the input checks of `concordctl join-token`, with
+click's CliRunner. (`join-token` against a running cluster: tests/process/test_process_join.py.)"""
 
 from __future__ import annotations
 
@@ -12,12 +13,7 @@ from cryptography import x509
 
 from coordinator.cli.main import cli
 from coordinator.runtime.member import build_parser, config_from_args
-from coordinator.runtime.tls import (
-    JoinTokenError,
-    JoinTokenStore,
-    load_member_tls,
-    verify_join_token,
-)
+from coordinator.runtime.tls import load_member_tls, new_join_token
 
 
 def ctl(*args: str) -> Result:
@@ -35,6 +31,7 @@ def test_init_writes_a_working_cluster_layout(tmp_path: Path) -> None:
 
     for i, m in enumerate(doc["members"], start=1):
         tls = load_member_tls(Path(m["tls_dir"]))  # the CA signed it, key and cert match
+        assert tls.member_id == i  # bound to its member id
         sans = x509.load_pem_x509_certificate(tls.cert_pem).extensions.get_extension_for_class(
             x509.SubjectAlternativeName
         )
@@ -47,22 +44,33 @@ def test_init_writes_a_working_cluster_layout(tmp_path: Path) -> None:
         assert cfg.cluster_id == doc["cluster_id"]
         assert sorted(cfg.initial_cluster) == [1, 2, 3]
         assert cfg.client_listen == doc["endpoints"][i - 1]
+        assert cfg.join_listen == m["join_address"] and cfg.ca_key_file == d / "ca-key.pem"
     client = x509.load_pem_x509_certificate((d / "client" / "client.pem").read_bytes())
     client.verify_directly_issued_by(x509.load_pem_x509_certificate(ca_pem))
     assert (d / "client" / "ca.pem").read_bytes() == ca_pem
 
-    token = verify_join_token(doc["join_token"], ca_pem, JoinTokenStore(d / "join-tokens.json"))
-    assert token.id == doc["join_token_id"]
+    # No token yet (tokens live in the running cluster): the commands to get one and to join.
+    assert "join_token" not in doc
+    assert shlex.split(doc["join_token_command"])[-2:] == ["join-token", "create"]
+    token = str(new_join_token(ca_pem))
+    argv = [token if a == "TOKEN" else a for a in shlex.split(doc["join_command"])]
+    joiner = config_from_args(build_parser().parse_args(argv[1:]))
+    assert joiner.join is not None and str(joiner.join.token) == token
+    assert joiner.join.address == doc["members"][0]["join_address"]
+    assert joiner.id == 0 and joiner.initial_cluster == {}
 
 
 def test_init_prints_commands_for_people_and_refuses_to_overwrite(tmp_path: Path) -> None:
     d = tmp_path / "c"
     res = ctl("cluster", "init", "--dir", str(d), "--members", "4", "--base-port", "9000")
     assert res.exit_code == 0, res.output
-    assert "CONCORD-JOIN-1-" in res.stdout
+    assert "CONCORD-JOIN-1-" not in res.stdout
+    assert "join-token create" in res.stdout
     commands = [line.strip() for line in res.stdout.splitlines() if "concord-coordinator" in line]
-    assert len(commands) == 4
-    assert "--client-listen 127.0.0.1:9009" in commands[3]
+    assert len(commands) == 5  # four members, and the command a fifth one joins with
+    assert "--client-listen 127.0.0.1:9012 " in commands[3]
+    assert "--join-listen 127.0.0.1:9015 " in commands[3]
+    assert "--join 127.0.0.1:9003 --join-token TOKEN" in commands[4]
     assert "an even size buys nothing" in res.stderr
 
     again = ctl("cluster", "init", "--dir", str(d))
@@ -85,38 +93,10 @@ def test_init_rejects_bad_options(tmp_path: Path, args: list[str], message: str)
     assert not (tmp_path / "c" / "ca.pem").exists()
 
 
-def test_join_tokens_create_list_revoke(tmp_path: Path) -> None:
-    d = tmp_path / "c"
-    assert ctl("cluster", "init", "--dir", str(d), "--members", "1").exit_code == 0
-    store = JoinTokenStore(d / "join-tokens.json")
-    ca_pem = (d / "ca.pem").read_bytes()
-
-    made = ctl("-o", "json", "join-token", "create", "--dir", str(d))
-    assert made.exit_code == 0, made.output
-    doc = json.loads(made.stdout)
-    verify_join_token(doc["token"], ca_pem, store)
-
-    listed = ctl("-o", "json", "join-token", "list", "--dir", str(d))
-    rows = json.loads(listed.stdout)
-    assert len(rows) == 2 and all(r["revoked"] == "" for r in rows)
-
-    res = ctl("join-token", "revoke", "--dir", str(d), doc["id"])
-    assert res.exit_code == 0, res.output
-    with pytest.raises(JoinTokenError, match="was revoked"):
-        verify_join_token(doc["token"], ca_pem, store)
-    plain = ctl("join-token", "create", "--dir", str(d))
-    token = plain.stdout.strip()
-    assert ctl("join-token", "revoke", "--dir", str(d), token).exit_code == 0  # by the token
-    with pytest.raises(JoinTokenError, match="was revoked"):
-        verify_join_token(token, ca_pem, store)
-
-    unknown = ctl("join-token", "revoke", "--dir", str(d), "0123456789ab")
-    assert unknown.exit_code == 1
-    assert "no join token with id '0123456789ab'" in unknown.stderr
-    assert "join-token list" in unknown.stderr
-    damaged = ctl("join-token", "revoke", "--dir", str(d), "CONCORD-JOIN-1-abc-def")
+def test_join_token_commands_check_their_input_before_sending(tmp_path: Path) -> None:
+    damaged = ctl("join-token", "revoke", "CONCORD-JOIN-1-abc-def")
     assert damaged.exit_code == 2 and "damaged" in damaged.stderr
-
-    nowhere = ctl("join-token", "create", "--dir", str(tmp_path / "nothing"))
-    assert nowhere.exit_code == 1
-    assert "no cluster CA in" in nowhere.stderr and "cluster init" in nowhere.stderr
+    nobody = ctl("--endpoints", "127.0.0.1:1", "--timeout", "0.5", "join-token", "list")
+    assert nobody.exit_code == 1 and nobody.stderr.startswith("Error: UNAVAILABLE")
+    offline = ctl("join-token", "create", "--dir", str(tmp_path))
+    assert offline.exit_code == 2  # the offline variant is gone: tokens live in the cluster

@@ -28,6 +28,8 @@ from coordinator.fsm import (
     ExpireLeases,
     ExpireResult,
     FsmError,
+    JoinTokenAdd,
+    JoinTokenRevoke,
     KeyValue,
     LeaseGrant,
     LeaseKeepAlive,
@@ -101,6 +103,8 @@ COMMANDS = {
     SequenceNext: st.builds(SequenceNext, texts, u32),
     MemberUpsert: st.builds(MemberUpsert, u64, texts, texts, texts),
     MemberRemove: st.builds(MemberRemove, u64),
+    JoinTokenAdd: st.builds(JoinTokenAdd, texts, blobs, u64),
+    JoinTokenRevoke: st.builds(JoinTokenRevoke, texts, u64),
     Noop: st.just(Noop()),
 }
 envelopes = st.builds(Envelope, u64, u64, u64, st.one_of(*COMMANDS.values()))

@@ -218,7 +218,7 @@ def test_a_bad_image_is_rejected_and_the_machine_is_untouched(d: Driver) -> None
         b"",
         b"garbage",
         b"XFSM" + image[4:],
-        image[:4] + b"\x02" + image[5:],
+        image[:4] + b"\x09" + image[5:],
         image + b"\x00",
         *(image[:cut] for cut in range(0, len(image), 7)),
     ]
@@ -226,8 +226,8 @@ def test_a_bad_image_is_rejected_and_the_machine_is_untouched(d: Driver) -> None
         with pytest.raises(SnapshotDecodeError):
             target.m.restore(bad)
         assert target.m.snapshot() == kept
-    with pytest.raises(SnapshotDecodeError, match="unknown snapshot version 2"):
-        target.m.restore(image[:4] + b"\x02" + image[5:])
+    with pytest.raises(SnapshotDecodeError, match="unknown snapshot version 9"):
+        target.m.restore(image[:4] + b"\x09" + image[5:])
     with pytest.raises(SnapshotDecodeError, match="not a Concord state machine snapshot"):
         target.m.restore(b"XFSM" + image[4:])
 

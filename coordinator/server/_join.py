@@ -1,0 +1,548 @@
+"""Joining a running cluster over the network, and the join tokens that allow it.
+
+**Tokens** (`JoinTokenCreate`, `JoinTokenList`, `JoinTokenRevoke` of the Cluster service, on
+the client port: a client certificate is needed). A new token is made by the member that
+answers (it needs the cluster CA, whose fingerprint the token carries), its secret's hash is
+committed through the log (`JoinTokenAdd`), and the token is returned once: no member
+stores the secret. Creating is not exactly-once: a retry after an unknown outcome may leave
+an extra valid token nobody has seen (list and revoke it); a retry can never return a token
+that was not committed.
+
+**Joining** takes three members' worth of roles, which may be one member:
+
+1. the *joiner* (`coordinator.runtime.join`) fetches the CA from a member's join port
+   (`--join-listen`), checks it against the fingerprint in its token, and calls
+   `Join(token, CSR, id, name, URLs)` over TLS that trusts that CA only;
+2. the member that *received* it (this module's `JoinService`) checks what it can alone (it
+   must hold the CA key, `--ca-key-file`; the token must name this cluster's CA; the CSR must
+   be self-signed), then asks the leader to admit the member: itself if it leads, else over
+   the leader's peer port with its own member certificate (`Admission.Admit`). Forwarding,
+   not redirecting: a joiner knows one address, and a leader's join port may not be
+   reachable (or configured) at all;
+3. the *leader* (`_Admitter`) verifies the token against the replicated table after a read
+   barrier (unknown or wrong secret, revoked, another cluster's CA: PERMISSION_DENIED), picks
+   the id (the next after every id in the configuration and the member directory) or checks
+   the one asked for, checks the name, records the member in the directory and adds it as a
+   learner, both committed before it answers, one join at a time.
+
+The receiving member then signs the CSR as a member certificate bound to the new id
+(`tls.sign_member_csr`: a `concord://member/<id>` URI, so the peer port lets it speak for that
+id only) and answers with the certificate, the CA, the cluster id, the id and name, and the
+address book. If the leader's log still starts at index 0, the answer also carries the
+configuration at index 0, so that the joiner's empty WAL starts where everyone's does;
+otherwise the leader sends the joiner a snapshot, which carries it.
+
+A record that a half-finished join left in the directory (its learner change never
+committed) is resumed by a retry with the same name and peer URL; anything else already
+holding the id or the name is ALREADY_EXISTS, with what to do about it.
+
+**Promotion.** A joined learner that has caught up asks the leader over the peer port to make
+it a voter (`Admission.PromoteSelf`): the leader answers FAILED_PRECONDITION while it lags
+(Raft refuses to promote a learner that has not caught up), and a member whose certificate is
+bound to an id may promote only itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import grpc
+
+from coordinator.api.v1 import concord_pb2 as pb
+from coordinator.api.v1 import join_pb2 as jpb
+from coordinator.api.v1 import join_pb2_grpc as jpb_grpc
+from coordinator.fsm import (
+    JoinTokenAdd,
+    JoinTokenInfo,
+    JoinTokenRevoke,
+    MemberUpsert,
+    RevisionResult,
+)
+from coordinator.raft import ConfChange, ConfChangeType
+from coordinator.runtime.grpc_transport import certified_member_id, peer_refusal
+from coordinator.runtime.loop import RaftLoop
+from coordinator.runtime.tls import (
+    JOIN_TOKEN_PREFIX,
+    CertifiedKey,
+    JoinToken,
+    JoinTokenError,
+    JoinTokenRefusedError,
+    StoredToken,
+    TlsError,
+    check_ca_fingerprint,
+    check_csr,
+    new_join_token,
+    sign_member_csr,
+    verify_join_token,
+)
+
+from . import _validate as v
+from ._core import Core, ServiceConfig
+from ._errors import Code, ServiceError, invalid, unavailable
+from ._rpc import Call, Servicer, unary
+
+log = logging.getLogger("concord.join")
+
+_generated: Any = jpb_grpc  # untyped generated module
+
+
+class JoinAuthority(Protocol):
+    """What the join services need from their member process
+    (`coordinator.runtime.join.MemberAuthority` provides it)."""
+
+    @property
+    def cluster_id(self) -> str: ...
+
+    @property
+    def ca_pem(self) -> bytes:
+        """The cluster CA certificate."""
+        ...
+
+    @property
+    def signing_ca(self) -> CertifiedKey | None:
+        """The CA with its key (`--ca-key-file`); None: this member cannot sign."""
+        ...
+
+    def address_book(self) -> dict[int, str]:
+        """Member id -> peer URL (or host:port) of every member this one knows, itself
+        included."""
+        ...
+
+    def peer_address(self, member_id: int) -> str | None:
+        """host:port of a member's peer port, or None if unknown."""
+        ...
+
+    def peer_credentials(self) -> grpc.ChannelCredentials | None:
+        """This member's own credentials for dialing a peer port (None: --insecure)."""
+        ...
+
+
+# --- tokens (Cluster service) --------------------------------------------------------------------
+
+
+def _info(t: JoinTokenInfo) -> pb.JoinTokenInfo:
+    return pb.JoinTokenInfo(id=t.id, created_ms=t.created_ms, revoked_ms=t.revoked_ms)
+
+
+def _token_id(text: str) -> str:
+    """A token's id from its id or from the token itself."""
+    text = text.strip()
+    if text.upper().startswith(JOIN_TOKEN_PREFIX):
+        try:
+            return JoinToken.parse(text).id
+        except JoinTokenError as err:
+            raise invalid(str(err)) from None
+    if not text.isascii() or not text.isalnum():
+        raise invalid(
+            f"{text!r} is neither a join token nor a token id (`concordctl join-token list` "
+            "shows the ids)"
+        )
+    return text
+
+
+async def join_token_create(core: Core, ca_pem: bytes | None) -> pb.JoinTokenCreateResponse:
+    if ca_pem is None:
+        raise ServiceError(
+            Code.FAILED_PRECONDITION,
+            f"member {core.id} runs without TLS (--insecure), so it has no cluster CA to name "
+            "in a join token; joining over the network needs members with --tls-dir",
+        )
+    token = new_join_token(ca_pem)
+    created_ms = core.loop.clock.wall_ms()
+    applied = await core.propose(JoinTokenAdd(token.id, token.secret_digest, created_ms))
+    core.expect(applied, RevisionResult)
+    log.info("join token %s created", token.id)  # never the token itself
+    return pb.JoinTokenCreateResponse(
+        header=core.header(None, applied.index),
+        token=str(token),
+        info=pb.JoinTokenInfo(id=token.id, created_ms=created_ms),
+    )
+
+
+async def join_token_list(core: Core) -> pb.JoinTokenListResponse:
+    await core.read(False)
+    return pb.JoinTokenListResponse(
+        header=core.header(), tokens=[_info(t) for t in core.fsm.join_tokens()]
+    )
+
+
+async def join_token_revoke(
+    core: Core, request: pb.JoinTokenRevokeRequest
+) -> pb.JoinTokenRevokeResponse:
+    token_id = _token_id(request.id)
+    applied = await core.propose(JoinTokenRevoke(token_id, core.loop.clock.wall_ms()))
+    core.expect(applied, RevisionResult)
+    info = next((t for t in core.fsm.join_tokens() if t.id == token_id), None)
+    if info is None:  # revoked, then forgotten by a restore in between: report what we know
+        return pb.JoinTokenRevokeResponse(header=core.header(None, applied.index))
+    log.info("join token %s revoked", token_id)
+    return pb.JoinTokenRevokeResponse(header=core.header(None, applied.index), info=_info(info))
+
+
+# --- the leader's side ---------------------------------------------------------------------------
+
+
+class _Admitter:
+    """Admits members and promotes learners on the leader, one change at a time."""
+
+    def __init__(self, core: Core, authority: JoinAuthority) -> None:
+        self.core = core
+        self.authority = authority
+        self._lock = asyncio.Lock()
+        """One admission or promotion at a time: picking an id and claiming it must not
+        interleave with another join."""
+
+    def _check_leading(self) -> None:
+        if not self.core.loop.is_leader:
+            raise unavailable(
+                f"member {self.core.id} is not the leader (any more): leadership moved while "
+                "the join was on its way; retry the join"
+            )
+
+    def check_token(self, token: JoinToken) -> None:
+        stored = [
+            StoredToken(t.id, t.secret_sha256.hex(), t.created_ms, t.revoked_ms)
+            for t in self.core.fsm.join_tokens()
+        ]
+        try:
+            verify_join_token(token, self.authority.ca_pem, stored)
+        except JoinTokenRefusedError as err:
+            raise ServiceError(Code.PERMISSION_DENIED, str(err)) from None
+
+    async def admit(self, request: jpb.AdmitRequest) -> jpb.AdmitResponse:
+        token = _parse_token(request.token)
+        if request.id:
+            v.member_id(request.id)
+        if request.name:
+            v.name(request.name, "member")
+        core = self.core
+        self._check_leading()
+        async with self._lock:
+            await core.require_leader()  # a read barrier: the table is current
+            self.check_token(token)
+            member, name, resumed = self._claim(request)
+            upsert = MemberUpsert(member, name, request.peer_url, request.client_url)
+            applied = await core.propose(upsert)
+            core.expect(applied, RevisionResult)
+            index = applied.index
+            conf = core.loop.node.conf
+            if member not in conf.learners and member not in conf.voters:
+                changed = await core.change_membership(
+                    ConfChange(ConfChangeType.ADD_LEARNER, member)
+                )
+                index = changed.index
+            log.info(
+                "admitted member %d (%s, peer %s) as a learner with join token %s%s",
+                member,
+                name,
+                request.peer_url,
+                token.id,
+                " (resuming an unfinished join)" if resumed else "",
+            )
+            snap = core.loop.storage.snapshot().meta
+            return jpb.AdmitResponse(
+                member_id=member,
+                name=name,
+                peers=self.authority.address_book(),
+                log_start_known=snap.index == 0,
+                log_start_voters=sorted(snap.conf.voters) if snap.index == 0 else [],
+                log_start_learners=sorted(snap.conf.learners) if snap.index == 0 else [],
+                raft_index=index,
+            )
+
+    def _claim(self, request: jpb.AdmitRequest) -> tuple[int, str, bool]:
+        """(id, name, resumed): the id and name the new member gets, checked free."""
+        conf = self.core.loop.node.conf
+        in_conf = conf.voters | conf.learners
+        directory = {m.id: m for m in self.core.fsm.members()}
+        by_name = {m.name: m for m in directory.values()}
+        wanted = int(request.id)
+        if request.name and request.name in by_name:
+            holder = by_name[request.name]
+            if (
+                holder.id not in in_conf
+                and holder.peer_url == request.peer_url
+                and wanted in (0, holder.id)
+            ):
+                return holder.id, holder.name, True  # a join that stopped half-way
+            raise ServiceError(
+                Code.ALREADY_EXISTS,
+                f"member name {request.name!r} belongs to member {holder.id} (peer "
+                f"{holder.peer_url}); choose another --name, or, if member {holder.id} is an "
+                "earlier, unfinished join of this member, remove it first (`concordctl member "
+                f"remove {holder.id}`) and join again",
+            )
+        taken = in_conf | set(directory)
+        if wanted:
+            if wanted in taken:
+                role = (
+                    "a voter"
+                    if wanted in conf.voters
+                    else "a learner"
+                    if wanted in conf.learners
+                    else "in the member directory"
+                )
+                raise ServiceError(
+                    Code.ALREADY_EXISTS,
+                    f"member id {wanted} is taken ({role}); choose another --id, or --id 0 to "
+                    "let the cluster pick the next free one",
+                )
+            member = wanted
+        else:
+            member = max(taken, default=0) + 1
+        name = request.name or f"member-{member}"
+        if name in by_name:
+            raise ServiceError(
+                Code.ALREADY_EXISTS,
+                f"member name {name!r} belongs to member {by_name[name].id}; give the joining "
+                "member a --name",
+            )
+        return member, name, False
+
+    async def promote(self, member: int) -> jpb.PromoteSelfResponse:
+        core = self.core
+        self._check_leading()
+        async with self._lock:
+            await core.require_leader()
+            conf = core.loop.node.conf
+            if member in conf.voters:
+                return jpb.PromoteSelfResponse(already_voter=True)
+            if member not in conf.learners:
+                raise ServiceError(
+                    Code.NOT_FOUND,
+                    f"member {member} is not a learner of this cluster (removed, or never "
+                    "admitted); it cannot be promoted",
+                )
+            applied = await core.change_membership(ConfChange(ConfChangeType.PROMOTE, member))
+            log.info("promoted member %d to voter at its request", member)
+            return jpb.PromoteSelfResponse(raft_index=applied.index)
+
+
+def _parse_token(text: str) -> JoinToken:
+    if not text.strip():
+        raise invalid("a join needs a join token (`concordctl join-token create` makes one)")
+    try:
+        return JoinToken.parse(text)
+    except JoinTokenError as err:
+        raise invalid(str(err)) from None
+
+
+def url_host(url: str, what: str) -> str:
+    """The host of `scheme://host:port` (an IPv6 address without its brackets)."""
+    scheme, sep, rest = url.partition("://")
+    host, colon, port = rest.rstrip("/").rpartition(":")
+    host = host.strip("[]")
+    if (
+        not sep
+        or not scheme
+        or not colon
+        or not host
+        or not port.isdigit()
+        or not 0 < int(port) < 65536
+        or any(c.isspace() or c == "/" for c in host)
+    ):
+        raise invalid(
+            f"{what} {url!r} must look like scheme://host:port (e.g. https://10.0.0.4:7071)"
+        )
+    return host
+
+
+# --- services ------------------------------------------------------------------------------------
+
+
+class JoinService(Servicer):
+    """concord.v1.Join, on the join port (no client certificate)."""
+
+    def __init__(self, services: JoinServices) -> None:
+        super().__init__(services.core.cfg.deadline_s)
+        self._services = services
+
+    @unary
+    async def Join(self, request: jpb.JoinRequest, call: Call) -> jpb.JoinResponse:
+        services = self._services
+        authority = services.authority
+        core = services.core
+        signer = authority.signing_ca
+        if signer is None:
+            raise ServiceError(
+                Code.FAILED_PRECONDITION,
+                f"member {core.id} cannot sign certificates: it was started without "
+                "--ca-key-file; join through a member started with --ca-key-file (the cluster "
+                "CA key)",
+            )
+        token = _parse_token(request.token)
+        try:
+            check_ca_fingerprint(token, authority.ca_pem)
+        except JoinTokenError as err:
+            raise ServiceError(Code.PERMISSION_DENIED, str(err)) from None
+        try:
+            csr = check_csr(bytes(request.csr))
+        except TlsError as err:
+            raise invalid(str(err)) from None
+        if request.id:
+            v.member_id(request.id)
+        hosts = [
+            url_host(request.peer_url, "peer_url"),
+            url_host(request.client_url, "client_url"),
+        ]
+        admit = jpb.AdmitRequest(
+            token=request.token,
+            id=request.id,
+            name=request.name,
+            peer_url=request.peer_url,
+            client_url=request.client_url,
+        )
+        admitted = await services.admit_at_leader(admit, call)
+        certificate = sign_member_csr(
+            signer, csr, member_id=admitted.member_id, name=admitted.name, hosts=hosts
+        )
+        log.info("signed the certificate of member %d (%s)", admitted.member_id, admitted.name)
+        return jpb.JoinResponse(
+            certificate=certificate,
+            ca=authority.ca_pem,
+            cluster_id=authority.cluster_id,
+            member_id=admitted.member_id,
+            name=admitted.name,
+            peers=dict(admitted.peers),
+            log_start_known=admitted.log_start_known,
+            log_start_voters=list(admitted.log_start_voters),
+            log_start_learners=list(admitted.log_start_learners),
+        )
+
+
+class AdmissionService(Servicer):
+    """concord.v1.Admission, on the peer port: member certificates only."""
+
+    def __init__(self, services: JoinServices) -> None:
+        super().__init__(services.core.cfg.deadline_s)
+        self._admitter = services.admitter
+
+    async def Admit(
+        self,
+        request: jpb.AdmitRequest,
+        context: Any,  # noqa: ANN401 (grpc's context)
+    ) -> jpb.AdmitResponse:
+        await _require_member(context)
+        return await self._admit(request, context)
+
+    async def PromoteSelf(
+        self,
+        request: jpb.PromoteSelfRequest,
+        context: Any,  # noqa: ANN401 (grpc's context)
+    ) -> jpb.PromoteSelfResponse:
+        bound = await _require_member(context)
+        if bound is not None and bound != request.id:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"the certificate of member {bound} cannot ask to promote member {request.id}: "
+                "a member may promote only itself (use `concordctl member promote`)",
+            )
+        return await self._promote(request, context)
+
+    @unary
+    async def _admit(self, request: jpb.AdmitRequest, call: Call) -> jpb.AdmitResponse:
+        return await self._admitter.admit(request)
+
+    @unary
+    async def _promote(
+        self, request: jpb.PromoteSelfRequest, call: Call
+    ) -> jpb.PromoteSelfResponse:
+        return await self._admitter.promote(v.member_id(request.id))
+
+
+async def _require_member(context: Any) -> int | None:  # noqa: ANN401 (grpc's context)
+    """Abort unless the caller holds a member certificate; its bound id (None: unbound)."""
+    auth: Mapping[str, Sequence[bytes]] = context.auth_context()
+    refusal = peer_refusal(auth)
+    if refusal:
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
+    return certified_member_id(auth)
+
+
+class JoinServices:
+    """The join port (Join) and the peer-port half (Admission) of one member, over its loop.
+
+    `add_to_peer_server` before the peer server starts; `listen` for the join port;
+    `stop` when the member stops."""
+
+    def __init__(
+        self, loop: RaftLoop, authority: JoinAuthority, config: ServiceConfig | None = None
+    ) -> None:
+        self.core = Core(loop, config or ServiceConfig(deadline_s=10.0))
+        self.authority = authority
+        self.admitter = _Admitter(self.core, authority)
+        self._server: grpc.aio.Server | None = None
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self.port = 0
+        """The join port actually bound (0: not listening)."""
+
+    def add_to_peer_server(self, server: grpc.aio.Server) -> None:
+        _generated.add_AdmissionServicer_to_server(AdmissionService(self), server)
+
+    async def listen(self, address: str, credentials: grpc.ServerCredentials) -> int:
+        """Serve the Join service on `address` (TLS, no client certificate)."""
+        server = grpc.aio.server()
+        _generated.add_JoinServicer_to_server(JoinService(self), server)
+        try:
+            port = server.add_secure_port(address, credentials)
+        except RuntimeError as err:
+            raise OSError(f"cannot listen on {address} for the join server: {err}") from None
+        if not port:
+            raise OSError(f"cannot listen on {address} for the join server (in use?)")
+        await server.start()
+        self._server = server
+        self.port = int(port)
+        return self.port
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        if self._server is not None:
+            await self._server.stop(grace_s)
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
+        self.core.close()
+
+    async def admit_at_leader(self, request: jpb.AdmitRequest, call: Call) -> jpb.AdmitResponse:
+        """Admit on the leader: here if this member leads, else over the leader's peer port."""
+        core = self.core
+        await core.read(False)  # a leader exists and this member hears from it
+        leader = core.loop.leader
+        if leader == core.id:
+            return await self.admitter.admit(request)
+        address = self.authority.peer_address(leader) if leader else None
+        if address is None:
+            raise unavailable(
+                f"member {core.id} knows no address for the leader (member {leader}); retry"
+            )
+        channel = self._channels.get(address)
+        if channel is None:
+            credentials = self.authority.peer_credentials()
+            channel = (
+                grpc.aio.secure_channel(address, credentials)
+                if credentials is not None
+                else grpc.aio.insecure_channel(address)
+            )
+            self._channels[address] = channel
+        stub = _generated.AdmissionStub(channel)
+        try:
+            response: jpb.AdmitResponse = await stub.Admit(
+                request, timeout=max(0.5, call.bound_s() * 0.9)
+            )
+        except grpc.aio.AioRpcError as err:
+            raise _relayed(err, leader, address) from None
+        return response
+
+
+def _relayed(err: grpc.aio.AioRpcError, leader: int, address: str) -> ServiceError:
+    """The leader's refusal, passed on as it is; a failure to reach it as UNAVAILABLE."""
+    details = err.details() or ""
+    name = err.code().name
+    if name in Code.__members__ and name not in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+        return ServiceError(Code[name], details)
+    return unavailable(
+        f"could not complete the join through the leader (member {leader} at {address}): "
+        f"{name}: {details}; retry"
+    )
