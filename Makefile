@@ -13,13 +13,16 @@ PY := $(BIN)/python
 
 SEEDS ?= 2000
 
-.PHONY: help bootstrap run test test-fast sim elections lint typecheck fmt clean
+.PHONY: help bootstrap run test test-fast sim elections soak bench bench-report lint typecheck fmt clean
 
 help:
 	@echo "make run           3 members on loopback + a lock, sequence, CAS and failover demo"
 	@echo "make test          the whole suite: lint, typecheck, import contracts, pytest, sim"
 	@echo "make sim SEEDS=N   run N simulation seeds (default $(SEEDS))"
 	@echo "make elections     leader-crash downtime distribution (Raft paper Figure 16)"
+	@echo "make soak MINUTES=N  random fault schedules on real processes (default $(MINUTES) min)"
+	@echo "make bench         Concord vs etcd vs PySyncObj (BENCH_QUICK=1: ~2 min smoke run)"
+	@echo "make bench-report  docs/benchmarks.md from the latest make bench"
 	@echo "make lint | typecheck | fmt | clean"
 
 bootstrap:
@@ -47,6 +50,26 @@ sim: bootstrap
 TRIALS ?= 1000
 elections: bootstrap
 	$(PY) -m coordinator.testing.elections --trials $(TRIALS)
+
+# Fault injection on real processes (docs/consensus.md): randomized, seeded nemesis schedules,
+# one after another for MINUTES; histories and summary.json under .results/nemesis/. `make
+# test` runs the bounded set (tests/nemesis). SOAK_SEED picks the first seed.
+MINUTES ?= 10
+SOAK_SEED ?=
+soak: bootstrap
+	$(PY) -m coordinator.testing.nemesis soak --minutes $(MINUTES) $(if $(SOAK_SEED),--seed $(SOAK_SEED))
+
+# Benchmarks (issue 5): 3-member Concord, etcd (built by scripts/build_etcd.sh) and PySyncObj
+# clusters; results under .results/bench/. Not part of `make test`. BENCH_ARGS passes options.
+BENCH_QUICK ?=
+BENCH_ARGS ?=
+bench: bootstrap
+	@bash scripts/bench_deps.sh
+	$(PY) -m bench run $(if $(filter-out 0,$(BENCH_QUICK)),--quick) $(BENCH_ARGS)
+
+bench-report: bootstrap
+	@bash scripts/bench_deps.sh
+	$(PY) -m bench report
 
 lint: bootstrap
 	$(BIN)/ruff check .
