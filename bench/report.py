@@ -251,11 +251,20 @@ def profile_section(doc: dict[str, Any]) -> str:
         return "No profile in this run."
     if not prof.get("available"):
         return f"No profile in this run: {prof.get('reason', 'unknown')}."
+    areas = prof.get("self_by_area", [])
+    funcs = prof.get("top_self", [])
+    named = ", ".join(f"{a['area']} {100 * a['share']:.0f} %" for a in areas[:4])
+    top = ", ".join(f"`{f['function']}` ({100 * f['share']:.0f} %)" for f in funcs[:5])
+    busy = prof.get("gil_busy")
     lines = [
-        f"py-spy sampled the Concord leader at {prof['rate_hz']} Hz during an extra write run "
-        f"at {prof.get('concurrency', 64)} in flight ({prof['samples']:,} samples of busy "
-        f"threads; {prof.get('write_throughput_per_s_while_profiled', 0):,.0f} writes/s while "
-        f"sampled; raw stacks in `{prof['raw']}` beside the results).",
+        f"py-spy (`{prof.get('tool', 'py-spy')}`) sampled the Concord leader at "
+        f"{prof['rate_hz']} Hz during an extra write run at {prof.get('concurrency', 64)} in "
+        f"flight ({prof.get('write_throughput_per_s_while_profiled', 0):,.0f} writes/s while "
+        f"sampled, a little below the figure: sampling pauses the process). "
+        + (f"The GIL was held in {100 * busy:.0f} % of the samples taken. " if busy else "")
+        + f"Raw stacks: `{prof['raw']}` beside the results.",
+        "",
+        f"**Top costs** (share of the GIL-holding samples): {named}; by function, {top}.",
         "",
         "Self time by area:",
         "",
@@ -451,7 +460,10 @@ def environment_lines(doc: dict[str, Any]) -> str:
 def systems_lines(doc: dict[str, Any]) -> str:
     out = []
     for name, d in doc.get("systems", {}).items():
-        settings = "; ".join(f"{k} {v}" for k, v in d.get("settings", {}).items())
+        # How clients were shared is the run's (see "mode" above), not the system's.
+        settings = "; ".join(
+            f"{k.replace('_', ' ')}: {v}" for k, v in d.get("settings", {}).items() if k != "client"
+        )
         out.append(
             f"- **{SYSTEM_TITLES.get(name, name)}** {d.get('version')}, {d.get('obtained')}. "
             f"{settings}."
@@ -478,10 +490,10 @@ machine drift from run to run; the ratios (Concord / peer) are the figures to co
 
 ## Results
 
-Each load cell: N asyncio tasks in one Python process, each with its own connection and
-one request in flight, aimed at the leader; a warm-up, then a fixed window; throughput is
-completions in the window. Ratios are Concord / peer (above 1 means Concord's number is
-bigger, which is better for rates and worse for times and memory).
+Each load cell: N asyncio tasks in one Python process, each keeping one request in flight
+through the cell's client (see "mode" above), aimed at the leader; a warm-up, then a fixed
+window; throughput is completions in the window. Ratios are Concord / peer (above 1 means
+Concord's number is bigger, which is better for rates and worse for times and memory).
 
 {markdown(doc)}
 ## Plots

@@ -31,7 +31,8 @@ def ensure_generated() -> list[Path]:
     todo = [p for p in sorted(HERE.glob("*.proto")) if _stale(p)]
     if not todo:
         return []
-    from grpc_tools import protoc  # noqa: PLC0415 (only needed when something is stale)
+    # Only needed when something is stale.
+    from grpc_tools import protoc  # type: ignore[import-untyped]  # noqa: PLC0415
 
     include = Path(protoc.__file__).parent / "_proto"
     for proto in todo:

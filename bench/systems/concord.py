@@ -132,7 +132,7 @@ class ConcordCluster(Cluster):
                 "tick_ms": self.tick_ms,
                 "election_ticks": self.election_ticks,
                 "snapshot": "every 10,000 applied entries (member default)",
-                "client": "coordinator.client.Client, one per task",
+                "client": "coordinator.client.Client",
             },
         }
 

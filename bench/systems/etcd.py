@@ -180,7 +180,7 @@ class EtcdCluster(Cluster):
                 "election_timeout_ms": 1000,
                 "snapshot_count": "10000 (default)",
                 "max_txn_ops": 128,
-                "client": "one gRPC channel per task (Python grpc.aio)",
+                "client": "Python grpc.aio channels",
                 "locks": "v3lock API (server-side Lock/Unlock with a lease)",
             },
         }

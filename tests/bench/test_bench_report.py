@@ -265,7 +265,7 @@ def test_etcd_declarations_match_etcds_wire_format() -> None:
     # Service and method names make the HTTP/2 paths: /etcdserverpb.KV/Put, /v3lockpb.Lock/Lock.
     assert kv.DESCRIPTOR.services_by_name["KV"].full_name == "etcdserverpb.KV"
     assert kv.DESCRIPTOR.services_by_name["Maintenance"].full_name == "etcdserverpb.Maintenance"
-    assert kv.DESCRIPTOR.services_by_name["Lease"].methods_by_name["LeaseGrant"]
+    assert "LeaseGrant" in kv.DESCRIPTOR.services_by_name["Lease"].methods_by_name
     assert lock.DESCRIPTOR.services_by_name["Lock"].full_name == "v3lockpb.Lock"
     # Field numbers, as etcd encodes them (tag = field << 3 | wire type).
     assert kv.PutRequest(key=b"k", value=b"v").SerializeToString() == b"\x0a\x01k\x12\x01v"
