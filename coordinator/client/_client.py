@@ -207,6 +207,13 @@ class Client:
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 0.5)
 
+    def _move_past(self, endpoint: str) -> None:
+        """Try the next endpoint after `endpoint` failed, unless a concurrent call already
+        moved on: calls failing together on one dead member must advance once, not once
+        each (with as many calls as endpoints they would cycle back to the dead one)."""
+        if self.endpoints[self._current % len(self.endpoints)] == endpoint:
+            self._current += 1
+
     @contextlib.contextmanager
     def session(self) -> Iterator[pb.Session]:
         """A session for one call, retries included (see the module doc). Given back with its
@@ -240,7 +247,7 @@ class Client:
                     if locked.issuperset(self.endpoints):
                         message = _every_locked(self.endpoints, err.details)
                         raise ConcordError("UNAVAILABLE", message, locked=True) from None
-                    self._current += 1
+                    self._move_past(endpoint)
                     continue
                 hint = err.leader
                 if hint and hint != endpoint:
@@ -248,7 +255,7 @@ class Client:
                         self.endpoints.append(hint)
                     self._current = self.endpoints.index(hint)
                     continue
-                self._current += 1
+                self._move_past(endpoint)
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 0.5)
         detail = last.details if last is not None else "no endpoint answered"
@@ -509,7 +516,7 @@ class Client:
                     f"the watch stream keeps ending and no member resumed it within "
                     f"{self.timeout_s:g} s",
                 )
-            self._current += 1
+            self._move_past(endpoint)
             await asyncio.sleep(delay_s)
             delay_s = min(delay_s * 2, 0.5)
 

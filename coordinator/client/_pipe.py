@@ -69,18 +69,19 @@ class Pipe:
             async with asyncio.timeout(timeout_s + 1.0):
                 return await done
         except TimeoutError:
-            raise CallFailed(
+            # A member that answers nothing at all (gone, or a connection never made) makes
+            # the whole stream suspect: break it, so the retry opens a fresh one.
+            failed = CallFailed(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"{self.endpoint} did not answer within {timeout_s:g} s",
-            ) from None
+            )
+            self._fail(failed)
+            raise failed from None
         finally:
             self._waiting.pop(call_id, None)
 
     async def close(self) -> None:
         self._fail(CallFailed(grpc.StatusCode.CANCELLED, "the client closed"))
-        self._stream.cancel()
-        for task in self._tasks:
-            task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
@@ -118,8 +119,14 @@ class Pipe:
             self._fail(await _stream_error(self._stream, err, self.endpoint))
 
     def _fail(self, err: CallFailed) -> None:
+        """End the pipe: every call on it fails with `err`, and its tasks stop."""
         if self.broken is None:
             self.broken = err
+            self._stream.cancel()
+            current = asyncio.current_task()
+            for task in self._tasks:
+                if task is not current:
+                    task.cancel()
         for done in self._waiting.values():
             if not done.done():
                 done.set_exception(err)

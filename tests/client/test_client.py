@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 
 import pytest
@@ -113,5 +114,23 @@ def test_one_client_shared_by_many_tasks(tmp_path: Path) -> None:
             for i in range(40):
                 kv = await shared.get(f"k/{i}".encode())
                 assert kv is not None and kv.value == b"v"
+
+    with_cluster(tmp_path, scenario)
+
+
+def test_calls_failing_together_on_a_dead_member_move_on_once(tmp_path: Path) -> None:
+    """Three calls fail at once on a dead first endpoint; with three endpoints, advancing
+    once per failed call would bring every retry back to the dead one."""
+
+    async def scenario(c: Cluster) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            dead = f"127.0.0.1:{s.getsockname()[1]}"  # closed again before anyone dials it
+        leader = await c.leader()
+        follower = await c.follower()
+        eps = [dead, f"127.0.0.1:{leader.served.port}", f"127.0.0.1:{follower.served.port}"]
+        async with Client(eps, timeout_s=5) as client:
+            revisions = await asyncio.gather(*(client.put(b"k%d" % i, b"v") for i in range(3)))
+            assert len(set(revisions)) == 3
 
     with_cluster(tmp_path, scenario)
