@@ -205,6 +205,8 @@ class RaftLoop:
         ctx = next(self._ctx)
 
         def ask() -> None:
+            if fut.done():
+                return  # the caller gave up (timed out, cancelled) before this turn
             try:
                 self.node.read_index(ctx)
                 self._reads[ctx] = fut
@@ -224,6 +226,8 @@ class RaftLoop:
         fut: asyncio.Future[Applied] = asyncio.get_running_loop().create_future()
 
         def call() -> None:
+            if fut.done():
+                return  # the caller gave up before this turn: propose nothing
             try:
                 index, term = self.node.propose_conf_change(cc)
             except RaftError as err:
@@ -382,10 +386,16 @@ class RaftLoop:
         fut: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
 
         def call() -> None:
+            # A caller that gave up (cancelled future) must not stop the loop: settling a
+            # cancelled future raises InvalidStateError, which would end run().
             try:
-                fut.set_result(fn())
+                result = fn()
             except RaftError as err:
-                fut.set_exception(err)
+                if not fut.done():
+                    fut.set_exception(err)
+                return
+            if not fut.done():
+                fut.set_result(result)
 
         self._call(call)
         return await fut

@@ -180,3 +180,30 @@ def test_proposals_of_a_deposed_leader_fail_as_unknown_not_hang(tmp_path: Path) 
             await c.close()
 
     run(scenario())
+
+
+def test_a_caller_that_gives_up_does_not_stop_the_loop(tmp_path: Path) -> None:
+    """Requests queued for the loop whose callers were cancelled (a client deadline) before
+    the loop's turn: settling their futures must not raise inside run()."""
+
+    async def scenario() -> None:
+        c = Cluster(tmp_path)
+        try:
+            leader = await c.leader()
+            follower = next(m for m in c.members.values() if m is not leader)
+            gave_up = [
+                asyncio.ensure_future(leader.transfer_leader(99)),  # refused: not a member
+                asyncio.ensure_future(follower.campaign()),
+                asyncio.ensure_future(leader.read_barrier()),
+            ]
+            await asyncio.sleep(0)  # queued on the loops' inboxes
+            for f in gave_up:
+                f.cancel()
+            await asyncio.sleep(0.3)
+            assert all(not t.done() for t in c.tasks.values()), "a Raft loop stopped"
+            leader = await c.leader()
+            await leader.propose(Put(b"still", b"running"))
+        finally:
+            await c.close()
+
+    run(scenario())
