@@ -52,7 +52,7 @@ import grpc
 from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.api.v1 import concord_pb2_grpc as rpc
 
-from ._pipe import LEADER_METADATA_KEY, LOCKED_METADATA_KEY, CallFailed, Pipe
+from ._pipe import LEADER_METADATA_KEY, LOCKED_METADATA_KEY, QUEUED_METADATA_KEY, CallFailed, Pipe
 
 T = TypeVar("T")
 
@@ -240,6 +240,10 @@ class Client:
             except (grpc.aio.AioRpcError, CallFailed) as exc:
                 err = _Failure.of(exc)
                 if err.code not in RETRYABLE:
+                    raise ConcordError(err.code.name, err.details) from None
+                if err.queued:
+                    # Still in line on this very member: the blocking caller re-issues it
+                    # here at once (moving on or backing off would only delay the grant).
                     raise ConcordError(err.code.name, err.details) from None
                 last = err
                 if err.locked:
@@ -647,14 +651,18 @@ class _Failure:
     leader: str
     """The leader's host:port from a redirect, or ""."""
     locked: bool
+    queued: bool
+    """A blocked lock or campaign still queued on the member that answered (its deadline was
+    near): re-issue it there."""
 
     @classmethod
     def of(cls, err: grpc.aio.AioRpcError | CallFailed) -> _Failure:
         if isinstance(err, CallFailed):
-            return cls(err.status, err.details, _leader_hint(err.leader), err.locked)
+            return cls(err.status, err.details, _leader_hint(err.leader), err.locked, err.queued)
         return cls(
             err.code(),
             err.details() or "",
             _leader_hint(_metadata(err, LEADER_METADATA_KEY)),
             bool(_metadata(err, LOCKED_METADATA_KEY)),
+            bool(_metadata(err, QUEUED_METADATA_KEY)),
         )

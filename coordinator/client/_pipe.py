@@ -21,19 +21,27 @@ from coordinator.api.v1 import concord_pb2 as pb
 
 LOCKED_METADATA_KEY = "concord-locked"
 LEADER_METADATA_KEY = "concord-leader"
+QUEUED_METADATA_KEY = "concord-queued"
 
 
 class CallFailed(Exception):
     """A pipelined call did not succeed: its error result, or the stream broke."""
 
     def __init__(
-        self, code: grpc.StatusCode, details: str, *, leader: str = "", locked: bool = False
+        self,
+        code: grpc.StatusCode,
+        details: str,
+        *,
+        leader: str = "",
+        locked: bool = False,
+        queued: bool = False,
     ) -> None:
         super().__init__(f"{code.name}: {details}")
         self.status = code
         self.details = details
         self.leader = leader
         self.locked = locked
+        self.queued = queued
 
 
 class Pipe:
@@ -109,7 +117,10 @@ class Pipe:
                     kind = r.WhichOneof("response")
                     if kind == "error":
                         e = r.error
-                        done.set_exception(CallFailed(_status(e.code), e.message, leader=e.leader))
+                        failed = CallFailed(
+                            _status(e.code), e.message, leader=e.leader, queued=e.queued
+                        )
+                        done.set_exception(failed)
                     else:
                         done.set_result(getattr(r, kind))
             self._fail(CallFailed(grpc.StatusCode.UNAVAILABLE, f"{self.endpoint} ended the stream"))

@@ -10,7 +10,10 @@ expiry, the end of a lock-delay), which reaches the server as an effect (`_hub.p
 3. queued: wait for the `Wait` to settle: the grant's token, or NOT_FOUND (the lease ended),
    ABORTED (an Unlock/Resign withdrew it), UNAVAILABLE (this member lost its quorum: nothing
    more can be granted through it; the place in the queue is kept, so re-issuing the request
-   on a member with a quorum picks it up). Only the client's deadline bounds the wait.
+   on a member with a quorum picks it up). Only the client's deadline bounds the wait: just
+   before it passes, the member answers UNAVAILABLE "still queued" (trailing
+   `concord-queued`), and the client re-issues the same request (same session), which finds
+   the lease still in the queue and waits on. So a wait may outlast any one call's deadline.
 
 Cancellation. If the client cancels (or its deadline passes) while the request is queued, the
 server proposes the withdrawal (LockRelease / Resign, without a session) in the background, so
@@ -38,7 +41,7 @@ from dataclasses import dataclass
 from coordinator.fsm import AcquireResult, Applied, Command
 
 from ._core import Core, Session
-from ._errors import Code, ServiceError
+from ._errors import QUEUED_METADATA_KEY, Code, ServiceError
 from ._hub import Wait, WaitKind, first_done
 from ._rpc import Call
 
@@ -120,7 +123,7 @@ class Acquirer:
                 "(the wait was withdrawn or the lease ended); acquire again",
             )
         lost = self.core.hub.quorum_lost()
-        await first_done(pending.future, lost, timeout_s=call.client_remaining_s())
+        await first_done(pending.future, lost, timeout_s=answer_within_s(call))
         if pending.future.done():
             return pending.future.result()
         if lost.done():
@@ -131,7 +134,13 @@ class Acquirer:
                 f"{spec.kind.value} {spec.name!r}: re-issue the request on a member with a "
                 "quorum (with a new session seq) to keep waiting",
             )
-        raise TimeoutError
+        raise ServiceError(
+            Code.UNAVAILABLE,
+            f"lease {spec.lease} is still queued for {spec.kind.value} {spec.name!r} and the "
+            "call's deadline is near: re-issue the same request (same session) on this member "
+            "to keep its place",
+            ((QUEUED_METADATA_KEY, "1"),),
+        )
 
     async def _try_lock_withdraw(self, spec: AcquireSpec) -> None:
         _, queued = self.state(spec)
@@ -150,6 +159,19 @@ class Acquirer:
         if token or queued:
             async with asyncio.timeout(self.core.cfg.deadline_s):
                 await self.core.propose(spec.withdraw)
+
+
+def answer_within_s(call: Call) -> float | None:
+    """How long a queued request may wait before it answers "still queued": shortly before
+    the client's deadline, so the client hears it and re-issues the request. Letting the
+    deadline pass instead would cancel the call, and a cancelled call withdraws its place in
+    the queue (see the module doc). The margin covers the answer's trip back; at least half
+    of what is left is spent waiting, so tiny deadlines do not turn into a busy loop."""
+    remaining = call.client_remaining_s()
+    if remaining is None:
+        return None
+    margin = min(1.0, max(0.25, remaining * 0.1))
+    return max(remaining / 2, remaining - margin)
 
 
 def _retrieve(task: asyncio.Task[Applied]) -> None:

@@ -24,6 +24,12 @@ LOCKED_METADATA_KEY = "concord-locked"
 such a member, and gives up at once when every member it knows is locked."""
 
 
+QUEUED_METADATA_KEY = "concord-queued"
+"""Trailing metadata on the UNAVAILABLE a blocked Lock or Campaign answers just before the
+client's deadline: the lease is still queued on this member, and re-issuing the same request
+(same session) here keeps its place. A client retries such a call at once, on the same member."""
+
+
 class Code(enum.Enum):
     """The gRPC status codes the service answers with (names = grpc.StatusCode names)."""
 

@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 from coordinator.api.v1 import concord_pb2 as pb
 
 from ._core import Core
-from ._errors import LEADER_METADATA_KEY, ServiceError, invalid
+from ._errors import LEADER_METADATA_KEY, QUEUED_METADATA_KEY, ServiceError, invalid
 from ._rpc import Call, Metadata, deadline_error, to_service_error
 
 log = logging.getLogger("concord.server")
@@ -156,9 +156,12 @@ def _forget(running: dict[int, asyncio.Task[None]], call_id: int, _: object) -> 
 
 def _error(call_id: int, err: ServiceError) -> pb.PipelineResult:
     leader = next((v for k, v in err.metadata if k == LEADER_METADATA_KEY), "")
+    queued = any(k == QUEUED_METADATA_KEY for k, _ in err.metadata)
     return pb.PipelineResult(
         id=call_id,
-        error=pb.PipelineError(code=err.code.value, message=err.message, leader=leader),
+        error=pb.PipelineError(
+            code=err.code.value, message=err.message, leader=leader, queued=queued
+        ),
     )
 
 

@@ -19,16 +19,15 @@ from coordinator.testing.nemesis.cluster import Cluster
 pytestmark = pytest.mark.process
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a queued Lock is withdrawn when its call's deadline (rpc_timeout_s) passes, and the "
-    "client's retry with the same session is refused ABORTED 'no longer queued'",
-)
-def test_acquire_blocks_longer_than_one_call_timeout(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["lock", "lock-unary", "campaign"])
+def test_acquire_blocks_longer_than_one_call_timeout(tmp_path: Path, how: str) -> None:
     """`Client.acquire` promises to "block until `name` is held": with the library's default
-    per-call timeout (3 s) it must still get a lock another client holds for 5 s. Found by the
-    nemesis's stalled lock holders (`LockWorkload.stall_p`); also hits `concordctl lock`. The
-    unary path (`Client(pipeline=False)`) fails the same way."""
+    per-call timeout (3 s) it must still get a lock another client holds for 5 s, and a
+    campaign must still win an election another client leads for 5 s. Found by the
+    nemesis's stalled lock holders (`LockWorkload.stall_p`): the queued request used to be
+    withdrawn when one call's deadline passed, and the retry was refused ABORTED "no longer
+    queued" (`concordctl lock` too). Fixed by the member answering "still queued" just before
+    the deadline (`concord-queued`) and the client re-issuing the same request."""
 
     async def scenario() -> float:
         async with Cluster(tmp_path, 3) as cluster:
@@ -41,20 +40,37 @@ def test_acquire_blocks_longer_than_one_call_timeout(tmp_path: Path) -> None:
                     credentials=cluster.credentials(),
                     timeout_s=10.0,
                     rpc_timeout_s=3.0,  # the library's default
+                    pipeline=how != "lock-unary",
                 )
 
             async with client() as holder, client() as waiter:
-                held = await holder.acquire("x", await holder.lease_grant(30_000))
                 lease = await waiter.lease_grant(30_000)
+                if how == "campaign":
+                    led = await holder.campaign("e", await holder.lease_grant(30_000), b"h")
+
+                    async def release() -> None:
+                        await holder.resign(led)
+
+                    async def wait() -> None:
+                        await waiter.campaign("e", lease, b"w")
+                else:
+                    held = await holder.acquire("x", await holder.lease_grant(30_000))
+
+                    async def release() -> None:
+                        await holder.release(held)
+
+                    async def wait() -> None:
+                        await waiter.acquire("x", lease)
+
                 started = time.perf_counter()
 
                 async def release_later() -> None:
                     await asyncio.sleep(5.0)
-                    await holder.release(held)
+                    await release()
 
                 releaser = asyncio.create_task(release_later())
                 try:
-                    await waiter.acquire("x", lease)  # ABORTED after ~3.2 s today
+                    await wait()
                 finally:
                     await releaser
                 return time.perf_counter() - started

@@ -86,17 +86,27 @@ def test_contending_clients_block_until_unlock_with_increasing_tokens(tmp_path: 
             await eventually(lambda: waiters_are(a, "job", 1))
             cancelled.cancel()
             await eventually(lambda: waiters_are(a, "job", 0))
-            # ... and so is one whose deadline passes.
-            err = await rpc_error(
-                b.lock.Lock(
-                    pb.LockRequest(session=sb.next(), name="job", lease=lb, wait=True),
-                    timeout=0.5,
-                )
-            )
-            assert err.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-            await eventually(lambda: waiters_are(a, "job", 0))
             holders = await a.lock.Info(pb.LockInfoRequest(name="job"))
             assert [h.lease for h in holders.holders] == [la]
+
+            # One whose deadline comes near is told so before it passes, and keeps its place:
+            # re-issuing the same request (same session) waits on and gets the grant.
+            queued = pb.LockRequest(session=sb.next(), name="job", lease=lb, wait=True)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            err = await rpc_error(b.lock.Lock(queued, timeout=1.0))
+            answered_s = loop.time() - started
+            assert err.code() is grpc.StatusCode.UNAVAILABLE, err
+            assert "still queued" in err.details()
+            assert ("concord-queued", "1") in tuple(err.trailing_metadata() or ())
+            assert 0.5 <= answered_s < 1.0
+            assert await waiters(a, "job") == 1
+            again_queued = asyncio.ensure_future(b.lock.Lock(queued, timeout=5.0))
+            await asyncio.sleep(0.3)
+            assert not again_queued.done()
+            await a.lock.Unlock(pb.UnlockRequest(session=sa.next(), name="job", lease=la))
+            granted = await asyncio.wait_for(again_queued, 5)
+            assert granted.granted and granted.fencing_token > third.fencing_token
         finally:
             await b.close()
 

@@ -129,3 +129,28 @@ def test_a_blocking_lock_waits_on_the_stream_while_other_calls_complete(tmp_path
         stream.cancel()
 
     with_cluster(tmp_path, scenario)
+
+
+def test_a_queued_lock_near_its_deadline_says_so_and_keeps_its_place(tmp_path: Path) -> None:
+    async def scenario(c: Cluster) -> None:
+        client = (await c.leader()).client
+        a, b = Session(77), Session(78)
+        la = await client.lease.Grant(pb.LeaseGrantRequest(session=a.next(), ttl_ms=10_000))
+        lb = await client.lease.Grant(pb.LeaseGrantRequest(session=b.next(), ttl_ms=10_000))
+        await client.lock.Lock(pb.LockRequest(session=a.next(), name="job", lease=la.id, wait=True))
+        wait = pb.LockRequest(session=b.next(), name="job", lease=lb.id, wait=True)
+        results = await exchange(
+            client.pipeline, [[pb.PipelineCall(id=1, timeout_ms=800, lock=wait)]]
+        )
+        error = results[1].error
+        assert error.code == "UNAVAILABLE" and error.queued, error
+        assert "still queued" in error.message
+        info = await client.lock.Info(pb.LockInfoRequest(name="job"))
+        assert info.waiters == 1  # the place is kept for the re-issued request
+        again = asyncio.ensure_future(
+            exchange(client.pipeline, [[pb.PipelineCall(id=1, timeout_ms=5_000, lock=wait)]])
+        )
+        await client.lock.Unlock(pb.UnlockRequest(session=a.next(), name="job", lease=la.id))
+        assert (await asyncio.wait_for(again, 5))[1].lock.granted
+
+    with_cluster(tmp_path, scenario)
