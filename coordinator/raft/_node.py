@@ -27,6 +27,7 @@ from .messages import (
     Entry,
     HardState,
     Message,
+    MessageType,
     ReadState,
     Role,
     Snapshot,
@@ -34,21 +35,46 @@ from .messages import (
 )
 from .storage import LogStorage
 
+_SEND_EARLY = frozenset({MessageType.APP, MessageType.HEARTBEAT})
+
 
 @dataclass(frozen=True, slots=True)
 class Ready:
     soft_state: SoftState | None
     """Leader or role changed (None: unchanged)."""
     hard_state: HardState | None
-    """Must be persisted before any message is sent (None: unchanged)."""
+    """Must be persisted before `messages` are sent (None: unchanged)."""
     entries: tuple[Entry, ...]
-    """Must be persisted before any message is sent; they may overwrite stored ones."""
+    """Must be persisted before `messages` are sent; they may overwrite stored ones."""
     snapshot: Snapshot | None
     """Received from the leader: persist it, then restore the state machine from it."""
     committed_entries: tuple[Entry, ...]
     """Apply in order, after persisting the above."""
     messages: tuple[Message, ...]
+    """All of them, in order: `early_messages` may be sent before persisting, the rest
+    (`late_messages`) only after."""
     read_states: tuple[ReadState, ...]
+    leader_may_send_early: bool = False
+    """Set on a leader's Ready that does not change its term or vote (see `early_messages`)."""
+
+    @property
+    def early_messages(self) -> tuple[Message, ...]:
+        """What may be sent before persisting (and should be, to overlap the leader's fsync
+        with its followers'): a leader's appends and heartbeats, when the Ready does not
+        change its term or vote (thesis §10.2.1). Safe because the leader counts its own log
+        towards a commit only through acknowledgements stepped after `advance`, i.e. after
+        its own write; if it crashes first, those entries were never committed, and as the
+        only leader of its term it never sends different entries for the same (index, term)."""
+        if not self.leader_may_send_early:
+            return ()
+        return tuple(m for m in self.messages if m.type in _SEND_EARLY)
+
+    @property
+    def late_messages(self) -> tuple[Message, ...]:
+        """What must wait until the Ready's hard state, entries and snapshot are durable."""
+        if not self.leader_may_send_early:
+            return self.messages
+        return tuple(m for m in self.messages if m.type not in _SEND_EARLY)
 
     @property
     def must_sync(self) -> bool:
@@ -102,6 +128,10 @@ class RawNode:
     def campaign(self) -> None:
         self._raft.campaign()
 
+    def report_unreachable(self, peer: int) -> None:
+        """The transport lost its connection to `peer` (a hint: see `Raft.peer_unreachable`)."""
+        self._raft.peer_unreachable(peer)
+
     def propose(self, data: bytes) -> tuple[int, int]:
         """Append one entry as leader. Returns its (index, term): the proposal succeeded iff
         the entry applied at that index has that term. Raises NotLeaderError otherwise."""
@@ -140,14 +170,17 @@ class RawNode:
         log = r.log
         hard = HardState(r.term, r.vote, log.committed)
         soft = SoftState(r.lead, r.role)
+        prev = self._prev_hard
         rd = Ready(
             soft_state=soft if soft != self._prev_soft else None,
-            hard_state=hard if hard != self._prev_hard else None,
+            hard_state=hard if hard != prev else None,
             entries=tuple(log.unstable),
             snapshot=log.pending_snapshot,
             committed_entries=tuple(log.next_committed(r.cfg.max_apply_bytes)),
             messages=tuple(r.msgs),
             read_states=tuple(r.read_states),
+            leader_may_send_early=r.role is Role.LEADER
+            and (hard.term, hard.vote) == (prev.term, prev.vote),
         )
         r.msgs = []
         r.read_states = []

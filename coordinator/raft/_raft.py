@@ -871,6 +871,43 @@ class Raft:
         else:
             self._send_append(target)
 
+    def peer_unreachable(self, peer: int) -> None:
+        """The caller lost its connection to `peer`: a hint, never proof (the peer may be alive
+        and only this link broken). A follower told so about its leader stops counting on it
+        and campaigns soon rather than after a whole election timeout of silence: ranked by id
+        among the other voters, the first at once (and once more a heartbeat later), the next
+        `2 * heartbeat_ticks` later, and so on, so that the followers of a crashed leader do
+        not split the vote. Safe whatever the hint's truth, since an election is always safe;
+        and a live leader is not deposed, because its other followers are still in lease and
+        ignore the PreVote. So without PreVote and CheckQuorum the hint is ignored (a campaign
+        would bump terms)."""
+        if not (self.cfg.pre_vote and self.cfg.check_quorum):
+            return
+        if self.role is not Role.FOLLOWER or peer == NONE or peer != self.lead:
+            return
+        if not self.promotable():
+            return
+        self.lead = NONE
+        ranked = sorted(v for v in self.conf.voters if v != peer)
+        rank = ranked.index(self.id)
+        self.cfg.logger.info(
+            "node %d lost its connection to leader %d; campaigning in %d ticks",
+            self.id,
+            peer,
+            2 * rank * self.cfg.heartbeat_ticks,
+        )
+        if rank == 0:
+            self._hup()
+            # Again one heartbeat later if this round is lost: the others may not have heard
+            # of the crash yet when our PreVote reaches them, and ignore it (in lease).
+            self.election_elapsed = max(
+                0, self.randomized_election_timeout - self.cfg.heartbeat_ticks
+            )
+        else:
+            self.election_elapsed = max(
+                0, self.randomized_election_timeout - 2 * rank * self.cfg.heartbeat_ticks
+            )
+
     def campaign(self) -> None:
         """Start an election now (tests, and a lone bootstrapping member)."""
         self.step(Message(MT.HUP, to=self.id, frm=self.id))

@@ -4,8 +4,10 @@ Raft's safety rests on a node never saying anything (a vote, an APP acknowledgem
 its disk does not back: a vote granted and then forgotten in a crash lets two leaders win
 one term; an entry acknowledged and then lost lets a "committed" entry vanish. So:
 
+0. send the Ready's `early_messages` (a leader's appends, which may overlap its own fsync with
+   its followers': see `Ready.early_messages` for why that is safe);
 1. persist the incoming snapshot, the new entries and the hard state, and fsync;
-2. only then send the Ready's messages;
+2. only then send the Ready's other messages;
 3. then restore/apply the state machine and serve read states;
 4. then tell the core it is done (`advance`).
 
@@ -68,9 +70,16 @@ def handle_ready(node: RawNode, wal: Wal, transport: Transport, app: Applier) ->
     if not node.has_ready():
         return None
     rd = node.ready()
+    send_early(transport, rd)
     persist(wal, rd)
     finish(node, transport, app, rd)
     return rd
+
+
+def send_early(transport: Transport, rd: Ready) -> None:
+    """Step 0: what may go before the disk write."""
+    for msg in rd.early_messages:
+        transport.send(msg)
 
 
 def persist(wal: Wal, rd: Ready) -> None:
@@ -86,7 +95,7 @@ def persist(wal: Wal, rd: Ready) -> None:
 
 def finish(node: RawNode, transport: Transport, app: Applier, rd: Ready) -> None:
     """Steps 2-4, once `persist(rd)` has returned: send, apply, advance."""
-    for msg in rd.messages:
+    for msg in rd.late_messages:
         transport.send(msg)
     if rd.snapshot is not None:
         app.restore(rd.snapshot)

@@ -21,6 +21,11 @@ PERMISSION_DENIED and a message that says which ids clashed. Each message is con
 `from_wire`; a malformed one (`WireError`) or one addressed to another member is dropped and
 logged, the rest go to the owner's `receive` (`RaftLoop.receive`), in order.
 
+**Lost connections.** When a peer's inbound stream ends, however it ends, or our stream to
+it starts failing, the owner hears `lost(peer)` (`RaftLoop.peer_unreachable`). It is only a
+hint: a follower whose leader's process died learns it here within milliseconds (the kernel
+closes a dead process's sockets), instead of after a whole election timeout of silence.
+
 **Observation.** Per peer the transport records when it last sent to and last heard from
 it, what it sent, dropped and received, and a round-trip estimate: the time from enqueueing
 an APP or HEARTBEAT (when no probe is outstanding) to the next APP_RESP or HEARTBEAT_RESP
@@ -190,15 +195,27 @@ class GrpcTransport:
         self._retiring: set[asyncio.Task[None]] = set()
         """Tasks of removed peers, still closing their channels (awaited by `close`)."""
         self._receive: Callable[[Message], None] | None = None
+        self._lost: Callable[[int], None] | None = None
         self._closed = False
         self.dropped_unknown_peer = 0
         """Messages for an id that is not a peer (yet, or any more)."""
 
     # --- wiring ------------------------------------------------------------------------------
 
-    def bind(self, receive: Callable[[Message], None]) -> None:
-        """Where incoming messages go (`RaftLoop.receive`). Until bound they are dropped."""
+    def bind(
+        self, receive: Callable[[Message], None], lost: Callable[[int], None] | None = None
+    ) -> None:
+        """Where incoming messages go (`RaftLoop.receive`); until bound they are dropped.
+        `lost(peer)` hears that a connection with `peer` broke (`RaftLoop.peer_unreachable`)."""
         self._receive = receive
+        self._lost = lost
+
+    def connection_lost(self, peer_id: int) -> None:
+        """A stream with `peer_id` ended or failed: tell the owner (a hint that the peer may
+        be down; a crashed process's connections close at once, long before an election
+        timeout of silence)."""
+        if self._lost is not None and not self._closed:
+            self._lost(peer_id)
 
     def servicer(self) -> RaftServicer:
         return RaftServicer(self)
@@ -398,6 +415,7 @@ class GrpcTransport:
         peer.last_error = reason
         if not peer.failing:
             peer.failing = True
+            self.connection_lost(peer.id)
             level = logging.ERROR if reason.startswith("PERMISSION_DENIED") else logging.WARNING
             log.log(
                 level,
@@ -452,45 +470,53 @@ class RaftServicer:
             log.error("refusing peer stream from %s: %s", context.peer(), refusal)
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
         bound = certified_member_id(auth)
-        async for batch in request_iterator:
-            if batch.cluster_id != t.cluster_id:
-                log.error(
-                    "refusing peer stream from %s: it is for cluster %r, this member (%d) "
-                    "belongs to cluster %r",
-                    context.peer(),
-                    batch.cluster_id,
-                    t.member_id,
-                    t.cluster_id,
-                )
-                await context.abort(
-                    grpc.StatusCode.PERMISSION_DENIED,
-                    f"cluster id mismatch: member {t.member_id} belongs to cluster "
-                    f"{t.cluster_id!r} but the sender is in cluster {batch.cluster_id!r}; "
-                    "check --cluster-id and the peer addresses (a stale address after a "
-                    "rebuild?)",
-                )
-            for wire in batch.messages:
-                try:
-                    msg = from_wire(wire)
-                except WireError as err:
-                    log.warning("dropping a malformed message from %s: %s", context.peer(), err)
-                    continue
-                if bound is not None and msg.frm != bound:
-                    why = (
-                        f"the certificate of member {bound} cannot send messages as member "
-                        f"{msg.frm}: each member speaks for itself only"
-                    )
-                    log.error("refusing peer stream from %s: %s", context.peer(), why)
-                    await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
-                if msg.to != t.member_id:
-                    log.warning(
-                        "dropping a message for member %d from member %d: this is member %d",
-                        msg.to,
-                        msg.frm,
+        sender = 0
+        try:
+            async for batch in request_iterator:
+                if batch.cluster_id != t.cluster_id:
+                    log.error(
+                        "refusing peer stream from %s: it is for cluster %r, this member (%d) "
+                        "belongs to cluster %r",
+                        context.peer(),
+                        batch.cluster_id,
                         t.member_id,
+                        t.cluster_id,
                     )
-                    continue
-                t.deliver(msg)
+                    await context.abort(
+                        grpc.StatusCode.PERMISSION_DENIED,
+                        f"cluster id mismatch: member {t.member_id} belongs to cluster "
+                        f"{t.cluster_id!r} but the sender is in cluster {batch.cluster_id!r}; "
+                        "check --cluster-id and the peer addresses (a stale address after a "
+                        "rebuild?)",
+                    )
+                for wire in batch.messages:
+                    try:
+                        msg = from_wire(wire)
+                    except WireError as err:
+                        log.warning("dropping a malformed message from %s: %s", context.peer(), err)
+                        continue
+                    if bound is not None and msg.frm != bound:
+                        why = (
+                            f"the certificate of member {bound} cannot send messages as member "
+                            f"{msg.frm}: each member speaks for itself only"
+                        )
+                        log.error("refusing peer stream from %s: %s", context.peer(), why)
+                        await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
+                    if msg.to != t.member_id:
+                        log.warning(
+                            "dropping a message for member %d from member %d: this is member %d",
+                            msg.to,
+                            msg.frm,
+                            t.member_id,
+                        )
+                        continue
+                    t.deliver(msg)
+                    sender = msg.frm
+        finally:
+            # However it ended (the peer closed it, crashed, or the network dropped it), the
+            # sender's connection is gone: a crashed leader's followers hear it here first.
+            if sender:
+                t.connection_lost(sender)
         return pb.RaftAck()
 
 

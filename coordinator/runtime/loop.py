@@ -50,7 +50,7 @@ from coordinator.raft import (
 )
 
 from .clock import Clock
-from .driver import Transport, Wal, finish, persist
+from .driver import Transport, Wal, finish, persist, send_early
 
 log = logging.getLogger("concord.raft")
 _T = TypeVar("_T")
@@ -126,6 +126,10 @@ class _Inbox:
     messages: list[Message] = field(default_factory=list)
     proposals: list[_Proposal] = field(default_factory=list)
     calls: list[Callable[[], None]] = field(default_factory=list)
+    lost: list[int] = field(default_factory=list)
+    """Peers whose connection broke. Stepped before messages: a PreVote from a fellow follower
+    of a crashed leader often arrives together with our own news of the crash, and must not
+    be refused as if the leader were still there."""
 
 
 class RaftLoop:
@@ -185,6 +189,12 @@ class RaftLoop:
         """A message from a peer (the transport calls this)."""
         self._heard_s[msg.frm] = self.clock.monotonic_s()
         self._inbox.messages.append(msg)
+        self._wake.set()
+
+    def peer_unreachable(self, peer: int) -> None:
+        """The transport lost its connection with `peer` (a hint the core weighs: a follower
+        whose leader it was campaigns soon, see `RawNode.report_unreachable`)."""
+        self._inbox.lost.append(peer)
         self._wake.set()
 
     async def propose(self, command: Command, client_id: int = 0, seq: int = 0) -> Applied:
@@ -294,6 +304,7 @@ class RaftLoop:
         if not node.has_ready():
             return False
         rd = node.ready()
+        send_early(self.transport, rd)
         if rd.entries or rd.snapshot is not None:
             done = self._disk.submit(persist, self.storage, rd)
             try:
@@ -309,10 +320,13 @@ class RaftLoop:
 
     def _has_input(self) -> bool:
         ib = self._inbox
-        return bool(ib.messages or ib.proposals or ib.calls)
+        return bool(ib.messages or ib.proposals or ib.calls or ib.lost)
 
     def _drain_inbox(self) -> None:
         ib = self._inbox
+        lost, ib.lost = ib.lost, []
+        for peer in lost:
+            self.node.report_unreachable(peer)
         msgs, ib.messages = ib.messages, []
         for m in msgs:
             try:

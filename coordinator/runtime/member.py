@@ -621,7 +621,7 @@ class Member:
                 metrics=self.metrics,
                 rng=random.Random(),
             )
-            transport.bind(loop.receive)
+            transport.bind(loop.receive, loop.peer_unreachable)
             loop.add_observer(_LeaderLog(cfg.id, loop))
             self.start_commit = wal.hard_state.commit
             self.metrics.attach(

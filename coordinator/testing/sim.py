@@ -112,6 +112,7 @@ class SimOptions:
             "slow_disk",
             "membership",
             "transfer",
+            "hint",
         )
         # Swarm testing: each seed turns on a random subset of faults, so that rarely-hit
         # combinations are not drowned out by the common ones.
@@ -397,6 +398,7 @@ class Simulator:
                 "slow_disks",
                 "conf_changes",
                 "transfers",
+                "hints",
                 "snapshots",
                 "applied",
                 "steps",
@@ -559,6 +561,7 @@ class Simulator:
                 if v is leader:
                     self.leader_lost()
                 v.crash("nemesis")
+                self._connections_lost(v.id)
                 self.at(r.randint(20 * MS, 1500 * MS), self.restart, v)
         elif fault == "torn":
             victims = self.live_members()
@@ -578,6 +581,8 @@ class Simulator:
                 for b in members:
                     if (a in side) != (b in side):
                         self.blocked.add((a, b))
+                        if r.random() < 0.3:  # a keepalive noticed the dead link
+                            self.at(r.randint(0, 300 * MS), self.report_unreachable, a, b)
             self.stats["partitions"] += 1
             heal_after = (
                 r.randint(50 * MS, 1200 * MS) if fault != "flap" else r.randint(20 * MS, 80 * MS)
@@ -607,6 +612,14 @@ class Simulator:
                     v.disk.latency_us = 0
 
                 self.at(r.randint(200 * MS, 2000 * MS), fast)
+        elif fault == "hint":
+            # A transport's false alarm: a live member told it lost its link to another
+            # (usually its leader), with no fault behind it.
+            live = self.live_members()
+            if live:
+                u = r.choice(live)
+                peer = leader.id if leader is not None and r.random() < 0.7 else r.choice(members)
+                self.report_unreachable(u.id, peer)
         elif fault == "membership" and leader is not None:
             self._change_membership(leader)
         elif fault == "transfer" and leader is not None:
@@ -622,6 +635,21 @@ class Simulator:
         self.at(
             r.randint(self.opts.nemesis_every_us // 2, self.opts.nemesis_every_us), self.nemesis
         )
+
+    def _connections_lost(self, dead: int) -> None:
+        """A crashed process's connections close: most members' transports notice soon."""
+        for u in self.live_members():
+            if self.rng.random() < 0.8:
+                self.at(self.rng.randint(0, 5 * MS), self.report_unreachable, u.id, dead)
+
+    def report_unreachable(self, node_id: int, peer: int) -> None:
+        node = self.nodes.get(node_id)
+        if node is None or node.raw is None or self.healing:
+            return
+        self.stats["hints"] += 1
+        self.trace("unreachable", node_id, peer)
+        node.raw.report_unreachable(peer)
+        node.process()
 
     def _cut(self, side: frozenset[int], members: list[int]) -> None:
         if self.healing:

@@ -191,6 +191,30 @@ def test_fig2_entries_are_persisted_in_the_ready_that_acknowledges_them() -> Non
     assert [(m.type, m.index) for m in rd.messages] == [(MT.APP_RESP, 2)]
 
 
+def test_10_2_1_a_leader_sends_its_appends_before_its_own_write() -> None:
+    h = elect(cluster())
+    h.propose(1, "x")
+    rd = h.process_ready(1)
+    assert rd is not None and [e.index for e in rd.entries] == [2]
+    assert [(m.type, m.to) for m in rd.early_messages] == [(MT.APP, 2), (MT.APP, 3)]
+    assert rd.late_messages == ()
+    h.deliver(to=2)
+    follower = h.process_ready(2)
+    assert follower is not None and follower.early_messages == ()  # an ack waits for its write
+    assert [m.type for m in follower.late_messages] == [MT.APP_RESP]
+
+
+def test_10_2_1_but_not_in_the_ready_that_changes_its_term_or_vote() -> None:
+    st = MemoryStorage()
+    st.apply_snapshot(Snapshot(SnapshotMeta(0, 0, ConfState(frozenset({1}), frozenset({2})))))
+    raw = RawNode(Config(id=1, rng=random.Random(1)), st)
+    raw.campaign()  # the only voter: leader at once, in the Ready that persists term 1
+    rd = raw.ready()
+    assert raw.role is Role.LEADER and rd.hard_state is not None and rd.hard_state.term == 1
+    assert any(m.type is MT.APP and m.to == 2 for m in rd.messages)
+    assert rd.early_messages == () and rd.late_messages == rd.messages
+
+
 # --- §5.2 leader election --------------------------------------------------------------------
 
 
@@ -261,6 +285,64 @@ def test_5_2_timeout_is_redrawn_for_every_term() -> None:
     raw.step(msg(MT.VOTE_RESP, 3, 1, term=1, reject=True))
     assert raw.role is Role.FOLLOWER
     assert len(rng.calls) >= before + 2, "becoming candidate and then follower each redraw"
+
+
+def test_a_lost_connection_to_the_leader_starts_an_election_at_once() -> None:
+    h = elect(cluster())
+    term = h.raw(1).term
+    h.crash(1)
+    for node in (2, 3):  # both transports saw the dead leader's connections close
+        h.raw(node).report_unreachable(1)
+        h.process_ready(node)
+    h.stabilize()  # no ticks: the lowest-ranked follower campaigns at once and wins
+    assert h.leaders() == [2] and h.raw(2).term == term + 1
+
+
+def test_the_first_in_line_tries_again_a_heartbeat_later_if_ignored() -> None:
+    h = elect(cluster())
+    h.crash(1)
+    h.raw(2).report_unreachable(1)
+    h.process_ready(2)
+    h.stabilize()  # 3 has not heard of the crash yet: still in lease, it ignores the PreVote
+    assert h.leaders() == [] and h.raw(3).leader == 1
+    h.raw(3).report_unreachable(1)  # now it has (it would campaign itself 2 ticks later)
+    h.tick(2)
+    h.stabilize()
+    assert h.leaders() == [2]
+
+
+def test_the_next_ranked_follower_campaigns_two_heartbeats_later() -> None:
+    h = elect(cluster(5))
+    h.crash(1)
+    h.crash(2)  # the first in line is gone too
+    h.raw(3).report_unreachable(1)
+    assert h.raw(3).role is Role.FOLLOWER and h.raw(3).leader == 0
+    assert ticks_until_campaign(h.raw(3)) == 2
+
+
+def test_a_false_alarm_does_not_depose_a_live_leader() -> None:
+    h = elect(cluster())
+    term = h.raw(1).term
+    h.raw(2).report_unreachable(1)  # only this link broke; 3 still hears the leader
+    h.stabilize()
+    assert h.leaders() == [1] and h.raw(1).term == term
+    h.tick_all(1)  # the next heartbeat gives 2 its leader back
+    h.stabilize()
+    assert h.raw(2).leader == 1 and h.raw(2).role is Role.FOLLOWER
+
+
+@pytest.mark.parametrize("option", ["pre_vote", "check_quorum"])
+def test_the_hint_is_ignored_without_prevote_and_check_quorum(option: str) -> None:
+    h = elect(cluster(**{option: False}))
+    h.raw(2).report_unreachable(1)
+    assert h.raw(2).leader == 1 and h.raw(2).role is Role.FOLLOWER
+
+
+def test_a_hint_about_another_peer_changes_nothing() -> None:
+    h = elect(cluster())
+    h.raw(2).report_unreachable(3)
+    h.raw(1).report_unreachable(2)  # a leader's hint about a follower
+    assert h.raw(2).leader == 1 and h.leaders() == [1]
 
 
 def test_5_2_follower_that_hears_the_leader_never_campaigns() -> None:
