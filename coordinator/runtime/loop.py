@@ -121,6 +121,45 @@ class _Pending:
     future: asyncio.Future[Applied]
 
 
+class _Wake:
+    """asyncio.Event for the loop's one waiter, with a timeout but without the task that
+    `asyncio.wait_for` creates per wait: the loop waits once per batch of input, on the
+    latency path of every request."""
+
+    __slots__ = ("_flag", "_waiter")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        self._flag = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._flag = False
+
+    async def wait(self, timeout_s: float) -> None:
+        """Until `set` (or already set) or `timeout_s` passes."""
+        if self._flag:
+            return
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(timeout_s, _resolve, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 @dataclass(slots=True)
 class _Inbox:
     messages: list[Message] = field(default_factory=list)
@@ -165,7 +204,7 @@ class RaftLoop:
             fsm.restore(snap.data)
         self._applied_conf = snap.meta.conf
         self._inbox = _Inbox()
-        self._wake = asyncio.Event()
+        self._wake = _Wake()
         self._pending: dict[int, _Pending] = {}
         self._reads: dict[int, asyncio.Future[int]] = {}
         self._waiting_reads: list[tuple[int, asyncio.Future[int]]] = []
@@ -277,8 +316,7 @@ class RaftLoop:
             while not self._stopped:
                 timeout = max(0.0, next_tick - self.clock.monotonic_s())
                 if not self._has_input():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), timeout)
+                    await self._wake.wait(timeout)
                 self._wake.clear()
                 now = self.clock.monotonic_s()
                 while now >= next_tick:
