@@ -239,16 +239,25 @@ class RaftLoop:
     async def propose(self, command: Command, client_id: int = 0, seq: int = 0) -> Applied:
         """Replicate one command; returns what applying it produced. Raises NotLeaderError
         (with the leader we know of) or ProposalLostError; both are safe to retry."""
+        return await self.submit(command, client_id, seq)
+
+    def submit(self, command: Command, client_id: int = 0, seq: int = 0) -> asyncio.Future[Applied]:
+        """`propose` as a future (cancel it to stop waiting), so that a caller can await it
+        directly: one less task between the apply and the answer."""
         self._check_running()
         env = Envelope(client_id, seq, self.clock.wall_ms(), command)
         fut: asyncio.Future[Applied] = asyncio.get_running_loop().create_future()
         self._inbox.proposals.append(_Proposal(env.encode(), fut))
         self._wake.set()
-        return await fut
+        return fut
 
     async def read_barrier(self) -> int:
         """Wait until this member's state machine reflects every write acknowledged before
         the call (ReadIndex): a linearizable read may then be served locally."""
+        return await self.read_barrier_future()
+
+    def read_barrier_future(self) -> asyncio.Future[int]:
+        """`read_barrier` as a future (cancel it to stop waiting)."""
         self._check_running()
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         ctx = next(self._ctx)
@@ -263,7 +272,7 @@ class RaftLoop:
                 fut.set_exception(err)
 
         self._call(ask)
-        return await fut
+        return fut
 
     async def conf_change(self, cc: ConfChange) -> int:
         return await self._run_in_loop(lambda: self.node.propose_conf_change(cc)[0])

@@ -42,7 +42,7 @@ from coordinator.raft import (
 from coordinator.runtime.loop import ProposalLostError, RaftLoop, StoppedError
 
 from ._errors import LEADER_METADATA_KEY, Code, ServiceError, from_fsm, unavailable
-from ._hub import Hub, first_done, stopping_error
+from ._hub import Hub, done_unless, first_done, stopping_error
 
 log = logging.getLogger("concord.server")
 _T = TypeVar("_T")
@@ -120,7 +120,7 @@ class Core:
             self._check_quorum(write=True)
             try:
                 return await self._guard(
-                    self.loop.propose(command, session.client_id, session.seq), write=True
+                    self.loop.submit(command, session.client_id, session.seq), write=True
                 )
             except NotLeaderError as err:
                 await self._not_leader(err)
@@ -190,15 +190,14 @@ class Core:
                 continue
             change = self.hub.leader_change()
             lost = self.hub.quorum_lost()
-            barrier = asyncio.ensure_future(self.loop.read_barrier())
+            barrier = self.loop.read_barrier_future()
             try:
-                await first_done(barrier, change, lost)
+                done = await done_unless(barrier, change, lost)
             except asyncio.CancelledError:
                 barrier.cancel()
                 raise
-            if not barrier.done():
-                barrier.cancel()  # the leader changed or the quorum is gone: ask again
-                continue
+            if not done:
+                continue  # the leader changed or the quorum is gone: ask again
             try:
                 barrier.result()
                 return
@@ -294,16 +293,14 @@ class Core:
 
     async def _guard(self, aw: Awaitable[_T], *, write: bool) -> _T:
         """Await `aw`, but give up with "no quorum" if the quorum is declared lost first."""
-        task = asyncio.ensure_future(aw)
-        lost = self.hub.quorum_lost()
+        fut = asyncio.ensure_future(aw)
         try:
-            await first_done(task, lost)
+            done = await done_unless(fut, self.hub.quorum_lost())
         except asyncio.CancelledError:
-            task.cancel()
+            fut.cancel()
             raise
-        if task.done():
-            return task.result()
-        task.cancel()
+        if done:
+            return fut.result()
         raise self.no_quorum(write=write)
 
 

@@ -70,6 +70,41 @@ async def first_done(*futures: asyncio.Future[Any], timeout_s: float | None = No
     await asyncio.wait(futures, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
 
 
+async def done_unless(fut: asyncio.Future[Any], *stoppers: asyncio.Future[Any]) -> bool:
+    """Wait until `fut` is done (True: its result or exception is ready), unless one of
+    `stoppers` resolves first (False: `fut` is cancelled). Awaits `fut` itself rather than
+    `asyncio.wait`, so that its outcome wakes the caller in one turn of the event loop: every
+    write and linearizable read waits here."""
+    if fut.done():
+        return True
+    if any(s.done() for s in stoppers):
+        fut.cancel()
+        return False
+    stopped = False
+
+    def stop(_: object) -> None:
+        nonlocal stopped
+        if not fut.done():
+            stopped = True
+            fut.cancel()
+
+    for s in stoppers:
+        s.add_done_callback(stop)
+    try:
+        await fut
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if stopped and (task is None or not task.cancelling()):
+            return False
+        raise
+    except Exception:
+        pass  # the caller reads it from `fut`
+    finally:
+        for s in stoppers:
+            s.remove_done_callback(stop)
+    return True
+
+
 def stopping_error() -> ServiceError:
     return unavailable(
         "this member is shutting down; retry on another member (with the same session, if "
