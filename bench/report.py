@@ -332,6 +332,9 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
         targets_table(doc),
         "",
+        "Where a sequential write's time goes, step by step across the three members: "
+        "[latency.md](latency.md).",
+        "",
         "### Latency and CPU per cell",
         "",
         "CPU is the share of one core used during the measured window: the load generator "
