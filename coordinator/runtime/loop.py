@@ -103,6 +103,8 @@ class LoopConfig:
     election_ticks: int = 10
     heartbeat_ticks: int = 1
     snapshot_every_entries: int = 10_000
+    """Snapshot after this many applied entries, plus up to half again (drawn per snapshot,
+    so that members do not all snapshot at one index)."""
     snapshot_keep_entries: int = 1_000
     """Entries kept below a snapshot so slightly lagging followers need no snapshot."""
     lease_check_s: float = 0.5
@@ -189,10 +191,11 @@ class RaftLoop:
         self.fsm = fsm
         self.clock = clock
         self.on_effects = on_effects
+        self._rng = rng or random.Random()
         self.node = RawNode(
             Config(
                 id=cfg.id,
-                rng=rng or random.Random(),
+                rng=self._rng,
                 election_timeout_ticks=cfg.election_ticks,
                 heartbeat_ticks=cfg.heartbeat_ticks,
                 logger=log,
@@ -218,6 +221,7 @@ class RaftLoop:
         """peer id -> monotonic time its latest message arrived (any type)."""
         self._leaderless_since_s: float | None = clock.monotonic_s()
         """When this member last lost track of a leader; None while it knows one."""
+        self._snapshot_gap = self._draw_snapshot_gap()
         self._disk = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"wal-{cfg.id}"
         )
@@ -540,10 +544,20 @@ class RaftLoop:
     def _maybe_snapshot(self) -> None:
         applied = self.fsm.applied_index
         snap_index = self.storage.snapshot().meta.index
-        if applied - snap_index < self.cfg.snapshot_every_entries:
+        if applied - snap_index < self._snapshot_gap:
             return
         self.storage.create_snapshot(applied, self._applied_conf, self.fsm.snapshot())
         self.storage.compact(max(snap_index, applied - self.cfg.snapshot_keep_entries))
+        self._snapshot_gap = self._draw_snapshot_gap()
+
+    def _draw_snapshot_gap(self) -> int:
+        """Entries between two snapshots: the configured count plus up to half again, drawn
+        anew each time. Taking a snapshot stops this member while its state machine is
+        serialized (about 1 s per 500,000 keys); at a common index all members would stop
+        together and no write could commit meanwhile, while staggered, the two others still
+        form a quorum when a follower stops."""
+        every = self.cfg.snapshot_every_entries
+        return every + self._rng.randrange(every // 2 + 1)
 
     # --- introspection -----------------------------------------------------------------------
 
