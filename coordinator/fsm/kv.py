@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import bisect
 import enum
+import operator
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -516,9 +517,25 @@ class KvStore:
     # --- snapshots ---------------------------------------------------------------------------
 
     def write(self, w: Writer) -> None:
-        w.u32(len(self._keys))
-        for key in self._keys:
-            self._data[key]._write(w)
+        self.capture()(w)
+
+    def capture(self) -> Callable[[Writer], None]:
+        """`write`, deferred: the values in key order are gathered now (they are immutable,
+        so that is a consistent image; one C-level lookup of every key, a pointer each), and
+        encoded when the returned function runs, which may be on another thread while this
+        store changes."""
+        values: tuple[KeyValue, ...] = ()
+        if len(self._keys) == 1:
+            values = (self._data[self._keys[0]],)
+        elif self._keys:
+            values = operator.itemgetter(*self._keys)(self._data)
+
+        def write(w: Writer) -> None:
+            w.u32(len(values))
+            for kv in values:
+                kv._write(w)
+
+        return write
 
     def read_into(self, r: Reader) -> None:
         data: dict[bytes, KeyValue] = {}

@@ -62,7 +62,7 @@ no later apply changes. `restore` replaces everything or, if the image is bad, n
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from coordinator.raft import Entry, EntryKind, SessionTable, SessionVerdict
@@ -473,26 +473,44 @@ class StateMachine:
         """A versioned binary image of everything: clock, KV, history (with its horizon),
         leases, locks, elections, sequences, members, join tokens and the session table.
         Canonical: two machines in the same state produce the same bytes."""
-        w = Writer()
-        w.raw(SNAPSHOT_MAGIC)
-        w.u8(SNAPSHOT_VERSION)
-        w.u64(self._applied_index)
-        w.u64(self._applied_term)
-        w.u64(self._max_term)
-        w.boolean(self._refresh_pending)
-        w.i64(self._now_ms)
-        w.u64(self._clock_term)
-        w.i64(self._clock_offset_ms)
-        self._history.write(w)
-        self._kv.write(w)
-        self._leases.write(w)
-        self._locks.write(w)
-        self._elections.write(w)
-        self._sequences.write(w)
-        self._members.write(w)
-        self._join_tokens.write(w)
-        w.blob(self._sessions.encode())
-        return w.getvalue()
+        return self.snapshot_later()()
+
+    def snapshot_later(self) -> Callable[[], bytes]:
+        """`snapshot()` of the state as it is now, produced later: the returned function may
+        run on another thread while this machine goes on applying. Everything but the KV is
+        encoded now; the KV, the one part that grows large, is captured as copies of its
+        containers (its keys and values are immutable), which is fast, and encoded by the
+        returned function."""
+        head = Writer()
+        head.raw(SNAPSHOT_MAGIC)
+        head.u8(SNAPSHOT_VERSION)
+        head.u64(self._applied_index)
+        head.u64(self._applied_term)
+        head.u64(self._max_term)
+        head.boolean(self._refresh_pending)
+        head.i64(self._now_ms)
+        head.u64(self._clock_term)
+        head.i64(self._clock_offset_ms)
+        self._history.write(head)
+        write_kv = self._kv.capture()
+        tail = Writer()
+        self._leases.write(tail)
+        self._locks.write(tail)
+        self._elections.write(tail)
+        self._sequences.write(tail)
+        self._members.write(tail)
+        self._join_tokens.write(tail)
+        tail.blob(self._sessions.encode())
+        before, after = head.getvalue(), tail.getvalue()
+
+        def image() -> bytes:
+            w = Writer()
+            w.raw(before)
+            write_kv(w)
+            w.raw(after)
+            return w.getvalue()
+
+        return image
 
     def restore(self, data: bytes) -> None:
         """Replace the whole state with a `snapshot()` image; on a bad image raise

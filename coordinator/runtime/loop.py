@@ -14,6 +14,12 @@ awaits it (`driver.persist`, then `driver.finish` back on the loop): the node is
 meanwhile, so the ordering of `handle_ready` holds, but the event loop keeps accepting
 requests and peer messages, which queue up for the next turn and share its fsync.
 
+Snapshots. Every so many applied entries the state machine's image is taken without
+stopping the member: `StateMachine.snapshot_later` copies what it needs on the loop (fast),
+a snapshot thread encodes the image while the loop goes on, and once it is ready `run()`
+writes it through the disk thread like a persist (`DurableLog.create_snapshot`, then
+`compact`), so the WAL is still touched by one thread at a time.
+
 Outcomes. A proposal is identified by the (index, term) the core gave it. When the entry at
 that index applies, the proposal succeeded iff the entry's term matches; otherwise another
 leader overwrote it and the caller gets `ProposalLostError` (retrying with the same session
@@ -222,6 +228,12 @@ class RaftLoop:
         self._leaderless_since_s: float | None = clock.monotonic_s()
         """When this member last lost track of a leader; None while it knows one."""
         self._snapshot_gap = self._draw_snapshot_gap()
+        self._snapshot_job: asyncio.Future[bytes] | None = None
+        self._snapshot_at: tuple[int, ConfState] = (0, ConfState())
+        """The applied index and configuration the image being encoded is of."""
+        self._snapper = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"snapshot-{cfg.id}"
+        )
         self._disk = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"wal-{cfg.id}"
         )
@@ -341,9 +353,12 @@ class RaftLoop:
                 self._maybe_expire_leases(now)
                 while await self._handle_ready():
                     self._drain_inbox()
+                if self._snapshot_job is not None and self._snapshot_job.done():
+                    await self._install_snapshot()
                 self._observe_leader()
         finally:
             self._stopped = True
+            self._snapper.shutdown(wait=True)
             self._disk.shutdown(wait=True)
             self._fail_all(StoppedError("member stopping"))
             self._notify(lambda o: o.on_stop())
@@ -544,18 +559,41 @@ class RaftLoop:
     def _maybe_snapshot(self) -> None:
         applied = self.fsm.applied_index
         snap_index = self.storage.snapshot().meta.index
-        if applied - snap_index < self._snapshot_gap:
+        if applied - snap_index < self._snapshot_gap or self._snapshot_job is not None:
             return
-        self.storage.create_snapshot(applied, self._applied_conf, self.fsm.snapshot())
-        self.storage.compact(max(snap_index, applied - self.cfg.snapshot_keep_entries))
+        image = self.fsm.snapshot_later()
+        self._snapshot_at = (applied, self._applied_conf)
+        job = asyncio.get_running_loop().run_in_executor(self._snapper, image)
+        job.add_done_callback(lambda _: self._wake.set())
+        self._snapshot_job = job
+
+    async def _install_snapshot(self) -> None:
+        """Write the image the snapshot thread encoded (see the module doc), unless a snapshot
+        received from the leader has overtaken it meanwhile."""
+        job, self._snapshot_job = self._snapshot_job, None
+        assert job is not None
+        data = job.result()  # an encoding failure is a bug: let it stop the member
+        index, conf = self._snapshot_at
         self._snapshot_gap = self._draw_snapshot_gap()
+        current = self.storage.snapshot().meta.index
+        if index <= current:
+            return
+
+        def install() -> None:
+            self.storage.create_snapshot(index, conf, data)
+            self.storage.compact(max(current, index - self.cfg.snapshot_keep_entries))
+
+        done = self._disk.submit(install)
+        try:
+            await asyncio.wrap_future(done)
+        except asyncio.CancelledError:
+            concurrent.futures.wait([done])  # never leave the WAL in the middle of a write
+            raise
 
     def _draw_snapshot_gap(self) -> int:
         """Entries between two snapshots: the configured count plus up to half again, drawn
-        anew each time. Taking a snapshot stops this member while its state machine is
-        serialized (about 1 s per 500,000 keys); at a common index all members would stop
-        together and no write could commit meanwhile, while staggered, the two others still
-        form a quorum when a follower stops."""
+        anew each time, so that members do not all encode and write their images at once
+        (about 1.3 s of CPU and disk per 500,000 keys, measured)."""
         every = self.cfg.snapshot_every_entries
         return every + self._rng.randrange(every // 2 + 1)
 

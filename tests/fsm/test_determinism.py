@@ -173,6 +173,32 @@ def test_restoring_a_snapshot_midway_ends_identical(seed: int) -> None:
         assert restored.snapshot() == full.snapshot()
 
 
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_deferred_snapshot_is_the_state_when_it_was_taken(seed: int) -> None:
+    """`snapshot_later` is encoded on another thread while the machine keeps applying: its
+    image must be the state at the call, whatever was applied before it is encoded."""
+    log = random_log(seed, LENGTH)
+    machine = StateMachine(history_events_max=64)
+    run(machine, log[: LENGTH // 2])
+    expected = machine.snapshot()
+    later = machine.snapshot_later()
+    run(machine, log[LENGTH // 2 :])  # puts, deletes, leases ending: the KV changes under it
+    assert machine.snapshot() != expected
+    assert later() == expected
+
+
+@pytest.mark.parametrize("keys", [0, 1, 2])
+def test_a_deferred_snapshot_of_a_nearly_empty_store(keys: int) -> None:
+    machine = StateMachine()
+    for i in range(keys):
+        data = Envelope(0, 0, 1, Put(b"k%d" % i, b"v")).encode()
+        machine.apply(Entry(i + 1, 1, EntryKind.NORMAL, data))
+    expected = machine.snapshot()
+    later = machine.snapshot_later()
+    machine.apply(Entry(keys + 1, 1, EntryKind.NORMAL, Envelope(0, 0, 1, Put(b"z", b"v")).encode()))
+    assert later() == expected
+
+
 def test_the_random_logs_exercise_everything() -> None:
     """Guard against a vacuous determinism test: most commands must also succeed."""
     ok: Counter[str] = Counter()
