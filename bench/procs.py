@@ -2,9 +2,10 @@
 knows about them (resident memory, CPU time).
 
 Every cluster member the benchmark starts (etcd, the PySyncObj nodes; Concord's members are
-started the same way by `tests/process/harness.py`) goes through a tiny launcher that asks the
-kernel to SIGKILL it when the thread that started it dies (Linux `PR_SET_PDEATHSIG`), then
-`exec`s the real program, so the process id is the member's own. Each runs in a process group
+started the same way by `tests/process/harness.py`) goes through the launcher of
+`coordinator.testing.procs.orphan_proof`, which asks the kernel to SIGKILL it when the thread
+that started it dies (Linux `PR_SET_PDEATHSIG`), then `exec`s the real program, so the
+process id is the member's own. Each runs in a process group
 of its own, so a kill takes whatever it forked too (PySyncObj forks to write its dumps). On
 top of that the `Supervisor` remembers every process and kills what still runs when the
 benchmark ends, fails or is interrupted (Ctrl-C, SIGTERM), then sweeps /proc for any
@@ -19,24 +20,12 @@ import atexit
 import contextlib
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-_LAUNCHER = """\
-import ctypes, os, signal, sys
-parent = int(sys.argv[1])
-try:
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-except (OSError, AttributeError):
-    pass
-if os.getppid() != parent:
-    sys.exit(70)  # the benchmark is already gone
-os.execv(sys.argv[2], sys.argv[2:])
-"""
+from coordinator.testing.procs import orphan_proof
 
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -59,9 +48,7 @@ class Supervisor:
     ) -> subprocess.Popen[bytes]:
         """Start `argv` (argv[0] an absolute path) with stdout and stderr appended to
         `log_path`."""
-        cmd = [str(a) for a in argv]
-        if sys.platform.startswith("linux"):
-            cmd = [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *cmd]
+        cmd = orphan_proof(argv)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log_file:
             proc = subprocess.Popen(
@@ -137,18 +124,6 @@ def descendants(root: int) -> list[int]:
     return out
 
 
-def free_ports(n: int) -> list[int]:
-    """`n` distinct loopback ports that were free a moment ago."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def memory_kib(pid: int) -> dict[str, int]:
     """VmRSS, RssAnon, RssFile (KiB) of a live process, from /proc/PID/status."""
     out: dict[str, int] = {}
@@ -168,32 +143,6 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
-
-
-async def http_get(port: int, path: str, timeout_s: float = 3.0) -> tuple[int, str]:
-    """(status, body) of GET http://127.0.0.1:port/path; OSError if nothing answers."""
-
-    async def fetch() -> bytes:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-            writer.write(request.encode())
-            await writer.drain()
-            return await reader.read()
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-
-    try:
-        raw = await asyncio.wait_for(fetch(), timeout_s)
-    except TimeoutError:
-        raise OSError(f"GET {path} on port {port} took over {timeout_s} s") from None
-    head, _, body = raw.partition(b"\r\n\r\n")
-    try:
-        return int(head.split()[1]), body.decode(errors="replace")
-    except (IndexError, ValueError):
-        raise OSError(f"GET {path} on port {port}: malformed answer {raw[:80]!r}") from None
 
 
 async def wait_until(

@@ -36,8 +36,9 @@ from coordinator.runtime.tls import (
     issue_member_cert,
     write_member_tls,
 )
+from coordinator.testing.procs import free_ports, http_get
 
-from ..procs import Supervisor, free_ports, http_get
+from ..procs import Supervisor
 from ..protos import etcd_kv_pb2 as kv
 from ..protos import etcd_kv_pb2_grpc as kv_grpc
 from ..protos import etcd_lock_pb2 as lockpb
@@ -299,7 +300,7 @@ class EtcdCluster(Cluster):
         if not m.running():
             return False
         try:
-            status, _ = await http_get(m.metrics_port, "/readyz")
+            status, _ = await http_get(m.metrics_port, "/readyz", 3.0)
         except OSError:
             return False
         return status == 200

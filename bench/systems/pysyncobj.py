@@ -29,7 +29,9 @@ from typing import Any
 
 import grpc
 
-from ..procs import Supervisor, free_ports, wait_until
+from coordinator.testing.procs import free_ports
+
+from ..procs import Supervisor, wait_until
 from ..protos import pysyncobj_front_pb2 as pb
 from ..protos import pysyncobj_front_pb2_grpc as front_grpc
 from .base import Cluster, MemberInfo, Session, Unsupported

@@ -20,9 +20,7 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -40,22 +38,11 @@ from coordinator.runtime.tls import (
     issue_member_cert,
     write_member_tls,
 )
+from coordinator.testing.procs import free_ports, http_get, member_argv, metric
 
 T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parents[2]
-
-_LAUNCHER = """\
-import ctypes, os, signal, sys
-parent = int(sys.argv[1])
-try:
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-except (OSError, AttributeError):
-    pass
-if os.getppid() != parent:
-    sys.exit(70)  # the test process is already gone
-os.execv(sys.executable, [sys.executable, "-m", "coordinator.runtime.member", *sys.argv[2:]])
-"""
 
 POLL_S = 0.05
 """How often a wait re-reads the members' state (another process: nothing to await)."""
@@ -65,50 +52,7 @@ class HarnessError(Exception):
     """A member did not reach the state waited for, or exited unexpectedly."""
 
 
-def free_ports(n: int) -> list[int]:
-    """`n` distinct loopback ports that were free a moment ago."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-async def http_get(port: int, path: str, timeout_s: float = 5.0) -> tuple[int, str]:
-    """(status, body) of GET http://127.0.0.1:port/path; OSError if nothing listens."""
-
-    async def fetch() -> bytes:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
-            await writer.drain()
-            return await reader.read()
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-
-    try:
-        raw = await asyncio.wait_for(fetch(), timeout_s)
-    except TimeoutError:
-        raise OSError(f"GET {path} on port {port} took over {timeout_s} s") from None
-    head, _, body = raw.partition(b"\r\n\r\n")
-    try:
-        return int(head.split()[1]), body.decode(errors="replace")
-    except (IndexError, ValueError):
-        raise OSError(f"GET {path} on port {port}: malformed response {raw[:80]!r}") from None
-
-
-def metric(text: str, name: str) -> float | None:
-    """The value of the sample `name` (with its labels, exactly as exposed) in a /metrics
-    page, or None if it is not there."""
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
-    return None
+HTTP_TIMEOUT_S = 5.0
 
 
 def histogram_buckets(text: str, name: str) -> list[tuple[float, float]]:
@@ -221,7 +165,7 @@ class MemberProcess:
             return ""
 
     async def get(self, path: str) -> tuple[int, str]:
-        return await http_get(self.metrics_port, path)
+        return await http_get(self.metrics_port, path, HTTP_TIMEOUT_S)
 
     async def ready(self) -> bool:
         try:
@@ -305,9 +249,7 @@ class ProcessCluster:
             self.log_level,
             *m.extra_args,
         ]
-        if not sys.platform.startswith("linux"):  # no PR_SET_PDEATHSIG: run it directly
-            return [sys.executable, "-m", "coordinator.runtime.member", *args]
-        return [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *args]
+        return member_argv(args)
 
     def start(self, member_id: int) -> MemberProcess:
         """Start (or restart, from its data dir) one member; it must not be running."""

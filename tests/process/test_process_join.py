@@ -12,7 +12,6 @@ bounded and waits for a condition.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -33,14 +32,8 @@ from coordinator.runtime.tls import (
     write_member_tls,
     write_pem,
 )
-from tests.process.harness import (
-    _LAUNCHER,
-    REPO,
-    MemberProcess,
-    ProcessCluster,
-    free_ports,
-    run,
-)
+from coordinator.testing.procs import free_ports, member_argv
+from tests.process.harness import REPO, MemberProcess, ProcessCluster, run
 
 pytestmark = pytest.mark.process
 
@@ -105,9 +98,7 @@ class JoinableCluster(ProcessCluster):
             *self.join_args.pop(m.id, []),
             *m.extra_args,
         ]  # fmt: skip
-        if not sys.platform.startswith("linux"):
-            return [sys.executable, "-m", "coordinator.runtime.member", *args]
-        return [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *args]
+        return member_argv(args)
 
     def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
         """concordctl against the first three members, with the client certificate."""

@@ -32,19 +32,9 @@ from coordinator.runtime.member import (
 )
 from coordinator.runtime.tls import create_ca, issue_member_cert, write_member_tls
 from coordinator.storage import KeyStore
+from coordinator.testing.procs import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 async def http_get(port: int, path: str, method: str = "GET") -> tuple[int, str]:

@@ -32,9 +32,7 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -52,19 +50,8 @@ from coordinator.runtime.tls import (
     write_member_tls,
 )
 
+from ..procs import free_ports, http_get, member_argv, metric
 from .gate import Network
-
-_LAUNCHER = """\
-import ctypes, os, signal, sys
-parent = int(sys.argv[1])
-try:
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-except (OSError, AttributeError):
-    pass
-if os.getppid() != parent:
-    sys.exit(70)  # the test process is already gone
-os.execv(sys.executable, [sys.executable, "-m", "coordinator.runtime.member", *sys.argv[2:]])
-"""
 
 POLL_S = 0.05
 HTTP_TIMEOUT_S = 2.0
@@ -72,50 +59,6 @@ HTTP_TIMEOUT_S = 2.0
 
 class ClusterError(Exception):
     """A member did not reach the state waited for in time (the message says which)."""
-
-
-def free_ports(n: int) -> list[int]:
-    """`n` distinct loopback ports that were free a moment ago."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-async def http_get(port: int, path: str, timeout_s: float = HTTP_TIMEOUT_S) -> tuple[int, str]:
-    """(status, body) of GET http://127.0.0.1:port/path; OSError if nothing answers in time
-    (a paused member accepts the connection and never answers)."""
-
-    async def fetch() -> bytes:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
-            await writer.drain()
-            return await reader.read()
-        finally:
-            writer.close()
-
-    try:
-        raw = await asyncio.wait_for(fetch(), timeout_s)
-    except TimeoutError:
-        raise OSError(f"GET {path} on port {port} took over {timeout_s} s") from None
-    head, _, body = raw.partition(b"\r\n\r\n")
-    try:
-        return int(head.split()[1]), body.decode(errors="replace")
-    except (IndexError, ValueError):
-        raise OSError(f"GET {path} on port {port}: malformed response") from None
-
-
-def metric(text: str, name: str) -> float | None:
-    """The value of sample `name` (labels included, as exposed) in a /metrics page."""
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
-    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +191,7 @@ class Cluster:
             *("--tls-dir", str(m.tls_dir), "--tick-ms", str(self.tick_ms)),
             *("--election-ticks", str(self.election_ticks), "--log-level", "INFO"),
         ]
-        return [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *args]
+        return member_argv(args)
 
     def start(self, member_id: int) -> None:
         """Start (or restart, from its data dir) a member that is not running."""
@@ -362,7 +305,7 @@ class Cluster:
         if not m.running() or m.paused:
             return None
         try:
-            code, text = await http_get(m.metrics_port, "/metrics")
+            code, text = await http_get(m.metrics_port, "/metrics", HTTP_TIMEOUT_S)
         except OSError:
             return None
         if code != 200:
@@ -392,7 +335,7 @@ class Cluster:
         if not m.running() or m.paused:
             return False
         try:
-            return (await http_get(m.metrics_port, "/readyz"))[0] == 200
+            return (await http_get(m.metrics_port, "/readyz", HTTP_TIMEOUT_S))[0] == 200
         except OSError:
             return False
 
