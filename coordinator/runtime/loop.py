@@ -228,9 +228,8 @@ class RaftLoop:
         self._leaderless_since_s: float | None = clock.monotonic_s()
         """When this member last lost track of a leader; None while it knows one."""
         self._snapshot_gap = self._draw_snapshot_gap()
-        self._snapshot_job: asyncio.Future[bytes] | None = None
-        self._snapshot_at: tuple[int, ConfState] = (0, ConfState())
-        """The applied index and configuration the image being encoded is of."""
+        self._snapshot_job: tuple[asyncio.Future[bytes], int, ConfState] | None = None
+        """The image being encoded, and the applied index and configuration it is of."""
         self._snapper = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"snapshot-{cfg.id}"
         )
@@ -353,7 +352,7 @@ class RaftLoop:
                 self._maybe_expire_leases(now)
                 while await self._handle_ready():
                     self._drain_inbox()
-                if self._snapshot_job is not None and self._snapshot_job.done():
+                if self._snapshot_job is not None and self._snapshot_job[0].done():
                     await self._install_snapshot()
                 self._observe_leader()
         finally:
@@ -372,17 +371,21 @@ class RaftLoop:
         rd = node.ready()
         send_early(self.transport, rd)
         if rd.entries or rd.snapshot is not None:
-            done = self._disk.submit(persist, self.storage, rd)
-            try:
-                await asyncio.wrap_future(done)
-            except asyncio.CancelledError:
-                # Never leave the WAL in the middle of a write (the member closes it next).
-                concurrent.futures.wait([done])
-                raise
+            await self._on_disk(lambda: persist(self.storage, rd))
         else:
             persist(self.storage, rd)  # at most a hard state: no fsync, or a rare vote's
         finish(node, self.transport, self, rd)
         return True
+
+    async def _on_disk(self, write: Callable[[], None]) -> None:
+        """Run `write` on the disk thread and wait for it; nothing steps the node meanwhile."""
+        done = self._disk.submit(write)
+        try:
+            await asyncio.wrap_future(done)
+        except asyncio.CancelledError:
+            # Never leave the WAL in the middle of a write (the member closes it next).
+            concurrent.futures.wait([done])
+            raise
 
     def _has_input(self) -> bool:
         ib = self._inbox
@@ -561,19 +564,16 @@ class RaftLoop:
         snap_index = self.storage.snapshot().meta.index
         if applied - snap_index < self._snapshot_gap or self._snapshot_job is not None:
             return
-        image = self.fsm.snapshot_later()
-        self._snapshot_at = (applied, self._applied_conf)
-        job = asyncio.get_running_loop().run_in_executor(self._snapper, image)
+        job = asyncio.get_running_loop().run_in_executor(self._snapper, self.fsm.snapshot_later())
         job.add_done_callback(lambda _: self._wake.set())
-        self._snapshot_job = job
+        self._snapshot_job = (job, applied, self._applied_conf)
 
     async def _install_snapshot(self) -> None:
         """Write the image the snapshot thread encoded (see the module doc), unless a snapshot
         received from the leader has overtaken it meanwhile."""
-        job, self._snapshot_job = self._snapshot_job, None
-        assert job is not None
+        assert self._snapshot_job is not None
+        (job, index, conf), self._snapshot_job = self._snapshot_job, None
         data = job.result()  # an encoding failure is a bug: let it stop the member
-        index, conf = self._snapshot_at
         self._snapshot_gap = self._draw_snapshot_gap()
         current = self.storage.snapshot().meta.index
         if index <= current:
@@ -583,12 +583,7 @@ class RaftLoop:
             self.storage.create_snapshot(index, conf, data)
             self.storage.compact(max(current, index - self.cfg.snapshot_keep_entries))
 
-        done = self._disk.submit(install)
-        try:
-            await asyncio.wrap_future(done)
-        except asyncio.CancelledError:
-            concurrent.futures.wait([done])  # never leave the WAL in the middle of a write
-            raise
+        await self._on_disk(install)
 
     def _draw_snapshot_gap(self) -> int:
         """Entries between two snapshots: the configured count plus up to half again, drawn
