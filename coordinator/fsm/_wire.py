@@ -15,6 +15,7 @@ trailing bytes, so two different encodings never decode to the same value.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 
 _U8 = struct.Struct(">B")
 _U16 = struct.Struct(">H")
@@ -39,35 +40,47 @@ def invariant(condition: bool, message: str) -> None:
 
 
 class Writer:
-    """Appends fields to a byte string; `getvalue()` joins them once at the end."""
+    """Appends fields to one growing buffer.
 
-    __slots__ = ("_parts",)
+    A buffer rather than a list of parts joined at the end: a snapshot image of a million
+    keys would otherwise hold millions of small bytes objects at once, and freeing them
+    after the join leaves the allocator's pools fragmented by whatever the member allocated
+    meanwhile (the image is encoded on a thread while the member keeps applying), so the
+    process would keep that memory. Each field here is a temporary freed at once."""
+
+    __slots__ = ("_buf",)
 
     def __init__(self) -> None:
-        self._parts: list[bytes] = []
+        self._buf = bytearray()
 
     def u8(self, value: int) -> None:
-        self._parts.append(_U8.pack(value))
+        self._buf += _U8.pack(value)
 
     def u16(self, value: int) -> None:
-        self._parts.append(_U16.pack(value))
+        self._buf += _U16.pack(value)
 
     def u32(self, value: int) -> None:
-        self._parts.append(_U32.pack(value))
+        self._buf += _U32.pack(value)
 
     def u64(self, value: int) -> None:
-        self._parts.append(_U64.pack(value))
+        self._buf += _U64.pack(value)
 
     def i64(self, value: int) -> None:
-        self._parts.append(_I64.pack(value))
+        self._buf += _I64.pack(value)
+
+    def u64s(self, codec: struct.Struct, *values: int) -> None:
+        """Several fields in one `codec` (a Struct of big-endian fixed-width integers): the
+        same bytes as writing them one by one, for hot loops."""
+        self._buf += codec.pack(*values)
 
     def boolean(self, value: bool) -> None:
-        self._parts.append(b"\x01" if value else b"\x00")
+        self._buf += b"\x01" if value else b"\x00"
 
     def blob(self, value: bytes) -> None:
         """A u32 length, then the bytes."""
-        self._parts.append(_U32.pack(len(value)))
-        self._parts.append(bytes(value))
+        buf = self._buf
+        buf += _U32.pack(len(value))
+        buf += value
 
     def text(self, value: str) -> None:
         self.blob(value.encode("utf-8"))
@@ -81,10 +94,10 @@ class Writer:
             self.blob(value)
 
     def raw(self, value: bytes) -> None:
-        self._parts.append(bytes(value))
+        self._buf += value
 
     def getvalue(self) -> bytes:
-        return b"".join(self._parts)
+        return bytes(self._buf)
 
 
 class Reader:
@@ -158,6 +171,34 @@ class Reader:
         if present != 1:
             raise self.fail(f"presence byte must be 0 or 1, got {present}")
         return self.blob()
+
+    def blob_pairs(
+        self, n: int, codec: struct.Struct
+    ) -> Iterator[tuple[bytes, bytes, tuple[int, ...]]]:
+        """`n` records of (blob, blob, `codec`'s fields), as `blob` and `u64s` wrote them,
+        decoded in one tight loop: the bulk of a snapshot image (its keys), where a call per
+        field would dominate a restart. A generator, so each record's temporaries are freed
+        before the next (no transient list of a million tuples to fragment the heap)."""
+        data, end = self._data, len(self._data)
+        length, numbers, size = _U32.unpack_from, codec.unpack_from, codec.size
+        pos = self._pos
+        for done in range(n):
+            try:
+                (n_first,) = length(data, pos)
+                first = data[pos + 4 : pos + 4 + n_first]
+                pos += 4 + n_first
+                (n_second,) = length(data, pos)
+                second = data[pos + 4 : pos + 4 + n_second]
+                pos += 4 + n_second
+                fields = numbers(data, pos)
+            except struct.error:
+                pos = end + 1
+            pos += size
+            if pos > end:  # a slice past the end comes back short rather than failing
+                self._pos = end
+                raise self.fail(f"truncated in record {done + 1} of {n}")
+            self._pos = pos
+            yield first, second, fields
 
     def count(self, limit: int = U32_MAX) -> int:
         """A u32 element count, rejected if above `limit` or above the bytes left (every

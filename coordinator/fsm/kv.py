@@ -37,7 +37,15 @@ from dataclasses import dataclass, replace
 from ._wire import I64_MAX, Reader, Writer, invariant
 from .commands import Compare, CompareOp, CompareTarget, Delete, Put, Range, Txn, TxnOp
 from .errors import FsmError, invalid, not_found, out_of_range
-from .results import DeleteResult, KeyValue, OpResult, PutResult, RangeResult, TxnResult
+from .results import (
+    KV_NUMBERS,
+    DeleteResult,
+    KeyValue,
+    OpResult,
+    PutResult,
+    RangeResult,
+    TxnResult,
+)
 
 MAX_KEY_BYTES = 1024
 MAX_VALUE_BYTES = 1024 * 1024
@@ -539,11 +547,14 @@ class KvStore:
 
     def read_into(self, r: Reader) -> None:
         data: dict[bytes, KeyValue] = {}
-        for _ in range(r.count()):
-            kv = KeyValue._read(r)
-            if kv.key in data:
-                raise r.fail(f"key {kv.key!r} appears twice")
-            data[kv.key] = kv
+        n = r.count()
+        for key, value, (create, modified, version, lease) in r.blob_pairs(n, KV_NUMBERS):
+            # Both revisions as one int object when equal, as a put makes them (a key put
+            # once, the common case): 32 bytes a key.
+            mod = create if modified == create else modified
+            kv = KeyValue(key, value, create, mod, version, lease)
+            if data.setdefault(key, kv) is not kv:
+                raise r.fail(f"key {key!r} appears twice")
         self._data = data
         self._keys = sorted(data)
         self._by_lease = {}

@@ -12,6 +12,7 @@ that changed nothing is simply the current one.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Self
@@ -38,14 +39,15 @@ class KeyValue:
     def _write(self, w: Writer) -> None:
         w.blob(self.key)
         w.blob(self.value)
-        w.u64(self.create_revision)
-        w.u64(self.mod_revision)
-        w.u64(self.version)
-        w.u64(self.lease)
+        w.u64s(KV_NUMBERS, self.create_revision, self.mod_revision, self.version, self.lease)
 
     @classmethod
     def _read(cls, r: Reader) -> Self:
         return cls(r.blob(), r.blob(), r.u64(), r.u64(), r.u64(), r.u64())
+
+
+KV_NUMBERS = struct.Struct(">QQQQ")
+"""A KeyValue's create_revision, mod_revision, version and lease, as its encoding has them."""
 
 
 def _write_opt_kv(w: Writer, kv: KeyValue | None) -> None:

@@ -250,3 +250,22 @@ def test_the_restored_machine_keeps_granting_in_fifo_order(d: Driver) -> None:
     assert applied.result == ReleaseResult(d.m.revision, True)
     assert applied.effects == (LockGranted("L", 2, 4, d.m.revision),)
     assert isinstance(d.ok(LockAcquire("L", 2)), AcquireResult)
+
+
+def test_a_cut_anywhere_in_the_keys_is_rejected(d: Driver) -> None:
+    for i in range(5):
+        d.ok(Put(b"key-%d" % i, b"value-%d" % i, lease=0))
+    image = d.m.snapshot()
+    start = image.index(b"key-0") - 8
+    end = image.index(b"value-4") + len(b"value-4") + 40
+    for cut in range(start, end):
+        with pytest.raises(SnapshotDecodeError, match="truncated|cannot decode"):
+            StateMachine().restore(image[:cut])
+
+
+def test_a_key_twice_in_an_image_is_rejected(d: Driver) -> None:
+    d.ok(Put(b"key-AAAA", b"1"))
+    d.ok(Put(b"key-BBBB", b"2"))
+    image = d.m.snapshot().replace(b"key-BBBB", b"key-AAAA")
+    with pytest.raises(SnapshotDecodeError, match="key b'key-AAAA' appears twice"):
+        StateMachine().restore(image)
