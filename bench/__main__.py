@@ -2,6 +2,7 @@
 
     python -m bench run [--quick] [--systems concord,etcd,pysyncobj] [--keys N] [...]
     python -m bench report [--results RESULTS_JSON] [--docs docs/benchmarks.md]
+    python -m bench floor [--writes N]
 
 `make bench` is `run` (BENCH_QUICK=1 adds --quick), `make bench-report` is `report`. A run
 writes results.json, table.md and the plots into .results/bench/<UTC time>/ (ignored by git;
@@ -213,6 +214,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 _run_all(_makers(systems, work, sup, etcd, plan), plan, out_dir), RUN_LIMIT_S
             )
         )
+        reference = _floor(plan)
     except KeyboardInterrupt:
         log("interrupted: stopping every process")
         return 130
@@ -236,6 +238,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "results": [{**r, "environment": run_env} for r in results],
         "targets": report.evaluated_targets({"results": results}),
         "profile": prof,
+        "reference": reference,
         "elapsed_s": round(time.perf_counter() - wall, 1),
     }
     written = report.write_outputs(doc, out_dir)
@@ -261,6 +264,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if not any(r.get("error") for r in results) else 1
 
 
+def _floor(plan: Plan) -> dict[str, Any] | None:
+    """The bare grpc.aio relay's sequential write (`bench.floor`), measured after the
+    systems in the same invocation; None if it could not run."""
+    from . import floor  # noqa: PLC0415
+
+    log("reference: a bare grpc.aio relay (TLS, fsync, no Raft), sequential writes")
+    try:
+        result = asyncio.run(floor.measure(writes=500 if plan.quick else 2000))
+    except Exception as err:
+        log(f"reference: failed: {type(err).__name__}: {err}")
+        return None
+    log(f"reference: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms")
+    return result
+
+
 def _sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -279,6 +297,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if (argv if argv is not None else sys.argv[1:])[:1] == ["floor"]:
+        from . import floor  # noqa: PLC0415
+
+        floor.main((argv if argv is not None else sys.argv[1:])[1:])
+        return 0
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     sub = p.add_subparsers(dest="cmd", required=True)

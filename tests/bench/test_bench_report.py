@@ -278,3 +278,13 @@ def test_etcd_declarations_match_etcds_wire_format() -> None:
     status = kv.StatusResponse.FromString(b"\x0a\x02\x10\x07\x20\x07\x42\x01x")
     assert (status.header.member_id, status.leader) == (7, 7)
     assert list(status.errors) == ["x"]
+
+
+def test_the_reference_relay_is_reported_against_both_systems() -> None:
+    doc = synthetic()
+    assert report.reference_line(doc) == "No reference relay in this run."
+    doc["reference"] = {"system": "grpc-relay-floor", "p50_ms": 1.6, "p99_ms": 3.2}
+    line = report.reference_line(doc)
+    assert "p50 1.60 ms, p99 3.20 ms" in line
+    assert "Concord 4.00 ms (2.50x) and etcd 2.00 ms (1.25x)" in line
+    assert line in report.markdown(doc)
