@@ -79,14 +79,16 @@ _PROBE_STALE_S = 10.0
 
 
 def channel_options() -> list[tuple[str, int]]:
-    """Options for peer channels: quick reconnects (a returning peer catches up within a
-    fraction of a second) and keepalive pings that notice a silently dead connection."""
+    """Options for peer channels: quick reconnects (a returning peer is dialled again within
+    half a second, as the peer task's own backoff: with 2 s, a restarted follower waited up to
+    that long for its leader's next attempt) and keepalive pings that notice a silently dead
+    connection."""
     return [
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.initial_reconnect_backoff_ms", 100),
         ("grpc.min_reconnect_backoff_ms", 100),
-        ("grpc.max_reconnect_backoff_ms", 2000),
+        ("grpc.max_reconnect_backoff_ms", 500),
         ("grpc.keepalive_time_ms", 10_000),
         ("grpc.keepalive_timeout_ms", 5_000),
         ("grpc.keepalive_permit_without_calls", 1),
@@ -168,7 +170,7 @@ class GrpcTransport:
         batch_max: int = 512,
         batch_bytes_max: int = 4 * 1024 * 1024,
         backoff_initial_s: float = 0.05,
-        backoff_max_s: float = 2.0,
+        backoff_max_s: float = 0.5,
         write_timeout_s: float = 5.0,
         reachable_window_s: float = 5.0,
         on_round_trip: Callable[[int, float], None] | None = None,

@@ -57,6 +57,7 @@ from coordinator.raft import (
 
 from .clock import Clock
 from .driver import Transport, Wal, finish, persist, send_early
+from .heap import collector_paused
 
 log = logging.getLogger("concord.raft")
 _T = TypeVar("_T")
@@ -210,7 +211,8 @@ class RaftLoop:
         )
         snap = storage.snapshot()
         if snap.data:
-            fsm.restore(snap.data)
+            with collector_paused():
+                fsm.restore(snap.data)
         self._applied_conf = snap.meta.conf
         self._inbox = _Inbox()
         self._wake = _Wake()
@@ -505,7 +507,8 @@ class RaftLoop:
     # --- Applier (called by handle_ready, inside run()) ----------------------------------------
 
     def restore(self, snapshot: Snapshot) -> None:
-        self.fsm.restore(snapshot.data)
+        with collector_paused():
+            self.fsm.restore(snapshot.data)
         self._applied_conf = snapshot.meta.conf
         for index in [i for i in self._pending if i <= snapshot.meta.index]:
             p = self._pending.pop(index)
