@@ -4,13 +4,14 @@ the suite)."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bench import profile, report
+from bench import floor, profile, report
 from bench.figures import evaluate, targets
 from bench.load import Histogram
 
@@ -288,3 +289,25 @@ def test_the_reference_relay_is_reported_against_both_systems() -> None:
     assert "p50 1.60 ms, p99 3.20 ms" in line
     assert "Concord 4.00 ms (2.50x) and etcd 2.00 ms (1.25x)" in line
     assert line in report.markdown(doc)
+
+
+def test_the_reference_relay_runs_and_cleans_up() -> None:
+    """bench.floor for real (three processes, mutual TLS, fsync), briefly: it must work on a
+    fresh machine, since `make bench` reports it under the table."""
+    result = asyncio.run(floor.measure(writes=30, warmup=5))
+    assert result["writes"] == 30
+    assert 0 < result["p50_ms"] <= result["p99_ms"]
+    assert _running("bench.floor") == []
+
+
+def _running(marker: str) -> list[str]:
+    """Command lines of live processes that mention `marker`."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # gone meanwhile
+        if marker in text and "pytest" not in text:
+            found.append(text)
+    return found

@@ -259,7 +259,7 @@ def test_a_cut_anywhere_in_the_keys_is_rejected(d: Driver) -> None:
     start = image.index(b"key-0") - 8
     end = image.index(b"value-4") + len(b"value-4") + 40
     for cut in range(start, end):
-        with pytest.raises(SnapshotDecodeError, match="truncated|cannot decode"):
+        with pytest.raises(SnapshotDecodeError, match=r"truncated|cannot decode"):
             StateMachine().restore(image[:cut])
 
 
