@@ -21,6 +21,21 @@ PERMISSION_DENIED and a message that says which ids clashed. Each message is con
 `from_wire`; a malformed one (`WireError`) or one addressed to another member is dropped and
 logged, the rest go to the owner's `receive` (`RaftLoop.receive`), in order.
 
+**A quorum first.** A leader needs a majority's acknowledgement to commit, not everyone's,
+and on a small machine every stream write and every follower's fsync is CPU taken from
+the others. So appends go out at once only to the followers a commit needs (`prompt`: the
+lowest-id voters, as many as make a majority with the leader, among those whose stream is
+up and who were heard from within `prompt_window_s`); to the other followers an APP waits
+`append_lag_s` before it goes, together with whatever was queued behind it, so that they
+write, fsync and answer once for several appends. Lowest id first because that is also the
+order in which followers campaign when the leader's connection drops (`report_unreachable`):
+the first to campaign is then the one with the newest log. A prompt follower that stops
+answering or whose stream breaks is replaced at the next send; until then commits proceed
+at the lagged followers' pace. Only APPs wait (votes, heartbeats, snapshots, TIMEOUT_NOW go
+at once), and only until `set_voters` has told the transport the configuration's voters;
+`append_lag_s=0` turns it off. Cost: a lagged follower's state machine, and so its
+serializable reads and watches, trail by up to `append_lag_s`.
+
 **Lost connections.** When a peer's inbound stream ends, however it ends, or our stream to
 it starts failing, the owner hears `lost(peer)` (`RaftLoop.peer_unreachable`). It is only a
 hint: a follower whose leader's process died learns it here within milliseconds (the kernel
@@ -30,7 +45,8 @@ closes a dead process's sockets), instead of after a whole election timeout of s
 it, what it sent, dropped and received, and a round-trip estimate: the time from enqueueing
 an APP or HEARTBEAT (when no probe is outstanding) to the next APP_RESP or HEARTBEAT_RESP
 from that peer. Only a member that sends those (the leader) measures round trips, and a lost
-probe makes the next sample at most one heartbeat too long. A peer is *reachable* when it
+probe makes the next sample at most one heartbeat too long (and a lagged follower's, see "A
+quorum first", includes the wait). A peer is *reachable* when it
 was heard from within `reachable_window_s`: from the leader this is the Leader / Reachable /
 Unreachable view of `concordctl member list`; followers hear only from the leader.
 
@@ -173,6 +189,8 @@ class GrpcTransport:
         backoff_max_s: float = 0.5,
         write_timeout_s: float = 5.0,
         reachable_window_s: float = 5.0,
+        append_lag_s: float = 0.01,
+        prompt_window_s: float = 0.5,
         on_round_trip: Callable[[int, float], None] | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -191,6 +209,9 @@ class GrpcTransport:
         self._backoff_max_s = backoff_max_s
         self._write_timeout_s = write_timeout_s
         self.reachable_window_s = reachable_window_s
+        self._append_lag_s = append_lag_s
+        self._prompt_window_s = prompt_window_s
+        self._voters: frozenset[int] = frozenset()
         self._on_round_trip = on_round_trip
         self._rng = rng or random.Random()
         self._peers: dict[int, _Peer] = {}
@@ -289,6 +310,32 @@ class GrpcTransport:
 
     def peers(self) -> dict[int, str]:
         return {i: p.address for i, p in self._peers.items()}
+
+    def set_voters(self, voters: frozenset[int]) -> None:
+        """The configuration's voters (this member included or not), for choosing which
+        followers get appends at once (see the module docstring)."""
+        self._voters = frozenset(voters)
+
+    def prompt(self) -> frozenset[int]:
+        """The peers an APP goes to at once: the lowest-id healthy voters, as many as make a
+        majority of the voters with this member; every peer while the voters are unknown,
+        the lag is off, or too few are healthy for a majority."""
+        voters = self._voters
+        if not voters or self._append_lag_s <= 0 or self.member_id not in voters:
+            return frozenset(self._peers)
+        need = len(voters) // 2  # followers that make a majority with this member
+        now = self.clock.monotonic_s()
+        healthy = [
+            i
+            for i in sorted(voters)
+            if (p := self._peers.get(i)) is not None
+            and p.connected
+            and p.last_heard_s is not None
+            and now - p.last_heard_s <= self._prompt_window_s
+        ]
+        if len(healthy) < need:
+            return frozenset(self._peers)
+        return frozenset(healthy[:need])
 
     async def close(self) -> None:
         """Stop every peer task and close its stream and channel."""
@@ -397,6 +444,8 @@ class GrpcTransport:
 
     async def _next_batch(self, peer: _Peer) -> list[pb.RaftMessage]:
         batch = [await peer.queue.get()]
+        if batch[0].type == pb.APP and peer.id not in self.prompt():
+            await asyncio.sleep(self._append_lag_s)  # gather more (see "A quorum first")
         size = _payload_bytes(batch[0])
         while len(batch) < self._batch_max and size < self._batch_bytes_max:
             try:

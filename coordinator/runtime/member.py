@@ -1004,6 +1004,7 @@ class Member:
 
     def _sync_peers(self, loop: MeteredRaftLoop, transport: GrpcTransport) -> None:
         transport.set_peers(self.desired_peers(loop))
+        transport.set_voters(loop.status().conf.voters)
 
     async def _peer_sync(self, loop: MeteredRaftLoop, transport: GrpcTransport) -> None:
         while True:

@@ -88,6 +88,7 @@ class Node:
     def run(self, peers: dict[int, str]) -> None:
         assert self.transport is not None and self.loop is not None
         self.transport.set_peers(peers)
+        self.transport.set_voters(frozenset({1, 2, 3}))
         self.task = asyncio.create_task(self.loop.run())
 
     async def stop(self) -> None:
@@ -356,5 +357,72 @@ def test_peers_are_added_changed_and_removed_at_run_time() -> None:
             await t.close()
             await receiver.close()
             await server.stop(0)
+
+    run(scenario())
+
+
+def test_appends_go_at_once_to_the_lowest_healthy_voters_a_quorum_needs() -> None:
+    async def scenario() -> None:
+        t = GrpcTransport(3, CLUSTER, SystemClock(), prompt_window_s=0.5)
+        try:
+            t.set_peers({i: f"127.0.0.1:{free_port()}" for i in (1, 2, 4, 5)})
+            assert t.prompt() == {1, 2, 4, 5}  # voters unknown: nobody waits
+            t.set_voters(frozenset({1, 2, 3, 4, 5}))
+            assert t.prompt() == {1, 2, 4, 5}  # nobody healthy yet: nobody waits
+            for i in (1, 2, 4, 5):
+                t._peers[i].connected = True  # as after a write that went through
+                t.deliver(_heartbeat(i, 3))
+            assert t.prompt() == {1, 2}  # two followers make a majority of five with us
+            t._peers[1].connected = False  # its stream broke
+            assert t.prompt() == {2, 4}
+            t._peers[2].last_heard_s = t.clock.monotonic_s() - 1.0  # silent (paused?)
+            assert t.prompt() == {4, 5}
+            t.set_voters(frozenset({1, 2, 3}))  # 4 and 5 are learners now
+            assert t.prompt() == {1, 2, 4, 5}  # 1 down, 2 silent: too few, nobody waits
+            t._peers[2].last_heard_s = t.clock.monotonic_s()
+            assert t.prompt() == {2}  # a majority with 2; the learners and 1 wait
+        finally:
+            await t.close()
+        off = GrpcTransport(1, CLUSTER, SystemClock(), append_lag_s=0)
+        off.set_voters(frozenset({1, 2, 3}))
+        assert off.prompt() == frozenset()  # no peers; and no lag at all when off
+        await off.close()
+
+    run(scenario())
+
+
+def test_a_lagged_follower_keeps_up_and_takes_over_when_the_prompt_one_stops(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        c = Cluster(tmp_path)
+        await c.start()
+        try:
+            leader = await c.leader()
+            assert leader.transport is not None
+            lt = leader.transport
+            await wait_for(lambda: len(lt.prompt()) == 1)
+            (prompt,) = lt.prompt()
+            lagged = next(i for i in c.nodes if i not in (leader.id, prompt))
+            assert prompt < lagged  # the lowest id first (see the module docstring)
+            for i in range(40):
+                await c.propose(Put(b"k%d" % i, b"v"))
+            # The lagged follower receives every entry, batched.
+            target = leader.loop.fsm.applied_index if leader.loop else 0
+            lagged_loop = c.nodes[lagged].loop
+            assert lagged_loop is not None
+            await wait_for(lambda: lagged_loop.fsm.applied_index >= target)
+            # Stop the prompt follower: commits go on through the lagged one, which becomes
+            # the prompt one once the leader sees the stream to the other break.
+            await c.nodes[prompt].stop()
+            for i in range(20):
+                await c.propose(Put(b"after-%d" % i, b"v"))
+            leader = await c.leader()
+            assert leader.transport is not None
+            lt = leader.transport
+            await wait_for(lambda: lt.prompt() == {lagged} or leader.id == lagged)
+            await wait_for(lambda: lagged_loop.fsm.get(b"after-19") is not None)
+        finally:
+            await c.close()
 
     run(scenario())
