@@ -297,10 +297,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if (argv if argv is not None else sys.argv[1:])[:1] == ["floor"]:
+    words = sys.argv[1:] if argv is None else argv
+    if words[:1] == ["floor"]:
         from . import floor  # noqa: PLC0415
 
-        floor.main((argv if argv is not None else sys.argv[1:])[1:])
+        floor.main(words[1:])
         return 0
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip

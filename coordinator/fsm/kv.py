@@ -524,11 +524,9 @@ class KvStore:
 
     # --- snapshots ---------------------------------------------------------------------------
 
-    def write(self, w: Writer) -> None:
-        self.capture()(w)
-
     def capture(self) -> Callable[[Writer], None]:
-        """`write`, deferred: the values in key order are gathered now (they are immutable,
+        """The store's snapshot encoding (what `read_into` reads), deferred: the values in
+        key order are gathered now (they are immutable,
         so that is a consistent image; one C-level lookup of every key, a pointer each), and
         encoded when the returned function runs, which may be on another thread while this
         store changes."""

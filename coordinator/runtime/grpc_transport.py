@@ -330,8 +330,7 @@ class GrpcTransport:
             for i in sorted(voters)
             if (p := self._peers.get(i)) is not None
             and p.connected
-            and p.last_heard_s is not None
-            and now - p.last_heard_s <= self._prompt_window_s
+            and self._heard_recently(p, now, self._prompt_window_s)
         ]
         if len(healthy) < need:
             return frozenset(self._peers)
@@ -360,9 +359,11 @@ class GrpcTransport:
         peer = self._peers.get(peer_id)
         return peer is not None and self._heard_recently(peer, self.clock.monotonic_s())
 
-    def _heard_recently(self, peer: _Peer, now: float) -> bool:
+    def _heard_recently(self, peer: _Peer, now: float, window_s: float | None = None) -> bool:
+        """Heard from within `window_s` (default: `reachable_window_s`)."""
         heard = peer.last_heard_s
-        return heard is not None and now - heard <= self.reachable_window_s
+        window = self.reachable_window_s if window_s is None else window_s
+        return heard is not None and now - heard <= window
 
     def _stats(self, p: _Peer, now: float) -> PeerStats:
         return PeerStats(
