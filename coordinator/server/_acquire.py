@@ -35,6 +35,7 @@ entry, and a cancelled one withdraws it for both.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from dataclasses import dataclass
 
@@ -42,7 +43,7 @@ from coordinator.fsm import AcquireResult, Applied, Command
 
 from ._core import Core, Session
 from ._errors import QUEUED_METADATA_KEY, Code, ServiceError
-from ._hub import Wait, WaitKind, first_done
+from ._hub import Wait, WaitKind, done_unless
 from ._rpc import Call
 
 
@@ -123,8 +124,13 @@ class Acquirer:
                 "(the wait was withdrawn or the lease ended); acquire again",
             )
         lost = self.core.hub.quorum_lost()
-        await first_done(pending.future, lost, timeout_s=answer_within_s(call))
-        if pending.future.done():
+        # done_unless wakes this task in the turn after the grant, as a write's answer is
+        # woken: a grant that trailed the release's answer would reach the client after it,
+        # and the next release would then queue behind the releasing client's next acquire.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(answer_within_s(call)):
+                await done_unless(pending.future, lost)
+        if pending.future.done() and not pending.future.cancelled():
             return pending.future.result()
         if lost.done():
             err = self.core.no_quorum(write=False)

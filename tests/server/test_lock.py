@@ -191,3 +191,31 @@ def test_semaphore_with_two_holders_and_try_lock(tmp_path: Path) -> None:
             assert fence.current is current
 
     with_cluster(tmp_path, scenario)
+
+
+def test_a_waiter_is_told_when_its_member_loses_the_quorum(tmp_path: Path) -> None:
+    async def scenario(c: Cluster) -> None:
+        leader = await c.leader()
+        a = leader.client
+        sa, sb = Session(41), Session(42)
+        la, lb = await grant(a, sa), await grant(a, sb)
+        held = await a.lock.Lock(pb.LockRequest(session=sa.next(), name="job", lease=la))
+        assert held.granted
+        blocked = asyncio.ensure_future(
+            a.lock.Lock(
+                pb.LockRequest(session=sb.next(), name="job", lease=lb, wait=True), timeout=30
+            )
+        )
+        await eventually(lambda: waiters_are(a, "job", 1))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for m in list(c.running()):
+            if m is not leader:
+                await c.stop(m.id)
+        err = await rpc_error(blocked)
+        assert err.code() is grpc.StatusCode.UNAVAILABLE, err
+        assert "no quorum" in err.details(), err.details()
+        assert f"Lease {lb} keeps its place in the queue" in err.details(), err.details()
+        assert loop.time() - started < 10
+
+    with_cluster(tmp_path, scenario)
