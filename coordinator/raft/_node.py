@@ -150,6 +150,17 @@ class RawNode:
     def transfer_leader(self, target: int) -> None:
         self._raft.transfer_leader(target)
 
+    def flush_commit(self) -> None:
+        """Leader with `Config.lazy_commit`: send the commit index now (an append each) to
+        the followers that lack it, rather than with the next append or heartbeat."""
+        self._raft.flush_commit()
+
+    @property
+    def commit_unsent(self) -> bool:
+        """A leader knows a commit index some follower could use and was not sent (with
+        `Config.lazy_commit`; see `flush_commit`)."""
+        return self._raft.commit_unsent()
+
     # --- outputs -----------------------------------------------------------------------------
 
     def has_ready(self) -> bool:

@@ -66,6 +66,8 @@ class Progress:
     snapshot_sent: bool = False
     read_ack: int = 0
     """Newest ReadIndex sequence this follower echoed in a heartbeat response (this term)."""
+    commit_sent: int = 0
+    """Highest commit index sent to this follower in this term (see `Config.lazy_commit`)."""
 
     def become_probe(self) -> None:
         if self.state is ProgressState.SNAPSHOT and self.snapshot is not None:

@@ -85,6 +85,12 @@ class Config:
     snapshot_chunk_bytes: int = 1 << 20
     pre_vote: bool = True
     check_quorum: bool = True
+    lazy_commit: bool = False
+    """A leader whose commit index advances does not send an append to every follower just
+    to say so: the next append or heartbeat carries it, or the runtime calls `flush_commit`.
+    Under a steady stream of writes the next append is due within a client round trip
+    anyway, and each announcement costs every follower a message and an answer. Safety is
+    the same either way: when followers learn the commit index is a matter of liveness."""
     logger: Logger = field(default_factory=NullLogger)
 
     def validate(self) -> None:
@@ -221,6 +227,7 @@ class Raft:
             pr.next = last + 1
             pr.recent_active = node == self.id
             pr.read_ack = 0
+            pr.commit_sent = 0
             pr.become_probe()
             pr.next = last + 1
 
@@ -473,7 +480,7 @@ class Raft:
         committed = self._maybe_commit()
         if self.role is not Role.LEADER:
             return  # our own removal committed and we stepped down
-        if committed:
+        if committed and not self.cfg.lazy_commit:
             self._bcast_append()
         elif was_paused:
             self._send_append(m.frm)
@@ -559,12 +566,36 @@ class Raft:
             )
         )
         pr.sent_entries(entries[-1].index if entries else prev_index, len(entries))
+        pr.commit_sent = max(pr.commit_sent, self.log.committed)
         return True
 
     def _bcast_append(self) -> None:
         for node in self.prs:
             if node != self.id:
                 self._send_append(node)
+
+    def _lacks_commit(self, node: int, pr: Progress) -> bool:
+        """`node` could commit more than it has been told, and may be sent an append."""
+        return (
+            node != self.id
+            and pr.commit_sent < min(self.log.committed, pr.match)
+            and not pr.is_paused()
+        )
+
+    def commit_unsent(self) -> bool:
+        """Leader: some follower could commit more than it has been told (see
+        `Config.lazy_commit`)."""
+        return self.role is Role.LEADER and any(
+            self._lacks_commit(node, pr) for node, pr in self.prs.items()
+        )
+
+    def flush_commit(self) -> None:
+        """Leader: an append (empty unless entries are due) to every follower that could
+        commit more than it has been told."""
+        if self.role is Role.LEADER:
+            for node, pr in self.prs.items():
+                if self._lacks_commit(node, pr):
+                    self._send_append(node)
 
     def _bcast_heartbeat(self, context: int | None = None) -> None:
         ctx = self.read_only.seq if context is None else context
@@ -580,6 +611,7 @@ class Raft:
                         context=ctx,
                     )
                 )
+                pr.commit_sent = max(pr.commit_sent, min(pr.match, self.log.committed))
 
     def _send_snapshot_chunk(self, to: int, pr: Progress) -> None:
         snap = pr.snapshot

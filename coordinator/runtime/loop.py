@@ -116,6 +116,11 @@ class LoopConfig:
     """Entries kept below a snapshot so slightly lagging followers need no snapshot."""
     lease_check_s: float = 0.5
     max_batch: int = 1024
+    commit_flush_s: float | None = 0.002
+    """A leader tells its followers a new commit index with its next append (under load one
+    is due well within this), or after this long without one (see `Config.lazy_commit`): a
+    message and an answer per follower and commit fewer. None: at once, with an append of
+    its own."""
 
 
 @dataclass(slots=True)
@@ -205,6 +210,7 @@ class RaftLoop:
                 rng=self._rng,
                 election_timeout_ticks=cfg.election_ticks,
                 heartbeat_ticks=cfg.heartbeat_ticks,
+                lazy_commit=cfg.commit_flush_s is not None,
                 logger=log,
             ),
             storage,
@@ -229,6 +235,9 @@ class RaftLoop:
         """peer id -> monotonic time its latest message arrived (any type)."""
         self._leaderless_since_s: float | None = clock.monotonic_s()
         """When this member last lost track of a leader; None while it knows one."""
+        self._flush_at: float | None = None
+        """When the leader sends its followers the commit index if no append has (see
+        `LoopConfig.commit_flush_s`)."""
         self._snapshot_gap = self._draw_snapshot_gap()
         self._snapshot_job: tuple[asyncio.Future[bytes], int, ConfState] | None = None
         """The image being encoded, and the applied index and configuration it is of."""
@@ -340,9 +349,9 @@ class RaftLoop:
         next_tick = self.clock.monotonic_s() + self.cfg.tick_s
         try:
             while not self._stopped:
-                timeout = max(0.0, next_tick - self.clock.monotonic_s())
+                wake_at = next_tick if self._flush_at is None else min(next_tick, self._flush_at)
                 if not self._has_input():
-                    await self._wake.wait(timeout)
+                    await self._wake.wait(max(0.0, wake_at - self.clock.monotonic_s()))
                 self._wake.clear()
                 now = self.clock.monotonic_s()
                 while now >= next_tick:
@@ -351,18 +360,28 @@ class RaftLoop:
                     if now - next_tick > 10 * self.cfg.tick_s:
                         next_tick = now + self.cfg.tick_s  # we were stalled: do not burst
                 self._drain_inbox()
+                if self._flush_at is not None and now >= self._flush_at:
+                    self.node.flush_commit()
                 self._maybe_expire_leases(now)
                 while await self._handle_ready():
                     self._drain_inbox()
                 if self._snapshot_job is not None and self._snapshot_job[0].done():
                     await self._install_snapshot()
                 self._observe_leader()
+                self._schedule_flush(now)
         finally:
             self._stopped = True
             self._snapper.shutdown(wait=True)
             self._disk.shutdown(wait=True)
             self._fail_all(StoppedError("member stopping"))
             self._notify(lambda o: o.on_stop())
+
+    def _schedule_flush(self, now_s: float) -> None:
+        delay = self.cfg.commit_flush_s
+        if delay is None or not self.node.commit_unsent:
+            self._flush_at = None
+        elif self._flush_at is None or self._flush_at <= now_s:
+            self._flush_at = now_s + delay
 
     async def _handle_ready(self) -> bool:
         """`driver.handle_ready`, with the disk write of new entries or a snapshot on the disk

@@ -97,6 +97,9 @@ class SimOptions:
     client_timeout_us: int
     liveness_bound_us: int = 10_000 * MS
     drain_us: int = 1_500 * MS
+    lazy_commit: bool = False
+    """Leaders announce commits lazily (`Config.lazy_commit`), flushed a random 0-5 ms
+    after a turn leaves one unsent, as the asyncio runtime does after 2 ms."""
 
     @staticmethod
     def from_seed(seed: int, voters: int | None = None) -> SimOptions:
@@ -144,6 +147,7 @@ class SimOptions:
             max_msg_bytes=r.choice((200, 4096, 1 << 20)),
             max_inflight=r.choice((1, 4, 64)),
             client_timeout_us=r.choice((60, 150, 400)) * MS,
+            lazy_commit=r.random() < 0.5,  # drawn last: earlier draws stay as they were
         )
 
     def describe(self) -> str:
@@ -195,8 +199,10 @@ class SimNode:
             max_msg_bytes=opts.max_msg_bytes,
             max_inflight_msgs=opts.max_inflight,
             snapshot_chunk_bytes=opts.chunk_bytes,
+            lazy_commit=opts.lazy_commit,
         )
         self.raw = sim.node_factory(cfg, self.storage)
+        self.flush_due = False
         self.wal = SimWal(self.disk, self.storage, sim.rng, self._on_persist)
         self.pending_props: dict[int, tuple[int, int, int]] = {}
         self.pending_reads: dict[int, tuple[int, int, str]] = {}
@@ -225,6 +231,18 @@ class SimNode:
                     self.sim.on_new_leader(self, raw)
         except SimCrash as crash:
             self.crash(str(crash))
+            return
+        if self.sim.opts.lazy_commit and not self.flush_due and raw.commit_unsent:
+            self.flush_due = True
+            self.sim.at(self.sim.rng.randint(0, 5 * MS), self.flush_commit, raw)
+
+    def flush_commit(self, raw: RawNode) -> None:
+        """The runtime's delayed commit announcement (see `SimOptions.lazy_commit`); a node
+        that crashed or restarted meanwhile is a new RawNode and has nothing to flush."""
+        self.flush_due = False
+        if self.raw is raw:
+            raw.flush_commit()
+            self.process()
 
     def _on_persist(self, entries: Sequence[Entry]) -> None:
         raw = self.raw
