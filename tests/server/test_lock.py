@@ -219,3 +219,38 @@ def test_a_waiter_is_told_when_its_member_loses_the_quorum(tmp_path: Path) -> No
         assert loop.time() - started < 10
 
     with_cluster(tmp_path, scenario)
+
+
+def test_a_release_and_the_grant_it_causes_are_answered_together(tmp_path: Path) -> None:
+    """On one Pipeline stream, the Unlock's answer and the waiter's grant leave in one
+    message: a grant that trailed would let the releasing client's next request reach the
+    leader first and delay the new holder's release by a whole Raft round."""
+
+    async def scenario(c: Cluster) -> None:
+        client = (await c.leader()).client
+        sa, sb = Session(51), Session(52)
+        la, lb = await grant(client, sa), await grant(client, sb)
+        stream = client.pipeline.Stream()
+
+        async def send(call: pb.PipelineCall) -> None:
+            await stream.write(pb.PipelineRequest(calls=[call]))
+
+        await send(
+            pb.PipelineCall(id=1, lock=pb.LockRequest(session=sa.next(), name="j", lease=la))
+        )
+        first = await stream.read()
+        assert [r.id for r in first.results] == [1] and first.results[0].lock.granted
+        waiting = pb.LockRequest(session=sb.next(), name="j", lease=lb, wait=True)
+        await send(pb.PipelineCall(id=2, lock=waiting))
+        await eventually(lambda: waiters_are(client, "j", 1))
+        await send(
+            pb.PipelineCall(id=3, unlock=pb.UnlockRequest(session=sa.next(), name="j", lease=la))
+        )
+        both = await asyncio.wait_for(stream.read(), 5)
+        by_id = {r.id: r for r in both.results}
+        assert sorted(by_id) == [2, 3], f"answered apart: {sorted(by_id)} first"
+        assert by_id[3].unlock.held and by_id[2].lock.granted
+        assert by_id[2].lock.fencing_token > first.results[0].lock.fencing_token
+        await stream.done_writing()
+
+    with_cluster(tmp_path, scenario)
