@@ -27,7 +27,6 @@ same way. Its bounds must therefore be the same on every member.
 
 from __future__ import annotations
 
-import bisect
 import enum
 import operator
 from collections import deque
@@ -46,6 +45,7 @@ from .results import (
     RangeResult,
     TxnResult,
 )
+from .sorted_keys import SortedKeys
 
 MAX_KEY_BYTES = 1024
 MAX_VALUE_BYTES = 1024 * 1024
@@ -294,7 +294,7 @@ class KvStore:
         self._lock_tokens = lock_tokens
         self._data: dict[bytes, KeyValue] = {}
         """Every live key. Invariant: kv.mod_revision <= history.revision."""
-        self._keys: list[bytes] = []
+        self._keys = SortedKeys()
         """sorted(_data): the order ranges walk."""
         self._by_lease: dict[int, set[bytes]] = {}
         """lease -> keys attached to it; derived from _data, never empty sets."""
@@ -330,9 +330,7 @@ class KvStore:
     def _span(self, key: bytes, range_end: bytes | None) -> list[bytes]:
         if range_end is None:
             return [key] if key in self._data else []
-        lo = bisect.bisect_left(self._keys, key)
-        hi = len(self._keys) if range_end == b"\0" else bisect.bisect_left(self._keys, range_end)
-        return self._keys[lo:hi]
+        return self._keys.span(key, None if range_end == b"\0" else range_end)
 
     # --- writes ------------------------------------------------------------------------------
 
@@ -402,7 +400,7 @@ class KvStore:
         prev = self._data.get(cmd.key)
         if prev is None:
             kv = KeyValue(cmd.key, cmd.value, batch.revision, batch.revision, 1, cmd.lease)
-            bisect.insort(self._keys, cmd.key)
+            self._keys.add(cmd.key)
         else:
             kv = KeyValue(
                 cmd.key,
@@ -431,7 +429,7 @@ class KvStore:
 
     def _delete_in(self, batch: _Batch, key: bytes) -> None:
         prev = self._data.pop(key)
-        del self._keys[bisect.bisect_left(self._keys, key)]
+        self._keys.remove(key)
         self._detach(prev)
         batch.events.append(Event(batch.revision, EventKind.DELETE, key))
 
@@ -532,7 +530,7 @@ class KvStore:
         store changes."""
         values: tuple[KeyValue, ...] = ()
         if len(self._keys) == 1:
-            values = (self._data[self._keys[0]],)
+            values = (self._data[next(iter(self._keys))],)
         elif self._keys:
             values = operator.itemgetter(*self._keys)(self._data)
 
@@ -554,7 +552,7 @@ class KvStore:
             if data.setdefault(key, kv) is not kv:
                 raise r.fail(f"key {key!r} appears twice")
         self._data = data
-        self._keys = sorted(data)
+        self._keys = SortedKeys(sorted(data))
         self._by_lease = {}
         for kv in data.values():
             if kv.lease:
