@@ -10,7 +10,8 @@ strictly increasing across all grants of a name for free.
 Keys. Per key the store keeps what etcd keeps: `create_revision` (when the current incarnation
 was created), `mod_revision` (last write), `version` (puts since creation; a delete ends the
 incarnation) and the `lease` it is attached to. Keys are ordered bytes, so a range
-[key, range_end) is a span of the keys in order (`sorted_keys.py`) (range_end b"\\0" means "to the end", as in etcd).
+[key, range_end) is a span of the keys in order, kept in `sorted_keys.py` (range_end b"\\0"
+means "to the end", as in etcd).
 There is no MVCC: reads see the newest state only, and history lives in the watch ring.
 
 Txn. Compares are evaluated, one branch is chosen, and its ops run against the state as the
