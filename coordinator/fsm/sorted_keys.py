@@ -74,19 +74,14 @@ class SortedKeys:
         """The keys k with lo <= k < hi (hi None: no upper bound), in order."""
         blocks, lasts = self._blocks, self._lasts
         first = bisect.bisect_left(lasts, lo)
-        if first == len(blocks):
+        if first == len(blocks) or (hi is not None and hi <= lo):
             return []
         start = bisect.bisect_left(blocks[first], lo)
-        if hi is None:
+        last = len(blocks) if hi is None else bisect.bisect_left(lasts, hi)
+        if hi is None or last == len(blocks):  # to the end of the last block
             last, stop = len(blocks) - 1, len(blocks[-1])
         else:
-            if hi <= lo:
-                return []
-            last = bisect.bisect_left(lasts, hi)
-            if last == len(blocks):
-                last, stop = len(blocks) - 1, len(blocks[-1])
-            else:
-                stop = bisect.bisect_left(blocks[last], hi)
+            stop = bisect.bisect_left(blocks[last], hi)
         if first == last:
             return blocks[first][start:stop]
         out = blocks[first][start:]
