@@ -15,7 +15,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar, Self
+from typing import ClassVar, NamedTuple, Self
 
 from ._wire import DecodeError, Reader, Writer
 from .errors import ErrorCode, FsmError
@@ -24,10 +24,14 @@ OUTCOME_VERSION = 1
 _ERROR_TAG = 255
 
 
-@dataclass(frozen=True, slots=True)
-class KeyValue:
+class KeyValue(NamedTuple):
     """One key as stored. Invariants: create_revision <= mod_revision; version >= 1 (number of
-    puts since the key was created; a delete resets it); lease 0 = none."""
+    puts since the key was created; a delete resets it); lease 0 = none.
+
+    A named tuple, not a frozen dataclass like the results: every put makes one and a
+    snapshot decode makes one per key, and a frozen dataclass's `__init__` sets each field
+    through `object.__setattr__` (1.2 us against 0.4 us here; a third of decoding a
+    million keys). Just as immutable, 8 bytes larger."""
 
     key: bytes
     value: bytes
