@@ -57,7 +57,7 @@ from coordinator.raft import (
 
 from .clock import Clock
 from .driver import Transport, Wal, finish, persist, send_early
-from .heap import collector_paused
+from .heap import image_decode
 
 log = logging.getLogger("concord.raft")
 _T = TypeVar("_T")
@@ -217,7 +217,7 @@ class RaftLoop:
         )
         snap = storage.snapshot()
         if snap.data:
-            with collector_paused():
+            with image_decode():
                 fsm.restore(snap.data)
         self._applied_conf = snap.meta.conf
         self._inbox = _Inbox()
@@ -526,7 +526,7 @@ class RaftLoop:
     # --- Applier (called by handle_ready, inside run()) ----------------------------------------
 
     def restore(self, snapshot: Snapshot) -> None:
-        with collector_paused():
+        with image_decode():
             self.fsm.restore(snapshot.data)
         self._applied_conf = snapshot.meta.conf
         for index in [i for i in self._pending if i <= snapshot.meta.index]:

@@ -1,12 +1,15 @@
-"""collector_paused: the cyclic collector is off inside the block and as it was after."""
+"""collector_paused: the cyclic collector is off inside the block and as it was after;
+image_decode: what a decode made is frozen, and what was frozen is let go by the next one."""
 
 from __future__ import annotations
 
 import gc
+import weakref
+from collections.abc import Iterator
 
 import pytest
 
-from coordinator.runtime.heap import collector_paused
+from coordinator.runtime.heap import collector_paused, image_decode
 
 
 def test_the_collector_is_paused_and_then_back_on() -> None:
@@ -30,3 +33,55 @@ def test_a_collector_that_was_off_stays_off() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+class _Node:
+    """Something a weak reference can watch, in a reference cycle with itself."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+@pytest.fixture
+def thawed() -> Iterator[None]:
+    """The collector's permanent generation empty before and after the test."""
+    gc.unfreeze()
+    yield
+    gc.unfreeze()
+
+
+def _scanned(obj: object) -> bool:
+    """Whether collections still look at `obj` (frozen objects are in no generation)."""
+    return any(o is obj for o in gc.get_objects())
+
+
+@pytest.mark.usefixtures("thawed")
+def test_what_an_image_decode_made_is_frozen_and_the_collector_back_on() -> None:
+    with image_decode():
+        assert not gc.isenabled()
+        decoded = [_Node() for _ in range(100)]
+    assert gc.isenabled()
+    assert gc.get_freeze_count() >= len(decoded)
+    assert not _scanned(decoded[0])
+    assert _scanned(_Node())  # what comes after is collected as usual
+
+
+@pytest.mark.usefixtures("thawed")
+def test_a_cycle_that_became_garbage_while_frozen_is_freed_by_the_next_decode() -> None:
+    with image_decode():
+        node = _Node()
+    watch = weakref.ref(node)
+    del node
+    gc.collect()
+    assert watch() is not None  # frozen: the cycle outlives a full collection
+    with image_decode():
+        pass
+    assert watch() is None
+
+
+@pytest.mark.usefixtures("thawed")
+def test_a_failed_decode_freezes_nothing() -> None:
+    with pytest.raises(ValueError), image_decode():
+        raise ValueError("bad image")
+    assert gc.get_freeze_count() == 0
+    assert gc.isenabled()
