@@ -260,6 +260,10 @@ class _Experiment:
                 with contextlib.suppress(asyncio.CancelledError):
                     await keeper
             await holder.close()
+        # The writers' last acknowledged adds may still be on their way to a follower (the
+        # lagged one gets its appends up to 10 ms late): every member must hold them once it
+        # has caught up, not at the instant the writers stop.
+        await cluster.wait_converged(30.0)
         await self.set.final_read(cluster)
 
     async def _keep_alive(self, c: Client, lease: int) -> None:
