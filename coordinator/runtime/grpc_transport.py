@@ -8,16 +8,23 @@ must never hold up the member's loop. The peer task keeps one client-streaming
 `batch_bytes_max` bytes), and writes it as one `RaftBatch` stamped with the cluster id. When
 the stream breaks (peer down, refused, a write that does not finish within `write_timeout_s`)
 the batch in flight and everything still queued are dropped (stale by the time the peer is
-back; Raft resends what matters), and the task reconnects with jittered exponential backoff.
-A stream is opened lazily, on the first message after a failure.
+back; Raft resends what matters), and the task reconnects with jittered exponential backoff,
+each attempt on a fresh channel (so that gRPC's own reconnect backoff never adds to ours).
+
+**Hello.** Each new stream starts with a batch of no messages that names the sender: it
+tells the peer that this member is up. A peer whose own stream to this member broke (this
+member was down) is backing off before it dials again, up to `backoff_max_s`; on a hello it
+dials at once (`peer_dialed_in`). A restarted follower is so back in its leader's
+heartbeats within milliseconds of its peer server starting, not half a second later.
 
 **Receiving.** `RaftServicer` is the server side of the same RPC. Under TLS only a member
 certificate may open it (`peer_refusal`), and a certificate bound to a member id
 (`tls.member_id_of`) may send only that member's messages: a message that claims another
-sender aborts the stream with PERMISSION_DENIED, so a compromised member certificate cannot
-cast another member's vote. Each batch's cluster id is checked first: a mismatch (a stale
-address after a cluster was rebuilt, a member of another cluster) aborts the stream with
-PERMISSION_DENIED and a message that says which ids clashed. Each message is converted with
+sender (in a message or a batch's `sender`) aborts the stream with PERMISSION_DENIED, so a
+compromised member certificate cannot cast another member's vote. Each batch's cluster id is
+checked first: a mismatch (a stale address after a cluster was rebuilt, a member of another
+cluster) aborts the stream with PERMISSION_DENIED and a message that says which ids
+clashed. Each message is converted with
 `from_wire`; a malformed one (`WireError`) or one addressed to another member is dropped and
 logged, the rest go to the owner's `receive` (`RaftLoop.receive`), in order.
 
@@ -61,6 +68,7 @@ methods.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -95,16 +103,11 @@ _PROBE_STALE_S = 10.0
 
 
 def channel_options() -> list[tuple[str, int]]:
-    """Options for peer channels: quick reconnects (a returning peer is dialled again within
-    half a second, as the peer task's own backoff: with 2 s, a restarted follower waited up to
-    that long for its leader's next attempt) and keepalive pings that notice a silently dead
-    connection."""
+    """Options for peer channels: keepalive pings that notice a silently dead connection.
+    (Reconnecting is the peer task's: every attempt gets a fresh channel.)"""
     return [
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.initial_reconnect_backoff_ms", 100),
-        ("grpc.min_reconnect_backoff_ms", 100),
-        ("grpc.max_reconnect_backoff_ms", 500),
         ("grpc.keepalive_time_ms", 10_000),
         ("grpc.keepalive_timeout_ms", 5_000),
         ("grpc.keepalive_permit_without_calls", 1),
@@ -155,6 +158,8 @@ class _Peer:
         self.queue: asyncio.Queue[pb.RaftMessage] = asyncio.Queue(maxsize=queue_max)
         """Already in wire form: a message that cannot be converted is refused by `send`."""
         self.task: asyncio.Task[None] | None = None
+        self.wake = asyncio.Event()
+        """Set when the peer dialled in: cut the backoff short."""
         self.connected = False
         self.failing = False
         """The last attempt failed and the failure was logged (to log changes, not spam)."""
@@ -239,6 +244,13 @@ class GrpcTransport:
         timeout of silence)."""
         if self._lost is not None and not self._closed:
             self._lost(peer_id)
+
+    def peer_dialed_in(self, peer_id: int) -> None:
+        """`peer_id` opened a stream to us, so it is up: if our stream to it is down, dial it
+        now rather than when the backoff runs out."""
+        peer = self._peers.get(peer_id)
+        if peer is not None and not peer.connected:
+            peer.wake.set()
 
     def servicer(self) -> RaftServicer:
         return RaftServicer(self)
@@ -401,17 +413,21 @@ class GrpcTransport:
     # --- sending (one task per peer) ---------------------------------------------------------
 
     async def _run_peer(self, peer: _Peer) -> None:
-        channel = self._open_channel(peer.address)
-        stub = _raft_stub(channel)
+        channel: grpc.aio.Channel | None = None
         call: grpc.aio.StreamUnaryCall | None = None
         backoff_s = self._backoff_initial_s
         try:
             while True:
-                batch = await self._next_batch(peer)
+                # A new stream starts with a hello (no messages), then carries what is queued.
+                batch = [] if call is None else await self._next_batch(peer)
                 try:
                     if call is None:
-                        call = stub.Stream()
-                    request = pb.RaftBatch(cluster_id=self.cluster_id, messages=batch)
+                        if channel is None:
+                            channel = self._open_channel(peer.address)
+                        call = _raft_stub(channel).Stream()
+                    request = pb.RaftBatch(
+                        cluster_id=self.cluster_id, sender=self.member_id, messages=batch
+                    )
                     # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
                     # cancellation that races with the write finishing, and close() would wait.
                     async with asyncio.timeout(self._write_timeout_s):
@@ -426,7 +442,10 @@ class GrpcTransport:
                     reason = await _failure_reason(call, err)
                     call = None
                     self._stream_failed(peer, batch, reason)
-                    await asyncio.sleep(backoff_s * self._rng.uniform(0.5, 1.0))
+                    if channel is not None:
+                        await channel.close(None)
+                        channel = None
+                    await self._back_off(peer, backoff_s * self._rng.uniform(0.5, 1.0))
                     backoff_s = min(backoff_s * 2, self._backoff_max_s)
                     continue
                 peer.sent += len(batch)
@@ -441,7 +460,16 @@ class GrpcTransport:
             peer.connected = False
             if call is not None:
                 call.cancel()
-            await channel.close(None)
+            if channel is not None:
+                await channel.close(None)
+
+    @staticmethod
+    async def _back_off(peer: _Peer, seconds: float) -> None:
+        """Wait `seconds`, or less if the peer dials in meanwhile."""
+        peer.wake.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await peer.wake.wait()
 
     async def _next_batch(self, peer: _Peer) -> list[pb.RaftMessage]:
         batch = [await peer.queue.get()]
@@ -541,6 +569,13 @@ class RaftServicer:
                         "check --cluster-id and the peer addresses (a stale address after a "
                         "rebuild?)",
                     )
+                if batch.sender and batch.sender != sender:
+                    if bound is not None and batch.sender != bound:
+                        why = _impersonation(bound, batch.sender)
+                        log.error("refusing peer stream from %s: %s", context.peer(), why)
+                        await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
+                    sender = batch.sender
+                    t.peer_dialed_in(sender)
                 for wire in batch.messages:
                     try:
                         msg = from_wire(wire)
@@ -548,10 +583,7 @@ class RaftServicer:
                         log.warning("dropping a malformed message from %s: %s", context.peer(), err)
                         continue
                     if bound is not None and msg.frm != bound:
-                        why = (
-                            f"the certificate of member {bound} cannot send messages as member "
-                            f"{msg.frm}: each member speaks for itself only"
-                        )
+                        why = _impersonation(bound, msg.frm)
                         log.error("refusing peer stream from %s: %s", context.peer(), why)
                         await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
                     if msg.to != t.member_id:
@@ -570,6 +602,13 @@ class RaftServicer:
             if sender:
                 t.connection_lost(sender)
         return pb.RaftAck()
+
+
+def _impersonation(bound: int, claimed: int) -> str:
+    return (
+        f"the certificate of member {bound} cannot send messages as member {claimed}: each "
+        "member speaks for itself only"
+    )
 
 
 def peer_refusal(auth: Mapping[str, Sequence[bytes]]) -> str:

@@ -308,6 +308,41 @@ def test_malformed_and_misaddressed_messages_are_dropped(tmp_path: Path) -> None
     run(scenario())
 
 
+def test_a_peer_that_comes_back_is_dialled_at_once_when_it_says_hello() -> None:
+    """A member whose stream to a peer failed waits out its backoff before dialling again;
+    a peer that comes back opens its own stream with a hello, and is dialled at once."""
+
+    async def scenario() -> None:
+        clock = SystemClock()
+        got: list[Message] = []
+        a = GrpcTransport(1, CLUSTER, clock, backoff_initial_s=60.0, backoff_max_s=60.0)
+        a_server = grpc.aio.server(options=server_options())
+        a.add_to_server(a_server)
+        a_port = a_server.add_insecure_port("127.0.0.1:0")
+        await a_server.start()
+        b = GrpcTransport(2, CLUSTER, clock)
+        b.bind(got.append)
+        b_server = grpc.aio.server(options=server_options())
+        b.add_to_server(b_server)
+        b_port = free_port()
+        try:
+            a.add_peer(2, f"127.0.0.1:{b_port}")  # nobody listens there yet
+            await wait_for(lambda: a.stats()[2].last_error != "")  # now waiting 30-60 s
+            assert b_server.add_insecure_port(f"127.0.0.1:{b_port}") == b_port
+            await b_server.start()
+            b.add_peer(1, f"127.0.0.1:{a_port}")
+            await wait_for(lambda: a.stats()[2].connected, timeout_s=10.0)
+            a.send(_heartbeat(1, 2))
+            await wait_for(lambda: got == [_heartbeat(1, 2)], timeout_s=10.0)
+        finally:
+            await a.close()
+            await b.close()
+            await a_server.stop(0)
+            await b_server.stop(0)
+
+    run(scenario())
+
+
 def test_send_never_blocks_and_drops_when_a_queue_is_full() -> None:
     async def scenario() -> None:
         t = GrpcTransport(1, CLUSTER, SystemClock(), queue_max=8)

@@ -128,7 +128,7 @@ def test_files_are_private_and_checked_on_load(
 
 
 async def _stream(
-    port: int, credentials: grpc.ChannelCredentials, messages: list[pb.RaftMessage]
+    port: int, credentials: grpc.ChannelCredentials, messages: list[pb.RaftMessage], sender: int = 0
 ) -> pb.RaftAck:
     """One batch on a peer stream; the call's own outcome (AioRpcError with the server's
     status if refused). A server that refuses at once may end the call while the batch is
@@ -137,7 +137,7 @@ async def _stream(
     async with grpc.aio.secure_channel(f"127.0.0.1:{port}", credentials) as channel:
         call = pb_grpc.RaftStub(channel).Stream(timeout=10)
         try:
-            await call.write(pb.RaftBatch(cluster_id=CLUSTER, messages=messages))
+            await call.write(pb.RaftBatch(cluster_id=CLUSTER, messages=messages, sender=sender))
             await call.done_writing()
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
             pass
@@ -380,6 +380,15 @@ def test_the_peer_port_refuses_a_member_certificate_speaking_for_another_member(
             posing.details() or ""
         )
         assert [m.frm for m in got] == [2]  # nothing from the impostor arrived
+
+        # Nor can it claim to be member 2 in a hello (a batch's sender, no messages).
+        with pytest.raises(grpc.aio.AioRpcError) as hello:
+            await _stream(port, member3, [], sender=2)
+        assert hello.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        assert "certificate of member 3 cannot send messages as member 2" in (
+            hello.value.details() or ""
+        )
+        assert isinstance(await _stream(port, member3, [], sender=3), pb.RaftAck)
 
         # A certificate issued before ids were bound keeps its meaning (any id).
         legacy = creds(issue_member_cert(ca, "member-x"))
