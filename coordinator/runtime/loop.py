@@ -70,6 +70,10 @@ class DurableLog(Wal, LogStorage, Protocol):
 
     def compact(self, index: int) -> int: ...
 
+    def rotate_dek(self) -> int: ...
+
+    def retire_keys(self) -> list[int]: ...
+
 
 class LoopObserver(Protocol):
     """Told what the member did, from inside `run()`: between two applies, so it may read the
@@ -121,6 +125,18 @@ class LoopConfig:
     is due well within this), or after this long without one (see `Config.lazy_commit`): a
     message and an answer per follower and commit fewer. None: at once, with an append of
     its own."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRotation:
+    """What `RaftLoop.rotate_data_key` did."""
+
+    key_id: int
+    """The new data key's id: everything written from the rotation on is sealed under it."""
+    snapshot_index: int
+    """The snapshot sealed under the new key, up to which the log was compacted."""
+    retired: tuple[int, ...]
+    """Key ids dropped from the ring (nothing on disk needs them any more)."""
 
 
 @dataclass(slots=True)
@@ -247,6 +263,11 @@ class RaftLoop:
         self._disk = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"wal-{cfg.id}"
         )
+        self._rotations: list[tuple[asyncio.Future[int], asyncio.Future[KeyRotation]]] = []
+        """Data key rotations asked for: the new key id (set once the WAL switched to it)
+        and the outcome (set once a snapshot under it let the log be compacted)."""
+        self._sealed_before: dict[asyncio.Future[KeyRotation], tuple[int, int]] = {}
+        """Per switched rotation: the new key id and the last index sealed under older keys."""
 
     # --- called from other tasks -------------------------------------------------------------
 
@@ -322,6 +343,22 @@ class RaftLoop:
         self._call(call)
         return await fut
 
+    async def rotate_data_key(self) -> KeyRotation:
+        """Seal everything from now on under a new data key and re-encrypt what the member
+        keeps through a snapshot: the WAL starts a new segment under the new key; once the
+        entries before it are applied, a snapshot (sealed under the new key) is taken at
+        once and the log compacted up to it, without the usual tail of entries kept for slow
+        followers (they get the snapshot instead); then every key that no segment or snapshot
+        needs is dropped from the ring. Waits for all of it; a member that cannot apply the
+        entries before the switch (no quorum) waits until it can."""
+        self._check_running()
+        loop = asyncio.get_running_loop()
+        switched: asyncio.Future[int] = loop.create_future()
+        done: asyncio.Future[KeyRotation] = loop.create_future()
+        self._rotations.append((switched, done))
+        self._wake.set()
+        return await done
+
     async def transfer_leader(self, target: int) -> None:
         await self._run_in_loop(lambda: self.node.transfer_leader(target))
 
@@ -365,6 +402,8 @@ class RaftLoop:
                 self._maybe_expire_leases(now)
                 while await self._handle_ready():
                     self._drain_inbox()
+                if self._rotations:
+                    await self._advance_rotations()
                 if self._snapshot_job is not None and self._snapshot_job[0].done():
                     await self._install_snapshot()
                 self._observe_leader()
@@ -398,15 +437,49 @@ class RaftLoop:
         finish(node, self.transport, self, rd)
         return True
 
-    async def _on_disk(self, write: Callable[[], None]) -> None:
+    async def _on_disk(self, write: Callable[[], _T]) -> _T:
         """Run `write` on the disk thread and wait for it; nothing steps the node meanwhile."""
         done = self._disk.submit(write)
         try:
-            await asyncio.wrap_future(done)
+            return await asyncio.wrap_future(done)
         except asyncio.CancelledError:
             # Never leave the WAL in the middle of a write (the member closes it next).
             concurrent.futures.wait([done])
             raise
+
+    async def _advance_rotations(self) -> None:
+        """Switch the WAL to a new key for rotations that asked (between two Readys, so on
+        the disk thread after the last write under the old key), and start the snapshot that
+        completes them once what came before the switch is applied."""
+        for switched, done in self._rotations:
+            if switched.done():
+                continue
+            if done.done():  # the caller gave up before the switch: switch nothing
+                switched.cancel()
+                continue
+
+            def switch() -> tuple[int, int]:
+                key_id = self.storage.rotate_dek()
+                return key_id, self.storage.last_index()
+
+            key_id, last = await self._on_disk(switch)
+            switched.set_result(key_id)
+            self._sealed_before[done] = (key_id, last)
+            log.warning(
+                "data key rotated: key %d seals everything from index %d on; re-encrypting "
+                "through a snapshot",
+                key_id,
+                last + 1,
+            )
+        self._rotations = [(s, d) for s, d in self._rotations if not s.cancelled()]
+        waiting = [last for _, last in self._sealed_before.values()]
+        if not waiting or self._snapshot_job is not None:
+            return
+        current = self.storage.snapshot().meta.index
+        if current >= min(waiting):  # a snapshot from the leader covers them already
+            await self._settle_snapshot(current, current, None)
+        elif self.fsm.applied_index >= min(waiting):
+            self._maybe_snapshot(now=True)
 
     def _has_input(self) -> bool:
         ib = self._inbox
@@ -509,6 +582,11 @@ class RaftLoop:
             raise StoppedError("member stopping")
 
     def _fail_all(self, err: Exception) -> None:
+        for _, done in self._rotations:
+            if not done.done():
+                done.set_exception(err)
+        self._rotations.clear()
+        self._sealed_before.clear()
         for p in self._pending.values():
             if not p.future.done():
                 p.future.set_exception(err)
@@ -581,10 +659,13 @@ class RaftLoop:
                 keep.append((index, fut))
         self._waiting_reads = keep
 
-    def _maybe_snapshot(self) -> None:
+    def _maybe_snapshot(self, *, now: bool = False) -> None:
+        """Start encoding a snapshot when the log has grown by the drawn gap (or `now`)."""
         applied = self.fsm.applied_index
         snap_index = self.storage.snapshot().meta.index
-        if applied - snap_index < self._snapshot_gap or self._snapshot_job is not None:
+        if self._snapshot_job is not None or applied <= snap_index:
+            return
+        if applied - snap_index < self._snapshot_gap and not now:
             return
         job = asyncio.get_running_loop().run_in_executor(self._snapper, self.fsm.snapshot_later())
         job.add_done_callback(lambda _: self._wake.set())
@@ -598,14 +679,35 @@ class RaftLoop:
         data = job.result()  # an encoding failure is a bug: let it stop the member
         self._snapshot_gap = self._draw_snapshot_gap()
         current = self.storage.snapshot().meta.index
-        if index <= current:
-            return
+        await self._settle_snapshot(current, index, (conf, data))
 
-        def install() -> None:
-            self.storage.create_snapshot(index, conf, data)
-            self.storage.compact(max(current, index - self.cfg.snapshot_keep_entries))
+    async def _settle_snapshot(
+        self, current: int, index: int, image: tuple[ConfState, bytes] | None
+    ) -> None:
+        """Write `image` as the snapshot at `index` if that is newer than the `current` one,
+        compact the log and retire the keys nothing needs any more. Rotations whose entries
+        under older keys the newest snapshot covers are completed: for them the log is
+        compacted all the way to it, so that those keys can go."""
+        top = max(index, current)
+        rotated = [d for d, (_, last) in self._sealed_before.items() if last <= top]
+        if index <= current and not rotated:
+            return  # a snapshot received from the leader overtook this one
+        keep = 0 if rotated else self.cfg.snapshot_keep_entries
 
-        await self._on_disk(install)
+        def install() -> list[int]:
+            if index > current and image is not None:
+                self.storage.create_snapshot(index, *image)
+            self.storage.compact(max(current, top - keep))
+            return self.storage.retire_keys()
+
+        retired = await self._on_disk(install)
+        if retired:
+            log.info("data key(s) %s retired: nothing on disk is sealed under them", retired)
+        for done in rotated:
+            key_id, _ = self._sealed_before.pop(done)
+            self._rotations = [(s, d) for s, d in self._rotations if d is not done]
+            if not done.done():
+                done.set_result(KeyRotation(key_id, top, tuple(retired)))
 
     def _draw_snapshot_gap(self) -> int:
         """Entries between two snapshots: the configured count plus up to half again, drawn

@@ -351,5 +351,11 @@ class MeteredLog:
         finally:
             self._observe()
 
+    def rotate_dek(self) -> int:
+        return self.wal.rotate_dek()
+
+    def retire_keys(self) -> list[int]:
+        return self.wal.retire_keys()
+
     def close(self) -> None:
         self.wal.close()

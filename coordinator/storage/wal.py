@@ -49,7 +49,9 @@ when it was opened, so deleting old segments never loses the term or vote.
 
 **Keys.** `rotate_dek` starts a new segment under the new key; once a snapshot and
 `compact` have removed every segment sealed under older keys, `retire_keys` drops them
-from the ring.
+from the ring. A member does this in `RaftLoop.rotate_data_key` (`concordctl cluster
+rotate-data-key`): switch, snapshot at once, compact to it, retire; and it retires what it
+can after every snapshot it takes.
 
 Not thread-safe: one owner (the member's loop) calls everything. After a failed write or
 fsync the WAL refuses further use: the kernel may have dropped the dirty pages, and
