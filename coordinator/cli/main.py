@@ -28,7 +28,7 @@ from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.client import Client, ConcordError
 
 from ._common import EXIT_INTERRUPTED, Ctx, emit, fail, interrupts, run, wait_first
-from ._keys import autolock, rotate_unlock_key, unlock
+from ._keys import autolock, rotate_data_key, rotate_unlock_key, unlock
 from ._recovery import recover, snapshot
 from ._setup import cluster_init, join_token
 from ._txn import txn
@@ -610,6 +610,7 @@ def cluster() -> None:
 cluster.add_command(cluster_init)
 cluster.add_command(autolock)
 cluster.add_command(rotate_unlock_key)
+cluster.add_command(rotate_data_key)
 cluster.add_command(recover)
 cli.add_command(snapshot)
 cli.add_command(unlock)

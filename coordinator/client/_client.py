@@ -609,6 +609,14 @@ class Client:
             endpoint, lambda s: s.maintenance.RotateUnlockKey(req, timeout=self.rpc_timeout_s)
         )
 
+    async def rotate_data_key(self, endpoint: str) -> pb.RotateDataKeyResponse:
+        """A new data key for the member at `endpoint`, and its data re-encrypted under it
+        through a snapshot (the snapshot is written within the call: up to `rpc_timeout_s`)."""
+        req = pb.RotateDataKeyRequest()
+        return await self.call_endpoint(
+            endpoint, lambda s: s.maintenance.RotateDataKey(req, timeout=self.rpc_timeout_s)
+        )
+
 
 def _leadership(resp: pb.LeaderResponse) -> Leadership | None:
     if not resp.HasField("leader"):

@@ -213,6 +213,9 @@ class SyncClient:
     def rotate_unlock_key(self, endpoint: str) -> pb.RotateUnlockKeyResponse:
         return self._run(self._client.rotate_unlock_key(endpoint))
 
+    def rotate_data_key(self, endpoint: str) -> pb.RotateDataKeyResponse:
+        return self._run(self._client.rotate_data_key(endpoint))
+
 
 async def _anext(stream: AsyncGenerator[pb.Event, None]) -> pb.Event:
     return await anext(stream)

@@ -14,6 +14,8 @@ The service is reachable before the member has opened its data directory (see `_
   member's ring, FAILED_PRECONDITION when the member is not locked. The member then goes on
   starting by itself.
 - AutolockStatus answers in every phase.
+- RotateDataKey asks the member's Raft loop to switch its WAL to a new data key and
+  re-encrypt through a snapshot (`RaftLoop.rotate_data_key`), within the call's deadline.
 - SetAutolock and RotateUnlockKey need the open key ring: a locked member answers them as it
   answers everything else (UNAVAILABLE "member is locked ..."), a starting one with
   UNAVAILABLE "member is starting". They call `KeyStore.enable_autolock` /
@@ -230,6 +232,36 @@ class MaintenanceService(Servicer):
             raise _key_write_failed(me, err) from None
         log.warning("the unlock key was rotated through the client API; the old one is void")
         return pb.RotateUnlockKeyResponse(member_id=me, unlock_key=unlock_key)
+
+    @unary
+    async def RotateDataKey(
+        self, request: pb.RotateDataKeyRequest, call: Call
+    ) -> pb.RotateDataKeyResponse:
+        core = self.core
+        if core is None:
+            if self.member is not None:
+                raise phase_error(self.member.member_id, self.member.phase)
+            raise unavailable("the server is starting: retry in a moment")
+        try:
+            async with asyncio.timeout(call.bound_s()):
+                done = await core.loop.rotate_data_key()
+        except TimeoutError:
+            raise ServiceError(
+                Code.DEADLINE_EXCEEDED,
+                f"member {core.id} switched to a new data key but has not yet applied what it "
+                "logged before the switch (no quorum?), so it cannot re-encrypt through a "
+                "snapshot yet: the older key goes with a later snapshot; call again to wait",
+            ) from None
+        except (StorageError, OSError) as err:
+            raise ServiceError(
+                Code.INTERNAL, f"member {core.id} could not rotate its data key: {err}"
+            ) from None
+        return pb.RotateDataKeyResponse(
+            member_id=core.id,
+            key_id=done.key_id,
+            snapshot_index=done.snapshot_index,
+            retired_key_ids=list(done.retired),
+        )
 
     @streaming
     async def Snapshot(

@@ -71,6 +71,8 @@ def test_autolock_on_restart_locked_unlock_and_off(tmp_path: Path) -> None:
         assert "UNAVAILABLE: member is locked: run concordctl unlock" in res.stderr
         res = concordctl(ep, "cluster", "rotate-unlock-key")
         assert res.exit_code == 1 and "member is locked" in res.stderr
+        res = concordctl(ep, "cluster", "rotate-data-key")
+        assert res.exit_code == 1 and "member is locked" in res.stderr
         st = concordctl(ep, "-o", "json", "cluster", "autolock", "status")
         [row] = json.loads(st.stdout)
         assert row["phase"] == "locked" and row["locked"] and row["autolock"]
@@ -148,5 +150,40 @@ def test_autolock_on_as_json_with_shares(tmp_path: Path) -> None:
         assert row["ok"] and row["member"] == 1 and row["threshold"] == 3
         assert len(row["shares"]) == 5 and "unlock_key" not in row
         assert "shown only this once" in res.stderr
+    finally:
+        assert m.stop() == 0
+
+
+def test_rotate_data_key_reencrypts_and_the_member_restarts_on_the_new_key_alone(
+    tmp_path: Path,
+) -> None:
+    cfg = member_config(tmp_path / "data")
+    m = ThreadedMember(cfg)
+    try:
+        _running(m)
+        ep = m.endpoint
+        for i in range(5):
+            assert concordctl(ep, "put", f"k{i}", f"v{i}").exit_code == 0
+        before = KeyStore.open(cfg.data_dir, read_only=True).key_ids
+        res = concordctl(ep, "-o", "json", "cluster", "rotate-data-key")
+        assert res.exit_code == 0, res.output
+        [row] = json.loads(res.stdout)
+        assert row["member"] == 1
+        assert row["key_id"] not in before
+        assert sorted(row["retired_key_ids"]) == sorted(before)
+        assert row["snapshot_index"] >= 5
+        assert KeyStore.open(cfg.data_dir, read_only=True).key_ids == (row["key_id"],)
+        table = concordctl(ep, "cluster", "rotate-data-key")
+        assert table.exit_code == 0 and "re-encrypted through the snapshot at index" in table.stdout
+        assert concordctl(ep, "put", "after", "1").exit_code == 0
+    finally:
+        assert m.stop() == 0
+
+    m = ThreadedMember(cfg)  # everything on disk reads under the newest key alone
+    try:
+        _running(m)
+        got = concordctl(m.endpoint, "get", "k3")
+        assert got.exit_code == 0 and "v3" in got.stdout
+        assert concordctl(m.endpoint, "get", "after").exit_code == 0
     finally:
         assert m.stop() == 0
