@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +98,26 @@ class _Outcome:
         if self.error is not None:
             out["error"] = {"code": self.error.code, "message": self.error.message}
         return out
+
+
+def _per_endpoint(
+    ctx: Ctx, act: Callable[[Client, str, _Outcome], Awaitable[None]]
+) -> list[_Outcome]:
+    """`act` on each endpoint in turn (these calls act on the member that answers and are
+    never redirected), each filling its outcome; a refusal is recorded, not raised."""
+
+    async def each(c: Client) -> list[_Outcome]:
+        outcomes = []
+        for endpoint in ctx.endpoints:
+            o = _Outcome(endpoint)
+            try:
+                await act(c, endpoint, o)
+            except ConcordError as err:
+                o.error = err
+            outcomes.append(o)
+        return outcomes
+
+    return run(ctx, each)
 
 
 def _report(ctx: Ctx, outcomes: list[_Outcome], columns: list[str]) -> None:
@@ -177,19 +198,11 @@ def unlock(ctx: Ctx, key: str | None, shares: tuple[str, ...]) -> None:
     """
     unlock_key = _unlock_key_from(key, shares)
 
-    async def each(c: Client) -> list[_Outcome]:
-        outcomes = []
-        for endpoint in ctx.endpoints:
-            o = _Outcome(endpoint)
-            try:
-                o.member = await c.unlock_member(endpoint, unlock_key)
-                o.result = "unlocked"
-            except ConcordError as err:
-                o.error = err
-            outcomes.append(o)
-        return outcomes
+    async def act(c: Client, endpoint: str, o: _Outcome) -> None:
+        o.member = await c.unlock_member(endpoint, unlock_key)
+        o.result = "unlocked"
 
-    _report(ctx, run(ctx, each), ["endpoint", "member", "result"])
+    _report(ctx, _per_endpoint(ctx, act), ["endpoint", "member", "result"])
 
 
 # --- autolock ----------------------------------------------------------------------------------
@@ -263,48 +276,32 @@ def autolock(ctx: Ctx, state: str, shares: tuple[int, int] | None) -> None:
         return
     enabled = state == "on"
 
-    async def each(c: Client) -> list[_Outcome]:
-        outcomes = []
-        for endpoint in ctx.endpoints:
-            o = _Outcome(endpoint)
-            try:
-                resp = await c.set_autolock(endpoint, enabled)
-                o.member = int(resp.member_id)
-                if not resp.changed:
-                    o.result = f"already {state}; nothing changed"
-                    if enabled:
-                        o.result += " (its unlock key stays as it was)"
-                elif enabled:
-                    o.result = "autolock is now on"
-                    o.extra["unlock_key"] = resp.unlock_key
-                else:
-                    o.result = "autolock is now off (a key file on its disk wraps the keys)"
-            except ConcordError as err:
-                o.error = err
-            outcomes.append(o)
-        return outcomes
+    async def act(c: Client, endpoint: str, o: _Outcome) -> None:
+        resp = await c.set_autolock(endpoint, enabled)
+        o.member = int(resp.member_id)
+        if not resp.changed:
+            o.result = f"already {state}; nothing changed"
+            if enabled:
+                o.result += " (its unlock key stays as it was)"
+        elif enabled:
+            o.result = "autolock is now on"
+            o.extra["unlock_key"] = resp.unlock_key
+        else:
+            o.result = "autolock is now off (a key file on its disk wraps the keys)"
 
-    outcomes = run(ctx, each)
+    outcomes = _per_endpoint(ctx, act)
     _keys_out(ctx, outcomes, shares)
     _report(ctx, outcomes, ["endpoint", "member", "result"])
 
 
 def _autolock_status(ctx: Ctx) -> None:
-    async def each(c: Client) -> list[_Outcome]:
-        outcomes = []
-        for endpoint in ctx.endpoints:
-            o = _Outcome(endpoint)
-            try:
-                st = await c.autolock_status(endpoint)
-                o.member = int(st.member_id)
-                o.result = st.phase
-                o.extra = {"name": st.member_name, "autolock": st.autolock, "locked": st.locked}
-            except ConcordError as err:
-                o.error = err
-            outcomes.append(o)
-        return outcomes
+    async def act(c: Client, endpoint: str, o: _Outcome) -> None:
+        st = await c.autolock_status(endpoint)
+        o.member = int(st.member_id)
+        o.result = st.phase
+        o.extra = {"name": st.member_name, "autolock": st.autolock, "locked": st.locked}
 
-    outcomes = run(ctx, each)
+    outcomes = _per_endpoint(ctx, act)
     for o in outcomes:
         if o.error is None:
             o.extra["phase"] = o.result
@@ -327,21 +324,13 @@ def rotate_unlock_key(ctx: Ctx, shares: tuple[int, int] | None) -> None:
     are printed once.
     """
 
-    async def each(c: Client) -> list[_Outcome]:
-        outcomes = []
-        for endpoint in ctx.endpoints:
-            o = _Outcome(endpoint)
-            try:
-                resp = await c.rotate_unlock_key(endpoint)
-                o.member = int(resp.member_id)
-                o.result = "unlock key rotated; the old one no longer works"
-                o.extra["unlock_key"] = resp.unlock_key
-            except ConcordError as err:
-                o.error = err
-            outcomes.append(o)
-        return outcomes
+    async def act(c: Client, endpoint: str, o: _Outcome) -> None:
+        resp = await c.rotate_unlock_key(endpoint)
+        o.member = int(resp.member_id)
+        o.result = "unlock key rotated; the old one no longer works"
+        o.extra["unlock_key"] = resp.unlock_key
 
-    outcomes = run(ctx, each)
+    outcomes = _per_endpoint(ctx, act)
     _keys_out(ctx, outcomes, shares)
     _report(ctx, outcomes, ["endpoint", "member", "result"])
 
@@ -357,26 +346,18 @@ def rotate_data_key(ctx: Ctx) -> None:
     key, if any, is unchanged.
     """
 
-    async def each(c: Client) -> list[_Outcome]:
-        outcomes = []
-        for endpoint in ctx.endpoints:
-            o = _Outcome(endpoint)
-            try:
-                resp = await c.rotate_data_key(endpoint)
-                o.member = int(resp.member_id)
-                retired = ", ".join(str(k) for k in resp.retired_key_ids) or "none"
-                o.result = (
-                    f"data key {resp.key_id}; re-encrypted through the snapshot at index "
-                    f"{resp.snapshot_index}; retired key(s): {retired}"
-                )
-                o.extra = {
-                    "key_id": int(resp.key_id),
-                    "snapshot_index": int(resp.snapshot_index),
-                    "retired_key_ids": [int(k) for k in resp.retired_key_ids],
-                }
-            except ConcordError as err:
-                o.error = err
-            outcomes.append(o)
-        return outcomes
+    async def act(c: Client, endpoint: str, o: _Outcome) -> None:
+        resp = await c.rotate_data_key(endpoint)
+        o.member = int(resp.member_id)
+        retired = ", ".join(str(k) for k in resp.retired_key_ids) or "none"
+        o.result = (
+            f"data key {resp.key_id}; re-encrypted through the snapshot at index "
+            f"{resp.snapshot_index}; retired key(s): {retired}"
+        )
+        o.extra = {
+            "key_id": int(resp.key_id),
+            "snapshot_index": int(resp.snapshot_index),
+            "retired_key_ids": [int(k) for k in resp.retired_key_ids],
+        }
 
-    _report(ctx, run(ctx, each), ["endpoint", "member", "result"])
+    _report(ctx, _per_endpoint(ctx, act), ["endpoint", "member", "result"])
