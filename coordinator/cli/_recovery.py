@@ -425,7 +425,7 @@ def snapshot_restore(
     --initial-cluster; then start every member with concord-coordinator as usual. The new
     data dir gets its own new keys; keys, leases (with a full TTL again), locks, sequences
     and the watch history come from the backup; the configuration and the member directory
-    become the --initial-cluster members.
+    become the --initial-cluster members; join tokens from the backup are revoked.
     """
     try:
         peers = parse_initial_cluster(initial_cluster)
@@ -463,6 +463,7 @@ def snapshot_restore(
         "index": restored.index,
         "term": restored.term,
         "voters": ",".join(map(str, restored.voters)),
+        "join_tokens_revoked": restored.join_tokens_revoked,
         "start": command,
     }
     if ctx.json:
@@ -477,6 +478,12 @@ def snapshot_restore(
         "the new cluster the same way, then start each (with its usual listen and TLS flags):"
         f"\n\n    {command}\n"
     )
+    if restored.join_tokens_revoked:
+        click.echo(
+            f"{restored.join_tokens_revoked} join token(s) valid in the backup are revoked in "
+            "the new cluster (the backup may predate a revocation); once it runs, create new "
+            "ones with `concordctl join-token create`.\n"
+        )
     if restored.unlock_key is not None:
         click.echo(f"Unlock key of {data_dir} (autolock):\n\n    {restored.unlock_key}\n")
         warn(

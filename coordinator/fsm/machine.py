@@ -467,6 +467,17 @@ class StateMachine:
         self._members.replace(members)
         self._refresh_pending = True
 
+    def revoke_join_tokens_for_recovery(self) -> int:
+        """Revoke every join token still valid in a restored image, for the new cluster:
+        a backup may predate a revocation, and restoring it must not bring that token back.
+        Stamped with the image's own clock, so every member restored from one image gets the
+        same table. Offline tooling only, like `rewrite_for_recovery`. Returns how many were
+        revoked."""
+        valid = [t.id for t in self._join_tokens.list() if not t.revoked_ms]
+        for token_id in valid:
+            self._join_tokens.revoke(token_id, self._now_ms)
+        return len(valid)
+
     # --- snapshots ---------------------------------------------------------------------------
 
     def snapshot(self) -> bytes:

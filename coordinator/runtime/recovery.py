@@ -18,6 +18,8 @@ and the new configuration (`--initial-cluster`), never on which member is being 
   (else `member-<id>`), with its new peer address and no client URL (the backup's would be
   the old cluster's; a redirect then names the member id and the client tries the next
   endpoint, exactly as in a freshly bootstrapped cluster, whose directory is empty);
+- join tokens: every one still valid in the backup is revoked (stamped with the image's own
+  time), since the backup may predate a revocation; create new ones for the new cluster;
 - everything else is kept: keys and their revisions, the watch history, leases (each gets a
   full TTL again from the new cluster's first command), locks and their fencing tokens,
   elections, sequences (so no value is ever issued twice), the session table;
@@ -89,6 +91,8 @@ class Restored:
     """The rewritten member directory."""
     unlock_key: str | None
     """With autolock: the new data dir's unlock key (shown once, stored nowhere)."""
+    join_tokens_revoked: int
+    """Join tokens that were valid in the backup and are revoked in the new cluster."""
 
 
 def restored_directory(old: Sequence[Member], peers: Mapping[int, str]) -> list[Member]:
@@ -145,6 +149,7 @@ def restore_data_dir(
         fsm.rewrite_for_recovery(restored_directory(fsm.members(), initial_cluster))
     except FsmError as err:
         raise RecoveryError(f"cannot rewrite the member directory: {err}") from None
+    revoked = fsm.revoke_join_tokens_for_recovery()
     snapshot = Snapshot(
         SnapshotMeta(index, term, ConfState(frozenset(initial_cluster))), fsm.snapshot()
     )
@@ -172,6 +177,7 @@ def restore_data_dir(
         voters=tuple(sorted(initial_cluster)),
         members=fsm.members(),
         unlock_key=keys.unlock_key,
+        join_tokens_revoked=revoked,
     )
 
 

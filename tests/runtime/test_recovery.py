@@ -18,6 +18,8 @@ import pytest
 from coordinator.client import Client
 from coordinator.fsm import (
     Envelope,
+    JoinTokenAdd,
+    JoinTokenRevoke,
     LeaseGrant,
     LockAcquire,
     MemberUpsert,
@@ -65,6 +67,9 @@ class Image:
         d.ok(SequenceNext("orders", 5))  # 1..5 are issued
         d.ok(MemberUpsert(1, "alpha", "https://10.0.0.1:7071", "https://10.0.0.1:7070"))
         d.ok(MemberUpsert(9, "gone", "https://10.0.0.9:7071", "https://10.0.0.9:7070"))
+        d.ok(JoinTokenAdd("old", b"o" * 32, 500))
+        d.ok(JoinTokenRevoke("old", 700))
+        d.ok(JoinTokenAdd("live", b"l" * 32, 900))  # valid when the backup was taken
         d.term = 4
         d.ok(Put(b"last", b"write"))
         self.data = d.m.snapshot()
@@ -136,6 +141,7 @@ def test_restore_builds_a_data_dir_a_member_opens_with_the_state_intact(tmp_path
         img.data, index=img.index, term=img.term, data_dir=data_dir, initial_cluster=peers
     )
     assert restored.voters == (1,) and restored.unlock_key is None
+    assert restored.join_tokens_revoked == 1
     assert [(m.id, m.name, m.client_url) for m in restored.members] == [(1, "alpha", "")]
     assert restored.members[0].peer_url == f"https://{peers[1]}"
     with DiskWal.open(KeyStore.open(data_dir)) as wal:
@@ -186,6 +192,11 @@ def test_every_member_restored_from_one_image_gets_the_same_snapshot(tmp_path: P
     restored.restore(snaps[0].data)
     assert [m.name for m in restored.members()] == ["alpha", "member-2", "member-3"]
     assert restored.sequence_current("orders").next_value == 6
+    # A token valid in the backup is revoked, stamped with the image's own time (the same on
+    # every member); one revoked before keeps its time.
+    stamps = {t.id: t.revoked_ms for t in restored.join_tokens()}
+    assert stamps == {"old": 700, "live": restored.now_ms}
+    assert restored.now_ms >= 1_000
 
 
 def test_restored_directory_is_deterministic_and_unique() -> None:
