@@ -121,9 +121,10 @@ from .results import (
 from .sequences import SequenceTable
 
 SNAPSHOT_MAGIC = b"CFSM"
-SNAPSHOT_VERSION = 2
-"""The image `snapshot` writes. Version 1 (no join-token table) is still read."""
-_READABLE_SNAPSHOT_VERSIONS = (1, 2)
+SNAPSHOT_VERSION = 3
+"""The image `snapshot` writes. Versions 1 (no join-token table) and 2 (no removed member
+ids) are still read."""
+_READABLE_SNAPSHOT_VERSIONS = (1, 2, 3)
 DEFAULT_MAX_SESSIONS = 100_000
 
 
@@ -448,6 +449,10 @@ class StateMachine:
     def members(self) -> tuple[Member, ...]:
         return self._members.list()
 
+    def removed_member_ids(self) -> frozenset[int]:
+        """Every id removed from the cluster: never given to a member again."""
+        return self._members.removed_ids()
+
     def join_tokens(self) -> tuple[JoinTokenInfo, ...]:
         """Every join token (hashes only), revoked ones included, oldest first. For the
         members' own checks and listings; no client API returns the hashes."""
@@ -511,6 +516,7 @@ class StateMachine:
         self._sequences.write(tail)
         self._members.write(tail)
         self._join_tokens.write(tail)
+        self._members.write_removed(tail)
         tail.blob(self._sessions.encode())
         before, after = head.getvalue(), tail.getvalue()
 
@@ -568,6 +574,8 @@ class StateMachine:
         self._members.read_into(r)
         if version >= 2:
             self._join_tokens.read_into(r)
+        if version >= 3:
+            self._members.read_removed_into(r)
         self._sessions = SessionTable.decode(r.blob(), self._max_sessions)
         r.finish()
 

@@ -11,6 +11,13 @@ Upsert is level-based: writing what is already there changes nothing (no revisio
 so a reconciler may repeat it freely. Names are unique: a second member may not take a name
 in use (ALREADY_EXISTS), which catches a pod that came back with a new id before the old id
 was removed.
+
+Ids are never reused. The table remembers every id removed from the cluster (`MemberRemove`,
+which the server proposes with every removal from the Raft configuration, listed or not) and
+refuses to list it again (FAILED_PRECONDITION). A removed member may still be running, cut
+off, with a certificate bound to its id: were the id given to a new member, the old one's
+acknowledgements would count as the new one's, which has none of those entries. Joins pick
+ids above every id in use or removed (`removed_ids`).
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ._wire import Reader, Writer
-from .errors import already_exists, invalid, not_found
+from .errors import already_exists, failed_precondition, invalid
 from .kv import EventKind, History, check_id, check_name
 
 MAX_URL_BYTES = 1024
@@ -46,7 +53,8 @@ class MemberTable:
     def __init__(self, history: History) -> None:
         self._history = history
         self._members: dict[int, Member] = {}
-        """id -> member. Invariant: names are unique."""
+        """id -> member. Invariant: names are unique; no id is also in `_removed`."""
+        self._removed: set[int] = set()
 
     def list(self) -> tuple[Member, ...]:
         return tuple(self._members[i] for i in sorted(self._members))
@@ -54,12 +62,21 @@ class MemberTable:
     def get(self, member_id: int) -> Member | None:
         return self._members.get(member_id)
 
+    def removed_ids(self) -> frozenset[int]:
+        return frozenset(self._removed)
+
     def upsert(self, member: Member) -> int:
         """Record `member`; returns the revision after (unchanged if nothing changed)."""
         check_id(member.id, "member id")
         check_name(member.name, "member")
         _check_url(member.peer_url, "peer_url")
         _check_url(member.client_url, "client_url")
+        if member.id in self._removed:
+            raise failed_precondition(
+                f"member id {member.id} was removed from this cluster and is never reused (a "
+                "removed member that still runs could otherwise speak as the new one): add "
+                "the member under a new id"
+            )
         for other in self._members.values():
             if other.name == member.name and other.id != member.id:
                 raise already_exists(
@@ -75,12 +92,13 @@ class MemberTable:
         return revision
 
     def remove(self, member_id: int) -> int:
-        member = self._members.get(member_id)
+        """Take `member_id` out of the directory (if listed) and never accept it again;
+        returns the revision after (unchanged, and no event, if it was not listed)."""
+        check_id(member_id, "member id")
+        self._removed.add(member_id)
+        member = self._members.pop(member_id, None)
         if member is None:
-            raise not_found(
-                f"member {member_id} is not in the member list; list members to see ids"
-            )
-        del self._members[member_id]
+            return self._history.revision
         return self._history.record(
             EventKind.MEMBER_REMOVED, member.name.encode(), number=member_id
         )
@@ -97,6 +115,7 @@ class MemberTable:
                 raise invalid(f"member name {member.name!r} is listed twice")
             table[member.id] = member
         self._members = table
+        self._removed -= set(table)  # the recovered cluster's members are its members
 
     def write(self, w: Writer) -> None:
         w.u32(len(self._members))
@@ -105,6 +124,20 @@ class MemberTable:
             w.text(member.name)
             w.text(member.peer_url)
             w.text(member.client_url)
+
+    def write_removed(self, w: Writer) -> None:
+        w.u32(len(self._removed))
+        for member_id in sorted(self._removed):
+            w.u64(member_id)
+
+    def read_removed_into(self, r: Reader) -> None:
+        removed: set[int] = set()
+        for _ in range(r.count()):
+            member_id = r.u64()
+            if member_id in removed or member_id in self._members:
+                raise r.fail(f"removed member id {member_id} appears twice or is listed")
+            removed.add(member_id)
+        self._removed = removed
 
     def read_into(self, r: Reader) -> None:
         members: dict[int, Member] = {}

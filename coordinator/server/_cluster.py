@@ -164,10 +164,10 @@ class ClusterService(Servicer):
         if member in conf.voters or member in conf.learners:
             applied = await core.change_membership(ConfChange(ConfChangeType.REMOVE, member))
             index = applied.index
-        if listed:
-            applied = await core.propose(MemberRemove(member))
-            core.expect(applied, RevisionResult)
-            index = applied.index
+        # Listed or not, the directory remembers the id as removed: it is never reused.
+        applied = await core.propose(MemberRemove(member))
+        core.expect(applied, RevisionResult)
+        index = applied.index
         return pb.MemberChangeResponse(header=core.header(None, index))
 
     @unary

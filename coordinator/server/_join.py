@@ -276,7 +276,14 @@ class _Admitter:
                 f"remove {holder.id}`) and join again",
             )
         taken = in_conf | set(directory)
+        removed = self.core.fsm.removed_member_ids()
         if wanted:
+            if wanted in removed:
+                raise ServiceError(
+                    Code.FAILED_PRECONDITION,
+                    f"member id {wanted} was removed from this cluster and is never reused; "
+                    "choose another --id, or --id 0 to let the cluster pick the next free one",
+                )
             if wanted in taken:
                 role = (
                     "a voter"
@@ -292,7 +299,7 @@ class _Admitter:
                 )
             member = wanted
         else:
-            member = max(taken, default=0) + 1
+            member = max(taken | removed, default=0) + 1
         name = request.name or f"member-{member}"
         if name in by_name:
             raise ServiceError(

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.fsm import ErrorCode, EventKind, Member, MemberRemove, MemberUpsert, RevisionResult
+from coordinator.fsm import (
+    ErrorCode,
+    EventKind,
+    Member,
+    MemberRemove,
+    MemberUpsert,
+    RevisionResult,
+    StateMachine,
+)
 from tests.fsm.support import Driver
 
 
@@ -55,9 +63,27 @@ def test_upsert_list_update_remove(d: Driver) -> None:
             ErrorCode.INVALID_ARGUMENT,
             "longer than",
         ),
-        (MemberRemove(9), ErrorCode.NOT_FOUND, "member 9 is not in the member list"),
+        (MemberRemove(0), ErrorCode.INVALID_ARGUMENT, "member id must be between 1"),
     ],
 )
 def test_bad_member_requests(d: Driver, cmd: MemberUpsert, code: ErrorCode, message: str) -> None:
     d.ok(upsert(1, "concord-0"))
     assert message in d.fails(cmd, code).message
+
+
+def test_a_removed_id_is_never_listed_again(d: Driver) -> None:
+    d.ok(upsert(1, "concord-0"))
+    d.ok(upsert(2, "concord-1"))
+    assert d.ok(MemberRemove(2)) == RevisionResult(3)
+    err = d.fails(upsert(2, "concord-1"), ErrorCode.FAILED_PRECONDITION)
+    assert "member id 2 was removed from this cluster and is never reused" in err.message
+    # An id removed from the Raft configuration without ever being listed is remembered too,
+    # with no revision and no event.
+    assert d.ok(MemberRemove(7)) == RevisionResult(3)
+    assert d.m.removed_member_ids() == {2, 7}
+    d.fails(upsert(7, "concord-7"), ErrorCode.FAILED_PRECONDITION)
+    assert [m.id for m in d.m.members()] == [1]
+    restored = StateMachine()
+    restored.restore(d.m.snapshot())
+    assert restored.removed_member_ids() == {2, 7}
+    assert restored.snapshot() == d.m.snapshot()

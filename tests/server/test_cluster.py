@@ -113,6 +113,11 @@ def test_add_learner_promote_remove_and_transfer(tmp_path: Path) -> None:
         assert not any(m.id == 4 for m in leader.loop.fsm.members())
         err = await rpc_error(cluster.MemberRemove(pb.MemberIdRequest(id=4)))
         assert err.code() is grpc.StatusCode.NOT_FOUND
+        # Its id is never given out again (member 4 may still run somewhere, cut off).
+        err = await rpc_error(cluster.MemberAddLearner(add))
+        assert err.code() is grpc.StatusCode.FAILED_PRECONDITION
+        assert "member id 4 was removed from this cluster and is never reused" in err.details()
+        assert 4 not in leader.loop.node.conf.learners
 
         # Leadership moves where it is told to.
         target = next(m for m in c.running() if m is not leader)

@@ -263,6 +263,13 @@ def test_a_member_joins_through_a_follower_with_a_certificate_bound_to_its_id(
         with pytest.raises(JoinError, match="member name 'newcomer' belongs to member 4"):
             await join_cluster(settings(j, 1, token), ask("newcomer", port=7430))
 
+        # A removed id is never given out again, even when it was the highest.
+        await on_leader(c, lambda s: s.MemberRemove(pb.MemberIdRequest(id=5), timeout=5))
+        with pytest.raises(JoinError, match="FAILED_PRECONDITION: member id 5 was removed"):
+            await join_cluster(settings(j, 1, token), ask("again", member=5, port=7440))
+        third = await join_cluster(settings(j, 1, token), ask(port=7450))
+        assert third.record.member_id == 6
+
     with_joinable(tmp_path, scenario, signers={1, 2})
 
 

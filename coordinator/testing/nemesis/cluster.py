@@ -172,6 +172,30 @@ class Cluster:
         for i in self.members:
             self.start(i)
 
+    async def add_member_slot(self) -> int:
+        """A new member, not started: the next id above every one so far (a cluster never
+        reuses a removed id), its ports, a certificate bound to that id and a gate.
+        `initial_cluster` names it too; only a member without data reads that."""
+        i = max(self.members) + 1
+        client, peer, metrics_port = free_ports(3)
+        tls_dir = self.root / f"tls-{i}"
+        write_member_tls(
+            tls_dir, self.ca.cert_pem, issue_member_cert(self.ca, f"member-{i}", member_id=i)
+        )
+        m = Member(
+            i,
+            client,
+            peer,
+            metrics_port,
+            self.root / f"data-{i}",
+            tls_dir,
+            self.root / f"member-{i}.log",
+        )
+        m.gate_port = await self.network.add_gate(i, peer)
+        self.members[i] = m
+        self.initial_cluster += f",{i}=127.0.0.1:{m.gate_port}"
+        return i
+
     async def __aenter__(self) -> Cluster:
         await self.open()
         return self

@@ -17,7 +17,8 @@ faults before any settles, so that one fault's recovery never waits on another s
   records (those the WAL writes without fsync; it looks with `rafttool.dump`, up to 20
   tries), SIGKILL it, and cut the newest segment inside that run, as a power cut may; restart.
 - remove-readd: remove a member (leadership moved off it first), kill it, wipe its data;
-  healed by adding it back as a learner with a fresh data dir and promoting it once caught up.
+  healed by adding a new member in its place (a new id: removed ids are never reused) as a
+  learner and promoting it once caught up.
 - disk-full: RLIMIT_FSIZE on the running member at its newest segment's size, so its next
   WAL write fails with EFBIG; healed by a restart (which lifts the limit).
 
@@ -393,17 +394,25 @@ class RemoveReadd(Fault):
         cluster.wipe(target)
 
     async def heal(self, cluster: Cluster) -> None:
-        target = self.targets[0]
+        removed = self.targets[0]
+        target = await cluster.add_member_slot()
+        self.detail["replaced_by"] = target
         m = cluster.members[target]
         peer_url = f"https://127.0.0.1:{m.gate_port}"  # through its gate, like everyone
         client_url = f"https://{m.client_address}"
         async with cluster.client(timeout_s=10.0, rpc_timeout_s=5.0) as c:
+            refused = await until_ok(
+                lambda: c.member_add_learner(removed, f"member-{removed}", peer_url, client_url),
+                f"add member {removed} again",
+            )
+            if not isinstance(refused, ConcordError) or refused.code != "FAILED_PRECONDITION":
+                self.problems.append(f"the removed id {removed} was accepted again: {refused}")
             added = await until_ok(
                 lambda: c.member_add_learner(target, m.name, peer_url, client_url),
                 f"add member {target} as a learner",
             )
             if isinstance(added, ConcordError):
-                raise ClusterError(f"adding member {target} back failed: {added}")
+                raise ClusterError(f"adding member {target} in place of {removed} failed: {added}")
             cluster.start(target)
             await cluster.wait_converged(RECOVER_S)
             loop = asyncio.get_running_loop()
@@ -416,6 +425,7 @@ class RemoveReadd(Fault):
                     raise ClusterError(f"member {target} was never promoted: {result}")
                 await asyncio.sleep(0.2)
         cluster.voters.add(target)
+        self.targets = [target]  # what `settle` waits for: the removed member stays gone
         await cluster.wait_ready([target], RECOVER_S)
 
 
