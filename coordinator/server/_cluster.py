@@ -160,14 +160,15 @@ class ClusterService(Servicer):
                 f"member {member} is neither in the Raft configuration nor in the member "
                 "directory; list the members to see their ids",
             )
-        index = 0
-        if member in conf.voters or member in conf.learners:
-            applied = await core.change_membership(ConfChange(ConfChangeType.REMOVE, member))
-            index = applied.index
-        # Listed or not, the directory remembers the id as removed: it is never reused.
+        # The directory first: listed or not, it then remembers the id as removed (never to
+        # be reused), even if the configuration change below fails and must be retried.
         applied = await core.propose(MemberRemove(member))
         core.expect(applied, RevisionResult)
         index = applied.index
+        conf = core.loop.node.conf
+        if member in conf.voters or member in conf.learners:
+            applied = await core.change_membership(ConfChange(ConfChangeType.REMOVE, member))
+            index = applied.index
         return pb.MemberChangeResponse(header=core.header(None, index))
 
     @unary
