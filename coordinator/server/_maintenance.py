@@ -248,13 +248,10 @@ class MaintenanceService(Servicer):
         except TimeoutError:
             raise ServiceError(
                 Code.DEADLINE_EXCEEDED,
-                f"member {core.id} switched to a new data key but has not yet applied what it "
-                "logged before the switch (no quorum?), so it cannot re-encrypt through a "
-                "snapshot yet: the older key goes with a later snapshot; call again to wait",
-            ) from None
-        except (StorageError, OSError) as err:
-            raise ServiceError(
-                Code.INTERNAL, f"member {core.id} could not rotate its data key: {err}"
+                f"member {core.id} did not finish rotating its data key in time: either it had "
+                "not switched yet (then nothing changed), or it switched (its log says 'data "
+                "key rotated') but has not applied what it logged before (no quorum?), and "
+                "its older key goes with the snapshot it takes once it has",
             ) from None
         return pb.RotateDataKeyResponse(
             member_id=core.id,

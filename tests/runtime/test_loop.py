@@ -248,3 +248,37 @@ def test_a_data_key_rotation_reencrypts_through_a_snapshot_and_retires_the_old_k
             await c.close()
 
     run(scenario())
+
+
+def test_a_rotation_waits_for_the_entries_before_its_switch_to_apply(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        c = Cluster(tmp_path)
+        try:
+            leader = await c.leader()
+            await leader.propose(Put(b"a", b"1"))
+            wal = leader.storage
+            assert isinstance(wal, DiskWal)
+            before = wal.key_ids_in_use()
+            followers = [i for i, m in c.members.items() if m is not leader]
+            for i in followers:
+                await c.stop(i)
+            # An entry the leader logs but cannot commit: no quorum.
+            stuck = asyncio.ensure_future(leader.propose(Put(b"b", b"2")))
+            await wait_for(lambda: wal.last_index() > leader.fsm.applied_index)
+            rotation = asyncio.ensure_future(leader.rotate_data_key())
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(rotation), 0.5)
+            # Switched (new records use the new key), but the old key still seals that entry.
+            assert len(wal.key_ids_in_use()) == len(before) + 1
+            for i in followers:
+                await c.restart(i)
+            # Once a quorum is back, the entry is committed (or overwritten by a new leader's)
+            # and applied, and the rotation completes.
+            done = await asyncio.wait_for(rotation, 10)
+            assert set(done.retired) == before
+            assert wal.key_ids_in_use() == {done.key_id}
+            stuck.cancel()  # committed or overwritten: not what this test is about
+        finally:
+            await c.close()
+
+    run(scenario())
