@@ -263,11 +263,11 @@ class RaftLoop:
         self._disk = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"wal-{cfg.id}"
         )
-        self._rotations: list[tuple[asyncio.Future[int], asyncio.Future[KeyRotation]]] = []
-        """Data key rotations asked for: the new key id (set once the WAL switched to it)
-        and the outcome (set once a snapshot under it let the log be compacted)."""
+        self._rotations: list[asyncio.Future[KeyRotation]] = []
+        """Data key rotations asked for, the WAL not yet switched to their new key."""
         self._sealed_before: dict[asyncio.Future[KeyRotation], tuple[int, int]] = {}
-        """Per switched rotation: the new key id and the last index sealed under older keys."""
+        """Switched rotations waiting for a snapshot: the new key id and the last index
+        sealed under older keys."""
 
     # --- called from other tasks -------------------------------------------------------------
 
@@ -352,10 +352,8 @@ class RaftLoop:
         needs is dropped from the ring. Waits for all of it; a member that cannot apply the
         entries before the switch (no quorum) waits until it can."""
         self._check_running()
-        loop = asyncio.get_running_loop()
-        switched: asyncio.Future[int] = loop.create_future()
-        done: asyncio.Future[KeyRotation] = loop.create_future()
-        self._rotations.append((switched, done))
+        done: asyncio.Future[KeyRotation] = asyncio.get_running_loop().create_future()
+        self._rotations.append(done)
         self._wake.set()
         return await done
 
@@ -402,7 +400,7 @@ class RaftLoop:
                 self._maybe_expire_leases(now)
                 while await self._handle_ready():
                     self._drain_inbox()
-                if self._rotations:
+                if self._rotations or self._sealed_before:
                     await self._advance_rotations()
                 if self._snapshot_job is not None and self._snapshot_job[0].done():
                     await self._install_snapshot()
@@ -451,19 +449,16 @@ class RaftLoop:
         """Switch the WAL to a new key for rotations that asked (between two Readys, so on
         the disk thread after the last write under the old key), and start the snapshot that
         completes them once what came before the switch is applied."""
-        for switched, done in self._rotations:
-            if switched.done():
-                continue
+
+        def switch() -> tuple[int, int]:
+            key_id = self.storage.rotate_dek()
+            return key_id, self.storage.last_index()
+
+        asked, self._rotations = self._rotations, []
+        for done in asked:
             if done.done():  # the caller gave up before the switch: switch nothing
-                switched.cancel()
                 continue
-
-            def switch() -> tuple[int, int]:
-                key_id = self.storage.rotate_dek()
-                return key_id, self.storage.last_index()
-
             key_id, last = await self._on_disk(switch)
-            switched.set_result(key_id)
             self._sealed_before[done] = (key_id, last)
             log.warning(
                 "data key rotated: key %d seals everything from index %d on; re-encrypting "
@@ -471,7 +466,6 @@ class RaftLoop:
                 key_id,
                 last + 1,
             )
-        self._rotations = [(s, d) for s, d in self._rotations if not s.cancelled()]
         waiting = [last for _, last in self._sealed_before.values()]
         if not waiting or self._snapshot_job is not None:
             return
@@ -582,7 +576,7 @@ class RaftLoop:
             raise StoppedError("member stopping")
 
     def _fail_all(self, err: Exception) -> None:
-        for _, done in self._rotations:
+        for done in [*self._rotations, *self._sealed_before]:
             if not done.done():
                 done.set_exception(err)
         self._rotations.clear()
@@ -705,7 +699,6 @@ class RaftLoop:
             log.info("data key(s) %s retired: nothing on disk is sealed under them", retired)
         for done in rotated:
             key_id, _ = self._sealed_before.pop(done)
-            self._rotations = [(s, d) for s, d in self._rotations if d is not done]
             if not done.done():
                 done.set_result(KeyRotation(key_id, top, tuple(retired)))
 
