@@ -57,12 +57,16 @@ fi
 command -v go >/dev/null 2>&1 || die "go not found: install Go >= 1.24 (https://go.dev/dl) to build ${missing[*]}"
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="-mod=mod"
 say "building ${missing[*]} into $bin"
-say "a cold build takes about 10 minutes on 2 cores (kube-apiserver alone ~4), a warm one ~1;"
+say "a cold build takes 6-10 minutes on 2 cores (the Kubernetes commands ~4-8), a warm one ~1;"
 say "module and build caches (~5 GB) stay in Go's own cache directories, outside the repo"
 started=$SECONDS
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
+# Go's own chatter (one line per module downloaded) goes to a log, shown only on failure.
+log="$dest/build.log"
+: >"$log"
+quiet() { "$@" >>"$log" 2>&1 || { tail -n 40 "$log" >&2; return 1; }; }
 
 # The ldflags upstream's release build sets, for the servers (component-base) and kubectl
 # (client-go): without them /version says v0.0.0-master.
@@ -100,10 +104,10 @@ build_kube() {
         echo "require k8s.io/kubernetes $kube_version"
         for m in $staging; do echo "replace $m => $m $tag"; done
     } >>go.mod
-    go mod download k8s.io/kubernetes >&2
+    quiet go mod download k8s.io/kubernetes
     local t=$SECONDS
-    say "compiling ${want[*]##*/} (the longest step: ~8 minutes cold)"
-    go build -trimpath -ldflags "$(kube_ldflags)" -o "$bin/" "${want[@]}" >&2 ||
+    say "compiling ${want[*]##*/} (the longest step: 4-8 minutes cold)"
+    quiet go build -trimpath -ldflags "$(kube_ldflags)" -o "$bin/" "${want[@]}" ||
         die "go build of ${want[*]} failed"
     say "kubernetes commands built in $((SECONDS - t)) s"
 }
@@ -115,9 +119,9 @@ build_etcd() {
     cd "$dir"
     printf 'module concord.invalid/etcdbuild\n\ngo 1.24\n' >go.mod
     local t=$SECONDS
-    say "compiling etcd $etcd_version (~1.5 minutes cold)"
-    go get "go.etcd.io/etcd/server/v3@$etcd_version" >&2 || die "go get etcd server $etcd_version failed"
-    go build -trimpath -ldflags "-s -w" -o "$bin/etcd" go.etcd.io/etcd/server/v3 >&2 ||
+    say "compiling etcd $etcd_version (~1 minute cold)"
+    quiet go get "go.etcd.io/etcd/server/v3@$etcd_version" || die "go get etcd server $etcd_version failed"
+    quiet go build -trimpath -ldflags "-s -w" -o "$bin/etcd" go.etcd.io/etcd/server/v3 ||
         die "go build of etcd failed"
     say "etcd built in $((SECONDS - t)) s"
 }
@@ -130,7 +134,7 @@ build_helm() {
     printf 'module concord.invalid/helmbuild\n\ngo 1.24\n' >go.mod
     local t=$SECONDS
     say "compiling helm $helm_version (~2 minutes cold)"
-    go get "helm.sh/helm/v3@$helm_version" >&2 || die "go get helm $helm_version failed"
+    quiet go get "helm.sh/helm/v3@$helm_version" || die "go get helm $helm_version failed"
     # helm's own Makefile: the binary's version, and the Kubernetes version it assumes
     # (client-go's minor + 1.x) for `kubeVersion:` checks and `helm template`.
     local cg major minor
@@ -144,7 +148,7 @@ build_helm() {
     for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
         flags+=" -X $pkg.k8sVersionMajor=$major -X $pkg.k8sVersionMinor=$minor"
     done
-    go build -trimpath -ldflags "$flags" -o "$bin/helm" helm.sh/helm/v3/cmd/helm >&2 ||
+    quiet go build -trimpath -ldflags "$flags" -o "$bin/helm" helm.sh/helm/v3/cmd/helm ||
         die "go build of helm failed"
     say "helm built in $((SECONDS - t)) s"
 }
