@@ -45,7 +45,7 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
@@ -53,6 +53,9 @@ from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.api.v1 import concord_pb2_grpc as rpc
 
 from ._pipe import LEADER_METADATA_KEY, LOCKED_METADATA_KEY, QUEUED_METADATA_KEY, CallFailed, Pipe
+
+if TYPE_CHECKING:
+    from ._holds import HeldLeadership, HeldLock
 
 T = TypeVar("T")
 
@@ -361,9 +364,35 @@ class Client:
         return int(resp.ttl_ms)
 
     async def acquire(
-        self, name: str, lease: int, *, max_holders: int = 1, lock_delay_ms: int = 0
+        self,
+        name: str,
+        lease: int,
+        *,
+        max_holders: int = 1,
+        lock_delay_ms: int = 0,
+        timeout_s: float | None = None,
     ) -> Lock:
-        """Block until `name` is held under `lease`; returns the grant's fencing token."""
+        """Block until `name` is held under `lease`; returns the grant's fencing token.
+
+        `timeout_s` (seconds, None: wait forever) bounds the whole wait, retries included;
+        past it `DeadlineExceeded` is raised. On timeout or cancellation the lease leaves the
+        queue (Unlock of `(name, lease)`), which also releases a grant that raced with it:
+        so do not give a lease that already holds `name` a timeout it might miss. For a
+        lease of its own, kept alive and revoked on exit, use `lock()`."""
+        from ._holds import within  # noqa: PLC0415 (_holds builds on this module)
+
+        return await within(
+            f"lock {name!r}",
+            timeout_s,
+            lambda: self._wait_for_lock(name, lease, max_holders, lock_delay_ms),
+            lambda: self.release(Lock(name, lease, 0)),
+            self.rpc_timeout_s,
+        )
+
+    async def _wait_for_lock(
+        self, name: str, lease: int, max_holders: int, lock_delay_ms: int
+    ) -> Lock:
+        """Acquire, waiting in line for as long as it takes (the caller bounds it)."""
         with self.session() as session:
             req = pb.LockRequest(
                 session=session,
@@ -394,27 +423,32 @@ class Client:
         return bool(resp.current)
 
     @contextlib.asynccontextmanager
-    async def lock(self, name: str, *, ttl_ms: int = 10_000) -> AsyncIterator[Lock]:
-        """Hold `name` for the body of an `async with`, yielding the grant (with its fencing
-        token). A lease is kept alive meanwhile; the lock is released (and the lease revoked)
-        on exit, even on error."""
-        lease = await self.lease_grant(ttl_ms)
-        keeper = asyncio.create_task(self._keep_alive(lease, ttl_ms))
-        try:
-            held = await self.acquire(name, lease)
-            yield held
-            await self.release(held)
-        finally:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
-            with contextlib.suppress(ConcordError):
-                await self.lease_revoke(lease)
+    async def lock(
+        self,
+        name: str,
+        *,
+        ttl_ms: int = 10_000,
+        timeout_s: float | None = None,
+        max_holders: int = 1,
+        lock_delay_ms: int = 0,
+    ) -> AsyncIterator[HeldLock]:
+        """Hold `name` for the body of an `async with`, on a lease of its own kept alive in
+        the background. The `HeldLock` yielded carries the fencing token and says at once
+        when the lock is lost (`lost`, `wait_lost()`, `add_lost_callback()`, `check()`).
+        `timeout_s` (seconds, None: forever) bounds the wait (`DeadlineExceeded`). The lease
+        is revoked on exit (releasing the lock) however the body ends, without ever
+        replacing its exception or result. See `_holds.py`."""
+        from ._holds import hold_lock  # noqa: PLC0415 (_holds builds on this module)
 
-    async def _keep_alive(self, lease: int, ttl_ms: int) -> None:
-        while True:
-            await asyncio.sleep(ttl_ms / 3000)
-            await self.lease_keepalive_once(lease)
+        async with hold_lock(
+            self,
+            name,
+            ttl_ms=ttl_ms,
+            timeout_s=timeout_s,
+            max_holders=max_holders,
+            lock_delay_ms=lock_delay_ms,
+        ) as held:
+            yield held
 
     # --- sequences -----------------------------------------------------------------------------
 
@@ -433,9 +467,26 @@ class Client:
 
     # --- elections -----------------------------------------------------------------------------
 
-    async def campaign(self, election: str, lease: int, value: bytes) -> Leadership:
+    async def campaign(
+        self, election: str, lease: int, value: bytes, *, timeout_s: float | None = None
+    ) -> Leadership:
         """Block until `lease` leads `election`, publishing `value`; returns the leadership
-        (its fencing token strictly increases across all leaderships of the election)."""
+        (its fencing token strictly increases across all leaderships of the election).
+
+        `timeout_s` as for `acquire`: on timeout (`DeadlineExceeded`) or cancellation the
+        campaign is withdrawn (Resign), which also resigns a win that raced with it."""
+        from ._holds import within  # noqa: PLC0415 (_holds builds on this module)
+
+        return await within(
+            f"the leadership of election {election!r}",
+            timeout_s,
+            lambda: self._wait_for_leadership(election, lease, value),
+            lambda: self.resign(Leadership(election, lease, 0)),
+            self.rpc_timeout_s,
+        )
+
+    async def _wait_for_leadership(self, election: str, lease: int, value: bytes) -> Leadership:
+        """Campaign, waiting in line for as long as it takes (the caller bounds it)."""
         with self.session() as session:
             req = pb.CampaignRequest(session=session, election=election, lease=lease, value=value)
             while True:
@@ -449,6 +500,26 @@ class Client:
                     raise
                 key = resp.leader
                 return Leadership(key.election, int(key.lease), int(key.fencing_token), value)
+
+    @contextlib.asynccontextmanager
+    async def leadership(
+        self,
+        election: str,
+        value: bytes,
+        *,
+        ttl_ms: int = 10_000,
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[HeldLeadership]:
+        """Lead `election` (publishing `value`) for the body of an `async with`, on a lease
+        of its own kept alive in the background; the `HeldLeadership` says at once when the
+        leadership is lost, as `lock()`'s handle does. `timeout_s` bounds the campaign
+        (`DeadlineExceeded`). Resigns (revokes the lease) on exit, however the body ends."""
+        from ._holds import hold_leadership  # noqa: PLC0415 (_holds builds on this module)
+
+        async with hold_leadership(
+            self, election, value, ttl_ms=ttl_ms, timeout_s=timeout_s
+        ) as held:
+            yield held
 
     async def proclaim(self, leadership: Leadership, value: bytes) -> Leadership:
         """Publish a new value as the current leader (FAILED_PRECONDITION if no longer)."""
