@@ -229,6 +229,20 @@ class Client:
         finally:
             self._idle_sessions.append(held)
 
+    @contextlib.contextmanager
+    def _sessions(self, count: int) -> Iterator[list[pb.Session]]:
+        """`count` consecutive sessions of ONE client id, for a call and its follow-ups (a
+        blocked acquire and its withdrawal): whichever of them the state machine applies
+        later than a higher-numbered one is a stale duplicate it drops. Same rules as
+        `session()` otherwise."""
+        held = self._idle_sessions.pop() if self._idle_sessions else [secrets.randbits(63) | 1, 0]
+        first = held[1] + 1
+        held[1] += count
+        try:
+            yield [pb.Session(client_id=held[0], seq=first + i) for i in range(count)]
+        finally:
+            self._idle_sessions.append(held)
+
     async def call(self, fn: Callable[[_Stubs], Awaitable[T]]) -> T:
         """Run one RPC against the leader, following redirects and retrying what is safe."""
         loop = asyncio.get_running_loop()
@@ -381,19 +395,10 @@ class Client:
         lease of its own, kept alive and revoked on exit, use `lock()`."""
         from ._holds import within  # noqa: PLC0415 (_holds builds on this module)
 
-        return await within(
-            f"lock {name!r}",
-            timeout_s,
-            lambda: self._wait_for_lock(name, lease, max_holders, lock_delay_ms),
-            lambda: self.release(Lock(name, lease, 0)),
-            self.rpc_timeout_s,
-        )
-
-    async def _wait_for_lock(
-        self, name: str, lease: int, max_holders: int, lock_delay_ms: int
-    ) -> Lock:
-        """Acquire, waiting in line for as long as it takes (the caller bounds it)."""
-        with self.session() as session:
+        # One client id for the acquire (seq n) and its withdrawal (seq n + 1): should the
+        # acquire reach the state machine only after the withdrawal, it is a stale request
+        # there and is dropped, so it cannot queue or grant behind the withdrawal's back.
+        with self._sessions(2) as (session, then):
             req = pb.LockRequest(
                 session=session,
                 name=name,
@@ -402,15 +407,26 @@ class Client:
                 lock_delay_ms=lock_delay_ms,
                 wait=True,
             )
-            while True:
-                try:
-                    resp = await self._small("lock", req, lambda s: s.lock.Lock)
-                except ConcordError as err:
-                    if err.waiting:
-                        continue  # still in line; the retry keeps our place (same session)
-                    raise
-                if resp.granted:
-                    return Lock(name, lease, int(resp.fencing_token))
+            unlock = pb.UnlockRequest(session=then, name=name, lease=lease)
+            return await within(
+                f"lock {name!r}",
+                timeout_s,
+                lambda: self._wait_for_lock(req),
+                lambda: self._small("unlock", unlock, lambda s: s.lock.Unlock),
+                self.rpc_timeout_s,
+            )
+
+    async def _wait_for_lock(self, req: pb.LockRequest) -> Lock:
+        """Acquire, waiting in line for as long as it takes (the caller bounds it)."""
+        while True:
+            try:
+                resp = await self._small("lock", req, lambda s: s.lock.Lock)
+            except ConcordError as err:
+                if err.waiting:
+                    continue  # still in line; the retry keeps our place (same session)
+                raise
+            if resp.granted:
+                return Lock(req.name, req.lease, int(resp.fencing_token))
 
     async def release(self, lock: Lock) -> None:
         with self.session() as session:
@@ -477,29 +493,33 @@ class Client:
         campaign is withdrawn (Resign), which also resigns a win that raced with it."""
         from ._holds import within  # noqa: PLC0415 (_holds builds on this module)
 
-        return await within(
-            f"the leadership of election {election!r}",
-            timeout_s,
-            lambda: self._wait_for_leadership(election, lease, value),
-            lambda: self.resign(Leadership(election, lease, 0)),
-            self.rpc_timeout_s,
-        )
-
-    async def _wait_for_leadership(self, election: str, lease: int, value: bytes) -> Leadership:
-        """Campaign, waiting in line for as long as it takes (the caller bounds it)."""
-        with self.session() as session:
+        # One client id for the campaign and its withdrawal, as in `acquire`.
+        with self._sessions(2) as (session, then):
             req = pb.CampaignRequest(session=session, election=election, lease=lease, value=value)
-            while True:
-                try:
-                    resp = await self.call(
-                        lambda s: s.election.Campaign(req, timeout=self.rpc_timeout_s)
-                    )
-                except ConcordError as err:
-                    if err.waiting:
-                        continue  # still in line; the retry keeps our place (same session)
-                    raise
-                key = resp.leader
-                return Leadership(key.election, int(key.lease), int(key.fencing_token), value)
+            resign = pb.ResignRequest(
+                session=then, leader=pb.LeaderKey(election=election, lease=lease)
+            )
+            return await within(
+                f"the leadership of election {election!r}",
+                timeout_s,
+                lambda: self._wait_for_leadership(req),
+                lambda: self.call(lambda s: s.election.Resign(resign, timeout=self.rpc_timeout_s)),
+                self.rpc_timeout_s,
+            )
+
+    async def _wait_for_leadership(self, req: pb.CampaignRequest) -> Leadership:
+        """Campaign, waiting in line for as long as it takes (the caller bounds it)."""
+        while True:
+            try:
+                resp = await self.call(
+                    lambda s: s.election.Campaign(req, timeout=self.rpc_timeout_s)
+                )
+            except ConcordError as err:
+                if err.waiting:
+                    continue  # still in line; the retry keeps our place (same session)
+                raise
+            key = resp.leader
+            return Leadership(key.election, int(key.lease), int(key.fencing_token), req.value)
 
     @contextlib.asynccontextmanager
     async def leadership(

@@ -48,6 +48,8 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
+from coordinator.api.v1 import concord_pb2 as pb
+
 from ._client import ConcordError, Leadership, Lock
 
 if TYPE_CHECKING:
@@ -402,8 +404,16 @@ async def hold_lock(
     what = f"lock {name!r}"
     async with _lease(client, what, ttl_ms, timeout_s) as (keeper, deadline):
         # Not `acquire`: its own withdrawal (Unlock) would be redundant with the revoke.
-        attempt = client._wait_for_lock(name, keeper.lease, max_holders, lock_delay_ms)
-        grant = await _obtain(keeper, what, timeout_s, deadline, attempt)
+        with client.session() as session:
+            req = pb.LockRequest(
+                session=session,
+                name=name,
+                lease=keeper.lease,
+                max_holders=max_holders,
+                lock_delay_ms=lock_delay_ms,
+                wait=True,
+            )
+            grant = await _obtain(keeper, what, timeout_s, deadline, client._wait_for_lock(req))
         yield HeldLock(keeper, grant)
 
 
@@ -413,6 +423,10 @@ async def hold_leadership(
 ) -> AsyncIterator[HeldLeadership]:
     what = f"the leadership of election {election!r}"
     async with _lease(client, what, ttl_ms, timeout_s) as (keeper, deadline):
-        attempt = client._wait_for_leadership(election, keeper.lease, value)
-        leadership = await _obtain(keeper, what, timeout_s, deadline, attempt)
+        with client.session() as session:
+            req = pb.CampaignRequest(
+                session=session, election=election, lease=keeper.lease, value=value
+            )
+            attempt = client._wait_for_leadership(req)
+            leadership = await _obtain(keeper, what, timeout_s, deadline, attempt)
         yield HeldLeadership(keeper, client, leadership)
