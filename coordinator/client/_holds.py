@@ -121,8 +121,10 @@ class _Keeper:
                 async with asyncio.timeout_at(self.expires_at):
                     ttl_ms = await self.client.lease_keepalive_once(self.lease)
             except TimeoutError:
-                self._lose("UNAVAILABLE", self._no_renewal())
-                return
+                if loop.time() >= self.expires_at:
+                    self._lose("UNAVAILABLE", self._no_renewal())
+                    return
+                failure = "the renewal timed out"
             except ConcordError as err:
                 if err.code == "NOT_FOUND":
                     self._lose("NOT_FOUND", f"lease {self.lease} has ended (expired or revoked)")
@@ -212,7 +214,8 @@ class Held:
         return self._keeper.expires_at
 
     async def wait_lost(self) -> LockLost:
-        """Wait until the hold is lost; returns why (for `asyncio.wait` or a TaskGroup)."""
+        """Wait until the hold is lost; returns why (for `asyncio.wait` or a TaskGroup). A
+        hold let go of without being lost is never lost: do not wait past the block."""
         await self._keeper.lost.wait()
         assert self._keeper.error is not None
         return self._keeper.error

@@ -35,10 +35,9 @@ import grpc
 from coordinator.api.v1 import concord_pb2 as pb
 
 from ._client import Client, Leadership, LeaseInfo, Lock
-from ._holds import Held, HeldLeadership, HeldLock, LockLost
+from ._holds import HeldLeadership, HeldLock, LockLost
 
 T = TypeVar("T")
-H = TypeVar("H", bound=Held)
 
 
 class SyncHeld:
