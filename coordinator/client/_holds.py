@@ -20,6 +20,12 @@ under load does not stretch the next interval. It declares the hold lost when
 A failed renewal short of that is logged (warning) and retried at once-ish; a loss is logged
 too. Nothing is silent.
 
+The watch. A lease revoked by someone else, or a lock released behind the holder's back, would
+otherwise be heard only at the next renewal (up to TTL/3 later). So the handle also follows
+the lock's (election's) events from its grant on, and the event that ends its hold (UNLOCK of
+its lease and token; ELECTION vacant, or led by another lease) is a loss at once. The watch
+is an accelerator only: if it breaks for good, that is logged and the renewals still decide.
+
 Leaving the block. The lease is the handle's own, so revoking it releases the lock (or
 resigns the leadership) in one call, with no lock-delay. That runs however the body ends,
 also after a loss or a failed keeper, within a bounded budget; its failure is logged and never
@@ -105,7 +111,35 @@ class _Keeper:
         self.lost = asyncio.Event()
         self.error: LockLost | None = None
         self._callbacks: list[LostCallback] = []
-        self._task = asyncio.create_task(self._run(sent_at), name=f"concord-keepalive-{lease}")
+        self._tasks = [
+            asyncio.create_task(self._run(sent_at), name=f"concord-keepalive-{lease}"),
+        ]
+
+    def watch_for_end(
+        self, key: bytes, start_revision: int, ended: Callable[[pb.Event], bool]
+    ) -> None:
+        """Also follow the lock's (or election's) events from `start_revision`: the first
+        one `ended` accepts is a loss, heard at once rather than at the next renewal."""
+        self._tasks.append(
+            asyncio.create_task(
+                self._watch(key, start_revision, ended), name=f"concord-watch-{self.lease}"
+            )
+        )
+
+    async def _watch(
+        self, key: bytes, start_revision: int, ended: Callable[[pb.Event], bool]
+    ) -> None:
+        try:
+            async for event in self.client.watch(key, start_revision=start_revision):
+                if ended(event):
+                    self._lose(
+                        "NOT_FOUND",
+                        f"the cluster ended it at revision {event.revision} (lease "
+                        f"{self.lease} ended, or it was released)",
+                    )
+                    return
+        except Exception as err:  # the renewals still tell a loss: only say so
+            log.info("watching %s stopped (%s); renewals alone now tell its loss", self.what, err)
 
     async def _run(self, sent_at: float) -> None:
         loop = asyncio.get_running_loop()
@@ -159,6 +193,10 @@ class _Keeper:
         self.error = LockLost(self.what, code, reason)
         log.warning("%s", self.error)
         self.lost.set()
+        current = asyncio.current_task()
+        for task in self._tasks:  # nothing left to renew or watch
+            if task is not current:
+                task.cancel()
         loop = asyncio.get_running_loop()
         for fn in self._callbacks:
             loop.call_soon(_call_back, fn, self.error)
@@ -171,10 +209,13 @@ class _Keeper:
             self._callbacks.append(fn)
 
     async def stop(self) -> None:
-        """Stop renewing (the hold is being let go)."""
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        """Stop renewing and watching (the hold is being let go: its own release must not
+        read as a loss)."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 def _call_back(fn: LostCallback, err: LockLost) -> None:
@@ -417,6 +458,12 @@ async def hold_lock(
                 wait=True,
             )
             grant = await _obtain(keeper, what, timeout_s, deadline, client._wait_for_lock(req))
+        lease, token = keeper.lease, grant.fencing_token
+
+        def released(e: pb.Event) -> bool:
+            return e.type == pb.Event.UNLOCK and e.kv.lease == lease and e.kv.version == token
+
+        keeper.watch_for_end(name.encode(), token + 1, released)
         yield HeldLock(keeper, grant)
 
 
@@ -432,4 +479,11 @@ async def hold_leadership(
             )
             attempt = client._wait_for_leadership(req)
             leadership = await _obtain(keeper, what, timeout_s, deadline, attempt)
+        lease = keeper.lease
+
+        def vacated(e: pb.Event) -> bool:
+            # Vacant (version 0) after us, or somebody else leads.
+            return e.type == pb.Event.ELECTION and (e.kv.lease != lease or e.kv.version == 0)
+
+        keeper.watch_for_end(election.encode(), leadership.fencing_token + 1, vacated)
         yield HeldLeadership(keeper, client, leadership)

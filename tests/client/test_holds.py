@@ -66,6 +66,29 @@ def test_lock_lost_when_its_lease_is_revoked_behind_the_holders_back(tmp_path: P
     with_cluster(tmp_path, scenario)
 
 
+def test_a_lock_released_behind_the_holders_back_is_heard_before_the_next_renewal(
+    tmp_path: Path,
+) -> None:
+    """With a 60 s TTL the first renewal is 20 s away: the loss comes from the handle's watch
+    of the lock's events (the bound only keeps a broken build from hanging)."""
+
+    async def scenario(c: Cluster) -> None:
+        async with Client(endpoints(c)) as a, Client(endpoints(c)) as other:
+            async with a.lock("watched", ttl_ms=60_000) as held:
+                await other.release(held.grant)  # the lock, not the lease, let go of
+                err = await asyncio.wait_for(held.wait_lost(), 10)
+                assert err.code == "NOT_FOUND" and "lock 'watched' is lost" in str(err)
+                info = await a.lease_time_to_live(held.lease)  # the lease itself lives on
+                assert info.id == held.lease and info.remaining_ms > 0
+            async with a.leadership("watched", b"v", ttl_ms=60_000) as lead:
+                await lead.proclaim(b"v2")  # its own change is not a loss
+                await other.resign(lead.leadership)
+                err = await asyncio.wait_for(lead.wait_lost(), 10)
+                assert "the leadership of election 'watched' is lost" in str(err)
+
+    with_cluster(tmp_path, scenario)
+
+
 def test_lock_lost_when_the_majority_stops_and_the_bodys_error_survives_the_release(
     tmp_path: Path,
 ) -> None:
