@@ -399,7 +399,7 @@ def lock(
             main.cancel()  # stops the child (if it runs) and releases the lock on the way out
             with contextlib.suppress(asyncio.CancelledError):
                 await main
-            click.echo(f"interrupted; lock {name!r} released", err=True)
+            click.echo(f"interrupted; lock {name!r} released (or the wait withdrawn)", err=True)
             return EXIT_INTERRUPTED
 
     code = run(ctx, hold)

@@ -141,8 +141,24 @@ def test_lock_interrupted_stops_the_command_and_lets_go(cluster: ThreadedCluster
     finally:
         code, _, err = proc.finish()
     assert code == 130, err
-    assert "interrupted; lock 'cli-term' released" in err
+    assert "interrupted; lock 'cli-term' released (or the wait withdrawn)" in err
     assert not lock_info(cluster, "cli-term").holders
+
+
+def test_lock_interrupted_while_waiting_withdraws(cluster: ThreadedCluster) -> None:
+    eps = cluster.endpoints
+    with SyncClient(eps) as holder, holder.lock("cli-wait", ttl_ms=10_000) as held:
+        proc = Proc(eps, "lock", "cli-wait", "--", "true")
+        try:
+            while lock_info(cluster, "cli-wait").waiters != 1:
+                assert proc.popen.poll() is None, proc.finish()
+                time.sleep(0.05)  # a bounded poll of another process's state
+            proc.popen.send_signal(signal.SIGTERM)
+        finally:
+            code, _, err = proc.finish()
+        assert code == 130, err
+        info = lock_info(cluster, "cli-wait")
+        assert [h.lease for h in info.holders] == [held.lease] and info.waiters == 0
 
 
 def test_elect_timeout_exits_1_and_withdraws(cluster: ThreadedCluster) -> None:
