@@ -42,8 +42,12 @@ the caller out of the wait queue (the state machine's Unlock / Resign leave a qu
 as release a hold, see `coordinator/fsm/locks.py`), which also releases a grant that raced
 with the timeout. The context managers do it by revoking their own lease, which also covers an
 acquire still in flight: once the lease is gone, that acquire can only fail. The withdrawal is
-itself bounded (`Client.rpc_timeout_s`); if it cannot get through (no quorum), the queued
-lease is withdrawn by the server when the call is cancelled, or ends with its TTL.
+itself bounded (`Client.rpc_timeout_s`); if it cannot get through (no quorum), that is
+logged, and the queued lease stays in line until it ends: within its TTL for the context
+managers' own lease (no longer renewed); for a lease the caller passed to `acquire`, when the
+caller lets it end. `acquire` withdraws under the next sequence number of the acquire's own
+session, so an acquire that reaches the state machine only after its withdrawal is a stale
+request there and is dropped (it cannot queue or grant behind the withdrawal's back).
 """
 
 from __future__ import annotations
