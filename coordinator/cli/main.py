@@ -25,9 +25,18 @@ from typing import Any
 import click
 
 from coordinator.api.v1 import concord_pb2 as pb
-from coordinator.client import Client, ConcordError
+from coordinator.client import Client
 
-from ._common import EXIT_INTERRUPTED, Ctx, emit, fail, interrupts, run, wait_first
+from ._common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    Ctx,
+    emit,
+    fail,
+    interrupts,
+    run,
+    wait_first,
+)
 from ._keys import autolock, rotate_data_key, rotate_unlock_key, unlock
 from ._recovery import recover, snapshot
 from ._setup import cluster_init, join_token
@@ -351,58 +360,93 @@ def seq_next(ctx: Ctx, name: str, count: int) -> None:
     show_default=True,
     help="Lease TTL (e.g. 10s, 1m; at least 1s): how soon others get the lock if we die.",
 )
+@click.option(
+    "--timeout",
+    "timeout_ms",
+    type=DURATION,
+    default=None,
+    help="Give up (exit 1) if the lock is not held within this long (default: wait forever).",
+)
 @click.pass_obj
-def lock(ctx: Ctx, name: str, command: tuple[str, ...], ttl_ms: int) -> None:
+def lock(
+    ctx: Ctx, name: str, command: tuple[str, ...], ttl_ms: int, timeout_ms: int | None
+) -> None:
     """Run COMMAND while holding lock NAME (use `--` before COMMAND).
 
     The child gets CONCORD_LOCK_NAME and CONCORD_FENCING_TOKEN in its environment; pass the
     token to whatever it writes, which can check it with `concordctl fence`. If the lock is
-    lost (the lease cannot be renewed), the child is killed. Exits with the child's status.
+    lost (its lease ended, or could not be renewed within its TTL), the child is killed.
+    The lock is released however this ends.
+
+    \b
+    Exit status:
+      COMMAND's own status (128+N if a signal N ended it);
+      1   the lock was not held within --timeout, was lost (COMMAND killed), or the
+          cluster refused;
+      126 COMMAND could not be executed, 127 COMMAND was not found (as a shell says);
+      130 interrupted (SIGINT, SIGTERM): COMMAND is sent SIGTERM, the lock released.
     """
 
     if ttl_ms < 1000:
         raise click.BadParameter("must be at least 1s", param_hint="--ttl")
+    timeout_s = None if timeout_ms is None else timeout_ms / 1000
 
     async def hold(c: Client) -> int:
-        lease = await c.lease_grant(ttl_ms)
-        held = await c.acquire(name, lease)
-        env = dict(
-            os.environ, CONCORD_LOCK_NAME=name, CONCORD_FENCING_TOKEN=str(held.fencing_token)
-        )
-        child = await asyncio.create_subprocess_exec(*command, env=env)
-        keeper = asyncio.create_task(_renew_until_lost(c, lease, ttl_ms))
-        waiter = asyncio.create_task(child.wait())
-        done, _ = await asyncio.wait({keeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        if keeper in done:
-            click.echo(
-                f"Error: lost lock {name!r} (lease {lease} ended); killing the command", err=True
-            )
-            child.terminate()
-            try:
-                await asyncio.wait_for(waiter, 5)
-            except TimeoutError:
-                child.kill()
-            await waiter
-            return 1
-        keeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError, ConcordError):
-            await keeper
-        with contextlib.suppress(ConcordError):
-            await c.release(held)
-            await c.lease_revoke(lease)
-        return int(waiter.result())
+        with interrupts() as stop:
+            main = asyncio.ensure_future(_run_locked(c, name, command, ttl_ms, timeout_s))
+            if await wait_first(main, stop):
+                return main.result()
+            main.cancel()  # stops the child (if it runs) and releases the lock on the way out
+            with contextlib.suppress(asyncio.CancelledError):
+                await main
+            click.echo(f"interrupted; lock {name!r} released (or the wait withdrawn)", err=True)
+            return EXIT_INTERRUPTED
 
     code = run(ctx, hold)
     sys.exit(code if code >= 0 else 128 - code)
 
 
-async def _renew_until_lost(c: Client, lease: int, ttl_ms: int) -> None:
-    while True:
-        await asyncio.sleep(ttl_ms / 3000)
+EXIT_CANNOT_EXECUTE = 126
+EXIT_NOT_FOUND = 127
+
+
+async def _run_locked(
+    c: Client, name: str, command: tuple[str, ...], ttl_ms: int, timeout_s: float | None
+) -> int:
+    """Hold the lock while the child runs; the exit status (see `lock`)."""
+    async with c.lock(name, ttl_ms=ttl_ms, timeout_s=timeout_s) as held:
+        env = dict(
+            os.environ, CONCORD_LOCK_NAME=name, CONCORD_FENCING_TOKEN=str(held.fencing_token)
+        )
         try:
-            await c.lease_keepalive_once(lease)
-        except ConcordError:
-            return
+            child = await asyncio.create_subprocess_exec(*command, env=env)
+        except FileNotFoundError:
+            click.echo(f"Error: {command[0]}: command not found", err=True)
+            return EXIT_NOT_FOUND
+        except OSError as err:
+            click.echo(f"Error: {command[0]}: cannot run it: {err.strerror}", err=True)
+            return EXIT_CANNOT_EXECUTE
+        waiter = asyncio.ensure_future(child.wait())
+        try:
+            if await wait_first(waiter, held.lost):
+                return waiter.result()
+            click.echo(f"Error: {held.error}; killing the command", err=True)
+            return EXIT_FAILED
+        finally:
+            if not waiter.done():
+                await _stop_child(child, waiter)
+
+
+async def _stop_child(child: asyncio.subprocess.Process, waiter: asyncio.Future[int]) -> None:
+    """SIGTERM, then SIGKILL if it has not ended within 5 s."""
+    with contextlib.suppress(ProcessLookupError):
+        child.terminate()
+    try:
+        await asyncio.wait_for(asyncio.shield(waiter), 5)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            child.kill()
+        await waiter
 
 
 @cli.command()
@@ -426,13 +470,35 @@ def fence(ctx: Ctx, name: str, token: int) -> None:
 @click.option(
     "--ttl", type=DURATION, default="10s", show_default=True, help="The campaign's lease."
 )
+@click.option(
+    "--timeout",
+    "timeout_ms",
+    type=DURATION,
+    default=None,
+    help="Give up (exit 1) if not elected within this long (default: wait forever).",
+)
 @click.pass_obj
-def elect(ctx: Ctx, name: str, value: str | None, show_leader: bool, ttl: int) -> None:
+def elect(
+    ctx: Ctx,
+    name: str,
+    *,
+    value: str | None,
+    show_leader: bool,
+    ttl: int,
+    timeout_ms: int | None,
+) -> None:
     """Campaign in election NAME with VALUE: wait until elected, print it, and lead until
-    Ctrl-C, then resign. With --leader: print NAME's current leader (exit 1 if none).
+    Ctrl-C (or SIGTERM), then resign. With --leader: print NAME's current leader (exit 1 if
+    none).
 
-    The leadership lives on a lease kept alive meanwhile; if it is lost, elect says so and
-    exits 1.
+    The leadership lives on a lease kept alive meanwhile.
+
+    \b
+    Exit status:
+      1   not elected within --timeout (the campaign is withdrawn), the leadership was
+          lost (its lease ended, or could not be renewed within its TTL), or the cluster
+          refused;
+      130 interrupted (SIGINT, SIGTERM): resigned, or the campaign withdrawn.
     """
     if show_leader:
         if value is not None:
@@ -441,7 +507,13 @@ def elect(ctx: Ctx, name: str, value: str | None, show_leader: bool, ttl: int) -
         return
     if value is None:
         raise click.UsageError("give VALUE to campaign with (or --leader to show the leader)")
-    code = run(ctx, lambda c: _campaign(ctx, c, name, value.encode(), ttl))
+    timeout_s = None if timeout_ms is None else timeout_ms / 1000
+    code = run(
+        ctx,
+        lambda c: _campaign(
+            ctx, c, name=name, value=value.encode(), ttl_ms=ttl, timeout_s=timeout_s
+        ),
+    )
     sys.exit(code)
 
 
@@ -458,51 +530,64 @@ def _print_leader(ctx: Ctx, name: str) -> None:
     emit(ctx, [row], ["election", "value", "lease", "fencing_token"])
 
 
-async def _campaign(ctx: Ctx, c: Client, name: str, value: bytes, ttl_ms: int) -> int:
+async def _campaign(
+    ctx: Ctx, c: Client, *, name: str, value: bytes, ttl_ms: int, timeout_s: float | None
+) -> int:
     """Campaign, lead until interrupted, resign; the exit status."""
     with interrupts() as stop:
-        lease_id = await c.lease_grant(ttl_ms)
-        keeper = asyncio.ensure_future(_renew_until_lost(c, lease_id, ttl_ms))
-        campaign = asyncio.ensure_future(c.campaign(name, lease_id, value))
-        waiting = asyncio.ensure_future(
-            asyncio.wait([campaign, keeper], return_when=asyncio.FIRST_COMPLETED)
+        elected = asyncio.Event()
+        click.echo(f"campaigning in {name!r}; Ctrl-C to stop", err=True)
+        lead = _lead(
+            ctx, c, name, value, ttl_ms=ttl_ms, timeout_s=timeout_s, stop=stop, elected=elected
         )
+        main = asyncio.ensure_future(lead)
+        if await wait_first(main, stop) or elected.is_set():
+            return await main  # once elected, _lead itself resigns on `stop`
+        main.cancel()  # leaving the campaign revokes its lease: the candidacy is withdrawn
+        with contextlib.suppress(asyncio.CancelledError):
+            await main
+        click.echo("interrupted before being elected; withdrawn", err=True)
+        return EXIT_INTERRUPTED
+
+
+async def _lead(
+    ctx: Ctx,
+    c: Client,
+    name: str,
+    value: bytes,
+    *,
+    ttl_ms: int,
+    timeout_s: float | None,
+    stop: asyncio.Event,
+    elected: asyncio.Event,
+) -> int:
+    async with c.leadership(name, value, ttl_ms=ttl_ms, timeout_s=timeout_s) as lead:
+        elected.set()
+        row = {
+            "election": name,
+            "value": value.decode(errors="backslashreplace"),
+            "lease": lead.lease,
+            "fencing_token": lead.fencing_token,
+        }
+        if ctx.json:
+            click.echo(json.dumps(row))
+        else:
+            click.echo(
+                f"elected: {name} = {row['value']} (lease {lead.lease}, fencing token "
+                f"{lead.fencing_token}); leading until Ctrl-C"
+            )
+        lost = asyncio.ensure_future(lead.wait_lost())
         try:
-            click.echo(f"campaigning in {name!r} (lease {lease_id}); Ctrl-C to stop", err=True)
-            if not await wait_first(waiting, stop):
-                click.echo("interrupted before being elected; withdrawn", err=True)
-                return EXIT_INTERRUPTED
-            if not campaign.done():
-                click.echo(f"Error: lost lease {lease_id} before being elected", err=True)
-                return 1
-            leadership = campaign.result()
-            row = {
-                "election": name,
-                "value": value.decode(errors="backslashreplace"),
-                "lease": lease_id,
-                "fencing_token": leadership.fencing_token,
-            }
-            if ctx.json:
-                click.echo(json.dumps(row))
-            else:
-                click.echo(
-                    f"elected: {name} = {row['value']} (lease {lease_id}, fencing token "
-                    f"{leadership.fencing_token}); leading until Ctrl-C"
-                )
-            if await wait_first(keeper, stop):
-                message = f"lost the leadership of {name!r}: lease {lease_id} ended"
-                click.echo(f"Error: {message}", err=True)
-                return 1
-            await c.resign(leadership)
-            click.echo(f"resigned from {name!r}", err=True)
-            return 0
+            if await wait_first(lost, stop):
+                click.echo(f"Error: {lost.result()}", err=True)
+                return EXIT_FAILED
         finally:
-            for task in (waiting, campaign, keeper):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, ConcordError):
-                    await task
-            with contextlib.suppress(ConcordError):
-                await c.lease_revoke(lease_id)
+            lost.cancel()
+        # Resign explicitly (not only by the lease's revoke on the way out) so that "resigned"
+        # is printed only once the cluster has said so.
+        await c.resign(lead.leadership)
+        click.echo(f"resigned from {name!r}", err=True)
+        return EXIT_INTERRUPTED
 
 
 # --- cluster --------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
@@ -53,6 +53,9 @@ from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.api.v1 import concord_pb2_grpc as rpc
 
 from ._pipe import LEADER_METADATA_KEY, LOCKED_METADATA_KEY, QUEUED_METADATA_KEY, CallFailed, Pipe
+
+if TYPE_CHECKING:
+    from ._holds import HeldLeadership, HeldLock
 
 T = TypeVar("T")
 
@@ -226,6 +229,20 @@ class Client:
         finally:
             self._idle_sessions.append(held)
 
+    @contextlib.contextmanager
+    def _sessions(self, count: int) -> Iterator[list[pb.Session]]:
+        """`count` consecutive sessions of ONE client id, for a call and its follow-ups (a
+        blocked acquire and its withdrawal): whichever of them the state machine applies
+        later than a higher-numbered one is a stale duplicate it drops. Same rules as
+        `session()` otherwise."""
+        held = self._idle_sessions.pop() if self._idle_sessions else [secrets.randbits(63) | 1, 0]
+        first = held[1] + 1
+        held[1] += count
+        try:
+            yield [pb.Session(client_id=held[0], seq=first + i) for i in range(count)]
+        finally:
+            self._idle_sessions.append(held)
+
     async def call(self, fn: Callable[[_Stubs], Awaitable[T]]) -> T:
         """Run one RPC against the leader, following redirects and retrying what is safe."""
         loop = asyncio.get_running_loop()
@@ -361,10 +378,27 @@ class Client:
         return int(resp.ttl_ms)
 
     async def acquire(
-        self, name: str, lease: int, *, max_holders: int = 1, lock_delay_ms: int = 0
+        self,
+        name: str,
+        lease: int,
+        *,
+        max_holders: int = 1,
+        lock_delay_ms: int = 0,
+        timeout_s: float | None = None,
     ) -> Lock:
-        """Block until `name` is held under `lease`; returns the grant's fencing token."""
-        with self.session() as session:
+        """Block until `name` is held under `lease`; returns the grant's fencing token.
+
+        `timeout_s` (seconds, None: wait forever) bounds the whole wait, retries included;
+        past it `DeadlineExceeded` is raised. On timeout or cancellation the lease leaves the
+        queue (Unlock of `(name, lease)`), which also releases a grant that raced with it:
+        so do not give a lease that already holds `name` a timeout it might miss. For a
+        lease of its own, kept alive and revoked on exit, use `lock()`."""
+        from ._holds import within  # noqa: PLC0415 (_holds builds on this module)
+
+        # One client id for the acquire (seq n) and its withdrawal (seq n + 1): should the
+        # acquire reach the state machine only after the withdrawal, it is a stale request
+        # there and is dropped, so it cannot queue or grant behind the withdrawal's back.
+        with self._sessions(2) as (session, then):
             req = pb.LockRequest(
                 session=session,
                 name=name,
@@ -373,15 +407,26 @@ class Client:
                 lock_delay_ms=lock_delay_ms,
                 wait=True,
             )
-            while True:
-                try:
-                    resp = await self._small("lock", req, lambda s: s.lock.Lock)
-                except ConcordError as err:
-                    if err.waiting:
-                        continue  # still in line; the retry keeps our place (same session)
-                    raise
-                if resp.granted:
-                    return Lock(name, lease, int(resp.fencing_token))
+            unlock = pb.UnlockRequest(session=then, name=name, lease=lease)
+            return await within(
+                f"lock {name!r}",
+                timeout_s,
+                lambda: self._wait_for_lock(req),
+                lambda: self._small("unlock", unlock, lambda s: s.lock.Unlock),
+                self.rpc_timeout_s,
+            )
+
+    async def _wait_for_lock(self, req: pb.LockRequest) -> Lock:
+        """Acquire, waiting in line for as long as it takes (the caller bounds it)."""
+        while True:
+            try:
+                resp = await self._small("lock", req, lambda s: s.lock.Lock)
+            except ConcordError as err:
+                if err.waiting:
+                    continue  # still in line; the retry keeps our place (same session)
+                raise
+            if resp.granted:
+                return Lock(req.name, req.lease, int(resp.fencing_token))
 
     async def release(self, lock: Lock) -> None:
         with self.session() as session:
@@ -394,27 +439,32 @@ class Client:
         return bool(resp.current)
 
     @contextlib.asynccontextmanager
-    async def lock(self, name: str, *, ttl_ms: int = 10_000) -> AsyncIterator[Lock]:
-        """Hold `name` for the body of an `async with`, yielding the grant (with its fencing
-        token). A lease is kept alive meanwhile; the lock is released (and the lease revoked)
-        on exit, even on error."""
-        lease = await self.lease_grant(ttl_ms)
-        keeper = asyncio.create_task(self._keep_alive(lease, ttl_ms))
-        try:
-            held = await self.acquire(name, lease)
-            yield held
-            await self.release(held)
-        finally:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
-            with contextlib.suppress(ConcordError):
-                await self.lease_revoke(lease)
+    async def lock(
+        self,
+        name: str,
+        *,
+        ttl_ms: int = 10_000,
+        timeout_s: float | None = None,
+        max_holders: int = 1,
+        lock_delay_ms: int = 0,
+    ) -> AsyncIterator[HeldLock]:
+        """Hold `name` for the body of an `async with`, on a lease of its own kept alive in
+        the background. The `HeldLock` yielded carries the fencing token and says at once
+        when the lock is lost (`lost`, `wait_lost()`, `add_lost_callback()`, `check()`).
+        `timeout_s` (seconds, None: forever) bounds the wait (`DeadlineExceeded`). The lease
+        is revoked on exit (releasing the lock) however the body ends, without ever
+        replacing its exception or result. See `_holds.py`."""
+        from ._holds import hold_lock  # noqa: PLC0415 (_holds builds on this module)
 
-    async def _keep_alive(self, lease: int, ttl_ms: int) -> None:
-        while True:
-            await asyncio.sleep(ttl_ms / 3000)
-            await self.lease_keepalive_once(lease)
+        async with hold_lock(
+            self,
+            name,
+            ttl_ms=ttl_ms,
+            timeout_s=timeout_s,
+            max_holders=max_holders,
+            lock_delay_ms=lock_delay_ms,
+        ) as held:
+            yield held
 
     # --- sequences -----------------------------------------------------------------------------
 
@@ -433,22 +483,63 @@ class Client:
 
     # --- elections -----------------------------------------------------------------------------
 
-    async def campaign(self, election: str, lease: int, value: bytes) -> Leadership:
+    async def campaign(
+        self, election: str, lease: int, value: bytes, *, timeout_s: float | None = None
+    ) -> Leadership:
         """Block until `lease` leads `election`, publishing `value`; returns the leadership
-        (its fencing token strictly increases across all leaderships of the election)."""
-        with self.session() as session:
+        (its fencing token strictly increases across all leaderships of the election).
+
+        `timeout_s` as for `acquire`: on timeout (`DeadlineExceeded`) or cancellation the
+        campaign is withdrawn (Resign), which also resigns a win that raced with it."""
+        from ._holds import within  # noqa: PLC0415 (_holds builds on this module)
+
+        # One client id for the campaign and its withdrawal, as in `acquire`.
+        with self._sessions(2) as (session, then):
             req = pb.CampaignRequest(session=session, election=election, lease=lease, value=value)
-            while True:
-                try:
-                    resp = await self.call(
-                        lambda s: s.election.Campaign(req, timeout=self.rpc_timeout_s)
-                    )
-                except ConcordError as err:
-                    if err.waiting:
-                        continue  # still in line; the retry keeps our place (same session)
-                    raise
-                key = resp.leader
-                return Leadership(key.election, int(key.lease), int(key.fencing_token), value)
+            resign = pb.ResignRequest(
+                session=then, leader=pb.LeaderKey(election=election, lease=lease)
+            )
+            return await within(
+                f"the leadership of election {election!r}",
+                timeout_s,
+                lambda: self._wait_for_leadership(req),
+                lambda: self.call(lambda s: s.election.Resign(resign, timeout=self.rpc_timeout_s)),
+                self.rpc_timeout_s,
+            )
+
+    async def _wait_for_leadership(self, req: pb.CampaignRequest) -> Leadership:
+        """Campaign, waiting in line for as long as it takes (the caller bounds it)."""
+        while True:
+            try:
+                resp = await self.call(
+                    lambda s: s.election.Campaign(req, timeout=self.rpc_timeout_s)
+                )
+            except ConcordError as err:
+                if err.waiting:
+                    continue  # still in line; the retry keeps our place (same session)
+                raise
+            key = resp.leader
+            return Leadership(key.election, int(key.lease), int(key.fencing_token), req.value)
+
+    @contextlib.asynccontextmanager
+    async def leadership(
+        self,
+        election: str,
+        value: bytes,
+        *,
+        ttl_ms: int = 10_000,
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[HeldLeadership]:
+        """Lead `election` (publishing `value`) for the body of an `async with`, on a lease
+        of its own kept alive in the background; the `HeldLeadership` says at once when the
+        leadership is lost, as `lock()`'s handle does. `timeout_s` bounds the campaign
+        (`DeadlineExceeded`). Resigns (revokes the lease) on exit, however the body ends."""
+        from ._holds import hold_leadership  # noqa: PLC0415 (_holds builds on this module)
+
+        async with hold_leadership(
+            self, election, value, ttl_ms=ttl_ms, timeout_s=timeout_s
+        ) as held:
+            yield held
 
     async def proclaim(self, leadership: Leadership, value: bytes) -> Leadership:
         """Publish a new value as the current leader (FAILED_PRECONDITION if no longer)."""

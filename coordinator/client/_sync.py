@@ -6,6 +6,11 @@ thread; every method submits the matching `Client` coroutine to it
 the retries and the exactly-once sessions are the async client's own. Background work keeps
 running between calls in that thread: the keep-alive of a held `lock()`, for instance.
 
+Held locks and leaderships. `lock()` and `leadership()` yield a `SyncHeld`: the async
+handle's loss signals for a thread. Its `lost` is a `threading.Event`, set from the loop's
+thread the moment the async handle learns of the loss (see `_holds.py`), so a worker thread
+can poll it or `wait_lost(timeout_s)` on it; `check()` raises `LockLost`.
+
 Why a thread and not `asyncio.run` per call: gRPC channels and lease keep-alives belong
 to one event loop and must outlive a call. Why not the caller's loop: a synchronous caller
 may have none, or may be inside one that it cannot block on.
@@ -22,6 +27,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import AsyncGenerator, Coroutine, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
 import grpc
@@ -29,8 +35,41 @@ import grpc
 from coordinator.api.v1 import concord_pb2 as pb
 
 from ._client import Client, Leadership, LeaseInfo, Lock
+from ._holds import HeldLeadership, HeldLock, LockLost
 
 T = TypeVar("T")
+
+
+class SyncHeld:
+    """A held lock or leadership, for synchronous code (see the module docstring)."""
+
+    def __init__(self, held: HeldLock | HeldLeadership) -> None:
+        self.held = held
+        """The async handle (use it only on the client's loop)."""
+        self.name = held.name
+        self.lease = held.lease
+        self.fencing_token = held.fencing_token
+        self.lost = threading.Event()
+        """Set (from the client's loop thread) the moment the hold is lost."""
+        self._error: LockLost | None = None
+
+    def _on_lost(self, err: LockLost) -> None:
+        self._error = err
+        self.lost.set()
+
+    @property
+    def error(self) -> LockLost | None:
+        """Why the hold was lost, or None while it is held."""
+        return self._error if self.lost.is_set() else None
+
+    def wait_lost(self, timeout_s: float | None = None) -> LockLost | None:
+        """Block until the hold is lost (returns why) or `timeout` passes (returns None)."""
+        return self._error if self.lost.wait(timeout_s) else None
+
+    def check(self) -> None:
+        """Raise `LockLost` if the hold is lost; call it before acting as the holder."""
+        if self.lost.is_set() and self._error is not None:
+            raise self._error
 
 
 class SyncClient:
@@ -131,10 +170,22 @@ class SyncClient:
         return self._run(self._client.lease_keepalive_once(lease))
 
     def acquire(
-        self, name: str, lease: int, *, max_holders: int = 1, lock_delay_ms: int = 0
+        self,
+        name: str,
+        lease: int,
+        *,
+        max_holders: int = 1,
+        lock_delay_ms: int = 0,
+        timeout_s: float | None = None,
     ) -> Lock:
         return self._run(
-            self._client.acquire(name, lease, max_holders=max_holders, lock_delay_ms=lock_delay_ms)
+            self._client.acquire(
+                name,
+                lease,
+                max_holders=max_holders,
+                lock_delay_ms=lock_delay_ms,
+                timeout_s=timeout_s,
+            )
         )
 
     def release(self, lock: Lock) -> None:
@@ -144,13 +195,40 @@ class SyncClient:
         return self._run(self._client.check_fence(name, token))
 
     @contextlib.contextmanager
-    def lock(self, name: str, *, ttl_ms: int = 10_000) -> Iterator[Lock]:
+    def lock(
+        self,
+        name: str,
+        *,
+        ttl_ms: int = 10_000,
+        timeout_s: float | None = None,
+        max_holders: int = 1,
+        lock_delay_ms: int = 0,
+    ) -> Iterator[SyncHeld]:
         """Hold `name` for the body of a `with` (the lease is kept alive in the background
-        thread meanwhile); released, and the lease revoked, on exit."""
-        manager = self._client.lock(name, ttl_ms=ttl_ms)
-        held = self._run(manager.__aenter__())
+        thread meanwhile); released, and the lease revoked, on exit. As `Client.lock`."""
+        manager = self._client.lock(
+            name,
+            ttl_ms=ttl_ms,
+            timeout_s=timeout_s,
+            max_holders=max_holders,
+            lock_delay_ms=lock_delay_ms,
+        )
+        yield from self._hold(manager)
+
+    def _hold(
+        self,
+        manager: AbstractAsyncContextManager[HeldLock]
+        | AbstractAsyncContextManager[HeldLeadership],
+    ) -> Iterator[SyncHeld]:
+        async def enter() -> SyncHeld:
+            held = await manager.__aenter__()
+            sync = SyncHeld(held)
+            held.add_lost_callback(sync._on_lost)  # registered on the loop, as it must be
+            return sync
+
+        sync = self._run(enter())
         try:
-            yield held
+            yield sync
         except BaseException as exc:
             if not self._run(manager.__aexit__(type(exc), exc, exc.__traceback__)):
                 raise
@@ -167,8 +245,19 @@ class SyncClient:
 
     # --- elections -----------------------------------------------------------------------------
 
-    def campaign(self, election: str, lease: int, value: bytes) -> Leadership:
-        return self._run(self._client.campaign(election, lease, value))
+    def campaign(
+        self, election: str, lease: int, value: bytes, *, timeout_s: float | None = None
+    ) -> Leadership:
+        return self._run(self._client.campaign(election, lease, value, timeout_s=timeout_s))
+
+    @contextlib.contextmanager
+    def leadership(
+        self, election: str, value: bytes, *, ttl_ms: int = 10_000, timeout_s: float | None = None
+    ) -> Iterator[SyncHeld]:
+        """Lead `election` for the body of a `with`; resigns on exit. As
+        `Client.leadership`."""
+        manager = self._client.leadership(election, value, ttl_ms=ttl_ms, timeout_s=timeout_s)
+        yield from self._hold(manager)
 
     def proclaim(self, leadership: Leadership, value: bytes) -> Leadership:
         return self._run(self._client.proclaim(leadership, value))
