@@ -196,18 +196,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             start(p, procs, root)
         asyncio.run(demo(procs, root))
         if args.keep:
+            kept = True
             eps = ",".join(p.client for p in procs)
             print("cluster running; point concordctl at it with:")
             print(f"  export CONCORD_ENDPOINTS={eps}")
             print(f"  export CONCORD_TLS_DIR={root / 'client'}")
             print(f"  {_concordctl()} member list")
             print("Ctrl-C (or SIGTERM) stops it", flush=True)
-            kept = True
             while True:
                 signal.pause()
     except KeyboardInterrupt as why:
         if not kept:
-            print(f"interrupted ({why or 'SIGINT'}); stopping the members", file=sys.stderr)
+            print(f"interrupted ({str(why) or 'SIGINT'}); stopping the members", file=sys.stderr)
             code = EXIT_INTERRUPTED
     except ConcordError as err:
         print(f"demo failed: {err} (member logs are in {root})", file=sys.stderr)
