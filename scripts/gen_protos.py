@@ -1,9 +1,9 @@
 """Generate the protobuf and gRPC modules for coordinator/api from the .proto sources.
 
 Run by the build: `make` targets call it before anything imports the API, and the hatch
-build hook (hatch_build.py) calls it when a wheel is built. Output is written beside each
-.proto (`*_pb2.py`, `*_pb2.pyi`, `*_pb2_grpc.py`), ignored by git, and regenerated only when
-a .proto is newer than its outputs, so repeated runs are free.
+build hook (hatch_build.py) calls it when a wheel or an editable install is built. Output is
+written beside each .proto (`*_pb2.py`, `*_pb2.pyi`, `*_pb2_grpc.py`), ignored by git, and
+regenerated only when a .proto is newer than its outputs, so repeated runs are free.
 """
 
 from __future__ import annotations

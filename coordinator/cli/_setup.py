@@ -69,6 +69,23 @@ def _host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def write_cluster_tls(
+    directory: Path, cluster_id: str, members: int, *, dns: list[str], ips: list[str]
+) -> None:
+    """The CA, member I's TLS dir (member-I/tls, its certificate bound to member id I) and a
+    client certificate (client/), as `cluster init` lays them out; `make run`'s demo cluster
+    uses the same, so that it runs with mutual TLS as a real one does."""
+    ca = create_ca(cluster_id)
+    write_ca(directory, ca)
+    for i in range(1, members + 1):
+        cert = issue_member_cert(ca, f"member-{i}", dns, ips, member_id=i)
+        write_member_tls(directory / f"member-{i}" / "tls", ca.cert_pem, cert)
+    client = issue_client_cert(ca, "concordctl")
+    write_pem(directory / "client" / CA_FILE, ca.cert_pem)
+    write_pem(directory / "client" / CLIENT_KEY_FILE, client.key_pem)
+    write_pem(directory / "client" / CLIENT_CERT_FILE, client.cert_pem)
+
+
 @click.command(name="init")
 @click.option(
     "--dir",
@@ -125,15 +142,7 @@ def cluster_init(
     ips = [host] if _is_ip(host) else []
     dns = [*dns_names, *([] if ips else [host])]
     try:
-        ca = create_ca(cid)
-        write_ca(directory, ca)
-        for i in range(1, members + 1):
-            cert = issue_member_cert(ca, f"member-{i}", dns, ips, member_id=i)
-            write_member_tls(directory / f"member-{i}" / "tls", ca.cert_pem, cert)
-        client = issue_client_cert(ca, "concordctl")
-        write_pem(directory / "client" / CA_FILE, ca.cert_pem)
-        write_pem(directory / "client" / CLIENT_KEY_FILE, client.key_pem)
-        write_pem(directory / "client" / CLIENT_CERT_FILE, client.cert_pem)
+        write_cluster_tls(directory, cid, members, dns=dns, ips=ips)
     except (OSError, TlsError, ValueError) as err:
         fail(f"cannot create the cluster files in {directory}: {err}")
 

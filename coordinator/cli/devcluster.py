@@ -1,9 +1,14 @@
 """`make run`: a local 3-member Concord cluster on loopback, and a short demo against it.
 
-Starts three `concord-coordinator` processes (data under `.run/` in the working directory,
-reused across runs), waits for a leader, then shows a lock with its fencing token, a
-sequence, a compare-and-swap, and a leader failover through the client library. With
-`--keep` the cluster stays up until Ctrl-C; either way every process is stopped cleanly.
+Makes a CA and certificates the way `concordctl cluster init` does (under `.run/` in the
+working directory, made afresh each run), starts three `concord-coordinator` processes with
+mutual TLS, as a real cluster runs, waits for a leader, then shows a lock with its fencing
+token, a sequence, a compare-and-swap, and a leader failover through the client library.
+With `--keep` the cluster stays up, and says how to point concordctl at it, until Ctrl-C.
+
+Every way this process is asked to end (SIGINT, SIGTERM from a supervisor or `kill`, SIGHUP
+from a closed terminal) stops the three members before it exits: members left running would
+hold their ports and data dirs with nobody to stop them. Only SIGKILL cannot be caught.
 """
 
 from __future__ import annotations
@@ -23,6 +28,25 @@ from pathlib import Path
 
 from coordinator.client import Client, ConcordError
 
+from ._common import EXIT_INTERRUPTED, Ctx
+from ._setup import write_cluster_tls
+
+CLUSTER_ID = "concord-dev"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal arrived. A KeyboardInterrupt, so that asyncio.run cancels the demo and
+    unwinds through it as it does for Ctrl-C, into the `finally` that stops the members."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise Interrupted(signum)
+
 
 @dataclass
 class Proc:
@@ -31,6 +55,7 @@ class Proc:
     peer: str
     metrics: str
     data_dir: Path
+    tls_dir: Path
     popen: subprocess.Popen[bytes] | None = None
 
 
@@ -47,7 +72,8 @@ def plan(root: Path) -> list[Proc]:
             f"127.0.0.1:{free_port()}",
             f"127.0.0.1:{free_port()}",
             f"127.0.0.1:{free_port()}",
-            root / f"member-{i}",
+            root / f"member-{i}" / "data",
+            root / f"member-{i}" / "tls",
         )
         for i in (1, 2, 3)
     ]
@@ -76,8 +102,9 @@ def start(p: Proc, procs: Sequence[Proc], log_dir: Path) -> None:
             "--initial-cluster",
             initial,
             "--cluster-id",
-            "concord-dev",
-            "--insecure",
+            CLUSTER_ID,
+            "--tls-dir",
+            str(p.tls_dir),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -95,9 +122,10 @@ def stop(p: Proc) -> None:
         p.popen.wait()
 
 
-async def demo(procs: list[Proc]) -> None:
+async def demo(procs: list[Proc], root: Path) -> None:
     endpoints = [p.client for p in procs]
-    async with Client(endpoints, timeout_s=20) as c:
+    credentials = Ctx(endpoints, "table", 20, root / "client").credentials()
+    async with Client(endpoints, credentials=credentials, timeout_s=20) as c:
         st = await c.status()
         for _ in range(200):  # members start in parallel; the first election takes a moment
             if st.leader:
@@ -130,42 +158,68 @@ async def demo(procs: list[Proc]) -> None:
         print(f"  after failover ({time.perf_counter() - t0:.2f} s): next -> {nxt}")
         kv = await c.get(b"config")
         print(f"  config = {kv.value.decode() if kv else None} (nothing acknowledged lost)")
-        start(leader, procs, leader.data_dir.parent)
+        start(leader, procs, root)
         print(f"  member {leader.id} restarted from its data dir")
+
+
+def _concordctl() -> str:
+    """How to run concordctl: by its full path when it is not on PATH (`make run` uses the
+    venv's python without activating the venv), so the printed lines work when pasted."""
+    beside = Path(sys.executable).parent / "concordctl"
+    on_path = shutil.which("concordctl")
+    if on_path is not None or not beside.exists():
+        return "concordctl"
+    return str(beside)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m coordinator.cli.devcluster")
-    ap.add_argument("--dir", default=".run", help="where member data and logs live")
+    ap.add_argument("--dir", default=".run", help="where certificates, data and logs live")
     ap.add_argument("--keep", action="store_true", help="keep the cluster up until Ctrl-C")
     args = ap.parse_args(argv)
     root = Path(args.dir).resolve()
-    if root.exists():
-        shutil.rmtree(root)  # ports are fresh each run, so the old membership is useless
-    root.mkdir(parents=True)
-    procs = plan(root)
-    print(f"Concord: starting 3 members on loopback (data and logs in {root})")
+    # From here on, any stop signal unwinds into the `finally` below.
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _interrupt)
+    procs: list[Proc] = []
+    code = 0
+    kept = False  # the demo is done and --keep waits for a signal: the normal way to end
     try:
+        if root.exists():
+            shutil.rmtree(root)  # ports and CA are fresh each run: the old cluster is useless
+        root.mkdir(parents=True)
+        write_cluster_tls(root, CLUSTER_ID, 3, dns=[], ips=["127.0.0.1"])
+        print(f"Concord: starting 3 members on loopback (data and logs in {root})")
+        print(f"  mutual TLS: CA in {root}, client certificate in {root / 'client'}")
+        procs = plan(root)
         for p in procs:
             start(p, procs, root)
-        asyncio.run(demo(procs))
+        asyncio.run(demo(procs, root))
         if args.keep:
+            kept = True
             eps = ",".join(p.client for p in procs)
-            print(f"cluster running; try: CONCORD_ENDPOINTS={eps} concordctl member list")
-            print("Ctrl-C stops it")
-            stop_signals = {signal.SIGINT, signal.SIGTERM}
-            signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
-            signal.sigwait(stop_signals)
-    except KeyboardInterrupt:
-        pass
+            print("cluster running; point concordctl at it with:")
+            print(f"  export CONCORD_ENDPOINTS={eps}")
+            print(f"  export CONCORD_TLS_DIR={root / 'client'}")
+            print(f"  {_concordctl()} member list")
+            print("Ctrl-C (or SIGTERM) stops it", flush=True)
+            while True:
+                signal.pause()
+    except KeyboardInterrupt as why:
+        if not kept:
+            print(f"interrupted ({str(why) or 'SIGINT'}); stopping the members", file=sys.stderr)
+            code = EXIT_INTERRUPTED
     except ConcordError as err:
         print(f"demo failed: {err} (member logs are in {root})", file=sys.stderr)
-        return 1
+        code = 1
     finally:
+        # A second signal must not cut the clean-up short and leave members behind.
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
         for p in procs:
             stop(p)
-        print("all members stopped")
-    return 0
+        print("all members stopped", flush=True)
+    return code
 
 
 if __name__ == "__main__":

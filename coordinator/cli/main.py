@@ -260,17 +260,22 @@ def watch(ctx: Ctx, key: str, prefix: bool, start_revision: int | None, limit: i
             if limit is not None and seen >= limit:
                 return
 
-    async def until_interrupted(c: Client) -> None:
+    async def until_interrupted(c: Client) -> bool:
         with interrupts() as stop:
             task = asyncio.ensure_future(follow(c))
             if not await wait_first(task, stop):
                 task.cancel()  # Ctrl-C: the normal way to end a watch
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-                return
+                return True
             task.result()
+            return False
 
-    run(ctx, until_interrupted)
+    if run(ctx, until_interrupted):
+        # Ended by Ctrl-C or SIGTERM, not by --limit: say so in the status, as the README's
+        # exit codes promise (a script can tell a watch that saw all it asked for from one
+        # that was stopped), but quietly: it is the normal way to end a watch.
+        sys.exit(EXIT_INTERRUPTED)
 
 
 # --- leases ---------------------------------------------------------------------------------

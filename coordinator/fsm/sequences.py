@@ -89,8 +89,8 @@ class SequenceTable:
         seq = self._sequences.get(name)
         if seq is None:
             raise not_found(
-                f"sequence {name!r} does not exist: create it first (SequenceCreate with its "
-                "start and increment); sequences are never created implicitly"
+                f"sequence {name!r} does not exist: create it first (`concordctl seq create "
+                f"{name} [--start N] [--increment N]`); sequences are never created implicitly"
             )
         return seq
 

@@ -857,8 +857,8 @@ class Member:
                     where = cfg.unlock_key_file or "(no --unlock-key-file given)"
                     log.warning(
                         "LOCKED: %s is autolocked and there is no unlock key in %s; serving "
-                        "/healthz and the client API's Unlock only, until the key is provided "
-                        "there or through `concordctl unlock`",
+                        "/healthz and unlocking only, until the key is provided there or "
+                        "through `concordctl unlock`",
                         cfg.data_dir,
                         where,
                     )

@@ -152,7 +152,8 @@ class ClusterService(Servicer):
             raise ServiceError(
                 Code.FAILED_PRECONDITION,
                 f"member {member} is the leader and cannot remove itself: transfer leadership "
-                "to another voter first (TransferLeader), then remove it through the new leader",
+                "to another voter first (`concordctl member transfer ID`), then remove it "
+                "through the new leader",
             )
         if member not in conf.voters and member not in conf.learners and not listed:
             raise ServiceError(
@@ -205,7 +206,7 @@ class ClusterService(Servicer):
             raise unavailable(
                 f"leadership did not move to member {target} within {bound_s:.1f} s (Raft gives "
                 "up when the target does not catch up within an election timeout); check that "
-                f"it is reachable and caught up (MemberList), then retry"
+                "it is reachable and caught up (`concordctl member list`), then retry"
             ) from None
         return pb.MemberChangeResponse(header=core.header())
 

@@ -70,15 +70,15 @@ class ElectionService(Servicer):
             raise ServiceError(
                 Code.FAILED_PRECONDITION,
                 f"the leadership of election {name!r} with token {key.fencing_token} is over "
-                f"(lease {lease} now leads with token {current.token}); {what} with the key "
-                "the latest Campaign returned",
+                f"(lease {lease} now leads with token {current.token}); {what} with the "
+                "leadership the latest campaign returned (`concordctl elect` holds its own)",
             )
         return name, lease
 
     @unary
     async def Proclaim(self, request: pb.ProclaimRequest, call: Call) -> pb.ProclaimResponse:
         if not request.HasField("leader"):
-            raise invalid("leader is unset: pass the LeaderKey that Campaign returned")
+            raise invalid("leader is unset: pass the leadership that a campaign returned")
         name, lease = self._leader_key(request.leader, "proclaim")
         cmd = Proclaim(name, lease, v.value(request.value))
         applied = await self.core.propose(cmd, v.session(request.session))
@@ -88,7 +88,7 @@ class ElectionService(Servicer):
     @unary
     async def Resign(self, request: pb.ResignRequest, call: Call) -> pb.ResignResponse:
         if not request.HasField("leader"):
-            raise invalid("leader is unset: pass the LeaderKey that Campaign returned")
+            raise invalid("leader is unset: pass the leadership that a campaign returned")
         name, lease = self._leader_key(request.leader, "resign")
         applied = await self.core.propose(Resign(name, lease), v.session(request.session))
         res = self.core.expect(applied, ReleaseResult)

@@ -58,7 +58,8 @@ class LockService(Servicer):
         name = v.name(request.name, "lock")
         if request.fencing_token == 0:
             raise invalid(
-                "fencing_token is 0, which no grant ever has: pass the token a Lock returned"
+                "fencing_token is 0, which no grant ever has: pass the token the lock was granted "
+                "with (`concordctl lock` gives it to its command as CONCORD_FENCING_TOKEN)"
             )
         await self.core.read(False)
         return pb.CheckFenceResponse(

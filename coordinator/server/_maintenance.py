@@ -96,8 +96,8 @@ class MemberKeys(Protocol):
 def locked_error(member: int) -> ServiceError:
     return unavailable(
         f"member is locked: run concordctl unlock (member {member} has autolock on and is "
-        "waiting for its unlock key; until it gets it, it answers only Unlock and "
-        "AutolockStatus)",
+        "waiting for its unlock key; until it gets it, it answers only `concordctl unlock` and "
+        "`concordctl cluster autolock status`)",
         ((LOCKED_METADATA_KEY, str(member)),),
     )
 

@@ -82,7 +82,10 @@ def name(n: str, what: str) -> str:
 
 def lease_id(v: int, what: str = "lease", *, required: bool = True) -> int:
     if v == 0 and required:
-        raise invalid(f"{what} is 0: this needs a lease; grant one (Lease.Grant) and pass its id")
+        raise invalid(
+            f"{what} is 0: this needs a lease; grant one (`concordctl lease grant TTL`) and "
+            "pass its id"
+        )
     if v > I64_MAX:
         raise invalid(f"{what} {v} is out of range: lease ids are 1..{I64_MAX}")
     return v

@@ -411,8 +411,9 @@ def check_data_dir(data_dir: Path) -> None:
     """Raise unless `data_dir` is an initialised data directory of our format version."""
     if not data_dir.exists():
         raise NotInitializedError(
-            f"data dir {data_dir} does not exist; initialise it with `concordctl init` "
-            "(KeyStore.create)"
+            f"data dir {data_dir} does not exist; check the path (a member creates its data "
+            "dir on its first start: `concord-coordinator --data-dir DIR ...`, as `concordctl "
+            "cluster init` prints; `concordctl snapshot restore` builds one from a backup)"
         )
     if not data_dir.is_dir():
         raise NotInitializedError(f"data dir {data_dir} is not a directory")
@@ -421,8 +422,9 @@ def check_data_dir(data_dir: Path) -> None:
         text = marker.read_text(encoding="ascii", errors="replace").strip()
     except FileNotFoundError:
         raise NotInitializedError(
-            f"{data_dir} is not a Concord data dir (no {FORMAT_FILE} file); initialise it "
-            "with `concordctl init` (KeyStore.create)"
+            f"{data_dir} is not a Concord data dir (no {FORMAT_FILE} file); give a member's "
+            "--data-dir (a member creates it on its first start: `concord-coordinator "
+            "--data-dir DIR ...`)"
         ) from None
     word, _, version = text.partition(" ")
     if word != _FORMAT_WORD or not version.isdigit():

@@ -268,7 +268,8 @@ class DiskWal:
         wal_dir = keys.data_dir / WAL_DIR
         if not wal_dir.is_dir():
             raise NotInitializedError(
-                f"{keys.data_dir} has no WAL ({wal_dir} is missing); create one with DiskWal.create"
+                f"{keys.data_dir} has no WAL ({wal_dir} is missing): not a member's data dir, or "
+                "one whose first start did not finish"
             )
         lock_fd = _lock(wal_dir)
         wal = cls(keys, lock_fd, segment_bytes, logger or _log)

@@ -924,6 +924,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--mutant", help="run a deliberately broken variant (see mutants.py)")
     ap.add_argument("--workers", type=int, default=0, help="processes (default: all cores)")
     ap.add_argument("--json", help="write per-seed results as JSON lines to this file")
+    ap.add_argument(
+        "--progress-s",
+        type=float,
+        default=5.0,
+        help="print seeds done / total and violations so far this often (0: never)",
+    )
     args = ap.parse_args(argv)
 
     if args.seed is not None:
@@ -938,7 +944,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     seeds = [(s, args.voters, args.mutant) for s in range(args.first, args.first + args.seeds)]
     workers = args.workers or multiprocessing.cpu_count()
+    last = args.first + args.seeds - 1
+    print(f"sim: seeds {args.first}..{last} on {workers} workers", flush=True)
+    if args.mutant is not None:
+        print(
+            f"sim: mutant {args.mutant} is broken on purpose: its violations are expected "
+            "catches (the simulator working), not bugs",
+            flush=True,
+        )
     started = time.perf_counter()
+    shown = started
     results: list[SimResult] = []
     out = open(args.json, "w") if args.json else None  # noqa: SIM115
     try:
@@ -948,15 +963,32 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if out is not None:
                     out.write(json.dumps(asdict(res)) + "\n")
                 if not res.ok:
-                    print(f"FAIL seed {res.seed}: {res.failure}", flush=True)
+                    what = "FAIL" if args.mutant is None else "expected catch of the mutant:"
+                    print(f"{what} seed {res.seed}: {res.failure}", flush=True)
                     print(f"  options: {res.options}", flush=True)
                     print(f"  reproduce: {repro_command(res.seed, args.voters, args.mutant)}")
+                # Thousands of seeds take minutes: say how far along it is, so that a long
+                # run is visibly alive and a violation is seen before the summary.
+                now = time.perf_counter()
+                if args.progress_s > 0 and now - shown >= args.progress_s:
+                    shown = now
+                    print(progress_line(results, len(seeds), now - started), flush=True)
     finally:
         if out is not None:
             out.close()
     elapsed = time.perf_counter() - started
     print_summary(results, elapsed, workers)
     return 0 if all(r.ok for r in results) else 1
+
+
+def progress_line(results: Sequence[SimResult], total: int, elapsed_s: float) -> str:
+    done = len(results)
+    violations = sum(not r.ok for r in results)
+    left_s = elapsed_s / done * (total - done) if done else 0.0
+    return (
+        f"sim progress: {done}/{total} seeds, violations={violations}, "
+        f"{elapsed_s:.0f} s, ~{left_s:.0f} s left"
+    )
 
 
 def print_summary(results: list[SimResult], elapsed_s: float, workers: int) -> None:

@@ -203,7 +203,13 @@ def test_membership_add_promote_remove_transfer(cluster: ThreadedCluster) -> Non
     assert cluster.leader_id() == target
 
 
-def test_watch_streams_until_ctrl_c(cluster: ThreadedCluster) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_watch_streams_until_ctrl_c_and_exits_130(
+    cluster: ThreadedCluster, sig: signal.Signals
+) -> None:
+    """A real concordctl process and a real signal: Ctrl-C (or a SIGTERM from a supervisor)
+    ends the watch quietly with 130, the README's "interrupted", not 0 (which `--limit`
+    reaching its count returns)."""
     with SyncClient(cluster.endpoints) as client:
         start = client.put(b"not-live", b"") + 1  # so no event can slip by the watch's start
     eps = ",".join(cluster.endpoints)
@@ -224,9 +230,9 @@ def test_watch_streams_until_ctrl_c(cluster: ThreadedCluster) -> None:
             rev = client.put(b"live/x", b"42")
             line = proc.stdout.readline().split()
             assert line[1:] == ["put", "live/x", "42"] and int(line[0]) == rev
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         out, err = proc.communicate(timeout=20)
-        assert proc.returncode == 0, err
+        assert proc.returncode == 130, err
         assert out == "" and err == ""
     finally:
         killer.cancel()

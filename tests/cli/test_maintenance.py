@@ -69,6 +69,8 @@ def test_autolock_on_restart_locked_unlock_and_off(tmp_path: Path) -> None:
         res = concordctl(ep, "get", "a")
         assert res.exit_code == 1
         assert "UNAVAILABLE: member is locked: run concordctl unlock" in res.stderr
+        # What it still answers is named as commands a person can type, not as RPCs.
+        assert "`concordctl cluster autolock status`" in res.stderr
         res = concordctl(ep, "cluster", "rotate-unlock-key")
         assert res.exit_code == 1 and "member is locked" in res.stderr
         res = concordctl(ep, "cluster", "rotate-data-key")

@@ -105,7 +105,9 @@ def test_add_learner_promote_remove_and_transfer(tmp_path: Path) -> None:
         # The leader will not remove itself; another member goes, from Raft and the directory.
         err = await rpc_error(cluster.MemberRemove(pb.MemberIdRequest(id=leader.id)))
         assert err.code() is grpc.StatusCode.FAILED_PRECONDITION
-        assert "transfer leadership" in err.details()
+        assert "transfer leadership to another voter first (`concordctl member transfer ID`)" in (
+            err.details()
+        )
         await cluster.MemberRemove(pb.MemberIdRequest(id=4))
         await c.stop(4)
         listed = await cluster.MemberList(pb.MemberListRequest())

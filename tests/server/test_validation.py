@@ -229,7 +229,7 @@ def cases(c: Client, lease: int) -> list[Case]:
             "lock without lease",
             lambda: lk.Lock(pb.LockRequest(name="x")),
             INV,
-            "lease is 0: this needs a lease",
+            "lease is 0: this needs a lease; grant one (`concordctl lease grant TTL`)",
         ),
         (
             "lock unknown lease",
@@ -259,7 +259,7 @@ def cases(c: Client, lease: int) -> list[Case]:
             "check fence token 0",
             lambda: lk.CheckFence(pb.CheckFenceRequest(name="x")),
             INV,
-            "fencing_token is 0",
+            "fencing_token is 0, which no grant ever has: pass the token the lock was granted with",
         ),
         (
             "check fence empty name",
@@ -298,7 +298,7 @@ def cases(c: Client, lease: int) -> list[Case]:
             "proclaim without leader key",
             lambda: el.Proclaim(pb.ProclaimRequest(value=b"v")),
             INV,
-            "leader is unset",
+            "leader is unset: pass the leadership that a campaign returned",
         ),
         (
             "proclaim by a non-leader",
@@ -353,7 +353,7 @@ def cases(c: Client, lease: int) -> list[Case]:
             "next of unknown",
             lambda: sq.Next(pb.SequenceNextRequest(name="nope")),
             NF,
-            "create it first",
+            "create it first (`concordctl seq create nope [--start N] [--increment N]`)",
         ),
         (
             "next too many",

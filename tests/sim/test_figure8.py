@@ -164,6 +164,6 @@ def test_real_core_survives_figure_8() -> None:
     assert c.checker.applied[2].term == 2  # X was never applied: it was never committed
 
 
-def test_counting_old_term_replicas_is_caught() -> None:
+def test_mutant_counting_old_term_replicas_is_an_expected_catch() -> None:
     with pytest.raises(Violation, match=r"leader completeness|state machine safety"):
         play_figure8(MUTANTS["commit_prior_term"].node_factory)

@@ -6,11 +6,16 @@ the properties of the simulator itself, each reproducible by the command it prin
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from coordinator.raft import Message
 from coordinator.testing.mutants import MUTANTS
 from coordinator.testing.sim import SimOptions, Simulator, repro_command, run_seed
+
+SIM = [sys.executable, "-m", "coordinator.testing.sim"]
 
 
 @pytest.mark.parametrize("voters", [3, 5, 7])
@@ -84,14 +89,19 @@ SEED_BUDGET = {
 }
 
 
-@pytest.mark.parametrize("mutant", sorted(SEED_BUDGET))
+# The test ids and the lines printed say "expected catch": a reader of the test output sees a
+# violation report that is the point of the test (the mutant is broken on purpose), not a bug.
+@pytest.mark.parametrize("mutant", sorted(SEED_BUDGET), ids=lambda m: f"{m}-expected-catch")
 def test_mutant_is_caught(mutant: str, capsys: pytest.CaptureFixture[str]) -> None:
     for seed in range(1, SEED_BUDGET[mutant] + 1):
         res = run_seed(seed, mutant=mutant)
         if not res.ok:
             with capsys.disabled():
-                print(f"\n{mutant}: caught by seed {seed}: {res.failure[:160]}")
-                print(f"  reproduce: {repro_command(seed, None, mutant)}")
+                print(
+                    f"\nexpected catch: the mutant {mutant} (broken on purpose) was caught by "
+                    f"seed {seed}: {res.failure[:160]}"
+                )
+                print(f"  reproduce the catch: {repro_command(seed, None, mutant)}")
             return
     pytest.fail(f"mutant {mutant} survived {SEED_BUDGET[mutant]} seeds")
 
@@ -99,3 +109,29 @@ def test_mutant_is_caught(mutant: str, capsys: pytest.CaptureFixture[str]) -> No
 def test_every_mutant_has_a_test() -> None:
     scripted = {"commit_prior_term"}
     assert set(MUTANTS) == set(SEED_BUDGET) | scripted
+
+
+def test_a_long_run_prints_progress_and_a_mutant_run_says_its_catches_are_expected() -> None:
+    """`make sim` runs thousands of seeds for minutes: it says how far along it is (here
+    after every seed, with --progress-s tiny) and, for a mutant, that its violations are
+    expected catches. A real process, as `make sim` runs it."""
+    out = subprocess.run(
+        [*SIM, "--seeds", "6", "--workers", "1", "--progress-s", "1e-6", "--mutant", "no_sessions"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    lines = out.stdout.splitlines()
+    assert lines[0] == "sim: seeds 1..6 on 1 workers"
+    assert (
+        "mutant no_sessions is broken on purpose: its violations are expected catches" in (lines[1])
+    )
+    progress = [line for line in lines if line.startswith("sim progress: ")]
+    assert [p.split(" seeds,")[0] for p in progress] == [
+        f"sim progress: {n}/6" for n in range(1, 7)
+    ]
+    caught = [line for line in lines if line.startswith("expected catch of the mutant: seed ")]
+    assert progress[-1].split(", ")[1] == f"violations={len(caught)}"
+    assert not any(line.startswith("FAIL") for line in lines)
+    assert "sim summary: seeds=6 " in out.stdout

@@ -274,13 +274,19 @@ def test_a_crash_mid_enable_autolock_leaves_no_kek_behind(tmp_path: Path) -> Non
 
 
 def test_opening_a_directory_that_does_not_exist(tmp_path: Path) -> None:
-    with pytest.raises(NotInitializedError, match="does not exist"):
+    with pytest.raises(NotInitializedError, match="does not exist") as err:
         KeyStore.open(tmp_path / "nope")
+    # It names what a person can run (there is no `concordctl init`).
+    assert "concordctl init" not in str(err.value)
+    assert "`concord-coordinator --data-dir DIR ...`" in str(err.value)
 
 
 def test_opening_a_directory_that_is_not_a_data_dir(tmp_path: Path) -> None:
-    with pytest.raises(NotInitializedError, match="no FORMAT file"):
+    with pytest.raises(NotInitializedError, match="no FORMAT file") as err:
         KeyStore.open(tmp_path)
+    assert "concordctl init" not in str(err.value) and "give a member's --data-dir" in str(
+        err.value
+    )
     (tmp_path / "file").write_text("x")
     with pytest.raises(NotInitializedError, match="not a directory"):
         KeyStore.open(tmp_path / "file")
