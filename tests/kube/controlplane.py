@@ -101,7 +101,10 @@ def locate_binaries() -> tuple[Path | None, str]:
         bin_dir = Path(override)
         missing = [b for b in KUBE_BINARIES if not os.access(bin_dir / b, os.X_OK)]
         if missing:
-            return None, f"CONCORD_KUBE_BIN={override} lacks {', '.join(missing)}"
+            return None, (
+                f"CONCORD_KUBE_BIN={override} lacks {', '.join(missing)} (unset it to use "
+                "the pinned build from `make kube-tools`)"
+            )
         return bin_dir, ""
     check = subprocess.run(
         ["bash", str(BUILD_SCRIPT), "--check"],
