@@ -355,9 +355,6 @@ class Component:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
-        # Whatever it left in its group (nothing, for these Go binaries) goes too.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(p.pid, signal.SIGKILL)
 
 
 @dataclass
@@ -448,6 +445,36 @@ class ControlPlane:
         # their short names or the `concord` category.
         shutil.rmtree(self.root / "kubectl-cache", ignore_errors=True)
 
+    def service_account_kubeconfig(
+        self, namespace: str, name: str, *, duration: str = "1h"
+    ) -> Path:
+        """A kubeconfig that authenticates as ServiceAccount `namespace/name` with a bound
+        token from the TokenRequest API (as a pod's projected token does), for testing what
+        RBAC lets a component do. Works on an existing cluster too."""
+        token = self.kubectl(
+            "create", "token", name, "-n", namespace, f"--duration={duration}"
+        ).stdout.strip()
+        view = self.kubectl_json("config", "view", "--raw", "--minify")
+        clusters = view["clusters"]
+        assert isinstance(clusters, list)
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "cluster", "cluster": clusters[0]["cluster"]}],
+            "users": [{"name": name, "user": {"token": token}}],
+            "contexts": [
+                {
+                    "name": "sa",
+                    "context": {"cluster": "cluster", "user": name, "namespace": namespace},
+                }
+            ],
+            "current-context": "sa",
+        }
+        path = self.root / f"sa-{namespace}-{name}.kubeconfig"
+        path.write_text(json.dumps(config, indent=2) + "\n")
+        path.chmod(0o600)
+        return path
+
     def rss_mib(self) -> dict[str, float | None]:
         """RSS of each component now (empty for an existing cluster)."""
         return {c.name: c.rss_mib() for c in self.components}
@@ -477,7 +504,7 @@ class ControlPlane:
 # --- readiness ----------------------------------------------------------------------------------
 
 
-def _https_status(url: str, context: ssl.SSLContext) -> int | None:
+def _http_status(url: str, context: ssl.SSLContext) -> int | None:
     """The status of GET `url`, or None when nothing answers yet."""
     try:
         with urllib.request.urlopen(url, context=context, timeout=5) as response:
@@ -673,7 +700,7 @@ def start_control_plane(
         plane.components.append(etcd)
         etcd.start()
         _wait(
-            lambda: _https_status(f"{etcd_url}/health", anon_ctx) == 200,
+            lambda: _http_status(f"{etcd_url}/health", anon_ctx) == 200,
             "etcd /health",
             deadline,
             plane,
@@ -682,7 +709,7 @@ def start_control_plane(
         plane.components.append(apiserver)
         apiserver.start()
         _wait(
-            lambda: _https_status(f"{server}/readyz", admin_ctx) == 200,
+            lambda: _http_status(f"{server}/readyz", admin_ctx) == 200,
             "kube-apiserver /readyz",
             deadline,
             plane,
@@ -695,7 +722,7 @@ def start_control_plane(
         plane.components.append(scheduler)
         scheduler.start()
         _wait(
-            lambda: _https_status(f"https://127.0.0.1:{sched_port}/readyz", anon_ctx) == 200,
+            lambda: _http_status(f"https://127.0.0.1:{sched_port}/readyz", anon_ctx) == 200,
             "kube-scheduler /readyz",
             deadline,
             plane,
