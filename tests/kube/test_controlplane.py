@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
-from tests.kube.controlplane import ControlPlane
+from tests.kube.controlplane import ControlPlane, ControlPlaneError, start_control_plane
 
 pytestmark = pytest.mark.kube
 
@@ -172,3 +173,36 @@ def test_garbage_collector_deletes_what_an_owner_owned(
     # collector removes the child afterwards.
     control_plane.kubectl("delete", "-n", kube_namespace, owner_kind, "owner", "--wait=true")
     control_plane.kubectl("wait", "-n", kube_namespace, "--for=delete", WAIT, child_ref)
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """PIDs whose command line mentions `text` (here: a private temporary directory)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        if text.encode() in cmdline:
+            found.append(int(proc.name))
+    return found
+
+
+def test_a_failed_start_leaves_no_process_behind(kube_bin_dir: Path, tmp_path: Path) -> None:
+    """etcd starts, the apiserver dies at once: the error names it and quotes its log, and
+    etcd is stopped before the error reaches the caller."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "etcd").symlink_to(kube_bin_dir / "etcd")
+    broken = bin_dir / "kube-apiserver"
+    broken.write_text('#!/bin/sh\necho "Error: unknown flag: --bogus" >&2\nexit 1\n')
+    broken.chmod(0o755)
+    root = tmp_path / "plane"
+    with pytest.raises(ControlPlaneError) as failed:
+        start_control_plane(bin_dir, root, crd_dir=None, timeout_s=60)
+    assert "kube-apiserver exited with 1" in str(failed.value)
+    assert "unknown flag: --bogus" in str(failed.value)
+    assert (root / "etcd.log").exists()  # etcd did start
+    assert _processes_mentioning(str(root)) == []
