@@ -35,6 +35,7 @@ from __future__ import annotations
 import atexit
 import base64
 import contextlib
+import dataclasses
 import datetime as dt
 import ipaddress
 import json
@@ -51,6 +52,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -371,7 +373,7 @@ class ControlPlane:
     helm_path: Path | None
     bin_dir: Path | None
     root: Path
-    components: list[Component] = field(default_factory=list)
+    components: list[Component] = field(default_factory=list, repr=False)
     ready_s: float | None = None
     """Seconds from the first process start until the controllers worked."""
     existing: bool = False
@@ -409,13 +411,18 @@ class ControlPlane:
             )
         return done
 
-    def kubectl_json(self, *args: str) -> dict[str, object]:
-        """`kubectl get ... -o json`, parsed."""
+    def kubectl_json(self, *args: str) -> dict[str, Any]:
+        """`kubectl ... -o json`, parsed (JSON: Any inside, as the API gives it)."""
         out = self.kubectl(*args, "-o", "json").stdout
         parsed = json.loads(out)
         if not isinstance(parsed, dict):
             raise ControlPlaneError(f"kubectl {' '.join(args)} gave no JSON object")
         return parsed
+
+    def as_user(self, kubeconfig: Path) -> ControlPlane:
+        """The same cluster through another kubeconfig (e.g. service_account_kubeconfig's);
+        the view owns no process, so closing it stops nothing."""
+        return dataclasses.replace(self, kubeconfig=kubeconfig, components=[])
 
     def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """The pinned helm against this cluster."""
@@ -456,7 +463,6 @@ class ControlPlane:
         ).stdout.strip()
         view = self.kubectl_json("config", "view", "--raw", "--minify")
         clusters = view["clusters"]
-        assert isinstance(clusters, list)
         config = {
             "apiVersion": "v1",
             "kind": "Config",

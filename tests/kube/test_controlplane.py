@@ -5,9 +5,9 @@ Each test waits on a condition through `kubectl wait` (bounded), never for a fix
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.kube
 WAIT = "--timeout=90s"
 
 
-def _apply(plane: ControlPlane, namespace: str, *objects: dict[str, object]) -> None:
+def _apply(plane: ControlPlane, namespace: str, *objects: dict[str, Any]) -> None:
     plane.kubectl(
         "apply",
         "-n",
@@ -53,9 +53,9 @@ def test_rbac_is_enforced(control_plane: ControlPlane, kube_namespace: str) -> N
     authenticates it, and RBAC lets it do only what a binding grants."""
     control_plane.kubectl("create", "serviceaccount", "reader", "-n", kube_namespace)
     kubeconfig = control_plane.service_account_kubeconfig(kube_namespace, "reader")
-    plane = dataclasses.replace(control_plane, kubeconfig=kubeconfig)
+    plane = control_plane.as_user(kubeconfig)
 
-    user = plane.kubectl_json("auth", "whoami")["status"]["userInfo"]  # type: ignore[index]
+    user = plane.kubectl_json("auth", "whoami")["status"]["userInfo"]
     assert user["username"] == f"system:serviceaccount:{kube_namespace}:reader"
     assert f"system:serviceaccounts:{kube_namespace}" in user["groups"]
     denied = plane.kubectl("get", "pods", "-n", kube_namespace, check=False)
@@ -110,9 +110,7 @@ def test_statefulset_controller_creates_pods(
         "wait", "-n", kube_namespace, "--for=jsonpath={.status.replicas}=2", WAIT, "sts/web"
     )
     pod = control_plane.kubectl_json("get", "-n", kube_namespace, "pod", "web-1")
-    metadata = pod["metadata"]
-    assert isinstance(metadata, dict)
-    owners = metadata["ownerReferences"]
+    owners = pod["metadata"]["ownerReferences"]
     assert [(o["kind"], o["name"], o["controller"]) for o in owners] == [
         ("StatefulSet", "web", True)
     ]
@@ -147,26 +145,21 @@ def test_statefulset_controller_creates_pods(
 def test_garbage_collector_deletes_what_an_owner_owned(
     control_plane: ControlPlane,
     kube_namespace: str,
-    owner: dict[str, object],
-    child: dict[str, object],
+    owner: dict[str, Any],
+    child: dict[str, Any],
 ) -> None:
     _apply(control_plane, kube_namespace, owner)
-    owner_kind = str(owner["kind"]).lower()
-    got = control_plane.kubectl_json("get", "-n", kube_namespace, owner_kind, "owner")
-    metadata = got["metadata"]
-    assert isinstance(metadata, dict)
-    child_meta = child["metadata"]
-    assert isinstance(child_meta, dict)
-    child_meta["ownerReferences"] = [
-        {
-            "apiVersion": owner["apiVersion"],
-            "kind": owner["kind"],
-            "name": "owner",
-            "uid": metadata["uid"],
-        }
+    owner_kind = owner["kind"].lower()
+    uid = control_plane.kubectl_json("get", "-n", kube_namespace, owner_kind, "owner")["metadata"][
+        "uid"
     ]
+    reference = {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": "owner"}
+    child = {
+        **child,
+        "metadata": {**child["metadata"], "ownerReferences": [reference | {"uid": uid}]},
+    }
     _apply(control_plane, kube_namespace, child)
-    child_ref = f"{str(child['kind']).lower()}/child"
+    child_ref = f"{child['kind'].lower()}/child"
     control_plane.kubectl("get", "-n", kube_namespace, child_ref)  # still there
 
     # kubectl deletes with background propagation: the owner goes at once, the garbage
