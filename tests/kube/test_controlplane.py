@@ -199,3 +199,49 @@ def test_a_failed_start_leaves_no_process_behind(kube_bin_dir: Path, tmp_path: P
     assert "unknown flag: --bogus" in str(failed.value)
     assert (root / "etcd.log").exists()  # etcd did start
     assert _processes_mentioning(str(root)) == []
+
+
+def test_scheduler_binds_a_pod_to_a_node(control_plane: ControlPlane, kube_namespace: str) -> None:
+    """The scheduler places a pod on a registered Node (as the node agent will register one).
+    The node never heartbeats, so it is tainted not-ready; the pod tolerates that."""
+    if control_plane.existing:
+        pytest.skip("registers a Node object: not on a cluster that is not ours")
+    node = f"node-{kube_namespace}"
+    control_plane.kubectl(
+        "create",
+        "-f",
+        "-",
+        input=json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {"name": node, "labels": {"kubernetes.io/hostname": node}},
+                "status": {
+                    "capacity": {"cpu": "2", "memory": "4Gi", "pods": "10"},
+                    "allocatable": {"cpu": "2", "memory": "4Gi", "pods": "10"},
+                },
+            }
+        ),
+    )
+    try:
+        _apply(
+            control_plane,
+            kube_namespace,
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "p"},
+                "spec": {
+                    "nodeSelector": {"kubernetes.io/hostname": node},
+                    "tolerations": [{"operator": "Exists"}],
+                    "containers": [{"name": "c", "image": "registry.invalid/c:1"}],
+                },
+            },
+        )
+        control_plane.kubectl(
+            "wait", "-n", kube_namespace, "--for=condition=PodScheduled", WAIT, "pod/p"
+        )
+        pod = control_plane.kubectl_json("get", "-n", kube_namespace, "pod/p")
+        assert pod["spec"]["nodeName"] == node
+    finally:
+        control_plane.kubectl("delete", "node", node, "--wait=false", check=False)
