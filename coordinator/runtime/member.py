@@ -67,6 +67,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics, gene
 from coordinator.fsm import Applied, StateMachine
 from coordinator.raft import ConfState, RaftError, Snapshot, SnapshotMeta
 from coordinator.storage import (
+    DataDirLock,
     DiskWal,
     InvalidUnlockKeyError,
     KeyStore,
@@ -74,6 +75,8 @@ from coordinator.storage import (
     NotInitializedError,
     StorageError,
     WrongUnlockKeyError,
+    read_cluster_id,
+    write_cluster_id,
 )
 from coordinator.storage.crypto import FORMAT_FILE
 from coordinator.storage.wal import WAL_DIR
@@ -368,13 +371,27 @@ def config_from_args(ns: argparse.Namespace) -> MemberConfig:
             "--initial-cluster is required to bootstrap a new cluster or to restart one of its "
             "first members; to join a running cluster give --join HOST:PORT --join-token TOKEN"
         )
-    if ns.cluster_id is None:
+    try:
+        recorded = read_cluster_id(ns.data_dir)
+    except StorageError as err:
+        raise ConfigError(str(err)) from None
+    given = ns.cluster_id.strip() if ns.cluster_id is not None else None
+    if recorded is not None and given is not None and given != recorded:
+        # Checked before the process locks, listens or writes anything: nothing changes.
+        raise ConfigError(
+            f"{ns.data_dir} belongs to cluster {recorded!r}, not --cluster-id {given!r}: a "
+            "member never changes clusters. Give --cluster-id "
+            f"{recorded}, or a new --data-dir to start a member of another cluster. Nothing "
+            "was changed"
+        )
+    cluster_id = given or recorded
+    if cluster_id is None:
         raise ConfigError("--cluster-id is required (or --join, to learn it from the cluster)")
     return MemberConfig(
         id=ns.id,
         name=ns.name or f"member-{ns.id}",
         initial_cluster=parse_initial_cluster(ns.initial_cluster),
-        cluster_id=ns.cluster_id.strip(),
+        cluster_id=cluster_id,
         **common,
     )
 
@@ -566,17 +583,32 @@ class Member:
 
     async def run(self) -> int:
         cfg = self.cfg
+        # The data dir's lock comes before anything else (storage/datadir.py): a second process on
+        # this dir must not listen, answer Unlock or write a byte.
         try:
-            host, port = split_host_port(cfg.metrics_listen, "--metrics-listen")
-            self.http_port = await self.http.start(host, port)
-        except OSError as err:
-            log.error("cannot listen on %s for metrics: %s", cfg.metrics_listen, err.strerror)
+            if cfg.force_new_cluster:
+                check_force_target(cfg.data_dir)  # before locking could create the dir
+            dir_lock = DataDirLock.acquire(cfg.data_dir)
+        except StorageError as err:
+            log.error("%s", err)
             return 1
-        log.info("serving /metrics, /healthz, /readyz on %s", cfg.metrics_listen)
+        except OSError as err:
+            log.error("cannot lock the data dir %s: %s", cfg.data_dir, err.strerror or err)
+            return 1
         try:
-            return await self._run_member()
+            try:
+                host, port = split_host_port(cfg.metrics_listen, "--metrics-listen")
+                self.http_port = await self.http.start(host, port)
+            except OSError as err:
+                log.error("cannot listen on %s for metrics: %s", cfg.metrics_listen, err.strerror)
+                return 1
+            log.info("serving /metrics, /healthz, /readyz on %s", cfg.metrics_listen)
+            try:
+                return await self._run_member()
+            finally:
+                await self.http.close()
         finally:
-            await self.http.close()
+            dir_lock.release()
 
     async def _run_member(self) -> int:
         cfg = self.cfg
@@ -794,7 +826,9 @@ class Member:
             except JoinError as err:
                 raise ConfigError(str(err)) from None
             if joined is not None:
-                return _create_joined_wal(keys, joined)
+                wal = _create_joined_wal(keys, joined)
+                self._record_cluster_id()
+                return wal
             if cfg.id not in voters:
                 raise ConfigError(
                     f"{cfg.data_dir} is new and --initial-cluster does not list this member "
@@ -808,6 +842,7 @@ class Member:
                 cfg.data_dir,
                 ", ".join(str(v) for v in sorted(voters)),
             )
+        self._record_cluster_id()
         if wal.recovery is not None:
             r = wal.recovery
             log.warning(
@@ -833,6 +868,19 @@ class Member:
                 wal.close()
                 raise
         return wal
+
+    def _record_cluster_id(self) -> None:
+        """Record the cluster id in a data dir that has none yet (new, or written before ids
+        were recorded), so that a start with another --cluster-id is refused from now on."""
+        cfg = self.cfg
+        if read_cluster_id(cfg.data_dir) is None:
+            try:
+                write_cluster_id(cfg.data_dir, cfg.cluster_id)
+            except OSError as err:
+                raise StorageError(
+                    f"cannot record the cluster id in {cfg.data_dir}: {err.strerror or err}"
+                ) from None
+            log.info("recorded cluster id %r in %s", cfg.cluster_id, cfg.data_dir)
 
     async def _open_keys(self) -> KeyStore | None:
         """The key store; while it is locked, retry every UNLOCK_POLL_S with whatever
