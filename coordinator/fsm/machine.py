@@ -460,6 +460,22 @@ class StateMachine:
 
     # --- disaster recovery ---------------------------------------------------------------------
 
+    def census(self) -> dict[str, int]:
+        """How many of each kind of thing the state holds, for people (`concordctl rafttool
+        dump` summarizes a snapshot with it instead of printing the image)."""
+        return {
+            "keys": len(self._kv),
+            "leases": len(self._leases),
+            "locks": len(self._locks.names()),
+            "elections": len(self._elections.names()),
+            "sequences": len(self._sequences.names()),
+            "members": len(self._members.list()),
+            "removed_member_ids": len(self._members.removed_ids()),
+            "join_tokens": len(self._join_tokens.list()),
+            "sessions": len(self._sessions),
+            "history_events": len(self._history),
+        }
+
     def rewrite_for_recovery(self, members: Sequence[Member], removed: Iterable[int] = ()) -> None:
         """Prepare a restored or forced image for a new cluster: `members` becomes the member
         directory, the ids in `removed` (those the new cluster drops) are remembered as removed

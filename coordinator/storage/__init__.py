@@ -21,6 +21,7 @@ This package depends on the Raft core's vocabulary only; it never imports the ru
 
 from ._segment import RecordType as RecordType
 from .crypto import KeyStore as KeyStore
+from .crypto import combine_unlock_key_share_sets as combine_unlock_key_share_sets
 from .crypto import combine_unlock_key_shares as combine_unlock_key_shares
 from .crypto import format_unlock_key as format_unlock_key
 from .crypto import parse_unlock_key as parse_unlock_key
@@ -85,6 +86,7 @@ __all__ = [
     "WalMetrics",
     "WrongBackupKeyError",
     "WrongUnlockKeyError",
+    "combine_unlock_key_share_sets",
     "combine_unlock_key_shares",
     "dump",
     "format_unlock_key",

@@ -152,8 +152,13 @@ def test_init_start_autolock_restart_locked_and_unlock(
     assert res.returncode == 1 and "member is locked: run concordctl unlock" in res.stderr
     wrong = _ctl(*member2, "unlock", input=keys[1] + "\n")  # member 1's key
     assert wrong.returncode == 1 and "PERMISSION_DENIED: wrong unlock key" in wrong.stderr
-    right = _ctl(*member2, "unlock", input=keys[2] + "\n")
+    # Given every endpoint, as a person would: the two running members are fine as they are.
+    right = _ctl(*tls, "-o", "json", "unlock", input=keys[2] + "\n")
     assert right.returncode == 0, right.stderr
+    rows = {row["member"]: row for row in json.loads(right.stdout)}
+    assert rows[2]["ok"] and rows[2]["result"] == "unlocked"
+    for i in (1, 3):
+        assert rows[i]["ok"] and rows[i]["result"].startswith("already unlocked"), rows[i]
 
     def serves() -> bool:
         res = _ctl(*member2, "--timeout", "2", "get", "k", "--serializable")
