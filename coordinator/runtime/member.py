@@ -65,6 +65,7 @@ import grpc
 from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics, generate_latest
 
 from coordinator.fsm import Applied, StateMachine
+from coordinator.fsm import Member as DirectoryEntry
 from coordinator.raft import ConfState, RaftError, Snapshot, SnapshotMeta
 from coordinator.storage import (
     DataDirLock,
@@ -91,6 +92,7 @@ from .join import (
     JoinSettings,
     MemberAuthority,
     join_cluster,
+    keep_directory_entry,
     promote_when_caught_up,
     read_join_record,
     write_join_record,
@@ -461,6 +463,11 @@ def _initialised(data_dir: Path) -> bool:
     return (data_dir / FORMAT_FILE).exists() or (data_dir / WAL_DIR).exists()
 
 
+def _with_port(url: str, port: int) -> str:
+    """`url` with its port 0 replaced by `port` (the one bound), else `url` unchanged."""
+    return f"{url[:-2]}:{port}" if url.endswith(":0") and port else url
+
+
 def _dial_address(url: str) -> str:
     """'scheme://host:port' (the member table's peer_url) or 'host:port' -> 'host:port'."""
     return url.split("://", 1)[1] if "://" in url else url
@@ -696,6 +703,7 @@ class Member:
                     ),
                     name="promote",
                 )
+            parts.register_task = self._keep_directory_entry(loop, transport, tls)
             return await self._wait(parts.loop_task)
         except (ConfigError, OSError) as err:
             log.error("%s", err)
@@ -759,6 +767,8 @@ class Member:
             parts.sync_task.cancel()
         if parts.promote_task is not None:
             parts.promote_task.cancel()
+        if parts.register_task is not None:
+            parts.register_task.cancel()
         if parts.join is not None:
             await parts.join.stop(STOP_GRACE_S / 2)
         if parts.client is not None:
@@ -1025,6 +1035,34 @@ class Member:
         services: _JoinServices = make(loop, authority)
         return services
 
+    def _keep_directory_entry(
+        self, loop: MeteredRaftLoop, transport: GrpcTransport, tls: MemberTls | None
+    ) -> asyncio.Task[None] | None:
+        """List this member in the replicated member directory as it advertises itself (the
+        first members were never admitted, so only they can say their names and URLs)."""
+        cfg = self.cfg
+        if not cfg.advertise_peer_url or not cfg.advertise_client_url:
+            log.warning(
+                "not listed in the member directory: it listens on every address, so give "
+                "--advertise-peer-url and --advertise-client-url for `member list` to show it"
+            )
+            return None
+        # A listen address with port 0 (tests) advertises the port actually bound.
+        peer_url = _with_port(cfg.advertise_peer_url, self.peer_port)
+        client_url = _with_port(cfg.advertise_client_url, self.client_port)
+        me = DirectoryEntry(cfg.id, cfg.name, peer_url, client_url)
+        return asyncio.create_task(
+            keep_directory_entry(
+                me,
+                loop.status,
+                loop.fsm.members,
+                loop.propose,
+                peers=transport.peers,
+                credentials=member_channel_credentials(tls) if tls is not None else None,
+            ),
+            name="directory-entry",
+        )
+
     # --- peers ---------------------------------------------------------------------------------
 
     def desired_peers(self, loop: MeteredRaftLoop) -> dict[int, str]:
@@ -1109,6 +1147,7 @@ class _Parts:
     sync_task: asyncio.Task[None] | None = None
     join: _JoinServices | None = None
     promote_task: asyncio.Task[None] | None = None
+    register_task: asyncio.Task[None] | None = None
 
 
 def _bind(server: grpc.aio.Server, address: str, tls: MemberTls | None, what: str) -> int:
