@@ -47,7 +47,7 @@ import json
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -536,6 +536,7 @@ async def keep_directory_entry(
     directory: Callable[[], Iterable[DirectoryEntry]],
     propose: Callable[[MemberUpsert], Awaitable[Applied]],
     *,
+    keep_listed_name: bool = False,
     peers: Callable[[], dict[int, str]],
     credentials: grpc.ChannelCredentials | None,
     poll_s: float = REGISTER_POLL_S,
@@ -544,18 +545,24 @@ async def keep_directory_entry(
     configuration, propose the entry as the leader, or ask the leader (`RegisterSelf` on its
     peer port) as a follower with TLS. Transient failures (no leader, a lost proposal,
     UNAVAILABLE) are retried; a refusal (a name another member holds, a removed id) is
-    logged and ends the attempts: the member serves on, unlisted."""
+    logged and ends the attempts: the member serves on, unlisted. With `keep_listed_name`
+    (no --name given) a name already listed for this id is kept (a restored backup's)."""
     channels: dict[str, grpc.aio.Channel] = {}
     noted = ""
+    wanted = me
     try:
         while True:
-            if me in directory():
+            listed = {m.id: m for m in directory()}
+            old = listed.get(me.id)
+            if keep_listed_name and old is not None and old.name:
+                wanted = replace(me, name=old.name)
+            if old == wanted:
                 return
             await asyncio.sleep(poll_s)
             st = status()
             if me.id not in st.conf.voters | st.conf.learners or st.leader == 0:
                 continue
-            upsert = MemberUpsert(me.id, me.name, me.peer_url, me.client_url)
+            upsert = MemberUpsert(wanted.id, wanted.name, wanted.peer_url, wanted.client_url)
             if st.leader == me.id:
                 try:
                     applied = await propose(upsert)
@@ -564,7 +571,7 @@ async def keep_directory_entry(
                 if isinstance(applied.result, FsmError):
                     log.error("cannot list this member in the member directory: %s", applied.result)
                     return
-                log.info("listed this member in the member directory as %s", me.name)
+                log.info("listed this member in the member directory as %s", upsert.name)
                 continue
             address = peers().get(st.leader)
             if credentials is None or address is None:
@@ -573,7 +580,10 @@ async def keep_directory_entry(
             if channel is None:
                 channel = channels[address] = grpc.aio.secure_channel(address, credentials)
             request = jpb.RegisterSelfRequest(
-                id=me.id, name=me.name, peer_url=me.peer_url, client_url=me.client_url
+                id=upsert.id,
+                name=upsert.name,
+                peer_url=upsert.peer_url,
+                client_url=upsert.client_url,
             )
             try:
                 await _generated.AdmissionStub(channel).RegisterSelf(request, timeout=5.0)

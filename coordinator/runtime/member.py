@@ -2,6 +2,11 @@
 
 What runs, in start-up order:
 
+0. the data directory's lock (`coordinator.storage.DataDirLock`, an flock on `<data dir>/LOCK`
+   held for the process's life): a second process on the same data dir is refused here, with
+   the holder's pid, before it listens anywhere or could be unlocked. Before that, while the
+   command line is read, a data dir that records another cluster id (`CLUSTER_ID`, written
+   when the dir is first opened) than `--cluster-id` is refused (exit 2), nothing written;
 1. the HTTP server (`--metrics-listen`): /healthz answers as soon as the process is up, so
    a locked or slow-starting member is visibly alive;
 2. the data directory: the key store and the encrypted WAL (`coordinator.storage`). A new
@@ -22,7 +27,11 @@ What runs, in start-up order:
    serves every service;
 5. a level-based peer sync: every second the transport's peer set is made equal to the
    current configuration's members, addressed by the replicated member table or, failing
-   that, `--initial-cluster` (a joined member: the address book it was given).
+   that, `--initial-cluster` (a joined member: the address book it was given);
+6. its own entry in the replicated member directory (`join.keep_directory_entry`): its name,
+   the peer URL peers dial it at (`--advertise-peer-url`, else its `--initial-cluster`
+   address) and its client URL, so that `concordctl member list` shows the first members
+   too (a joined member was listed by its admission already).
 
 Joining (`join.py`): with `--join HOST:PORT --join-token TOKEN` and a new data dir, the member
 first joins through another member's join port (it gets its certificate, the cluster id, its
@@ -161,6 +170,9 @@ class MemberConfig:
     advertise_client_url: str = ""
     promote: bool = False
     """A member that joined asks to become a voter once it has caught up."""
+    name_given: bool = True
+    """--name was given. If not, a name the member directory already lists for this id (a
+    restored backup's) is kept rather than replaced by the default `member-<id>`."""
 
 
 def split_host_port(text: str, what: str) -> tuple[str, int]:
@@ -389,10 +401,16 @@ def config_from_args(ns: argparse.Namespace) -> MemberConfig:
     cluster_id = given or recorded
     if cluster_id is None:
         raise ConfigError("--cluster-id is required (or --join, to learn it from the cluster)")
+    initial = parse_initial_cluster(ns.initial_cluster)
+    if not ns.advertise_peer_url and ns.id in initial:
+        # Peers reach a first member at its --initial-cluster address (which may be a proxy
+        # or a name in front of --peer-listen): that is the peer URL it lists itself under.
+        common["advertise_peer_url"] = f"{scheme}://{initial[ns.id]}"
     return MemberConfig(
         id=ns.id,
         name=ns.name or f"member-{ns.id}",
-        initial_cluster=parse_initial_cluster(ns.initial_cluster),
+        name_given=bool(ns.name),
+        initial_cluster=initial,
         cluster_id=cluster_id,
         **common,
     )
@@ -1057,6 +1075,7 @@ class Member:
                 loop.status,
                 loop.fsm.members,
                 loop.propose,
+                keep_listed_name=not cfg.name_given,
                 peers=transport.peers,
                 credentials=member_channel_credentials(tls) if tls is not None else None,
             ),

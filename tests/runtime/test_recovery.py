@@ -170,6 +170,36 @@ def test_restore_builds_a_data_dir_a_member_opens_with_the_state_intact(tmp_path
     with_member(config(data_dir, 1, peers), check)
 
 
+def test_a_restored_member_lists_its_urls_and_keeps_its_restored_name_unless_named(
+    tmp_path: Path,
+) -> None:
+    img = Image()
+    port = free_port()
+    peers = {1: f"127.0.0.1:{port}"}
+    data_dir = tmp_path / "restored"
+    restore_data_dir(
+        img.data, index=img.index, term=img.term, data_dir=data_dir, initial_cluster=peers
+    )
+    urls = {"advertise_peer_url": f"http://{peers[1]}", "advertise_client_url": "http://c:1"}
+
+    def listed(name: str) -> Callable[[Member, Client], Awaitable[None]]:
+        async def check(member: Member, c: Client) -> None:
+            assert member.loop is not None
+            want = (1, name, f"http://{peers[1]}", "http://c:1")
+            fsm = member.loop.fsm
+            await wait_until(
+                lambda: [(m.id, m.name, m.peer_url, m.client_url) for m in fsm.members()] == [want],
+                f"the directory to list {want}",
+            )
+
+        return check
+
+    # No --name: the backup's name stays, the URLs become the member's own.
+    with_member(config(data_dir, 1, peers, name_given=False, **urls), listed("alpha"))
+    # Started with --name: the member says who it is.
+    with_member(config(data_dir, 1, peers, name="a1", **urls), listed("a1"))
+
+
 def test_every_member_restored_from_one_image_gets_the_same_snapshot(tmp_path: Path) -> None:
     img = Image()
     peers = {1: "127.0.0.1:7001", 2: "127.0.0.1:7002", 3: "127.0.0.1:7003"}
