@@ -43,7 +43,8 @@ certificates (the services live in `coordinator.server`, found by name like the 
 SIGTERM or SIGINT stops it cleanly: a leader first hands leadership to its most
 up-to-date follower (bounded wait), then both servers stop accepting, the loop stops, the
 transport closes and the WAL is closed. Exit status: 0 after a clean stop, 1 when the member
-failed (the WAL, a port), 2 for a bad command line.
+failed (the WAL, a port, a data dir another process holds), 2 for a bad command line (or a
+--cluster-id the data dir does not belong to).
 
 Layering: this module is the composition root of a member process. It finds the client
 API by name at run time (`importlib`), because `coordinator.server` sits above the runtime
