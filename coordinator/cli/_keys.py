@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,7 @@ from coordinator.client import Client, ConcordError
 from coordinator.storage import (
     InvalidUnlockKeyError,
     ShareError,
+    combine_unlock_key_share_sets,
     combine_unlock_key_shares,
     parse_unlock_key,
     split_unlock_key,
@@ -180,6 +181,26 @@ def _unlock_key_from(key: str | None, shares: tuple[str, ...]) -> str:
     return key
 
 
+def offline_unlock_keys(keys: Sequence[str], shares: Sequence[str]) -> list[str]:
+    """The unlock keys an offline tool (`rafttool dump`, `cluster recover --data-dir`) is
+    given: every --unlock-key checked, and the --share values combined into one key per split
+    (each member's key is split on its own). A malformed key or share set is a usage error
+    (exit 2): nothing is read with it."""
+    out = []
+    for key in keys:
+        try:
+            parse_unlock_key(key)
+        except InvalidUnlockKeyError as err:
+            raise click.UsageError(f"--unlock-key: {err}") from None
+        out.append(key)
+    if shares:
+        try:
+            out += combine_unlock_key_share_sets(shares)
+        except ShareError as err:
+            raise click.UsageError(f"--share: cannot rebuild an unlock key: {err}") from None
+    return out
+
+
 @click.command()
 @click.option("--key", "key", default=None, help="The unlock key (else read from a prompt/stdin).")
 @click.option(
@@ -193,13 +214,33 @@ def unlock(ctx: Ctx, key: str | None, shares: tuple[str, ...]) -> None:
     """Give a locked member its unlock key (autolock): it then opens its data and joins in.
 
     Acts on every endpoint given (--endpoints), each being a member with its own key, and
-    says per member whether it worked. Without --key or --share the key is read from a
-    hidden prompt, or from stdin (a key, or shares one per line) when stdin is not a terminal.
+    says per member whether it worked; a member that is already unlocked and running is
+    reported as such (not a failure), and is not sent the key. Without --key or --share the
+    key is read from a hidden prompt, or from stdin (a key, or shares one per line) when
+    stdin is not a terminal.
     """
     unlock_key = _unlock_key_from(key, shares)
 
     async def act(c: Client, endpoint: str, o: _Outcome) -> None:
-        o.member = await c.unlock_member(endpoint, unlock_key)
+        # A member that is already unlocked and running is fine, not a failure: given every
+        # endpoint, as is natural after restarting one member, the others are such members.
+        # They are asked first, so the key is sent only to members waiting for one.
+        st = await c.autolock_status(endpoint)
+        o.member = int(st.member_id)
+        if not st.locked and st.phase == "running":
+            o.result = "already unlocked (running); nothing to do"
+            return
+        try:
+            o.member = await c.unlock_member(endpoint, unlock_key)
+        except ConcordError as err:
+            # Unlocked meanwhile (its --unlock-key-file, or another `concordctl unlock`)?
+            if err.code != "FAILED_PRECONDITION":
+                raise
+            st = await c.autolock_status(endpoint)
+            if st.locked or st.phase != "running":
+                raise
+            o.result = "already unlocked (running); nothing to do"
+            return
         o.result = "unlocked"
 
     _report(ctx, _per_endpoint(ctx, act), ["endpoint", "member", "result"])

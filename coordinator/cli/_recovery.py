@@ -48,13 +48,11 @@ from coordinator.storage import (
     BackupError,
     BackupShareError,
     InvalidBackupKeyError,
-    InvalidUnlockKeyError,
     LockedError,
     StorageError,
     WrongBackupKeyError,
     WrongUnlockKeyError,
     log_position,
-    parse_unlock_key,
 )
 from coordinator.storage.backup import (
     BackupHeader,
@@ -69,7 +67,7 @@ from coordinator.storage.backup import (
 )
 
 from ._common import EXIT_FAILED, EXIT_INTERRUPTED, Ctx, emit, fail, warn
-from ._keys import SHARES
+from ._keys import SHARES, offline_unlock_keys
 
 BACKUP_KEY_WARNING = (
     "{what} shown only this once and stored nowhere: store {them} now, apart from the backup "
@@ -632,7 +630,8 @@ def _inspect_dir(spec: str, unlock_keys: Sequence[str]) -> Survivor:
                     path,
                     member,
                     "locked",
-                    detail="autolock is on: give its unlock key with --unlock-key",
+                    detail="autolock is on: give its unlock key (--unlock-key) or K of its "
+                    "shares (--share, repeated)",
                 )
             for key in unlock_keys:
                 try:
@@ -642,7 +641,7 @@ def _inspect_dir(spec: str, unlock_keys: Sequence[str]) -> Survivor:
                     continue
             else:
                 return Survivor(
-                    path, member, "locked", detail="none of the --unlock-key values opens it"
+                    path, member, "locked", detail="none of the unlock keys given opens it"
                 )
     except (StorageError, OSError) as err:
         return Survivor(path, member, "error", detail=str(err))
@@ -688,6 +687,13 @@ def _run(coro: Any) -> Any:  # noqa: ANN401 (any coroutine's result)
     help="Unlock key of an autolocked --data-dir; repeatable (each is tried on each).",
 )
 @click.option(
+    "--share",
+    "shares",
+    multiple=True,
+    help="A share of an autolocked --data-dir's unlock key; repeatable: K shares of each "
+    "member's key (shares of several keys are told apart and each key rebuilt).",
+)
+@click.option(
     "--member-timeout",
     type=click.FloatRange(min=0, min_open=True),
     default=3.0,
@@ -701,6 +707,7 @@ def recover(
     recover_endpoints: str | None,
     data_dirs: tuple[str, ...],
     unlock_keys: tuple[str, ...],
+    shares: tuple[str, ...],
     member_timeout: float,
 ) -> None:
     """After losing a quorum: find the most up-to-date survivor and print how to restart it
@@ -712,13 +719,14 @@ def recover(
     """
     if data_dirs and recover_endpoints is not None:
         raise click.UsageError("give --endpoints (online) or --data-dir (offline), not both")
-    for key in unlock_keys:
-        try:
-            parse_unlock_key(key)
-        except InvalidUnlockKeyError as err:
-            raise click.UsageError(f"--unlock-key: {err}") from None
+    if (unlock_keys or shares) and not data_dirs:
+        raise click.UsageError(
+            "--unlock-key and --share open a --data-dir (offline); online, each member "
+            "answers for itself, locked or not"
+        )
+    keys = offline_unlock_keys(unlock_keys, shares)
     if data_dirs:
-        survivors = [_inspect_dir(spec, unlock_keys) for spec in data_dirs]
+        survivors = [_inspect_dir(spec, keys) for spec in data_dirs]
     else:
         endpoints = ctx.endpoints
         if recover_endpoints is not None:

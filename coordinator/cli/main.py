@@ -8,8 +8,8 @@ interrupted; see `_common.py`, which also holds the TLS options and the output h
 Commands: keys (put/get/del/cas, watch), leases, locks and fencing, elections, sequences,
 members and status; per-member key management (`unlock`, `cluster autolock`, `cluster
 rotate-unlock-key`: `_keys.py`); set-up (`cluster init`, offline; `join-token`: `_setup.py`)
-and inspection (`rafttool`); disaster recovery (`snapshot save|status|restore`, `cluster
-recover`: `_recovery.py`).
+and inspection (`rafttool`: `_rafttool.py`); disaster recovery (`snapshot
+save|status|restore`, `cluster recover`: `_recovery.py`).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from ._common import (
     wait_first,
 )
 from ._keys import autolock, rotate_data_key, rotate_unlock_key, unlock
+from ._rafttool import rafttool
 from ._recovery import recover, snapshot
 from ._setup import cluster_init, join_token
 from ._txn import txn
@@ -706,50 +707,7 @@ cli.add_command(snapshot)
 cli.add_command(unlock)
 cli.add_command(join_token)
 cli.add_command(txn)
-
-
-# --- local maintenance (reads a data directory; no cluster needed) ----------------------------
-
-
-@cli.group()
-def rafttool() -> None:
-    """Inspect a member's data directory offline (Swarm's swarm-rafttool)."""
-
-
-@rafttool.command(name="dump")
-@click.option("--data-dir", required=True, type=click.Path(exists=True, file_okay=False))
-@click.option(
-    "--unlock-key",
-    envvar="CONCORD_UNLOCK_KEY",
-    default=None,
-    help="The unlock key, for an autolocked member (env CONCORD_UNLOCK_KEY).",
-)
-@click.pass_obj
-def rafttool_dump(ctx: Ctx, data_dir: str, unlock_key: str | None) -> None:
-    """Decrypt and print every snapshot and log record of DATA_DIR."""
-    from coordinator.storage import StorageError, dump  # noqa: PLC0415 (offline tool only)
-
-    try:
-        records = dump(data_dir, unlock_key)
-        for rec in records:
-            if ctx.output == "json":
-                click.echo(
-                    json.dumps(
-                        {
-                            "source": rec.source,
-                            "offset": rec.offset,
-                            "type": rec.type,
-                            "index": rec.index,
-                            "term": rec.term,
-                            "data": rec.data.decode(errors="backslashreplace"),
-                        }
-                    )
-                )
-            else:
-                click.echo(rec.describe())
-    except StorageError as err:
-        click.echo(f"Error: {err}", err=True)
-        sys.exit(1)
+cli.add_command(rafttool)  # offline: reads a data directory, no cluster needed
 
 
 def main() -> None:

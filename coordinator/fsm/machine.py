@@ -62,7 +62,7 @@ no later apply changes. `restore` replaces everything or, if the image is bad, n
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from coordinator.raft import Entry, EntryKind, SessionTable, SessionVerdict
@@ -460,16 +460,34 @@ class StateMachine:
 
     # --- disaster recovery ---------------------------------------------------------------------
 
-    def rewrite_for_recovery(self, members: Sequence[Member]) -> None:
+    def census(self) -> dict[str, int]:
+        """How many of each kind of thing the state holds, for people (`concordctl rafttool
+        dump` summarizes a snapshot with it instead of printing the image)."""
+        return {
+            "keys": len(self._kv),
+            "leases": len(self._leases),
+            "locks": len(self._locks.names()),
+            "elections": len(self._elections.names()),
+            "sequences": len(self._sequences.names()),
+            "members": len(self._members.list()),
+            "removed_member_ids": len(self._members.removed_ids()),
+            "join_tokens": len(self._join_tokens.list()),
+            "sessions": len(self._sessions),
+            "history_events": len(self._history),
+        }
+
+    def rewrite_for_recovery(self, members: Sequence[Member], removed: Iterable[int] = ()) -> None:
         """Prepare a restored or forced image for a new cluster: `members` becomes the member
-        directory, and every lease gets a full TTL again at the next stamped command.
+        directory, the ids in `removed` (those the new cluster drops) are remembered as removed
+        and never given to a member again, and every lease gets a full TTL again at the next
+        stamped command.
 
         Never through the log: a stopped member's offline tooling calls this on an image it
         then installs as a snapshot (`concordctl snapshot restore`, `--force-new-cluster`).
         It records no event and changes no revision. Every member built from one image must
         get the same `members`, or their states diverge. Raises FsmError (INVALID_ARGUMENT)
         for duplicate ids or names, changing nothing."""
-        self._members.replace(members)
+        self._members.replace(members, removed)
         self._refresh_pending = True
 
     def revoke_join_tokens_for_recovery(self) -> int:

@@ -22,7 +22,7 @@ ids above every id in use or removed (`removed_ids`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ._wire import Reader, Writer
@@ -103,9 +103,14 @@ class MemberTable:
             EventKind.MEMBER_REMOVED, member.name.encode(), number=member_id
         )
 
-    def replace(self, members: Sequence[Member]) -> None:
+    def replace(self, members: Sequence[Member], removed: Iterable[int] = ()) -> None:
         """Make `members` the whole directory, outside the log and without an event (disaster
-        recovery only: `StateMachine.rewrite_for_recovery`). Ids and names must be unique."""
+        recovery only: `StateMachine.rewrite_for_recovery`). Ids and names must be unique.
+        `removed` are ids the recovered cluster drops: remembered as removed (never reused),
+        exactly as `remove` does, unless they are in `members`."""
+        dropped = set(removed)
+        for member_id in dropped:
+            check_id(member_id, "member id")
         table: dict[int, Member] = {}
         for member in members:
             check_id(member.id, "member id")
@@ -115,7 +120,7 @@ class MemberTable:
                 raise invalid(f"member name {member.name!r} is listed twice")
             table[member.id] = member
         self._members = table
-        self._removed -= set(table)  # the recovered cluster's members are its members
+        self._removed = (self._removed | dropped) - set(table)  # its members are its members
 
     def write(self, w: Writer) -> None:
         w.u32(len(self._members))

@@ -29,6 +29,14 @@ refused (ALREADY_EXISTS, saying how to remove the first one) if it did.
 
 A restart of a joined member needs neither the token nor `--initial-cluster`: `join.json`
 supplies the cluster id, the member id and the addresses (`read_join_record`).
+
+**Every member's directory entry** (`keep_directory_entry`). A joiner is listed in the member
+directory by its admission; the first members, bootstrapped from `--initial-cluster`, never
+were, so `concordctl member list` had only their ids. Each member, once running, makes sure
+the directory lists it as it advertises itself (name, peer and client URL): as the leader it
+proposes the entry itself, as a follower it asks the leader over the peer port
+(`Admission.RegisterSelf`, mutual TLS: its certificate's id only). An insecure follower has
+no such port to ask through; it is listed once it leads.
 """
 
 from __future__ import annotations
@@ -38,8 +46,8 @@ import contextlib
 import json
 import logging
 import ssl
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +58,9 @@ from cryptography.hazmat.primitives import serialization
 
 from coordinator.api.v1 import join_pb2 as jpb
 from coordinator.api.v1 import join_pb2_grpc as jpb_grpc
+from coordinator.fsm import Applied, FsmError, MemberUpsert
 from coordinator.fsm import Member as DirectoryEntry
-from coordinator.raft import ConfState
+from coordinator.raft import ConfState, RaftError
 
 from .tls import (
     CertifiedKey,
@@ -76,6 +85,7 @@ _generated: Any = jpb_grpc  # untyped generated module
 JOIN_RECORD_FILE = "join.json"
 JOIN_RECORD_VERSION = 1
 PROMOTE_POLL_S = 0.5
+REGISTER_POLL_S = 0.5
 _RETRY_MAX_S = 2.0
 
 
@@ -512,6 +522,93 @@ async def promote_when_caught_up(
                 return
             log.info("promoted to voter by the leader, member %d", st.leader)
             return
+    finally:
+        for channel in channels.values():
+            await channel.close()
+
+
+# --- every member: its own entry in the member directory ----------------------------------------
+
+
+async def keep_directory_entry(
+    me: DirectoryEntry,
+    status: Callable[[], Any],
+    directory: Callable[[], Iterable[DirectoryEntry]],
+    propose: Callable[[MemberUpsert], Awaitable[Applied]],
+    *,
+    keep_listed_name: bool = False,
+    peers: Callable[[], dict[int, str]],
+    credentials: grpc.ChannelCredentials | None,
+    poll_s: float = REGISTER_POLL_S,
+) -> None:
+    """Until the replicated directory lists `me` exactly: once this member is in the
+    configuration, propose the entry as the leader, or ask the leader (`RegisterSelf` on its
+    peer port) as a follower with TLS. Transient failures (no leader, a lost proposal,
+    UNAVAILABLE) are retried; a refusal (a name another member holds, a removed id) is
+    logged and ends the attempts: the member serves on, unlisted. With `keep_listed_name`
+    (no --name given) a name already listed for this id is kept (a restored backup's)."""
+    channels: dict[str, grpc.aio.Channel] = {}
+    noted = ""
+    wanted = me
+    try:
+        while True:
+            listed = {m.id: m for m in directory()}
+            old = listed.get(me.id)
+            if keep_listed_name and old is not None and old.name:
+                wanted = replace(me, name=old.name)
+            if old == wanted:
+                return
+            await asyncio.sleep(poll_s)
+            st = status()
+            if me.id not in st.conf.voters | st.conf.learners or st.leader == 0:
+                continue
+            upsert = MemberUpsert(wanted.id, wanted.name, wanted.peer_url, wanted.client_url)
+            if st.leader == me.id:
+                try:
+                    applied = await propose(upsert)
+                except RaftError:
+                    continue  # lost the leadership or the proposal: look again
+                if isinstance(applied.result, FsmError):
+                    log.error("cannot list this member in the member directory: %s", applied.result)
+                    return
+                log.info("listed this member in the member directory as %s", upsert.name)
+                continue
+            address = peers().get(st.leader)
+            if credentials is None or address is None:
+                continue  # insecure: no peer-port service to ask; listed once it leads
+            channel = channels.get(address)
+            if channel is None:
+                channel = channels[address] = grpc.aio.secure_channel(address, credentials)
+            request = jpb.RegisterSelfRequest(
+                id=upsert.id,
+                name=upsert.name,
+                peer_url=upsert.peer_url,
+                client_url=upsert.client_url,
+            )
+            try:
+                await _generated.AdmissionStub(channel).RegisterSelf(request, timeout=5.0)
+            except grpc.aio.AioRpcError as err:
+                code, details = err.code(), err.details() or ""
+                transient = (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    grpc.StatusCode.UNIMPLEMENTED,  # a leader of an older build: it may move
+                    grpc.StatusCode.NOT_FOUND,  # its configuration may not have us yet
+                )
+                if code in transient:
+                    if details != noted:
+                        log.info(
+                            "not listed in the member directory yet (%s: %s)", code.name, details
+                        )
+                        noted = details
+                    continue
+                log.error(
+                    "the leader refused to list this member in the member directory: %s: %s",
+                    code.name,
+                    details,
+                )
+                return
+            log.info("listed this member in the member directory through leader %d", st.leader)
     finally:
         for channel in channels.values():
             await channel.close()

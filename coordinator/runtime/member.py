@@ -2,6 +2,11 @@
 
 What runs, in start-up order:
 
+0. the data directory's lock (`coordinator.storage.DataDirLock`, an flock on `<data dir>/LOCK`
+   held for the process's life): a second process on the same data dir is refused here, with
+   the holder's pid, before it listens anywhere or could be unlocked. Before that, while the
+   command line is read, a data dir that records another cluster id (`CLUSTER_ID`, written
+   when the dir is first opened) than `--cluster-id` is refused (exit 2), nothing written;
 1. the HTTP server (`--metrics-listen`): /healthz answers as soon as the process is up, so
    a locked or slow-starting member is visibly alive;
 2. the data directory: the key store and the encrypted WAL (`coordinator.storage`). A new
@@ -22,7 +27,11 @@ What runs, in start-up order:
    serves every service;
 5. a level-based peer sync: every second the transport's peer set is made equal to the
    current configuration's members, addressed by the replicated member table or, failing
-   that, `--initial-cluster` (a joined member: the address book it was given).
+   that, `--initial-cluster` (a joined member: the address book it was given);
+6. its own entry in the replicated member directory (`join.keep_directory_entry`): its name,
+   the peer URL peers dial it at (`--advertise-peer-url`, else its `--initial-cluster`
+   address) and its client URL, so that `concordctl member list` shows the first members
+   too (a joined member was listed by its admission already).
 
 Joining (`join.py`): with `--join HOST:PORT --join-token TOKEN` and a new data dir, the member
 first joins through another member's join port (it gets its certificate, the cluster id, its
@@ -34,7 +43,8 @@ certificates (the services live in `coordinator.server`, found by name like the 
 SIGTERM or SIGINT stops it cleanly: a leader first hands leadership to its most
 up-to-date follower (bounded wait), then both servers stop accepting, the loop stops, the
 transport closes and the WAL is closed. Exit status: 0 after a clean stop, 1 when the member
-failed (the WAL, a port), 2 for a bad command line.
+failed (the WAL, a port, a data dir another process holds), 2 for a bad command line (or a
+--cluster-id the data dir does not belong to).
 
 Layering: this module is the composition root of a member process. It finds the client
 API by name at run time (`importlib`), because `coordinator.server` sits above the runtime
@@ -65,8 +75,10 @@ import grpc
 from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics, generate_latest
 
 from coordinator.fsm import Applied, StateMachine
+from coordinator.fsm import Member as DirectoryEntry
 from coordinator.raft import ConfState, RaftError, Snapshot, SnapshotMeta
 from coordinator.storage import (
+    DataDirLock,
     DiskWal,
     InvalidUnlockKeyError,
     KeyStore,
@@ -74,6 +86,8 @@ from coordinator.storage import (
     NotInitializedError,
     StorageError,
     WrongUnlockKeyError,
+    read_cluster_id,
+    write_cluster_id,
 )
 from coordinator.storage.crypto import FORMAT_FILE
 from coordinator.storage.wal import WAL_DIR
@@ -88,6 +102,7 @@ from .join import (
     JoinSettings,
     MemberAuthority,
     join_cluster,
+    keep_directory_entry,
     promote_when_caught_up,
     read_join_record,
     write_join_record,
@@ -156,6 +171,9 @@ class MemberConfig:
     advertise_client_url: str = ""
     promote: bool = False
     """A member that joined asks to become a voter once it has caught up."""
+    name_given: bool = True
+    """--name was given. If not, a name the member directory already lists for this id (a
+    restored backup's) is kept rather than replaced by the default `member-<id>`."""
 
 
 def split_host_port(text: str, what: str) -> tuple[str, int]:
@@ -368,13 +386,33 @@ def config_from_args(ns: argparse.Namespace) -> MemberConfig:
             "--initial-cluster is required to bootstrap a new cluster or to restart one of its "
             "first members; to join a running cluster give --join HOST:PORT --join-token TOKEN"
         )
-    if ns.cluster_id is None:
+    try:
+        recorded = read_cluster_id(ns.data_dir)
+    except StorageError as err:
+        raise ConfigError(str(err)) from None
+    given = ns.cluster_id.strip() if ns.cluster_id is not None else None
+    if recorded is not None and given is not None and given != recorded:
+        # Checked before the process locks, listens or writes anything: nothing changes.
+        raise ConfigError(
+            f"{ns.data_dir} belongs to cluster {recorded!r}, not --cluster-id {given!r}: a "
+            "member never changes clusters. Give --cluster-id "
+            f"{recorded}, or a new --data-dir to start a member of another cluster. Nothing "
+            "was changed"
+        )
+    cluster_id = given or recorded
+    if cluster_id is None:
         raise ConfigError("--cluster-id is required (or --join, to learn it from the cluster)")
+    initial = parse_initial_cluster(ns.initial_cluster)
+    if not ns.advertise_peer_url and ns.id in initial:
+        # Peers reach a first member at its --initial-cluster address (which may be a proxy
+        # or a name in front of --peer-listen): that is the peer URL it lists itself under.
+        common["advertise_peer_url"] = f"{scheme}://{initial[ns.id]}"
     return MemberConfig(
         id=ns.id,
         name=ns.name or f"member-{ns.id}",
-        initial_cluster=parse_initial_cluster(ns.initial_cluster),
-        cluster_id=ns.cluster_id.strip(),
+        name_given=bool(ns.name),
+        initial_cluster=initial,
+        cluster_id=cluster_id,
         **common,
     )
 
@@ -442,6 +480,11 @@ def _advertised(url: str | None, listen: str, scheme: str, what: str) -> str:
 
 def _initialised(data_dir: Path) -> bool:
     return (data_dir / FORMAT_FILE).exists() or (data_dir / WAL_DIR).exists()
+
+
+def _with_port(url: str, port: int) -> str:
+    """`url` with its port 0 replaced by `port` (the one bound), else `url` unchanged."""
+    return f"{url[:-2]}:{port}" if url.endswith(":0") and port else url
 
 
 def _dial_address(url: str) -> str:
@@ -566,17 +609,32 @@ class Member:
 
     async def run(self) -> int:
         cfg = self.cfg
+        # The data dir's lock comes before anything else (storage/datadir.py): a second process on
+        # this dir must not listen, answer Unlock or write a byte.
         try:
-            host, port = split_host_port(cfg.metrics_listen, "--metrics-listen")
-            self.http_port = await self.http.start(host, port)
-        except OSError as err:
-            log.error("cannot listen on %s for metrics: %s", cfg.metrics_listen, err.strerror)
+            if cfg.force_new_cluster:
+                check_force_target(cfg.data_dir)  # before locking could create the dir
+            dir_lock = DataDirLock.acquire(cfg.data_dir)
+        except StorageError as err:
+            log.error("%s", err)
             return 1
-        log.info("serving /metrics, /healthz, /readyz on %s", cfg.metrics_listen)
+        except OSError as err:
+            log.error("cannot lock the data dir %s: %s", cfg.data_dir, err.strerror or err)
+            return 1
         try:
-            return await self._run_member()
+            try:
+                host, port = split_host_port(cfg.metrics_listen, "--metrics-listen")
+                self.http_port = await self.http.start(host, port)
+            except OSError as err:
+                log.error("cannot listen on %s for metrics: %s", cfg.metrics_listen, err.strerror)
+                return 1
+            log.info("serving /metrics, /healthz, /readyz on %s", cfg.metrics_listen)
+            try:
+                return await self._run_member()
+            finally:
+                await self.http.close()
         finally:
-            await self.http.close()
+            dir_lock.release()
 
     async def _run_member(self) -> int:
         cfg = self.cfg
@@ -664,6 +722,7 @@ class Member:
                     ),
                     name="promote",
                 )
+            parts.register_task = self._keep_directory_entry(loop, transport, tls)
             return await self._wait(parts.loop_task)
         except (ConfigError, OSError) as err:
             log.error("%s", err)
@@ -727,6 +786,8 @@ class Member:
             parts.sync_task.cancel()
         if parts.promote_task is not None:
             parts.promote_task.cancel()
+        if parts.register_task is not None:
+            parts.register_task.cancel()
         if parts.join is not None:
             await parts.join.stop(STOP_GRACE_S / 2)
         if parts.client is not None:
@@ -794,7 +855,9 @@ class Member:
             except JoinError as err:
                 raise ConfigError(str(err)) from None
             if joined is not None:
-                return _create_joined_wal(keys, joined)
+                wal = _create_joined_wal(keys, joined)
+                self._record_cluster_id()
+                return wal
             if cfg.id not in voters:
                 raise ConfigError(
                     f"{cfg.data_dir} is new and --initial-cluster does not list this member "
@@ -808,6 +871,7 @@ class Member:
                 cfg.data_dir,
                 ", ".join(str(v) for v in sorted(voters)),
             )
+        self._record_cluster_id()
         if wal.recovery is not None:
             r = wal.recovery
             log.warning(
@@ -833,6 +897,19 @@ class Member:
                 wal.close()
                 raise
         return wal
+
+    def _record_cluster_id(self) -> None:
+        """Record the cluster id in a data dir that has none yet (new, or written before ids
+        were recorded), so that a start with another --cluster-id is refused from now on."""
+        cfg = self.cfg
+        if read_cluster_id(cfg.data_dir) is None:
+            try:
+                write_cluster_id(cfg.data_dir, cfg.cluster_id)
+            except OSError as err:
+                raise StorageError(
+                    f"cannot record the cluster id in {cfg.data_dir}: {err.strerror or err}"
+                ) from None
+            log.info("recorded cluster id %r in %s", cfg.cluster_id, cfg.data_dir)
 
     async def _open_keys(self) -> KeyStore | None:
         """The key store; while it is locked, retry every UNLOCK_POLL_S with whatever
@@ -977,6 +1054,35 @@ class Member:
         services: _JoinServices = make(loop, authority)
         return services
 
+    def _keep_directory_entry(
+        self, loop: MeteredRaftLoop, transport: GrpcTransport, tls: MemberTls | None
+    ) -> asyncio.Task[None] | None:
+        """List this member in the replicated member directory as it advertises itself (the
+        first members were never admitted, so only they can say their names and URLs)."""
+        cfg = self.cfg
+        if not cfg.advertise_peer_url or not cfg.advertise_client_url:
+            log.warning(
+                "not listed in the member directory: it listens on every address, so give "
+                "--advertise-peer-url and --advertise-client-url for `member list` to show it"
+            )
+            return None
+        # A listen address with port 0 (tests) advertises the port actually bound.
+        peer_url = _with_port(cfg.advertise_peer_url, self.peer_port)
+        client_url = _with_port(cfg.advertise_client_url, self.client_port)
+        me = DirectoryEntry(cfg.id, cfg.name, peer_url, client_url)
+        return asyncio.create_task(
+            keep_directory_entry(
+                me,
+                loop.status,
+                loop.fsm.members,
+                loop.propose,
+                keep_listed_name=not cfg.name_given,
+                peers=transport.peers,
+                credentials=member_channel_credentials(tls) if tls is not None else None,
+            ),
+            name="directory-entry",
+        )
+
     # --- peers ---------------------------------------------------------------------------------
 
     def desired_peers(self, loop: MeteredRaftLoop) -> dict[int, str]:
@@ -1061,6 +1167,7 @@ class _Parts:
     sync_task: asyncio.Task[None] | None = None
     join: _JoinServices | None = None
     promote_task: asyncio.Task[None] | None = None
+    register_task: asyncio.Task[None] | None = None
 
 
 def _bind(server: grpc.aio.Server, address: str, tls: MemberTls | None, what: str) -> int:

@@ -41,7 +41,9 @@ is restarted alone from its own data:
   with the same session is answered from the session table, not executed twice). etcd makes
   the same choice;
 - a new snapshot at the last index records the image with the configuration {this member}
-  and a member directory holding only this member's own entry; the hard state gets a higher
+  and a member directory holding only this member's own entry (every other id of the old
+  configuration and directory is recorded as removed, so it is never given to a joining
+  member: a stale process of the old cluster may still run with it); the hard state gets a higher
   term (old term and last entry's term, plus one), no vote, and commit = last index;
 - a marker file (`FORCED_NEW_CLUSTER`) records what was done. Forcing again is refused once
   other members have been added after a force: a `--force-new-cluster` left on in a unit
@@ -248,7 +250,11 @@ def force_new_cluster(wal: DiskWal, member_id: int) -> Forced:
     for e in entries:
         fsm.apply(e)
     own = [m for m in fsm.members() if m.id == member_id]
-    fsm.rewrite_for_recovery(own)
+    # Every other id of the old cluster is removed, as MemberRemove would: its process may
+    # still run somewhere with a certificate bound to that id, and a joining member given
+    # the id would be taken for it (its acknowledgements counted as the new one's).
+    dropped = (old_conf.voters | old_conf.learners | {m.id for m in fsm.members()}) - {member_id}
+    fsm.rewrite_for_recovery(own, removed=dropped)
     term = wal.term(last)
     new_term = max(hs.term, term) + 1
     forced = Forced(

@@ -36,6 +36,12 @@ A record that a half-finished join left in the directory (its learner change nev
 committed) is resumed by a retry with the same name and peer URL; anything else already
 holding the id or the name is ALREADY_EXISTS, with what to do about it.
 
+**The first members' directory entries.** Members bootstrapped from `--initial-cluster` were
+never admitted, so the directory knew only their ids. Each member therefore makes sure of its
+own entry (`coordinator.runtime.join.keep_directory_entry`): a leader proposes it, a follower
+asks the leader over the peer port (`Admission.RegisterSelf`, its own id only, like
+PromoteSelf), and `concordctl member list` shows every member's name and URLs.
+
 **Promotion.** A joined learner that has caught up asks the leader over the peer port to make
 it a voter (`Admission.PromoteSelf`): the leader answers FAILED_PRECONDITION while it lags
 (Raft refuses to promote a learner that has not caught up), and a member whose certificate is
@@ -58,6 +64,7 @@ from coordinator.fsm import (
     JoinTokenAdd,
     JoinTokenInfo,
     JoinTokenRevoke,
+    Member,
     MemberUpsert,
     RevisionResult,
 )
@@ -327,6 +334,36 @@ class _Admitter:
             log.info("promoted member %d to voter at its request", member)
             return jpb.PromoteSelfResponse(raft_index=applied.index)
 
+    async def register(self, request: jpb.RegisterSelfRequest) -> jpb.RegisterSelfResponse:
+        """Record a member of the configuration in the directory as it describes itself."""
+        member = v.member_id(request.id)
+        name = v.name(request.name, "member")
+        core = self.core
+        self._check_leading()
+        async with self._lock:  # not between a join's id claim and its directory entry
+            await core.require_leader()
+            conf = core.loop.node.conf
+            if member not in conf.voters | conf.learners:
+                raise ServiceError(
+                    Code.NOT_FOUND,
+                    f"member {member} is not in this cluster's configuration (removed, or "
+                    "never admitted): only a member can list itself in the directory",
+                )
+            wanted = Member(member, name, request.peer_url, request.client_url)
+            if wanted in core.fsm.members():
+                return jpb.RegisterSelfResponse(changed=False)
+            upsert = MemberUpsert(member, name, request.peer_url, request.client_url)
+            applied = await core.propose(upsert)
+            core.expect(applied, RevisionResult)
+            log.info(
+                "member %d registered itself in the directory as %s (peer %s, client %s)",
+                member,
+                name,
+                request.peer_url,
+                request.client_url,
+            )
+            return jpb.RegisterSelfResponse(changed=True, raft_index=applied.index)
+
 
 def _parse_token(text: str) -> JoinToken:
     if not text.strip():
@@ -448,6 +485,26 @@ class AdmissionService(Servicer):
                 "a member may promote only itself (use `concordctl member promote`)",
             )
         return await self._promote(request, context)
+
+    async def RegisterSelf(
+        self,
+        request: jpb.RegisterSelfRequest,
+        context: Any,  # noqa: ANN401 (grpc's context)
+    ) -> jpb.RegisterSelfResponse:
+        bound = await _require_member(context)
+        if bound is not None and bound != request.id:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"the certificate of member {bound} cannot register member {request.id}: a "
+                "member may list only itself (use `concordctl member add` for another)",
+            )
+        return await self._register(request, context)
+
+    @unary
+    async def _register(
+        self, request: jpb.RegisterSelfRequest, call: Call
+    ) -> jpb.RegisterSelfResponse:
+        return await self._admitter.register(request)
 
     @unary
     async def _admit(self, request: jpb.AdmitRequest, call: Call) -> jpb.AdmitResponse:

@@ -6,6 +6,8 @@ A member's data directory holds
     keys/           dek.ring (the data keys, wrapped under the KEK) and, without autolock, kek
     wal/            segments of checksummed, AES-GCM-sealed records; LOCK
     snap/           the newest two sealed snapshots
+    LOCK            flock held by the member process for its whole life (`datadir.py`)
+    CLUSTER_ID      the cluster the dir belongs to; a start with another --cluster-id is refused
 
 `KeyStore` opens the keys (`crypto.py`: DEKs, KEK, autolock, unlock keys and their Shamir
 shares); `DiskWal` is the log (`wal.py`): the runtime passes one object both as the Raft
@@ -19,10 +21,14 @@ This package depends on the Raft core's vocabulary only; it never imports the ru
 
 from ._segment import RecordType as RecordType
 from .crypto import KeyStore as KeyStore
+from .crypto import combine_unlock_key_share_sets as combine_unlock_key_share_sets
 from .crypto import combine_unlock_key_shares as combine_unlock_key_shares
 from .crypto import format_unlock_key as format_unlock_key
 from .crypto import parse_unlock_key as parse_unlock_key
 from .crypto import split_unlock_key as split_unlock_key
+from .datadir import DataDirLock as DataDirLock
+from .datadir import read_cluster_id as read_cluster_id
+from .datadir import write_cluster_id as write_cluster_id
 from .errors import AlreadyInitializedError as AlreadyInitializedError
 from .errors import BackupCorruptError as BackupCorruptError
 from .errors import BackupError as BackupError
@@ -58,6 +64,7 @@ __all__ = [
     "BackupError",
     "BackupShareError",
     "DataDirBusyError",
+    "DataDirLock",
     "DiskWal",
     "DumpRecord",
     "FormatVersionError",
@@ -79,10 +86,13 @@ __all__ = [
     "WalMetrics",
     "WrongBackupKeyError",
     "WrongUnlockKeyError",
+    "combine_unlock_key_share_sets",
     "combine_unlock_key_shares",
     "dump",
     "format_unlock_key",
     "log_position",
     "parse_unlock_key",
+    "read_cluster_id",
     "split_unlock_key",
+    "write_cluster_id",
 ]

@@ -393,6 +393,29 @@ def combine_key_shares(fmt: KeyFormat, shares: Iterable[str]) -> str:
     return format_key(fmt, raw)
 
 
+def combine_key_share_sets(fmt: KeyFormat, shares: Iterable[str]) -> list[str]:
+    """Rebuild one key per split from shares of several (each member's unlock key is split on
+    its own, so an offline tool reading several data dirs is given shares of several keys).
+    Shares are grouped by the split they come from, in the order first seen; each group must
+    combine (`combine_key_shares`), or `fmt.share_error` names the share or the split."""
+    error = fmt.share_error
+    groups: dict[bytes, list[str]] = {}
+    for position, text in enumerate(shares, start=1):
+        try:
+            share = _parse_share(text, fmt)
+        except error as exc:
+            raise error(f"share #{position} is {exc}") from None
+        groups.setdefault(share.split_id, []).append(text)
+    keys = []
+    for number, texts in enumerate(groups.values(), start=1):
+        try:
+            keys.append(combine_key_shares(fmt, texts))
+        except error as exc:
+            which = f"the shares of {fmt.a_noun}" if len(groups) == 1 else f"split #{number}"
+            raise error(f"{which}: {exc}") from None
+    return keys
+
+
 def split_unlock_key(unlock_key: str, k: int, n: int) -> list[str]:
     """Split an unlock key into `n` shares, any `k` of which rebuild it (see `split_key`)."""
     return split_key(UNLOCK_KEY_FORMAT, unlock_key, k, n)
@@ -402,6 +425,11 @@ def combine_unlock_key_shares(shares: Iterable[str]) -> str:
     """Rebuild the unlock key from at least k shares of one split, or raise `ShareError`
     naming the problem (see `combine_key_shares`)."""
     return combine_key_shares(UNLOCK_KEY_FORMAT, shares)
+
+
+def combine_unlock_key_share_sets(shares: Iterable[str]) -> list[str]:
+    """One unlock key per split among `shares` (see `combine_key_share_sets`)."""
+    return combine_key_share_sets(UNLOCK_KEY_FORMAT, shares)
 
 
 # --- the data directory's format marker ------------------------------------------------------

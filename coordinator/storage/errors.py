@@ -34,7 +34,8 @@ class FormatVersionError(StorageError):
 
 
 class DataDirBusyError(StorageError):
-    """Another writer holds the WAL's lock: two writers would interleave records."""
+    """Another process holds the data dir's lock (or another writer the WAL's): two writers
+    would interleave records."""
 
 
 class KeyStoreError(StorageError):

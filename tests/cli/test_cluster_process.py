@@ -1,6 +1,7 @@
 """The operator's path end to end, with real processes and mutual TLS: `concordctl cluster
-init`, the three `concord-coordinator` command lines it prints, `cluster autolock on` on
-every member (one key each), a member restarted locked, `concordctl unlock`, back in."""
+init`, the three `concord-coordinator` command lines it prints, `member list` showing each
+member's name and URLs, `cluster autolock on` on every member (one key each), a member
+restarted locked, `concordctl unlock` given every endpoint, back in."""
 
 from __future__ import annotations
 
@@ -130,6 +131,30 @@ def test_init_start_autolock_restart_locked_and_unlock(
         return res.returncode == 0 and len(json.loads(res.stdout)) == 3
 
     _poll(listed, "a leader listing three members")
+
+    # The members `cluster init` made were never admitted by a join: each lists itself.
+    rows: list[dict[str, object]] = []
+
+    def described() -> bool:
+        nonlocal rows
+        res = _ctl(*tls, "--timeout", "2", "-o", "json", "member", "list")
+        rows = json.loads(res.stdout) if res.returncode == 0 else []
+        return len(rows) == 3 and all(r["name"] and r["peer"] and r["client"] for r in rows)
+
+    _poll(described, "every member listed with its name and URLs")
+    by_id = {r["id"]: r for r in rows}
+    # The followers asked the leader over its peer port (the leader listed itself).
+    assert any("registered itself in the directory" in m.log(i) for i in (1, 2, 3))
+    for i, endpoint in enumerate(endpoints, start=1):
+        assert by_id[i]["name"] == f"member-{i}"
+        assert by_id[i]["client"] == f"https://{endpoint}"
+        assert str(by_id[i]["peer"]).startswith("https://127.0.0.1:")
+    table = _ctl(*tls, "member", "list")
+    assert (
+        table.returncode == 0
+        and "member-2" in table.stdout
+        and f"https://{endpoints[2]}" in table.stdout
+    )
     assert _ctl(*tls, "put", "k", "v").returncode == 0
     plain = _ctl("--endpoints", endpoints[0], "--timeout", "2", "get", "k")
     assert plain.returncode == 1  # no client certificate, no service
@@ -152,8 +177,13 @@ def test_init_start_autolock_restart_locked_and_unlock(
     assert res.returncode == 1 and "member is locked: run concordctl unlock" in res.stderr
     wrong = _ctl(*member2, "unlock", input=keys[1] + "\n")  # member 1's key
     assert wrong.returncode == 1 and "PERMISSION_DENIED: wrong unlock key" in wrong.stderr
-    right = _ctl(*member2, "unlock", input=keys[2] + "\n")
+    # Given every endpoint, as a person would: the two running members are fine as they are.
+    right = _ctl(*tls, "-o", "json", "unlock", input=keys[2] + "\n")
     assert right.returncode == 0, right.stderr
+    rows = {row["member"]: row for row in json.loads(right.stdout)}
+    assert rows[2]["ok"] and rows[2]["result"] == "unlocked"
+    for i in (1, 3):
+        assert rows[i]["ok"] and rows[i]["result"].startswith("already unlocked"), rows[i]
 
     def serves() -> bool:
         res = _ctl(*member2, "--timeout", "2", "get", "k", "--serializable")

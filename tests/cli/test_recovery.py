@@ -12,7 +12,7 @@ import pytest
 
 from coordinator.cli._recovery import Survivor, pick_most_up_to_date
 from coordinator.raft import ConfState, Entry, HardState, Snapshot, SnapshotMeta
-from coordinator.storage import DiskWal, KeyStore
+from coordinator.storage import DiskWal, KeyStore, split_unlock_key
 from tests.cli.threaded import ThreadedCluster, ThreadedMember, concordctl, member_config
 
 BACKUP_KEY_RE = re.compile(r"CONCORD-BACKUP-[A-Z2-7]+")
@@ -271,3 +271,29 @@ def test_recover_shows_a_locked_member_as_locked(tmp_path: Path) -> None:
         assert not (tmp_path / "x.bak").exists()
     finally:
         m.stop()
+
+
+def test_recover_offline_opens_autolocked_data_dirs_with_shares_of_each_key(
+    tmp_path: Path,
+) -> None:
+    key2 = _stopped_member(tmp_path / "m2", last_term=4, last_index=5, autolock=True)
+    key3 = _stopped_member(tmp_path / "m3", last_term=5, last_index=5, autolock=True)
+    assert key2 is not None and key3 is not None
+    shares2, shares3 = split_unlock_key(key2, 2, 3), split_unlock_key(key3, 3, 5)
+    args = ["-o", "json", "cluster", "recover"]
+    args += ["--data-dir", f"2={tmp_path / 'm2'}", "--data-dir", f"3={tmp_path / 'm3'}"]
+    # K shares of each member's key, mixed together: each key is rebuilt and tried on each.
+    given = [shares3[4], shares2[0], shares3[0], shares2[2], shares3[1]]
+    res = concordctl("127.0.0.1:1", *args, *[f"--share={s}" for s in given])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert {r["state"] for r in out["survivors"]} == {"readable"}
+    assert out["pick"]["member"] == 3 and out["pick"]["last_term"] == 5
+    # Too few shares of one key: bad input, nothing read.
+    res = concordctl("127.0.0.1:1", *args, f"--share={shares2[0]}", f"--share={shares3[0]}")
+    assert res.exit_code == 2 and "needs" in res.stderr and "Traceback" not in res.output
+    # Shares of only one key: the other member stays locked, and says how to open it.
+    res = concordctl("127.0.0.1:1", *args, f"--share={shares2[0]}", f"--share={shares2[1]}")
+    rows = {r["member"]: r for r in json.loads(res.stdout)["survivors"]}
+    assert rows[2]["state"] == "readable" and rows[3]["state"] == "locked"
+    assert "none of the unlock keys given opens it" in rows[3]["detail"]

@@ -219,6 +219,10 @@ def _lose_two_and_recover(cluster: JoinableCluster) -> None:
                 return sorted(roles(await c.members()).values()) == ["voter", "voter"]
 
             await cluster.wait(two_voters, 60, "the joined member promoted to voter")
+            # The force dropped the other old ids as removed: the joiner gets a new one, never
+            # the id of a lost member whose stale process might come back.
+            ids = sorted(x.id for x in (await c.members()).members)
+            assert ids == [survivor, 4], ids
         async with cluster.client([4]) as c:
             kv = await c.get(b"acked/39")  # linearizable, through the new pair
             assert kv is not None and kv.value == b"39"

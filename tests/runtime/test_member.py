@@ -74,6 +74,11 @@ def test_command_line_is_checked() -> None:
     base = ["--id", "1", "--data-dir", "/tmp/x", "--initial-cluster", "1=a:1", "--cluster-id", "c"]
     cfg = config_from_args(build_parser().parse_args([*base, "--insecure"]))
     assert cfg.name == "member-1" and cfg.insecure and cfg.tls_dir is None
+    # A first member lists itself under the address its peers dial (--initial-cluster, maybe
+    # a proxy in front of --peer-listen), unless told otherwise.
+    assert cfg.advertise_peer_url == "http://a:1"
+    told = [*base, "--insecure", "--advertise-peer-url", "http://b:2"]
+    assert config_from_args(build_parser().parse_args(told)).advertise_peer_url == "http://b:2"
     # TLS or an explicit --insecure, never neither (and never both).
     with pytest.raises(SystemExit) as exit_info:
         main(base)

@@ -170,6 +170,36 @@ def test_restore_builds_a_data_dir_a_member_opens_with_the_state_intact(tmp_path
     with_member(config(data_dir, 1, peers), check)
 
 
+def test_a_restored_member_lists_its_urls_and_keeps_its_restored_name_unless_named(
+    tmp_path: Path,
+) -> None:
+    img = Image()
+    port = free_port()
+    peers = {1: f"127.0.0.1:{port}"}
+    data_dir = tmp_path / "restored"
+    restore_data_dir(
+        img.data, index=img.index, term=img.term, data_dir=data_dir, initial_cluster=peers
+    )
+    urls = {"advertise_peer_url": f"http://{peers[1]}", "advertise_client_url": "http://c:1"}
+
+    def listed(name: str) -> Callable[[Member, Client], Awaitable[None]]:
+        async def check(member: Member, c: Client) -> None:
+            assert member.loop is not None
+            want = (1, name, f"http://{peers[1]}", "http://c:1")
+            fsm = member.loop.fsm
+            await wait_until(
+                lambda: [(m.id, m.name, m.peer_url, m.client_url) for m in fsm.members()] == [want],
+                f"the directory to list {want}",
+            )
+
+        return check
+
+    # No --name: the backup's name stays, the URLs become the member's own.
+    with_member(config(data_dir, 1, peers, name_given=False, **urls), listed("alpha"))
+    # Started with --name: the member says who it is.
+    with_member(config(data_dir, 1, peers, name="a1", **urls), listed("a1"))
+
+
 def test_every_member_restored_from_one_image_gets_the_same_snapshot(tmp_path: Path) -> None:
     img = Image()
     peers = {1: "127.0.0.1:7001", 2: "127.0.0.1:7002", 3: "127.0.0.1:7003"}
@@ -259,11 +289,16 @@ def test_restore_with_autolock_prints_a_new_unlock_key(tmp_path: Path) -> None:
 # --- force a new cluster ------------------------------------------------------------------------
 
 
-def survivor_dir(path: Path, *, voters: frozenset[int] = frozenset({1, 2, 3})) -> None:
+def survivor_dir(
+    path: Path,
+    *,
+    voters: frozenset[int] = frozenset({1, 2, 3}),
+    conf: ConfState | None = None,
+) -> None:
     """A member's data dir as a crash leaves it: entries 1..6, committed up to 4 only."""
     keys = KeyStore.create(path)
     with DiskWal.create(keys) as wal:
-        wal.save_snapshot(Snapshot(SnapshotMeta(0, 0, ConfState(voters))))
+        wal.save_snapshot(Snapshot(SnapshotMeta(0, 0, conf or ConfState(voters))))
 
         def cmd(index: int, term: int, command: object) -> Entry:
             return Entry(index, term, EntryKind.NORMAL, Envelope(7, index, 1_000, command).encode())  # type: ignore[arg-type]
@@ -307,6 +342,31 @@ def test_force_new_cluster_keeps_the_whole_log_and_shrinks_the_configuration(
     assert kept is not None and kept.value == b"kept"
     assert [m.name for m in fsm.members()] == ["bravo"]
     assert "index 6" in (tmp_path / "d" / FORCED_MARKER).read_text()
+
+
+def test_force_new_cluster_remembers_every_dropped_id_as_removed(tmp_path: Path) -> None:
+    # Voters {1, 2, 3}, learner 5; the directory lists 2 and 3 (see survivor_dir). Forcing
+    # member 2 drops 1, 3 and 5: none of them may ever be given to a joining member, or a
+    # stale process of the old cluster would be taken for the new member.
+    survivor_dir(tmp_path / "d", conf=ConfState(frozenset({1, 2, 3}), frozenset({5})))
+    with DiskWal.open(KeyStore.open(tmp_path / "d")) as wal:
+        force_new_cluster(wal, 2)
+    with DiskWal.open(KeyStore.open(tmp_path / "d")) as wal:  # durable, in the snapshot
+        snap = wal.snapshot()
+    fsm = StateMachine()
+    fsm.restore(snap.data)
+    assert fsm.removed_member_ids() == frozenset({1, 3, 5})
+    assert [m.id for m in fsm.members()] == [2]
+    # The directory refuses them as it refuses an id MemberRemove took out.
+    refused = fsm.apply(
+        Entry(
+            7,
+            4,
+            EntryKind.NORMAL,
+            Envelope(7, 7, 2_000, MemberUpsert(3, "c", "https://c:1", "https://c:2")).encode(),
+        )
+    )
+    assert "never reused" in str(refused.result)
 
 
 def test_a_forced_member_serves_writes_alone(tmp_path: Path) -> None:

@@ -395,3 +395,53 @@ def test_only_a_caught_up_learner_is_promoted_and_only_at_its_own_request(tmp_pa
         assert all(new_id in m.loop.node.conf.learners for m in c.running())
 
     with_joinable(tmp_path, scenario, signers={1, 2})
+
+
+def test_a_member_lists_itself_in_the_directory_and_only_itself(tmp_path: Path) -> None:
+    async def scenario(c: Cluster, j: Joinable) -> None:
+        async def register(member: int, name: str, as_member: int | None = None) -> Any:
+            """RegisterSelf on the leader's peer port with `as_member`'s certificate."""
+            credentials = member_channel_credentials(member_tls(as_member or member))
+            request = jpb.RegisterSelfRequest(
+                id=member,
+                name=name,
+                peer_url=f"https://127.0.0.1:{7000 + member}",
+                client_url=f"https://127.0.0.1:{8000 + member}",
+            )
+            for _ in range(50):
+                leader = await c.leader()
+                async with grpc.aio.secure_channel(
+                    j.peer_addresses[leader.id], credentials
+                ) as channel:
+                    try:
+                        return await join_rpc.AdmissionStub(channel).RegisterSelf(
+                            request, timeout=5
+                        )
+                    except grpc.aio.AioRpcError as err:
+                        if err.code() is not grpc.StatusCode.UNAVAILABLE:
+                            return err
+                await asyncio.sleep(0.1)
+            raise AssertionError("no leader answered")
+
+        first = await register(2, "bravo")
+        assert first.changed and first.raft_index > 0
+        again = await register(2, "bravo")  # level-based: nothing to change
+        assert not again.changed
+        leader = await c.leader()
+        entry = next(m for m in leader.loop.fsm.members() if m.id == 2)
+        assert (entry.name, entry.peer_url, entry.client_url) == (
+            "bravo",
+            "https://127.0.0.1:7002",
+            "https://127.0.0.1:8002",
+        )
+        posing = await register(3, "charlie", as_member=2)
+        assert posing.code() is grpc.StatusCode.PERMISSION_DENIED
+        assert "may list only itself" in posing.details()
+        outsider = await register(9, "india")
+        assert outsider.code() is grpc.StatusCode.NOT_FOUND
+        assert "not in this cluster's configuration" in outsider.details()
+        taken = await register(3, "bravo")
+        assert taken.code() is grpc.StatusCode.ALREADY_EXISTS
+        assert "belongs to member 2" in taken.details()
+
+    with_joinable(tmp_path, scenario, signers={1})

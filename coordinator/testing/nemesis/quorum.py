@@ -192,6 +192,21 @@ class _Experiment:
 
         return worst([r[0] for r in results]), worst([r[1] for r in results])
 
+    async def wait_listed_everywhere(self, cluster: Cluster) -> None:
+        """Until every member lists the held lock in its own state machine. The serializable
+        probes ask each member by itself: a follower that has not applied the grant yet (it
+        started last, or the write's majority did without it) would say NOT_FOUND for a
+        reason that has nothing to do with losing members."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LIVE_TIMEOUT_S
+        for member in cluster.members:
+            async with cluster.client(only=member, timeout_s=PROBE_TIMEOUT_S) as c:
+                while (await probe(_held_lock_listed(c, self.token))).result != "ok":
+                    if loop.time() > deadline:
+                        self.report.fail(f"member {member} never listed the held lock")
+                        return
+                    await asyncio.sleep(0.05)  # another process's apply: nothing to await
+
     async def play(self, cluster: Cluster) -> None:
         await cluster.wait_ready(timeout_s=30.0)
         await cluster.leader(20.0)
@@ -208,6 +223,7 @@ class _Experiment:
             self.token = held.fencing_token
             async with self.client(cluster) as c:
                 await until_ok(lambda: c.put(b"quorum/probe/0", b"x"), "first write")
+            await self.wait_listed_everywhere(cluster)
             self.rows.append(await self.row(cluster, [], 0))
             leader = await cluster.leader(20.0)  # the leader now, not at start-up
             others = [i for i in cluster.members if i != leader]
