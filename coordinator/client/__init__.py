@@ -1,13 +1,66 @@
 """Concord's client library: asyncio `Client` (leader discovery, safe retries, locks as
 context managers, elections, watches, per-member key management), and `SyncClient`, the same
 for synchronous code (a private event loop in a background thread). The CLI, the sidecar and
-the operator all go through it."""
+the operator all go through it.
+
+Build a client from endpoints and credentials, from a TLS directory (`Client.from_tls_dir`)
+or from the environment (`Client.from_env`: CONCORD_ENDPOINTS, CONCORD_TLS_DIR). Every
+failure is a `ConcordError` of its status's own type (`NotFound`, `Unavailable`...); results
+are frozen dataclasses, never protobuf messages.
+"""
 
 from ._client import Client as Client
-from ._client import ConcordError as ConcordError
 from ._client import Leadership as Leadership
 from ._client import LeaseInfo as LeaseInfo
 from ._client import Lock as Lock
+from ._config import check_endpoint as check_endpoint
+from ._config import credentials_from_tls_dir as credentials_from_tls_dir
+from ._config import parse_endpoints as parse_endpoints
+from ._errors import Aborted as Aborted
+from ._errors import AlreadyExists as AlreadyExists
+from ._errors import Cancelled as Cancelled
+from ._errors import ConcordError as ConcordError
+from ._errors import DataLoss as DataLoss
+from ._errors import DeadlineExceeded as DeadlineExceeded
+from ._errors import FailedPrecondition as FailedPrecondition
+from ._errors import Internal as Internal
+from ._errors import InvalidArgument as InvalidArgument
+from ._errors import NotFound as NotFound
+from ._errors import OutOfRange as OutOfRange
+from ._errors import PermissionDenied as PermissionDenied
+from ._errors import ResourceExhausted as ResourceExhausted
+from ._errors import Unauthenticated as Unauthenticated
+from ._errors import Unavailable as Unavailable
+from ._errors import Unimplemented as Unimplemented
+from ._errors import Unknown as Unknown
+from ._errors import error_for as error_for
 from ._sync import SyncClient as SyncClient
 
-__all__ = ["Client", "ConcordError", "Leadership", "LeaseInfo", "Lock", "SyncClient"]
+__all__ = [
+    "Aborted",
+    "AlreadyExists",
+    "Cancelled",
+    "Client",
+    "ConcordError",
+    "DataLoss",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "Internal",
+    "InvalidArgument",
+    "Leadership",
+    "LeaseInfo",
+    "Lock",
+    "NotFound",
+    "OutOfRange",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "SyncClient",
+    "Unauthenticated",
+    "Unavailable",
+    "Unimplemented",
+    "Unknown",
+    "check_endpoint",
+    "credentials_from_tls_dir",
+    "error_for",
+    "parse_endpoints",
+]
