@@ -25,7 +25,7 @@ from typing import Any
 import click
 
 from coordinator.api.v1 import concord_pb2 as pb
-from coordinator.client import Client, ConcordError
+from coordinator.client import Client, ConcordError, InvalidArgument, parse_endpoints
 
 from ._common import EXIT_INTERRUPTED, Ctx, emit, fail, interrupts, run, wait_first
 from ._keys import autolock, rotate_data_key, rotate_unlock_key, unlock
@@ -103,9 +103,10 @@ def cli(
 ) -> None:
     """Talk to a Concord cluster: keys, compare-and-swap, leases, locks, elections,
     sequences, members, and each member's keys (unlock, autolock)."""
-    eps = [e.strip() for e in endpoints.split(",") if e.strip()]
-    if not eps:
-        raise click.BadParameter("give at least one host:port", param_hint="--endpoints")
+    try:
+        eps = parse_endpoints(endpoints)
+    except InvalidArgument as err:
+        raise click.BadParameter(err.message, param_hint="--endpoints") from None
     click_ctx.obj = Ctx(eps, output, timeout_s, tls_dir)
 
 

@@ -242,8 +242,7 @@ class Client:
             self._suspect_until[endpoint] = loop.time() + 2 * self.attempt_timeout_s
             stubs = self._stubs.get(endpoint)
             if stubs is not None and stubs.channel.get_state() != grpc.ChannelConnectivity.READY:
-                tls = self.credentials is not None
-                return dataclasses.replace(err, unreachable=silent(endpoint, tls))
+                return dataclasses.replace(err, unreachable=silent(endpoint))
         return err
 
     def _suspect(self, endpoint: str) -> bool:
@@ -373,6 +372,8 @@ class Client:
                 self._move_past(endpoint)
                 await asyncio.sleep(min(delay_s, max(0.0, deadline - loop.time())))
                 delay_s = min(delay_s * 2, 0.25)
+        if set(wrong).union(unreachable).issuperset(self.endpoints):
+            raise Unavailable(_advice({**unreachable, **wrong}))
         advice = f" ({_advice({**unreachable, **wrong})})" if wrong or unreachable else ""
         if last is not None and last.code == grpc.StatusCode.UNAVAILABLE:
             # Members answered, but none could serve (no leader, unreachable): still

@@ -159,6 +159,8 @@ def classify(endpoint: str, code: grpc.StatusCode, details: str, *, tls: bool) -
             f"{PASS_TLS} (or it is not a client port; {WHERE})",
             "",
         )
+    if "before receiving settings frame" in text:
+        return ("", silent(endpoint))
     if "connection refused" in text:
         return (
             "",
@@ -168,12 +170,11 @@ def classify(endpoint: str, code: grpc.StatusCode, details: str, *, tls: bool) -
     return ("", "")
 
 
-def silent(endpoint: str, tls: bool) -> str:
+def silent(endpoint: str) -> str:
     """Advice for an endpoint that accepted a connection but never finished a handshake."""
-    hint = "a TLS member expects TLS" if not tls else "a plaintext port never answers a TLS hello"
     return (
         f"{endpoint} accepted a connection but never completed a gRPC handshake: is it a "
-        f"Concord client port (and is the member running, not stopped)? ({hint}; {WHERE})"
+        f"Concord client port, and is the member running (not stopped)? {WHERE}"
     )
 
 
