@@ -22,6 +22,7 @@ from typing import Any
 import click
 
 from coordinator.api.v1 import concord_pb2 as pb
+from coordinator.client import TxnOpResult
 
 from ._common import Ctx, emit, run
 
@@ -91,18 +92,18 @@ def parse_op(text: str, hint: str) -> pb.TxnOp:
     )
 
 
-def _result_row(op: pb.TxnOp, r: pb.TxnOpResult) -> dict[str, Any]:
+def _result_row(op: pb.TxnOp, r: TxnOpResult) -> dict[str, Any]:
     kind = op.WhichOneof("op")
     if kind == "put":
         key = op.put.key.decode(errors="replace")
-        return {"op": "put", "key": key, "value": "", "revision": r.put.header.revision}
+        return {"op": "put", "key": key, "value": "", "revision": r.revision}
     if kind == "delete":
         key = op.delete.key.decode(errors="replace")
-        return {"op": "del", "key": key, "value": f"{r.delete.deleted} deleted", "revision": ""}
+        return {"op": "del", "key": key, "value": f"{r.deleted} deleted", "revision": ""}
     key = op.range.key.decode(errors="replace")
-    if not r.range.kvs:
+    if not r.kvs:
         return {"op": "get", "key": key, "value": "(absent)", "revision": ""}
-    kv = r.range.kvs[0]
+    kv = r.kvs[0]
     return {
         "op": "get",
         "key": key,

@@ -13,6 +13,7 @@ from ._client import Client as Client
 from ._client import Leadership as Leadership
 from ._client import LeaseInfo as LeaseInfo
 from ._client import Lock as Lock
+from ._client import prefix_end as prefix_end
 from ._config import check_endpoint as check_endpoint
 from ._config import credentials_from_tls_dir as credentials_from_tls_dir
 from ._config import parse_endpoints as parse_endpoints
@@ -35,32 +36,61 @@ from ._errors import Unimplemented as Unimplemented
 from ._errors import Unknown as Unknown
 from ._errors import error_for as error_for
 from ._sync import SyncClient as SyncClient
+from ._types import AutolockChange as AutolockChange
+from ._types import AutolockStatus as AutolockStatus
+from ._types import DataKeyRotation as DataKeyRotation
+from ._types import Event as Event
+from ._types import EventType as EventType
+from ._types import JoinTokenInfo as JoinTokenInfo
+from ._types import KeyValue as KeyValue
+from ._types import Member as Member
+from ._types import MemberList as MemberList
+from ._types import NewJoinToken as NewJoinToken
+from ._types import Status as Status
+from ._types import TxnOpResult as TxnOpResult
+from ._types import TxnResult as TxnResult
+from ._types import UnlockKeyRotation as UnlockKeyRotation
 
 __all__ = [
     "Aborted",
     "AlreadyExists",
+    "AutolockChange",
+    "AutolockStatus",
     "Cancelled",
     "Client",
     "ConcordError",
+    "DataKeyRotation",
     "DataLoss",
     "DeadlineExceeded",
+    "Event",
+    "EventType",
     "FailedPrecondition",
     "Internal",
     "InvalidArgument",
+    "JoinTokenInfo",
+    "KeyValue",
     "Leadership",
     "LeaseInfo",
     "Lock",
+    "Member",
+    "MemberList",
+    "NewJoinToken",
     "NotFound",
     "OutOfRange",
     "PermissionDenied",
     "ResourceExhausted",
+    "Status",
     "SyncClient",
+    "TxnOpResult",
+    "TxnResult",
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",
     "Unknown",
+    "UnlockKeyRotation",
     "check_endpoint",
     "credentials_from_tls_dir",
     "error_for",
     "parse_endpoints",
+    "prefix_end",
 ]

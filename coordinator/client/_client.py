@@ -76,6 +76,19 @@ from ._errors import (
 )
 from ._pipe import CallFailed, Pipe, format_s
 from ._transport import Failure, channel_options, silent
+from ._types import (
+    AutolockChange,
+    AutolockStatus,
+    DataKeyRotation,
+    Event,
+    JoinTokenInfo,
+    KeyValue,
+    MemberList,
+    NewJoinToken,
+    Status,
+    TxnResult,
+    UnlockKeyRotation,
+)
 
 T = TypeVar("T")
 
@@ -404,10 +417,41 @@ class Client:
             resp = await self._small("put", req, lambda s: s.kv.Put)
             return int(resp.header.revision)
 
-    async def get(self, key: bytes, *, serializable: bool = False) -> pb.KeyValue | None:
-        req = pb.RangeRequest(key=key, serializable=serializable)
+    async def get(self, key: bytes, *, serializable: bool = False) -> KeyValue | None:
+        """`key`'s value, or None if absent. Linearizable, unless `serializable` (the
+        answering member's own state: may be stale, works without a quorum)."""
+        kvs = await self.get_range(key, serializable=serializable)
+        return kvs[0] if kvs else None
+
+    async def get_range(
+        self,
+        key: bytes,
+        range_end: bytes = b"",
+        *,
+        limit: int = 0,
+        serializable: bool = False,
+    ) -> list[KeyValue]:
+        """The keys in [key, range_end) in key order (range_end b"": just `key`; b"\\0":
+        every key >= key), at most `limit` of them (0: all), read at one revision."""
+        req = pb.RangeRequest(key=key, range_end=range_end, limit=limit, serializable=serializable)
         resp = await self._small("range", req, lambda s: s.kv.Range)
-        return resp.kvs[0] if resp.kvs else None
+        return [KeyValue._from_pb(kv) for kv in resp.kvs]
+
+    async def get_prefix(
+        self, prefix: bytes, *, limit: int = 0, serializable: bool = False
+    ) -> list[KeyValue]:
+        """Every key that starts with `prefix` (b"": every key), in key order."""
+        return await self.get_range(
+            prefix or b"\0", prefix_end(prefix), limit=limit, serializable=serializable
+        )
+
+    async def get_many(
+        self, keys: Sequence[bytes], *, serializable: bool = False
+    ) -> list[KeyValue | None]:
+        """Each key's value (None if absent), in the order given. The reads go out together
+        (one batch on the Pipeline stream), each linearizable, but not all at one revision:
+        for a consistent view of related keys, keep them under a prefix and `get_prefix`."""
+        return list(await asyncio.gather(*(self.get(k, serializable=serializable) for k in keys)))
 
     async def delete(self, key: bytes, range_end: bytes = b"") -> int:
         with self.session() as session:
@@ -435,14 +479,14 @@ class Client:
         compares: Sequence[pb.Compare],
         success: Sequence[pb.TxnOp],
         failure: Sequence[pb.TxnOp] = (),
-    ) -> pb.TxnResponse:
+    ) -> TxnResult:
         """If every compare holds, run `success`, else `failure`, atomically (exactly once)."""
         with self.session() as session:
             req = pb.TxnRequest(
                 session=session, compares=compares, success=success, failure=failure
             )
-            resp: pb.TxnResponse = await self._small("txn", req, lambda s: s.kv.Txn)
-            return resp
+            resp = await self._small("txn", req, lambda s: s.kv.Txn)
+            return TxnResult._from_pb(resp)
 
     # --- leases and locks ----------------------------------------------------------------------
 
@@ -604,7 +648,7 @@ class Client:
 
     async def watch(
         self, key: bytes, range_end: bytes = b"", *, start_revision: int = 0
-    ) -> AsyncGenerator[pb.Event, None]:
+    ) -> AsyncGenerator[Event, None]:
         """Every change to `key` (or to [key, range_end); b"\\0" = every key >= key) from
         `start_revision` (0: from now on), in revision order, until the caller stops
         iterating. A broken stream is resumed after the last event seen (see the module doc);
@@ -629,7 +673,7 @@ class Client:
                         next_revision = int(resp.header.revision) + 1
                     for event in resp.events:
                         next_revision = int(event.revision) + 1
-                        yield event
+                        yield Event._from_pb(event)
             except grpc.RpcError as exc:
                 err = self._failure(exc, endpoint)
                 if not err.retryable:
@@ -664,13 +708,16 @@ class Client:
 
     # --- cluster -------------------------------------------------------------------------------
 
-    async def members(self) -> pb.MemberListResponse:
+    async def members(self) -> MemberList:
         req = pb.MemberListRequest()
-        return await self.call(lambda s: s.cluster.MemberList(req, timeout=self.attempt_timeout_s))
+        resp = await self.call(lambda s: s.cluster.MemberList(req, timeout=self.attempt_timeout_s))
+        return MemberList._from_pb(resp)
 
-    async def status(self) -> pb.StatusResponse:
+    async def status(self) -> Status:
+        """The answering member's view (any member answers: not redirected to the leader)."""
         req = pb.StatusRequest()
-        return await self.call(lambda s: s.cluster.Status(req, timeout=self.attempt_timeout_s))
+        resp = await self.call(lambda s: s.cluster.Status(req, timeout=self.attempt_timeout_s))
+        return Status._from_pb(resp)
 
     async def member_add_learner(
         self, member: int, name: str, peer_url: str, client_url: str
@@ -698,30 +745,30 @@ class Client:
 
     # --- join tokens ---------------------------------------------------------------------------
 
-    async def join_token_create(self) -> pb.JoinTokenCreateResponse:
+    async def join_token_create(self) -> NewJoinToken:
         """A new join token: `.token` is shown this once (the cluster keeps its hash only).
         Not exactly-once: a retry after an unknown outcome may leave an unseen extra token."""
         req = pb.JoinTokenCreateRequest()
-        return await self.call(
+        resp = await self.call(
             lambda s: s.cluster.JoinTokenCreate(req, timeout=self.attempt_timeout_s)
         )
+        return NewJoinToken(str(resp.token), JoinTokenInfo._from_pb(resp.info))
 
-    async def join_token_list(self) -> list[pb.JoinTokenInfo]:
+    async def join_token_list(self) -> list[JoinTokenInfo]:
         """Every join token's id and times (revoked ones included), oldest first."""
         req = pb.JoinTokenListRequest()
         resp = await self.call(
             lambda s: s.cluster.JoinTokenList(req, timeout=self.attempt_timeout_s)
         )
-        return list(resp.tokens)
+        return [JoinTokenInfo._from_pb(t) for t in resp.tokens]
 
-    async def join_token_revoke(self, token_or_id: str) -> pb.JoinTokenInfo:
+    async def join_token_revoke(self, token_or_id: str) -> JoinTokenInfo:
         """Revoke a join token, given as its id or the token itself (idempotent)."""
         req = pb.JoinTokenRevokeRequest(id=token_or_id)
         resp = await self.call(
             lambda s: s.cluster.JoinTokenRevoke(req, timeout=self.attempt_timeout_s)
         )
-        info: pb.JoinTokenInfo = resp.info
-        return info
+        return JoinTokenInfo._from_pb(resp.info)
 
     # --- one member's keys (per endpoint, never redirected) --------------------------------------
 
@@ -733,32 +780,49 @@ class Client:
         )
         return int(resp.member_id)
 
-    async def autolock_status(self, endpoint: str) -> pb.AutolockStatusResponse:
+    async def autolock_status(self, endpoint: str) -> AutolockStatus:
         req = pb.AutolockStatusRequest()
-        return await self.call_endpoint(
+        st = await self.call_endpoint(
             endpoint, lambda s: s.maintenance.AutolockStatus(req, timeout=self.rpc_timeout_s)
         )
+        return AutolockStatus(
+            int(st.member_id),
+            str(st.member_name),
+            str(st.phase),
+            bool(st.locked),
+            bool(st.autolock),
+        )
 
-    async def set_autolock(self, endpoint: str, enabled: bool) -> pb.SetAutolockResponse:
-        """Turn the member's autolock on (the response carries its new unlock key, once) or
+    async def set_autolock(self, endpoint: str, enabled: bool) -> AutolockChange:
+        """Turn the member's autolock on (the result carries its new unlock key, once) or
         off; `changed` is False if it already was so."""
         req = pb.SetAutolockRequest(enabled=enabled)
-        return await self.call_endpoint(
+        resp = await self.call_endpoint(
             endpoint, lambda s: s.maintenance.SetAutolock(req, timeout=self.rpc_timeout_s)
         )
-
-    async def rotate_unlock_key(self, endpoint: str) -> pb.RotateUnlockKeyResponse:
-        req = pb.RotateUnlockKeyRequest()
-        return await self.call_endpoint(
-            endpoint, lambda s: s.maintenance.RotateUnlockKey(req, timeout=self.rpc_timeout_s)
+        return AutolockChange(
+            int(resp.member_id), bool(resp.autolock), bool(resp.changed), str(resp.unlock_key)
         )
 
-    async def rotate_data_key(self, endpoint: str) -> pb.RotateDataKeyResponse:
+    async def rotate_unlock_key(self, endpoint: str) -> UnlockKeyRotation:
+        req = pb.RotateUnlockKeyRequest()
+        resp = await self.call_endpoint(
+            endpoint, lambda s: s.maintenance.RotateUnlockKey(req, timeout=self.rpc_timeout_s)
+        )
+        return UnlockKeyRotation(int(resp.member_id), str(resp.unlock_key))
+
+    async def rotate_data_key(self, endpoint: str) -> DataKeyRotation:
         """A new data key for the member at `endpoint`, and its data re-encrypted under it
         through a snapshot (the snapshot is written within the call: up to `rpc_timeout_s`)."""
         req = pb.RotateDataKeyRequest()
-        return await self.call_endpoint(
+        resp = await self.call_endpoint(
             endpoint, lambda s: s.maintenance.RotateDataKey(req, timeout=self.rpc_timeout_s)
+        )
+        return DataKeyRotation(
+            int(resp.member_id),
+            int(resp.key_id),
+            int(resp.snapshot_index),
+            tuple(int(k) for k in resp.retired_key_ids),
         )
 
 
@@ -786,6 +850,17 @@ async def _stream_failure(
     if code is None or code == grpc.StatusCode.OK:
         return CallFailed(grpc.StatusCode.UNAVAILABLE, f"the stream to {endpoint} ended early")
     return CallFailed(code, details or f"the stream to {endpoint} ended")
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The end of the range of keys starting with `prefix` (b"\\0": every key)."""
+    end = bytearray(prefix)
+    while end:
+        if end[-1] < 0xFF:
+            end[-1] += 1
+            return bytes(end)
+        end.pop()
+    return b"\0"
 
 
 def _every_locked(endpoints: Sequence[str], details: str) -> str:

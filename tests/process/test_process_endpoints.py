@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.client import Client, Unavailable
+from coordinator.client import Client, JoinTokenInfo, NewJoinToken, Unavailable
 from tests.process.harness import REPO, MakeCluster, ProcessCluster, run
 
 pytestmark = pytest.mark.process
@@ -90,6 +90,13 @@ def test_wrong_ports_and_tls_settings_are_explained(make_cluster: MakeCluster) -
         async with Client.from_env(env) as from_env:
             kv = await from_env.get(b"k")
             assert kv is not None and kv.value == b"v"
+            # Join tokens need a TLS cluster (the token names its CA): typed results too.
+            token = await from_env.join_token_create()
+            assert isinstance(token, NewJoinToken) and token.token.startswith("CONCORD-JOIN-")
+            assert token.token not in repr(token)
+            assert [t.id for t in await from_env.join_token_list()] == [token.info.id]
+            revoked = await from_env.join_token_revoke(token.info.id)
+            assert isinstance(revoked, JoinTokenInfo) and revoked.revoked_ms > 0
 
     run(library(), 120)
 
