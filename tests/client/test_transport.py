@@ -27,6 +27,7 @@ from coordinator.client import (
     Unavailable,
     error_for,
 )
+from coordinator.client._transport import Failure
 from coordinator.runtime.tls import (
     create_ca,
     issue_client_cert,
@@ -296,3 +297,27 @@ def test_a_blocking_calls_deadline_error_names_the_callers_deadline(tmp_path: Pa
                 assert "5.0 s" not in caught.value.message
 
     with_cluster(tmp_path, scenario)
+
+
+def test_transport_failures_are_retried_and_a_members_own_refusals_are_not() -> None:
+    """What the retry loop retries: the classification of real status details."""
+
+    def failure(code: grpc.StatusCode, details: str) -> Failure:
+        return Failure(code, details, "", locked=False, queued=False)
+
+    retried = [
+        (grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses"),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"),
+        (grpc.StatusCode.INTERNAL, "Received RST_STREAM with error code 2"),
+        (grpc.StatusCode.CANCELLED, "Cancelled"),
+    ]
+    for code, details in retried:
+        assert failure(code, details).retryable, (code, details)
+    refused = [
+        (grpc.StatusCode.INTERNAL, "internal error (KeyError: 3); this is a bug in the member"),
+        (grpc.StatusCode.NOT_FOUND, "lease 3 not found"),
+        (grpc.StatusCode.INVALID_ARGUMENT, "lease TTL 5 ms is outside 1000..86400000 ms"),
+        (grpc.StatusCode.FAILED_PRECONDITION, "not the leader of the election"),
+    ]
+    for code, details in refused:
+        assert not failure(code, details).retryable, (code, details)
