@@ -38,15 +38,20 @@ from ._errors import error_for as error_for
 from ._sync import SyncClient as SyncClient
 from ._types import AutolockChange as AutolockChange
 from ._types import AutolockStatus as AutolockStatus
+from ._types import Compare as Compare
 from ._types import DataKeyRotation as DataKeyRotation
+from ._types import Delete as Delete
 from ._types import Event as Event
 from ._types import EventType as EventType
+from ._types import Get as Get
 from ._types import JoinTokenInfo as JoinTokenInfo
 from ._types import KeyValue as KeyValue
 from ._types import Member as Member
 from ._types import MemberList as MemberList
 from ._types import NewJoinToken as NewJoinToken
+from ._types import Put as Put
 from ._types import Status as Status
+from ._types import TxnOp as TxnOp
 from ._types import TxnOpResult as TxnOpResult
 from ._types import TxnResult as TxnResult
 from ._types import UnlockKeyRotation as UnlockKeyRotation
@@ -58,13 +63,16 @@ __all__ = [
     "AutolockStatus",
     "Cancelled",
     "Client",
+    "Compare",
     "ConcordError",
     "DataKeyRotation",
     "DataLoss",
     "DeadlineExceeded",
+    "Delete",
     "Event",
     "EventType",
     "FailedPrecondition",
+    "Get",
     "Internal",
     "InvalidArgument",
     "JoinTokenInfo",
@@ -78,9 +86,11 @@ __all__ = [
     "NotFound",
     "OutOfRange",
     "PermissionDenied",
+    "Put",
     "ResourceExhausted",
     "Status",
     "SyncClient",
+    "TxnOp",
     "TxnOpResult",
     "TxnResult",
     "Unauthenticated",

@@ -79,13 +79,16 @@ from ._transport import Failure, channel_options, silent
 from ._types import (
     AutolockChange,
     AutolockStatus,
+    Compare,
     DataKeyRotation,
     Event,
     JoinTokenInfo,
     KeyValue,
     MemberList,
     NewJoinToken,
+    Put,
     Status,
+    TxnOp,
     TxnResult,
     UnlockKeyRotation,
 )
@@ -122,11 +125,6 @@ class Leadership:
     lease: int
     fencing_token: int
     value: bytes = b""
-
-    def key(self) -> pb.LeaderKey:
-        return pb.LeaderKey(
-            election=self.election, lease=self.lease, fencing_token=self.fencing_token
-        )
 
 
 class _Stubs:
@@ -462,28 +460,25 @@ class Client:
     async def cas(self, key: bytes, expected: bytes | None, new: bytes) -> bool:
         """Set `key` to `new` iff its value is `expected` (None: iff it does not exist)."""
         if expected is None:
-            cmp = pb.Compare(key=key, target=pb.Compare.VERSION, op=pb.Compare.EQUAL, number=0)
+            cmp = Compare(key, "version", "=", 0)
         else:
-            cmp = pb.Compare(key=key, target=pb.Compare.VALUE, op=pb.Compare.EQUAL, value=expected)
-        with self.session() as session:
-            req = pb.TxnRequest(
-                session=session,
-                compares=[cmp],
-                success=[pb.TxnOp(put=pb.PutRequest(key=key, value=new))],
-            )
-            resp = await self._small("txn", req, lambda s: s.kv.Txn)
-            return bool(resp.succeeded)
+            cmp = Compare(key, "value", "=", expected)
+        return (await self.txn([cmp], [Put(key, new)])).succeeded
 
     async def txn(
         self,
-        compares: Sequence[pb.Compare],
-        success: Sequence[pb.TxnOp],
-        failure: Sequence[pb.TxnOp] = (),
+        compares: Sequence[Compare],
+        success: Sequence[TxnOp],
+        failure: Sequence[TxnOp] = (),
     ) -> TxnResult:
-        """If every compare holds, run `success`, else `failure`, atomically (exactly once)."""
+        """If every compare holds, run `success`, else `failure`, atomically (exactly once);
+        both see one revision."""
         with self.session() as session:
             req = pb.TxnRequest(
-                session=session, compares=compares, success=success, failure=failure
+                session=session,
+                compares=[c._to_pb() for c in compares],
+                success=[op._to_pb() for op in success],
+                failure=[op._to_pb() for op in failure],
             )
             resp = await self._small("txn", req, lambda s: s.kv.Txn)
             return TxnResult._from_pb(resp)
@@ -626,7 +621,7 @@ class Client:
     async def proclaim(self, leadership: Leadership, value: bytes) -> Leadership:
         """Publish a new value as the current leader (FAILED_PRECONDITION if no longer)."""
         with self.session() as session:
-            req = pb.ProclaimRequest(session=session, leader=leadership.key(), value=value)
+            req = pb.ProclaimRequest(session=session, leader=_leader_key(leadership), value=value)
             await self.call(lambda s: s.election.Proclaim(req, timeout=self.attempt_timeout_s))
             return Leadership(
                 leadership.election, leadership.lease, leadership.fencing_token, value
@@ -635,7 +630,7 @@ class Client:
     async def resign(self, leadership: Leadership) -> None:
         """Give up the leadership (or a queued campaign) of `leadership.lease`."""
         with self.session() as session:
-            req = pb.ResignRequest(session=session, leader=leadership.key())
+            req = pb.ResignRequest(session=session, leader=_leader_key(leadership))
             await self.call(lambda s: s.election.Resign(req, timeout=self.attempt_timeout_s))
 
     async def leader(self, election: str, *, serializable: bool = False) -> Leadership | None:
@@ -824,6 +819,13 @@ class Client:
             int(resp.snapshot_index),
             tuple(int(k) for k in resp.retired_key_ids),
         )
+
+
+def _leader_key(leadership: Leadership) -> pb.LeaderKey:
+    """The wire form of a leadership, for Proclaim and Resign."""
+    return pb.LeaderKey(
+        election=leadership.election, lease=leadership.lease, fencing_token=leadership.fencing_token
+    )
 
 
 def _leadership(resp: pb.LeaderResponse) -> Leadership | None:

@@ -17,6 +17,8 @@ from typing import Any
 
 from coordinator.api.v1 import concord_pb2 as pb
 
+from ._errors import InvalidArgument
+
 _PbMessage = Any  # the generated messages are untyped
 
 
@@ -294,3 +296,96 @@ class DataKeyRotation:
     snapshot_index: int
     """The snapshot sealed under it; the log starts after it."""
     retired_key_ids: tuple[int, ...]
+
+
+# --- transaction inputs ----------------------------------------------------------------------
+
+_TARGETS = {
+    "value": pb.Compare.VALUE,
+    "version": pb.Compare.VERSION,
+    "create_revision": pb.Compare.CREATE_REVISION,
+    "mod_revision": pb.Compare.MOD_REVISION,
+    "lease": pb.Compare.LEASE,
+    "lock_token": pb.Compare.LOCK_TOKEN,
+}
+_OPS = {
+    "=": pb.Compare.EQUAL,
+    "!=": pb.Compare.NOT_EQUAL,
+    "<": pb.Compare.LESS,
+    ">": pb.Compare.GREATER,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Compare:
+    """One condition of a transaction: `target` of `key` `op` `operand`.
+
+    target: "value" (operand: bytes), or a number (operand: int): "version" (0: the key does
+    not exist), "create_revision", "mod_revision", "lease", or "lock_token" (`key` names a
+    lock; its current fencing token: a write guarded by it succeeds only for the holder).
+    op: "=", "!=", "<" or ">". A malformed compare raises InvalidArgument when made."""
+
+    key: bytes
+    target: str
+    op: str
+    operand: bytes | int
+
+    def __post_init__(self) -> None:
+        if self.target not in _TARGETS:
+            raise InvalidArgument(
+                f"compare target {self.target!r}: use one of {', '.join(_TARGETS)}"
+            )
+        if self.op not in _OPS:
+            raise InvalidArgument(f"compare op {self.op!r}: use one of {', '.join(_OPS)}")
+        wants_bytes = self.target == "value"
+        if wants_bytes != isinstance(self.operand, bytes):
+            kind = "bytes" if wants_bytes else "an int"
+            raise InvalidArgument(f"compare of {self.target}: the operand must be {kind}")
+
+    def _to_pb(self) -> _PbMessage:
+        fields: dict[str, Any] = {"key": self.key, "target": _TARGETS[self.target]}
+        fields["op"] = _OPS[self.op]
+        if isinstance(self.operand, bytes):
+            fields["value"] = self.operand
+        else:
+            fields["number"] = self.operand
+        return pb.Compare(**fields)
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    """A transaction operation: set `key` (on `lease`, 0: none)."""
+
+    key: bytes
+    value: bytes
+    lease: int = 0
+
+    def _to_pb(self) -> _PbMessage:
+        return pb.TxnOp(put=pb.PutRequest(key=self.key, value=self.value, lease=self.lease))
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    """A transaction operation: delete `key` (or [key, range_end))."""
+
+    key: bytes
+    range_end: bytes = b""
+
+    def _to_pb(self) -> _PbMessage:
+        return pb.TxnOp(delete=pb.DeleteRequest(key=self.key, range_end=self.range_end))
+
+
+@dataclass(frozen=True, slots=True)
+class Get:
+    """A transaction operation: read `key` (or [key, range_end)) at the transaction's
+    revision."""
+
+    key: bytes
+    range_end: bytes = b""
+
+    def _to_pb(self) -> _PbMessage:
+        return pb.TxnOp(range=pb.RangeRequest(key=self.key, range_end=self.range_end))
+
+
+TxnOp = Put | Delete | Get
+"""What a transaction can do."""

@@ -10,13 +10,17 @@ from pathlib import Path
 import pytest
 from google.protobuf.message import Message
 
-from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.client import (
     Client,
+    Compare,
+    Delete,
     Event,
     EventType,
+    Get,
+    InvalidArgument,
     KeyValue,
     MemberList,
+    Put,
     Status,
     TxnResult,
     prefix_end,
@@ -82,16 +86,24 @@ def test_results_are_dataclasses_not_protobuf(tmp_path: Path) -> None:
             assert set(status.voters) == {m.id for m in members.members}
 
             result = await client.txn(
-                [pb.Compare(key=b"t", target=pb.Compare.VERSION, op=pb.Compare.EQUAL, number=0)],
-                [
-                    pb.TxnOp(put=pb.PutRequest(key=b"t", value=b"1")),
-                    pb.TxnOp(range=pb.RangeRequest(key=b"t")),
-                ],
+                [Compare(b"t", "version", "=", 0)], [Put(b"t", b"1"), Get(b"t")]
             )
             assert isinstance(result, TxnResult) and result.succeeded
             put, read = result.results
             assert (put.kind, read.kind) == ("put", "range")
-            assert read.kvs[0].value == b"1"
+            assert read.kvs[0].value == b"1" and put.revision == result.revision
+            again = await client.txn(
+                [Compare(b"t", "value", "=", b"1"), Compare(b"t", "version", ">", 0)],
+                [Delete(b"t")],
+                [Get(b"t")],
+            )
+            assert again.succeeded and again.results[0].deleted == 1
+            failed = await client.txn([Compare(b"t", "version", "!=", 0)], [], [Get(b"t")])
+            assert not failed.succeeded and failed.results[0].kvs == ()
+            with pytest.raises(InvalidArgument, match="the operand must be bytes"):
+                Compare(b"t", "value", "=", 1)
+            with pytest.raises(InvalidArgument, match="compare op '=='"):
+                Compare(b"t", "version", "==", 1)
 
             events: list[Event] = []
 

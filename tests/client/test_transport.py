@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import http.server
+import inspect
 import re
 import socket
 import threading
@@ -69,6 +70,17 @@ def test_the_public_api_exports_errors_and_no_grpc_types() -> None:
         assert not getattr(obj, "__module__", "").startswith("grpc"), name
     for name in ("NotFound", "Unavailable", "DeadlineExceeded", "InvalidArgument"):
         assert issubclass(getattr(client_pkg, name), ConcordError)
+    # No protobuf message in what the calls take or return (the plumbing that runs raw
+    # RPCs, `call`, `call_endpoint` and `session`, is for the library's own use).
+    plumbing = {"call", "call_endpoint", "session"}
+    for cls in (client_pkg.Client, client_pkg.SyncClient):
+        for name, fn in inspect.getmembers(cls, inspect.isfunction):
+            if name.startswith("_") or name in plumbing:
+                continue
+            annotations = " ".join(str(a) for a in fn.__annotations__.values())
+            assert "pb." not in annotations and "grpc" not in annotations.replace(
+                "grpc.ChannelCredentials", ""
+            ), (cls.__name__, name, annotations)
 
 
 # --- endpoints, TLS directories, the environment -----------------------------------------------
