@@ -27,6 +27,11 @@ ticks, 10 ticks); before per-attempt deadlines the first success came after >= 4
 3 s RPC timeout plus a 1 s grace), so this bound tells the two apart with room to spare."""
 
 
+WATCH_RESUME_BOUND_S = 8.0
+"""Keepalive pings every 1 s, answered within 1 s, then the stream is resumed elsewhere:
+about 2-3 s. Without keepalives a watch on a stopped member waits forever."""
+
+
 def test_writes_resume_soon_after_the_leader_is_sigstopped(cluster: ProcessCluster) -> None:
     async def scenario() -> None:
         await cluster.wait_ready()
@@ -84,5 +89,54 @@ def test_writes_resume_soon_after_the_leader_is_sigstopped(cluster: ProcessClust
         ) as c:
             assert await c.put(b"after", b"resumed") > 0
             assert (await c.status()).member_id
+
+    run(scenario(), 120)
+
+
+def test_a_watch_on_a_sigstopped_member_resumes_on_another(cluster: ProcessCluster) -> None:
+    """A watch stream has no deadline: only the keepalive pings notice that its member
+    stopped answering; the watch then resumes on the next member, missing nothing."""
+
+    async def scenario() -> None:
+        await cluster.wait_ready()
+        leader = await cluster.leader()
+        others = [i for i in cluster.members if i != leader]
+        watcher = Client(
+            cluster.endpoints([leader, *others]), credentials=cluster.credentials(), timeout_s=30
+        )
+        writer = Client(
+            cluster.endpoints([leader, *others]), credentials=cluster.credentials(), timeout_s=30
+        )
+        seen: list[bytes] = []
+        started = asyncio.Event()
+
+        async def follow() -> None:
+            async for event in watcher.watch(b"w/", b"w0"):
+                seen.append(event.kv.value)
+                started.set()
+                if event.kv.value == b"after":
+                    return
+
+        task = asyncio.create_task(follow())
+        try:
+            # Until the watch is live on the leader: it sees a put made after it started.
+            async with asyncio.timeout(20.0):
+                while not started.is_set():
+                    await writer.put(b"w/k", b"before")
+                    await asyncio.wait({task, asyncio.ensure_future(started.wait())}, timeout=0.2)
+            cluster.pause(leader)
+            t0 = time.perf_counter()
+            await writer.put(b"w/k", b"after")
+            await asyncio.wait_for(task, 20.0)
+            took = time.perf_counter() - t0
+            print(f"watch resumed on another member {took:.3f} s after SIGSTOP")
+            assert seen[-1] == b"after"
+            assert took < WATCH_RESUME_BOUND_S, f"watch resumed {took:.2f} s after SIGSTOP"
+        finally:
+            cluster.resume(leader)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await watcher.close()
+            await writer.close()
 
     run(scenario(), 120)
