@@ -178,8 +178,9 @@ class Client:
         """The whole call's budget, retries included."""
         self.rpc_timeout_s = rpc_timeout_s
         """One wait of a blocking call (a lock or campaign in line; a maintenance call)."""
-        self.attempt_timeout_s = attempt_timeout_s
-        """One attempt of an ordinary call against one member; then the next member."""
+        self.attempt_timeout_s = min(attempt_timeout_s, rpc_timeout_s)
+        """One attempt of an ordinary call against one member; then the next member. Never
+        more than `rpc_timeout_s`, which bounds every single RPC."""
         self.connect_timeout_s = connect_timeout_s
         """How long every endpoint may refuse connections or fail handshakes before a call
         gives up (a member restarting is back within it; a wrong port never is)."""

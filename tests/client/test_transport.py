@@ -303,7 +303,7 @@ def test_a_blocking_calls_deadline_error_names_the_callers_deadline(tmp_path: Pa
             # A waiter whose member-side wait is 2 ms: the member's answer must speak of
             # 2 ms, not of its own 5 s default.
             async with Client(endpoints(c), timeout_s=0.5, rpc_timeout_s=0.002) as waiter:
-                other = await waiter.lease_grant(10_000)
+                other = await holder.lease_grant(10_000)
                 with pytest.raises(ConcordError) as caught:
                     await waiter.acquire("busy", other)
                 assert "5.0 s" not in caught.value.message
