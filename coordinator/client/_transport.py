@@ -12,8 +12,10 @@ deadline. Two bounds prevent that:
   of going back to the stopped one;
 - HTTP/2 keepalive pings every `KEEPALIVE_TIME_MS`, answered within `KEEPALIVE_TIMEOUT_MS`
   or the connection is closed, so a long-lived stream (a watch, a blocking lock) and the
-  pooled connection notice a dead peer too. The member's server permits these pings
-  (`coordinator.server.server`, `client_server_options`).
+  pooled connection notice a dead peer too: a watch on a stopped member resumes on another
+  about 2 s later (it would wait forever otherwise). gRPC core times an unanswered ping out
+  with `grpc.http2.ping_timeout_ms` (one minute by default), so that is set too. The
+  member's server permits these pings (`coordinator.server.server`, `client_server_options`).
 
 The reconnect backoff is capped at 1 s (gRPC's default grows to 2 minutes), so a member
 that comes back is used again at once.
