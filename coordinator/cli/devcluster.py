@@ -134,7 +134,7 @@ async def demo(procs: list[Proc], root: Path) -> None:
             st = await c.status()
         if not st.leader:
             raise ConcordError("UNAVAILABLE", "no leader was elected within 10 s")
-        print(f"  cluster up: leader is member {st.leader}, term {st.header.raft_term}")
+        print(f"  cluster up: leader is member {st.leader}, term {st.term}")
         async with c.lock("jobs") as held:
             print(f"  lock 'jobs' held, fencing token {held.fencing_token}")
             ok = await c.check_fence("jobs", held.fencing_token)

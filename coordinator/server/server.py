@@ -45,6 +45,20 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 """Requests and responses (a 1 MiB value, a txn of 128 ops) fit well inside."""
 
 
+def client_server_options() -> list[tuple[str, int]]:
+    """Options of the client-facing server. Clients send keepalive pings every second (with
+    or without calls in flight: `coordinator.client._transport`) to notice a stopped member
+    quickly; gRPC's defaults would answer such pings with GOAWAY ("too many pings"), so the
+    server permits them."""
+    return [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 500),
+        ("grpc.http2.max_ping_strikes", 0),
+    ]
+
+
 @dataclass(frozen=True, slots=True)
 class RunningServer:
     server: grpc.aio.Server
@@ -125,12 +139,7 @@ async def start_gateway(
 
     maintenance = MaintenanceService(member, cfg.deadline_s)
     dispatch = Dispatch(maintenance, refusal)
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ]
-    )
+    server = grpc.aio.server(options=client_server_options())
     server.add_generic_rpc_handlers((dispatch,))
     if credentials is None:
         port = server.add_insecure_port(address)
