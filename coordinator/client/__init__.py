@@ -9,11 +9,17 @@ from ._client import ConcordError as ConcordError
 from ._client import Leadership as Leadership
 from ._client import LeaseInfo as LeaseInfo
 from ._client import Lock as Lock
+from ._client import SealFailed as SealFailed
 from ._holds import DeadlineExceeded as DeadlineExceeded
 from ._holds import Held as Held
 from ._holds import HeldLeadership as HeldLeadership
 from ._holds import HeldLock as HeldLock
 from ._holds import LockLost as LockLost
+from ._secrets import ReEncrypted as ReEncrypted
+from ._secrets import SealedCheck as SealedCheck
+from ._secrets import SealingKeyInfo as SealingKeyInfo
+from ._secrets import SealingKeys as SealingKeys
+from ._secrets import Unsealed as Unsealed
 from ._sync import SyncClient as SyncClient
 from ._sync import SyncHeld as SyncHeld
 
@@ -28,6 +34,12 @@ __all__ = [
     "LeaseInfo",
     "Lock",
     "LockLost",
+    "ReEncrypted",
+    "SealFailed",
+    "SealedCheck",
+    "SealingKeyInfo",
+    "SealingKeys",
     "SyncClient",
     "SyncHeld",
+    "Unsealed",
 ]

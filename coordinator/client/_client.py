@@ -51,8 +51,19 @@ import grpc
 
 from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.api.v1 import concord_pb2_grpc as rpc
+from coordinator.sealing import Reason
 
 from ._pipe import LEADER_METADATA_KEY, LOCKED_METADATA_KEY, QUEUED_METADATA_KEY, CallFailed, Pipe
+from ._secrets import (
+    SEAL_FAILURE_METADATA_KEY,
+    ReEncrypted,
+    SealedCheck,
+    SealingKeyInfo,
+    SealingKeys,
+    Unsealed,
+    sealed_value,
+    sealing_key,
+)
 
 if TYPE_CHECKING:
     from ._holds import HeldLeadership, HeldLock
@@ -78,6 +89,15 @@ class ConcordError(Exception):
         """An UNAVAILABLE a blocking call (lock, campaign) retries: still in line, or no
         leader for now. Not when the members are locked."""
         return self.code == "UNAVAILABLE" and not self.locked
+
+
+class SealFailed(ConcordError):
+    """A sealed value did not unseal; `reason` says why (malformed, unknown key, scope
+    mismatch, tampered)."""
+
+    def __init__(self, code: str, message: str, reason: Reason) -> None:
+        super().__init__(code, message)
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +148,7 @@ class _Stubs:
         self.maintenance = stubs.MaintenanceStub(channel)
         self._pipeline = stubs.PipelineStub(channel)
         self._pipe: Pipe | None = None
+        self.secrets = stubs.SecretsStub(channel)
 
     def pipe(self) -> Pipe:
         """The Pipeline stream to this endpoint (a new one if the last one broke)."""
@@ -707,6 +728,63 @@ class Client:
         return await self.call_endpoint(
             endpoint, lambda s: s.maintenance.RotateDataKey(req, timeout=self.rpc_timeout_s)
         )
+
+    # --- sealed secrets (concord.v1.Secrets; coordinator/sealing) --------------------------------
+
+    async def _secrets_call(self, fn: Callable[[_Stubs], Awaitable[T]]) -> T:
+        """`call`, but a value that does not unseal raises `SealFailed` with its reason."""
+
+        async def attempt(s: _Stubs) -> T:
+            try:
+                return await fn(s)
+            except grpc.aio.AioRpcError as err:
+                reason = _metadata(err, SEAL_FAILURE_METADATA_KEY)
+                if reason in Reason.__members__:
+                    code = err.code()
+                    raise SealFailed(code.name, err.details() or "", Reason[reason]) from None
+                raise
+
+        return await self.call(attempt)
+
+    async def sealing_certificate(self) -> SealingKeys:
+        """The current sealing certificate and every key's public part (the first call on a
+        new cluster makes the first key: allow a few seconds)."""
+        req = pb.GetSealingCertificateRequest()
+        resp = await self.call(
+            lambda s: s.secrets.GetSealingCertificate(req, timeout=self.timeout_s)
+        )
+        return SealingKeys(sealing_key(resp.current), tuple(map(sealing_key, resp.keys)))
+
+    async def renew_sealing_key(self) -> SealingKeyInfo:
+        """Make a new sealing key current (older ones keep unsealing); returns it."""
+        req = pb.RenewSealingKeyRequest()
+        resp = await self.call(lambda s: s.secrets.RenewSealingKey(req, timeout=self.timeout_s))
+        return sealing_key(resp.current)
+
+    async def unseal(self, ciphertext: bytes, namespace: str, name: str) -> Unsealed:
+        """The plaintext of one sealed value, as the Secret namespace/name. Only for the
+        operator's certificate (PERMISSION_DENIED otherwise); `SealFailed` if it does not
+        unseal."""
+        req = pb.UnsealRequest(value=sealed_value(ciphertext, namespace, name))
+        resp = await self._secrets_call(lambda s: s.secrets.Unseal(req, timeout=self.rpc_timeout_s))
+        return Unsealed(bytes(resp.plaintext), str(resp.key_id), str(resp.scope))
+
+    async def re_encrypt(self, ciphertext: bytes, namespace: str, name: str) -> ReEncrypted:
+        """The same value sealed again to the newest key, inside the coordinator."""
+        req = pb.ReEncryptRequest(value=sealed_value(ciphertext, namespace, name))
+        resp = await self._secrets_call(
+            lambda s: s.secrets.ReEncrypt(req, timeout=self.rpc_timeout_s)
+        )
+        return ReEncrypted(bytes(resp.ciphertext), str(resp.key_id), str(resp.previous_key_id))
+
+    async def validate_sealed(self, values: Sequence[tuple[bytes, str, str]]) -> list[SealedCheck]:
+        """Whether each (ciphertext, namespace, name) would unseal; no plaintext returned."""
+        req = pb.ValidateSealedRequest(values=[sealed_value(*v) for v in values])
+        resp = await self.call(lambda s: s.secrets.ValidateSealed(req, timeout=self.timeout_s))
+        return [
+            SealedCheck(Reason(c.failure) if c.failure else None, str(c.message), str(c.key_id))
+            for c in resp.checks
+        ]
 
 
 def _leadership(resp: pb.LeaderResponse) -> Leadership | None:

@@ -21,8 +21,14 @@ def test_exports_resolve_and_are_listed() -> None:
         "LeaseInfo",
         "Lock",
         "LockLost",
+        "ReEncrypted",
+        "SealFailed",
+        "SealedCheck",
+        "SealingKeyInfo",
+        "SealingKeys",
         "SyncClient",
         "SyncHeld",
+        "Unsealed",
     ]
     for name in client.__all__:
         assert getattr(client, name) is not None
