@@ -39,6 +39,7 @@ from ._common import (
 )
 from ._keys import autolock, rotate_data_key, rotate_unlock_key, unlock
 from ._recovery import recover, snapshot
+from ._seal import seal
 from ._setup import cluster_init, join_token
 from ._txn import txn
 
@@ -706,6 +707,7 @@ cli.add_command(snapshot)
 cli.add_command(unlock)
 cli.add_command(join_token)
 cli.add_command(txn)
+cli.add_command(seal)
 
 
 # --- local maintenance (reads a data directory; no cluster needed) ----------------------------
