@@ -223,7 +223,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedCluste
 
 
 def cluster_keys(cluster: ThreadedCluster) -> sealing.KeyLookup:
-    fsm = cluster.cluster.running()[0].loop.fsm
+    fsm = cluster.call(cluster.cluster.leader()).loop.fsm  # it applied every key it answered
     ring = {k.id: sealing.load_private_key(k.private_key_der) for k in fsm.sealing_keys()}
     return ring.get
 

@@ -35,7 +35,8 @@ def test_a_restored_cluster_unseals_what_the_old_one_sealed(tmp_path: Path) -> N
         res = concordctl(eps, "seal", input=SECRET)
         assert res.exit_code == 0, res.output
         sealed = yaml.safe_load(res.stdout)["spec"]["encryptedData"]
-        ders = [k.private_key_der for k in old.cluster.running()[0].loop.fsm.sealing_keys()]
+        leader = old.call(old.cluster.leader())  # it applied the key before answering
+        ders = [k.private_key_der for k in leader.loop.fsm.sealing_keys()]
         saved = concordctl(eps, "snapshot", "save", str(tmp_path / "s.bak"))
         assert saved.exit_code == 0, saved.output
         [backup_key] = BACKUP_KEY_RE.findall(saved.stdout)
