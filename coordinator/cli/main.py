@@ -112,7 +112,7 @@ def cli(
     tls_dir: Path | None,
 ) -> None:
     """Talk to a Concord cluster: keys, compare-and-swap, leases, locks, elections,
-    sequences, members, and each member's keys (unlock, autolock)."""
+    sequences, members, each member's keys (unlock, autolock), and sealed secrets (seal)."""
     eps = [e.strip() for e in endpoints.split(",") if e.strip()]
     if not eps:
         raise click.BadParameter("give at least one host:port", param_hint="--endpoints")

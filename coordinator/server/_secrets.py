@@ -127,6 +127,8 @@ class SecretsService(Servicer):
     async def _add_key(self, after: bytes) -> tuple[SealingKey, bool]:
         """Propose a new key to follow `after` (b"": the first); (newest key, added)."""
         core = self.core
+        # A follower would make a key only to be redirected: lead first, then spend the CPU.
+        await core.require_leader()
         async with self._generating:
             now_ms = core.loop.clock.wall_ms()
             now = dt.datetime.fromtimestamp(now_ms / 1000, dt.UTC)
