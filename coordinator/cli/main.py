@@ -47,6 +47,7 @@ from ._common import (
 from ._keys import autolock, rotate_data_key, rotate_unlock_key, unlock
 from ._rafttool import rafttool
 from ._recovery import recover, snapshot
+from ._seal import seal
 from ._setup import cluster_init, join_token
 from ._txn import txn
 
@@ -119,7 +120,7 @@ def cli(
     tls_dir: Path | None,
 ) -> None:
     """Talk to a Concord cluster: keys, compare-and-swap, leases, locks, elections,
-    sequences, members, and each member's keys (unlock, autolock)."""
+    sequences, members, each member's keys (unlock, autolock), and sealed secrets (seal)."""
     try:
         eps = parse_endpoints(endpoints)
     except InvalidArgument as err:
@@ -719,6 +720,7 @@ cli.add_command(unlock)
 cli.add_command(join_token)
 cli.add_command(txn)
 cli.add_command(rafttool)  # offline: reads a data directory, no cluster needed
+cli.add_command(seal)
 
 
 def main() -> None:

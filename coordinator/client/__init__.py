@@ -14,6 +14,7 @@ from ._client import Client as Client
 from ._client import Leadership as Leadership
 from ._client import LeaseInfo as LeaseInfo
 from ._client import Lock as Lock
+from ._client import SealFailed as SealFailed
 from ._client import prefix_end as prefix_end
 from ._config import check_endpoint as check_endpoint
 from ._config import credentials_from_tls_dir as credentials_from_tls_dir
@@ -40,6 +41,11 @@ from ._holds import Held as Held
 from ._holds import HeldLeadership as HeldLeadership
 from ._holds import HeldLock as HeldLock
 from ._holds import LockLost as LockLost
+from ._secrets import ReEncrypted as ReEncrypted
+from ._secrets import SealedCheck as SealedCheck
+from ._secrets import SealingKeyInfo as SealingKeyInfo
+from ._secrets import SealingKeys as SealingKeys
+from ._secrets import Unsealed as Unsealed
 from ._sync import SyncClient as SyncClient
 from ._sync import SyncHeld as SyncHeld
 from ._types import AutolockChange as AutolockChange
@@ -97,7 +103,12 @@ __all__ = [
     "OutOfRange",
     "PermissionDenied",
     "Put",
+    "ReEncrypted",
     "ResourceExhausted",
+    "SealFailed",
+    "SealedCheck",
+    "SealingKeyInfo",
+    "SealingKeys",
     "Status",
     "SyncClient",
     "SyncHeld",
@@ -109,6 +120,7 @@ __all__ = [
     "Unimplemented",
     "Unknown",
     "UnlockKeyRotation",
+    "Unsealed",
     "check_endpoint",
     "credentials_from_tls_dir",
     "error_for",

@@ -21,7 +21,7 @@ loop's applies, so they never need a lock (see `coordinator.runtime.loop`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import grpc
 
@@ -38,6 +38,7 @@ from ._lease import LeaseService
 from ._lock import LockService
 from ._maintenance import MaintenanceService, MemberKeys, phase_error
 from ._pipeline import PipelineService
+from ._secrets import SecretsService
 from ._sequence import SequenceService
 from ._watch import WatchService
 
@@ -109,6 +110,10 @@ class Gateway:
             "Watch": WatchService(core),
             "Cluster": ClusterService(core, ca_pem=self.cluster_ca_pem),
         }
+        secrets = SecretsService(core)
+        services["Secrets"] = secrets
+        if self.config.sealing_key_renew_s is not None:
+            core.spawn(secrets.renew_on_schedule(self.config.sealing_key_renew_s))
         services["Pipeline"] = PipelineService(core, services)
         self._dispatch.attach(list(services.items()))
         return core
@@ -127,10 +132,14 @@ async def start_gateway(
     member: MemberKeys | None = None,
     config: ServiceConfig | None = None,
     cluster_ca_pem: bytes | None = None,
+    sealing_key_renew_s: float | None = None,
 ) -> Gateway:
     """Listen on `address` (TLS iff `credentials`); see the module docstring.
-    `cluster_ca_pem`: the cluster CA, for join tokens (JoinTokenCreate)."""
+    `cluster_ca_pem`: the cluster CA, for join tokens (JoinTokenCreate).
+    `sealing_key_renew_s`: overrides the config's schedule (0: renew on demand only)."""
     cfg = config or ServiceConfig()
+    if sealing_key_renew_s is not None:
+        cfg = replace(cfg, sealing_key_renew_s=sealing_key_renew_s or None)
 
     def refusal() -> ServiceError:
         if member is not None:

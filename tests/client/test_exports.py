@@ -16,7 +16,16 @@ def test_exports_resolve_and_are_listed() -> None:
     source = Path(client.__file__).read_text()
     imported = set(re.findall(r"^from \.\w+ import (\w+) as \1$", source, re.MULTILINE))
     assert sorted(client.__all__) == sorted(imported)
-    for name in ("Held", "HeldLock", "HeldLeadership", "LockLost", "DeadlineExceeded", "SyncHeld"):
+    for name in (
+        "Held",
+        "HeldLock",
+        "HeldLeadership",
+        "LockLost",
+        "DeadlineExceeded",
+        "SyncHeld",
+        "SealFailed",
+        "Unsealed",
+    ):
         assert name in client.__all__
     for name in client.__all__:
         assert getattr(client, name) is not None
