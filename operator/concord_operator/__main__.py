@@ -194,7 +194,7 @@ async def run(args: argparse.Namespace) -> int:
         if leader.deposed.is_set():
             log.error("stopping: %s", leader.deposed_reason)
             status = EXIT_DEPOSED
-        elif operator_task.done():
+        elif operator_task.done() and not stop.is_set():
             log.error("kopf stopped on its own; exiting")
             status = EXIT_DEPOSED
     finally:

@@ -81,6 +81,7 @@ class Tracked:
     forced: Unavailable | None = None
     """Reconcile as if the coordinator were unavailable, without asking it (the probe did)."""
     grants_seen: int = 0
+    latest_token: int = 0
     first_event_at: float | None = None
     """When the oldest event not yet in a written status arrived (loop time)."""
     next_allowed: float = 0.0
@@ -253,7 +254,9 @@ class Controller:
         ref, now = tracked.ref, dt.datetime.now(dt.UTC)
         if ref.plural == LEASES:
             spec = LeaseSpec.of(tracked.spec)
-            observed_lease = forced or await self.gateway.observe_lease(ref, spec.kind, grants)
+            observed_lease = forced or await self.gateway.observe_lease(
+                ref, spec.kind, grants, tracked.latest_token
+            )
             return reconcile_lease(ref, spec, observed_lease, tracked.status, now)
         seq_spec = SequenceSpec.of(tracked.spec)
         observed_seq = forced or await self.gateway.observe_sequence(ref)
@@ -297,6 +300,7 @@ class Controller:
         self.metrics.watch_events.inc()
         if kind == "LOCK" or (kind == "ELECTION" and token):
             tracked.grants_seen += 1
+            tracked.latest_token = max(tracked.latest_token, token)
         if tracked.first_event_at is None:
             tracked.first_event_at = at
         self._schedule(tracked)

@@ -99,7 +99,7 @@ class Gateway:
     # --- observing -------------------------------------------------------------------------
 
     async def observe_lease(
-        self, ref: ObjectRef, kind: str, grants_seen: int = 0
+        self, ref: ObjectRef, kind: str, grants_seen: int = 0, latest_token: int = 0
     ) -> LeaseObserved | Unavailable:
         try:
             record = parse_record(await self._get(ref.config_key))
@@ -108,7 +108,7 @@ class Gateway:
                 waiters = 0
             else:
                 holders, waiters = await self._lock_holders(ref.coordinator_name)
-            return LeaseObserved(record, holders, waiters, grants_seen)
+            return LeaseObserved(record, holders, waiters, grants_seen, latest_token)
         except ConcordError as err:
             return _unavailable_or_raise(err)
 

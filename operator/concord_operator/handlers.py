@@ -1,5 +1,8 @@
 """kopf handlers: decorators only, each translating one kopf trigger into the controller.
 
+All are coroutines: kopf runs plain functions in a thread pool, and the controller lives on
+the event loop.
+
 Create, update and resume all say the same thing, "this object exists with this spec", and
 end in `Controller.upsert`; the reconcile is level-based, so which one fired does not matter.
 Delete runs the finalizer (`Controller.finalize`) and is retried by kopf until the
@@ -52,14 +55,14 @@ def _controller(memo: kopf.Memo) -> Controller:
 @kopf.on.resume(GROUP, VERSION, LEASES)
 @kopf.on.create(GROUP, VERSION, LEASES)
 @kopf.on.update(GROUP, VERSION, LEASES, field="spec")
-def lease_exists(body: kopf.Body, memo: kopf.Memo, **_: object) -> None:
+async def lease_exists(body: kopf.Body, memo: kopf.Memo, **_: object) -> None:
     _controller(memo).upsert(LEASES, body)
 
 
 @kopf.on.resume(GROUP, VERSION, SEQUENCES)
 @kopf.on.create(GROUP, VERSION, SEQUENCES)
 @kopf.on.update(GROUP, VERSION, SEQUENCES, field="spec")
-def sequence_exists(body: kopf.Body, memo: kopf.Memo, **_: object) -> None:
+async def sequence_exists(body: kopf.Body, memo: kopf.Memo, **_: object) -> None:
     _controller(memo).upsert(SEQUENCES, body)
 
 

@@ -31,6 +31,9 @@ what it already did: declaring again finds the record equal and writes nothing.
 Conditions (metav1.Condition shape) are the truth; `phase` is derived from them by `phase_of`
 and never set on its own:
 
+`phase` is Ready, NotReady or Pending (no Ready condition yet), following Ready as the CRDs'
+CEL rule demands; the reasons:
+
 - `Ready`: True once the object is declared in the coordinator and its status mirrored;
   False with reason `CoordinatorUnavailable` (no quorum, or unreachable: the coordinator's
   own message), `SpecConflict` (the coordinator already holds something incompatible under
@@ -186,6 +189,9 @@ class LeaseObserved:
     waiters: int = 0
     grants_seen: int = 0
     """Grants the watch stream reported since the status was last written."""
+    latest_token: int = 0
+    """The highest fencing token the watch stream reported (the latest grant, even if it was
+    released before it could be observed)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,17 +284,13 @@ def conditions(
 
 
 def phase_of(conds: Sequence[Mapping[str, Any]]) -> str:
-    """The one-word phase the printer columns show, a function of the conditions only:
-    Ready / Degraded (ready, but a spec change was refused) / Unavailable / Failed /
-    Pending (not reconciled yet)."""
-    by_type = {c.get("type"): c for c in conds}
-    ready = by_type.get(READY)
-    if ready is None or ready.get("status") == "Unknown":
+    """The one-word phase the printer columns show, a function of the Ready condition only
+    (the CRDs' CEL rule refuses a status where the two disagree): Ready, NotReady, or Pending
+    before the first reconcile. The reason is in the condition."""
+    ready = next((c for c in conds if c.get("type") == READY), None)
+    if ready is None:
         return "Pending"
-    if ready.get("status") == "True":
-        applied = by_type.get(SPEC_APPLIED)
-        return "Degraded" if applied is not None and applied.get("status") == "False" else "Ready"
-    return "Unavailable" if ready.get("reason") == UNAVAILABLE else "Failed"
+    return {"True": "Ready", "False": "NotReady"}.get(str(ready.get("status")), "Pending")
 
 
 # --- Lease -------------------------------------------------------------------------------------
@@ -359,7 +361,11 @@ def reconcile_lease(
     )
     status: Status = {
         "holders": [_holder_status(h, now) for h in holders],
-        "fencingToken": holders[-1].fencing_token if holders else previous.get("fencingToken", 0),
+        "fencingToken": max(
+            holders[-1].fencing_token if holders else 0,
+            observed.latest_token,
+            int(previous.get("fencingToken") or 0),
+        ),
         "transitions": int(previous.get("transitions") or 0) + observed.grants_seen,
         "waiters": observed.waiters,
         "observedGeneration": ref.generation,
@@ -414,7 +420,7 @@ def reconcile_sequence(
             f"sequence {ref.coordinator_name!r} created: start {spec.start}, increment "
             f"{spec.increment}",
         )
-        value = spec.start
+        value = None  # nothing issued yet
     elif record is None:
         # The sequence exists but nothing says we declared it: an earlier Sequence of this name
         # (sequences are never deleted, so values are never reissued), or a crash between
@@ -437,7 +443,7 @@ def reconcile_sequence(
             f"sequence {ref.coordinator_name!r} already existed and continues at "
             f"{observed.next_value} (values are never reissued)",
         )
-        value = observed.next_value
+        value = _last_issued(observed, spec.start)
     else:
         declared = SequenceSpec(int(record.get("start", 1)), int(record.get("increment", 1)))
         if (declared.start, declared.increment) != (spec.start, spec.increment):
@@ -458,15 +464,24 @@ def reconcile_sequence(
             f"sequence {ref.coordinator_name!r}: start {declared.start}, increment "
             f"{declared.increment}",
         )
-        value = observed.next_value
+        value = _last_issued(observed, declared.start)
     conds = conditions([ready, applied], prev_conds, ref.generation, now)
     status: Status = {
-        "value": value,
         "observedGeneration": ref.generation,
         "conditions": conds,
         "phase": phase_of(conds),
     }
+    if value is not None:
+        status["value"] = value
     return Plan(tuple(actions), status)
+
+
+def _last_issued(observed: SequenceObserved, start: int) -> int | None:
+    """The last number issued (status.value), or None before the first: the coordinator
+    reports the next value, and the sequence only moves in whole increments from its start."""
+    if observed.next_value == start or observed.increment < 1:
+        return None
+    return observed.next_value - observed.increment
 
 
 def finalize_sequence(
@@ -539,11 +554,7 @@ def _failed(
 
 
 def _holder_status(h: Holder, now: dt.datetime) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "identity": h.identity,
-        "lease": str(h.lease),
-        "fencingToken": h.fencing_token,
-    }
+    out: dict[str, Any] = {"identity": h.identity, "fencingToken": h.fencing_token}
     if h.acquired_ms:
         out["acquiredAt"] = _rfc3339(dt.datetime.fromtimestamp(h.acquired_ms / 1000, dt.UTC))
     if h.expires_in_ms is not None:
