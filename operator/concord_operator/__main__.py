@@ -194,9 +194,11 @@ async def run(args: argparse.Namespace) -> int:
         if leader.deposed.is_set():
             log.error("stopping: %s", leader.deposed_reason)
             status = EXIT_DEPOSED
-        elif operator_task.done() and not stop.is_set():
-            log.error("kopf stopped on its own; exiting")
+        elif operator_task.done() and operator_task.exception() is not None:
+            log.error("kopf failed: %r", operator_task.exception())
             status = EXIT_DEPOSED
+        # Otherwise a signal: kopf installs its own SIGTERM/SIGINT handlers once it runs, and
+        # ends cleanly on them.
     finally:
         metrics.leader.set(0)
         # Controller first: it is what writes statuses and coordinator state.
