@@ -13,11 +13,12 @@ PY := $(BIN)/python
 
 SEEDS ?= 2000
 
-.PHONY: help bootstrap run test test-fast sim elections soak bench bench-report lint typecheck fmt clean
+.PHONY: help bootstrap run test test-fast kube-tools sim elections soak bench bench-report lint typecheck fmt clean
 
 help:
 	@echo "make run           3 members on loopback + a lock, sequence, CAS and failover demo"
 	@echo "make test          the whole suite: lint, typecheck, import contracts, pytest, sim"
+	@echo "make kube-tools    build the pinned Kubernetes control plane, etcd and helm (~10 min cold)"
 	@echo "make sim SEEDS=N   run N simulation seeds (default $(SEEDS))"
 	@echo "make elections     leader-crash downtime distribution (Raft paper Figure 16)"
 	@echo "make soak MINUTES=N  random fault schedules on real processes (default $(MINUTES) min)"
@@ -37,12 +38,32 @@ test: bootstrap
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy -p coordinator -p concord_operator
 	$(BIN)/lint-imports
+	@$(MAKE) --no-print-directory kube-tools-if-needed
 	$(BIN)/pytest
 	$(MAKE) --no-print-directory sim SEEDS=$(SEEDS)
 
 # The suite without the real-process tests (kill -9, TLS handshakes, make run end to end).
 test-fast: bootstrap
 	$(BIN)/pytest -m "not process"
+
+# The Kubernetes control plane the `kube` tests start (docs/kubernetes.md): kube-apiserver,
+# kube-controller-manager, kube-scheduler, kubectl, etcd and helm, pinned, built from the Go
+# module proxy into a cache outside the repo. A second run returns in about a second.
+kube-tools:
+	@bash scripts/build_kube_tools.sh >/dev/null
+
+# For `make test`: build them when they are missing and Go is here; under CI=true always try,
+# so a CI without Go fails instead of skipping the Kubernetes tests; elsewhere without Go say
+# that they will be skipped. CONCORD_KUBE_BIN (binaries from elsewhere) needs no build.
+.PHONY: kube-tools-if-needed
+kube-tools-if-needed:
+	@if [[ -n "$${CONCORD_KUBE_BIN:-}" ]] || bash scripts/build_kube_tools.sh --check >/dev/null 2>&1; then \
+		:; \
+	elif command -v go >/dev/null 2>&1 || [[ "$${CI:-}" == true ]]; then \
+		$(MAKE) --no-print-directory kube-tools; \
+	else \
+		echo "make test: no Go toolchain, so the Kubernetes tests will be skipped (see make kube-tools)"; \
+	fi
 
 sim: bootstrap
 	$(PY) -m coordinator.testing.sim --seeds $(SEEDS)

@@ -8,6 +8,11 @@
 # binary already there that reports its pinned version is not built again, so a warm machine
 # spends a second here. Progress goes to stderr.
 #
+# `--check` builds nothing: it prints the directory and exits 0 when every binary is there and
+# reports its pinned version, else names what is missing and exits 3. The Kubernetes tests use
+# it to find the binaries without ever starting a 10-minute build themselves; it takes no
+# lock, so it answers at once even while a build runs (a half-written binary fails its check).
+#
 # Why wrapper modules: k8s.io/kubernetes and go.etcd.io/etcd/server/v3 have `replace` lines
 # in their go.mod (to their own staging or sibling directories), which `go install pkg@v`
 # refuses. A throw-away main module requires the pinned release and replaces each staging
@@ -26,22 +31,35 @@ bin="$dest/bin"
 say() { echo "kube-tools: $*" >&2; }
 die() { say "$*"; exit 1; }
 
-mkdir -p "$bin"
-if command -v flock >/dev/null 2>&1; then
+check_only=0
+case "${1:-}" in
+--check) check_only=1 ;;
+"") ;;
+*) echo "usage: $0 [--check]" >&2; exit 2 ;;
+esac
+
+if [[ $check_only -eq 0 ]]; then
+    mkdir -p "$bin"
+fi
+if [[ $check_only -eq 0 ]] && command -v flock >/dev/null 2>&1; then
     exec 9>"$dest.lock"
     flock 9
 fi
 
-kube_ok() { [[ -x "$bin/$1" ]] && "$bin/$1" --version 2>/dev/null | grep -q "Kubernetes $kube_version\$"; }
-kubectl_ok() {
-    [[ -x "$bin/kubectl" ]] &&
-        "$bin/kubectl" version --client 2>/dev/null | grep -q "Client Version: $kube_version\$"
+# Each check reads the whole output before matching it: `cmd --version | grep -q` under
+# pipefail fails at random, because grep exits at the first match and a binary that prints more
+# lines after it (etcd, kubectl) dies of SIGPIPE.
+reports() { # reports BINARY PATTERN ARGS...: BINARY runs and a line of its output matches
+    local binary=$1 pattern=$2 out
+    shift 2
+    [[ -x "$bin/$binary" ]] || return 1
+    out="$("$bin/$binary" "$@" 2>/dev/null)" || return 1
+    grep -qx -- "$pattern" <<<"$out"
 }
-etcd_ok() { [[ -x "$bin/etcd" ]] && "$bin/etcd" --version 2>/dev/null | grep -q "etcd Version: ${etcd_version#v}\$"; }
-helm_ok() {
-    [[ -x "$bin/helm" ]] && "$bin/helm" version --template '{{.Version}}' 2>/dev/null |
-        grep -qx "$helm_version"
-}
+kube_ok() { reports "$1" "Kubernetes $kube_version" --version; }
+kubectl_ok() { reports kubectl "Client Version: $kube_version" version --client; }
+etcd_ok() { reports etcd "etcd Version: ${etcd_version#v}" --version; }
+helm_ok() { reports helm "$helm_version" version --template '{{.Version}}'; }
 
 missing=()
 for c in kube-apiserver kube-controller-manager kube-scheduler; do kube_ok "$c" || missing+=("$c"); done
@@ -52,6 +70,10 @@ if [[ ${#missing[@]} -eq 0 ]]; then
     say "all present in $bin (build skipped)"
     echo "$bin"
     exit 0
+fi
+if [[ $check_only -eq 1 ]]; then
+    say "missing or not at the pinned version in $bin: ${missing[*]} (make kube-tools builds them)"
+    exit 3
 fi
 
 command -v go >/dev/null 2>&1 || die "go not found: install Go >= 1.24 (https://go.dev/dl) to build ${missing[*]}"

@@ -1,0 +1,773 @@
+"""A real Kubernetes control plane for the Kubernetes tests: etcd, kube-apiserver,
+kube-controller-manager and kube-scheduler as processes on 127.0.0.1, or an existing cluster.
+
+`start_control_plane(bin_dir, root)` does what kubeadm does, minus the kubelet:
+
+- a throw-away PKI made with `cryptography` (no openssl): a CA, the apiserver's serving
+  certificate (127.0.0.1, localhost and the in-cluster `kubernetes.default.svc` names), client
+  certificates for an admin in `system:masters` and for the controller-manager and scheduler
+  under the user names RBAC's bootstrap policy binds (`system:kube-controller-manager`,
+  `system:kube-scheduler`), and the service-account signing key pair;
+- etcd on two free loopback ports, then kube-apiserver with RBAC (`Node,RBAC`, as kubeadm);
+- the CRDs (`crds/` by default) applied and Established *before* the controller-manager
+  starts, because its garbage collector learns about new kinds only on a 30 s rescan: owned
+  objects of a kind created later linger 20-60 s after their owner is gone;
+- kube-controller-manager with every default controller (garbage collector and StatefulSet
+  controller included), each under its own service account as kubeadm runs it
+  (`--use-service-account-credentials`), and kube-scheduler;
+- then it waits until the controllers really work, not just until /healthz answers: the
+  controller-manager's /healthz is up in ~1 s but its controllers act ~5 s later. The proof
+  is the `default` ServiceAccount in namespace `default` (made by the serviceaccount
+  controller under its own, token-requested identity) and the scheduler's /readyz.
+
+Every process is started orphan-proof (the kernel SIGKILLs it if the test process dies, see
+`coordinator.testing.procs`) in a process group of its own, and `ControlPlane.close` stops
+them by PID (SIGTERM, then SIGKILL); an `atexit` hook does the same if nobody called close.
+Nothing here is pytest: `python -m tests.kube.controlplane` starts one, prints its figures
+(time to ready, RSS of each process) and stops it.
+
+`existing_cluster(kubeconfig)` wraps a cluster someone else runs (kind, a real one) in the
+same `ControlPlane` face, for CONCORD_KUBE_EXISTING=1 runs; it stops nothing.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import contextlib
+import datetime as dt
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from coordinator.testing.procs import free_ports, orphan_proof
+
+REPO = Path(__file__).resolve().parents[2]
+CRD_DIR = REPO / "crds"
+BUILD_SCRIPT = REPO / "scripts" / "build_kube_tools.sh"
+
+KUBE_BINARIES = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubectl",
+    "helm",
+)
+
+SERVICE_CIDR = "10.0.0.0/24"
+"""The apiserver must allocate ClusterIPs from some range; nothing routes it (no kube-proxy,
+no CNI here), so it only names Services. Its first address is the `kubernetes` Service's."""
+
+READY_TIMEOUT_S = 120.0
+"""Whole control plane; ~10 s on an idle 2-core machine, several times that when it is busy."""
+
+POLL_S = 0.1
+
+KUBECTL_TIMEOUT_S = 120.0
+
+
+class ControlPlaneError(Exception):
+    """A component did not start, exited, or did not become ready in time (the message
+    carries the tail of its log)."""
+
+
+# --- locating the binaries ----------------------------------------------------------------------
+
+
+def locate_binaries() -> tuple[Path | None, str]:
+    """(bin dir, "") when every pinned binary is present, else (None, why not and how to get
+    them). CONCORD_KUBE_BIN wins; otherwise `scripts/build_kube_tools.sh --check` says where
+    the pinned build lives (it never builds: that is `make kube-tools`, ~10 min cold)."""
+    override = os.environ.get("CONCORD_KUBE_BIN")
+    if override:
+        bin_dir = Path(override)
+        missing = [b for b in KUBE_BINARIES if not os.access(bin_dir / b, os.X_OK)]
+        if missing:
+            return None, f"CONCORD_KUBE_BIN={override} lacks {', '.join(missing)}"
+        return bin_dir, ""
+    check = subprocess.run(
+        ["bash", str(BUILD_SCRIPT), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    lines = check.stdout.strip().splitlines()
+    if check.returncode == 0 and lines:
+        return Path(lines[-1]), ""
+    why = check.stderr.strip().splitlines()[-1:] or [f"exit status {check.returncode}"]
+    how = (
+        "run `make kube-tools` (builds Kubernetes v1.34.12, etcd and helm from the Go module "
+        "proxy; needs Go >= 1.24, ~10 min cold) or set CONCORD_KUBE_BIN"
+    )
+    return None, f"{why[0]}; {how}"
+
+
+# --- the PKI ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Issued:
+    cert_pem: bytes
+    key_pem: bytes
+
+
+def _key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _name(common_name: str, organization: str | None = None) -> x509.Name:
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    if organization is not None:
+        # Kubernetes reads a client certificate's O as the user's groups.
+        attrs.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
+    return x509.Name(attrs)
+
+
+class _Pki:
+    """A CA valid for a day, and certificates it signs (the cluster lives for one test run)."""
+
+    def __init__(self) -> None:
+        self._ca_key = _key()
+        now = dt.datetime.now(dt.UTC)
+        self._not_before = now - dt.timedelta(minutes=5)  # tolerate a little clock skew
+        self._not_after = now + dt.timedelta(days=1)
+        name = _name("concord-test-kubernetes-ca")
+        self.ca_cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self._ca_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(self._not_before)
+            .not_valid_after(self._not_after)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(self._ca_key.public_key()),
+                critical=False,
+            )
+            .sign(self._ca_key, hashes.SHA256())
+        )
+        self.ca_pem = self.ca_cert.public_bytes(serialization.Encoding.PEM)
+        self.ca_key_pem = _key_pem(self._ca_key)
+
+    def issue(
+        self,
+        common_name: str,
+        *,
+        organization: str | None = None,
+        server_names: Sequence[str] = (),
+    ) -> _Issued:
+        """A client certificate, or a serving one when `server_names` (DNS names or IPs)."""
+        key = _key()
+        usage = [ExtendedKeyUsageOID.SERVER_AUTH] if server_names else []
+        usage.append(ExtendedKeyUsageOID.CLIENT_AUTH)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(_name(common_name, organization))
+            .issuer_name(self.ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(self._not_before)
+            .not_valid_after(self._not_after)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.ExtendedKeyUsage(usage), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._ca_key.public_key()),
+                critical=False,
+            )
+        )
+        if server_names:
+            sans: list[x509.GeneralName] = []
+            for n in server_names:
+                try:
+                    sans.append(x509.IPAddress(ipaddress.ip_address(n)))
+                except ValueError:
+                    sans.append(x509.DNSName(n))
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        cert = builder.sign(self._ca_key, hashes.SHA256())
+        return _Issued(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
+
+
+def _write(path: Path, data: bytes, mode: int = 0o600) -> Path:
+    path.write_bytes(data)
+    path.chmod(mode)
+    return path
+
+
+def kubeconfig_yaml(server: str, ca_pem: bytes, user: str, client: _Issued) -> str:
+    """A kubeconfig with everything embedded (JSON is YAML), so it works from any directory
+    and for every client library (kubectl, helm, kopf, the kubernetes package)."""
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "concord-test",
+                "cluster": {"server": server, "certificate-authority-data": b64(ca_pem)},
+            }
+        ],
+        "users": [
+            {
+                "name": user,
+                "user": {
+                    "client-certificate-data": b64(client.cert_pem),
+                    "client-key-data": b64(client.key_pem),
+                },
+            }
+        ],
+        "contexts": [
+            {"name": "concord-test", "context": {"cluster": "concord-test", "user": user}}
+        ],
+        "current-context": "concord-test",
+        "preferences": {},
+    }
+    return json.dumps(config, indent=2) + "\n"
+
+
+# --- processes ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Component:
+    """One control-plane process: its command line, log and (while it runs) its Popen."""
+
+    name: str
+    argv: list[str]
+    log_path: Path
+    popen: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    ready_after_s: float | None = None
+    """Seconds from this component's start until it answered its readiness check."""
+
+    @property
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen is not None else None
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.popen = subprocess.Popen(
+                orphan_proof(self.argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                # A group of its own: Ctrl-C on the test run reaches pytest only, and stop()
+                # can signal the whole group by the PID we hold.
+                start_new_session=True,
+            )
+        self.started_at = time.perf_counter()
+
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return text[-chars:]
+
+    def rss_mib(self) -> float | None:
+        """Resident set size now, from /proc (None when not running or not on Linux)."""
+        if not self.running() or self.pid is None:
+            return None
+        try:
+            status = Path(f"/proc/{self.pid}/status").read_text()
+        except OSError:
+            return None
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return None
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """SIGTERM to its process group, SIGKILL after `grace_s`; always reaps it."""
+        p = self.popen
+        if p is None:
+            return
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, signal.SIGTERM)
+            try:
+                p.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        # Whatever it left in its group (nothing, for these Go binaries) goes too.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(p.pid, signal.SIGKILL)
+
+
+@dataclass
+class ControlPlane:
+    """A Kubernetes API to test against: ours (started here) or an existing cluster.
+
+    `kubeconfig` gives cluster-admin (a `system:masters` client certificate for ours);
+    `kubectl(...)` runs the pinned kubectl against it. `components` is empty for an existing
+    cluster, which `close` leaves alone."""
+
+    kubeconfig: Path
+    server: str
+    kubectl_path: Path
+    helm_path: Path | None
+    bin_dir: Path | None
+    root: Path
+    components: list[Component] = field(default_factory=list)
+    ready_s: float | None = None
+    """Seconds from the first process start until the controllers worked."""
+    existing: bool = False
+
+    def env(self) -> dict[str, str]:
+        """This environment with KUBECONFIG pointing here (for kopf, helm, subprocesses)."""
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+
+    def kubectl(
+        self,
+        *args: str,
+        input: str | None = None,
+        check: bool = True,
+        timeout_s: float = KUBECTL_TIMEOUT_S,
+    ) -> subprocess.CompletedProcess[str]:
+        """`kubectl --kubeconfig=... *args`; raises ControlPlaneError (with stderr) on a
+        non-zero exit when `check`, else returns it for the caller to read stderr."""
+        done = subprocess.run(
+            [
+                str(self.kubectl_path),
+                f"--kubeconfig={self.kubeconfig}",
+                # Discovery cache under our root, not ~/.kube/cache (one dir per port, forever).
+                f"--cache-dir={self.root / 'kubectl-cache'}",
+                *args,
+            ],
+            input=input,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=timeout_s,
+        )
+        if check and done.returncode != 0:
+            raise ControlPlaneError(
+                f"kubectl {' '.join(args)} exited {done.returncode}: {done.stderr.strip()}"
+            )
+        return done
+
+    def kubectl_json(self, *args: str) -> dict[str, object]:
+        """`kubectl get ... -o json`, parsed."""
+        out = self.kubectl(*args, "-o", "json").stdout
+        parsed = json.loads(out)
+        if not isinstance(parsed, dict):
+            raise ControlPlaneError(f"kubectl {' '.join(args)} gave no JSON object")
+        return parsed
+
+    def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """The pinned helm against this cluster."""
+        if self.helm_path is None:
+            raise ControlPlaneError("no helm binary (set CONCORD_KUBE_BIN or make kube-tools)")
+        done = subprocess.run(
+            [str(self.helm_path), f"--kubeconfig={self.kubeconfig}", *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=KUBECTL_TIMEOUT_S,
+            env=self.env(),
+        )
+        if check and done.returncode != 0:
+            raise ControlPlaneError(
+                f"helm {' '.join(args)} exited {done.returncode}: {done.stderr}"
+            )
+        return done
+
+    def apply_crds(self, crd_dir: Path = CRD_DIR) -> None:
+        """Apply every CRD in `crd_dir` (server-side) and wait until each is Established."""
+        if not crd_dir.is_dir() or not any(crd_dir.glob("*.yaml")):
+            return
+        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd_dir))
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(crd_dir))
+        # kubectl cached discovery before the new kinds existed; a stale cache would not know
+        # their short names or the `concord` category.
+        shutil.rmtree(self.root / "kubectl-cache", ignore_errors=True)
+
+    def rss_mib(self) -> dict[str, float | None]:
+        """RSS of each component now (empty for an existing cluster)."""
+        return {c.name: c.rss_mib() for c in self.components}
+
+    def log_tails(self, chars: int = 3000) -> str:
+        return "".join(
+            f"\n--- {c.name} (pid {c.pid}) {c.log_path}:\n{c.log_tail(chars)}"
+            for c in self.components
+        )
+
+    def check_running(self) -> None:
+        """ControlPlaneError if a component has exited."""
+        for c in self.components:
+            if c.popen is not None and not c.running():
+                raise ControlPlaneError(
+                    f"{c.name} exited with {c.popen.returncode}:\n{c.log_tail()}"
+                )
+
+    def close(self) -> None:
+        """Stop every component we started, in reverse order (etcd last). Idempotent."""
+        for c in reversed(self.components):
+            c.stop()
+        with contextlib.suppress(ValueError):
+            atexit.unregister(self.close)
+
+
+# --- readiness ----------------------------------------------------------------------------------
+
+
+def _https_status(url: str, context: ssl.SSLContext) -> int | None:
+    """The status of GET `url`, or None when nothing answers yet."""
+    try:
+        with urllib.request.urlopen(url, context=context, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as e:
+        return e.code
+    except (OSError, ssl.SSLError):
+        return None
+
+
+def _wait(
+    cond: Callable[[], bool],
+    what: str,
+    deadline: float,
+    plane: ControlPlane,
+    component: Component | None = None,
+) -> None:
+    while True:
+        plane.check_running()
+        if cond():
+            if component is not None:
+                component.ready_after_s = time.perf_counter() - component.started_at
+            return
+        if time.perf_counter() > deadline:
+            raise ControlPlaneError(f"timed out waiting for {what}:{plane.log_tails()}")
+        time.sleep(POLL_S)
+
+
+# --- starting ours ------------------------------------------------------------------------------
+
+
+def start_control_plane(
+    bin_dir: Path,
+    root: Path,
+    *,
+    crd_dir: Path | None = CRD_DIR,
+    timeout_s: float = READY_TIMEOUT_S,
+) -> ControlPlane:
+    """Start etcd, kube-apiserver, (the CRDs from `crd_dir`), kube-controller-manager and
+    kube-scheduler under `root` (certificates, data, logs, kubeconfigs) and return once the
+    controllers work. On any failure everything started is stopped before the error rises."""
+    root.mkdir(parents=True, exist_ok=True)
+    pki_dir = root / "pki"
+    pki_dir.mkdir(exist_ok=True)
+    (root / "etcd").mkdir(exist_ok=True, mode=0o700)
+
+    pki = _Pki()
+    ca = _write(pki_dir / "ca.crt", pki.ca_pem, 0o644)
+    ca_key = _write(pki_dir / "ca.key", pki.ca_key_pem)
+    serving = pki.issue(
+        "kube-apiserver",
+        server_names=[
+            "127.0.0.1",
+            "localhost",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+            str(next(ipaddress.ip_network(SERVICE_CIDR).hosts())),
+        ],
+    )
+    _write(pki_dir / "apiserver.crt", serving.cert_pem, 0o644)
+    _write(pki_dir / "apiserver.key", serving.key_pem)
+    admin = pki.issue("concord-test-admin", organization="system:masters")
+    _write(pki_dir / "admin.crt", admin.cert_pem, 0o644)
+    _write(pki_dir / "admin.key", admin.key_pem)
+    sa_key = _key()
+    _write(pki_dir / "sa.key", _key_pem(sa_key))
+    _write(
+        pki_dir / "sa.pub",
+        sa_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ),
+        0o644,
+    )
+
+    etcd_client, etcd_peer, api_port, cm_port, sched_port = free_ports(5)
+    server = f"https://127.0.0.1:{api_port}"
+    kubeconfig = root / "admin.kubeconfig"
+    kubeconfig.write_text(kubeconfig_yaml(server, pki.ca_pem, "concord-test-admin", admin))
+    kubeconfig.chmod(0o600)
+    cm_kubeconfig = root / "controller-manager.kubeconfig"
+    cm_kubeconfig.write_text(
+        kubeconfig_yaml(
+            server,
+            pki.ca_pem,
+            "system:kube-controller-manager",
+            pki.issue("system:kube-controller-manager"),
+        )
+    )
+    sched_kubeconfig = root / "scheduler.kubeconfig"
+    sched_kubeconfig.write_text(
+        kubeconfig_yaml(
+            server, pki.ca_pem, "system:kube-scheduler", pki.issue("system:kube-scheduler")
+        )
+    )
+
+    def component(name: str, *args: str) -> Component:
+        return Component(name, [str(bin_dir / name), *args], root / f"{name}.log")
+
+    etcd_url = f"http://127.0.0.1:{etcd_client}"
+    peer_url = f"http://127.0.0.1:{etcd_peer}"
+    etcd = component(
+        "etcd",
+        "--name=concord-test",
+        f"--data-dir={root / 'etcd'}",
+        f"--listen-client-urls={etcd_url}",
+        f"--advertise-client-urls={etcd_url}",
+        f"--listen-peer-urls={peer_url}",
+        f"--initial-advertise-peer-urls={peer_url}",
+        f"--initial-cluster=concord-test={peer_url}",
+        # A throw-away store on a disk shared with five other test runs: an fsync per write
+        # would make the apiserver (not what is tested) the slowest thing here.
+        "--unsafe-no-fsync=true",
+        "--log-level=warn",
+    )
+    apiserver = component(
+        "kube-apiserver",
+        f"--etcd-servers={etcd_url}",
+        "--bind-address=127.0.0.1",
+        f"--secure-port={api_port}",
+        "--advertise-address=127.0.0.1",
+        # With a loopback advertise address the default endpoint reconciler loops on an
+        # error; nothing here needs the `kubernetes` Service's endpoints.
+        "--endpoint-reconciler-type=none",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        f"--tls-cert-file={pki_dir / 'apiserver.crt'}",
+        f"--tls-private-key-file={pki_dir / 'apiserver.key'}",
+        f"--client-ca-file={ca}",
+        "--authorization-mode=Node,RBAC",
+        "--enable-admission-plugins=NodeRestriction",
+        "--allow-privileged=true",
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+        f"--service-account-key-file={pki_dir / 'sa.pub'}",
+        f"--service-account-signing-key-file={pki_dir / 'sa.key'}",
+        "--profiling=false",
+        "--v=1",
+    )
+    controller_manager = component(
+        "kube-controller-manager",
+        f"--kubeconfig={cm_kubeconfig}",
+        "--bind-address=127.0.0.1",
+        f"--secure-port={cm_port}",
+        "--controllers=*",
+        "--use-service-account-credentials=true",
+        f"--service-account-private-key-file={pki_dir / 'sa.key'}",
+        f"--root-ca-file={ca}",
+        f"--cluster-signing-cert-file={ca}",
+        f"--cluster-signing-key-file={ca_key}",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        # One instance: no lease to win first (it would add ~2 s to every start).
+        "--leader-elect=false",
+        "--profiling=false",
+        "--v=1",
+    )
+    scheduler = component(
+        "kube-scheduler",
+        f"--kubeconfig={sched_kubeconfig}",
+        "--bind-address=127.0.0.1",
+        f"--secure-port={sched_port}",
+        "--leader-elect=false",
+        "--profiling=false",
+        "--v=1",
+    )
+
+    bin_helm = bin_dir / "helm"
+    plane = ControlPlane(
+        kubeconfig=kubeconfig,
+        server=server,
+        kubectl_path=bin_dir / "kubectl",
+        helm_path=bin_helm if bin_helm.exists() else None,
+        bin_dir=bin_dir,
+        root=root,
+    )
+    atexit.register(plane.close)
+
+    # The apiserver's client certificate check, for /readyz as the admin.
+    admin_ctx = ssl.create_default_context(cafile=str(ca))
+    admin_ctx.load_cert_chain(pki_dir / "admin.crt", pki_dir / "admin.key")
+    # controller-manager and scheduler serve self-signed certificates of their own; their
+    # /healthz and /readyz are open to anyone (--authorization-always-allow-paths).
+    anon_ctx = ssl.create_default_context()
+    anon_ctx.check_hostname = False
+    anon_ctx.verify_mode = ssl.CERT_NONE
+
+    def default_sa_exists() -> bool:
+        done = plane.kubectl("get", "serviceaccount", "default", "-n", "default", check=False)
+        return done.returncode == 0
+
+    try:
+        started = time.perf_counter()
+        deadline = started + timeout_s
+        plane.components.append(etcd)
+        etcd.start()
+        _wait(
+            lambda: _https_status(f"{etcd_url}/health", anon_ctx) == 200,
+            "etcd /health",
+            deadline,
+            plane,
+            etcd,
+        )
+        plane.components.append(apiserver)
+        apiserver.start()
+        _wait(
+            lambda: _https_status(f"{server}/readyz", admin_ctx) == 200,
+            "kube-apiserver /readyz",
+            deadline,
+            plane,
+            apiserver,
+        )
+        if crd_dir is not None:
+            plane.apply_crds(crd_dir)
+        plane.components.append(controller_manager)
+        controller_manager.start()
+        plane.components.append(scheduler)
+        scheduler.start()
+        _wait(
+            lambda: _https_status(f"https://127.0.0.1:{sched_port}/readyz", anon_ctx) == 200,
+            "kube-scheduler /readyz",
+            deadline,
+            plane,
+            scheduler,
+        )
+        _wait(
+            default_sa_exists,
+            "the serviceaccount controller (ServiceAccount default/default)",
+            deadline,
+            plane,
+            controller_manager,
+        )
+        plane.ready_s = time.perf_counter() - started
+    except BaseException:
+        plane.close()
+        raise
+    return plane
+
+
+def existing_cluster(kubeconfig: Path, bin_dir: Path | None, root: Path) -> ControlPlane:
+    """An existing cluster behind `kubeconfig` (e.g. kind), driven with the pinned kubectl
+    when there is one, else the `kubectl` on PATH."""
+    kubectl = bin_dir / "kubectl" if bin_dir is not None else None
+    if kubectl is None or not kubectl.exists():
+        found = shutil.which("kubectl")
+        if found is None:
+            raise ControlPlaneError("no kubectl: make kube-tools, or put one on PATH")
+        kubectl = Path(found)
+    helm = bin_dir / "helm" if bin_dir is not None else None
+    if helm is None or not helm.exists():
+        found_helm = shutil.which("helm")
+        helm = Path(found_helm) if found_helm else None
+    plane = ControlPlane(
+        kubeconfig=kubeconfig,
+        server="",
+        kubectl_path=kubectl,
+        helm_path=helm,
+        bin_dir=bin_dir,
+        root=root,
+        existing=True,
+    )
+    plane.server = plane.kubectl(
+        "config", "view", "--minify", "-o", "jsonpath={.clusters[0].cluster.server}"
+    ).stdout.strip()
+    plane.kubectl("get", "--raw", "/readyz")
+    return plane
+
+
+@contextlib.contextmanager
+def control_plane(crd_dir: Path | None = CRD_DIR) -> Iterator[ControlPlane]:
+    """Our own control plane in a temporary directory, for scripts (pytest uses the fixture)."""
+    bin_dir, why = locate_binaries()
+    if bin_dir is None:
+        raise ControlPlaneError(why)
+    with tempfile.TemporaryDirectory(prefix="concord-kube-") as tmp:
+        plane = start_control_plane(bin_dir, Path(tmp), crd_dir=crd_dir)
+        try:
+            yield plane
+        finally:
+            plane.close()
+
+
+def main() -> int:
+    """Start a control plane, print how long it took and each process' RSS, stop it."""
+    with control_plane() as plane:
+        print(f"ready in {plane.ready_s:.1f} s at {plane.server}")
+        for c in plane.components:
+            print(f"  {c.name:<24} pid {c.pid:<8} ready after {c.ready_after_s or 0:5.1f} s")
+        # RSS settles once the informers have listed everything: read it a bit later too.
+        for when in (0, 10):
+            time.sleep(when)
+            rss = ", ".join(f"{k} {v:.0f} MiB" for k, v in plane.rss_mib().items() if v)
+            print(f"RSS at ready+{when} s: {rss}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
