@@ -205,7 +205,12 @@ async def run(args: argparse.Namespace) -> int:
         if controller is not None:
             await controller.stop()
         if operator_task is not None:
-            kopf_stop.set()
+            if leader.deposed.is_set():
+                # No graceful stop for a deposed replica: whatever kopf still had in flight
+                # must not reach the API server now that another replica may be acting.
+                operator_task.cancel()
+            else:
+                kopf_stop.set()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(operator_task, 10.0)
         await leader.resign()

@@ -361,6 +361,7 @@ def reconcile_lease(
     )
     status: Status = {
         "holders": [_holder_status(h, now) for h in holders],
+        "holderCount": len(holders),  # for the printer column (the CRD checks it)
         "fencingToken": max(
             holders[-1].fencing_token if holders else 0,
             observed.latest_token,

@@ -116,6 +116,7 @@ def test_holders_are_mirrored_in_token_order_with_the_latest_token() -> None:
     )
     plan = reconcile_lease(LEASE, LeaseSpec(max_holders=2), observed, {"transitions": 4}, NOW)
     assert [h["fencingToken"] for h in plan.status["holders"]] == [99, 120]
+    assert plan.status["holderCount"] == 2
     assert plan.status["fencingToken"] == 120
     assert plan.status["waiters"] == 3
     assert plan.status["transitions"] == 6
