@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.client import ConcordError
+from coordinator.testing.procs import metric
 from tests.kube.controlplane import ControlPlane
 from tests.kube.operator_harness import (
     KubeObjects,
@@ -29,7 +30,7 @@ from tests.kube.operator_harness import (
     condition,
     eventually,
 )
-from tests.process.harness import ProcessCluster
+from tests.process.harness import ProcessCluster, histogram_buckets, histogram_quantile
 
 pytestmark = pytest.mark.kube
 
@@ -115,7 +116,10 @@ def lock_name(kube: KubeObjects, name: str) -> str:
 
 
 def test_a_lock_taken_through_the_client_shows_in_the_lease_status(
-    coord: ProcessCluster, kube: KubeObjects, start_operator: StartOperator
+    coord: ProcessCluster,
+    kube: KubeObjects,
+    start_operator: StartOperator,
+    control_plane: ControlPlane,
 ) -> None:
     op = start_operator()
 
@@ -153,7 +157,24 @@ def test_a_lock_taken_through_the_client_shows_in_the_lease_status(
                 logs(op),
             )
             assert kube.status("leases", "db")["fencingToken"] == held.fencing_token
+
+            # Once the object has been quiet for longer than the rate limit's interval, the
+            # next change is written at once: the lag is the operator's reads and one PATCH.
+            await asyncio.sleep(2 * STATUS_INTERVAL_S)
+            again = await client.acquire(lock_name(kube, "db"), lease)
+            quiet_lag_s = await eventually(
+                lambda: kube.status("leases", "db").get("fencingToken") == again.fencing_token,
+                5,
+                "the second grant in status",
+                logs(op),
+            )
+            print(f"status lag after an acquire on a quiet object: {quiet_lag_s * 1000:.0f} ms")
+            await client.release(again)
             await client.lease_revoke(lease)
+        shown = control_plane.kubectl("get", "concord", "-n", kube.namespace).stdout
+        print(shown)
+        assert "lease.concord.dev/db" in shown
+        assert "Ready" in shown
 
     asyncio.run(scenario())
 
@@ -195,6 +216,13 @@ def test_a_hot_lock_gets_at_most_one_status_write_per_interval(
         st = kube.status("leases", "hot")
         # Every grant was counted even though the writes were coalesced.
         assert st["transitions"] - before == cycles
+        # The operator's own account agrees, and says how stale the mirror ran.
+        _, page = await op.get("/metrics")
+        lag = histogram_buckets(page, "concord_operator_watch_lag_seconds")
+        p50, p99 = histogram_quantile(0.5, lag), histogram_quantile(0.99, lag)
+        assert p50 is not None and p99 is not None
+        print(f"watch lag, event to status written: p50 {p50 * 1e3:.0f} ms, p99 {p99 * 1e3:.0f} ms")
+        assert (metric(page, "concord_operator_watch_events_total") or 0) >= 2 * cycles
 
     asyncio.run(scenario())
 
@@ -270,7 +298,7 @@ def test_a_sequence_is_created_in_the_coordinator_and_its_value_mirrored(
 # --- deletion ----------------------------------------------------------------------------------
 
 
-def test_deleting_a_lease_releases_its_holders_and_its_record(
+def test_a_spec_change_is_applied_and_deleting_a_lease_releases_its_holders_and_record(
     coord: ProcessCluster, kube: KubeObjects, start_operator: StartOperator
 ) -> None:
     op = start_operator()
@@ -278,7 +306,26 @@ def test_deleting_a_lease_releases_its_holders_and_its_record(
     async def scenario() -> None:
         kube.create("leases", "Lease", "gone", {"ttlSeconds": 30})
         await eventually(ready(kube, "leases", "gone"), 30, "Lease gone Ready", logs(op))
+        key = f"concord.dev/v1alpha1/leases/{kube.namespace}/gone".encode()
         async with coord.client() as client:
+            # maxHolders can change: the record the sidecar reads follows, the status says so.
+            kube.patch("leases", "gone", {"spec": {"maxHolders": 3}})
+
+            async def record_updated() -> bool:
+                kv = await client.get(key)
+                return kv is not None and json.loads(kv.value)["maxHolders"] == 3
+
+            await eventually(record_updated, 10, "maxHolders 3 in the record", logs(op))
+            await eventually(
+                lambda: kube.status("leases", "gone").get("observedGeneration") == 2,
+                5,
+                "observedGeneration 2",
+                logs(op),
+            )
+            applied = condition(kube.status("leases", "gone"), "SpecApplied")
+            assert applied["status"] == "True"
+            assert "maxHolders is now 3" in applied["message"]
+
             lease = await client.lease_grant(30_000)
             held = await client.acquire(lock_name(kube, "gone"), lease)
             await eventually(
@@ -299,7 +346,6 @@ def test_deleting_a_lease_releases_its_holders_and_its_record(
             with pytest.raises(ConcordError) as err:
                 await client.lease_time_to_live(lease)
             assert err.value.code == "NOT_FOUND"
-            key = f"concord.dev/v1alpha1/leases/{kube.namespace}/gone".encode()
             assert await client.get(key) is None
 
     asyncio.run(scenario())
