@@ -37,12 +37,14 @@ from typing import Any
 import kubernetes
 import kubernetes.watch
 
+from coordinator.testing.procs import metric
 from tests.kube.controlplane import ControlPlaneError, locate_binaries, start_control_plane
 from tests.kube.operator_harness import GROUP, VERSION, OperatorProcess, client_tls_dir
-from tests.process.harness import ProcessCluster
+from tests.process.harness import ProcessCluster, histogram_buckets, histogram_quantile
 
 REPO = Path(__file__).resolve().parents[1]
 NAMESPACE = "bench"
+STEP = "concord_operator_reconcile_step_seconds"
 
 
 def _proc_stats(pid: int) -> tuple[float, float]:
@@ -219,6 +221,11 @@ def main() -> int:
             churn_s = time.monotonic() - t0
             time.sleep(3.0)  # the last coalesced writes land
             cpu1, rss_end = _proc_stats(op.popen.pid)
+            _, page = asyncio.run(op.get("/metrics"))
+            lag = histogram_buckets(page, "concord_operator_watch_lag_seconds")
+            rec_sum = metric(page, 'concord_operator_reconcile_seconds_sum{kind="leases"}') or 0
+            rec_n = metric(page, 'concord_operator_reconcile_seconds_count{kind="leases"}') or 1
+            load = os.getloadavg()[0]
             watcher.stop.set()
             writes = [e for e in watcher.events if t0 <= e[0] <= t0 + churn_s]
             lags = [watcher.lag_s(n, tok, at) for n, tok, at in grants]
@@ -238,6 +245,20 @@ def main() -> int:
                 "status_lag_p99_ms": round(1000 * _pct(seen, 0.99), 1),
                 "status_lag_mean_ms": round(1000 * statistics.fmean(seen), 1) if seen else None,
                 "grants_never_mirrored": len(lags) - len(seen),
+                "operator_reconcile_mean_ms": round(1000 * rec_sum / rec_n, 1),
+                "operator_watch_lag_p50_ms": round(1000 * (histogram_quantile(0.5, lag) or 0), 1),
+                "operator_watch_lag_p99_ms": round(1000 * (histogram_quantile(0.99, lag) or 0), 1),
+                "load_average_1m": round(load, 1),
+                "operator_step_mean_ms": {
+                    step: round(
+                        1000
+                        * (metric(page, f'{STEP}_sum{{step="{step}"}}') or 0)
+                        / (metric(page, f'{STEP}_count{{step="{step}"}}') or 1),
+                        1,
+                    )
+                    for step in ("observe", "act", "write")
+                },
+                "cpus": os.cpu_count(),
             }
             print(json.dumps(result, indent=2))
             out = REPO / ".results" / "bench"

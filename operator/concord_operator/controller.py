@@ -36,7 +36,7 @@ from typing import Any
 
 from coordinator.client import ConcordError
 
-from .coordinator import Gateway
+from .coordinator import Gateway, KnownRecord
 from .kube import KubeApi, ObjectGone
 from .metrics import Metrics
 from .reconcile import (
@@ -47,12 +47,14 @@ from .reconcile import (
     ObjectRef,
     Plan,
     Plural,
+    PutRecord,
     SequenceObserved,
     SequenceSpec,
     Unavailable,
     finalize_lease,
     finalize_sequence,
     parse_coordinator_name,
+    parse_record,
     reconcile_lease,
     reconcile_sequence,
     status_changed,
@@ -85,6 +87,8 @@ class Tracked:
     first_event_at: float | None = None
     """When the oldest event not yet in a written status arrived (loop time)."""
     next_allowed: float = 0.0
+    known: KnownRecord | None = None
+    """The configuration record as last read or written; None: read it (see KnownRecord)."""
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
@@ -150,6 +154,7 @@ class Controller:
             self._count()
         else:
             tracked.ref, tracked.spec = ref, spec
+        tracked.known = None  # a spec change or a resume: read everything afresh
         self._schedule(tracked)
 
     def forget(self, key: Key) -> None:
@@ -208,6 +213,7 @@ class Controller:
                 self.forget(tracked.ref.key)
                 return
             except Exception:
+                tracked.known = None
                 kind = tracked.ref.plural
                 log.exception("reconciling %s %s/%s", kind, tracked.ref.namespace, tracked.ref.name)
                 self.metrics.errors.labels(kind).inc()
@@ -222,13 +228,21 @@ class Controller:
         forced, tracked.forced = tracked.forced, None
         grants, event_at = tracked.grants_seen, tracked.first_event_at
         plan = await self._plan(tracked, forced, grants)
+        observed_at = loop.time()
+        self.metrics.step_seconds.labels("observe").observe(observed_at - started)
         if plan.actions:
             if not self.leader_valid():
                 tracked.dirty = True
                 return
             problem = await self.gateway.execute(plan.actions)
             if problem is not None:
+                tracked.known = None  # some actions may have run
                 plan = self._replan(tracked, problem)
+            else:
+                for action in plan.actions:
+                    if isinstance(action, PutRecord):
+                        tracked.known = KnownRecord(parse_record(action.value))
+            self.metrics.step_seconds.labels("act").observe(loop.time() - observed_at)
         if plan.retry:
             self.unhealthy.add(ref.key)
         else:
@@ -237,7 +251,9 @@ class Controller:
             if not self.leader_valid():
                 tracked.dirty = True
                 return
+            writing_at = loop.time()
             await self.kube.patch_status(kind, ref.namespace, ref.name, plan.status)
+            self.metrics.step_seconds.labels("write").observe(loop.time() - writing_at)
             tracked.status.update(plan.status)
             self.metrics.status_patches.labels(kind).inc()
         if not plan.retry:
@@ -255,11 +271,15 @@ class Controller:
         if ref.plural == LEASES:
             spec = LeaseSpec.of(tracked.spec)
             observed_lease = forced or await self.gateway.observe_lease(
-                ref, spec.kind, grants, tracked.latest_token
+                ref, spec.kind, grants, tracked.latest_token, tracked.known
             )
+            if isinstance(observed_lease, LeaseObserved):
+                tracked.known = KnownRecord(observed_lease.record)
             return reconcile_lease(ref, spec, observed_lease, tracked.status, now)
         seq_spec = SequenceSpec.of(tracked.spec)
-        observed_seq = forced or await self.gateway.observe_sequence(ref)
+        observed_seq = forced or await self.gateway.observe_sequence(ref, tracked.known)
+        if isinstance(observed_seq, SequenceObserved):
+            tracked.known = KnownRecord(observed_seq.record)
         return reconcile_sequence(ref, seq_spec, observed_seq, tracked.status, now)
 
     def _replan(self, tracked: Tracked, problem: Unavailable) -> Plan:
@@ -285,6 +305,7 @@ class Controller:
                     await asyncio.sleep(1.0)
                 # Events between the old stream and the new one are unknown: resync all.
                 for tracked in self.objects.values():
+                    tracked.known = None
                     self._schedule(tracked)
         finally:
             await client.close()
@@ -320,6 +341,7 @@ class Controller:
                 keys = list(self.objects) if not self.available else list(self.unhealthy)
                 for key in keys:
                     if key in self.objects:
+                        self.objects[key].known = None
                         self._schedule(self.objects[key])
             self.available = problem is None
             await asyncio.sleep(self.probe_interval_s)

@@ -6,6 +6,12 @@ operator can wait out (no quorum, no member reachable, a deadline) becomes `Unav
 the coordinator's own message, so the status can say exactly why; everything else (a refusal
 a person must act on) is raised as `ConcordError`.
 
+Mirroring reads are serializable (the answering member's own state, no read barrier): they
+follow a watch event that member has already applied, a status is a mirror that the next
+event corrects anyway, and a barrier per read costs the coordinator a quorum round each, which
+under a churn of 1,000 locks was most of the operator's reconcile time. Declaring (the
+records, the sequences) stays linearizable.
+
 Three clients, on purpose: the reconciler's calls are short (a status must turn
 Ready=False within seconds when the coordinator goes away), the watch stream and the
 leadership keep-alive each run on their own so that a slow reconcile never delays either.
@@ -16,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +82,15 @@ class WatchEvent:
     """LOCK and ELECTION: the grant's fencing token (0 for an election left vacant)."""
 
 
+@dataclass(frozen=True, slots=True)
+class KnownRecord:
+    """A configuration record the caller already knows (it wrote or read it last): the
+    operator's leader is the only writer of records, so an event-triggered reconcile need not
+    read it again. Resume, spec changes and recoveries read it afresh."""
+
+    record: Mapping[str, Any] | None
+
+
 class Gateway:
     def __init__(
         self,
@@ -99,10 +114,15 @@ class Gateway:
     # --- observing -------------------------------------------------------------------------
 
     async def observe_lease(
-        self, ref: ObjectRef, kind: str, grants_seen: int = 0, latest_token: int = 0
+        self,
+        ref: ObjectRef,
+        kind: str,
+        grants_seen: int = 0,
+        latest_token: int = 0,
+        known: KnownRecord | None = None,
     ) -> LeaseObserved | Unavailable:
         try:
-            record = parse_record(await self._get(ref.config_key))
+            record = await self._record(ref, known)
             if kind == "election":
                 holders = await self._election_holders(ref.coordinator_name)
                 waiters = 0
@@ -112,9 +132,11 @@ class Gateway:
         except ConcordError as err:
             return _unavailable_or_raise(err)
 
-    async def observe_sequence(self, ref: ObjectRef) -> SequenceObserved | Unavailable:
+    async def observe_sequence(
+        self, ref: ObjectRef, known: KnownRecord | None = None
+    ) -> SequenceObserved | Unavailable:
         try:
-            record = parse_record(await self._get(ref.config_key))
+            record = await self._record(ref, known)
             req = pb.SequenceGetRequest(name=ref.coordinator_name)
             timeout = self.client.rpc_timeout_s
             try:
@@ -127,12 +149,17 @@ class Gateway:
         except ConcordError as err:
             return _unavailable_or_raise(err)
 
+    async def _record(self, ref: ObjectRef, known: KnownRecord | None) -> Mapping[str, Any] | None:
+        if known is not None:
+            return known.record
+        return parse_record(await self._get(ref.config_key))
+
     async def _get(self, key: bytes) -> bytes | None:
         kv = await self.client.get(key)
         return bytes(kv.value) if kv is not None else None
 
     async def _lock_holders(self, name: str) -> tuple[tuple[Holder, ...], int]:
-        req = pb.LockInfoRequest(name=name)
+        req = pb.LockInfoRequest(name=name, serializable=True)
         timeout = self.client.rpc_timeout_s
         resp: Any = await self.client.call(lambda s: s.lock.Info(req, timeout=timeout))
         holders = []
@@ -150,7 +177,7 @@ class Gateway:
         return tuple(holders), int(resp.waiters)
 
     async def _election_holders(self, name: str) -> tuple[Holder, ...]:
-        leader = await self.client.leader(name)
+        leader = await self.client.leader(name, serializable=True)
         if leader is None:
             return ()
         identity = leader.value.decode("utf-8", errors="replace") or str(leader.lease)

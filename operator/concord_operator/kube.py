@@ -7,19 +7,25 @@ of looping on 403s and 404s. It writes the status subresource of `Lease` and `Se
 objects (a JSON merge patch: lists such as `holders` and `conditions` are replaced whole, so
 a patch always carries the complete list).
 
-The kubernetes client is synchronous; its calls run in worker threads so that the event loop
-(the watch stream, the leadership keep-alive) never waits on the API server.
+The kubernetes client is synchronous; its calls run in a pool of `WRITERS` threads of our own,
+over as many pooled connections, so that the event loop (the watch stream, the leadership
+keep-alive) never waits on the API server and many objects' writes are in flight at once
+(urllib3's default pool of 4 connections capped a churn of 1,000 objects at ~35 writes/s).
 """
 
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
+
+WRITERS = 16
+"""Status writes in flight at once (threads, and pooled connections to the API server)."""
 
 GROUP = "concord.dev"
 VERSION = "v1alpha1"
@@ -56,6 +62,7 @@ class KubeApi:
     def __init__(self, api_client: kubernetes.client.ApiClient) -> None:
         self.api_client = api_client
         self.custom = kubernetes.client.CustomObjectsApi(api_client)
+        self._pool = ThreadPoolExecutor(WRITERS, thread_name_prefix="kube-write")
 
     @classmethod
     def load(cls, kubeconfig: Path | None) -> KubeApi:
@@ -68,12 +75,12 @@ class KubeApi:
                         f"kubeconfig {kubeconfig} does not exist: pass --kubeconfig PATH (or set "
                         "KUBECONFIG), or run in a pod with a service account"
                     )
-                config = kubernetes.client.Configuration()
+                config = _configuration()
                 kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
                     config_file=str(kubeconfig), client_configuration=config
                 )
             else:
-                config = kubernetes.client.Configuration()
+                config = _configuration()
                 kubernetes.config.load_incluster_config(  # type: ignore[no-untyped-call]
                     client_configuration=config
                 )
@@ -146,7 +153,7 @@ class KubeApi:
             )
 
         try:
-            answer = await asyncio.to_thread(patch)
+            answer = await asyncio.get_running_loop().run_in_executor(self._pool, patch)
         except ApiException as err:
             if err.status == 404:
                 raise ObjectGone(namespace, name) from None
@@ -154,4 +161,11 @@ class KubeApi:
         return str(answer["metadata"]["resourceVersion"])
 
     def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
         self.api_client.close()  # type: ignore[no-untyped-call]
+
+
+def _configuration() -> kubernetes.client.Configuration:
+    config = kubernetes.client.Configuration()
+    config.connection_pool_maxsize = WRITERS
+    return config

@@ -48,6 +48,14 @@ class Metrics:
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
+        self.step_seconds = Histogram(
+            "concord_operator_reconcile_step_seconds",
+            "Time in each step of a reconcile: observe (coordinator reads), act (coordinator "
+            "writes), write (the status PATCH)",
+            ["step"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
         self.status_patches = Counter(
             "concord_operator_status_patches",
             "Status writes sent to the API server, by kind",
