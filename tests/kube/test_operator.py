@@ -32,7 +32,8 @@ from tests.kube.operator_harness import (
 )
 from tests.process.harness import ProcessCluster, histogram_buckets, histogram_quantile
 
-pytestmark = pytest.mark.kube
+# Real processes and real timing, as the process tests: out of `make test-fast` too.
+pytestmark = [pytest.mark.kube, pytest.mark.process]
 
 StartOperator = Callable[..., OperatorProcess]
 STATUS_INTERVAL_S = 0.5
