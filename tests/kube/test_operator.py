@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from coordinator.client import ConcordError
 from coordinator.testing.procs import metric
@@ -537,3 +538,70 @@ def test_an_unreachable_coordinator_is_not_fatal_at_startup(
         asyncio.run(scenario())
     finally:
         op.stop()
+
+
+def test_missing_rbac_is_a_clear_startup_error_and_a_role_fixes_it(
+    control_plane: ControlPlane, kube_namespace: str, tmp_path: Path
+) -> None:
+    ns = kube_namespace
+    control_plane.kubectl("create", "serviceaccount", "concord-operator", "-n", ns)
+    token = control_plane.kubectl(
+        "create", "token", "concord-operator", "-n", ns, "--duration=1h"
+    ).stdout.strip()
+    config = yaml.safe_load(control_plane.kubeconfig.read_text())
+    config["users"] = [{"name": "concord-operator", "user": {"token": token}}]
+    for context in config["contexts"]:
+        context["context"]["user"] = "concord-operator"
+    kubeconfig = tmp_path / "sa.kubeconfig"
+    kubeconfig.write_text(json.dumps(config))
+    tls = tmp_path / "tls"
+    tls.mkdir()
+
+    def operator(name: str) -> OperatorProcess:
+        op = OperatorProcess(tmp_path, name, ["127.0.0.1:1"], tls, kubeconfig, ns)
+        op.argv.remove("--tls-dir")
+        op.argv.remove(str(tls))
+        return op.start()
+
+    denied = operator("denied")
+    assert denied.popen is not None
+    assert denied.popen.wait(60) == 2
+    assert "RBAC does not allow the operator to" in denied.log()
+    assert f"patch leases/status.concord.dev in {ns}" in denied.log()
+
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": "concord-operator", "namespace": ns},
+        "rules": [
+            {
+                "apiGroups": ["concord.dev"],
+                "resources": ["leases", "sequences", "leases/status", "sequences/status"],
+                "verbs": ["get", "list", "watch", "patch"],
+            }
+        ],
+    }
+    control_plane.kubectl("apply", "-f", "-", input=json.dumps(role))
+    control_plane.kubectl(
+        "create",
+        "rolebinding",
+        "concord-operator",
+        "-n",
+        ns,
+        "--role=concord-operator",
+        f"--serviceaccount={ns}:concord-operator",
+    )
+    allowed = operator("allowed")
+    try:
+
+        async def past_preflight() -> bool:
+            try:
+                status, body = await allowed.get("/readyz")
+            except OSError:
+                return False
+            return status == 503 and "standby" in body
+
+        asyncio.run(eventually(past_preflight, 60, "preflight passed", logs(allowed)))
+        assert allowed.running()
+    finally:
+        allowed.stop()
