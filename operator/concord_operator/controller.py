@@ -40,6 +40,7 @@ from .coordinator import Gateway, KnownRecord
 from .kube import KubeApi, ObjectGone
 from .metrics import Metrics
 from .reconcile import (
+    CLUSTERS,
     LEASES,
     SEQUENCES,
     LeaseObserved,
@@ -55,6 +56,7 @@ from .reconcile import (
     finalize_sequence,
     parse_coordinator_name,
     parse_record,
+    reconcile_cluster,
     reconcile_lease,
     reconcile_sequence,
     status_changed,
@@ -66,6 +68,9 @@ Key = tuple[Plural, str, str]
 
 ERROR_BACKOFF_S = 5.0
 """After an unexpected error, the object is tried again this much later."""
+
+CLUSTER_REFRESH_S = 5.0
+"""How often a ConcordCluster's view is read again without an outage to react to."""
 
 
 class NotNow(Exception):
@@ -191,7 +196,7 @@ class Controller:
             tracked.task = asyncio.create_task(self._flusher(tracked))
 
     def _count(self) -> None:
-        for plural in (LEASES, SEQUENCES):
+        for plural in (LEASES, SEQUENCES, CLUSTERS):
             n = sum(1 for k in self.objects if k[0] == plural)
             self.metrics.mirrored.labels(plural).set(n)
 
@@ -268,6 +273,9 @@ class Controller:
 
     async def _plan(self, tracked: Tracked, forced: Unavailable | None, grants: int) -> Plan:
         ref, now = tracked.ref, dt.datetime.now(dt.UTC)
+        if ref.plural == CLUSTERS:
+            observed_cluster = forced or await self.gateway.observe_cluster()
+            return reconcile_cluster(ref, tracked.spec, observed_cluster, tracked.status, now)
         if ref.plural == LEASES:
             spec = LeaseSpec.of(tracked.spec)
             observed_lease = forced or await self.gateway.observe_lease(
@@ -284,6 +292,8 @@ class Controller:
 
     def _replan(self, tracked: Tracked, problem: Unavailable) -> Plan:
         now = dt.datetime.now(dt.UTC)
+        if tracked.ref.plural == CLUSTERS:
+            return reconcile_cluster(tracked.ref, tracked.spec, problem, tracked.status, now)
         if tracked.ref.plural == LEASES:
             spec = LeaseSpec.of(tracked.spec)
             return reconcile_lease(tracked.ref, spec, problem, tracked.status, now)
@@ -327,7 +337,16 @@ class Controller:
         self._schedule(tracked)
 
     async def _health_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        clusters_at = 0.0
         while True:
+            if loop.time() - clusters_at >= CLUSTER_REFRESH_S:
+                # Membership and Raft progress are not in the watch stream's mapped names:
+                # the cluster view is refreshed on a timer (and on every outage and recovery).
+                clusters_at = loop.time()
+                for key, tracked in self.objects.items():
+                    if key[0] == CLUSTERS:
+                        self._schedule(tracked)
             problem = await self.gateway.probe()
             self.metrics.coordinator_available.set(0 if problem else 1)
             if problem is not None and self.available:

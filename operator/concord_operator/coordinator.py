@@ -34,12 +34,15 @@ from coordinator.client import Client, ConcordError, Leadership
 
 from .reconcile import (
     Action,
+    ClusterObserved,
     CreateSequence,
     DeleteRecord,
     Holder,
     LeaseObserved,
+    MemberView,
     ObjectRef,
     PutRecord,
+    Reachability,
     RevokeLease,
     SequenceObserved,
     Unavailable,
@@ -191,6 +194,46 @@ class Gateway:
             if err.code == "NOT_FOUND":
                 return 0  # ended between the two reads: the next event shows it gone
             raise
+
+    async def observe_cluster(self) -> ClusterObserved | Unavailable:
+        """Membership as the leader sees it; without a quorum, as any member still answering
+        sees it (no leader: every voter counts as unreachable, so the quorum shows Lost)."""
+        endpoints = tuple(self.endpoints)
+        try:
+            try:
+                members = await self.client.members()
+                status = await self.client.status()
+                commit = int(status.commit_index)
+            except ConcordError as err:
+                if err.code not in WAITABLE:
+                    raise
+                req = pb.MemberListRequest(serializable=True)
+                timeout = self.client.rpc_timeout_s
+                members = await self.client.call(
+                    lambda s: s.cluster.MemberList(req, timeout=timeout)
+                )
+                commit = 0
+                lost = True
+            else:
+                lost = False
+        except ConcordError as err:
+            return _unavailable_or_raise(err)
+        shown: dict[int, Reachability] = {
+            pb.Member.LEADER: "Leader",
+            pb.Member.REACHABLE: "Reachable",
+        }
+        views = tuple(
+            MemberView(
+                int(m.id),
+                str(m.name) or f"member-{m.id}",
+                str(m.client_url),
+                m.role == pb.Member.VOTER,
+                "Unreachable" if lost else shown.get(m.status, "Unreachable"),
+                int(m.match_index),
+            )
+            for m in members.members
+        )
+        return ClusterObserved(views, int(members.header.raft_term), commit, endpoints)
 
     async def probe(self) -> Unavailable | None:
         """A linearizable read: None if the coordinator has a quorum and answers."""

@@ -21,7 +21,7 @@ import kopf
 
 from .controller import Controller, NotNow
 from .kube import GROUP, VERSION
-from .reconcile import LEASES, SEQUENCES
+from .reconcile import CLUSTERS, LEASES, SEQUENCES
 
 FINALIZER = f"{GROUP}/release"
 RETRY_DELAY_S = 2.0
@@ -64,6 +64,20 @@ async def lease_exists(body: kopf.Body, memo: kopf.Memo, **_: object) -> None:
 @kopf.on.update(GROUP, VERSION, SEQUENCES, field="spec")
 async def sequence_exists(body: kopf.Body, memo: kopf.Memo, **_: object) -> None:
     _controller(memo).upsert(SEQUENCES, body)
+
+
+@kopf.on.resume(GROUP, VERSION, CLUSTERS)
+@kopf.on.create(GROUP, VERSION, CLUSTERS)
+@kopf.on.update(GROUP, VERSION, CLUSTERS, field="spec")
+async def cluster_exists(body: kopf.Body, memo: kopf.Memo, **_: object) -> None:
+    _controller(memo).upsert(CLUSTERS, body)
+
+
+@kopf.on.delete(GROUP, VERSION, CLUSTERS, optional=True)
+async def cluster_deleted(body: kopf.Body, memo: kopf.Memo, **_: object) -> None:
+    # Nothing in the coordinator to release (optional: no finalizer); stop mirroring it.
+    meta = body.get("metadata") or {}
+    _controller(memo).forget((CLUSTERS, str(meta.get("namespace")), str(meta.get("name"))))
 
 
 @kopf.on.delete(GROUP, VERSION, LEASES)

@@ -29,7 +29,7 @@ WRITERS = 16
 
 GROUP = "concord.dev"
 VERSION = "v1alpha1"
-PLURALS = ("leases", "sequences")
+PLURALS = ("leases", "sequences", "concordclusters")
 
 NEEDED_ACCESS: tuple[tuple[str, str, str], ...] = tuple(
     (verb, plural, sub)

@@ -58,7 +58,8 @@ MAX_NAME_BYTES = 256
 
 LEASES: Final = "leases"
 SEQUENCES: Final = "sequences"
-Plural = Literal["leases", "sequences"]
+CLUSTERS: Final = "concordclusters"
+Plural = Literal["leases", "sequences", "concordclusters"]
 
 READY = "Ready"
 SPEC_APPLIED = "SpecApplied"
@@ -67,6 +68,8 @@ SPEC_APPLIED = "SpecApplied"
 UNAVAILABLE = "CoordinatorUnavailable"
 SPEC_CONFLICT = "SpecConflict"
 INVALID_NAME = "InvalidName"
+OTHER_CLUSTER = "OtherCluster"
+QUORUM_LOST = "QuorumLost"
 # SpecApplied=False reason.
 IMMUTABLE = "Immutable"
 
@@ -90,7 +93,7 @@ def parse_coordinator_name(name: str) -> tuple[str, str] | None:
     return parts[1], parts[2]
 
 
-def config_key(plural: Plural, namespace: str, name: str) -> bytes:
+def config_key(plural: str, namespace: str, name: str) -> bytes:
     """The KV key recording what the operator declared for `namespace/name`."""
     return f"{CONFIG_PREFIX}/{plural}/{namespace}/{name}".encode()
 
@@ -494,6 +497,105 @@ def finalize_sequence(
     if isinstance(observed, Unavailable):
         return observed
     return (DeleteRecord(ref.config_key),)
+
+
+# --- ConcordCluster ----------------------------------------------------------------------------
+
+
+Reachability = Literal["Leader", "Reachable", "Unreachable"]
+
+
+@dataclass(frozen=True, slots=True)
+class MemberView:
+    id: int
+    name: str
+    address: str
+    voter: bool
+    reachability: Reachability
+    """As the leader sees it (an unknown reachability counts as Unreachable)."""
+    match_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterObserved:
+    members: tuple[MemberView, ...]
+    term: int
+    commit_index: int
+    endpoints: tuple[str, ...]
+    """The coordinator endpoints this operator is configured with."""
+
+
+def reconcile_cluster(
+    ref: ObjectRef,
+    spec: Mapping[str, Any],
+    observed: ClusterObserved | Unavailable,
+    previous: Mapping[str, Any],
+    now: dt.datetime,
+) -> Plan:
+    """Swarm's `docker node ls` for the coordinator this operator serves: members with
+    Leader / Reachable / Unreachable, term, commit index, lag, quorum health."""
+    if isinstance(observed, Unavailable):
+        # The counts stay as last seen (the CRD keeps quorum consistent with them); Ready
+        # says the coordinator cannot be asked now.
+        return _unavailable(ref, previous, observed, now)
+    wanted = set(spec.get("endpoints") or ())
+    if wanted and not wanted & set(observed.endpoints):
+        return _failed(
+            ref,
+            previous,
+            OTHER_CLUSTER,
+            f"this operator serves the coordinator at {', '.join(observed.endpoints)}; "
+            f"spec.endpoints names another one ({', '.join(sorted(wanted))})",
+            now,
+        )
+    members = sorted(observed.members, key=lambda m: m.id)
+    voters = [m for m in members if m.voter]
+    reachable = sum(m.reachability != "Unreachable" for m in voters)
+    majority = len(voters) // 2 + 1
+    if reachable * 2 <= len(voters):
+        quorum = "Lost"
+    elif reachable < len(voters):
+        quorum = "Degraded"
+    else:
+        quorum = "Healthy"
+    leader = next((m.name for m in members if m.reachability == "Leader"), "")
+    ready = (
+        Cond(READY, "False", QUORUM_LOST, f"{reachable} of {len(voters)} voters reachable")
+        if quorum == "Lost"
+        else Cond(
+            READY,
+            "True",
+            f"Quorum{quorum}",
+            f"{reachable} of {len(voters)} voters reachable; leader {leader or 'unknown'}",
+        )
+    )
+    conds = conditions([ready], list(previous.get("conditions") or []), ref.generation, now)
+    status: Status = {
+        "leader": leader,
+        "term": observed.term,
+        "commitIndex": observed.commit_index,
+        "voters": len(voters),
+        "reachable": reachable,
+        "quorum": quorum,
+        "faultTolerance": max(0, reachable - majority),
+        "memberSummary": ",".join(f"{m.name}:{m.reachability}" for m in members),
+        "members": [
+            {
+                "id": m.id,
+                "name": m.name,
+                "address": m.address,
+                "role": "Voter" if m.voter else "Learner",
+                "managerStatus": m.reachability,
+                "matchIndex": m.match_index,
+                "lag": max(0, observed.commit_index - m.match_index),
+            }
+            for m in members
+        ],
+        "observedGeneration": ref.generation,
+        "conditions": conds,
+        "phase": phase_of(conds),
+    }
+    return Plan((), status)
 
 
 # --- helpers -----------------------------------------------------------------------------------

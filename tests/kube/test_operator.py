@@ -576,7 +576,10 @@ def test_missing_rbac_is_a_clear_startup_error_and_a_role_fixes_it(
         "rules": [
             {
                 "apiGroups": ["concord.dev"],
-                "resources": ["leases", "sequences", "leases/status", "sequences/status"],
+                "resources": [
+                    *(kinds := ["leases", "sequences", "concordclusters"]),
+                    *(f"{k}/status" for k in kinds),
+                ],
                 "verbs": ["get", "list", "watch", "patch"],
             }
         ],
@@ -605,3 +608,52 @@ def test_missing_rbac_is_a_clear_startup_error_and_a_role_fixes_it(
         assert allowed.running()
     finally:
         allowed.stop()
+
+
+# --- the cluster view --------------------------------------------------------------------------
+
+
+def test_the_cluster_view_shows_members_and_quorum_health(
+    coord: ProcessCluster,
+    kube: KubeObjects,
+    start_operator: StartOperator,
+    control_plane: ControlPlane,
+) -> None:
+    op = start_operator()
+
+    async def scenario() -> None:
+        kube.create(
+            "concordclusters", "ConcordCluster", "concord", {"endpoints": coord.endpoints()}
+        )
+
+        def healthy() -> bool:
+            st = kube.status("concordclusters", "concord")
+            return st.get("quorum") == "Healthy" and st.get("voters") == 3
+
+        await eventually(healthy, 30, "3 voters, quorum Healthy", logs(op))
+        st = kube.status("concordclusters", "concord")
+        leader = await coord.leader()
+        assert st["leader"] == f"member-{leader}"
+        assert st["faultTolerance"] == 1
+        assert sorted(m["managerStatus"] for m in st["members"]) == [
+            "Leader",
+            "Reachable",
+            "Reachable",
+        ]
+        # One follower down: Degraded, that member Unreachable, no fault tolerance left.
+        follower = next(i for i in (1, 2, 3) if i != leader)
+        coord.kill(follower)
+
+        def degraded() -> bool:
+            st = kube.status("concordclusters", "concord")
+            return st.get("quorum") == "Degraded" and f"member-{follower}:Unreachable" in str(
+                st.get("memberSummary")
+            )
+
+        await eventually(degraded, 30, "quorum Degraded", logs(op))
+        assert kube.status("concordclusters", "concord")["faultTolerance"] == 0
+        shown = control_plane.kubectl("get", "concord", "-n", kube.namespace).stdout
+        print(shown)
+        assert "Degraded" in shown
+
+    asyncio.run(scenario())

@@ -12,11 +12,13 @@ from concord_operator.reconcile import (
     INVALID_NAME,
     SPEC_CONFLICT,
     UNAVAILABLE,
+    ClusterObserved,
     CreateSequence,
     DeleteRecord,
     Holder,
     LeaseObserved,
     LeaseSpec,
+    MemberView,
     ObjectRef,
     PutRecord,
     RevokeLease,
@@ -29,6 +31,7 @@ from concord_operator.reconcile import (
     finalize_sequence,
     parse_coordinator_name,
     phase_of,
+    reconcile_cluster,
     reconcile_lease,
     reconcile_sequence,
     status_changed,
@@ -271,3 +274,53 @@ def test_finalizing_a_sequence_drops_only_its_record() -> None:
 )
 def test_phase_follows_the_ready_condition(conds: list[dict], phase: str) -> None:
     assert phase_of(conds) == phase
+
+
+# --- ConcordCluster ------------------------------------------------------------------------------
+
+CLUSTER = ObjectRef("concordclusters", "concord", "concord", uid="u-3", generation=1)
+
+
+def members(*states: str) -> tuple[MemberView, ...]:
+    return tuple(
+        MemberView(i, f"concord-{i - 1}", f"10.0.0.{i}:7100", True, s, 100 - i)  # type: ignore[arg-type]
+        for i, s in enumerate(states, start=1)
+    )
+
+
+@pytest.mark.parametrize(
+    ("states", "quorum", "reachable", "tolerance", "ready"),
+    [
+        (("Leader", "Reachable", "Reachable"), "Healthy", 3, 1, "True"),
+        (("Leader", "Reachable", "Unreachable"), "Degraded", 2, 0, "True"),
+        (("Unreachable", "Unreachable", "Unreachable"), "Lost", 0, 0, "False"),
+        (
+            ("Leader", "Reachable", "Reachable", "Unreachable", "Unreachable"),
+            "Degraded",
+            3,
+            0,
+            "True",
+        ),
+    ],
+)
+def test_the_cluster_view_counts_as_docker_node_ls(
+    states: tuple[str, ...], quorum: str, reachable: int, tolerance: int, ready: str
+) -> None:
+    observed = ClusterObserved(members(*states), term=7, commit_index=100, endpoints=("a:1",))
+    plan = reconcile_cluster(CLUSTER, {}, observed, {}, NOW)
+    st = plan.status
+    assert (st["quorum"], st["reachable"], st["voters"]) == (quorum, reachable, len(states))
+    assert st["faultTolerance"] == tolerance
+    assert cond(st, "Ready")["status"] == ready
+    assert st["phase"] == ("Ready" if ready == "True" else "NotReady")
+    assert st["memberSummary"].startswith(f"concord-0:{states[0]}")
+    assert st["members"][1]["lag"] == 2  # commit 100, match 98
+    assert st["leader"] == ("concord-0" if states[0] == "Leader" else "")
+
+
+def test_the_cluster_view_refuses_another_clusters_endpoints() -> None:
+    observed = ClusterObserved(members("Leader"), term=1, commit_index=1, endpoints=("a:1",))
+    plan = reconcile_cluster(CLUSTER, {"endpoints": ["b:2"]}, observed, {}, NOW)
+    assert cond(plan.status, "Ready")["reason"] == "OtherCluster"
+    plan = reconcile_cluster(CLUSTER, {"endpoints": ["a:1", "c:3"]}, observed, {}, NOW)
+    assert cond(plan.status, "Ready")["status"] == "True"
