@@ -327,33 +327,49 @@ class Leader:
         return self.leadership.fencing_token if self.leadership else 0
 
     async def campaign(self) -> Leadership:
-        loop = asyncio.get_running_loop()
+        """Block until this replica leads. A lease that ends while waiting in line (the
+        coordinator was out of reach for longer than its TTL) is replaced and the campaign
+        starts again: nothing here is fatal but a refusal a person must act on."""
+        while True:
+            lease = await self._grant()
+            self.valid_until = asyncio.get_running_loop().time() + self.ttl_s
+            # Keep the lease alive while waiting in line too: a campaign can wait a long time.
+            keeper = asyncio.create_task(self._keep_alive(lease))
+            campaign = asyncio.create_task(self._campaign(lease))
+            await asyncio.wait({keeper, campaign}, return_when=asyncio.FIRST_COMPLETED)
+            if campaign.done() and campaign.exception() is None:
+                self.leadership = campaign.result()
+                self._tasks += [keeper, asyncio.create_task(self._observe())]
+                return self.leadership
+            for task in (keeper, campaign):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ConcordError):
+                    await task
+            err = campaign.exception() if campaign.done() and not campaign.cancelled() else None
+            if err is not None and not (isinstance(err, ConcordError) and err.code == "NOT_FOUND"):
+                raise err
+            log.warning("the campaign's lease %d ended before it won; campaigning again", lease)
+
+    async def _grant(self) -> int:
         while True:
             try:
-                lease = await self.client.lease_grant(int(self.ttl_s * 1000))
-                break
+                return await self.client.lease_grant(int(self.ttl_s * 1000))
             except ConcordError as err:
                 if err.code not in WAITABLE:
                     raise
                 log.warning("cannot reach the coordinator to campaign yet: %s", err.message)
-        # Keep the lease alive while waiting in line too: a campaign can wait a long time.
-        sent = loop.time()
-        self.valid_until = sent + self.ttl_s
-        keeper = asyncio.create_task(self._keep_alive(lease))
-        self._tasks.append(keeper)
+
+    async def _campaign(self, lease: int) -> Leadership:
         while True:
             try:
-                self.leadership = await self.client.campaign(
-                    self.election, lease, self.identity.encode()
-                )
-                break
+                return await self.client.campaign(self.election, lease, self.identity.encode())
             except ConcordError as err:
                 if err.code not in WAITABLE:
                     raise
-        self._tasks.append(asyncio.create_task(self._observe()))
-        return self.leadership
 
     async def _keep_alive(self, lease: int) -> None:
+        """Renew at a quarter of the TTL. Returns when the lease has ended: before the
+        leadership was won that only restarts the campaign; after, it deposes this replica."""
         loop = asyncio.get_running_loop()
         while not self.deposed.is_set():
             sent = loop.time()
@@ -362,7 +378,8 @@ class Leader:
                 self.valid_until = sent + self.ttl_s
             except ConcordError as err:
                 if err.code == "NOT_FOUND":
-                    self._depose(f"the operator's coordinator lease {lease} has ended")
+                    if self.leadership is not None:
+                        self._depose(f"the operator's coordinator lease {lease} has ended")
                     return
                 log.warning("leadership keep-alive failed (will retry): %s", err.message)
             await asyncio.sleep(self.ttl_s / 4)
