@@ -42,9 +42,10 @@ test: bootstrap
 	$(BIN)/pytest
 	$(MAKE) --no-print-directory sim SEEDS=$(SEEDS)
 
-# The suite without the real-process tests (kill -9, TLS handshakes, make run end to end).
+# The suite without the real-process tests (kill -9, TLS handshakes, make run end to end) and
+# without the Kubernetes control plane (four real processes, ~10 s to start).
 test-fast: bootstrap
-	$(BIN)/pytest -m "not process"
+	$(BIN)/pytest -m "not process and not kube"
 
 # The Kubernetes control plane the `kube` tests start (docs/kubernetes.md): kube-apiserver,
 # kube-controller-manager, kube-scheduler, kubectl, etcd and helm, pinned, built from the Go

@@ -4,6 +4,7 @@
   project's own etcd + kube-apiserver + kube-controller-manager + kube-scheduler, started once
   per test session from the pinned binaries and stopped at its end; with
   CONCORD_KUBE_EXISTING=1 the cluster KUBECONFIG points at (kind, a real one) instead.
+- `kube_bin_dir` (session): the pinned binaries, for a test that starts processes itself.
 - `kube_namespace` (per test): a fresh namespace, deleted afterwards, so tests never see each
   other's objects (and can run against a shared existing cluster).
 
@@ -33,23 +34,34 @@ def _truthy(name: str) -> bool:
 
 
 @pytest.fixture(scope="session")
-def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    """The Kubernetes API the tests run against, with crds/ applied (see the module doc)."""
-    root = tmp_path_factory.mktemp("kube")
+def kube_bin_dir() -> Path:
+    """The pinned binaries' directory; skips (fails under CI=true) when they are missing."""
     bin_dir, why = locate_binaries()
-    if _truthy("CONCORD_KUBE_EXISTING"):
-        kubeconfig = os.environ.get("KUBECONFIG", "")
-        if not kubeconfig:
-            pytest.fail("CONCORD_KUBE_EXISTING=1 needs KUBECONFIG set to the cluster's config")
-        plane = existing_cluster(Path(kubeconfig.split(os.pathsep)[0]), bin_dir, root)
-        plane.apply_crds()
-        yield plane
-        return
     if bin_dir is None:
         message = f"no Kubernetes control plane binaries: {why}"
         if _truthy("CI"):
             pytest.fail(message + " (CI=true: the Kubernetes tests must run here)")
         pytest.skip(message)
+    return bin_dir
+
+
+@pytest.fixture(scope="session")
+def control_plane(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[ControlPlane]:
+    """The Kubernetes API the tests run against, with crds/ applied (see the module doc)."""
+    root = tmp_path_factory.mktemp("kube")
+    if _truthy("CONCORD_KUBE_EXISTING"):
+        kubeconfig = os.environ.get("KUBECONFIG", "")
+        if not kubeconfig:
+            pytest.fail("CONCORD_KUBE_EXISTING=1 needs KUBECONFIG set to the cluster's config")
+        pinned, _ = locate_binaries()  # the pinned kubectl if built, else the one on PATH
+        plane = existing_cluster(Path(kubeconfig.split(os.pathsep)[0]), pinned, root)
+        plane.apply_crds()
+        yield plane
+        return
+    # Asked for here, not as a parameter, so an existing cluster needs no binaries.
+    bin_dir: Path = request.getfixturevalue("kube_bin_dir")
     plane = start_control_plane(bin_dir, root)
     try:
         yield plane

@@ -35,6 +35,7 @@ from __future__ import annotations
 import atexit
 import base64
 import contextlib
+import dataclasses
 import datetime as dt
 import ipaddress
 import json
@@ -51,6 +52,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -101,7 +103,10 @@ def locate_binaries() -> tuple[Path | None, str]:
         bin_dir = Path(override)
         missing = [b for b in KUBE_BINARIES if not os.access(bin_dir / b, os.X_OK)]
         if missing:
-            return None, f"CONCORD_KUBE_BIN={override} lacks {', '.join(missing)}"
+            return None, (
+                f"CONCORD_KUBE_BIN={override} lacks {', '.join(missing)} (unset it to use "
+                "the pinned build from `make kube-tools`)"
+            )
         return bin_dir, ""
     check = subprocess.run(
         ["bash", str(BUILD_SCRIPT), "--check"],
@@ -352,9 +357,6 @@ class Component:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
-        # Whatever it left in its group (nothing, for these Go binaries) goes too.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(p.pid, signal.SIGKILL)
 
 
 @dataclass
@@ -371,7 +373,7 @@ class ControlPlane:
     helm_path: Path | None
     bin_dir: Path | None
     root: Path
-    components: list[Component] = field(default_factory=list)
+    components: list[Component] = field(default_factory=list, repr=False)
     ready_s: float | None = None
     """Seconds from the first process start until the controllers worked."""
     existing: bool = False
@@ -409,13 +411,18 @@ class ControlPlane:
             )
         return done
 
-    def kubectl_json(self, *args: str) -> dict[str, object]:
-        """`kubectl get ... -o json`, parsed."""
+    def kubectl_json(self, *args: str) -> dict[str, Any]:
+        """`kubectl ... -o json`, parsed (JSON: Any inside, as the API gives it)."""
         out = self.kubectl(*args, "-o", "json").stdout
         parsed = json.loads(out)
         if not isinstance(parsed, dict):
             raise ControlPlaneError(f"kubectl {' '.join(args)} gave no JSON object")
         return parsed
+
+    def as_user(self, kubeconfig: Path) -> ControlPlane:
+        """The same cluster through another kubeconfig (e.g. service_account_kubeconfig's);
+        the view owns no process, so closing it stops nothing."""
+        return dataclasses.replace(self, kubeconfig=kubeconfig, components=[])
 
     def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """The pinned helm against this cluster."""
@@ -444,6 +451,35 @@ class ControlPlane:
         # kubectl cached discovery before the new kinds existed; a stale cache would not know
         # their short names or the `concord` category.
         shutil.rmtree(self.root / "kubectl-cache", ignore_errors=True)
+
+    def service_account_kubeconfig(
+        self, namespace: str, name: str, *, duration: str = "1h"
+    ) -> Path:
+        """A kubeconfig that authenticates as ServiceAccount `namespace/name` with a bound
+        token from the TokenRequest API (as a pod's projected token does), for testing what
+        RBAC lets a component do. Works on an existing cluster too."""
+        token = self.kubectl(
+            "create", "token", name, "-n", namespace, f"--duration={duration}"
+        ).stdout.strip()
+        view = self.kubectl_json("config", "view", "--raw", "--minify")
+        clusters = view["clusters"]
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "cluster", "cluster": clusters[0]["cluster"]}],
+            "users": [{"name": name, "user": {"token": token}}],
+            "contexts": [
+                {
+                    "name": "sa",
+                    "context": {"cluster": "cluster", "user": name, "namespace": namespace},
+                }
+            ],
+            "current-context": "sa",
+        }
+        path = self.root / f"sa-{namespace}-{name}.kubeconfig"
+        path.write_text(json.dumps(config, indent=2) + "\n")
+        path.chmod(0o600)
+        return path
 
     def rss_mib(self) -> dict[str, float | None]:
         """RSS of each component now (empty for an existing cluster)."""
@@ -474,7 +510,7 @@ class ControlPlane:
 # --- readiness ----------------------------------------------------------------------------------
 
 
-def _https_status(url: str, context: ssl.SSLContext) -> int | None:
+def _http_status(url: str, context: ssl.SSLContext) -> int | None:
     """The status of GET `url`, or None when nothing answers yet."""
     try:
         with urllib.request.urlopen(url, context=context, timeout=5) as response:
@@ -670,7 +706,7 @@ def start_control_plane(
         plane.components.append(etcd)
         etcd.start()
         _wait(
-            lambda: _https_status(f"{etcd_url}/health", anon_ctx) == 200,
+            lambda: _http_status(f"{etcd_url}/health", anon_ctx) == 200,
             "etcd /health",
             deadline,
             plane,
@@ -679,7 +715,7 @@ def start_control_plane(
         plane.components.append(apiserver)
         apiserver.start()
         _wait(
-            lambda: _https_status(f"{server}/readyz", admin_ctx) == 200,
+            lambda: _http_status(f"{server}/readyz", admin_ctx) == 200,
             "kube-apiserver /readyz",
             deadline,
             plane,
@@ -692,7 +728,7 @@ def start_control_plane(
         plane.components.append(scheduler)
         scheduler.start()
         _wait(
-            lambda: _https_status(f"https://127.0.0.1:{sched_port}/readyz", anon_ctx) == 200,
+            lambda: _http_status(f"https://127.0.0.1:{sched_port}/readyz", anon_ctx) == 200,
             "kube-scheduler /readyz",
             deadline,
             plane,

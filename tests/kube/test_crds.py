@@ -99,13 +99,11 @@ def test_crd_is_structural_established_and_named(control_plane: ControlPlane, ki
     name, short = CRDS[kind]
     crd = control_plane.kubectl_json("get", "crd", name)
     status = crd["status"]
-    assert isinstance(status, dict)
     conditions = {c["type"]: c["status"] for c in status["conditions"]}
     assert conditions["Established"] == "True"
     assert conditions["NamesAccepted"] == "True"
     assert "NonStructuralSchema" not in conditions
     spec = crd["spec"]
-    assert isinstance(spec, dict)
     assert spec["scope"] == "Namespaced"
     assert spec["names"]["kind"] == kind
     assert short in spec["names"]["shortNames"]
@@ -376,7 +374,7 @@ def test_lease_ttl_and_holders_may_change(control_plane: ControlPlane, kube_name
     )
     got = control_plane.kubectl_json("get", "-n", kube_namespace, "clease/x")
     assert got["spec"] == {"kind": "lock", "ttlSeconds": 60, "maxHolders": 3}
-    assert got["metadata"]["generation"] == 2  # type: ignore[index]
+    assert got["metadata"]["generation"] == 2
 
 
 # --- status -------------------------------------------------------------------------------------
