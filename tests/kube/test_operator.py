@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 from coordinator.client import ConcordError
 from coordinator.testing.procs import metric
@@ -545,15 +544,7 @@ def test_missing_rbac_is_a_clear_startup_error_and_a_role_fixes_it(
 ) -> None:
     ns = kube_namespace
     control_plane.kubectl("create", "serviceaccount", "concord-operator", "-n", ns)
-    token = control_plane.kubectl(
-        "create", "token", "concord-operator", "-n", ns, "--duration=1h"
-    ).stdout.strip()
-    config = yaml.safe_load(control_plane.kubeconfig.read_text())
-    config["users"] = [{"name": "concord-operator", "user": {"token": token}}]
-    for context in config["contexts"]:
-        context["context"]["user"] = "concord-operator"
-    kubeconfig = tmp_path / "sa.kubeconfig"
-    kubeconfig.write_text(json.dumps(config))
+    kubeconfig = control_plane.service_account_kubeconfig(ns, "concord-operator")
     tls = tmp_path / "tls"
     tls.mkdir()
 
