@@ -94,6 +94,36 @@ def start_operator(
             print(f"--- operator {op.name} ---\n{op.log()[-6000:]}")
 
 
+StartLonely = Callable[[ProcessCluster], OperatorProcess]
+
+
+@pytest.fixture
+def start_operator_without_coordinator(
+    tmp_path: Path, control_plane: ControlPlane, kube_namespace: str
+) -> Iterator[StartLonely]:
+    """An operator for a coordinator cluster that is not running (yet); stopped at teardown."""
+    made: list[OperatorProcess] = []
+
+    def start(cluster: ProcessCluster) -> OperatorProcess:
+        op = OperatorProcess(
+            tmp_path,
+            "lonely",
+            cluster.endpoints(),
+            client_tls_dir(cluster),
+            control_plane.kubeconfig,
+            kube_namespace,
+        )
+        made.append(op.start())
+        return op
+
+    try:
+        yield start
+    finally:
+        for op in made:
+            op.stop()
+            print(f"--- operator {op.name} ---\n{op.log()[-6000:]}")
+
+
 def logs(*ops: OperatorProcess) -> Callable[[], str]:
     return lambda: "".join(f"\n--- {op.name} ---\n{op.log()}" for op in ops)
 
@@ -506,17 +536,12 @@ def test_a_missing_kubeconfig_is_a_clear_startup_error(tmp_path: Path) -> None:
 
 
 def test_an_unreachable_coordinator_is_not_fatal_at_startup(
-    control_plane: ControlPlane, kube_namespace: str, tmp_path: Path
+    kube: KubeObjects, tmp_path: Path, start_operator_without_coordinator: StartLonely
 ) -> None:
-    tls = tmp_path / "tls"
-    tls.mkdir()
-    op = OperatorProcess(
-        tmp_path, "lonely", ["127.0.0.1:1"], tls, control_plane.kubeconfig, kube_namespace
-    )
-    # No TLS files: plaintext to a port nobody listens on.
-    op.argv.remove("--tls-dir")
-    op.argv.remove(str(tls))
-    op.start()
+    """The operator starts before the coordinator: a standby that says why, then the leader
+    once the coordinator is there, with nothing restarted."""
+    cluster = ProcessCluster(tmp_path / "late", 3)  # ports and certificates, no process yet
+    op = start_operator_without_coordinator(cluster)
     try:
 
         async def scenario() -> None:
@@ -532,11 +557,18 @@ def test_an_unreachable_coordinator_is_not_fatal_at_startup(
             await eventually(
                 lambda: "cannot reach the coordinator" in op.log(), 30, "a warning", logs(op)
             )
+            kube.create("leases", "Lease", "early", {"ttlSeconds": 10})
+            cluster.start_all()
+            await cluster.wait_ready()
+            took_s = await eventually(serving(op), 60, "the operator leads", logs(op))
+            print(f"leading {took_s:.1f} s after the coordinator was ready")
+            await eventually(ready(kube, "leases", "early"), 30, "Lease Ready", logs(op))
             assert op.running()
 
         asyncio.run(scenario())
     finally:
         op.stop()
+        cluster.close()
 
 
 def test_missing_rbac_is_a_clear_startup_error_and_a_role_fixes_it(
