@@ -58,10 +58,13 @@ from ._types import EventType as EventType
 from ._types import Get as Get
 from ._types import JoinTokenInfo as JoinTokenInfo
 from ._types import KeyValue as KeyValue
+from ._types import LockHolder as LockHolder
+from ._types import LockInfo as LockInfo
 from ._types import Member as Member
 from ._types import MemberList as MemberList
 from ._types import NewJoinToken as NewJoinToken
 from ._types import Put as Put
+from ._types import SequenceInfo as SequenceInfo
 from ._types import Status as Status
 from ._types import TxnOp as TxnOp
 from ._types import TxnOpResult as TxnOpResult
@@ -95,6 +98,8 @@ __all__ = [
     "Leadership",
     "LeaseInfo",
     "Lock",
+    "LockHolder",
+    "LockInfo",
     "LockLost",
     "Member",
     "MemberList",
@@ -109,6 +114,7 @@ __all__ = [
     "SealedCheck",
     "SealingKeyInfo",
     "SealingKeys",
+    "SequenceInfo",
     "Status",
     "SyncClient",
     "SyncHeld",

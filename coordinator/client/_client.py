@@ -95,9 +95,11 @@ from ._types import (
     Event,
     JoinTokenInfo,
     KeyValue,
+    LockInfo,
     MemberList,
     NewJoinToken,
     Put,
+    SequenceInfo,
     Status,
     TxnOp,
     TxnResult,
@@ -363,12 +365,16 @@ class Client:
         finally:
             self._idle_sessions.append(held)
 
-    async def call(self, fn: Callable[[_Stubs], Awaitable[T]]) -> T:
+    async def call(
+        self, fn: Callable[[_Stubs], Awaitable[T]], *, budget_s: float | None = None
+    ) -> T:
         """Run one RPC against the leader, following redirects and retrying what is safe,
-        within `timeout_s` in all (each attempt has its own, shorter, bound: see `_small`)."""
+        within `budget_s` in all (default `timeout_s`; each attempt has its own, shorter,
+        bound: see `_small`)."""
         loop = asyncio.get_running_loop()
         started = loop.time()
-        deadline = started + self.timeout_s
+        total_s = self.timeout_s if budget_s is None else budget_s
+        deadline = started + total_s
         delay_s = 0.02
         last: Failure | None = None
         locked: set[str] = set()
@@ -428,9 +434,9 @@ class Client:
         if last is not None and last.code == grpc.StatusCode.UNAVAILABLE:
             # Members answered, but none could serve (no leader, unreachable): still
             # UNAVAILABLE, which a blocking caller may keep waiting through.
-            raise Unavailable(f"gave up after {format_s(self.timeout_s)}: {last.details}{advice}")
+            raise Unavailable(f"gave up after {format_s(total_s)}: {last.details}{advice}")
         detail = f": last: {last.code.name}: {last.details}" if last is not None else ""
-        raise DeadlineExceeded(f"no answer within {format_s(self.timeout_s)}{detail}{advice}")
+        raise DeadlineExceeded(f"no answer within {format_s(total_s)}{detail}{advice}")
 
     async def _small(
         self,
@@ -441,10 +447,24 @@ class Client:
         """One small call, through `call` (redirects, retries): on the member's Pipeline
         stream as a `kind` call, or as its unary RPC when `pipeline` is off. Each attempt is
         bounded by `attempt_timeout_s` (`rpc_timeout_s` for a blocking lock or campaign)."""
-        timeout_s = self.rpc_timeout_s if kind in BLOCKING_KINDS else self.attempt_timeout_s
+        if kind in BLOCKING_KINDS:
+            timeout_s, budget_s = self.rpc_timeout_s, self._blocking_budget_s()
+        else:
+            timeout_s, budget_s = self.attempt_timeout_s, None
         if self.pipeline:
-            return await self.call(lambda s: s.pipe().send(kind, request, timeout_s))
-        return await self.call(lambda s: unary(s)(request, timeout=timeout_s))
+            return await self.call(
+                lambda s: s.pipe().send(kind, request, timeout_s), budget_s=budget_s
+            )
+        return await self.call(lambda s: unary(s)(request, timeout=timeout_s), budget_s=budget_s)
+
+    def _blocking_budget_s(self) -> float:
+        """The budget of one round of a blocking lock or campaign. The member answers "still
+        queued" just before the request's own deadline (`rpc_timeout_s`) and the caller asks
+        again; a round cut short before that answer would be a cancellation, which the member
+        takes as the caller giving up, withdrawing its place in line. So the round outlasts
+        the request's deadline, whatever `timeout_s` is; the caller's own deadline (the
+        `timeout_s` of `acquire` or `campaign`) still bounds the whole wait."""
+        return max(self.timeout_s, self.rpc_timeout_s + 1.0)
 
     # --- KV ------------------------------------------------------------------------------------
 
@@ -628,6 +648,13 @@ class Client:
         resp = await self._small("check_fence", req, lambda s: s.lock.CheckFence)
         return bool(resp.current)
 
+    async def lock_info(self, name: str, *, serializable: bool = False) -> LockInfo:
+        """Who holds `name` (fencing tokens, leases) and how many wait. `serializable`: the
+        answering member's own view, which works without a quorum (possibly stale)."""
+        req = pb.LockInfoRequest(name=name, serializable=serializable)
+        resp = await self.call(lambda s: s.lock.Info(req, timeout=self.attempt_timeout_s))
+        return LockInfo._from_pb(name, resp)
+
     @contextlib.asynccontextmanager
     async def lock(
         self,
@@ -671,6 +698,13 @@ class Client:
             resp = await self._small("sequence_next", req, lambda s: s.sequence.Next)
             return [int(resp.first) + i * int(resp.increment) for i in range(int(resp.count))]
 
+    async def sequence_get(self, name: str, *, serializable: bool = False) -> SequenceInfo:
+        """The sequence's next value and increment, without drawing (NOT_FOUND: no such
+        sequence; create it with `sequence_create`)."""
+        req = pb.SequenceGetRequest(name=name, serializable=serializable)
+        resp = await self.call(lambda s: s.sequence.Get(req, timeout=self.attempt_timeout_s))
+        return SequenceInfo(name, int(resp.next), int(resp.increment))
+
     # --- elections -----------------------------------------------------------------------------
 
     async def campaign(
@@ -702,7 +736,8 @@ class Client:
         while True:
             try:
                 resp = await self.call(
-                    lambda s: s.election.Campaign(req, timeout=self.rpc_timeout_s)
+                    lambda s: s.election.Campaign(req, timeout=self.rpc_timeout_s),
+                    budget_s=self._blocking_budget_s(),
                 )
             except ConcordError as err:
                 if err.waiting:
@@ -816,8 +851,10 @@ class Client:
 
     # --- cluster -------------------------------------------------------------------------------
 
-    async def members(self) -> MemberList:
-        req = pb.MemberListRequest()
+    async def members(self, *, serializable: bool = False) -> MemberList:
+        """The member directory with each member's reachability. `serializable`: the
+        answering member's own view, which works without a quorum (possibly stale)."""
+        req = pb.MemberListRequest(serializable=serializable)
         resp = await self.call(lambda s: s.cluster.MemberList(req, timeout=self.attempt_timeout_s))
         return MemberList._from_pb(resp)
 

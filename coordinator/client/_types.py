@@ -176,6 +176,8 @@ class MemberList:
     """The leader's member id (0: none known)."""
     member_id: int
     """The member that answered."""
+    term: int = 0
+    """The answering member's Raft term."""
 
     @classmethod
     def _from_pb(cls, resp: _PbMessage) -> MemberList:
@@ -183,7 +185,43 @@ class MemberList:
             tuple(Member._from_pb(m) for m in resp.members),
             int(resp.leader),
             int(resp.header.member_id),
+            int(resp.header.raft_term),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class LockHolder:
+    """One holder of a lock (or semaphore): its lease, the grant's fencing token, and the
+    leader's clock when it was granted (ms since the epoch)."""
+
+    lease: int
+    fencing_token: int
+    acquired_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class LockInfo:
+    """Who holds a lock and how many wait (holders in grant order; none: free)."""
+
+    name: str
+    holders: tuple[LockHolder, ...]
+    waiters: int
+
+    @classmethod
+    def _from_pb(cls, name: str, resp: _PbMessage) -> LockInfo:
+        holders = tuple(
+            LockHolder(int(h.lease), int(h.fencing_token), int(h.acquired_ms)) for h in resp.holders
+        )
+        return cls(name, holders, int(resp.waiters))
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceInfo:
+    """A sequence's next value (what `next` would return first) and its increment."""
+
+    name: str
+    next: int
+    increment: int
 
 
 @dataclass(frozen=True, slots=True)

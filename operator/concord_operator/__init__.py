@@ -1,12 +1,21 @@
 """Concord's Kubernetes operator (kopf), import name ``concord_operator``.
 
-Nothing is implemented here yet: the kopf handlers, the level-based reconciler and the manifest
-builders for the ``Lease``, ``Sequence`` and ``SealedSecret`` resources come in a later issue.
-This package exists now so that packaging, type checking and the import contracts cover it from
-the start.
+It exposes the coordinator as custom resources of group ``concord.dev``: a ``Lease`` (a lock,
+semaphore or election) and a ``Sequence`` are declared in the coordinator under
+``k8s/<namespace>/<name>``, released by a finalizer, and their status is mirrored from the
+coordinator's watch stream. Run it as ``concord-operator`` (or ``python -m concord_operator``).
+
+Modules, each with one job:
+
+- ``reconcile``: pure, level-based decisions, ``(spec, observed) -> Plan``;
+- ``coordinator``: the only module talking to the coordinator (through ``coordinator.client``),
+  and the operator's own leader election;
+- ``kube``: the only module talking to the Kubernetes API directly (preflight, status writes);
+- ``controller``: triggers -> one rate-limited reconcile per object;
+- ``handlers``: kopf decorators only; ``metrics``: Prometheus and the probes;
+- ``__main__``: flags, preflight, election, then kopf.
 
 It lives in the plain folder ``operator/`` (which has no ``__init__.py`` and must never get one:
 a package named ``operator`` would shadow the standard library module). It may use the
-coordinator's client and API stubs, never ``coordinator.raft``, ``coordinator.runtime`` or
-``coordinator.storage``.
+coordinator's client and API stubs only (import contracts in ``.importlinter``).
 """

@@ -283,3 +283,38 @@ def test_leadership_is_held_lost_and_resigned(tmp_path: Path) -> None:
                 assert "the leadership of election 'chief' is lost" in str(lost)
 
     with_cluster(tmp_path, scenario)
+
+
+@pytest.mark.parametrize("pipeline", [True, False], ids=["pipeline", "unary"])
+def test_a_wait_outlasts_a_whole_call_budget_shorter_than_one_round(
+    tmp_path: Path, pipeline: bool
+) -> None:
+    """A client whose `timeout_s` (1 s) is shorter than a blocking round (`rpc_timeout_s`,
+    the member answers "still queued" just before it) keeps its place in line across rounds:
+    cutting a round short would be a cancellation, which the member takes as giving up."""
+
+    async def scenario(c: Cluster) -> None:
+        async with (
+            Client(endpoints(c)) as holder,
+            Client(endpoints(c), timeout_s=1.0, rpc_timeout_s=1.5, pipeline=pipeline) as waiter,
+        ):
+            first = await holder.acquire("budget", await holder.lease_grant(30_000))
+            campaign_lease = await holder.lease_grant(30_000)
+            leader = await holder.campaign("budget-election", campaign_lease, b"first")
+            lock_lease = await waiter.lease_grant(30_000)
+            election_lease = await waiter.lease_grant(30_000)
+            locked = asyncio.create_task(waiter.acquire("budget", lock_lease))
+            elected = asyncio.create_task(
+                waiter.campaign("budget-election", election_lease, b"second")
+            )
+            await asyncio.sleep(4)  # several rounds of 1.5 s, each longer than timeout_s
+            assert not locked.done() and not elected.done()
+            assert (await lock_info(c, "budget")).waiters == 1
+            await holder.release(first)
+            await holder.resign(leader)
+            got = await asyncio.wait_for(locked, 10)
+            won = await asyncio.wait_for(elected, 10)
+            assert got.fencing_token > first.fencing_token
+            assert won.fencing_token > leader.fencing_token
+
+    with_cluster(tmp_path, scenario)

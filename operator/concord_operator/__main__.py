@@ -1,0 +1,233 @@
+"""`concord-operator` (also `python -m concord_operator`): preflight, election, then kopf.
+
+Order of events, and why:
+
+1. Flags (each with an environment variable) are read; the Kubernetes credentials are loaded
+   and checked (`KubeApi.preflight`): a missing kubeconfig, missing CRDs or missing RBAC
+   stop the process at once with exit status 2 and a message naming what to fix, since
+   retrying cannot help.
+2. The metrics and probe server starts (`/healthz` answers from now on; `/readyz` says why
+   this replica is not ready yet).
+3. The replica campaigns in Concord's own election (`--election`) with a coordinator lease
+   kept alive. An unreachable coordinator is not fatal: the campaign waits and says so.
+   kopf peering is not used (equal-priority peers freeze; STYLE.md lesson 11).
+4. Once it leads, the controller and `kopf.operator(standalone=True)` start. kopf is started
+   only here, so a standby replica neither watches nor writes.
+5. If the leadership is lost (the lease ended, or another leader appears), the write gate
+   closes at once, kopf is stopped and the process exits with status 1 so that it comes back
+   as a fresh candidate. SIGTERM stops it cleanly (the leadership is resigned; status 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import kopf
+
+from . import handlers  # noqa: F401 (registers the kopf handlers)
+from .controller import Controller
+from .coordinator import Gateway, Leader, credentials
+from .kube import KubeApi, StartupError
+from .metrics import Metrics, ProbeServer
+
+log = logging.getLogger("concord_operator")
+
+EXIT_DEPOSED = 1
+EXIT_CONFIG = 2
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    env = os.environ.get
+    p = argparse.ArgumentParser(
+        prog="concord-operator",
+        description="Concord's Kubernetes operator: Lease and Sequence resources backed by a "
+        "Concord coordinator cluster.",
+    )
+    p.add_argument(
+        "--endpoints",
+        default=env("CONCORD_ENDPOINTS", ""),
+        help="coordinator client endpoints, host:port,... (env CONCORD_ENDPOINTS)",
+    )
+    p.add_argument(
+        "--tls-dir",
+        type=Path,
+        default=_path(env("CONCORD_TLS_DIR")),
+        help="ca.pem, client.pem, client-key.pem for mutual TLS (env CONCORD_TLS_DIR); "
+        "without it, plaintext",
+    )
+    p.add_argument(
+        "--kubeconfig",
+        type=Path,
+        default=_path(env("KUBECONFIG")),
+        help="kubeconfig file (env KUBECONFIG); without it, the pod's service account",
+    )
+    p.add_argument(
+        "--namespace",
+        action="append",
+        default=[n for n in env("CONCORD_NAMESPACES", "").split(",") if n],
+        help="namespace to serve (repeatable; env CONCORD_NAMESPACES, comma-separated); "
+        "none: every namespace",
+    )
+    p.add_argument(
+        "--http-listen",
+        default=env("CONCORD_OPERATOR_HTTP", "0.0.0.0:8080"),
+        help="host:port of /metrics, /healthz and /readyz (env CONCORD_OPERATOR_HTTP)",
+    )
+    p.add_argument(
+        "--identity",
+        default=env("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}",
+        help="this replica's name in the election (env POD_NAME)",
+    )
+    p.add_argument(
+        "--election",
+        default="concord.dev/operator",
+        help="the Concord election the replicas campaign in",
+    )
+    p.add_argument(
+        "--leader-ttl-seconds",
+        type=float,
+        default=10.0,
+        help="TTL of the leadership lease: how long a silent leader keeps the election",
+    )
+    p.add_argument(
+        "--status-interval-seconds",
+        type=float,
+        default=0.5,
+        help="at most one status write per object per this interval",
+    )
+    p.add_argument("--log-level", default=env("CONCORD_LOG_LEVEL", "INFO"))
+    args = p.parse_args(argv)
+    args.endpoints = [e.strip() for e in args.endpoints.split(",") if e.strip()]
+    if not args.endpoints:
+        p.error(
+            "give the coordinator's endpoints: --endpoints host:port,... (or CONCORD_ENDPOINTS)"
+        )
+    host, _, port = args.http_listen.rpartition(":")
+    if not port.isdigit():
+        p.error(f"--http-listen must be host:port, got {args.http_listen!r}")
+    args.http_host, args.http_port = host or "0.0.0.0", int(port)
+    return args
+
+
+async def run(args: argparse.Namespace) -> int:
+    try:
+        kube = KubeApi.load(args.kubeconfig)
+        await asyncio.to_thread(kube.preflight, args.namespace)
+        creds = credentials(args.tls_dir)
+    except (StartupError, ValueError) as err:
+        log.error("cannot start: %s", err)
+        return EXIT_CONFIG
+    if args.kubeconfig is not None:
+        os.environ["KUBECONFIG"] = str(args.kubeconfig)  # for kopf's own login
+
+    metrics = Metrics()
+    gateway = Gateway(args.endpoints, creds)
+    leader = Leader(gateway, args.election, args.identity, args.leader_ttl_seconds)
+    stop = asyncio.Event()
+    kopf_ready = asyncio.Event()
+
+    def why_not_ready() -> str:
+        if leader.leadership is None:
+            return "standby: waiting to lead the operator election"
+        if not leader.valid():
+            return "leadership not confirmed by the coordinator"
+        if not kopf_ready.is_set():
+            return "handlers starting"
+        return ""
+
+    probes = ProbeServer(metrics, why_not_ready)
+    await probes.start(args.http_host, args.http_port)
+    log.info("probes and metrics on port %d", probes.port)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    controller: Controller | None = None
+    operator_task: asyncio.Task[None] | None = None
+    kopf_stop = asyncio.Event()
+    status = 0
+    try:
+        campaign = asyncio.create_task(leader.campaign())
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({campaign, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if stop.is_set():
+            campaign.cancel()
+            return 0
+        leadership = campaign.result()
+        log.info(
+            "leading %r as %s with fencing token %d",
+            args.election,
+            args.identity,
+            leadership.fencing_token,
+        )
+        metrics.leader.set(1)
+        metrics.fencing_token.set(leadership.fencing_token)
+        controller = Controller(
+            gateway, kube, leader.valid, metrics, interval_s=args.status_interval_seconds
+        )
+        controller.start()
+        operator_task = asyncio.create_task(
+            kopf.operator(
+                standalone=True,
+                clusterwide=not args.namespace,
+                namespaces=args.namespace,
+                memo=kopf.Memo(controller=controller),
+                stop_flag=kopf_stop,
+                ready_flag=kopf_ready,
+            )
+        )
+        deposed = asyncio.create_task(leader.deposed.wait())
+        await asyncio.wait({stopped, deposed, operator_task}, return_when=asyncio.FIRST_COMPLETED)
+        if leader.deposed.is_set():
+            log.error("stopping: %s", leader.deposed_reason)
+            status = EXIT_DEPOSED
+        elif operator_task.done() and operator_task.exception() is not None:
+            log.error("kopf failed: %r", operator_task.exception())
+            status = EXIT_DEPOSED
+        # Otherwise a signal: kopf installs its own SIGTERM/SIGINT handlers once it runs, and
+        # ends cleanly on them.
+    finally:
+        metrics.leader.set(0)
+        # Controller first: it is what writes statuses and coordinator state.
+        if controller is not None:
+            await controller.stop()
+        if operator_task is not None:
+            if leader.deposed.is_set():
+                # No graceful stop for a deposed replica: whatever kopf still had in flight
+                # must not reach the API server now that another replica may be acting.
+                operator_task.cancel()
+            else:
+                kopf_stop.set()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(operator_task, 10.0)
+        await leader.resign()
+        await gateway.close()
+        await probes.stop()
+        kube.close()
+    return status
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    sys.exit(asyncio.run(run(args)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,366 @@
+"""The reconcile loop: one idempotent path from any trigger to a status write, rate-limited.
+
+Triggers. kopf's create, update and resume handlers (`upsert`), a coordinator watch event for
+a mapped name, and the coordinator coming back after an outage all do the same thing: mark
+the object dirty and make sure its flusher runs. The flusher observes the coordinator, asks
+`reconcile` for a plan, runs the plan's idempotent actions and writes the status if it
+changed. Nothing depends on which trigger fired, or how many did: a burst of events becomes
+one observation of the latest state.
+
+Rate limit. An object's flusher runs at most once per `interval_s` (0.5 s by default), so
+an object gets at most one status write per interval however hot its lock is, and the write
+carries the state read at that moment (latest state wins). The first event after a quiet
+period is written at once; the rest of a burst waits for the window and is coalesced. A
+status equal to the last one written is not written at all.
+
+Coordinator outages. A probe (one linearizable read a second) notices a lost quorum or an
+unreachable coordinator even when no event would: every object is then reconciled with the
+coordinator marked unavailable, which sets Ready=False with the coordinator's message and
+touches nothing else. When the probe succeeds again, every object is reconciled afresh. The
+watch stream resumes by itself; when it had to start over, every object is reconciled too,
+since events may have been missed in between.
+
+Leadership. Every coordinator write and every status write first checks `leader_valid()`;
+a replica that is not (or no longer surely) the leader writes nothing and waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from coordinator.client import ConcordError
+
+from .coordinator import Gateway, KnownRecord
+from .kube import KubeApi, ObjectGone
+from .metrics import Metrics
+from .reconcile import (
+    CLUSTERS,
+    LEASES,
+    SEQUENCES,
+    LeaseObserved,
+    LeaseSpec,
+    ObjectRef,
+    Plan,
+    Plural,
+    PutRecord,
+    SequenceObserved,
+    SequenceSpec,
+    Unavailable,
+    finalize_lease,
+    finalize_sequence,
+    parse_coordinator_name,
+    parse_record,
+    reconcile_cluster,
+    reconcile_lease,
+    reconcile_sequence,
+    status_changed,
+)
+
+log = logging.getLogger(__name__)
+
+Key = tuple[Plural, str, str]
+
+ERROR_BACKOFF_S = 5.0
+"""After an unexpected error, the object is tried again this much later."""
+
+CLUSTER_REFRESH_S = 5.0
+"""How often a ConcordCluster's view is read again without an outage to react to."""
+
+
+class NotNow(Exception):
+    """A deletion cannot finish yet (no leadership, or the coordinator is unavailable): the
+    finalizer stays and the handler is retried."""
+
+
+@dataclass
+class Tracked:
+    ref: ObjectRef
+    spec: Mapping[str, Any]
+    status: dict[str, Any]
+    """The status as last written (or as found on the object when first seen)."""
+    dirty: bool = False
+    forced: Unavailable | None = None
+    """Reconcile as if the coordinator were unavailable, without asking it (the probe did)."""
+    grants_seen: int = 0
+    latest_token: int = 0
+    first_event_at: float | None = None
+    """When the oldest event not yet in a written status arrived (loop time)."""
+    next_allowed: float = 0.0
+    known: KnownRecord | None = None
+    """The configuration record as last read or written; None: read it (see KnownRecord)."""
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+def ref_of(plural: Plural, body: Mapping[str, Any]) -> ObjectRef:
+    meta = body.get("metadata") or {}
+    return ObjectRef(
+        plural,
+        str(meta.get("namespace", "")),
+        str(meta.get("name", "")),
+        str(meta.get("uid", "")),
+        int(meta.get("generation") or 0),
+    )
+
+
+class Controller:
+    def __init__(
+        self,
+        gateway: Gateway,
+        kube: KubeApi,
+        leader_valid: Callable[[], bool],
+        metrics: Metrics,
+        *,
+        interval_s: float = 0.5,
+        probe_interval_s: float = 1.0,
+    ) -> None:
+        self.gateway = gateway
+        self.kube = kube
+        self.leader_valid = leader_valid
+        self.metrics = metrics
+        self.interval_s = interval_s
+        self.probe_interval_s = probe_interval_s
+        self.objects: dict[Key, Tracked] = {}
+        self.unhealthy: set[Key] = set()
+        self.available = True
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._watch_loop(), name="concord-watch"),
+            asyncio.create_task(self._health_loop(), name="concord-probe"),
+        ]
+
+    async def stop(self) -> None:
+        tasks = [*self._tasks, *(t.task for t in self.objects.values() if t.task is not None)]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    # --- triggers --------------------------------------------------------------------------
+
+    def upsert(self, plural: Plural, body: Mapping[str, Any]) -> None:
+        """The object exists with this spec (created, updated, or seen at start-up)."""
+        ref = ref_of(plural, body)
+        spec = dict(body.get("spec") or {})
+        tracked = self.objects.get(ref.key)
+        if tracked is None or tracked.ref.uid != ref.uid:
+            tracked = Tracked(ref, spec, dict(body.get("status") or {}))
+            self.objects[ref.key] = tracked
+            self._count()
+        else:
+            tracked.ref, tracked.spec = ref, spec
+        tracked.known = None  # a spec change or a resume: read everything afresh
+        self._schedule(tracked)
+
+    def forget(self, key: Key) -> None:
+        tracked = self.objects.pop(key, None)
+        self.unhealthy.discard(key)
+        if tracked is not None and tracked.task is not None:
+            tracked.task.cancel()
+        self._count()
+
+    async def finalize(self, plural: Plural, body: Mapping[str, Any]) -> None:
+        """Release the object's coordinator state before Kubernetes deletes it (NotNow while
+        that cannot happen: the finalizer keeps the object until it can)."""
+        ref = ref_of(plural, body)
+        if not self.leader_valid():
+            raise NotNow("this replica does not hold the operator leadership")
+        observed: LeaseObserved | SequenceObserved | Unavailable
+        if plural == LEASES:
+            kind = LeaseSpec.of(body.get("spec") or {}).kind
+            observed = await self.gateway.observe_lease(ref, kind)
+            actions = finalize_lease(ref, observed)
+        else:
+            observed = await self.gateway.observe_sequence(ref)
+            actions = finalize_sequence(ref, observed)
+        if isinstance(actions, Unavailable):
+            raise NotNow(f"the coordinator is unavailable: {actions.message}")
+        problem = await self.gateway.execute(actions)
+        if problem is not None:
+            raise NotNow(f"the coordinator is unavailable: {problem.message}")
+        self.forget(ref.key)
+
+    def _schedule(self, tracked: Tracked) -> None:
+        tracked.dirty = True
+        if tracked.task is None or tracked.task.done():
+            tracked.task = asyncio.create_task(self._flusher(tracked))
+
+    def _count(self) -> None:
+        for plural in (LEASES, SEQUENCES, CLUSTERS):
+            n = sum(1 for k in self.objects if k[0] == plural)
+            self.metrics.mirrored.labels(plural).set(n)
+
+    # --- the flusher -----------------------------------------------------------------------
+
+    async def _flusher(self, tracked: Tracked) -> None:
+        loop = asyncio.get_running_loop()
+        while tracked.dirty and self.objects.get(tracked.ref.key) is tracked:
+            delay_s = tracked.next_allowed - loop.time()
+            if delay_s > 0:
+                await asyncio.sleep(delay_s)
+            while not self.leader_valid():  # noqa: ASYNC110 (a deadline, not an event)
+                await asyncio.sleep(0.1)  # leadership unconfirmed: write nothing meanwhile
+            tracked.dirty = False
+            try:
+                await self._reconcile(tracked)
+                tracked.next_allowed = loop.time() + self.interval_s
+            except ObjectGone:
+                self.forget(tracked.ref.key)
+                return
+            except Exception:
+                tracked.known = None
+                kind = tracked.ref.plural
+                log.exception("reconciling %s %s/%s", kind, tracked.ref.namespace, tracked.ref.name)
+                self.metrics.errors.labels(kind).inc()
+                self.metrics.reconciles.labels(kind, "error").inc()
+                tracked.dirty = True
+                tracked.next_allowed = loop.time() + ERROR_BACKOFF_S
+
+    async def _reconcile(self, tracked: Tracked) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        ref, kind = tracked.ref, tracked.ref.plural
+        forced, tracked.forced = tracked.forced, None
+        grants, event_at = tracked.grants_seen, tracked.first_event_at
+        plan = await self._plan(tracked, forced, grants)
+        observed_at = loop.time()
+        self.metrics.step_seconds.labels("observe").observe(observed_at - started)
+        if plan.actions:
+            if not self.leader_valid():
+                tracked.dirty = True
+                return
+            problem = await self.gateway.execute(plan.actions)
+            if problem is not None:
+                tracked.known = None  # some actions may have run
+                plan = self._replan(tracked, problem)
+            else:
+                for action in plan.actions:
+                    if isinstance(action, PutRecord):
+                        tracked.known = KnownRecord(parse_record(action.value))
+            self.metrics.step_seconds.labels("act").observe(loop.time() - observed_at)
+        if plan.retry:
+            self.unhealthy.add(ref.key)
+        else:
+            self.unhealthy.discard(ref.key)
+        if status_changed(tracked.status, plan.status):
+            if not self.leader_valid():
+                tracked.dirty = True
+                return
+            writing_at = loop.time()
+            await self.kube.patch_status(kind, ref.namespace, ref.name, plan.status)
+            self.metrics.step_seconds.labels("write").observe(loop.time() - writing_at)
+            tracked.status.update(plan.status)
+            self.metrics.status_patches.labels(kind).inc()
+        if not plan.retry:
+            # What these events told is in the status now (written, or already there).
+            tracked.grants_seen -= grants
+            if event_at is not None and tracked.first_event_at == event_at:
+                self.metrics.watch_lag_seconds.observe(loop.time() - event_at)
+                tracked.first_event_at = None
+        result = "unavailable" if plan.retry else "ok"
+        self.metrics.reconciles.labels(kind, result).inc()
+        self.metrics.reconcile_seconds.labels(kind).observe(loop.time() - started)
+
+    async def _plan(self, tracked: Tracked, forced: Unavailable | None, grants: int) -> Plan:
+        ref, now = tracked.ref, dt.datetime.now(dt.UTC)
+        if ref.plural == CLUSTERS:
+            observed_cluster = forced or await self.gateway.observe_cluster()
+            return reconcile_cluster(ref, tracked.spec, observed_cluster, tracked.status, now)
+        if ref.plural == LEASES:
+            spec = LeaseSpec.of(tracked.spec)
+            observed_lease = forced or await self.gateway.observe_lease(
+                ref, spec.kind, grants, tracked.latest_token, tracked.known
+            )
+            if isinstance(observed_lease, LeaseObserved):
+                tracked.known = KnownRecord(observed_lease.record)
+            return reconcile_lease(ref, spec, observed_lease, tracked.status, now)
+        seq_spec = SequenceSpec.of(tracked.spec)
+        observed_seq = forced or await self.gateway.observe_sequence(ref, tracked.known)
+        if isinstance(observed_seq, SequenceObserved):
+            tracked.known = KnownRecord(observed_seq.record)
+        return reconcile_sequence(ref, seq_spec, observed_seq, tracked.status, now)
+
+    def _replan(self, tracked: Tracked, problem: Unavailable) -> Plan:
+        now = dt.datetime.now(dt.UTC)
+        if tracked.ref.plural == CLUSTERS:
+            return reconcile_cluster(tracked.ref, tracked.spec, problem, tracked.status, now)
+        if tracked.ref.plural == LEASES:
+            spec = LeaseSpec.of(tracked.spec)
+            return reconcile_lease(tracked.ref, spec, problem, tracked.status, now)
+        seq_spec = SequenceSpec.of(tracked.spec)
+        return reconcile_sequence(tracked.ref, seq_spec, problem, tracked.status, now)
+
+    # --- background loops ------------------------------------------------------------------
+
+    async def _watch_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        client = self.gateway.new_client(timeout_s=5.0)
+        try:
+            while True:
+                try:
+                    async for event in self.gateway.events(client):
+                        self._on_event(event.kind, event.name, event.token, loop.time())
+                except ConcordError as err:
+                    log.warning("coordinator watch ended (%s); starting again", err)
+                    await asyncio.sleep(1.0)
+                # Events between the old stream and the new one are unknown: resync all.
+                for tracked in self.objects.values():
+                    tracked.known = None
+                    self._schedule(tracked)
+        finally:
+            await client.close()
+
+    def _on_event(self, kind: str, name: str, token: int, at: float) -> None:
+        parsed = parse_coordinator_name(name)
+        if parsed is None:
+            return
+        plural: Plural = SEQUENCES if kind == "SEQUENCE" else LEASES
+        tracked = self.objects.get((plural, *parsed))
+        if tracked is None:
+            return
+        self.metrics.watch_events.inc()
+        if kind == "LOCK" or (kind == "ELECTION" and token):
+            tracked.grants_seen += 1
+            tracked.latest_token = max(tracked.latest_token, token)
+        if tracked.first_event_at is None:
+            tracked.first_event_at = at
+        self._schedule(tracked)
+
+    async def _health_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        clusters_at = 0.0
+        while True:
+            if loop.time() - clusters_at >= CLUSTER_REFRESH_S:
+                # Membership and Raft progress are not in the watch stream's mapped names:
+                # the cluster view is refreshed on a timer (and on every outage and recovery).
+                clusters_at = loop.time()
+                for key, tracked in self.objects.items():
+                    if key[0] == CLUSTERS:
+                        self._schedule(tracked)
+            problem = await self.gateway.probe()
+            self.metrics.coordinator_available.set(0 if problem else 1)
+            if problem is not None and self.available:
+                log.warning("coordinator unavailable: %s", problem.message)
+                for tracked in self.objects.values():
+                    tracked.forced = problem
+                    self._schedule(tracked)
+            elif problem is None and (not self.available or self.unhealthy):
+                if not self.available:
+                    log.info("coordinator available again: reconciling every object")
+                keys = list(self.objects) if not self.available else list(self.unhealthy)
+                for key in keys:
+                    if key in self.objects:
+                        self.objects[key].known = None
+                        self._schedule(self.objects[key])
+            self.available = problem is None
+            await asyncio.sleep(self.probe_interval_s)

@@ -1,0 +1,96 @@
+"""kopf handlers: decorators only, each translating one kopf trigger into the controller.
+
+All are coroutines: kopf runs plain functions in a thread pool, and the controller lives on
+the event loop.
+
+Create, update and resume all say the same thing, "this object exists with this spec", and
+end in `Controller.upsert`; the reconcile is level-based, so which one fired does not matter.
+Delete runs the finalizer (`Controller.finalize`) and is retried by kopf until the
+coordinator state is released. kopf keeps its bookkeeping in annotations, not in status (the
+CRDs' structural schemas would prune it, and status belongs to the mirror).
+
+The controller reaches the handlers through kopf's `memo` (set by `__main__`), so importing
+this module only registers the handlers.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import kopf
+
+from .controller import Controller, NotNow
+from .kube import GROUP, VERSION
+from .reconcile import CLUSTERS, LEASES, SEQUENCES
+
+FINALIZER = f"{GROUP}/release"
+RETRY_DELAY_S = 2.0
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: object) -> None:
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING
+    # The apiserver ends a watch after this long; kopf reconnects (and lists) afterwards.
+    settings.watching.server_timeout = 300
+
+
+@kopf.on.login()
+def login(settings: kopf.OperatorSettings, **_: object) -> kopf.ConnectionInfo | None:
+    # The kubeconfig __main__ was given (exported as KUBECONFIG), else the pod's account.
+    return kopf.login_with_kubeconfig(settings=settings) or kopf.login_with_service_account(
+        settings=settings
+    )
+
+
+def _controller(memo: kopf.Memo) -> Controller:
+    controller: Controller = memo["controller"]
+    return controller
+
+
+@kopf.on.resume(GROUP, VERSION, LEASES)
+@kopf.on.create(GROUP, VERSION, LEASES)
+@kopf.on.update(GROUP, VERSION, LEASES, field="spec")
+async def lease_exists(body: kopf.Body, memo: kopf.Memo, **_: object) -> None:
+    _controller(memo).upsert(LEASES, body)
+
+
+@kopf.on.resume(GROUP, VERSION, SEQUENCES)
+@kopf.on.create(GROUP, VERSION, SEQUENCES)
+@kopf.on.update(GROUP, VERSION, SEQUENCES, field="spec")
+async def sequence_exists(body: kopf.Body, memo: kopf.Memo, **_: object) -> None:
+    _controller(memo).upsert(SEQUENCES, body)
+
+
+@kopf.on.resume(GROUP, VERSION, CLUSTERS)
+@kopf.on.create(GROUP, VERSION, CLUSTERS)
+@kopf.on.update(GROUP, VERSION, CLUSTERS, field="spec")
+async def cluster_exists(body: kopf.Body, memo: kopf.Memo, **_: object) -> None:
+    _controller(memo).upsert(CLUSTERS, body)
+
+
+@kopf.on.delete(GROUP, VERSION, CLUSTERS, optional=True)
+async def cluster_deleted(body: kopf.Body, memo: kopf.Memo, **_: object) -> None:
+    # Nothing in the coordinator to release (optional: no finalizer); stop mirroring it.
+    meta = body.get("metadata") or {}
+    _controller(memo).forget((CLUSTERS, str(meta.get("namespace")), str(meta.get("name"))))
+
+
+@kopf.on.delete(GROUP, VERSION, LEASES)
+async def lease_deleted(body: kopf.Body, memo: kopf.Memo, **_: object) -> None:
+    try:
+        await _controller(memo).finalize(LEASES, body)
+    except NotNow as err:
+        raise kopf.TemporaryError(str(err), delay=RETRY_DELAY_S) from None
+
+
+@kopf.on.delete(GROUP, VERSION, SEQUENCES)
+async def sequence_deleted(body: kopf.Body, memo: kopf.Memo, **_: object) -> None:
+    try:
+        await _controller(memo).finalize(SEQUENCES, body)
+    except NotNow as err:
+        raise kopf.TemporaryError(str(err), delay=RETRY_DELAY_S) from None

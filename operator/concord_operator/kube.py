@@ -1,0 +1,171 @@
+"""The one module that talks to the Kubernetes API directly (kopf does the watching).
+
+It checks, before the operator does anything, that the API server is there, that the CRDs
+are installed and that the operator's identity may do what it needs (`preflight`), so a
+misconfigured deployment fails at once with a message that names the missing piece instead
+of looping on 403s and 404s. It writes the status subresource of `Lease` and `Sequence`
+objects (a JSON merge patch: lists such as `holders` and `conditions` are replaced whole, so
+a patch always carries the complete list).
+
+The kubernetes client is synchronous; its calls run in a pool of `WRITERS` threads of our own,
+over as many pooled connections, so that the event loop (the watch stream, the leadership
+keep-alive) never waits on the API server and many objects' writes are in flight at once
+(urllib3's default pool of 4 connections capped a churn of 1,000 objects at ~35 writes/s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+WRITERS = 16
+"""Status writes in flight at once (threads, and pooled connections to the API server)."""
+
+GROUP = "concord.dev"
+VERSION = "v1alpha1"
+PLURALS = ("leases", "sequences", "concordclusters")
+
+NEEDED_ACCESS: tuple[tuple[str, str, str], ...] = tuple(
+    (verb, plural, sub)
+    for plural in PLURALS
+    for verb, sub in (
+        ("get", ""),
+        ("list", ""),
+        ("watch", ""),
+        ("patch", ""),
+        ("patch", "status"),
+    )
+)
+"""(verb, resource, subresource) the operator needs on each kind: watching (kopf), its
+finalizer and annotations (patch), and the status it mirrors."""
+
+
+class StartupError(Exception):
+    """The operator cannot run as configured: the message says what to fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectGone(Exception):
+    """The object was deleted before its status could be written."""
+
+    namespace: str
+    name: str
+
+
+class KubeApi:
+    def __init__(self, api_client: kubernetes.client.ApiClient) -> None:
+        self.api_client = api_client
+        self.custom = kubernetes.client.CustomObjectsApi(api_client)
+        self._pool = ThreadPoolExecutor(WRITERS, thread_name_prefix="kube-write")
+
+    @classmethod
+    def load(cls, kubeconfig: Path | None) -> KubeApi:
+        """From a kubeconfig file, or in-cluster (service account) when none is given and the
+        process runs in a pod."""
+        try:
+            if kubeconfig is not None:
+                if not kubeconfig.is_file():
+                    raise StartupError(
+                        f"kubeconfig {kubeconfig} does not exist: pass --kubeconfig PATH (or set "
+                        "KUBECONFIG), or run in a pod with a service account"
+                    )
+                config = _configuration()
+                kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+                    config_file=str(kubeconfig), client_configuration=config
+                )
+            else:
+                config = _configuration()
+                kubernetes.config.load_incluster_config(  # type: ignore[no-untyped-call]
+                    client_configuration=config
+                )
+        except kubernetes.config.ConfigException as err:
+            where = kubeconfig or "the in-cluster service account (no --kubeconfig given)"
+            raise StartupError(f"cannot load Kubernetes credentials from {where}: {err}") from None
+        return cls(kubernetes.client.ApiClient(config))
+
+    def preflight(self, namespaces: list[str]) -> None:
+        """StartupError unless the API server answers, the CRDs exist and RBAC allows
+        everything in NEEDED_ACCESS (in each namespace, or cluster-wide)."""
+        try:
+            found = kubernetes.client.CustomObjectsApi(self.api_client).get_api_resources(
+                GROUP, VERSION
+            )
+        except ApiException as err:
+            if err.status == 404:
+                raise StartupError(
+                    f"the API server has no {GROUP}/{VERSION} resources: install the CRDs "
+                    "first (kubectl apply -f crds/)"
+                ) from None
+            if err.status in (401, 403):
+                raise StartupError(
+                    f"the API server refused the operator's credentials ({err.status} "
+                    f"{err.reason}): check the kubeconfig or service account"
+                ) from None
+            raise StartupError(f"the API server failed: {err.status} {err.reason}") from None
+        except OSError as err:  # urllib3 errors derive from it
+            raise StartupError(f"cannot reach the Kubernetes API server: {err}") from None
+        names = {r.name for r in found.resources}
+        missing = [p for p in PLURALS if p not in names]
+        if missing:
+            raise StartupError(
+                f"CRDs missing for {', '.join(f'{p}.{GROUP}' for p in missing)}: install them "
+                "first (kubectl apply -f crds/)"
+            )
+        authz = kubernetes.client.AuthorizationV1Api(self.api_client)
+        denied: list[str] = []
+        for ns in namespaces or [""]:
+            for verb, plural, sub in NEEDED_ACCESS:
+                review = kubernetes.client.V1SelfSubjectAccessReview(
+                    spec=kubernetes.client.V1SelfSubjectAccessReviewSpec(
+                        resource_attributes=kubernetes.client.V1ResourceAttributes(
+                            group=GROUP,
+                            resource=plural,
+                            subresource=sub or None,
+                            verb=verb,
+                            namespace=ns or None,
+                        )
+                    )
+                )
+                answer = authz.create_self_subject_access_review(review)
+                if answer.status is None or not answer.status.allowed:
+                    what = f"{plural}/{sub}" if sub else plural
+                    denied.append(f"{verb} {what}.{GROUP} in {ns or 'all namespaces'}")
+        if denied:
+            raise StartupError(
+                "RBAC does not allow the operator to " + "; ".join(denied) + " (grant them in "
+                "its ClusterRole or Role)"
+            )
+
+    async def patch_status(
+        self, plural: str, namespace: str, name: str, status: dict[str, Any]
+    ) -> str:
+        """Merge `status` into the object's status; returns the new resourceVersion."""
+
+        def patch() -> Any:  # noqa: ANN401 (the client's untyped answer)
+            return self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, plural, name, {"status": status}
+            )
+
+        try:
+            answer = await asyncio.get_running_loop().run_in_executor(self._pool, patch)
+        except ApiException as err:
+            if err.status == 404:
+                raise ObjectGone(namespace, name) from None
+            raise
+        return str(answer["metadata"]["resourceVersion"])
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.api_client.close()  # type: ignore[no-untyped-call]
+
+
+def _configuration() -> kubernetes.client.Configuration:
+    config = kubernetes.client.Configuration()
+    config.connection_pool_maxsize = WRITERS
+    return config
