@@ -13,7 +13,7 @@ PY := $(BIN)/python
 
 SEEDS ?= 2000
 
-.PHONY: help bootstrap run test test-fast kube-tools sim elections soak bench bench-report lint typecheck fmt clean
+.PHONY: help bootstrap run test test-fast kube-tools bench-operator sim elections soak bench bench-report lint typecheck fmt clean
 
 help:
 	@echo "make run           3 members on loopback + a lock, sequence, CAS and failover demo"
@@ -24,6 +24,7 @@ help:
 	@echo "make soak MINUTES=N  random fault schedules on real processes (default $(MINUTES) min)"
 	@echo "make bench         Concord vs etcd vs PySyncObj (BENCH_QUICK=1: ~2 min smoke run)"
 	@echo "make bench-report  docs/benchmarks.md from the latest make bench"
+	@echo "make bench-operator  the operator under 1,000 churning Leases (BENCH_ARGS=...)"
 	@echo "make lint | typecheck | fmt | clean"
 
 bootstrap:
@@ -88,6 +89,11 @@ BENCH_ARGS ?=
 bench: bootstrap
 	@bash scripts/bench_deps.sh
 	$(PY) -m bench run $(if $(filter-out 0,$(BENCH_QUICK)),--quick) $(BENCH_ARGS)
+
+# The operator under churn (issue 14): 1,000 Lease objects with changing holders on the local
+# control plane; operator RSS and CPU, API-server writes/s, status lag p50/p99. Not in make test.
+bench-operator: bootstrap kube-tools
+	$(PY) -m bench.operator_churn $(BENCH_ARGS)
 
 bench-report: bootstrap
 	@bash scripts/bench_deps.sh
