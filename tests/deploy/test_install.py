@@ -1,0 +1,159 @@
+"""`helm install` of the chart on the real control plane, its pods run by the node agent:
+the real StatefulSet controller, scheduler and PV controller place three members on three
+Nodes, the members (real processes, mutual TLS) elect a leader and answer `concordctl` at
+their pods' addresses; a deleted member pod is recreated by the StatefulSet and rejoins from
+its claim while writes keep working.
+
+The operator Deployment is disabled here (operator.enabled=false) until the operator lands on
+main; its manifests are checked by test_chart.py's server-side dry run."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from coordinator.testing.nodeagent import POD_NETWORK, NodeAgent
+from tests.deploy.chart import CHART, CONCORDCTL, make_tls_secret, member_host
+from tests.kube.controlplane import ControlPlane
+
+pytestmark = [pytest.mark.kube, pytest.mark.process]
+
+RELEASE = "concord"
+MEMBERS = 3
+WAIT = "--timeout=180s"
+
+
+@dataclass
+class Release:
+    namespace: str
+    client_tls: Path
+    install_to_ready_s: float
+
+    def endpoints(self) -> str:
+        return ",".join(f"{member_host(RELEASE, self.namespace, i)}:7070" for i in range(MEMBERS))
+
+
+def _ctl(agent: NodeAgent, release: Release, *args: str) -> str:
+    """concordctl over mutual TLS, resolving the members' names as a pod would."""
+    argv = [
+        CONCORDCTL,
+        "--tls-dir",
+        str(release.client_tls),
+        "--endpoints",
+        release.endpoints(),
+        "-o",
+        "json",
+        *args,
+    ]
+    done = agent.run(argv, timeout_s=60)
+    assert done.returncode == 0, f"concordctl {' '.join(args)}: {done.stderr}"
+    return done.stdout
+
+
+def _members(agent: NodeAgent, release: Release) -> list[dict[str, object]]:
+    got = json.loads(_ctl(agent, release, "member", "list"))
+    members: list[dict[str, object]] = got["members"] if isinstance(got, dict) else got
+    return members
+
+
+def _get(agent: NodeAgent, release: Release, key: str) -> str:
+    (row,) = json.loads(_ctl(agent, release, "get", key))
+    return str(row["value"])
+
+
+@pytest.fixture(scope="module")
+def release(
+    control_plane: ControlPlane, node_agent: NodeAgent, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Release]:
+    namespace = f"d-{uuid.uuid4().hex[:8]}"
+    control_plane.kubectl("create", "namespace", namespace)
+    try:
+        client = make_tls_secret(
+            control_plane, namespace, RELEASE, MEMBERS, tmp_path_factory.mktemp("tls")
+        )
+        started = time.perf_counter()
+        control_plane.helm(
+            "install", RELEASE, str(CHART), "-n", namespace, "--set", "operator.enabled=false"
+        )
+        control_plane.kubectl("rollout", "status", "-n", namespace, f"statefulset/{RELEASE}", WAIT)
+        elapsed = time.perf_counter() - started
+        print(f"\nhelm install -> {MEMBERS} Ready pods: {elapsed:.1f} s")
+        yield Release(namespace, client, elapsed)
+    finally:
+        control_plane.helm("uninstall", RELEASE, "-n", namespace, "--wait=false", check=False)
+        control_plane.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def test_install_gives_a_three_member_cluster(
+    control_plane: ControlPlane, node_agent: NodeAgent, release: Release
+) -> None:
+    pods = control_plane.kubectl_json(
+        "get", "pods", "-n", release.namespace, "-l", "app.kubernetes.io/component=coordinator"
+    )["items"]
+    assert sorted(p["metadata"]["name"] for p in pods) == [f"{RELEASE}-{i}" for i in range(3)]
+    for pod in pods:
+        status = pod["status"]
+        assert status["phase"] == "Running"
+        assert ipaddress.ip_address(status["podIP"]) in POD_NETWORK
+        ready = {c["type"]: c["status"] for c in status["conditions"]}
+        assert ready["Ready"] == "True" and ready["PodScheduled"] == "True"
+        (container,) = status["containerStatuses"]
+        assert container["ready"] and container["started"] and "running" in container["state"]
+    # Spread over the three Nodes (topologySpreadConstraints on kubernetes.io/hostname).
+    assert len({p["spec"]["nodeName"] for p in pods}) == 3
+    claims = control_plane.kubectl_json("get", "pvc", "-n", release.namespace)["items"]
+    assert sorted(c["status"]["phase"] for c in claims) == ["Bound"] * 3
+
+    members = _members(node_agent, release)
+    assert len(members) == 3
+    statuses = sorted(str(m["status"]) for m in members)
+    assert statuses == ["Leader", "Reachable", "Reachable"], members
+    _ctl(node_agent, release, "put", "install", "ok")
+    assert _get(node_agent, release, "install") == "ok"
+
+
+def test_deleted_member_pod_rejoins_from_its_claim(
+    control_plane: ControlPlane, node_agent: NodeAgent, release: Release
+) -> None:
+    ns = release.namespace
+    leader = next(m for m in _members(node_agent, release) if m["status"] == "Leader")
+    victim = str(leader["name"])
+    _ctl(node_agent, release, "put", "before", "1")
+    old = control_plane.kubectl_json("get", "pod", "-n", ns, victim)
+    old_ip = node_agent.pod_ip(ns, victim)
+    started = time.perf_counter()
+    control_plane.kubectl("delete", "pod", "-n", ns, victim, "--wait=true", WAIT)
+    # Writes go on through the two survivors (a new leader) while the pod is away.
+    _ctl(node_agent, release, "put", "during", "2")
+    control_plane.kubectl(
+        "wait",
+        "-n",
+        ns,
+        "--for=jsonpath={.status.readyReplicas}=3",
+        WAIT,
+        f"statefulset/{RELEASE}",
+    )
+    control_plane.kubectl("wait", "-n", ns, "--for=condition=Ready", WAIT, f"pod/{victim}")
+    back_s = time.perf_counter() - started
+    print(f"\nmember pod {victim} deleted -> recreated and Ready: {back_s:.1f} s")
+    new = control_plane.kubectl_json("get", "pod", "-n", ns, victim)
+    assert new["metadata"]["uid"] != old["metadata"]["uid"]
+    # Same claim, so same data: it restarted as the same member, not a new one.
+    claim = f"data-{victim}"
+    for pod in (old, new):
+        vols = {v["name"]: v for v in pod["spec"]["volumes"]}
+        assert vols["data"]["persistentVolumeClaim"]["claimName"] == claim
+    assert old_ip is not None
+    members = _members(node_agent, release)
+    assert sorted(str(m["name"]) for m in members) == [f"{RELEASE}-{i}" for i in range(3)]
+    assert sorted(str(m["status"]) for m in members) == ["Leader", "Reachable", "Reachable"]
+    _ctl(node_agent, release, "put", "after", "3")
+    for key, value in (("before", "1"), ("during", "2"), ("after", "3")):
+        assert _get(node_agent, release, key) == value
