@@ -22,6 +22,7 @@ NON_DEFAULT = (
     "coordinator.persistence.storageClassName=fast",
     "coordinator.extraArgs={--tick-ms=50}",
     "fullnameOverride=coord",
+    "tls.secretName=my-certs",
 )
 
 
@@ -47,6 +48,8 @@ def test_every_manifest_passes_a_server_side_dry_run(
     expected = ["PodDisruptionBudget", "Service", "Service", "StatefulSet"]
     if "operator.enabled=false" not in values:
         expected += ["ClusterRole", "ClusterRoleBinding", "Deployment", "ServiceAccount"]
+    if "tls.secretName=my-certs" not in values:  # the CA bootstrap hook
+        expected += ["ConfigMap", "Job", "Role", "RoleBinding", "ServiceAccount"]
     if "podDisruptionBudget.enabled=false" in values:
         expected.remove("PodDisruptionBudget")
     assert kinds == sorted(expected)

@@ -9,6 +9,7 @@ main; its manifests are checked by test_chart.py's server-side dry run."""
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import time
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.testing.nodeagent import POD_NETWORK, NodeAgent
-from tests.deploy.chart import CHART, CONCORDCTL, make_tls_secret, member_host
+from tests.deploy.chart import CHART, CONCORDCTL, member_host
 from tests.kube.controlplane import ControlPlane
 
 pytestmark = [pytest.mark.kube, pytest.mark.process]
@@ -68,6 +69,15 @@ def _get(agent: NodeAgent, release: Release, key: str) -> str:
     return str(row["value"])
 
 
+def _client_tls(plane: ControlPlane, namespace: str, into: Path) -> Path:
+    """The client certificate the chart's CA bootstrap made, as NOTES.txt fetches it."""
+    data = plane.kubectl_json("get", "secret", "-n", namespace, f"{RELEASE}-tls")["data"]
+    for name in ("ca.pem", "client.pem", "client-key.pem"):
+        (into / name).write_bytes(base64.b64decode(data[name]))
+        (into / name).chmod(0o600)
+    return into
+
+
 @pytest.fixture(scope="module")
 def release(
     control_plane: ControlPlane, node_agent: NodeAgent, tmp_path_factory: pytest.TempPathFactory
@@ -75,15 +85,13 @@ def release(
     namespace = f"d-{uuid.uuid4().hex[:8]}"
     control_plane.kubectl("create", "namespace", namespace)
     try:
-        client = make_tls_secret(
-            control_plane, namespace, RELEASE, MEMBERS, tmp_path_factory.mktemp("tls")
-        )
         started = time.perf_counter()
         control_plane.helm(
             "install", RELEASE, str(CHART), "-n", namespace, "--set", "operator.enabled=false"
         )
         control_plane.kubectl("rollout", "status", "-n", namespace, f"statefulset/{RELEASE}", WAIT)
         elapsed = time.perf_counter() - started
+        client = _client_tls(control_plane, namespace, tmp_path_factory.mktemp("client"))
         print(f"\nhelm install -> {MEMBERS} Ready pods: {elapsed:.1f} s")
         yield Release(namespace, client, elapsed)
     finally:
@@ -110,6 +118,20 @@ def test_install_gives_a_three_member_cluster(
     assert len({p["spec"]["nodeName"] for p in pods}) == 3
     claims = control_plane.kubectl_json("get", "pvc", "-n", release.namespace)["items"]
     assert sorted(c["status"]["phase"] for c in claims) == ["Bound"] * 3
+
+    # The CA bootstrap's split: members' and client's certificates in one Secret, the CA key
+    # alone in another that no pod mounts.
+    tls = control_plane.kubectl_json("get", "secret", "-n", release.namespace, f"{RELEASE}-tls")
+    assert "ca-key.pem" not in tls["data"]
+    assert sorted(tls["data"]) == sorted(
+        ["ca.pem", "cluster-id", "client.pem", "client-key.pem"]
+        + [f"member-{n}{k}.pem" for n in (1, 2, 3) for k in ("", "-key")]
+    )
+    ca = control_plane.kubectl_json("get", "secret", "-n", release.namespace, f"{RELEASE}-ca")
+    assert sorted(ca["data"]) == ["ca-key.pem", "ca.pem"]
+    for pod in pods:
+        mounted = [v["secret"]["secretName"] for v in pod["spec"]["volumes"] if "secret" in v]
+        assert mounted == [f"{RELEASE}-tls"]
 
     members = _members(node_agent, release)
     assert len(members) == 3

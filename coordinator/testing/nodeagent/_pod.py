@@ -8,7 +8,7 @@ nodes until its object is gone:
    sources materialized as files, a PersistentVolumeClaim as its bound volume's directory
    (`hostPath`, provisioned by the agent). A missing Secret or an unbound claim is retried,
    as the kubelet waits in ContainerCreating.
-2. each container runs as `unshare --mount --uts` -> `sh` -> `exec` of its command in a
+2. each container runs as `unshare --mount --uts` -> `bash` -> `exec` of its command in a
    private mount namespace where the volume directories are bind-mounted at their
    mountPaths (read-only where asked), the agent's hosts file over /etc/hosts (the cluster's
    DNS names: see `_agent.py`) and a resolv.conf naming only 127.0.0.1 (a name the hosts
@@ -175,28 +175,37 @@ def namespace_wrapper(
     workdir: str,
 ) -> list[str]:
     """The argv prefix that runs what follows it in a private mount (and UTS) namespace with
-    the pod's mounts, hosts file and hostname; the program itself is `exec`ed by sh."""
+    the pod's mounts, hosts file and hostname; the program itself is `exec`ed by bash.
+
+    Every source is opened first and bound from /proc/self/fd: a volume mounted at /tmp
+    would otherwise hide sources that live under /tmp (the state dir often does) from the
+    mounts that follow it."""
+    binds = [
+        *sorted(mounts, key=lambda m: m.target.count("/")),  # parents before children
+        Mount(hosts_file, "/etc/hosts", read_only=False),
+        Mount(resolv_file, "/etc/resolv.conf", read_only=False),
+    ]
+    fds = range(10, 10 + len(binds))
     lines = ["set -e"]
-    # Parents before children: a volume mounted inside another's mountPath stays visible.
-    for m in sorted(mounts, key=lambda m: m.target.count("/")):
+    lines += [f"exec {fd}< {shlex.quote(str(m.source))}" for fd, m in zip(fds, binds, strict=True)]
+    for fd, m in zip(fds, binds, strict=True):
         target = shlex.quote(m.target)
         if m.source.is_dir():
             lines.append(f"mkdir -p {target}")
         else:
             parent = shlex.quote(os.path.dirname(m.target) or "/")
             lines.append(f"mkdir -p {parent}; [ -e {target} ] || touch {target}")
-        lines.append(f"mount --bind {shlex.quote(str(m.source))} {target}")
+        lines.append(f"mount --bind /proc/self/fd/{fd} {target}")
         if m.read_only:
             lines.append(f"mount -o remount,bind,ro {target}")
-    lines.append(f"mount --bind {shlex.quote(str(hosts_file))} /etc/hosts")
-    lines.append(f"mount --bind {shlex.quote(str(resolv_file))} /etc/resolv.conf")
+    lines.append(" ".join(f"exec {fd}<&-;" for fd in fds))
     lines.append(f"hostname {shlex.quote(hostname[:63])}")
-    lines.append(f"cd {shlex.quote(workdir)}")
+    lines.append(f"cd {shlex.quote(workdir)} 2>/dev/null || cd /")
     lines.append('exec "$@"')
     unshare = shutil.which("unshare") or "/usr/bin/unshare"
-    sh = shutil.which("sh") or "/bin/sh"
+    bash = shutil.which("bash") or "/bin/bash"
     script = "\n".join(lines)
-    return [unshare, "--mount", "--uts", "--propagation", "private", sh, "-c", script, "sh"]
+    return [unshare, "--mount", "--uts", "--propagation", "private", bash, "-c", script, "pod"]
 
 
 class PodRunner(threading.Thread):
