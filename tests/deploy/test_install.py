@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.testing.nodeagent import POD_NETWORK, NodeAgent
-from tests.deploy.chart import CHART, CONCORDCTL, member_host
+from tests.deploy.chart import CHART, CONCORDCTL, make_tls_secret, member_host
 from tests.kube.controlplane import ControlPlane
 
 pytestmark = [pytest.mark.kube, pytest.mark.process]
@@ -36,9 +36,11 @@ class Release:
     namespace: str
     client_tls: Path
     install_to_ready_s: float
+    members: int = MEMBERS
 
     def endpoints(self) -> str:
-        return ",".join(f"{member_host(RELEASE, self.namespace, i)}:7070" for i in range(MEMBERS))
+        hosts = (member_host(RELEASE, self.namespace, i) for i in range(self.members))
+        return ",".join(f"{h}:7070" for h in hosts)
 
 
 def _ctl(agent: NodeAgent, release: Release, *args: str) -> str:
@@ -179,3 +181,61 @@ def test_deleted_member_pod_rejoins_from_its_claim(
     _ctl(node_agent, release, "put", "after", "3")
     for key, value in (("before", "1"), ("during", "2"), ("after", "3")):
         assert _get(node_agent, release, key) == value
+
+
+def _evict(plane: ControlPlane, namespace: str, pod: str) -> tuple[bool, str]:
+    body = {
+        "apiVersion": "policy/v1",
+        "kind": "Eviction",
+        "metadata": {"name": pod, "namespace": namespace},
+    }
+    done = plane.kubectl(
+        "create", "--raw", f"/api/v1/namespaces/{namespace}/pods/{pod}/eviction", "-f", "-",
+        input=json.dumps(body), check=False,
+    )  # fmt: skip
+    return done.returncode == 0, done.stderr
+
+
+def test_pdb_refuses_an_eviction_that_would_take_a_second_member(
+    control_plane: ControlPlane, node_agent: NodeAgent, release: Release
+) -> None:
+    ns = release.namespace
+    control_plane.kubectl(
+        "wait", "-n", ns, "--for=jsonpath={.status.disruptionsAllowed}=1", WAIT,
+        f"poddisruptionbudget/{RELEASE}",
+    )  # fmt: skip
+    ok, why = _evict(control_plane, ns, f"{RELEASE}-0")
+    assert ok, why
+    ok, why = _evict(control_plane, ns, f"{RELEASE}-1")
+    assert not ok
+    assert "would violate the pod's disruption budget" in why
+    control_plane.kubectl(
+        "wait", "-n", ns, "--for=jsonpath={.status.readyReplicas}=3", WAIT,
+        f"statefulset/{RELEASE}",
+    )  # fmt: skip
+    _ctl(node_agent, release, "put", "after-eviction", "ok")
+
+
+def test_install_with_own_secret_and_one_member(
+    control_plane: ControlPlane,
+    node_agent: NodeAgent,
+    kube_namespace: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Non-default values: certificates from the user's Secret (no bootstrap Job), a single
+    member, no PDB (one member cannot tolerate any disruption anyway)."""
+    ns = kube_namespace
+    client = make_tls_secret(control_plane, ns, RELEASE, 1, tmp_path_factory.mktemp("own"))
+    control_plane.helm(
+        "install", RELEASE, str(CHART), "-n", ns, "--set", "operator.enabled=false",
+        "--set", f"tls.secretName={RELEASE}-tls", "--set", "coordinator.replicas=1",
+        "--set", "podDisruptionBudget.enabled=false",
+    )  # fmt: skip
+    try:
+        control_plane.kubectl("rollout", "status", "-n", ns, f"statefulset/{RELEASE}", WAIT)
+        jobs = control_plane.kubectl_json("get", "jobs", "-n", ns)["items"]
+        assert jobs == []
+        members = _members(node_agent, Release(ns, client, 0.0, members=1))
+        assert [(m["name"], m["status"]) for m in members] == [(f"{RELEASE}-0", "Leader")]
+    finally:
+        control_plane.helm("uninstall", RELEASE, "-n", ns, "--wait=false", check=False)
