@@ -8,6 +8,7 @@ needs the fixtures moved into a plugin the root conftest loads."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -29,5 +30,17 @@ def node_agent(
     the Nodes removed at the end of the module."""
     if control_plane.existing:
         pytest.skip("the node agent registers Nodes: only on the tests' own control plane")
+    pids: set[int] = set()
     with NodeAgent(control_plane.kubeconfig, tmp_path_factory.mktemp("nodeagent")) as agent:
         yield agent
+        pids = {pid for running in agent.pids().values() for pid in running}
+    left = [pid for pid in pids if _alive(pid)]
+    assert not left, f"the node agent left pod processes running: {left}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

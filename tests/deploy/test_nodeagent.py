@@ -9,11 +9,16 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from coordinator.testing.nodeagent import DEFAULT_NODES, POD_NETWORK, NodeAgent
+from coordinator.testing.procs import orphan_proof
 from tests.kube.controlplane import ControlPlane
 
 pytestmark = [pytest.mark.kube, pytest.mark.process]
@@ -174,3 +179,29 @@ def test_a_pod_runs_as_processes(
     # the object (grace 0), which is what `kubectl delete --wait` waited for.
     assert 2.0 <= took_s < 30.0
     assert not any(_alive(pid) for pid in pids)
+
+
+def test_the_cli_registers_nodes_and_stops_on_sigterm(
+    control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    """`python -m coordinator.testing.nodeagent`: Nodes Ready while it runs, gone after
+    SIGTERM, exit status 0."""
+    if control_plane.existing:
+        pytest.skip("registers Nodes: only on the tests' own control plane")
+    argv = [sys.executable, "-m", "coordinator.testing.nodeagent", "--kubeconfig",
+            str(control_plane.kubeconfig), "--state-dir", str(tmp_path / "state"),
+            "--nodes", "cli-node-a,cli-node-b"]  # fmt: skip
+    proc = subprocess.Popen(orphan_proof(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        for node in ("cli-node-a", "cli-node-b"):
+            control_plane.kubectl("wait", "--for=create", WAIT, f"node/{node}")
+            control_plane.kubectl("wait", "--for=condition=Ready", WAIT, f"node/{node}")
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    left = control_plane.kubectl("get", "nodes", "-o", "name").stdout.split()
+    assert "node/cli-node-a" not in left and "node/cli-node-b" not in left
