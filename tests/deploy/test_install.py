@@ -12,11 +12,14 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
+import signal
+import sys
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -144,7 +147,7 @@ def test_install_gives_a_three_member_cluster(
 
 
 def test_deleted_member_pod_rejoins_from_its_claim(
-    control_plane: ControlPlane, node_agent: NodeAgent, release: Release
+    control_plane: ControlPlane, node_agent: NodeAgent, release: Release, tmp_path: Path
 ) -> None:
     ns = release.namespace
     leader = next(m for m in _members(node_agent, release) if m["status"] == "Leader")
@@ -152,6 +155,7 @@ def test_deleted_member_pod_rejoins_from_its_claim(
     _ctl(node_agent, release, "put", "before", "1")
     old = control_plane.kubectl_json("get", "pod", "-n", ns, victim)
     old_ip = node_agent.pod_ip(ns, victim)
+    writer = Writer(node_agent, release, tmp_path)
     started = time.perf_counter()
     control_plane.kubectl("delete", "pod", "-n", ns, victim, "--wait=true", WAIT)
     # Writes go on through the two survivors (a new leader) while the pod is away.
@@ -166,7 +170,16 @@ def test_deleted_member_pod_rejoins_from_its_claim(
     )
     control_plane.kubectl("wait", "-n", ns, "--for=condition=Ready", WAIT, f"pod/{victim}")
     back_s = time.perf_counter() - started
-    print(f"\nmember pod {victim} deleted -> recreated and Ready: {back_s:.1f} s")
+    try:
+        summary = writer.stop()
+    finally:
+        writer.kill()
+    print(
+        f"\nleader pod {victim} deleted -> recreated and Ready: {back_s:.1f} s; writes "
+        f"acknowledged {summary['acked']}, longest write outage "
+        f"{summary['longest_gap_s']:.2f} s, failed puts {len(summary['errors'])}"
+    )
+    assert summary["missing"] == [], "acknowledged writes lost"
     new = control_plane.kubectl_json("get", "pod", "-n", ns, victim)
     assert new["metadata"]["uid"] != old["metadata"]["uid"]
     # Same claim, so same data: it restarted as the same member, not a new one.
@@ -239,3 +252,72 @@ def test_install_with_own_secret_and_one_member(
         assert [(m["name"], m["status"]) for m in members] == [(f"{RELEASE}-0", "Leader")]
     finally:
         control_plane.helm("uninstall", RELEASE, "-n", ns, "--wait=false", check=False)
+
+
+class Writer:
+    """tests/deploy/writer.py in the background, where the members' names resolve."""
+
+    def __init__(self, agent: NodeAgent, release: Release, workdir: Path) -> None:
+        self.out = workdir / "writer.json"
+        self.proc = agent.spawn(
+            [sys.executable, "-m", "tests.deploy.writer", release.endpoints(),
+             str(release.client_tls), str(self.out)],
+            workdir / "writer.log",
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        first = self.proc.stdout.readline()  # after the first acknowledged write
+        assert first.strip() == "writing", (workdir / "writer.log").read_text()
+
+    def stop(self) -> dict[str, Any]:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.communicate(timeout=120)  # also closes the pipe
+        summary: dict[str, Any] = json.loads(self.out.read_text())
+        return summary
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate()
+
+
+def test_rolling_update_keeps_writes_going(
+    control_plane: ControlPlane, node_agent: NodeAgent, release: Release, tmp_path: Path
+) -> None:
+    """A pod-template change restarts the members one at a time (highest ordinal first),
+    each Ready before the next; a steady writer loses nothing."""
+    ns = release.namespace
+    before = {
+        p["metadata"]["name"]: p["metadata"]["uid"]
+        for p in control_plane.kubectl_json(
+            "get", "pods", "-n", ns, "-l", "app.kubernetes.io/component=coordinator"
+        )["items"]
+    }
+    writer = Writer(node_agent, release, tmp_path)
+    try:
+        started = time.perf_counter()
+        control_plane.helm(
+            "upgrade", RELEASE, str(CHART), "-n", ns, "--reuse-values",
+            "--set", "coordinator.podAnnotations.restartedAt=rolling-update-test",
+        )  # fmt: skip
+        control_plane.kubectl("rollout", "status", "-n", ns, f"statefulset/{RELEASE}", WAIT)
+        rolled_s = time.perf_counter() - started
+        summary = writer.stop()
+    finally:
+        writer.kill()
+    after = {
+        p["metadata"]["name"]: p["metadata"]["uid"]
+        for p in control_plane.kubectl_json(
+            "get", "pods", "-n", ns, "-l", "app.kubernetes.io/component=coordinator"
+        )["items"]
+    }
+    assert after.keys() == before.keys()
+    assert all(after[name] != uid for name, uid in before.items()), "not every member restarted"
+    print(
+        f"\nrolling update of {MEMBERS} members: {rolled_s:.1f} s; writes acknowledged "
+        f"{summary['acked']}, longest write outage {summary['longest_gap_s']:.2f} s, "
+        f"failed puts {len(summary['errors'])}"
+    )
+    assert summary["missing"] == [], "acknowledged writes lost"
+    assert summary["acked"] > 0
+    members = _members(node_agent, release)
+    assert sorted(str(m["status"]) for m in members) == ["Leader", "Reachable", "Reachable"]

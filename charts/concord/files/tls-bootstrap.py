@@ -74,8 +74,17 @@ def main() -> int:
     cluster_id = f"concord-{secrets.token_hex(4)}"
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "tls"
-        argv = ["concordctl", "cluster", "init", "--dir", str(out), "--members", str(members),
-                "--cluster-id", cluster_id]
+        argv = [
+            "concordctl",
+            "cluster",
+            "init",
+            "--dir",
+            str(out),
+            "--members",
+            str(members),
+            "--cluster-id",
+            cluster_id,
+        ]
         for name in dns:
             argv += ["--dns", name]
         subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)

@@ -45,6 +45,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
+from coordinator.testing.procs import orphan_proof
+
 from ._kube import Kube, KubeError, Obj
 from ._pod import IMAGE_MAP, AgentContext, PodRunner, namespace_wrapper
 
@@ -200,6 +202,17 @@ class NodeAgent:
             timeout=timeout_s,
             env=dict(env) if env is not None else None,
         )
+
+    def spawn(self, argv: Sequence[str], log: Path) -> subprocess.Popen[str]:
+        """Start `argv` in the background where the cluster's names resolve (as `run`):
+        stdout a pipe (text), stderr to `log`; orphan-proof. Stopping it is the caller's."""
+        wrapper = namespace_wrapper(
+            [], self.hosts_file, self.resolv_file, "nodeagent-client", os.getcwd()
+        )
+        with log.open("ab") as err:
+            return subprocess.Popen(
+                orphan_proof([*wrapper, *argv]), stdout=subprocess.PIPE, stderr=err, text=True
+            )
 
     # --- the loop -------------------------------------------------------------------------------
 
