@@ -8,6 +8,7 @@ import re
 import subprocess
 
 import pytest
+import yaml
 
 from tests.deploy.chart import CHART, render
 from tests.kube.controlplane import ControlPlane
@@ -23,7 +24,17 @@ NON_DEFAULT = (
     "coordinator.extraArgs={--tick-ms=50}",
     "fullnameOverride=coord",
     "tls.secretName=my-certs",
+    "networkPolicy.enabled=true",
 )
+
+MONITORING = (
+    "metrics.serviceMonitor.enabled=true",
+    "metrics.prometheusRule.enabled=true",
+)
+MONITORING_APIS = (
+    "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor",
+    "--api-versions", "monitoring.coreos.com/v1/PrometheusRule",
+)  # fmt: skip
 
 
 def test_helm_lint_is_clean(control_plane: ControlPlane) -> None:
@@ -50,6 +61,8 @@ def test_every_manifest_passes_a_server_side_dry_run(
         expected += ["ClusterRole", "ClusterRoleBinding", "Deployment", "ServiceAccount"]
     if "tls.secretName=my-certs" not in values:  # the CA bootstrap hook
         expected += ["ConfigMap", "Job", "Role", "RoleBinding", "ServiceAccount"]
+    if "networkPolicy.enabled=true" in values:
+        expected.append("NetworkPolicy")
     if "podDisruptionBudget.enabled=false" in values:
         expected.remove("PodDisruptionBudget")
     assert kinds == sorted(expected)
@@ -104,3 +117,26 @@ def test_values_schema_rejects_bad_values(
     assert done.returncode != 0
     assert "values don't meet the specifications of the schema" in done.stderr
     assert message in done.stderr, done.stderr
+
+
+def test_monitoring_objects_need_the_prometheus_operator(control_plane: ControlPlane) -> None:
+    """Without the monitoring.coreos.com API the chart says so instead of failing on apply;
+    with it, a ServiceMonitor on the peers Service and a PrometheusRule with five alerts,
+    each with a runbook line."""
+    assert control_plane.helm_path is not None
+    sets = [a for v in MONITORING for a in ("--set", v)]
+    helm = [str(control_plane.helm_path), "template", "concord", str(CHART), *sets]
+    refused = subprocess.run(helm, capture_output=True, text=True, check=False, timeout=60)
+    assert refused.returncode != 0
+    assert "needs the prometheus-operator CRDs" in refused.stderr
+    done = subprocess.run([*helm, *MONITORING_APIS], capture_output=True, text=True,
+                          check=True, timeout=60)  # fmt: skip
+    docs = {d["kind"]: d for d in yaml.safe_load_all(done.stdout) if d}
+    monitor = docs["ServiceMonitor"]
+    assert monitor["spec"]["selector"]["matchLabels"]["concord.dev/service"] == "peers"
+    rules = docs["PrometheusRule"]["spec"]["groups"][0]["rules"]
+    assert [r["alert"] for r in rules] == [
+        "ConcordNoLeader", "ConcordQuorumAtRisk", "ConcordFsyncSlow", "ConcordApplyLag",
+        "ConcordMemberLocked",
+    ]  # fmt: skip
+    assert all(r["annotations"]["runbook"] for r in rules)

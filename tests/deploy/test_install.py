@@ -12,7 +12,9 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
+import re
 import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from coordinator.testing.nodeagent import POD_NETWORK, NodeAgent
 from tests.deploy.chart import CHART, CONCORDCTL, make_tls_secret, member_host
@@ -321,3 +324,30 @@ def test_rolling_update_keeps_writes_going(
     assert summary["acked"] > 0
     members = _members(node_agent, release)
     assert sorted(str(m["status"]) for m in members) == ["Leader", "Reachable", "Reachable"]
+
+
+def test_alerts_use_only_metrics_the_members_export(
+    control_plane: ControlPlane, node_agent: NodeAgent, release: Release
+) -> None:
+    """Every series the PrometheusRule's alerts read is one a live member serves."""
+    assert control_plane.helm_path is not None
+    done = subprocess.run(
+        [str(control_plane.helm_path), "template", RELEASE, str(CHART), "-n",
+         release.namespace, "--set", "metrics.prometheusRule.enabled=true",
+         "--api-versions", "monitoring.coreos.com/v1/PrometheusRule",
+         "--show-only", "templates/prometheusrule.yaml"],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    rules = yaml.safe_load(done.stdout)["spec"]["groups"][0]["rules"]
+    used = {
+        re.sub(r"_(bucket|sum|count)$", "", name)
+        for rule in rules
+        for name in re.findall(r"\bconcord_[a-z_]+", rule["expr"])
+    }
+    url = f"http://{member_host(RELEASE, release.namespace, 0)}:7072/metrics"
+    fetch = f"import urllib.request; print(urllib.request.urlopen({url!r}).read().decode())"
+    page = node_agent.run([sys.executable, "-c", fetch])
+    assert page.returncode == 0, page.stderr
+    exported = set(re.findall(r"^# TYPE (concord_[a-z_]+) ", page.stdout, re.M))
+    assert len(used) >= 6
+    assert used <= exported, f"alerts read series no member exports: {sorted(used - exported)}"
