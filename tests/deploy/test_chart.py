@@ -25,6 +25,7 @@ NON_DEFAULT = (
     "fullnameOverride=coord",
     "tls.secretName=my-certs",
     "networkPolicy.enabled=true",
+    "metrics.grafanaDashboard.enabled=true",
 )
 
 MONITORING = (
@@ -63,6 +64,8 @@ def test_every_manifest_passes_a_server_side_dry_run(
         expected += ["ConfigMap", "Job", "Role", "RoleBinding", "ServiceAccount"]
     if "networkPolicy.enabled=true" in values:
         expected.append("NetworkPolicy")
+    if "metrics.grafanaDashboard.enabled=true" in values:
+        expected.append("ConfigMap")
     if "podDisruptionBudget.enabled=false" in values:
         expected.remove("PodDisruptionBudget")
     assert kinds == sorted(expected)

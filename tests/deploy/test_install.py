@@ -326,28 +326,41 @@ def test_rolling_update_keeps_writes_going(
     assert sorted(str(m["status"]) for m in members) == ["Leader", "Reachable", "Reachable"]
 
 
-def test_alerts_use_only_metrics_the_members_export(
+def test_alerts_and_dashboard_use_only_metrics_the_members_export(
     control_plane: ControlPlane, node_agent: NodeAgent, release: Release
 ) -> None:
-    """Every series the PrometheusRule's alerts read is one a live member serves."""
+    """Every series the PrometheusRule's alerts and the Grafana dashboard's panels read is one
+    a live member serves."""
     assert control_plane.helm_path is not None
     done = subprocess.run(
         [str(control_plane.helm_path), "template", RELEASE, str(CHART), "-n",
          release.namespace, "--set", "metrics.prometheusRule.enabled=true",
+         "--set", "metrics.grafanaDashboard.enabled=true",
          "--api-versions", "monitoring.coreos.com/v1/PrometheusRule",
-         "--show-only", "templates/prometheusrule.yaml"],
+         "--show-only", "templates/prometheusrule.yaml",
+         "--show-only", "templates/dashboard.yaml"],
         capture_output=True, text=True, check=True, timeout=60,
     )  # fmt: skip
-    rules = yaml.safe_load(done.stdout)["spec"]["groups"][0]["rules"]
-    used = {
-        re.sub(r"_(bucket|sum|count)$", "", name)
-        for rule in rules
-        for name in re.findall(r"\bconcord_[a-z_]+", rule["expr"])
-    }
+    docs = {d["kind"]: d for d in yaml.safe_load_all(done.stdout) if d}
+    rules = docs["PrometheusRule"]["spec"]["groups"][0]["rules"]
+    dashboard = json.loads(docs["ConfigMap"]["data"]["concord.json"])
+    exprs = [r["expr"] for r in rules] + [
+        t["expr"] for panel in dashboard["panels"] for t in panel["targets"]
+    ]
+
+    def series(expr: str) -> set[str]:
+        return {
+            re.sub(r"_(bucket|sum|count|total)$", "", name)
+            for name in re.findall(r"\bconcord_[a-z_]+", expr)
+        }
+
+    alerts = set().union(*(series(r["expr"]) for r in rules))
+    used = set().union(*(series(e) for e in exprs))
     url = f"http://{member_host(RELEASE, release.namespace, 0)}:7072/metrics"
     fetch = f"import urllib.request; print(urllib.request.urlopen({url!r}).read().decode())"
     page = node_agent.run([sys.executable, "-c", fetch])
     assert page.returncode == 0, page.stderr
-    exported = set(re.findall(r"^# TYPE (concord_[a-z_]+) ", page.stdout, re.M))
-    assert len(used) >= 6
-    assert used <= exported, f"alerts read series no member exports: {sorted(used - exported)}"
+    # The text format names a counter's family with its _total suffix: compare without it.
+    exported = series(" ".join(re.findall(r"^# TYPE (concord_[a-z_]+) ", page.stdout, re.M)))
+    assert len(alerts) >= 6 and len(used) >= 15
+    assert used <= exported, f"series no member exports: {sorted(used - exported)}"
