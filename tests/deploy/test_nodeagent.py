@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -205,3 +206,71 @@ def test_the_cli_registers_nodes_and_stops_on_sigterm(
             proc.wait()
     left = control_plane.kubectl("get", "nodes", "-o", "name").stdout.split()
     assert "node/cli-node-a" not in left and "node/cli-node-b" not in left
+
+
+def _simple_pod(namespace: str, name: str, policy: str, script: str, **extra: Any) -> str:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "restartPolicy": policy,
+            "terminationGracePeriodSeconds": 1,
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "registry.invalid/none:1",
+                    "command": ["bash", "-c", script],
+                    "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                    **extra,
+                }
+            ],
+            "volumes": [{"name": "data", "emptyDir": {}}],
+        },
+    }
+    return json.dumps(pod)
+
+
+def test_init_containers_never_and_liveness(
+    control_plane: ControlPlane, node_agent: NodeAgent, kube_namespace: str
+) -> None:
+    """Init containers run first, to completion; restartPolicy Never leaves a failed
+    container failed (phase Failed, its exit code); a failing liveness probe restarts one."""
+    ns = kube_namespace
+    once = json.loads(_simple_pod(ns, "once", "Never", "test -e /data/init && exit 4"))
+    once["spec"]["initContainers"] = [
+        {
+            "name": "init",
+            "image": "registry.invalid/none:1",
+            "command": ["bash", "-c", "echo done > /data/init"],
+            "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+        }
+    ]
+    sick_then_well = (
+        "if [ -e /data/once ]; then rm -f /data/sick; else touch /data/once /data/sick; fi\n"
+        "exec sleep 1000"
+    )
+    liveness = {"exec": {"command": ["test", "!", "-e", "/data/sick"]}, "periodSeconds": 1,
+                "failureThreshold": 2}  # fmt: skip
+    control_plane.kubectl("create", "-f", "-", input=json.dumps(once))
+    control_plane.kubectl(
+        "create", "-f", "-",
+        input=_simple_pod(ns, "sick", "Always", sick_then_well, livenessProbe=liveness),
+    )  # fmt: skip
+    control_plane.kubectl("wait", "-n", ns, "--for=jsonpath={.status.phase}=Failed", WAIT,
+                          "pod/once")  # fmt: skip
+    status = control_plane.kubectl_json("get", "pod", "-n", ns, "once")["status"]
+    (init,) = status["initContainerStatuses"]
+    assert init["state"]["terminated"]["exitCode"] == 0
+    (main,) = status["containerStatuses"]
+    assert main["state"]["terminated"]["exitCode"] == 4 and main["restartCount"] == 0
+
+    control_plane.kubectl(
+        "wait", "-n", ns, "--for=jsonpath={.status.containerStatuses[0].restartCount}=1",
+        WAIT, "pod/sick",
+    )  # fmt: skip
+    control_plane.kubectl("wait", "-n", ns, "--for=condition=Ready", WAIT, "pod/sick")
+    (main,) = control_plane.kubectl_json("get", "pod", "-n", ns, "sick")["status"][
+        "containerStatuses"
+    ]
+    assert "running" in main["state"] and main["restartCount"] == 1
