@@ -17,7 +17,7 @@ def test_chart_crds_are_the_top_level_crds() -> None:
     assert chart.keys() == top.keys(), "charts/concord/crds/ lists other files than crds/"
     stale = [name for name in top if chart[name] != top[name]]
     assert not stale, (
-        f"charts/concord/crds/ differs from crds/ in {stale}: cp crds/*.yaml charts/concord/crds/"
+        f"charts/concord/crds/ differs from crds/ in {stale}: run make chart-crds"
     )
 
 
