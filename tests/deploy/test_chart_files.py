@@ -16,9 +16,7 @@ def test_chart_crds_are_the_top_level_crds() -> None:
     assert top, "no CRDs in crds/"
     assert chart.keys() == top.keys(), "charts/concord/crds/ lists other files than crds/"
     stale = [name for name in top if chart[name] != top[name]]
-    assert not stale, (
-        f"charts/concord/crds/ differs from crds/ in {stale}: run make chart-crds"
-    )
+    assert not stale, f"charts/concord/crds/ differs from crds/ in {stale}: run make chart-crds"
 
 
 def test_values_schema_is_json_and_pins_odd_replicas() -> None:
