@@ -72,6 +72,22 @@ def _members(agent: NodeAgent, release: Release) -> list[dict[str, object]]:
     return members
 
 
+def _healthy_members(agent: NodeAgent, release: Release) -> list[dict[str, object]]:
+    """`member list` once every member is listed by its pod name, one Leader and the rest
+    Reachable; a member lists its name a moment after it starts, so this asks again (each
+    call takes a round of concordctl) until then, for up to a minute."""
+    want_names = [f"{RELEASE}-{i}" for i in range(release.members)]
+    want_statuses = ["Leader"] + ["Reachable"] * (release.members - 1)
+    deadline = time.perf_counter() + 60.0
+    while True:
+        members = _members(agent, release)
+        names = sorted(str(m["name"]) for m in members)
+        statuses = sorted(str(m["status"]) for m in members)
+        if (names, statuses) == (want_names, want_statuses):
+            return members
+        assert time.perf_counter() < deadline, f"members not settled: {members}"
+
+
 def _get(agent: NodeAgent, release: Release, key: str) -> str:
     (row,) = json.loads(_ctl(agent, release, "get", key))
     return str(row["value"])
@@ -141,10 +157,7 @@ def test_install_gives_a_three_member_cluster(
         mounted = [v["secret"]["secretName"] for v in pod["spec"]["volumes"] if "secret" in v]
         assert mounted == [f"{RELEASE}-tls"]
 
-    members = _members(node_agent, release)
-    assert len(members) == 3
-    statuses = sorted(str(m["status"]) for m in members)
-    assert statuses == ["Leader", "Reachable", "Reachable"], members
+    _healthy_members(node_agent, release)
     _ctl(node_agent, release, "put", "install", "ok")
     assert _get(node_agent, release, "install") == "ok"
 
@@ -191,9 +204,7 @@ def test_deleted_member_pod_rejoins_from_its_claim(
         vols = {v["name"]: v for v in pod["spec"]["volumes"]}
         assert vols["data"]["persistentVolumeClaim"]["claimName"] == claim
     assert old_ip is not None
-    members = _members(node_agent, release)
-    assert sorted(str(m["name"]) for m in members) == [f"{RELEASE}-{i}" for i in range(3)]
-    assert sorted(str(m["status"]) for m in members) == ["Leader", "Reachable", "Reachable"]
+    _healthy_members(node_agent, release)  # the same three members, all back
     _ctl(node_agent, release, "put", "after", "3")
     for key, value in (("before", "1"), ("during", "2"), ("after", "3")):
         assert _get(node_agent, release, key) == value
@@ -251,8 +262,7 @@ def test_install_with_own_secret_and_one_member(
         control_plane.kubectl("rollout", "status", "-n", ns, f"statefulset/{RELEASE}", WAIT)
         jobs = control_plane.kubectl_json("get", "jobs", "-n", ns)["items"]
         assert jobs == []
-        members = _members(node_agent, Release(ns, client, 0.0, members=1))
-        assert [(m["name"], m["status"]) for m in members] == [(f"{RELEASE}-0", "Leader")]
+        _healthy_members(node_agent, Release(ns, client, 0.0, members=1))
     finally:
         control_plane.helm("uninstall", RELEASE, "-n", ns, "--wait=false", check=False)
 
@@ -318,12 +328,11 @@ def test_rolling_update_keeps_writes_going(
     print(
         f"\nrolling update of {MEMBERS} members: {rolled_s:.1f} s; writes acknowledged "
         f"{summary['acked']}, longest write outage {summary['longest_gap_s']:.2f} s, "
-        f"failed puts {len(summary['errors'])}"
+        f"failed puts {len(summary['errors'])} {summary['errors'][:3]}"
     )
     assert summary["missing"] == [], "acknowledged writes lost"
     assert summary["acked"] > 0
-    members = _members(node_agent, release)
-    assert sorted(str(m["status"]) for m in members) == ["Leader", "Reachable", "Reachable"]
+    _healthy_members(node_agent, release)
 
 
 def test_alerts_and_dashboard_use_only_metrics_the_members_export(
@@ -364,3 +373,39 @@ def test_alerts_and_dashboard_use_only_metrics_the_members_export(
     exported = series(" ".join(re.findall(r"^# TYPE (concord_[a-z_]+) ", page.stdout, re.M)))
     assert len(alerts) >= 6 and len(used) >= 15
     assert used <= exported, f"series no member exports: {sorted(used - exported)}"
+
+
+def _pod_uids(plane: ControlPlane, namespace: str) -> dict[str, str]:
+    pods = plane.kubectl_json(
+        "get", "pods", "-n", namespace, "-l", "app.kubernetes.io/component=coordinator"
+    )["items"]
+    return {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods}
+
+
+def test_autolocked_members_unlock_from_the_secret_after_a_restart(
+    control_plane: ControlPlane, node_agent: NodeAgent, release: Release
+) -> None:
+    """Autolock on (concordctl prints each member's unlock key once), the keys in a Secret
+    of the user's, `helm upgrade --set autolock.unlockKeySecret=...`: the rolling restart
+    brings every member up locked, and each unlocks itself from its key file and is Ready."""
+    ns = release.namespace
+    before = _pod_uids(control_plane, ns)
+    turned_on = json.loads(_ctl(node_agent, release, "cluster", "autolock", "on"))
+    keys = {f"member-{o['member']}": o["unlock_key"] for o in turned_on}
+    assert sorted(keys) == ["member-1", "member-2", "member-3"]
+    control_plane.kubectl(
+        "create", "secret", "generic", "concord-unlock", "-n", ns,
+        *(f"--from-literal={k}={v}" for k, v in keys.items()),
+    )  # fmt: skip
+    control_plane.helm(
+        "upgrade", RELEASE, str(CHART), "-n", ns, "--reuse-values",
+        "--set", "autolock.unlockKeySecret=concord-unlock",
+    )  # fmt: skip
+    control_plane.kubectl("rollout", "status", "-n", ns, f"statefulset/{RELEASE}", WAIT)
+    status = json.loads(_ctl(node_agent, release, "cluster", "autolock", "status"))
+    assert [(s["autolock"], s["locked"]) for s in status] == [(True, False)] * 3
+    after = _pod_uids(control_plane, ns)
+    # Every member restarted on its autolocked data dir (a member without its key would
+    # never be Ready, and the rollout would not have finished).
+    assert all(after[name] != uid for name, uid in before.items())
+    _ctl(node_agent, release, "put", "after-autolock", "ok")
