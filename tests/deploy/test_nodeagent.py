@@ -34,6 +34,7 @@ if [ ! -e /data/ran ]; then touch /data/ran; exit 3; fi
 echo "$POD_NAME $POD_NAMESPACE $POD_IP $GREETING $FROM_SECRET $FROM_CONFIG" > /data/env
 cat /etc/t/secret/token /etc/t/config/mode > /data/files
 until getent hosts "web.sub.$POD_NAMESPACE.svc.cluster.local" > /data/dns; do sleep 0.2; done
+getent hosts web.sub > /data/short
 touch /data/ready
 trap '' TERM
 while true; do sleep 0.2; done
@@ -159,6 +160,7 @@ def test_a_pod_runs_as_processes(
     ]
     assert (data / "files").read_text() == "t0kfast"
     assert (data / "dns").read_text().split()[0] == ip
+    assert (data / "short").read_text().split()[0] == ip  # the namespace's short name
 
     # Names resolve for clients of the test too (the same hosts file): the pod's own web server.
     done = node_agent.run(

@@ -16,7 +16,9 @@ cluster add-ons a kubelet relies on, in their simplest honest form:
   StatefulSet's pods under their headless Service), and `SVC.NS.svc[.cluster.local]` for
   each Service, resolving to the pod addresses it selects (ready ones, or all of them with
   publishNotReadyAddresses). A Service name never resolves to its ClusterIP: nothing routes
-  the service CIDR here, so the names stand in for kube-proxy too.
+  the service CIDR here, so the names stand in for kube-proxy too. A pod sees a copy for
+  its namespace that adds the short names (`SVC`, `SVC.NS`, `HOST.SUBDOMAIN`) its DNS search
+  path would resolve (hosts files know no search path).
 - Volumes (a provisioner): a PersistentVolumeClaim with no storage class (or the agent's)
   gets a PersistentVolume of its own, a `hostPath` directory under the state dir, pre-bound
   to the claim; the claim's directory outlives its pods, as a PVC does, and is never
@@ -77,6 +79,19 @@ def _micro_time() -> str:
 
 def _rfc3339() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _rewrite(path: Path, text: str) -> None:
+    """`path` holds `text` afterwards; written in place, never by rename: pods see the file's
+    inode through their bind mounts."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return
+    if path.read_text() != text:
+        with path.open("r+") as f:
+            f.write(text)
+            f.truncate()
 
 
 def default_env() -> dict[str, str]:
@@ -246,6 +261,9 @@ class NodeAgent:
                 if ip is None:
                     log.warning("no pod address left for %s", pod["metadata"]["name"])
                     continue
+                namespace_hosts = self.ctx.hosts_for(pod["metadata"]["namespace"])
+                if not namespace_hosts.exists():  # bind-mounted when the pod starts
+                    _rewrite(namespace_hosts, self.hosts_file.read_text())
                 runner = PodRunner(self.ctx, pod, ip, "127.0.0.1")
                 self._runners[uid] = runner
                 runner.start()
@@ -270,15 +288,17 @@ class NodeAgent:
     # --- names ----------------------------------------------------------------------------------
 
     def _write_hosts(self, runners: Sequence[PodRunner], services: Sequence[Obj]) -> None:
-        lines: list[str] = []
+        """The cluster-wide hosts file (full names), and one per namespace that adds the
+        short names a pod of that namespace would reach through cluster DNS's search path
+        (`svc`, `svc.ns`, `host.subdomain`, `host.subdomain.ns`)."""
+        entries: list[tuple[str, str, str]] = []  # (namespace, address, name under NS.svc)
         live = [
             r for r in runners if r.is_alive() and not r.pod["metadata"].get("deletionTimestamp")
         ]
         for r in sorted(live, key=lambda r: (r.namespace, r.pod_name)):
             spec = r.pod["spec"]
             if spec.get("hostname") and spec.get("subdomain"):
-                fqdn = f"{spec['hostname']}.{spec['subdomain']}.{r.namespace}.svc"
-                lines.append(f"{r.ip}\t{fqdn} {fqdn}.cluster.local")
+                entries.append((r.namespace, r.ip, f"{spec['hostname']}.{spec['subdomain']}"))
         for svc in sorted(
             services, key=lambda s: (s["metadata"]["namespace"], s["metadata"]["name"])
         ):
@@ -286,7 +306,6 @@ class NodeAgent:
             selector = spec.get("selector") or {}
             if not selector:
                 continue
-            fqdn = f"{meta['name']}.{meta['namespace']}.svc"
             for r in live:
                 labels = r.pod["metadata"].get("labels") or {}
                 if r.namespace != meta["namespace"]:
@@ -294,13 +313,13 @@ class NodeAgent:
                 if any(labels.get(k) != v for k, v in selector.items()):
                     continue
                 if r.ready or spec.get("publishNotReadyAddresses"):
-                    lines.append(f"{r.ip}\t{fqdn} {fqdn}.cluster.local")
-        text = _BASE_HOSTS + "".join(line + "\n" for line in lines)
-        if self.hosts_file.read_text() != text:
-            # In place, never by rename: pods see this inode through their bind mounts.
-            with self.hosts_file.open("r+") as f:
-                f.write(text)
-                f.truncate()
+                    entries.append((r.namespace, r.ip, meta["name"]))
+        full = [f"{ip}\t{name}.{ns}.svc {name}.{ns}.svc.cluster.local" for ns, ip, name in entries]
+        _rewrite(self.hosts_file, _BASE_HOSTS + "".join(line + "\n" for line in full))
+        for ns in {r.namespace for r in runners}:
+            short = [f"{ip}\t{name} {name}.{ns}" for n, ip, name in entries if n == ns]
+            text = _BASE_HOSTS + "".join(line + "\n" for line in [*full, *short])
+            _rewrite(self.ctx.hosts_for(ns), text)
 
     # --- volumes --------------------------------------------------------------------------------
 

@@ -162,9 +162,15 @@ class AgentContext:
     kube: Kube
     state_dir: Path
     hosts_file: Path
+    """Every pod's and Service's full name (`NAME.NS.svc[.cluster.local]`)."""
     resolv_file: Path
     base_env: Mapping[str, str]
     image_map: Mapping[str, Sequence[str]]
+
+    def hosts_for(self, namespace: str) -> Path:
+        """The hosts file pods of `namespace` see: the full names, and that namespace's
+        short ones (what cluster DNS's search path gives a pod)."""
+        return self.state_dir / "hosts.d" / namespace
 
 
 def namespace_wrapper(
@@ -552,7 +558,7 @@ class PodRunner(threading.Thread):
         hostname = pod["spec"].get("hostname") or self.pod_name
         return namespace_wrapper(
             self._mounts(spec),
-            self.ctx.hosts_file,
+            self.ctx.hosts_for(self.namespace),
             self.ctx.resolv_file,
             hostname,
             spec.get("workingDir") or str(self.dir),
