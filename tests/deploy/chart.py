@@ -16,6 +16,7 @@ from tests.kube.controlplane import ControlPlane
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "concord"
+EXAMPLES = REPO / "examples"
 CONCORDCTL = str(Path(sys.executable).parent / "concordctl")
 
 

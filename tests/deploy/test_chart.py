@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import yaml
 
-from tests.deploy.chart import CHART, render
+from tests.deploy.chart import CHART, EXAMPLES, render
 from tests.kube.controlplane import ControlPlane
 
 pytestmark = pytest.mark.kube
@@ -143,3 +143,15 @@ def test_monitoring_objects_need_the_prometheus_operator(control_plane: ControlP
         "ConcordMemberLocked",
     ]  # fmt: skip
     assert all(r["annotations"]["runbook"] for r in rules)
+
+
+def test_examples_pass_a_server_side_dry_run(
+    control_plane: ControlPlane, kube_namespace: str
+) -> None:
+    examples = sorted(EXAMPLES.glob("*.yaml"))
+    assert examples
+    for example in examples:
+        done = control_plane.kubectl(
+            "apply", "--dry-run=server", "-n", kube_namespace, "-f", str(example)
+        )
+        assert "(server dry run)" in done.stdout

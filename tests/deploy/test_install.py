@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from coordinator.testing.nodeagent import POD_NETWORK, NodeAgent
-from tests.deploy.chart import CHART, CONCORDCTL, make_tls_secret, member_host
+from tests.deploy.chart import CHART, CONCORDCTL, EXAMPLES, make_tls_secret, member_host
 from tests.kube.controlplane import ControlPlane
 
 pytestmark = [pytest.mark.kube, pytest.mark.process]
@@ -409,3 +409,25 @@ def test_autolocked_members_unlock_from_the_secret_after_a_restart(
     # never be Ready, and the rollout would not have finished).
     assert all(after[name] != uid for name, uid in before.items())
     _ctl(node_agent, release, "put", "after-autolock", "ok")
+
+
+def test_example_job_takes_turns_under_the_lock(
+    control_plane: ControlPlane, node_agent: NodeAgent, release: Release
+) -> None:
+    """examples/lock-guarded-job.yaml: two pods started together run their work one after
+    the other, each under its own, larger fencing token."""
+    ns = release.namespace
+    control_plane.kubectl("apply", "-n", ns, "-f", str(EXAMPLES / "lock-guarded-job.yaml"))
+    control_plane.kubectl("wait", "-n", ns, "--for=condition=Complete", WAIT, "job/nightly-report")
+    runs = []
+    for log in node_agent.state_dir.glob(f"pods/{ns}_nightly-report-*/report.log"):
+        fields = {
+            line.split()[0]: line.split()[1:]
+            for line in log.read_text().splitlines()
+            if line.startswith(("start ", "end "))
+        }
+        runs.append((float(fields["start"][1]), float(fields["end"][1]), int(fields["start"][0])))
+    assert len(runs) == 2, runs
+    (_, end1, token1), (start2, _, token2) = sorted(runs)
+    assert end1 <= start2, f"the work overlapped: {runs}"
+    assert token1 < token2
