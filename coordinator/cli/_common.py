@@ -14,8 +14,10 @@ Exit status:
 
 TLS. `--tls-dir DIR` (env CONCORD_TLS_DIR) holds `ca.pem` and a client certificate,
 `client.pem` + `client-key.pem` (as `concordctl cluster init` writes them), or a member's
-`member.pem` + `member-key.pem`. Without it, concordctl speaks plaintext (`--insecure`
-members only).
+`member.pem` + `member-key.pem`; the client library reads it (`Client.from_tls_dir`), and a
+missing directory or file is a usage error (2). Without it, concordctl speaks plaintext
+(`--insecure` members only). Endpoints are checked (host:port, port 1-65535) before anything
+is dialled: a bad one is a usage error too.
 """
 
 from __future__ import annotations
@@ -33,11 +35,12 @@ from typing import Any, NoReturn, TypeVar
 import click
 import grpc
 
-from coordinator.client import Client, ConcordError
+from coordinator.client import Client, ConcordError, InvalidArgument, credentials_from_tls_dir
 
 T = TypeVar("T")
 
 CLIENT_CERT_FILE = "client.pem"
+"""What `cluster init` writes for clients; the names the client library looks for."""
 CLIENT_KEY_FILE = "client-key.pem"
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -56,29 +59,19 @@ class Ctx:
         return self.output == "json"
 
     def client(self) -> Client:
+        """A client of `endpoints` (checked by the group already) with the TLS directory's
+        credentials; InvalidArgument for a bad TLS directory (see `run`)."""
         return Client(self.endpoints, credentials=self.credentials(), timeout_s=self.timeout_s)
 
     def credentials(self) -> grpc.ChannelCredentials | None:
+        """The TLS directory's credentials (the library reads it: `coordinator.client`);
+        a missing directory or file ends the command with status 2, naming it."""
         if self.tls_dir is None:
             return None
-        d = self.tls_dir
-        pairs = [(CLIENT_CERT_FILE, CLIENT_KEY_FILE), ("member.pem", "member-key.pem")]
-        cert_name, key_name = next(
-            (p for p in pairs if (d / p[0]).exists()), (CLIENT_CERT_FILE, CLIENT_KEY_FILE)
-        )
         try:
-            ca = (d / "ca.pem").read_bytes()
-            cert = (d / cert_name).read_bytes()
-            key = (d / key_name).read_bytes()
-        except OSError as err:
-            raise click.BadParameter(
-                f"{d} must hold ca.pem and {CLIENT_CERT_FILE} + {CLIENT_KEY_FILE} (as "
-                f"`concordctl cluster init` writes them): {err.strerror}: {err.filename}",
-                param_hint="--tls-dir",
-            ) from None
-        return grpc.ssl_channel_credentials(
-            root_certificates=ca, private_key=key, certificate_chain=cert
-        )
+            return credentials_from_tls_dir(self.tls_dir)
+        except InvalidArgument as err:
+            fail(f"{err.message} (--tls-dir, env CONCORD_TLS_DIR)", EXIT_USAGE)
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:

@@ -10,6 +10,9 @@
     D/member-I/tls/              member I's --tls-dir: ca.pem, member.pem (bound to member id
                                  I), member-key.pem
     D/client/                    a client certificate for concordctl: --tls-dir D/client
+    D/operator/                  the operator's client certificate (role URI
+                                 concord://role/operator): the one identity Secrets.Unseal
+                                 answers plaintext to; give it to the operator only
 
 and prints a `concord-coordinator` command line per member (all on one host, `--host`, ports
 from `--base-port`: four per member, client, peer, metrics and join), with `--ca-key-file`
@@ -39,6 +42,7 @@ from coordinator.runtime.tls import (
     CA_FILE,
     CA_KEY_FILE,
     JOIN_TOKEN_PREFIX,
+    OPERATOR_ROLE,
     JoinToken,
     JoinTokenError,
     TlsError,
@@ -81,9 +85,13 @@ def write_cluster_tls(
         cert = issue_member_cert(ca, f"member-{i}", dns, ips, member_id=i)
         write_member_tls(directory / f"member-{i}" / "tls", ca.cert_pem, cert)
     client = issue_client_cert(ca, "concordctl")
-    write_pem(directory / "client" / CA_FILE, ca.cert_pem)
-    write_pem(directory / "client" / CLIENT_KEY_FILE, client.key_pem)
-    write_pem(directory / "client" / CLIENT_CERT_FILE, client.cert_pem)
+    # The operator's identity (role URI concord://role/operator): the one caller that
+    # Secrets.Unseal answers plaintext to.
+    operator = issue_client_cert(ca, "concord-operator", roles=[OPERATOR_ROLE])
+    for sub, cert in (("client", client), ("operator", operator)):
+        write_pem(directory / sub / CA_FILE, ca.cert_pem)
+        write_pem(directory / sub / CLIENT_KEY_FILE, cert.key_pem)
+        write_pem(directory / sub / CLIENT_CERT_FILE, cert.cert_pem)
 
 
 @click.command(name="init")
@@ -224,6 +232,7 @@ def cluster_init(
                 for i, cmd in zip(ports, commands, strict=True)
             ],
             "client_tls_dir": str(directory / "client"),
+            "operator_tls_dir": str(directory / "operator"),
             "endpoints": endpoints.split(","),
             "join_token_command": token_command,
             "join_command": join_command,
@@ -240,6 +249,7 @@ def cluster_init(
         for i in ports:
             click.echo(f"  {d / f'member-{i}' / 'tls'}/  member {i}'s --tls-dir")
         click.echo(f"  {d / 'client'}/  a client certificate: concordctl --tls-dir {d / 'client'}")
+        click.echo(f"  {d / 'operator'}/  the operator's certificate (it alone may unseal secrets)")
         click.echo("")
         click.echo(
             f"Start the members ({'all on ' + host if members > 1 else 'on ' + host}; each "

@@ -21,28 +21,22 @@ from typing import Any
 
 import click
 
-from coordinator.api.v1 import concord_pb2 as pb
+from coordinator.client import Compare, Delete, Get, Put, TxnOp, TxnOpResult
 
 from ._common import Ctx, emit, run
 
-_OPS = {
-    "=": pb.Compare.EQUAL,
-    "!=": pb.Compare.NOT_EQUAL,
-    "<": pb.Compare.LESS,
-    ">": pb.Compare.GREATER,
-}
 _FIELDS = {
-    "version": pb.Compare.VERSION,
-    "create": pb.Compare.CREATE_REVISION,
-    "mod": pb.Compare.MOD_REVISION,
-    "lease": pb.Compare.LEASE,
-    "lock": pb.Compare.LOCK_TOKEN,
+    "version": "version",
+    "create": "create_revision",
+    "mod": "mod_revision",
+    "lease": "lease",
+    "lock": "lock_token",
 }
 _FIELD_CMP = re.compile(r"^\s*(\w+)\((.+)\)\s*(!=|=|<|>)\s*(\S+)\s*$")
 _VALUE_CMP = re.compile(r"^\s*(\S+?)\s*(!=|=|<|>)\s*(.*?)\s*$")
 
 
-def parse_compare(text: str) -> pb.Compare:
+def parse_compare(text: str) -> Compare:
     """One `--if`; click.BadParameter (with the accepted forms) if malformed."""
     m = _FIELD_CMP.match(text)
     if m:
@@ -57,9 +51,7 @@ def parse_compare(text: str) -> pb.Compare:
             raise click.BadParameter(
                 f"{text!r}: {field}(...) compares a number, not {operand!r}", param_hint="--if"
             )
-        return pb.Compare(
-            key=key.strip().encode(), target=_FIELDS[field], op=_OPS[op], number=int(operand)
-        )
+        return Compare(key.strip().encode(), _FIELDS[field], op, int(operand))
     m = _VALUE_CMP.match(text)
     if not m or not m.group(1):
         raise click.BadParameter(
@@ -68,10 +60,10 @@ def parse_compare(text: str) -> pb.Compare:
             param_hint="--if",
         )
     key, op, value = m.groups()
-    return pb.Compare(key=key.encode(), target=pb.Compare.VALUE, op=_OPS[op], value=value.encode())
+    return Compare(key.encode(), "value", op, value.encode())
 
 
-def parse_op(text: str, hint: str) -> pb.TxnOp:
+def parse_op(text: str, hint: str) -> TxnOp:
     """One `--then`/`--else`: put KEY VALUE | del KEY | get KEY."""
     try:
         words = shlex.split(text)
@@ -79,11 +71,11 @@ def parse_op(text: str, hint: str) -> pb.TxnOp:
         raise click.BadParameter(f"{text!r}: {err}", param_hint=hint) from None
     verb = words[0].lower() if words else ""
     if verb == "put" and len(words) == 3:
-        return pb.TxnOp(put=pb.PutRequest(key=words[1].encode(), value=words[2].encode()))
+        return Put(words[1].encode(), words[2].encode())
     if verb in ("del", "delete") and len(words) == 2:
-        return pb.TxnOp(delete=pb.DeleteRequest(key=words[1].encode()))
+        return Delete(words[1].encode())
     if verb == "get" and len(words) == 2:
-        return pb.TxnOp(range=pb.RangeRequest(key=words[1].encode()))
+        return Get(words[1].encode())
     raise click.BadParameter(
         f"{text!r} is not an operation: write 'put KEY VALUE', 'del KEY' or 'get KEY' "
         "(quote values with spaces)",
@@ -91,18 +83,15 @@ def parse_op(text: str, hint: str) -> pb.TxnOp:
     )
 
 
-def _result_row(op: pb.TxnOp, r: pb.TxnOpResult) -> dict[str, Any]:
-    kind = op.WhichOneof("op")
-    if kind == "put":
-        key = op.put.key.decode(errors="replace")
-        return {"op": "put", "key": key, "value": "", "revision": r.put.header.revision}
-    if kind == "delete":
-        key = op.delete.key.decode(errors="replace")
-        return {"op": "del", "key": key, "value": f"{r.delete.deleted} deleted", "revision": ""}
-    key = op.range.key.decode(errors="replace")
-    if not r.range.kvs:
+def _result_row(op: TxnOp, r: TxnOpResult) -> dict[str, Any]:
+    key = op.key.decode(errors="replace")
+    if isinstance(op, Put):
+        return {"op": "put", "key": key, "value": "", "revision": r.revision}
+    if isinstance(op, Delete):
+        return {"op": "del", "key": key, "value": f"{r.deleted} deleted", "revision": ""}
+    if not r.kvs:
         return {"op": "get", "key": key, "value": "(absent)", "revision": ""}
-    kv = r.range.kvs[0]
+    kv = r.kvs[0]
     return {
         "op": "get",
         "key": key,

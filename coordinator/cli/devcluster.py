@@ -125,7 +125,9 @@ def stop(p: Proc) -> None:
 async def demo(procs: list[Proc], root: Path) -> None:
     endpoints = [p.client for p in procs]
     credentials = Ctx(endpoints, "table", 20, root / "client").credentials()
-    async with Client(endpoints, credentials=credentials, timeout_s=20) as c:
+    # The members were started a moment ago: a refused connection means "not listening yet"
+    # here, so wait for them as long as for anything else (the default gives up after 2 s).
+    async with Client(endpoints, credentials=credentials, timeout_s=20, connect_timeout_s=20) as c:
         st = await c.status()
         for _ in range(200):  # members start in parallel; the first election takes a moment
             if st.leader:
@@ -134,7 +136,7 @@ async def demo(procs: list[Proc], root: Path) -> None:
             st = await c.status()
         if not st.leader:
             raise ConcordError("UNAVAILABLE", "no leader was elected within 10 s")
-        print(f"  cluster up: leader is member {st.leader}, term {st.header.raft_term}")
+        print(f"  cluster up: leader is member {st.leader}, term {st.term}")
         async with c.lock("jobs") as held:
             print(f"  lock 'jobs' held, fencing token {held.fencing_token}")
             ok = await c.check_fence("jobs", held.fencing_token)

@@ -24,8 +24,15 @@ from typing import Any
 
 import click
 
-from coordinator.api.v1 import concord_pb2 as pb
-from coordinator.client import Client
+from coordinator.client import (
+    Client,
+    Event,
+    EventType,
+    InvalidArgument,
+    KeyValue,
+    parse_endpoints,
+    prefix_end,
+)
 
 from ._common import (
     EXIT_FAILED,
@@ -40,6 +47,7 @@ from ._common import (
 from ._keys import autolock, rotate_data_key, rotate_unlock_key, unlock
 from ._rafttool import rafttool
 from ._recovery import recover, snapshot
+from ._seal import seal
 from ._setup import cluster_init, join_token
 from ._txn import txn
 
@@ -112,10 +120,11 @@ def cli(
     tls_dir: Path | None,
 ) -> None:
     """Talk to a Concord cluster: keys, compare-and-swap, leases, locks, elections,
-    sequences, members, and each member's keys (unlock, autolock)."""
-    eps = [e.strip() for e in endpoints.split(",") if e.strip()]
-    if not eps:
-        raise click.BadParameter("give at least one host:port", param_hint="--endpoints")
+    sequences, members, each member's keys (unlock, autolock), and sealed secrets (seal)."""
+    try:
+        eps = parse_endpoints(endpoints)
+    except InvalidArgument as err:
+        raise click.BadParameter(err.message, param_hint="--endpoints") from None
     click_ctx.obj = Ctx(eps, output, timeout_s, tls_dir)
 
 
@@ -133,29 +142,47 @@ def put(ctx: Ctx, key: str, value: str, lease: int | None) -> None:
     emit(ctx, [{"key": key, "revision": rev}], ["key", "revision"])
 
 
+_KV_COLUMNS = ["key", "value", "version", "mod_revision"]
+
+
+def _kv_row(kv: KeyValue) -> dict[str, Any]:
+    return {
+        "key": kv.key.decode(errors="backslashreplace"),
+        "value": kv.value.decode(errors="replace"),
+        "version": kv.version,
+        "mod_revision": kv.mod_revision,
+    }
+
+
 @cli.command()
 @click.argument("key")
+@click.option("--prefix", is_flag=True, help="Every key that starts with KEY (KEY may be '').")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --prefix: at most this many keys (in key order).",
+)
 @click.option(
     "--serializable", is_flag=True, help="Read locally; may be stale; works without quorum."
 )
 @click.pass_obj
-def get(ctx: Ctx, key: str, serializable: bool) -> None:
-    """Print KEY's value (exit 1 if absent)."""
-    kv = run(ctx, lambda c: c.get(key.encode(), serializable=serializable))
-    if kv is None:
+def get(ctx: Ctx, key: str, prefix: bool, limit: int | None, serializable: bool) -> None:
+    """Print KEY's value (exit 1 if absent), or with --prefix every key under KEY (none
+    found: an empty table, exit 0)."""
+    if limit is not None and not prefix:
+        raise click.UsageError("--limit goes with --prefix")
+    if prefix:
+        kvs = run(
+            ctx,
+            lambda c: c.get_prefix(key.encode(), limit=limit or 0, serializable=serializable),
+        )
+        emit(ctx, [_kv_row(kv) for kv in kvs], _KV_COLUMNS)
+        return
+    found = run(ctx, lambda c: c.get(key.encode(), serializable=serializable))
+    if found is None:
         fail(f"key {key!r} not found")
-    emit(
-        ctx,
-        [
-            {
-                "key": key,
-                "value": kv.value.decode(errors="replace"),
-                "version": kv.version,
-                "mod_revision": kv.mod_revision,
-            }
-        ],
-        ["key", "value", "version", "mod_revision"],
-    )
+    emit(ctx, [_kv_row(found)], _KV_COLUMNS)
 
 
 @cli.command(name="del")
@@ -184,33 +211,20 @@ def cas(ctx: Ctx, key: str, expected: str, new: str, absent: bool) -> None:
         sys.exit(1)
 
 
-def prefix_end(prefix: bytes) -> bytes:
-    """The end of the range of keys starting with `prefix` (b"\\0": every key)."""
-    end = bytearray(prefix)
-    while end:
-        if end[-1] < 0xFF:
-            end[-1] += 1
-            return bytes(end)
-        end.pop()
-    return b"\0"
-
-
-_EVENT_TYPES = {v: k.lower() for k, v in pb.Event.Type.items()}
 _WATCH_COLUMNS = (("revision", 9), ("type", 9), ("key", 24), ("value", 0))
 
 
-def _event_row(e: pb.Event) -> dict[str, Any]:
-    kind = _EVENT_TYPES.get(e.type, str(e.type))
+def _event_row(e: Event) -> dict[str, Any]:
     key = e.kv.key.decode(errors="backslashreplace")
-    row: dict[str, Any] = {"revision": e.revision, "type": kind, "key": key}
-    if e.type in (pb.Event.PUT, pb.Event.SEQUENCE) or (
-        e.type == pb.Event.ELECTION and e.kv.version
+    row: dict[str, Any] = {"revision": e.revision, "type": e.type.value, "key": key}
+    if e.type in (EventType.PUT, EventType.SEQUENCE) or (
+        e.type == EventType.ELECTION and e.kv.version
     ):
         row["value"] = e.kv.value.decode(errors="backslashreplace")
-    if e.type in (pb.Event.LOCK, pb.Event.UNLOCK, pb.Event.ELECTION):
+    if e.type in (EventType.LOCK, EventType.UNLOCK, EventType.ELECTION):
         row["lease"] = e.kv.lease
         row["fencing_token"] = e.kv.version
-    if e.type == pb.Event.MEMBER:
+    if e.type == EventType.MEMBER:
         row["member"] = e.kv.version
         row["value"] = e.kv.value.decode(errors="backslashreplace")
     return row
@@ -608,14 +622,12 @@ def member() -> None:
 @click.pass_obj
 def member_list(ctx: Ctx) -> None:
     resp = run(ctx, lambda c: c.members())
-    status = {0: "Unknown", 1: "Leader", 2: "Reachable", 3: "Unreachable"}
-    role = {0: "voter", 1: "learner"}
     rows = [
         {
             "id": m.id,
             "name": m.name,
-            "status": status.get(m.status, "?"),
-            "role": role.get(m.role, "?"),
+            "status": m.status.capitalize(),
+            "role": m.role,
             "match": m.match_index,
             "peer": m.peer_url,
             "client": m.client_url,
@@ -679,10 +691,10 @@ def status(ctx: Ctx) -> None:
         ctx,
         [
             {
-                "member": s.header.member_id,
+                "member": s.member_id,
                 "leader": s.leader,
                 "role": s.role,
-                "term": s.header.raft_term,
+                "term": s.term,
                 "commit": s.commit_index,
                 "applied": s.applied_index,
                 "locked": s.locked,
@@ -708,6 +720,7 @@ cli.add_command(unlock)
 cli.add_command(join_token)
 cli.add_command(txn)
 cli.add_command(rafttool)  # offline: reads a data directory, no cluster needed
+cli.add_command(seal)
 
 
 def main() -> None:

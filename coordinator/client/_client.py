@@ -13,9 +13,19 @@ one request at a time per id, so a `Client` shared by many tasks keeps a pool of
 call borrows an idle one (or makes a new one) for its whole life, retries included, and
 returns it with its sequence advanced. The pool grows to the client's peak concurrency.
 
-Errors. gRPC statuses a person must act on (INVALID_ARGUMENT, NOT_FOUND,
-FAILED_PRECONDITION, OUT_OF_RANGE, PERMISSION_DENIED) surface as `ConcordError` with the
-server's message; UNAVAILABLE and DEADLINE_EXCEEDED are retried until `timeout_s` runs out.
+Errors. Every failure is a `ConcordError` of the status's own type (`_errors.py`:
+`NotFound`, `InvalidArgument`, `Unavailable`, `DeadlineExceeded`...); no grpc type escapes.
+Statuses a person must act on (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION,
+OUT_OF_RANGE, PERMISSION_DENIED) are raised at once with the server's message; UNAVAILABLE,
+DEADLINE_EXCEEDED and a transport's INTERNAL or CANCELLED (a reset stream) are retried until
+`timeout_s` runs out, which ends in `DeadlineExceeded` naming that budget.
+
+Deadlines. Each attempt against one member is bounded by `attempt_timeout_s` (much shorter
+than `timeout_s`), and a stopped member is detected by keepalive pings, so a leader that
+stops answering is left within about an election timeout (`_transport.py`). A wrong endpoint
+(a metrics or peer port, TLS against plaintext or the reverse, nothing listening) is
+recognised from the transport's error and reported with what to do, within
+`connect_timeout_s`, instead of being retried for `timeout_s`.
 
 Locked members. A member with autolock on that has not been given its unlock key answers
 UNAVAILABLE with trailing metadata `concord-locked`: the client moves on to the next endpoint,
@@ -35,6 +45,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import os
 import secrets
 from collections.abc import (
     AsyncGenerator,
@@ -42,6 +54,7 @@ from collections.abc import (
     Awaitable,
     Callable,
     Iterator,
+    Mapping,
     Sequence,
 )
 from dataclasses import dataclass
@@ -51,33 +64,63 @@ import grpc
 
 from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.api.v1 import concord_pb2_grpc as rpc
+from coordinator.sealing import Reason
 
-from ._pipe import LEADER_METADATA_KEY, LOCKED_METADATA_KEY, QUEUED_METADATA_KEY, CallFailed, Pipe
+from ._config import credentials_from_tls_dir, parse_endpoints, settings_from_env
+from ._errors import (
+    Cancelled,
+    ConcordError,
+    DeadlineExceeded,
+    NotFound,
+    Unavailable,
+    error_for,
+)
+from ._pipe import CallFailed, Pipe, format_s
+from ._secrets import (
+    SEAL_FAILURE_METADATA_KEY,
+    ReEncrypted,
+    SealedCheck,
+    SealingKeyInfo,
+    SealingKeys,
+    Unsealed,
+    sealed_value,
+    sealing_key,
+)
+from ._transport import Failure, channel_options, silent
+from ._types import (
+    AutolockChange,
+    AutolockStatus,
+    Compare,
+    DataKeyRotation,
+    Event,
+    JoinTokenInfo,
+    KeyValue,
+    MemberList,
+    NewJoinToken,
+    Put,
+    Status,
+    TxnOp,
+    TxnResult,
+    UnlockKeyRotation,
+)
 
 if TYPE_CHECKING:
     from ._holds import HeldLeadership, HeldLock
 
 T = TypeVar("T")
 
-RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+BLOCKING_KINDS = frozenset({"lock", "campaign"})
+"""Pipelined calls the member holds while the caller waits in line: bounded by
+`rpc_timeout_s` (the member answers "still queued" before it), not by `attempt_timeout_s`."""
 
 
-class ConcordError(Exception):
-    """The service refused a request; `code` is the gRPC status name."""
+class SealFailed(ConcordError):
+    """A sealed value did not unseal; `reason` says why (malformed, unknown key, scope
+    mismatch, tampered)."""
 
-    def __init__(self, code: str, message: str, *, locked: bool = False) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.locked = locked
-        """Every member asked is locked (autolock): retrying will not help until someone
-        runs `concordctl unlock`."""
-
-    @property
-    def waiting(self) -> bool:
-        """An UNAVAILABLE a blocking call (lock, campaign) retries: still in line, or no
-        leader for now. Not when the members are locked."""
-        return self.code == "UNAVAILABLE" and not self.locked
+    def __init__(self, code: str, message: str, reason: Reason) -> None:
+        super().__init__(code, message)
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,11 +149,6 @@ class Leadership:
     fencing_token: int
     value: bytes = b""
 
-    def key(self) -> pb.LeaderKey:
-        return pb.LeaderKey(
-            election=self.election, lease=self.lease, fencing_token=self.fencing_token
-        )
-
 
 class _Stubs:
     def __init__(self, channel: grpc.aio.Channel, endpoint: str) -> None:
@@ -128,6 +166,7 @@ class _Stubs:
         self.maintenance = stubs.MaintenanceStub(channel)
         self._pipeline = stubs.PipelineStub(channel)
         self._pipe: Pipe | None = None
+        self.secrets = stubs.SecretsStub(channel)
 
     def pipe(self) -> Pipe:
         """The Pipeline stream to this endpoint (a new one if the last one broke)."""
@@ -142,21 +181,33 @@ class _Stubs:
 
 
 class Client:
+    """The asyncio client (see the module doc). Build it from endpoints and credentials, or
+    with `from_tls_dir` / `from_env`; use it as an `async with` block, or `close()` it."""
+
     def __init__(
         self,
-        endpoints: Sequence[str],
+        endpoints: str | Sequence[str],
         *,
         credentials: grpc.ChannelCredentials | None = None,
         timeout_s: float = 10.0,
         rpc_timeout_s: float = 3.0,
+        attempt_timeout_s: float = 1.0,
+        connect_timeout_s: float = 2.0,
         pipeline: bool = True,
     ) -> None:
-        if not endpoints:
-            raise ValueError("give at least one endpoint (host:port)")
-        self.endpoints = list(endpoints)
+        self.endpoints = parse_endpoints(endpoints)
+        """host:port of the members to try, checked (InvalidArgument names a bad one)."""
         self.credentials = credentials
         self.timeout_s = timeout_s
+        """The whole call's budget, retries included."""
         self.rpc_timeout_s = rpc_timeout_s
+        """One wait of a blocking call (a lock or campaign in line; a maintenance call)."""
+        self.attempt_timeout_s = min(attempt_timeout_s, rpc_timeout_s)
+        """One attempt of an ordinary call against one member; then the next member. Never
+        more than `rpc_timeout_s`, which bounds every single RPC."""
+        self.connect_timeout_s = connect_timeout_s
+        """How long every endpoint may refuse connections or fail handshakes before a call
+        gives up (a member restarting is back within it; a wrong port never is)."""
         self.pipeline = pipeline
         """Send the small calls (KV, CAS, sequences, leases, locks) on one multiplexed
         Pipeline stream per member rather than one unary RPC each (see the module doc)."""
@@ -164,8 +215,36 @@ class Client:
         """Sessions no call is using: [client id, last seq used]; most recently used last."""
         self._current = 0
         self._stubs: dict[str, _Stubs] = {}
+        self._suspect_until: dict[str, float] = {}
+        """Endpoints whose last attempt timed out, until when (the loop's clock): redirects
+        naming them are not followed meanwhile (see `_transport.py`)."""
+        self._closed = False
+
+    @classmethod
+    def from_tls_dir(
+        cls,
+        endpoints: str | Sequence[str],
+        tls_dir: str | os.PathLike[str],
+        **options: Any,  # noqa: ANN401 (the constructor's keyword options)
+    ) -> Client:
+        """A client with mutual TLS from a directory holding ca.pem and client.pem +
+        client-key.pem (or member.pem + member-key.pem), as `concordctl cluster init`
+        writes it. InvalidArgument (a ValueError) names a missing file or bad endpoint."""
+        return cls(endpoints, credentials=credentials_from_tls_dir(tls_dir), **options)
+
+    @classmethod
+    def from_env(
+        cls,
+        env: Mapping[str, str] | None = None,
+        **options: Any,  # noqa: ANN401 (the constructor's keyword options)
+    ) -> Client:
+        """A client of CONCORD_ENDPOINTS (comma-separated host:port, required) with the TLS
+        directory CONCORD_TLS_DIR (unset: plaintext, for --insecure members)."""
+        endpoints, credentials = settings_from_env(env)
+        return cls(endpoints, credentials=credentials, **options)
 
     async def close(self) -> None:
+        self._closed = True
         for stubs in self._stubs.values():
             await stubs.close()
         self._stubs.clear()
@@ -179,33 +258,67 @@ class Client:
     # --- plumbing ------------------------------------------------------------------------------
 
     def _stubs_for(self, endpoint: str) -> _Stubs:
+        if self._closed:
+            raise Cancelled("the client is closed")
         stubs = self._stubs.get(endpoint)
         if stubs is None:
+            options = channel_options()
             if self.credentials is None:
-                channel = grpc.aio.insecure_channel(endpoint)
+                channel = grpc.aio.insecure_channel(endpoint, options=options)
             else:
-                channel = grpc.aio.secure_channel(endpoint, self.credentials)
+                channel = grpc.aio.secure_channel(endpoint, self.credentials, options=options)
             stubs = self._stubs[endpoint] = _Stubs(channel, endpoint)
         return stubs
+
+    def _failure(self, exc: Exception, endpoint: str) -> Failure:
+        """What a failed attempt on `endpoint` means; a timed-out attempt makes it suspect."""
+        err = Failure.of(exc, endpoint, tls=self.credentials is not None)
+        if err.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            loop = asyncio.get_running_loop()
+            self._suspect_until[endpoint] = loop.time() + 2 * self.attempt_timeout_s
+            stubs = self._stubs.get(endpoint)
+            if stubs is not None and stubs.channel.get_state() != grpc.ChannelConnectivity.READY:
+                return dataclasses.replace(err, unreachable=silent(endpoint))
+        return err
+
+    def _suspect(self, endpoint: str) -> bool:
+        until = self._suspect_until.get(endpoint)
+        return until is not None and asyncio.get_running_loop().time() < until
+
+    def _heard_from(self, endpoint: str) -> None:
+        self._suspect_until.pop(endpoint, None)
 
     async def call_endpoint(self, endpoint: str, fn: Callable[[_Stubs], Awaitable[T]]) -> T:
         """Run one RPC against `endpoint` itself (no redirect): retried there while it is
         unreachable or starting, up to `timeout_s`; a locked member's refusal is final."""
+        endpoint = parse_endpoints([endpoint])[0]
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout_s
+        started = loop.time()
+        deadline = started + self.timeout_s
         delay_s = 0.05
         while True:
             try:
-                return await fn(self._stubs_for(endpoint))
-            except (grpc.aio.AioRpcError, CallFailed) as exc:
-                err = _Failure.of(exc)
-                code, detail, locked = err.code, err.details, err.locked
-                if code not in RETRYABLE or locked:
-                    raise ConcordError(code.name, detail, locked=locked) from None
+                async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                    result = await fn(self._stubs_for(endpoint))
+                self._heard_from(endpoint)
+                return result
+            except TimeoutError:
+                raise DeadlineExceeded(
+                    f"{endpoint} did not answer within {format_s(self.timeout_s)}"
+                ) from None
+            except (grpc.RpcError, CallFailed, asyncio.InvalidStateError) as exc:
+                err = self._failure(exc, endpoint)
+                if err.wrong:
+                    raise Unavailable(err.wrong) from None
+                if not err.retryable or err.locked:
+                    raise error_for(err.code.name, err.details, locked=err.locked) from None
+                if err.unreachable and loop.time() - started >= self.connect_timeout_s:
+                    raise Unavailable(err.unreachable) from None
                 if loop.time() + delay_s >= deadline:
-                    raise ConcordError(
-                        code.name,
-                        f"{endpoint} did not answer within {self.timeout_s:g} s: {detail}",
+                    raise error_for(
+                        err.code.name,
+                        f"{endpoint} did not answer within {format_s(self.timeout_s)}: "
+                        f"{err.details}",
                     ) from None
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 0.5)
@@ -213,9 +326,16 @@ class Client:
     def _move_past(self, endpoint: str) -> None:
         """Try the next endpoint after `endpoint` failed, unless a concurrent call already
         moved on: calls failing together on one dead member must advance once, not once
-        each (with as many calls as endpoints they would cycle back to the dead one)."""
-        if self.endpoints[self._current % len(self.endpoints)] == endpoint:
-            self._current += 1
+        each (with as many calls as endpoints they would cycle back to the dead one).
+        Suspect endpoints are passed over while another one is not suspect."""
+        n = len(self.endpoints)
+        if self.endpoints[self._current % n] != endpoint:
+            return
+        for step in range(1, n + 1):
+            if not self._suspect(self.endpoints[(self._current + step) % n]):
+                self._current += step
+                return
+        self._current += 1
 
     @contextlib.contextmanager
     def session(self) -> Iterator[pb.Session]:
@@ -244,43 +364,73 @@ class Client:
             self._idle_sessions.append(held)
 
     async def call(self, fn: Callable[[_Stubs], Awaitable[T]]) -> T:
-        """Run one RPC against the leader, following redirects and retrying what is safe."""
+        """Run one RPC against the leader, following redirects and retrying what is safe,
+        within `timeout_s` in all (each attempt has its own, shorter, bound: see `_small`)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout_s
+        started = loop.time()
+        deadline = started + self.timeout_s
         delay_s = 0.02
-        last: _Failure | None = None
+        last: Failure | None = None
         locked: set[str] = set()
+        wrong: dict[str, str] = {}
+        unreachable: dict[str, str] = {}
         while loop.time() < deadline:
             endpoint = self.endpoints[self._current % len(self.endpoints)]
             try:
-                return await fn(self._stubs_for(endpoint))
-            except (grpc.aio.AioRpcError, CallFailed) as exc:
-                err = _Failure.of(exc)
-                if err.code not in RETRYABLE:
-                    raise ConcordError(err.code.name, err.details) from None
+                async with asyncio.timeout(deadline - loop.time()):
+                    result = await fn(self._stubs_for(endpoint))
+                self._heard_from(endpoint)
+                return result
+            except TimeoutError:
+                break
+            except (grpc.RpcError, CallFailed, asyncio.InvalidStateError) as exc:
+                err = self._failure(exc, endpoint)
+                if not err.retryable:
+                    self._heard_from(endpoint)
+                    raise error_for(err.code.name, err.details) from None
                 if err.queued:
                     # Still in line on this very member: the blocking caller re-issues it
                     # here at once (moving on or backing off would only delay the grant).
-                    raise ConcordError(err.code.name, err.details) from None
+                    raise error_for(err.code.name, err.details) from None
                 last = err
                 if err.locked:
                     locked.add(endpoint)
                     if locked.issuperset(self.endpoints):
                         message = _every_locked(self.endpoints, err.details)
-                        raise ConcordError("UNAVAILABLE", message, locked=True) from None
+                        raise Unavailable(message, locked=True) from None
                     self._move_past(endpoint)
                     continue
+                if err.wrong:
+                    wrong[endpoint] = err.wrong
+                if err.unreachable:
+                    unreachable[endpoint] = err.unreachable
+                if not err.wrong and not err.unreachable:
+                    wrong.pop(endpoint, None)
+                    unreachable.pop(endpoint, None)
+                if set(wrong).issuperset(self.endpoints):
+                    raise Unavailable(_advice(wrong)) from None
+                if set(wrong).union(unreachable).issuperset(self.endpoints) and (
+                    loop.time() - started >= self.connect_timeout_s
+                ):
+                    raise Unavailable(_advice({**unreachable, **wrong})) from None
                 hint = err.leader
-                if hint and hint != endpoint:
+                if hint and hint != endpoint and not self._suspect(hint):
                     if hint not in self.endpoints:
                         self.endpoints.append(hint)
                     self._current = self.endpoints.index(hint)
                     continue
                 self._move_past(endpoint)
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, 0.5)
-        detail = last.details if last is not None else "no endpoint answered"
-        raise ConcordError("UNAVAILABLE", f"gave up after {self.timeout_s:.0f} s: {detail}")
+                await asyncio.sleep(min(delay_s, max(0.0, deadline - loop.time())))
+                delay_s = min(delay_s * 2, 0.25)
+        if set(wrong).union(unreachable).issuperset(self.endpoints):
+            raise Unavailable(_advice({**unreachable, **wrong}))
+        advice = f" ({_advice({**unreachable, **wrong})})" if wrong or unreachable else ""
+        if last is not None and last.code == grpc.StatusCode.UNAVAILABLE:
+            # Members answered, but none could serve (no leader, unreachable): still
+            # UNAVAILABLE, which a blocking caller may keep waiting through.
+            raise Unavailable(f"gave up after {format_s(self.timeout_s)}: {last.details}{advice}")
+        detail = f": last: {last.code.name}: {last.details}" if last is not None else ""
+        raise DeadlineExceeded(f"no answer within {format_s(self.timeout_s)}{detail}{advice}")
 
     async def _small(
         self,
@@ -289,8 +439,9 @@ class Client:
         unary: Callable[[_Stubs], Callable[..., Awaitable[Any]]],
     ) -> Any:  # noqa: ANN401
         """One small call, through `call` (redirects, retries): on the member's Pipeline
-        stream as a `kind` call, or as its unary RPC when `pipeline` is off."""
-        timeout_s = self.rpc_timeout_s
+        stream as a `kind` call, or as its unary RPC when `pipeline` is off. Each attempt is
+        bounded by `attempt_timeout_s` (`rpc_timeout_s` for a blocking lock or campaign)."""
+        timeout_s = self.rpc_timeout_s if kind in BLOCKING_KINDS else self.attempt_timeout_s
         if self.pipeline:
             return await self.call(lambda s: s.pipe().send(kind, request, timeout_s))
         return await self.call(lambda s: unary(s)(request, timeout=timeout_s))
@@ -303,10 +454,41 @@ class Client:
             resp = await self._small("put", req, lambda s: s.kv.Put)
             return int(resp.header.revision)
 
-    async def get(self, key: bytes, *, serializable: bool = False) -> pb.KeyValue | None:
-        req = pb.RangeRequest(key=key, serializable=serializable)
+    async def get(self, key: bytes, *, serializable: bool = False) -> KeyValue | None:
+        """`key`'s value, or None if absent. Linearizable, unless `serializable` (the
+        answering member's own state: may be stale, works without a quorum)."""
+        kvs = await self.get_range(key, serializable=serializable)
+        return kvs[0] if kvs else None
+
+    async def get_range(
+        self,
+        key: bytes,
+        range_end: bytes = b"",
+        *,
+        limit: int = 0,
+        serializable: bool = False,
+    ) -> list[KeyValue]:
+        """The keys in [key, range_end) in key order (range_end b"": just `key`; b"\\0":
+        every key >= key), at most `limit` of them (0: all), read at one revision."""
+        req = pb.RangeRequest(key=key, range_end=range_end, limit=limit, serializable=serializable)
         resp = await self._small("range", req, lambda s: s.kv.Range)
-        return resp.kvs[0] if resp.kvs else None
+        return [KeyValue._from_pb(kv) for kv in resp.kvs]
+
+    async def get_prefix(
+        self, prefix: bytes, *, limit: int = 0, serializable: bool = False
+    ) -> list[KeyValue]:
+        """Every key that starts with `prefix` (b"": every key), in key order."""
+        return await self.get_range(
+            prefix or b"\0", prefix_end(prefix), limit=limit, serializable=serializable
+        )
+
+    async def get_many(
+        self, keys: Sequence[bytes], *, serializable: bool = False
+    ) -> list[KeyValue | None]:
+        """Each key's value (None if absent), in the order given. The reads go out together
+        (one batch on the Pipeline stream), each linearizable, but not all at one revision:
+        for a consistent view of related keys, keep them under a prefix and `get_prefix`."""
+        return list(await asyncio.gather(*(self.get(k, serializable=serializable) for k in keys)))
 
     async def delete(self, key: bytes, range_end: bytes = b"") -> int:
         with self.session() as session:
@@ -317,31 +499,28 @@ class Client:
     async def cas(self, key: bytes, expected: bytes | None, new: bytes) -> bool:
         """Set `key` to `new` iff its value is `expected` (None: iff it does not exist)."""
         if expected is None:
-            cmp = pb.Compare(key=key, target=pb.Compare.VERSION, op=pb.Compare.EQUAL, number=0)
+            cmp = Compare(key, "version", "=", 0)
         else:
-            cmp = pb.Compare(key=key, target=pb.Compare.VALUE, op=pb.Compare.EQUAL, value=expected)
-        with self.session() as session:
-            req = pb.TxnRequest(
-                session=session,
-                compares=[cmp],
-                success=[pb.TxnOp(put=pb.PutRequest(key=key, value=new))],
-            )
-            resp = await self._small("txn", req, lambda s: s.kv.Txn)
-            return bool(resp.succeeded)
+            cmp = Compare(key, "value", "=", expected)
+        return (await self.txn([cmp], [Put(key, new)])).succeeded
 
     async def txn(
         self,
-        compares: Sequence[pb.Compare],
-        success: Sequence[pb.TxnOp],
-        failure: Sequence[pb.TxnOp] = (),
-    ) -> pb.TxnResponse:
-        """If every compare holds, run `success`, else `failure`, atomically (exactly once)."""
+        compares: Sequence[Compare],
+        success: Sequence[TxnOp],
+        failure: Sequence[TxnOp] = (),
+    ) -> TxnResult:
+        """If every compare holds, run `success`, else `failure`, atomically (exactly once);
+        both see one revision."""
         with self.session() as session:
             req = pb.TxnRequest(
-                session=session, compares=compares, success=success, failure=failure
+                session=session,
+                compares=[c._to_pb() for c in compares],
+                success=[op._to_pb() for op in success],
+                failure=[op._to_pb() for op in failure],
             )
-            resp: pb.TxnResponse = await self._small("txn", req, lambda s: s.kv.Txn)
-            return resp
+            resp = await self._small("txn", req, lambda s: s.kv.Txn)
+            return TxnResult._from_pb(resp)
 
     # --- leases and locks ----------------------------------------------------------------------
 
@@ -359,22 +538,33 @@ class Client:
     async def lease_time_to_live(self, lease: int) -> LeaseInfo:
         """The lease's TTL and what is left of it (NOT_FOUND once it has ended)."""
         req = pb.LeaseTimeToLiveRequest(id=lease)
-        resp = await self.call(lambda s: s.lease.TimeToLive(req, timeout=self.rpc_timeout_s))
+        resp = await self.call(lambda s: s.lease.TimeToLive(req, timeout=self.attempt_timeout_s))
         return LeaseInfo(int(resp.id), int(resp.ttl_ms), int(resp.remaining_ms))
 
     async def lease_keepalive_once(self, lease: int) -> int:
-        """Renew once; returns the TTL granted again (ms)."""
+        """Renew once; returns the TTL granted again (ms). NotFound once the lease has
+        ended."""
 
         async def once(s: _Stubs) -> Any:  # noqa: ANN401 (a generated, untyped message)
-            call = s.lease.KeepAlive(timeout=self.rpc_timeout_s)
-            await call.write(pb.LeaseKeepAliveRequest(id=lease))
-            resp = await call.read()
-            await call.done_writing()
+            call = s.lease.KeepAlive(timeout=self.attempt_timeout_s)
+            try:
+                await call.write(pb.LeaseKeepAliveRequest(id=lease))
+                resp = await call.read()
+                await call.done_writing()
+            except (grpc.RpcError, asyncio.InvalidStateError) as exc:
+                # The stream may have ended (its deadline, the member going away) before a
+                # write or read: grpc then raises InvalidStateError, not its status. Report
+                # the stream's own status, as a unary call would.
+                raise await _stream_failure(call, exc, s.endpoint) from None
+            if resp is grpc.aio.EOF:
+                raise CallFailed(
+                    grpc.StatusCode.UNAVAILABLE, f"{s.endpoint} ended the keep-alive stream"
+                )
             return resp
 
         resp = await self.call(once)
-        if resp is grpc.aio.EOF or resp.ttl_ms == 0:
-            raise ConcordError("NOT_FOUND", f"lease {lease} has ended")
+        if resp.ttl_ms == 0:
+            raise NotFound(f"lease {lease} has ended (expired or revoked)")
         return int(resp.ttl_ms)
 
     async def acquire(
@@ -473,7 +663,7 @@ class Client:
             req = pb.SequenceCreateRequest(
                 session=session, name=name, start=start, increment=increment
             )
-            await self.call(lambda s: s.sequence.Create(req, timeout=self.rpc_timeout_s))
+            await self.call(lambda s: s.sequence.Create(req, timeout=self.attempt_timeout_s))
 
     async def sequence_next(self, name: str, count: int = 1) -> list[int]:
         with self.session() as session:
@@ -544,8 +734,8 @@ class Client:
     async def proclaim(self, leadership: Leadership, value: bytes) -> Leadership:
         """Publish a new value as the current leader (FAILED_PRECONDITION if no longer)."""
         with self.session() as session:
-            req = pb.ProclaimRequest(session=session, leader=leadership.key(), value=value)
-            await self.call(lambda s: s.election.Proclaim(req, timeout=self.rpc_timeout_s))
+            req = pb.ProclaimRequest(session=session, leader=_leader_key(leadership), value=value)
+            await self.call(lambda s: s.election.Proclaim(req, timeout=self.attempt_timeout_s))
             return Leadership(
                 leadership.election, leadership.lease, leadership.fencing_token, value
             )
@@ -553,29 +743,31 @@ class Client:
     async def resign(self, leadership: Leadership) -> None:
         """Give up the leadership (or a queued campaign) of `leadership.lease`."""
         with self.session() as session:
-            req = pb.ResignRequest(session=session, leader=leadership.key())
-            await self.call(lambda s: s.election.Resign(req, timeout=self.rpc_timeout_s))
+            req = pb.ResignRequest(session=session, leader=_leader_key(leadership))
+            await self.call(lambda s: s.election.Resign(req, timeout=self.attempt_timeout_s))
 
     async def leader(self, election: str, *, serializable: bool = False) -> Leadership | None:
         """The election's current leader, or None if it has none."""
         req = pb.LeaderRequest(election=election, serializable=serializable)
-        resp = await self.call(lambda s: s.election.Leader(req, timeout=self.rpc_timeout_s))
+        resp = await self.call(lambda s: s.election.Leader(req, timeout=self.attempt_timeout_s))
         return _leadership(resp)
 
     # --- watch ---------------------------------------------------------------------------------
 
     async def watch(
         self, key: bytes, range_end: bytes = b"", *, start_revision: int = 0
-    ) -> AsyncGenerator[pb.Event, None]:
+    ) -> AsyncGenerator[Event, None]:
         """Every change to `key` (or to [key, range_end); b"\\0" = every key >= key) from
         `start_revision` (0: from now on), in revision order, until the caller stops
         iterating. A broken stream is resumed after the last event seen (see the module doc);
         OUT_OF_RANGE means the history no longer reaches back that far."""
         next_revision = start_revision
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout_s
+        started = loop.time()
+        deadline = started + self.timeout_s
         delay_s = 0.02
         locked: set[str] = set()
+        wrong: dict[str, str] = {}
         while True:
             endpoint = self.endpoints[self._current % len(self.endpoints)]
             req = pb.WatchRequest(key=key, range_end=range_end, start_revision=next_revision)
@@ -584,32 +776,39 @@ class Client:
                 async for resp in stream:
                     deadline = loop.time() + self.timeout_s
                     delay_s = 0.02
+                    wrong.clear()
                     if next_revision == 0:
                         next_revision = int(resp.header.revision) + 1
                     for event in resp.events:
                         next_revision = int(event.revision) + 1
-                        yield event
-            except grpc.aio.AioRpcError as err:
-                if err.code() not in RETRYABLE:
-                    raise ConcordError(err.code().name, err.details() or "") from None
-                if _metadata(err, LOCKED_METADATA_KEY):
+                        yield Event._from_pb(event)
+            except grpc.RpcError as exc:
+                err = self._failure(exc, endpoint)
+                if not err.retryable:
+                    raise error_for(err.code.name, err.details) from None
+                if err.locked:
                     locked.add(endpoint)
                     if locked.issuperset(self.endpoints):
-                        message = _every_locked(self.endpoints, err.details() or "")
-                        raise ConcordError("UNAVAILABLE", message, locked=True) from None
+                        message = _every_locked(self.endpoints, err.details)
+                        raise Unavailable(message, locked=True) from None
+                if err.wrong or err.unreachable:
+                    wrong[endpoint] = err.wrong or err.unreachable
+                    if set(wrong).issuperset(self.endpoints) and (
+                        err.wrong or loop.time() - started >= self.connect_timeout_s
+                    ):
+                        raise Unavailable(_advice(wrong)) from None
                 if loop.time() >= deadline:
-                    raise ConcordError(
-                        err.code().name,
+                    raise error_for(
+                        err.code.name,
                         f"the watch stream broke and no member resumed it within "
-                        f"{self.timeout_s:g} s: {err.details()}",
+                        f"{format_s(self.timeout_s)}: {err.details}",
                     ) from None
             finally:
                 stream.cancel()
             if loop.time() >= deadline:
-                raise ConcordError(
-                    "UNAVAILABLE",
+                raise Unavailable(
                     f"the watch stream keeps ending and no member resumed it within "
-                    f"{self.timeout_s:g} s",
+                    f"{format_s(self.timeout_s)}"
                 )
             self._move_past(endpoint)
             await asyncio.sleep(delay_s)
@@ -617,13 +816,16 @@ class Client:
 
     # --- cluster -------------------------------------------------------------------------------
 
-    async def members(self) -> pb.MemberListResponse:
+    async def members(self) -> MemberList:
         req = pb.MemberListRequest()
-        return await self.call(lambda s: s.cluster.MemberList(req, timeout=self.rpc_timeout_s))
+        resp = await self.call(lambda s: s.cluster.MemberList(req, timeout=self.attempt_timeout_s))
+        return MemberList._from_pb(resp)
 
-    async def status(self) -> pb.StatusResponse:
+    async def status(self) -> Status:
+        """The answering member's view (any member answers: not redirected to the leader)."""
         req = pb.StatusRequest()
-        return await self.call(lambda s: s.cluster.Status(req, timeout=self.rpc_timeout_s))
+        resp = await self.call(lambda s: s.cluster.Status(req, timeout=self.attempt_timeout_s))
+        return Status._from_pb(resp)
 
     async def member_add_learner(
         self, member: int, name: str, peer_url: str, client_url: str
@@ -651,24 +853,30 @@ class Client:
 
     # --- join tokens ---------------------------------------------------------------------------
 
-    async def join_token_create(self) -> pb.JoinTokenCreateResponse:
+    async def join_token_create(self) -> NewJoinToken:
         """A new join token: `.token` is shown this once (the cluster keeps its hash only).
         Not exactly-once: a retry after an unknown outcome may leave an unseen extra token."""
         req = pb.JoinTokenCreateRequest()
-        return await self.call(lambda s: s.cluster.JoinTokenCreate(req, timeout=self.rpc_timeout_s))
+        resp = await self.call(
+            lambda s: s.cluster.JoinTokenCreate(req, timeout=self.attempt_timeout_s)
+        )
+        return NewJoinToken(str(resp.token), JoinTokenInfo._from_pb(resp.info))
 
-    async def join_token_list(self) -> list[pb.JoinTokenInfo]:
+    async def join_token_list(self) -> list[JoinTokenInfo]:
         """Every join token's id and times (revoked ones included), oldest first."""
         req = pb.JoinTokenListRequest()
-        resp = await self.call(lambda s: s.cluster.JoinTokenList(req, timeout=self.rpc_timeout_s))
-        return list(resp.tokens)
+        resp = await self.call(
+            lambda s: s.cluster.JoinTokenList(req, timeout=self.attempt_timeout_s)
+        )
+        return [JoinTokenInfo._from_pb(t) for t in resp.tokens]
 
-    async def join_token_revoke(self, token_or_id: str) -> pb.JoinTokenInfo:
+    async def join_token_revoke(self, token_or_id: str) -> JoinTokenInfo:
         """Revoke a join token, given as its id or the token itself (idempotent)."""
         req = pb.JoinTokenRevokeRequest(id=token_or_id)
-        resp = await self.call(lambda s: s.cluster.JoinTokenRevoke(req, timeout=self.rpc_timeout_s))
-        info: pb.JoinTokenInfo = resp.info
-        return info
+        resp = await self.call(
+            lambda s: s.cluster.JoinTokenRevoke(req, timeout=self.attempt_timeout_s)
+        )
+        return JoinTokenInfo._from_pb(resp.info)
 
     # --- one member's keys (per endpoint, never redirected) --------------------------------------
 
@@ -680,33 +888,115 @@ class Client:
         )
         return int(resp.member_id)
 
-    async def autolock_status(self, endpoint: str) -> pb.AutolockStatusResponse:
+    async def autolock_status(self, endpoint: str) -> AutolockStatus:
         req = pb.AutolockStatusRequest()
-        return await self.call_endpoint(
+        st = await self.call_endpoint(
             endpoint, lambda s: s.maintenance.AutolockStatus(req, timeout=self.rpc_timeout_s)
         )
+        return AutolockStatus(
+            int(st.member_id),
+            str(st.member_name),
+            str(st.phase),
+            bool(st.locked),
+            bool(st.autolock),
+        )
 
-    async def set_autolock(self, endpoint: str, enabled: bool) -> pb.SetAutolockResponse:
-        """Turn the member's autolock on (the response carries its new unlock key, once) or
+    async def set_autolock(self, endpoint: str, enabled: bool) -> AutolockChange:
+        """Turn the member's autolock on (the result carries its new unlock key, once) or
         off; `changed` is False if it already was so."""
         req = pb.SetAutolockRequest(enabled=enabled)
-        return await self.call_endpoint(
+        resp = await self.call_endpoint(
             endpoint, lambda s: s.maintenance.SetAutolock(req, timeout=self.rpc_timeout_s)
         )
-
-    async def rotate_unlock_key(self, endpoint: str) -> pb.RotateUnlockKeyResponse:
-        req = pb.RotateUnlockKeyRequest()
-        return await self.call_endpoint(
-            endpoint, lambda s: s.maintenance.RotateUnlockKey(req, timeout=self.rpc_timeout_s)
+        return AutolockChange(
+            int(resp.member_id), bool(resp.autolock), bool(resp.changed), str(resp.unlock_key)
         )
 
-    async def rotate_data_key(self, endpoint: str) -> pb.RotateDataKeyResponse:
+    async def rotate_unlock_key(self, endpoint: str) -> UnlockKeyRotation:
+        req = pb.RotateUnlockKeyRequest()
+        resp = await self.call_endpoint(
+            endpoint, lambda s: s.maintenance.RotateUnlockKey(req, timeout=self.rpc_timeout_s)
+        )
+        return UnlockKeyRotation(int(resp.member_id), str(resp.unlock_key))
+
+    async def rotate_data_key(self, endpoint: str) -> DataKeyRotation:
         """A new data key for the member at `endpoint`, and its data re-encrypted under it
         through a snapshot (the snapshot is written within the call: up to `rpc_timeout_s`)."""
         req = pb.RotateDataKeyRequest()
-        return await self.call_endpoint(
+        resp = await self.call_endpoint(
             endpoint, lambda s: s.maintenance.RotateDataKey(req, timeout=self.rpc_timeout_s)
         )
+        return DataKeyRotation(
+            int(resp.member_id),
+            int(resp.key_id),
+            int(resp.snapshot_index),
+            tuple(int(k) for k in resp.retired_key_ids),
+        )
+
+    # --- sealed secrets (concord.v1.Secrets; coordinator/sealing) --------------------------------
+
+    async def _secrets_call(self, fn: Callable[[_Stubs], Awaitable[T]]) -> T:
+        """`call`, but a value that does not unseal raises `SealFailed` with its reason."""
+
+        async def attempt(s: _Stubs) -> T:
+            try:
+                return await fn(s)
+            except grpc.aio.AioRpcError as err:
+                metadata = dict(err.trailing_metadata() or ())
+                reason = str(metadata.get(SEAL_FAILURE_METADATA_KEY, ""))
+                if reason in Reason.__members__:
+                    code = err.code()
+                    raise SealFailed(code.name, err.details() or "", Reason[reason]) from None
+                raise
+
+        return await self.call(attempt)
+
+    async def sealing_certificate(self) -> SealingKeys:
+        """The current sealing certificate and every key's public part (the first call on a
+        new cluster makes the first key: allow a few seconds)."""
+        req = pb.GetSealingCertificateRequest()
+        resp = await self.call(
+            lambda s: s.secrets.GetSealingCertificate(req, timeout=self.timeout_s)
+        )
+        return SealingKeys(sealing_key(resp.current), tuple(map(sealing_key, resp.keys)))
+
+    async def renew_sealing_key(self) -> SealingKeyInfo:
+        """Make a new sealing key current (older ones keep unsealing); returns it."""
+        req = pb.RenewSealingKeyRequest()
+        resp = await self.call(lambda s: s.secrets.RenewSealingKey(req, timeout=self.timeout_s))
+        return sealing_key(resp.current)
+
+    async def unseal(self, ciphertext: bytes, namespace: str, name: str) -> Unsealed:
+        """The plaintext of one sealed value, as the Secret namespace/name. Only for the
+        operator's certificate (PERMISSION_DENIED otherwise); `SealFailed` if it does not
+        unseal."""
+        req = pb.UnsealRequest(value=sealed_value(ciphertext, namespace, name))
+        resp = await self._secrets_call(lambda s: s.secrets.Unseal(req, timeout=self.rpc_timeout_s))
+        return Unsealed(bytes(resp.plaintext), str(resp.key_id), str(resp.scope))
+
+    async def re_encrypt(self, ciphertext: bytes, namespace: str, name: str) -> ReEncrypted:
+        """The same value sealed again to the newest key, inside the coordinator."""
+        req = pb.ReEncryptRequest(value=sealed_value(ciphertext, namespace, name))
+        resp = await self._secrets_call(
+            lambda s: s.secrets.ReEncrypt(req, timeout=self.rpc_timeout_s)
+        )
+        return ReEncrypted(bytes(resp.ciphertext), str(resp.key_id), str(resp.previous_key_id))
+
+    async def validate_sealed(self, values: Sequence[tuple[bytes, str, str]]) -> list[SealedCheck]:
+        """Whether each (ciphertext, namespace, name) would unseal; no plaintext returned."""
+        req = pb.ValidateSealedRequest(values=[sealed_value(*v) for v in values])
+        resp = await self.call(lambda s: s.secrets.ValidateSealed(req, timeout=self.timeout_s))
+        return [
+            SealedCheck(Reason(c.failure) if c.failure else None, str(c.message), str(c.key_id))
+            for c in resp.checks
+        ]
+
+
+def _leader_key(leadership: Leadership) -> pb.LeaderKey:
+    """The wire form of a leadership, for Proclaim and Resign."""
+    return pb.LeaderKey(
+        election=leadership.election, lease=leadership.lease, fencing_token=leadership.fencing_token
+    )
 
 
 def _leadership(resp: pb.LeaderResponse) -> Leadership | None:
@@ -716,11 +1006,34 @@ def _leadership(resp: pb.LeaderResponse) -> Leadership | None:
     return Leadership(key.election, int(key.lease), int(key.fencing_token), bytes(resp.value))
 
 
-def _metadata(err: grpc.aio.AioRpcError, wanted: str) -> str:
-    for key, value in err.trailing_metadata() or ():
-        if key == wanted:
-            return str(value)
-    return ""
+async def _stream_failure(
+    call: Any,  # noqa: ANN401 (a grpc.aio stream call)
+    exc: BaseException,
+    endpoint: str,
+) -> grpc.RpcError | CallFailed:
+    """The status a stream call ended with, for an error raised while using it."""
+    if isinstance(exc, grpc.RpcError):
+        return exc
+    try:
+        async with asyncio.timeout(1.0):
+            code = await call.code()
+            details = await call.details()
+    except (TimeoutError, grpc.RpcError):
+        code, details = None, ""
+    if code is None or code == grpc.StatusCode.OK:
+        return CallFailed(grpc.StatusCode.UNAVAILABLE, f"the stream to {endpoint} ended early")
+    return CallFailed(code, details or f"the stream to {endpoint} ended")
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The end of the range of keys starting with `prefix` (b"\\0": every key)."""
+    end = bytearray(prefix)
+    while end:
+        if end[-1] < 0xFF:
+            end[-1] += 1
+            return bytes(end)
+        end.pop()
+    return b"\0"
 
 
 def _every_locked(endpoints: Sequence[str], details: str) -> str:
@@ -732,36 +1045,6 @@ def _every_locked(endpoints: Sequence[str], details: str) -> str:
     )
 
 
-def _leader_hint(text: str) -> str:
-    """The leader's host:port from a redirect's `concord-leader`, or "" (it may be a bare
-    member id when the member directory has no address for the leader: then we just try the
-    next one)."""
-    if "://" in text:
-        text = text.split("://", 1)[1]
-    return text.rstrip("/") if ":" in text else ""
-
-
-@dataclass(frozen=True, slots=True)
-class _Failure:
-    """A failed call, unary or pipelined, as the retry logic sees it."""
-
-    code: grpc.StatusCode
-    details: str
-    leader: str
-    """The leader's host:port from a redirect, or ""."""
-    locked: bool
-    queued: bool
-    """A blocked lock or campaign still queued on the member that answered (its deadline was
-    near): re-issue it there."""
-
-    @classmethod
-    def of(cls, err: grpc.aio.AioRpcError | CallFailed) -> _Failure:
-        if isinstance(err, CallFailed):
-            return cls(err.status, err.details, _leader_hint(err.leader), err.locked, err.queued)
-        return cls(
-            err.code(),
-            err.details() or "",
-            _leader_hint(_metadata(err, LEADER_METADATA_KEY)),
-            bool(_metadata(err, LOCKED_METADATA_KEY)),
-            bool(_metadata(err, QUEUED_METADATA_KEY)),
-        )
+def _advice(by_endpoint: dict[str, str]) -> str:
+    """One line of advice for the endpoints that could not be used (each says why)."""
+    return "; ".join(dict.fromkeys(by_endpoint.values()))

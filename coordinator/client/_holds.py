@@ -60,7 +60,9 @@ from typing import TYPE_CHECKING, TypeVar
 
 from coordinator.api.v1 import concord_pb2 as pb
 
-from ._client import ConcordError, Leadership, Lock
+from ._client import Leadership, Lock
+from ._errors import ConcordError, DeadlineExceeded
+from ._types import Event, EventType
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -86,15 +88,11 @@ class LockLost(ConcordError):
         self.reason = reason
 
 
-class DeadlineExceeded(ConcordError):
+def _timed_out(what: str, timeout_s: float, detail: str = "") -> DeadlineExceeded:
     """A blocking call (acquire, campaign, lock, leadership) ran out of the caller's
     `timeout_s`; the caller's place in the queue was withdrawn."""
-
-    def __init__(self, what: str, timeout_s: float, detail: str = "") -> None:
-        message = f"{what} not obtained within the timeout of {timeout_s:g} s"
-        super().__init__("DEADLINE_EXCEEDED", f"{message} ({detail})" if detail else message)
-        self.what = what
-        self.timeout_s = timeout_s
+    message = f"{what} not obtained within the timeout of {timeout_s:g} s"
+    return DeadlineExceeded(f"{message} ({detail})" if detail else message)
 
 
 LostCallback = Callable[[LockLost], object]
@@ -120,7 +118,7 @@ class _Keeper:
         ]
 
     def watch_for_end(
-        self, key: bytes, start_revision: int, ended: Callable[[pb.Event], bool]
+        self, key: bytes, start_revision: int, ended: Callable[[Event], bool]
     ) -> None:
         """Also follow the lock's (or election's) events from `start_revision`: the first
         one `ended` accepts is a loss, heard at once rather than at the next renewal."""
@@ -130,9 +128,7 @@ class _Keeper:
             )
         )
 
-    async def _watch(
-        self, key: bytes, start_revision: int, ended: Callable[[pb.Event], bool]
-    ) -> None:
+    async def _watch(self, key: bytes, start_revision: int, ended: Callable[[Event], bool]) -> None:
         try:
             async for event in self.client.watch(key, start_revision=start_revision):
                 if ended(event):
@@ -337,7 +333,7 @@ async def within(
         if not scope.expired():
             raise
         await let_go(what, withdraw, budget_s)
-        raise DeadlineExceeded(what, timeout_s or 0.0) from None
+        raise _timed_out(what, timeout_s or 0.0) from None
     except asyncio.CancelledError:
         await let_go(what, withdraw, budget_s)
         raise
@@ -410,7 +406,7 @@ async def _lease(
             lease = await client.lease_grant(ttl_ms)
     except TimeoutError:
         # A grant that got through after all is never kept alive: it ends with its TTL.
-        raise DeadlineExceeded(what, timeout_s or 0.0, "no lease could be granted") from None
+        raise _timed_out(what, timeout_s or 0.0, "no lease could be granted") from None
     keeper = _Keeper(client, lease, ttl_ms, sent_at)
     keeper.what = what
     try:
@@ -436,7 +432,7 @@ async def _obtain(
     except TimeoutError:
         if not scope.expired():
             raise
-        raise DeadlineExceeded(what, timeout_s or 0.0) from None
+        raise _timed_out(what, timeout_s or 0.0) from None
 
 
 @contextlib.asynccontextmanager
@@ -464,8 +460,8 @@ async def hold_lock(
             grant = await _obtain(keeper, what, timeout_s, deadline, client._wait_for_lock(req))
         lease, token = keeper.lease, grant.fencing_token
 
-        def released(e: pb.Event) -> bool:
-            return e.type == pb.Event.UNLOCK and e.kv.lease == lease and e.kv.version == token
+        def released(e: Event) -> bool:
+            return e.type is EventType.UNLOCK and e.kv.lease == lease and e.kv.version == token
 
         keeper.watch_for_end(name.encode(), token + 1, released)
         yield HeldLock(keeper, grant)
@@ -485,9 +481,9 @@ async def hold_leadership(
             leadership = await _obtain(keeper, what, timeout_s, deadline, attempt)
         lease = keeper.lease
 
-        def vacated(e: pb.Event) -> bool:
+        def vacated(e: Event) -> bool:
             # Vacant (version 0) after us, or somebody else leads.
-            return e.type == pb.Event.ELECTION and (e.kv.lease != lease or e.kv.version == 0)
+            return e.type is EventType.ELECTION and (e.kv.lease != lease or e.kv.version == 0)
 
         keeper.watch_for_end(election.encode(), leadership.fencing_token + 1, vacated)
         yield HeldLeadership(keeper, client, leadership)

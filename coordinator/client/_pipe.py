@@ -52,6 +52,8 @@ class Pipe:
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self._queue: list[pb.PipelineCall] = []
         self._wake = asyncio.Event()
+        self._heard_at = -1.0
+        """When the member last sent anything on the stream (the loop's clock)."""
         self.broken: CallFailed | None = None
         """Set once the stream has ended: every later call fails with it (the client then
         opens a new pipe)."""
@@ -61,29 +63,34 @@ class Pipe:
         ]
 
     async def send(self, kind: str, request: Any, timeout_s: float) -> Any:  # noqa: ANN401
-        """Run one call (`kind` = the PipelineCall field) and return its response message."""
+        """Run one call (`kind` = the PipelineCall field) and return its response message,
+        within `timeout_s` (one attempt's budget: the member is told it as the call's
+        deadline, and the caller waits no longer)."""
         if self.broken is not None:
             raise self.broken
+        loop = asyncio.get_running_loop()
         call_id = next(self._ids)
-        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        done: asyncio.Future[Any] = loop.create_future()
         self._waiting[call_id] = done
         self._queue.append(
             pb.PipelineCall(id=call_id, timeout_ms=max(1, int(timeout_s * 1000)), **{kind: request})
         )
         self._wake.set()
+        sent_at = loop.time()
         try:
-            # The member bounds the call by timeout_ms; this bound only covers a member that
-            # stopped answering altogether.
-            async with asyncio.timeout(timeout_s + 1.0):
+            async with asyncio.timeout(timeout_s):
                 return await done
         except TimeoutError:
-            # A member that answers nothing at all (gone, or a connection never made) makes
-            # the whole stream suspect: break it, so the retry opens a fresh one.
             failed = CallFailed(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
-                f"{self.endpoint} did not answer within {timeout_s:g} s",
+                f"{self.endpoint} did not answer within {format_s(timeout_s)}",
             )
-            self._fail(failed)
+            if self._heard_at <= sent_at:
+                # Nothing at all came back on the stream since this call went out (a member
+                # stopped, a connection black-holed): the whole stream is suspect, so break
+                # it, and the retry opens a fresh one. A member that answers other calls
+                # meanwhile is only slow with this one: the stream stays.
+                self._fail(failed)
             raise failed from None
         finally:
             self._waiting.pop(call_id, None)
@@ -110,6 +117,7 @@ class Pipe:
     async def _read_loop(self) -> None:
         try:
             async for response in self._stream:
+                self._heard_at = asyncio.get_running_loop().time()
                 for r in response.results:
                     done = self._waiting.get(r.id)
                     if done is None or done.done():
@@ -143,6 +151,13 @@ class Pipe:
                 done.set_exception(err)
         self._waiting.clear()
         self._queue.clear()
+
+
+def format_s(seconds: float) -> str:
+    """A duration for a message: "2 ms", "150 ms", "1.5 s"."""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    return f"{seconds:g} s"
 
 
 def _status(name: str) -> grpc.StatusCode:

@@ -25,17 +25,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
-from collections.abc import AsyncGenerator, Coroutine, Iterator, Sequence
+from collections.abc import AsyncGenerator, Coroutine, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
 import grpc
 
-from coordinator.api.v1 import concord_pb2 as pb
-
 from ._client import Client, Leadership, LeaseInfo, Lock
+from ._config import credentials_from_tls_dir, settings_from_env
 from ._holds import HeldLeadership, HeldLock, LockLost
+from ._types import (
+    AutolockChange,
+    AutolockStatus,
+    DataKeyRotation,
+    Event,
+    KeyValue,
+    MemberList,
+    Status,
+    UnlockKeyRotation,
+)
 
 T = TypeVar("T")
 
@@ -77,14 +87,21 @@ class SyncClient:
 
     def __init__(
         self,
-        endpoints: Sequence[str],
+        endpoints: str | Sequence[str],
         *,
         credentials: grpc.ChannelCredentials | None = None,
         timeout_s: float = 10.0,
         rpc_timeout_s: float = 3.0,
+        attempt_timeout_s: float = 1.0,
+        connect_timeout_s: float = 2.0,
     ) -> None:
         self._client = Client(
-            endpoints, credentials=credentials, timeout_s=timeout_s, rpc_timeout_s=rpc_timeout_s
+            endpoints,
+            credentials=credentials,
+            timeout_s=timeout_s,
+            rpc_timeout_s=rpc_timeout_s,
+            attempt_timeout_s=attempt_timeout_s,
+            connect_timeout_s=connect_timeout_s,
         )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -92,6 +109,22 @@ class SyncClient:
         )
         self._thread.start()
         self._closed = False
+
+    @classmethod
+    def from_tls_dir(
+        cls,
+        endpoints: str | Sequence[str],
+        tls_dir: str | os.PathLike[str],
+        **options: float,
+    ) -> SyncClient:
+        """As `Client.from_tls_dir`."""
+        return cls(endpoints, credentials=credentials_from_tls_dir(tls_dir), **options)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **options: float) -> SyncClient:
+        """As `Client.from_env` (CONCORD_ENDPOINTS, CONCORD_TLS_DIR)."""
+        endpoints, credentials = settings_from_env(env)
+        return cls(endpoints, credentials=credentials, **options)
 
     @property
     def client(self) -> Client:
@@ -131,8 +164,25 @@ class SyncClient:
     def put(self, key: bytes, value: bytes, lease: int = 0) -> int:
         return self._run(self._client.put(key, value, lease))
 
-    def get(self, key: bytes, *, serializable: bool = False) -> pb.KeyValue | None:
+    def get(self, key: bytes, *, serializable: bool = False) -> KeyValue | None:
         return self._run(self._client.get(key, serializable=serializable))
+
+    def get_range(
+        self, key: bytes, range_end: bytes = b"", *, limit: int = 0, serializable: bool = False
+    ) -> list[KeyValue]:
+        return self._run(
+            self._client.get_range(key, range_end, limit=limit, serializable=serializable)
+        )
+
+    def get_prefix(
+        self, prefix: bytes, *, limit: int = 0, serializable: bool = False
+    ) -> list[KeyValue]:
+        return self._run(self._client.get_prefix(prefix, limit=limit, serializable=serializable))
+
+    def get_many(
+        self, keys: Sequence[bytes], *, serializable: bool = False
+    ) -> list[KeyValue | None]:
+        return self._run(self._client.get_many(keys, serializable=serializable))
 
     def delete(self, key: bytes, range_end: bytes = b"") -> int:
         return self._run(self._client.delete(key, range_end))
@@ -142,7 +192,7 @@ class SyncClient:
 
     def watch(
         self, key: bytes, range_end: bytes = b"", *, start_revision: int = 0
-    ) -> Iterator[pb.Event]:
+    ) -> Iterator[Event]:
         """The events of `Client.watch`, one at a time; stop iterating to end the watch."""
         stream = self._client.watch(key, range_end, start_revision=start_revision)
         try:
@@ -270,10 +320,10 @@ class SyncClient:
 
     # --- cluster -------------------------------------------------------------------------------
 
-    def members(self) -> pb.MemberListResponse:
+    def members(self) -> MemberList:
         return self._run(self._client.members())
 
-    def status(self) -> pb.StatusResponse:
+    def status(self) -> Status:
         return self._run(self._client.status())
 
     def member_add_learner(self, member: int, name: str, peer_url: str, client_url: str) -> None:
@@ -293,18 +343,18 @@ class SyncClient:
     def unlock_member(self, endpoint: str, unlock_key: str) -> int:
         return self._run(self._client.unlock_member(endpoint, unlock_key))
 
-    def autolock_status(self, endpoint: str) -> pb.AutolockStatusResponse:
+    def autolock_status(self, endpoint: str) -> AutolockStatus:
         return self._run(self._client.autolock_status(endpoint))
 
-    def set_autolock(self, endpoint: str, enabled: bool) -> pb.SetAutolockResponse:
+    def set_autolock(self, endpoint: str, enabled: bool) -> AutolockChange:
         return self._run(self._client.set_autolock(endpoint, enabled))
 
-    def rotate_unlock_key(self, endpoint: str) -> pb.RotateUnlockKeyResponse:
+    def rotate_unlock_key(self, endpoint: str) -> UnlockKeyRotation:
         return self._run(self._client.rotate_unlock_key(endpoint))
 
-    def rotate_data_key(self, endpoint: str) -> pb.RotateDataKeyResponse:
+    def rotate_data_key(self, endpoint: str) -> DataKeyRotation:
         return self._run(self._client.rotate_data_key(endpoint))
 
 
-async def _anext(stream: AsyncGenerator[pb.Event, None]) -> pb.Event:
+async def _anext(stream: AsyncGenerator[Event, None]) -> Event:
     return await anext(stream)

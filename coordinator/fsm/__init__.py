@@ -8,8 +8,8 @@ vocabulary (`Entry`, `SessionTable`) and the standard library, nothing else.
 - `commands`: the tagged, versioned binary codec of what clients propose (`Envelope`).
 - `results`, `errors`: what applying returns (`Result`, or an `FsmError` with a gRPC-shaped
   `ErrorCode`).
-- `kv`, `leases`, `locks`, `elections`, `sequences`, `members`, `join_tokens`: the parts of
-  the state.
+- `kv`, `leases`, `locks`, `elections`, `sequences`, `members`, `join_tokens`,
+  `sealing_keys`: the parts of the state.
 - `machine`: `StateMachine`, `Applied` and the wake-up effects the server acts on.
 """
 
@@ -37,6 +37,7 @@ from .commands import Proclaim as Proclaim
 from .commands import Put as Put
 from .commands import Range as Range
 from .commands import Resign as Resign
+from .commands import SealingKeyAdd as SealingKeyAdd
 from .commands import SequenceCreate as SequenceCreate
 from .commands import SequenceNext as SequenceNext
 from .commands import Txn as Txn
@@ -70,11 +71,13 @@ from .results import RangeResult as RangeResult
 from .results import ReleaseResult as ReleaseResult
 from .results import Result as Result
 from .results import RevisionResult as RevisionResult
+from .results import SealingKeyResult as SealingKeyResult
 from .results import SequenceBlock as SequenceBlock
 from .results import SequenceInfo as SequenceInfo
 from .results import TxnResult as TxnResult
 from .results import decode_outcome as decode_outcome
 from .results import encode_outcome as encode_outcome
+from .sealing_keys import SealingKey as SealingKey
 
 __all__ = [
     "ENVELOPE_VERSION",
@@ -127,6 +130,9 @@ __all__ = [
     "Resign",
     "Result",
     "RevisionResult",
+    "SealingKey",
+    "SealingKeyAdd",
+    "SealingKeyResult",
     "SequenceBlock",
     "SequenceCreate",
     "SequenceInfo",

@@ -492,6 +492,36 @@ class JoinTokenRevoke:
         return cls(r.text(), r.u64())
 
 
+# --- sealing keys ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SealingKeyAdd:
+    """Add a sealing key pair made by the proposer, if the newest key is still `after` (b"":
+    none yet); see `sealing_keys.py`. `created_ms` is the proposer's wall clock."""
+
+    TAG: ClassVar[int] = 54
+    id: bytes
+    created_ms: int
+    private_key_der: bytes
+    certificate_pem: bytes
+    after: bytes = b""
+
+    def __repr__(self) -> str:  # never print the private key
+        return f"SealingKeyAdd(id={self.id.hex()}, after={self.after.hex()})"
+
+    def _write(self, w: Writer) -> None:
+        w.blob(self.id)
+        w.u64(self.created_ms)
+        w.blob(self.private_key_der)
+        w.blob(self.certificate_pem)
+        w.blob(self.after)
+
+    @classmethod
+    def _read(cls, r: Reader) -> Self:
+        return cls(r.blob(), r.u64(), r.blob(), r.blob(), r.blob())
+
+
 @dataclass(frozen=True, slots=True)
 class Noop:
     """Changes nothing; a client may propose it as a barrier (it commits after all before)."""
@@ -525,6 +555,7 @@ Command = (
     | MemberRemove
     | JoinTokenAdd
     | JoinTokenRevoke
+    | SealingKeyAdd
     | Noop
 )
 
@@ -547,6 +578,7 @@ COMMAND_TYPES: tuple[type[Command], ...] = (
     MemberRemove,
     JoinTokenAdd,
     JoinTokenRevoke,
+    SealingKeyAdd,
     Noop,
 )
 """Every top-level command class (`Range` is a txn op only)."""

@@ -88,6 +88,7 @@ from .commands import (
     Proclaim,
     Put,
     Resign,
+    SealingKeyAdd,
     SequenceCreate,
     SequenceNext,
     Txn,
@@ -114,17 +115,20 @@ from .results import (
     ReleaseResult,
     Result,
     RevisionResult,
+    SealingKeyResult,
     SequenceInfo,
     decode_outcome,
     encode_outcome,
 )
+from .sealing_keys import SealingKey, SealingKeyTable
 from .sequences import SequenceTable
 
 SNAPSHOT_MAGIC = b"CFSM"
-SNAPSHOT_VERSION = 3
-"""The image `snapshot` writes. Versions 1 (no join-token table) and 2 (no removed member
-ids) are still read."""
-_READABLE_SNAPSHOT_VERSIONS = (1, 2, 3)
+SNAPSHOT_VERSION = 4
+"""The image `snapshot` writes. Versions 1 (no join-token table), 2 (no removed member ids)
+and 3 (no sealing keys) are still read; 4 adds the sealing key table after the removed
+member ids."""
+_READABLE_SNAPSHOT_VERSIONS = (1, 2, 3, 4)
 DEFAULT_MAX_SESSIONS = 100_000
 
 
@@ -229,6 +233,7 @@ class StateMachine:
         self._sequences = SequenceTable(self._history)
         self._members = MemberTable(self._history)
         self._join_tokens = JoinTokenTable()
+        self._sealing_keys = SealingKeyTable()
         self._sessions = SessionTable(max_sessions)
 
     # --- apply -------------------------------------------------------------------------------
@@ -361,6 +366,10 @@ class StateMachine:
             case JoinTokenRevoke():
                 self._join_tokens.revoke(cmd.id, cmd.revoked_ms)
                 return RevisionResult(self._history.revision)
+            case SealingKeyAdd():
+                key = SealingKey(cmd.id, cmd.created_ms, cmd.private_key_der, cmd.certificate_pem)
+                added, newest = self._sealing_keys.add(key, cmd.after)
+                return SealingKeyResult(added, newest.id, newest.created_ms)
             case Noop():
                 return RevisionResult(self._history.revision)
 
@@ -458,6 +467,14 @@ class StateMachine:
         members' own checks and listings; no client API returns the hashes."""
         return self._join_tokens.list()
 
+    def sealing_keys(self) -> tuple[SealingKey, ...]:
+        """The sealing key pairs, oldest first; the last one seals. Private keys included:
+        for the member's own Secrets service only, never for a client."""
+        return self._sealing_keys.list()
+
+    def sealing_key(self, key_id: bytes) -> SealingKey | None:
+        return self._sealing_keys.get(key_id)
+
     # --- disaster recovery ---------------------------------------------------------------------
 
     def census(self) -> dict[str, int]:
@@ -535,6 +552,7 @@ class StateMachine:
         self._members.write(tail)
         self._join_tokens.write(tail)
         self._members.write_removed(tail)
+        self._sealing_keys.write(tail)
         tail.blob(self._sessions.encode())
         before, after = head.getvalue(), tail.getvalue()
 
@@ -594,6 +612,8 @@ class StateMachine:
             self._join_tokens.read_into(r)
         if version >= 3:
             self._members.read_removed_into(r)
+        if version >= 4:
+            self._sealing_keys.read_into(r)
         self._sessions = SessionTable.decode(r.blob(), self._max_sessions)
         r.finish()
 

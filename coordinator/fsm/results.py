@@ -300,6 +300,26 @@ class RevisionResult:
         return cls(r.u64())
 
 
+@dataclass(frozen=True, slots=True)
+class SealingKeyResult:
+    """What `SealingKeyAdd` did: `added`, and the key that is newest now (the one added, or
+    the one that won a race)."""
+
+    TAG: ClassVar[int] = 50
+    added: bool
+    key_id: bytes
+    created_ms: int
+
+    def _write(self, w: Writer) -> None:
+        w.boolean(self.added)
+        w.blob(self.key_id)
+        w.u64(self.created_ms)
+
+    @classmethod
+    def _read(cls, r: Reader) -> Self:
+        return cls(r.boolean(), r.blob(), r.u64())
+
+
 Result = (
     PutResult
     | DeleteResult
@@ -312,6 +332,7 @@ Result = (
     | SequenceInfo
     | SequenceBlock
     | RevisionResult
+    | SealingKeyResult
 )
 
 RESULT_TYPES: tuple[type[Result], ...] = (
@@ -326,6 +347,7 @@ RESULT_TYPES: tuple[type[Result], ...] = (
     SequenceInfo,
     SequenceBlock,
     RevisionResult,
+    SealingKeyResult,
 )
 
 _READERS: dict[int, Callable[[Reader], Result]] = {cls.TAG: cls._read for cls in RESULT_TYPES}

@@ -174,6 +174,8 @@ class MemberConfig:
     name_given: bool = True
     """--name was given. If not, a name the member directory already lists for this id (a
     restored backup's) is kept rather than replaced by the default `member-<id>`."""
+    sealing_key_renew_days: float = 30.0
+    """While leading, make a new sealing key once the newest is this old; 0: on demand only."""
 
 
 def split_host_port(text: str, what: str) -> tuple[str, int]:
@@ -252,6 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument(
+        "--sealing-key-renew-days",
+        type=float,
+        default=30.0,
+        help="while leading, make a new sealing key (sealed secrets) once the newest is this "
+        "many days old; older keys keep unsealing; 0: renew on demand only (default 30)",
+    )
+    p.add_argument(
         "--force-new-cluster",
         action="store_true",
         help="disaster recovery: restart this surviving member from its own data as a new "
@@ -307,6 +316,8 @@ def config_from_args(ns: argparse.Namespace) -> MemberConfig:
         raise ConfigError(f"--id must be a positive integer, got {ns.id}")
     if ns.tick_ms <= 0:
         raise ConfigError("--tick-ms must be positive")
+    if ns.sealing_key_renew_days < 0:
+        raise ConfigError("--sealing-key-renew-days must be 0 (on demand only) or positive")
     if ns.election_ticks < 3:
         raise ConfigError("--election-ticks must be at least 3 (heartbeats go every tick)")
     if ns.cluster_id is not None and not ns.cluster_id.strip():
@@ -339,6 +350,7 @@ def config_from_args(ns: argparse.Namespace) -> MemberConfig:
         "tick_ms": ns.tick_ms,
         "election_ticks": ns.election_ticks,
         "force_new_cluster": ns.force_new_cluster,
+        "sealing_key_renew_days": ns.sealing_key_renew_days,
         "join_listen": ns.join_listen or "",
         "ca_key_file": ns.ca_key_file,
         "advertise_peer_url": peer_url,
@@ -1218,7 +1230,11 @@ class _ClientApi:
         credentials = member_server_credentials(tls) if tls else None
         try:
             gateway = await start_gateway(
-                address, credentials, member=member, cluster_ca_pem=tls.ca_pem if tls else None
+                address,
+                credentials,
+                member=member,
+                cluster_ca_pem=tls.ca_pem if tls else None,
+                sealing_key_renew_s=member.cfg.sealing_key_renew_days * 86_400,
             )
         except (OSError, RuntimeError) as err:
             raise ConfigError(f"cannot serve the client API on {address}: {err}") from None

@@ -276,11 +276,32 @@ def issue_member_cert(
     return _issue(ca, name, _MEMBER_USAGES, sans, days)
 
 
+ROLE_URI_PREFIX = "concord://role/"
+"""A client certificate's URI subject alternative name for a role: this prefix, then it."""
+OPERATOR_ROLE = "operator"
+"""The operator's role: the one identity `Secrets.Unseal` answers plaintext to."""
+
+
 def issue_client_cert(
-    ca: CertifiedKey, name: str, *, days: int = CERT_VALIDITY_DAYS
+    ca: CertifiedKey, name: str, *, days: int = CERT_VALIDITY_DAYS, roles: Iterable[str] = ()
 ) -> CertifiedKey:
-    """A client certificate (clientAuth only): it can call members, never pose as one."""
-    return _issue(ca, name, [ExtendedKeyUsageOID.CLIENT_AUTH], [], days)
+    """A client certificate (clientAuth only): it can call members, never pose as one.
+    `roles` become `concord://role/<role>` URIs (what a member authorises by; the common name
+    is only a label)."""
+    sans: list[x509.GeneralName] = [
+        x509.UniformResourceIdentifier(ROLE_URI_PREFIX + role) for role in roles
+    ]
+    return _issue(ca, name, [ExtendedKeyUsageOID.CLIENT_AUTH], sans, days)
+
+
+def roles_of(cert: x509.Certificate) -> frozenset[str]:
+    """The roles a certificate names (its `concord://role/<role>` URIs)."""
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return frozenset()
+    uris = sans.get_values_for_type(x509.UniformResourceIdentifier)
+    return frozenset(u[len(ROLE_URI_PREFIX) :] for u in uris if u.startswith(ROLE_URI_PREFIX))
 
 
 def member_id_of(cert: x509.Certificate) -> int | None:

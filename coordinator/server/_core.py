@@ -60,6 +60,9 @@ class ServiceConfig:
     before it campaigns, so a healthy election never trips it)."""
     watch_batch_max: int = 1000
     """At most this many events per WatchResponse."""
+    sealing_key_renew_s: float | None = 30 * 86_400.0
+    """The leader makes a new sealing key once the newest is this old (None: only on
+    demand); see `_secrets.py`."""
 
 
 @dataclass(frozen=True, slots=True)

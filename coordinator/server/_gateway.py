@@ -51,6 +51,7 @@ REGISTRARS: dict[str, tuple[_Register, Callable[[], object]]] = {
         "Cluster",
         "Maintenance",
         "Pipeline",
+        "Secrets",
     )
 }
 """Every service of concord.v1: its registration function and its generated base class."""

@@ -143,7 +143,9 @@ class PipelineService:
                 except TimeoutError:
                     raise deadline_error(bound) from None
         except TimeoutError:
-            out.put(_error(c.id, deadline_error(self.deadline_s)))
+            # A blocking call (lock, campaign) that ran out of time: name the caller's own
+            # deadline (timeout_ms), not the service's default.
+            out.put(_error(c.id, deadline_error(timeout_s or self.deadline_s)))
         except Exception as exc:
             out.put(_error(c.id, to_service_error(exc)))
         else:

@@ -65,6 +65,12 @@ class Call:
             return self.default_deadline_s
         return max(0.0, min(remaining, self.default_deadline_s))
 
+    def budget_s(self) -> float:
+        """The caller's deadline if it set one, else the service's default: what a
+        DEADLINE_EXCEEDED message should name (read at the start of the call)."""
+        remaining = self.client_remaining_s()
+        return self.default_deadline_s if remaining is None else max(0.0, remaining)
+
     async def abort(self, err: ServiceError) -> NoReturn:
         await self._raw.abort(grpc.StatusCode[err.code.value], err.message, err.metadata)
         raise AssertionError("grpc's abort returned")  # pragma: no cover
@@ -88,9 +94,11 @@ StreamHandler = Callable[[S, Req, RawContext], AsyncIterator[Resp]]
 
 
 def deadline_error(seconds: float) -> ServiceError:
+    """DEADLINE_EXCEEDED after `seconds`: the caller's own deadline when it set one."""
+    within = f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
     return ServiceError(
         Code.DEADLINE_EXCEEDED,
-        f"no answer within {seconds:.1f} s; if this was a write, its outcome is unknown: retry "
+        f"no answer within {within}; if this was a write, its outcome is unknown: retry "
         "it with the same session (a duplicate is answered, not executed twice)",
     )
 
@@ -131,10 +139,11 @@ def blocking(fn: UnaryFn[S, Req, Resp]) -> UnaryHandler[S, Req, Resp]:
     @functools.wraps(fn)
     async def handler(self: S, request: Req, context: RawContext) -> Resp:
         call = Call(context, self.deadline_s)
+        budget = call.budget_s()
         try:
             return await fn(self, request, call)
         except TimeoutError:
-            await call.abort(deadline_error(call.default_deadline_s))
+            await call.abort(deadline_error(budget))
         except Exception as exc:
             await call.abort(to_service_error(exc))
 
@@ -145,11 +154,12 @@ def streaming(fn: StreamFn[S, Req, Resp]) -> StreamHandler[S, Req, Resp]:
     @functools.wraps(fn)
     async def handler(self: S, request: Req, context: RawContext) -> AsyncIterator[Resp]:
         call = Call(context, self.deadline_s)
+        budget = call.budget_s()
         try:
             async for item in fn(self, request, call):
                 yield item
         except TimeoutError:
-            await call.abort(deadline_error(call.default_deadline_s))
+            await call.abort(deadline_error(budget))
         except Exception as exc:
             await call.abort(to_service_error(exc))
 

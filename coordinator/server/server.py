@@ -21,7 +21,7 @@ loop's applies, so they never need a lock (see `coordinator.runtime.loop`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import grpc
 
@@ -38,11 +38,26 @@ from ._lease import LeaseService
 from ._lock import LockService
 from ._maintenance import MaintenanceService, MemberKeys, phase_error
 from ._pipeline import PipelineService
+from ._secrets import SecretsService
 from ._sequence import SequenceService
 from ._watch import WatchService
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 """Requests and responses (a 1 MiB value, a txn of 128 ops) fit well inside."""
+
+
+def client_server_options() -> list[tuple[str, int]]:
+    """Options of the client-facing server. Clients send keepalive pings every second (with
+    or without calls in flight: `coordinator.client._transport`) to notice a stopped member
+    quickly; gRPC's defaults would answer such pings with GOAWAY ("too many pings"), so the
+    server permits them."""
+    return [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 500),
+        ("grpc.http2.max_ping_strikes", 0),
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +110,10 @@ class Gateway:
             "Watch": WatchService(core),
             "Cluster": ClusterService(core, ca_pem=self.cluster_ca_pem),
         }
+        secrets = SecretsService(core)
+        services["Secrets"] = secrets
+        if self.config.sealing_key_renew_s is not None:
+            core.spawn(secrets.renew_on_schedule(self.config.sealing_key_renew_s))
         services["Pipeline"] = PipelineService(core, services)
         self._dispatch.attach(list(services.items()))
         return core
@@ -113,10 +132,14 @@ async def start_gateway(
     member: MemberKeys | None = None,
     config: ServiceConfig | None = None,
     cluster_ca_pem: bytes | None = None,
+    sealing_key_renew_s: float | None = None,
 ) -> Gateway:
     """Listen on `address` (TLS iff `credentials`); see the module docstring.
-    `cluster_ca_pem`: the cluster CA, for join tokens (JoinTokenCreate)."""
+    `cluster_ca_pem`: the cluster CA, for join tokens (JoinTokenCreate).
+    `sealing_key_renew_s`: overrides the config's schedule (0: renew on demand only)."""
     cfg = config or ServiceConfig()
+    if sealing_key_renew_s is not None:
+        cfg = replace(cfg, sealing_key_renew_s=sealing_key_renew_s or None)
 
     def refusal() -> ServiceError:
         if member is not None:
@@ -125,12 +148,7 @@ async def start_gateway(
 
     maintenance = MaintenanceService(member, cfg.deadline_s)
     dispatch = Dispatch(maintenance, refusal)
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ]
-    )
+    server = grpc.aio.server(options=client_server_options())
     server.add_generic_rpc_handlers((dispatch,))
     if credentials is None:
         port = server.add_insecure_port(address)

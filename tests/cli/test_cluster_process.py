@@ -5,6 +5,8 @@ restarted locked, `concordctl unlock` given every endpoint, back in."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 import os
 import re
@@ -17,7 +19,12 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
+import yaml
+
+from coordinator.client import Client, ConcordError
+from coordinator.runtime.tls import channel_credentials
 
 REPO = Path(__file__).resolve().parents[2]
 CONCORDCTL = [sys.executable, "-m", "coordinator.cli.main"]
@@ -192,3 +199,52 @@ def test_init_start_autolock_restart_locked_and_unlock(
     _poll(serves, "member 2 to serve again")
     assert "unlocked through the client API" in m.log(2)
     assert keys[2] not in m.log(2)  # the key is never logged
+
+
+SECRET = """\
+apiVersion: v1
+kind: Secret
+metadata: {name: db, namespace: prod}
+stringData: {password: process-hunter2-secret}
+"""
+
+
+@pytest.mark.process
+def test_init_start_seal_and_unseal_with_the_operator_certificate(
+    members: tuple[Members, dict[str, object]],
+) -> None:
+    """Sealed secrets on real processes: `concordctl seal` with the cluster's certificate
+    (fetched over mutual TLS with the client certificate), --validate, then Unseal with the
+    operator's certificate from `cluster init` (and refused to the client's)."""
+
+    m, doc = members
+    endpoints = doc["endpoints"]
+    assert isinstance(endpoints, list)
+    tls = ["--tls-dir", str(doc["client_tls_dir"]), "--endpoints", ",".join(endpoints)]
+    _poll(lambda: _ctl(*tls, "--timeout", "2", "status").returncode == 0, "the members to serve")
+
+    sealed = _ctl(*tls, "--timeout", "30", "seal", input=SECRET)
+    assert sealed.returncode == 0, sealed.stderr
+    assert "process-hunter2-secret" not in sealed.stdout
+    checked = _ctl(*tls, "seal", "--validate", input=sealed.stdout)
+    assert checked.returncode == 0 and "password: ok" in checked.stdout, checked.stderr
+    envelope = base64.b64decode(yaml.safe_load(sealed.stdout)["spec"]["encryptedData"]["password"])
+
+    def creds(sub: str) -> grpc.ChannelCredentials:
+        d = Path(str(doc["operator_tls_dir"])).parent / sub
+        return channel_credentials(
+            (d / "ca.pem").read_bytes(), (d / "client.pem").read_bytes(),
+            (d / "client-key.pem").read_bytes(),
+        )  # fmt: skip
+
+    async def unseal(sub: str) -> bytes:
+        async with Client(endpoints, credentials=creds(sub), timeout_s=30) as client:
+            return (await client.unseal(envelope, "prod", "db")).plaintext
+
+    assert asyncio.run(unseal("operator")) == b"process-hunter2-secret"
+    with pytest.raises(ConcordError) as denied:
+        asyncio.run(unseal("client"))
+    assert denied.value.code == "PERMISSION_DENIED"
+    assert "concord://role/operator" in denied.value.message
+    for i in (1, 2, 3):
+        assert "process-hunter2-secret" not in m.log(i)

@@ -58,6 +58,31 @@ def test_leases_grant_ttl_revoke(cluster: ThreadedCluster) -> None:
     assert "INVALID_ARGUMENT: lease TTL 500 ms is outside 1000..86400000 ms" in res.stderr
 
 
+def test_get_prefix_lists_every_key_under_it(cluster: ThreadedCluster) -> None:
+    eps = cluster.endpoints
+    for key in ("pfx/b", "pfx/a", "pfx0", "pfx/c"):
+        assert concordctl(eps, "put", key, key.upper()).exit_code == 0
+    res = concordctl(eps, "-o", "json", "get", "--prefix", "pfx/")
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)
+    assert [(r["key"], r["value"]) for r in rows] == [
+        ("pfx/a", "PFX/A"),
+        ("pfx/b", "PFX/B"),
+        ("pfx/c", "PFX/C"),
+    ]
+    res = concordctl(eps, "get", "--prefix", "--limit", "2", "pfx/")
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert lines[0].split() == ["KEY", "VALUE", "VERSION", "MOD_REVISION"]
+    assert [line.split()[0] for line in lines[1:]] == ["pfx/a", "pfx/b"]
+    res = concordctl(eps, "-o", "json", "get", "--prefix", "nothing-here/")
+    assert (res.exit_code, json.loads(res.stdout)) == (0, [])
+    res = concordctl(eps, "get", "--limit", "2", "pfx/a")
+    assert res.exit_code == 2 and "--limit goes with --prefix" in res.stderr
+    res = concordctl(eps, "get", "pfx/a")
+    assert res.exit_code == 0 and "PFX/A" in res.stdout
+
+
 def test_put_with_a_lease_and_watch_replays_in_order(cluster: ThreadedCluster) -> None:
     eps = cluster.endpoints
     lease = json.loads(concordctl(eps, "-o", "json", "lease", "grant", "60").stdout)[0]["id"]

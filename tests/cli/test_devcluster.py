@@ -76,7 +76,10 @@ def _read_until(proc: subprocess.Popen[str], marker: str) -> list[str]:
     lines: list[str] = []
     while not lines or marker not in lines[-1]:
         line = proc.stdout.readline()
-        assert line, "devcluster ended early:\n" + "".join(lines)
+        if not line:
+            proc.wait(10)
+            stderr = proc.stderr.read() if proc.stderr is not None else ""
+            pytest.fail(f"devcluster ended early:\n{''.join(lines)}\nstderr:\n{stderr}")
         lines.append(line)
     return lines
 

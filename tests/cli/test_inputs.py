@@ -101,9 +101,29 @@ def test_a_tls_dir_without_certificates_is_a_usage_error(tmp_path: Path) -> None
     res = ctl("--tls-dir", str(tmp_path), "status")
     assert res.exit_code == 2
     assert "must hold ca.pem and client.pem + client-key.pem" in res.stderr
+    res = ctl("--tls-dir", str(tmp_path / "missing"), "status")
+    assert res.exit_code == 2
+    assert f"TLS directory '{tmp_path / 'missing'}' does not exist" in res.stderr
+    assert "--tls-dir" in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("endpoints", "message"),
+    [
+        ("127.0.0.1:99999", "bad endpoint '127.0.0.1:99999': the port 99999 is out of range"),
+        ("127.0.0.1:2379,localhost", "bad endpoint 'localhost': expected host:port"),
+        (" , ", "give at least one endpoint"),
+    ],
+)
+def test_bad_endpoints_are_usage_errors(endpoints: str, message: str) -> None:
+    res = CliRunner().invoke(cli, ["--endpoints", endpoints, "get", "k"])
+    assert res.exit_code == 2, res.output
+    assert message in res.stderr
+    res = CliRunner().invoke(cli, ["get", "k"], env={"CONCORD_ENDPOINTS": endpoints})
+    assert res.exit_code == 2, res.output
 
 
 def test_an_unreachable_cluster_is_a_failure_not_a_usage_error() -> None:
     res = ctl("get", "k")
     assert res.exit_code == 1
-    assert res.stderr.startswith("Error: UNAVAILABLE: gave up after")
+    assert res.stderr.startswith(f"Error: UNAVAILABLE: nothing listens on {NOWHERE}")

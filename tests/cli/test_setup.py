@@ -12,8 +12,8 @@ from click.testing import CliRunner, Result
 from cryptography import x509
 
 from coordinator.cli.main import cli
-from coordinator.runtime.member import build_parser, config_from_args
-from coordinator.runtime.tls import load_member_tls, new_join_token
+from coordinator.runtime.member import ConfigError, build_parser, config_from_args
+from coordinator.runtime.tls import OPERATOR_ROLE, load_member_tls, new_join_token, roles_of
 
 
 def ctl(*args: str) -> Result:
@@ -48,6 +48,17 @@ def test_init_writes_a_working_cluster_layout(tmp_path: Path) -> None:
     client = x509.load_pem_x509_certificate((d / "client" / "client.pem").read_bytes())
     client.verify_directly_issued_by(x509.load_pem_x509_certificate(ca_pem))
     assert (d / "client" / "ca.pem").read_bytes() == ca_pem
+    assert roles_of(client) == frozenset()
+    # The operator's identity: the one certificate Secrets.Unseal answers plaintext to.
+    operator = x509.load_pem_x509_certificate((d / "operator" / "client.pem").read_bytes())
+    operator.verify_directly_issued_by(x509.load_pem_x509_certificate(ca_pem))
+    assert roles_of(operator) == frozenset({OPERATOR_ROLE})
+    assert doc["operator_tls_dir"] == str(d / "operator")
+    assert (d / "operator" / "client-key.pem").stat().st_mode & 0o777 == 0o600
+    assert cfg.sealing_key_renew_days == 30.0
+    renew = build_parser().parse_args([*argv[1:], "--sealing-key-renew-days", "-1"])
+    with pytest.raises(ConfigError, match="sealing-key-renew-days"):
+        config_from_args(renew)
 
     # No token yet (tokens live in the running cluster): the commands to get one and to join.
     assert "join_token" not in doc

@@ -98,6 +98,10 @@ def test_locked_members_are_skipped_or_reported(cluster: ThreadedCluster, tmp_pa
             with pytest.raises(ConcordError) as err:
                 next(c.watch(b"k"))
             assert err.value.locked
+            # A stream call refused at once: its status, never grpc's own error.
+            with pytest.raises(ConcordError) as err:
+                c.lease_keepalive_once(1)
+            assert err.value.locked and err.value.code == "UNAVAILABLE"
             status = c.autolock_status(m.endpoint)
             assert status.locked and status.phase == "locked"
     finally:

@@ -48,6 +48,8 @@ from coordinator.fsm import (
     ReleaseResult,
     Resign,
     RevisionResult,
+    SealingKeyAdd,
+    SealingKeyResult,
     SequenceBlock,
     SequenceCreate,
     SequenceInfo,
@@ -105,6 +107,7 @@ COMMANDS = {
     MemberRemove: st.builds(MemberRemove, u64),
     JoinTokenAdd: st.builds(JoinTokenAdd, texts, blobs, u64),
     JoinTokenRevoke: st.builds(JoinTokenRevoke, texts, u64),
+    SealingKeyAdd: st.builds(SealingKeyAdd, blobs, u64, blobs, blobs, blobs),
     Noop: st.just(Noop()),
 }
 envelopes = st.builds(Envelope, u64, u64, u64, st.one_of(*COMMANDS.values()))
@@ -132,6 +135,7 @@ RESULTS = {
     SequenceInfo: st.builds(SequenceInfo, texts, i64, i64, u64),
     SequenceBlock: st.builds(SequenceBlock, i64, u64, i64, u64),
     RevisionResult: st.builds(RevisionResult, u64),
+    SealingKeyResult: st.builds(SealingKeyResult, st.booleans(), blobs, u64),
 }
 errors = st.builds(FsmError, st.sampled_from(ErrorCode), texts)
 

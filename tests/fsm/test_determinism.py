@@ -46,6 +46,7 @@ from coordinator.fsm import (
     Put,
     Range,
     Resign,
+    SealingKeyAdd,
     SequenceCreate,
     SequenceNext,
     StateMachine,
@@ -56,6 +57,9 @@ from coordinator.raft import ConfState, Entry, EntryKind
 REPO = Path(__file__).resolve().parents[2]
 KEYS = [b"a", b"b", b"c", b"d", b"e"]
 NAMES = ["x", "y"]
+
+
+SEALING_IDS = [bytes([i]) * 8 for i in range(1, 4)]
 
 
 def random_command(rng: random.Random) -> Command:
@@ -105,7 +109,9 @@ def random_command(rng: random.Random) -> Command:
     if pick == 18:
         i = rng.randrange(1, 4)
         return MemberUpsert(i, rng.choice(["m1", "m2", "m3"]), f"https://p{i}:1", "https://c:2")
-    return rng.choice([MemberRemove(rng.randrange(1, 4)), Noop()])
+    key_id, after = rng.choice(SEALING_IDS), rng.choice([b"", *SEALING_IDS])
+    seal = SealingKeyAdd(key_id, rng.randrange(10**6), b"private", b"cert", after)
+    return rng.choice([MemberRemove(rng.randrange(1, 4)), Noop(), seal])
 
 
 def random_log(seed: int, length: int) -> list[Entry]:

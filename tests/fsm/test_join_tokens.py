@@ -93,24 +93,26 @@ def test_tokens_survive_snapshot_and_restore_in_order(d: Driver) -> None:
     assert restored.snapshot() == d.m.snapshot()
 
 
-def test_images_of_versions_1_and_2_are_still_read(d: Driver) -> None:
-    """Images written before join tokens existed (version 1) or before removed member ids
-    were kept (version 2) restore with an empty table and no removed ids."""
+def test_images_of_versions_1_2_and_3_are_still_read(d: Driver) -> None:
+    """Images written before join tokens existed (version 1), before removed member ids
+    were kept (version 2) or before sealing keys (version 3) restore with empty tables."""
     d.ok(Put(b"k", b"v"))
-    v3 = d.m.snapshot()
+    v4 = d.m.snapshot()
     sessions = d.m._sessions.encode()  # the image's last field
     blob = struct.pack(">I", len(sessions)) + sessions
-    tail = b"\0\0\0\0" + b"\0\0\0\0" + blob  # no tokens, no removed ids, sessions
-    assert v3.endswith(tail)
-    head = v3[: -len(tail)]
+    empty = b"\0\0\0\0"
+    tail = empty + empty + empty + blob  # no tokens, no removed ids, no sealing keys, sessions
+    assert v4.endswith(tail)
+    head = v4[: -len(tail)]
 
     def as_version(version: int, rest: bytes) -> bytes:
         at = len(SNAPSHOT_MAGIC)
         return head[:at] + bytes([version]) + head[at + 1 :] + rest
 
-    for old_image in (as_version(1, blob), as_version(2, b"\0\0\0\0" + blob)):
+    olds = (as_version(1, blob), as_version(2, empty + blob), as_version(3, empty * 2 + blob))
+    for old_image in olds:
         old = StateMachine()
         old.restore(old_image)
         assert old.get(b"k") is not None and old.join_tokens() == ()
-        assert old.removed_member_ids() == frozenset()
-        assert old.snapshot() == v3  # rewritten as version 3
+        assert old.removed_member_ids() == frozenset() and old.sealing_keys() == ()
+        assert old.snapshot() == v4  # rewritten as version 4

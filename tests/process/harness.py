@@ -2,11 +2,12 @@
 
 `ProcessCluster` creates a cluster CA in its root directory, a TLS directory per member and a
 client certificate, picks ephemeral loopback ports, and starts `python -m
-coordinator.runtime.member` once per member. It can SIGKILL, SIGTERM and restart a member
-from its data directory, and `close` kills whatever is still running. Children are started
-through a tiny launcher that asks the kernel to SIGKILL them when the process that started
-them dies (Linux `PR_SET_PDEATHSIG`), so not even a killed test run leaves members behind.
-Start members from the main thread only: the death signal follows the starting *thread*.
+coordinator.runtime.member` once per member. It can SIGKILL, SIGTERM, SIGSTOP/SIGCONT (`pause`,
+`resume`) and restart a member from its data directory, and `close` kills whatever is still
+running. Children are started through a tiny launcher that asks the kernel to SIGKILL them
+when the process that started them dies (Linux `PR_SET_PDEATHSIG`), so not even a killed test
+run leaves members behind. Start members from the main thread only: the death signal follows
+the starting *thread*.
 
 Every wait is bounded and waits for a condition on the members (`/readyz`, `/metrics`), never
 for a fixed time; a timeout raises `HarnessError` with the tail of every member's log. The
@@ -302,6 +303,20 @@ class ProcessCluster:
                 f"member {member_id} did not stop within {timeout_s} s of SIGTERM"
                 + self.log_tails([member_id])
             ) from None
+
+    def pause(self, member_id: int) -> None:
+        """SIGSTOP: the member stops answering but keeps its sockets open (the kernel still
+        accepts and ACKs), as a hung process or a black-holed host looks to its peers."""
+        m = self.members[member_id]
+        if m.popen is None or m.popen.poll() is not None:
+            raise HarnessError(f"member {member_id} is not running")
+        m.popen.send_signal(signal.SIGSTOP)
+
+    def resume(self, member_id: int) -> None:
+        """SIGCONT a paused member."""
+        m = self.members[member_id]
+        if m.popen is not None and m.popen.poll() is None:
+            m.popen.send_signal(signal.SIGCONT)
 
     def restart(self, member_id: int) -> MemberProcess:
         """Start a stopped member again from its data directory."""

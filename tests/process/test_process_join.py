@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.api.v1 import concord_pb2 as pb
+from coordinator.client import MemberList
 from coordinator.runtime.join import JoinAsk, JoinError, JoinSettings, join_cluster
 from coordinator.runtime.tls import (
     CA_FILE,
@@ -132,8 +132,8 @@ def joinable(tmp_path: Path) -> Iterator[JoinableCluster]:
         cluster.close()
 
 
-def roles(resp: pb.MemberListResponse) -> dict[int, str]:
-    return {m.id: "learner" if m.role == pb.Member.LEARNER else "voter" for m in resp.members}
+def roles(resp: MemberList) -> dict[int, str]:
+    return {m.id: m.role for m in resp.members}
 
 
 def test_a_member_joins_with_a_token_is_promoted_serves_reads_and_restarts_without_it(

@@ -120,8 +120,13 @@ class Cluster:
         *,
         history_events_max: int = 10_000,
         service: ServiceConfig | None = None,
+        credentials: grpc.ServerCredentials | None = None,
+        snapshot_every_entries: int = 10_000,
     ) -> None:
+        self.snapshot_every_entries = snapshot_every_entries
         self.root = root
+        self.credentials = credentials
+        """Server TLS for every member (None: insecure; `Member.client` is insecure anyway)."""
         self.net = LoopbackTransport()
         self.history_events_max = history_events_max
         self.service = service or ServiceConfig()
@@ -141,7 +146,13 @@ class Cluster:
         wal = DiskWal.create(keys)
         wal.save_snapshot(Snapshot(SnapshotMeta(0, 0, conf)))
         loop = RaftLoop(
-            LoopConfig(id=member, tick_s=TICK_S, election_ticks=ELECTION_TICKS, lease_check_s=0.05),
+            LoopConfig(
+                id=member,
+                tick_s=TICK_S,
+                election_ticks=ELECTION_TICKS,
+                lease_check_s=0.05,
+                snapshot_every_entries=self.snapshot_every_entries,
+            ),
             wal,
             self.net,
             StateMachine(history_events_max=self.history_events_max),
@@ -150,7 +161,7 @@ class Cluster:
         )
         self.net.register(member, loop.receive)
         task = asyncio.create_task(loop.run())
-        served = await start_server(loop, "127.0.0.1:0", None, config=self.service)
+        served = await start_server(loop, "127.0.0.1:0", self.credentials, config=self.service)
         self.members[member] = m = Member(loop, task, served)
         return m
 

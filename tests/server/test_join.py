@@ -251,6 +251,9 @@ def test_a_member_joins_through_a_follower_with_a_certificate_bound_to_its_id(
         for m in c.running():
             loop = m.loop
             await wait_for(lambda loop=loop: 4 in loop.node.conf.learners)
+            # Both entries are committed before the answer, but a follower may apply the
+            # directory entry a moment after the configuration change.
+            await wait_for(lambda loop=loop: any(e.id == 4 for e in loop.fsm.members()))
             entry = next(e for e in loop.fsm.members() if e.id == 4)
             assert (entry.name, entry.peer_url) == ("newcomer", "https://127.0.0.1:7400")
 

@@ -154,3 +154,23 @@ def test_a_queued_lock_near_its_deadline_says_so_and_keeps_its_place(tmp_path: P
         assert (await asyncio.wait_for(again, 5))[1].lock.granted
 
     with_cluster(tmp_path, scenario)
+
+
+def test_a_blocking_calls_deadline_error_names_the_callers_deadline(tmp_path: Path) -> None:
+    async def scenario(c: Cluster) -> None:
+        client = (await c.leader()).client
+        a = Session(79)
+        la = await client.lease.Grant(pb.LeaseGrantRequest(session=a.next(), ttl_ms=10_000))
+        # 1 ms is too short for the grant to be committed: the member's deadline error must
+        # name the caller's 1 ms, not the service's 5 s default.
+        wait = pb.LockRequest(session=a.next(), name="quick", lease=la.id, wait=True)
+        results = await exchange(
+            client.pipeline, [[pb.PipelineCall(id=1, timeout_ms=1, lock=wait)]]
+        )
+        error = results[1].error
+        assert error.code in ("DEADLINE_EXCEEDED", "UNAVAILABLE"), error
+        assert "5.0 s" not in error.message
+        if error.code == "DEADLINE_EXCEEDED":
+            assert error.message.startswith("no answer within 1 ms"), error.message
+
+    with_cluster(tmp_path, scenario)

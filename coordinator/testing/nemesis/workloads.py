@@ -33,7 +33,7 @@ from functools import partial
 from typing import Any, Protocol
 
 from coordinator.api.v1 import concord_pb2 as pb
-from coordinator.client import Client, ConcordError, Lock
+from coordinator.client import Client, ConcordError, KeyValue, Lock
 
 from .cluster import Cluster
 from .history import Clock, Recorder
@@ -180,7 +180,7 @@ class RegisterWorkload:
         return {"keys": self.keys}
 
 
-def _value(kv: pb.KeyValue | None) -> str | None:
+def _value(kv: KeyValue | None) -> str | None:
     return None if kv is None else bytes(kv.value).decode()
 
 
