@@ -54,6 +54,8 @@ def make_tls_secret(
         "ca.pem": out / "ca.pem",
         "client.pem": out / "client" / "client.pem",
         "client-key.pem": out / "client" / "client-key.pem",
+        "operator.pem": out / "operator" / "client.pem",
+        "operator-key.pem": out / "operator" / "client-key.pem",
     }
     for n in range(1, members + 1):
         files[f"member-{n}.pem"] = out / f"member-{n}" / "tls" / "member.pem"

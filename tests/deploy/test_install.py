@@ -148,7 +148,7 @@ def test_install_gives_a_three_member_cluster(
     tls = control_plane.kubectl_json("get", "secret", "-n", release.namespace, f"{RELEASE}-tls")
     assert "ca-key.pem" not in tls["data"]
     assert sorted(tls["data"]) == sorted(
-        ["ca.pem", "cluster-id", "client.pem", "client-key.pem"]
+        ["ca.pem", "cluster-id", "client.pem", "client-key.pem", "operator.pem", "operator-key.pem"]
         + [f"member-{n}{k}.pem" for n in (1, 2, 3) for k in ("", "-key")]
     )
     ca = control_plane.kubectl_json("get", "secret", "-n", release.namespace, f"{RELEASE}-ca")

@@ -6,7 +6,9 @@ member (its id bound as concord://member/N, every member DNS name as a SAN) and 
 certificate, and two Secrets are created:
 
 - $TLS_SECRET: ca.pem, cluster-id, member-N.pem / member-N-key.pem, client.pem /
-  client-key.pem. Members mount their own pair (and ca.pem); the operator the client pair.
+  client-key.pem (for people and tools), operator.pem / operator-key.pem (the operator's
+  role certificate, the one identity Unseal answers). Members mount their own pair (and
+  ca.pem); the operator its pair.
 - $CA_SECRET: ca.pem and ca-key.pem, mounted by nothing in the chart: the CA private key
   signs future members' certificates and is never handed to the members.
 
@@ -93,6 +95,10 @@ def main() -> int:
             "cluster-id": cluster_id.encode(),
             "client.pem": (out / "client" / "client.pem").read_bytes(),
             "client-key.pem": (out / "client" / "client-key.pem").read_bytes(),
+            # The operator's own identity (role concord://role/operator): the one caller the
+            # coordinator unseals secrets for.
+            "operator.pem": (out / "operator" / "client.pem").read_bytes(),
+            "operator-key.pem": (out / "operator" / "client-key.pem").read_bytes(),
         }
         for n in range(1, members + 1):
             tls[f"member-{n}.pem"] = (out / f"member-{n}" / "tls" / "member.pem").read_bytes()
