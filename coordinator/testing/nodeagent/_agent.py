@@ -143,6 +143,7 @@ class NodeAgent:
         )
         self._runners: dict[str, PodRunner] = {}
         self._ips: dict[str, str] = {}  # pod uid -> address, until its runner has ended
+        self._last_host = -1  # index in POD_NETWORK.hosts() of the last address handed out
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -278,11 +279,18 @@ class NodeAgent:
         self._write_hosts(runners, services)
 
     def _allocate(self, uid: str) -> str | None:
+        """The next free address after the last one handed out, wrapping around: a pod's
+        address is reused as late as possible, so a client still holding the old address of
+        a recreated pod (gRPC re-resolves a name at most every 30 s) meets a closed port,
+        not another pod answering at it (as many CNI IPAMs allocate)."""
         used = set(self._ips.values())
-        for host in POD_NETWORK.hosts():
-            if str(host) not in used:
-                self._ips[uid] = str(host)
-                return str(host)
+        hosts = list(POD_NETWORK.hosts())
+        for step in range(1, len(hosts) + 1):
+            candidate = str(hosts[(self._last_host + step) % len(hosts)])
+            if candidate not in used:
+                self._last_host = (self._last_host + step) % len(hosts)
+                self._ips[uid] = candidate
+                return candidate
         return None
 
     # --- names ----------------------------------------------------------------------------------
