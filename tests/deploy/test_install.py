@@ -283,7 +283,7 @@ class Writer:
 
     def stop(self) -> dict[str, Any]:
         self.proc.send_signal(signal.SIGTERM)
-        self.proc.communicate(timeout=120)  # also closes the pipe
+        self.proc.communicate(timeout=180)  # also closes the pipe
         summary: dict[str, Any] = json.loads(self.out.read_text())
         return summary
 
