@@ -13,12 +13,14 @@ PY := $(BIN)/python
 
 SEEDS ?= 2000
 
-.PHONY: help bootstrap run test test-fast kube-tools bench-operator sim elections soak bench bench-report lint typecheck fmt clean
+.PHONY: help bootstrap run test test-fast test-deploy chart-crds kube-tools bench-operator sim elections soak bench bench-report lint typecheck fmt clean
 
 help:
 	@echo "make run           3 members on loopback + a lock, sequence, CAS and failover demo"
 	@echo "make test          the whole suite: lint, typecheck, import contracts, pytest, sim"
 	@echo "make kube-tools    build the pinned Kubernetes control plane, etcd and helm (~10 min cold)"
+	@echo "make test-deploy   the Helm chart on the control plane, its pods run by the node agent (~2 min)"
+	@echo "make chart-crds    copy crds/ into charts/concord/crds/ (a test checks they are equal)"
 	@echo "make sim SEEDS=N   run N simulation seeds (default $(SEEDS))"
 	@echo "make elections     leader-crash downtime distribution (Raft paper Figure 16)"
 	@echo "make soak MINUTES=N  random fault schedules on real processes (default $(MINUTES) min)"
@@ -47,6 +49,16 @@ test: bootstrap
 # without the Kubernetes control plane (four real processes, ~10 s to start).
 test-fast: bootstrap
 	$(BIN)/pytest -m "not process and not kube"
+
+# The chart on a real control plane through the node agent (docs/deploy.md): lint, render,
+# server-side dry runs, helm install, a member pod deleted, a rolling update, the PDB.
+test-deploy: bootstrap
+	@$(MAKE) --no-print-directory kube-tools-if-needed
+	$(BIN)/pytest tests/deploy
+
+# helm installs a chart's crds/ before anything else; they are a copy of the top-level crds/.
+chart-crds:
+	cp crds/*.yaml charts/concord/crds/
 
 # The Kubernetes control plane the `kube` tests start (docs/kubernetes.md): kube-apiserver,
 # kube-controller-manager, kube-scheduler, kubectl, etcd and helm, pinned, built from the Go

@@ -1,0 +1,157 @@
+"""The chart against the live API server: lint, render, server-side dry run of every
+manifest, and values.schema.json refusing bad values with a message that names them."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+import pytest
+import yaml
+
+from tests.deploy.chart import CHART, EXAMPLES, render
+from tests.kube.controlplane import ControlPlane
+
+pytestmark = pytest.mark.kube
+
+NON_DEFAULT = (
+    "coordinator.replicas=5",
+    "operator.enabled=false",
+    "podDisruptionBudget.enabled=false",
+    "coordinator.topologySpread.whenUnsatisfiable=DoNotSchedule",
+    "coordinator.persistence.storageClassName=fast",
+    "coordinator.extraArgs={--tick-ms=50}",
+    "fullnameOverride=coord",
+    "tls.secretName=my-certs",
+    "networkPolicy.enabled=true",
+    "metrics.grafanaDashboard.enabled=true",
+)
+
+MONITORING = (
+    "metrics.serviceMonitor.enabled=true",
+    "metrics.prometheusRule.enabled=true",
+)
+MONITORING_APIS = (
+    "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor",
+    "--api-versions", "monitoring.coreos.com/v1/PrometheusRule",
+)  # fmt: skip
+
+
+def test_helm_lint_is_clean(control_plane: ControlPlane) -> None:
+    done = control_plane.helm("lint", "--strict", str(CHART), "--kube-version", "1.34.12")
+    assert "0 chart(s) failed" in done.stdout
+    assert "[WARNING]" not in done.stdout and "[ERROR]" not in done.stdout
+
+
+def test_helm_template_offline_gives_policy_v1(control_plane: ControlPlane) -> None:
+    """Without a server helm assumes old API versions; the chart names policy/v1 itself."""
+    done = control_plane.helm("template", "concord", str(CHART), "--kube-version", "1.34.12")
+    assert "apiVersion: policy/v1\nkind: PodDisruptionBudget" in done.stdout
+    assert "policy/v1beta1" not in done.stdout
+
+
+@pytest.mark.parametrize("values", [(), NON_DEFAULT], ids=["default", "non-default"])
+def test_every_manifest_passes_a_server_side_dry_run(
+    control_plane: ControlPlane, kube_namespace: str, values: tuple[str, ...]
+) -> None:
+    objects = render(control_plane, kube_namespace, *values)
+    kinds = sorted(o["kind"] for o in objects)
+    expected = ["PodDisruptionBudget", "Service", "Service", "StatefulSet"]
+    if "operator.enabled=false" not in values:
+        expected += ["ClusterRole", "ClusterRoleBinding", "Deployment", "ServiceAccount"]
+    if "tls.secretName=my-certs" not in values:  # the CA bootstrap hook
+        expected += ["ConfigMap", "Job", "Role", "RoleBinding", "ServiceAccount"]
+    if "networkPolicy.enabled=true" in values:
+        expected.append("NetworkPolicy")
+    if "metrics.grafanaDashboard.enabled=true" in values:
+        expected.append("ConfigMap")
+    if "podDisruptionBudget.enabled=false" in values:
+        expected.remove("PodDisruptionBudget")
+    assert kinds == sorted(expected)
+    done = control_plane.kubectl(
+        "apply",
+        "--dry-run=server",
+        "-n",
+        kube_namespace,
+        "-f",
+        "-",
+        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}),
+    )
+    assert done.stdout.count("(server dry run)") == len(objects)
+    sts = next(o for o in objects if o["kind"] == "StatefulSet")
+    assert sts["spec"]["podManagementPolicy"] == "Parallel"
+    replicas = 5 if values else 3
+    assert sts["spec"]["replicas"] == replicas
+    script = sts["spec"]["template"]["spec"]["containers"][0]["command"][2]
+    initial = re.search(r'--initial-cluster "([^"]*)"', script)
+    assert initial is not None
+    ids = [m.split("=", 1)[0] for m in initial.group(1).split(",")]
+    assert ids == [str(i) for i in range(1, replicas + 1)]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("coordinator.replicas=4", "at '/coordinator/replicas': value must be one of 1, 3, 5, 7"),
+        ("coordinator.replicas=0", "at '/coordinator/replicas': value must be one of 1, 3, 5, 7"),
+        ("coordinator.replicas=three", "at '/coordinator/replicas': got string, want integer"),
+        ("coordinator.ports.peer=70000", "at '/coordinator/ports/peer': maximum: got 70,000"),
+        ("coordinator.replica=3", "at '/coordinator': additional properties 'replica'"),
+        ("coordinator.logLevel=LOUD", "at '/coordinator/logLevel': value must be one of"),
+        (
+            "coordinator.topologySpread.whenUnsatisfiable=Maybe",
+            "value must be one of 'ScheduleAnyway', 'DoNotSchedule'",
+        ),
+        ("coordinator.persistence.size=lots", "at '/coordinator/persistence/size'"),
+    ],
+)
+def test_values_schema_rejects_bad_values(
+    control_plane: ControlPlane, value: str, message: str
+) -> None:
+    assert control_plane.helm_path is not None
+    done = subprocess.run(
+        [str(control_plane.helm_path), "template", "concord", str(CHART), "--set", value],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "values don't meet the specifications of the schema" in done.stderr
+    assert message in done.stderr, done.stderr
+
+
+def test_monitoring_objects_need_the_prometheus_operator(control_plane: ControlPlane) -> None:
+    """Without the monitoring.coreos.com API the chart says so instead of failing on apply;
+    with it, a ServiceMonitor on the peers Service and a PrometheusRule with five alerts,
+    each with a runbook line."""
+    assert control_plane.helm_path is not None
+    sets = [a for v in MONITORING for a in ("--set", v)]
+    helm = [str(control_plane.helm_path), "template", "concord", str(CHART), *sets]
+    refused = subprocess.run(helm, capture_output=True, text=True, check=False, timeout=60)
+    assert refused.returncode != 0
+    assert "needs the prometheus-operator CRDs" in refused.stderr
+    done = subprocess.run([*helm, *MONITORING_APIS], capture_output=True, text=True,
+                          check=True, timeout=60)  # fmt: skip
+    docs = {d["kind"]: d for d in yaml.safe_load_all(done.stdout) if d}
+    monitor = docs["ServiceMonitor"]
+    assert monitor["spec"]["selector"]["matchLabels"]["concord.dev/service"] == "peers"
+    rules = docs["PrometheusRule"]["spec"]["groups"][0]["rules"]
+    assert [r["alert"] for r in rules] == [
+        "ConcordNoLeader", "ConcordQuorumAtRisk", "ConcordFsyncSlow", "ConcordApplyLag",
+        "ConcordMemberLocked",
+    ]  # fmt: skip
+    assert all(r["annotations"]["runbook"] for r in rules)
+
+
+def test_examples_pass_a_server_side_dry_run(
+    control_plane: ControlPlane, kube_namespace: str
+) -> None:
+    examples = sorted(EXAMPLES.glob("*.yaml"))
+    assert examples
+    for example in examples:
+        done = control_plane.kubectl(
+            "apply", "--dry-run=server", "-n", kube_namespace, "-f", str(example)
+        )
+        assert "(server dry run)" in done.stdout

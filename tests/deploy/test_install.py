@@ -1,0 +1,433 @@
+"""`helm install` of the chart on the real control plane, its pods run by the node agent:
+the real StatefulSet controller, scheduler and PV controller place three members on three
+Nodes, the members (real processes, mutual TLS) elect a leader and answer `concordctl` at
+their pods' addresses; a deleted member pod is recreated by the StatefulSet and rejoins from
+its claim while writes keep working.
+
+The operator Deployment is disabled here (operator.enabled=false) until the operator lands on
+main; its manifests are checked by test_chart.py's server-side dry run."""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from coordinator.testing.nodeagent import POD_NETWORK, NodeAgent
+from tests.deploy.chart import CHART, CONCORDCTL, EXAMPLES, make_tls_secret, member_host
+from tests.kube.controlplane import ControlPlane
+
+pytestmark = [pytest.mark.kube, pytest.mark.process]
+
+RELEASE = "concord"
+MEMBERS = 3
+WAIT = "--timeout=180s"
+
+
+@dataclass
+class Release:
+    namespace: str
+    client_tls: Path
+    install_to_ready_s: float
+    members: int = MEMBERS
+
+    def endpoints(self) -> str:
+        hosts = (member_host(RELEASE, self.namespace, i) for i in range(self.members))
+        return ",".join(f"{h}:7070" for h in hosts)
+
+
+def _ctl(agent: NodeAgent, release: Release, *args: str) -> str:
+    """concordctl over mutual TLS, resolving the members' names as a pod would."""
+    argv = [
+        CONCORDCTL,
+        "--tls-dir",
+        str(release.client_tls),
+        "--endpoints",
+        release.endpoints(),
+        "-o",
+        "json",
+        *args,
+    ]
+    done = agent.run(argv, timeout_s=60)
+    assert done.returncode == 0, f"concordctl {' '.join(args)}: {done.stderr}"
+    return done.stdout
+
+
+def _members(agent: NodeAgent, release: Release) -> list[dict[str, object]]:
+    got = json.loads(_ctl(agent, release, "member", "list"))
+    members: list[dict[str, object]] = got["members"] if isinstance(got, dict) else got
+    return members
+
+
+def _healthy_members(agent: NodeAgent, release: Release) -> list[dict[str, object]]:
+    """`member list` once every member is listed by its pod name, one Leader and the rest
+    Reachable; a member lists its name a moment after it starts, so this asks again (each
+    call takes a round of concordctl) until then, for up to a minute."""
+    want_names = [f"{RELEASE}-{i}" for i in range(release.members)]
+    want_statuses = ["Leader"] + ["Reachable"] * (release.members - 1)
+    deadline = time.perf_counter() + 60.0
+    while True:
+        members = _members(agent, release)
+        names = sorted(str(m["name"]) for m in members)
+        statuses = sorted(str(m["status"]) for m in members)
+        if (names, statuses) == (want_names, want_statuses):
+            return members
+        assert time.perf_counter() < deadline, f"members not settled: {members}"
+
+
+def _get(agent: NodeAgent, release: Release, key: str) -> str:
+    (row,) = json.loads(_ctl(agent, release, "get", key))
+    return str(row["value"])
+
+
+def _client_tls(plane: ControlPlane, namespace: str, into: Path) -> Path:
+    """The client certificate the chart's CA bootstrap made, as NOTES.txt fetches it."""
+    data = plane.kubectl_json("get", "secret", "-n", namespace, f"{RELEASE}-tls")["data"]
+    for name in ("ca.pem", "client.pem", "client-key.pem"):
+        (into / name).write_bytes(base64.b64decode(data[name]))
+        (into / name).chmod(0o600)
+    return into
+
+
+@pytest.fixture(scope="module")
+def release(
+    control_plane: ControlPlane, node_agent: NodeAgent, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Release]:
+    namespace = f"d-{uuid.uuid4().hex[:8]}"
+    control_plane.kubectl("create", "namespace", namespace)
+    try:
+        started = time.perf_counter()
+        control_plane.helm(
+            "install", RELEASE, str(CHART), "-n", namespace, "--set", "operator.enabled=false"
+        )
+        control_plane.kubectl("rollout", "status", "-n", namespace, f"statefulset/{RELEASE}", WAIT)
+        elapsed = time.perf_counter() - started
+        client = _client_tls(control_plane, namespace, tmp_path_factory.mktemp("client"))
+        print(f"\nhelm install -> {MEMBERS} Ready pods: {elapsed:.1f} s")
+        yield Release(namespace, client, elapsed)
+    finally:
+        control_plane.helm("uninstall", RELEASE, "-n", namespace, "--wait=false", check=False)
+        control_plane.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def test_install_gives_a_three_member_cluster(
+    control_plane: ControlPlane, node_agent: NodeAgent, release: Release
+) -> None:
+    pods = control_plane.kubectl_json(
+        "get", "pods", "-n", release.namespace, "-l", "app.kubernetes.io/component=coordinator"
+    )["items"]
+    assert sorted(p["metadata"]["name"] for p in pods) == [f"{RELEASE}-{i}" for i in range(3)]
+    for pod in pods:
+        status = pod["status"]
+        assert status["phase"] == "Running"
+        assert ipaddress.ip_address(status["podIP"]) in POD_NETWORK
+        ready = {c["type"]: c["status"] for c in status["conditions"]}
+        assert ready["Ready"] == "True" and ready["PodScheduled"] == "True"
+        (container,) = status["containerStatuses"]
+        assert container["ready"] and container["started"] and "running" in container["state"]
+    # Spread over the three Nodes (topologySpreadConstraints on kubernetes.io/hostname).
+    assert len({p["spec"]["nodeName"] for p in pods}) == 3
+    claims = control_plane.kubectl_json("get", "pvc", "-n", release.namespace)["items"]
+    assert sorted(c["status"]["phase"] for c in claims) == ["Bound"] * 3
+
+    # The CA bootstrap's split: members' and client's certificates in one Secret, the CA key
+    # alone in another that no pod mounts.
+    tls = control_plane.kubectl_json("get", "secret", "-n", release.namespace, f"{RELEASE}-tls")
+    assert "ca-key.pem" not in tls["data"]
+    assert sorted(tls["data"]) == sorted(
+        ["ca.pem", "cluster-id", "client.pem", "client-key.pem", "operator.pem", "operator-key.pem"]
+        + [f"member-{n}{k}.pem" for n in (1, 2, 3) for k in ("", "-key")]
+    )
+    ca = control_plane.kubectl_json("get", "secret", "-n", release.namespace, f"{RELEASE}-ca")
+    assert sorted(ca["data"]) == ["ca-key.pem", "ca.pem"]
+    for pod in pods:
+        mounted = [v["secret"]["secretName"] for v in pod["spec"]["volumes"] if "secret" in v]
+        assert mounted == [f"{RELEASE}-tls"]
+
+    _healthy_members(node_agent, release)
+    _ctl(node_agent, release, "put", "install", "ok")
+    assert _get(node_agent, release, "install") == "ok"
+
+
+def test_deleted_member_pod_rejoins_from_its_claim(
+    control_plane: ControlPlane, node_agent: NodeAgent, release: Release, tmp_path: Path
+) -> None:
+    ns = release.namespace
+    leader = next(m for m in _members(node_agent, release) if m["status"] == "Leader")
+    victim = str(leader["name"])
+    _ctl(node_agent, release, "put", "before", "1")
+    old = control_plane.kubectl_json("get", "pod", "-n", ns, victim)
+    old_ip = node_agent.pod_ip(ns, victim)
+    writer = Writer(node_agent, release, tmp_path)
+    started = time.perf_counter()
+    control_plane.kubectl("delete", "pod", "-n", ns, victim, "--wait=true", WAIT)
+    # Writes go on through the two survivors (a new leader) while the pod is away.
+    _ctl(node_agent, release, "put", "during", "2")
+    control_plane.kubectl(
+        "wait",
+        "-n",
+        ns,
+        "--for=jsonpath={.status.readyReplicas}=3",
+        WAIT,
+        f"statefulset/{RELEASE}",
+    )
+    control_plane.kubectl("wait", "-n", ns, "--for=condition=Ready", WAIT, f"pod/{victim}")
+    back_s = time.perf_counter() - started
+    try:
+        summary = writer.stop()
+    finally:
+        writer.kill()
+    print(
+        f"\nleader pod {victim} deleted -> recreated and Ready: {back_s:.1f} s; writes "
+        f"acknowledged {summary['acked']}, longest write outage "
+        f"{summary['longest_gap_s']:.2f} s, failed puts {len(summary['errors'])}"
+    )
+    assert summary["missing"] == [], "acknowledged writes lost"
+    new = control_plane.kubectl_json("get", "pod", "-n", ns, victim)
+    assert new["metadata"]["uid"] != old["metadata"]["uid"]
+    # Same claim, so same data: it restarted as the same member, not a new one.
+    claim = f"data-{victim}"
+    for pod in (old, new):
+        vols = {v["name"]: v for v in pod["spec"]["volumes"]}
+        assert vols["data"]["persistentVolumeClaim"]["claimName"] == claim
+    assert old_ip is not None
+    _healthy_members(node_agent, release)  # the same three members, all back
+    _ctl(node_agent, release, "put", "after", "3")
+    for key, value in (("before", "1"), ("during", "2"), ("after", "3")):
+        assert _get(node_agent, release, key) == value
+
+
+def _evict(plane: ControlPlane, namespace: str, pod: str) -> tuple[bool, str]:
+    body = {
+        "apiVersion": "policy/v1",
+        "kind": "Eviction",
+        "metadata": {"name": pod, "namespace": namespace},
+    }
+    done = plane.kubectl(
+        "create", "--raw", f"/api/v1/namespaces/{namespace}/pods/{pod}/eviction", "-f", "-",
+        input=json.dumps(body), check=False,
+    )  # fmt: skip
+    return done.returncode == 0, done.stderr
+
+
+def test_pdb_refuses_an_eviction_that_would_take_a_second_member(
+    control_plane: ControlPlane, node_agent: NodeAgent, release: Release
+) -> None:
+    ns = release.namespace
+    control_plane.kubectl(
+        "wait", "-n", ns, "--for=jsonpath={.status.disruptionsAllowed}=1", WAIT,
+        f"poddisruptionbudget/{RELEASE}",
+    )  # fmt: skip
+    ok, why = _evict(control_plane, ns, f"{RELEASE}-0")
+    assert ok, why
+    ok, why = _evict(control_plane, ns, f"{RELEASE}-1")
+    assert not ok
+    assert "would violate the pod's disruption budget" in why
+    control_plane.kubectl(
+        "wait", "-n", ns, "--for=jsonpath={.status.readyReplicas}=3", WAIT,
+        f"statefulset/{RELEASE}",
+    )  # fmt: skip
+    _ctl(node_agent, release, "put", "after-eviction", "ok")
+
+
+def test_install_with_own_secret_and_one_member(
+    control_plane: ControlPlane,
+    node_agent: NodeAgent,
+    kube_namespace: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Non-default values: certificates from the user's Secret (no bootstrap Job), a single
+    member, no PDB (one member cannot tolerate any disruption anyway)."""
+    ns = kube_namespace
+    client = make_tls_secret(control_plane, ns, RELEASE, 1, tmp_path_factory.mktemp("own"))
+    control_plane.helm(
+        "install", RELEASE, str(CHART), "-n", ns, "--set", "operator.enabled=false",
+        "--set", f"tls.secretName={RELEASE}-tls", "--set", "coordinator.replicas=1",
+        "--set", "podDisruptionBudget.enabled=false",
+    )  # fmt: skip
+    try:
+        control_plane.kubectl("rollout", "status", "-n", ns, f"statefulset/{RELEASE}", WAIT)
+        jobs = control_plane.kubectl_json("get", "jobs", "-n", ns)["items"]
+        assert jobs == []
+        _healthy_members(node_agent, Release(ns, client, 0.0, members=1))
+    finally:
+        control_plane.helm("uninstall", RELEASE, "-n", ns, "--wait=false", check=False)
+
+
+class Writer:
+    """tests/deploy/writer.py in the background, where the members' names resolve."""
+
+    def __init__(self, agent: NodeAgent, release: Release, workdir: Path) -> None:
+        self.out = workdir / "writer.json"
+        self.proc = agent.spawn(
+            [sys.executable, "-m", "tests.deploy.writer", release.endpoints(),
+             str(release.client_tls), str(self.out)],
+            workdir / "writer.log",
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        first = self.proc.stdout.readline()  # after the first acknowledged write
+        assert first.strip() == "writing", (workdir / "writer.log").read_text()
+
+    def stop(self) -> dict[str, Any]:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.communicate(timeout=180)  # also closes the pipe
+        summary: dict[str, Any] = json.loads(self.out.read_text())
+        return summary
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate()
+
+
+def test_rolling_update_keeps_writes_going(
+    control_plane: ControlPlane, node_agent: NodeAgent, release: Release, tmp_path: Path
+) -> None:
+    """A pod-template change restarts the members one at a time (highest ordinal first),
+    each Ready before the next; a steady writer loses nothing."""
+    ns = release.namespace
+    before = {
+        p["metadata"]["name"]: p["metadata"]["uid"]
+        for p in control_plane.kubectl_json(
+            "get", "pods", "-n", ns, "-l", "app.kubernetes.io/component=coordinator"
+        )["items"]
+    }
+    writer = Writer(node_agent, release, tmp_path)
+    try:
+        started = time.perf_counter()
+        control_plane.helm(
+            "upgrade", RELEASE, str(CHART), "-n", ns, "--reuse-values",
+            "--set", "coordinator.podAnnotations.restartedAt=rolling-update-test",
+        )  # fmt: skip
+        control_plane.kubectl("rollout", "status", "-n", ns, f"statefulset/{RELEASE}", WAIT)
+        rolled_s = time.perf_counter() - started
+        summary = writer.stop()
+    finally:
+        writer.kill()
+    after = {
+        p["metadata"]["name"]: p["metadata"]["uid"]
+        for p in control_plane.kubectl_json(
+            "get", "pods", "-n", ns, "-l", "app.kubernetes.io/component=coordinator"
+        )["items"]
+    }
+    assert after.keys() == before.keys()
+    assert all(after[name] != uid for name, uid in before.items()), "not every member restarted"
+    print(
+        f"\nrolling update of {MEMBERS} members: {rolled_s:.1f} s; writes acknowledged "
+        f"{summary['acked']}, longest write outage {summary['longest_gap_s']:.2f} s, "
+        f"failed puts {len(summary['errors'])} {summary['errors'][:3]}"
+    )
+    assert summary["missing"] == [], "acknowledged writes lost"
+    assert summary["acked"] > 0
+    _healthy_members(node_agent, release)
+
+
+def test_alerts_and_dashboard_use_only_metrics_the_members_export(
+    control_plane: ControlPlane, node_agent: NodeAgent, release: Release
+) -> None:
+    """Every series the PrometheusRule's alerts and the Grafana dashboard's panels read is one
+    a live member serves."""
+    assert control_plane.helm_path is not None
+    done = subprocess.run(
+        [str(control_plane.helm_path), "template", RELEASE, str(CHART), "-n",
+         release.namespace, "--set", "metrics.prometheusRule.enabled=true",
+         "--set", "metrics.grafanaDashboard.enabled=true",
+         "--api-versions", "monitoring.coreos.com/v1/PrometheusRule",
+         "--show-only", "templates/prometheusrule.yaml",
+         "--show-only", "templates/dashboard.yaml"],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    docs = {d["kind"]: d for d in yaml.safe_load_all(done.stdout) if d}
+    rules = docs["PrometheusRule"]["spec"]["groups"][0]["rules"]
+    dashboard = json.loads(docs["ConfigMap"]["data"]["concord.json"])
+    exprs = [r["expr"] for r in rules] + [
+        t["expr"] for panel in dashboard["panels"] for t in panel["targets"]
+    ]
+
+    def series(expr: str) -> set[str]:
+        return {
+            re.sub(r"_(bucket|sum|count|total)$", "", name)
+            for name in re.findall(r"\bconcord_[a-z_]+", expr)
+        }
+
+    alerts = set().union(*(series(r["expr"]) for r in rules))
+    used = set().union(*(series(e) for e in exprs))
+    url = f"http://{member_host(RELEASE, release.namespace, 0)}:7072/metrics"
+    fetch = f"import urllib.request; print(urllib.request.urlopen({url!r}).read().decode())"
+    page = node_agent.run([sys.executable, "-c", fetch])
+    assert page.returncode == 0, page.stderr
+    # The text format names a counter's family with its _total suffix: compare without it.
+    exported = series(" ".join(re.findall(r"^# TYPE (concord_[a-z_]+) ", page.stdout, re.M)))
+    assert len(alerts) >= 6 and len(used) >= 15
+    assert used <= exported, f"series no member exports: {sorted(used - exported)}"
+
+
+def _pod_uids(plane: ControlPlane, namespace: str) -> dict[str, str]:
+    pods = plane.kubectl_json(
+        "get", "pods", "-n", namespace, "-l", "app.kubernetes.io/component=coordinator"
+    )["items"]
+    return {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods}
+
+
+def test_autolocked_members_unlock_from_the_secret_after_a_restart(
+    control_plane: ControlPlane, node_agent: NodeAgent, release: Release
+) -> None:
+    """Autolock on (concordctl prints each member's unlock key once), the keys in a Secret
+    of the user's, `helm upgrade --set autolock.unlockKeySecret=...`: the rolling restart
+    brings every member up locked, and each unlocks itself from its key file and is Ready."""
+    ns = release.namespace
+    before = _pod_uids(control_plane, ns)
+    turned_on = json.loads(_ctl(node_agent, release, "cluster", "autolock", "on"))
+    keys = {f"member-{o['member']}": o["unlock_key"] for o in turned_on}
+    assert sorted(keys) == ["member-1", "member-2", "member-3"]
+    control_plane.kubectl(
+        "create", "secret", "generic", "concord-unlock", "-n", ns,
+        *(f"--from-literal={k}={v}" for k, v in keys.items()),
+    )  # fmt: skip
+    control_plane.helm(
+        "upgrade", RELEASE, str(CHART), "-n", ns, "--reuse-values",
+        "--set", "autolock.unlockKeySecret=concord-unlock",
+    )  # fmt: skip
+    control_plane.kubectl("rollout", "status", "-n", ns, f"statefulset/{RELEASE}", WAIT)
+    status = json.loads(_ctl(node_agent, release, "cluster", "autolock", "status"))
+    assert [(s["autolock"], s["locked"]) for s in status] == [(True, False)] * 3
+    after = _pod_uids(control_plane, ns)
+    # Every member restarted on its autolocked data dir (a member without its key would
+    # never be Ready, and the rollout would not have finished).
+    assert all(after[name] != uid for name, uid in before.items())
+    _ctl(node_agent, release, "put", "after-autolock", "ok")
+
+
+def test_example_job_takes_turns_under_the_lock(
+    control_plane: ControlPlane, node_agent: NodeAgent, release: Release
+) -> None:
+    """examples/lock-guarded-job.yaml: two pods started together run their work one after
+    the other, each under its own, larger fencing token."""
+    ns = release.namespace
+    control_plane.kubectl("apply", "-n", ns, "-f", str(EXAMPLES / "lock-guarded-job.yaml"))
+    control_plane.kubectl("wait", "-n", ns, "--for=condition=Complete", WAIT, "job/nightly-report")
+    runs = []
+    for log in node_agent.state_dir.glob(f"pods/{ns}_nightly-report-*/report.log"):
+        fields = {
+            line.split()[0]: line.split()[1:]
+            for line in log.read_text().splitlines()
+            if line.startswith(("start ", "end "))
+        }
+        runs.append((float(fields["start"][1]), float(fields["end"][1]), int(fields["start"][0])))
+    assert len(runs) == 2, runs
+    (_, end1, token1), (start2, _, token2) = sorted(runs)
+    assert end1 <= start2, f"the work overlapped: {runs}"
+    assert token1 < token2
