@@ -31,13 +31,13 @@ import contextlib
 import datetime as dt
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from coordinator.client import ConcordError
 
 from .coordinator import Gateway, KnownRecord
-from .kube import Conflict, KubeApi, ObjectGone
+from .kube import Conflict, Invalid, KubeApi, ObjectGone
 from .manifests import CERTIFICATE_CONFIGMAP, certificate_configmap, published_key_id
 from .metrics import Metrics
 from .reconcile import (
@@ -71,6 +71,7 @@ from .sealed import (
     decode_encrypted,
     may_write,
     reconcile_sealed_secret,
+    refused,
 )
 
 log = logging.getLogger(__name__)
@@ -327,10 +328,10 @@ class Controller:
             if isinstance(unsealed, NotUnsealed):
                 self.metrics.unseals.labels(unsealed.reason).inc()
         self.metrics.step_seconds.labels("observe").observe(loop.time() - started)
-        plan = reconcile_sealed_secret(
-            ref, spec, unsealed, existing, tracked.status, dt.datetime.now(dt.UTC)
-        )
-        if plan.write is not None and plan.secret is not None:
+        now = dt.datetime.now(dt.UTC)
+        plan = reconcile_sealed_secret(ref, spec, unsealed, existing, tracked.status, now)
+        write = plan.write
+        if write is not None and plan.secret is not None:
             if not self.leader_valid():
                 tracked.dirty = True
                 return
@@ -351,15 +352,19 @@ class Controller:
                 tracked.dirty = True
                 self.metrics.reconciles.labels(SEALED_SECRETS, "conflict").inc()
                 return
-            tracked.secret_version = written
-            log.info(
-                "%s Secret %s/%s: keys %s, sealing keys %s",
-                {"create": "created", "replace": "updated", "recreate": "re-created"}[plan.write],
-                ref.namespace,
-                ref.name,
-                ",".join(sorted(spec.encrypted)),
-                ",".join(plan.status.get("keyIds") or []),
-            )
+            except Invalid as err:
+                log.warning("Secret %s/%s refused: %s", ref.namespace, ref.name, err.message)
+                plan = replace(plan, status=refused(ref, err.message, tracked.status, now))
+            else:
+                tracked.secret_version = written
+                log.info(
+                    "%s Secret %s/%s: keys %s, sealing keys %s",
+                    write.replace("create", "created").replace("replace", "updated"),
+                    ref.namespace,
+                    ref.name,
+                    ",".join(sorted(spec.encrypted)),
+                    ",".join(plan.status.get("keyIds") or []),
+                )
             self.metrics.step_seconds.labels("act").observe(loop.time() - acting_at)
         if plan.retry:
             self.unhealthy.add(ref.key)

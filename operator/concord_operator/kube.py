@@ -19,6 +19,7 @@ keep-alive) never waits on the API server and many objects' writes are in flight
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -84,6 +85,25 @@ class Conflict(Exception):
     kind: str
     namespace: str
     name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid(Exception):
+    """The API server refused the object as invalid (422): `message` is its own reason,
+    e.g. a kubernetes.io/basic-auth Secret without a username."""
+
+    kind: str
+    namespace: str
+    name: str
+    message: str
+
+
+def _invalid(kind: str, namespace: str, name: str, err: ApiException) -> Invalid:
+    try:
+        message = str(json.loads(err.body or "{}").get("message") or err.reason)
+    except ValueError:
+        message = str(err.reason)
+    return Invalid(kind, namespace, name, message)
 
 
 CoreKind = Literal["Secret", "ConfigMap"]
@@ -230,6 +250,8 @@ class KubeApi:
         except ApiException as err:
             if err.status == 409:
                 raise Conflict(kind, namespace, body["metadata"]["name"]) from None
+            if err.status == 422:
+                raise _invalid(kind, namespace, body["metadata"]["name"], err) from None
             raise
         return str(made.metadata.resource_version)
 
@@ -247,6 +269,8 @@ class KubeApi:
         except ApiException as err:
             if err.status in (404, 409):
                 raise Conflict(kind, namespace, name) from None
+            if err.status == 422:
+                raise _invalid(kind, namespace, name, err) from None
             raise
         return str(made.metadata.resource_version)
 

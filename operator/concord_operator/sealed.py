@@ -22,7 +22,9 @@ Rules, in order:
   what is there: created, replaced (with the resourceVersion read, so a concurrent change
   is never overwritten blindly) or, when the template's type changed, deleted and created
   again (the API server refuses to change a Secret's type in place). Ready=True `Unsealed`
-  (or `Adopted`), `keyIds` the sealing keys the values were sealed to.
+  (or `Adopted`), `keyIds` the sealing keys the values were sealed to. Should the API
+  server refuse the Secret as invalid (a `kubernetes.io/basic-auth` template without a
+  `username` value, say), Ready=False `SecretInvalid` carries its message (`refused`).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ UNSEALED = "Unsealed"
 ADOPTED = "Adopted"
 NOT_OWNED = "SecretNotOwned"
 PERMISSION_DENIED = "PermissionDenied"
+SECRET_INVALID = "SecretInvalid"
 MALFORMED = "Malformed"
 
 
@@ -244,6 +247,19 @@ def reconcile_sealed_secret(  # noqa: PLR0917 (each input named)
     return SecretPlan(
         write, wanted if write else None, status(ready, keyIds=list(unsealed.key_ids))
     )
+
+
+def refused(ref: ObjectRef, message: str, previous: Mapping[str, Any], now: dt.datetime) -> Status:
+    """The status when the API server refused the Secret as invalid (e.g. a template type
+    whose required keys the values lack): its message, Ready=False; nothing to retry until
+    the SealedSecret changes."""
+    conds = conditions(
+        [Cond(READY, "False", SECRET_INVALID, f"the API server refused the Secret: {message}")],
+        list(previous.get("conditions") or []),
+        ref.generation,
+        now,
+    )
+    return {"observedGeneration": ref.generation, "conditions": conds, "phase": phase_of(conds)}
 
 
 def _differs(existing: ExistingSecret, spec: SealedSpec, unsealed: Unsealed) -> bool:

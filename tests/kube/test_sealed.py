@@ -71,11 +71,6 @@ def kube(control_plane: ControlPlane, kube_namespace: str) -> Iterator[KubeObjec
 
 
 @pytest.fixture
-def core(kube: KubeObjects) -> kubernetes.client.CoreV1Api:
-    return kubernetes.client.CoreV1Api(kube.api_client)
-
-
-@pytest.fixture
 def operator(
     tmp_path: Path, coord: ProcessCluster, control_plane: ControlPlane, kube_namespace: str
 ) -> Iterator[OperatorProcess]:
@@ -124,13 +119,19 @@ def concordctl(coord: ProcessCluster, *args: str, stdin: str = "") -> str:
     return done.stdout
 
 
-def secret_manifest(ns: str, name: str, values: dict[str, str], **meta: Any) -> str:  # noqa: ANN401
+def secret_manifest(
+    ns: str,
+    name: str,
+    values: dict[str, str],
+    secret_type: str = "Opaque",
+    **meta: Any,
+) -> str:
     return yaml.safe_dump(
         {
             "apiVersion": "v1",
             "kind": "Secret",
             "metadata": {"name": name, "namespace": ns, **meta},
-            "type": "kubernetes.io/basic-auth",
+            "type": secret_type,
             "stringData": values,
         }
     )
@@ -140,7 +141,7 @@ def apply(control_plane: ControlPlane, manifest: str) -> None:
     control_plane.kubectl("apply", "-f", "-", input=manifest)
 
 
-def read_secret(core: kubernetes.client.CoreV1Api, ns: str, name: str) -> Any | None:  # noqa: ANN401
+def read_secret(core: kubernetes.client.CoreV1Api, ns: str, name: str) -> Any | None:
     try:
         return core.read_namespaced_secret(name, ns)
     except kubernetes.client.exceptions.ApiException as err:
@@ -149,7 +150,7 @@ def read_secret(core: kubernetes.client.CoreV1Api, ns: str, name: str) -> Any | 
         raise
 
 
-def values_of(secret: Any) -> dict[str, str]:  # noqa: ANN401 (a V1Secret)
+def values_of(secret: Any) -> dict[str, str]:
     return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
 
 
@@ -200,12 +201,12 @@ def published(control_plane: ControlPlane, ns: str) -> str:
 def test_sealed_with_the_cli_applied_unsealed_updated_and_garbage_collected(
     coord: ProcessCluster,
     kube: KubeObjects,
-    core: kubernetes.client.CoreV1Api,
     operator: OperatorProcess,
     control_plane: ControlPlane,
     tmp_path: Path,
 ) -> None:
     ns = kube.namespace
+    core = kubernetes.client.CoreV1Api(kube.api_client)
 
     async def scenario() -> None:
         # The certificate is published first (the operator's first poll makes the key).
@@ -218,6 +219,7 @@ def test_sealed_with_the_cli_applied_unsealed_updated_and_garbage_collected(
             ns,
             "db",
             {"username": "admin", "password": "hunter2-first"},
+            "kubernetes.io/basic-auth",
             labels={"app": "db"},
             annotations={"team": "payments"},
         )
@@ -271,7 +273,9 @@ def test_sealed_with_the_cli_applied_unsealed_updated_and_garbage_collected(
             str(cert),
             "--merge-into",
             str(sealed_path),
-            stdin=secret_manifest(ns, "db", {"password": "hunter2-second"}),
+            stdin=secret_manifest(
+                ns, "db", {"password": "hunter2-second"}, "kubernetes.io/basic-auth"
+            ),
         )
         changed = yaml.safe_load(sealed_path.read_text())
         changed["spec"]["template"]["metadata"]["labels"]["tier"] = "backend"
@@ -318,11 +322,11 @@ def test_sealed_with_the_cli_applied_unsealed_updated_and_garbage_collected(
 def test_wrong_scope_tampered_and_foreign_secret_each_give_their_condition_and_no_secret(
     coord: ProcessCluster,
     kube: KubeObjects,
-    core: kubernetes.client.CoreV1Api,
     operator: OperatorProcess,
     control_plane: ControlPlane,
 ) -> None:
     ns = kube.namespace
+    core = kubernetes.client.CoreV1Api(kube.api_client)
 
     async def scenario() -> None:
         # Sealed (strict) for "a", applied as "b": the scope bound into it says no.
@@ -397,12 +401,12 @@ def test_wrong_scope_tampered_and_foreign_secret_each_give_their_condition_and_n
 def test_a_renewed_key_is_published_old_values_still_unseal_and_re_encrypt_moves_them(
     coord: ProcessCluster,
     kube: KubeObjects,
-    core: kubernetes.client.CoreV1Api,
     operator: OperatorProcess,
     control_plane: ControlPlane,
     tmp_path: Path,
 ) -> None:
     ns = kube.namespace
+    core = kubernetes.client.CoreV1Api(kube.api_client)
 
     async def scenario() -> None:
         await eventually(lambda: bool(published(control_plane, ns)), WAIT_S, "ConfigMap")
