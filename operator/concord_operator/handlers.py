@@ -108,20 +108,27 @@ async def sealed_secret_exists(body: kopf.Body, memo: kopf.Memo, **_: object) ->
     _controller(memo).upsert(SEALED_SECRETS, body)
 
 
-@kopf.on.event(GROUP, VERSION, SEALED_SECRETS)
-async def sealed_secret_event(
-    event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: object
-) -> None:
-    # Deleted: stop tracking it at once, so that the garbage collector's deletion of its
-    # Secret is not taken for a Secret to put back.
-    if event.get("type") == "DELETED":
-        meta = body.get("metadata") or {}
-        _controller(memo).forget(
-            (SEALED_SECRETS, str(meta.get("namespace")), str(meta.get("name")))
-        )
+def _deleted(event: kopf.RawEvent, **_: object) -> bool:
+    return event.get("type") == "DELETED"
 
 
-@kopf.on.event("v1", "secrets")
+def _of_a_sealed_secret(
+    name: str | None, namespace: str | None, memo: kopf.Memo, **_: object
+) -> bool:
+    # Filtered before the handler runs, so Secrets that are none of ours cost no handler
+    # call and no log line.
+    return (SEALED_SECRETS, str(namespace), str(name)) in _controller(memo).objects
+
+
+@kopf.on.event(GROUP, VERSION, SEALED_SECRETS, when=_deleted)
+async def sealed_secret_deleted(body: kopf.Body, memo: kopf.Memo, **_: object) -> None:
+    # Stop tracking it at once, so that the garbage collector's deletion of its Secret is
+    # not taken for a Secret to put back.
+    meta = body.get("metadata") or {}
+    _controller(memo).forget((SEALED_SECRETS, str(meta.get("namespace")), str(meta.get("name"))))
+
+
+@kopf.on.event("v1", "secrets", when=_of_a_sealed_secret)
 async def secret_event(body: kopf.Body, memo: kopf.Memo, **_: object) -> None:
     # Only the name and version are passed on: the Secret's data is never looked at here.
     meta = body.get("metadata") or {}
