@@ -109,6 +109,10 @@ class Tracked:
     secret_version: str = ""
     """SealedSecret: the resourceVersion of the Secret as this operator last wrote it (the
     watch event of our own write is not a reason to unseal again)."""
+    settled: tuple[int, str] | None = None
+    """SealedSecret: (generation, Secret resourceVersion) when a reconcile last left the
+    Secret as the SealedSecret says, with Ready=True written: finding both unchanged, there
+    is nothing to unseal again (the event of our own write, a resync after a watch restart)."""
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
@@ -316,6 +320,15 @@ class Controller:
         spec = SealedSpec.of(tracked.spec)
         body = await self.kube.read("Secret", ref.namespace, ref.name)
         existing = ExistingSecret.of(body) if body is not None else None
+        if (
+            forced is None
+            and existing is not None
+            and tracked.settled == (ref.generation, existing.resource_version)
+        ):
+            self.metrics.reconciles.labels(SEALED_SECRETS, "ok").inc()
+            return
+        tracked.settled = None
+        settle_version = existing.resource_version if existing is not None else ""
         unsealed: Unsealed | NotUnsealed | Unavailable | None = forced
         if unsealed is None and may_write(ref, existing):
             envelopes = decode_encrypted(spec)
@@ -356,7 +369,7 @@ class Controller:
                 log.warning("Secret %s/%s refused: %s", ref.namespace, ref.name, err.message)
                 plan = replace(plan, status=refused(ref, err.message, tracked.status, now))
             else:
-                tracked.secret_version = written
+                tracked.secret_version = settle_version = written
                 log.info(
                     "%s Secret %s/%s: keys %s, sealing keys %s",
                     write.replace("create", "created").replace("replace", "updated"),
@@ -379,6 +392,8 @@ class Controller:
             self.metrics.step_seconds.labels("write").observe(loop.time() - writing_at)
             tracked.status.update(plan.status)
             self.metrics.status_patches.labels(SEALED_SECRETS).inc()
+        if plan.status.get("phase") == "Ready" and settle_version:
+            tracked.settled = (ref.generation, settle_version)
         result = "unavailable" if plan.retry else "ok"
         self.metrics.reconciles.labels(SEALED_SECRETS, result).inc()
         self.metrics.reconcile_seconds.labels(SEALED_SECRETS).observe(loop.time() - started)
