@@ -459,3 +459,41 @@ def test_a_renewed_key_is_published_old_values_still_unseal_and_re_encrypt_moves
         assert data["keyId"] == renewed.key_id
 
     asyncio.run(scenario())
+
+
+# --- the operator's identity -------------------------------------------------------------------
+
+
+def test_an_operator_without_the_operator_identity_is_refused_and_says_which_tls_dir(
+    tmp_path: Path, coord: ProcessCluster, kube: KubeObjects, control_plane: ControlPlane
+) -> None:
+    ns = kube.namespace
+    core = kubernetes.client.CoreV1Api(kube.api_client)
+    op = OperatorProcess(
+        tmp_path,
+        "plain",
+        coord.endpoints(),
+        plain_client_tls_dir(coord),  # `client/`, not `operator/`
+        control_plane.kubeconfig,
+        ns,
+    ).start()
+    try:
+
+        async def scenario() -> None:
+            apply(
+                control_plane,
+                concordctl(coord, "seal", stdin=secret_manifest(ns, "db", {"pw": "not-for-you"})),
+            )
+            await eventually(
+                reason_is(kube, "db", "PermissionDenied"), WAIT_S, "PermissionDenied", op.log
+            )
+            assert "operator/ directory" in ready(kube, "db")["message"]
+            assert read_secret(core, ns, "db") is None
+            # The certificate is public: any client of the cluster may publish it.
+            await eventually(lambda: bool(published(control_plane, ns)), WAIT_S, "ConfigMap")
+            assert_nothing_leaks(op, control_plane, ns, ["not-for-you"])
+
+        asyncio.run(scenario())
+    finally:
+        op.stop()
+        print(f"--- operator ---\n{op.log()[-6000:]}")
