@@ -195,8 +195,9 @@ def reconcile_sealed_secret(  # noqa: PLR0917 (each input named)
                            ref.generation, now)  # fmt: skip
         return SecretPlan(None, None, {"conditions": conds, "phase": phase_of(conds)}, retry=True)
     where = f"{ref.namespace}/{ref.name}"
-    if not may_write(ref, existing) or unsealed is None:
-        assert existing is not None  # may_write is True without one
+    if unsealed is None or not may_write(ref, existing):
+        if existing is None:  # may_write is True without a Secret: the caller must unseal
+            raise ValueError("nothing was unsealed although no Secret stands in the way")
         held = f" (controlled by {existing.controller})" if existing.controller_uid else ""
         how = (
             f"remove its controller first, then annotate it: kubectl annotate secret -n "

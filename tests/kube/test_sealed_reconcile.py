@@ -241,3 +241,9 @@ def test_secret_values_are_base64_in_a_stable_order() -> None:
     assert list(secret["data"]) == ["a", "b"]
     assert secret["data"]["a"] == "AP8="
     assert "labels" not in secret["metadata"] and "annotations" not in secret["metadata"]
+
+
+def test_a_foreign_secret_is_not_written_even_with_values_at_hand() -> None:
+    plan = reconcile_sealed_secret(REF, SPEC, OPENED, existing(controller_uid="x"), {}, NOW)
+    assert plan.write is None and plan.secret is None
+    assert ready(plan.status)["reason"] == "SecretNotOwned"
