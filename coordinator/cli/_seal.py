@@ -16,8 +16,9 @@ through the client API (GetSealingCertificate). The certificate is checked first
 that is not a Concord sealing certificate, or one that has expired, is refused.
 
 The SealedSecret (`concord.dev/v1alpha1`) carries `spec.scope`, `spec.encryptedData` (each
-envelope in base64) and `spec.template` (the Secret's `type`, `labels` and `annotations`,
-minus `kubectl.kubernetes.io/last-applied-configuration`, which holds the plaintext). The
+envelope in base64) and `spec.template` (the Secret's `type`, `metadata.labels` and
+`metadata.annotations`, minus `kubectl.kubernetes.io/last-applied-configuration`, which holds
+the plaintext). The
 scope decides which names the operator may unseal it as: strict needs the namespace and name,
 namespace-wide the namespace, cluster-wide neither (`--namespace`/`--name` override the
 manifest's).
@@ -201,11 +202,16 @@ def sealed_secret(
     if secret.namespace:
         meta["namespace"] = secret.namespace
     meta["annotations"] = {"concord.dev/sealing-key": key_id}
+    # The CRD's shape (crds/concord.dev_sealedsecrets.yaml): labels and annotations sit under
+    # template.metadata, as in a pod template; anywhere else the API server would prune them.
     template: dict[str, Any] = {"type": secret.type}
+    template_meta: dict[str, Any] = {}
     if secret.labels:
-        template["labels"] = secret.labels
+        template_meta["labels"] = secret.labels
     if secret.annotations:
-        template["annotations"] = secret.annotations
+        template_meta["annotations"] = secret.annotations
+    if template_meta:
+        template["metadata"] = template_meta
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,

@@ -37,6 +37,7 @@ from . import handlers  # noqa: F401 (registers the kopf handlers)
 from .controller import Controller
 from .coordinator import Gateway, Leader, credentials
 from .kube import KubeApi, StartupError
+from .manifests import CERTIFICATE_CONFIGMAP
 from .metrics import Metrics, ProbeServer
 
 log = logging.getLogger("concord_operator")
@@ -53,8 +54,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     env = os.environ.get
     p = argparse.ArgumentParser(
         prog="concord-operator",
-        description="Concord's Kubernetes operator: Lease and Sequence resources backed by a "
-        "Concord coordinator cluster.",
+        description="Concord's Kubernetes operator: Lease, Sequence and SealedSecret resources "
+        "backed by a Concord coordinator cluster.",
     )
     p.add_argument(
         "--endpoints",
@@ -65,8 +66,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--tls-dir",
         type=Path,
         default=_path(env("CONCORD_TLS_DIR")),
-        help="ca.pem, client.pem, client-key.pem for mutual TLS (env CONCORD_TLS_DIR); "
-        "without it, plaintext",
+        help="ca.pem, client.pem, client-key.pem for mutual TLS (env CONCORD_TLS_DIR): the "
+        "operator/ directory of concordctl cluster init, whose identity may unseal; without "
+        "it, plaintext",
     )
     p.add_argument(
         "--kubeconfig",
@@ -108,6 +110,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=0.5,
         help="at most one status write per object per this interval",
     )
+    p.add_argument(
+        "--operator-namespace",
+        default=env("POD_NAMESPACE", ""),
+        help="the operator's own namespace, where it publishes the sealing certificate "
+        "(env POD_NAMESPACE; default: the first --namespace, else 'default')",
+    )
+    p.add_argument(
+        "--sealing-certificate-configmap",
+        default=CERTIFICATE_CONFIGMAP,
+        help="the ConfigMap (in --operator-namespace) holding the current sealing certificate",
+    )
+    p.add_argument(
+        "--sealing-certificate-interval-seconds",
+        type=float,
+        default=60.0,
+        help="how often the sealing key id is checked (a renewed key is published then)",
+    )
     p.add_argument("--log-level", default=env("CONCORD_LOG_LEVEL", "INFO"))
     args = p.parse_args(argv)
     args.endpoints = [e.strip() for e in args.endpoints.split(",") if e.strip()]
@@ -119,13 +138,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if not port.isdigit():
         p.error(f"--http-listen must be host:port, got {args.http_listen!r}")
     args.http_host, args.http_port = host or "0.0.0.0", int(port)
+    if not args.operator_namespace:
+        args.operator_namespace = args.namespace[0] if args.namespace else "default"
     return args
 
 
 async def run(args: argparse.Namespace) -> int:
     try:
         kube = KubeApi.load(args.kubeconfig)
-        await asyncio.to_thread(kube.preflight, args.namespace)
+        await asyncio.to_thread(kube.preflight, args.namespace, args.operator_namespace)
         creds = credentials(args.tls_dir)
     except (StartupError, ValueError) as err:
         log.error("cannot start: %s", err)
@@ -176,7 +197,14 @@ async def run(args: argparse.Namespace) -> int:
         metrics.leader.set(1)
         metrics.fencing_token.set(leadership.fencing_token)
         controller = Controller(
-            gateway, kube, leader.valid, metrics, interval_s=args.status_interval_seconds
+            gateway,
+            kube,
+            leader.valid,
+            metrics,
+            interval_s=args.status_interval_seconds,
+            operator_namespace=args.operator_namespace,
+            certificate_configmap=args.sealing_certificate_configmap,
+            certificate_interval_s=args.sealing_certificate_interval_seconds,
         )
         controller.start()
         operator_task = asyncio.create_task(

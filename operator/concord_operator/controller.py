@@ -31,17 +31,19 @@ import contextlib
 import datetime as dt
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from coordinator.client import ConcordError
 
 from .coordinator import Gateway, KnownRecord
-from .kube import KubeApi, ObjectGone
+from .kube import Conflict, Invalid, KubeApi, ObjectGone
+from .manifests import CERTIFICATE_CONFIGMAP, certificate_configmap, published_key_id
 from .metrics import Metrics
 from .reconcile import (
     CLUSTERS,
     LEASES,
+    SEALED_SECRETS,
     SEQUENCES,
     LeaseObserved,
     LeaseSpec,
@@ -60,6 +62,16 @@ from .reconcile import (
     reconcile_lease,
     reconcile_sequence,
     status_changed,
+)
+from .sealed import (
+    ExistingSecret,
+    NotUnsealed,
+    SealedSpec,
+    Unsealed,
+    decode_encrypted,
+    may_write,
+    reconcile_sealed_secret,
+    refused,
 )
 
 log = logging.getLogger(__name__)
@@ -94,6 +106,13 @@ class Tracked:
     next_allowed: float = 0.0
     known: KnownRecord | None = None
     """The configuration record as last read or written; None: read it (see KnownRecord)."""
+    secret_version: str = ""
+    """SealedSecret: the resourceVersion of the Secret as this operator last wrote it (the
+    watch event of our own write is not a reason to unseal again)."""
+    settled: tuple[int, str] | None = None
+    """SealedSecret: (generation, Secret resourceVersion) when a reconcile last left the
+    Secret as the SealedSecret says, with Ready=True written: finding both unchanged, there
+    is nothing to unseal again (the event of our own write, a resync after a watch restart)."""
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
@@ -118,6 +137,9 @@ class Controller:
         *,
         interval_s: float = 0.5,
         probe_interval_s: float = 1.0,
+        operator_namespace: str = "",
+        certificate_configmap: str = CERTIFICATE_CONFIGMAP,
+        certificate_interval_s: float = 60.0,
     ) -> None:
         self.gateway = gateway
         self.kube = kube
@@ -128,6 +150,9 @@ class Controller:
         self.objects: dict[Key, Tracked] = {}
         self.unhealthy: set[Key] = set()
         self.available = True
+        self.operator_namespace = operator_namespace
+        self.certificate_configmap = certificate_configmap
+        self.certificate_interval_s = certificate_interval_s
         self._tasks: list[asyncio.Task[None]] = []
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -137,6 +162,10 @@ class Controller:
             asyncio.create_task(self._watch_loop(), name="concord-watch"),
             asyncio.create_task(self._health_loop(), name="concord-probe"),
         ]
+        if self.operator_namespace:
+            self._tasks.append(
+                asyncio.create_task(self._certificate_loop(), name="sealing-certificate")
+            )
 
     async def stop(self) -> None:
         tasks = [*self._tasks, *(t.task for t in self.objects.values() if t.task is not None)]
@@ -161,6 +190,14 @@ class Controller:
             tracked.ref, tracked.spec = ref, spec
         tracked.known = None  # a spec change or a resume: read everything afresh
         self._schedule(tracked)
+
+    def secret_changed(self, namespace: str, name: str, resource_version: str) -> None:
+        """A Secret changed or went: if a SealedSecret of that name is tracked, reconcile it
+        (a Secret deleted by hand comes back; an adoption annotation is noticed). The event
+        of the operator's own write is skipped."""
+        tracked = self.objects.get((SEALED_SECRETS, namespace, name))
+        if tracked is not None and tracked.secret_version != resource_version:
+            self._schedule(tracked)
 
     def forget(self, key: Key) -> None:
         tracked = self.objects.pop(key, None)
@@ -196,7 +233,7 @@ class Controller:
             tracked.task = asyncio.create_task(self._flusher(tracked))
 
     def _count(self) -> None:
-        for plural in (LEASES, SEQUENCES, CLUSTERS):
+        for plural in (LEASES, SEQUENCES, CLUSTERS, SEALED_SECRETS):
             n = sum(1 for k in self.objects if k[0] == plural)
             self.metrics.mirrored.labels(plural).set(n)
 
@@ -231,6 +268,9 @@ class Controller:
         started = loop.time()
         ref, kind = tracked.ref, tracked.ref.plural
         forced, tracked.forced = tracked.forced, None
+        if kind == SEALED_SECRETS:
+            await self._reconcile_sealed(tracked, forced)
+            return
         grants, event_at = tracked.grants_seen, tracked.first_event_at
         plan = await self._plan(tracked, forced, grants)
         observed_at = loop.time()
@@ -271,6 +311,93 @@ class Controller:
         self.metrics.reconciles.labels(kind, result).inc()
         self.metrics.reconcile_seconds.labels(kind).observe(loop.time() - started)
 
+    async def _reconcile_sealed(self, tracked: Tracked, forced: Unavailable | None) -> None:
+        """Observe the Secret, unseal only if it may be written, plan, write the Secret, then
+        the status. Only key names, reasons and key ids are logged, never a value."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        ref = tracked.ref
+        spec = SealedSpec.of(tracked.spec)
+        body = await self.kube.read("Secret", ref.namespace, ref.name)
+        existing = ExistingSecret.of(body) if body is not None else None
+        if (
+            forced is None
+            and existing is not None
+            and tracked.settled == (ref.generation, existing.resource_version)
+        ):
+            self.metrics.reconciles.labels(SEALED_SECRETS, "ok").inc()
+            return
+        tracked.settled = None
+        settle_version = existing.resource_version if existing is not None else ""
+        unsealed: Unsealed | NotUnsealed | Unavailable | None = forced
+        if unsealed is None and may_write(ref, existing):
+            envelopes = decode_encrypted(spec)
+            if isinstance(envelopes, NotUnsealed):
+                unsealed = envelopes
+            else:
+                unsealed, opened = await self.gateway.unseal_all(ref.namespace, ref.name, envelopes)
+                if opened:
+                    self.metrics.unseals.labels("ok").inc(opened)
+            if isinstance(unsealed, NotUnsealed):
+                self.metrics.unseals.labels(unsealed.reason).inc()
+        self.metrics.step_seconds.labels("observe").observe(loop.time() - started)
+        now = dt.datetime.now(dt.UTC)
+        plan = reconcile_sealed_secret(ref, spec, unsealed, existing, tracked.status, now)
+        write = plan.write
+        if write is not None and plan.secret is not None:
+            if not self.leader_valid():
+                tracked.dirty = True
+                return
+            acting_at = loop.time()
+            try:
+                if plan.write == "recreate" and existing is not None:
+                    # A Secret's type cannot change in place: delete (only the version read)
+                    # and create it again.
+                    await self.kube.delete_secret(
+                        ref.namespace, ref.name, existing.resource_version
+                    )
+                if plan.write == "replace":
+                    written = await self.kube.replace("Secret", ref.namespace, plan.secret)
+                else:
+                    written = await self.kube.create("Secret", ref.namespace, plan.secret)
+            except Conflict:
+                # Changed by someone else since it was read: look again at the next window.
+                tracked.dirty = True
+                self.metrics.reconciles.labels(SEALED_SECRETS, "conflict").inc()
+                return
+            except Invalid as err:
+                log.warning("Secret %s/%s refused: %s", ref.namespace, ref.name, err.message)
+                plan = replace(plan, status=refused(ref, err.message, tracked.status, now))
+            else:
+                tracked.secret_version = settle_version = written
+                log.info(
+                    "%s Secret %s/%s: keys %s, sealing keys %s",
+                    write.replace("create", "created").replace("replace", "updated"),
+                    ref.namespace,
+                    ref.name,
+                    ",".join(sorted(spec.encrypted)),
+                    ",".join(plan.status.get("keyIds") or []),
+                )
+            self.metrics.step_seconds.labels("act").observe(loop.time() - acting_at)
+        if plan.retry:
+            self.unhealthy.add(ref.key)
+        else:
+            self.unhealthy.discard(ref.key)
+        if status_changed(tracked.status, plan.status):
+            if not self.leader_valid():
+                tracked.dirty = True
+                return
+            writing_at = loop.time()
+            await self.kube.patch_status(SEALED_SECRETS, ref.namespace, ref.name, plan.status)
+            self.metrics.step_seconds.labels("write").observe(loop.time() - writing_at)
+            tracked.status.update(plan.status)
+            self.metrics.status_patches.labels(SEALED_SECRETS).inc()
+        if plan.status.get("phase") == "Ready" and settle_version:
+            tracked.settled = (ref.generation, settle_version)
+        result = "unavailable" if plan.retry else "ok"
+        self.metrics.reconciles.labels(SEALED_SECRETS, result).inc()
+        self.metrics.reconcile_seconds.labels(SEALED_SECRETS).observe(loop.time() - started)
+
     async def _plan(self, tracked: Tracked, forced: Unavailable | None, grants: int) -> Plan:
         ref, now = tracked.ref, dt.datetime.now(dt.UTC)
         if ref.plural == CLUSTERS:
@@ -289,6 +416,57 @@ class Controller:
         if isinstance(observed_seq, SequenceObserved):
             tracked.known = KnownRecord(observed_seq.record)
         return reconcile_sequence(ref, seq_spec, observed_seq, tracked.status, now)
+
+    # --- the sealing certificate ---------------------------------------------------------
+
+    async def _certificate_loop(self) -> None:
+        """Publish the current sealing certificate in a ConfigMap, and again whenever the key
+        id changes. Polled every `certificate_interval_s` (a minute by default): keys are
+        renewed on a schedule of days and on demand, the coordinator has no watch for them,
+        and one small read a minute costs nothing. The first poll also makes the cluster's
+        first key if there is none yet."""
+        published = ""
+        while True:
+            if self.leader_valid():
+                try:
+                    published = await self._publish_certificate(published)
+                except Exception:
+                    log.exception("publishing the sealing certificate")
+                    published = ""
+            await asyncio.sleep(self.certificate_interval_s)
+
+    async def _publish_certificate(self, published: str) -> str:
+        """The key id now published (`published`, unchanged, if nothing could be done)."""
+        keys = await self.gateway.sealing_keys()
+        if isinstance(keys, Unavailable):
+            log.warning("cannot read the sealing certificate yet: %s", keys.message)
+            return published
+        current = keys.current
+        self.metrics.sealing_key_created_s = current.created_ms / 1000
+        if current.key_id == published:
+            return published
+        ns, name = self.operator_namespace, self.certificate_configmap
+        body = await self.kube.read("ConfigMap", ns, name)
+        if published_key_id(body) == current.key_id:
+            return current.key_id
+        created = dt.datetime.fromtimestamp(current.created_ms / 1000, dt.UTC)
+        wanted = certificate_configmap(
+            ns,
+            name,
+            current.key_id,
+            created.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            current.certificate_pem.decode("ascii"),
+            resource_version=str((body or {}).get("metadata", {}).get("resourceVersion", "")),
+        )
+        try:
+            if body is None:
+                await self.kube.create("ConfigMap", ns, wanted)
+            else:
+                await self.kube.replace("ConfigMap", ns, wanted)
+        except Conflict:
+            return ""  # changed meanwhile: read it again at the next poll
+        log.info("published sealing certificate %s in ConfigMap %s/%s", current.key_id, ns, name)
+        return current.key_id
 
     def _replan(self, tracked: Tracked, problem: Unavailable) -> Plan:
         now = dt.datetime.now(dt.UTC)

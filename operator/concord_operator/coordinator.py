@@ -35,6 +35,8 @@ from coordinator.client import (
     EventType,
     InvalidArgument,
     Leadership,
+    SealFailed,
+    SealingKeys,
     credentials_from_tls_dir,
 )
 
@@ -55,6 +57,7 @@ from .reconcile import (
     parse_record,
     watch_range,
 )
+from .sealed import PERMISSION_DENIED, NotUnsealed, Unsealed, reason_of
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +224,42 @@ class Gateway:
         except ConcordError as err:
             return _unavailable_or_raise(err)
         return None
+
+    # --- sealed secrets --------------------------------------------------------------------
+
+    async def unseal_all(
+        self, namespace: str, name: str, envelopes: Mapping[str, bytes]
+    ) -> tuple[Unsealed | NotUnsealed | Unavailable, int]:
+        """Every value unsealed as the Secret namespace/name, or the first that is not (and
+        why), with how many did unseal. The plaintexts live only in the answer: nothing here
+        logs them."""
+        values: dict[str, bytes] = {}
+        key_ids: set[str] = set()
+        try:
+            for key, envelope in sorted(envelopes.items()):
+                try:
+                    done = await self.client.unseal(envelope, namespace, name)
+                except SealFailed as err:
+                    return NotUnsealed(key, reason_of(err.reason.name), err.message), len(values)
+                values[key] = done.plaintext
+                key_ids.add(done.key_id)
+        except ConcordError as err:
+            if err.code == "PERMISSION_DENIED":
+                message = (
+                    f"the coordinator refused to unseal for this operator ({err.message}); its "
+                    "--tls-dir must hold the operator identity (the operator/ directory "
+                    "concordctl cluster init writes, role concord://role/operator)"
+                )
+                return NotUnsealed(key, PERMISSION_DENIED, message), len(values)
+            return _unavailable_or_raise(err), len(values)
+        return Unsealed(values, tuple(sorted(key_ids))), len(values)
+
+    async def sealing_keys(self) -> SealingKeys | Unavailable:
+        """The current sealing certificate (the first call on a new cluster makes the key)."""
+        try:
+            return await self.client.sealing_certificate()
+        except ConcordError as err:
+            return _unavailable_or_raise(err)
 
     # --- acting ----------------------------------------------------------------------------
 

@@ -9,6 +9,11 @@ Delete runs the finalizer (`Controller.finalize`) and is retried by kopf until t
 coordinator state is released. kopf keeps its bookkeeping in annotations, not in status (the
 CRDs' structural schemas would prune it, and status belongs to the mirror).
 
+A SealedSecret has no finalizer: nothing in the coordinator belongs to it, and the Secret it
+owns is deleted by Kubernetes' garbage collector (its ownerReference). Secrets are watched
+(one event handler, no kopf bookkeeping on them) so that a Secret deleted or edited by hand,
+or offered for adoption, has its SealedSecret reconciled again.
+
 The controller reaches the handlers through kopf's `memo` (set by `__main__`), so importing
 this module only registers the handlers.
 """
@@ -21,7 +26,7 @@ import kopf
 
 from .controller import Controller, NotNow
 from .kube import GROUP, VERSION
-from .reconcile import CLUSTERS, LEASES, SEQUENCES
+from .reconcile import CLUSTERS, LEASES, SEALED_SECRETS, SEQUENCES
 
 FINALIZER = f"{GROUP}/release"
 RETRY_DELAY_S = 2.0
@@ -94,3 +99,39 @@ async def sequence_deleted(body: kopf.Body, memo: kopf.Memo, **_: object) -> Non
         await _controller(memo).finalize(SEQUENCES, body)
     except NotNow as err:
         raise kopf.TemporaryError(str(err), delay=RETRY_DELAY_S) from None
+
+
+@kopf.on.resume(GROUP, VERSION, SEALED_SECRETS)
+@kopf.on.create(GROUP, VERSION, SEALED_SECRETS)
+@kopf.on.update(GROUP, VERSION, SEALED_SECRETS, field="spec")
+async def sealed_secret_exists(body: kopf.Body, memo: kopf.Memo, **_: object) -> None:
+    _controller(memo).upsert(SEALED_SECRETS, body)
+
+
+def _deleted(event: kopf.RawEvent, **_: object) -> bool:
+    return event.get("type") == "DELETED"
+
+
+def _of_a_sealed_secret(
+    name: str | None, namespace: str | None, memo: kopf.Memo, **_: object
+) -> bool:
+    # Filtered before the handler runs, so Secrets that are none of ours cost no handler
+    # call and no log line.
+    return (SEALED_SECRETS, str(namespace), str(name)) in _controller(memo).objects
+
+
+@kopf.on.event(GROUP, VERSION, SEALED_SECRETS, when=_deleted)
+async def sealed_secret_deleted(body: kopf.Body, memo: kopf.Memo, **_: object) -> None:
+    # Stop tracking it at once, so that the garbage collector's deletion of its Secret is
+    # not taken for a Secret to put back.
+    meta = body.get("metadata") or {}
+    _controller(memo).forget((SEALED_SECRETS, str(meta.get("namespace")), str(meta.get("name"))))
+
+
+@kopf.on.event("v1", "secrets", when=_of_a_sealed_secret)
+async def secret_event(body: kopf.Body, memo: kopf.Memo, **_: object) -> None:
+    # Only the name and version are passed on: the Secret's data is never looked at here.
+    meta = body.get("metadata") or {}
+    _controller(memo).secret_changed(
+        str(meta.get("namespace")), str(meta.get("name")), str(meta.get("resourceVersion"))
+    )

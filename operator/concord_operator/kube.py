@@ -3,9 +3,12 @@
 It checks, before the operator does anything, that the API server is there, that the CRDs
 are installed and that the operator's identity may do what it needs (`preflight`), so a
 misconfigured deployment fails at once with a message that names the missing piece instead
-of looping on 403s and 404s. It writes the status subresource of `Lease` and `Sequence`
-objects (a JSON merge patch: lists such as `holders` and `conditions` are replaced whole, so
-a patch always carries the complete list).
+of looping on 403s and 404s. It writes the status subresource
+of the custom resources (a JSON merge patch: lists such as `holders` and `conditions` are
+replaced whole, so a patch always carries the complete list), the Secrets unsealed from
+SealedSecrets and the sealing-certificate ConfigMap (bodies from `manifests`, sent as they are;
+a replace carries the resourceVersion read, so a concurrent change ends in `Conflict`, never
+in a lost update).
 
 The kubernetes client is synchronous; its calls run in a pool of `WRITERS` threads of our own,
 over as many pooled connections, so that the event loop (the watch stream, the leadership
@@ -16,10 +19,12 @@ keep-alive) never waits on the API server and many objects' writes are in flight
 from __future__ import annotations
 
 import asyncio
+import json
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
@@ -29,21 +34,35 @@ WRITERS = 16
 
 GROUP = "concord.dev"
 VERSION = "v1alpha1"
-PLURALS = ("leases", "sequences", "concordclusters")
+PLURALS = ("leases", "sequences", "concordclusters", "sealedsecrets")
 
-NEEDED_ACCESS: tuple[tuple[str, str, str], ...] = tuple(
-    (verb, plural, sub)
-    for plural in PLURALS
-    for verb, sub in (
-        ("get", ""),
-        ("list", ""),
-        ("watch", ""),
-        ("patch", ""),
-        ("patch", "status"),
-    )
+Access = tuple[str, str, str, str]
+"""(API group, verb, resource, subresource)."""
+
+NEEDED_ACCESS: tuple[Access, ...] = (
+    *(
+        (GROUP, verb, plural, sub)
+        for plural in PLURALS
+        for verb, sub in (
+            ("get", ""),
+            ("list", ""),
+            ("watch", ""),
+            ("patch", ""),
+            ("patch", "status"),
+        )
+    ),
+    # The Secrets unsealed from SealedSecrets: watched (a Secret changed or deleted by someone
+    # else is put back; an adoption annotation is noticed), created, replaced, and deleted
+    # when a template's type changes (a Secret's type is immutable).
+    *(("", verb, "secrets", "") for verb in ("get", "list", "watch", "create", "update", "delete")),
 )
-"""(verb, resource, subresource) the operator needs on each kind: watching (kopf), its
-finalizer and annotations (patch), and the status it mirrors."""
+"""What the operator needs on each kind, in every namespace it serves: watching (kopf), its
+finalizer and annotations (patch), the status it mirrors, and the Secrets it owns."""
+
+CONFIGMAP_ACCESS: tuple[Access, ...] = tuple(
+    ("", verb, "configmaps", "") for verb in ("get", "create", "update")
+)
+"""In the operator's own namespace: the sealing-certificate ConfigMap."""
 
 
 class StartupError(Exception):
@@ -58,10 +77,43 @@ class ObjectGone(Exception):
     name: str
 
 
+@dataclass(frozen=True, slots=True)
+class Conflict(Exception):
+    """The object changed (or appeared, or went) between the read and the write: observe
+    again and plan again, rather than overwrite what someone else did."""
+
+    kind: str
+    namespace: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid(Exception):
+    """The API server refused the object as invalid (422): `message` is its own reason,
+    e.g. a kubernetes.io/basic-auth Secret without a username."""
+
+    kind: str
+    namespace: str
+    name: str
+    message: str
+
+
+def _invalid(kind: str, namespace: str, name: str, err: ApiException) -> Invalid:
+    try:
+        message = str(json.loads(err.body or "{}").get("message") or err.reason)
+    except ValueError:
+        message = str(err.reason)
+    return Invalid(kind, namespace, name, message)
+
+
+CoreKind = Literal["Secret", "ConfigMap"]
+
+
 class KubeApi:
     def __init__(self, api_client: kubernetes.client.ApiClient) -> None:
         self.api_client = api_client
         self.custom = kubernetes.client.CustomObjectsApi(api_client)
+        self.core = kubernetes.client.CoreV1Api(api_client)
         self._pool = ThreadPoolExecutor(WRITERS, thread_name_prefix="kube-write")
 
     @classmethod
@@ -89,9 +141,10 @@ class KubeApi:
             raise StartupError(f"cannot load Kubernetes credentials from {where}: {err}") from None
         return cls(kubernetes.client.ApiClient(config))
 
-    def preflight(self, namespaces: list[str]) -> None:
+    def preflight(self, namespaces: list[str], operator_namespace: str = "") -> None:
         """StartupError unless the API server answers, the CRDs exist and RBAC allows
-        everything in NEEDED_ACCESS (in each namespace, or cluster-wide)."""
+        everything in NEEDED_ACCESS (in each namespace, or cluster-wide) and CONFIGMAP_ACCESS
+        in `operator_namespace` (when given)."""
         try:
             found = kubernetes.client.CustomObjectsApi(self.api_client).get_api_resources(
                 GROUP, VERSION
@@ -119,23 +172,26 @@ class KubeApi:
             )
         authz = kubernetes.client.AuthorizationV1Api(self.api_client)
         denied: list[str] = []
-        for ns in namespaces or [""]:
-            for verb, plural, sub in NEEDED_ACCESS:
-                review = kubernetes.client.V1SelfSubjectAccessReview(
-                    spec=kubernetes.client.V1SelfSubjectAccessReviewSpec(
-                        resource_attributes=kubernetes.client.V1ResourceAttributes(
-                            group=GROUP,
-                            resource=plural,
-                            subresource=sub or None,
-                            verb=verb,
-                            namespace=ns or None,
-                        )
+        checks = [(ns, access) for ns in namespaces or [""] for access in NEEDED_ACCESS]
+        if operator_namespace:
+            checks += [(operator_namespace, access) for access in CONFIGMAP_ACCESS]
+        for ns, (group, verb, plural, sub) in checks:
+            review = kubernetes.client.V1SelfSubjectAccessReview(
+                spec=kubernetes.client.V1SelfSubjectAccessReviewSpec(
+                    resource_attributes=kubernetes.client.V1ResourceAttributes(
+                        group=group,
+                        resource=plural,
+                        subresource=sub or None,
+                        verb=verb,
+                        namespace=ns or None,
                     )
                 )
-                answer = authz.create_self_subject_access_review(review)
-                if answer.status is None or not answer.status.allowed:
-                    what = f"{plural}/{sub}" if sub else plural
-                    denied.append(f"{verb} {what}.{GROUP} in {ns or 'all namespaces'}")
+            )
+            answer = authz.create_self_subject_access_review(review)
+            if answer.status is None or not answer.status.allowed:
+                what = f"{plural}/{sub}" if sub else plural
+                qualified = f"{what}.{group}" if group else what
+                denied.append(f"{verb} {qualified} in {ns or 'all namespaces'}")
         if denied:
             raise StartupError(
                 "RBAC does not allow the operator to " + "; ".join(denied) + " (grant them in "
@@ -159,6 +215,78 @@ class KubeApi:
                 raise ObjectGone(namespace, name) from None
             raise
         return str(answer["metadata"]["resourceVersion"])
+
+    # --- core objects: the Secrets it owns, the certificate ConfigMap -----------------------
+
+    async def _call(self, fn: Callable[[], Any]) -> Any:  # noqa: ANN401 (untyped client)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+
+    async def read(self, kind: CoreKind, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object as JSON (the API's field names), or None if there is none."""
+        read: Callable[..., Any] = (
+            self.core.read_namespaced_secret
+            if kind == "Secret"
+            else self.core.read_namespaced_config_map
+        )
+        try:
+            obj = await self._call(lambda: read(name, namespace))
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+        out: dict[str, Any] = self.api_client.sanitize_for_serialization(obj)  # type: ignore[no-untyped-call]
+        return out
+
+    async def create(self, kind: CoreKind, namespace: str, body: dict[str, Any]) -> str:
+        """Create; returns its resourceVersion. Conflict if it exists by now (someone else
+        made it since it was read)."""
+        create: Callable[..., Any] = (
+            self.core.create_namespaced_secret
+            if kind == "Secret"
+            else self.core.create_namespaced_config_map
+        )
+        try:
+            made = await self._call(lambda: create(namespace, body))
+        except ApiException as err:
+            if err.status == 409:
+                raise Conflict(kind, namespace, body["metadata"]["name"]) from None
+            if err.status == 422:
+                raise _invalid(kind, namespace, body["metadata"]["name"], err) from None
+            raise
+        return str(made.metadata.resource_version)
+
+    async def replace(self, kind: CoreKind, namespace: str, body: dict[str, Any]) -> str:
+        """Replace (the body's resourceVersion must still be current, else Conflict);
+        returns the new resourceVersion."""
+        name = body["metadata"]["name"]
+        replace: Callable[..., Any] = (
+            self.core.replace_namespaced_secret
+            if kind == "Secret"
+            else self.core.replace_namespaced_config_map
+        )
+        try:
+            made = await self._call(lambda: replace(name, namespace, body))
+        except ApiException as err:
+            if err.status in (404, 409):
+                raise Conflict(kind, namespace, name) from None
+            if err.status == 422:
+                raise _invalid(kind, namespace, name, err) from None
+            raise
+        return str(made.metadata.resource_version)
+
+    async def delete_secret(self, namespace: str, name: str, resource_version: str) -> None:
+        """Delete the Secret only if it is still the version read (never someone else's)."""
+        options = kubernetes.client.V1DeleteOptions(
+            preconditions=kubernetes.client.V1Preconditions(resource_version=resource_version)
+        )
+        try:
+            await self._call(
+                lambda: self.core.delete_namespaced_secret(name, namespace, body=options)
+            )
+        except ApiException as err:
+            if err.status in (404, 409):
+                raise Conflict("Secret", namespace, name) from None
+            raise
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

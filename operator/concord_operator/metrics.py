@@ -13,6 +13,7 @@ that includes it: the coalescing window plus the reads and the API server's answ
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -87,6 +88,21 @@ class Metrics:
             "1 while the coordinator answers linearizable reads (has a quorum), else 0",
             registry=r,
         )
+        self.unseals = Counter(
+            "concord_operator_unseals",
+            "Sealed values sent to the coordinator to unseal, by result: ok, or why not "
+            "(ScopeMismatch, Tampered, UnknownKey, Malformed, PermissionDenied)",
+            ["result"],
+            registry=r,
+        )
+        self.sealing_key_age_seconds = Gauge(
+            "concord_operator_sealing_key_age_seconds",
+            "Age of the current sealing key (the one the published certificate is for)",
+            registry=r,
+        )
+        self.sealing_key_created_s = 0.0
+        """Its creation time (s since the epoch; 0: not known yet)."""
+        self.sealing_key_age_seconds.set_function(self._sealing_key_age)
         self.leader = Gauge(
             "concord_operator_leader", "1 while this replica leads and acts, else 0", registry=r
         )
@@ -95,6 +111,12 @@ class Metrics:
             "The fencing token of this replica's leadership (0: not leading)",
             registry=r,
         )
+
+    def _sealing_key_age(self) -> float:
+        # Read at scrape time, so the age is current without a timer of its own.
+        if not self.sealing_key_created_s:
+            return 0.0
+        return max(0.0, time.time() - self.sealing_key_created_s)
 
 
 class ProbeServer:

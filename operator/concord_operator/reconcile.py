@@ -59,7 +59,8 @@ MAX_NAME_BYTES = 256
 LEASES: Final = "leases"
 SEQUENCES: Final = "sequences"
 CLUSTERS: Final = "concordclusters"
-Plural = Literal["leases", "sequences", "concordclusters"]
+SEALED_SECRETS: Final = "sealedsecrets"
+Plural = Literal["leases", "sequences", "concordclusters", "sealedsecrets"]
 
 READY = "Ready"
 SPEC_APPLIED = "SpecApplied"

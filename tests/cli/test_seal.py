@@ -87,8 +87,10 @@ def test_a_secret_becomes_a_sealed_secret_and_json_stays_json(cert: Path) -> Non
     assert doc["spec"]["scope"] == "strict"
     assert doc["spec"]["template"] == {
         "type": "kubernetes.io/basic-auth",
-        "labels": {"app": "db"},
-        "annotations": {"team": "payments"},  # never the last-applied plaintext
+        "metadata": {
+            "labels": {"app": "db"},
+            "annotations": {"team": "payments"},  # never the last-applied plaintext
+        },
     }
     assert "hunter2" not in res.stdout and "YWRtaW4" not in res.stdout
     assert opened(doc, "prod", "db", own_keys()) == {"username": b"admin", "password": b"hunter2"}

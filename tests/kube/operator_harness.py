@@ -24,6 +24,7 @@ from typing import Any
 import kubernetes
 import kubernetes.watch
 
+from coordinator.runtime.tls import OPERATOR_ROLE, issue_client_cert
 from coordinator.testing.procs import free_ports, http_get, metric, orphan_proof
 from tests.process.harness import ProcessCluster
 
@@ -33,8 +34,23 @@ POLL_S = 0.02
 
 
 def client_tls_dir(cluster: ProcessCluster) -> Path:
-    """ca.pem, client.pem, client-key.pem for the operator (as `concordctl cluster init`)."""
-    d = cluster.root / "operator-tls"
+    """The operator's TLS directory as `concordctl cluster init` writes it (`operator/`:
+    ca.pem, client.pem, client-key.pem): a client certificate with the operator's role, the
+    one identity the coordinator unseals for."""
+    d = cluster.root / "operator"
+    if not (d / "client.pem").exists():
+        d.mkdir(exist_ok=True)
+        cert = issue_client_cert(cluster.ca, "concord-operator", roles=[OPERATOR_ROLE])
+        (d / "ca.pem").write_bytes(cluster.ca.cert_pem)
+        (d / "client.pem").write_bytes(cert.cert_pem)
+        (d / "client-key.pem").write_bytes(cert.key_pem)
+    return d
+
+
+def plain_client_tls_dir(cluster: ProcessCluster) -> Path:
+    """A client's TLS directory (`client/` of `concordctl cluster init`): any client of the
+    cluster, not the operator (for `concordctl` itself)."""
+    d = cluster.root / "client"
     d.mkdir(exist_ok=True)
     (d / "ca.pem").write_bytes(cluster.ca.cert_pem)
     (d / "client.pem").write_bytes(cluster.client_cert.cert_pem)

@@ -591,6 +591,8 @@ def test_missing_rbac_is_a_clear_startup_error_and_a_role_fixes_it(
     assert denied.popen.wait(60) == 2
     assert "RBAC does not allow the operator to" in denied.log()
     assert f"patch leases/status.concord.dev in {ns}" in denied.log()
+    assert f"create secrets in {ns}" in denied.log()
+    assert f"update configmaps in {ns}" in denied.log()
 
     role = {
         "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -600,11 +602,21 @@ def test_missing_rbac_is_a_clear_startup_error_and_a_role_fixes_it(
             {
                 "apiGroups": ["concord.dev"],
                 "resources": [
-                    *(kinds := ["leases", "sequences", "concordclusters"]),
+                    *(kinds := ["leases", "sequences", "concordclusters", "sealedsecrets"]),
                     *(f"{k}/status" for k in kinds),
                 ],
                 "verbs": ["get", "list", "watch", "patch"],
-            }
+            },
+            {
+                "apiGroups": [""],
+                "resources": ["secrets"],
+                "verbs": ["get", "list", "watch", "create", "update", "delete"],
+            },
+            {
+                "apiGroups": [""],
+                "resources": ["configmaps"],
+                "verbs": ["get", "create", "update"],
+            },
         ],
     }
     control_plane.kubectl("apply", "-f", "-", input=json.dumps(role))

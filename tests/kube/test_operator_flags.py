@@ -47,3 +47,16 @@ def test_usage_errors_exit_2_with_what_to_fix(
         parse_args(argv)
     assert exited.value.code == 2
     assert said in capsys.readouterr().err
+
+
+def test_the_certificate_configmap_goes_to_the_operators_namespace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("POD_NAMESPACE", raising=False)
+    assert parse_args(["--endpoints", "a:1", "--namespace", "n"]).operator_namespace == "n"
+    assert parse_args(["--endpoints", "a:1"]).operator_namespace == "default"
+    monkeypatch.setenv("POD_NAMESPACE", "concord")
+    args = parse_args(["--endpoints", "a:1", "--namespace", "n"])
+    assert args.operator_namespace == "concord"
+    assert args.sealing_certificate_configmap == "concord-sealing-certificate"
+    assert args.sealing_certificate_interval_seconds == 60.0
