@@ -20,7 +20,9 @@ this module only registers the handlers.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 
 import kopf
 
@@ -47,9 +49,21 @@ def configure(settings: kopf.OperatorSettings, **_: object) -> None:
 @kopf.on.login()
 def login(settings: kopf.OperatorSettings, **_: object) -> kopf.ConnectionInfo | None:
     # The kubeconfig __main__ was given (exported as KUBECONFIG), else the pod's account.
-    return kopf.login_with_kubeconfig(settings=settings) or kopf.login_with_service_account(
-        settings=settings
-    )
+    return kopf.login_with_kubeconfig(settings=settings) or _in_cluster(settings)
+
+
+def _in_cluster(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo | None:
+    """The pod's ServiceAccount, at the API server the kubelet names in
+    KUBERNETES_SERVICE_HOST/PORT, as client-go and the kubernetes client find it. kopf's own
+    service-account login dials the fixed name kubernetes.default.svc:443 instead, which
+    only works where the cluster DNS and the `kubernetes` Service's virtual IP do."""
+    host = os.environ.get("KUBERNETES_SERVICE_HOST", "")
+    port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+    info = kopf.login_with_service_account(settings=settings)
+    if info is None or not host:
+        return info
+    server = f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+    return dataclasses.replace(info, server=server)
 
 
 def _controller(memo: kopf.Memo) -> Controller:

@@ -4,8 +4,9 @@ Nodes, the members (real processes, mutual TLS) elect a leader and answer `conco
 their pods' addresses; a deleted member pod is recreated by the StatefulSet and rejoins from
 its claim while writes keep working.
 
-The operator Deployment is disabled here (operator.enabled=false) until the operator lands on
-main; its manifests are checked by test_chart.py's server-side dry run."""
+The release runs the operator too (the chart's default): it reaches the API server from its pod
+with its own ServiceAccount token, and mirrors a Lease taken through the members into the
+Lease's status."""
 
 from __future__ import annotations
 
@@ -110,9 +111,7 @@ def release(
     control_plane.kubectl("create", "namespace", namespace)
     try:
         started = time.perf_counter()
-        control_plane.helm(
-            "install", RELEASE, str(CHART), "-n", namespace, "--set", "operator.enabled=false"
-        )
+        control_plane.helm("install", RELEASE, str(CHART), "-n", namespace)
         control_plane.kubectl("rollout", "status", "-n", namespace, f"statefulset/{RELEASE}", WAIT)
         elapsed = time.perf_counter() - started
         client = _client_tls(control_plane, namespace, tmp_path_factory.mktemp("client"))
@@ -160,6 +159,60 @@ def test_install_gives_a_three_member_cluster(
     _healthy_members(node_agent, release)
     _ctl(node_agent, release, "put", "install", "ok")
     assert _get(node_agent, release, "install") == "ok"
+
+
+def test_the_operator_runs_from_the_chart_and_mirrors_a_lock(
+    control_plane: ControlPlane, node_agent: NodeAgent, release: Release
+) -> None:
+    ns = release.namespace
+    control_plane.kubectl("rollout", "status", "-n", ns, f"deployment/{RELEASE}-operator", WAIT)
+    lease = {
+        "apiVersion": "concord.dev/v1alpha1",
+        "kind": "Lease",
+        "metadata": {"name": "jobs", "namespace": ns},
+        "spec": {"ttlSeconds": 30},
+    }
+    control_plane.kubectl("apply", "-f", "-", input=json.dumps(lease))
+    waited = control_plane.kubectl(
+        "wait", "-n", ns, "clease/jobs", "--for=condition=Ready", "--timeout=90s", check=False
+    )
+    logs = sorted(node_agent.state_dir.glob(f"pods/{ns}_{RELEASE}-operator-*/operator.log"))
+    assert waited.returncode == 0, "\n".join(p.read_text()[-4000:] for p in logs)
+    # A holder through the members (as a pod's app would): its token shows in the status.
+    token_file = f"/tmp/concord-token-{uuid.uuid4().hex[:8]}"
+    argv = [CONCORDCTL, "--tls-dir", str(release.client_tls), "--endpoints", release.endpoints()]
+    child = node_agent.spawn(
+        [
+            *argv,
+            "lock",
+            f"k8s/{ns}/jobs",
+            "--",
+            "sh",
+            "-c",
+            f"echo $CONCORD_FENCING_TOKEN >{token_file}; sleep 60",
+        ],
+        Path(token_file + ".log"),
+    )
+    try:
+        deadline = time.monotonic() + 60
+        token = ""
+        while time.monotonic() < deadline:
+            if Path(token_file).exists() and (token := Path(token_file).read_text().strip()):
+                break
+            time.sleep(0.2)
+        assert token, "the lock was never granted"
+        while time.monotonic() < deadline:
+            status = control_plane.kubectl_json("get", "clease", "jobs", "-n", ns).get("status", {})
+            if str(status.get("fencingToken", "")) == token:
+                break
+            time.sleep(0.2)
+        assert str(status.get("fencingToken", "")) == token, status
+    finally:
+        child.send_signal(signal.SIGTERM)
+        child.wait(30)
+        if child.stdout is not None:
+            child.stdout.close()
+        Path(token_file).unlink(missing_ok=True)
 
 
 def test_deleted_member_pod_rejoins_from_its_claim(
