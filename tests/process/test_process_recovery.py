@@ -170,6 +170,17 @@ def _lose_two_and_recover(cluster: JoinableCluster) -> None:
         if lost != survivor:
             cluster.kill(lost)
 
+    async def stepped_down() -> None:
+        """Leadership may have moved to the survivor just before the kills: a leader that
+        lost its quorum says so only once CheckQuorum steps it down (one election timeout),
+        and until then `cluster recover` rightly refuses to pick it."""
+
+        async def not_leading() -> bool:
+            return (await cluster.status_of(survivor))["leader"] != survivor
+
+        await cluster.wait(not_leading, 30, f"member {survivor} not to lead alone")
+
+    run(stepped_down(), 60)
     report = ctl(cluster, "-o", "json", "cluster", "recover", "--member-timeout", "2")
     assert report.exit_code == 0, report.output
     out = json.loads(report.stdout)
