@@ -1,10 +1,6 @@
-"""The deploy tests run on a control plane like the Kubernetes tests': the same fixtures
-(`control_plane`, `kube_namespace`; see tests/kube/conftest.py), plus a node agent that
-runs the chart's pods as processes.
-
-pytest scopes a conftest's fixtures to its directory, so a session that runs tests/kube and
-tests/deploy together starts two control planes (~10 s and ~0.5 GB more); one shared plane
-needs the fixtures moved into a plugin the root conftest loads."""
+"""The deploy tests run on the Kubernetes tests' control plane (`control_plane`,
+`kube_namespace`: tests/kube/fixtures.py, loaded for the whole suite, so one plane serves
+both), plus a node agent that runs the chart's pods as processes."""
 
 from __future__ import annotations
 
@@ -14,12 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from coordinator.testing.nodeagent import NodeAgent
-
-# The Kubernetes tests' fixtures under the same names (control_plane asks for kube_bin_dir).
-from tests.kube.conftest import control_plane, kube_bin_dir, kube_namespace
 from tests.kube.controlplane import ControlPlane
-
-__all__ = ["control_plane", "kube_bin_dir", "kube_namespace", "node_agent"]
 
 
 @pytest.fixture(scope="module")

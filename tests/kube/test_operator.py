@@ -1,5 +1,5 @@
 """The operator end to end: `python -m concord_operator` as a real process, against the real
-control plane (tests/kube/conftest.py) and a real 3-member coordinator cluster with mutual TLS
+control plane (tests/kube/fixtures.py) and a real 3-member coordinator cluster with mutual TLS
 (tests/process/harness.py). Locks, elections and sequences are taken through the client
 library, as pods do through the sidecar, and the tests watch what the operator makes of them
 in Kubernetes.

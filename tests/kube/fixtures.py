@@ -1,4 +1,6 @@
-"""Fixtures for the Kubernetes tests (mark them `kube`).
+"""Fixtures for the Kubernetes tests (mark them `kube`), loaded for the whole suite by
+tests/conftest.py (`pytest_plugins`), so tests/kube and tests/deploy share one control plane
+per session (a conftest's fixtures would be scoped to its own directory: two planes).
 
 - `control_plane` (session): a `ControlPlane` with the CRDs of crds/ applied. By default the
   project's own etcd + kube-apiserver + kube-controller-manager + kube-scheduler, started once
