@@ -30,22 +30,28 @@ log = logging.getLogger("concord.sidecar")
 DEFAULT_LISTEN = "127.0.0.1:7490"
 
 
+def _usage_error(message: str) -> SystemExit:
+    """Bad flags: say why on stderr; exit 2 (as concordctl does for bad input)."""
+    print(f"concord-sidecar: {message}", file=sys.stderr)
+    return SystemExit(2)
+
+
 def _parse_listen(raw: str, listen_any: bool) -> tuple[str, int]:
     host, sep, port_text = raw.rpartition(":")
     host = host.strip("[]")
     if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise SystemExit(f"concord-sidecar: --listen must be HOST:PORT, got {raw!r}")
+        raise _usage_error(f"--listen must be HOST:PORT, got {raw!r}")
     loopback = host == "localhost"
     try:
         loopback = loopback or ipaddress.ip_address(host).is_loopback
     except ValueError:
         if not loopback:
-            raise SystemExit(
-                f"concord-sidecar: --listen host {host!r} must be an IP address or localhost"
+            raise _usage_error(
+                f"--listen host {host!r} must be an IP address or localhost"
             ) from None
     if not loopback and not listen_any:
-        raise SystemExit(
-            f"concord-sidecar: refusing to listen on {host}: the API is unauthenticated and "
+        raise _usage_error(
+            f"refusing to listen on {host}: the API is unauthenticated and "
             "meant for the pod's own containers, so it binds loopback only (127.0.0.1, ::1). "
             "Pass --listen-any if another address is really intended."
         )
