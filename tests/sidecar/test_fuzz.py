@@ -9,8 +9,8 @@ count of 500s must be zero too.
 
 Two bounds keep the run short rather than hide anything: a generated `wait_ms` (a blocking
 acquire or campaign, a hold's long-poll) is capped at 200 ms (a campaign on an election an
-earlier example won would otherwise wait up to an hour, as asked), and the two Server-Sent Events routes, whose answers
-never end by design, are left to tests/sidecar/test_api.py.
+earlier example won would otherwise wait up to an hour, as asked), and the two Server-Sent
+Events routes, whose answers never end by design, are left to tests/sidecar/test_api.py.
 """
 
 from __future__ import annotations
