@@ -158,9 +158,16 @@ class Sidecar:
     """The API over `client` (which it does not close). `start` serves it; `shutdown` lets go
     of every hold (release, resign), bounded, and stops serving."""
 
-    def __init__(self, client: Client, *, probe_interval_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        client: Client,
+        *,
+        probe_interval_s: float = 1.0,
+        heartbeat_s: float = SSE_HEARTBEAT_S,
+    ) -> None:
         self.client = client
         self.probe_interval_s = probe_interval_s
+        self.heartbeat_s = heartbeat_s
         self.spec = load_spec()
         self.spec_text = yaml.safe_dump(self.spec, sort_keys=False)
         self.metrics = _Metrics()
@@ -216,7 +223,12 @@ class Sidecar:
         """Serve on host:port (0: any free port); returns the bound port."""
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
         self._probe = asyncio.create_task(self._probe_loop(), name="concord-sidecar-probe")
-        self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=2.0)
+        # handler_cancellation: an app that hangs up mid-wait cancels its handler, and so
+        # withdraws its place in line (see `_take`) instead of being granted a lock that
+        # nobody would ever release.
+        self._runner = web.AppRunner(
+            self.app(), access_log=None, shutdown_timeout=2.0, handler_cancellation=True
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, reuse_address=True)
         await site.start()
@@ -503,11 +515,13 @@ class Sidecar:
             async with _sse(stream) as send:
                 await send("held", h.view())
                 while not h.changed.is_set():
-                    async with asyncio.timeout(SSE_HEARTBEAT_S) as scope:
-                        await _first(h.changed.wait(), self.stopping.wait())
-                    if scope.expired():
-                        await send(None, None)
-                    elif self.stopping.is_set() and not h.changed.is_set():
+                    try:
+                        async with asyncio.timeout(self.heartbeat_s):
+                            await _first(h.changed.wait(), self.stopping.wait())
+                    except TimeoutError:
+                        await send(None, None)  # also how a vanished app is noticed
+                        continue
+                    if self.stopping.is_set() and not h.changed.is_set():
                         # Shutdown: the hold is being let go; report how it ended.
                         with contextlib.suppress(TimeoutError):
                             async with asyncio.timeout(self.client.rpc_timeout_s + 1):
@@ -574,7 +588,7 @@ class Sidecar:
                     nxt = nxt or asyncio.ensure_future(anext(events))
                     stop = asyncio.ensure_future(self.stopping.wait())
                     done, _ = await asyncio.wait(
-                        {nxt, stop}, timeout=SSE_HEARTBEAT_S, return_when=asyncio.FIRST_COMPLETED
+                        {nxt, stop}, timeout=self.heartbeat_s, return_when=asyncio.FIRST_COMPLETED
                     )
                     stop.cancel()
                     if nxt not in done:

@@ -136,7 +136,7 @@ class Rig:
 async def rig(cluster: Cluster, *, timeout_s: float = 3.0) -> AsyncIterator[Rig]:
     endpoints = [f"127.0.0.1:{m.served.port}" for m in cluster.running()]
     client = Client(endpoints, timeout_s=timeout_s, rpc_timeout_s=1.0)
-    sidecar = Sidecar(client, probe_interval_s=0.1)
+    sidecar = Sidecar(client, probe_interval_s=0.1, heartbeat_s=0.2)
     port = await sidecar.start("127.0.0.1", 0)
     try:
         async with aiohttp.ClientSession() as session:

@@ -7,11 +7,30 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 
 from coordinator.sidecar import FENCING_HEADER
 from tests.server.harness import eventually
-from tests.sidecar.harness import FENCE, Rig, with_rig
+from tests.sidecar.harness import FENCE, SPEC, Rig, with_rig
+
+
+def test_every_route_in_the_spec_is_served_and_nothing_else(tmp_path: Path) -> None:
+    async def scenario(r: Rig) -> None:
+        served = {
+            (route.method.lower(), route.resource.canonical)
+            for route in r.sidecar.app().router.routes()
+            if route.resource is not None and route.method != "HEAD"
+        }
+        documented = {
+            (method, path)
+            for path, item in SPEC["paths"].items()
+            for method in item
+            if method != "parameters"
+        }
+        assert served == documented
+
+    with_rig(tmp_path, scenario)
 
 
 def test_health_metrics_and_the_spec_are_served(tmp_path: Path) -> None:
@@ -117,6 +136,41 @@ def test_blocking_acquire_times_out_with_408_and_leaves_no_grant(tmp_path: Path)
         second = await waiting
         assert second.status == 201
         assert second.json()["fencing_token"] > first.json()["fencing_token"]
+
+    with_rig(tmp_path, scenario)
+
+
+def test_an_app_that_hangs_up_mid_wait_leaves_nothing_queued(tmp_path: Path) -> None:
+    async def scenario(r: Rig) -> None:
+        first = await r.api.call("POST", "/v1/locks/hangup", {})
+        gone = r.api.session.post(
+            r.api.base + "/v1/locks/hangup",
+            json={"wait_ms": 60_000},
+            timeout=aiohttp.ClientTimeout(total=0.5),
+        )
+        try:
+            async with gone:
+                raise AssertionError("answered while the lock was held")
+        except TimeoutError:
+            pass
+        await eventually(lambda: _waiters(r, "hangup", 0))
+        await r.api.call("DELETE", f"/v1/locks/hangup/holds/{first.json()['lease']}")
+        # Nothing was granted behind the app's back either.
+        assert (await r.client.lock_info("hangup")).holders == ()
+        assert r.sidecar.holds == {}
+
+    with_rig(tmp_path, scenario)
+
+
+def test_an_idle_event_stream_sends_heartbeats(tmp_path: Path) -> None:
+    async def scenario(r: Rig) -> None:
+        hold = (await r.api.call("POST", "/v1/locks/idle", {})).json()
+        url = f"{r.api.base}/v1/locks/idle/holds/{hold['lease']}/events"
+        async with r.api.session.get(url) as resp:
+            lines = [await resp.content.readline() for _ in range(3)]  # event, data, blank
+            assert lines[0] == b"event: held\n"
+            beat = await asyncio.wait_for(resp.content.readline(), 5)  # heartbeat_s is 0.2
+            assert beat.startswith(b": ")
 
     with_rig(tmp_path, scenario)
 
