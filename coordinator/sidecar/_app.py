@@ -74,6 +74,10 @@ MAX_KEY_BYTES = 1024
 PROBE_KEY = b"concord/sidecar/probe"
 """Read (linearizably) by the readiness probe: it answers only through a leader with a quorum."""
 
+NO_LEASE = "no lease could be granted"
+"""How the client library's `lock()` / `leadership()` say their deadline ran out before the
+lease was granted (tests/sidecar/test_api.py pins it through a 503 during quorum loss)."""
+
 Kind = Literal["lock", "leadership"]
 
 
@@ -448,7 +452,10 @@ class Sidecar:
         except LockBusy as err:
             raise HttpError(409, str(err), None) from None
         except DeadlineExceeded as err:
-            if not blocking:  # no wait was asked for: the coordinator was too slow
+            # No wait asked for, or the wait ran out before the hold's lease could even be
+            # granted: the coordinator could not answer (no quorum), which is a 503, not a
+            # place in a queue that timed out.
+            if not blocking or NO_LEASE in str(err):
                 raise HttpError(503, f"the coordinator cannot answer now: {err}") from None
             raise HttpError(408, str(err), None) from None
         except LockLost as err:  # lost while waiting in line (the lease ended)

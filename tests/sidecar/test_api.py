@@ -362,21 +362,48 @@ def test_bad_input_is_400_naming_the_field(tmp_path: Path) -> None:
     with_rig(tmp_path, scenario)
 
 
-def test_quorum_loss_is_503_with_retry_after_and_readiness_fails(tmp_path: Path) -> None:
+def test_quorum_loss_is_503_with_retry_after_and_a_held_lock_is_lost_within_its_ttl(
+    tmp_path: Path,
+) -> None:
     async def scenario(r: Rig) -> None:
         async def ready() -> bool:
             return (await r.api.call("GET", "/readyz")).status == 200
 
         await eventually(ready)
+        ttl_ms = 2000
+        hold = (await r.api.call("POST", "/v1/locks/held", {"ttl_ms": ttl_ms})).json()
+        stream = r.api.events(f"/v1/locks/held/holds/{hold['lease']}/events")
+        assert (await anext(stream))[0] == "held"
+        await r.api.call("PUT", "/v1/kv/k", {"value": "v"})
+        fence = {"fencing_token": hold["fencing_token"]}
+
+        loop = asyncio.get_running_loop()
         for member in [m.id for m in r.cluster.running()][:2]:
             await r.cluster.stop(member)
-        for method, path, body in [
+        stopped_at = loop.time()
+        # No renewal can commit now: the hold is reported lost within its TTL (and a little
+        # for the last renewal's answer), not silently kept.
+        event, data = await asyncio.wait_for(anext(stream), ttl_ms / 1000 + 2)
+        assert event == "lost" and "no renewal" in data["reason"], data
+        assert loop.time() - stopped_at <= ttl_ms / 1000 + 1
+        await stream.aclose()
+
+        calls = [
             ("PUT", "/v1/kv/k", {"value": "v"}),
+            ("GET", "/v1/kv/k", None),
+            ("POST", "/v1/kv/k", {"value": "w", "expected_value": "v"}),
             ("POST", "/v1/locks/q", {}),
-            ("POST", "/v1/sequences/s/next", {}),
+            ("POST", "/v1/locks/q", {"wait_ms": 1000}),  # no lease could even be granted
+            ("GET", "/v1/locks/q", None),
+            ("POST", "/v1/locks/held/fence", fence),
+            ("POST", "/v1/elections/e/campaign", {"wait_ms": 1000}),
             ("GET", "/v1/elections/e/leader", None),
-        ]:
-            answer = await r.api.call(method, path, body)
+            ("POST", "/v1/sequences/s", {}),
+            ("POST", "/v1/sequences/s/next", {}),
+        ]
+        # Together: each waits out the sidecar's coordinator budget before its 503.
+        answers = await asyncio.gather(*(r.api.call(m, p, b) for m, p, b in calls))
+        for (method, path, _), answer in zip(calls, answers, strict=True):
             assert answer.status == 503, (method, path, answer.body)
             assert answer.headers["Retry-After"] == "1"
 
@@ -385,5 +412,6 @@ def test_quorum_loss_is_503_with_retry_after_and_readiness_fails(tmp_path: Path)
 
         await eventually(not_ready)
         assert (await r.api.call("GET", "/healthz")).status == 200  # liveness does not fail
+        assert (await r.api.call("GET", "/startupz")).status == 200  # started stays started
 
     with_rig(tmp_path, scenario)
