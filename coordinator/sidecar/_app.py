@@ -56,6 +56,7 @@ from coordinator.client import (
     LockBusy,
     LockLost,
     NotFound,
+    OutOfRange,
     PermissionDenied,
     Unauthenticated,
 )
@@ -69,6 +70,9 @@ LOST_RETENTION_S = 300.0
 """How long a lost hold stays readable (state, reason) if the app never DELETEs it."""
 SSE_HEARTBEAT_S = 15.0
 """A comment line this often on an idle event stream, so that a dead app connection is seen."""
+BODY_BYTES_MAX = 8 * 1024 * 1024
+"""A value may be 1 MiB of UTF-8 (the coordinator's limit), which JSON escapes can make up to
+six times longer; past this a body is refused (400) before it is read."""
 MAX_NAME_BYTES = 256
 MAX_KEY_BYTES = 1024
 PROBE_KEY = b"concord/sidecar/probe"
@@ -195,7 +199,7 @@ class Sidecar:
     # --- serving ---------------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._middleware], client_max_size=1024 * 1024)
+        app = web.Application(middlewares=[self._middleware], client_max_size=BODY_BYTES_MAX)
         r = app.router
         r.add_get("/healthz", self.healthz)
         r.add_get("/readyz", self.readyz)
@@ -326,7 +330,12 @@ class Sidecar:
 
     async def _body(self, request: web.Request, schema: str) -> dict[str, Any]:
         """The JSON body, checked against the spec's schema (an absent body is {})."""
-        raw = await request.read()
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise HttpError(
+                400, f"the body is larger than {BODY_BYTES_MAX} bytes", "body"
+            ) from None
         if raw.strip():
             try:
                 body = json.loads(raw)
@@ -714,7 +723,9 @@ def _answer_error(err: ConcordError) -> web.Response:
         return _error(404, str(err), None)
     if isinstance(err, InvalidArgument):
         return _error(400, str(err), None)
-    if isinstance(err, AlreadyExists):
+    if isinstance(err, AlreadyExists | FailedPrecondition | OutOfRange):
+        # The current state does not allow it (it exists; no longer yours; a sequence
+        # exhausted): asking again will not help until the state changes.
         return _error(409, str(err), None)
     if isinstance(err, Unauthenticated):
         return _error(401, str(err), None)

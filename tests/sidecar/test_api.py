@@ -310,6 +310,11 @@ def test_sequences_and_compare_and_swap(tmp_path: Path) -> None:
         drawn = await r.api.call("POST", "/v1/sequences/orders/next", {"count": 3})
         assert drawn.json() == {"name": "orders", "values": [100, 102, 104]}
         assert (await r.api.call("POST", "/v1/sequences/orders/next", {})).json()["values"] == [106]
+        top = {"start": 2**63 - 2}
+        assert (await r.api.call("POST", "/v1/sequences/last", top)).status == 201
+        assert (await r.api.call("POST", "/v1/sequences/last/next", {})).status == 200
+        exhausted = await r.api.call("POST", "/v1/sequences/last/next", {})
+        assert exhausted.status == 409 and "exhausted" in exhausted.json()["error"]
 
         key = "/v1/kv/app%2Fconfig"
         assert (await r.api.call("GET", key)).status == 404

@@ -9,8 +9,9 @@ count of 500s must be zero too.
 
 Two bounds keep the run short rather than hide anything: a generated `wait_ms` (a blocking
 acquire or campaign, a hold's long-poll) is capped at 200 ms (a campaign on an election an
-earlier example won would otherwise wait up to an hour, as asked), and the two Server-Sent
-Events routes, whose answers never end by design, are left to tests/sidecar/test_api.py.
+earlier example won would otherwise wait up to an hour, as asked, or 30 s by default), and
+the Server-Sent Events routes, whose answers never end by design, are fuzzed by hypothesis
+over their path inputs only (test_fuzz_the_event_stream_routes).
 """
 
 from __future__ import annotations
@@ -19,11 +20,15 @@ import asyncio
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
+import requests
 import schemathesis
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from schemathesis import checks
+from schemathesis.core import NOT_SET
 
 from coordinator.sidecar import load_spec
 from tests.server.harness import Cluster
@@ -111,7 +116,7 @@ def _capped(wait_ms: object) -> object:
 
 @schema.parametrize()
 @settings(
-    max_examples=10,
+    max_examples=30,
     derandomize=True,
     deadline=None,
     suppress_health_check=list(HealthCheck),
@@ -121,6 +126,40 @@ def test_fuzz_the_api_from_its_openapi_file(case: schemathesis.Case, live: LiveS
     for where in (case.body, case.query):  # a body's wait, a hold's long-poll
         if isinstance(where, dict) and "wait_ms" in where:
             where["wait_ms"] = _capped(where["wait_ms"])
+    if case.path.endswith("/campaign"):  # not the default wait of 30 s
+        if isinstance(case.body, dict):
+            case.body.setdefault("wait_ms", 200)
+        elif case.body is NOT_SET:
+            case.body, case.media_type = {"wait_ms": 200}, "application/json"
     response = case.call(base_url=live.base_url, timeout=30)
     case.validate_response(response, checks=CHECKS)
+    assert live.rig is not None and live.rig.unexpected_errors() == 0
+
+
+@settings(max_examples=40, derandomize=True, deadline=None, database=None)
+@given(
+    route=st.sampled_from(
+        [
+            "/v1/locks/{name}/holds/{lease}/events",
+            "/v1/elections/{name}/leaderships/{lease}/events",
+            "/v1/elections/{name}/observe",
+        ]
+    ),
+    name=st.text(min_size=1, max_size=300),
+    lease=st.one_of(st.integers(min_value=-5, max_value=2**64), st.text(max_size=5)),
+)
+def test_fuzz_the_event_stream_routes(
+    live: LiveSidecar, route: str, name: str, lease: object
+) -> None:
+    """The stream routes' path inputs (schemathesis leaves them out: their answers never
+    end): a documented status, and for a stream, its content type and a first event."""
+    path = route.format(name=quote(name, safe=""), lease=quote(str(lease), safe=""))
+    with requests.get(live.base_url + path, stream=True, timeout=30) as resp:
+        assert resp.status_code in (200, 400, 404), (path, resp.status_code, resp.text[:300])
+        if resp.status_code == 200:
+            assert resp.headers["Content-Type"].startswith("text/event-stream")
+            first = next(resp.iter_lines())
+            assert first.startswith(b"event: "), first
+        else:
+            assert set(resp.json()) == {"error", "field"}
     assert live.rig is not None and live.rig.unexpected_errors() == 0
