@@ -189,6 +189,8 @@ class Sidecar:
         self._runner: web.AppRunner | None = None
         self._probe: asyncio.Task[None] | None = None
         self._http: aiohttp.ClientSession | None = None
+        self._keepers: set[asyncio.Task[None]] = set()
+        """Every hold's task, granted or still waiting (shutdown awaits them all)."""
         self._validators = {
             name: jsonschema.Draft202012Validator(
                 {"$ref": f"#/components/schemas/{name}", "components": self.spec["components"]}
@@ -259,10 +261,15 @@ class Sidecar:
             self._probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe
+            self._probe = None
         if self._runner is not None:
-            await self._runner.cleanup()
+            await self._runner.cleanup()  # cancels waits in flight: they withdraw (see _take)
+            self._runner = None
+        if self._keepers:
+            await asyncio.gather(*self._keepers, return_exceptions=True)
         if self._http is not None:
             await self._http.close()
+            self._http = None
 
     @web.middleware
     async def _middleware(
@@ -452,6 +459,8 @@ class Sidecar:
                     self.holds.pop((kind, name, h.lease), None)
 
         task = asyncio.create_task(keep(), name=f"concord-sidecar-{kind}-{name}")
+        self._keepers.add(task)
+        task.add_done_callback(self._keepers.discard)
         try:
             return await asyncio.shield(granted)
         except asyncio.CancelledError:

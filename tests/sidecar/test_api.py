@@ -162,6 +162,30 @@ def test_an_app_that_hangs_up_mid_wait_leaves_nothing_queued(tmp_path: Path) -> 
     with_rig(tmp_path, scenario)
 
 
+def test_shutdown_releases_holds_and_withdraws_waits_in_flight(tmp_path: Path) -> None:
+    async def scenario(r: Rig) -> None:
+        mine = (await r.api.call("POST", "/v1/locks/mine", {"ttl_ms": 30_000})).json()
+        lead = (await r.api.call("POST", "/v1/elections/mine/campaign", {})).json()
+        async with r.client.lock("theirs", ttl_ms=30_000):  # held elsewhere: the sidecar waits
+            waiting = asyncio.create_task(
+                r.api.session.post(r.api.base + "/v1/locks/theirs", json={"wait_ms": 60_000})
+            )
+            await eventually(lambda: _waiters(r, "theirs", 1))
+            await r.sidecar.shutdown()
+            try:
+                async with await waiting as resp:  # cut off by the shutdown, or refused
+                    assert resp.status == 503
+            except aiohttp.ClientError:
+                pass
+            info = await r.client.lock_info("theirs")
+            assert info.waiters == 0 and len(info.holders) == 1
+        assert (await r.client.lock_info("mine")).holders == ()
+        assert await r.client.leader("mine") is None
+        assert mine["lease"] != lead["lease"]
+
+    with_rig(tmp_path, scenario)
+
+
 def test_an_idle_event_stream_sends_heartbeats(tmp_path: Path) -> None:
     async def scenario(r: Rig) -> None:
         hold = (await r.api.call("POST", "/v1/locks/idle", {})).json()

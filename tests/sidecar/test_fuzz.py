@@ -34,8 +34,6 @@ from coordinator.sidecar import load_spec
 from tests.server.harness import Cluster
 from tests.sidecar.harness import Rig, rig
 
-pytestmark = pytest.mark.slow
-
 schema = schemathesis.openapi.from_dict(load_spec()).exclude(path_regex=r"/(events|observe)$")
 
 CHECKS = [
