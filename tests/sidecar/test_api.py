@@ -5,14 +5,16 @@ loopback: every route and status code of openapi.yaml, every answer checked agai
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 
-from coordinator.sidecar import FENCING_HEADER
-from tests.server.harness import eventually
-from tests.sidecar.harness import FENCE, SPEC, Rig, with_rig
+from coordinator.client import Client
+from coordinator.sidecar import FENCING_HEADER, Sidecar
+from tests.server.harness import eventually, run, wait_for
+from tests.sidecar.harness import FENCE, SPEC, Api, Rig, with_rig
 
 
 def test_every_route_in_the_spec_is_served_and_nothing_else(tmp_path: Path) -> None:
@@ -444,3 +446,30 @@ def test_quorum_loss_is_503_with_retry_after_and_a_held_lock_is_lost_within_its_
         assert (await r.api.call("GET", "/startupz")).status == 200  # started stays started
 
     with_rig(tmp_path, scenario)
+
+
+def test_without_a_coordinator_it_is_live_but_neither_started_nor_ready() -> None:
+    async def scenario() -> None:
+        with socket.socket() as s:  # a port nothing listens on
+            s.bind(("127.0.0.1", 0))
+            dead = f"127.0.0.1:{s.getsockname()[1]}"
+        client = Client([dead], timeout_s=0.5, connect_timeout_s=0.2)
+        sidecar = Sidecar(client, probe_interval_s=0.05)
+        port = await sidecar.start("127.0.0.1", 0)
+        try:
+            async with aiohttp.ClientSession() as session:
+                api = Api(f"http://127.0.0.1:{port}", session)
+                await wait_for(lambda: "not reachable" in sidecar.not_ready_reason)
+                assert (await api.call("GET", "/healthz")).status == 200
+                startup = await api.call("GET", "/startupz")
+                assert startup.status == 503 and b"not reachable" in startup.body
+                assert (await api.call("GET", "/readyz")).status == 503
+                answer = await api.call("PUT", "/v1/kv/k", {"value": "v"})
+                assert answer.status == 503 and answer.headers["Retry-After"] == "1"
+                metrics = (await api.call("GET", "/metrics")).body.decode()
+                assert "concord_sidecar_coordinator_up 0.0" in metrics
+        finally:
+            await sidecar.shutdown()
+            await client.close()
+
+    run(scenario())
