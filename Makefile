@@ -13,7 +13,7 @@ PY := $(BIN)/python
 
 SEEDS ?= 2000
 
-.PHONY: help bootstrap run test test-fast test-deploy chart-crds kube-tools bench-operator sim elections soak bench bench-report lint typecheck fmt clean
+.PHONY: help bootstrap run test test-fast test-deploy chart-crds kube-tools bench-operator bench-sidecar sim elections soak bench bench-report lint typecheck fmt clean
 
 help:
 	@echo "make run           3 members on loopback + a lock, sequence, CAS and failover demo"
@@ -27,6 +27,7 @@ help:
 	@echo "make bench         Concord vs etcd vs PySyncObj (BENCH_QUICK=1: ~2 min smoke run)"
 	@echo "make bench-report  docs/benchmarks.md from the latest make bench"
 	@echo "make bench-operator  the operator under 1,000 churning Leases (BENCH_ARGS=...)"
+	@echo "make bench-sidecar   lock cycles/s through the sidecar beside the client library"
 	@echo "make lint | typecheck | fmt | clean"
 
 bootstrap:
@@ -106,6 +107,11 @@ bench: bootstrap
 # control plane; operator RSS and CPU, API-server writes/s, status lag p50/p99. Not in make test.
 bench-operator: bootstrap kube-tools
 	$(PY) -m bench.operator_churn $(BENCH_ARGS)
+
+# Lock acquire+release cycles/s through concord-sidecar beside the client library, one run
+# (issue 17). Not in make test.
+bench-sidecar: bootstrap
+	$(PY) -m bench.sidecar $(BENCH_ARGS)
 
 bench-report: bootstrap
 	@bash scripts/bench_deps.sh

@@ -40,6 +40,7 @@ from ._errors import error_for as error_for
 from ._holds import Held as Held
 from ._holds import HeldLeadership as HeldLeadership
 from ._holds import HeldLock as HeldLock
+from ._holds import LockBusy as LockBusy
 from ._holds import LockLost as LockLost
 from ._secrets import ReEncrypted as ReEncrypted
 from ._secrets import SealedCheck as SealedCheck
@@ -98,6 +99,7 @@ __all__ = [
     "Leadership",
     "LeaseInfo",
     "Lock",
+    "LockBusy",
     "LockHolder",
     "LockInfo",
     "LockLost",

@@ -638,6 +638,11 @@ class Client:
             if resp.granted:
                 return Lock(req.name, req.lease, int(resp.fencing_token))
 
+    async def _try_lock(self, req: pb.LockRequest) -> Lock | None:
+        """Acquire without waiting (`req.wait` is False): the grant, or None if taken."""
+        resp = await self._small("lock", req, lambda s: s.lock.Lock)
+        return Lock(req.name, req.lease, int(resp.fencing_token)) if resp.granted else None
+
     async def release(self, lock: Lock) -> None:
         with self.session() as session:
             req = pb.UnlockRequest(session=session, name=lock.name, lease=lock.lease)
@@ -664,13 +669,15 @@ class Client:
         timeout_s: float | None = None,
         max_holders: int = 1,
         lock_delay_ms: int = 0,
+        wait: bool = True,
     ) -> AsyncIterator[HeldLock]:
         """Hold `name` for the body of an `async with`, on a lease of its own kept alive in
         the background. The `HeldLock` yielded carries the fencing token and says at once
         when the lock is lost (`lost`, `wait_lost()`, `add_lost_callback()`, `check()`).
         `timeout_s` (seconds, None: forever) bounds the wait (`DeadlineExceeded`). The lease
         is revoked on exit (releasing the lock) however the body ends, without ever
-        replacing its exception or result. See `_holds.py`."""
+        replacing its exception or result. `wait=False`: do not queue; `LockBusy` at once if
+        the lock is taken. See `_holds.py`."""
         from ._holds import hold_lock  # noqa: PLC0415 (_holds builds on this module)
 
         async with hold_lock(
@@ -680,6 +687,7 @@ class Client:
             timeout_s=timeout_s,
             max_holders=max_holders,
             lock_delay_ms=lock_delay_ms,
+            wait=wait,
         ) as held:
             yield held
 

@@ -75,6 +75,15 @@ RENEWALS_PER_TTL = 3
 """Renew every TTL/3: two renewals may fail (or be slow) before the lease is in danger."""
 
 
+class LockBusy(ConcordError):
+    """A non-blocking `Client.lock(..., wait=False)` found the lock held by others (all of
+    its `max_holders` places taken); nothing was queued and the lease was revoked."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__("FAILED_PRECONDITION", f"lock {name!r} is held by someone else")
+        self.name = name
+
+
 class LockLost(ConcordError):
     """A held lock or leadership is gone, or can no longer be known to be held.
 
@@ -444,6 +453,7 @@ async def hold_lock(
     timeout_s: float | None,
     max_holders: int,
     lock_delay_ms: int,
+    wait: bool = True,
 ) -> AsyncIterator[HeldLock]:
     what = f"lock {name!r}"
     async with _lease(client, what, ttl_ms, timeout_s) as (keeper, deadline):
@@ -455,9 +465,14 @@ async def hold_lock(
                 lease=keeper.lease,
                 max_holders=max_holders,
                 lock_delay_ms=lock_delay_ms,
-                wait=True,
+                wait=wait,
             )
-            grant = await _obtain(keeper, what, timeout_s, deadline, client._wait_for_lock(req))
+            # wait=False: the member answers at once and leaves nothing queued when the lock
+            # is taken (the lease is revoked on the way out all the same).
+            attempt = client._wait_for_lock(req) if wait else client._try_lock(req)
+            grant = await _obtain(keeper, what, timeout_s, deadline, attempt)
+            if grant is None:
+                raise LockBusy(name)
         lease, token = keeper.lease, grant.fencing_token
 
         def released(e: Event) -> bool:

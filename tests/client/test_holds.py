@@ -18,6 +18,7 @@ from coordinator.client import (
     DeadlineExceeded,
     HeldLeadership,
     HeldLock,
+    LockBusy,
     LockLost,
 )
 from tests.server.harness import Cluster, eventually, with_cluster
@@ -316,5 +317,22 @@ def test_a_wait_outlasts_a_whole_call_budget_shorter_than_one_round(
             won = await asyncio.wait_for(elected, 10)
             assert got.fencing_token > first.fencing_token
             assert won.fencing_token > leader.fencing_token
+
+    with_cluster(tmp_path, scenario)
+
+
+def test_a_lock_without_waiting_is_held_or_busy_at_once_and_queues_nothing(
+    tmp_path: Path,
+) -> None:
+    async def scenario(c: Cluster) -> None:
+        async with Client(endpoints(c)) as a, Client(endpoints(c)) as b:
+            async with a.lock("now", wait=False) as held:
+                with pytest.raises(LockBusy, match="held by someone else"):
+                    async with b.lock("now", wait=False):
+                        raise AssertionError("granted while held")
+                info = await lock_info(c, "now")
+                assert [h.lease for h in info.holders] == [held.lease] and info.waiters == 0
+            async with b.lock("now", wait=False) as second:  # free again: granted at once
+                assert second.fencing_token > held.fencing_token
 
     with_cluster(tmp_path, scenario)

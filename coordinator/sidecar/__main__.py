@@ -1,0 +1,5 @@
+"""`python -m coordinator.sidecar`: the same as the concord-sidecar console script."""
+
+from ._main import main
+
+main()

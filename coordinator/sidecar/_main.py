@@ -1,0 +1,127 @@
+"""The concord-sidecar process: flags, the loopback-only bind, the coordinator client, and a
+graceful stop.
+
+Binding. The API hands out locks in the pod's name and has no authentication of its own yet
+(identity comes with workload tokens), so it listens on loopback only: anything else is
+refused unless `--listen-any` says the operator means it (exit 2, with why).
+
+Stopping. SIGTERM (kubelet's stop) or SIGINT: every hold is let go (each lock released, each
+leadership resigned, through the client library's own bounded release), event streams end
+with `released`, then the process exits 0. A hold that cannot be released (no quorum) ends
+with its lease's TTL, as the library logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import logging
+import os
+import signal
+import sys
+
+from coordinator.client import Client, ConcordError
+
+from ._app import Sidecar
+
+log = logging.getLogger("concord.sidecar")
+
+DEFAULT_LISTEN = "127.0.0.1:7490"
+
+
+def _usage_error(message: str) -> SystemExit:
+    """Bad flags: say why on stderr; exit 2 (as concordctl does for bad input)."""
+    print(f"concord-sidecar: {message}", file=sys.stderr)
+    return SystemExit(2)
+
+
+def _parse_listen(raw: str, listen_any: bool) -> tuple[str, int]:
+    host, sep, port_text = raw.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise _usage_error(f"--listen must be HOST:PORT, got {raw!r}")
+    loopback = host == "localhost"
+    try:
+        loopback = loopback or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        if not loopback:
+            raise _usage_error(
+                f"--listen host {host!r} must be an IP address or localhost"
+            ) from None
+    if not loopback and not listen_any:
+        raise _usage_error(
+            f"refusing to listen on {host}: the API is unauthenticated and "
+            "meant for the pod's own containers, so it binds loopback only (127.0.0.1, ::1). "
+            "Pass --listen-any if another address is really intended."
+        )
+    return host, int(port_text)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="concord-sidecar",
+        description="Concord's pod-local HTTP API: locks, elections, sequences, CAS.",
+    )
+    p.add_argument(
+        "--listen", default=DEFAULT_LISTEN, help="HOST:PORT (loopback unless --listen-any)"
+    )
+    p.add_argument("--listen-any", action="store_true", help="allow a non-loopback --listen")
+    p.add_argument(
+        "--endpoints", help="coordinator members host:port,... (default: $CONCORD_ENDPOINTS)"
+    )
+    p.add_argument("--tls-dir", help="client certificate directory (default: $CONCORD_TLS_DIR)")
+    p.add_argument("--insecure", action="store_true", help="plaintext to the coordinator (tests)")
+    p.add_argument(
+        "--coordinator-timeout",
+        type=float,
+        default=5.0,
+        help="seconds one coordinator call may take, retries included, before a 503",
+    )
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def client_from(args: argparse.Namespace) -> Client:
+    env = dict(os.environ)
+    if args.endpoints:
+        env["CONCORD_ENDPOINTS"] = args.endpoints
+    if args.tls_dir:
+        env["CONCORD_TLS_DIR"] = args.tls_dir
+    if args.insecure:
+        env.pop("CONCORD_TLS_DIR", None)
+    return Client.from_env(env, timeout_s=args.coordinator_timeout)
+
+
+async def serve(args: argparse.Namespace, host: str, port: int) -> None:
+    client = client_from(args)
+    sidecar = Sidecar(client)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        bound = await sidecar.start(host, port)
+        # The line tests and scripts wait for: the port actually bound (--listen ...:0).
+        print(f"concord-sidecar listening on {host}:{bound}", flush=True)
+        await stop.wait()
+        log.info("stopping: releasing %d holds", len(sidecar.holds))
+        await sidecar.shutdown()
+    finally:
+        await client.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    host, port = _parse_listen(args.listen, args.listen_any)
+    try:
+        asyncio.run(serve(args, host, port))
+    except ConcordError as err:  # bad endpoints, a missing TLS file
+        print(f"concord-sidecar: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except OSError as err:  # the port is taken
+        print(f"concord-sidecar: cannot listen on {args.listen}: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
