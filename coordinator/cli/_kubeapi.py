@@ -249,7 +249,9 @@ def get_configmap(
         with urllib.request.urlopen(request, timeout=timeout_s, context=config.context) as resp:
             raw = resp.read(RESPONSE_BYTES_MAX + 1)
     except urllib.error.HTTPError as err:
-        raise KubeError(_refusal(err, config, namespace, name), EXIT_FAILED) from None
+        with err:
+            message = _refusal(err, config, namespace, name)
+        raise KubeError(message, EXIT_FAILED) from None
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
         raise KubeError(

@@ -259,7 +259,11 @@ class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
         headers: HTTPMessage,
         newurl: str,
     ) -> urllib.request.Request | None:
-        check_url(newurl)
+        try:
+            check_url(newurl)
+        except SystemExit:
+            fp.close()  # the redirect's own response, which urllib would have read and closed
+            raise
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
@@ -272,6 +276,7 @@ def load_cert_url(url: str, timeout_s: float) -> tuple[bytes, sealing.SealingCer
         with opener.open(url, timeout=timeout_s) as resp:
             pem = resp.read(CERT_BYTES_MAX + 1)
     except urllib.error.HTTPError as err:
+        err.close()
         fail(f"cannot fetch the certificate {url}: {err.code} {err.reason}")
     except (urllib.error.URLError, OSError) as err:
         fail(f"cannot fetch the certificate {url}: {getattr(err, 'reason', err)}")
