@@ -317,12 +317,13 @@ def load_cert_configmap(
     pem = data.get(CERTIFICATE_KEY) if isinstance(data, dict) else None
     if not isinstance(pem, str) or not pem:
         _bad(f"{where} has no data.{CERTIFICATE_KEY}: is it the one the operator publishes?")
-    cert = check_cert(pem.encode("ascii", "replace"), f"{where} data.{CERTIFICATE_KEY}")
+    pem_bytes = pem.encode("ascii", "replace")  # not ASCII: not PEM, refused just below
+    cert = check_cert(pem_bytes, f"{where} data.{CERTIFICATE_KEY}")
     published = data.get(KEY_ID_KEY)
     if published and published != cert.key_id_hex:
         _bad(f"{where}: data.{KEY_ID_KEY} {published} is not its certificate's key "
              f"({cert.key_id_hex}); was it edited by hand?")  # fmt: skip
-    return pem.encode("ascii"), cert
+    return pem_bytes, cert
 
 
 def sealed_secret(
