@@ -8,12 +8,26 @@
     concordctl seal --re-encrypt < sealed.yaml > renewed.yaml   # to the newest key, in-cluster
     concordctl seal --validate < sealed.yaml                    # would each value unseal?
     concordctl seal --fetch-cert > sealing.pem
+    concordctl seal --cert https://example.com/sealing.pem < secret.yaml
+    concordctl seal --controller-namespace concord < secret.yaml   # the operator's ConfigMap
 
 kubeseal's habits, Concord's format (`coordinator.sealing`). Every value of the Secret
 (`data`, base64, and `stringData`, plain; `stringData` wins, as in Kubernetes) is sealed on
-this machine to the sealing certificate: `--cert FILE`, or the cluster's current one fetched
-through the client API (GetSealingCertificate). The certificate is checked first: a file
-that is not a Concord sealing certificate, or one that has expired, is refused.
+this machine to the sealing certificate, taken from the first of:
+
+1. `--cert FILE|URL`: a file, or an https:// URL (verified against the system's trust store,
+   or SSL_CERT_FILE), or an http:// URL on a loopback address only (nothing else can be
+   trusted over plain http);
+2. the ConfigMap the operator publishes (`concord-sealing-certificate`, data.certificate.pem),
+   read through the Kubernetes API when `--controller-namespace`, `--controller-name` or
+   `--kubeconfig` is given (kubeseal's names; the namespace defaults to the kubeconfig
+   context's, the kubeconfig to KUBECONFIG, then ~/.kube/config): `_kubeapi`, the standard
+   library only;
+3. the cluster's current one, fetched through the client API (GetSealingCertificate).
+
+The certificate is checked first, wherever it came from: one that is not a Concord sealing
+certificate, or one that has expired, is refused (exit 2). A URL, API server or coordinator
+that cannot be reached or refuses gives exit 1; a bad URL or kubeconfig exit 2.
 
 The SealedSecret (`concord.dev/v1alpha1`) carries `spec.scope`, `spec.encryptedData` (each
 envelope in base64) and `spec.template` (the Secret's `type`, `metadata.labels` and
@@ -39,13 +53,19 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import ipaddress
 import json
 import os
+import ssl
 import sys
 import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
+from http.client import HTTPMessage
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import IO, Any, NoReturn
 
 import click
 import yaml
@@ -54,9 +74,15 @@ from coordinator import sealing
 from coordinator.client import Client, SealFailed
 from coordinator.sealing import Scope
 
+from . import _kubeapi
 from ._common import EXIT_USAGE, Ctx, fail, run
 
 API_VERSION = "concord.dev/v1alpha1"
+CERTIFICATE_CONFIGMAP = "concord-sealing-certificate"
+"""The operator's default (concord_operator.manifests, which the CLI may not import)."""
+CERTIFICATE_KEY = "certificate.pem"
+KEY_ID_KEY = "keyId"
+CERT_BYTES_MAX = 1 << 20
 KIND = "SealedSecret"
 _DROPPED_ANNOTATIONS = frozenset({"kubectl.kubernetes.io/last-applied-configuration"})
 
@@ -195,6 +221,111 @@ def fetch_cert(ctx: Ctx) -> tuple[bytes, sealing.SealingCertificate]:
     return pem, check_cert(pem, "the cluster's sealing certificate")
 
 
+def is_url(cert: str) -> bool:
+    return "://" in cert
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_url(url: str) -> None:
+    """Exit 2 unless `url` is https://, or http:// to a loopback address."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return
+    if parts.scheme == "http" and parts.hostname:
+        if _loopback(parts.hostname):
+            return
+        _bad(f"--cert {url}: plain http only to a loopback address (127.0.0.1, ::1, "
+             "localhost); anything else could be swapped on the way: use https://")  # fmt: skip
+    _bad(f"--cert {url}: not a certificate file or an https:// (or loopback http://) URL")
+
+
+class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect must satisfy the rule the first URL did (no https -> remote http)."""
+
+    def redirect_request(  # noqa: PLR0917 (urllib's signature)
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: HTTPMessage,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        try:
+            check_url(newurl)
+        except SystemExit:
+            fp.close()  # the redirect's own response, which urllib would have read and closed
+            raise
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def load_cert_url(url: str, timeout_s: float) -> tuple[bytes, sealing.SealingCertificate]:
+    check_url(url)
+    opener = urllib.request.build_opener(
+        urllib.request.HTTPSHandler(context=ssl.create_default_context()), _CheckedRedirects()
+    )
+    try:
+        with opener.open(url, timeout=timeout_s) as resp:
+            pem = resp.read(CERT_BYTES_MAX + 1)
+    except urllib.error.HTTPError as err:
+        err.close()
+        fail(f"cannot fetch the certificate {url}: {err.code} {err.reason}")
+    except (urllib.error.URLError, OSError) as err:
+        fail(f"cannot fetch the certificate {url}: {getattr(err, 'reason', err)}")
+    if len(pem) > CERT_BYTES_MAX:
+        _bad(f"{url}: more than {CERT_BYTES_MAX} bytes; not a sealing certificate")
+    return pem, check_cert(pem, url)
+
+
+@dataclass(frozen=True, slots=True)
+class CertSource:
+    """Where the sealing certificate comes from (see the module doc for the order)."""
+
+    cert: str | None = None
+    controller_namespace: str | None = None
+    controller_name: str | None = None
+    kubeconfig: str | None = None
+
+    @property
+    def configmap(self) -> bool:
+        return any(
+            v is not None
+            for v in (self.controller_namespace, self.controller_name, self.kubeconfig)
+        )
+
+
+def load_cert_configmap(
+    source: CertSource, timeout_s: float
+) -> tuple[bytes, sealing.SealingCertificate]:
+    try:
+        config = _kubeapi.load_kubeconfig(source.kubeconfig)
+        ns = source.controller_namespace or config.namespace
+        name = source.controller_name or CERTIFICATE_CONFIGMAP
+        body = _kubeapi.get_configmap(config, ns, name, timeout_s)
+    except _kubeapi.KubeError as err:
+        fail(err.message, err.exit_code)
+    where = f"ConfigMap {ns}/{name}"
+    data = body.get("data") or {}
+    pem = data.get(CERTIFICATE_KEY) if isinstance(data, dict) else None
+    if not isinstance(pem, str) or not pem:
+        _bad(f"{where} has no data.{CERTIFICATE_KEY}: is it the one the operator publishes?")
+    pem_bytes = pem.encode("ascii", "replace")  # not ASCII: not PEM, refused just below
+    cert = check_cert(pem_bytes, f"{where} data.{CERTIFICATE_KEY}")
+    published = data.get(KEY_ID_KEY)
+    if published and published != cert.key_id_hex:
+        _bad(f"{where}: data.{KEY_ID_KEY} {published} is not its certificate's key "
+             f"({cert.key_id_hex}); was it edited by hand?")  # fmt: skip
+    return pem_bytes, cert
+
+
 def sealed_secret(
     secret: SecretInput, scope: Scope, encrypted: dict[str, str], key_id: str
 ) -> dict[str, Any]:
@@ -294,10 +425,29 @@ def _read_input(source: str) -> tuple[str, str]:
 @click.option("--name", default=None, help="Override the Secret's name.")
 @click.option(
     "--cert",
-    "cert_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    "cert",
+    metavar="FILE|URL",
     default=None,
-    help="Seal offline to this certificate (default: fetch the cluster's current one).",
+    help="Seal to this certificate: a file, an https:// URL, or http:// on loopback only. "
+    "It beats the ConfigMap, which beats the coordinator (the cluster's current one).",
+)
+@click.option(
+    "--controller-namespace",
+    default=None,
+    help="Read the certificate from the operator's ConfigMap in this namespace, through the "
+    "Kubernetes API (default: the kubeconfig context's namespace).",
+)
+@click.option(
+    "--controller-name",
+    default=None,
+    help=f"That ConfigMap's name (default {CERTIFICATE_CONFIGMAP}).",
+)
+@click.option(
+    "--kubeconfig",
+    default=None,
+    metavar="FILE",
+    help="The kubeconfig for the ConfigMap (default: env KUBECONFIG, else ~/.kube/config); "
+    "any of these three flags reads the ConfigMap.",
 )
 @click.option(
     "--merge-into",
@@ -332,7 +482,10 @@ def seal(  # noqa: PLR0917 (click passes every option)
     scope: str | None,
     namespace: str | None,
     name: str | None,
-    cert_path: Path | None,
+    cert: str | None,
+    controller_namespace: str | None,
+    controller_name: str | None,
+    kubeconfig: str | None,
     merge_path: Path | None,
     raw: bool,
     raw_path: Path | None,
@@ -349,6 +502,9 @@ def seal(  # noqa: PLR0917 (click passes every option)
         _bad(f"{' and '.join(modes)} cannot be combined")
     if raw_path is not None and not raw:
         _bad("--from-file goes with --raw")
+    cert_path = CertSource(cert, controller_namespace, controller_name, kubeconfig)
+    if cert is not None and cert_path.configmap:
+        click.echo("Warning: --cert is used; the ConfigMap flags are ignored", err=True)
     if fetch_cert:
         pem, _ = fetch_cert_checked(ctx, cert_path)
         write_output(pem.decode("ascii"), out_path)
@@ -383,10 +539,10 @@ def seal(  # noqa: PLR0917 (click passes every option)
         annotations=secret.annotations,
     )
     check_names(chosen, secret.namespace, secret.name)
-    _, cert = fetch_cert_checked(ctx, cert_path)
+    _, sealing_cert = fetch_cert_checked(ctx, cert_path)
     encrypted = {
         key: base64.b64encode(
-            sealing.seal(cert.public_key, value, chosen, secret.namespace, secret.name)
+            sealing.seal(sealing_cert.public_key, value, chosen, secret.namespace, secret.name)
         ).decode("ascii")
         for key, value in secret.values.items()
     }
@@ -395,25 +551,29 @@ def seal(  # noqa: PLR0917 (click passes every option)
         spec.setdefault("encryptedData", {}).update(encrypted)
         merged.body.setdefault("metadata", {}).setdefault("annotations", {})[
             "concord.dev/sealing-key"
-        ] = cert.key_id_hex
+        ] = sealing_cert.key_id_hex
         as_json = fmt == "json" if fmt else merged.json
         write_output(dump_document(merged.body, as_json), merge_path)
         return
-    body = sealed_secret(secret, chosen, encrypted, cert.key_id_hex)
+    body = sealed_secret(secret, chosen, encrypted, sealing_cert.key_id_hex)
     write_output(dump_document(body, fmt == "json" if fmt else doc.json), out_path)
 
 
-def fetch_cert_checked(
-    ctx: Ctx, cert_path: Path | None
-) -> tuple[bytes, sealing.SealingCertificate]:
-    if cert_path is not None:
-        cert = load_cert_file(cert_path)
-        return cert_path.read_bytes(), cert
+def fetch_cert_checked(ctx: Ctx, source: CertSource) -> tuple[bytes, sealing.SealingCertificate]:
+    """The certificate from --cert, else the ConfigMap, else the coordinator; checked."""
+    if source.cert is not None:
+        if is_url(source.cert):
+            return load_cert_url(source.cert, ctx.timeout_s)
+        path = Path(source.cert)
+        cert = load_cert_file(path)
+        return path.read_bytes(), cert
+    if source.configmap:
+        return load_cert_configmap(source, ctx.timeout_s)
     return fetch_cert(ctx)
 
 
 def _seal_raw(
-    ctx: Ctx, cert_path: Path | None, raw_path: Path | None, scope: Scope, *, ns: str, name: str
+    ctx: Ctx, cert_path: CertSource, raw_path: Path | None, scope: Scope, *, ns: str, name: str
 ) -> None:
     check_names(scope, ns, name)
     if raw_path is None:

@@ -143,6 +143,12 @@ def load_sealing_certificate(pem: bytes, now: dt.datetime) -> SealingCertificate
     except x509.ExtensionNotFound:
         uris = []
     named = [u[len(KEY_URI_PREFIX) :] for u in uris if u.startswith(KEY_URI_PREFIX)]
+    if named and not isinstance(public_key, rsa.RSAPublicKey):
+        raise CertificateError(
+            f"the certificate names sealing key {named[0]}, but its key is "
+            f"{type(public_key).__name__.removeprefix('_')}, not RSA: Concord's sealing keys "
+            f"are RSA-{KEY_BITS}"
+        )
     if not isinstance(public_key, rsa.RSAPublicKey) or not named:
         raise CertificateError(
             f"not a Concord sealing certificate (subject {cert.subject.rfc4514_string()}): it "
