@@ -43,6 +43,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -185,9 +186,13 @@ def namespace_wrapper(
 
     Every source is opened first and bound from /proc/self/fd: a volume mounted at /tmp
     would otherwise hide sources that live under /tmp (the state dir often does) from the
-    mounts that follow it."""
+    mounts that follow it. `--no-canonicalize`, because mount(8) otherwise resolves the
+    /proc/self/fd link to its path name, which by then names what the earlier mount put
+    there."""
+    ordered = sorted(mounts, key=lambda m: m.target.count("/"))  # parents before children
     binds = [
-        *sorted(mounts, key=lambda m: m.target.count("/")),  # parents before children
+        *ordered,
+        *_kept_visible(ordered),
         Mount(hosts_file, "/etc/hosts", read_only=False),
         Mount(resolv_file, "/etc/resolv.conf", read_only=False),
     ]
@@ -201,7 +206,7 @@ def namespace_wrapper(
         else:
             parent = shlex.quote(os.path.dirname(m.target) or "/")
             lines.append(f"mkdir -p {parent}; [ -e {target} ] || touch {target}")
-        lines.append(f"mount --bind /proc/self/fd/{fd} {target}")
+        lines.append(f"mount --no-canonicalize --bind /proc/self/fd/{fd} {target}")
         if m.read_only:
             lines.append(f"mount -o remount,bind,ro {target}")
     lines.append(" ".join(f"exec {fd}<&-;" for fd in fds))
@@ -212,6 +217,27 @@ def namespace_wrapper(
     bash = shutil.which("bash") or "/bin/bash"
     script = "\n".join(lines)
     return [unshare, "--mount", "--uts", "--propagation", "private", bash, "-c", script, "pod"]
+
+
+HOST_PATHS = tuple(
+    dict.fromkeys(
+        str(Path(p).resolve()) for p in (Path(__file__).parents[3], sys.prefix, sys.base_prefix)
+    )
+)
+"""What a pod's program is on the host, there being no image: the checkout (an editable
+install imports from it) and the Python environment."""
+
+
+def _kept_visible(mounts: Sequence[Mount]) -> list[Mount]:
+    """Each host path a pod's program runs from that one of the pod's volumes would hide (an
+    emptyDir at /tmp hides a checkout under /tmp), bound back over it, as an image's files
+    would stay visible beside its volumes."""
+    hidden = [
+        path
+        for path in HOST_PATHS
+        if any(path == m.target or path.startswith(m.target.rstrip("/") + "/") for m in mounts)
+    ]
+    return [Mount(Path(path), path, read_only=True) for path in hidden]
 
 
 class PodRunner(threading.Thread):
