@@ -147,6 +147,8 @@ class Stack:
         if bin_dir is not None:
             say(f"   Kubernetes v1.34.12, etcd, helm: present in {bin_dir}")
             return bin_dir
+        if os.environ.get("CONCORD_KUBE_BIN"):
+            raise StackError(why)
         if shutil.which("go") is None:
             raise StackError(
                 f"the Kubernetes tools are missing ({why}) and there is no Go toolchain to "
@@ -463,6 +465,9 @@ class Stack:
             self.plane = None
         left = [pid for _, pid in self.started_pids if _alive(pid)]
         listing = " ".join(str(pid) for pid in sorted({pid for _, pid in self.started_pids}))
+        if not self.started_pids:
+            say("stack: started no process")
+            return
         say(f"stack: stopped pids {listing}" + (f"; STILL RUNNING {left}" if left else ""))
 
 
@@ -545,10 +550,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = 0 if current == "keep" else 130
     except StackError as e:
         say(f"\nstack: FAILED at step '{current}': {e}")
-        log = Path(e.log or stack.agent_log)
-        say(f"stack: read {log}")
-        if log.is_file():
-            say("\n".join(f"  | {line}" for line in log.read_text().splitlines()[-15:]))
+        where = e.log or (stack.agent_log if stack.agent is not None else None)
+        if where is not None:
+            log = Path(where)
+            say(f"stack: read {log}")
+            if log.is_file():
+                say("\n".join(f"  | {line}" for line in log.read_text().splitlines()[-15:]))
         code = 1
     except ControlPlaneError as e:
         say(f"\nstack: FAILED at step '{current}': {e}")

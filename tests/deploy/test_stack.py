@@ -153,3 +153,21 @@ def test_make_run_brings_up_the_stack_demos_it_and_stops_everything(
     assert [p for p in pids if _alive(p)] == []
     assert _holding(str(state)) == []
     print(f"\nmake run's demo: up and demoed in {up_s:.1f} s, stopped after {total_s:.1f} s")
+
+
+def test_a_failed_step_says_which_step_and_what_to_do(tmp_path: Path) -> None:
+    """No usable tools (CONCORD_KUBE_BIN pointing at nothing): a clear message, exit 1,
+    nothing started."""
+    done = subprocess.run(
+        [sys.executable, "-m", "coordinator.testing.stack", "--state-dir", str(tmp_path / "s")],
+        cwd=REPO,
+        env={**os.environ, "CONCORD_KUBE_BIN": str(tmp_path / "nothing")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "stack: FAILED at step 'Kubernetes tools'" in done.stdout
+    assert "CONCORD_KUBE_BIN=" in done.stdout and "make kube-tools" in done.stdout
+    assert "stack: started no process" in done.stdout
