@@ -236,7 +236,7 @@ class Stack:
         """`concordctl member list` until every member is listed, one Leader, the rest
         Reachable (a restarted member lists its name a moment after it starts)."""
         want = ["Leader"] + ["Reachable"] * (MEMBERS - 1)
-        deadline = time.monotonic() + timeout_s
+        deadline = time.perf_counter() + timeout_s
         while True:
             out = self.concordctl("-o", "json", "member", "list", shown=False, check=False)
             with contextlib.suppress(ValueError, TypeError, KeyError):
@@ -246,7 +246,7 @@ class Stack:
                     m.get("name") for m in members
                 ):
                     break
-            if time.monotonic() > deadline:
+            if time.perf_counter() > deadline:
                 raise StackError(f"members not healthy after {timeout_s:.0f} s: {out}")
             time.sleep(1.0)
         self.concordctl("member", "list")
@@ -287,9 +287,9 @@ class Stack:
                 raise StackError("the lock was never granted", log)
             say(f"  {line.strip()}")
             token = line.split()[-1]
-            deadline = time.monotonic() + 30
+            deadline = time.perf_counter() + 30
             status: dict[str, Any] = {}
-            while time.monotonic() < deadline:
+            while time.perf_counter() < deadline:
                 obj = self.kubectl_json("get", "clease", "nightly-report", "-n", NAMESPACE)
                 status = obj.get("status", {})
                 if str(status.get("fencingToken", "")) == token:
@@ -337,8 +337,8 @@ class Stack:
         for _ in range(3):
             last = self.concordctl("seq", "next", f"k8s/{NAMESPACE}/invoices").strip()
         value = last.split()[-1] if last else ""
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+        deadline = time.perf_counter() + 30
+        while time.perf_counter() < deadline:
             status = self.kubectl_json("get", "cseq", "invoices", "-n", NAMESPACE).get("status", {})
             if str(status.get("value", "")) == value:
                 break
@@ -387,11 +387,11 @@ class Stack:
         say(f"   {leader} leads; deleting its pod")
         self.kubectl("delete", "pod", "-n", NAMESPACE, leader, "--wait=false")
         say(f"$ kubectl get pods -n {NAMESPACE} -l {COORDINATOR_PODS} -w")
-        started = time.monotonic()
+        started = time.perf_counter()
         seen: dict[str, str] = {}
         old_uid = ""
         deadline = started + 180
-        while time.monotonic() < deadline:
+        while time.perf_counter() < deadline:
             pods = self.kubectl_json("get", "pods", "-n", NAMESPACE, "-l", COORDINATOR_PODS)
             healed = len(pods["items"]) == MEMBERS
             for pod in pods["items"]:
@@ -410,7 +410,7 @@ class Stack:
                 healed = healed and ready and new
                 if seen.get(name) != row:
                     seen[name] = row
-                    say(f"  {row} {time.monotonic() - started:5.1f}s")
+                    say(f"  {row} {time.perf_counter() - started:5.1f}s")
             if healed and old_uid:
                 break
             time.sleep(0.5)
@@ -418,7 +418,7 @@ class Stack:
             raise StackError(
                 "the deleted member's pod did not come back Ready", self.pod_log(leader)
             )
-        say(f"   {leader} recreated and Ready after {time.monotonic() - started:.1f} s")
+        say(f"   {leader} recreated and Ready after {time.perf_counter() - started:.1f} s")
         self.healthy_members()
         self.concordctl("get", "before-failover")
 
