@@ -428,25 +428,30 @@ class Stack:
         say("\n== kept up until Ctrl-C, SIGTERM or SIGHUP")
         say(f"   kubeconfig: {kc}")
         say(f"   export KUBECONFIG={kc}")
-        say(f"   export PATH={self.plane.bin_dir}:$PATH   # the pinned kubectl and helm")
-        say("   try:")
+        # concordctl as from a pod: the members' certificates name their DNS names, which
+        # resolve only in the node agent's hosts file.
+        assert self.agent is not None
+        bin_dir = self.state_dir / "bin"
+        bin_dir.mkdir(exist_ok=True)
+        script = bin_dir / "concordctl"
+        env = self.ctl_env()
+        script.write_text(
+            "#!/bin/sh\n# concordctl where the pods' names resolve (the node agent's hosts file)\n"
+            f"export CONCORD_ENDPOINTS={shlex.quote(env['CONCORD_ENDPOINTS'])}\n"
+            f"export CONCORD_TLS_DIR={shlex.quote(env['CONCORD_TLS_DIR'])}\n"
+            f"exec {shlex.join([*self.agent.client_prefix(workdir='.'), CONCORDCTL])} " + '"$@"\n'
+        )
+        script.chmod(0o755)
+        say(f"   export PATH={bin_dir}:{self.plane.bin_dir}:$PATH")
+        say("   # concordctl as from a pod (the members' names resolve), the pinned kubectl, helm")
+        say("   then try:")
         say(f"     kubectl get concord -A; kubectl get pods -n {NAMESPACE} -o wide")
+        say("     concordctl member list; concordctl seq next k8s/concord/invoices")
         say(
             f"     kubectl delete pod -n {NAMESPACE} {RELEASE}-1; "
             f"kubectl get pods -n {NAMESPACE} -w"
         )
         say(f"     helm status {RELEASE} -n {NAMESPACE}")
-        say(
-            "   concordctl reaches the members by their pod names only from a pod's view (the "
-            "node agent's hosts file); their addresses work from here:"
-        )
-        assert self.agent is not None
-        ips = [self.agent.pod_ip(NAMESPACE, f"{RELEASE}-{i}") for i in range(MEMBERS)]
-        say(
-            f"     concordctl --tls-dir {self.client_dir} --endpoints "
-            + ",".join(f"{ip}:7070" for ip in ips if ip)
-            + " member list"
-        )
         while True:
             time.sleep(3600)
 

@@ -129,6 +129,14 @@ def test_make_run_brings_up_the_stack_demos_it_and_stops_everything(
             capture_output=True, text=True, timeout=60, check=True,
         ).stdout  # fmt: skip
         assert pods.count(" Running ") == 4, pods  # three members and the operator
+        # The printed PATH's concordctl reaches the members by their names, from any directory.
+        members = subprocess.run(
+            [str(state / "bin" / "concordctl"), "member", "list"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert members.returncode == 0, members.stderr
+        assert all(f" concord-{i} " in members.stdout for i in range(3)), members.stdout
+        assert "Leader" in members.stdout
         proc.send_signal(signal.SIGTERM)
         read_until("stack: exit ")
         assert proc.wait(120) == 0
