@@ -16,7 +16,7 @@ SEEDS ?= 2000
 .PHONY: help bootstrap run run-local test test-fast test-deploy chart-crds kube-tools bench-operator bench-sidecar sim elections soak bench bench-report lint typecheck fmt clean
 
 help:
-	@echo "make run           the whole stack: control plane, helm install, operator, a kubectl demo (~1 min warm)"
+	@echo "make run           the whole stack: control plane, helm install, operator, a kubectl demo (~35 s warm)"
 	@echo "make run-local     3 members on loopback + a lock, sequence, CAS and failover demo (~15 s)"
 	@echo "make test          the whole suite: lint, typecheck, import contracts, pytest, sim"
 	@echo "make kube-tools    build the pinned Kubernetes control plane, etcd and helm (~10 min cold)"
