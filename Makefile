@@ -17,7 +17,7 @@ SEEDS ?= 2000
 
 help:
 	@echo "make run           the whole stack: control plane, helm install, operator, a kubectl demo (~35 s warm)"
-	@echo "make run-local     3 members on loopback + a lock, sequence, CAS and failover demo (~15 s)"
+	@echo "make run-local     3 members on loopback + a lock, sequence, CAS and failover demo (~5 s)"
 	@echo "make test          the whole suite: lint, typecheck, import contracts, pytest, sim"
 	@echo "make kube-tools    build the pinned Kubernetes control plane, etcd and helm (~10 min cold)"
 	@echo "make test-deploy   the Helm chart on the control plane, its pods run by the node agent (~2 min)"
