@@ -13,10 +13,11 @@ PY := $(BIN)/python
 
 SEEDS ?= 2000
 
-.PHONY: help bootstrap run test test-fast test-deploy chart-crds kube-tools bench-operator bench-sidecar sim elections soak bench bench-report lint typecheck fmt clean
+.PHONY: help bootstrap run run-local test test-fast test-deploy chart-crds kube-tools bench-operator bench-sidecar sim elections soak bench bench-report lint typecheck fmt clean
 
 help:
-	@echo "make run           3 members on loopback + a lock, sequence, CAS and failover demo"
+	@echo "make run           the whole stack: control plane, helm install, operator, a kubectl demo (~35 s warm)"
+	@echo "make run-local     3 members on loopback + a lock, sequence, CAS and failover demo (~5 s)"
 	@echo "make test          the whole suite: lint, typecheck, import contracts, pytest, sim"
 	@echo "make kube-tools    build the pinned Kubernetes control plane, etcd and helm (~10 min cold)"
 	@echo "make test-deploy   the Helm chart on the control plane, its pods run by the node agent (~2 min)"
@@ -34,7 +35,15 @@ bootstrap:
 	@bash scripts/bootstrap.sh
 	@$(PY) scripts/gen_protos.py
 
+# The whole stack (README.md, Quick start): the pinned Kubernetes tools (built on first use,
+# ~10 min cold), the local control plane, the node agent, `helm install` of charts/concord, a
+# kubectl demo; everything stopped at the end. RUN_ARGS=--keep keeps it up until Ctrl-C.
+RUN_ARGS ?=
 run: bootstrap
+	$(PY) -m coordinator.testing.stack $(RUN_ARGS)
+
+# The quick coordinator-only demo: three members on loopback, no Kubernetes.
+run-local: bootstrap
 	$(PY) -m coordinator.cli.devcluster
 
 test: bootstrap
@@ -46,7 +55,7 @@ test: bootstrap
 	$(BIN)/pytest
 	$(MAKE) --no-print-directory sim SEEDS=$(SEEDS)
 
-# The suite without the real-process tests (kill -9, TLS handshakes, make run end to end) and
+# The suite without the real-process tests (kill -9, TLS handshakes, make run and run-local end to end) and
 # without the Kubernetes control plane (four real processes, ~10 s to start).
 test-fast: bootstrap
 	$(BIN)/pytest -m "not process and not kube"

@@ -2,7 +2,7 @@
 
     python -m bench.operator_churn [--leases 1000] [--workers 32] [--seconds 60]
 
-Starts the project's own control plane (tests/kube/controlplane.py), a 3-member coordinator
+Starts the project's own control plane (coordinator/testing/controlplane.py), a 3-member coordinator
 cluster with mutual TLS (tests/process/harness.py) and `python -m concord_operator` as a
 process, creates the Lease objects, waits until every one is Ready, then lets `--workers`
 clients take and release random locks among them for `--seconds`. It reports:
@@ -37,8 +37,8 @@ from typing import Any
 import kubernetes
 import kubernetes.watch
 
+from coordinator.testing.controlplane import ControlPlaneError, locate_binaries, start_control_plane
 from coordinator.testing.procs import metric
-from tests.kube.controlplane import ControlPlaneError, locate_binaries, start_control_plane
 from tests.kube.operator_harness import GROUP, VERSION, OperatorProcess, client_tls_dir
 from tests.process.harness import ProcessCluster, histogram_buckets, histogram_quantile
 

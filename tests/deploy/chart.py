@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from tests.kube.controlplane import ControlPlane
+from coordinator.testing.controlplane import ControlPlane
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "concord"

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from coordinator.testing.controlplane import ControlPlane
 from coordinator.testing.nodeagent import NodeAgent
-from tests.kube.controlplane import ControlPlane
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import subprocess
 import pytest
 import yaml
 
+from coordinator.testing.controlplane import ControlPlane
 from tests.deploy.chart import CHART, EXAMPLES, render
-from tests.kube.controlplane import ControlPlane
 
 pytestmark = pytest.mark.kube
 

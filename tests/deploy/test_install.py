@@ -27,9 +27,9 @@ from typing import Any
 import pytest
 import yaml
 
+from coordinator.testing.controlplane import ControlPlane
 from coordinator.testing.nodeagent import POD_NETWORK, NodeAgent
 from tests.deploy.chart import CHART, CONCORDCTL, EXAMPLES, make_tls_secret, member_host
-from tests.kube.controlplane import ControlPlane
 
 pytestmark = [pytest.mark.kube, pytest.mark.process]
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
+from coordinator.testing.controlplane import ControlPlane
 from coordinator.testing.nodeagent import DEFAULT_NODES, POD_NETWORK, NodeAgent
 from coordinator.testing.procs import orphan_proof
-from tests.kube.controlplane import ControlPlane
 
 pytestmark = [pytest.mark.kube, pytest.mark.process]
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kube.controlplane import (
+from coordinator.testing.controlplane import (
     ControlPlane,
     existing_cluster,
     locate_binaries,

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.kube.controlplane import ControlPlane, ControlPlaneError, start_control_plane
+from coordinator.testing.controlplane import ControlPlane, ControlPlaneError, start_control_plane
 
 pytestmark = pytest.mark.kube
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.kube.controlplane import CRD_DIR, ControlPlane
+from coordinator.testing.controlplane import CRD_DIR, ControlPlane
 
 pytestmark = pytest.mark.kube
 

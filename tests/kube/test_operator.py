@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from coordinator.client import ConcordError
+from coordinator.testing.controlplane import ControlPlane
 from coordinator.testing.procs import metric
-from tests.kube.controlplane import ControlPlane
 from tests.kube.operator_harness import (
     KubeObjects,
     OperatorProcess,

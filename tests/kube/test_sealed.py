@@ -29,8 +29,8 @@ import pytest
 import yaml
 
 from coordinator import sealing
+from coordinator.testing.controlplane import ControlPlane
 from coordinator.testing.procs import metric
-from tests.kube.controlplane import ControlPlane
 from tests.kube.operator_harness import (
     REPO,
     KubeObjects,

@@ -202,16 +202,22 @@ class NodeAgent:
         with self._lock:
             return {f"{r.namespace}/{r.pod_name}": r.pids() for r in self._runners.values()}
 
+    def client_prefix(self, workdir: str | None = None) -> list[str]:
+        """The argv prefix that runs what follows it where the cluster's names resolve, as
+        they do inside a pod (same hosts file, no DNS server), in `workdir` (default this
+        process' cwd; "." keeps the caller's): `run` and `spawn` use it, and a script can
+        too while the agent runs."""
+        return namespace_wrapper(
+            [], self.hosts_file, self.resolv_file, "nodeagent-client", workdir or os.getcwd()
+        )
+
     def run(
         self, argv: Sequence[str], *, timeout_s: float = 60.0, env: Mapping[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
         """Run `argv` (a client, e.g. concordctl) where the cluster's names resolve, as they
         do inside a pod: same hosts file, no DNS server; output captured as text."""
-        wrapper = namespace_wrapper(
-            [], self.hosts_file, self.resolv_file, "nodeagent-client", os.getcwd()
-        )
         return subprocess.run(
-            [*wrapper, *argv],
+            [*self.client_prefix(), *argv],
             capture_output=True,
             text=True,
             check=False,
@@ -222,12 +228,12 @@ class NodeAgent:
     def spawn(self, argv: Sequence[str], log: Path) -> subprocess.Popen[str]:
         """Start `argv` in the background where the cluster's names resolve (as `run`):
         stdout a pipe (text), stderr to `log`; orphan-proof. Stopping it is the caller's."""
-        wrapper = namespace_wrapper(
-            [], self.hosts_file, self.resolv_file, "nodeagent-client", os.getcwd()
-        )
         with log.open("ab") as err:
             return subprocess.Popen(
-                orphan_proof([*wrapper, *argv]), stdout=subprocess.PIPE, stderr=err, text=True
+                orphan_proof([*self.client_prefix(), *argv]),
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
             )
 
     # --- the loop -------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""A real Kubernetes control plane for the Kubernetes tests: etcd, kube-apiserver,
-kube-controller-manager and kube-scheduler as processes on 127.0.0.1, or an existing cluster.
+"""A real Kubernetes control plane for the Kubernetes tests and the `make run` demo (test
+and demo tooling, as the node agent): etcd, kube-apiserver, kube-controller-manager and
+kube-scheduler as processes on 127.0.0.1, or an existing cluster.
 
 `start_control_plane(bin_dir, root)` does what kubeadm does, minus the kubelet:
 
@@ -23,7 +24,7 @@ kube-controller-manager and kube-scheduler as processes on 127.0.0.1, or an exis
 Every process is started orphan-proof (the kernel SIGKILLs it if the test process dies, see
 `coordinator.testing.procs`) in a process group of its own, and `ControlPlane.close` stops
 them by PID (SIGTERM, then SIGKILL); an `atexit` hook does the same if nobody called close.
-Nothing here is pytest: `python -m tests.kube.controlplane` starts one, prints its figures
+Nothing here is pytest: `python -m coordinator.testing.controlplane` starts one, prints its figures
 (time to ready, RSS of each process) and stops it.
 
 `existing_cluster(kubeconfig)` wraps a cluster someone else runs (kind, a real one) in the
