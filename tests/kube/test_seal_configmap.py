@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from concord_operator.manifests import CERTIFICATE_CONFIGMAP, certificate_configmap
 from coordinator import sealing
 from coordinator.cli.main import cli
-from tests.kube.controlplane import ControlPlane
+from coordinator.testing.controlplane import ControlPlane
 
 pytestmark = pytest.mark.kube
 
