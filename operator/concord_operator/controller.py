@@ -263,10 +263,32 @@ class Controller:
                 tracked.dirty = True
                 tracked.next_allowed = loop.time() + ERROR_BACKOFF_S
 
+    async def _write_status(self, tracked: Tracked, status: dict[str, Any], *, retry: bool) -> bool:
+        """Record the object's health and write `status` if it differs from what the object
+        shows. False: this replica is no longer sure it leads, so nothing was written and the
+        object is left dirty for whoever leads next."""
+        ref = tracked.ref
+        if retry:
+            self.unhealthy.add(ref.key)
+        else:
+            self.unhealthy.discard(ref.key)
+        if not status_changed(tracked.status, status):
+            return True
+        if not self.leader_valid():
+            tracked.dirty = True
+            return False
+        loop = asyncio.get_running_loop()
+        writing_at = loop.time()
+        await self.kube.patch_status(ref.plural, ref.namespace, ref.name, status)
+        self.metrics.step_seconds.labels("write").observe(loop.time() - writing_at)
+        tracked.status.update(status)
+        self.metrics.status_patches.labels(ref.plural).inc()
+        return True
+
     async def _reconcile(self, tracked: Tracked) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
-        ref, kind = tracked.ref, tracked.ref.plural
+        kind = tracked.ref.plural
         forced, tracked.forced = tracked.forced, None
         if kind == SEALED_SECRETS:
             await self._reconcile_sealed(tracked, forced)
@@ -288,19 +310,8 @@ class Controller:
                     if isinstance(action, PutRecord):
                         tracked.known = KnownRecord(parse_record(action.value))
             self.metrics.step_seconds.labels("act").observe(loop.time() - observed_at)
-        if plan.retry:
-            self.unhealthy.add(ref.key)
-        else:
-            self.unhealthy.discard(ref.key)
-        if status_changed(tracked.status, plan.status):
-            if not self.leader_valid():
-                tracked.dirty = True
-                return
-            writing_at = loop.time()
-            await self.kube.patch_status(kind, ref.namespace, ref.name, plan.status)
-            self.metrics.step_seconds.labels("write").observe(loop.time() - writing_at)
-            tracked.status.update(plan.status)
-            self.metrics.status_patches.labels(kind).inc()
+        if not await self._write_status(tracked, plan.status, retry=plan.retry):
+            return
         if not plan.retry:
             # What these events told is in the status now (written, or already there).
             tracked.grants_seen -= grants
@@ -379,19 +390,8 @@ class Controller:
                     ",".join(plan.status.get("keyIds") or []),
                 )
             self.metrics.step_seconds.labels("act").observe(loop.time() - acting_at)
-        if plan.retry:
-            self.unhealthy.add(ref.key)
-        else:
-            self.unhealthy.discard(ref.key)
-        if status_changed(tracked.status, plan.status):
-            if not self.leader_valid():
-                tracked.dirty = True
-                return
-            writing_at = loop.time()
-            await self.kube.patch_status(SEALED_SECRETS, ref.namespace, ref.name, plan.status)
-            self.metrics.step_seconds.labels("write").observe(loop.time() - writing_at)
-            tracked.status.update(plan.status)
-            self.metrics.status_patches.labels(SEALED_SECRETS).inc()
+        if not await self._write_status(tracked, plan.status, retry=plan.retry):
+            return
         if plan.status.get("phase") == "Ready" and settle_version:
             tracked.settled = (ref.generation, settle_version)
         result = "unavailable" if plan.retry else "ok"

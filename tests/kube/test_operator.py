@@ -40,26 +40,6 @@ STATUS_INTERVAL_S = 0.5
 
 
 @pytest.fixture
-def coord(tmp_path: Path) -> Iterator[ProcessCluster]:
-    cluster = ProcessCluster(tmp_path / "coord", 3)
-    try:
-        cluster.start_all()
-        asyncio.run(cluster.wait_ready())
-        yield cluster
-    finally:
-        cluster.close()
-
-
-@pytest.fixture
-def kube(control_plane: ControlPlane, kube_namespace: str) -> Iterator[KubeObjects]:
-    objects = KubeObjects(control_plane.kubeconfig, kube_namespace)
-    try:
-        yield objects
-    finally:
-        objects.close()
-
-
-@pytest.fixture
 def start_operator(
     tmp_path: Path,
     coord: ProcessCluster,
