@@ -4,9 +4,11 @@ it is idempotent, and what makes it leave a pod alone. No cluster."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from concord_operator.injection import (
     Injected,
@@ -18,6 +20,7 @@ from concord_operator.injection import (
     wanted,
 )
 
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SETTINGS = Settings(image="reg/concord-sidecar:1.2", endpoints="concord.concord.svc:7070")
 
 
@@ -167,3 +170,16 @@ def test_annotation_parsing() -> None:
     assert wanted({"concord.dev/inject": "perhaps"}) is None
     assert secret_names("a,b.c, a") == ["a", "b.c"]
     assert isinstance(secret_names(",,"), str)
+
+
+@pytest.mark.parametrize("example", ["leader-election.yaml", "sealed-secret-reader.yaml"])
+def test_the_examples_pod_templates_are_injected(example: str) -> None:
+    """What the webhook makes of the examples' pod templates (their annotations are read
+    as meant: no Refused for a typo)."""
+    docs = yaml.safe_load_all((EXAMPLES / example).read_text())
+    (deployment,) = [d for d in docs if d and d["kind"] == "Deployment"]
+    after = injected(deployment["spec"]["template"])
+    (side,) = after["spec"]["initContainers"]
+    assert side["name"] == "concord-sidecar"
+    if example == "sealed-secret-reader.yaml":
+        assert {"name": "CONCORD_SECRETS", "value": "db-credentials"} in side["env"]
