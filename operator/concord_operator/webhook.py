@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 WEBHOOK_ID = "inject-sidecar"
 """kopf's handler id, and so the URL path the configuration's service reference names."""
 CA_BUNDLE_CHECK_S = 60.0
+CA_CHECK_S = 30.0
 EVENT_REASON = "ConcordInjectionSkipped"
 CERT_LIFETIME = dt.timedelta(days=365)
 
@@ -144,8 +145,9 @@ class Injector:
         self.ca_pem = ca_pem
         self.configuration = configuration
         self.ca_bundle = ca_bundle
-        self._published: set[str] = set()
-        """Namespaces whose CA ConfigMap is known to be current."""
+        self._published: dict[str, float] = {}
+        """Namespace -> loop time its CA ConfigMap was last seen current: checked again after
+        CA_CHECK_S, so one deleted by hand comes back with the next injected pod."""
 
     async def admit(
         self,
@@ -174,7 +176,8 @@ class Injector:
                 await self._event(pod, namespace, message)
 
     async def _publish_ca(self, namespace: str) -> None:
-        if namespace in self._published:
+        now = asyncio.get_running_loop().time()
+        if now - self._published.get(namespace, -CA_CHECK_S) < CA_CHECK_S:
             return
         name = self.settings.ca_configmap
         body = ca_configmap(name, namespace, self.ca_pem)
@@ -189,7 +192,7 @@ class Injector:
                     return
                 body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
                 await self.kube.replace("ConfigMap", namespace, body)
-            self._published.add(namespace)
+            self._published[namespace] = now
         except Conflict:
             pass  # made or changed concurrently: the next injection checks again
         except Exception:  # the pod is still admitted; its sidecar waits for the ConfigMap
