@@ -226,10 +226,14 @@ def sidecar(settings: Settings, secrets: Sequence[str]) -> dict[str, Any]:
         "readinessProbe": probe("/readyz", 5, 1),
         "livenessProbe": probe("/healthz", 10, 3),
         "resources": {"requests": {"cpu": settings.cpu_request, "memory": settings.memory_request}},
+        # The chart's uid for every Concord process. The kubelet makes the projected token
+        # readable to it whatever the app's uid: owned by the pods' one common runAsUser,
+        # group-readable under an fsGroup, else mode 0644 (FsUserFrom, projected.go).
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
             "runAsNonRoot": True,
+            "runAsUser": 10001,
             "capabilities": {"drop": ["ALL"]},
         },
         "volumeMounts": mounts,
