@@ -184,17 +184,39 @@ def test_a_pod_it_cannot_inject_is_admitted_unchanged_with_an_event(
     assert found["type"] == "Warning" and "'Not_A_Name'" in found["message"]
 
 
-def test_with_the_webhook_down_pods_are_admitted_unchanged(
+def _scale_operator_to_zero(plane: ControlPlane, namespace: str) -> None:
+    plane.kubectl("scale", "-n", namespace, f"deployment/{RELEASE}-operator", "--replicas=0")
+    _wait_for("no ready endpoint", lambda: not _ready_endpoints(plane, namespace))
+
+
+def test_with_the_webhook_down_pods_are_admitted_as_the_failure_policy_says(
     control_plane: ControlPlane, injecting: Injecting, kube_namespace: str
 ) -> None:
-    """failurePolicy Ignore (the default): no endpoint to call, the pod is admitted as is.
-    Last in the module: the operator stays scaled to 0."""
-    control_plane.kubectl(
-        "scale", "-n", injecting.namespace, f"deployment/{RELEASE}-operator", "--replicas=0"
-    )
-    _wait_for("no ready endpoint", lambda: not _ready_endpoints(control_plane, injecting.namespace))
+    """Ignore (the default): no endpoint to call, an annotated pod is admitted as is. Then
+    `helm upgrade --set injection.failurePolicy=Fail` keeps the caBundle the operator wrote
+    (no template sets it), and with the webhook down an annotated pod is refused while an
+    unannotated one is admitted without a call (matchConditions). Last in the module."""
+    ns = kube_namespace
+    _scale_operator_to_zero(control_plane, injecting.namespace)
     started = time.perf_counter()
-    pod, _ = _create(control_plane, _pod(kube_namespace, "down", {"concord.dev/inject": "true"}))
+    pod, _ = _create(control_plane, _pod(ns, "down", {"concord.dev/inject": "true"}))
     took = time.perf_counter() - started
     assert "initContainers" not in pod["spec"]
     print(f"\nannotated pod admitted with the webhook down in {took:.2f} s")
+
+    ca_bundle = _ca_bundle(control_plane)
+    control_plane.helm(
+        "upgrade", RELEASE, str(CHART), "-n", injecting.namespace, "--reuse-values",
+        "--set", "injection.failurePolicy=Fail",
+    )  # fmt: skip
+    # Read at once: an operator started by the upgrade would write a CA of its own.
+    assert _ca_bundle(control_plane) == ca_bundle
+    _scale_operator_to_zero(control_plane, injecting.namespace)
+    refused = control_plane.kubectl(
+        "create", "-f", "-", input=json.dumps(_pod(ns, "refused", {"concord.dev/inject": "true"})),
+        check=False,
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert "sidecar.inject.concord.dev" in refused.stderr, refused.stderr
+    plain, _ = _create(control_plane, _pod(ns, "plain-while-down", {}))
+    assert "initContainers" not in plain["spec"]
