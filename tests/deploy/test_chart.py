@@ -33,6 +33,7 @@ INJECTION = (
     "injection.timeoutSeconds=2",
     "injection.namespaceSelector.matchLabels.team=a",
     "injection.sidecar.listenHost=$(POD_IP)",
+    "injection.sidecar.endpoints=coord.example:7073",
 )
 
 MONITORING = (
@@ -109,6 +110,7 @@ def test_every_manifest_passes_a_server_side_dry_run(
         args = operator["spec"]["template"]["spec"]["containers"][0]["command"]
         # Escaped, so the operator's own container does not expand it.
         assert "--sidecar-listen-host=$$(POD_IP)" in args
+        assert "--sidecar-endpoints=coord.example:7073" in args
 
 
 @pytest.mark.parametrize(
