@@ -12,7 +12,10 @@ Order of events, and why:
    kept alive. An unreachable coordinator is not fatal: the campaign waits and says so.
    kopf peering is not used (equal-priority peers freeze; STYLE.md lesson 11).
 4. Once it leads, the controller and `kopf.operator(standalone=True)` start. kopf is started
-   only here, so a standby replica neither watches nor writes.
+   only here, so a standby replica neither watches nor writes. With `--webhook-listen`, kopf
+   also serves the sidecar-injection webhook, under a serving identity made now, whose CA
+   this replica writes into the webhook configuration's caBundle (webhook.py); standbys are
+   not Ready, so the webhook's Service reaches only this replica.
 5. If the leadership is lost (the lease ended, or another leader appears), the write gate
    closes at once, kopf is stopped and the process exits with status 1 so that it comes back
    as a fresh candidate. SIGTERM stops it cleanly (the leadership is resigned; status 0).
