@@ -231,6 +231,17 @@ def start_injection(args: argparse.Namespace, kube: KubeApi) -> tuple[kopf.Webho
     return server, injector
 
 
+def _listening(host: str, port: int) -> bool:
+    """Whether something accepts connections at host:port (the kernel completes the
+    handshake for a listening socket, so this never waits on our own event loop)."""
+    target = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    try:
+        with socket.create_connection((target, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
 async def run(args: argparse.Namespace) -> int:
     try:
         kube = KubeApi.load(args.kubeconfig)
@@ -255,6 +266,10 @@ async def run(args: argparse.Namespace) -> int:
             return "leadership not confirmed by the coordinator"
         if not kopf_ready.is_set():
             return "handlers starting"
+        if args.webhook_listen and not _listening(args.webhook_host, args.webhook_port):
+            # kopf is ready before its webhook server listens; the webhook's Service must not
+            # send the API server here until it does (a refused call fails open).
+            return "injection webhook not listening yet"
         return ""
 
     probes = ProbeServer(metrics, why_not_ready)
