@@ -187,6 +187,7 @@ class Sidecar:
         self.not_ready_reason = "no coordinator session yet"
         self.stopping = asyncio.Event()
         self._runner: web.AppRunner | None = None
+        self._probe_runner: web.AppRunner | None = None
         self._probe: asyncio.Task[None] | None = None
         self._http: aiohttp.ClientSession | None = None
         self._keepers: set[asyncio.Task[None]] = set()
@@ -247,6 +248,22 @@ class Sidecar:
         bound: int = server.sockets[0].getsockname()[1]
         return bound
 
+    async def start_probes(self, host: str, port: int) -> int:
+        """Serve /healthz, /readyz and /startupz alone on host:port (the kubelet probes the
+        pod IP, while the API stays on loopback); returns the bound port."""
+        app = web.Application()
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/startupz", self.startupz)
+        self._probe_runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await self._probe_runner.setup()
+        site = web.TCPSite(self._probe_runner, host, port, reuse_address=True)
+        await site.start()
+        server = site._server
+        assert isinstance(server, asyncio.Server)
+        bound: int = server.sockets[0].getsockname()[1]
+        return bound
+
     async def shutdown(self) -> None:
         """Let go of every hold (the library's release or resign, each bounded by the
         client's rpc budget), then stop serving. Event streams end with `released`."""
@@ -265,6 +282,9 @@ class Sidecar:
         if self._runner is not None:
             await self._runner.cleanup()  # cancels waits in flight: they withdraw (see _take)
             self._runner = None
+        if self._probe_runner is not None:
+            await self._probe_runner.cleanup()
+            self._probe_runner = None
         if self._keepers:
             await asyncio.gather(*self._keepers, return_exceptions=True)
         if self._http is not None:

@@ -68,6 +68,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--listen-any", action="store_true", help="allow a non-loopback --listen")
     p.add_argument(
+        "--probe-listen",
+        help="HOST:PORT serving only /healthz, /readyz and /startupz, on any address (the "
+        "kubelet probes the pod IP; the API stays on loopback)",
+    )
+    p.add_argument(
         "--endpoints", help="coordinator members host:port,... (default: $CONCORD_ENDPOINTS)"
     )
     p.add_argument("--tls-dir", help="client certificate directory (default: $CONCORD_TLS_DIR)")
@@ -102,6 +107,10 @@ async def serve(args: argparse.Namespace, host: str, port: int) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         bound = await sidecar.start(host, port)
+        if args.probe_listen:
+            probe_host, probe_port = args.probe_listen
+            probes = await sidecar.start_probes(probe_host, probe_port)
+            print(f"concord-sidecar probes on {probe_host}:{probes}", flush=True)
         # The line tests and scripts wait for: the port actually bound (--listen ...:0).
         print(f"concord-sidecar listening on {host}:{bound}", flush=True)
         await stop.wait()
@@ -117,6 +126,8 @@ def main(argv: list[str] | None = None) -> None:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     host, port = _parse_listen(args.listen, args.listen_any)
+    if args.probe_listen:  # probes reveal nothing: any address will do
+        args.probe_listen = _parse_listen(args.probe_listen, listen_any=True)
     try:
         asyncio.run(serve(args, host, port))
     except ConcordError as err:  # bad endpoints, a missing TLS file

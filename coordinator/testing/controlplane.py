@@ -642,7 +642,15 @@ def start_control_plane(
         f"--tls-private-key-file={pki_dir / 'apiserver.key'}",
         f"--client-ca-file={ca}",
         "--authorization-mode=Node,RBAC",
+        # MutatingAdmissionWebhook and ValidatingAdmissionWebhook are on by default.
         "--enable-admission-plugins=NodeRestriction",
+        # Webhooks named by a service reference (the chart's sidecar injector) are called at
+        # a ready endpoint of the Service, read from its EndpointSlices, instead of at its
+        # ClusterIP, which nothing routes here (no kube-proxy). EndpointSlice validation
+        # refuses loopback IPs, so the node agent publishes its pods' 127.0.1.N addresses
+        # in slices of type FQDN (an IP is a valid FQDN, and the resolver uses the address
+        # as it is): see coordinator/testing/nodeagent/_slices.py.
+        "--enable-aggregator-routing=true",
         "--allow-privileged=true",
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
         f"--service-account-key-file={pki_dir / 'sa.pub'}",

@@ -12,6 +12,8 @@ Modules, each with one job:
 - ``reconcile``: pure, level-based decisions, ``(spec, observed) -> Plan``;
 - ``sealed``: pure, the SealedSecret's decisions (ownership, adoption, failure reasons);
 - ``manifests``: pure builders of what the operator creates (the Secret, the ConfigMap);
+- ``injection``: pure, the sidecar injection (a Pod in, the Pod to admit out);
+- ``webhook``: the injection webhook's TLS identity, caBundle, CA ConfigMap and Events;
 - ``coordinator``: the only module talking to the coordinator (through ``coordinator.client``),
   and the operator's own leader election;
 - ``kube``: the only module talking to the Kubernetes API directly (preflight, status writes,

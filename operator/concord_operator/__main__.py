@@ -12,7 +12,10 @@ Order of events, and why:
    kept alive. An unreachable coordinator is not fatal: the campaign waits and says so.
    kopf peering is not used (equal-priority peers freeze; STYLE.md lesson 11).
 4. Once it leads, the controller and `kopf.operator(standalone=True)` start. kopf is started
-   only here, so a standby replica neither watches nor writes.
+   only here, so a standby replica neither watches nor writes. With `--webhook-listen`, kopf
+   also serves the sidecar-injection webhook, under a serving identity made now, whose CA
+   this replica writes into the webhook configuration's caBundle (webhook.py); standbys are
+   not Ready, so the webhook's Service reaches only this replica.
 5. If the leadership is lost (the lease ended, or another leader appears), the write gate
    closes at once, kopf is stopped and the process exits with status 1 so that it comes back
    as a fresh candidate. SIGTERM stops it cleanly (the leadership is resigned; status 0).
@@ -28,17 +31,19 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import kopf
 
-from . import handlers  # noqa: F401 (registers the kopf handlers)
+from . import handlers, injection  # handlers: registers the kopf handlers
 from .controller import Controller
 from .coordinator import Gateway, Leader, credentials
 from .kube import KubeApi, StartupError
 from .manifests import CERTIFICATE_CONFIGMAP
 from .metrics import Metrics, ProbeServer
+from .webhook import Injector, service_dns_names, serving_identity
 
 log = logging.getLogger("concord_operator")
 
@@ -127,6 +132,54 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=60.0,
         help="how often the sealing key id is checked (a renewed key is published then)",
     )
+    w = p.add_argument_group(
+        "sidecar injection",
+        "the mutating admission webhook (served by the acting replica only; off without "
+        "--webhook-listen)",
+    )
+    w.add_argument(
+        "--webhook-listen",
+        default=env("CONCORD_WEBHOOK_LISTEN", ""),
+        help="host:port of the HTTPS webhook server (env CONCORD_WEBHOOK_LISTEN)",
+    )
+    w.add_argument(
+        "--webhook-service",
+        default="concord-operator",
+        help="the Service (in --operator-namespace) the configuration calls: the serving "
+        "certificate's name",
+    )
+    w.add_argument(
+        "--webhook-configuration",
+        default="concord-sidecar-injector",
+        help="the MutatingWebhookConfiguration whose caBundle this replica sets",
+    )
+    w.add_argument(
+        "--webhook-cert-dir",
+        type=Path,
+        default=None,
+        help="where the serving certificate and key are written (in memory in the chart); "
+        "default: a fresh temporary directory",
+    )
+    w.add_argument("--sidecar-image", default="ghcr.io/concord-dev/concord-sidecar:latest")
+    w.add_argument("--sidecar-image-pull-policy", default="IfNotPresent")
+    w.add_argument(
+        "--sidecar-endpoints",
+        default="",
+        help="the coordinator as the sidecars dial it (the client Service); default: --endpoints",
+    )
+    w.add_argument(
+        "--sidecar-ca-configmap",
+        default="concord-ca",
+        help="ConfigMap in each injected pod's namespace holding the CA (ca.pem of "
+        "--tls-dir), published there by the webhook",
+    )
+    w.add_argument(
+        "--sidecar-listen-host",
+        default="127.0.0.1",
+        help="where the sidecar's API listens; $(POD_IP) only where pods share one loopback",
+    )
+    w.add_argument("--sidecar-port", type=int, default=7490)
+    w.add_argument("--sidecar-probe-port", type=int, default=7491)
     p.add_argument("--log-level", default=env("CONCORD_LOG_LEVEL", "INFO"))
     args = p.parse_args(argv)
     args.endpoints = [e.strip() for e in args.endpoints.split(",") if e.strip()]
@@ -140,7 +193,53 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.http_host, args.http_port = host or "0.0.0.0", int(port)
     if not args.operator_namespace:
         args.operator_namespace = args.namespace[0] if args.namespace else "default"
+    if args.webhook_listen:
+        host, _, port = args.webhook_listen.rpartition(":")
+        if not port.isdigit():
+            p.error(f"--webhook-listen must be host:port, got {args.webhook_listen!r}")
+        args.webhook_host, args.webhook_port = host or "0.0.0.0", int(port)
+        if args.tls_dir is None or not (args.tls_dir / "ca.pem").is_file():
+            p.error("--webhook-listen needs --tls-dir with ca.pem: the sidecars' CA")
     return args
+
+
+def start_injection(args: argparse.Namespace, kube: KubeApi) -> tuple[kopf.WebhookServer, Injector]:
+    """The webhook's server and injector: a fresh serving identity for the Service's names
+    (webhook.py says why the operator makes its own), the pod settings from the flags."""
+    identity = serving_identity(service_dns_names(args.webhook_service, args.operator_namespace))
+    cert_dir = args.webhook_cert_dir or Path(tempfile.mkdtemp(prefix="concord-webhook-"))
+    cert, key = identity.write(cert_dir)
+    server = kopf.WebhookServer(
+        addr=args.webhook_host, port=args.webhook_port, certfile=cert, pkeyfile=key
+    )
+    settings = injection.Settings(
+        image=args.sidecar_image,
+        image_pull_policy=args.sidecar_image_pull_policy,
+        endpoints=args.sidecar_endpoints or ",".join(args.endpoints),
+        ca_configmap=args.sidecar_ca_configmap,
+        listen_host=args.sidecar_listen_host,
+        port=args.sidecar_port,
+        probe_port=args.sidecar_probe_port,
+    )
+    injector = Injector(
+        settings,
+        kube,
+        (args.tls_dir / "ca.pem").read_text(),
+        configuration=args.webhook_configuration,
+        ca_bundle=identity.ca_pem,
+    )
+    return server, injector
+
+
+def _listening(host: str, port: int) -> bool:
+    """Whether something accepts connections at host:port (the kernel completes the
+    handshake for a listening socket, so this never waits on our own event loop)."""
+    target = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    try:
+        with socket.create_connection((target, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -167,6 +266,10 @@ async def run(args: argparse.Namespace) -> int:
             return "leadership not confirmed by the coordinator"
         if not kopf_ready.is_set():
             return "handlers starting"
+        if args.webhook_listen and not _listening(args.webhook_host, args.webhook_port):
+            # kopf is ready before its webhook server listens; the webhook's Service must not
+            # send the API server here until it does (a refused call fails open).
+            return "injection webhook not listening yet"
         return ""
 
     probes = ProbeServer(metrics, why_not_ready)
@@ -177,6 +280,7 @@ async def run(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     controller: Controller | None = None
+    ca_bundle_task: asyncio.Task[None] | None = None
     operator_task: asyncio.Task[None] | None = None
     kopf_stop = asyncio.Event()
     status = 0
@@ -207,12 +311,17 @@ async def run(args: argparse.Namespace) -> int:
             certificate_interval_s=args.sealing_certificate_interval_seconds,
         )
         controller.start()
+        memo = kopf.Memo(controller=controller)
+        if args.webhook_listen:
+            memo.webhook_server, memo.injector = start_injection(args, kube)
+            handlers.enable_injection()
+            ca_bundle_task = asyncio.create_task(memo.injector.keep_ca_bundle())
         operator_task = asyncio.create_task(
             kopf.operator(
                 standalone=True,
                 clusterwide=not args.namespace,
                 namespaces=args.namespace,
-                memo=kopf.Memo(controller=controller),
+                memo=memo,
                 stop_flag=kopf_stop,
                 ready_flag=kopf_ready,
             )
@@ -229,6 +338,8 @@ async def run(args: argparse.Namespace) -> int:
         # ends cleanly on them.
     finally:
         metrics.leader.set(0)
+        if ca_bundle_task is not None:
+            ca_bundle_task.cancel()
         # Controller first: it is what writes statuses and coordinator state.
         if controller is not None:
             await controller.stop()

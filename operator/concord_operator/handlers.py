@@ -23,19 +23,21 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from typing import Any
 
 import kopf
 
 from .controller import Controller, NotNow
 from .kube import GROUP, VERSION
 from .reconcile import CLUSTERS, LEASES, SEALED_SECRETS, SEQUENCES
+from .webhook import WEBHOOK_ID, Injector
 
 FINALIZER = f"{GROUP}/release"
 RETRY_DELAY_S = 2.0
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: object) -> None:
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: object) -> None:
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -44,6 +46,11 @@ def configure(settings: kopf.OperatorSettings, **_: object) -> None:
     settings.posting.level = logging.WARNING
     # The apiserver ends a watch after this long; kopf reconnects (and lists) afterwards.
     settings.watching.server_timeout = 300
+    # The injection webhook's server, when __main__ made one (`enable_injection`). The chart
+    # registers the MutatingWebhookConfiguration, so kopf manages none (`managed` unset).
+    server = memo.get("webhook_server")
+    if server is not None:
+        settings.admission.server = server
 
 
 @kopf.on.login()
@@ -148,4 +155,42 @@ async def secret_event(body: kopf.Body, memo: kopf.Memo, **_: object) -> None:
     meta = body.get("metadata") or {}
     _controller(memo).secret_changed(
         str(meta.get("namespace")), str(meta.get("name")), str(meta.get("resourceVersion"))
+    )
+
+
+async def inject_sidecar(
+    *,
+    body: kopf.Body,
+    patch: kopf.Patch,
+    warnings: list[str],
+    dryrun: bool,
+    memo: kopf.Memo,
+    namespace: str | None,
+    **_: object,
+) -> None:
+    # The new pod replaces the body as kopf diffs it into the JSON patch it answers with.
+    injector: Injector = memo["injector"]
+    pod = dict(body)
+
+    def apply(new: dict[str, Any]) -> None:
+        def replace(raw: kopf.RawBody) -> None:
+            raw["metadata"] = new["metadata"]
+            raw["spec"] = new["spec"]
+
+        patch.fns.append(replace)
+
+    await injector.admit(
+        pod,
+        str(namespace or body.get("metadata", {}).get("namespace") or ""),
+        dryrun,
+        apply,
+        warnings.append,
+    )
+
+
+def enable_injection() -> None:
+    """Registers the mutating handler for pod creation. Called by __main__ only when the
+    webhook is served: kopf refuses to start with admission handlers and no server."""
+    kopf.on.mutate("v1", "pods", id=WEBHOOK_ID, operations=["CREATE"], side_effects=True)(
+        inject_sidecar
     )

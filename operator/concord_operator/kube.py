@@ -19,6 +19,7 @@ keep-alive) never waits on the API server and many objects' writes are in flight
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -287,6 +288,52 @@ class KubeApi:
             if err.status in (404, 409):
                 raise Conflict("Secret", namespace, name) from None
             raise
+
+    # --- the injection webhook ---------------------------------------------------------------
+
+    async def create_event(
+        self, namespace: str, involved: dict[str, Any], reason: str, message: str
+    ) -> None:
+        """A Warning Event about `involved` (core/v1, what `kubectl describe` lists)."""
+        now = dt.datetime.now(dt.UTC)
+        body: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": "concord-injection-", "namespace": namespace},
+            "involvedObject": involved,
+            "reason": reason,
+            "message": message,
+            "type": "Warning",
+            "source": {"component": "concord-operator"},
+            "firstTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "lastTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "count": 1,
+        }
+        await self._call(lambda: self.core.create_namespaced_event(namespace, body))  # type: ignore[arg-type]
+
+    async def ensure_ca_bundle(self, configuration: str, ca_bundle_b64: str) -> bool:
+        """Set every webhook's caBundle in MutatingWebhookConfiguration `configuration`;
+        True if anything changed (a JSON patch per webhook, guarded by a test of its name)."""
+        admission = kubernetes.client.AdmissionregistrationV1Api(self.api_client)
+        current = await self._call(
+            lambda: admission.read_mutating_webhook_configuration(configuration)
+        )
+        ops: list[dict[str, Any]] = []
+        for i, hook in enumerate(current.webhooks or []):
+            if hook.client_config.ca_bundle == ca_bundle_b64:
+                continue
+            ops.append({"op": "test", "path": f"/webhooks/{i}/name", "value": hook.name})
+            ops.append(
+                {
+                    "op": "add",
+                    "path": f"/webhooks/{i}/clientConfig/caBundle",
+                    "value": ca_bundle_b64,
+                }
+            )
+        if not ops:
+            return False
+        await self._call(lambda: admission.patch_mutating_webhook_configuration(configuration, ops))
+        return True
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

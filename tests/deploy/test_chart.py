@@ -28,6 +28,14 @@ NON_DEFAULT = (
     "metrics.grafanaDashboard.enabled=true",
 )
 
+INJECTION = (
+    "injection.failurePolicy=Fail",
+    "injection.timeoutSeconds=2",
+    "injection.namespaceSelector.matchLabels.team=a",
+    "injection.sidecar.listenHost=$(POD_IP)",
+    "injection.sidecar.endpoints=coord.example:7073",
+)
+
 MONITORING = (
     "metrics.serviceMonitor.enabled=true",
     "metrics.prometheusRule.enabled=true",
@@ -51,7 +59,9 @@ def test_helm_template_offline_gives_policy_v1(control_plane: ControlPlane) -> N
     assert "policy/v1beta1" not in done.stdout
 
 
-@pytest.mark.parametrize("values", [(), NON_DEFAULT], ids=["default", "non-default"])
+@pytest.mark.parametrize(
+    "values", [(), NON_DEFAULT, INJECTION], ids=["default", "non-default", "injection"]
+)
 def test_every_manifest_passes_a_server_side_dry_run(
     control_plane: ControlPlane, kube_namespace: str, values: tuple[str, ...]
 ) -> None:
@@ -60,6 +70,7 @@ def test_every_manifest_passes_a_server_side_dry_run(
     expected = ["PodDisruptionBudget", "Service", "Service", "StatefulSet"]
     if "operator.enabled=false" not in values:
         expected += ["ClusterRole", "ClusterRoleBinding", "Deployment", "ServiceAccount"]
+        expected += ["MutatingWebhookConfiguration", "Service"]  # the sidecar injector
     if "tls.secretName=my-certs" not in values:  # the CA bootstrap hook
         expected += ["ConfigMap", "Job", "Role", "RoleBinding", "ServiceAccount"]
     if "networkPolicy.enabled=true" in values:
@@ -81,13 +92,25 @@ def test_every_manifest_passes_a_server_side_dry_run(
     assert done.stdout.count("(server dry run)") == len(objects)
     sts = next(o for o in objects if o["kind"] == "StatefulSet")
     assert sts["spec"]["podManagementPolicy"] == "Parallel"
-    replicas = 5 if values else 3
+    replicas = 5 if values == NON_DEFAULT else 3
     assert sts["spec"]["replicas"] == replicas
     script = sts["spec"]["template"]["spec"]["containers"][0]["command"][2]
     initial = re.search(r'--initial-cluster "([^"]*)"', script)
     assert initial is not None
     ids = [m.split("=", 1)[0] for m in initial.group(1).split(",")]
     assert ids == [str(i) for i in range(1, replicas + 1)]
+    if values == INJECTION:
+        (hook,) = next(o for o in objects if o["kind"] == "MutatingWebhookConfiguration")[
+            "webhooks"
+        ]
+        assert hook["failurePolicy"] == "Fail" and hook["timeoutSeconds"] == 2
+        assert hook["namespaceSelector"] == {"matchLabels": {"team": "a"}}
+        assert "caBundle" not in hook["clientConfig"]  # the operator writes it
+        operator = next(o for o in objects if o["kind"] == "Deployment")
+        args = operator["spec"]["template"]["spec"]["containers"][0]["command"]
+        # Escaped, so the operator's own container does not expand it.
+        assert "--sidecar-listen-host=$$(POD_IP)" in args
+        assert "--sidecar-endpoints=coord.example:7073" in args
 
 
 @pytest.mark.parametrize(
@@ -104,6 +127,8 @@ def test_every_manifest_passes_a_server_side_dry_run(
             "value must be one of 'ScheduleAnyway', 'DoNotSchedule'",
         ),
         ("coordinator.persistence.size=lots", "at '/coordinator/persistence/size'"),
+        ("injection.failurePolicy=Never", "value must be one of 'Ignore', 'Fail'"),
+        ("injection.sidecar.port=0", "at '/injection/sidecar/port': minimum"),
     ],
 )
 def test_values_schema_rejects_bad_values(

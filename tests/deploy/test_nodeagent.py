@@ -276,3 +276,86 @@ def test_init_containers_never_and_liveness(
         "containerStatuses"
     ]
     assert "running" in main["state"] and main["restartCount"] == 1
+
+
+FETCH = (
+    "import os, urllib.request\n"
+    "url = 'http://' + os.environ['POD_IP'] + ':8081/'\n"
+    "print(urllib.request.urlopen(url, timeout=5).status)\n"
+)
+
+
+def test_native_sidecars_and_endpoint_slices(
+    control_plane: ControlPlane, node_agent: NodeAgent, kube_namespace: str
+) -> None:
+    """A native sidecar (an init container with restartPolicy Always) starts before the next
+    init container and runs beside the main one; when the main one is done (restartPolicy
+    Never) the sidecar is stopped and the pod Succeeded. A Service selecting the pod gets
+    an FQDN EndpointSlice with the pod's address, its named target port resolved from the
+    sidecar's ports: what the API server reads to call a webhook through its Service."""
+    ns = kube_namespace
+    env = [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
+    fetch = {"image": "registry.invalid/none:1", "command": ["python3", "-c", FETCH], "env": env}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "sidecars", "namespace": ns, "labels": {"app": "sc"}},
+        "spec": {
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 2,
+            "initContainers": [
+                {
+                    "name": "side",
+                    "image": "registry.invalid/none:1",
+                    "restartPolicy": "Always",
+                    "command": ["python3", "-m", "http.server", "8081", "--bind", "$(POD_IP)"],
+                    "env": env,
+                    "ports": [{"name": "side-http", "containerPort": 8081}],
+                    "startupProbe": {
+                        "httpGet": {"path": "/", "port": "side-http"},
+                        "periodSeconds": 1,
+                    },
+                },
+                {"name": "uses-it", **fetch},
+            ],
+            "containers": [
+                {
+                    "name": "main",
+                    **fetch,
+                    "command": ["bash", "-c", f'python3 -c "{FETCH}" && sleep 2'],
+                }
+            ],
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "sc", "namespace": ns},
+        "spec": {
+            "selector": {"app": "sc"},
+            "ports": [{"name": "web", "port": 443, "targetPort": "side-http"}],
+        },
+    }
+    control_plane.kubectl("create", "-f", "-", input=json.dumps(service))
+    control_plane.kubectl("create", "-f", "-", input=json.dumps(pod))
+    control_plane.kubectl(
+        "wait", "-n", ns, "--for=jsonpath={.status.containerStatuses[0].started}=true", WAIT,
+        "pod/sidecars",
+    )  # fmt: skip
+    ip = control_plane.kubectl_json("get", "pod", "-n", ns, "sidecars")["status"]["podIP"]
+    control_plane.kubectl(
+        "wait", "-n", ns, "--for=jsonpath={.endpoints[0].addresses[0]}=" + ip, WAIT,
+        "endpointslice/sc-nodeagent",
+    )  # fmt: skip
+    eps = control_plane.kubectl_json("get", "endpointslice", "-n", ns, "sc-nodeagent")
+    assert eps["addressType"] == "FQDN"
+    assert eps["metadata"]["labels"]["kubernetes.io/service-name"] == "sc"
+    assert eps["ports"] == [{"name": "web", "port": 8081, "protocol": "TCP"}]
+    control_plane.kubectl(
+        "wait", "-n", ns, "--for=jsonpath={.status.phase}=Succeeded", WAIT, "pod/sidecars"
+    )
+    status = control_plane.kubectl_json("get", "pod", "-n", ns, "sidecars")["status"]
+    side, uses = status["initContainerStatuses"]
+    assert side["restartCount"] == 0 and "terminated" in side["state"]
+    assert uses["state"]["terminated"]["exitCode"] == 0
+    assert status["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 0

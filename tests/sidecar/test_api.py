@@ -473,3 +473,32 @@ def test_without_a_coordinator_it_is_live_but_neither_started_nor_ready() -> Non
             await client.close()
 
     run(scenario())
+
+
+def test_the_probe_listener_serves_the_probes_only() -> None:
+    """--probe-listen: the kubelet probes the pod IP while the API stays on loopback."""
+
+    async def scenario() -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            dead = f"127.0.0.1:{s.getsockname()[1]}"
+        client = Client([dead], timeout_s=0.5, connect_timeout_s=0.2)
+        sidecar = Sidecar(client, probe_interval_s=0.05)
+        await sidecar.start("127.0.0.1", 0)
+        probes = await sidecar.start_probes("127.0.0.2", 0)
+        try:
+            async with aiohttp.ClientSession() as session:
+                base = f"http://127.0.0.2:{probes}"
+                async with session.get(base + "/healthz") as live:
+                    assert live.status == 200
+                async with session.get(base + "/startupz") as started:
+                    assert started.status == 503
+                async with session.get(base + "/readyz") as ready:
+                    assert ready.status == 503
+                async with session.get(base + "/v1/kv/k") as api:
+                    assert api.status == 404  # the API is not served there
+        finally:
+            await sidecar.shutdown()
+            await client.close()
+
+    run(scenario())

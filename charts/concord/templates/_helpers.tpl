@@ -62,3 +62,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- join "," $eps -}}
 {{- end -}}
+
+{{/* The MutatingWebhookConfiguration the operator writes its caBundle into. */}}
+{{- define "concord.injector" -}}
+{{- printf "%s-sidecar-injector" (include "concord.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}

@@ -19,6 +19,10 @@ cluster add-ons a kubelet relies on, in their simplest honest form:
   the service CIDR here, so the names stand in for kube-proxy too. A pod sees a copy for
   its namespace that adds the short names (`SVC`, `SVC.NS`, `HOST.SUBDOMAIN`) its DNS search
   path would resolve (hosts files know no search path).
+- Endpoints (the EndpointSlice controller's part, for the API server only): an FQDN-typed
+  EndpointSlice per Service with the selected pods' addresses and readiness, so that the
+  API server (`--enable-aggregator-routing`) reaches a webhook through its Service
+  (`_slices.py` says why FQDN: slices of type IPv4 refuse loopback addresses).
 - Volumes (a provisioner): a PersistentVolumeClaim with no storage class (or the agent's)
   gets a PersistentVolume of its own, a `hostPath` directory under the state dir, pre-bound
   to the claim; the claim's directory outlives its pods, as a PVC does, and is never
@@ -51,6 +55,7 @@ from coordinator.testing.procs import orphan_proof
 
 from ._kube import Kube, KubeError, Obj
 from ._pod import IMAGE_MAP, AgentContext, PodRunner, namespace_wrapper
+from ._slices import Endpoint, SliceMirror
 
 log = logging.getLogger("concord.nodeagent")
 
@@ -150,6 +155,7 @@ class NodeAgent:
         self._next_heartbeat = 0.0
         self._node_transition = _rfc3339()
         self.sync_errors = 0
+        self._slices = SliceMirror(self.kube)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -171,6 +177,8 @@ class NodeAgent:
             r.shutdown()
         for r in runners:
             r.join()
+        with contextlib.suppress(KubeError, OSError):
+            self._slices.close()
         for node in self.nodes:
             with contextlib.suppress(KubeError, OSError):
                 self.kube.delete(f"/api/v1/nodes/{node}")
@@ -283,6 +291,25 @@ class NodeAgent:
             runners = list(self._runners.values())
         services = self.kube.get("/api/v1/services")["items"]
         self._write_hosts(runners, services)
+        self._slices.sync(
+            services,
+            [
+                Endpoint(
+                    namespace=r.namespace,
+                    name=r.pod_name,
+                    uid=r.pod["metadata"]["uid"],
+                    ip=r.ip,
+                    ready=r.ready,
+                    labels=r.pod["metadata"].get("labels") or {},
+                    containers=[
+                        *r.pod["spec"].get("initContainers", []),
+                        *r.pod["spec"]["containers"],
+                    ],
+                )
+                for r in runners
+                if r.is_alive() and not r.pod["metadata"].get("deletionTimestamp")
+            ],
+        )
 
     def _allocate(self, uid: str) -> str | None:
         """The next free address after the last one handed out, wrapping around: a pod's

@@ -15,7 +15,10 @@ nodes until its object is gone:
    file lacks fails at once instead of leaving loopback), under the pod's hostname. Each
    `exec` keeps the PID, so the PID the runner holds is the program's own: SIGTERM reaches
    it directly, and its process group (a session of its own) is what SIGKILL ends.
-3. init containers run one after the other to exit 0; then the containers start together;
+3. init containers run one after the other to exit 0 (a native sidecar, restartPolicy
+   Always, only to its startup: it keeps running beside the containers, restarted whatever
+   the pod's restartPolicy, is stopped after them, and counts for Ready); then the
+   containers start together;
    startup, liveness and readiness probes (httpGet, tcpSocket, exec) run against the
    process at the pod's own address; a process that exits, or fails its liveness or startup
    probe, is restarted as restartPolicy says, with a doubling back-off (1 s to 30 s here,
@@ -151,6 +154,14 @@ class ContainerRun:
     @property
     def name(self) -> str:
         return str(self.spec["name"])
+
+    @property
+    def sidecar(self) -> bool:
+        """A native sidecar: an init container with restartPolicy Always (Kubernetes >= 1.29).
+        It starts in its turn among the init containers, the next one starts once it has
+        *started* (not exited), and it runs beside the containers, restarted whatever the
+        pod's restartPolicy, until they are done."""
+        return self.init and self.spec.get("restartPolicy") == "Always"
 
     def running(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
@@ -653,6 +664,8 @@ class PodRunner(threading.Thread):
         again = policy == "Always" or (policy == "OnFailure" and code != 0)
         if c.init and code == 0:
             again = False
+        if c.sidecar:
+            again = not self._workload_done()
         if not again:
             c.done = True
             return
@@ -687,16 +700,39 @@ class PodRunner(threading.Thread):
             return
         self._run_probes(c)
 
+    def _sidecars(self) -> list[ContainerRun]:
+        """The native sidecars whose turn has come (they run from then on)."""
+        return [c for c in self.inits[: self.init_index] if c.sidecar]
+
+    def _workload_done(self) -> bool:
+        return bool(self.containers) and all(c.done for c in self.containers)
+
     def _step_containers(self) -> None:
+        for c in self._sidecars():
+            self._step_one(c)
         while self.init_index < len(self.inits):
             c = self.inits[self.init_index]
             self._step_one(c)
+            if c.sidecar and c.running() and c.started:
+                self.init_index += 1
+                continue
             if c.done and c.terminated and c.terminated["exitCode"] == 0:
                 self.init_index += 1
                 continue
             return
         for c in self.containers:
             self._step_one(c)
+        if self._workload_done():  # a Job's pod: its sidecars are stopped, as a kubelet does
+            for c in reversed(self._sidecars()):
+                if c.running():
+                    self._kill(c, float(self.pod["spec"].get("terminationGracePeriodSeconds", 30)))
+                c.done = True
+                c.terminated = c.terminated or {
+                    "exitCode": 0,
+                    "reason": "Completed",
+                    "startedAt": c.started_at,
+                    "finishedAt": now_rfc3339(),
+                }
 
     # --- probes ---------------------------------------------------------------------------------
 
@@ -798,13 +834,20 @@ class PodRunner(threading.Thread):
         p.wait()
 
     def _kill_all(self, grace_s: float) -> None:
-        """Every container at once (as the kubelet does), each with the same deadline."""
-        running = [c for c in self.inits + self.containers if c.running()]
+        """Every container at once (as the kubelet does), each with the same deadline; the
+        native sidecars after the rest, so the app can still use them while it stops."""
+        deadline = time.perf_counter() + grace_s
+        sidecars = [c for c in self.inits if c.sidecar and c.running()]
+        self._kill_group(
+            [c for c in self.inits + self.containers if c.running() and not c.sidecar], deadline
+        )
+        self._kill_group(list(reversed(sidecars)), max(deadline, time.perf_counter() + 1.0))
+
+    def _kill_group(self, running: list[ContainerRun], deadline: float) -> None:
         for c in running:
             assert c.popen is not None
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(c.popen.pid, signal.SIGTERM)
-        deadline = time.perf_counter() + grace_s
         for c in running:
             assert c.popen is not None
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -846,7 +889,7 @@ class PodRunner(threading.Thread):
 
     def _phase(self) -> str:
         if self.init_index < len(self.inits):
-            if any(c.done for c in self.inits):
+            if any(c.done and not c.sidecar for c in self.inits):
                 return "Failed"
             return "Pending"
         if any(c.running() for c in self.containers):
@@ -874,7 +917,7 @@ class PodRunner(threading.Thread):
         ready = (
             initialized
             and bool(self.containers)
-            and all(c.ready and c.running() for c in self.containers)
+            and all(c.ready and c.running() for c in [*self._sidecars(), *self.containers])
         )
         self.ready = ready
         status: Obj = {
