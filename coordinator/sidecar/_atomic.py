@@ -118,9 +118,7 @@ class AtomicDir:
         if not self.path.is_dir():
             return []
         return [
-            e.name
-            for e in self.path.iterdir()
-            if not e.name.startswith("..") and e.is_symlink()
+            e.name for e in self.path.iterdir() if not e.name.startswith("..") and e.is_symlink()
         ]
 
     def _write_file(self, path: Path, value: bytes) -> None:
@@ -135,12 +133,12 @@ class AtomicDir:
             os.close(fd)
 
     def _remove_stale(self, keep: str) -> None:
+        # Files may be 0400 and the directories ours: removing them needs only write
+        # permission on the directory, which the writer has.
         for entry in self.path.iterdir():
-            if entry.name.startswith("..") and entry.name not in {keep, DATA, DATA_TMP}:
-                if entry.is_dir() and not entry.is_symlink():
-                    # Files may be 0400 and the directory ours: removing them needs only
-                    # write permission on the directory, which it has.
-                    shutil.rmtree(entry, ignore_errors=True)
+            stale = entry.name.startswith("..") and entry.name not in {keep, DATA, DATA_TMP}
+            if stale and entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
 
 
 def _stamp() -> str:
