@@ -113,6 +113,8 @@ class Tracked:
     """SealedSecret: (generation, Secret resourceVersion) when a reconcile last left the
     Secret as the SealedSecret says, with Ready=True written: finding both unchanged, there
     is nothing to unseal again (the event of our own write, a resync after a watch restart)."""
+    published: tuple[str, int] | None = None
+    """SealedSecret: (uid, generation) whose ciphertext record is in the coordinator."""
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
@@ -212,6 +214,12 @@ class Controller:
         ref = ref_of(plural, body)
         if not self.leader_valid():
             raise NotNow("this replica does not hold the operator leadership")
+        if plural == SEALED_SECRETS:
+            gone = await self.gateway.withdraw_sealed(ref)
+            if gone is not None:
+                raise NotNow(f"the coordinator is unavailable: {gone.message}")
+            self.forget(ref.key)
+            return
         observed: LeaseObserved | SequenceObserved | Unavailable
         if plural == LEASES:
             kind = LeaseSpec.of(body.get("spec") or {}).kind
@@ -329,6 +337,8 @@ class Controller:
         started = loop.time()
         ref = tracked.ref
         spec = SealedSpec.of(tracked.spec)
+        problem = await self._publish_sealed(tracked, spec)
+        forced = forced or problem
         body = await self.kube.read("Secret", ref.namespace, ref.name)
         existing = ExistingSecret.of(body) if body is not None else None
         if (
@@ -397,6 +407,22 @@ class Controller:
         result = "unavailable" if plan.retry else "ok"
         self.metrics.reconciles.labels(SEALED_SECRETS, result).inc()
         self.metrics.reconcile_seconds.labels(SEALED_SECRETS).observe(loop.time() - started)
+
+    async def _publish_sealed(self, tracked: Tracked, spec: SealedSpec) -> Unavailable | None:
+        """Put the SealedSecret's ciphertext record in the coordinator for sidecars (secrets
+        as files), once per (uid, generation). A spec whose values are not even base64 is
+        not published: its status says Malformed, and the last good record stays, as the
+        Secret keeps its last good values."""
+        ref = tracked.ref
+        if tracked.published == (ref.uid, ref.generation) or not self.leader_valid():
+            return None
+        envelopes = decode_encrypted(spec)
+        if isinstance(envelopes, NotUnsealed):
+            return None
+        problem = await self.gateway.publish_sealed(ref, spec.scope, envelopes)
+        if problem is None:
+            tracked.published = (ref.uid, ref.generation)
+        return problem
 
     async def _plan(self, tracked: Tracked, forced: Unavailable | None, grants: int) -> Plan:
         ref, now = tracked.ref, dt.datetime.now(dt.UTC)

@@ -39,6 +39,7 @@ from coordinator.client import (
     SealingKeys,
     credentials_from_tls_dir,
 )
+from coordinator.sealing import SealedRecord, sealed_record_key
 
 from .reconcile import (
     Action,
@@ -253,6 +254,31 @@ class Gateway:
                 return NotUnsealed(key, PERMISSION_DENIED, message), len(values)
             return _unavailable_or_raise(err), len(values)
         return Unsealed(values, tuple(sorted(key_ids))), len(values)
+
+    async def publish_sealed(
+        self, ref: ObjectRef, scope: str, envelopes: Mapping[str, bytes]
+    ) -> Unavailable | None:
+        """Keep the SealedSecret's ciphertext (never plaintext) in the coordinator, under
+        `k8s/<namespace>/sealedsecrets/<name>`, for the sidecars that deliver it as files
+        (coordinator.sealing.SealedRecord). An equal record is not written again, so a resume
+        does not wake every sidecar."""
+        key = sealed_record_key(ref.namespace, ref.name)
+        value = SealedRecord(envelopes, uid=ref.uid, generation=ref.generation, scope=scope)
+        encoded = value.encode()
+        try:
+            if await self._get(key) != encoded:
+                await self.client.put(key, encoded)
+        except ConcordError as err:
+            return _unavailable_or_raise(err)
+        return None
+
+    async def withdraw_sealed(self, ref: ObjectRef) -> Unavailable | None:
+        """Delete the SealedSecret's record (its finalizer)."""
+        try:
+            await self.client.delete(sealed_record_key(ref.namespace, ref.name))
+        except ConcordError as err:
+            return _unavailable_or_raise(err)
+        return None
 
     async def sealing_keys(self) -> SealingKeys | Unavailable:
         """The current sealing certificate (the first call on a new cluster makes the key)."""
