@@ -221,9 +221,9 @@ class SecretFiles:
         ns = self.config.namespace
         prefix = sealed_record_prefix(ns)
         delay_s = self.retry_s
-        self.config.directory.mkdir(parents=True, exist_ok=True)
         while True:
             try:
+                self.config.directory.mkdir(parents=True, exist_ok=True)
                 revision = await self._resync(prefix)
                 delay_s = self.retry_s
                 async for event in self.client.watch(
@@ -237,8 +237,11 @@ class SecretFiles:
                     kv = event.kv if event.type is EventType.PUT else None
                     changed = await self._apply(name, kv)
                     await self._notify(changed)
-            except (ConcordError, _Transient) as err:
+            except (ConcordError, _Transient, OSError) as err:
                 log.warning("secrets of %s: %s; reading them again in %.0f s", ns, err, delay_s)
+            except Exception:
+                # A bug must not end delivery for the pod's life in silence: say so, go on.
+                log.exception("secrets of %s: unexpected failure; starting again", ns)
             await asyncio.sleep(delay_s)
             delay_s = min(delay_s * 2, self.retry_max_s)
 

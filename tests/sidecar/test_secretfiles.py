@@ -282,3 +282,22 @@ def test_notify_specs() -> None:
     assert isinstance(n, SignalNotifier) and n.target == "/run/x:y.pid"
     h = parse_notify("http:http://localhost:8080/-/reload")
     assert isinstance(h, HttpNotifier) and h.url == "http://localhost:8080/-/reload"
+
+
+def test_a_signal_by_process_name_finds_comm_or_argv0_and_never_the_sidecar(
+    tmp_path: Path,
+) -> None:
+    proc = tmp_path / "proc"
+    for pid, comm, argv0 in [
+        ("101", "nginx", "nginx: master process"),
+        ("102", "python3", "/usr/local/bin/app"),
+        ("103", "sh", "/bin/sh"),
+        (str(os.getpid()), "nginx", "nginx"),  # the sidecar itself: never signalled
+    ]:
+        (proc / pid).mkdir(parents=True)
+        (proc / pid / "comm").write_text(comm + "\n")
+        (proc / pid / "cmdline").write_bytes(argv0.encode() + b"\0--flag\0")
+    (proc / "self").mkdir()
+    assert SignalNotifier("nginx", signal.SIGHUP, proc)._pids() == [101]
+    assert SignalNotifier("app", signal.SIGHUP, proc)._pids() == [102]
+    assert SignalNotifier("absent", signal.SIGHUP, proc)._pids() == []
