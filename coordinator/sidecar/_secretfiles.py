@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -226,17 +227,16 @@ class SecretFiles:
                 self.config.directory.mkdir(parents=True, exist_ok=True)
                 revision = await self._resync(prefix)
                 delay_s = self.retry_s
-                async for event in self.client.watch(
-                    prefix, prefix_end(prefix), start_revision=revision + 1
-                ):
-                    if event.type not in {EventType.PUT, EventType.DELETE}:
-                        continue
-                    name = sealed_record_name(ns, event.kv.key)
-                    if name not in self.states:
-                        continue
-                    kv = event.kv if event.type is EventType.PUT else None
-                    changed = await self._apply(name, kv)
-                    await self._notify(changed)
+                events = self.client.watch(prefix, prefix_end(prefix), start_revision=revision + 1)
+                async with contextlib.aclosing(events):  # the stream ends with this task
+                    async for event in events:
+                        if event.type not in {EventType.PUT, EventType.DELETE}:
+                            continue  # e.g. a lock named under the prefix
+                        name = sealed_record_name(ns, event.kv.key)
+                        if name not in self.states:
+                            continue
+                        kv = event.kv if event.type is EventType.PUT else None
+                        await self._notify(await self._apply(name, kv))
             except (ConcordError, _Transient, OSError) as err:
                 log.warning("secrets of %s: %s; reading them again in %.0f s", ns, err, delay_s)
             except Exception:
