@@ -13,6 +13,8 @@ import json
 import logging
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,12 @@ from coordinator.sealing import Scope, SealedRecord, sealed_record_key
 from coordinator.sidecar import Sidecar
 from coordinator.sidecar._main import parser
 from coordinator.sidecar._notify import HttpNotifier, SignalNotifier, parse_notify
-from coordinator.sidecar._secretfiles import SecretFiles, SecretFilesConfig, config_from
+from coordinator.sidecar._secretfiles import (
+    SERVICE_ACCOUNT_NAMESPACE,
+    SecretFiles,
+    SecretFilesConfig,
+    config_from,
+)
 from tests.server.harness import Cluster, run, wait_for
 
 CA = create_ca("secretfiles-test")
@@ -301,3 +308,33 @@ def test_a_signal_by_process_name_finds_comm_or_argv0_and_never_the_sidecar(
     assert SignalNotifier("nginx", signal.SIGHUP, proc)._pids() == [101]
     assert SignalNotifier("app", signal.SIGHUP, proc)._pids() == [102]
     assert SignalNotifier("absent", signal.SIGHUP, proc)._pids() == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "problem"),
+    [
+        (["--secrets", "Bad_Name", "--secrets-namespace", "x"], {}, "not a SealedSecret name"),
+        pytest.param(
+            ["--secrets", "db"], {}, "needs the pod's namespace",
+            marks=pytest.mark.skipif(
+                SERVICE_ACCOUNT_NAMESPACE.exists(), reason="runs in a pod: the namespace is known"
+            ),
+        ),
+        ([], {"CONCORD_SECRETS": "db", "POD_NAMESPACE": "x", "CONCORD_SECRETS_NOTIFY": "mail:x"},
+         "--secrets-notify is none"),
+    ],
+)  # fmt: skip
+def test_bad_secret_flags_exit_2_before_connecting(
+    argv: list[str], env: dict[str, str], problem: str
+) -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("CONCORD_", "POD_"))}
+    done = subprocess.run(
+        [sys.executable, "-m", "coordinator.sidecar", "--endpoints", "127.0.0.1:1", *argv],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert problem in done.stderr
