@@ -9,7 +9,7 @@ Here one watch covers the namespace's records: a consistent read of them all (a 
 range read, which gives the revision it read at) and then the watch from the next revision,
 so no change between the two is missed. A broken watch is resumed by the client library; if
 it gives up, or a call fails for a reason that may pass (no quorum, an identity not allowed
-to unseal yet), everything is read again after a backoff (1 s doubling to 30 s).
+to unseal yet), everything is read again after a backoff (1 s doubling to 10 s).
 
 Delivery. For each requested name whose record's revision is not the one delivered, every
 value is unsealed through `Client.unseal(ciphertext, namespace, name)` (the coordinator checks
@@ -70,7 +70,7 @@ RETRY_S = 1.0
 REFUSALS = frozenset({"INVALID_ARGUMENT", "FAILED_PRECONDITION", "NOT_FOUND", "OUT_OF_RANGE"})
 """Unseal answers about the value itself; anything else (no quorum, an identity not allowed
 to unseal yet) may pass, and everything is read again after a backoff."""
-RETRY_MAX_S = 30.0
+RETRY_MAX_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,7 +39,7 @@ from tests.kube.operator_harness import (
     eventually,
     now,
 )
-from tests.kube.test_sealed import apply, concordctl, published, secret_manifest
+from tests.kube.test_sealed import apply, concordctl, published, reason_is, secret_manifest
 from tests.process.harness import ProcessCluster
 
 pytestmark = [pytest.mark.kube, pytest.mark.process]
@@ -86,6 +86,34 @@ class Proc:
                 self.popen.wait(10)
 
 
+def start_sidecar(
+    coord: ProcessCluster, ns: str, secrets_dir: Path, log_path: Path, *notify: str
+) -> tuple[Proc, int]:
+    """`concord-sidecar` with the operator identity, asked for "db" through the environment
+    (as an injection webhook would set it); returns it and its HTTP port."""
+    (port,) = free_ports(1)
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "CONCORD_ENDPOINTS": ",".join(coord.endpoints()),
+        "CONCORD_TLS_DIR": str(client_tls_dir(coord)),
+        "CONCORD_SECRETS": "db",
+        "POD_NAMESPACE": ns,
+    }
+    argv = [sys.executable, "-m", "coordinator.sidecar", "--listen", f"127.0.0.1:{port}"]
+    argv += ["--secrets-dir", str(secrets_dir)]
+    for spec in notify:
+        argv += ["--secrets-notify", spec]
+    return Proc(argv, log_path, env), port
+
+
+async def startupz(port: int) -> tuple[int, str]:
+    try:
+        return await http_get(port, "/startupz", 2.0)
+    except OSError:
+        return 0, ""
+
+
 @pytest.fixture
 def operator(
     tmp_path: Path, coord: ProcessCluster, control_plane: ControlPlane, kube_namespace: str
@@ -128,7 +156,7 @@ def test_a_sealed_secret_is_delivered_as_files_updated_atomically_and_notified(
         web_app.router.add_post("/reload", hook)
         runner = web.AppRunner(web_app)
         await runner.setup()
-        hook_port, sidecar_port = free_ports(2)
+        (hook_port,) = free_ports(1)
         await web.TCPSite(runner, "127.0.0.1", hook_port).start()
         app = Proc(
             [sys.executable, "-c", APP, str(pid_file), str(secrets_dir / "db" / "password"),
@@ -136,28 +164,14 @@ def test_a_sealed_secret_is_delivered_as_files_updated_atomically_and_notified(
             tmp_path / "app.log",
             dict(os.environ),
         )  # fmt: skip
-        env = {
-            **os.environ,
-            "PYTHONUNBUFFERED": "1",
-            "CONCORD_ENDPOINTS": ",".join(coord.endpoints()),
-            "CONCORD_TLS_DIR": str(client_tls_dir(coord)),
-            "CONCORD_SECRETS": "db",  # as an injection webhook would set it
-            "POD_NAMESPACE": ns,
-        }
-        sidecar = Proc(
-            [sys.executable, "-m", "coordinator.sidecar", "--listen",
-             f"127.0.0.1:{sidecar_port}", "--secrets-dir", str(secrets_dir),
-             "--secrets-notify", f"http:http://127.0.0.1:{hook_port}/reload",
-             "--secrets-notify", f"signal:{pid_file}:USR1"],
+        sidecar, sidecar_port = start_sidecar(
+            coord,
+            ns,
+            secrets_dir,
             tmp_path / "sidecar.log",
-            env,
-        )  # fmt: skip
-
-        async def startupz() -> tuple[int, str]:
-            try:
-                return await http_get(sidecar_port, "/startupz", 2.0)
-            except OSError:
-                return 0, ""
+            f"http:http://127.0.0.1:{hook_port}/reload",
+            f"signal:{pid_file}:USR1",
+        )
 
         try:
             await eventually(lambda: bool(published(control_plane, ns)), WAIT_S, "certificate")
@@ -165,7 +179,7 @@ def test_a_sealed_secret_is_delivered_as_files_updated_atomically_and_notified(
 
             # The session is up, but the secret is not there yet: not started.
             async def waiting_for_db() -> bool:
-                status, body = await startupz()
+                status, body = await startupz(sidecar_port)
                 return status == 503 and "secrets not delivered yet: db" in body
 
             await eventually(waiting_for_db, WAIT_S, "/startupz 503 for db", sidecar.log)
@@ -183,7 +197,7 @@ def test_a_sealed_secret_is_delivered_as_files_updated_atomically_and_notified(
             assert stat.S_IMODE(os.stat(password).st_mode) == 0o400
 
             async def started() -> bool:
-                return (await startupz())[0] == 200
+                return (await startupz(sidecar_port))[0] == 200
 
             await eventually(started, WAIT_S, "/startupz 200", sidecar.log)
 
@@ -244,6 +258,69 @@ def test_a_sealed_secret_is_delivered_as_files_updated_atomically_and_notified(
             sidecar.stop()
             app.stop()
             await runner.cleanup()
+            print(f"--- sidecar ---\n{sidecar.log()[-6000:]}")
+
+    asyncio.run(scenario())
+
+
+def test_files_follow_a_change_made_while_the_coordinator_had_no_quorum(
+    coord: ProcessCluster,
+    kube: KubeObjects,
+    operator: OperatorProcess,
+    control_plane: ControlPlane,
+    tmp_path: Path,
+) -> None:
+    """Two of three members killed: the operator cannot publish the change (the SealedSecret
+    says CoordinatorUnavailable), the sidecar is not ready but stays started and keeps the
+    files; the members back, the change reaches the files without anyone's help."""
+    ns = kube.namespace
+    secrets_dir = tmp_path / "run-secrets"
+    password = secrets_dir / "db" / "password"
+
+    async def scenario() -> None:
+        sidecar, port = start_sidecar(coord, ns, secrets_dir, tmp_path / "sidecar.log")
+        try:
+            await eventually(lambda: bool(published(control_plane, ns)), WAIT_S, "certificate")
+            first = secret_manifest(ns, "db", {"password": "quorum-one"})
+            apply(control_plane, concordctl(coord, "seal", stdin=first))
+            await eventually(password.exists, WAIT_S, "the first delivery", sidecar.log)
+            second = concordctl(
+                coord, "seal", stdin=secret_manifest(ns, "db", {"password": "quorum-two"})
+            )
+
+            coord.kill(2)
+            coord.kill(3)
+            apply(control_plane, second)
+            await eventually(
+                reason_is(kube, "db", "CoordinatorUnavailable"),
+                WAIT_S,
+                "the SealedSecret says the coordinator is unavailable",
+                operator.log,
+            )
+
+            async def not_ready() -> bool:
+                try:
+                    return (await http_get(port, "/readyz", 2.0))[0] == 503
+                except OSError:
+                    return False
+
+            await eventually(not_ready, WAIT_S, "the sidecar not ready", sidecar.log)
+            assert (await startupz(port))[0] == 200  # started stays started
+            assert password.read_text() == "quorum-one"
+
+            back_at = now()
+            coord.start(2)
+            coord.start(3)
+            await eventually(
+                lambda: password.read_text() == "quorum-two",
+                60,
+                "the change delivered after the quorum came back",
+                lambda: sidecar.log() + operator.log(),
+            )
+            print(f"\nmembers restarted to the file changed: {(now() - back_at) * 1000:.0f} ms")
+            assert "quorum-" not in sidecar.log() + operator.log()
+        finally:
+            sidecar.stop()
             print(f"--- sidecar ---\n{sidecar.log()[-6000:]}")
 
     asyncio.run(scenario())
