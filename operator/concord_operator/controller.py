@@ -68,8 +68,10 @@ from .sealed import (
     NotUnsealed,
     SealedSpec,
     Unsealed,
+    Validated,
     decode_encrypted,
     may_write,
+    reconcile_files_only,
     reconcile_sealed_secret,
     refused,
 )
@@ -341,6 +343,9 @@ class Controller:
         forced = forced or problem
         body = await self.kube.read("Secret", ref.namespace, ref.name)
         existing = ExistingSecret.of(body) if body is not None else None
+        if not spec.create_secret:
+            await self._reconcile_files_only(tracked, spec, existing, forced)
+            return
         if (
             forced is None
             and existing is not None
@@ -404,6 +409,46 @@ class Controller:
             return
         if plan.status.get("phase") == "Ready" and settle_version:
             tracked.settled = (ref.generation, settle_version)
+        result = "unavailable" if plan.retry else "ok"
+        self.metrics.reconciles.labels(SEALED_SECRETS, result).inc()
+        self.metrics.reconcile_seconds.labels(SEALED_SECRETS).observe(loop.time() - started)
+
+    async def _reconcile_files_only(
+        self,
+        tracked: Tracked,
+        spec: SealedSpec,
+        existing: ExistingSecret | None,
+        forced: Unavailable | None,
+    ) -> None:
+        """spec.createSecret is false: validate (no plaintext), delete a Secret this
+        SealedSecret controls, write the status (concord_operator.sealed)."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        ref = tracked.ref
+        tracked.settled = None
+        validated: Validated | NotUnsealed | Unavailable
+        if forced is not None:
+            validated = forced
+        else:
+            envelopes = decode_encrypted(spec)
+            if isinstance(envelopes, NotUnsealed):
+                validated = envelopes
+            else:
+                validated = await self.gateway.validate_all(ref.namespace, ref.name, envelopes)
+        now = dt.datetime.now(dt.UTC)
+        plan = reconcile_files_only(ref, spec, validated, existing, tracked.status, now)
+        if plan.write == "delete" and existing is not None:
+            if not self.leader_valid():
+                tracked.dirty = True
+                return
+            try:
+                await self.kube.delete_secret(ref.namespace, ref.name, existing.resource_version)
+            except Conflict:
+                tracked.dirty = True  # changed since it was read: look again
+                return
+            log.info("deleted Secret %s/%s: spec.createSecret is false", ref.namespace, ref.name)
+        if not await self._write_status(tracked, plan.status, retry=plan.retry):
+            return
         result = "unavailable" if plan.retry else "ok"
         self.metrics.reconciles.labels(SEALED_SECRETS, result).inc()
         self.metrics.reconcile_seconds.labels(SEALED_SECRETS).observe(loop.time() - started)

@@ -58,7 +58,7 @@ from .reconcile import (
     parse_record,
     watch_range,
 )
-from .sealed import PERMISSION_DENIED, NotUnsealed, Unsealed, reason_of
+from .sealed import PERMISSION_DENIED, NotUnsealed, Unsealed, Validated, reason_of
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +254,23 @@ class Gateway:
                 return NotUnsealed(key, PERMISSION_DENIED, message), len(values)
             return _unavailable_or_raise(err), len(values)
         return Unsealed(values, tuple(sorted(key_ids))), len(values)
+
+    async def validate_all(
+        self, namespace: str, name: str, envelopes: Mapping[str, bytes]
+    ) -> Validated | NotUnsealed | Unavailable:
+        """Whether every value would unseal as namespace/name (ValidateSealed: no plaintext
+        comes back), or the first that would not, and why."""
+        keys = sorted(envelopes)
+        try:
+            checks = await self.client.validate_sealed(
+                [(envelopes[k], namespace, name) for k in keys]
+            )
+        except ConcordError as err:
+            return _unavailable_or_raise(err)
+        for key, check in zip(keys, checks, strict=True):
+            if check.failure is not None:
+                return NotUnsealed(key, reason_of(check.failure.name), check.message)
+        return Validated(tuple(sorted({c.key_id for c in checks})))
 
     async def publish_sealed(
         self, ref: ObjectRef, scope: str, envelopes: Mapping[str, bytes]

@@ -25,7 +25,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import kubernetes
 import pytest
+import yaml
 from aiohttp import web
 
 from coordinator.sealing import SealedRecord, sealed_record_key
@@ -39,7 +41,14 @@ from tests.kube.operator_harness import (
     eventually,
     now,
 )
-from tests.kube.test_sealed import apply, concordctl, published, reason_is, secret_manifest
+from tests.kube.test_sealed import (
+    apply,
+    concordctl,
+    published,
+    read_secret,
+    reason_is,
+    secret_manifest,
+)
 from tests.process.harness import ProcessCluster
 
 pytestmark = [pytest.mark.kube, pytest.mark.process]
@@ -319,6 +328,58 @@ def test_files_follow_a_change_made_while_the_coordinator_had_no_quorum(
             )
             print(f"\nmembers restarted to the file changed: {(now() - back_at) * 1000:.0f} ms")
             assert "quorum-" not in sidecar.log() + operator.log()
+        finally:
+            sidecar.stop()
+            print(f"--- sidecar ---\n{sidecar.log()[-6000:]}")
+
+    asyncio.run(scenario())
+
+
+def test_create_secret_false_delivers_files_with_no_secret_and_removes_an_old_one(
+    coord: ProcessCluster,
+    kube: KubeObjects,
+    operator: OperatorProcess,
+    control_plane: ControlPlane,
+    tmp_path: Path,
+) -> None:
+    """spec.createSecret: false: the files arrive, no Secret is ever made (the operator only
+    validates, it never fetches the plaintext); turned on, the Secret appears; turned off
+    again, the Secret the operator made is deleted, the files stay."""
+    ns = kube.namespace
+    secrets_dir = tmp_path / "run-secrets"
+    password = secrets_dir / "db" / "password"
+    core = kubernetes.client.CoreV1Api(kube.api_client)
+
+    async def scenario() -> None:
+        sidecar, _ = start_sidecar(coord, ns, secrets_dir, tmp_path / "sidecar.log")
+        try:
+            await eventually(lambda: bool(published(control_plane, ns)), WAIT_S, "certificate")
+            sealed = yaml.safe_load(
+                concordctl(
+                    coord, "seal", stdin=secret_manifest(ns, "db", {"password": "only-files"})
+                )
+            )
+            sealed["spec"]["createSecret"] = False
+            apply(control_plane, yaml.safe_dump(sealed))
+            await eventually(password.exists, WAIT_S, "the files", sidecar.log)
+            assert password.read_text() == "only-files"
+            await eventually(reason_is(kube, "db", "Published"), WAIT_S, "Published", operator.log)
+            assert kube.status("sealedsecrets", "db")["keyIds"]
+            assert read_secret(core, ns, "db") is None
+
+            kube.patch("sealedsecrets", "db", {"spec": {"createSecret": True}})
+            await eventually(
+                lambda: read_secret(core, ns, "db") is not None, WAIT_S, "Secret", operator.log
+            )
+            await eventually(reason_is(kube, "db", "Unsealed"), WAIT_S, "Unsealed", operator.log)
+
+            kube.patch("sealedsecrets", "db", {"spec": {"createSecret": False}})
+            await eventually(
+                lambda: read_secret(core, ns, "db") is None, WAIT_S, "Secret gone", operator.log
+            )
+            await eventually(reason_is(kube, "db", "Published"), WAIT_S, "Published", operator.log)
+            assert password.read_text() == "only-files"
+            assert "only-files" not in sidecar.log() + operator.log()
         finally:
             sidecar.stop()
             print(f"--- sidecar ---\n{sidecar.log()[-6000:]}")
