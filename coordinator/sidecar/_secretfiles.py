@@ -184,6 +184,9 @@ class _State:
     failed_revision: int = 0
     """A record revision that did not deliver: not tried again until the record changes."""
     announced_missing: bool = False
+    """"Waiting for" was logged (once, not at every resync)."""
+    gone: bool = False
+    """The record was deleted after a delivery (logged once)."""
     keys: tuple[str, ...] = ()
 
 
@@ -255,8 +258,7 @@ class SecretFiles:
                 found[name] = kv
         changed: list[Change] = []
         for name in self.states:
-            change = await self._apply(name, found.get(name))
-            changed += change
+            changed += await self._apply(name, found.get(name))
         await self._notify(changed)
         return result.revision
 
@@ -268,9 +270,11 @@ class SecretFiles:
             if not state.revision and not state.announced_missing:
                 log.info("waiting for SealedSecret %s (no record in the coordinator yet)", where)
                 state.announced_missing = True
-            elif state.revision:
+            elif state.revision and not state.gone:
                 log.warning("SealedSecret %s was deleted; its files stay as last delivered", where)
+                state.gone = True
             return []
+        state.gone = False
         if kv.mod_revision in {state.revision, state.failed_revision}:
             return []
         try:
