@@ -456,6 +456,12 @@ def _read_input(source: str) -> tuple[str, str]:
     default=None,
     help="Add or replace the Secret's keys in this SealedSecret file (in place).",
 )
+@click.option(
+    "--files-only",
+    is_flag=True,
+    help="spec.createSecret: false: no Kubernetes Secret; pods get the values only as files "
+    "through concord-sidecar --secrets NAME (docs/secrets-as-files.md).",
+)
 @click.option("--raw", is_flag=True, help="Seal one value (stdin or --from-file); print base64.")
 @click.option(
     "--from-file",
@@ -487,6 +493,7 @@ def seal(  # noqa: PLR0917 (click passes every option)
     controller_name: str | None,
     kubeconfig: str | None,
     merge_path: Path | None,
+    files_only: bool,
     raw: bool,
     raw_path: Path | None,
     re_encrypt: bool,
@@ -502,6 +509,8 @@ def seal(  # noqa: PLR0917 (click passes every option)
         _bad(f"{' and '.join(modes)} cannot be combined")
     if raw_path is not None and not raw:
         _bad("--from-file goes with --raw")
+    if files_only and (raw or re_encrypt or validate or fetch_cert):
+        _bad("--files-only goes with sealing a Secret manifest (or --merge-into)")
     cert_path = CertSource(cert, controller_namespace, controller_name, kubeconfig)
     if cert is not None and cert_path.configmap:
         click.echo("Warning: --cert is used; the ConfigMap flags are ignored", err=True)
@@ -549,6 +558,8 @@ def seal(  # noqa: PLR0917 (click passes every option)
     if merged is not None and merge_path is not None:
         spec = merged.body.setdefault("spec", {})
         spec.setdefault("encryptedData", {}).update(encrypted)
+        if files_only:
+            spec["createSecret"] = False
         merged.body.setdefault("metadata", {}).setdefault("annotations", {})[
             "concord.dev/sealing-key"
         ] = sealing_cert.key_id_hex
@@ -556,6 +567,8 @@ def seal(  # noqa: PLR0917 (click passes every option)
         write_output(dump_document(merged.body, as_json), merge_path)
         return
     body = sealed_secret(secret, chosen, encrypted, sealing_cert.key_id_hex)
+    if files_only:
+        body["spec"]["createSecret"] = False
     write_output(dump_document(body, fmt == "json" if fmt else doc.json), out_path)
 
 

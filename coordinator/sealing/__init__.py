@@ -9,6 +9,8 @@ private keys) run the very same code. It sits at the bottom of the layers, besid
 - `_envelope`: the versioned envelope (layout and reasons in its docstring): `seal`,
   `unseal`, `parse`, `Scope`, the `SealError` family.
 - `_keys`: RSA-4096 sealing key pairs and their self-signed certificates.
+- `_record`: the versioned record a SealedSecret's ciphertext is kept in, in the coordinator,
+  for the sidecars that deliver it as files (`SealedRecord`, `sealed_record_key`).
 """
 
 from ._envelope import ERRORS as ERRORS
@@ -39,12 +41,18 @@ from ._keys import load_private_key as load_private_key
 from ._keys import load_sealing_certificate as load_sealing_certificate
 from ._keys import new_sealing_key as new_sealing_key
 from ._keys import sealing_certificate as sealing_certificate
+from ._record import RECORD_VERSION as RECORD_VERSION
+from ._record import SealedRecord as SealedRecord
+from ._record import sealed_record_key as sealed_record_key
+from ._record import sealed_record_name as sealed_record_name
+from ._record import sealed_record_prefix as sealed_record_prefix
 
 __all__ = [
     "CERT_VALIDITY_DAYS",
     "ERRORS",
     "KEY_BITS",
     "KEY_ID_BYTES",
+    "RECORD_VERSION",
     "VALUE_BYTES_MAX",
     "VERSION",
     "CertificateError",
@@ -56,6 +64,7 @@ __all__ = [
     "Scope",
     "ScopeMismatch",
     "SealError",
+    "SealedRecord",
     "SealingCertificate",
     "SealingKeyPair",
     "Tampered",
@@ -67,5 +76,8 @@ __all__ = [
     "parse",
     "scope_label",
     "seal",
+    "sealed_record_key",
+    "sealed_record_name",
+    "sealed_record_prefix",
     "sealing_certificate",
 ]

@@ -3,7 +3,9 @@ with fencing tokens, elections, sequences and compare-and-swap, through one coor
 session held for the process's life. Apps in any language get a correct lock with one HTTP
 call, learn of a loss at once (Server-Sent Events, a long-poll, or a callback), and read
 status codes that mean one thing each. See `_app.py` for the mechanism, `_main.py` for the
-process (flags, loopback-only binding, SIGTERM).
+process (flags, loopback-only binding, SIGTERM). With `--secrets`, it also delivers the pod's
+SealedSecrets as files under /run/secrets/NAME/KEY (`_secretfiles.py`; the atomic set writer
+in `_atomic.py`, notifications in `_notify.py`).
 """
 
 from ._app import FENCING_HEADER as FENCING_HEADER

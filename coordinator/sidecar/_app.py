@@ -185,6 +185,9 @@ class Sidecar:
         self.ready = False
         """The last probe went through: /readyz is 200."""
         self.not_ready_reason = "no coordinator session yet"
+        self.startup_checks: list[Callable[[], str | None]] = []
+        """More conditions of /startupz (each None when met, else why not), e.g. the first
+        delivery of the pod's secret files (_secretfiles.py)."""
         self.stopping = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._probe_runner: web.AppRunner | None = None
@@ -342,9 +345,13 @@ class Sidecar:
         return web.Response(status=503, text=f"not ready: {reason}\n")
 
     async def startupz(self, _: web.Request) -> web.Response:
-        if self.started:
-            return web.Response(text="started\n")
-        return web.Response(status=503, text=f"not started: {self.not_ready_reason}\n")
+        if not self.started:
+            return web.Response(status=503, text=f"not started: {self.not_ready_reason}\n")
+        for check in self.startup_checks:
+            problem = check()
+            if problem is not None:
+                return web.Response(status=503, text=f"not started: {problem}\n")
+        return web.Response(text="started\n")
 
     async def metrics_page(self, _: web.Request) -> web.Response:
         body = generate_latest(self.metrics.registry)

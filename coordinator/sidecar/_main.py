@@ -9,12 +9,16 @@ Stopping. SIGTERM (kubelet's stop) or SIGINT: every hold is let go (each lock re
 leadership resigned, through the client library's own bounded release), event streams end
 with `released`, then the process exits 0. A hold that cannot be released (no quorum) ends
 with its lease's TTL, as the library logs.
+
+Secrets as files (`--secrets`, `_secretfiles.py`): a task of its own on the same client,
+started before the port is bound; its first delivery is a condition of /startupz.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import os
@@ -24,6 +28,7 @@ import sys
 from coordinator.client import Client, ConcordError
 
 from ._app import Sidecar
+from ._secretfiles import SecretFiles, SecretFilesConfig, add_flags, config_from
 
 log = logging.getLogger("concord.sidecar")
 
@@ -84,6 +89,7 @@ def parser() -> argparse.ArgumentParser:
         help="seconds one coordinator call may take, retries included, before a 503",
     )
     p.add_argument("--log-level", default="INFO")
+    add_flags(p)  # --secrets, --secrets-dir, ... (_secretfiles.py)
     return p
 
 
@@ -98,9 +104,17 @@ def client_from(args: argparse.Namespace) -> Client:
     return Client.from_env(env, timeout_s=args.coordinator_timeout)
 
 
-async def serve(args: argparse.Namespace, host: str, port: int) -> None:
+async def serve(
+    args: argparse.Namespace, host: str, port: int, secrets: SecretFilesConfig | None = None
+) -> None:
     client = client_from(args)
     sidecar = Sidecar(client)
+    files: SecretFiles | None = None
+    delivering: asyncio.Task[None] | None = None
+    if secrets is not None:
+        files = SecretFiles(client, secrets, sidecar.metrics.registry)
+        sidecar.startup_checks.append(files.startup_problem)
+        delivering = asyncio.create_task(files.run(), name="concord-sidecar-secrets")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -117,6 +131,12 @@ async def serve(args: argparse.Namespace, host: str, port: int) -> None:
         log.info("stopping: releasing %d holds", len(sidecar.holds))
         await sidecar.shutdown()
     finally:
+        if delivering is not None:
+            delivering.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await delivering
+        if files is not None:
+            await files.close()
         await client.close()
 
 
@@ -129,7 +149,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.probe_listen:  # probes reveal nothing: any address will do
         args.probe_listen = _parse_listen(args.probe_listen, listen_any=True)
     try:
-        asyncio.run(serve(args, host, port))
+        secrets = config_from(args)
+    except ValueError as err:
+        raise _usage_error(str(err)) from None
+    try:
+        asyncio.run(serve(args, host, port, secrets))
     except ConcordError as err:  # bad endpoints, a missing TLS file
         print(f"concord-sidecar: {err}", file=sys.stderr)
         raise SystemExit(2) from None

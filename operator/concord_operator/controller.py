@@ -68,8 +68,10 @@ from .sealed import (
     NotUnsealed,
     SealedSpec,
     Unsealed,
+    Validated,
     decode_encrypted,
     may_write,
+    reconcile_files_only,
     reconcile_sealed_secret,
     refused,
 )
@@ -113,6 +115,8 @@ class Tracked:
     """SealedSecret: (generation, Secret resourceVersion) when a reconcile last left the
     Secret as the SealedSecret says, with Ready=True written: finding both unchanged, there
     is nothing to unseal again (the event of our own write, a resync after a watch restart)."""
+    published: tuple[str, int] | None = None
+    """SealedSecret: (uid, generation) whose ciphertext record is in the coordinator."""
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
@@ -212,6 +216,12 @@ class Controller:
         ref = ref_of(plural, body)
         if not self.leader_valid():
             raise NotNow("this replica does not hold the operator leadership")
+        if plural == SEALED_SECRETS:
+            gone = await self.gateway.withdraw_sealed(ref)
+            if gone is not None:
+                raise NotNow(f"the coordinator is unavailable: {gone.message}")
+            self.forget(ref.key)
+            return
         observed: LeaseObserved | SequenceObserved | Unavailable
         if plural == LEASES:
             kind = LeaseSpec.of(body.get("spec") or {}).kind
@@ -329,8 +339,13 @@ class Controller:
         started = loop.time()
         ref = tracked.ref
         spec = SealedSpec.of(tracked.spec)
+        problem = await self._publish_sealed(tracked, spec)
+        forced = forced or problem
         body = await self.kube.read("Secret", ref.namespace, ref.name)
         existing = ExistingSecret.of(body) if body is not None else None
+        if not spec.create_secret:
+            await self._reconcile_files_only(tracked, spec, existing, forced)
+            return
         if (
             forced is None
             and existing is not None
@@ -397,6 +412,62 @@ class Controller:
         result = "unavailable" if plan.retry else "ok"
         self.metrics.reconciles.labels(SEALED_SECRETS, result).inc()
         self.metrics.reconcile_seconds.labels(SEALED_SECRETS).observe(loop.time() - started)
+
+    async def _reconcile_files_only(
+        self,
+        tracked: Tracked,
+        spec: SealedSpec,
+        existing: ExistingSecret | None,
+        forced: Unavailable | None,
+    ) -> None:
+        """spec.createSecret is false: validate (no plaintext), delete a Secret this
+        SealedSecret controls, write the status (concord_operator.sealed)."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        ref = tracked.ref
+        tracked.settled = None
+        validated: Validated | NotUnsealed | Unavailable
+        if forced is not None:
+            validated = forced
+        else:
+            envelopes = decode_encrypted(spec)
+            if isinstance(envelopes, NotUnsealed):
+                validated = envelopes
+            else:
+                validated = await self.gateway.validate_all(ref.namespace, ref.name, envelopes)
+        now = dt.datetime.now(dt.UTC)
+        plan = reconcile_files_only(ref, spec, validated, existing, tracked.status, now)
+        if plan.write == "delete" and existing is not None:
+            if not self.leader_valid():
+                tracked.dirty = True
+                return
+            try:
+                await self.kube.delete_secret(ref.namespace, ref.name, existing.resource_version)
+            except Conflict:
+                tracked.dirty = True  # changed since it was read: look again
+                return
+            log.info("deleted Secret %s/%s: spec.createSecret is false", ref.namespace, ref.name)
+        if not await self._write_status(tracked, plan.status, retry=plan.retry):
+            return
+        result = "unavailable" if plan.retry else "ok"
+        self.metrics.reconciles.labels(SEALED_SECRETS, result).inc()
+        self.metrics.reconcile_seconds.labels(SEALED_SECRETS).observe(loop.time() - started)
+
+    async def _publish_sealed(self, tracked: Tracked, spec: SealedSpec) -> Unavailable | None:
+        """Put the SealedSecret's ciphertext record in the coordinator for sidecars (secrets
+        as files), once per (uid, generation). A spec whose values are not even base64 is
+        not published: its status says Malformed, and the last good record stays, as the
+        Secret keeps its last good values."""
+        ref = tracked.ref
+        if tracked.published == (ref.uid, ref.generation) or not self.leader_valid():
+            return None
+        envelopes = decode_encrypted(spec)
+        if isinstance(envelopes, NotUnsealed):
+            return None
+        problem = await self.gateway.publish_sealed(ref, spec.scope, envelopes)
+        if problem is None:
+            tracked.published = (ref.uid, ref.generation)
+        return problem
 
     async def _plan(self, tracked: Tracked, forced: Unavailable | None, grants: int) -> Plan:
         ref, now = tracked.ref, dt.datetime.now(dt.UTC)

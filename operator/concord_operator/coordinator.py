@@ -39,6 +39,7 @@ from coordinator.client import (
     SealingKeys,
     credentials_from_tls_dir,
 )
+from coordinator.sealing import SealedRecord, sealed_record_key
 
 from .reconcile import (
     Action,
@@ -57,7 +58,7 @@ from .reconcile import (
     parse_record,
     watch_range,
 )
-from .sealed import PERMISSION_DENIED, NotUnsealed, Unsealed, reason_of
+from .sealed import PERMISSION_DENIED, NotUnsealed, Unsealed, Validated, reason_of
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +254,48 @@ class Gateway:
                 return NotUnsealed(key, PERMISSION_DENIED, message), len(values)
             return _unavailable_or_raise(err), len(values)
         return Unsealed(values, tuple(sorted(key_ids))), len(values)
+
+    async def validate_all(
+        self, namespace: str, name: str, envelopes: Mapping[str, bytes]
+    ) -> Validated | NotUnsealed | Unavailable:
+        """Whether every value would unseal as namespace/name (ValidateSealed: no plaintext
+        comes back), or the first that would not, and why."""
+        keys = sorted(envelopes)
+        try:
+            checks = await self.client.validate_sealed(
+                [(envelopes[k], namespace, name) for k in keys]
+            )
+        except ConcordError as err:
+            return _unavailable_or_raise(err)
+        for key, check in zip(keys, checks, strict=True):
+            if check.failure is not None:
+                return NotUnsealed(key, reason_of(check.failure.name), check.message)
+        return Validated(tuple(sorted({c.key_id for c in checks})))
+
+    async def publish_sealed(
+        self, ref: ObjectRef, scope: str, envelopes: Mapping[str, bytes]
+    ) -> Unavailable | None:
+        """Keep the SealedSecret's ciphertext (never plaintext) in the coordinator, under
+        `k8s/<namespace>/sealedsecrets/<name>`, for the sidecars that deliver it as files
+        (coordinator.sealing.SealedRecord). An equal record is not written again, so a resume
+        does not wake every sidecar."""
+        key = sealed_record_key(ref.namespace, ref.name)
+        value = SealedRecord(envelopes, uid=ref.uid, generation=ref.generation, scope=scope)
+        encoded = value.encode()
+        try:
+            if await self._get(key) != encoded:
+                await self.client.put(key, encoded)
+        except ConcordError as err:
+            return _unavailable_or_raise(err)
+        return None
+
+    async def withdraw_sealed(self, ref: ObjectRef) -> Unavailable | None:
+        """Delete the SealedSecret's record (its finalizer)."""
+        try:
+            await self.client.delete(sealed_record_key(ref.namespace, ref.name))
+        except ConcordError as err:
+            return _unavailable_or_raise(err)
+        return None
 
     async def sealing_keys(self) -> SealingKeys | Unavailable:
         """The current sealing certificate (the first call on a new cluster makes the key)."""

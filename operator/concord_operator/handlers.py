@@ -9,8 +9,9 @@ Delete runs the finalizer (`Controller.finalize`) and is retried by kopf until t
 coordinator state is released. kopf keeps its bookkeeping in annotations, not in status (the
 CRDs' structural schemas would prune it, and status belongs to the mirror).
 
-A SealedSecret has no finalizer: nothing in the coordinator belongs to it, and the Secret it
-owns is deleted by Kubernetes' garbage collector (its ownerReference). Secrets are watched
+A SealedSecret's finalizer deletes its ciphertext record from the coordinator (the one
+sidecars deliver as files from); the Secret it owns is deleted by Kubernetes' garbage
+collector (its ownerReference). Secrets are watched
 (one event handler, no kopf bookkeeping on them) so that a Secret deleted or edited by hand,
 or offered for adoption, has its SealedSecret reconciled again.
 
@@ -127,6 +128,14 @@ async def sequence_deleted(body: kopf.Body, memo: kopf.Memo, **_: object) -> Non
 @kopf.on.update(GROUP, VERSION, SEALED_SECRETS, field="spec")
 async def sealed_secret_exists(body: kopf.Body, memo: kopf.Memo, **_: object) -> None:
     _controller(memo).upsert(SEALED_SECRETS, body)
+
+
+@kopf.on.delete(GROUP, VERSION, SEALED_SECRETS)
+async def sealed_secret_finalize(body: kopf.Body, memo: kopf.Memo, **_: object) -> None:
+    try:
+        await _controller(memo).finalize(SEALED_SECRETS, body)
+    except NotNow as err:
+        raise kopf.TemporaryError(str(err), delay=RETRY_DELAY_S) from None
 
 
 def _deleted(event: kopf.RawEvent, **_: object) -> bool:

@@ -25,6 +25,14 @@ Rules, in order:
   (or `Adopted`), `keyIds` the sealing keys the values were sealed to. Should the API
   server refuse the Secret as invalid (a `kubernetes.io/basic-auth` template without a
   `username` value, say), Ready=False `SecretInvalid` carries its message (`refused`).
+
+With `spec.createSecret: false` (`reconcile_files_only`) there is no Secret: the values reach
+pods only as files through the sidecar, from the ciphertext record the operator keeps in the
+coordinator, and the operator never asks for a plaintext. It only checks that every value
+would unseal as namespace/name (`ValidateSealed`, which returns no plaintext): Ready=True
+`Published` with the key ids, or Ready=False with the reason. A Secret this SealedSecret
+controls (left from when createSecret was true) is deleted, so turning the option on takes
+the plaintext out of the Kubernetes API; a Secret it does not control is left alone.
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ ADOPT_ANNOTATION = "concord.dev/adopt"
 
 # Ready reasons.
 UNSEALED = "Unsealed"
+PUBLISHED = "Published"
 ADOPTED = "Adopted"
 NOT_OWNED = "SecretNotOwned"
 PERMISSION_DENIED = "PermissionDenied"
@@ -74,6 +83,8 @@ class SealedSpec:
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
     scope: str = "strict"
+    create_secret: bool = True
+    """spec.createSecret: False means files only (see the module doc)."""
 
     @classmethod
     def of(cls, spec: Mapping[str, Any]) -> SealedSpec:
@@ -85,6 +96,7 @@ class SealedSpec:
             labels={str(k): str(v) for k, v in (meta.get("labels") or {}).items()},
             annotations={str(k): str(v) for k, v in (meta.get("annotations") or {}).items()},
             scope=str(spec.get("scope") or "strict"),
+            create_secret=spec.get("createSecret", True) is not False,
         )
 
 
@@ -130,6 +142,14 @@ class Unsealed:
 
 
 @dataclass(frozen=True, slots=True)
+class Validated:
+    """Every value would unseal as namespace/name (no plaintext was fetched)."""
+
+    key_ids: tuple[str, ...]
+    """The distinct sealing keys the values were sealed to, sorted."""
+
+
+@dataclass(frozen=True, slots=True)
 class NotUnsealed:
     key: str
     """The encryptedData key whose value did not unseal."""
@@ -140,7 +160,8 @@ class NotUnsealed:
 
 @dataclass(frozen=True, slots=True)
 class SecretPlan:
-    write: Literal["create", "replace", "recreate"] | None
+    write: Literal["create", "replace", "recreate", "delete"] | None
+    """"delete": the Secret this SealedSecret controls goes (files only)."""
     secret: dict[str, Any] | None
     status: Status
     retry: bool = False
@@ -248,6 +269,49 @@ def reconcile_sealed_secret(  # noqa: PLR0917 (each input named)
     return SecretPlan(
         write, wanted if write else None, status(ready, keyIds=list(unsealed.key_ids))
     )
+
+
+def reconcile_files_only(  # noqa: PLR0917 (each input named)
+    ref: ObjectRef,
+    spec: SealedSpec,
+    validated: Validated | NotUnsealed | Unavailable,
+    existing: ExistingSecret | None,
+    previous: Mapping[str, Any],
+    now: dt.datetime,
+) -> SecretPlan:
+    """spec.createSecret is false: no Secret, only the check that the values would unseal
+    (see the module doc)."""
+    prev_conds = list(previous.get("conditions") or [])
+    ours = existing is not None and existing.controller_uid == ref.uid
+    write: Literal["delete"] | None = "delete" if ours else None
+    if isinstance(validated, Unavailable):
+        conds = conditions([Cond(READY, "False", UNAVAILABLE, validated.message)], prev_conds,
+                           ref.generation, now)  # fmt: skip
+        return SecretPlan(None, None, {"conditions": conds, "phase": phase_of(conds)}, retry=True)
+    where = f"{ref.namespace}/{ref.name}"
+    extra: dict[str, Any] = {}
+    if isinstance(validated, NotUnsealed):
+        ready = Cond(
+            READY,
+            "False",
+            validated.reason,
+            f"encryptedData.{validated.key} would not unseal as {where}: {validated.message}; "
+            "sidecars keep the files they delivered last",
+        )
+    else:
+        ready = Cond(
+            READY,
+            "True",
+            PUBLISHED,
+            f"{len(spec.encrypted)} sealed values published for sidecars (secrets as files); "
+            f"no Secret, as spec.createSecret is false (sealing keys "
+            f"{', '.join(validated.key_ids) or 'none'})",
+        )
+        extra["keyIds"] = list(validated.key_ids)
+    conds = conditions([ready], prev_conds, ref.generation, now)
+    status = {"observedGeneration": ref.generation, **extra, "conditions": conds,
+              "phase": phase_of(conds)}  # fmt: skip
+    return SecretPlan(write, None, status)
 
 
 def refused(ref: ObjectRef, message: str, previous: Mapping[str, Any], now: dt.datetime) -> Status:

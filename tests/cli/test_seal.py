@@ -151,6 +151,21 @@ def test_merge_into_adds_or_replaces_keys_in_place(cert: Path, tmp_path: Path) -
     assert yaml.safe_load(sealed.read_text()) == doc
 
 
+def test_files_only_asks_for_no_secret_also_when_merging(cert: Path, tmp_path: Path) -> None:
+    res = ctl("seal", "--cert", str(cert), "--files-only", input=SECRET)
+    assert res.exit_code == 0, res.output
+    assert yaml.safe_load(res.stdout)["spec"]["createSecret"] is False
+    sealed = tmp_path / "sealed.yaml"
+    assert ctl("seal", "--cert", str(cert), "-w", str(sealed), input=SECRET).exit_code == 0
+    assert "createSecret" not in yaml.safe_load(sealed.read_text())["spec"]  # the default
+    res = ctl("seal", "--cert", str(cert), "--files-only", "--merge-into", str(sealed),
+              input=SECRET)  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert yaml.safe_load(sealed.read_text())["spec"]["createSecret"] is False
+    res = ctl("seal", "--cert", str(cert), "--files-only", "--raw", input="x")
+    assert res.exit_code == 2 and "--files-only goes with" in res.stderr
+
+
 def test_raw_seals_one_value(cert: Path, tmp_path: Path) -> None:
     res = ctl("seal", "--cert", str(cert), "--raw", "--namespace", "prod", "--name", "db",
               input=b"s3cret\n")  # fmt: skip

@@ -18,9 +18,11 @@ from concord_operator.sealed import (
     NotUnsealed,
     SealedSpec,
     Unsealed,
+    Validated,
     decode_encrypted,
     may_write,
     reason_of,
+    reconcile_files_only,
     reconcile_sealed_secret,
     refused,
 )
@@ -247,3 +249,39 @@ def test_a_foreign_secret_is_not_written_even_with_values_at_hand() -> None:
     plan = reconcile_sealed_secret(REF, SPEC, OPENED, existing(controller_uid="x"), {}, NOW)
     assert plan.write is None and plan.secret is None
     assert ready(plan.status)["reason"] == "SecretNotOwned"
+
+
+# --- spec.createSecret false: files only --------------------------------------------------------
+
+FILES_ONLY = SealedSpec.of({"encryptedData": {"password": "c2VhbGVk"}, "createSecret": False})
+
+
+def test_create_secret_defaults_to_true_and_only_false_turns_it_off() -> None:
+    assert SPEC.create_secret and not FILES_ONLY.create_secret
+    assert SealedSpec.of({"encryptedData": {}, "createSecret": True}).create_secret
+
+
+def test_files_only_publishes_without_a_secret_and_deletes_the_one_it_controls() -> None:
+    validated = Validated(("00aa11bb22cc33dd",))
+    plan = reconcile_files_only(REF, FILES_ONLY, validated, None, {}, NOW)
+    assert (plan.write, plan.secret, plan.retry) == (None, None, False)
+    assert ready(plan.status)["reason"] == "Published"
+    assert ready(plan.status)["status"] == "True"
+    assert plan.status["keyIds"] == ["00aa11bb22cc33dd"]
+    assert plan.status["observedGeneration"] == 3 and plan.status["phase"] == "Ready"
+    # A Secret left from createSecret: true is deleted; someone else's is left alone.
+    assert reconcile_files_only(REF, FILES_ONLY, validated, existing(), {}, NOW).write == "delete"
+    assert reconcile_files_only(REF, FILES_ONLY, validated, existing("x"), {}, NOW).write is None
+    assert reconcile_files_only(REF, FILES_ONLY, validated, existing(""), {}, NOW).write is None
+
+
+def test_files_only_says_why_a_value_would_not_unseal_and_waits_out_an_outage() -> None:
+    bad = NotUnsealed("password", "ScopeMismatch", "sealed for prod/web")
+    plan = reconcile_files_only(REF, FILES_ONLY, bad, existing(), {}, NOW)
+    assert plan.write == "delete"  # no Secret was asked for, whatever the values
+    cond = ready(plan.status)
+    assert (cond["status"], cond["reason"]) == ("False", "ScopeMismatch")
+    assert "encryptedData.password" in cond["message"] and "keyIds" not in plan.status
+    down = reconcile_files_only(REF, FILES_ONLY, Unavailable("no quorum"), existing(), {}, NOW)
+    assert (down.write, down.retry) == (None, True)
+    assert ready(down.status)["reason"] == "CoordinatorUnavailable"
