@@ -17,8 +17,10 @@ Two steps, both pure:
 
 Rules. Names (locks, elections, sequences, keys) must start with one of the identity's
 prefixes; a key range [key, end) must lie inside one ("every key >= key", end = "\\0", and
-the whole keyspace never do). Leases: a lease a workload uses (keep-alive, revoke, TTL, or
-hangs a key, lock or campaign on) must be one its namespace granted (the state machine keeps
+the whole keyspace never do). Reads may also reach the operator's records of the
+namespace's CRs (`concord.dev/v1alpha1/{leases,sequences}/NS/`). Leases: a lease a
+workload uses (keep-alive, revoke, TTL, or hangs a key, lock or campaign on) must be one its
+namespace granted (the state machine keeps
 the owner: `coordinator.fsm.leases`); a lease this member does not know yet is let through,
 and the state machine answers NOT_FOUND (a lease id is only learnt from its Grant's answer,
 which comes after the member applied it). Cluster administration (Cluster, Maintenance,
@@ -41,6 +43,9 @@ from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.runtime.tokenreview import WorkloadIdentity
 
 K8S_PREFIX = "k8s/"
+OPERATOR_CONFIG_PREFIXES = ("concord.dev/v1alpha1/leases/", "concord.dev/v1alpha1/sequences/")
+"""Where the operator records what the Lease and Sequence CRs of a namespace declared
+(`concord_operator.reconcile.config_key`): a workload may read its own namespace's."""
 
 
 def namespace_prefix(namespace: str) -> str:
@@ -79,6 +84,8 @@ class Access:
     """A sealed value the call would open (Unseal, ReEncrypt, ValidateSealed)."""
     scoped: bool = True
     """False: the call names no object a namespace could own (a watch of every key)."""
+    read_only: bool = False
+    """Changes nothing: the operator's records of the namespace's CRs may be read too."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +133,7 @@ def _txn_access(verb: str, r: pb.TxnRequest) -> Access:
 Rule = Callable[[str, Any], Access]
 
 _RULES: dict[str, Rule] = {
-    "KV.Range": lambda v, r: Access(v, (_range(r),)),
+    "KV.Range": lambda v, r: Access(v, (_range(r),), read_only=True),
     "KV.Put": lambda v, r: Access(v, (_key("key", r.key),), (r.lease,)),
     "KV.Delete": lambda v, r: Access(v, (_key("key", r.key, r.range_end),)),
     "KV.Txn": _txn_access,
@@ -136,8 +143,8 @@ _RULES: dict[str, Rule] = {
     "Lease.TimeToLive": lambda v, r: Access(v, leases=(r.id,)),
     "Lock.Lock": lambda v, r: Access(v, (_name("lock", r.name),), (r.lease,)),
     "Lock.Unlock": lambda v, r: Access(v, (_name("lock", r.name),), (r.lease,)),
-    "Lock.CheckFence": lambda v, r: Access(v, (_name("lock", r.name),)),
-    "Lock.Info": lambda v, r: Access(v, (_name("lock", r.name),)),
+    "Lock.CheckFence": lambda v, r: Access(v, (_name("lock", r.name),), read_only=True),
+    "Lock.Info": lambda v, r: Access(v, (_name("lock", r.name),), read_only=True),
     "Election.Campaign": lambda v, r: Access(v, (_name("election", r.election),), (r.lease,)),
     "Election.Proclaim": lambda v, r: Access(
         v, (_name("election", r.leader.election),), (r.leader.lease,)
@@ -145,13 +152,16 @@ _RULES: dict[str, Rule] = {
     "Election.Resign": lambda v, r: Access(
         v, (_name("election", r.leader.election),), (r.leader.lease,)
     ),
-    "Election.Leader": lambda v, r: Access(v, (_name("election", r.election),)),
-    "Election.Observe": lambda v, r: Access(v, (_name("election", r.election),)),
+    "Election.Leader": lambda v, r: Access(v, (_name("election", r.election),), read_only=True),
+    "Election.Observe": lambda v, r: Access(v, (_name("election", r.election),), read_only=True),
     "Sequence.Create": lambda v, r: Access(v, (_name("sequence", r.name),)),
     "Sequence.Next": lambda v, r: Access(v, (_name("sequence", r.name),)),
-    "Sequence.Get": lambda v, r: Access(v, (_name("sequence", r.name),)),
+    "Sequence.Get": lambda v, r: Access(v, (_name("sequence", r.name),), read_only=True),
     "Watch.Watch": lambda v, r: Access(
-        v, (_key("key", r.key, r.range_end),), scoped=bool(r.key or r.range_end)
+        v,
+        (_key("key", r.key, r.range_end),),
+        scoped=bool(r.key or r.range_end),
+        read_only=True,
     ),
     # The calls inside are checked one by one (`PipelineService`).
     "Pipeline.Stream": lambda v, r: Access(v),
@@ -226,6 +236,11 @@ class Policy:
     def prefixes(self, who: WorkloadIdentity) -> tuple[str, ...]:
         return (namespace_prefix(who.namespace), *self.grants.get(who.username, ()))
 
+    def read_prefixes(self, who: WorkloadIdentity) -> tuple[str, ...]:
+        """What `who` may read: its prefixes and the operator's records of its CRs."""
+        own = tuple(f"{p}{who.namespace}/" for p in OPERATOR_CONFIG_PREFIXES)
+        return (*self.prefixes(who), *own)
+
     def decide(
         self,
         who: WorkloadIdentity,
@@ -239,7 +254,7 @@ class Policy:
                 f"{who} may not call {verb}: cluster administration needs a client certificate "
                 "of the cluster, not a workload token",
             )
-        prefixes = self.prefixes(who)
+        prefixes = self.read_prefixes(who) if access.read_only else self.prefixes(who)
         shown = " or ".join(repr(p) for p in prefixes)
         if not access.scoped:
             return Denial(
