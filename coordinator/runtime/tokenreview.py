@@ -351,6 +351,7 @@ class TokenReviewer:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession()
         url = f"{self.api.url}/apis/authentication.k8s.io/v1/tokenreviews"
+        self.reviews += 1
         try:
             async with (
                 asyncio.timeout(self.timeout_s),
