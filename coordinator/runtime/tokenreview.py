@@ -279,6 +279,7 @@ class TokenReviewer:
     clock: Clock = field(default_factory=SystemClock)
     _cache: OrderedDict[bytes, _Cached] = field(default_factory=OrderedDict)
     _inflight: dict[bytes, asyncio.Future[WorkloadIdentity]] = field(default_factory=dict)
+    """Reviews under way, by token hash."""
     _session: aiohttp.ClientSession | None = None
     reviews: int = 0
     """TokenReviews sent (tests read it to see the cache work)."""
@@ -288,26 +289,23 @@ class TokenReviewer:
         now = self.clock.monotonic_s()
         hit = self._cache.get(digest)
         if hit is not None and hit.until_s > now:
+            if hit.identity is not None:
+                return hit.identity
             if hit.rejected is not None:
-                raise hit.rejected
-            assert hit.identity is not None
-            return hit.identity
+                raise TokenRejected(hit.rejected.reason, hit.rejected.message)
         pending = self._inflight.get(digest)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[WorkloadIdentity] = asyncio.get_running_loop().create_future()
-        self._inflight[digest] = future
-        try:
-            identity = await self._review(token, digest, now)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: no "never retrieved" warning without waiters
-            raise
-        else:
-            future.set_result(identity)
-            return identity
-        finally:
-            del self._inflight[digest]
+        if pending is None:
+            # A task of its own, shared by every caller with this token: a caller that gives
+            # up (its deadline, a cancelled RPC) does not cancel the others' review.
+            pending = asyncio.ensure_future(self._review(token, digest, now))
+            self._inflight[digest] = pending
+            pending.add_done_callback(lambda task: self._settled(digest, task))
+        return await asyncio.shield(pending)
+
+    def _settled(self, digest: bytes, task: asyncio.Future[WorkloadIdentity]) -> None:
+        self._inflight.pop(digest, None)
+        if not task.cancelled():
+            task.exception()  # retrieved here: every caller may have given up on it
 
     async def _review(self, token: str, digest: bytes, now: float) -> WorkloadIdentity:
         try:

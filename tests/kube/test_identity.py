@@ -58,6 +58,7 @@ class Rig:
     plane: ControlPlane
     cluster: ProcessCluster
     namespaces: tuple[str, str]
+    member_ns: str
     workload_ports: list[int]
     ca_file: Path
     root: Path
@@ -127,7 +128,7 @@ def rig(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -
     try:
         cluster.start_all()
         asyncio.run(cluster.wait_ready())
-        yield Rig(plane, cluster, namespaces, ports, ca_file, root)
+        yield Rig(plane, cluster, namespaces, member_ns, ports, ca_file, root)
     except BaseException:
         print(cluster.log_tails(chars=6000))
         raise
@@ -396,3 +397,43 @@ def test_token_reviews_are_cached_and_an_unreachable_api_server_is_unavailable(
             await down.close()
 
     asyncio.run(scenario())
+
+
+def test_the_in_cluster_api_server_settings_work_and_need_the_tokenreview_grant(
+    rig: Rig,
+) -> None:
+    """What a member pod uses (`ApiServer.in_cluster`): KUBERNETES_SERVICE_HOST/PORT and the
+    mounted token and CA, here made as the kubelet makes them. The member's own
+    ServiceAccount may review tokens; `app`, without system:auth-delegator, may not, which is
+    the member's misconfiguration (UNAVAILABLE), not the caller's."""
+    a_ns, b_ns = rig.namespaces
+    view = rig.plane.kubectl_json("config", "view", "--raw", "--minify")
+    ca = base64.b64decode(view["clusters"][0]["cluster"]["certificate-authority-data"])
+    host, port = rig.plane.server.removeprefix("https://").rsplit(":", 1)
+    env = {"KUBERNETES_SERVICE_HOST": host, "KUBERNETES_SERVICE_PORT": port}
+
+    def mounted(namespace: str, account: str) -> Path:
+        sa_dir = rig.root / f"sa-{account}-{uuid.uuid4().hex[:6]}"
+        sa_dir.mkdir()
+        (sa_dir / "ca.crt").write_bytes(ca)
+        token = rig.plane.kubectl("create", "token", account, "-n", namespace).stdout.strip()
+        (sa_dir / "token").write_text(token)
+        return sa_dir
+
+    async def scenario() -> None:
+        member = TokenReviewer(ApiServer.in_cluster(env, mounted(rig.member_ns, "concord")))
+        app = TokenReviewer(ApiServer.in_cluster(env, mounted(b_ns, "app")))
+        try:
+            who = await member.verify(rig.token(a_ns))
+            assert who.namespace == a_ns
+            with pytest.raises(
+                ReviewUnavailable, match=r"refused this member's TokenReview \(403\)"
+            ):
+                await app.verify(rig.token(a_ns))
+        finally:
+            await member.close()
+            await app.close()
+
+    asyncio.run(scenario())
+    with pytest.raises(ValueError, match="KUBERNETES_SERVICE_HOST"):
+        ApiServer.in_cluster({}, rig.root)
