@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -49,6 +50,7 @@ from coordinator.sealing import Scope
 from coordinator.testing.controlplane import SERVICE_ACCOUNT_ISSUER, ControlPlane
 from coordinator.testing.procs import free_ports
 from tests.process.harness import REPO, ProcessCluster
+from tests.sidecar.harness import check_against_spec
 
 pytestmark = [pytest.mark.kube, pytest.mark.process]
 
@@ -266,9 +268,11 @@ def test_unseal_is_allowed_for_the_own_namespace_only(rig: Rig) -> None:
     asyncio.run(scenario())
 
 
-def test_a_sidecar_with_a_token_file_takes_the_operators_lock(rig: Rig) -> None:
-    a_ns, b_ns = rig.namespaces
-    token_file = rig.token_file(rig.token(a_ns))
+@contextlib.contextmanager
+def sidecar(rig: Rig, token: str) -> Iterator[str]:
+    """A concord-sidecar process with --token-file (the namespace from the token itself):
+    its base URL; stopped afterwards."""
+    token_file = rig.token_file(token)
     log_path = rig.root / f"sidecar-{uuid.uuid4().hex[:6]}.log"
     env = {
         **os.environ,
@@ -277,18 +281,11 @@ def test_a_sidecar_with_a_token_file_takes_the_operators_lock(rig: Rig) -> None:
         "CONCORD_CA_FILE": str(rig.ca_file),
     }
     env.pop("CONCORD_TLS_DIR", None)
-    env.pop("POD_NAMESPACE", None)  # the namespace comes from the token itself
+    env.pop("POD_NAMESPACE", None)
+    argv = [sys.executable, "-m", "coordinator.sidecar", "--listen", "127.0.0.1:0"]
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "coordinator.sidecar",
-                "--listen",
-                "127.0.0.1:0",
-                "--token-file",
-                str(token_file),
-            ],
+            [*argv, "--token-file", str(token_file)],
             cwd=REPO,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -303,31 +300,7 @@ def test_a_sidecar_with_a_token_file_takes_the_operators_lock(rig: Rig) -> None:
             port = int(found.group(1)) if found else 0
             time.sleep(0.05)
         assert port, log_path.read_text()
-
-        async def scenario() -> None:
-            base = f"http://127.0.0.1:{port}"
-            async with aiohttp.ClientSession() as http:
-                async with http.post(f"{base}/v1/locks/nightly", json={"ttl_ms": 10_000}) as r:
-                    body = await r.json()
-                    assert r.status == 201, body
-                assert body["name"] == "nightly"  # the app sees its own name
-                async with http.post(f"{base}/v1/sequences/sidecar-ids", json={"start": 5}) as r:
-                    assert r.status == 201, await r.text()
-                async with http.post(f"{base}/v1/sequences/sidecar-ids/next", json={}) as r:
-                    assert (await r.json())["values"] == [5]
-                async with http.put(f"{base}/v1/kv/settings", json={"value": "on"}) as r:
-                    assert r.status == 200, await r.text()
-            # The coordinator object is the one the operator maps the Lease CR a_ns/nightly to.
-            name = coordinator_name(a_ns, "nightly")
-            assert name == f"k8s/{a_ns}/nightly"
-            async with rig.admin() as admin:
-                info = await admin.lock_info(name)
-                assert [h.fencing_token for h in info.holders] == [body["fencing_token"]]
-                assert (await admin.get(f"k8s/{a_ns}/settings".encode())) is not None
-                assert (await admin.sequence_get(f"k8s/{a_ns}/sidecar-ids")).next == 6
-                assert (await admin.lock_info(f"k8s/{b_ns}/nightly")).holders == ()
-
-        asyncio.run(scenario())
+        yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
         try:
@@ -335,6 +308,54 @@ def test_a_sidecar_with_a_token_file_takes_the_operators_lock(rig: Rig) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_a_sidecar_with_a_token_file_takes_the_operators_lock(rig: Rig) -> None:
+    a_ns, b_ns = rig.namespaces
+
+    async def scenario(base: str) -> None:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{base}/v1/locks/nightly", json={"ttl_ms": 10_000}) as r:
+                body = await r.json()
+                assert r.status == 201, body
+            assert body["name"] == "nightly"  # the app sees its own name
+            async with http.post(f"{base}/v1/sequences/sidecar-ids", json={"start": 5}) as r:
+                assert r.status == 201, await r.text()
+            async with http.post(f"{base}/v1/sequences/sidecar-ids/next", json={}) as r:
+                assert (await r.json())["values"] == [5]
+            async with http.put(f"{base}/v1/kv/settings", json={"value": "on"}) as r:
+                assert r.status == 200, await r.text()
+            async with http.get(f"{base}/v1/kv/settings") as r:
+                assert (await r.json())["key"] == "settings"
+        # The coordinator object is the one the operator maps the Lease CR a_ns/nightly to.
+        name = coordinator_name(a_ns, "nightly")
+        assert name == f"k8s/{a_ns}/nightly"
+        async with rig.admin() as admin:
+            info = await admin.lock_info(name)
+            assert [h.fencing_token for h in info.holders] == [body["fencing_token"]]
+            assert (await admin.get(f"k8s/{a_ns}/settings".encode())) is not None
+            assert (await admin.sequence_get(f"k8s/{a_ns}/sidecar-ids")).next == 6
+            assert (await admin.lock_info(f"k8s/{b_ns}/nightly")).holders == ()
+
+    with sidecar(rig, rig.token(a_ns)) as base:
+        asyncio.run(scenario(base))
+
+
+def test_a_sidecar_whose_token_is_refused_answers_401_as_documented(rig: Rig) -> None:
+    a_ns, _ = rig.namespaces
+
+    async def scenario(base: str) -> None:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{base}/v1/locks/nightly", json={"ttl_ms": 10_000}) as r,
+        ):
+            raw = await r.read()
+            check_against_spec("POST", "/v1/locks/nightly", r.status, r.headers, raw)
+            assert r.status == 401, raw
+            assert b"rejected (audience)" in raw
+
+    with sidecar(rig, rig.token(a_ns, audience="not-concord")) as base:
+        asyncio.run(scenario(base))
 
 
 def test_denials_are_counted_by_verb_and_reason_without_the_token(rig: Rig) -> None:
