@@ -458,3 +458,46 @@ def test_the_in_cluster_api_server_settings_work_and_need_the_tokenreview_grant(
     asyncio.run(scenario())
     with pytest.raises(ValueError, match="KUBERNETES_SERVICE_HOST"):
         ApiServer.in_cluster({}, rig.root)
+
+
+def test_a_member_that_cannot_reach_the_api_server_answers_unavailable(
+    rig: Rig, tmp_path: Path
+) -> None:
+    """The caller did nothing wrong: UNAVAILABLE (retried by the client), never
+    UNAUTHENTICATED, and the message says the token could not be verified."""
+    a_ns, _ = rig.namespaces
+    (dead,) = free_ports(1)
+    view = rig.plane.kubectl_json("config", "view", "--raw", "--minify")
+    view["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{dead}"
+    kubeconfig = tmp_path / "unreachable.kubeconfig"
+    kubeconfig.write_text(json.dumps(view))
+    lone = ProcessCluster(tmp_path / "lone", 1, cluster_id="identity-unreachable")
+    (port,) = free_ports(1)
+    member = lone.members[1]
+    member.extra_args += [
+        "--workload-identity", "kubernetes", "--workload-listen", f"127.0.0.1:{port}",
+        "--token-review-kubeconfig", str(kubeconfig),
+    ]  # fmt: skip
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_bytes(lone.ca.cert_pem)
+    token_file = rig.token_file(rig.token(a_ns))
+
+    async def scenario() -> None:
+        await lone.wait_ready()
+        async with Client.with_token(
+            [f"127.0.0.1:{port}"], token_file, ca_file, timeout_s=3.0
+        ) as c:
+            with pytest.raises(ConcordError) as info:
+                await c.put(f"k8s/{a_ns}/x".encode(), b"1")
+        assert info.value.code == "UNAVAILABLE", info.value
+        assert "cannot verify the token now" in info.value.message
+        assert "cannot reach the Kubernetes API server" in info.value.message
+
+    try:
+        lone.start_all()
+        asyncio.run(scenario())
+    except BaseException:
+        print(lone.log_tails(chars=4000))
+        raise
+    finally:
+        lone.close()
