@@ -66,11 +66,18 @@ from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.api.v1 import concord_pb2_grpc as rpc
 from coordinator.sealing import Reason
 
-from ._config import credentials_from_tls_dir, parse_endpoints, settings_from_env
+from ._config import (
+    ca_credentials,
+    credentials_from_tls_dir,
+    parse_endpoints,
+    settings_from_env,
+    token_credentials,
+)
 from ._errors import (
     Cancelled,
     ConcordError,
     DeadlineExceeded,
+    InvalidArgument,
     NotFound,
     Unavailable,
     error_for,
@@ -191,6 +198,7 @@ class Client:
         endpoints: str | Sequence[str],
         *,
         credentials: grpc.ChannelCredentials | None = None,
+        token_file: str | os.PathLike[str] | None = None,
         timeout_s: float = 10.0,
         rpc_timeout_s: float = 3.0,
         attempt_timeout_s: float = 1.0,
@@ -199,6 +207,16 @@ class Client:
     ) -> None:
         self.endpoints = parse_endpoints(endpoints)
         """host:port of the members to try, checked (InvalidArgument names a bad one)."""
+        if token_file is not None:
+            if credentials is None:
+                raise InvalidArgument(
+                    "a workload token is only sent over TLS: give credentials that trust the "
+                    "cluster CA (Client.with_token(endpoints, token_file, ca_file))"
+                )
+            credentials = token_credentials(credentials, token_file)
+        self.token_file = None if token_file is None else str(token_file)
+        """A pod's ServiceAccount token, sent on every call (the members' workload ports),
+        re-read when the file changes; None: the credentials alone identify the client."""
         self.credentials = credentials
         self.timeout_s = timeout_s
         """The whole call's budget, retries included."""
@@ -233,6 +251,19 @@ class Client:
         client-key.pem (or member.pem + member-key.pem), as `concordctl cluster init`
         writes it. InvalidArgument (a ValueError) names a missing file or bad endpoint."""
         return cls(endpoints, credentials=credentials_from_tls_dir(tls_dir), **options)
+
+    @classmethod
+    def with_token(
+        cls,
+        endpoints: str | Sequence[str],
+        token_file: str | os.PathLike[str],
+        ca_file: str | os.PathLike[str],
+        **options: Any,  # noqa: ANN401 (the constructor's keyword options)
+    ) -> Client:
+        """A client of members' workload ports: TLS trusting the cluster CA in `ca_file`,
+        no client certificate, and the pod's ServiceAccount token from `token_file` (audience
+        concord) on every call. The members scope it to `k8s/<its namespace>/`."""
+        return cls(endpoints, credentials=ca_credentials(ca_file), token_file=token_file, **options)
 
     @classmethod
     def from_env(
@@ -282,6 +313,17 @@ class Client:
             if stubs is not None and stubs.channel.get_state() != grpc.ChannelConnectivity.READY:
                 return dataclasses.replace(err, unreachable=silent(endpoint))
         return err
+
+    def _hint(self, leader: str) -> str:
+        """Where to follow a redirect. A redirect names the leader's client port, which asks
+        for a client certificate: a client with a workload token goes to the endpoint it
+        was given on the same host instead (the leader's workload port) if exactly one is
+        there, else nowhere: the client then tries its endpoints in turn."""
+        if not leader or self.token_file is None:
+            return leader
+        host = leader.rpartition(":")[0]
+        same = [e for e in self.endpoints if e.rpartition(":")[0] == host]
+        return same[0] if len(same) == 1 else ""
 
     def _suspect(self, endpoint: str) -> bool:
         until = self._suspect_until.get(endpoint)
@@ -419,7 +461,7 @@ class Client:
                     loop.time() - started >= self.connect_timeout_s
                 ):
                     raise Unavailable(_advice({**unreachable, **wrong})) from None
-                hint = err.leader
+                hint = self._hint(err.leader)
                 if hint and hint != endpoint and not self._suspect(hint):
                     if hint not in self.endpoints:
                         self.endpoints.append(hint)

@@ -18,7 +18,7 @@ was sent anywhere.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,3 +133,64 @@ def settings_from_env(
     endpoints = parse_endpoints(raw)
     tls_dir = env.get(TLS_DIR_ENV, "")
     return endpoints, credentials_from_tls_dir(tls_dir) if tls_dir else None
+
+
+# --- workload tokens ---------------------------------------------------------------------------
+
+AUTHORIZATION_KEY = "authorization"
+
+
+class TokenFile:
+    """A pod's projected ServiceAccount token, sent as `authorization: Bearer <token>` on
+    every call (a `grpc.AuthMetadataPlugin`).
+
+    The kubelet rotates projected tokens by swapping the file (a symlink flip), so it is read
+    again whenever its identity (inode, size, mtime) changes; otherwise the read is cached.
+    A token that cannot be read fails the call with the file named. grpc runs the plugin on a
+    thread of its own, never on the event loop."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._seen: tuple[int, int, int] | None = None
+        self._token = ""
+
+    def token(self) -> str:
+        """The current token; OSError or InvalidArgument if it cannot be had."""
+        st = self.path.stat()
+        seen = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if seen != self._seen:
+            token = self.path.read_text(encoding="utf-8").strip()
+            if not token:
+                raise InvalidArgument(f"the token file {str(self.path)!r} is empty")
+            self._token, self._seen = token, seen
+        return self._token
+
+    def __call__(self, context: object, callback: Callable[..., None]) -> None:
+        try:
+            token = self.token()
+        except (OSError, InvalidArgument) as err:
+            callback((), InvalidArgument(f"cannot read the token file {str(self.path)!r}: {err}"))
+            return
+        callback(((AUTHORIZATION_KEY, f"Bearer {token}"),), None)
+
+
+def token_credentials(
+    tls: grpc.ChannelCredentials, token_file: str | os.PathLike[str]
+) -> grpc.ChannelCredentials:
+    """`tls` (trusting the cluster CA; no client certificate needed) plus the token of
+    `token_file` on every call: how a pod reaches a member's workload port."""
+    plugin = TokenFile(token_file)
+    if not plugin.path.is_file():
+        raise InvalidArgument(
+            f"no token file at {str(plugin.path)!r}: mount a projected ServiceAccount token "
+            "with audience 'concord' there"
+        )
+    return grpc.composite_channel_credentials(tls, grpc.metadata_call_credentials(plugin))
+
+
+def ca_credentials(ca_file: str | os.PathLike[str]) -> grpc.ChannelCredentials:
+    """TLS that trusts only the cluster CA in `ca_file` and presents no certificate."""
+    try:
+        return grpc.ssl_channel_credentials(root_certificates=Path(ca_file).read_bytes())
+    except OSError as err:
+        raise InvalidArgument(f"cannot read the CA file {str(ca_file)!r}: {err.strerror}") from None

@@ -174,7 +174,13 @@ async def _stream_error(stream: Any, err: Exception, endpoint: str) -> CallFaile
         metadata = dict(err.trailing_metadata() or ())
         code = err.code()
         if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-            if code in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.PERMISSION_DENIED):
+            # Refused before any call on it ran (a workload port without a good token, a
+            # member without the API): definite, not retried.
+            if code in (
+                grpc.StatusCode.UNIMPLEMENTED,
+                grpc.StatusCode.PERMISSION_DENIED,
+                grpc.StatusCode.UNAUTHENTICATED,
+            ):
                 return CallFailed(code, err.details() or "")
             code = grpc.StatusCode.UNAVAILABLE
         return CallFailed(

@@ -33,6 +33,7 @@ from .commands import LockRelease as LockRelease
 from .commands import MemberRemove as MemberRemove
 from .commands import MemberUpsert as MemberUpsert
 from .commands import Noop as Noop
+from .commands import OwnedLeaseGrant as OwnedLeaseGrant
 from .commands import Proclaim as Proclaim
 from .commands import Put as Put
 from .commands import Range as Range
@@ -121,6 +122,7 @@ __all__ = [
     "MemberUpsert",
     "Noop",
     "OpResult",
+    "OwnedLeaseGrant",
     "Proclaim",
     "Put",
     "PutResult",

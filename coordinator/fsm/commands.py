@@ -230,6 +230,28 @@ class LeaseGrant:
 
 
 @dataclass(frozen=True, slots=True)
+class OwnedLeaseGrant:
+    """`LeaseGrant` for a workload: the lease also records the Kubernetes namespace that owns
+    it, so the service can refuse keep-alives, revokes and reads of it from other namespaces
+    (`coordinator.server._policy`). A tag of its own rather than a new field on `LeaseGrant`,
+    so entries written before it decode as they always did. `owner` is never empty."""
+
+    TAG: ClassVar[int] = 14
+    ttl_ms: int
+    id: int
+    owner: str
+
+    def _write(self, w: Writer) -> None:
+        w.u64(self.ttl_ms)
+        w.u64(self.id)
+        w.text(self.owner)
+
+    @classmethod
+    def _read(cls, r: Reader) -> Self:
+        return cls(r.u64(), r.u64(), r.text())
+
+
+@dataclass(frozen=True, slots=True)
 class LeaseKeepAlive:
     """Reset the lease's deadline to now + its TTL."""
 
@@ -541,6 +563,7 @@ Command = (
     | Delete
     | Txn
     | LeaseGrant
+    | OwnedLeaseGrant
     | LeaseKeepAlive
     | LeaseRevoke
     | ExpireLeases
@@ -564,6 +587,7 @@ COMMAND_TYPES: tuple[type[Command], ...] = (
     Delete,
     Txn,
     LeaseGrant,
+    OwnedLeaseGrant,
     LeaseKeepAlive,
     LeaseRevoke,
     ExpireLeases,

@@ -23,6 +23,11 @@ mass revocation of healthy clients' locks. So each lease gets a full TTL from th
 first command (etcd's lessor `Promote` does the same). A client that really died is still
 expired, one TTL later. Safety does not depend on it: holders are fenced by tokens, not time.
 
+Owners. A lease granted by a workload identity (`OwnedLeaseGrant`) records the workload's
+namespace; the service checks it before a workload may keep the lease alive, revoke it, read
+it or hang something on it. Snapshots from version 5 carry the owners after the sealing keys
+(`write_owners`); older images have none, which is what they meant.
+
 Ids. `id` 0 asks for an automatic id: one more than the highest id ever granted, so an
 automatic id is never one an old client may still hold. Ids are 1..2**63-1.
 """
@@ -49,6 +54,9 @@ class Lease:
     deadline_ms: int
     """Replicated time at which the lease ends unless kept alive; only moves forward
     (keep-alive and refresh both take a max)."""
+    owner: str = ""
+    """The Kubernetes namespace of the workload that granted it ("": a cluster client, which
+    any cluster client may use). Fixed at grant."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +94,12 @@ class LeaseTable:
     def ids(self) -> list[int]:
         return sorted(self._leases)
 
-    def grant(self, ttl_ms: int, lease_id: int, now_ms: int) -> Lease:
+    def owner(self, lease_id: int) -> str | None:
+        """The lease's owner namespace ("" for a cluster client's), None if no such lease."""
+        lease = self._leases.get(lease_id)
+        return None if lease is None else lease.owner
+
+    def grant(self, ttl_ms: int, lease_id: int, now_ms: int, owner: str = "") -> Lease:
         if not MIN_TTL_MS <= ttl_ms <= MAX_TTL_MS:
             raise invalid(
                 f"lease TTL {ttl_ms} ms is outside {MIN_TTL_MS}..{MAX_TTL_MS} ms (1 s to 1 day)"
@@ -104,7 +117,7 @@ class LeaseTable:
                 f"the cluster holds {len(self._leases)} leases, the limit; revoke unused leases "
                 "or share one lease among a client's keys and locks"
             )
-        lease = Lease(lease_id, ttl_ms, now_ms + ttl_ms)
+        lease = Lease(lease_id, ttl_ms, now_ms + ttl_ms, owner)
         self._leases[lease_id] = lease
         self._max_id = max(self._max_id, lease_id)
         heapq.heappush(self._due, (lease.deadline_ms, lease_id))
@@ -156,6 +169,22 @@ class LeaseTable:
             w.u64(lease.id)
             w.u64(lease.ttl_ms)
             w.i64(lease.deadline_ms)
+
+    def write_owners(self, w: Writer) -> None:
+        """The owners of owned leases (snapshot version 5 and later), by id."""
+        owned = sorted((lid, lease.owner) for lid, lease in self._leases.items() if lease.owner)
+        w.u32(len(owned))
+        for lease_id, owner in owned:
+            w.u64(lease_id)
+            w.text(owner)
+
+    def read_owners_into(self, r: Reader) -> None:
+        for _ in range(r.count()):
+            lease_id, owner = r.u64(), r.text()
+            lease = self._leases.get(lease_id)
+            if lease is None or not owner:
+                raise r.fail(f"owner {owner!r} recorded for lease {lease_id}, which is unknown")
+            lease.owner = owner
 
     def read_into(self, r: Reader) -> None:
         max_id = r.u64()

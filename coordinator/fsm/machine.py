@@ -67,7 +67,7 @@ from dataclasses import dataclass
 
 from coordinator.raft import Entry, EntryKind, SessionTable, SessionVerdict
 
-from ._wire import DecodeError, Reader, Writer
+from ._wire import DecodeError, Reader, Writer, invariant
 from .commands import (
     Campaign,
     Command,
@@ -85,6 +85,7 @@ from .commands import (
     MemberRemove,
     MemberUpsert,
     Noop,
+    OwnedLeaseGrant,
     Proclaim,
     Put,
     Resign,
@@ -124,11 +125,11 @@ from .sealing_keys import SealingKey, SealingKeyTable
 from .sequences import SequenceTable
 
 SNAPSHOT_MAGIC = b"CFSM"
-SNAPSHOT_VERSION = 4
-"""The image `snapshot` writes. Versions 1 (no join-token table), 2 (no removed member ids)
-and 3 (no sealing keys) are still read; 4 adds the sealing key table after the removed
-member ids."""
-_READABLE_SNAPSHOT_VERSIONS = (1, 2, 3, 4)
+SNAPSHOT_VERSION = 5
+"""The image `snapshot` writes. Versions 1 (no join-token table), 2 (no removed member ids),
+3 (no sealing keys) and 4 (no lease owners) are still read; 4 adds the sealing key table
+after the removed member ids, 5 the owners of workload leases after that."""
+_READABLE_SNAPSHOT_VERSIONS = (1, 2, 3, 4, 5)
 DEFAULT_MAX_SESSIONS = 100_000
 
 
@@ -303,6 +304,10 @@ class StateMachine:
             case LeaseGrant():
                 lease = self._leases.grant(cmd.ttl_ms, cmd.id, now)
                 return LeaseResult(lease.id, lease.ttl_ms)
+            case OwnedLeaseGrant():
+                invariant(bool(cmd.owner), "an owned lease names its owner")
+                lease = self._leases.grant(cmd.ttl_ms, cmd.id, now, cmd.owner)
+                return LeaseResult(lease.id, lease.ttl_ms)
             case LeaseKeepAlive():
                 lease = self._leases.keep_alive(cmd.id, now)
                 return LeaseResult(lease.id, lease.ttl_ms)
@@ -423,6 +428,10 @@ class StateMachine:
 
     def leases(self) -> tuple[int, ...]:
         return tuple(self._leases.ids())
+
+    def lease_owner(self, lease_id: int) -> str | None:
+        """The namespace owning the lease ("" for a cluster client's), None if unknown here."""
+        return self._leases.owner(lease_id)
 
     def lease_ttl(self, lease_id: int) -> LeaseInfo:
         lease = self._leases.get(lease_id)
@@ -553,6 +562,7 @@ class StateMachine:
         self._join_tokens.write(tail)
         self._members.write_removed(tail)
         self._sealing_keys.write(tail)
+        self._leases.write_owners(tail)
         tail.blob(self._sessions.encode())
         before, after = head.getvalue(), tail.getvalue()
 
@@ -614,6 +624,8 @@ class StateMachine:
             self._members.read_removed_into(r)
         if version >= 4:
             self._sealing_keys.read_into(r)
+        if version >= 5:
+            self._leases.read_owners_into(r)
         self._sessions = SessionTable.decode(r.blob(), self._max_sessions)
         r.finish()
 

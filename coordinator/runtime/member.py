@@ -124,6 +124,8 @@ from .tls import (
     member_server_credentials,
     write_member_tls,
 )
+from .tokenreview import ApiServer, TokenReviewer
+from .tokenreview import ConfigError as TokenReviewConfigError
 
 log = logging.getLogger("concord.member")
 
@@ -176,6 +178,13 @@ class MemberConfig:
     restored backup's) is kept rather than replaced by the default `member-<id>`."""
     sealing_key_renew_days: float = 30.0
     """While leading, make a new sealing key once the newest is this old; 0: on demand only."""
+    workload_identity: str = "off"
+    """"kubernetes": serve pods with ServiceAccount tokens on `workload_listen`
+    (coordinator.server._workload), verified by TokenReview; "off": no such port."""
+    workload_listen: str = ""
+    token_review_kubeconfig: Path | None = None
+    """The API server for TokenReviews; None: the in-cluster one."""
+    token_audience: str = "concord"
 
 
 def split_host_port(text: str, what: str) -> tuple[str, int]:
@@ -266,6 +275,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="disaster recovery: restart this surviving member from its own data as a new "
         "one-member cluster (see `concordctl cluster recover`); refused for a new data dir",
     )
+    wi = p.add_argument_group(
+        "workload identity (pods with ServiceAccount tokens; docs/identity.md)"
+    )
+    wi.add_argument(
+        "--workload-identity",
+        choices=["off", "kubernetes"],
+        default="off",
+        help="kubernetes: serve pods that present a projected ServiceAccount token (audience "
+        "--token-audience) on --workload-listen, verified with TokenReview and scoped to "
+        "k8s/<namespace>/; off (default): only client certificates, on the client port",
+    )
+    wi.add_argument(
+        "--workload-listen",
+        metavar="HOST:PORT",
+        help="the workload port (TLS, no client certificate asked; a bearer token instead)",
+    )
+    wi.add_argument(
+        "--token-review-kubeconfig",
+        type=Path,
+        help="kubeconfig for the API server that reviews tokens (default: in-cluster, from "
+        "KUBERNETES_SERVICE_HOST/PORT and the mounted ServiceAccount token and CA)",
+    )
+    wi.add_argument(
+        "--token-audience",
+        default="concord",
+        help="the audience tokens must be minted for (default concord)",
+    )
     join = p.add_argument_group("joining a running cluster (runtime/join.py)")
     join.add_argument(
         "--join",
@@ -331,6 +367,7 @@ def config_from_args(ns: argparse.Namespace) -> MemberConfig:
         )
     if ns.join_listen:
         split_host_port(ns.join_listen, "--join-listen")
+    _check_workload_flags(ns)
     scheme = "http" if ns.insecure else "https"
     peer_url = _advertised(ns.advertise_peer_url, ns.peer_listen, scheme, "peer")
     client_url = _advertised(ns.advertise_client_url, ns.client_listen, scheme, "client")
@@ -355,6 +392,10 @@ def config_from_args(ns: argparse.Namespace) -> MemberConfig:
         "ca_key_file": ns.ca_key_file,
         "advertise_peer_url": peer_url,
         "advertise_client_url": client_url,
+        "workload_identity": ns.workload_identity,
+        "workload_listen": ns.workload_listen or "",
+        "token_review_kubeconfig": ns.token_review_kubeconfig,
+        "token_audience": ns.token_audience,
     }
     if join is not None:
         if record is not None or _initialised(ns.data_dir):
@@ -456,6 +497,29 @@ def _joined_config(
     )
 
 
+def _check_workload_flags(ns: argparse.Namespace) -> None:
+    if ns.workload_identity == "off":
+        if ns.workload_listen or ns.token_review_kubeconfig:
+            raise ConfigError(
+                "--workload-listen and --token-review-kubeconfig are used with "
+                "--workload-identity kubernetes"
+            )
+        return
+    if not ns.workload_listen:
+        raise ConfigError(
+            "--workload-identity kubernetes needs --workload-listen HOST:PORT: workloads "
+            "present tokens on a port of their own (the client port demands certificates)"
+        )
+    split_host_port(ns.workload_listen, "--workload-listen")
+    if ns.insecure:
+        raise ConfigError(
+            "--workload-identity needs TLS (--tls-dir): a bearer token sent in plaintext is "
+            "anyone's who can listen"
+        )
+    if not ns.token_audience.strip():
+        raise ConfigError("--token-audience must not be empty")
+
+
 def _join_settings(ns: argparse.Namespace) -> JoinSettings | None:
     text = ns.join_token or os.environ.get("CONCORD_JOIN_TOKEN", "")
     if not ns.join:
@@ -527,6 +591,8 @@ class Member:
         self.http_port = 0
         self.peer_port = 0
         self.client_port = 0
+        self.workload_port = 0
+        """The workload port actually bound (0: none)."""
         self.join_port = 0
         self._signing_ca: CertifiedKey | None = None
         """The cluster CA with its key (--ca-key-file), for signing joiners' certificates."""
@@ -1213,6 +1279,8 @@ class _ClientApi:
 
     def __init__(self, gateway: _Gateway) -> None:
         self.gateway = gateway
+        self.workload: _WorkloadPort | None = None
+        self.reviewer: TokenReviewer | None = None
 
     @property
     def port(self) -> int:
@@ -1239,13 +1307,72 @@ class _ClientApi:
         except (OSError, RuntimeError) as err:
             raise ConfigError(f"cannot serve the client API on {address}: {err}") from None
         log.info("client API on %s", address)
-        return cls(gateway)
+        api = cls(gateway)
+        if member.cfg.workload_identity != "off" and tls is not None:
+            try:
+                await api._start_workload_port(member, tls)
+            except BaseException:
+                await gateway.stop(0)
+                raise
+        return api
+
+    async def _start_workload_port(self, member: Member, tls: MemberTls) -> None:
+        cfg = member.cfg
+        start: Callable[..., Awaitable[_WorkloadPort]] | None = _find_server_function(
+            "start_workload_port"
+        )
+        if start is None:
+            raise ConfigError("this build has no workload port (coordinator.server is too old)")
+        try:
+            api = (
+                ApiServer.from_kubeconfig(cfg.token_review_kubeconfig)
+                if cfg.token_review_kubeconfig is not None
+                else ApiServer.in_cluster()
+            )
+        except TokenReviewConfigError as err:
+            raise ConfigError(str(err)) from None
+        self.reviewer = TokenReviewer(api, audience=cfg.token_audience, clock=member.clock)
+        credentials = grpc.ssl_server_credentials(
+            [(tls.key_pem, tls.cert_pem)], require_client_auth=False
+        )
+        try:
+            self.workload = await start(
+                self.gateway,
+                cfg.workload_listen,
+                credentials,
+                self.reviewer,
+                on_denied=member.metrics.count_denied,
+            )
+        except (OSError, RuntimeError) as err:
+            await self.reviewer.close()
+            raise ConfigError(
+                f"cannot serve the workload port on {cfg.workload_listen}: {err}"
+            ) from None
+        member.workload_port = self.workload.port
+        log.info(
+            "workload port on %s (ServiceAccount tokens for audience %r, reviewed by %s)",
+            cfg.workload_listen,
+            cfg.token_audience,
+            api.where,
+        )
 
     def attach(self, loop: MeteredRaftLoop) -> None:
         self.gateway.attach(loop)
 
     async def stop(self, grace_s: float) -> None:
+        if self.workload is not None:
+            await self.workload.stop(grace_s)
         await self.gateway.stop(grace_s)
+        if self.reviewer is not None:
+            await self.reviewer.close()
+
+
+class _WorkloadPort(Protocol):
+    """`coordinator.server._workload.WorkloadPort`, as this module uses it."""
+
+    port: int
+
+    async def stop(self, grace_s: float | None = None) -> None: ...
 
 
 def _find_start_gateway() -> Callable[..., Awaitable[_Gateway]] | None:

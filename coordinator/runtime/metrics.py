@@ -96,8 +96,20 @@ class MemberMetrics:
             "1 while the member waits for its unlock key (autolock).",
             registry=r,
         )
+        self.workload_denied = Counter(
+            "concord_workload_denied",
+            "Calls of workload identities (ServiceAccount tokens) that were refused, by RPC "
+            "(verb, e.g. Lock.Lock) and reason: namespace, admin, lease, unseal-scope, "
+            "unscoped, or why the token was not accepted (missing, expired, audience, "
+            "signature, ...). The token is never a label.",
+            ["verb", "reason"],
+            registry=r,
+        )
         self._state = _StateCollector()
         r.register(self._state)
+
+    def count_denied(self, verb: str, reason: str) -> None:
+        self.workload_denied.labels(verb=verb, reason=reason).inc()
 
     def observe_round_trip(self, peer: int, seconds: float) -> None:
         self.peer_round_trip_seconds.labels(peer=str(peer)).observe(seconds)

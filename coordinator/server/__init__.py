@@ -33,6 +33,13 @@ Contract for clients (the CLI, the sidecar, the operator):
   name.
 - Streams. Watch and Observe are served by any member from its own replicated history
   (`_watch.py`, `_election.py`); KeepAlive goes to the leader.
+- Workload identity (`_workload.py`, `_policy.py`, docs/identity.md). With
+  `--workload-identity kubernetes` a member also serves every service on a workload port
+  (TLS, no client certificate asked): each call carries a pod's ServiceAccount token as
+  `authorization: Bearer <token>` (UNAUTHENTICATED without a valid one, UNAVAILABLE when the
+  API server cannot review it) and may touch only `k8s/<its namespace>/` (PERMISSION_DENIED
+  naming the identity, the verb and the object). The member process finds
+  `start_workload_port` in `coordinator.server.server` by name.
 - Joining (`_join.py`, concord/v1/join.proto). Join tokens are managed through the Cluster
   service (client certificate needed); `Join` is served on a member's join port (no client
   certificate), `Admission` on its peer port (member certificates only). The member process

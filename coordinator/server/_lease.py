@@ -13,9 +13,17 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from coordinator.api.v1 import concord_pb2 as pb
-from coordinator.fsm import LeaseGrant, LeaseKeepAlive, LeaseResult, LeaseRevoke, RevisionResult
+from coordinator.fsm import (
+    LeaseGrant,
+    LeaseKeepAlive,
+    LeaseResult,
+    LeaseRevoke,
+    OwnedLeaseGrant,
+    RevisionResult,
+)
 
 from . import _validate as v
+from ._caller import workload
 from ._core import Core
 from ._rpc import Call, Servicer, streaming, unary
 
@@ -27,7 +35,14 @@ class LeaseService(Servicer):
 
     @unary
     async def Grant(self, request: pb.LeaseGrantRequest, call: Call) -> pb.LeaseGrantResponse:
-        cmd = LeaseGrant(v.ttl_ms(request.ttl_ms), v.lease_id(request.id, required=False))
+        ttl_ms, lease_id = v.ttl_ms(request.ttl_ms), v.lease_id(request.id, required=False)
+        guard = workload()
+        # A workload's lease records its namespace, so no other namespace can use it.
+        cmd: LeaseGrant | OwnedLeaseGrant = (
+            LeaseGrant(ttl_ms, lease_id)
+            if guard is None
+            else OwnedLeaseGrant(ttl_ms, lease_id, guard.who.namespace)
+        )
         applied = await self.core.propose(cmd, v.session(request.session))
         res = self.core.expect(applied, LeaseResult)
         return pb.LeaseGrantResponse(

@@ -25,8 +25,10 @@ from typing import Any, NoReturn
 
 from coordinator.api.v1 import concord_pb2 as pb
 
+from ._caller import workload
 from ._core import Core
 from ._errors import LEADER_METADATA_KEY, QUEUED_METADATA_KEY, ServiceError, invalid
+from ._policy import PIPELINE_VERBS
 from ._rpc import Call, Metadata, deadline_error, to_service_error
 
 log = logging.getLogger("concord.server")
@@ -133,6 +135,9 @@ class PipelineService:
         at = None if timeout_s is None else loop.time() + timeout_s
         call = Call(_Deadline(at), self.deadline_s)
         try:
+            guard = workload()
+            if guard is not None:  # a workload's call: checked as the RPC it stands for
+                guard.check(PIPELINE_VERBS[kind], getattr(c, kind))
             if route.blocking:
                 response = await route.handler(getattr(c, kind), call)
             else:

@@ -20,6 +20,10 @@ operator's identity only: a client certificate naming the role URI `concord://ro
 it is as trustworthy as the CA key. Without TLS nobody can be identified, and Unseal refuses
 everyone. ReEncrypt and ValidateSealed never return plaintext, so any client may call them.
 
+Workload identities (pods with a ServiceAccount token, on the workload port: `_workload.py`)
+may Unseal values of their own namespace sealed strict or namespace-wide; the port's policy
+(`_policy.py`) decides that before this service runs.
+
 **Unsealing** reads the key named in the envelope from the local state machine; a key it does
 not know yet (a follower a moment behind a renewal) gets a linearizable read first, so
 UNKNOWN_KEY is only ever answered for a key the cluster has not committed. The RSA and AES
@@ -46,6 +50,7 @@ from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.fsm import SealingKey, SealingKeyAdd, SealingKeyResult
 from coordinator.runtime.tls import OPERATOR_ROLE, ROLE_URI_PREFIX, roles_of
 
+from ._caller import workload
 from ._core import Core
 from ._errors import Code, ServiceError
 from ._rpc import Call, Servicer, blocking, unary
@@ -230,7 +235,9 @@ class SecretsService(Servicer):
         request: pb.UnsealRequest,
         context: Any,  # noqa: ANN401 (grpc's context)
     ) -> pb.UnsealResponse:
-        refusal = operator_refusal(context.auth_context())
+        # A workload identity was admitted by the workload port's policy (its own namespace,
+        # a strict or namespace-wide value); everyone else must be the operator.
+        refusal = "" if workload() is not None else operator_refusal(context.auth_context())
         if refusal:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
         return await self._unseal(request, context)

@@ -21,6 +21,7 @@ loop's applies, so they never need a lock (see `coordinator.runtime.loop`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import grpc
@@ -38,9 +39,11 @@ from ._lease import LeaseService
 from ._lock import LockService
 from ._maintenance import MaintenanceService, MemberKeys, phase_error
 from ._pipeline import PipelineService
+from ._policy import Policy
 from ._secrets import SecretsService
 from ._sequence import SequenceService
 from ._watch import WatchService
+from ._workload import Authenticator, WorkloadPort, listen_workload_port
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 """Requests and responses (a 1 MiB value, a txn of 128 ops) fit well inside."""
@@ -66,6 +69,8 @@ class RunningServer:
     port: int
     """The port actually bound (useful with "host:0")."""
     core: Core
+    dispatch: Dispatch
+    """What answers each method (a workload port can serve the same: `start_workload_port`)."""
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop listening, end the open RPCs (after `grace_s`) and detach from the loop."""
@@ -87,7 +92,8 @@ class Gateway:
         self.port = port
         """The port actually bound (useful with "host:0")."""
         self.config = config
-        self._dispatch = dispatch
+        self.dispatch = dispatch
+        """What answers each method (swapped at `attach`); the workload port wraps it."""
         self.core: Core | None = None
         self.cluster_ca_pem: bytes | None = None
         """The cluster CA the Cluster service names in join tokens (None: no TLS)."""
@@ -115,7 +121,7 @@ class Gateway:
         if self.config.sealing_key_renew_s is not None:
             core.spawn(secrets.renew_on_schedule(self.config.sealing_key_renew_s))
         services["Pipeline"] = PipelineService(core, services)
-        self._dispatch.attach(list(services.items()))
+        self.dispatch.attach(list(services.items()))
         return core
 
     async def stop(self, grace_s: float | None = None) -> None:
@@ -175,7 +181,7 @@ async def start_server(
         address, credentials, config=config, cluster_ca_pem=cluster_ca_pem
     )
     core = gateway.attach(loop)
-    return RunningServer(gateway.server, gateway.port, core)
+    return RunningServer(gateway.server, gateway.port, core, gateway.dispatch)
 
 
 async def serve(
@@ -183,6 +189,29 @@ async def serve(
 ) -> grpc.aio.Server:
     """Serve `concord.v1` for `loop` on `address`; TLS iff `credentials` is given."""
     return (await start_server(loop, address, credentials)).server
+
+
+async def start_workload_port(
+    gateway: Gateway | RunningServer,
+    address: str,
+    credentials: grpc.ServerCredentials,
+    authenticator: Authenticator,
+    *,
+    policy: Policy | None = None,
+    on_denied: Callable[[str, str], None] | None = None,
+) -> WorkloadPort:
+    """The member's workload port over `gateway` (`_workload.py`): the same API for pods with
+    a ServiceAccount token, scoped to their namespace. `credentials`: TLS that asks for no
+    client certificate. The member process finds this function by name."""
+    return await listen_workload_port(
+        gateway,
+        address,
+        credentials,
+        authenticator,
+        client_server_options(),
+        policy=policy,
+        on_denied=on_denied,
+    )
 
 
 def join_services(loop: RaftLoop, authority: JoinAuthority) -> JoinServices:

@@ -172,8 +172,13 @@ class Sidecar:
         *,
         probe_interval_s: float = 1.0,
         heartbeat_s: float = SSE_HEARTBEAT_S,
+        prefix: str = "",
     ) -> None:
         self.client = client
+        self.prefix = prefix
+        """Put in front of every name and key the app gives ("k8s/<namespace>/" for a pod
+        with a workload token, as the coordinator scopes it; "": names as given). Answers
+        show the app's own names."""
         self.probe_interval_s = probe_interval_s
         self.heartbeat_s = heartbeat_s
         self.spec = load_spec()
@@ -322,7 +327,7 @@ class Sidecar:
         while True:
             try:
                 async with asyncio.timeout(self.client.timeout_s):
-                    await self.client.get(PROBE_KEY)
+                    await self.client.get(self._key(PROBE_KEY))
             except (ConcordError, TimeoutError) as err:
                 if self.ready:
                     log.warning("the coordinator is not reachable: %s", err)
@@ -388,6 +393,17 @@ class Sidecar:
         assert isinstance(body, dict)
         return body
 
+    # --- names as the coordinator knows them ---------------------------------------------
+
+    def _name(self, name: str) -> str:
+        return self.prefix + name
+
+    def _key(self, key: bytes) -> bytes:
+        return self.prefix.encode("utf-8") + key
+
+    def _kv_view(self, kv: KeyValue) -> dict[str, Any]:
+        return _kv_view(kv, self.prefix.encode("utf-8"))
+
     # --- locks -----------------------------------------------------------------------------
 
     async def lock_acquire(self, request: web.Request) -> web.Response:
@@ -399,7 +415,7 @@ class Sidecar:
 
         def hold(client: Client) -> contextlib.AbstractAsyncContextManager[Held]:
             return client.lock(
-                name,
+                self._name(name),
                 ttl_ms=ttl_ms,
                 timeout_s=wait_ms / 1000 if wait_ms else None,
                 max_holders=int(body.get("max_holders", 1)),
@@ -414,7 +430,7 @@ class Sidecar:
 
     async def lock_info(self, request: web.Request) -> web.Response:
         name = _name(request)
-        info = await self.client.lock_info(name)
+        info = await self.client.lock_info(self._name(name))
         holders = [
             {
                 "lease": h.lease,
@@ -430,7 +446,7 @@ class Sidecar:
         name = _name(request)
         body = await self._body(request, "FenceCheck")
         token = int(body["fencing_token"])
-        current = await self.client.check_fence(name, token)
+        current = await self.client.check_fence(self._name(name), token)
         return _json(200, {"name": name, "fencing_token": token, "current": current})
 
     # --- holds (locks and leaderships alike) -----------------------------------------------
@@ -595,7 +611,9 @@ class Sidecar:
         callback = _callback_url(body.get("callback_url"))
 
         def hold(client: Client) -> contextlib.AbstractAsyncContextManager[Held]:
-            return client.leadership(name, value.encode(), ttl_ms=ttl_ms, timeout_s=wait_ms / 1000)
+            return client.leadership(
+                self._name(name), value.encode(), ttl_ms=ttl_ms, timeout_s=wait_ms / 1000
+            )
 
         h = await self._take(
             "leadership", name, ttl_ms, hold, callback_url=callback, value=value, blocking=True
@@ -604,7 +622,7 @@ class Sidecar:
 
     async def leader(self, request: web.Request) -> web.Response:
         name = _name(request)
-        got = await self.client.leader(name)
+        got = await self.client.leader(self._name(name))
         if got is None:
             raise HttpError(404, f"election {name!r} has no leader")
         return _json(
@@ -623,8 +641,8 @@ class Sidecar:
         does not return one, so the stream starts from "now" (a change in between is still
         reported, as its event arrives after the read)."""
         name = _name(request)
-        current = await self.client.leader(name)
-        events = self.client.watch(name.encode())
+        current = await self.client.leader(self._name(name))
+        events = self.client.watch(self._name(name).encode())
         stream = _EventStream(request)
         async with _sse(stream) as send:
             if current is None:
@@ -687,48 +705,49 @@ class Sidecar:
         name = _name(request)
         body = await self._body(request, "SequenceCreate")
         start, increment = int(body.get("start", 1)), int(body.get("increment", 1))
-        await self.client.sequence_create(name, start, increment)
+        await self.client.sequence_create(self._name(name), start, increment)
         return _json(201, {"name": name, "next": start, "increment": increment})
 
     async def sequence_next(self, request: web.Request) -> web.Response:
         name = _name(request)
         body = await self._body(request, "SequenceNext")
-        values = await self.client.sequence_next(name, int(body.get("count", 1)))
+        values = await self.client.sequence_next(self._name(name), int(body.get("count", 1)))
         return _json(200, {"name": name, "values": values})
 
     async def kv_get(self, request: web.Request) -> web.Response:
         key = _key(request)
-        kv = await self.client.get(key)
+        kv = await self.client.get(self._key(key))
         if kv is None:
             raise HttpError(404, f"no key {key.decode()!r}")
         return _json(
             200,
-            _kv_view(kv),
+            self._kv_view(kv),
         )
 
     async def kv_put(self, request: web.Request) -> web.Response:
         key = _key(request)
         body = await self._body(request, "Put")
-        revision = await self.client.put(key, str(body["value"]).encode())
+        revision = await self.client.put(self._key(key), str(body["value"]).encode())
         return _json(200, {"key": key.decode(), "revision": revision})
 
     async def kv_cas(self, request: web.Request) -> web.Response:
         from coordinator.client import Compare, Get, Put  # noqa: PLC0415 (only CAS needs them)
 
         key = _key(request)
+        full = self._key(key)
         body = await self._body(request, "Cas")
         if "expected_value" in body:
-            cmp = Compare(key, "value", "=", str(body["expected_value"]).encode())
+            cmp = Compare(full, "value", "=", str(body["expected_value"]).encode())
         else:
-            cmp = Compare(key, "version", "=", int(body["expected_version"]))
-        result = await self.client.txn([cmp], [Put(key, str(body["value"]).encode())], [Get(key)])
+            cmp = Compare(full, "version", "=", int(body["expected_version"]))
+        result = await self.client.txn([cmp], [Put(full, str(body["value"]).encode())], [Get(full)])
         if result.succeeded:
             return _json(200, {"key": key.decode(), "revision": result.revision})
         kvs = result.results[0].kvs if result.results else ()
         current = None
         if kvs:
             kv = kvs[0]
-            current = _kv_view(kv)
+            current = self._kv_view(kv)
         return _json(
             412,
             {
@@ -785,8 +804,8 @@ def _leader_view(name: str, lease: int, token: int, value: bytes) -> dict[str, A
     }
 
 
-def _kv_view(kv: KeyValue) -> dict[str, Any]:
-    key, value = kv.key, kv.value
+def _kv_view(kv: KeyValue, prefix: bytes = b"") -> dict[str, Any]:
+    key, value = kv.key.removeprefix(prefix), kv.value
     try:
         text: str | None = value.decode("utf-8")
     except UnicodeDecodeError:

@@ -1,6 +1,15 @@
 """The concord-sidecar process: flags, the loopback-only bind, the coordinator client, and a
 graceful stop.
 
+Identity. With `--token-file` the sidecar authenticates to the members' workload ports with
+the pod's projected ServiceAccount token (audience concord; re-read when the kubelet rotates
+it), over TLS trusting the cluster CA (`--ca-file`, else ca.pem in the TLS directory), with
+no client certificate. The coordinator verifies the token and scopes the pod to
+`k8s/<namespace>/`; the sidecar puts that prefix in front of the app's names (lock `foo` is
+the coordinator's `k8s/NS/foo`, the very lock of the Lease CR NS/foo), so apps name things
+as they like and the operator's view matches. The namespace: `--namespace`, else
+POD_NAMESPACE, else the token's own claim (used for naming only: the coordinator decides).
+
 Binding. The API hands out locks in the pod's name and has no authentication of its own yet
 (identity comes with workload tokens), so it listens on loopback only: anything else is
 refused unless `--listen-any` says the operator means it (exit 2, with why).
@@ -18,12 +27,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import binascii
 import contextlib
 import ipaddress
+import json
 import logging
 import os
 import signal
 import sys
+from pathlib import Path
 
 from coordinator.client import Client, ConcordError
 
@@ -83,6 +96,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-dir", help="client certificate directory (default: $CONCORD_TLS_DIR)")
     p.add_argument("--insecure", action="store_true", help="plaintext to the coordinator (tests)")
     p.add_argument(
+        "--token-file",
+        help="the pod's projected ServiceAccount token (audience concord): authenticate with "
+        "it to the members' workload ports instead of a client certificate",
+    )
+    p.add_argument(
+        "--ca-file",
+        help="the cluster CA to trust with --token-file (default: $CONCORD_CA_FILE, else "
+        "ca.pem in --tls-dir / $CONCORD_TLS_DIR)",
+    )
+    p.add_argument(
+        "--namespace",
+        help="the pod's namespace: names are mapped to k8s/<namespace>/NAME (default with "
+        "--token-file: $POD_NAMESPACE, else the token's namespace claim)",
+    )
+    p.add_argument(
         "--coordinator-timeout",
         type=float,
         default=5.0,
@@ -93,8 +121,47 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def token_namespace(token: str) -> str:
+    """The namespace a ServiceAccount token names (its `kubernetes.io` claim, else its
+    subject), read WITHOUT verifying it: for naming only; "" if it names none."""
+    parts = token.split(".")
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (IndexError, ValueError, binascii.Error):
+        return ""
+    if not isinstance(claims, dict):
+        return ""
+    k8s = claims.get("kubernetes.io")
+    if isinstance(k8s, dict) and isinstance(k8s.get("namespace"), str):
+        return str(k8s["namespace"])
+    sub = str(claims.get("sub", "")).split(":")
+    return sub[2] if len(sub) == 4 and sub[:2] == ["system", "serviceaccount"] else ""
+
+
+def name_prefix(args: argparse.Namespace, env: dict[str, str] | None = None) -> str:
+    """ "k8s/<namespace>/" when the pod speaks with a workload token (or names its
+    namespace), else "" (see the module doc)."""
+    env = dict(os.environ) if env is None else env
+    namespace = args.namespace or ""
+    if not namespace and args.token_file:
+        namespace = env.get("POD_NAMESPACE", "")
+        if not namespace:
+            try:
+                namespace = token_namespace(Path(args.token_file).read_text().strip())
+            except OSError as err:
+                raise _usage_error(f"cannot read --token-file {args.token_file}: {err}") from None
+        if not namespace:
+            raise _usage_error(
+                "--token-file: cannot tell the pod's namespace; pass --namespace or set "
+                "POD_NAMESPACE (the downward API's metadata.namespace)"
+            )
+    return f"k8s/{namespace}/" if namespace else ""
+
+
 def client_from(args: argparse.Namespace) -> Client:
     env = dict(os.environ)
+    if args.token_file:
+        return _token_client(args, env)
     if args.endpoints:
         env["CONCORD_ENDPOINTS"] = args.endpoints
     if args.tls_dir:
@@ -104,11 +171,31 @@ def client_from(args: argparse.Namespace) -> Client:
     return Client.from_env(env, timeout_s=args.coordinator_timeout)
 
 
+def _token_client(args: argparse.Namespace, env: dict[str, str]) -> Client:
+    if args.insecure:
+        raise _usage_error("--token-file needs TLS: a token sent in plaintext is anyone's")
+    endpoints = args.endpoints or env.get("CONCORD_ENDPOINTS", "")
+    tls_dir = args.tls_dir or env.get("CONCORD_TLS_DIR", "")
+    ca_file = args.ca_file or env.get("CONCORD_CA_FILE", "")
+    if not ca_file and tls_dir:
+        ca_file = str(Path(tls_dir) / "ca.pem")
+    if not ca_file:
+        raise _usage_error(
+            "--token-file needs the cluster CA to trust: --ca-file, $CONCORD_CA_FILE or a "
+            "--tls-dir holding ca.pem"
+        )
+    if not endpoints:
+        raise _usage_error("give the members' workload ports: --endpoints or $CONCORD_ENDPOINTS")
+    return Client.with_token(
+        endpoints, args.token_file, ca_file, timeout_s=args.coordinator_timeout
+    )
+
+
 async def serve(
     args: argparse.Namespace, host: str, port: int, secrets: SecretFilesConfig | None = None
 ) -> None:
     client = client_from(args)
-    sidecar = Sidecar(client)
+    sidecar = Sidecar(client, prefix=name_prefix(args))
     files: SecretFiles | None = None
     delivering: asyncio.Task[None] | None = None
     if secrets is not None:

@@ -75,6 +75,9 @@ KUBE_BINARIES = (
     "helm",
 )
 
+SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+"""The `iss` of the ServiceAccount tokens our API server mints (and accepts)."""
+
 SERVICE_CIDR = "10.0.0.0/24"
 """The apiserver must allocate ClusterIPs from some range; nothing routes it (no kube-proxy,
 no CNI here), so it only names Services. Its first address is the `kubernetes` Service's."""
@@ -420,6 +423,15 @@ class ControlPlane:
             raise ControlPlaneError(f"kubectl {' '.join(args)} gave no JSON object")
         return parsed
 
+    def service_account_signing_key(self) -> Path | None:
+        """The key our API server signs ServiceAccount tokens with (PEM, EC P-256; issuer
+        `SERVICE_ACCOUNT_ISSUER`), for tests that mint tokens it must judge (an expired one);
+        None for an existing cluster, whose key is not ours to read."""
+        if self.existing:
+            return None
+        path = self.root / "pki" / "sa.key"
+        return path if path.is_file() else None
+
     def as_user(self, kubeconfig: Path) -> ControlPlane:
         """The same cluster through another kubeconfig (e.g. service_account_kubeconfig's);
         the view owns no process, so closing it stops nothing."""
@@ -652,7 +664,7 @@ def start_control_plane(
         # as it is): see coordinator/testing/nodeagent/_slices.py.
         "--enable-aggregator-routing=true",
         "--allow-privileged=true",
-        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+        f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
         f"--service-account-key-file={pki_dir / 'sa.pub'}",
         f"--service-account-signing-key-file={pki_dir / 'sa.key'}",
         "--profiling=false",

@@ -113,9 +113,75 @@ def test_every_manifest_passes_a_server_side_dry_run(
         assert "--sidecar-endpoints=coord.example:7073" in args
 
 
+def test_workload_identity_gives_the_members_a_tokenreview_identity_and_a_port(
+    control_plane: ControlPlane, kube_namespace: str
+) -> None:
+    values = ("workloadIdentity.enabled=true", "networkPolicy.enabled=true")
+    objects = render(control_plane, kube_namespace, *values)
+    done = control_plane.kubectl(
+        "apply",
+        "--dry-run=server",
+        "-n",
+        kube_namespace,
+        "-f",
+        "-",
+        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}),
+    )
+    assert done.stdout.count("(server dry run)") == len(objects)
+    accounts = [o for o in objects if o["kind"] == "ServiceAccount"]
+    member_sa = next(a for a in accounts if a["metadata"]["name"].endswith("-coordinator"))
+    binding = next(
+        o
+        for o in objects
+        if o["kind"] == "ClusterRoleBinding" and o["metadata"]["name"].endswith("-tokenreview")
+    )
+    assert binding["roleRef"]["name"] == "system:auth-delegator"
+    assert binding["subjects"] == [
+        {
+            "kind": "ServiceAccount",
+            "name": member_sa["metadata"]["name"],
+            "namespace": kube_namespace,
+        }
+    ]
+    pod = next(o for o in objects if o["kind"] == "StatefulSet")["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == member_sa["metadata"]["name"]
+    container = pod["containers"][0]
+    script = container["command"][2]
+    assert "--workload-identity kubernetes" in script
+    assert '--workload-listen "$POD_IP:7073"' in script
+    assert {"name": "workload", "containerPort": 7073} in container["ports"]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "kube-api-access")
+    assert mount["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount"
+    sources = next(v for v in pod["volumes"] if v["name"] == "kube-api-access")["projected"]
+    assert {"token", "ca.crt"} <= {
+        s.get("serviceAccountToken", {}).get("path")
+        or next(iter(s.get("configMap", {}).get("items", [{}])), {}).get("path")
+        for s in sources["sources"]
+    }
+    services = [o for o in objects if o["kind"] == "Service"]
+    assert all(
+        any(p["name"] == "workload" and p["port"] == 7073 for p in svc["spec"]["ports"])
+        for svc in services
+    )
+    policy = next(o for o in objects if o["kind"] == "NetworkPolicy")
+    assert any(
+        rule.get("ports") == [{"port": 7073}] and "from" not in rule
+        for rule in policy["spec"]["ingress"]
+    )
+    # Off (the default): no ServiceAccount for the members, no token, no port.
+    plain = render(control_plane, kube_namespace)
+    plain_pod = next(o for o in plain if o["kind"] == "StatefulSet")["spec"]["template"]["spec"]
+    assert (
+        "serviceAccountName" not in plain_pod and plain_pod["automountServiceAccountToken"] is False
+    )
+    assert "--workload" not in plain_pod["containers"][0]["command"][2]
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [
+        ("workloadIdentity.port=0", "at '/workloadIdentity/port': minimum: got 0"),
+        ("workloadIdentity.enable=true", "at '/workloadIdentity': additional properties 'enable'"),
         ("coordinator.replicas=4", "at '/coordinator/replicas': value must be one of 1, 3, 5, 7"),
         ("coordinator.replicas=0", "at '/coordinator/replicas': value must be one of 1, 3, 5, 7"),
         ("coordinator.replicas=three", "at '/coordinator/replicas': got string, want integer"),

@@ -93,26 +93,33 @@ def test_tokens_survive_snapshot_and_restore_in_order(d: Driver) -> None:
     assert restored.snapshot() == d.m.snapshot()
 
 
-def test_images_of_versions_1_2_and_3_are_still_read(d: Driver) -> None:
+def test_images_of_versions_1_to_4_are_still_read(d: Driver) -> None:
     """Images written before join tokens existed (version 1), before removed member ids
-    were kept (version 2) or before sealing keys (version 3) restore with empty tables."""
+    were kept (version 2), before sealing keys (version 3) or before lease owners (version
+    4) restore with empty tables."""
     d.ok(Put(b"k", b"v"))
-    v4 = d.m.snapshot()
+    v5 = d.m.snapshot()
     sessions = d.m._sessions.encode()  # the image's last field
     blob = struct.pack(">I", len(sessions)) + sessions
     empty = b"\0\0\0\0"
-    tail = empty + empty + empty + blob  # no tokens, no removed ids, no sealing keys, sessions
-    assert v4.endswith(tail)
-    head = v4[: -len(tail)]
+    # no tokens, no removed ids, no sealing keys, no lease owners, sessions
+    tail = empty * 4 + blob
+    assert v5.endswith(tail)
+    head = v5[: -len(tail)]
 
     def as_version(version: int, rest: bytes) -> bytes:
         at = len(SNAPSHOT_MAGIC)
         return head[:at] + bytes([version]) + head[at + 1 :] + rest
 
-    olds = (as_version(1, blob), as_version(2, empty + blob), as_version(3, empty * 2 + blob))
+    olds = (
+        as_version(1, blob),
+        as_version(2, empty + blob),
+        as_version(3, empty * 2 + blob),
+        as_version(4, empty * 3 + blob),
+    )
     for old_image in olds:
         old = StateMachine()
         old.restore(old_image)
         assert old.get(b"k") is not None and old.join_tokens() == ()
         assert old.removed_member_ids() == frozenset() and old.sealing_keys() == ()
-        assert old.snapshot() == v4  # rewritten as version 4
+        assert old.snapshot() == v5  # rewritten as version 5

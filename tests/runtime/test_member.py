@@ -89,6 +89,34 @@ def test_command_line_is_checked() -> None:
         main([*base, "--insecure", "--election-ticks", "1"])
 
 
+def test_workload_identity_flags_are_checked(tmp_path: Path) -> None:
+    base = [
+        "--id", "1", "--data-dir", str(tmp_path / "d"), "--initial-cluster", "1=a:1",
+        "--cluster-id", "c", "--tls-dir", str(tmp_path / "tls"),
+    ]  # fmt: skip
+    off = config_from_args(build_parser().parse_args(base))
+    assert off.workload_identity == "off" and off.workload_listen == ""
+    on = [*base, "--workload-identity", "kubernetes", "--workload-listen", "127.0.0.1:7073"]
+    cfg = config_from_args(build_parser().parse_args(on))
+    assert (cfg.workload_identity, cfg.workload_listen, cfg.token_audience) == (
+        "kubernetes",
+        "127.0.0.1:7073",
+        "concord",
+    )
+    assert cfg.token_review_kubeconfig is None  # in-cluster
+    for bad, why in [
+        ([*base, "--workload-identity", "kubernetes"], "needs --workload-listen"),
+        ([*base, "--workload-listen", "127.0.0.1:7073"], "used with --workload-identity"),
+        ([*on[:-2], "--workload-listen", "nope"], "HOST:PORT"),
+        ([*on, "--token-audience", " "], "must not be empty"),
+    ]:
+        with pytest.raises(ConfigError, match=why):
+            config_from_args(build_parser().parse_args(bad))
+    insecure = [a for a in on if a not in ("--tls-dir", str(tmp_path / "tls"))]
+    with pytest.raises(ConfigError, match="needs TLS"):
+        config_from_args(build_parser().parse_args([*insecure, "--insecure"]))
+
+
 # --- HTTP --------------------------------------------------------------------------------------
 
 

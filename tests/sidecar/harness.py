@@ -133,10 +133,10 @@ class Rig:
 
 
 @asynccontextmanager
-async def rig(cluster: Cluster, *, timeout_s: float = 3.0) -> AsyncIterator[Rig]:
+async def rig(cluster: Cluster, *, timeout_s: float = 3.0, prefix: str = "") -> AsyncIterator[Rig]:
     endpoints = [f"127.0.0.1:{m.served.port}" for m in cluster.running()]
     client = Client(endpoints, timeout_s=timeout_s, rpc_timeout_s=1.0)
-    sidecar = Sidecar(client, probe_interval_s=0.1, heartbeat_s=0.2)
+    sidecar = Sidecar(client, probe_interval_s=0.1, heartbeat_s=0.2, prefix=prefix)
     port = await sidecar.start("127.0.0.1", 0)
     try:
         async with aiohttp.ClientSession() as session:
@@ -148,11 +148,11 @@ async def rig(cluster: Cluster, *, timeout_s: float = 3.0) -> AsyncIterator[Rig]
         await client.close()
 
 
-def with_rig(root: Path, scenario: Callable[[Rig], Awaitable[None]]) -> None:
+def with_rig(root: Path, scenario: Callable[[Rig], Awaitable[None]], *, prefix: str = "") -> None:
     async def main() -> None:
         c = await Cluster.start(root)
         try:
-            async with rig(c) as r:
+            async with rig(c, prefix=prefix) as r:
                 await scenario(r)
         finally:
             await c.close()
