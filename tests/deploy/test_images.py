@@ -99,41 +99,70 @@ def last(stages: list[Stage], op: str) -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def dockerfile() -> tuple[list[tuple[str, str]], dict[str, Stage]]:
-    return parse_dockerfile(DOCKERFILE.read_text())
-
-
-def test_the_base_image_is_a_build_arg(dockerfile) -> None:
-    preamble, stages = dockerfile
-    args = dict(value.partition("=")[::2] for op, value in preamble)
-    assert args.get("BASE"), "ARG BASE=<default image> must come before the first FROM"
+def problems(text: str) -> list[str]:
+    """What is wrong with a Dockerfile for Concord's images (empty: nothing): the base is
+    `ARG BASE` and every stage starts from it or from another stage; each target sets USER
+    10001 in its own stage, has a HEALTHCHECK CMD on /healthz, runs its console script as
+    ENTRYPOINT, and keeps PYTHONDONTWRITEBYTECODE (a read-only root filesystem)."""
+    try:
+        preamble, stages = parse_dockerfile(text)
+    except ValueError as err:
+        return [f"does not parse: {err}"]
+    found: list[str] = []
+    args = dict(value.partition("=")[::2] for op, value in preamble if op == "ARG")
+    if not args.get("BASE"):
+        found.append("no ARG BASE=<default image> before the first FROM")
     images = {s.parent for s in stages.values() if s.parent not in stages}
-    assert images == {"${BASE}"}, f"every stage starts from BASE or another stage: {images}"
-
-
-@pytest.mark.parametrize("target", sorted(TARGETS))
-def test_each_target_runs_its_console_script_as_the_charts_user(dockerfile, target) -> None:
-    _, stages = dockerfile
-    assert target in stages, f"no target {target}"
-    lineage = chain(stages, target)
-    user = last(lineage, "USER")
-    assert user is not None, f"{target}: no USER (it would run as root)"
-    uid, _, gid = user.partition(":")
-    assert uid == str(CHART_UID) and gid in ("", str(CHART_UID)), f"{target}: USER {user}"
-    assert "USER" in {op for op, _ in stages[target].instructions}, (
-        f"{target}: USER must be set in the final stage itself"
-    )
-    health = last(lineage, "HEALTHCHECK")
-    assert health is not None and "CMD" in health.split(), f"{target}: no HEALTHCHECK CMD"
-    assert "/healthz" in health
-    entrypoint = last(lineage, "ENTRYPOINT")
-    assert entrypoint is not None, f"{target}: no ENTRYPOINT"
-    assert yaml.safe_load(entrypoint) == [TARGETS[target]], f"{target}: ENTRYPOINT {entrypoint}"
+    if images != {"${BASE}"}:
+        found.append(f"stages start from {sorted(images)}, not only from ${{BASE}}")
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert TARGETS[target] in scripts, "the entrypoint is a console script of the wheel"
-    env = " ".join(v for s in lineage for op, v in s.instructions if op == "ENV")
-    assert "PYTHONDONTWRITEBYTECODE=1" in env, f"{target}: bytecode would be written at run time"
+    for target, script in TARGETS.items():
+        if target not in stages:
+            found.append(f"no target {target}")
+            continue
+        lineage = chain(stages, target)
+        user = next((v for op, v in reversed(stages[target].instructions) if op == "USER"), None)
+        uid, _, gid = (user or "").partition(":")
+        if uid != str(CHART_UID) or gid not in ("", str(CHART_UID)):
+            found.append(f"{target}: USER {user} in its own stage, not {CHART_UID}:{CHART_UID}")
+        health = last(lineage, "HEALTHCHECK") or ""
+        if "CMD" not in health.split() or "/healthz" not in health:
+            found.append(f"{target}: no HEALTHCHECK CMD on /healthz")
+        entrypoint = last(lineage, "ENTRYPOINT")
+        if entrypoint is None or yaml.safe_load(entrypoint) != [script] or script not in scripts:
+            found.append(f"{target}: ENTRYPOINT {entrypoint}, not [{script!r}]")
+        env = " ".join(v for s in lineage for op, v in s.instructions if op == "ENV")
+        if "PYTHONDONTWRITEBYTECODE=1" not in env:
+            found.append(f"{target}: no PYTHONDONTWRITEBYTECODE=1 (bytecode written at run time)")
+    return found
+
+
+def test_the_dockerfile_has_no_problems() -> None:
+    assert problems(DOCKERFILE.read_text()) == []
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("ARG BASE=python:3.11-slim-bookworm", "ARG PY=3.11", "no ARG BASE"),
+        ("FROM ${BASE} AS runtime", "FROM debian:12 AS runtime", "not only from ${BASE}"),
+        ("USER 10001:10001\nEXPOSE 8080", "EXPOSE 8080", "operator: USER None"),
+        ("USER 10001:10001\nEXPOSE 7070", "USER 0\nEXPOSE 7070", "coordinator: USER 0"),
+        ('HEALTHCHECK --interval=10s --timeout=3s --start-period=10s', "#", "sidecar: no HEALTH"),
+        ('ENTRYPOINT ["concord-sidecar"]', 'ENTRYPOINT ["concord-operator"]', "sidecar: ENTRY"),
+        ("PYTHONDONTWRITEBYTECODE=1 \\\n    PYTHONUNBUFFERED", "PYTHONUNBUFFERED", "coordinator"),
+        ("FROM runtime AS sidecar", "FROM runtime AS sidecar2", "no target sidecar"),
+    ],
+    ids=["base-arg", "hard-coded-base", "no-user", "root", "no-healthcheck", "wrong-entrypoint",
+         "bytecode", "missing-target"],
+)  # fmt: skip
+def test_a_broken_dockerfile_is_caught(old: str, new: str, expected: str) -> None:
+    """The real Dockerfile with one thing broken: the check names it (so the check above can
+    fail)."""
+    text = DOCKERFILE.read_text()
+    assert old in text, f"the mutation no longer applies: {old!r}"
+    found = problems(text.replace(old, new, 1))
+    assert any(expected in p for p in found), found
 
 
 def test_the_health_checks_and_ports_match_the_chart() -> None:
@@ -147,16 +176,13 @@ def test_the_health_checks_and_ports_match_the_chart() -> None:
     assert f":{values['coordinator']['ports']['metrics']}/healthz" in coordinator
 
 
-def test_a_dockerfile_without_user_or_base_arg_is_caught() -> None:
-    """The checks above can fail: a root image and a hard-coded base are seen."""
-    _, stages = parse_dockerfile("ARG BASE=x\nFROM ${BASE} AS coordinator\nRUN true\n")
-    assert last(chain(stages, "coordinator"), "USER") is None
-    preamble, _ = parse_dockerfile("FROM debian:12 AS a\n")
-    assert preamble == []
+def test_the_parser_refuses_what_docker_would() -> None:
     with pytest.raises(ValueError, match="only ARG"):
         parse_dockerfile("USER 0\nFROM x AS a\n")
     with pytest.raises(ValueError, match="unknown instruction"):
         parse_dockerfile("ARG BASE=x\nFROM ${BASE} AS a\nRUNN true\n")
+    with pytest.raises(ValueError, match="continued line"):
+        parse_dockerfile("ARG BASE=x\nFROM ${BASE} AS a\nRUN true \\\n")
 
 
 def test_image_names_match_the_chart() -> None:
