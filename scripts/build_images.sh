@@ -13,8 +13,9 @@
 #   if missing). A minimal Debian bookworm root filesystem with python3 and its venv module
 #   (debootstrap --variant=minbase, cached) becomes a local base image (`buildah from
 #   scratch`, copy, commit); `buildah bud --isolation chroot --build-arg BASE=that` builds
-#   the real Dockerfile; `buildah run --isolation oci` (runc) starts each image's entrypoint
-#   with --help as uid 10001.
+#   the real Dockerfile; `buildah run --isolation oci` (runc) checks each image's user and
+#   bytecode, runc itself starts its entrypoint with --help on a read-only root filesystem,
+#   and the coordinator image runs a one-member cluster until its HEALTHCHECK passes.
 #
 # Idempotent: the root filesystem, the base image and buildah's layer cache persist under
 # ${CONCORD_IMAGES_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/concord/images} (buildah's storage
@@ -304,6 +305,7 @@ EOF
         die "$name: its entrypoint does not answer --help on a read-only root (log: $log)"
     fi
     grep -q '^usage: ' "$log" || die "$name: --help printed no usage (log: $log)"
+    [[ "$t" == coordinator ]] && serve_check "$t" "$name" "$bundle" "$mnt"
     # Unpacked: the root filesystem a container starts from.
     local unpacked
     unpacked="$(du -sb "$mnt" | cut -f1)"
@@ -311,6 +313,68 @@ EOF
     bah rm "$ctr" >/dev/null
     rm -rf "$bundle"
     sizes+=("$name=$unpacked:$(archive "$t" "$name")")
+}
+
+# serve_check TARGET NAME BUNDLE ROOTFS: the coordinator image, as the chart runs it
+# (read-only root, uid 10001, no capabilities, its data on a volume), starts a one-member
+# cluster; its own HEALTHCHECK command passes inside the container, then /readyz. Loopback only: the
+# container has a network namespace of its own with nothing but lo.
+serve_check() {
+    local t=$1 name=$2 bundle=$3 rootfs=$4 id="concord-image-serve-$$" data="$cache/serve-data"
+    local log="$cache/serve-$t.log"
+    rm -rf "$data"
+    mkdir -p "$data"
+    chown 10001:10001 "$data"
+    python3 - "$bundle/config.json" "$cache/inspect-$t.json" "$data" <<'EOF'
+import json, sys
+spec_path, inspect_path, data = sys.argv[1:]
+spec = json.load(open(spec_path))
+config = json.load(open(inspect_path))["Docker"]["config"]
+spec["process"]["args"] = [
+    *config["Entrypoint"], "--id", "1", "--cluster-id", "image-check", "--insecure",
+    "--data-dir", "/var/lib/concord/data",
+    "--client-listen", "127.0.0.1:7070", "--peer-listen", "127.0.0.1:7071",
+    "--metrics-listen", "127.0.0.1:7072", "--initial-cluster", "1=127.0.0.1:7071",
+]
+spec["mounts"].append({"destination": "/var/lib/concord", "type": "bind", "source": data,
+                       "options": ["rbind", "rw"]})
+json.dump(spec, open(spec_path, "w"), indent=1)
+EOF
+    local test
+    test="$(python3 -c 'import json,sys; t=json.load(open(sys.argv[1]))["Docker"]["config"]["Healthcheck"]["Test"]; assert t[0] == "CMD"; print("\n".join(t[1:]))' "$cache/inspect-$t.json")"
+    mapfile -t test <<<"$test"
+    say "check $t: a one-member cluster in the container answers its HEALTHCHECK (${test[*]})"
+    runc run --detach --bundle "$bundle" "$id" </dev/null >"$log" 2>&1 ||
+        { tail -n 20 "$log" >&2; die "$name: does not start as a member (log: $log)"; }
+    status() { runc state "$id" 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])' 2>/dev/null; }
+    local ok=0 i
+    for i in $(seq 1 60); do
+        if runc exec "$id" "${test[@]}" >>"$log" 2>&1; then ok=1; break; fi
+        [[ "$(status)" == running ]] || break # it exited: its error is in the log
+        sleep 0.5
+    done
+    local waited=$i ready=0
+    # Then Ready: it elected itself and applied its first entry (the WAL fsyncs on the
+    # volume), so the Raft loop itself runs in the image, not just its HTTP server.
+    if [[ $ok -eq 1 ]]; then
+        for i in $(seq 1 60); do
+            if runc exec "$id" "${test[0]}" "${test[1]}" http://127.0.0.1:7072/readyz >>"$log" 2>&1; then
+                ready=1
+                break
+            fi
+            sleep 0.5
+        done
+    fi
+    runc kill "$id" TERM 2>/dev/null || true
+    for i in $(seq 1 20); do
+        [[ "$(status)" == running ]] || break
+        sleep 0.5
+    done
+    runc delete --force "$id" >/dev/null 2>&1 || true
+    [[ $ok -eq 1 ]] || { tail -n 20 "$log" >&2; die "$name: its HEALTHCHECK did not pass within 30 s (log: $log)"; }
+    [[ $ready -eq 1 ]] || { tail -n 20 "$log" >&2; die "$name: healthy, but not Ready (a leader) within 30 s (log: $log)"; }
+    say "check $t: healthy after ~$((waited / 2)) s, Ready (leader of itself) after ~$((i / 2)) s more; stopped with SIGTERM"
+    rm -rf "$data"
 }
 
 # The image as an OCI archive (gzip layers, what a pull downloads), made once per image id:
