@@ -13,7 +13,7 @@ PY := $(BIN)/python
 
 SEEDS ?= 2000
 
-.PHONY: help bootstrap run run-local test test-fast test-deploy chart-crds kube-tools images images-check kind-up deploy kind-down bench-operator bench-sidecar sim elections soak bench bench-report lint typecheck fmt clean
+.PHONY: help bootstrap run run-local test test-fast test-deploy chart-crds kube-tools images images-check images-clean kind-up deploy kind-down bench-operator bench-sidecar sim elections soak bench bench-report lint typecheck fmt clean
 
 help:
 	@echo "make run           the whole stack: control plane, helm install, operator, a kubectl demo (~35 s warm)"
@@ -22,8 +22,9 @@ help:
 	@echo "make kube-tools    build the pinned Kubernetes control plane, etcd and helm (~10 min cold)"
 	@echo "make test-deploy   the Helm chart on the control plane, its pods run by the node agent (~2 min)"
 	@echo "make chart-crds    copy crds/ into charts/concord/crds/ (a test checks they are equal)"
-	@echo "make images        the coordinator, operator and sidecar images (docker, else buildah; ~3 min cold)"
-	@echo "make images-check  start each built image's entrypoint once (--help, uid 10001)"
+	@echo "make images        the coordinator, operator and sidecar images (docker, else buildah; 2-3 min cold, ~15 s warm)"
+	@echo "make images-check  start each built image once (uid 10001, read-only root; the coordinator until healthy)"
+	@echo "make images-clean  remove the image caches and buildah's storage"
 	@echo "make kind-up | deploy | kind-down   a kind cluster running the chart with those images (needs Docker)"
 	@echo "make sim SEEDS=N   run N simulation seeds (default $(SEEDS))"
 	@echo "make elections     leader-crash downtime distribution (Raft paper Figure 16)"
@@ -89,6 +90,9 @@ images:
 
 images-check:
 	@bash scripts/build_images.sh --check
+
+images-clean:
+	@bash scripts/build_images.sh --clean
 
 # A kind cluster from kind-config.yaml (1 control plane, 3 workers) running the chart with the
 # images above (docs/deploy.md, kind). They need a Docker engine and kind: without them they

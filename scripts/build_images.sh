@@ -4,6 +4,9 @@
 #
 #   scripts/build_images.sh            build and check (what `make images` runs)
 #   scripts/build_images.sh --check    only check images built before (`make images-check`)
+#   scripts/build_images.sh --clean    remove the cache below, buildah's storage and all
+#                                      (`make images-clean`; a plain rm -rf cannot: overlay
+#                                      storage is mounted)
 #
 # Two routes, the same Dockerfile:
 # - Docker: used when a Docker engine answers (`docker info`; a docker client without an
@@ -20,8 +23,8 @@
 # Idempotent: the root filesystem, the base image and buildah's layer cache persist under
 # ${CONCORD_IMAGES_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/concord/images} (buildah's storage
 # too: --root there, nothing in /var/lib/containers), so a second run rebuilds only what
-# changed; remove that directory (no build running) to start from nothing. Progress goes to
-# stderr; the sizes (JSON) to stdout and to sizes.json in the cache.
+# changed; `--clean` starts from nothing. Progress goes to stderr; the sizes (JSON) to stdout
+# and to sizes.json in the cache.
 #
 # Environment: IMAGE_REGISTRY (default ghcr.io/concord-dev, as charts/concord/values.yaml),
 # IMAGE_TAG (default the chart's appVersion), BASE (a base image to use instead of building
@@ -45,10 +48,12 @@ say() { echo "images: $*" >&2; }
 die() { say "$*"; exit 1; }
 
 check_only=0
+clean=0
 case "${1:-}" in
 --check) check_only=1 ;;
+--clean) clean=1 ;;
 "") ;;
-*) echo "usage: $0 [--check]" >&2; exit 2 ;;
+*) echo "usage: $0 [--check | --clean]" >&2; exit 2 ;;
 esac
 [[ -n "$tag" ]] || die "no appVersion in charts/concord/Chart.yaml and no IMAGE_TAG"
 started=$SECONDS
@@ -147,6 +152,17 @@ driver="$(storage_driver)"
 storage="$cache/storage-$driver"
 bah() { buildah --root "$storage" --runroot "$cache/run-$driver" --storage-driver "$driver" "$@"; }
 
+# Working containers and runc containers this run made, removed however it ends: a mounted
+# container left behind would keep an overlay mount in the cache.
+containers=()
+runc_ids=()
+cleanup() {
+    local c
+    for c in "${runc_ids[@]}"; do runc delete --force "$c" >/dev/null 2>&1 || true; done
+    for c in "${containers[@]}"; do bah rm "$c" >/dev/null 2>&1 || true; done
+}
+trap cleanup EXIT
+
 need_tools() {
     local missing=()
     command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
@@ -211,6 +227,7 @@ base() {
     local t=$SECONDS ctr mnt
     say "committing $base_image from the root filesystem"
     ctr="$(bah from scratch)"
+    containers+=("$ctr")
     mnt="$(bah mount "$ctr")"
     cp -a "$dir"/. "$mnt"/
     bah umount "$ctr" >/dev/null
@@ -264,15 +281,15 @@ check_image() {
     bah inspect --type image "$name" >"$cache/inspect-$t.json" 2>/dev/null ||
         die "no image $name: run make images"
     ctr="$(bah from --pull=never "$name")"
+    containers+=("$ctr")
     mnt="$(bah mount "$ctr")"
     local log="$cache/check-$t.log" got
     : >"$log"
     say "check $t: uid, gid and build-time bytecode under buildah run --isolation oci"
     got="$(bah run --isolation oci "$ctr" -- python3 -c \
         'import os, importlib.util as u, coordinator.runtime.member as m; print(os.getuid(), os.getgid(), os.path.exists(u.cache_from_source(m.__file__)))' \
-        2>>"$log")" || { tail -n 20 "$log" >&2; bah rm "$ctr" >/dev/null; die "$name: python3 does not start (log: $log)"; }
+        2>>"$log")" || { tail -n 20 "$log" >&2; die "$name: python3 does not start (log: $log)"; }
     if [[ "$got" != "10001 10001 True" ]]; then
-        bah rm "$ctr" >/dev/null
         die "$name: want uid 10001, gid 10001 and bytecode compiled at build time; got: $got"
     fi
     bundle="$cache/bundle-$t"
@@ -300,8 +317,6 @@ EOF
     say "check $t: $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["Docker"]["config"]["Entrypoint"])' "$cache/inspect-$t.json") --help, read-only root, no capabilities, under runc"
     if ! runc run --bundle "$bundle" "concord-image-check-$t-$$" </dev/null >>"$log" 2>&1; then
         tail -n 20 "$log" >&2
-        bah umount "$ctr" >/dev/null
-        bah rm "$ctr" >/dev/null
         die "$name: its entrypoint does not answer --help on a read-only root (log: $log)"
     fi
     grep -q '^usage: ' "$log" || die "$name: --help printed no usage (log: $log)"
@@ -344,6 +359,7 @@ EOF
     test="$(python3 -c 'import json,sys; t=json.load(open(sys.argv[1]))["Docker"]["config"]["Healthcheck"]["Test"]; assert t[0] == "CMD"; print("\n".join(t[1:]))' "$cache/inspect-$t.json")"
     mapfile -t test <<<"$test"
     say "check $t: a one-member cluster in the container answers its HEALTHCHECK (${test[*]})"
+    runc_ids+=("$id")
     runc run --detach --bundle "$bundle" "$id" </dev/null >"$log" 2>&1 ||
         { tail -n 20 "$log" >&2; die "$name: does not start as a member (log: $log)"; }
     status() { runc state "$id" 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])' 2>/dev/null; }
@@ -395,6 +411,17 @@ archive() {
 
 exec 9>"$cache/lock"
 command -v flock >/dev/null 2>&1 && flock 9
+if [[ $clean -eq 1 ]]; then
+    for d in overlay vfs; do
+        [[ -d "$cache/storage-$d" ]] && command -v buildah >/dev/null 2>&1 &&
+            buildah --root "$cache/storage-$d" --runroot "$cache/run-$d" --storage-driver "$d" \
+                rm --all >/dev/null 2>&1
+    done
+    unmount_under "$cache"
+    rm -rf "$cache"
+    say "removed $cache"
+    exit 0
+fi
 if docker_engine; then
     say "a Docker engine answers: building with docker"
     docker_route

@@ -227,7 +227,7 @@ def test_make_targets_resolve() -> None:
     if make is None:
         pytest.skip("no make")
     done = subprocess.run(
-        [make, "-n", "kind-up", "deploy", "kind-down", "images", "images-check"],
+        [make, "-n", "kind-up", "deploy", "kind-down", "images", "images-check", "images-clean"],
         cwd=REPO, capture_output=True, text=True, check=False, timeout=30,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -237,6 +237,7 @@ def test_make_targets_resolve() -> None:
         "bash scripts/kind.sh down",
         "bash scripts/build_images.sh",
         "bash scripts/build_images.sh --check",
+        "bash scripts/build_images.sh --clean",
     ]
 
 
