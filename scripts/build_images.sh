@@ -36,7 +36,7 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cache="${CONCORD_IMAGES_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/concord/images}"
 registry="${IMAGE_REGISTRY:-ghcr.io/concord-dev}"
 tag="${IMAGE_TAG:-$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$repo/charts/concord/Chart.yaml")}"
-targets=(${IMAGES:-coordinator operator sidecar})
+read -r -a targets <<<"${IMAGES:-coordinator operator sidecar}"
 suite=bookworm
 mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 # What the base needs beyond minbase: the interpreter and its venv module (ensurepip's
@@ -182,10 +182,8 @@ need_tools() {
 # half-way may leave them mounted, and rm -rf must never walk into them.
 unmount_under() {
     [[ -d "$1" ]] || return 0
-    local m
-    for m in $(awk -v d="$(realpath "$1")/" 'index($2, d) == 1 {print $2}' /proc/mounts | sort -r); do
-        umount -l "$m" || true
-    done
+    awk -v d="$(realpath "$1")/" 'index($2, d) == 1 {print $2}' /proc/mounts | sort -r |
+        while read -r m; do umount -l "$m" || true; done
 }
 
 # The root filesystem: debootstrap once (about a minute), kept with a stamp naming what it
@@ -320,7 +318,7 @@ EOF
         die "$name: its entrypoint does not answer --help on a read-only root (log: $log)"
     fi
     grep -q '^usage: ' "$log" || die "$name: --help printed no usage (log: $log)"
-    [[ "$t" == coordinator ]] && serve_check "$t" "$name" "$bundle" "$mnt"
+    [[ "$t" == coordinator ]] && serve_check "$t" "$name" "$bundle"
     # Unpacked: the root filesystem a container starts from.
     local unpacked
     unpacked="$(du -sb "$mnt" | cut -f1)"
@@ -330,12 +328,12 @@ EOF
     sizes+=("$name=$unpacked:$(archive "$t" "$name")")
 }
 
-# serve_check TARGET NAME BUNDLE ROOTFS: the coordinator image, as the chart runs it
+# serve_check TARGET NAME BUNDLE: the coordinator image, as the chart runs it
 # (read-only root, uid 10001, no capabilities, its data on a volume), starts a one-member
 # cluster; its own HEALTHCHECK command passes inside the container, then /readyz. Loopback only: the
 # container has a network namespace of its own with nothing but lo.
 serve_check() {
-    local t=$1 name=$2 bundle=$3 rootfs=$4 id="concord-image-serve-$$" data="$cache/serve-data"
+    local t=$1 name=$2 bundle=$3 id="concord-image-serve-$$" data="$cache/serve-data"
     local log="$cache/serve-$t.log"
     rm -rf "$data"
     mkdir -p "$data"

@@ -77,6 +77,8 @@ deploy)
             missing "no image $image in Docker: make images (with a Docker engine) builds it"
         images+=("$image")
     done
+    # HELM_ARGS: extra arguments, split on whitespace (e.g. "--set coordinator.replicas=5").
+    read -r -a helm_args <<<"${HELM_ARGS:-}"
     say "loading ${images[*]} into the nodes of $cluster"
     kind load docker-image --name "$cluster" "${images[@]}"
     # Never pulled: the nodes hold exactly what was built from this checkout.
@@ -86,7 +88,7 @@ deploy)
         --set "coordinator.image.tag=$tag" --set coordinator.image.pullPolicy=Never \
         --set "operator.image.repository=$registry/concord-operator" \
         --set "operator.image.tag=$tag" --set operator.image.pullPolicy=Never \
-        ${HELM_ARGS:-}
+        "${helm_args[@]}"
     # The chart's full name: the release name if it contains "concord", else RELEASE-concord.
     fullname=$release
     [[ "$release" == *concord* ]] || fullname="$release-concord"
