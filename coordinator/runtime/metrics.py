@@ -6,10 +6,11 @@ Two kinds of metric live here.
   apply batches (`MeteredRaftLoop.apply`), fsyncs (`MeteredLog`, from the WAL's plain
   counters after every write), peer round trips (the transport's callback). These are
   ordinary prometheus_client counters, gauges and histograms.
-- **State** (term, role, commit and applied index, snapshot, leases, locks, peers) is read at
-  scrape time by `_StateCollector` from the objects that own it, so a scrape always shows the
-  present and nothing has to remember to update a gauge. Scrapes run on the member's event
-  loop (the HTTP server is asyncio), so reading the loop's state needs no lock.
+- **State** (term, role, commit and applied index, snapshot, leases, locks, sealing keys,
+  peers) is read at scrape time by `_StateCollector` from the objects that own it, so a
+  scrape always shows the present and nothing has to remember to update a gauge. Scrapes
+  run on the member's event loop (the HTTP server is asyncio), so reading the loop's state
+  needs no lock.
 
 The registry is dedicated (not prometheus_client's global one), so several members can live
 in one process (tests) and the metrics page shows nothing but Concord's own series.
@@ -176,6 +177,7 @@ class _StateCollector(Collector):
         holders, waiters = _lock_census(loop.fsm)
         yield _gauge("concord_lock_holders", "Lock holders, over every lock.", holders)
         yield _gauge("concord_lock_waiters", "Queued lock acquirers, over every lock.", waiters)
+        yield from _sealing_key_metrics(loop)
         wm = self.wal_metrics
         if wm is not None:
             yield CounterMetricFamily(
@@ -233,6 +235,27 @@ def _peer_metrics(
         if now is not None and p.last_heard_s is not None:
             silence.add_metric(label, max(0.0, now - p.last_heard_s))
     yield from (reachable, connected, sent, dropped, received, silence)
+
+
+def _sealing_key_metrics(loop: RaftLoop) -> Iterable[Metric]:
+    """How many sealing keys the replicated state holds, and the age of the newest (the one
+    that seals): this member's wall clock against the `created_ms` the proposing member
+    stamped on it. The leader renews on a schedule (--sealing-key-renew-days), so an age
+    well past that period means renewal has stopped; the chart's ConcordSealingKeyStale
+    alert reads it. No key yet (none is made before the first sealing certificate is asked
+    for): the age family is exported empty, so an alert on it stays quiet instead of firing
+    on a cluster that seals nothing. A member whose clock is behind the proposer's would see
+    a negative age; it is clamped at 0 (clock skew is not this metric's business)."""
+    keys = loop.fsm.sealing_keys()
+    yield _gauge("concord_sealing_keys", "Sealing key pairs in the replicated state.", len(keys))
+    age = GaugeMetricFamily(
+        "concord_sealing_key_age_seconds",
+        "Age of the newest sealing key (the one that seals) by this member's wall clock "
+        "(absent: no key yet).",
+    )
+    if keys:
+        age.add_metric([], max(0.0, (loop.clock.wall_ms() - keys[-1].created_ms) / 1000))
+    yield age
 
 
 def _lock_census(fsm: StateMachine) -> tuple[int, int]:

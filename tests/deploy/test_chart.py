@@ -215,7 +215,7 @@ def test_values_schema_rejects_bad_values(
 
 def test_monitoring_objects_need_the_prometheus_operator(control_plane: ControlPlane) -> None:
     """Without the monitoring.coreos.com API the chart says so instead of failing on apply;
-    with it, a ServiceMonitor on the peers Service and a PrometheusRule with five alerts,
+    with it, a ServiceMonitor on the peers Service and a PrometheusRule with six alerts,
     each with a runbook line."""
     assert control_plane.helm_path is not None
     sets = [a for v in MONITORING for a in ("--set", v)]
@@ -231,7 +231,7 @@ def test_monitoring_objects_need_the_prometheus_operator(control_plane: ControlP
     rules = docs["PrometheusRule"]["spec"]["groups"][0]["rules"]
     assert [r["alert"] for r in rules] == [
         "ConcordNoLeader", "ConcordQuorumAtRisk", "ConcordFsyncSlow", "ConcordApplyLag",
-        "ConcordMemberLocked",
+        "ConcordMemberLocked", "ConcordSealingKeyStale",
     ]  # fmt: skip
     assert all(r["annotations"]["runbook"] for r in rules)
 
