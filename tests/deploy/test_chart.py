@@ -158,8 +158,13 @@ def test_workload_identity_gives_the_members_a_tokenreview_identity_and_a_port(
         or next(iter(s.get("configMap", {}).get("items", [{}])), {}).get("path")
         for s in sources["sources"]
     }
-    services = [o for o in objects if o["kind"] == "Service"]
-    assert all(
+    services = [
+        o
+        for o in objects
+        if o["kind"] == "Service"
+        and o["metadata"]["labels"].get("app.kubernetes.io/component") == "coordinator"
+    ]
+    assert len(services) == 2 and all(
         any(p["name"] == "workload" and p["port"] == 7073 for p in svc["spec"]["ports"])
         for svc in services
     )
