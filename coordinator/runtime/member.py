@@ -176,6 +176,10 @@ class MemberConfig:
     restored backup's) is kept rather than replaced by the default `member-<id>`."""
     sealing_key_renew_days: float = 30.0
     """While leading, make a new sealing key once the newest is this old; 0: on demand only."""
+    join_if_new: bool = False
+    """A new data dir whose id is not in --initial-cluster starts empty and waits to be added
+    as a learner (by the operator, or `concordctl member add`), instead of being refused. The
+    same command line then serves a StatefulSet ordinal's first start and every later one."""
 
 
 def split_host_port(text: str, what: str) -> tuple[str, int]:
@@ -290,6 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to keep retrying an unreachable join address or leader (default 30)",
     )
     join.add_argument(
+        "--join-if-new",
+        action="store_true",
+        help="with a new data dir and an --id that --initial-cluster does not list: start with "
+        "an empty log and wait to be added as a learner (`concordctl member add`, or the "
+        "operator when a StatefulSet scales up) instead of refusing to start",
+    )
+    join.add_argument(
         "--join-listen",
         metavar="HOST:PORT",
         help="serve a join port here (TLS, no client certificate) for new members to join",
@@ -355,6 +366,7 @@ def config_from_args(ns: argparse.Namespace) -> MemberConfig:
         "ca_key_file": ns.ca_key_file,
         "advertise_peer_url": peer_url,
         "advertise_client_url": client_url,
+        "join_if_new": ns.join_if_new,
     }
     if join is not None:
         if record is not None or _initialised(ns.data_dir):
@@ -870,6 +882,8 @@ class Member:
                 wal = _create_joined_wal(keys, joined)
                 self._record_cluster_id()
                 return wal
+            if cfg.id not in voters and cfg.join_if_new:
+                return self._create_waiting_wal(keys)
             if cfg.id not in voters:
                 raise ConfigError(
                     f"{cfg.data_dir} is new and --initial-cluster does not list this member "
@@ -908,6 +922,23 @@ class Member:
             except BaseException:
                 wal.close()
                 raise
+        return wal
+
+    def _create_waiting_wal(self, keys: KeyStore) -> DiskWal:
+        """--join-if-new: an empty WAL with no configuration of its own. The member answers
+        the leader once it has been added as a learner; the leader's log (or a snapshot)
+        then tells it the configuration, so it can never vote in or form a cluster alone."""
+        cfg = self.cfg
+        wal = DiskWal.create(keys)
+        self._record_cluster_id()
+        log.info(
+            "%s is new and --initial-cluster does not list member %d: started empty, waiting "
+            "to be added as a learner (`concordctl member add %d`, or the operator when the "
+            "StatefulSet scales up)",
+            cfg.data_dir,
+            cfg.id,
+            cfg.id,
+        )
         return wal
 
     def _record_cluster_id(self) -> None:
