@@ -40,6 +40,7 @@ from coordinator.client import (
     credentials_from_tls_dir,
 )
 
+from .membership import AddLearner, MemberChange, Promote, RemoveMember, TransferLeader
 from .reconcile import (
     Action,
     ClusterObserved,
@@ -212,6 +213,7 @@ class Gateway:
                 m.role == "voter",
                 "Unreachable" if lost else shown.get(m.status, "Unreachable"),
                 m.match_index,
+                m.peer_url,
             )
             for m in members.members
         )
@@ -293,6 +295,30 @@ class Gateway:
                 except ConcordError as err:
                     if err.code != "NOT_FOUND":
                         raise
+
+    async def change_membership(self, change: MemberChange) -> Unavailable | str | None:
+        """Make one membership change through the leader (the Cluster API). None when done;
+        Unavailable when it can be retried as it is (no quorum, a deadline, the learner not
+        caught up yet); else the coordinator's refusal, for a person to act on (an id that
+        was removed earlier and is never reused, say)."""
+        client = self.client
+        try:
+            match change:
+                case AddLearner(member, name, peer_url, client_url):
+                    await client.member_add_learner(member, name, peer_url, client_url)
+                case Promote(member):
+                    await client.member_promote(member)
+                case RemoveMember(member):
+                    await client.member_remove(member)
+                case TransferLeader(member):
+                    await client.transfer_leader(member)
+        except ConcordError as err:
+            if err.code in WAITABLE:
+                return Unavailable(err.message)
+            if isinstance(change, Promote | TransferLeader) and err.code == "FAILED_PRECONDITION":
+                return Unavailable(err.message)  # lagging, or leadership moved: look again
+            return f"{err.code}: {err.message}"
+        return None
 
     # --- streams ---------------------------------------------------------------------------
 

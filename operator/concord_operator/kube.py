@@ -19,6 +19,7 @@ keep-alive) never waits on the API server and many objects' writes are in flight
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -106,6 +107,14 @@ def _invalid(kind: str, namespace: str, name: str, err: ApiException) -> Invalid
     return Invalid(kind, namespace, name, message)
 
 
+@dataclass(frozen=True, slots=True)
+class ReadFailed(Exception):
+    """The API server would not let the operator read (or write an Event about) something
+    it only follows: `message` says what and why."""
+
+    message: str
+
+
 CoreKind = Literal["Secret", "ConfigMap"]
 
 
@@ -114,6 +123,7 @@ class KubeApi:
         self.api_client = api_client
         self.custom = kubernetes.client.CustomObjectsApi(api_client)
         self.core = kubernetes.client.CoreV1Api(api_client)
+        self.apps = kubernetes.client.AppsV1Api(api_client)
         self._pool = ThreadPoolExecutor(WRITERS, thread_name_prefix="kube-write")
 
     @classmethod
@@ -287,6 +297,61 @@ class KubeApi:
             if err.status in (404, 409):
                 raise Conflict("Secret", namespace, name) from None
             raise
+
+    # --- the coordinator's StatefulSet (read only) and Events -------------------------------
+
+    async def read_statefulset(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The StatefulSet as JSON, or None if there is none."""
+        try:
+            obj = await self._call(lambda: self.apps.read_namespaced_stateful_set(name, namespace))
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise ReadFailed(
+                f"cannot read StatefulSet {namespace}/{name}: {err.status} {err.reason}"
+            ) from None
+        out: dict[str, Any] = self.api_client.sanitize_for_serialization(obj)  # type: ignore[no-untyped-call]
+        return out
+
+    async def list_pods(self, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
+        """The pods matching `labels`, as JSON."""
+        selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        try:
+            found = await self._call(
+                lambda: self.core.list_namespaced_pod(namespace, label_selector=selector)
+            )
+        except ApiException as err:
+            raise ReadFailed(
+                f"cannot list pods in {namespace}: {err.status} {err.reason}"
+            ) from None
+        out: list[dict[str, Any]] = [
+            self.api_client.sanitize_for_serialization(p)  # type: ignore[no-untyped-call]
+            for p in found.items
+        ]
+        return out
+
+    async def record_event(
+        self, kind: str, namespace: str, name: str, uid: str, reason: str, *, message: str
+    ) -> None:
+        """A Warning Event about a custom resource (`kubectl describe` shows it)."""
+        now = dt.datetime.now(dt.UTC)
+        body = kubernetes.client.CoreV1Event(
+            metadata=kubernetes.client.V1ObjectMeta(generate_name=f"{name}.", namespace=namespace),
+            involved_object=kubernetes.client.V1ObjectReference(
+                api_version=f"{GROUP}/{VERSION}", kind=kind, namespace=namespace, name=name, uid=uid
+            ),
+            reason=reason,
+            message=message[:1024],
+            type="Warning",
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+            source=kubernetes.client.V1EventSource(component="concord-operator"),
+        )
+        try:
+            await self._call(lambda: self.core.create_namespaced_event(namespace, body))
+        except ApiException as err:
+            raise ReadFailed(f"cannot record an Event: {err.status} {err.reason}") from None
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

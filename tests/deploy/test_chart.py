@@ -60,6 +60,7 @@ def test_every_manifest_passes_a_server_side_dry_run(
     expected = ["PodDisruptionBudget", "Service", "Service", "StatefulSet"]
     if "operator.enabled=false" not in values:
         expected += ["ClusterRole", "ClusterRoleBinding", "Deployment", "ServiceAccount"]
+        expected.append("ConcordCluster")  # membership follows the StatefulSet through it
     if "tls.secretName=my-certs" not in values:  # the CA bootstrap hook
         expected += ["ConfigMap", "Job", "Role", "RoleBinding", "ServiceAccount"]
     if "networkPolicy.enabled=true" in values:
@@ -88,6 +89,15 @@ def test_every_manifest_passes_a_server_side_dry_run(
     assert initial is not None
     ids = [m.split("=", 1)[0] for m in initial.group(1).split(",")]
     assert ids == [str(i) for i in range(1, replicas + 1)]
+    # One command line for every ordinal: those beyond --initial-cluster wait to be added.
+    assert "--join-if-new" in script
+    # Every ordinal up to maxReplicas (7) finds its certificate in the mounted Secret.
+    tls_all = next(v for v in sts["spec"]["template"]["spec"]["volumes"] if v["name"] == "tls-all")
+    keys = {i["key"] for i in tls_all["secret"]["items"]}
+    assert {f"member-{n}.pem" for n in range(1, 8)} <= keys and "member-8.pem" not in keys
+    if "operator.enabled=false" not in values:
+        cluster = next(o for o in objects if o["kind"] == "ConcordCluster")
+        assert cluster["spec"] == {"statefulSetName": sts["metadata"]["name"]}
 
 
 @pytest.mark.parametrize(
@@ -104,6 +114,8 @@ def test_every_manifest_passes_a_server_side_dry_run(
             "value must be one of 'ScheduleAnyway', 'DoNotSchedule'",
         ),
         ("coordinator.persistence.size=lots", "at '/coordinator/persistence/size'"),
+        ("coordinator.maxReplicas=8", "at '/coordinator/maxReplicas': maximum: got 8, want 7"),
+        ("coordinator.maxReplicas=2", "at '/coordinator/maxReplicas': minimum: got 2, want 3"),
     ],
 )
 def test_values_schema_rejects_bad_values(
