@@ -305,7 +305,12 @@ class Gateway:
         try:
             match change:
                 case AddLearner(member, name, peer_url, client_url):
-                    await client.member_add_learner(member, name, peer_url, client_url)
+                    # An ordinal's id may have been removed by an earlier scale-down: it is the
+                    # same member coming back (same certificate, its own claim), and the
+                    # StatefulSet runs at most one pod per ordinal, so its old process is gone.
+                    await client.member_add_learner(
+                        member, name, peer_url, client_url, readmit=True
+                    )
                 case Promote(member):
                     await client.member_promote(member)
                 case RemoveMember(member):

@@ -432,7 +432,8 @@ def test_scaling_changes_the_membership_with_writes_running(
     as learners and promotes them once caught up (5 voters), a joined member's pod deleted
     comes back from its own claim, then 5 -> 3 removes members 5 and 4 (3 voters, ids 1-3);
     no acknowledged write is lost. Then the PDB at 3: one eviction allowed, a second (which
-    would leave 1 of 3) refused with 429."""
+    would leave 1 of 3) refused with 429. Then 3 -> 5 -> 3 once more: the scaled-away
+    ordinals come back on their retained claims, readmitted as the same members."""
     ns = release.namespace
     control_plane.kubectl("rollout", "status", "-n", ns, f"deployment/{RELEASE}-operator", WAIT)
     voters3 = {1: "voter", 2: "voter", 3: "voter"}
@@ -508,7 +509,20 @@ def test_scaling_changes_the_membership_with_writes_running(
     _wait_members(node_agent, release, voters3)
     back_s = time.perf_counter() - evicted
     print(f"eviction of {RELEASE}-1 allowed, of {RELEASE}-2 refused (429); back in {back_s:.1f} s")
+
+    # Up again: ordinals 3 and 4 come back on their retained claims as members 4 and 5, which
+    # were removed; the operator readmits them (the same members, their old pods gone) and
+    # they catch up from their own data. Then down to 3 again.
+    started = time.perf_counter()
+    control_plane.kubectl("scale", "-n", ns, f"statefulset/{RELEASE}", "--replicas=5")
+    _wait_members(node_agent, release, voters5)
+    again_s = time.perf_counter() - started
+    control_plane.kubectl("scale", "-n", ns, f"statefulset/{RELEASE}", "--replicas=3")
+    _wait_members(node_agent, release, voters3)
+    _ready_replicas(control_plane, ns, 3)
+    print(f"scale 3 -> 5 again on the retained claims: 5 voters after {again_s:.1f} s")
     _ctl(node_agent, release, "put", "after-scaling", "ok")
+    assert _get(node_agent, release, "after-scaling") == "ok"
 
 
 def test_alerts_and_dashboard_use_only_metrics_the_members_export(
