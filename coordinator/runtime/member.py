@@ -96,11 +96,15 @@ from .clock import Clock, SystemClock
 from .grpc_transport import GrpcTransport, server_options
 from .httpd import HttpServer, Response
 from .join import (
+    LOST,
+    UNSURE,
+    WAIT,
     JoinAsk,
     JoinError,
     JoinRecord,
     JoinSettings,
     MemberAuthority,
+    first_start_verdict,
     join_cluster,
     keep_directory_entry,
     promote_when_caught_up,
@@ -540,6 +544,7 @@ class Member:
         self.peer_port = 0
         self.client_port = 0
         self.join_port = 0
+        self._tls: MemberTls | None = None
         self._signing_ca: CertifiedKey | None = None
         """The cluster CA with its key (--ca-key-file), for signing joiners' certificates."""
         self.keys: KeyStore | None = None
@@ -667,7 +672,7 @@ class Member:
         try:
             if cfg.join is not None:
                 cfg = await self._join(cfg.join)
-            tls = self._load_tls()
+            tls = self._tls = self._load_tls()
             if self.client_api:
                 api = await _ClientApi.start(self, cfg.client_listen, tls)
                 self.client_port = api.port if api else 0
@@ -884,6 +889,10 @@ class Member:
                 return wal
             if cfg.id not in voters and cfg.join_if_new:
                 return self._create_waiting_wal(keys)
+            if cfg.join_if_new and self._tls is not None:
+                verdict = await self._first_start_verdict(self._tls)
+                if verdict == WAIT:
+                    return self._create_waiting_wal(keys)
             if cfg.id not in voters:
                 raise ConfigError(
                     f"{cfg.data_dir} is new and --initial-cluster does not list this member "
@@ -923,6 +932,33 @@ class Member:
                 wal.close()
                 raise
         return wal
+
+    async def _first_start_verdict(self, tls: MemberTls) -> str:
+        """--join-if-new, a first member, a new data dir: ask the other first members whether
+        a running cluster knew this member (`join.first_start_verdict`). BOOTSTRAP or WAIT;
+        ConfigError (the member does not start) when it ran before and lost its data, or when
+        that cannot be told."""
+        cfg = self.cfg
+        me = DirectoryEntry(
+            cfg.id, cfg.name, cfg.advertise_peer_url, cfg.advertise_client_url or ""
+        )
+        peers = {i: a for i, a in cfg.initial_cluster.items() if i != cfg.id}
+        verdict, why = await first_start_verdict(me, peers, member_channel_credentials(tls))
+        log.info("new data dir of first member %d: %s (%s)", cfg.id, verdict, why)
+        if verdict == LOST:
+            raise ConfigError(
+                f"{cfg.data_dir} is empty, but {why}: its data were lost (a deleted claim?). "
+                "Starting it empty as a voter could lose committed writes, so it does not "
+                f"start. Remove it from the cluster (`concordctl member remove {cfg.id}`; "
+                "transfer leadership first if it leads): it then starts empty and is added "
+                "back as a learner (by the operator, or `concordctl member add --readmit`)"
+            )
+        if verdict == UNSURE:
+            raise ConfigError(
+                f"{cfg.data_dir} is empty and {why}: cannot tell whether this member ran "
+                "before, so it does not bootstrap; it asks again at its next start"
+            )
+        return verdict
 
     def _create_waiting_wal(self, keys: KeyStore) -> DiskWal:
         """--join-if-new: an empty WAL with no configuration of its own. The member answers
