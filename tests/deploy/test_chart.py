@@ -51,6 +51,21 @@ def test_helm_template_offline_gives_policy_v1(control_plane: ControlPlane) -> N
     assert "policy/v1beta1" not in done.stdout
 
 
+def test_force_new_cluster_reaches_only_the_named_ordinal(control_plane: ControlPlane) -> None:
+    """Disaster recovery (docs/deploy.md): the flag is in the script only when asked for, and
+    only for the one ordinal named, never for every member."""
+
+    def script(*values: str) -> str:
+        args = ["template", "concord", str(CHART), "--show-only", "templates/statefulset.yaml"]
+        done = control_plane.helm(*args, *(a for v in values for a in ("--set", v)))
+        sts = yaml.safe_load(done.stdout)
+        return str(sts["spec"]["template"]["spec"]["containers"][0]["command"][2])
+
+    assert "--force-new-cluster" not in script()
+    forced = script("coordinator.forceNewClusterOrdinal=2")
+    assert 'if [ "$ordinal" = "2" ]; then\n  set -- --force-new-cluster "$@"' in forced
+
+
 @pytest.mark.parametrize("values", [(), NON_DEFAULT], ids=["default", "non-default"])
 def test_every_manifest_passes_a_server_side_dry_run(
     control_plane: ControlPlane, kube_namespace: str, values: tuple[str, ...]
