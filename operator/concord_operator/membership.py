@@ -20,7 +20,7 @@ In priority order:
 2. **Promotion**: a learner with an id within `replicas` becomes a voter once the leader hears
    from it and its match index lags the commit index by at most `PROMOTE_LAG_MAX` entries
    (the leader's own check then passes: Raft refuses to promote a learner that lags).
-3. **Scale-up**: the lowest missing id within `replicas` whose pod exists is added as a
+3. **Scale-up**: the lowest missing id within `replicas` whose pod runs is added as a
    learner, with the URLs the pod advertises (the StatefulSet's naming, read off a listed
    member's URLs), but only when no learner is still catching up: one new member at a time.
 
@@ -56,7 +56,9 @@ class StatefulSetObserved:
     replicas: int
     """spec.replicas: the members wanted are ids 1..replicas."""
     pods: frozenset[int]
-    """Ordinals that have a pod not being deleted."""
+    """Ordinals whose pod is not being deleted and runs its containers (a pod that exits at
+    once, e.g. with no certificate for its ordinal, is not added as a learner that would
+    never catch up and would hold up the next one)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +101,8 @@ class MembershipPlan:
 def statefulset_observed(
     body: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]
 ) -> StatefulSetObserved:
-    """The StatefulSet's wanted replicas and which of its ordinals have a live pod (one not
-    being deleted), from the API objects."""
+    """The StatefulSet's wanted replicas and which of its ordinals have a live pod (not
+    being deleted, every container running), from the API objects."""
     name = str((body.get("metadata") or {}).get("name", ""))
     replicas = (body.get("spec") or {}).get("replicas")
     own = re.compile(rf"^{re.escape(name)}-(\d+)$")
@@ -108,7 +110,9 @@ def statefulset_observed(
     for pod in pods:
         meta = pod.get("metadata") or {}
         found = own.match(str(meta.get("name", "")))
-        if found and not meta.get("deletionTimestamp"):
+        statuses = (pod.get("status") or {}).get("containerStatuses") or []
+        running = bool(statuses) and all("running" in (c.get("state") or {}) for c in statuses)
+        if found and running and not meta.get("deletionTimestamp"):
             ordinals.add(int(found.group(1)))
     return StatefulSetObserved(name, 1 if replicas is None else int(replicas), frozenset(ordinals))
 

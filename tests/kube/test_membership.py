@@ -138,13 +138,20 @@ def test_urls_come_from_a_member_of_the_same_statefulset() -> None:
     assert member_urls("concord", 3, others) is None
 
 
-def test_statefulset_observed_skips_terminating_and_foreign_pods() -> None:
+def test_statefulset_observed_skips_terminating_crashing_and_foreign_pods() -> None:
     body = {"metadata": {"name": "concord"}, "spec": {"replicas": 5}}
+    up = {"containerStatuses": [{"state": {"running": {}}}]}
+    crashing = {"containerStatuses": [{"state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}
     pods = [
-        {"metadata": {"name": "concord-0"}},
-        {"metadata": {"name": "concord-1", "deletionTimestamp": "2026-01-01T00:00:00Z"}},
-        {"metadata": {"name": "concord-operator-5d8f"}},
-        {"metadata": {"name": "concord-4"}},
+        {"metadata": {"name": "concord-0"}, "status": up},
+        {
+            "metadata": {"name": "concord-1", "deletionTimestamp": "2026-01-01T00:00:00Z"},
+            "status": up,
+        },
+        {"metadata": {"name": "concord-operator-5d8f"}, "status": up},
+        {"metadata": {"name": "concord-2"}, "status": crashing},
+        {"metadata": {"name": "concord-3"}},  # not started yet
+        {"metadata": {"name": "concord-4"}, "status": up},
     ]
     assert statefulset_observed(body, pods) == StatefulSetObserved("concord", 5, frozenset({0, 4}))
 
