@@ -431,7 +431,8 @@ def test_scaling_changes_the_membership_with_writes_running(
 ) -> None:
     """`kubectl scale` 3 -> 5 -> 3 with a writer running: the operator adds ordinals 3 and 4
     as learners and promotes them once caught up (5 voters), a joined member's pod deleted
-    comes back from its own claim, then 5 -> 3 removes members 5 and 4 (3 voters, ids 1-3);
+    comes back from its own claim, then 5 -> 3 with member 5 leading removes members 5 and 4
+    (3 voters, ids 1-3);
     no acknowledged write is lost. Then the PDB at 3: one eviction allowed, a second (which
     would leave 1 of 3) refused with 429. Then 3 -> 5 -> 3 once more: the scaled-away
     ordinals come back on their retained claims, readmitted as the same members."""
@@ -459,6 +460,8 @@ def test_scaling_changes_the_membership_with_writes_running(
         _wait_members(node_agent, release, voters5)
         rejoin_s = time.perf_counter() - restarted
 
+        # The hard case of a scale-down: the leader is among the members that go.
+        _ctl(node_agent, release, "member", "transfer", "5")
         started = time.perf_counter()
         control_plane.kubectl("scale", "-n", ns, f"statefulset/{RELEASE}", "--replicas=3")
         _wait_members(node_agent, release, voters3)
@@ -469,7 +472,8 @@ def test_scaling_changes_the_membership_with_writes_running(
         writer.kill()
     print(
         f"\nscale 3 -> 5: 5 voters after {up_s:.1f} s; joined member {joined} deleted -> "
-        f"back as a voter from its claim in {rejoin_s:.1f} s; scale 5 -> 3: 3 voters after "
+        f"back as a voter from its claim in {rejoin_s:.1f} s; scale 5 -> 3 (member 5 leading): "
+        f"3 voters after "
         f"{down_s:.1f} s; writes acknowledged {summary['acked']}, longest write outage "
         f"{summary['longest_gap_s']:.2f} s, failed puts {len(summary['errors'])} "
         f"{summary['errors'][:3]}"
