@@ -12,11 +12,13 @@ In priority order:
 1. **Scale-down**: a member whose id is above `replicas` is removed, the highest id first.
    If it leads, leadership is transferred first (to the reachable voter that stays with the
    highest match index); removing it waits until another member leads. A voter is removed
-   only if the voters that remain keep a reachable quorum among themselves: 5 -> 3 removes 5
-   (4 remain, 3 reachable, quorum 3) and then 4. When they would not (the StatefulSet's
-   Parallel pod management deletes every scaled-away pod at once, so 3 -> 1 leaves 1 of 3
-   voters), nothing is done and the condition says what to do: scale back up (the members'
-   claims are retained), then down one step at a time.
+   only if the voters that remain keep a quorum of running members among themselves
+   (reachable from the leader *and* with a pod not being deleted: a terminating member still
+   answers for a moment): 5 -> 3 removes 5 (4 remain, 3 running, quorum 3) and then 4.
+   When they would not (the StatefulSet's Parallel pod management deletes every scaled-away
+   pod at once, so 3 -> 1 leaves 1 of 3 voters), nothing is done and the condition says
+   what to do: scale back up (the members' claims are retained), then down one step at a
+   time. Without a leader (that quorum already gone) the same advice is given.
 2. **Promotion**: a learner with an id within `replicas` becomes a voter once the leader hears
    from it and its match index lags the commit index by at most `PROMOTE_LAG_MAX` entries
    (the leader's own check then passes: Raft refuses to promote a learner that lags).
@@ -122,6 +124,15 @@ def plan_membership(sts: StatefulSetObserved, observed: ClusterObserved) -> Memb
     members = {m.id: m for m in observed.members}
     leader = next((m for m in observed.members if m.reachability == "Leader"), None)
     if leader is None:
+        voters = sorted(m.id for m in observed.members if m.voter)
+        gone = [i for i in voters if i > sts.replicas]
+        if gone and sts.replicas >= 1:
+            # Scaled down past the quorum in one go (Parallel pod management deletes every
+            # scaled-away pod at once): nothing can be removed without a quorum.
+            message = f"no quorum: {_scale_back(sts, len(voters), gone)}"
+            return MembershipPlan(
+                None, Cond(MEMBERSHIP, "False", BLOCKED, message), True, warning=message
+            )
         return _waiting("no leader: membership changes wait for a quorum")
     if sts.replicas < 1:
         return MembershipPlan(
@@ -211,21 +222,23 @@ def _scale_down(
         )
     voters = [m for m in observed.members if m.voter]
     remaining = [m for m in voters if m.id != member]
-    reachable = sum(m.reachability != "Unreachable" for m in remaining)
+    # A member whose pod is being deleted (or gone) counts as lost even while it still
+    # answers: Parallel pod management takes every scaled-away pod at once, and a quorum
+    # counted on a terminating member would be gone a moment after the change.
+    reachable = sum(_alive(m, sts) for m in remaining)
     quorum = len(remaining) // 2 + 1
     if reachable < quorum:
+        gone = [m.id for m in voters if m.id > sts.replicas]
         message = (
             f"not removing member {member} ({target.name}): the {len(remaining)} voters left "
-            f"would have {reachable} reachable, fewer than their quorum of {quorum}. Several "
-            f"members went at once (the StatefulSet deletes scaled-away pods in parallel): "
-            f"scale {sts.name} back up to {len(voters)} (their claims are retained), wait for "
-            "every member to be Ready, then scale down one step at a time"
+            f"would have {reachable} running, fewer than their quorum of {quorum}: "
+            f"{_scale_back(sts, len(voters), gone)}"
         )
         return MembershipPlan(
             None, Cond(MEMBERSHIP, "False", BLOCKED, message), False, warning=message
         )
     if leader.id == member:
-        successors = [m for m in remaining if m.id in wanted and m.reachability != "Unreachable"]
+        successors = [m for m in remaining if m.id in wanted and _alive(m, sts)]
         if not successors:
             return _waiting(f"member {member} leads and no voter that stays is reachable")
         best = max(successors, key=lambda m: (m.match_index, -m.id))
@@ -241,9 +254,23 @@ def _scale_down(
         RemoveMember(member),
         _scaling(
             f"removing member {member} ({target.name}): ordinal scaled away; {reachable} of "
-            f"{len(remaining)} remaining voters reachable"
+            f"{len(remaining)} remaining voters running"
         ),
         True,
+    )
+
+
+def _alive(m: MemberView, sts: StatefulSetObserved) -> bool:
+    """Reachable from the leader, and its pod is not going away."""
+    return m.reachability != "Unreachable" and (m.id - 1) in sts.pods
+
+
+def _scale_back(sts: StatefulSetObserved, voters: int, gone: list[int]) -> str:
+    return (
+        f"StatefulSet {sts.name} was scaled to {sts.replicas} while {voters} members vote, so "
+        f"members {', '.join(map(str, gone))} went at once (its pods go in parallel). Scale it "
+        f"back up to {voters} (their claims are retained), wait for every member to be Ready, "
+        "then scale down one step at a time"
     )
 
 

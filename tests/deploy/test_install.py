@@ -435,7 +435,9 @@ def test_scaling_changes_the_membership_with_writes_running(
     (3 voters, ids 1-3);
     no acknowledged write is lost. Then the PDB at 3: one eviction allowed, a second (which
     would leave 1 of 3) refused with 429. Then 3 -> 5 -> 3 once more: the scaled-away
-    ordinals come back on their retained claims, readmitted as the same members."""
+    ordinals come back on their retained claims, readmitted as the same members. Last,
+    3 -> 1 in one go loses the quorum: the operator does nothing and says what to do
+    (Membership Blocked, an Event); scaling back to 3 heals it."""
     ns = release.namespace
     control_plane.kubectl("rollout", "status", "-n", ns, f"deployment/{RELEASE}-operator", WAIT)
     voters3 = {1: "voter", 2: "voter", 3: "voter"}
@@ -481,19 +483,13 @@ def test_scaling_changes_the_membership_with_writes_running(
     assert summary["missing"] == [], "acknowledged writes lost"
     assert summary["acked"] > 0
     view = control_plane.kubectl_json("get", "ccluster", "-n", ns, RELEASE)["status"]
-    conditions = {c["type"]: c for c in view["conditions"]}
     assert view["voters"] == 3, view
     # The claims of the removed members stay (the operator never deletes data).
     claims = {
         c["metadata"]["name"] for c in control_plane.kubectl_json("get", "pvc", "-n", ns)["items"]
     }
     assert {f"data-{RELEASE}-{i}" for i in range(5)} <= claims
-    deadline = time.perf_counter() + 30
-    while conditions["Membership"]["status"] != "True":
-        assert time.perf_counter() < deadline, conditions
-        time.sleep(0.5)
-        view = control_plane.kubectl_json("get", "ccluster", "-n", ns, RELEASE)["status"]
-        conditions = {c["type"]: c for c in view["conditions"]}
+    _wait_membership(control_plane, ns, "InSync")
 
     # The PDB with the 3 members left: one eviction keeps the quorum and is allowed, a
     # second would leave 1 of 3 and is refused (HTTP 429) until the first is back.
@@ -525,7 +521,41 @@ def test_scaling_changes_the_membership_with_writes_running(
     _ready_replicas(control_plane, ns, 3)
     print(f"scale 3 -> 5 again on the retained claims: 5 voters after {again_s:.1f} s")
     _ctl(node_agent, release, "put", "after-scaling", "ok")
+
+    # 3 -> 1 in one go: pods 1 and 2 go at once and the quorum with them. The operator can
+    # remove nothing without a quorum; it says so, and what to do (condition and Event).
+    started = time.perf_counter()
+    control_plane.kubectl("scale", "-n", ns, f"statefulset/{RELEASE}", "--replicas=1")
+    blocked = _wait_membership(control_plane, ns, "Blocked")
+    blocked_s = time.perf_counter() - started
+    assert "Scale it back up to 3" in blocked["message"], blocked
+    events = control_plane.kubectl_json(
+        "get", "events", "-n", ns, "--field-selector",
+        f"reason=MembershipBlocked,involvedObject.name={RELEASE}",
+    )["items"]  # fmt: skip
+    assert any("Scale it back up to 3" in e["message"] for e in events), events
+    control_plane.kubectl("scale", "-n", ns, f"statefulset/{RELEASE}", "--replicas=3")
+    _ready_replicas(control_plane, ns, 3)
+    _wait_members(node_agent, release, voters3)
+    _wait_membership(control_plane, ns, "InSync")
+    healed_s = time.perf_counter() - started
+    print(
+        f"scale 3 -> 1: Membership Blocked (what to do, in an Event) after {blocked_s:.1f} s; "
+        f"scaled back to 3, voters 1-3 healthy after {healed_s:.1f} s"
+    )
     assert _get(node_agent, release, "after-scaling") == "ok"
+
+
+def _wait_membership(plane: ControlPlane, namespace: str, reason: str) -> dict[str, Any]:
+    """The ConcordCluster's Membership condition, once it has this reason."""
+    deadline = time.perf_counter() + 90
+    while True:
+        status = plane.kubectl_json("get", "ccluster", "-n", namespace, RELEASE).get("status", {})
+        found = {c["type"]: c for c in status.get("conditions", [])}.get("Membership")
+        if found is not None and found["reason"] == reason:
+            return found
+        assert time.perf_counter() < deadline, f"Membership never {reason}: {status}"
+        time.sleep(0.5)
 
 
 def test_alerts_and_dashboard_use_only_metrics_the_members_export(

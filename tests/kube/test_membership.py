@@ -115,8 +115,15 @@ def test_a_removal_that_would_leave_no_reachable_quorum_is_refused() -> None:
     plan = plan_membership(sts(1), three)
     assert plan.change is None and not plan.pending
     assert plan.condition.reason == BLOCKED
-    assert "scale concord back up to 3" in plan.condition.message
+    assert "Scale it back up to 3" in plan.condition.message
     assert plan.warning == plan.condition.message
+    # The same while the two still answer, their pods terminating: they count as gone, or
+    # the operator would remove 3 and 2 on a quorum that is about to vanish.
+    terminating = cluster(view(1, "Leader"), view(2), view(3))
+    assert plan_membership(sts(1), terminating).condition.reason == BLOCKED
+    # But 5 -> 3 with 4 and 5 still answering goes ahead: 3 of the 4 left run.
+    five = cluster(*THREE, view(4), view(5))
+    assert plan_membership(sts(3), five).change == RemoveMember(5)
     # A learner scaled away never counts against the quorum.
     learner = cluster(*THREE, view(4, "Unreachable", voter=False))
     assert plan_membership(sts(3), learner).change == RemoveMember(4)
@@ -125,6 +132,12 @@ def test_a_removal_that_would_leave_no_reachable_quorum_is_refused() -> None:
 def test_nothing_without_a_leader_and_nothing_when_scaled_to_zero() -> None:
     lost = cluster(view(1, "Unreachable"), view(2, "Unreachable"), view(3, "Unreachable"))
     assert plan_membership(sts(5), lost).change is None
+    assert plan_membership(sts(5), lost).condition.reason == SCALING
+    # Scaled past the quorum in one go: the condition and an Event say how to get back.
+    gone = plan_membership(sts(1), lost)
+    assert gone.change is None and gone.condition.reason == BLOCKED
+    assert "members 2, 3 went at once" in gone.warning
+    assert "Scale it back up to 3" in gone.warning
     zero = plan_membership(sts(0), cluster(*THREE))
     assert zero.change is None and zero.condition.reason == BLOCKED
 
