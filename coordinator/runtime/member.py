@@ -710,6 +710,7 @@ class Member:
             )
             transport.bind(loop.receive, loop.peer_unreachable)
             loop.add_observer(_LeaderLog(cfg.id, loop))
+            loop.add_observer(_ConfWatch(loop, lambda: self._sync_peers(loop, transport)))
             self.start_commit = wal.hard_state.commit
             self.metrics.attach(
                 loop, wal_metrics=wal.metrics, peers=transport.stats, now_s=self.clock.monotonic_s
@@ -1195,6 +1196,33 @@ class Member:
         while True:
             await asyncio.sleep(PEER_SYNC_S)
             self._sync_peers(loop, transport)
+
+
+class _ConfWatch:
+    """Syncs the transport's peers as soon as an applied entry changes the configuration,
+    not only at the next periodic sync: a removed member's connection and the messages
+    queued for it go at once, so that a process started again on its id (a wiped member
+    removed and readmitted) is never handed what was meant for the old one."""
+
+    def __init__(self, loop: MeteredRaftLoop, sync: Callable[[], None]) -> None:
+        self._loop = loop
+        self._sync = sync
+        self._conf = loop.status().conf
+
+    def on_applied(self, batch: Sequence[Applied]) -> None:
+        conf = self._loop.status().conf
+        if conf != self._conf:
+            self._conf = conf
+            self._sync()
+
+    def on_restored(self) -> None:
+        self.on_applied(())
+
+    def on_leader(self, leader: int) -> None:
+        pass
+
+    def on_stop(self) -> None:
+        pass
 
 
 class _LeaderWatch:
