@@ -130,8 +130,10 @@ def plan_membership(sts: StatefulSetObserved, observed: ClusterObserved) -> Memb
             # Scaled down past the quorum in one go (Parallel pod management deletes every
             # scaled-away pod at once): nothing can be removed without a quorum.
             message = f"no quorum: {_scale_back(sts, len(voters), gone)}"
+            # Not pending: nothing changes until a person scales back (the StatefulSet's
+            # event, or the periodic refresh, brings the operator back).
             return MembershipPlan(
-                None, Cond(MEMBERSHIP, "False", BLOCKED, message), True, warning=message
+                None, Cond(MEMBERSHIP, "False", BLOCKED, message), False, warning=message
             )
         return _waiting("no leader: membership changes wait for a quorum")
     if sts.replicas < 1:
