@@ -184,6 +184,9 @@ class MemberConfig:
     """A new data dir whose id is not in --initial-cluster starts empty and waits to be added
     as a learner (by the operator, or `concordctl member add`), instead of being refused. The
     same command line then serves a StatefulSet ordinal's first start and every later one."""
+    no_bootstrap: bool = False
+    """A new data dir never bootstraps, even for an id in --initial-cluster: it starts empty
+    and waits to be added (disaster recovery: every member but the forced survivor)."""
 
 
 def split_host_port(text: str, what: str) -> tuple[str, int]:
@@ -305,6 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
         "operator when a StatefulSet scales up) instead of refusing to start",
     )
     join.add_argument(
+        "--no-bootstrap",
+        action="store_true",
+        help="a new data dir never bootstraps a cluster, even for an id --initial-cluster "
+        "lists: it starts empty and waits to be added as a learner (disaster recovery, for "
+        "every member but the survivor restarted with --force-new-cluster)",
+    )
+    join.add_argument(
         "--join-listen",
         metavar="HOST:PORT",
         help="serve a join port here (TLS, no client certificate) for new members to join",
@@ -371,6 +381,7 @@ def config_from_args(ns: argparse.Namespace) -> MemberConfig:
         "advertise_peer_url": peer_url,
         "advertise_client_url": client_url,
         "join_if_new": ns.join_if_new,
+        "no_bootstrap": ns.no_bootstrap,
     }
     if join is not None:
         if record is not None or _initialised(ns.data_dir):
@@ -888,7 +899,7 @@ class Member:
                 wal = _create_joined_wal(keys, joined)
                 self._record_cluster_id()
                 return wal
-            if cfg.id not in voters and cfg.join_if_new:
+            if cfg.no_bootstrap or (cfg.id not in voters and cfg.join_if_new):
                 return self._create_waiting_wal(keys)
             if cfg.join_if_new and self._tls is not None:
                 verdict = await self._first_start_verdict(self._tls)
@@ -968,12 +979,13 @@ class Member:
         cfg = self.cfg
         wal = DiskWal.create(keys)
         self._record_cluster_id()
+        why = "--no-bootstrap" if cfg.no_bootstrap else "--initial-cluster does not list it"
         log.info(
-            "%s is new and --initial-cluster does not list member %d: started empty, waiting "
-            "to be added as a learner (`concordctl member add %d`, or the operator when the "
-            "StatefulSet scales up)",
+            "%s is new (member %d, %s): started empty, waiting to be added as a learner "
+            "(`concordctl member add %d`, or the operator when the StatefulSet scales up)",
             cfg.data_dir,
             cfg.id,
+            why,
             cfg.id,
         )
         return wal

@@ -63,7 +63,10 @@ def test_force_new_cluster_reaches_only_the_named_ordinal(control_plane: Control
 
     assert "--force-new-cluster" not in script()
     forced = script("coordinator.forceNewClusterOrdinal=2")
-    assert 'if [ "$ordinal" = "2" ]; then\n  set -- --force-new-cluster "$@"' in forced
+    assert (
+        'if [ "$ordinal" = "2" ]; then\n  set -- --force-new-cluster "$@"\n'
+        'else\n  set -- --no-bootstrap "$@"'
+    ) in forced
 
 
 @pytest.mark.parametrize("values", [(), NON_DEFAULT], ids=["default", "non-default"])

@@ -142,3 +142,5 @@ def test_join_if_new_starts_an_unlisted_id_empty_and_bootstraps_a_listed_one(
         open_wal(4)
     # A restart of the waiting member opens its (still empty) WAL again.
     assert open_wal(4, "--join-if-new") == frozenset()
+    # Disaster recovery: even a listed id waits, never bootstrapping a second cluster.
+    assert open_wal(3, "--join-if-new", "--no-bootstrap") == frozenset()
