@@ -528,20 +528,27 @@ def test_scaling_changes_the_membership_with_writes_running(
     control_plane.kubectl("scale", "-n", ns, f"statefulset/{RELEASE}", "--replicas=1")
     blocked = _wait_membership(control_plane, ns, "Blocked")
     blocked_s = time.perf_counter() - started
+    # The two pods really go (the quorum with them), and the operator still removed nothing.
+    control_plane.kubectl(
+        "wait", "-n", ns, "--for=delete", WAIT, f"pod/{RELEASE}-1", f"pod/{RELEASE}-2"
+    )
+    blocked = _wait_membership(control_plane, ns, "Blocked")
     assert "Scale it back up to 3" in blocked["message"], blocked
     events = control_plane.kubectl_json(
         "get", "events", "-n", ns, "--field-selector",
         f"reason=MembershipBlocked,involvedObject.name={RELEASE}",
     )["items"]  # fmt: skip
     assert any("Scale it back up to 3" in e["message"] for e in events), events
+    view = control_plane.kubectl_json("get", "ccluster", "-n", ns, RELEASE)["status"]
+    assert sorted(m["id"] for m in view["members"]) == [1, 2, 3], view  # none removed
     control_plane.kubectl("scale", "-n", ns, f"statefulset/{RELEASE}", "--replicas=3")
     _ready_replicas(control_plane, ns, 3)
     _wait_members(node_agent, release, voters3)
     _wait_membership(control_plane, ns, "InSync")
     healed_s = time.perf_counter() - started
     print(
-        f"scale 3 -> 1: Membership Blocked (what to do, in an Event) after {blocked_s:.1f} s; "
-        f"scaled back to 3, voters 1-3 healthy after {healed_s:.1f} s"
+        f"scale 3 -> 1: Membership Blocked (what to do, in an Event) after {blocked_s:.1f} s, "
+        f"nothing removed; scaled back to 3, voters 1-3 healthy after {healed_s:.1f} s"
     )
     assert _get(node_agent, release, "after-scaling") == "ok"
 
