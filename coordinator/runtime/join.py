@@ -634,6 +634,7 @@ async def first_start_verdict(
     peers: Mapping[int, str],
     credentials: grpc.ChannelCredentials,
     *,
+    first_member: bool = True,
     timeout_s: float = PROBE_TIMEOUT_S,
 ) -> tuple[str, str]:
     """(verdict, why) for a first member (`--initial-cluster` lists it) whose data dir is new,
@@ -653,6 +654,11 @@ async def first_start_verdict(
     - members listen but no leader answers (followers forward to theirs) within
       `timeout_s`: UNSURE, and the member does not start (it is asked again at its next
       start), because bootstrapping a member that ran before is the one unsafe choice.
+
+    A later member (`first_member=False`: --initial-cluster does not list it) never
+    bootstraps, and the operator lists it before it first runs, so a listing proves nothing:
+    it is LOST only if the leader has it as a **voter** (only a member that ran and caught up
+    is ever promoted); otherwise (a learner, not in the configuration, nobody answering) WAIT.
     """
     request = jpb.RegisterSelfRequest(
         id=me.id, name=me.name, peer_url=me.peer_url, client_url=me.client_url
@@ -679,9 +685,15 @@ async def first_start_verdict(
                     fresh = True
                     continue
                 through = f"the cluster's leader (asked through member {peer})"
+                if not first_member:
+                    if answer.voter:
+                        return LOST, f"{through} has this member as a voter: it ran before"
+                    return WAIT, f"{through} has this member as a learner"
                 if answer.changed:
                     return BOOTSTRAP, f"{through} had not listed this member: it never ran"
                 return LOST, f"{through} lists this member already: it ran before"
+            if not first_member and (not listening or clock.time() >= deadline):
+                return WAIT, "no leader answered: a later member waits to be added"
             if not listening:
                 return BOOTSTRAP, (
                     "the first members that run have committed nothing yet: no cluster formed"

@@ -899,12 +899,12 @@ class Member:
                 wal = _create_joined_wal(keys, joined)
                 self._record_cluster_id()
                 return wal
+            if cfg.join_if_new and self._tls is not None:
+                verdict = await self._first_start_verdict(self._tls, cfg.id in voters)
+                if verdict == WAIT or cfg.no_bootstrap:
+                    return self._create_waiting_wal(keys)
             if cfg.no_bootstrap or (cfg.id not in voters and cfg.join_if_new):
                 return self._create_waiting_wal(keys)
-            if cfg.join_if_new and self._tls is not None:
-                verdict = await self._first_start_verdict(self._tls)
-                if verdict == WAIT:
-                    return self._create_waiting_wal(keys)
             if cfg.id not in voters:
                 raise ConfigError(
                     f"{cfg.data_dir} is new and --initial-cluster does not list this member "
@@ -945,18 +945,21 @@ class Member:
                 raise
         return wal
 
-    async def _first_start_verdict(self, tls: MemberTls) -> str:
-        """--join-if-new, a first member, a new data dir: ask the other first members whether
-        a running cluster knew this member (`join.first_start_verdict`). BOOTSTRAP or WAIT;
-        ConfigError (the member does not start) when it ran before and lost its data, or when
-        that cannot be told."""
+    async def _first_start_verdict(self, tls: MemberTls, first_member: bool) -> str:
+        """--join-if-new, a new data dir: ask the first members whether a running cluster
+        knew this member (`join.first_start_verdict`). BOOTSTRAP or WAIT; ConfigError (the
+        member does not start) when it ran before and lost its data, or, for a first member,
+        when that cannot be told."""
         cfg = self.cfg
         me = DirectoryEntry(
             cfg.id, cfg.name, cfg.advertise_peer_url, cfg.advertise_client_url or ""
         )
         peers = {i: a for i, a in cfg.initial_cluster.items() if i != cfg.id}
-        verdict, why = await first_start_verdict(me, peers, member_channel_credentials(tls))
-        log.info("new data dir of first member %d: %s (%s)", cfg.id, verdict, why)
+        verdict, why = await first_start_verdict(
+            me, peers, member_channel_credentials(tls), first_member=first_member
+        )
+        which = "first member" if first_member else "member"
+        log.info("new data dir of %s %d: %s (%s)", which, cfg.id, verdict, why)
         if verdict == LOST:
             raise ConfigError(
                 f"{cfg.data_dir} is empty, but {why}: its data were lost (a deleted claim?). "

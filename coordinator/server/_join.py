@@ -349,9 +349,10 @@ class _Admitter:
                     f"member {member} is not in this cluster's configuration (removed, or "
                     "never admitted): only a member can list itself in the directory",
                 )
+            voter = member in conf.voters
             wanted = Member(member, name, request.peer_url, request.client_url)
             if wanted in core.fsm.members():
-                return jpb.RegisterSelfResponse(changed=False)
+                return jpb.RegisterSelfResponse(changed=False, voter=voter)
             upsert = MemberUpsert(member, name, request.peer_url, request.client_url)
             applied = await core.propose(upsert)
             core.expect(applied, RevisionResult)
@@ -362,7 +363,7 @@ class _Admitter:
                 request.peer_url,
                 request.client_url,
             )
-            return jpb.RegisterSelfResponse(changed=True, raft_index=applied.index)
+            return jpb.RegisterSelfResponse(changed=True, raft_index=applied.index, voter=voter)
 
 
 def _parse_token(text: str) -> JoinToken:
