@@ -642,10 +642,21 @@ def member_list(ctx: Ctx) -> None:
 @click.argument("name")
 @click.argument("peer_url")
 @click.argument("client_url")
+@click.option(
+    "--readmit",
+    is_flag=True,
+    help="ID was removed earlier and this is that same member coming back (its old process "
+    "surely gone): allow the id again, which is otherwise never reused",
+)
 @click.pass_obj
-def member_add(ctx: Ctx, member_id: int, name: str, peer_url: str, client_url: str) -> None:
+def member_add(  # noqa: PLR0917 (click passes every option)
+    ctx: Ctx, member_id: int, name: str, peer_url: str, client_url: str, readmit: bool
+) -> None:
     """Add member ID as a non-voting learner; promote it once it has caught up."""
-    run(ctx, lambda c: c.member_add_learner(member_id, name, peer_url, client_url))
+    run(
+        ctx,
+        lambda c: c.member_add_learner(member_id, name, peer_url, client_url, readmit=readmit),
+    )
     emit(ctx, [{"id": member_id, "name": name, "role": "learner"}], ["id", "name", "role"])
     if not ctx.json:
         click.echo(

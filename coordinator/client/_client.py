@@ -915,12 +915,13 @@ class Client:
         return Status._from_pb(resp)
 
     async def member_add_learner(
-        self, member: int, name: str, peer_url: str, client_url: str
+        self, member: int, name: str, peer_url: str, client_url: str, *, readmit: bool = False
     ) -> None:
         """Add a non-voting learner (it catches up before `member_promote`); a no-op if it
-        already is one."""
+        already is one. `readmit`: the id was removed earlier and this is that member coming
+        back, its earlier process gone (else a removed id is FAILED_PRECONDITION)."""
         req = pb.MemberAddLearnerRequest(
-            id=member, name=name, peer_url=peer_url, client_url=client_url
+            id=member, name=name, peer_url=peer_url, client_url=client_url, readmit=readmit
         )
         await self.call(lambda s: s.cluster.MemberAddLearner(req, timeout=self.rpc_timeout_s))
 

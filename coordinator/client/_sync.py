@@ -326,8 +326,12 @@ class SyncClient:
     def status(self) -> Status:
         return self._run(self._client.status())
 
-    def member_add_learner(self, member: int, name: str, peer_url: str, client_url: str) -> None:
-        self._run(self._client.member_add_learner(member, name, peer_url, client_url))
+    def member_add_learner(
+        self, member: int, name: str, peer_url: str, client_url: str, *, readmit: bool = False
+    ) -> None:
+        self._run(
+            self._client.member_add_learner(member, name, peer_url, client_url, readmit=readmit)
+        )
 
     def member_promote(self, member: int) -> None:
         self._run(self._client.member_promote(member))

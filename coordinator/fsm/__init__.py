@@ -30,6 +30,7 @@ from .commands import LeaseKeepAlive as LeaseKeepAlive
 from .commands import LeaseRevoke as LeaseRevoke
 from .commands import LockAcquire as LockAcquire
 from .commands import LockRelease as LockRelease
+from .commands import MemberReadmit as MemberReadmit
 from .commands import MemberRemove as MemberRemove
 from .commands import MemberUpsert as MemberUpsert
 from .commands import Noop as Noop
@@ -118,6 +119,7 @@ __all__ = [
     "LockGranted",
     "LockRelease",
     "Member",
+    "MemberReadmit",
     "MemberRemove",
     "MemberUpsert",
     "Noop",

@@ -474,6 +474,25 @@ class MemberRemove:
         return cls(r.u64())
 
 
+@dataclass(frozen=True, slots=True)
+class MemberReadmit:
+    """Take a removed id off the never-again list, so that it may be listed and added again.
+    Only for a member that comes back as itself: the same identity and, if it kept any, its
+    own data (a StatefulSet ordinal scaled down and up again, whose earlier pod is gone by
+    the StatefulSet's one-pod-per-ordinal rule). The server proposes it only when asked
+    explicitly (MemberAddLearner with `readmit`); a no-op for an id never removed."""
+
+    TAG: ClassVar[int] = 55
+    id: int
+
+    def _write(self, w: Writer) -> None:
+        w.u64(self.id)
+
+    @classmethod
+    def _read(cls, r: Reader) -> Self:
+        return cls(r.u64())
+
+
 # --- join tokens -----------------------------------------------------------------------------
 
 
@@ -576,6 +595,7 @@ Command = (
     | SequenceNext
     | MemberUpsert
     | MemberRemove
+    | MemberReadmit
     | JoinTokenAdd
     | JoinTokenRevoke
     | SealingKeyAdd
@@ -600,6 +620,7 @@ COMMAND_TYPES: tuple[type[Command], ...] = (
     SequenceNext,
     MemberUpsert,
     MemberRemove,
+    MemberReadmit,
     JoinTokenAdd,
     JoinTokenRevoke,
     SealingKeyAdd,

@@ -82,6 +82,7 @@ from .commands import (
     LeaseRevoke,
     LockAcquire,
     LockRelease,
+    MemberReadmit,
     MemberRemove,
     MemberUpsert,
     Noop,
@@ -365,6 +366,8 @@ class StateMachine:
                 return RevisionResult(self._members.upsert(member))
             case MemberRemove():
                 return RevisionResult(self._members.remove(cmd.id))
+            case MemberReadmit():
+                return RevisionResult(self._members.readmit(cmd.id))
             case JoinTokenAdd():
                 self._join_tokens.add(cmd.id, cmd.secret_sha256, cmd.created_ms)
                 return RevisionResult(self._history.revision)

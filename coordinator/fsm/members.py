@@ -17,7 +17,10 @@ which the server proposes with every removal from the Raft configuration, listed
 refuses to list it again (FAILED_PRECONDITION). A removed member may still be running, cut
 off, with a certificate bound to its id: were the id given to a new member, the old one's
 acknowledgements would count as the new one's, which has none of those entries. Joins pick
-ids above every id in use or removed (`removed_ids`).
+ids above every id in use or removed (`removed_ids`). The one exception is explicit:
+`MemberReadmit` takes an id off the list when the member that comes back *is* the removed
+one and its earlier process is known to be gone (a StatefulSet ordinal scaled down and up
+again, the operator's case); it then rejoins as a learner, from its own data if it kept them.
 """
 
 from __future__ import annotations
@@ -102,6 +105,13 @@ class MemberTable:
         return self._history.record(
             EventKind.MEMBER_REMOVED, member.name.encode(), number=member_id
         )
+
+    def readmit(self, member_id: int) -> int:
+        """Let a removed id be listed again (`MemberReadmit`); returns the revision, which
+        does not change: nothing listed changed yet, the upsert that follows is the event."""
+        check_id(member_id, "member id")
+        self._removed.discard(member_id)
+        return self._history.revision
 
     def replace(self, members: Sequence[Member], removed: Iterable[int] = ()) -> None:
         """Make `members` the whole directory, outside the log and without an event (disaster

@@ -612,3 +612,103 @@ async def keep_directory_entry(
     finally:
         for channel in channels.values():
             await channel.close()
+
+
+# --- a new data dir of a first member: bootstrap only if no cluster knew it ---------------------
+
+BOOTSTRAP = "bootstrap"
+"""`first_start_verdict`: no running cluster knew this member: bootstrap from --initial-cluster."""
+WAIT = "wait"
+"""A running cluster no longer has this member in its configuration (it was removed): start
+empty and wait to be added again as a learner."""
+LOST = "lost"
+"""A running cluster lists this member already: it ran before and its data are gone."""
+UNSURE = "unsure"
+"""Other members run but no leader answered: whether this member ran before is unknown."""
+
+PROBE_TIMEOUT_S = 5.0
+
+
+async def first_start_verdict(
+    me: DirectoryEntry,
+    peers: Mapping[int, str],
+    credentials: grpc.ChannelCredentials,
+    *,
+    first_member: bool = True,
+    timeout_s: float = PROBE_TIMEOUT_S,
+) -> tuple[str, str]:
+    """(verdict, why) for a first member (`--initial-cluster` lists it) whose data dir is new,
+    asked of the other first members' peer ports (`Admission.RegisterSelf`: only the leader
+    answers, with this member's certificate as the credential):
+
+    - the leader lists it exactly as it advertises itself: LOST. It ran before (members list
+      themselves once running), so it may have voted and acknowledged entries it no longer
+      has; bootstrapping again could let a committed entry be lost. A person must remove it
+      first (`concordctl member remove ID`); it then comes back as a new learner;
+    - the leader did not list it (and now does): BOOTSTRAP. The others formed the cluster
+      before it ever started (a slow first pod), so an empty state is its true state;
+    - the leader does not have it in its configuration (NOT_FOUND): WAIT, to be readmitted;
+    - nobody listens on any peer port, or those that do have never committed anything and
+      know no leader (`fresh`): no cluster has formed, BOOTSTRAP at once (first members
+      that start together, or a little apart, all see this);
+    - members listen but no leader answers (followers forward to theirs) within
+      `timeout_s`: UNSURE, and the member does not start (it is asked again at its next
+      start), because bootstrapping a member that ran before is the one unsafe choice.
+
+    A later member (`first_member=False`: --initial-cluster does not list it) never
+    bootstraps, and the operator lists it before it first runs, so a listing proves nothing:
+    it is LOST only if the leader has it as a **voter** (only a member that ran and caught up
+    is ever promoted); otherwise (a learner, not in the configuration, nobody answering) WAIT.
+    """
+    request = jpb.RegisterSelfRequest(
+        id=me.id, name=me.name, peer_url=me.peer_url, client_url=me.client_url
+    )
+    clock = asyncio.get_running_loop()
+    deadline = clock.time() + timeout_s
+    channels = {i: grpc.aio.secure_channel(a, credentials) for i, a in peers.items() if i != me.id}
+    try:
+        while True:
+            listening = fresh = False
+            for peer, channel in channels.items():
+                stub = _generated.AdmissionStub(channel)
+                try:
+                    answer = await stub.RegisterSelf(request, timeout=1.0)
+                except grpc.aio.AioRpcError as err:
+                    code, details = err.code(), err.details() or ""
+                    if code is grpc.StatusCode.NOT_FOUND:
+                        return WAIT, f"member {peer} answered: {details}"
+                    if code is grpc.StatusCode.UNAVAILABLE and _refused(details):
+                        continue
+                    listening = True
+                    continue
+                if answer.fresh:
+                    fresh = True
+                    continue
+                through = f"the cluster's leader (asked through member {peer})"
+                if not first_member:
+                    if answer.voter:
+                        return LOST, f"{through} has this member as a voter: it ran before"
+                    return WAIT, f"{through} has this member as a learner"
+                if answer.changed:
+                    return BOOTSTRAP, f"{through} had not listed this member: it never ran"
+                return LOST, f"{through} lists this member already: it ran before"
+            if not first_member and (not listening or clock.time() >= deadline):
+                return WAIT, "no leader answered: a later member waits to be added"
+            if not listening:
+                return BOOTSTRAP, (
+                    "the first members that run have committed nothing yet: no cluster formed"
+                    if fresh
+                    else "no other first member is running yet"
+                )
+            if clock.time() >= deadline:
+                return UNSURE, f"other members run, but no leader answered within {timeout_s:g} s"
+            await asyncio.sleep(0.3)
+    finally:
+        for channel in channels.values():
+            await channel.close()
+
+
+def _refused(details: str) -> bool:
+    """Nothing listens there (yet): a connection refused or a name that does not resolve."""
+    text = details.lower()
+    return any(s in text for s in ("connection refused", "failed to connect", "dns resolution"))

@@ -96,11 +96,15 @@ from .clock import Clock, SystemClock
 from .grpc_transport import GrpcTransport, server_options
 from .httpd import HttpServer, Response
 from .join import (
+    LOST,
+    UNSURE,
+    WAIT,
     JoinAsk,
     JoinError,
     JoinRecord,
     JoinSettings,
     MemberAuthority,
+    first_start_verdict,
     join_cluster,
     keep_directory_entry,
     promote_when_caught_up,
@@ -185,6 +189,13 @@ class MemberConfig:
     token_review_kubeconfig: Path | None = None
     """The API server for TokenReviews; None: the in-cluster one."""
     token_audience: str = "concord"
+    join_if_new: bool = False
+    """A new data dir whose id is not in --initial-cluster starts empty and waits to be added
+    as a learner (by the operator, or `concordctl member add`), instead of being refused. The
+    same command line then serves a StatefulSet ordinal's first start and every later one."""
+    no_bootstrap: bool = False
+    """A new data dir never bootstraps, even for an id in --initial-cluster: it starts empty
+    and waits to be added (disaster recovery: every member but the forced survivor)."""
 
 
 def split_host_port(text: str, what: str) -> tuple[str, int]:
@@ -326,6 +337,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to keep retrying an unreachable join address or leader (default 30)",
     )
     join.add_argument(
+        "--join-if-new",
+        action="store_true",
+        help="with a new data dir and an --id that --initial-cluster does not list: start with "
+        "an empty log and wait to be added as a learner (`concordctl member add`, or the "
+        "operator when a StatefulSet scales up) instead of refusing to start",
+    )
+    join.add_argument(
+        "--no-bootstrap",
+        action="store_true",
+        help="a new data dir never bootstraps a cluster, even for an id --initial-cluster "
+        "lists: it starts empty and waits to be added as a learner (disaster recovery, for "
+        "every member but the survivor restarted with --force-new-cluster)",
+    )
+    join.add_argument(
         "--join-listen",
         metavar="HOST:PORT",
         help="serve a join port here (TLS, no client certificate) for new members to join",
@@ -396,6 +421,8 @@ def config_from_args(ns: argparse.Namespace) -> MemberConfig:
         "workload_listen": ns.workload_listen or "",
         "token_review_kubeconfig": ns.token_review_kubeconfig,
         "token_audience": ns.token_audience,
+        "join_if_new": ns.join_if_new,
+        "no_bootstrap": ns.no_bootstrap,
     }
     if join is not None:
         if record is not None or _initialised(ns.data_dir):
@@ -594,6 +621,7 @@ class Member:
         self.workload_port = 0
         """The workload port actually bound (0: none)."""
         self.join_port = 0
+        self._tls: MemberTls | None = None
         self._signing_ca: CertifiedKey | None = None
         """The cluster CA with its key (--ca-key-file), for signing joiners' certificates."""
         self.keys: KeyStore | None = None
@@ -721,7 +749,7 @@ class Member:
         try:
             if cfg.join is not None:
                 cfg = await self._join(cfg.join)
-            tls = self._load_tls()
+            tls = self._tls = self._load_tls()
             if self.client_api:
                 api = await _ClientApi.start(self, cfg.client_listen, tls)
                 self.client_port = api.port if api else 0
@@ -759,6 +787,7 @@ class Member:
             )
             transport.bind(loop.receive, loop.peer_unreachable)
             loop.add_observer(_LeaderLog(cfg.id, loop))
+            loop.add_observer(_ConfWatch(loop, lambda: self._sync_peers(loop, transport)))
             self.start_commit = wal.hard_state.commit
             self.metrics.attach(
                 loop, wal_metrics=wal.metrics, peers=transport.stats, now_s=self.clock.monotonic_s
@@ -936,6 +965,12 @@ class Member:
                 wal = _create_joined_wal(keys, joined)
                 self._record_cluster_id()
                 return wal
+            if cfg.join_if_new and self._tls is not None:
+                verdict = await self._first_start_verdict(self._tls, cfg.id in voters)
+                if verdict == WAIT or cfg.no_bootstrap:
+                    return self._create_waiting_wal(keys)
+            if cfg.no_bootstrap or (cfg.id not in voters and cfg.join_if_new):
+                return self._create_waiting_wal(keys)
             if cfg.id not in voters:
                 raise ConfigError(
                     f"{cfg.data_dir} is new and --initial-cluster does not list this member "
@@ -974,6 +1009,54 @@ class Member:
             except BaseException:
                 wal.close()
                 raise
+        return wal
+
+    async def _first_start_verdict(self, tls: MemberTls, first_member: bool) -> str:
+        """--join-if-new, a new data dir: ask the first members whether a running cluster
+        knew this member (`join.first_start_verdict`). BOOTSTRAP or WAIT; ConfigError (the
+        member does not start) when it ran before and lost its data, or, for a first member,
+        when that cannot be told."""
+        cfg = self.cfg
+        me = DirectoryEntry(
+            cfg.id, cfg.name, cfg.advertise_peer_url, cfg.advertise_client_url or ""
+        )
+        peers = {i: a for i, a in cfg.initial_cluster.items() if i != cfg.id}
+        verdict, why = await first_start_verdict(
+            me, peers, member_channel_credentials(tls), first_member=first_member
+        )
+        which = "first member" if first_member else "member"
+        log.info("new data dir of %s %d: %s (%s)", which, cfg.id, verdict, why)
+        if verdict == LOST:
+            raise ConfigError(
+                f"{cfg.data_dir} is empty, but {why}: its data were lost (a deleted claim?). "
+                "Starting it empty as a voter could lose committed writes, so it does not "
+                f"start. Remove it from the cluster (`concordctl member remove {cfg.id}`; "
+                "transfer leadership first if it leads): it then starts empty and is added "
+                "back as a learner (by the operator, or `concordctl member add --readmit`)"
+            )
+        if verdict == UNSURE:
+            raise ConfigError(
+                f"{cfg.data_dir} is empty and {why}: cannot tell whether this member ran "
+                "before, so it does not bootstrap; it asks again at its next start"
+            )
+        return verdict
+
+    def _create_waiting_wal(self, keys: KeyStore) -> DiskWal:
+        """--join-if-new: an empty WAL with no configuration of its own. The member answers
+        the leader once it has been added as a learner; the leader's log (or a snapshot)
+        then tells it the configuration, so it can never vote in or form a cluster alone."""
+        cfg = self.cfg
+        wal = DiskWal.create(keys)
+        self._record_cluster_id()
+        why = "--no-bootstrap" if cfg.no_bootstrap else "--initial-cluster does not list it"
+        log.info(
+            "%s is new (member %d, %s): started empty, waiting to be added as a learner "
+            "(`concordctl member add %d`, or the operator when the StatefulSet scales up)",
+            cfg.data_dir,
+            cfg.id,
+            why,
+            cfg.id,
+        )
         return wal
 
     def _record_cluster_id(self) -> None:
@@ -1194,6 +1277,33 @@ class Member:
         while True:
             await asyncio.sleep(PEER_SYNC_S)
             self._sync_peers(loop, transport)
+
+
+class _ConfWatch:
+    """Syncs the transport's peers as soon as an applied entry changes the configuration,
+    not only at the next periodic sync: a removed member's connection and the messages
+    queued for it go at once, so that a process started again on its id (a wiped member
+    removed and readmitted) is never handed what was meant for the old one."""
+
+    def __init__(self, loop: MeteredRaftLoop, sync: Callable[[], None]) -> None:
+        self._loop = loop
+        self._sync = sync
+        self._conf = loop.status().conf
+
+    def on_applied(self, batch: Sequence[Applied]) -> None:
+        conf = self._loop.status().conf
+        if conf != self._conf:
+            self._conf = conf
+            self._sync()
+
+    def on_restored(self) -> None:
+        self.on_applied(())
+
+    def on_leader(self, leader: int) -> None:
+        pass
+
+    def on_stop(self) -> None:
+        pass
 
 
 class _LeaderWatch:

@@ -12,7 +12,9 @@ others UNKNOWN with match_index 0 (a follower knows nobody's progress).
 Changes go through the leader, one at a time (Raft's single-server changes):
 - MemberAddLearner records the member in the directory (MemberUpsert: level-based, so a retry
   is harmless), then adds it as a learner; adding a member that is already a learner is a
-  no-op success, adding a voter is FAILED_PRECONDITION.
+  no-op success, adding a voter is FAILED_PRECONDITION. A removed id is refused unless the
+  request says `readmit` (the removed member itself comes back, its old process gone: the
+  operator's scaled-down-and-up StatefulSet ordinal), which first proposes MemberReadmit.
 - MemberPromote makes a caught-up learner a voter (FAILED_PRECONDITION while it lags; retry
   once caught up); promoting a voter is a no-op success.
 - MemberRemove removes it from the configuration, then from the directory. The leader cannot
@@ -26,7 +28,7 @@ from __future__ import annotations
 import asyncio
 
 from coordinator.api.v1 import concord_pb2 as pb
-from coordinator.fsm import MemberRemove, MemberUpsert, RevisionResult
+from coordinator.fsm import MemberReadmit, MemberRemove, MemberUpsert, RevisionResult
 from coordinator.raft import ConfChange, ConfChangeType, NotLeaderError, RaftError, Role
 from coordinator.runtime.loop import StoppedError
 
@@ -118,6 +120,9 @@ class ClusterService(Servicer):
             raise ServiceError(
                 Code.FAILED_PRECONDITION, f"member {member} is already a voter; nothing to add"
             )
+        if request.readmit and member in core.fsm.removed_member_ids():
+            # The caller vouches that this is the removed member itself, its old process gone.
+            core.expect(await core.propose(MemberReadmit(member)), RevisionResult)
         upsert = MemberUpsert(member, name, request.peer_url, request.client_url)
         core.expect(await core.propose(upsert), RevisionResult)
         index = 0

@@ -349,9 +349,10 @@ class _Admitter:
                     f"member {member} is not in this cluster's configuration (removed, or "
                     "never admitted): only a member can list itself in the directory",
                 )
+            voter = member in conf.voters
             wanted = Member(member, name, request.peer_url, request.client_url)
             if wanted in core.fsm.members():
-                return jpb.RegisterSelfResponse(changed=False)
+                return jpb.RegisterSelfResponse(changed=False, voter=voter)
             upsert = MemberUpsert(member, name, request.peer_url, request.client_url)
             applied = await core.propose(upsert)
             core.expect(applied, RevisionResult)
@@ -362,7 +363,7 @@ class _Admitter:
                 request.peer_url,
                 request.client_url,
             )
-            return jpb.RegisterSelfResponse(changed=True, raft_index=applied.index)
+            return jpb.RegisterSelfResponse(changed=True, raft_index=applied.index, voter=voter)
 
 
 def _parse_token(text: str) -> JoinToken:
@@ -462,6 +463,7 @@ class AdmissionService(Servicer):
 
     def __init__(self, services: JoinServices) -> None:
         super().__init__(services.core.cfg.deadline_s)
+        self._services = services
         self._admitter = services.admitter
 
     async def Admit(
@@ -504,7 +506,7 @@ class AdmissionService(Servicer):
     async def _register(
         self, request: jpb.RegisterSelfRequest, call: Call
     ) -> jpb.RegisterSelfResponse:
-        return await self._admitter.register(request)
+        return await self._services.register_at_leader(request, call)
 
     @unary
     async def _admit(self, request: jpb.AdmitRequest, call: Call) -> jpb.AdmitResponse:
@@ -569,6 +571,18 @@ class JoinServices:
         self._channels.clear()
         self.core.close()
 
+    def _channel(self, address: str) -> grpc.aio.Channel:
+        channel = self._channels.get(address)
+        if channel is None:
+            credentials = self.authority.peer_credentials()
+            channel = (
+                grpc.aio.secure_channel(address, credentials)
+                if credentials is not None
+                else grpc.aio.insecure_channel(address)
+            )
+            self._channels[address] = channel
+        return channel
+
     async def admit_at_leader(self, request: jpb.AdmitRequest, call: Call) -> jpb.AdmitResponse:
         """Admit on the leader: here if this member leads, else over the leader's peer port."""
         core = self.core
@@ -581,20 +595,41 @@ class JoinServices:
             raise unavailable(
                 f"member {core.id} knows no address for the leader (member {leader}); retry"
             )
-        channel = self._channels.get(address)
-        if channel is None:
-            credentials = self.authority.peer_credentials()
-            channel = (
-                grpc.aio.secure_channel(address, credentials)
-                if credentials is not None
-                else grpc.aio.insecure_channel(address)
-            )
-            self._channels[address] = channel
-        stub = _generated.AdmissionStub(channel)
+        stub = _generated.AdmissionStub(self._channel(address))
         try:
             response: jpb.AdmitResponse = await stub.Admit(
                 request, timeout=max(0.5, call.bound_s() * 0.9)
             )
+        except grpc.aio.AioRpcError as err:
+            raise _relayed(err, leader, address) from None
+        return response
+
+    async def register_at_leader(
+        self, request: jpb.RegisterSelfRequest, call: Call
+    ) -> jpb.RegisterSelfResponse:
+        """RegisterSelf on the leader: here if this member leads, else forwarded over the
+        leader's peer port with this member's certificate (the leader checks that the id is
+        in its configuration; a first member whose data dir is new asks any peer it knows,
+        `runtime.join.first_start_verdict`, and the leader may be a member it does not)."""
+        core = self.core
+        if core.loop.leader == 0 and core.loop.status().commit == 0:
+            # No cluster has formed: nothing committed here, no leader to ask. Said as such,
+            # so that a first member starting late need not wait for a leader that needs it.
+            return jpb.RegisterSelfResponse(fresh=True)
+        await core.read(False)  # a leader exists and this member hears from it
+        leader = core.loop.leader
+        if leader == core.id:
+            return await self.admitter.register(request)
+        address = self.authority.peer_address(leader) if leader else None
+        if address is None:
+            raise unavailable(
+                f"member {core.id} knows no address for the leader (member {leader}); retry"
+            )
+        channel = self._channel(address)
+        try:
+            response: jpb.RegisterSelfResponse = await _generated.AdmissionStub(
+                channel
+            ).RegisterSelf(request, timeout=max(0.5, call.bound_s() * 0.9))
         except grpc.aio.AioRpcError as err:
             raise _relayed(err, leader, address) from None
         return response

@@ -37,14 +37,17 @@ from typing import Any
 from coordinator.client import ConcordError
 
 from .coordinator import Gateway, KnownRecord
-from .kube import Conflict, Invalid, KubeApi, ObjectGone
+from .kube import Conflict, Invalid, KubeApi, ObjectGone, ReadFailed
 from .manifests import CERTIFICATE_CONFIGMAP, certificate_configmap, published_key_id
+from .membership import BLOCKED, MEMBERSHIP, SCALING, plan_membership, statefulset_observed
 from .metrics import Metrics
 from .reconcile import (
     CLUSTERS,
     LEASES,
     SEALED_SECRETS,
     SEQUENCES,
+    ClusterObserved,
+    Cond,
     LeaseObserved,
     LeaseSpec,
     ObjectRef,
@@ -86,6 +89,10 @@ ERROR_BACKOFF_S = 5.0
 CLUSTER_REFRESH_S = 5.0
 """How often a ConcordCluster's view is read again without an outage to react to."""
 
+MEMBERSHIP_RECHECK_S = 1.0
+"""While membership is changing (a learner catching up, a change just made), the
+ConcordCluster is reconciled again this soon rather than at the next refresh."""
+
 
 class NotNow(Exception):
     """A deletion cannot finish yet (no leadership, or the coordinator is unavailable): the
@@ -117,6 +124,8 @@ class Tracked:
     is nothing to unseal again (the event of our own write, a resync after a watch restart)."""
     published: tuple[str, int] | None = None
     """SealedSecret: (uid, generation) whose ciphertext record is in the coordinator."""
+    warned: str = ""
+    """ConcordCluster: the membership warning last recorded as an Event (not repeated)."""
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
@@ -194,6 +203,14 @@ class Controller:
             tracked.ref, tracked.spec = ref, spec
         tracked.known = None  # a spec change or a resume: read everything afresh
         self._schedule(tracked)
+
+    def statefulset_changed(self, namespace: str, name: str) -> None:
+        """A StatefulSet changed (scaled, say): reconcile the ConcordClusters that follow it."""
+        for (plural, ns, _), tracked in self.objects.items():
+            if (plural, ns) == (CLUSTERS, namespace) and tracked.spec.get(
+                "statefulSetName"
+            ) == name:
+                self._schedule(tracked)
 
     def secret_changed(self, namespace: str, name: str, resource_version: str) -> None:
         """A Secret changed or went: if a SealedSecret of that name is tracked, reconcile it
@@ -473,7 +490,13 @@ class Controller:
         ref, now = tracked.ref, dt.datetime.now(dt.UTC)
         if ref.plural == CLUSTERS:
             observed_cluster = forced or await self.gateway.observe_cluster()
-            return reconcile_cluster(ref, tracked.spec, observed_cluster, tracked.status, now)
+            extra: tuple[Cond, ...] = ()
+            sts_name = str(tracked.spec.get("statefulSetName") or "")
+            if sts_name and isinstance(observed_cluster, ClusterObserved):
+                extra = (await self._follow_statefulset(tracked, sts_name, observed_cluster),)
+            return reconcile_cluster(
+                ref, tracked.spec, observed_cluster, tracked.status, now, extra=extra
+            )
         if ref.plural == LEASES:
             spec = LeaseSpec.of(tracked.spec)
             observed_lease = forced or await self.gateway.observe_lease(
@@ -487,6 +510,70 @@ class Controller:
         if isinstance(observed_seq, SequenceObserved):
             tracked.known = KnownRecord(observed_seq.record)
         return reconcile_sequence(ref, seq_spec, observed_seq, tracked.status, now)
+
+    # --- membership follows the StatefulSet (membership.py decides) ----------------------
+
+    async def _follow_statefulset(
+        self, tracked: Tracked, sts_name: str, observed: ClusterObserved
+    ) -> Cond:
+        """Observe the StatefulSet, make the one membership change `plan_membership` asks
+        for (if this replica surely leads), record a warning Event when a person must act,
+        and come back soon while there is more to do. Returns the Membership condition."""
+        ref = tracked.ref
+        try:
+            body = await self.kube.read_statefulset(ref.namespace, sts_name)
+            if body is None:
+                return Cond(
+                    MEMBERSHIP,
+                    "False",
+                    BLOCKED,
+                    f"StatefulSet {ref.namespace}/{sts_name} not found",
+                )
+            labels = ((body.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+            pods = await self.kube.list_pods(ref.namespace, dict(labels))
+        except ReadFailed as err:
+            return Cond(
+                MEMBERSHIP,
+                "False",
+                BLOCKED,
+                f"{err.message} (the operator needs get on statefulsets and list on pods)",
+            )
+        plan = plan_membership(statefulset_observed(body, pods), observed)
+        condition, warning = plan.condition, plan.warning
+        if plan.change is not None and self.leader_valid():
+            log.info("membership of %s/%s: %s", ref.namespace, ref.name, plan.condition.message)
+            outcome = await self.gateway.change_membership(plan.change)
+            if isinstance(outcome, Unavailable):
+                condition = Cond(
+                    MEMBERSHIP,
+                    "False",
+                    SCALING,
+                    f"{plan.condition.message}: not yet ({outcome.message})",
+                )
+            elif outcome is not None:
+                warning = f"{plan.condition.message}: refused by the coordinator: {outcome}"
+                condition = Cond(MEMBERSHIP, "False", BLOCKED, warning)
+        if warning and warning != tracked.warned:
+            log.warning("membership of %s/%s: %s", ref.namespace, ref.name, warning)
+            try:
+                await self.kube.record_event(
+                    "ConcordCluster",
+                    ref.namespace,
+                    ref.name,
+                    ref.uid,
+                    "MembershipBlocked",
+                    message=warning,
+                )
+            except ReadFailed as err:
+                log.warning("%s", err.message)
+        tracked.warned = warning
+        if plan.pending or (plan.change is not None and condition.reason != BLOCKED):
+            asyncio.get_running_loop().call_later(MEMBERSHIP_RECHECK_S, self._recheck, tracked)
+        return condition
+
+    def _recheck(self, tracked: Tracked) -> None:
+        if self.objects.get(tracked.ref.key) is tracked:
+            self._schedule(tracked)
 
     # --- the sealing certificate ---------------------------------------------------------
 

@@ -41,6 +41,7 @@ from coordinator.client import (
 )
 from coordinator.sealing import SealedRecord, sealed_record_key
 
+from .membership import AddLearner, MemberChange, Promote, RemoveMember, TransferLeader
 from .reconcile import (
     Action,
     ClusterObserved,
@@ -213,6 +214,7 @@ class Gateway:
                 m.role == "voter",
                 "Unreachable" if lost else shown.get(m.status, "Unreachable"),
                 m.match_index,
+                m.peer_url,
             )
             for m in members.members
         )
@@ -336,6 +338,35 @@ class Gateway:
                 except ConcordError as err:
                     if err.code != "NOT_FOUND":
                         raise
+
+    async def change_membership(self, change: MemberChange) -> Unavailable | str | None:
+        """Make one membership change through the leader (the Cluster API). None when done;
+        Unavailable when it can be retried as it is (no quorum, a deadline, the learner not
+        caught up yet); else the coordinator's refusal, for a person to act on (an id that
+        was removed earlier and is never reused, say)."""
+        client = self.client
+        try:
+            match change:
+                case AddLearner(member, name, peer_url, client_url):
+                    # An ordinal's id may have been removed by an earlier scale-down: it is the
+                    # same member coming back (same certificate, its own claim), and the
+                    # StatefulSet runs at most one pod per ordinal, so its old process is gone.
+                    await client.member_add_learner(
+                        member, name, peer_url, client_url, readmit=True
+                    )
+                case Promote(member):
+                    await client.member_promote(member)
+                case RemoveMember(member):
+                    await client.member_remove(member)
+                case TransferLeader(member):
+                    await client.transfer_leader(member)
+        except ConcordError as err:
+            if err.code in WAITABLE:
+                return Unavailable(err.message)
+            if isinstance(change, Promote | TransferLeader) and err.code == "FAILED_PRECONDITION":
+                return Unavailable(err.message)  # lagging, or leadership moved: look again
+            return f"{err.code}: {err.message}"
+        return None
 
     # --- streams ---------------------------------------------------------------------------
 

@@ -203,3 +203,20 @@ def enable_injection() -> None:
     kopf.on.mutate("v1", "pods", id=WEBHOOK_ID, operations=["CREATE"], side_effects=True)(
         inject_sidecar
     )
+
+
+def _followed_statefulset(
+    name: str | None, namespace: str | None, memo: kopf.Memo, **_: object
+) -> bool:
+    # Only the StatefulSets a ConcordCluster follows (spec.statefulSetName) reach the handler.
+    return any(
+        key[0] == CLUSTERS and key[1] == namespace and t.spec.get("statefulSetName") == name
+        for key, t in _controller(memo).objects.items()
+    )
+
+
+@kopf.on.event("apps", "v1", "statefulsets", when=_followed_statefulset)
+async def statefulset_event(body: kopf.Body, memo: kopf.Memo, **_: object) -> None:
+    # A scale (spec.replicas) or its pods coming and going (status): membership may follow.
+    meta = body.get("metadata") or {}
+    _controller(memo).statefulset_changed(str(meta.get("namespace")), str(meta.get("name")))

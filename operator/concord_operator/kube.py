@@ -107,6 +107,14 @@ def _invalid(kind: str, namespace: str, name: str, err: ApiException) -> Invalid
     return Invalid(kind, namespace, name, message)
 
 
+@dataclass(frozen=True, slots=True)
+class ReadFailed(Exception):
+    """The API server would not let the operator read (or write an Event about) something
+    it only follows: `message` says what and why."""
+
+    message: str
+
+
 CoreKind = Literal["Secret", "ConfigMap"]
 
 
@@ -115,6 +123,7 @@ class KubeApi:
         self.api_client = api_client
         self.custom = kubernetes.client.CustomObjectsApi(api_client)
         self.core = kubernetes.client.CoreV1Api(api_client)
+        self.apps = kubernetes.client.AppsV1Api(api_client)
         self._pool = ThreadPoolExecutor(WRITERS, thread_name_prefix="kube-write")
 
     @classmethod
@@ -299,7 +308,10 @@ class KubeApi:
         body: dict[str, Any] = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"generateName": "concord-injection-", "namespace": namespace},
+            "metadata": {
+                "generateName": f"{involved.get('name') or 'concord'}.",
+                "namespace": namespace,
+            },
             "involvedObject": involved,
             "reason": reason,
             "message": message,
@@ -334,6 +346,54 @@ class KubeApi:
             return False
         await self._call(lambda: admission.patch_mutating_webhook_configuration(configuration, ops))
         return True
+
+    # --- the coordinator's StatefulSet (read only) and Events -------------------------------
+
+    async def read_statefulset(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The StatefulSet as JSON, or None if there is none."""
+        try:
+            obj = await self._call(lambda: self.apps.read_namespaced_stateful_set(name, namespace))
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise ReadFailed(
+                f"cannot read StatefulSet {namespace}/{name}: {err.status} {err.reason}"
+            ) from None
+        out: dict[str, Any] = self.api_client.sanitize_for_serialization(obj)  # type: ignore[no-untyped-call]
+        return out
+
+    async def list_pods(self, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
+        """The pods matching `labels`, as JSON."""
+        selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        try:
+            found = await self._call(
+                lambda: self.core.list_namespaced_pod(namespace, label_selector=selector)
+            )
+        except ApiException as err:
+            raise ReadFailed(
+                f"cannot list pods in {namespace}: {err.status} {err.reason}"
+            ) from None
+        out: list[dict[str, Any]] = [
+            self.api_client.sanitize_for_serialization(p)  # type: ignore[no-untyped-call]
+            for p in found.items
+        ]
+        return out
+
+    async def record_event(
+        self, kind: str, namespace: str, name: str, uid: str, reason: str, *, message: str
+    ) -> None:
+        """A Warning Event about a custom resource (`kubectl describe` shows it)."""
+        involved = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": kind,
+            "namespace": namespace,
+            "name": name,
+            "uid": uid,
+        }
+        try:
+            await self.create_event(namespace, involved, reason, message[:1024])
+        except ApiException as err:
+            raise ReadFailed(f"cannot record an Event: {err.status} {err.reason}") from None
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

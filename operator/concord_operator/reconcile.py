@@ -515,6 +515,7 @@ class MemberView:
     reachability: Reachability
     """As the leader sees it (an unknown reachability counts as Unreachable)."""
     match_index: int
+    peer_url: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -532,9 +533,12 @@ def reconcile_cluster(
     observed: ClusterObserved | Unavailable,
     previous: Mapping[str, Any],
     now: dt.datetime,
+    *,
+    extra: Sequence[Cond] = (),
 ) -> Plan:
     """Swarm's `docker node ls` for the coordinator this operator serves: members with
-    Leader / Reachable / Unreachable, term, commit index, lag, quorum health."""
+    Leader / Reachable / Unreachable, term, commit index, lag, quorum health. `extra`: more
+    conditions to show (Membership, from `membership.plan_membership`)."""
     if isinstance(observed, Unavailable):
         # The counts stay as last seen (the CRD keeps quorum consistent with them); Ready
         # says the coordinator cannot be asked now.
@@ -570,7 +574,7 @@ def reconcile_cluster(
             f"{reachable} of {len(voters)} voters reachable; leader {leader or 'unknown'}",
         )
     )
-    conds = conditions([ready], list(previous.get("conditions") or []), ref.generation, now)
+    conds = conditions([ready, *extra], list(previous.get("conditions") or []), ref.generation, now)
     status: Status = {
         "leader": leader,
         "term": observed.term,

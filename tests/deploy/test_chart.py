@@ -59,6 +59,24 @@ def test_helm_template_offline_gives_policy_v1(control_plane: ControlPlane) -> N
     assert "policy/v1beta1" not in done.stdout
 
 
+def test_force_new_cluster_reaches_only_the_named_ordinal(control_plane: ControlPlane) -> None:
+    """Disaster recovery (docs/deploy.md): the flag is in the script only when asked for, and
+    only for the one ordinal named, never for every member."""
+
+    def script(*values: str) -> str:
+        args = ["template", "concord", str(CHART), "--show-only", "templates/statefulset.yaml"]
+        done = control_plane.helm(*args, *(a for v in values for a in ("--set", v)))
+        sts = yaml.safe_load(done.stdout)
+        return str(sts["spec"]["template"]["spec"]["containers"][0]["command"][2])
+
+    assert "--force-new-cluster" not in script()
+    forced = script("coordinator.forceNewClusterOrdinal=2")
+    assert (
+        'if [ "$ordinal" = "2" ]; then\n  set -- --force-new-cluster "$@"\n'
+        'else\n  set -- --no-bootstrap "$@"'
+    ) in forced
+
+
 @pytest.mark.parametrize(
     "values", [(), NON_DEFAULT, INJECTION], ids=["default", "non-default", "injection"]
 )
@@ -71,6 +89,7 @@ def test_every_manifest_passes_a_server_side_dry_run(
     if "operator.enabled=false" not in values:
         expected += ["ClusterRole", "ClusterRoleBinding", "Deployment", "ServiceAccount"]
         expected += ["MutatingWebhookConfiguration", "Service"]  # the sidecar injector
+        expected.append("ConcordCluster")  # membership follows the StatefulSet through it
     if "tls.secretName=my-certs" not in values:  # the CA bootstrap hook
         expected += ["ConfigMap", "Job", "Role", "RoleBinding", "ServiceAccount"]
     if "networkPolicy.enabled=true" in values:
@@ -99,6 +118,15 @@ def test_every_manifest_passes_a_server_side_dry_run(
     assert initial is not None
     ids = [m.split("=", 1)[0] for m in initial.group(1).split(",")]
     assert ids == [str(i) for i in range(1, replicas + 1)]
+    # One command line for every ordinal: those beyond --initial-cluster wait to be added.
+    assert "--join-if-new" in script
+    # Every ordinal up to maxReplicas (7) finds its certificate in the mounted Secret.
+    tls_all = next(v for v in sts["spec"]["template"]["spec"]["volumes"] if v["name"] == "tls-all")
+    keys = {i["key"] for i in tls_all["secret"]["items"]}
+    assert {f"member-{n}.pem" for n in range(1, 8)} <= keys and "member-8.pem" not in keys
+    if "operator.enabled=false" not in values:
+        cluster = next(o for o in objects if o["kind"] == "ConcordCluster")
+        assert cluster["spec"] == {"statefulSetName": sts["metadata"]["name"]}
     if values == INJECTION:
         (hook,) = next(o for o in objects if o["kind"] == "MutatingWebhookConfiguration")[
             "webhooks"
@@ -200,6 +228,8 @@ def test_workload_identity_gives_the_members_a_tokenreview_identity_and_a_port(
         ("coordinator.persistence.size=lots", "at '/coordinator/persistence/size'"),
         ("injection.failurePolicy=Never", "value must be one of 'Ignore', 'Fail'"),
         ("injection.sidecar.port=0", "at '/injection/sidecar/port': minimum"),
+        ("coordinator.maxReplicas=8", "at '/coordinator/maxReplicas': maximum: got 8, want 7"),
+        ("coordinator.maxReplicas=2", "at '/coordinator/maxReplicas': minimum: got 2, want 3"),
     ],
 )
 def test_values_schema_rejects_bad_values(

@@ -148,7 +148,8 @@ def test_install_gives_a_three_member_cluster(
     assert "ca-key.pem" not in tls["data"]
     assert sorted(tls["data"]) == sorted(
         ["ca.pem", "cluster-id", "client.pem", "client-key.pem", "operator.pem", "operator-key.pem"]
-        + [f"member-{n}{k}.pem" for n in (1, 2, 3) for k in ("", "-key")]
+        # Every ordinal the StatefulSet may be scaled to (coordinator.maxReplicas, 7).
+        + [f"member-{n}{k}.pem" for n in range(1, 8) for k in ("", "-key")]
     )
     ca = control_plane.kubectl_json("get", "secret", "-n", release.namespace, f"{RELEASE}-ca")
     assert sorted(ca["data"]) == ["ca-key.pem", "ca.pem"]
@@ -386,6 +387,182 @@ def test_rolling_update_keeps_writes_going(
     assert summary["missing"] == [], "acknowledged writes lost"
     assert summary["acked"] > 0
     _healthy_members(node_agent, release)
+
+
+def _wait_members(
+    agent: NodeAgent, release: Release, want: dict[int, str], timeout_s: float = 120.0
+) -> list[dict[str, object]]:
+    """`member list` until it shows exactly the ids of `want` with those roles, every one
+    Leader or Reachable (asked again each concordctl round)."""
+    deadline = time.perf_counter() + timeout_s
+    while True:
+        members = _members(agent, release)
+        got = {int(str(m["id"])): str(m["role"]) for m in members}
+        statuses = {str(m["status"]) for m in members}
+        if got == want and statuses <= {"Leader", "Reachable"}:
+            return members
+        assert time.perf_counter() < deadline, f"membership not reached {want}: {members}"
+        time.sleep(0.5)
+
+
+def _wait_recreated(plane: ControlPlane, namespace: str, pod: str, old_uid: str) -> None:
+    """Until pod `pod` is a new one (another uid) and Ready."""
+    deadline = time.perf_counter() + 120
+    while True:
+        got = plane.kubectl("get", "pod", "-n", namespace, pod, "-o", "json", check=False)
+        if got.returncode == 0:
+            obj = json.loads(got.stdout)
+            ready = {c["type"]: c["status"] for c in obj["status"].get("conditions", [])}
+            if obj["metadata"]["uid"] != old_uid and ready.get("Ready") == "True":
+                return
+        assert time.perf_counter() < deadline, f"pod {pod} not back"
+        time.sleep(0.3)
+
+
+def _ready_replicas(plane: ControlPlane, namespace: str, count: int) -> None:
+    plane.kubectl(
+        "wait", "-n", namespace, f"--for=jsonpath={{.status.readyReplicas}}={count}", WAIT,
+        f"statefulset/{RELEASE}",
+    )  # fmt: skip
+
+
+def test_scaling_changes_the_membership_with_writes_running(
+    control_plane: ControlPlane, node_agent: NodeAgent, release: Release, tmp_path: Path
+) -> None:
+    """`kubectl scale` 3 -> 5 -> 3 with a writer running: the operator adds ordinals 3 and 4
+    as learners and promotes them once caught up (5 voters), a joined member's pod deleted
+    comes back from its own claim, then 5 -> 3 with member 5 leading removes members 5 and 4
+    (3 voters, ids 1-3);
+    no acknowledged write is lost. Then the PDB at 3: one eviction allowed, a second (which
+    would leave 1 of 3) refused with 429. Then 3 -> 5 -> 3 once more: the scaled-away
+    ordinals come back on their retained claims, readmitted as the same members. Last,
+    3 -> 1 in one go loses the quorum: the operator does nothing and says what to do
+    (Membership Blocked, an Event); scaling back to 3 heals it."""
+    ns = release.namespace
+    control_plane.kubectl("rollout", "status", "-n", ns, f"deployment/{RELEASE}-operator", WAIT)
+    voters3 = {1: "voter", 2: "voter", 3: "voter"}
+    voters5 = {**voters3, 4: "voter", 5: "voter"}
+    _wait_members(node_agent, release, voters3)
+    writer = Writer(node_agent, release, tmp_path)
+    try:
+        started = time.perf_counter()
+        control_plane.kubectl("scale", "-n", ns, f"statefulset/{RELEASE}", "--replicas=5")
+        members = _wait_members(node_agent, release, voters5)
+        up_s = time.perf_counter() - started
+        _ready_replicas(control_plane, ns, 5)
+        names = sorted(str(m["name"]) for m in members)
+        assert names == [f"{RELEASE}-{i}" for i in range(5)]
+
+        # A joined member restarts from its own data, as the same member (same command line).
+        joined = f"{RELEASE}-3"
+        old_uid = control_plane.kubectl_json("get", "pod", "-n", ns, joined)["metadata"]["uid"]
+        restarted = time.perf_counter()
+        control_plane.kubectl("delete", "pod", "-n", ns, joined, "--wait=true", WAIT)
+        _wait_recreated(control_plane, ns, joined, old_uid)
+        _wait_members(node_agent, release, voters5)
+        rejoin_s = time.perf_counter() - restarted
+
+        # The hard case of a scale-down: the leader is among the members that go.
+        _ctl(node_agent, release, "member", "transfer", "5")
+        started = time.perf_counter()
+        control_plane.kubectl("scale", "-n", ns, f"statefulset/{RELEASE}", "--replicas=3")
+        _wait_members(node_agent, release, voters3)
+        down_s = time.perf_counter() - started
+        _ready_replicas(control_plane, ns, 3)
+        summary = writer.stop()
+    finally:
+        writer.kill()
+    print(
+        f"\nscale 3 -> 5: 5 voters after {up_s:.1f} s; joined member {joined} deleted -> "
+        f"back as a voter from its claim in {rejoin_s:.1f} s; scale 5 -> 3 (member 5 leading): "
+        f"3 voters after "
+        f"{down_s:.1f} s; writes acknowledged {summary['acked']}, longest write outage "
+        f"{summary['longest_gap_s']:.2f} s, failed puts {len(summary['errors'])} "
+        f"{summary['errors'][:3]}"
+    )
+    assert summary["missing"] == [], "acknowledged writes lost"
+    assert summary["acked"] > 0
+    view = control_plane.kubectl_json("get", "ccluster", "-n", ns, RELEASE)["status"]
+    assert view["voters"] == 3, view
+    # The claims of the removed members stay (the operator never deletes data).
+    claims = {
+        c["metadata"]["name"] for c in control_plane.kubectl_json("get", "pvc", "-n", ns)["items"]
+    }
+    assert {f"data-{RELEASE}-{i}" for i in range(5)} <= claims
+    _wait_membership(control_plane, ns, "InSync")
+
+    # The PDB with the 3 members left: one eviction keeps the quorum and is allowed, a
+    # second would leave 1 of 3 and is refused (HTTP 429) until the first is back.
+    control_plane.kubectl(
+        "wait", "-n", ns, "--for=jsonpath={.status.disruptionsAllowed}=1", WAIT,
+        f"poddisruptionbudget/{RELEASE}",
+    )  # fmt: skip
+    victim = f"{RELEASE}-1"
+    old_uid = control_plane.kubectl_json("get", "pod", "-n", ns, victim)["metadata"]["uid"]
+    evicted = time.perf_counter()
+    ok, why = _evict(control_plane, ns, victim)
+    assert ok, why
+    ok, why = _evict(control_plane, ns, f"{RELEASE}-2")
+    assert not ok and "TooManyRequests" in why, why
+    _wait_recreated(control_plane, ns, victim, old_uid)
+    _wait_members(node_agent, release, voters3)
+    back_s = time.perf_counter() - evicted
+    print(f"eviction of {RELEASE}-1 allowed, of {RELEASE}-2 refused (429); back in {back_s:.1f} s")
+
+    # Up again: ordinals 3 and 4 come back on their retained claims as members 4 and 5, which
+    # were removed; the operator readmits them (the same members, their old pods gone) and
+    # they catch up from their own data. Then down to 3 again.
+    started = time.perf_counter()
+    control_plane.kubectl("scale", "-n", ns, f"statefulset/{RELEASE}", "--replicas=5")
+    _wait_members(node_agent, release, voters5)
+    again_s = time.perf_counter() - started
+    control_plane.kubectl("scale", "-n", ns, f"statefulset/{RELEASE}", "--replicas=3")
+    _wait_members(node_agent, release, voters3)
+    _ready_replicas(control_plane, ns, 3)
+    print(f"scale 3 -> 5 again on the retained claims: 5 voters after {again_s:.1f} s")
+    _ctl(node_agent, release, "put", "after-scaling", "ok")
+
+    # 3 -> 1 in one go: pods 1 and 2 go at once and the quorum with them. The operator can
+    # remove nothing without a quorum; it says so, and what to do (condition and Event).
+    started = time.perf_counter()
+    control_plane.kubectl("scale", "-n", ns, f"statefulset/{RELEASE}", "--replicas=1")
+    blocked = _wait_membership(control_plane, ns, "Blocked")
+    blocked_s = time.perf_counter() - started
+    # The two pods really go (the quorum with them), and the operator still removed nothing.
+    control_plane.kubectl(
+        "wait", "-n", ns, "--for=delete", WAIT, f"pod/{RELEASE}-1", f"pod/{RELEASE}-2"
+    )
+    blocked = _wait_membership(control_plane, ns, "Blocked")
+    assert "Scale it back up to 3" in blocked["message"], blocked
+    events = control_plane.kubectl_json(
+        "get", "events", "-n", ns, "--field-selector",
+        f"reason=MembershipBlocked,involvedObject.name={RELEASE}",
+    )["items"]  # fmt: skip
+    assert any("Scale it back up to 3" in e["message"] for e in events), events
+    view = control_plane.kubectl_json("get", "ccluster", "-n", ns, RELEASE)["status"]
+    assert sorted(m["id"] for m in view["members"]) == [1, 2, 3], view  # none removed
+    control_plane.kubectl("scale", "-n", ns, f"statefulset/{RELEASE}", "--replicas=3")
+    _ready_replicas(control_plane, ns, 3)
+    _wait_members(node_agent, release, voters3)
+    _wait_membership(control_plane, ns, "InSync")
+    healed_s = time.perf_counter() - started
+    print(
+        f"scale 3 -> 1: Membership Blocked (what to do, in an Event) after {blocked_s:.1f} s, "
+        f"nothing removed; scaled back to 3, voters 1-3 healthy after {healed_s:.1f} s"
+    )
+    assert _get(node_agent, release, "after-scaling") == "ok"
+
+
+def _wait_membership(plane: ControlPlane, namespace: str, reason: str) -> dict[str, Any]:
+    """The ConcordCluster's Membership condition, once it has this reason."""
+    deadline = time.perf_counter() + 90
+    while True:
+        status = plane.kubectl_json("get", "ccluster", "-n", namespace, RELEASE).get("status", {})
+        found = {c["type"]: c for c in status.get("conditions", [])}.get("Membership")
+        if found is not None and found["reason"] == reason:
+            return found
+        assert time.perf_counter() < deadline, f"Membership never {reason}: {status}"
+        time.sleep(0.5)
 
 
 def test_alerts_and_dashboard_use_only_metrics_the_members_export(

@@ -8,6 +8,7 @@ from coordinator.fsm import (
     ErrorCode,
     EventKind,
     Member,
+    MemberReadmit,
     MemberRemove,
     MemberUpsert,
     RevisionResult,
@@ -87,3 +88,18 @@ def test_a_removed_id_is_never_listed_again(d: Driver) -> None:
     restored.restore(d.m.snapshot())
     assert restored.removed_member_ids() == {2, 7}
     assert restored.snapshot() == d.m.snapshot()
+
+
+def test_an_explicit_readmit_lets_the_same_member_be_listed_again(d: Driver) -> None:
+    """A StatefulSet ordinal scaled down and up again: the operator readmits its id (no
+    revision, no event), then lists it again; every other removed id stays refused."""
+    d.ok(upsert(1, "concord-0"))
+    d.ok(upsert(4, "concord-3"))
+    d.ok(MemberRemove(4))
+    d.ok(MemberRemove(5))
+    revision = d.m.revision
+    assert d.ok(MemberReadmit(4)) == RevisionResult(revision)
+    assert d.ok(MemberReadmit(9)) == RevisionResult(revision)  # never removed: nothing to do
+    assert d.m.removed_member_ids() == {5}
+    assert d.ok(upsert(4, "concord-3")) == RevisionResult(revision + 1)
+    d.fails(upsert(5, "concord-4"), ErrorCode.FAILED_PRECONDITION)

@@ -109,3 +109,38 @@ def test_bootstrapping_still_needs_the_initial_cluster_and_an_id(tmp_path: Path)
             "--id", "1", "--data-dir", d, "--insecure", "--initial-cluster", "1=a:1",
             "--cluster-id", "c", "--join-listen", "127.0.0.1:9",
         )  # fmt: skip
+
+
+def test_join_if_new_starts_an_unlisted_id_empty_and_bootstraps_a_listed_one(
+    tmp_path: Path,
+) -> None:
+    """The StatefulSet's one command line: an ordinal beyond --initial-cluster starts with an
+    empty log and no configuration (it waits to be added as a learner); a listed one still
+    bootstraps; without --join-if-new the unlisted one is refused, as before."""
+    import asyncio
+
+    from coordinator.runtime.member import Member
+
+    initial = "1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3"
+
+    def open_wal(member_id: int, *extra: str) -> frozenset[int]:
+        cfg = config(
+            "--id", str(member_id), "--data-dir", str(tmp_path / f"m{member_id}{len(extra)}"),
+            "--insecure", "--cluster-id", "c", "--initial-cluster", initial, *extra,
+        )  # fmt: skip
+        member = Member(cfg)
+        wal = asyncio.run(member._open_storage())
+        assert wal is not None
+        try:
+            return wal.snapshot().meta.conf.voters
+        finally:
+            wal.close()
+
+    assert open_wal(4, "--join-if-new") == frozenset()
+    assert open_wal(2, "--join-if-new") == frozenset({1, 2, 3})
+    with pytest.raises(ConfigError, match="does not list this member"):
+        open_wal(4)
+    # A restart of the waiting member opens its (still empty) WAL again.
+    assert open_wal(4, "--join-if-new") == frozenset()
+    # Disaster recovery: even a listed id waits, never bootstrapping a second cluster.
+    assert open_wal(3, "--join-if-new", "--no-bootstrap") == frozenset()

@@ -120,6 +120,15 @@ def test_add_learner_promote_remove_and_transfer(tmp_path: Path) -> None:
         assert err.code() is grpc.StatusCode.FAILED_PRECONDITION
         assert "member id 4 was removed from this cluster and is never reused" in err.details()
         assert 4 not in leader.loop.node.conf.learners
+        # Unless the caller says it is member 4 itself coming back (the operator's scaled-down
+        # and scaled-up StatefulSet ordinal): readmitted, listed and a learner again.
+        readmit = pb.MemberAddLearnerRequest(
+            id=4, name=add.name, peer_url=add.peer_url, client_url=add.client_url, readmit=True
+        )
+        await cluster.MemberAddLearner(readmit)
+        assert 4 in leader.loop.node.conf.learners
+        assert 4 not in leader.loop.fsm.removed_member_ids()
+        await cluster.MemberRemove(pb.MemberIdRequest(id=4))
 
         # Leadership moves where it is told to.
         target = next(m for m in c.running() if m is not leader)
