@@ -348,3 +348,18 @@ def test_values_schema_refuses_bad_cert_manager_values(
     assert done.returncode != 0
     assert "values don't meet the specifications of the schema" in done.stderr
     assert message in done.stderr, done.stderr
+
+
+def test_notes_tell_where_the_certificates_are_and_when_to_restart(
+    control_plane: ControlPlane, kube_namespace: str, cert_manager_crds: None
+) -> None:
+    sets = [a for v in CREATE_ISSUER for a in ("--set", v)]
+    done = control_plane.helm(
+        "install", "concord", str(CHART), "-n", kube_namespace, "--dry-run=server", *sets
+    )
+    notes = done.stdout.split("NOTES:", 1)[1]
+    assert "Certificates concord-member-1..7" in notes
+    assert "Secret concord-root-ca, mounted by nothing" in notes
+    assert "rollout restart statefulset/concord deployment/concord-operator" in notes
+    assert "get secret concord-client-tls" in notes
+    assert "cluster init" not in notes  # nothing for the user to make by hand
