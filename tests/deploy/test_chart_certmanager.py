@@ -3,32 +3,23 @@ own CRDs (v1.21.1, vendored in fixtures/cert-manager/) installed for this module
 
 Nothing here runs cert-manager's controller (it cannot be built here: one of its modules is
 not served by the module proxy). So the Certificates are checked for what cert-manager would
-issue from them: `issue_like_cert_manager` makes the certificate a CA issuer makes from a
-Certificate's spec (SANs from dnsNames/ipAddresses/uris, key usage and extended key usage
-from usages, signed by the CA whose certificate goes into ca.crt), and the members' own code
-judges it: `load_member_tls` as the member with that id, the peer port's `peer_refusal`,
-`roles_of` and Unseal's `operator_refusal` for the operator's certificate."""
+issue from them (`issue_like_cert_manager`), and the members' own code judges that:
+`load_member_tls` as the member with that id, the peer port's `peer_refusal`, `roles_of` and
+Unseal's `operator_refusal` for the operator's certificate."""
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import json
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from coordinator.runtime.grpc_transport import peer_refusal
 from coordinator.runtime.tls import (
     OPERATOR_ROLE,
-    CertifiedKey,
     create_ca,
     issue_client_cert,
     issue_member_cert,
@@ -39,39 +30,17 @@ from coordinator.runtime.tls import (
 )
 from coordinator.server._secrets import operator_refusal
 from coordinator.testing.controlplane import ControlPlane
+from tests.deploy.certmanager import EXTENDED, KEY_USAGES, issue_like_cert_manager
 from tests.deploy.chart import CHART, member_host, render
 
 pytestmark = pytest.mark.kube
 
-CRDS = Path(__file__).parent / "fixtures" / "cert-manager"
 CREATE_ISSUER = ("tls.certManager.enabled=true", "tls.certManager.createIssuer=true")
 CLUSTER_ISSUER = (
     "tls.certManager.enabled=true",
     "tls.certManager.issuerRef.name=corp-ca",
     "tls.certManager.issuerRef.kind=ClusterIssuer",
 )
-
-# cert-manager's names for the X.509 key usages (its Certificate's `usages` enum).
-_KEY_USAGES = {"digital_signature": "digital signature", "key_agreement": "key agreement"}
-_EXTENDED = {
-    ExtendedKeyUsageOID.SERVER_AUTH: "server auth",
-    ExtendedKeyUsageOID.CLIENT_AUTH: "client auth",
-}
-
-
-@pytest.fixture(scope="module")
-def cert_manager_crds(control_plane: ControlPlane) -> Iterator[None]:
-    """cert-manager's Certificate and Issuer CRDs, installed for this module and removed after
-    (left alone on an existing cluster that already serves them)."""
-    had = control_plane.kubectl("get", "crd", "certificates.cert-manager.io", check=False)
-    if had.returncode == 0:
-        yield
-        return
-    control_plane.apply_crds(CRDS)
-    try:
-        yield
-    finally:
-        control_plane.kubectl("delete", "-f", str(CRDS), "--wait=true", check=False)
 
 
 def _dry_run(plane: ControlPlane, namespace: str, objects: list[dict[str, Any]]) -> None:
@@ -91,59 +60,6 @@ def _by_name(objects: list[dict[str, Any]], kind: str) -> dict[str, dict[str, An
     return {o["metadata"]["name"]: o for o in objects if o["kind"] == kind}
 
 
-def issue_like_cert_manager(ca: CertifiedKey, spec: dict[str, Any]) -> CertifiedKey:
-    """The certificate a cert-manager CA issuer makes from Certificate `spec` (the fields
-    the chart sets), with a fresh key of the algorithm and size it asks for."""
-    assert spec["privateKey"] == {
-        "algorithm": "ECDSA",
-        "size": 256,
-        "encoding": "PKCS8",
-        "rotationPolicy": "Always",
-    }
-    key = ec.generate_private_key(ec.SECP256R1())
-    sans: list[x509.GeneralName] = [x509.DNSName(d) for d in spec.get("dnsNames", [])]
-    sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in spec.get("ipAddresses", [])]
-    sans += [x509.UniformResourceIdentifier(u) for u in spec.get("uris", [])]
-    usages = set(spec["usages"])
-    by_name = {v: k for k, v in _EXTENDED.items()}
-    flags = {k: v in usages for k, v in _KEY_USAGES.items()}
-    now = dt.datetime.now(dt.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, spec["commonName"])]))
-        .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-                **flags,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage([by_name[u] for u in sorted(usages) if u in by_name]),
-            critical=False,
-        )
-    )
-    if sans:
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    cert = builder.sign(ca.private_key(), hashes.SHA256())
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return CertifiedKey(cert.public_bytes(serialization.Encoding.PEM), key_pem)
-
-
 def _sans(cert: x509.Certificate) -> tuple[set[str], set[str], list[str]]:
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     return (
@@ -157,8 +73,8 @@ def _usages(cert: x509.Certificate) -> set[str]:
     """A certificate's key usages in cert-manager's words."""
     ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
     eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    return {name for attr, name in _KEY_USAGES.items() if getattr(ku, attr)} | {
-        _EXTENDED[oid] for oid in eku
+    return {name for attr, name in KEY_USAGES.items() if getattr(ku, attr)} | {
+        EXTENDED[oid] for oid in eku
     }
 
 
