@@ -10,11 +10,13 @@ Unseal's `operator_refusal` for the operator's certificate."""
 from __future__ import annotations
 
 import json
+import select
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from cryptography import x509
 
 from coordinator.runtime.grpc_transport import peer_refusal
@@ -279,3 +281,67 @@ def test_notes_tell_where_the_certificates_are_and_when_to_restart(
     assert "rollout restart statefulset/concord deployment/concord-operator" in notes
     assert "get secret concord-client-tls" in notes
     assert "cluster init" not in notes  # nothing for the user to make by hand
+
+
+def test_start_script_waits_for_its_secret_then_takes_only_its_own_files(
+    control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    """The members' start script under cert-manager, run with its two directories moved under
+    tmp_path and `exec concord-coordinator` replaced by `exec echo`: it waits while its own
+    files are missing (cert-manager issues after the pods exist), then copies member 2's
+    pair and the CA issued with it, and starts with the chart's cluster id; an ordinal with
+    no Certificate exits 3 at once."""
+    sets = [a for v in (*CREATE_ISSUER, "coordinator.maxReplicas=3") for a in ("--set", v)]
+    done = control_plane.helm(
+        "template", "concord", str(CHART), "-n", "ns", "--show-only", "templates/statefulset.yaml",
+        "--api-versions", "cert-manager.io/v1/Certificate", *sets,
+    )  # fmt: skip
+    sts = yaml.safe_load(done.stdout)
+    script = str(sts["spec"]["template"]["spec"]["containers"][0]["command"][2])
+    mounted, tls = tmp_path / "etc", tmp_path / "run"
+    mounted.mkdir()
+    tls.mkdir()
+    script = script.replace("/etc/concord/tls", str(mounted)).replace("/run/concord/tls", str(tls))
+    script = script.replace("exec concord-coordinator", "exec echo")
+    env = {"PATH": "/usr/bin:/bin", "POD_NAMESPACE": "ns", "POD_IP": "127.0.0.1"}
+
+    beyond = subprocess.run(
+        ["sh", "-c", script, "concord-coordinator"],
+        env={**env, "POD_NAME": "concord-3"},
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=30,
+    )
+    assert beyond.returncode == 3 and "no certificate for member 4" in beyond.stderr
+
+    proc = subprocess.Popen(
+        ["sh", "-c", script, "concord-coordinator"],
+        env={**env, "POD_NAME": "concord-1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        # It says what it waits for, then waits (bounded: a silent script fails, never hangs).
+        readable, _, _ = select.select([proc.stderr], [], [], 30)
+        assert readable, "the start script said nothing within 30 s"
+        line = proc.stderr.readline()
+        assert "waiting for Secret concord-member-2-tls" in line
+        assert proc.poll() is None
+        for n in (1, 2, 3):  # the projected volume: every member's files
+            for suffix in (".pem", "-key.pem", "-ca.pem"):
+                (mounted / f"member-{n}{suffix}").write_text(f"{n}{suffix}")
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert {p.name: p.read_text() for p in tls.iterdir()} == {
+        "ca.pem": "2-ca.pem",
+        "member.pem": "2.pem",
+        "member-key.pem": "2-key.pem",
+    }
+    assert "--id 2 --name concord-1 --cluster-id ns-concord " in out
