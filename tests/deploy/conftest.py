@@ -11,6 +11,7 @@ import pytest
 
 from coordinator.testing.controlplane import ControlPlane
 from coordinator.testing.nodeagent import NodeAgent
+from tests.deploy.certmanager import CRDS as CERT_MANAGER_CRDS
 
 
 @pytest.fixture(scope="module")
@@ -35,3 +36,18 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+@pytest.fixture(scope="module")
+def cert_manager_crds(control_plane: ControlPlane) -> Iterator[None]:
+    """cert-manager's Certificate and Issuer CRDs (tests/deploy/certmanager.py), installed for
+    one module and removed after it (left alone on an existing cluster that serves them)."""
+    had = control_plane.kubectl("get", "crd", "certificates.cert-manager.io", check=False)
+    if had.returncode == 0:
+        yield
+        return
+    control_plane.apply_crds(CERT_MANAGER_CRDS)
+    try:
+        yield
+    finally:
+        control_plane.kubectl("delete", "-f", str(CERT_MANAGER_CRDS), "--wait=true", check=False)

@@ -67,3 +67,36 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "concord.injector" -}}
 {{- printf "%s-sidecar-injector" (include "concord.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
+
+{{/* The client Service's names, one a line ("- NAME"): every member certifies them, since
+clients dial the Service and reach whichever member it picks. */}}
+{{- define "concord.clientServiceNames" -}}
+{{- $fullname := include "concord.fullname" . -}}
+- {{ printf "%s.%s.svc.%s" $fullname .Release.Namespace .Values.clusterDomain }}
+- {{ printf "%s.%s.svc" $fullname .Release.Namespace }}
+- {{ printf "%s.%s" $fullname .Release.Namespace }}
+- {{ $fullname }}
+{{- end -}}
+
+{{/* The members' --cluster-id under cert-manager (the CA bootstrap keeps its own in its
+Secret): stable across upgrades because it is derived, not drawn. */}}
+{{- define "concord.clusterId" -}}
+{{- default (printf "%s-%s" .Release.Namespace (include "concord.fullname" .)) .Values.tls.certManager.clusterId -}}
+{{- end -}}
+
+{{/* What every certificate of the cluster shares under cert-manager; the argument is
+(list $ ISSUER_REF). EC P-256 in PKCS#8, as `concordctl cluster init` issues them. */}}
+{{- define "concord.certificateCommon" -}}
+{{- $ := index . 0 -}}
+{{- $cm := $.Values.tls.certManager -}}
+duration: {{ $cm.duration }}
+renewBefore: {{ $cm.renewBefore }}
+privateKey:
+  algorithm: ECDSA
+  size: 256
+  encoding: PKCS8
+  # A renewal brings a new key: the old one is worthless once the members have restarted.
+  rotationPolicy: Always
+issuerRef:
+  {{- toYaml (index . 1) | nindent 2 }}
+{{- end -}}
