@@ -659,7 +659,7 @@ def start_control_plane(
         # Webhooks named by a service reference (the chart's sidecar injector) are called at
         # a ready endpoint of the Service, read from its EndpointSlices, instead of at its
         # ClusterIP, which nothing routes here (no kube-proxy). EndpointSlice validation
-        # refuses loopback IPs, so the node agent publishes its pods' 127.0.1.N addresses
+        # refuses loopback IPs, so the node agent publishes its pods' loopback addresses
         # in slices of type FQDN (an IP is a valid FQDN, and the resolver uses the address
         # as it is): see coordinator/testing/nodeagent/_slices.py.
         "--enable-aggregator-routing=true",

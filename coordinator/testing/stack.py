@@ -6,7 +6,7 @@ machine, what `make run` runs (README.md, Quick start).
 2. the local control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler:
    `coordinator.testing.controlplane`), the CRDs applied;
 3. the node agent (`coordinator.testing.nodeagent`): three Nodes whose pods run as local
-   processes on 127.0.1.N;
+   processes on loopback addresses (a /24 of 127.0.0.0/8 chosen per session);
 4. `helm install concord charts/concord`: the CA bootstrap Job, 3 members, the operator;
 5. a demo with kubectl and concordctl, each command printed as a person would type it and
    its output shown: `kubectl get concord`, a Lease taken through the members and its fencing
@@ -49,7 +49,7 @@ from coordinator.testing.controlplane import (
     locate_binaries,
     start_control_plane,
 )
-from coordinator.testing.nodeagent import NodeAgent
+from coordinator.testing.nodeagent import POD_NETWORK, NodeAgent
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "concord"
@@ -195,7 +195,7 @@ class Stack:
         logger.propagate = False
         self.agent = NodeAgent(self.plane.kubeconfig, self.state_dir / "nodeagent")
         self.agent.start()
-        say(f"   Nodes {', '.join(self.agent.nodes)}: pods run as processes on 127.0.1.N")
+        say(f"   Nodes {', '.join(self.agent.nodes)}: pods run as processes on {POD_NETWORK}")
         say(f"   log {self.agent_log}; pod logs under {self.agent.state_dir / 'pods'}")
         self.kubectl("get", "nodes")
 

@@ -8,8 +8,8 @@ cluster add-ons a kubelet relies on, in their simplest honest form:
   controller never taints them unreachable while the agent runs.
 - Pods: one sync loop lists the Pods (and claims and Services) every `poll_s`; each Pod bound
   to one of our nodes gets a `PodRunner` thread (`_pod.py`) and an address of its own,
-  127.0.1.N (the whole of 127.0.0.0/8 is local on Linux: nothing to configure, nothing
-  leaves the host).
+  in a loopback /24 chosen per session (`POD_NETWORK`; the whole of 127.0.0.0/8 is local on
+  Linux: nothing to configure, nothing leaves the host).
 - Names (the cluster DNS add-on): one hosts file, rewritten in place (it is bind-mounted
   into every pod's mount namespace, so its inode must stay) whenever pods come and go:
   `HOST.SUBDOMAIN.NS.svc[.cluster.local]` for pods with a hostname and subdomain (a
@@ -43,6 +43,7 @@ import datetime as dt
 import ipaddress
 import logging
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -62,8 +63,36 @@ log = logging.getLogger("concord.nodeagent")
 DEFAULT_NODES = ("concord-worker", "concord-worker2", "concord-worker3")
 """As kind names the workers of kind-config.yaml (cluster `concord`)."""
 
-POD_NETWORK = ipaddress.ip_network("127.0.1.0/24")
-"""Pod addresses: 127.0.1.1 to 127.0.1.254, loopback like everything else here."""
+POD_NETWORK_ENV = "CONCORD_POD_NETWORK"
+
+
+def _pod_network() -> ipaddress.IPv4Network:
+    """A /24 of loopback for this session's pods, named by $CONCORD_POD_NETWORK or chosen
+    at random (and then exported, so the processes this one starts agree on it). Random
+    because two sessions on one machine (`make run RUN_ARGS=--keep` left up while `make test`
+    runs, or two suites at once) would otherwise hand out the same 127.0.1.N addresses and
+    meet each other's pods on the same ports."""
+    chosen = os.environ.get(POD_NETWORK_ENV, "")
+    if not chosen:
+        rng = random.SystemRandom()
+        chosen = f"127.{rng.randint(1, 254)}.{rng.randint(0, 255)}.0/24"
+        os.environ[POD_NETWORK_ENV] = chosen
+    network = ipaddress.ip_network(chosen)
+    if (
+        not isinstance(network, ipaddress.IPv4Network)
+        or not network.subnet_of(ipaddress.IPv4Network("127.0.0.0/8"))
+        or network.subnet_of(ipaddress.IPv4Network("127.0.0.0/24"))
+        or network.num_addresses < 16
+    ):
+        raise ValueError(
+            f"${POD_NETWORK_ENV}={chosen!r}: give a loopback network outside 127.0.0.0/24 "
+            "with room for pods, e.g. 127.0.1.0/24"
+        )
+    return network
+
+
+POD_NETWORK = _pod_network()
+"""Pod addresses: a loopback /24 (e.g. 127.23.117.1 to .254), like everything else here."""
 
 NODE_LABEL = "node.concord.dev/agent"
 STORAGE_CLASS = "concord-nodeagent"

@@ -5,8 +5,8 @@ Why this exists. Nothing routes a ClusterIP here (no kube-proxy), so the control
 kube-apiserver with `--enable-aggregator-routing=true`: a service reference is resolved to
 one ready endpoint read from the Service's EndpointSlices. The controller-manager's
 EndpointSlice controller cannot write this agent's pods into slices, though: validation
-refuses loopback addresses (`ValidateEndpointIP`), and pods here are at 127.0.1.N. A slice of
-address type FQDN is validated as a domain name only, an IPv4 address passes as one, and the
+refuses loopback addresses (`ValidateEndpointIP`), and pods here have loopback addresses. A slice
+of address type FQDN is validated as a domain name only, an IPv4 address passes as one, and the
 API server's resolver (k8s.io/apiserver pkg/util/proxy.ResolveEndpoint) uses
 `addresses[0]` as it is, whatever the type. So the agent writes, per Service with a
 selector, one FQDN slice `SVC-nodeagent` (managed-by `nodeagent.concord.dev`, which the
