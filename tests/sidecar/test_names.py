@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.sidecar._main import name_prefix, parser, token_namespace
+from coordinator.sidecar._main import name_prefix, parser
+from coordinator.sidecar._namespace import pod_namespace, token_namespace
+from coordinator.sidecar._secretfiles import config_from
 from tests.sidecar.harness import Rig, with_rig
 
 PREFIX = "k8s/team-a/"
@@ -83,3 +85,31 @@ def test_the_namespace_comes_from_the_flag_the_environment_or_the_token(tmp_path
     token_file.write_text("opaque")
     with pytest.raises(SystemExit):
         prefix(*with_token)
+
+
+def test_secrets_are_read_from_the_identitys_namespace(tmp_path: Path) -> None:
+    """One namespace for names and secrets: a second source could only disagree with the
+    namespace the coordinator scopes the token to (and then every read is refused)."""
+    token_file = tmp_path / "token"
+    token_file.write_text(_jwt({"kubernetes.io": {"namespace": "from-claim"}}))
+
+    def both(*argv: str, env: dict[str, str] | None = None) -> tuple[str, str]:
+        args: argparse.Namespace = parser().parse_args(["--secrets", "db", *argv])
+        cfg = config_from(args, env or {})
+        assert cfg is not None
+        return name_prefix(args, env or {}), cfg.namespace
+
+    with_token = ("--token-file", str(token_file))
+    assert both(*with_token) == ("k8s/from-claim/", "from-claim")
+    assert both(*with_token, env={"POD_NAMESPACE": "from-env"}) == ("k8s/from-env/", "from-env")
+    assert both(*with_token, "--namespace", "from-flag") == ("k8s/from-flag/", "from-flag")
+    # A client certificate maps no names; its secrets still need a namespace.
+    assert both("--namespace", "shop") == ("k8s/shop/", "shop")
+    assert both(env={"POD_NAMESPACE": "shop"}) == ("", "shop")
+    sa_file = tmp_path / "namespace"
+    sa_file.write_text("from-file\n")
+    assert pod_namespace(None, None, {}, sa_file) == "from-file"
+    assert pod_namespace(None, str(token_file), {}, sa_file) == "from-claim"
+    # The old second knob is gone.
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--secrets", "db", "--secrets-namespace", "x"])
