@@ -172,8 +172,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     w.add_argument(
         "--sidecar-token-audience",
         default="concord",
-        help="the audience of the projected token injected pods get: the members' "
-        "--token-audience",
+        help="the audience of the projected token injected pods get: the members' --token-audience",
     )
     w.add_argument(
         "--sidecar-ca-configmap",
