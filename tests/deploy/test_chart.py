@@ -186,6 +186,7 @@ def test_workload_identity_gives_the_members_a_tokenreview_identity_and_a_port(
         for o in objects
         if o["kind"] == "ClusterRoleBinding" and o["metadata"]["name"].endswith("-tokenreview")
     )
+    assert binding["metadata"]["name"] == f"concord-{kube_namespace}-tokenreview"
     assert binding["roleRef"]["name"] == "system:auth-delegator"
     assert binding["subjects"] == [
         {
