@@ -188,6 +188,16 @@ def test_a_pod_it_cannot_inject_is_admitted_unchanged_with_an_event(
 def _scale_operator_to_zero(plane: ControlPlane, namespace: str) -> None:
     plane.kubectl("scale", "-n", namespace, f"deployment/{RELEASE}-operator", "--replicas=0")
     _wait_for("no ready endpoint", lambda: not _ready_endpoints(plane, namespace))
+    # And no operator process left: the API server may still hold the old endpoint for a
+    # moment, and a terminating operator would still answer it (seen on a loaded machine).
+    _wait_for(
+        "the operator's pod gone",
+        lambda: (
+            not plane.kubectl_json(
+                "get", "pods", "-n", namespace, "-l", "app.kubernetes.io/component=operator"
+            )["items"]
+        ),
+    )
 
 
 def test_with_the_webhook_down_pods_are_admitted_as_the_failure_policy_says(
