@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.sidecar._main import name_prefix, parser
+from coordinator.client import InvalidArgument
+from coordinator.runtime.tls import create_ca
+from coordinator.sidecar._main import client_from, name_prefix, parser
 from coordinator.sidecar._namespace import pod_namespace, token_namespace
 from coordinator.sidecar._secretfiles import config_from
 from tests.sidecar.harness import Rig, with_rig
@@ -113,3 +115,26 @@ def test_secrets_are_read_from_the_identitys_namespace(tmp_path: Path) -> None:
     # The old second knob is gone.
     with pytest.raises(SystemExit):
         parser().parse_args(["--secrets", "db", "--secrets-namespace", "x"])
+
+
+def test_the_injected_tls_dir_with_only_the_ca_is_enough_for_a_token_client(
+    tmp_path: Path,
+) -> None:
+    """The injector mounts only ca.pem (the CA ConfigMap) at --tls-dir: with --token-file
+    the sidecar trusts it and asks for no client certificate."""
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    (tls / "ca.pem").write_bytes(create_ca("injected").cert_pem)
+    token_file = tmp_path / "token"
+    token_file.write_text(_jwt({"kubernetes.io": {"namespace": "team-a"}}))
+    args = parser().parse_args(
+        ["--endpoints", "m-0:7073,m-1:7073", "--tls-dir", str(tls), "--token-file", str(token_file)]
+    )
+    client = client_from(args)
+    assert client.token_file is not None and Path(client.token_file) == token_file
+    assert client.endpoints == ["m-0:7073", "m-1:7073"]
+    # Without the CA there is nothing to trust: said at once, naming the file (serve()
+    # turns it into exit 2), not a TLS failure at the first call.
+    (tls / "ca.pem").unlink()
+    with pytest.raises(InvalidArgument, match=r"cannot read the CA file .*ca\.pem"):
+        client_from(args)
