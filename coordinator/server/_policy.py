@@ -18,7 +18,15 @@ Two steps, both pure:
 Rules. Names (locks, elections, sequences, keys) must start with one of the identity's
 prefixes; a key range [key, end) must lie inside one ("every key >= key", end = "\\0", and
 the whole keyspace never do). Reads may also reach the operator's records of the
-namespace's CRs (`concord.dev/v1alpha1/{leases,sequences}/NS/`). Leases: a lease a
+namespace's CRs (`concord.dev/v1alpha1/{leases,sequences}/NS/`). Writes (a KV put or delete,
+a transaction's put or delete ops) may not change the operator's own records under the
+namespace's prefix, `k8s/NS/sealedsecrets/` (one per SealedSecret, `coordinator.sealing`):
+a pod may read and watch its namespace's ciphertext records (the sidecar delivers them as
+files), but one that rewrote them could swap a namespace-wide value of one name for another's
+or delete a secret out from under its neighbours. Locks, elections and sequences of `k8s/NS/`
+stay a pod's to take and draw: they are the very objects the Lease and Sequence CRs declare,
+and the operator's bookkeeping of those CRs lives outside `k8s/`
+(`concord.dev/v1alpha1/...`, readable only). Leases: a lease a
 workload uses (keep-alive, revoke, TTL, or hangs a key, lock or campaign on) must be one its
 namespace granted (the state machine keeps
 the owner: `coordinator.fsm.leases`); a lease this member does not know yet is let through,
@@ -46,11 +54,20 @@ K8S_PREFIX = "k8s/"
 OPERATOR_CONFIG_PREFIXES = ("concord.dev/v1alpha1/leases/", "concord.dev/v1alpha1/sequences/")
 """Where the operator records what the Lease and Sequence CRs of a namespace declared
 (`concord_operator.reconcile.config_key`): a workload may read its own namespace's."""
+OPERATOR_SEGMENTS = (b"sealedsecrets",)
+"""KV segments under `k8s/NS/` that only the operator writes: `k8s/NS/sealedsecrets/NAME`
+(`coordinator.sealing.sealed_record_key`). Workloads read them, never change them."""
 
 
 def namespace_prefix(namespace: str) -> str:
     """The prefix of everything a workload of `namespace` may name (the operator's too)."""
     return f"{K8S_PREFIX}{namespace}/"
+
+
+def operator_record_prefixes(namespace: str) -> tuple[bytes, ...]:
+    """The operator's read-only KV prefixes inside `namespace`'s own prefix."""
+    own = namespace_prefix(namespace).encode()
+    return tuple(own + segment + b"/" for segment in OPERATOR_SEGMENTS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +78,10 @@ class Touch:
     name: bytes
     end: bytes | None = None
     """For a range: its end (exclusive; b"\\0": no end). None: just `name`."""
+    write: bool = False
+    """The call changes it (a put, a delete, a lock taken, a number drawn); False: it only
+    reads it (a range, a watch, a compare, lock info), which may also reach the operator's
+    records."""
 
     def __str__(self) -> str:
         text = self.name.decode("utf-8", "replace")
@@ -84,8 +105,6 @@ class Access:
     """A sealed value the call would open (Unseal, ReEncrypt, ValidateSealed)."""
     scoped: bool = True
     """False: the call names no object a namespace could own (a watch of every key)."""
-    read_only: bool = False
-    """Changes nothing: the operator's records of the namespace's CRs may be read too."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,16 +114,28 @@ class Denial:
     message: str
 
 
-def _key(kind: str, raw: bytes, end: bytes = b"") -> Touch:
-    return Touch(kind, raw, end or None)
+def _key(kind: str, raw: bytes, end: bytes = b"", *, write: bool = False) -> Touch:
+    return Touch(kind, raw, end or None, write)
 
 
-def _name(kind: str, text: str) -> Touch:
-    return Touch(kind, text.encode("utf-8"))
+def _put(key: bytes) -> Touch:
+    return _key("key", key, write=True)
+
+
+def _name(kind: str, text: str, *, write: bool = True) -> Touch:
+    return Touch(kind, text.encode("utf-8"), None, write)
+
+
+def _read(kind: str, text: str) -> Touch:
+    return _name(kind, text, write=False)
 
 
 def _range(r: pb.RangeRequest) -> Touch:
     return _key("key", r.key, r.range_end)
+
+
+def _delete(r: pb.DeleteRequest) -> Touch:
+    return _key("key", r.key, r.range_end, write=True)
 
 
 def _txn(r: pb.TxnRequest) -> tuple[tuple[Touch, ...], tuple[int, ...]]:
@@ -116,10 +147,10 @@ def _txn(r: pb.TxnRequest) -> tuple[tuple[Touch, ...], tuple[int, ...]]:
     for op in (*r.success, *r.failure):
         which = op.WhichOneof("op")
         if which == "put":
-            touches.append(_key("key", op.put.key))
+            touches.append(_put(op.put.key))
             leases.append(op.put.lease)
         elif which == "delete":
-            touches.append(_key("key", op.delete.key, op.delete.range_end))
+            touches.append(_delete(op.delete))
         elif which == "range":
             touches.append(_range(op.range))
     return tuple(touches), tuple(leases)
@@ -133,9 +164,9 @@ def _txn_access(verb: str, r: pb.TxnRequest) -> Access:
 Rule = Callable[[str, Any], Access]
 
 _RULES: dict[str, Rule] = {
-    "KV.Range": lambda v, r: Access(v, (_range(r),), read_only=True),
-    "KV.Put": lambda v, r: Access(v, (_key("key", r.key),), (r.lease,)),
-    "KV.Delete": lambda v, r: Access(v, (_key("key", r.key, r.range_end),)),
+    "KV.Range": lambda v, r: Access(v, (_range(r),)),
+    "KV.Put": lambda v, r: Access(v, (_put(r.key),), (r.lease,)),
+    "KV.Delete": lambda v, r: Access(v, (_delete(r),)),
     "KV.Txn": _txn_access,
     "Lease.Grant": lambda v, r: Access(v),
     "Lease.KeepAlive": lambda v, r: Access(v, leases=(r.id,)),
@@ -143,8 +174,8 @@ _RULES: dict[str, Rule] = {
     "Lease.TimeToLive": lambda v, r: Access(v, leases=(r.id,)),
     "Lock.Lock": lambda v, r: Access(v, (_name("lock", r.name),), (r.lease,)),
     "Lock.Unlock": lambda v, r: Access(v, (_name("lock", r.name),), (r.lease,)),
-    "Lock.CheckFence": lambda v, r: Access(v, (_name("lock", r.name),), read_only=True),
-    "Lock.Info": lambda v, r: Access(v, (_name("lock", r.name),), read_only=True),
+    "Lock.CheckFence": lambda v, r: Access(v, (_read("lock", r.name),)),
+    "Lock.Info": lambda v, r: Access(v, (_read("lock", r.name),)),
     "Election.Campaign": lambda v, r: Access(v, (_name("election", r.election),), (r.lease,)),
     "Election.Proclaim": lambda v, r: Access(
         v, (_name("election", r.leader.election),), (r.leader.lease,)
@@ -152,16 +183,13 @@ _RULES: dict[str, Rule] = {
     "Election.Resign": lambda v, r: Access(
         v, (_name("election", r.leader.election),), (r.leader.lease,)
     ),
-    "Election.Leader": lambda v, r: Access(v, (_name("election", r.election),), read_only=True),
-    "Election.Observe": lambda v, r: Access(v, (_name("election", r.election),), read_only=True),
+    "Election.Leader": lambda v, r: Access(v, (_read("election", r.election),)),
+    "Election.Observe": lambda v, r: Access(v, (_read("election", r.election),)),
     "Sequence.Create": lambda v, r: Access(v, (_name("sequence", r.name),)),
     "Sequence.Next": lambda v, r: Access(v, (_name("sequence", r.name),)),
-    "Sequence.Get": lambda v, r: Access(v, (_name("sequence", r.name),), read_only=True),
+    "Sequence.Get": lambda v, r: Access(v, (_read("sequence", r.name),)),
     "Watch.Watch": lambda v, r: Access(
-        v,
-        (_key("key", r.key, r.range_end),),
-        scoped=bool(r.key or r.range_end),
-        read_only=True,
+        v, (_key("key", r.key, r.range_end),), scoped=bool(r.key or r.range_end)
     ),
     # The calls inside are checked one by one (`PipelineService`).
     "Pipeline.Stream": lambda v, r: Access(v),
@@ -220,6 +248,37 @@ def _within(touch: Touch, prefix: bytes) -> bool:
     return touch.end <= _prefix_end(prefix)
 
 
+def _overlaps(touch: Touch, prefix: bytes) -> bool:
+    """Whether `touch` names any key that starts with `prefix`."""
+    if touch.end is None:
+        return touch.name.startswith(prefix)
+    ends_after = touch.end == b"\0" or touch.end > prefix
+    return ends_after and touch.name < _prefix_end(prefix)
+
+
+def _operator_records_written(touch: Touch) -> bytes | None:
+    """The operator's read-only prefix a write `touch` would change, or None. By shape, for
+    every namespace (so a grant of another namespace's prefix does not reach its records
+    either): a key `k8s/X/sealedsecrets/...`; a range within `k8s/X/` overlapping
+    `k8s/X/sealedsecrets/`; a range crossing namespaces under `k8s/` (any of them may hold
+    records)."""
+    if not touch.write or touch.kind != "key":
+        return None
+    parts = touch.name.split(b"/", 2)
+    namespace = parts[1].decode("utf-8", "replace") if len(parts) == 3 else None
+    if namespace and parts[0] + b"/" == K8S_PREFIX.encode():
+        own = namespace_prefix(namespace).encode()
+        if touch.end is None or (touch.end != b"\0" and touch.end <= _prefix_end(own)):
+            for prefix in operator_record_prefixes(namespace):
+                if _overlaps(touch, prefix):
+                    return prefix
+            return None
+    everything = K8S_PREFIX.encode()
+    if touch.end is not None and _overlaps(touch, everything):
+        return everything + b"*/" + OPERATOR_SEGMENTS[0] + b"/"
+    return None
+
+
 def _prefix_end(prefix: bytes) -> bytes:
     """The smallest key greater than every key that starts with `prefix` ("k8s/a/" ->
     "k8s/a0"; the prefixes here never end in 0xff)."""
@@ -254,20 +313,29 @@ class Policy:
                 f"{who} may not call {verb}: cluster administration needs a client certificate "
                 "of the cluster, not a workload token",
             )
-        prefixes = self.read_prefixes(who) if access.read_only else self.prefixes(who)
-        shown = " or ".join(repr(p) for p in prefixes)
         if not access.scoped:
+            shown = " or ".join(repr(p) for p in self.read_prefixes(who))
             return Denial(
                 "unscoped",
                 f"{who} may not call {verb} on every key: name a key or range under {shown}",
             )
-        raw = [p.encode("utf-8") for p in prefixes]
         for touch in access.touches:
-            if not any(_within(touch, p) for p in raw):
+            prefixes = self.prefixes(who) if touch.write else self.read_prefixes(who)
+            if not any(_within(touch, p.encode("utf-8")) for p in prefixes):
+                shown = " or ".join(repr(p) for p in prefixes)
                 return Denial(
                     "namespace",
                     f"{who} may not {verb} {touch}: a workload of namespace "
                     f"{who.namespace!r} may only name objects under {shown}",
+                )
+            record = _operator_records_written(touch)
+            if record is not None:
+                shown = record.decode("utf-8", "replace")
+                return Denial(
+                    "read-only",
+                    f"{who} may not {verb} {touch}: keys under {shown!r} are the operator's "
+                    "records of the namespace's SealedSecrets; a workload may read and watch "
+                    "them, not change them (change the SealedSecret instead)",
                 )
         for lease in access.leases:
             if lease == 0:

@@ -7,8 +7,9 @@ it), over TLS trusting the cluster CA (`--ca-file`, else ca.pem in the TLS direc
 no client certificate. The coordinator verifies the token and scopes the pod to
 `k8s/<namespace>/`; the sidecar puts that prefix in front of the app's names (lock `foo` is
 the coordinator's `k8s/NS/foo`, the very lock of the Lease CR NS/foo), so apps name things
-as they like and the operator's view matches. The namespace: `--namespace`, else
-POD_NAMESPACE, else the token's own claim (used for naming only: the coordinator decides).
+as they like and the operator's view matches. The namespace (`_namespace.py`): `--namespace`,
+else POD_NAMESPACE, else the token's own claim (used for naming only: the coordinator
+decides); the secrets delivered as files are that namespace's too.
 
 Binding. The API hands out locks in the pod's name and has no authentication of its own yet
 (identity comes with workload tokens), so it listens on loopback only: anything else is
@@ -27,11 +28,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import binascii
 import contextlib
 import ipaddress
-import json
 import logging
 import os
 import signal
@@ -41,6 +39,7 @@ from pathlib import Path
 from coordinator.client import Client, ConcordError
 
 from ._app import Sidecar
+from ._namespace import pod_namespace
 from ._secretfiles import SecretFiles, SecretFilesConfig, add_flags, config_from
 
 log = logging.getLogger("concord.sidecar")
@@ -107,8 +106,9 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--namespace",
-        help="the pod's namespace: names are mapped to k8s/<namespace>/NAME (default with "
-        "--token-file: $POD_NAMESPACE, else the token's namespace claim)",
+        help="the pod's namespace: names are mapped to k8s/<namespace>/NAME and --secrets are "
+        "read from it (default: $POD_NAMESPACE, else the token's namespace claim, else the "
+        "service account's namespace file)",
     )
     p.add_argument(
         "--coordinator-timeout",
@@ -121,41 +121,23 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def token_namespace(token: str) -> str:
-    """The namespace a ServiceAccount token names (its `kubernetes.io` claim, else its
-    subject), read WITHOUT verifying it: for naming only; "" if it names none."""
-    parts = token.split(".")
-    try:
-        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except (IndexError, ValueError, binascii.Error):
-        return ""
-    if not isinstance(claims, dict):
-        return ""
-    k8s = claims.get("kubernetes.io")
-    if isinstance(k8s, dict) and isinstance(k8s.get("namespace"), str):
-        return str(k8s["namespace"])
-    sub = str(claims.get("sub", "")).split(":")
-    return sub[2] if len(sub) == 4 and sub[:2] == ["system", "serviceaccount"] else ""
-
-
 def name_prefix(args: argparse.Namespace, env: dict[str, str] | None = None) -> str:
     """ "k8s/<namespace>/" when the pod speaks with a workload token (or names its
-    namespace), else "" (see the module doc)."""
+    namespace), else "" (a client certificate: names as given). The namespace is the one
+    `_namespace.pod_namespace` finds, the same the secrets are read from."""
     env = dict(os.environ) if env is None else env
-    namespace = args.namespace or ""
-    if not namespace and args.token_file:
-        namespace = env.get("POD_NAMESPACE", "")
-        if not namespace:
-            try:
-                namespace = token_namespace(Path(args.token_file).read_text().strip())
-            except OSError as err:
-                raise _usage_error(f"cannot read --token-file {args.token_file}: {err}") from None
-        if not namespace:
-            raise _usage_error(
-                "--token-file: cannot tell the pod's namespace; pass --namespace or set "
-                "POD_NAMESPACE (the downward API's metadata.namespace)"
-            )
-    return f"k8s/{namespace}/" if namespace else ""
+    if not (args.namespace or args.token_file):
+        return ""
+    try:
+        namespace = pod_namespace(args.namespace, args.token_file, env)
+    except OSError as err:
+        raise _usage_error(f"cannot read --token-file {args.token_file}: {err}") from None
+    if not namespace:
+        raise _usage_error(
+            "--token-file: cannot tell the pod's namespace; pass --namespace or set "
+            "POD_NAMESPACE (the downward API's metadata.namespace)"
+        )
+    return f"k8s/{namespace}/"
 
 
 def client_from(args: argparse.Namespace) -> Client:

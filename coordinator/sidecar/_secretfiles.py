@@ -58,12 +58,12 @@ from coordinator.client import (
 from coordinator.sealing import SealedRecord, sealed_record_name, sealed_record_prefix
 
 from ._atomic import AtomicDir, valid_key
+from ._namespace import pod_namespace
 from ._notify import Change, Notifier, NotifyError, parse_notify
 
 log = logging.getLogger("concord.sidecar.secrets")
 
 DEFAULT_DIR = "/run/secrets"
-SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 """A Kubernetes object name (DNS subdomain): also a safe directory name."""
 RETRY_S = 1.0
@@ -96,10 +96,6 @@ def add_flags(p: argparse.ArgumentParser) -> None:
         help=f"where: DIR/NAME/KEY (default: $CONCORD_SECRETS_DIR or {DEFAULT_DIR})",
     )
     g.add_argument(
-        "--secrets-namespace",
-        help="the pod's namespace (default: $POD_NAMESPACE, else the service account's)",
-    )
-    g.add_argument(
         "--secrets-notify",
         action="append",
         help="after a change: none | signal:PIDFILE_OR_NAME:SIG | http:URL (repeatable; "
@@ -127,15 +123,17 @@ def config_from(
     for name in names:
         if not NAME_RE.match(name):
             raise ValueError(f"--secrets: {name!r} is not a SealedSecret name")
-    namespace = args.secrets_namespace or env.get("POD_NAMESPACE", "")
+    # The identity's namespace (`_namespace.py`): the records of any other are not this
+    # pod's to read, and the coordinator would refuse them to its token anyway.
+    try:
+        namespace = pod_namespace(args.namespace, args.token_file, env)
+    except OSError as err:
+        raise ValueError(f"cannot read --token-file {args.token_file}: {err}") from None
     if not namespace:
-        try:
-            namespace = SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
-        except OSError:
-            raise ValueError(
-                "--secrets needs the pod's namespace: pass --secrets-namespace, or set "
-                "POD_NAMESPACE from the downward API (fieldRef metadata.namespace)"
-            ) from None
+        raise ValueError(
+            "--secrets needs the pod's namespace: pass --namespace, or set POD_NAMESPACE "
+            "from the downward API (fieldRef metadata.namespace)"
+        )
     specs = args.secrets_notify or [env.get("CONCORD_SECRETS_NOTIFY", "none")]
     notifiers = tuple(n for n in (parse_notify(s) for s in specs) if n is not None)
     mode = args.secrets_mode or env.get("CONCORD_SECRETS_MODE", "0400")

@@ -10,8 +10,10 @@ machine, what `make run` runs (README.md, Quick start).
 4. `helm install concord charts/concord`: the CA bootstrap Job, 3 members, the operator;
 5. a demo with kubectl and concordctl, each command printed as a person would type it and
    its output shown: `kubectl get concord`, a Lease taken through the members and its fencing
-   token in the Lease's status, a Sequence advancing, a SealedSecret becoming a Secret, a
-   member pod deleted and the cluster healing.
+   token in the Lease's status, a Sequence advancing, a SealedSecret becoming a Secret, a pod
+   annotated for injection whose injected sidecar (the pod's own ServiceAccount token on the
+   members' workload ports) delivers that SealedSecret as a file its app reads, a member pod
+   deleted and the cluster healing.
 
 Then everything it started is stopped by PID (pods first, then the control plane), also on
 SIGINT, SIGTERM and SIGHUP; `--keep` leaves it up until one of those, with the kubeconfig
@@ -202,10 +204,16 @@ class Stack:
     def install(self) -> None:
         assert self.plane is not None
         argv = ["install", RELEASE, str(CHART.relative_to(REPO)), "-n", NAMESPACE]
-        say(f"$ helm {shlex.join([*argv, '--create-namespace'])}")
-        done = self.plane.helm(
-            "install", RELEASE, str(CHART), "-n", NAMESPACE, "--create-namespace", check=False
+        say(
+            f"$ helm {shlex.join([*argv, '--create-namespace'])} "
+            "--set 'injection.sidecar.listenHost=$(POD_IP)'"
         )
+        # Pods here share one loopback: each injected sidecar listens on its pod's address.
+        sets = ("--set", "injection.sidecar.listenHost=$(POD_IP)")
+        done = self.plane.helm(
+            "install", RELEASE, str(CHART), "-n", NAMESPACE, "--create-namespace", *sets,
+            check=False,
+        )  # fmt: skip
         if done.returncode != 0:
             raise StackError(f"helm install failed: {done.stderr}", self.agent_log)
         say("  " + "\n  ".join(done.stdout.strip().splitlines()[:6]))
@@ -378,6 +386,65 @@ class Stack:
         if value != "correct-horse":
             raise StackError(f"the Secret holds {value!r}, not the sealed value")
 
+    def demo_injected(self) -> None:
+        """A pod asking for the sidecar and the secret `db` as a file: the webhook injects
+        the sidecar, which authenticates with the pod's ServiceAccount token on the members'
+        workload ports and writes /run/secrets/db/password; the app only reads the file."""
+        assert self.agent is not None
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": "db-reader",
+                "namespace": NAMESPACE,
+                "annotations": {"concord.dev/inject": "true", "concord.dev/secrets": "db"},
+            },
+            "spec": {
+                "terminationGracePeriodSeconds": 2,
+                "containers": [
+                    {
+                        "name": "app",
+                        "image": "busybox",
+                        "command": [
+                            "sh", "-c",
+                            'echo "read /run/secrets/db/password: '
+                            '$(cat /run/secrets/db/password)"; sleep 3600',
+                        ],
+                    }
+                ],
+            },
+        }  # fmt: skip
+        path = self.state_dir / "db-reader.yaml"
+        path.write_text(json.dumps(pod, indent=2) + "\n")
+        say(
+            f"$ cat {path.name}   # annotations concord.dev/inject: 'true', concord.dev/secrets: db"
+        )
+        self.kubectl("apply", "-f", str(path))
+        self.kubectl(
+            "wait", "-n", NAMESPACE, "pod/db-reader", "--for=condition=Ready", "--timeout=90s"
+        )
+        self.kubectl(
+            "get", "pod", "db-reader", "-n", NAMESPACE,
+            "-o", "jsonpath={.spec.initContainers[0].name} {.spec.initContainers[0].args}",
+        )  # fmt: skip
+        deadline = time.perf_counter() + 30
+        logs = sorted(self.agent.state_dir.glob(f"pods/{NAMESPACE}_db-reader_*/app.log"))
+        line = ""
+        while time.perf_counter() < deadline and not line:
+            logs = logs or sorted(
+                self.agent.state_dir.glob(f"pods/{NAMESPACE}_db-reader_*/app.log")
+            )
+            text = logs[0].read_text() if logs else ""
+            line = next((x for x in text.splitlines() if x.startswith("read ")), "")
+            time.sleep(0.2)
+        say(f"$ cat {logs[0] if logs else 'app.log'}   # the app container's output")
+        say(f"  {line}")
+        if not line.endswith("correct-horse"):
+            raise StackError(
+                "the injected pod never read its secret file", self.pod_log("db-reader")
+            )
+        say("   the injected sidecar delivered the SealedSecret with the pod's own token")
+
     def demo_heal(self) -> None:
         out = self.concordctl("-o", "json", "member", "list", shown=False)
         got = json.loads(out)
@@ -540,6 +607,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         current = "SealedSecret"
         with step("a SealedSecret becoming a Secret"):
             stack.demo_sealed()
+        current = "injected pod"
+        with step("an injected pod reads its secret as a file (workload identity)"):
+            stack.demo_injected()
         current = "kubectl get concord"
         with step("the Concord resources, as kubectl shows them"):
             stack.demo_view()

@@ -165,7 +165,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     w.add_argument(
         "--sidecar-endpoints",
         default="",
-        help="the coordinator as the sidecars dial it (the client Service); default: --endpoints",
+        help="the members' workload-identity ports as the sidecars dial them, host:port,... "
+        "(the injected sidecar has a token, no client certificate: the client ports would "
+        "refuse it); default: --endpoints",
+    )
+    w.add_argument(
+        "--sidecar-token-audience",
+        default="concord",
+        help="the audience of the projected token injected pods get: the members' --token-audience",
     )
     w.add_argument(
         "--sidecar-ca-configmap",
@@ -220,6 +227,7 @@ def start_injection(args: argparse.Namespace, kube: KubeApi) -> tuple[kopf.Webho
         listen_host=args.sidecar_listen_host,
         port=args.sidecar_port,
         probe_port=args.sidecar_probe_port,
+        token_audience=args.sidecar_token_audience,
     )
     injector = Injector(
         settings,

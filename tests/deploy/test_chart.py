@@ -89,7 +89,8 @@ def test_every_manifest_passes_a_server_side_dry_run(
     if "operator.enabled=false" not in values:
         expected += ["ClusterRole", "ClusterRoleBinding", "Deployment", "ServiceAccount"]
         expected += ["MutatingWebhookConfiguration", "Service"]  # the sidecar injector
-        expected.append("ConcordCluster")  # membership follows the StatefulSet through it
+    # Workload identity, on by default: the members' ServiceAccount and its TokenReview grant.
+    expected += ["ClusterRoleBinding", "ServiceAccount"]
     if "tls.secretName=my-certs" not in values:  # the CA bootstrap hook
         expected += ["ConfigMap", "Job", "Role", "RoleBinding", "ServiceAccount"]
     if "networkPolicy.enabled=true" in values:
@@ -139,12 +140,61 @@ def test_every_manifest_passes_a_server_side_dry_run(
         # Escaped, so the operator's own container does not expand it.
         assert "--sidecar-listen-host=$$(POD_IP)" in args
         assert "--sidecar-endpoints=coord.example:7073" in args
+        assert "--sidecar-token-audience=concord" in args
+
+
+def test_injected_sidecars_dial_every_members_workload_port(
+    control_plane: ControlPlane, kube_namespace: str
+) -> None:
+    """By default the sidecars get every member's workload port (the client port would ask
+    them for a certificate they do not have), one per member so that a follower's redirect,
+    which names the leader's host, has an endpoint on that host to go to; and the token
+    audience the members check."""
+    for values, replicas, port, audience in [
+        ((), 3, 7073, "concord"),
+        (
+            ("coordinator.replicas=5", "workloadIdentity.port=7100", "workloadIdentity.audience=x"),
+            5,
+            7100,
+            "x",
+        ),
+    ]:
+        objects = render(control_plane, kube_namespace, *values)
+        operator = next(o for o in objects if o["kind"] == "Deployment")
+        args = operator["spec"]["template"]["spec"]["containers"][0]["command"]
+        peers = f"concord-peers.{kube_namespace}.svc.cluster.local"
+        wanted = ",".join(f"concord-{i}.{peers}:{port}" for i in range(replicas))
+        assert f"--sidecar-endpoints={wanted}" in args
+        assert f"--sidecar-token-audience={audience}" in args
+        sts = next(o for o in objects if o["kind"] == "StatefulSet")
+        script = sts["spec"]["template"]["spec"]["containers"][0]["command"][2]
+        assert f'--workload-listen "$POD_IP:{port}"' in script
+        assert f'--token-audience "{audience}"' in script
+
+
+def test_injection_without_workload_identity_is_refused_with_why(
+    control_plane: ControlPlane,
+) -> None:
+    """An injected sidecar has a token and a CA, no client certificate: without the
+    members' workload port it could never talk to them, so the chart says so at render."""
+    assert control_plane.helm_path is not None
+    done = subprocess.run(
+        [str(control_plane.helm_path), "template", "concord", str(CHART),
+         "--set", "workloadIdentity.enabled=false"],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "injection.enabled needs workloadIdentity.enabled" in done.stderr, done.stderr
+    assert "Set workloadIdentity.enabled=true, or injection.enabled=false" in done.stderr
+    for ok in (("injection.enabled=false",), ("operator.enabled=false",)):
+        sets = [a for v in ("workloadIdentity.enabled=false", *ok) for a in ("--set", v)]
+        control_plane.helm("template", "concord", str(CHART), *sets)
 
 
 def test_workload_identity_gives_the_members_a_tokenreview_identity_and_a_port(
     control_plane: ControlPlane, kube_namespace: str
 ) -> None:
-    values = ("workloadIdentity.enabled=true", "networkPolicy.enabled=true")
+    values = ("networkPolicy.enabled=true",)  # workloadIdentity.enabled is the default
     objects = render(control_plane, kube_namespace, *values)
     done = control_plane.kubectl(
         "apply",
@@ -163,6 +213,7 @@ def test_workload_identity_gives_the_members_a_tokenreview_identity_and_a_port(
         for o in objects
         if o["kind"] == "ClusterRoleBinding" and o["metadata"]["name"].endswith("-tokenreview")
     )
+    assert binding["metadata"]["name"] == f"concord-{kube_namespace}-tokenreview"
     assert binding["roleRef"]["name"] == "system:auth-delegator"
     assert binding["subjects"] == [
         {
@@ -201,8 +252,10 @@ def test_workload_identity_gives_the_members_a_tokenreview_identity_and_a_port(
         rule.get("ports") == [{"port": 7073}] and "from" not in rule
         for rule in policy["spec"]["ingress"]
     )
-    # Off (the default): no ServiceAccount for the members, no token, no port.
-    plain = render(control_plane, kube_namespace)
+    # Off (with injection off too): no ServiceAccount for the members, no token, no port.
+    plain = render(
+        control_plane, kube_namespace, "workloadIdentity.enabled=false", "injection.enabled=false"
+    )
     plain_pod = next(o for o in plain if o["kind"] == "StatefulSet")["spec"]["template"]["spec"]
     assert (
         "serviceAccountName" not in plain_pod and plain_pod["automountServiceAccountToken"] is False

@@ -21,7 +21,7 @@ import pytest
 
 from coordinator.testing.controlplane import ControlPlane
 from coordinator.testing.nodeagent import NodeAgent
-from tests.deploy.chart import CHART
+from tests.deploy.chart import CHART, member_host
 
 pytestmark = [pytest.mark.kube, pytest.mark.process]
 
@@ -120,7 +120,8 @@ def test_an_annotated_pod_is_stored_with_the_native_sidecar(
     (side,) = spec["initContainers"]
     assert side["name"] == "concord-sidecar" and side["restartPolicy"] == "Always"
     assert side["image"] == "ghcr.io/concord-dev/concord-sidecar:0.1.0"
-    endpoint = f"{RELEASE}.{injecting.namespace}.svc.cluster.local:7070"
+    # Every member's workload port (workload identity is on by default with injection).
+    endpoint = ",".join(f"{member_host(RELEASE, injecting.namespace, i)}:7073" for i in range(3))
     assert side["args"] == [
         "--listen=127.0.0.1:7490",
         "--probe-listen=$(POD_IP):7491",
@@ -187,6 +188,16 @@ def test_a_pod_it_cannot_inject_is_admitted_unchanged_with_an_event(
 def _scale_operator_to_zero(plane: ControlPlane, namespace: str) -> None:
     plane.kubectl("scale", "-n", namespace, f"deployment/{RELEASE}-operator", "--replicas=0")
     _wait_for("no ready endpoint", lambda: not _ready_endpoints(plane, namespace))
+    # And no operator process left: the API server may still hold the old endpoint for a
+    # moment, and a terminating operator would still answer it (seen on a loaded machine).
+    _wait_for(
+        "the operator's pod gone",
+        lambda: (
+            not plane.kubectl_json(
+                "get", "pods", "-n", namespace, "-l", "app.kubernetes.io/component=operator"
+            )["items"]
+        ),
+    )
 
 
 def test_with_the_webhook_down_pods_are_admitted_as_the_failure_policy_says(

@@ -44,6 +44,10 @@ EXPECTED = [
     "$ concordctl seal -f",
     "sealedsecret.concord.dev/db condition met",
     "correct-horse",
+    "pod/db-reader condition met",
+    "concord-sidecar ",
+    "read /run/secrets/db/password: correct-horse",
+    "the injected sidecar delivered the SealedSecret with the pod's own token",
     "$ kubectl get concord -A",
     "sequence.concord.dev/invoices",
     "$ kubectl delete pod -n concord",
@@ -128,7 +132,9 @@ def test_make_run_brings_up_the_stack_demos_it_and_stops_everything(
              "-n", "concord", "--no-headers"],
             capture_output=True, text=True, timeout=60, check=True,
         ).stdout  # fmt: skip
-        assert pods.count(" Running ") == 4, pods  # three members and the operator
+        # Three members, the operator and the injected reader (2/2: app and native sidecar).
+        assert pods.count(" Running ") == 5, pods
+        assert re.search(r"^db-reader\s+2/2\s+Running ", pods, re.M), pods
         # The printed PATH's concordctl reaches the members by their names, from any directory.
         members = subprocess.run(
             [str(state / "bin" / "concordctl"), "member", "list"],

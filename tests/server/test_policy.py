@@ -18,6 +18,7 @@ from coordinator.server._policy import (
     Denial,
     Policy,
     access_of,
+    operator_record_prefixes,
     verb_of,
 )
 
@@ -151,3 +152,107 @@ def test_every_rpc_and_pipeline_kind_has_a_decision() -> None:
         access = access_of(verb, None) if verb.split(".")[0] in ("Cluster", "Maintenance") else None
         if access is not None:
             assert access.admin, verb
+
+
+RECORD = b"k8s/team-a/sealedsecrets/db"
+
+
+@pytest.mark.parametrize(
+    ("verb", "request_"),
+    [
+        ("KV.Range", pb.RangeRequest(key=RECORD)),
+        ("KV.Range", pb.RangeRequest(key=b"k8s/team-a/", range_end=b"k8s/team-a0")),
+        (
+            "Watch.Watch",
+            pb.WatchRequest(key=b"k8s/team-a/sealedsecrets/", range_end=b"k8s/team-a0"),
+        ),
+        (
+            "KV.Txn",
+            pb.TxnRequest(
+                compares=[pb.Compare(key=RECORD)],
+                success=[pb.TxnOp(range=pb.RangeRequest(key=RECORD))],
+            ),
+        ),
+        # A txn may compare the record and write beside it.
+        (
+            "KV.Txn",
+            pb.TxnRequest(
+                compares=[pb.Compare(key=RECORD)],
+                success=[pb.TxnOp(put=pb.PutRequest(key=b"k8s/team-a/seen"))],
+            ),
+        ),
+        # Deleting around the records, not through them.
+        ("KV.Delete", pb.DeleteRequest(key=b"k8s/team-a/a", range_end=b"k8s/team-a/sealedsecrets")),
+        ("KV.Delete", pb.DeleteRequest(key=b"k8s/team-a/sealedsecrets0", range_end=b"k8s/team-a0")),
+        ("KV.Put", pb.PutRequest(key=b"k8s/team-a/sealedsecretsx")),
+        # Locks, elections and sequences named like a record are not records (other tables).
+        ("Lock.Lock", pb.LockRequest(name="k8s/team-a/sealedsecrets/db")),
+        ("Sequence.Next", pb.SequenceNextRequest(name="k8s/team-a/sealedsecrets/db")),
+        # A read-only txn may read the operator's CR records too.
+        (
+            "KV.Txn",
+            pb.TxnRequest(compares=[pb.Compare(key=b"concord.dev/v1alpha1/leases/team-a/job")]),
+        ),
+    ],
+)
+def test_the_operators_sealed_records_can_be_read(verb: str, request_: object) -> None:
+    assert decide(verb, request_) is None
+
+
+@pytest.mark.parametrize(
+    ("verb", "request_", "named"),
+    [
+        ("KV.Put", pb.PutRequest(key=RECORD), "key 'k8s/team-a/sealedsecrets/db'"),
+        ("KV.Delete", pb.DeleteRequest(key=RECORD), "key 'k8s/team-a/sealedsecrets/db'"),
+        (
+            "KV.Delete",
+            pb.DeleteRequest(key=b"k8s/team-a/", range_end=b"k8s/team-a0"),
+            "key range ['k8s/team-a/', 'k8s/team-a0')",
+        ),
+        (
+            "KV.Delete",
+            pb.DeleteRequest(key=b"k8s/team-a/s", range_end=b"k8s/team-a/sealedsecrets/e"),
+            "range",
+        ),
+        (
+            "KV.Txn",
+            pb.TxnRequest(
+                compares=[pb.Compare(key=RECORD)],
+                success=[pb.TxnOp(put=pb.PutRequest(key=RECORD))],
+            ),
+            "key 'k8s/team-a/sealedsecrets/db'",
+        ),
+        (
+            "KV.Txn",
+            pb.TxnRequest(failure=[pb.TxnOp(delete=pb.DeleteRequest(key=RECORD))]),
+            "key 'k8s/team-a/sealedsecrets/db'",
+        ),
+    ],
+)
+def test_the_operators_sealed_records_cannot_be_changed(
+    verb: str, request_: object, named: str
+) -> None:
+    """A pod that could rewrite `k8s/NS/sealedsecrets/` could swap its namespace's
+    namespace-wide values between names, or delete its neighbours' secrets."""
+    denial = decide(verb, request_)
+    assert denial is not None and denial.reason == "read-only", denial
+    assert "system:serviceaccount:team-a:app (pod app-0)" in denial.message
+    assert verb in denial.message and named in denial.message
+    assert "'k8s/team-a/sealedsecrets/'" in denial.message
+
+
+def test_a_grant_of_another_namespace_does_not_reach_its_records() -> None:
+    policy = Policy(grants={"system:serviceaccount:team-a:app": ("k8s/",)})
+    assert decide("KV.Put", pb.PutRequest(key=b"k8s/team-b/x"), policy) is None
+    for request_ in [
+        pb.PutRequest(key=b"k8s/team-b/sealedsecrets/db"),
+        pb.DeleteRequest(key=b"k8s/", range_end=b"k8s0"),
+        pb.DeleteRequest(key=b"k8s/team-a/z", range_end=b"k8s/team-b/"),
+    ]:
+        verb = "KV.Put" if isinstance(request_, pb.PutRequest) else "KV.Delete"
+        denial = decide(verb, request_, policy)
+        assert denial is not None and denial.reason == "read-only", request_
+
+
+def test_the_protected_prefix_is_where_the_operator_writes() -> None:
+    assert operator_record_prefixes("team-a") == (sealing.sealed_record_prefix("team-a"),)

@@ -17,7 +17,7 @@ import grpc
 import pytest
 
 from coordinator import sealing
-from coordinator.client import Client, ConcordError, PermissionDenied
+from coordinator.client import Client, Compare, ConcordError, Delete, Get, PermissionDenied, Put
 from coordinator.runtime.tls import (
     channel_credentials,
     create_ca,
@@ -266,5 +266,58 @@ def test_unseal_follows_the_sealed_scope(tmp_path: Path) -> None:
             with pytest.raises(PermissionDenied, match="cluster-wide"):
                 await a.unseal(cluster_wide, "team-a", "db")
         assert ("Secrets.Unseal", "unseal-scope") in denied
+
+    with_workload_cluster(tmp_path, scenario)
+
+
+@pytest.mark.parametrize("pipeline", [True, False], ids=["pipelined", "unary"])
+def test_the_operators_sealed_records_are_read_only_to_workloads(
+    tmp_path: Path, pipeline: bool
+) -> None:
+    """`k8s/NS/sealedsecrets/NAME` is the operator's (a cluster client): a pod reads and
+    watches it (its sidecar delivers it as files) but cannot put, delete or txn-write it."""
+
+    async def scenario(c: Cluster, ends: list[str], denied: list[tuple[str, str]]) -> None:
+        record = b"k8s/team-a/sealedsecrets/db"
+        async with admin(c) as root, workload(ends, tmp_path, "token-a", pipeline=pipeline) as a:
+            await root.put(record, b'{"v": 1}')
+            got = await a.get(record)
+            assert got is not None and got.value == b'{"v": 1}'
+            assert [kv.key for kv in await a.get_range(b"k8s/team-a/", b"k8s/team-a0")] == [record]
+            # Reading it in a txn, and writing beside it, is fine.
+            done = await a.txn(
+                [Compare(record, "version", ">", 0)], [Put(b"k8s/team-a/seen", b"1"), Get(record)]
+            )
+            assert done.succeeded
+            for attempt, verb, obj in [
+                (a.put(record, b"swapped"), "KV.Put", f"key '{record.decode()}'"),
+                (a.delete(record), "KV.Delete", f"key '{record.decode()}'"),
+                (a.delete(b"k8s/team-a/", b"k8s/team-a0"), "KV.Delete", "key range"),
+                (a.txn([], [Put(record, b"swapped")]), "KV.Txn", f"key '{record.decode()}'"),
+                (a.txn([], [], [Delete(record)]), "KV.Txn", f"key '{record.decode()}'"),
+            ]:
+                with pytest.raises(PermissionDenied) as info:
+                    await attempt
+                message = info.value.message
+                assert "system:serviceaccount:team-a:app (pod app-0)" in message
+                assert verb in message and obj in message, message
+                assert "operator's records" in message
+            # The operator's own write goes through and the pod's watch sees it.
+            await root.put(record, b'{"v": 1, "generation": 2}')
+            watch = a.watch(
+                b"k8s/team-a/sealedsecrets/",
+                b"k8s/team-a/sealedsecrets0",
+                start_revision=got.mod_revision + 1,
+            )
+            event = await anext(watch)
+            assert event.kv.key == record and event.kv.value == b'{"v": 1, "generation": 2}'
+            await watch.aclose()
+            got = await a.get(record)
+            assert got is not None and got.value == b'{"v": 1, "generation": 2}'
+        assert {
+            ("KV.Put", "read-only"),
+            ("KV.Delete", "read-only"),
+            ("KV.Txn", "read-only"),
+        } <= set(denied)
 
     with_workload_cluster(tmp_path, scenario)

@@ -12,7 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.sidecar._main import name_prefix, parser, token_namespace
+from coordinator.client import InvalidArgument
+from coordinator.runtime.tls import create_ca
+from coordinator.sidecar._main import client_from, name_prefix, parser
+from coordinator.sidecar._namespace import pod_namespace, token_namespace
+from coordinator.sidecar._secretfiles import config_from
 from tests.sidecar.harness import Rig, with_rig
 
 PREFIX = "k8s/team-a/"
@@ -83,3 +87,54 @@ def test_the_namespace_comes_from_the_flag_the_environment_or_the_token(tmp_path
     token_file.write_text("opaque")
     with pytest.raises(SystemExit):
         prefix(*with_token)
+
+
+def test_secrets_are_read_from_the_identitys_namespace(tmp_path: Path) -> None:
+    """One namespace for names and secrets: a second source could only disagree with the
+    namespace the coordinator scopes the token to (and then every read is refused)."""
+    token_file = tmp_path / "token"
+    token_file.write_text(_jwt({"kubernetes.io": {"namespace": "from-claim"}}))
+
+    def both(*argv: str, env: dict[str, str] | None = None) -> tuple[str, str]:
+        args: argparse.Namespace = parser().parse_args(["--secrets", "db", *argv])
+        cfg = config_from(args, env or {})
+        assert cfg is not None
+        return name_prefix(args, env or {}), cfg.namespace
+
+    with_token = ("--token-file", str(token_file))
+    assert both(*with_token) == ("k8s/from-claim/", "from-claim")
+    assert both(*with_token, env={"POD_NAMESPACE": "from-env"}) == ("k8s/from-env/", "from-env")
+    assert both(*with_token, "--namespace", "from-flag") == ("k8s/from-flag/", "from-flag")
+    # A client certificate maps no names; its secrets still need a namespace.
+    assert both("--namespace", "shop") == ("k8s/shop/", "shop")
+    assert both(env={"POD_NAMESPACE": "shop"}) == ("", "shop")
+    sa_file = tmp_path / "namespace"
+    sa_file.write_text("from-file\n")
+    assert pod_namespace(None, None, {}, sa_file) == "from-file"
+    assert pod_namespace(None, str(token_file), {}, sa_file) == "from-claim"
+    # The old second knob is gone.
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--secrets", "db", "--secrets-namespace", "x"])
+
+
+def test_the_injected_tls_dir_with_only_the_ca_is_enough_for_a_token_client(
+    tmp_path: Path,
+) -> None:
+    """The injector mounts only ca.pem (the CA ConfigMap) at --tls-dir: with --token-file
+    the sidecar trusts it and asks for no client certificate."""
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    (tls / "ca.pem").write_bytes(create_ca("injected").cert_pem)
+    token_file = tmp_path / "token"
+    token_file.write_text(_jwt({"kubernetes.io": {"namespace": "team-a"}}))
+    args = parser().parse_args(
+        ["--endpoints", "m-0:7073,m-1:7073", "--tls-dir", str(tls), "--token-file", str(token_file)]
+    )
+    client = client_from(args)
+    assert client.token_file is not None and Path(client.token_file) == token_file
+    assert client.endpoints == ["m-0:7073", "m-1:7073"]
+    # Without the CA there is nothing to trust: said at once, naming the file (serve()
+    # turns it into exit 2), not a TLS failure at the first call.
+    (tls / "ca.pem").unlink()
+    with pytest.raises(InvalidArgument, match=r"cannot read the CA file .*ca\.pem"):
+        client_from(args)

@@ -36,13 +36,9 @@ from coordinator.runtime.tls import (
 from coordinator.sealing import Scope, SealedRecord, sealed_record_key
 from coordinator.sidecar import Sidecar
 from coordinator.sidecar._main import parser
+from coordinator.sidecar._namespace import SERVICE_ACCOUNT_NAMESPACE
 from coordinator.sidecar._notify import HttpNotifier, SignalNotifier, parse_notify
-from coordinator.sidecar._secretfiles import (
-    SERVICE_ACCOUNT_NAMESPACE,
-    SecretFiles,
-    SecretFilesConfig,
-    config_from,
-)
+from coordinator.sidecar._secretfiles import SecretFiles, SecretFilesConfig, config_from
 from tests.server.harness import Cluster, run, wait_for
 
 CA = create_ca("secretfiles-test")
@@ -243,7 +239,7 @@ def args_of(*argv: str) -> argparse.Namespace:
 
 def test_flags_and_environment() -> None:
     assert config_from(args_of(), {}) is None  # no secrets asked: nothing to do
-    cfg = config_from(args_of("--secrets", "db, api,db", "--secrets-namespace", "shop"), {})
+    cfg = config_from(args_of("--secrets", "db, api,db", "--namespace", "shop"), {})
     assert cfg is not None
     assert (cfg.names, cfg.namespace, str(cfg.directory)) == (("db", "api"), "shop", "/run/secrets")
     assert cfg.file_mode == 0o400 and cfg.notifiers == ()
@@ -262,7 +258,7 @@ def test_flags_and_environment() -> None:
     (n,) = cfg.notifiers
     assert isinstance(n, SignalNotifier) and (n.target, n.signum) == ("/run/app.pid", signal.SIGHUP)
     with pytest.raises(ValueError, match="not a SealedSecret name"):
-        config_from(args_of("--secrets", "Bad_Name", "--secrets-namespace", "x"), {})
+        config_from(args_of("--secrets", "Bad_Name", "--namespace", "x"), {})
 
 
 @pytest.mark.parametrize(
@@ -313,7 +309,7 @@ def test_a_signal_by_process_name_finds_comm_or_argv0_and_never_the_sidecar(
 @pytest.mark.parametrize(
     ("argv", "env", "problem"),
     [
-        (["--secrets", "Bad_Name", "--secrets-namespace", "x"], {}, "not a SealedSecret name"),
+        (["--secrets", "Bad_Name", "--namespace", "x"], {}, "not a SealedSecret name"),
         pytest.param(
             ["--secrets", "db"], {}, "needs the pod's namespace",
             marks=pytest.mark.skipif(

@@ -63,6 +63,17 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- join "," $eps -}}
 {{- end -}}
 
+{{/* host:WORKLOAD_PORT of every member: where injected sidecars dial with their token. One
+per member, not the Service: a follower's redirect names the leader's host, and a token
+client follows it to its own endpoint on that host (coordinator/client, `_hint`). */}}
+{{- define "concord.workloadEndpoints" -}}
+{{- $eps := list -}}
+{{- range $i := until (int .Values.coordinator.replicas) -}}
+{{- $eps = append $eps (printf "%s:%d" (include "concord.memberHost" (list $ $i)) (int $.Values.workloadIdentity.port)) -}}
+{{- end -}}
+{{- join "," $eps -}}
+{{- end -}}
+
 {{/* The MutatingWebhookConfiguration the operator writes its caBundle into. */}}
 {{- define "concord.injector" -}}
 {{- printf "%s-sidecar-injector" (include "concord.fullname" .) | trunc 63 | trimSuffix "-" -}}
