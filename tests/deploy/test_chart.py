@@ -89,6 +89,7 @@ def test_every_manifest_passes_a_server_side_dry_run(
     if "operator.enabled=false" not in values:
         expected += ["ClusterRole", "ClusterRoleBinding", "Deployment", "ServiceAccount"]
         expected += ["MutatingWebhookConfiguration", "Service"]  # the sidecar injector
+        expected.append("ConcordCluster")  # membership follows the StatefulSet through it
     # Workload identity, on by default: the members' ServiceAccount and its TokenReview grant.
     expected += ["ClusterRoleBinding", "ServiceAccount"]
     if "tls.secretName=my-certs" not in values:  # the CA bootstrap hook

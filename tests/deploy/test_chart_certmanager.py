@@ -101,6 +101,7 @@ def test_cert_manager_manifests_pass_a_server_side_dry_run(
     expected += ["ClusterRole", "ClusterRoleBinding", "Deployment", "ServiceAccount"]
     expected += ["MutatingWebhookConfiguration", "Service", "ConcordCluster"]
     expected += ["Certificate"] * (7 + 2)  # maxReplicas members, the operator, a client
+    expected += ["ClusterRoleBinding", "ServiceAccount"]  # workload identity, on by default
     if values == CREATE_ISSUER:
         expected += ["Issuer", "Issuer", "Certificate"]  # self-signed, CA; the CA's certificate
     assert kinds == sorted(expected)  # no Job, Role or ConfigMap: no CA bootstrap
@@ -125,7 +126,8 @@ def test_cert_manager_manifests_pass_a_server_side_dry_run(
         o["spec"]["template"]["spec"] for o in objects if o["kind"] in ("StatefulSet", "Deployment")
     ]
     mounted = json.dumps([p["volumes"] for p in pods])
-    assert "root-ca" not in mounted and "concord-tls" not in mounted
+    # (kube-root-ca.crt, the API server's CA for TokenReviews, is another matter.)
+    assert '"concord-root-ca"' not in mounted and '"concord-tls"' not in mounted
 
     sts = next(o for o in objects if o["kind"] == "StatefulSet")["spec"]["template"]["spec"]
     tls_all = next(v for v in sts["volumes"] if v["name"] == "tls-all")["projected"]
