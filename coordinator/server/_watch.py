@@ -127,16 +127,28 @@ class WatchService(Servicer):
             watchers.remove(watcher)
 
 
+RESPONSE_BYTES_MAX = 2 * 1024 * 1024
+"""A WatchResponse stays well under the 4 MiB message limit (coalesced events add up)."""
+
+
 def _responses(events: list[Event], batch_max: int) -> list[list[pb.Event]]:
-    """`events` in messages of at most `batch_max` events, never splitting a revision unless
-    one revision alone holds more (so a resume after any message's last revision is exact)."""
+    """`events` in messages of at most `batch_max` events and about `RESPONSE_BYTES_MAX`
+    bytes, never splitting a revision unless one revision alone is larger (so a resume after
+    any message's last revision is exact)."""
     out: list[list[pb.Event]] = []
     part: list[pb.Event] = []
+    size = 0
     for i, event in enumerate(events):
-        if len(part) >= batch_max and events[i - 1].revision != event.revision:
+        full = len(part) >= batch_max or size + event.size_bytes() > RESPONSE_BYTES_MAX
+        if (
+            part
+            and full
+            and (events[i - 1].revision != event.revision or size > RESPONSE_BYTES_MAX)
+        ):
             out.append(part)
-            part = []
+            part, size = [], 0
         part.append(event_pb(event))
+        size += event.size_bytes()
     if part:
         out.append(part)
     return out

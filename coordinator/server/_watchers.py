@@ -104,7 +104,9 @@ class WatchHub:
         self._task: asyncio.Task[None] | None = None
         self.stopped = loop.stopped
         self.delivered = 0
-        """Events queued to watchers so far (a counter for metrics and tests)."""
+        """Events fanned out so far (a counter for metrics and tests)."""
+        self.ended_slow = 0
+        """Watches ended as slow consumers so far."""
 
     def __len__(self) -> int:
         return len(self._index)
@@ -242,6 +244,7 @@ class WatchHub:
                 queue = watcher.queue
                 if len(queue) >= limit and queue[-1].revision != event.revision:
                     self._end(watcher, slow_consumer(watcher.given, limit))
+                    self.ended_slow += 1
                     continue
                 queue.append(event)
                 touched[watcher] = None
