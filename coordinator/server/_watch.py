@@ -105,9 +105,12 @@ class WatchService(Servicer):
     def __init__(self, core: Core) -> None:
         super().__init__(core.cfg.deadline_s)
         self.core = core
+        self._encoded = EncodedResponses()
 
     @streaming
-    async def Watch(self, request: pb.WatchRequest, call: Call) -> AsyncIterator[pb.WatchResponse]:
+    async def Watch(
+        self, request: pb.WatchRequest, call: Call
+    ) -> AsyncIterator[pb.WatchResponse | bytes]:
         selected = key_range(request.key, request.range_end)
         core, fsm, watchers = self.core, self.core.fsm, self.core.watchers
         if not request.serializable:
@@ -115,16 +118,54 @@ class WatchService(Servicer):
         start = request.start_revision or fsm.revision + 1
         fsm.events_since(start)  # OUT_OF_RANGE at once if compacted already
         watcher = watchers.add(selected, start)
+        batch_max = core.cfg.watch_batch_max
         try:
             yield pb.WatchResponse(header=core.header())
             while True:
                 events = watchers.catch_up(watcher)
-                if not events and watcher.given >= watcher.floor:
+                if events:
+                    for part in _responses(events, batch_max):
+                        yield pb.WatchResponse(header=core.header(part[-1].revision), events=part)
+                elif watcher.given >= watcher.floor:
                     events = await watchers.take(watcher)
-                for part in _responses(events, core.cfg.watch_batch_max):
-                    yield pb.WatchResponse(header=core.header(part[-1].revision), events=part)
+                    for encoded in self._encoded.get(core, selected, events, batch_max):
+                        yield encoded
         finally:
             watchers.remove(watcher)
+
+
+class EncodedResponses:
+    """Live watch responses, serialized once for every stream that sends the same ones.
+
+    Streams of the same range woken by the same fan-out pass take the same events from
+    their queues, so their responses are byte-identical (the header names this member, its
+    term and the last revision): N streams on one prefix cost one encoding per pass instead
+    of N. Keyed by (range, first and last revision, count, term): for one range these fix
+    the events, since a queue holds every selected event from its first revision on. A few
+    recent entries are kept (passes are short-lived)."""
+
+    ENTRIES_MAX = 64
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[KeyRange, int, int, int, int], list[bytes]] = {}
+
+    def get(
+        self, core: Core, selected: KeyRange, events: list[Event], batch_max: int
+    ) -> list[bytes]:
+        term = core.loop.node.term
+        key = (selected, events[0].revision, events[-1].revision, len(events), term)
+        found = self._cache.get(key)
+        if found is None:
+            found = [
+                pb.WatchResponse(
+                    header=core.header(part[-1].revision), events=part
+                ).SerializeToString()
+                for part in _responses(events, batch_max)
+            ]
+            if len(self._cache) >= self.ENTRIES_MAX:
+                del self._cache[next(iter(self._cache))]
+            self._cache[key] = found
+        return found
 
 
 RESPONSE_BYTES_MAX = 2 * 1024 * 1024

@@ -54,6 +54,9 @@ RESUME_METADATA_KEY = "concord-watch-resume"
 _FANOUT_SLICE = 512
 """Deliveries per turn of the fan-out task before it lets the event loop run others."""
 
+_WAKE_SLICE = 64
+"""Streams woken per turn of the fan-out task."""
+
 _CATCH_UP_EVENTS = 1000
 """About how many events a catch-up step reads at once."""
 
@@ -250,17 +253,22 @@ class WatchHub:
                 touched[watcher] = None
                 budget -= 1
             if budget <= 0:
-                self._wake(touched)
+                await self._wake(touched)
                 touched = {}
                 budget = _FANOUT_SLICE
-                await asyncio.sleep(0)
         self.delivered += len(events)
-        self._wake(touched)
+        await self._wake(touched)
 
     @staticmethod
-    def _wake(touched: dict[Watcher, None]) -> None:
-        for watcher in touched:
+    async def _wake(touched: dict[Watcher, None]) -> None:
+        """Wake the touched streams a slice at a time: woken streams run (and write) in the
+        event loop's next iteration, so slices let the Raft loop's own callbacks run between
+        them instead of after every stream of a large pass."""
+        for i, watcher in enumerate(touched, 1):
             watcher.wake.set()
+            if i % _WAKE_SLICE == 0:
+                await asyncio.sleep(0)
+        await asyncio.sleep(0)
 
     def _end(self, watcher: Watcher, err: ServiceError) -> None:
         """End `watcher` with `err`; the stream reports it after what it was already given."""
