@@ -160,6 +160,8 @@ async def _watch(
                         saw(i, int(e.revision), e.kv.value)
             except grpc.aio.AioRpcError as err:
                 ended[err.code().name] = ended.get(err.code().name, 0) + 1
+                if first:
+                    print(f"watcher: a stream failed to start: {err}", file=sys.stderr)
 
         tasks = [asyncio.ensure_future(concord_stream(i)) for i in range(streams)]
     else:
@@ -199,7 +201,11 @@ async def _watch(
 
         tasks = [asyncio.ensure_future(etcd_stream(i)) for i in range(streams)]
 
-    await asyncio.wait_for(all_created.wait(), 120)
+    try:
+        await asyncio.wait_for(all_created.wait(), 120)
+    except TimeoutError:
+        print(f"watcher: {created[0]} of {streams} started; ended: {ended}", file=sys.stderr)
+        raise
     await asyncio.sleep(1.0)  # every stream registered on its member (etcd: created already)
     print("READY", flush=True)
     line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
@@ -262,12 +268,13 @@ async def measure_writes(
     system: Cluster, leader: int, rate: float, seconds: float, tag: str
 ) -> dict[str, Any]:
     pid = system.member(leader).pid
+    pids = [system.member(i).pid for i in system.member_ids()]
     session = await system.session(leader)
     try:
         await session.put(b"/warm", b"x")
-        cpu0, t0 = cpu_seconds(pid), time.monotonic()
+        cpu0, all0, t0 = cpu_seconds(pid), sum(map(cpu_seconds, pids)), time.monotonic()
         lat = await write_at_rate(session, rate, seconds, tag)
-        cpu1, t1 = cpu_seconds(pid), time.monotonic()
+        cpu1, all1, t1 = cpu_seconds(pid), sum(map(cpu_seconds, pids)), time.monotonic()
     finally:
         await session.close()
     return {
@@ -276,6 +283,7 @@ async def measure_writes(
         "write_p50_ms": ms(pct(lat, 0.5)),
         "write_p99_ms": ms(pct(lat, 0.99)),
         "leader_cpu_pct": round(100 * (cpu1 - cpu0) / (t1 - t0), 1),
+        "members_cpu_pct": round(100 * (all1 - all0) / (t1 - t0), 1),
     }
 
 
@@ -380,6 +388,7 @@ COLUMNS = [
     ("write_p50_ms", "write p50 ms"),
     ("write_p50_vs_none", "vs none"),
     ("leader_cpu_pct", "leader CPU %"),
+    ("members_cpu_pct", "3 members CPU %"),
     ("delivered", "delivered"),
     ("expected", "expected"),
     ("delivery_p50_ms", "deliv p50 ms"),
