@@ -66,7 +66,11 @@ async def write_at_rate(session: Any, rate: float, seconds: float, tag: str) -> 
     async def one(i: int) -> None:
         sent = time.time()
         t0 = time.perf_counter()
-        await session.put(PREFIX + f"{tag}/{i}".encode(), b"%.6f" % sent)
+        try:
+            await session.put(PREFIX + f"{tag}/{i}".encode(), b"%.6f" % sent)
+        except Exception as err:
+            print(f"write failed: {type(err).__name__}: {err}"[:300], file=sys.stderr)
+            return
         latencies.append(time.perf_counter() - t0)
 
     for i in range(count):
@@ -368,7 +372,12 @@ async def run_system(
         rows.append({"system": name, "watchers": 0, **base})
         print(f"{name}: no watchers: {base}", flush=True)
         for n in args.watchers:
-            row = {"system": name, **await run_level(system, leader, tls, n, args)}
+            try:
+                row = {"system": name, **await run_level(system, leader, tls, n, args)}
+            except Exception as err:
+                rows.append({"system": name, "watchers": n, "error": f"{err}"[:300]})
+                print(f"{name}: {n} watchers: FAILED: {err}", flush=True)
+                continue
             row["write_p50_vs_none"] = (
                 round(row["write_p50_ms"] / base["write_p50_ms"], 2)
                 if row.get("write_p50_ms") and base["write_p50_ms"]
