@@ -15,7 +15,9 @@ import pytest
 
 from coordinator.fsm import Put, StateMachine
 from coordinator.runtime.loop import RaftLoop
+from coordinator.server._core import Core
 from coordinator.server._errors import Code, ServiceError
+from coordinator.server._watch import SharedBarrier
 from coordinator.server._watch_index import KeyRange
 from coordinator.server._watchers import RESUME_METADATA_KEY, Watcher, WatchHub
 from tests.fsm.support import Driver
@@ -141,5 +143,43 @@ def test_stop_ends_every_watch_with_unavailable() -> None:
         assert ended.value.code is Code.UNAVAILABLE
         with pytest.raises(ServiceError):
             hub.add(PODS, 1)
+
+    asyncio.run(main())
+
+
+class CountingCore:
+    """Stands in for Core.read: each barrier completes when the test releases it."""
+
+    def __init__(self) -> None:
+        self.started: list[asyncio.Future[None]] = []
+
+    async def read(self, serializable: bool) -> None:
+        assert not serializable
+        fut = asyncio.get_running_loop().create_future()
+        self.started.append(fut)
+        await fut
+
+
+def test_watches_opening_together_share_read_barriers_asked_after_they_arrived() -> None:
+    async def main() -> None:
+        core = CountingCore()
+        barrier = SharedBarrier(cast(Core, core))
+        first = asyncio.ensure_future(barrier.wait())
+        await settle()
+        burst = [asyncio.ensure_future(barrier.wait()) for _ in range(100)]
+        await settle()
+        assert len(core.started) == 1
+        core.started[0].set_result(None)
+        await settle()
+        assert first.done() and first.result() is None
+        # The burst arrived while barrier 1 was in flight, so barrier 1 does not cover it:
+        # one more barrier, started when the first ended, serves all of it.
+        assert not any(w.done() for w in burst) and len(core.started) == 2
+        core.started[1].set_exception(ServiceError(Code.UNAVAILABLE, "no quorum"))
+        await settle()
+        for w in burst:
+            with pytest.raises(ServiceError):
+                w.result()
+        assert len(core.started) == 2
 
     asyncio.run(main())
