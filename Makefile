@@ -13,7 +13,7 @@ PY := $(BIN)/python
 
 SEEDS ?= 2000
 
-.PHONY: help bootstrap run run-local test test-fast test-deploy chart-crds kube-tools images images-check images-clean kind-up deploy kind-down bench-operator bench-sidecar sim elections soak bench bench-report lint typecheck fmt clean
+.PHONY: help bootstrap run run-local test test-fast test-deploy chart-crds kube-tools images images-check images-clean kind-up deploy kind-down bench-operator bench-sidecar bench-scale sim elections soak bench bench-report lint typecheck fmt clean
 
 help:
 	@echo "make run           the whole stack: control plane, helm install, operator, a kubectl demo (~35 s warm)"
@@ -33,6 +33,7 @@ help:
 	@echo "make bench-report  docs/benchmarks.md from the latest make bench"
 	@echo "make bench-operator  the operator under 1,000 churning Leases (BENCH_ARGS=...)"
 	@echo "make bench-sidecar   lock cycles/s through the sidecar beside the client library"
+	@echo "make bench-scale     5,000 watchers on one prefix, Concord beside etcd (BENCH_ARGS=...)"
 	@echo "make lint | typecheck | fmt | clean"
 
 bootstrap:
@@ -151,6 +152,12 @@ bench-operator: bootstrap kube-tools
 # (issue 17). Not in make test.
 bench-sidecar: bootstrap
 	$(PY) -m bench.sidecar $(BENCH_ARGS)
+
+# Watches at scale (issue 20): N watchers (100, 1,000, 5,000) on one prefix with writes at
+# 20/s, Concord beside etcd in one run; delivery, latency, write p50 vs no watchers, leader
+# CPU (docs/watches.md). Not in make test. BENCH_ARGS: --watchers, --seconds, --etcd PATH.
+bench-scale: bootstrap
+	$(PY) -m bench.scale $(BENCH_ARGS)
 
 bench-report: bootstrap
 	@bash scripts/bench_deps.sh

@@ -528,6 +528,14 @@ Concord's number is bigger, which is better for rates and worse for times and me
 
 {profile_section(doc)}
 
+## Watches at scale (`make bench-scale`)
+
+A separate run, not part of `make bench`: N watchers (100, 1,000, 5,000) on one prefix while
+one writer puts 20 keys/s, Concord beside etcd in one invocation (`bench/scale.py`). It
+reports events delivered of expected, delivery latency p50/p99, write p50 with and without
+watchers, and the leader's (and all members') CPU. The latest numbers, the method and what
+they say are in [docs/watches.md](watches.md#measured).
+
 ## Method and design choices
 
 - **Clusters.** 3 members on loopback, data directories on disk (never tmpfs), each system

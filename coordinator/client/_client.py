@@ -82,7 +82,7 @@ from ._errors import (
     Unavailable,
     error_for,
 )
-from ._pipe import CallFailed, Pipe, format_s
+from ._pipe import WATCH_RESUME_METADATA_KEY, CallFailed, Pipe, format_s
 from ._secrets import (
     SEAL_FAILURE_METADATA_KEY,
     ReEncrypted,
@@ -187,6 +187,16 @@ class _Stubs:
         if self._pipe is not None:
             await self._pipe.close()
         await self.channel.close()
+
+
+def _slow_consumer(exc: grpc.RpcError) -> bool:
+    """A watch stream ended by the member because the consumer fell behind (it names the
+    revision to resume from; `Client.watch` tracks its own)."""
+    if not isinstance(exc, grpc.aio.AioRpcError):
+        return False
+    if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return False
+    return any(key == WATCH_RESUME_METADATA_KEY for key, _ in exc.trailing_metadata() or ())
 
 
 class Client:
@@ -844,8 +854,13 @@ class Client:
     ) -> AsyncGenerator[Event, None]:
         """Every change to `key` (or to [key, range_end); b"\\0" = every key >= key) from
         `start_revision` (0: from now on), in revision order, until the caller stops
-        iterating. A broken stream is resumed after the last event seen (see the module doc);
-        OUT_OF_RANGE means the history no longer reaches back that far."""
+        iterating. Whenever a stream ends without a final answer (a member stops or is
+        unreachable, a transport reset, or the member ended it because this consumer fell
+        behind: RESOURCE_EXHAUSTED "slow consumer") the watch resumes, on this or another
+        member, from the revision after the last event seen, so every event is seen once, in
+        order. `OutOfRange` (final) means the history no longer reaches back that far: the
+        events in between were compacted while the watch was away; read the current state
+        and watch again from the revision the message names."""
         next_revision = start_revision
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -869,6 +884,11 @@ class Client:
                         yield Event._from_pb(event)
             except grpc.RpcError as exc:
                 err = self._failure(exc, endpoint)
+                if _slow_consumer(exc):
+                    # The member ended this stream because it fell behind; everything before
+                    # `next_revision` was seen, so resume from there (on the same member).
+                    delay_s = 0.02
+                    continue
                 if not err.retryable:
                     raise error_for(err.code.name, err.details) from None
                 if err.locked:

@@ -22,6 +22,8 @@ from coordinator.api.v1 import concord_pb2 as pb
 LOCKED_METADATA_KEY = "concord-locked"
 LEADER_METADATA_KEY = "concord-leader"
 QUEUED_METADATA_KEY = "concord-queued"
+WATCH_RESUME_METADATA_KEY = "concord-watch-resume"
+"""On a watch the member ended as a slow consumer: the revision to resume from."""
 
 
 class CallFailed(Exception):

@@ -43,6 +43,7 @@ from coordinator.runtime.loop import ProposalLostError, RaftLoop, StoppedError
 
 from ._errors import LEADER_METADATA_KEY, Code, ServiceError, from_fsm, unavailable
 from ._hub import Hub, done_unless, first_done, stopping_error
+from ._watchers import WatchHub
 
 log = logging.getLogger("concord.server")
 _T = TypeVar("_T")
@@ -60,6 +61,9 @@ class ServiceConfig:
     before it campaigns, so a healthy election never trips it)."""
     watch_batch_max: int = 1000
     """At most this many events per WatchResponse."""
+    watch_queue_events_max: int = 4096
+    """A watch stream further behind than this many events is ended as a slow consumer
+    (RESOURCE_EXHAUSTED, naming the revision to resume from): see `_watchers.py`."""
     sealing_key_renew_s: float | None = 30 * 86_400.0
     """The leader makes a new sealing key once the newest is this old (None: only on
     demand); see `_secrets.py`."""
@@ -83,12 +87,16 @@ class Core:
         if threshold is None:
             threshold = 2 * loop.election_timeout_s
         self.hub = Hub(loop, threshold)
+        self.watchers = WatchHub(loop, cfg.watch_queue_events_max)
         self._tasks: set[asyncio.Task[None]] = set()
         loop.add_observer(self.hub)
+        loop.add_observer(self.watchers)
 
     def close(self) -> None:
         """Detach from the loop and cancel background work (the server is stopping)."""
         self.loop.remove_observer(self.hub)
+        self.loop.remove_observer(self.watchers)
+        self.watchers.close()
         for task in list(self._tasks):
             task.cancel()
 

@@ -70,6 +70,11 @@ class _Capture:
         self.handlers.update({f"/{service}/{m}": h for m, h in handlers.items()})
 
 
+PRESERIALIZED = frozenset({"/concord.v1.Watch/Watch"})
+"""Methods whose handler may yield a response already serialized (bytes): a watch event
+fanned out to many streams is encoded once, not once per stream (see `_watch.py`)."""
+
+
 def method_handlers(services: Iterable[tuple[str, object]]) -> dict[str, Any]:
     """{"/concord.v1.Svc/Method": handler} for the given (service name, servicer) pairs."""
     capture = _Capture()
@@ -81,7 +86,19 @@ def method_handlers(services: Iterable[tuple[str, object]]) -> dict[str, Any]:
             "the generated gRPC code registered no method handlers by name; regenerate it "
             "with the pinned grpcio-tools (python scripts/gen_protos.py)"
         )
+    for method in PRESERIALIZED & capture.handlers.keys():
+        capture.handlers[method] = _passing_bytes(capture.handlers[method])
     return capture.handlers
+
+
+def _passing_bytes(handler: Any) -> Any:  # noqa: ANN401 (grpc's RpcMethodHandler)
+    """`handler`, whose responses may also be bytes, sent as they are."""
+    serialize = handler.response_serializer
+
+    def serialize_or_pass(response: object) -> bytes:
+        return response if isinstance(response, bytes) else bytes(serialize(response))
+
+    return handler._replace(response_serializer=serialize_or_pass)
 
 
 def _refusing(template: Any, refusal: Callable[[], ServiceError]) -> Any:  # noqa: ANN401

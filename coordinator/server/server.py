@@ -48,18 +48,31 @@ from ._workload import Authenticator, WorkloadPort, listen_workload_port
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 """Requests and responses (a 1 MiB value, a txn of 128 ops) fit well inside."""
 
+PENDING_CALLS_MAX = 100_000
+"""Calls gRPC core may queue before the server takes them (see `client_server_options`)."""
+
 
 def client_server_options() -> list[tuple[str, int]]:
     """Options of the client-facing server. Clients send keepalive pings every second (with
     or without calls in flight: `coordinator.client._transport`) to notice a stopped member
     quickly; gRPC's defaults would answer such pings with GOAWAY ("too many pings"), so the
-    server permits them."""
+    server permits them.
+
+    Bursts of new calls. gRPC core queues a call that arrives before the application has
+    asked for the next one (grpc.aio asks one call at a time, on the event loop) and, once
+    more than `grpc.server.max_pending_requests` (1,000 by default) wait, cancels new ones at
+    random, all of them past the hard limit (3,000): the client sees CANCELLED, a status that
+    otherwise means "you cancelled". 1,000 watch streams opened at once (a controller
+    restarting its informers) lost about 15 % of them that way. The limits are raised well
+    past any burst a cluster's clients make; a pending call costs a few hundred bytes."""
     return [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 500),
         ("grpc.http2.max_ping_strikes", 0),
+        ("grpc.server.max_pending_requests", PENDING_CALLS_MAX),
+        ("grpc.server.max_pending_requests_hard_limit", PENDING_CALLS_MAX),
     ]
 
 
