@@ -6,6 +6,7 @@ make targets resolve; the kind script stops at once, exit 3, when Docker and kin
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -227,8 +228,11 @@ def test_make_targets_resolve() -> None:
     if make is None:
         pytest.skip("no make")
     done = subprocess.run(
-        [make, "-n", "kind-up", "deploy", "kind-down", "images", "images-check", "images-clean"],
+        [make, "-n", "--no-print-directory", "kind-up", "deploy", "kind-down", "images",
+         "images-check", "images-clean"],
         cwd=REPO, capture_output=True, text=True, check=False, timeout=30,
+        # Under `make test` the parent's MAKEFLAGS would carry -w (directory lines) and more.
+        env={k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [

@@ -248,16 +248,25 @@ def test_a_peer_of_another_cluster_is_refused(tmp_path: Path) -> None:
         sender = GrpcTransport(2, "beta", clock, backoff_initial_s=0.02, backoff_max_s=0.1)
         try:
             sender.add_peer(1, f"127.0.0.1:{port}")
-            # Keep sending (as Raft would) until the sender learns it was refused.
+            # Keep sending (as Raft would) until the sender learns it was refused. A
+            # transient transport error may come first on a loaded machine (gRPC's own
+            # "INTERNAL: Internal error from Core" while the stream is torn down): the refusal
+            # must follow, and it is what the sender keeps.
+            seen: list[str] = []
 
             async def keep_sending() -> None:
-                while not sender.stats()[1].last_error:
+                while not sender.stats()[1].last_error.startswith("PERMISSION_DENIED"):
+                    err = sender.stats()[1].last_error
+                    if err and err not in seen:
+                        seen.append(err)
                     sender.send(_heartbeat(2, 1))
                     await asyncio.sleep(0.01)
 
-            await asyncio.wait_for(keep_sending(), 10)
+            try:
+                await asyncio.wait_for(keep_sending(), 10)
+            except TimeoutError:
+                pytest.fail(f"never refused; errors seen: {seen}")
             err = sender.stats()[1].last_error
-            assert err.startswith("PERMISSION_DENIED"), err
             assert "'alpha'" in err and "'beta'" in err
             assert got == []
 
