@@ -266,6 +266,18 @@ class _Cached:
     rejected: TokenRejected | None
 
 
+async def _read_bounded(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """The whole body, or ReviewUnavailable past `limit` bytes. (`StreamReader.read(n)`
+    returns what has arrived so far, up to n: one call reads a partial body whenever the
+    answer comes in more than one piece, as it does on a loaded machine.)"""
+    body = bytearray()
+    while chunk := await stream.read(limit + 1 - len(body)):
+        body += chunk
+        if len(body) > limit:
+            raise ReviewUnavailable(f"the API server's TokenReview answer exceeds {limit} bytes")
+    return bytes(body)
+
+
 @dataclass
 class TokenReviewer:
     """Verifies tokens with TokenReview, with a bounded cache (see the module doc)."""
@@ -357,7 +369,7 @@ class TokenReviewer:
                     url, json=body, headers=headers, ssl=self.api.ssl_context or False
                 ) as resp,
             ):
-                raw = await resp.content.read(RESPONSE_BYTES_MAX)
+                raw = await _read_bounded(resp.content, RESPONSE_BYTES_MAX)
                 code = resp.status
         except TimeoutError:
             raise ReviewUnavailable(

@@ -120,6 +120,11 @@ class WatchHub:
     def __len__(self) -> int:
         return len(self._index)
 
+    @property
+    def caught_up(self) -> bool:
+        """Every applied revision has been fanned out (tests wait on this, not on time)."""
+        return self._fanned > self._loop.fsm.revision
+
     # --- streams ---------------------------------------------------------------------------
 
     def add(self, selected: KeyRange, start_revision: int) -> Watcher:
