@@ -98,6 +98,28 @@ class LoopObserver(Protocol):
         ...
 
 
+class LoopEvents(Protocol):
+    """Told of each proposal's life and of each applied batch, for metrics (which observe
+    the loop instead of overriding its methods, so no call path can bypass the count). Called
+    on the event loop; must neither block nor raise (an exception is logged and dropped)."""
+
+    def proposal_started(self) -> None:
+        """A proposal was accepted for replication (`submit`, `change_membership`)."""
+        ...
+
+    def proposal_settled(self, error: BaseException | None) -> None:
+        """A started proposal's caller has its outcome: None (committed and applied, even if
+        the state machine answered with an error result), the exception it got
+        (NotLeaderError, ProposalLostError, StoppedError...), or CancelledError if the
+        caller stopped waiting first (its proposal may still commit)."""
+        ...
+
+    def applied_batch(self, entries: int, duration_s: float) -> None:
+        """A batch of committed entries was applied, taking `duration_s` (any snapshot the
+        batch triggered included)."""
+        ...
+
+
 class ProposalLostError(RaftError):
     """The proposal's fate is not ours to report: another leader overwrote it, or we lost
     leadership before it applied. Retrying with the same session is always safe."""
@@ -212,8 +234,10 @@ class RaftLoop:
         *,
         rng: random.Random | None = None,
         on_effects: Callable[[Sequence[Effect]], None] | None = None,
+        events: LoopEvents | None = None,
     ) -> None:
         self.cfg = cfg
+        self.events = events
         self.storage = storage
         self.transport = transport
         self.fsm = fsm
@@ -295,6 +319,7 @@ class RaftLoop:
         env = Envelope(client_id, seq, self.clock.wall_ms(), command)
         fut: asyncio.Future[Applied] = asyncio.get_running_loop().create_future()
         self._inbox.proposals.append(_Proposal(env.encode(), fut))
+        self._track(fut)
         self._wake.set()
         return fut
 
@@ -340,6 +365,7 @@ class RaftLoop:
                 return
             self._pending[index] = _Pending(term, fut)
 
+        self._track(fut)
         self._call(call)
         return await fut
 
@@ -369,6 +395,26 @@ class RaftLoop:
     def stop(self) -> None:
         self._stopped = True
         self._wake.set()
+
+    def _track(self, fut: asyncio.Future[Applied]) -> None:
+        """Report `fut`'s life to `events`. Its done callback sees every way a proposal ends
+        (applied, overwritten, refused, dropped on a leader change or a snapshot, the member
+        stopping, the caller giving up) without each of those places reporting it."""
+        events = self.events
+        if events is None:
+            return
+        events.proposal_started()
+        fut.add_done_callback(self._settled)
+
+    def _settled(self, fut: asyncio.Future[Applied]) -> None:
+        events = self.events
+        if events is None:
+            return
+        error = asyncio.CancelledError() if fut.cancelled() else fut.exception()
+        try:
+            events.proposal_settled(error)
+        except Exception:
+            log.exception("loop events %r failed; ignoring", events)
 
     def add_observer(self, observer: LoopObserver) -> None:
         self._observers.append(observer)
@@ -610,6 +656,15 @@ class RaftLoop:
         self._notify(lambda o: o.on_restored())
 
     def apply(self, entries: Sequence[Entry]) -> None:
+        started_s = self.clock.monotonic_s() if self.events is not None else 0.0
+        self._apply(entries)
+        if self.events is not None:
+            try:
+                self.events.applied_batch(len(entries), self.clock.monotonic_s() - started_s)
+            except Exception:
+                log.exception("loop events %r failed; ignoring", self.events)
+
+    def _apply(self, entries: Sequence[Entry]) -> None:
         effects: list[Effect] = []
         batch: list[Applied] = []
         for e in entries:

@@ -17,7 +17,7 @@ What runs, in start-up order:
    Maintenance.Unlock (`concordctl unlock`), whichever comes first. With
    `--force-new-cluster` an existing data dir is first turned into a new one-member cluster of
    this member (`recovery.py`; refused for a new dir);
-3. the Raft loop (`MeteredRaftLoop`) over the WAL, the peer gRPC server and the
+3. the Raft loop (`RaftLoop`) over the WAL, the peer gRPC server and the
    `GrpcTransport` (mutual TLS from `--tls-dir`, or plaintext with an explicit
    `--insecure`);
 4. the client API (`coordinator.server.server.start_gateway`), when the build has it. It
@@ -112,8 +112,8 @@ from .join import (
     write_join_record,
 )
 from .join import address_book as _address_book
-from .loop import LoopConfig
-from .metrics import MemberMetrics, MeteredLog, MeteredRaftLoop
+from .loop import LoopConfig, RaftLoop
+from .metrics import MemberMetrics, MeteredLog
 from .recovery import check_force_target, force_new_cluster
 from .tls import (
     CertifiedKey,
@@ -611,7 +611,7 @@ class Member:
         self.metrics = MemberMetrics()
         self.phase = "starting"
         """starting -> (locked ->) running -> stopping; what /readyz explains."""
-        self.loop: MeteredRaftLoop | None = None
+        self.loop: RaftLoop | None = None
         self.transport: GrpcTransport | None = None
         self.start_commit = 0
         """The commit index the WAL held at start: ready once applied up to it."""
@@ -776,14 +776,14 @@ class Member:
                 on_round_trip=self.metrics.observe_round_trip,
             )
             parts.transport = self.transport = transport
-            loop = MeteredRaftLoop(
+            loop = RaftLoop(
                 LoopConfig(id=cfg.id, tick_s=cfg.tick_ms / 1000, election_ticks=cfg.election_ticks),
                 parts.wal,
                 transport,
                 StateMachine(),
                 self.clock,
-                metrics=self.metrics,
                 rng=random.Random(),
+                events=self.metrics,
             )
             transport.bind(loop.receive, loop.peer_unreachable)
             loop.add_observer(_LeaderLog(cfg.id, loop))
@@ -816,7 +816,7 @@ class Member:
             self.phase = "running"
             parts.loop_task = asyncio.create_task(loop.run(), name="raft-loop")
             if api is not None:
-                api.attach(loop)
+                api.attach(loop, self.metrics)
             parts.sync_task = asyncio.create_task(self._peer_sync(loop, transport))
             if cfg.promote and tls is not None:
                 parts.promote_task = asyncio.create_task(
@@ -1187,7 +1187,7 @@ class Member:
         )
         return self.cfg
 
-    def address_book(self, loop: MeteredRaftLoop) -> dict[int, str]:
+    def address_book(self, loop: RaftLoop) -> dict[int, str]:
         """Member id -> peer URL of every member known (what a joining member is given)."""
         cfg = self.cfg
         return _address_book(
@@ -1195,7 +1195,7 @@ class Member:
         )
 
     def _join_services(
-        self, loop: MeteredRaftLoop, transport: GrpcTransport, tls: MemberTls | None
+        self, loop: RaftLoop, transport: GrpcTransport, tls: MemberTls | None
     ) -> _JoinServices | None:
         """The leader's half of joining (peer port) and the join port, with TLS only."""
         if tls is None:
@@ -1216,7 +1216,7 @@ class Member:
         return services
 
     def _keep_directory_entry(
-        self, loop: MeteredRaftLoop, transport: GrpcTransport, tls: MemberTls | None
+        self, loop: RaftLoop, transport: GrpcTransport, tls: MemberTls | None
     ) -> asyncio.Task[None] | None:
         """List this member in the replicated member directory as it advertises itself (the
         first members were never admitted, so only they can say their names and URLs)."""
@@ -1246,7 +1246,7 @@ class Member:
 
     # --- peers ---------------------------------------------------------------------------------
 
-    def desired_peers(self, loop: MeteredRaftLoop) -> dict[int, str]:
+    def desired_peers(self, loop: RaftLoop) -> dict[int, str]:
         """The configuration's members (voters and learners) with an address each: the
         replicated member table's peer URL, else --initial-cluster."""
         addresses = dict(self.cfg.initial_cluster)
@@ -1269,11 +1269,11 @@ class Member:
             out[i] = address
         return out
 
-    def _sync_peers(self, loop: MeteredRaftLoop, transport: GrpcTransport) -> None:
+    def _sync_peers(self, loop: RaftLoop, transport: GrpcTransport) -> None:
         transport.set_peers(self.desired_peers(loop))
         transport.set_voters(loop.status().conf.voters)
 
-    async def _peer_sync(self, loop: MeteredRaftLoop, transport: GrpcTransport) -> None:
+    async def _peer_sync(self, loop: RaftLoop, transport: GrpcTransport) -> None:
         while True:
             await asyncio.sleep(PEER_SYNC_S)
             self._sync_peers(loop, transport)
@@ -1285,7 +1285,7 @@ class _ConfWatch:
     queued for it go at once, so that a process started again on its id (a wiped member
     removed and readmitted) is never handed what was meant for the old one."""
 
-    def __init__(self, loop: MeteredRaftLoop, sync: Callable[[], None]) -> None:
+    def __init__(self, loop: RaftLoop, sync: Callable[[], None]) -> None:
         self._loop = loop
         self._sync = sync
         self._conf = loop.status().conf
@@ -1330,7 +1330,7 @@ class _LeaderWatch:
 class _LeaderLog(_LeaderWatch):
     """Logs every change of the leader this member knows, in one line."""
 
-    def __init__(self, me: int, loop: MeteredRaftLoop) -> None:
+    def __init__(self, me: int, loop: RaftLoop) -> None:
         super().__init__(me)
         self._loop = loop
 
@@ -1377,7 +1377,7 @@ class _Gateway(Protocol):
 
     port: int
 
-    def attach(self, loop: MeteredRaftLoop) -> object: ...
+    def attach(self, loop: RaftLoop, *, watch_events: MemberMetrics | None = None) -> object: ...
 
     async def stop(self, grace_s: float | None) -> None: ...
 
@@ -1466,8 +1466,8 @@ class _ClientApi:
             api.where,
         )
 
-    def attach(self, loop: MeteredRaftLoop) -> None:
-        self.gateway.attach(loop)
+    def attach(self, loop: RaftLoop, metrics: MemberMetrics) -> None:
+        self.gateway.attach(loop, watch_events=metrics)
 
     async def stop(self, grace_s: float) -> None:
         if self.workload is not None:

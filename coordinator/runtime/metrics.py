@@ -2,10 +2,13 @@
 
 Two kinds of metric live here.
 
-- **Events** are counted or timed where they happen: proposals (`MeteredRaftLoop.propose`),
-  apply batches (`MeteredRaftLoop.apply`), fsyncs (`MeteredLog`, from the WAL's plain
-  counters after every write), peer round trips (the transport's callback). These are
-  ordinary prometheus_client counters, gauges and histograms.
+- **Events** are counted or timed where they happen: proposals and apply batches (the loop
+  reports them: `MemberMetrics` is its `LoopEvents`), watches opened, closed and ended as slow
+  consumers (the watch hub reports them the same way), fsyncs (`MeteredLog`, from the WAL's
+  plain counters after every write), peer round trips (the transport's callback). These are
+  ordinary prometheus_client counters, gauges and histograms. The metrics observe; they never
+  subclass what they count, so a caller that takes another path (the server submits
+  proposals, it does not call `propose`) is still counted.
 - **State** (term, role, commit and applied index, snapshot, leases, locks, sealing keys,
   peers) is read at scrape time by `_StateCollector` from the objects that own it, so a
   scrape always shows the present and nothing has to remember to update a gauge. Scrapes
@@ -20,22 +23,18 @@ Names (all prefixed `concord_`): see `MemberMetrics` and `_StateCollector.collec
 
 from __future__ import annotations
 
-import random
-import time
 from collections.abc import Callable, Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from coordinator.fsm import Applied, Command, Effect, StateMachine
+from coordinator.fsm import StateMachine
 from coordinator.raft import ConfState, Entry, HardState, Role, Snapshot, Status
 from coordinator.storage import DiskWal, WalMetrics
 
-from .clock import Clock
-from .driver import Transport
 from .grpc_transport import PeerStats
-from .loop import DurableLog, LoopConfig, RaftLoop
+from .loop import RaftLoop
 
 _FSYNC_BUCKETS_S = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -62,7 +61,9 @@ class MemberMetrics:
         )
         self.proposals_failed = Counter(
             "concord_proposals_failed",
-            "Proposals that did not commit, by reason (NotLeaderError, ProposalLostError, ...).",
+            "Proposals whose caller got no commit, by reason: NotLeaderError, "
+            "ProposalLostError (outcome unknown), StoppedError, ..., or CancelledError (the "
+            "caller stopped waiting, e.g. its deadline passed; the entry may still commit).",
             ["reason"],
             registry=r,
         )
@@ -92,6 +93,15 @@ class MemberMetrics:
             buckets=_RTT_BUCKETS_S,
             registry=r,
         )
+        self.watches_open = Gauge(
+            "concord_watches_open", "Watch streams the watch hub is feeding.", registry=r
+        )
+        self.watch_slow_consumer_ends = Counter(
+            "concord_watch_slow_consumer_ends",
+            "Watch streams ended as slow consumers (their queue would have overflowed; the "
+            "client resumes from the revision the end names).",
+            registry=r,
+        )
         self.locked = Gauge(
             "concord_member_locked",
             "1 while the member waits for its unlock key (autolock).",
@@ -108,6 +118,28 @@ class MemberMetrics:
         )
         self._state = _StateCollector()
         r.register(self._state)
+
+    # LoopEvents (coordinator.runtime.loop)
+    def proposal_started(self) -> None:
+        self.proposals_pending.inc()
+
+    def proposal_settled(self, error: BaseException | None) -> None:
+        self.proposals_pending.dec()
+        if error is None:
+            self.proposals_committed.inc()
+        else:
+            self.proposals_failed.labels(reason=type(error).__name__).inc()
+
+    def applied_batch(self, entries: int, duration_s: float) -> None:
+        self.apply_seconds.observe(duration_s)
+        self.apply_entries.inc(entries)
+
+    # WatchEvents (coordinator.server._watchers; structural, the runtime cannot import it)
+    def watches_changed(self, open_watches: int) -> None:
+        self.watches_open.set(open_watches)
+
+    def watch_ended_slow(self) -> None:
+        self.watch_slow_consumer_ends.inc()
 
     def count_denied(self, verb: str, reason: str) -> None:
         self.workload_denied.labels(verb=verb, reason=reason).inc()
@@ -270,47 +302,6 @@ def _lock_census(fsm: StateMachine) -> tuple[int, int]:
 
 
 # --- event sources ---------------------------------------------------------------------------
-
-
-class MeteredRaftLoop(RaftLoop):
-    """A RaftLoop that counts its proposals and times its apply batches.
-
-    The client API calls `propose`; counting here sees every proposal, whichever handler
-    made it."""
-
-    def __init__(
-        self,
-        cfg: LoopConfig,
-        storage: DurableLog,
-        transport: Transport,
-        fsm: StateMachine,
-        clock: Clock,
-        *,
-        metrics: MemberMetrics,
-        rng: random.Random | None = None,
-        on_effects: Callable[[Sequence[Effect]], None] | None = None,
-    ) -> None:
-        self.metrics = metrics
-        super().__init__(cfg, storage, transport, fsm, clock, rng=rng, on_effects=on_effects)
-
-    async def propose(self, command: Command, client_id: int = 0, seq: int = 0) -> Applied:
-        m = self.metrics
-        m.proposals_pending.inc()
-        try:
-            applied = await super().propose(command, client_id, seq)
-        except Exception as err:
-            m.proposals_failed.labels(reason=type(err).__name__).inc()
-            raise
-        finally:
-            m.proposals_pending.dec()
-        m.proposals_committed.inc()
-        return applied
-
-    def apply(self, entries: Sequence[Entry]) -> None:
-        started = time.perf_counter()
-        super().apply(entries)
-        self.metrics.apply_seconds.observe(time.perf_counter() - started)
-        self.metrics.apply_entries.inc(len(entries))
 
 
 class MeteredLog:

@@ -43,7 +43,7 @@ from coordinator.runtime.loop import ProposalLostError, RaftLoop, StoppedError
 
 from ._errors import LEADER_METADATA_KEY, Code, ServiceError, from_fsm, unavailable
 from ._hub import Hub, done_unless, first_done, stopping_error
-from ._watchers import WatchHub
+from ._watchers import WatchEvents, WatchHub
 
 log = logging.getLogger("concord.server")
 _T = TypeVar("_T")
@@ -79,7 +79,9 @@ NO_SESSION = Session()
 
 
 class Core:
-    def __init__(self, loop: RaftLoop, cfg: ServiceConfig) -> None:
+    def __init__(
+        self, loop: RaftLoop, cfg: ServiceConfig, watch_events: WatchEvents | None = None
+    ) -> None:
         self.loop = loop
         self.fsm = loop.fsm
         self.cfg = cfg
@@ -87,7 +89,7 @@ class Core:
         if threshold is None:
             threshold = 2 * loop.election_timeout_s
         self.hub = Hub(loop, threshold)
-        self.watchers = WatchHub(loop, cfg.watch_queue_events_max)
+        self.watchers = WatchHub(loop, cfg.watch_queue_events_max, watch_events)
         self._tasks: set[asyncio.Task[None]] = set()
         loop.add_observer(self.hub)
         loop.add_observer(self.watchers)

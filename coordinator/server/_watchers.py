@@ -41,6 +41,7 @@ import logging
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from coordinator.fsm import Applied, ErrorCode, Event, FsmError
 from coordinator.runtime.loop import RaftLoop
@@ -82,6 +83,19 @@ def compacted(err: FsmError) -> ServiceError:
     )
 
 
+class WatchEvents(Protocol):
+    """Told what the hub does, for metrics (the member's `MemberMetrics`): called on the
+    event loop; must neither block nor raise."""
+
+    def watches_changed(self, open_watches: int) -> None:
+        """The number of watches the hub feeds changed (one added, removed or ended)."""
+        ...
+
+    def watch_ended_slow(self) -> None:
+        """A watch was ended as a slow consumer."""
+        ...
+
+
 @dataclass(eq=False, slots=True)
 class Watcher:
     """One watch stream's place in the hub. `given` <= `floor` while catching up; afterwards
@@ -101,7 +115,9 @@ class Watcher:
 class WatchHub:
     """The `LoopObserver` that fans applied events out to watchers (see the module doc)."""
 
-    def __init__(self, loop: RaftLoop, queue_events_max: int) -> None:
+    def __init__(
+        self, loop: RaftLoop, queue_events_max: int, events: WatchEvents | None = None
+    ) -> None:
         if queue_events_max < 1:
             raise ValueError("a watch queue must hold at least one event")
         self._loop = loop
@@ -116,6 +132,7 @@ class WatchHub:
         """Events fanned out so far (a counter for metrics and tests)."""
         self.ended_slow = 0
         """Watches ended as slow consumers so far."""
+        self._events = events
 
     def __len__(self) -> int:
         return len(self._index)
@@ -134,11 +151,13 @@ class WatchHub:
         self._ensure_task()
         watcher = Watcher(selected, floor=max(self._fanned, start_revision), given=start_revision)
         self._index.add(watcher, selected)
+        self._report_open()
         return watcher
 
     def remove(self, watcher: Watcher) -> None:
         self._index.remove(watcher)
         watcher.queue.clear()
+        self._report_open()
 
     def catch_up(self, watcher: Watcher) -> list[Event]:
         """The selected events of the next revisions in [given, floor), whole revisions, about
@@ -268,6 +287,8 @@ class WatchHub:
                 if len(queue) >= limit and queue[-1].revision != event.revision:
                     self._end(watcher, slow_consumer(watcher.given, limit))
                     self.ended_slow += 1
+                    if self._events is not None:
+                        self._events.watch_ended_slow()
                     continue
                 queue.append(event)
                 touched[watcher] = None
@@ -296,6 +317,13 @@ class WatchHub:
         watcher.queue.clear()
         watcher.ended = err
         watcher.wake.set()
+        self._report_open()
+
+    def _report_open(self) -> None:
+        # The count, not +1/-1: a stream removes a watcher the hub already ended, and
+        # reporting the index's size keeps the gauge exact whatever the order.
+        if self._events is not None:
+            self._events.watches_changed(len(self._index))
 
     def _end_all(self, err: ServiceError) -> None:
         for watcher in list(self._index):

@@ -43,6 +43,7 @@ from ._policy import Policy
 from ._secrets import SecretsService
 from ._sequence import SequenceService
 from ._watch import WatchService
+from ._watchers import WatchEvents
 from ._workload import Authenticator, WorkloadPort, listen_workload_port
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -113,11 +114,12 @@ class Gateway:
         self.maintenance: MaintenanceService | None = None
         """The Maintenance service, which serves Snapshot once attached."""
 
-    def attach(self, loop: RaftLoop) -> Core:
-        """Serve every service over `loop` from now on (once)."""
+    def attach(self, loop: RaftLoop, *, watch_events: WatchEvents | None = None) -> Core:
+        """Serve every service over `loop` from now on (once); `watch_events` is told what
+        the watch hub does (the member's metrics)."""
         if self.core is not None:
             raise RuntimeError("the gateway is already attached to a Raft loop")
-        core = self.core = Core(loop, self.config)
+        core = self.core = Core(loop, self.config, watch_events)
         if self.maintenance is not None:
             self.maintenance.core = core
         services: dict[str, object] = {

@@ -32,8 +32,22 @@ class FakeLoop:
 PODS = KeyRange(b"/pods/", b"/pods0")
 
 
-def hub_over(d: Driver, queue_events_max: int = 100) -> WatchHub:
-    return WatchHub(cast(RaftLoop, FakeLoop(d.m)), queue_events_max)
+@dataclass
+class Recorder:
+    """The hub's `WatchEvents`, as the member's metrics get them."""
+
+    open_watches: int = 0
+    ended_slow: int = 0
+
+    def watches_changed(self, open_watches: int) -> None:
+        self.open_watches = open_watches
+
+    def watch_ended_slow(self) -> None:
+        self.ended_slow += 1
+
+
+def hub_over(d: Driver, queue_events_max: int = 100, events: Recorder | None = None) -> WatchHub:
+    return WatchHub(cast(RaftLoop, FakeLoop(d.m)), queue_events_max, events)
 
 
 def put(d: Driver, hub: WatchHub, key: bytes, value: bytes = b"v") -> int:
@@ -86,10 +100,12 @@ def test_only_watchers_of_the_key_get_the_event_and_each_wakes_once() -> None:
 def test_a_slow_consumer_is_ended_with_its_resume_revision_and_resumes_exactly() -> None:
     async def main() -> None:
         d = Driver()
-        hub = hub_over(d, queue_events_max=3)
+        events = Recorder()
+        hub = hub_over(d, queue_events_max=3, events=events)
         start = d.m.revision + 1
         slow = hub.add(PODS, start)
         fine = hub.add(PODS, start)
+        assert events.open_watches == 2
         put(d, hub, b"/pods/0")
         await settle(hub)
         seen = [(e.revision, e.key) for e in await hub.take(slow)]  # it read one, then stalled
@@ -108,6 +124,9 @@ def test_a_slow_consumer_is_ended_with_its_resume_revision_and_resumes_exactly()
         assert dict(ended.value.metadata)[RESUME_METADATA_KEY] == str(resume)
         assert len(hub) == 1  # dropped from the index, its queue freed
         assert not slow.queue
+        assert (events.open_watches, events.ended_slow) == (1, 1)
+        hub.remove(slow)  # its stream ends: the gauge stays exact (already out of the index)
+        assert events.open_watches == 1
 
         again = hub.add(PODS, resume)  # what a client does: resume from the revision named
         later = put(d, hub, b"/pods/late")
@@ -116,6 +135,7 @@ def test_a_slow_consumer_is_ended_with_its_resume_revision_and_resumes_exactly()
         assert seen + got == [(e.revision, e.key) for e in d.m.events_since(1)]
         assert got[-1] == (later, b"/pods/late")
         hub.close()
+        assert (events.open_watches, events.ended_slow) == (0, 1)
 
     asyncio.run(main())
 
