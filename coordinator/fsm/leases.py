@@ -94,6 +94,10 @@ class LeaseTable:
     def ids(self) -> list[int]:
         return sorted(self._leases)
 
+    def ttls(self) -> list[tuple[int, int]]:
+        """(id, ttl_ms) of every lease, by id."""
+        return [(i, self._leases[i].ttl_ms) for i in sorted(self._leases)]
+
     def owner(self, lease_id: int) -> str | None:
         """The lease's owner namespace ("" for a cluster client's), None if no such lease."""
         lease = self._leases.get(lease_id)

@@ -240,6 +240,10 @@ class FifoTable:
                     del self._by_lease[lease]
                 self._cleanup(name, sem, now_ms)
 
+    def delays_pending(self) -> bool:
+        """Whether some lock waits for its lock-delay to end (a `tick` is then due)."""
+        return bool(self._delayed)
+
     def tick(self, now_ms: int) -> list[Grant]:
         """Grant where a lock-delay is over (the leader's ExpireLeases drives this)."""
         grants: list[Grant] = []

@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from coordinator.fsm import Applied, Command, Effect, Envelope, ExpireLeases, StateMachine
+from coordinator.fsm import Applied, Command, Effect, Envelope, Lessor, StateMachine
 from coordinator.raft import (
     ConfChange,
     Config,
@@ -271,6 +271,10 @@ class RaftLoop:
         self._last_leader = 0
         self._next_lease_check_s = 0.0
         self._observers: list[LoopObserver] = []
+        self.lessor = Lessor(fsm)
+        """The leader's lease deadlines (`coordinator.fsm.lessor`): fed what applies, stepped
+        by `_maybe_expire_leases`; the server renews and reads through it."""
+        self._observers.append(self.lessor)
         self._heard_s: dict[int, float] = {}
         """peer id -> monotonic time its latest message arrived (any type)."""
         self._leaderless_since_s: float | None = clock.monotonic_s()
@@ -553,15 +557,22 @@ class RaftLoop:
                 self._pending[first + i] = _Pending(term, p.future)
 
     def _maybe_expire_leases(self, now_s: float) -> None:
-        """The leader decides lease expiry by proposing it; every member applies the same."""
-        if self.node.role is not Role.LEADER or now_s < self._next_lease_check_s:
+        """The leader's lessor keeps the lease deadlines in memory (renewals write nothing);
+        expiry is proposed naming the leases it found due, and every member applies the same.
+        All the rules live in `coordinator.fsm.lessor`."""
+        leading = self.node.role is Role.LEADER
+        now_ms = int(now_s * 1000)
+        self.lessor.step(now_ms, self.node.term if leading else 0)
+        if not leading or now_s < self._next_lease_check_s:
             return
         self._next_lease_check_s = now_s + self.cfg.lease_check_s
-        if not self.fsm.leases():
+        expiry = self.lessor.expiry(now_ms)
+        if expiry is None:
             return
-        env = Envelope(0, 0, self.clock.wall_ms(), ExpireLeases())
-        with contextlib.suppress(RaftError):
-            self.node.propose(env.encode())
+        try:
+            self.node.propose(Envelope(0, 0, self.clock.wall_ms(), expiry).encode())
+        except RaftError:
+            self.lessor.expiry_refused(expiry)
 
     def _observe_leader(self) -> None:
         if self._pending and self.node.leader not in (0, self.cfg.id):

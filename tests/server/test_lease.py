@@ -36,11 +36,18 @@ def test_grant_keepalive_revoke(tmp_path: Path) -> None:
         assert err.code() is grpc.StatusCode.NOT_FOUND
         assert f"lease {lease.id} not found" in err.details()
 
-        # Keeping a lease alive that is gone ends the stream with NOT_FOUND.
+        # Keeping a lease alive that is gone is answered with TTL 0 (it has ended), and the
+        # stream goes on serving the client's other leases.
+        other = await client.lease.Grant(pb.LeaseGrantRequest(session=s.next(), ttl_ms=3_000))
         stream = client.lease.KeepAlive()
         await stream.write(pb.LeaseKeepAliveRequest(id=lease.id))
-        err = await rpc_error(stream.read())
-        assert err.code() is grpc.StatusCode.NOT_FOUND and "grant a new lease" in err.details()
+        answer = await asyncio.wait_for(stream.read(), 5)
+        assert (answer.id, answer.ttl_ms) == (lease.id, 0)
+        await stream.write(pb.LeaseKeepAliveRequest(id=other.id))
+        answer = await asyncio.wait_for(stream.read(), 5)
+        assert (answer.id, answer.ttl_ms) == (other.id, 3_000)
+        await stream.done_writing()
+        assert await stream.read() is grpc.aio.EOF
 
         # A duplicate Grant (same session) is answered, not executed: same id, no new lease.
         again = await client.lease.Grant(pb.LeaseGrantRequest(session=s.next(), ttl_ms=5_000))
