@@ -53,8 +53,9 @@ log = logging.getLogger("coordinator.client")
 RENEWALS_PER_TTL = 3
 """Renew every TTL/3: two renewals may fail (or be slow) before the lease is in danger."""
 
-_SLACK_S = 0.02
-"""Renewals due within this much of each other go out together (a little early)."""
+_EARLY_FRACTION = 0.1
+"""A renewal may go out this fraction of its interval early, with one that is due."""
+_EARLY_MAX_S = 1.0
 _BACKOFF_MIN_S = 0.02
 _BACKOFF_MAX_S = 0.25
 
@@ -169,16 +170,33 @@ class Renewer:
         heapq.heappush(self._ends, (kept.expires_at, kept.lease))
 
     def _due(self, now: float) -> list[KeptLease]:
-        """Leases whose renewal is due (within a small slack, so that renewals falling due
-        together share a wake-up and a write burst) and not in flight."""
+        """Leases whose renewal is due, and not in flight. Once one is due, every lease whose
+        renewal falls due within `_EARLY_FRACTION` of its interval goes out with it, a little
+        early: renewals then travel in bursts that the member confirms with one barrier each,
+        a few per interval whatever the number of leases."""
         out: list[KeptLease] = []
-        horizon = now + _SLACK_S
-        while self._schedule and self._schedule[0][0] <= horizon:
+        later: list[tuple[float, int]] = []
+        while self._schedule and not self._current(self._schedule[0]):
+            heapq.heappop(self._schedule)  # stale
+        if not self._schedule or self._schedule[0][0] > now:
+            return out  # none due yet: an early one waits for company
+        while self._schedule and self._schedule[0][0] <= now + _EARLY_MAX_S:
             at, lease = heapq.heappop(self._schedule)
-            kept = self._kept.get(lease)
-            if kept is not None and kept._sent_at is None and kept._next_at == at:
+            if not self._current((at, lease)):
+                continue
+            kept = self._kept[lease]
+            if at > now + _EARLY_FRACTION * kept.ttl_s / RENEWALS_PER_TTL:
+                later.append((at, lease))
+            else:
                 out.append(kept)
+        for entry in later:
+            heapq.heappush(self._schedule, entry)
         return out
+
+    def _current(self, entry: tuple[float, int]) -> bool:
+        """Whether a schedule entry is still the lease's next renewal, not yet sent."""
+        kept = self._kept.get(entry[1])
+        return kept is not None and kept._sent_at is None and kept._next_at == entry[0]
 
     def _oldest_in_flight(self) -> float | None:
         while self._flight:

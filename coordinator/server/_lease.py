@@ -68,6 +68,7 @@ class LeaseService(Servicer):
     async def KeepAlive(
         self, request: AsyncIterator[pb.LeaseKeepAliveRequest], call: Call
     ) -> AsyncIterator[pb.LeaseKeepAliveResponse]:
+        self.core.lease_stats.streams += 1
         answers: asyncio.Queue[_Answer] = asyncio.Queue()
         renewing: set[asyncio.Task[None]] = set()
 

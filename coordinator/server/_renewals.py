@@ -23,6 +23,10 @@ _NOT_SERVING_WAIT_S = 0.02
 loop's next turn after the leader's first own entry applied)."""
 
 
+_GATHER_S = 0.002
+"""How long a new batch gathers renewals before its barrier is asked for: a burst's worth."""
+
+
 @dataclass(slots=True)
 class _Ask:
     lease: int
@@ -42,6 +46,7 @@ class Renewals:
         ServiceError (not the leader: a redirect; no quorum; the deadline)."""
         loop = self._core.loop
         fut: asyncio.Future[Renewal] = asyncio.get_running_loop().create_future()
+        self._core.lease_stats.renewals += 1
         self._waiting.append(_Ask(lease, int(loop.clock.monotonic_s() * 1000), fut))
         if self._runner is None:
             self._runner = asyncio.ensure_future(self._run())
@@ -54,6 +59,9 @@ class Renewals:
     async def _run(self) -> None:
         try:
             while self._waiting:
+                # Let the rest of a burst in (a client writes its due renewals back to back;
+                # they are read one message per turn of the event loop): they share the barrier.
+                await asyncio.sleep(_GATHER_S)
                 batch, self._waiting = self._waiting, []
                 batch = [a for a in batch if not a.future.done()]
                 if batch:
@@ -68,6 +76,14 @@ class Renewals:
         bound_s = core.cfg.deadline_s
         try:
             async with asyncio.timeout(bound_s):
+                loop = core.loop
+                leader = loop.leader
+                heard = loop.last_heard_s(leader) if leader else None
+                if leader != core.id and heard is not None and heard <= loop.election_timeout_s:
+                    # A follower that hears from the leader sends the stream there at once
+                    # (a barrier would only confirm that it does not lead).
+                    raise core.redirect(leader)
+                core.lease_stats.barriers += 1
                 await core.require_leader()
                 while True:
                     term = core.loop.node.term if core.loop.is_leader else 0
