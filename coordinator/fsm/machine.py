@@ -30,8 +30,8 @@ The runtime must stamp on the leader, once per proposal, from one monotonic sour
 Leader change. When an entry of a higher term than any applied before arrives (usually the new
 leader's empty no-op), the machine notes it; at the next stamped command, before running it,
 every lease deadline becomes max(deadline, now + TTL) (see `leases.py` for why). Expiry comes
-only from the leader's `ExpireLeases` commands, so the refresh always precedes the first expiry
-decided in the new term.
+only from the leader's `ExpireLeaseIds` (or, in older logs, `ExpireLeases`) commands, so the
+refresh always precedes the first expiry decided in the new term.
 
 Sessions. Every command with client_id != 0 goes through `SessionTable`: a duplicate (same
 client, same seq) returns the saved result and changes nothing, a stale one (older seq) is
