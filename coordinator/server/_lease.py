@@ -19,7 +19,8 @@ leader knows the renewals. Until the new leader's lessor serves, the replicated 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Callable
 
 from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.fsm import (
@@ -37,7 +38,7 @@ from ._core import Core
 from ._errors import unavailable
 from ._hub import first_done
 from ._renewals import Renewals
-from ._rpc import Call, Servicer, streaming, unary
+from ._rpc import Call, Servicer, deadline_error, streaming, unary
 
 _Answer = pb.LeaseKeepAliveResponse | Exception | None
 
@@ -70,49 +71,76 @@ class LeaseService(Servicer):
     ) -> AsyncIterator[pb.LeaseKeepAliveResponse]:
         self.core.lease_stats.streams += 1
         answers: asyncio.Queue[_Answer] = asyncio.Queue()
-        renewing: set[asyncio.Task[None]] = set()
+        pending = 0
+        """Renewals read and not yet answered."""
+        done_reading = False
+        racing: set[asyncio.Task[None]] = set()
 
-        async def renew(lease: int) -> None:
-            try:
-                answers.put_nowait(await self._renew(lease))
-            except Exception as exc:
-                answers.put_nowait(exc)
+        def answer(item: pb.LeaseKeepAliveResponse | Exception) -> None:
+            nonlocal pending
+            pending -= 1
+            answers.put_nowait(item)
+            if done_reading and not pending:
+                answers.put_nowait(None)
+
+        def settle(lease: int, verdict: asyncio.Future[Renewal]) -> None:
+            # A callback, not a task per renewal: thousands arrive every second.
+            if verdict.cancelled():
+                return
+            err = verdict.exception()
+            if err is not None:
+                answer(err if isinstance(err, Exception) else unavailable(str(err)))
+            elif verdict.result() is Renewal.RENEWED:
+                answer(self._response(lease, self.core.loop.lessor.ttl_ms(lease)))
+            elif verdict.result() is Renewal.UNKNOWN:
+                answer(self._response(lease, 0))  # the lease has ended
+            elif verdict.result() is Renewal.EXPIRING:
+                task = asyncio.ensure_future(self._after_expiry(lease, answer))
+                racing.add(task)
+                task.add_done_callback(racing.discard)
+            else:  # NOT_SERVING is never a batch's verdict (it waits or fails instead)
+                answer(unavailable("this member does not serve renewals now; retry"))
 
         async def read() -> None:
+            nonlocal pending, done_reading
             try:
                 async for message in request:
-                    task = asyncio.ensure_future(renew(v.lease_id(message.id, "id")))
-                    renewing.add(task)
-                    task.add_done_callback(renewing.discard)
-                while renewing:  # the client is done writing: answer what it sent
-                    await asyncio.wait(set(renewing))
+                    lease = v.lease_id(message.id, "id")
+                    pending += 1
+                    self.renewals.ask(lease).add_done_callback(functools.partial(settle, lease))
             except Exception as exc:
                 answers.put_nowait(exc)
-            else:
+                return
+            done_reading = True  # the client is done writing: answer what it sent, then end
+            if not pending:
                 answers.put_nowait(None)
 
         reader = asyncio.ensure_future(read())
         try:
-            while (answer := await answers.get()) is not None:
-                if isinstance(answer, Exception):
-                    raise answer
-                yield answer
+            while (item := await answers.get()) is not None:
+                if isinstance(item, Exception):
+                    raise item
+                yield item
         finally:
             reader.cancel()
-            for task in list(renewing):
+            for task in list(racing):
                 task.cancel()
 
-    async def _renew(self, lease: int) -> pb.LeaseKeepAliveResponse:
-        verdict = await self.renewals.ask(lease)
-        lessor = self.core.loop.lessor
-        if verdict is Renewal.RENEWED:
-            ttl_ms = lessor.ttl_ms(lease)
-        elif verdict is Renewal.EXPIRING:
-            await self._expiry_applied(lease)
-            ttl_ms = 0
-        else:
-            ttl_ms = 0  # UNKNOWN: the lease has ended
+    def _response(self, lease: int, ttl_ms: int) -> pb.LeaseKeepAliveResponse:
         return pb.LeaseKeepAliveResponse(header=self.core.header(), id=lease, ttl_ms=ttl_ms)
+
+    async def _after_expiry(
+        self, lease: int, answer: Callable[[pb.LeaseKeepAliveResponse | Exception], None]
+    ) -> None:
+        """A renewal that raced an expiry on its way: NOT_FOUND once it applied."""
+        try:
+            await self._expiry_applied(lease)
+        except TimeoutError:
+            answer(deadline_error(self.deadline_s))
+        except Exception as exc:
+            answer(exc)
+        else:
+            answer(self._response(lease, 0))
 
     async def _expiry_applied(self, lease: int) -> None:
         """Wait until the expiry naming `lease` applied (the renewal lost the race: NOT_FOUND),
