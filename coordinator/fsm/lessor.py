@@ -64,7 +64,7 @@ import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .commands import ExpireLeaseIds, LeaseGrant, OwnedLeaseGrant
+from .commands import ExpireLeaseIds, LeaseGrant, LeaseKeepAlive, OwnedLeaseGrant
 from .machine import Applied, LeaseExpired, LeaseRevoked, StateMachine
 from .results import LeaseResult
 
@@ -230,6 +230,14 @@ class Lessor:
                 lease = _Lease(ttl, self._now_ms + ttl)
                 self._leases[applied.result.id] = lease
                 heapq.heappush(self._due, (lease.deadline_ms, applied.result.id))
+            if (
+                isinstance(cmd, LeaseKeepAlive)
+                and isinstance(applied.result, LeaseResult)
+                and cmd.id not in self._expiring
+            ):
+                # A keep-alive written to the log (by an older version, or a driver that
+                # renews through the log) renews here too: it was sent before it applied.
+                self.renew([(cmd.id, self._now_ms)], self._term)
             for effect in applied.effects:
                 if isinstance(effect, LeaseExpired | LeaseRevoked):
                     self._forget(effect.id)

@@ -14,6 +14,7 @@ from coordinator.fsm import (
     ExpireResult,
     LeaseExpired,
     LeaseGrant,
+    LeaseKeepAlive,
     LeaseRevoke,
     Lessor,
     Lifetime,
@@ -162,6 +163,15 @@ def test_grants_and_revocations_are_followed_while_serving(ld: Leader) -> None:
     ld.run(LeaseRevoke(lease))
     assert ld.renew(lease, 300) is Renewal.UNKNOWN
     assert ld.lessor.expiry(10 * TTL) is None
+
+
+def test_a_keep_alive_written_to_the_log_renews_too(ld: Leader) -> None:
+    ld.lead(0)
+    lease = ld.grant()
+    ld.lessor.step(2_000, leader_term=ld.d.term)
+    ld.run(LeaseKeepAlive(lease))
+    assert ld.lessor.remaining(lease, 2_000) == Lifetime(TTL, TTL)
+    assert ld.lessor.expiry(TTL + 1_000) is None
 
 
 def test_a_restored_snapshot_restarts_the_lessor(ld: Leader) -> None:
