@@ -307,6 +307,8 @@ class Renewer:
             reader.cancel()
             call.cancel()
             await asyncio.wait({reader})  # its own outcome is not raised here
+            if not reader.cancelled():
+                reader.exception()  # retrieved: the failure returned says what it meant
 
     async def _read(self, call: Any, endpoint: str) -> None:  # noqa: ANN401 (a grpc.aio call)
         """Settle renewals from the member's answers until the stream ends (raises)."""
