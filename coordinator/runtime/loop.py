@@ -57,6 +57,7 @@ from coordinator.raft import ConfChange, ConfState, Message, RaftError, RawNode,
 
 from .clock import Clock
 from .heap import image_decode
+from .wake import Wake
 
 __all__ = [
     "DurableLog",
@@ -155,54 +156,16 @@ class _Proposal:
     future: asyncio.Future[Applied]
 
 
-class _Wake:
-    """asyncio.Event for the loop's one waiter, with a timeout but without the task that
-    `asyncio.wait_for` creates per wait: the loop waits once per batch of input, on the
-    latency path of every request."""
-
-    __slots__ = ("_flag", "_waiter")
-
-    def __init__(self) -> None:
-        self._flag = False
-        self._waiter: asyncio.Future[None] | None = None
-
-    def set(self) -> None:
-        self._flag = True
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def clear(self) -> None:
-        self._flag = False
-
-    async def wait(self, timeout_s: float) -> None:
-        """Until `set` (or already set) or `timeout_s` passes."""
-        if self._flag:
-            return
-        loop = asyncio.get_running_loop()
-        waiter = self._waiter = loop.create_future()
-        timer = loop.call_later(timeout_s, _resolve, waiter)
-        try:
-            await waiter
-        finally:
-            timer.cancel()
-            self._waiter = None
-
-
 def _on_leader(leader: int) -> Callable[[LoopObserver], None]:
     return lambda observer: observer.on_leader(leader)
-
-
-def _resolve(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
 
 
 @dataclass(slots=True)
 class _Inbox:
     messages: list[Message] = field(default_factory=list)
     proposals: list[_Proposal] = field(default_factory=list)
-    calls: list[Callable[[], None]] = field(default_factory=list)
+    calls: list[tuple[asyncio.Future[Any], Callable[[], None]]] = field(default_factory=list)
+    """Work for `run()` and the future its caller awaits (failed if the loop stops first)."""
     lost: list[int] = field(default_factory=list)
     """Peers whose connection broke. Stepped before messages: a PreVote from a fellow follower
     of a crashed leader often arrives together with our own news of the crash, and must not
@@ -239,7 +202,7 @@ class RaftLoop:
             now_s=clock.monotonic_s(),
         )
         self._inbox = _Inbox()
-        self._wake = _Wake()
+        self._wake = Wake()
         self._futures: dict[int, asyncio.Future[Any]] = {}
         """Core request id -> the future its `Completed` record settles."""
         self._stopped = False
@@ -302,7 +265,7 @@ class RaftLoop:
         """`read_barrier` as a future (cancel it to stop waiting)."""
         self._check_running()
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._call(lambda: self._ask(fut, self.core.read))
+        self._call(fut, lambda: self._ask(fut, self.core.read))
         return fut
 
     async def conf_change(self, cc: ConfChange) -> int:
@@ -314,7 +277,7 @@ class RaftLoop:
         self._check_running()
         fut: asyncio.Future[Applied] = asyncio.get_running_loop().create_future()
         self._track(fut)
-        self._call(lambda: self._ask(fut, lambda: self.core.propose_conf_change(cc)))
+        self._call(fut, lambda: self._ask(fut, lambda: self.core.propose_conf_change(cc)))
         return await fut
 
     async def rotate_data_key(self) -> KeyRotation:
@@ -327,7 +290,7 @@ class RaftLoop:
         entries before the switch (no quorum) waits until it can."""
         self._check_running()
         done: asyncio.Future[KeyRotation] = asyncio.get_running_loop().create_future()
-        self._call(lambda: self._ask(done, self.core.rotate_data_key))
+        self._call(done, lambda: self._ask(done, self.core.rotate_data_key))
         return await done
 
     async def transfer_leader(self, target: int) -> None:
@@ -489,7 +452,7 @@ class RaftLoop:
         for m in msgs:
             core.step(m)
         calls, ib.calls = ib.calls, []
-        for call in calls:
+        for _, call in calls:
             call()
         while ib.proposals:
             batch = ib.proposals[: self.cfg.max_batch]
@@ -543,8 +506,8 @@ class RaftLoop:
             except Exception:
                 log.exception("observer %r failed; ignoring", observer)
 
-    def _call(self, fn: Callable[[], None]) -> None:
-        self._inbox.calls.append(fn)
+    def _call(self, fut: asyncio.Future[Any], fn: Callable[[], None]) -> None:
+        self._inbox.calls.append((fut, fn))
         self._wake.set()
 
     async def _run_in_loop(self, fn: Callable[[], _T]) -> _T:
@@ -563,7 +526,7 @@ class RaftLoop:
             if not fut.done():
                 fut.set_result(result)
 
-        self._call(call)
+        self._call(fut, call)
         return await fut
 
     def _check_running(self) -> None:
@@ -577,9 +540,10 @@ class RaftLoop:
             if not fut.done():
                 fut.set_exception(err)
         self._futures.clear()
-        for queued in self._inbox.proposals:
-            if not queued.future.done():
-                queued.future.set_exception(err)
+        queued = [p.future for p in self._inbox.proposals] + [f for f, _ in self._inbox.calls]
+        for fut in queued:
+            if not fut.done():
+                fut.set_exception(err)
 
     # --- introspection -----------------------------------------------------------------------
 
