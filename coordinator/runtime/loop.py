@@ -138,7 +138,7 @@ class LoopConfig:
     message and an answer per follower and commit fewer. None: at once, with an append of
     its own."""
 
-    def core(self) -> CoreConfig:
+    def core_config(self) -> CoreConfig:
         return CoreConfig(
             id=self.id,
             election_ticks=self.election_ticks,
@@ -193,7 +193,7 @@ class RaftLoop:
         self.clock = clock
         self.on_effects = on_effects
         self.core = MemberCore(
-            cfg.core(),
+            cfg.core_config(),
             storage,
             fsm,
             rng or random.Random(),
