@@ -70,13 +70,15 @@ class Cluster:
 
     # --- driving --------------------------------------------------------------------------
 
-    def process(self, i: int) -> None:
-        """Everything member `i` has to do now: Readys, background work, leader news."""
+    def process(self, i: int, *, observe: bool = True) -> None:
+        """Everything member `i` has to do now: Readys, background work, and (unless not
+        `observe`) its news of the leader."""
         m = self.members[i]
         while m.core.handle_ready(self.net):
             m.core.run_background()
         m.core.run_background()
-        m.core.observe_leader(self.now_s)
+        if observe:
+            m.core.observe_leader(self.now_s)
         self.collect(i)
 
     def collect(self, i: int) -> None:
@@ -86,11 +88,13 @@ class Cluster:
             m.seen[done.id] = Seen(done, m.fsm.applied_index)
         m.core.notices()
 
-    def settle(self, rounds: int = 50) -> None:
-        """Process and deliver until nothing moves (bounded: a livelock fails loudly)."""
+    def settle(self, rounds: int = 50, *, blind: frozenset[int] = frozenset()) -> None:
+        """Process and deliver until nothing moves (bounded: a livelock fails loudly). The
+        `blind` members are not told who leads (`observe_leader`), as if the news and the
+        entries arrived in one turn."""
         for _ in range(rounds):
             for i in self.members:
-                self.process(i)
+                self.process(i, observe=i not in blind)
             if not self.net.queue:
                 return
             batch, self.net.queue = self.net.queue, []
@@ -115,10 +119,10 @@ class Cluster:
                 return leaders[0]
         raise AssertionError(f"none of {ids} was elected")
 
-    def tick(self, i: int, ticks: int) -> None:
+    def tick(self, i: int, ticks: int, *, blind: frozenset[int] = frozenset()) -> None:
         for _ in range(ticks):
             self.core(i).tick()
-            self.settle()
+            self.settle(blind=blind)
 
     def isolate(self, i: int) -> None:
         for j in self.members:

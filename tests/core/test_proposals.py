@@ -93,6 +93,24 @@ def test_a_proposal_overtaken_by_a_new_leader_is_lost_not_left_waiting() -> None
         assert kv is not None and kv.value == b"new"
 
 
+def test_a_proposal_whose_index_applies_with_another_term_is_lost() -> None:
+    """The same overwrite, learnt from the entries themselves: the member applies the new
+    leader's entry at its proposal's index before it ever notes the new leader."""
+    c = Cluster()
+    c.elect(1)
+    c.isolate(1)
+    lost = c.propose(1, Put(b"k", b"old"), client_id=7, seq=1)
+    c.settle()
+    new = c.elect_among(2, 3)
+    c.propose(new, Put(b"k", b"new"), client_id=8, seq=1)
+    c.settle()
+    c.heal()
+    c.tick(new, 1, blind=frozenset({1}))
+    seen = c.outcome(1, lost)
+    assert seen is not None and isinstance(seen.done.error, ProposalLostError)
+    assert "overwrote" in str(seen.done.error)
+
+
 def test_proposals_keep_waiting_while_no_leader_is_known() -> None:
     c = Cluster()
     c.elect(1)
