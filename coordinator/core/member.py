@@ -463,6 +463,11 @@ class MemberCore:
         return self._applied_conf
 
     @property
+    def snapshot_gap(self) -> int:
+        """Entries applied past the newest snapshot before the next one is taken (drawn)."""
+        return self._snapshot_gap
+
+    @property
     def rotating(self) -> bool:
         return bool(self._rotations or self._sealed_before)
 

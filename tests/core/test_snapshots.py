@@ -48,7 +48,7 @@ def test_snapshots_follow_the_drawn_gap_and_keep_a_tail(seed: int) -> None:
 
 def test_members_draw_different_gaps() -> None:
     c = Cluster(seed=3, snapshot_every_entries=100, snapshot_keep_entries=KEEP)
-    gaps = {c.core(i)._snapshot_gap for i in c.members}
+    gaps = {c.core(i).snapshot_gap for i in c.members}
     assert len(gaps) > 1 and all(100 <= g <= 150 for g in gaps)
 
 
