@@ -47,6 +47,7 @@ class PausableCluster(Cluster):
 def test_a_partitioned_old_leader_never_serves_a_stale_linearizable_read(tmp_path: Path) -> None:
     async def scenario() -> None:
         c = await PausableCluster.start(tmp_path)
+        assert isinstance(c, PausableCluster)
         try:
             old = await c.leader()
             s = Session(91)
