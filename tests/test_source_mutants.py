@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from coordinator.testing.source_mutants import (
     MUTANTS,
     REPO_ROOT,
@@ -34,9 +36,12 @@ def test_a_mutant_whose_source_moved_on_is_reported(tmp_path: Path) -> None:
     ]
 
 
-def test_the_runner_tells_a_killed_mutant_from_a_survivor(tmp_path: Path) -> None:
+def test_the_runner_tells_a_killed_mutant_from_a_survivor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """On a two-file tree: the mutant the test sees is killed, the one it cannot see
     survives, and the tree the runner was given is left as it was."""
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")  # the tiny tree needs none
     (tmp_path / "m.py").write_text("def double(x: int) -> int:\n    return 2 * x\n\nUNUSED = 1\n")
     (tmp_path / "test_m.py").write_text(
         "from m import double\n\n\ndef test_double() -> None:\n    assert double(3) == 6\n"

@@ -67,6 +67,28 @@ MUTANTS: tuple[SourceMutant, ...] = (
         why="save() acknowledges records that live only in the page cache",
     ),
     SourceMutant(
+        name="wal-segment-name-not-synced",
+        path="coordinator/storage/wal.py",
+        old="    try:\n        fsync_dir(directory)\n",
+        new="    try:\n",
+        kills=(
+            "tests/storage/test_power_cut.py"
+            "::test_every_record_a_save_returned_for_survives_a_power_cut",
+        ),
+        why="a new segment's name is not durable: a crash loses it with every record in it",
+    ),
+    SourceMutant(
+        name="atomic-write-rename-not-synced",
+        path="coordinator/storage/_fs.py",
+        old="    os.replace(tmp, path)\n    fsync_dir(path.parent)\n",
+        new="    os.replace(tmp, path)\n",
+        kills=(
+            "tests/storage/test_power_cut.py"
+            "::test_every_record_a_save_returned_for_survives_a_power_cut",
+        ),
+        why="a replaced key ring or snapshot reverts after a crash (the rename was not synced)",
+    ),
+    SourceMutant(
         name="wal-aead-without-term",
         path="coordinator/storage/_segment.py",
         old="    return _AAD_DOMAIN + _POSITION.pack(seq, offset) + head\n",
@@ -105,6 +127,35 @@ MUTANTS: tuple[SourceMutant, ...] = (
             "::test_a_hold_is_lost_when_its_ttl_runs_out_not_when_the_client_gives_up",
         ),
         why="a holder keeps acting on a lock for the client's whole retry budget past its TTL",
+    ),
+    SourceMutant(
+        name="transport-backoff-forgets-hello",
+        path="coordinator/runtime/grpc_transport.py",
+        old=(
+            '        failure was being handled would otherwise be forgotten)."""\n'
+            "        with contextlib.suppress(TimeoutError):\n"
+        ),
+        new=(
+            '        failure was being handled would otherwise be forgotten)."""\n'
+            "        peer.wake.clear()\n"
+            "        with contextlib.suppress(TimeoutError):\n"
+        ),
+        kills=(
+            "tests/runtime/test_grpc_transport.py"
+            "::test_a_hello_that_came_while_a_failure_was_handled_cuts_the_backoff_short",
+        ),
+        why="a restarted peer's hello is lost and it waits out the whole backoff",
+    ),
+    SourceMutant(
+        name="transport-shared-subchannel",
+        path="coordinator/runtime/grpc_transport.py",
+        old='        ("grpc.use_local_subchannel_pool", 1),\n',
+        new="",
+        kills=(
+            "tests/runtime/test_grpc_transport.py"
+            "::test_a_fresh_peer_channel_dials_afresh_right_after_a_refusal",
+        ),
+        why="a redial fails at once with the last refusal while gRPC's own backoff runs",
     ),
     SourceMutant(
         name="raft-vote-ignores-log",
