@@ -29,7 +29,7 @@ help:
 	@echo "make sim SEEDS=N   run N simulation seeds (default $(SEEDS))"
 	@echo "make elections     leader-crash downtime distribution (Raft paper Figure 16)"
 	@echo "make soak MINUTES=N  random fault schedules on real processes (default $(MINUTES) min)"
-	@echo "make mutants      plausible one-line bugs, each applied to a copy of the tree; its test must fail (~1 min)"
+	@echo "make mutants      plausible one-line bugs, each applied to a copy of the tree; its test must fail (~2 min)"
 	@echo "make bench         Concord vs etcd vs PySyncObj (BENCH_QUICK=1: ~2 min smoke run)"
 	@echo "make bench-report  docs/benchmarks.md from the latest make bench"
 	@echo "make bench-operator  the operator under 1,000 churning Leases (BENCH_ARGS=...)"
@@ -139,7 +139,7 @@ soak: bootstrap
 # Source mutants (docs/simulation.md, Tests with teeth): each entry of
 # coordinator/testing/source_mutants.py applied alone to a temporary copy of the tree (never
 # this one), only its killing tests run; a table, and a non-zero exit if one survives or no
-# longer applies. Not in make test (a minute or more); tests/test_source_mutants.py checks
+# longer applies. Not in make test (about 2 minutes); tests/test_source_mutants.py checks
 # that every entry still applies. MUTANTS_ARGS: --only NAME ..., --list.
 MUTANTS_ARGS ?=
 mutants: bootstrap
