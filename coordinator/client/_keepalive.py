@@ -17,10 +17,11 @@ unanswered send of that lease, which can only make `expires_at` earlier than the
 Failures. Any end of the stream (the member stopped, a reset: UNAVAILABLE, INTERNAL,
 CANCELLED; a redirect to the leader; no quorum; DEADLINE_EXCEEDED; RESOURCE_EXHAUSTED) is
 transient: the unanswered renewals are sent again on a new stream, at once to the leader a
-redirect names, else to the next endpoint after a short back-off. A stream on which a renewal
-has waited `attempt_timeout_s` without an answer (a paused or cut-off member keeps its TCP
-connection open) is abandoned the same way, and its member is suspect for a while (redirects
-naming it are not followed). Nothing grpc raises escapes: the keeper only ever reports a loss.
+redirect names, else to the next endpoint after a short back-off. A stream that has answered
+nothing for `attempt_timeout_s` while renewals are in flight (a paused or cut-off member keeps
+its TCP connection open) is abandoned the same way (one that answers slowly is kept), and
+its member is suspect for a while (redirects naming it are not followed). Nothing grpc
+raises escapes: the keeper only ever reports a loss.
 
 Loss. A lease is lost when the member answers that it has ended (NOT_FOUND), when the member
 refuses its renewals outright (a status no retry can change, e.g. PERMISSION_DENIED: every
@@ -58,6 +59,18 @@ _EARLY_FRACTION = 0.1
 _EARLY_MAX_S = 1.0
 _BACKOFF_MIN_S = 0.02
 _BACKOFF_MAX_S = 0.25
+
+_REFUSALS = frozenset(
+    {
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.INVALID_ARGUMENT,
+    }
+)
+"""Stream ends that refuse the renewals themselves (no retry changes them). Every other end
+(UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, CANCELLED, RESOURCE_EXHAUSTED, ...) is retried until
+the TTL decides."""
 
 LossCallback = Callable[[str, str], object]
 """Called with (status code, reason) once a kept lease is lost."""
@@ -134,6 +147,8 @@ class Renewer:
         self._schedule: list[tuple[float, int]] = []
         self._ends: list[tuple[float, int]] = []
         self._flight: collections.deque[tuple[float, int]] = collections.deque()
+        self._answered_at = 0.0
+        """Loop time of the latest answer on the current stream."""
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.streams_opened = 0
@@ -207,6 +222,13 @@ class Renewer:
             self._flight.popleft()
         return None
 
+    def _quiet_since(self) -> float | None:
+        """Since when the stream has been silent with renewals in flight (None: nothing in
+        flight): the later of the oldest unanswered send and the last answer. A member that
+        answers slowly under load is still answering; one that answers nothing is not."""
+        oldest = self._oldest_in_flight()
+        return None if oldest is None else max(oldest, self._answered_at)
+
     def _resend_unanswered(self, now: float) -> None:
         """The stream ended: what was in flight on it goes out again on the next one."""
         flight, self._flight = self._flight, collections.deque()
@@ -236,9 +258,9 @@ class Renewer:
             times.append(self._schedule[0][0])
         if self._ends:
             times.append(self._ends[0][0])
-        oldest = self._oldest_in_flight()
-        if oldest is not None:
-            times.append(oldest + self._client.attempt_timeout_s)
+        quiet = self._quiet_since()
+        if quiet is not None:
+            times.append(quiet + self._client.attempt_timeout_s)
         return min(times)
 
     # --- the stream ----------------------------------------------------------------------------
@@ -276,6 +298,7 @@ class Renewer:
         except Exception as exc:  # the client was closed
             return self._failure(exc, endpoint)
         self.streams_opened += 1
+        self._answered_at = loop.time()
         reader = asyncio.ensure_future(self._read(call, endpoint))
         try:
             while True:
@@ -294,12 +317,13 @@ class Renewer:
                     return self._failure(await _ended(exc, reader), endpoint)
                 if reader.done():
                     return self._failure(_outcome(reader), endpoint)
-                oldest = self._oldest_in_flight()
-                if oldest is not None and now - oldest >= client.attempt_timeout_s:
+                quiet = self._quiet_since()
+                if quiet is not None and now - quiet >= client.attempt_timeout_s:
                     client._suspect_until[endpoint] = now + 2 * client.attempt_timeout_s
                     stuck = CallFailed(
                         grpc.StatusCode.DEADLINE_EXCEEDED,
-                        f"{endpoint} answered no renewal within {client.attempt_timeout_s:g} s",
+                        f"{endpoint} answered nothing for {client.attempt_timeout_s:g} s with "
+                        "renewals in flight",
                     )
                     return self._failure(stuck, endpoint)
                 await self._sleep(self._next_wake(now + 1.0), reader)
@@ -318,6 +342,7 @@ class Renewer:
             if resp is grpc.aio.EOF:
                 raise CallFailed(grpc.StatusCode.UNAVAILABLE, f"{endpoint} ended the stream")
             client._heard_from(endpoint)
+            self._answered_at = asyncio.get_running_loop().time()
             kept = self._kept.get(int(resp.id))
             if kept is None or kept._sent_at is None:
                 continue  # no longer kept, or an answer to a renewal already matched
@@ -339,7 +364,7 @@ class Renewer:
             err = client._failure(exc, endpoint)
         else:
             err = Failure.of(RuntimeError(repr(exc)), endpoint, tls=client.credentials is not None)
-        if not err.retryable and not err.locked:
+        if err.code in _REFUSALS and not err.wrong:
             refused = [self._kept[lease] for _, lease in self._flight if lease in self._kept]
             for kept in refused:
                 if kept._sent_at is not None:

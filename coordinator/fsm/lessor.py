@@ -9,9 +9,10 @@ alike: the expiry (`ExpireLeaseIds`, naming the leases). The replicated lease ta
 leases, their TTLs and owners; its deadlines are no longer kept current by renewals.
 
 Time. Pure and deterministic: every time is passed in (milliseconds of the leader's monotonic
-clock); nothing here reads a clock. The runtime calls `step` every loop turn and `expiry`
-every lease check; the client-facing server calls `renew` and `remaining`. All of them run on
-the event loop that owns the Raft node, between applies.
+clock); nothing here reads a clock. The member core (`coordinator.core.member`) calls `step`
+every turn, `expiry` every lease check, and feeds it every applied batch (`on_applied`) and
+restore; the client-facing server calls `renew` and `remaining`. All of them run where the
+core runs (the runtime's event loop), between applies.
 
 The rules, and why each one:
 
@@ -63,14 +64,26 @@ import enum
 import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from .commands import ExpireLeaseIds, LeaseGrant, LeaseKeepAlive, OwnedLeaseGrant
-from .machine import Applied, LeaseExpired, LeaseRevoked, StateMachine
+from .machine import Applied, LeaseExpired, LeaseRevoked
 from .results import LeaseResult
 
 EXPIRY_IDS_MAX = 10_000
 """At most this many leases per expiry entry (the rest are named by the next one), so one
 entry stays small whatever the backlog."""
+
+
+class LeaseBook(Protocol):
+    """What the lessor reads of the replicated state machine (`StateMachine`)."""
+
+    @property
+    def applied_term(self) -> int: ...
+
+    def lease_ttls(self) -> list[tuple[int, int]]: ...
+
+    def lock_delays_pending(self) -> bool: ...
 
 
 class Renewal(enum.Enum):
@@ -98,10 +111,10 @@ class _Lease:
 
 
 class Lessor:
-    """See the module docstring. Observes the machine's applies (`on_applied`, the loop's
-    observer protocol) to learn grants and ends while it serves."""
+    """See the module docstring. Told the machine's applies (`on_applied`) to learn grants
+    and ends while it serves."""
 
-    def __init__(self, fsm: StateMachine) -> None:
+    def __init__(self, fsm: LeaseBook) -> None:
         self._fsm = fsm
         self._term = 0
         """The term in which this lessor serves renewals; 0 while it does not."""
@@ -214,7 +227,7 @@ class Lessor:
                 lease = self._leases[lease_id]
                 heapq.heappush(self._due, (lease.deadline_ms, lease_id))
 
-    # --- what the machine applied (LoopObserver) -----------------------------------------------
+    # --- what the machine applied ---------------------------------------------------------------
 
     def on_applied(self, batch: Sequence[Applied]) -> None:
         if not self._term:
@@ -253,8 +266,6 @@ class Lessor:
         """A snapshot replaced the machine: start over (at the next `step`, if still leading)."""
         self._stop()
 
-    def on_leader(self, leader: int) -> None:
-        """`step` follows the member's own role; the leader's id adds nothing."""
-
     def on_stop(self) -> None:
+        """The member stops: nothing is served any more."""
         self._stop()
