@@ -186,8 +186,12 @@ class EtcdKeeper:
         call = stub.LeaseKeepAlive()
         self.streams += 1
 
+        answered_at = time.monotonic()
+
         async def read() -> None:
+            nonlocal answered_at
             async for resp in call:
+                answered_at = time.monotonic()
                 lease = int(resp.ID)
                 sent = self.sent_at.pop(lease, None)
                 if sent is None or lease in self.lost:
@@ -216,9 +220,8 @@ class EtcdKeeper:
                         continue
                     self.sent_at[lease] = now
                     await call.write(kv.LeaseKeepAliveRequest(ID=lease))
-                oldest = min(self.sent_at.values(), default=None)
-                if oldest is not None and now - oldest > 2.0:
-                    return  # no answer for 2 s: another member
+                if self.sent_at and now - max(answered_at, min(self.sent_at.values())) > 2.0:
+                    return  # nothing answered for 2 s with renewals in flight: another member
                 await asyncio.sleep(0.01)
         except Exception as err:
             print(f"etcd keep-alive stream ended: {err}"[:300], file=sys.stderr)
