@@ -114,9 +114,10 @@ def test_a_thousand_leases_are_renewed_over_one_stream_without_log_entries(
             await wait_for(lambda: all(k.renewals >= 3 for k in kept), 30)
             assert not any(k.lost.is_set() for k in kept)
             stats = leader.served.core.lease_stats
-            assert stats.streams == 1 and client.keepalive_streams_opened == 1
-            assert stats.renewals >= 3 * count
-            assert stats.barriers < stats.renewals / 10  # renewals share barriers
+            said = (stats, client.keepalive_streams_opened, leader.loop.leader_changes)
+            assert stats.streams == 1 and client.keepalive_streams_opened == 1, said
+            assert stats.renewals >= 3 * count, said
+            assert stats.barriers < stats.renewals / 10, said  # renewals share barriers
             # No entry per renewal: the log grew by a handful of entries (expiry checks for
             # nothing due write nothing at all), not by thousands.
             assert leader.loop.fsm.applied_index - applied_before < 50
