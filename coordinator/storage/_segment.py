@@ -218,7 +218,7 @@ def _open_at(data: bytes, frame: Frame, seq: int, cipher_for: CipherFor) -> Reco
         return _Bad(str(exc), True)
     start = frame.offset + _FRAME.size
     head = data[start : start + _HEAD.size]
-    sealed = data[start + _HEAD.size : frame.offset + frame.size_bytes]
+    sealed = memoryview(data)[start + _HEAD.size : frame.offset + frame.size_bytes]
     try:
         payload = cipher.decrypt(frame.nonce, sealed, _aad(seq, frame.offset, head))
     except InvalidTag:
