@@ -93,6 +93,7 @@ from coordinator.storage.crypto import FORMAT_FILE
 from coordinator.storage.wal import WAL_DIR
 
 from .clock import Clock, SystemClock
+from .eventloop import DEFAULT_EVENT_LOOP, EVENT_LOOPS, event_loop_problem, run_on
 from .grpc_transport import GrpcTransport, server_options
 from .httpd import HttpServer, Response
 from .join import (
@@ -273,6 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--election-ticks", type=int, default=10, help="election timeout in ticks (default 10)"
     )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument(
+        "--event-loop",
+        default=DEFAULT_EVENT_LOOP,
+        choices=EVENT_LOOPS,
+        help="asyncio event loop to run on (uvloop: opt-in, needs the uvloop extra; "
+        "runtime/eventloop.py)",
+    )
     p.add_argument(
         "--sealing-key-renew-days",
         type=float,
@@ -1564,6 +1572,9 @@ async def _amain(cfg: MemberConfig) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
+    loop_problem = event_loop_problem(ns.event_loop)
+    if loop_problem is not None:
+        parser.error(loop_problem)
     try:
         cfg = config_from_args(ns)
     except ConfigError as err:
@@ -1571,7 +1582,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(f"[{cfg.name or 'joining member'}]", ns.log_level)
     _disable_created_metrics()  # no `_created` series beside every counter and histogram
     try:
-        return asyncio.run(_amain(cfg))
+        return run_on(ns.event_loop, _amain(cfg))
     except KeyboardInterrupt:  # a signal before the handlers were installed
         return 130
 
