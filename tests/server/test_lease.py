@@ -55,3 +55,32 @@ def test_grant_keepalive_revoke(tmp_path: Path) -> None:
         assert dup.id == again.id
 
     with_cluster(tmp_path, scenario)
+
+
+def test_time_to_live_comes_from_the_leaders_lessor(tmp_path: Path) -> None:
+    """Only the leader knows the renewals (they are not in the log): it answers TimeToLive from
+    its lessor, counting from the latest renewal; a follower redirects the question to it."""
+
+    async def scenario(c: Cluster) -> None:
+        leader = await c.leader()
+        client = leader.client
+        s = Session(22)
+        lease = await client.lease.Grant(pb.LeaseGrantRequest(session=s.next(), ttl_ms=5_000))
+        await asyncio.sleep(1.0)  # a second of the TTL passes
+        before = await client.lease.TimeToLive(pb.LeaseTimeToLiveRequest(id=lease.id))
+        assert before.remaining_ms <= 4_100
+        stream = client.lease.KeepAlive()
+        await stream.write(pb.LeaseKeepAliveRequest(id=lease.id))
+        assert (await asyncio.wait_for(stream.read(), 5)).ttl_ms == 5_000
+        after = await client.lease.TimeToLive(pb.LeaseTimeToLiveRequest(id=lease.id))
+        assert 4_500 < after.remaining_ms <= 5_000  # renewed, without a log entry
+        await stream.done_writing()
+
+        follower = await c.follower()
+        err = await rpc_error(
+            follower.client.lease.TimeToLive(pb.LeaseTimeToLiveRequest(id=lease.id))
+        )
+        assert err.code() is grpc.StatusCode.UNAVAILABLE
+        assert "not the leader" in err.details()
+
+    with_cluster(tmp_path, scenario)
