@@ -30,7 +30,7 @@ import itertools
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 
-from coordinator.fsm import Applied, Envelope, ExpireLeases
+from coordinator.fsm import Applied, Envelope, Lessor
 from coordinator.raft import (
     ConfChange,
     Config,
@@ -119,6 +119,9 @@ class MemberCore:
         """When this member last lost track of a leader (driver's time); None while it knows
         one."""
         self._next_lease_check_s = 0.0
+        self.lessor = Lessor(fsm)
+        """The leader's lease deadlines (renewals stay in its memory; `fsm/lessor.py`): fed
+        every applied batch and restore, stepped and asked for expiries by the lease duty."""
         self.flush_at: float | None = None
         """When the leader sends its followers the commit index if no append has (see
         `CoreConfig.commit_flush_s`)."""
@@ -204,15 +207,22 @@ class MemberCore:
         self._maybe_expire_leases(now_s, wall_ms)
 
     def _maybe_expire_leases(self, now_s: float, wall_ms: int) -> None:
-        """The leader decides lease expiry by proposing it; every member applies the same."""
-        if self.node.role is not Role.LEADER or now_s < self._next_lease_check_s:
+        """The leader's lessor keeps the lease deadlines in memory (renewals write nothing);
+        expiry is proposed naming the leases it found due, and every member applies the same.
+        All the rules live in `coordinator.fsm.lessor`."""
+        leading = self.node.role is Role.LEADER
+        now_ms = int(now_s * 1000)
+        self.lessor.step(now_ms, self.node.term if leading else 0)
+        if not leading or now_s < self._next_lease_check_s:
             return
         self._next_lease_check_s = now_s + self.cfg.lease_check_s
-        if not self.fsm.leases():
+        expiry = self.lessor.expiry(now_ms)
+        if expiry is None:
             return
-        env = Envelope(0, 0, wall_ms, ExpireLeases())
-        with contextlib.suppress(RaftError):
-            self.node.propose(env.encode())
+        try:
+            self.node.propose(Envelope(0, 0, wall_ms, expiry).encode())
+        except RaftError:
+            self.lessor.expiry_refused(expiry)
 
     def flush_commit(self, now_s: float) -> None:
         """Send the commit index now if its deadline (`flush_at`) passed."""
@@ -275,6 +285,7 @@ class MemberCore:
         for index in [i for i in self._pending if i <= snapshot.meta.index]:
             _, pid = self._pending.pop(index)
             self._completed.append(Completed(pid, error=err))
+        self.lessor.on_restored()
         self._notices.append(Restored())
 
     def apply(self, entries: Sequence[Entry]) -> None:
@@ -285,6 +296,7 @@ class MemberCore:
             if e.kind is EntryKind.CONF:
                 self._applied_conf = ConfState.decode(e.data)
             self._answer(e, applied)
+        self.lessor.on_applied(batch)
         self._notices.append(AppliedBatch(tuple(batch)))
         self._serve_reads()
         self._maybe_snapshot()

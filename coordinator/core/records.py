@@ -44,6 +44,13 @@ class Machine(Protocol):
 
     def leases(self) -> tuple[int, ...]: ...
 
+    @property
+    def applied_term(self) -> int: ...
+
+    def lease_ttls(self) -> list[tuple[int, int]]: ...
+
+    def lock_delays_pending(self) -> bool: ...
+
 
 @dataclass(frozen=True, slots=True)
 class CoreConfig:

@@ -52,7 +52,7 @@ from coordinator.core import (
     persist,
     send_early,
 )
-from coordinator.fsm import Applied, Command, Effect, Envelope, StateMachine
+from coordinator.fsm import Applied, Command, Effect, Envelope, Lessor, StateMachine
 from coordinator.raft import ConfChange, ConfState, Message, RaftError, RawNode, Status
 
 from .clock import Clock
@@ -225,6 +225,12 @@ class RaftLoop:
     @property
     def leader_changes(self) -> int:
         return self.core.leader_changes
+
+    @property
+    def lessor(self) -> Lessor:
+        """The leader's lease deadlines (`coordinator.fsm.lessor`), kept by the core; the
+        server renews and reads through it, on this loop between two turns."""
+        return self.core.lessor
 
     # --- called from other tasks -------------------------------------------------------------
 

@@ -69,6 +69,18 @@ class ServiceConfig:
     demand); see `_secrets.py`."""
 
 
+@dataclass(slots=True)
+class LeaseStats:
+    """What this member's KeepAlive service did (counters, for tests and benchmarks)."""
+
+    streams: int = 0
+    """KeepAlive streams opened."""
+    renewals: int = 0
+    """Renewal requests received, on every stream."""
+    barriers: int = 0
+    """Read barriers taken to confirm them (one per batch)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Session:
     client_id: int = 0
@@ -91,6 +103,7 @@ class Core:
         self.hub = Hub(loop, threshold)
         self.watchers = WatchHub(loop, cfg.watch_queue_events_max, watch_events)
         self._tasks: set[asyncio.Task[None]] = set()
+        self.lease_stats = LeaseStats()
         loop.add_observer(self.hub)
         loop.add_observer(self.watchers)
 
