@@ -62,8 +62,20 @@ def test_faults_are_actually_injected() -> None:
         "transfers",
         "snapshots",
         "snapshot_chunks",
+        "leases_lost",
     ):
         assert totals[kind] > 0, f"no {kind} in 40 seeds: the nemesis is not doing its job"
+
+
+def test_every_primitive_is_exercised_and_counted() -> None:
+    totals: dict[str, int] = {}
+    for seed in range(1, 21):
+        res = run_seed(seed)
+        for k, v in res.ops_by_kind.items():
+            totals[k] = totals.get(k, 0) + v
+        assert res.ops == sum(res.ops_by_kind.values()) + res.ops_unknown
+    assert set(totals) == {"kv", "seq", "lock", "lease", "elect"}
+    assert all(v > 0 for v in totals.values()), totals
 
 
 def test_liveness_violation_is_reported_when_the_cluster_cannot_commit() -> None:
@@ -86,6 +98,7 @@ SEED_BUDGET = {
     "apply_before_commit": 200,
     "no_sessions": 200,
     "stale_read": 400,
+    "lock_ignores_lease": 200,
 }
 
 
