@@ -378,7 +378,9 @@ class SimNode:
         applied = self.fsm.applied_index
         if applied - self.storage.snapshot().meta.index < opts.snapshot_every:
             return
-        snap = self.storage.create_snapshot(applied, self.applied_conf, self.fsm.snapshot())
+        image = self.fsm.snapshot()
+        self.sim.checker.on_snapshot(self.id, applied, image)
+        snap = self.storage.create_snapshot(applied, self.applied_conf, image)
         self.disk.snapshot = snap
         self.disk.fsyncs += 1
         keep_from = max(applied - opts.snapshot_keep, self.storage.first_index() - 1)

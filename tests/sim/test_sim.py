@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from coordinator.raft import Message
+from coordinator.testing.checkers import SafetyChecker, Violation
 from coordinator.testing.mutants import MUTANTS
 from coordinator.testing.sim import SimOptions, Simulator, repro_command, run_seed
 
@@ -148,3 +149,12 @@ def test_a_long_run_prints_progress_and_a_mutant_run_says_its_catches_are_expect
     assert progress[-1].split(", ")[1] == f"violations={len(caught)}"
     assert not any(line.startswith("FAIL") for line in lines)
     assert "sim summary: seeds=6 " in out.stdout
+
+
+def test_members_with_different_images_at_one_index_are_caught() -> None:
+    checker = SafetyChecker()
+    checker.on_snapshot(1, 5, b"image")
+    checker.on_snapshot(2, 5, b"image")
+    checker.on_snapshot(2, 6, b"other")
+    with pytest.raises(Violation, match="nodes 1 and 3 hold different states at index 5"):
+        checker.on_snapshot(3, 5, b"imagf")
