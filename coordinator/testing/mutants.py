@@ -107,7 +107,8 @@ class _ForgetfulSessions(SessionTable):
 
 class _NoSessions(_BrokenMachine):
     def _break(self) -> None:
-        self._sessions = _ForgetfulSessions()
+        # Keeps the table's contents (every member's image stays the same), not its answers.
+        self._sessions.__class__ = _ForgetfulSessions
 
 
 class _LockIgnoresLease(_BrokenMachine):
