@@ -28,7 +28,7 @@ from coordinator import sealing
 from coordinator.client import Client
 from coordinator.runtime.tls import OPERATOR_ROLE, channel_credentials, issue_client_cert
 from coordinator.sealing import Scope
-from tests.process.harness import ProcessCluster
+from coordinator.testing.process_cluster import ProcessCluster
 
 
 def _rate(count: int, seconds: float) -> float:

@@ -8,7 +8,7 @@ import importlib.util
 
 import pytest
 
-from tests.process.harness import ProcessCluster, run
+from coordinator.testing.process_cluster import ProcessCluster, run
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("uvloop") is None, reason="uvloop is not installed (the uvloop extra)"

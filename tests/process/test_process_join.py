@@ -32,8 +32,8 @@ from coordinator.runtime.tls import (
     write_member_tls,
     write_pem,
 )
+from coordinator.testing.process_cluster import REPO, MemberProcess, ProcessCluster, run
 from coordinator.testing.procs import free_ports, member_argv
-from tests.process.harness import REPO, MemberProcess, ProcessCluster, run
 
 pytestmark = pytest.mark.process
 

@@ -16,7 +16,7 @@ import asyncio
 import pytest
 
 from coordinator.client import Client
-from tests.process.harness import ProcessCluster, poll_until, run
+from coordinator.testing.process_cluster import ProcessCluster, poll_until, run
 
 pytestmark = pytest.mark.process
 

@@ -20,7 +20,7 @@ from coordinator.api.v1 import concord_pb2_grpc, raft_pb2_grpc
 from coordinator.api.v1 import raft_pb2 as raft_pb
 from coordinator.runtime.tls import load_member_tls, member_channel_credentials
 from coordinator.storage import KeyStore, record_frames
-from tests.process.harness import ProcessCluster, run
+from coordinator.testing.process_cluster import ProcessCluster, run
 
 pytestmark = pytest.mark.process
 
@@ -198,10 +198,10 @@ def test_a_follower_with_a_torn_wal_tail_recovers_and_catches_up(
         assert f"{segment.name}" in log
 
         await put_all(cluster, [b"latest"])
-        committed = (await cluster.status_of(await cluster.leader()))["commit"]
+        committed = (await cluster.status_of(await cluster.leader())).commit
 
         async def applied_up_to_the_leader() -> bool:
-            return (await cluster.status_of(target))["applied"] >= committed
+            return (await cluster.status_of(target)).applied >= committed
 
         await cluster.wait(applied_up_to_the_leader, 20, f"member {target} to apply {committed}")
         await wait_serializable(cluster, target, [*before, *after, b"latest"])

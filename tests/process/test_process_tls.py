@@ -25,7 +25,7 @@ from coordinator.runtime.tls import (
     load_member_tls,
     member_channel_credentials,
 )
-from tests.process.harness import MakeCluster, ProcessCluster, run
+from coordinator.testing.process_cluster import MakeCluster, ProcessCluster, run
 
 pytestmark = pytest.mark.process
 

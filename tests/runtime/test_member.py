@@ -32,7 +32,7 @@ from coordinator.runtime.member import (
 )
 from coordinator.runtime.tls import create_ca, issue_member_cert, write_member_tls
 from coordinator.storage import KeyStore
-from coordinator.testing.procs import free_ports
+from coordinator.testing.procs import MEMBER_MODULE, free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -255,7 +255,7 @@ class Proc:
         args = [
             sys.executable,
             "-m",
-            "coordinator.runtime.member",
+            MEMBER_MODULE,
             "--id",
             str(member_id),
             "--data-dir",

@@ -380,10 +380,10 @@ class RemoveReadd(Fault):
 
     async def heal(self, cluster: Cluster) -> None:
         removed = self.targets[0]
-        target = await cluster.add_member_slot()
+        target = await cluster.add_gated_member()
         self.detail["replaced_by"] = target
         m = cluster.members[target]
-        peer_url = f"https://127.0.0.1:{m.gate_port}"  # through its gate, like everyone
+        peer_url = f"https://127.0.0.1:{m.advertised_peer_port}"  # through its gate, like everyone
         client_url = f"https://{m.client_address}"
         async with cluster.client(timeout_s=10.0, rpc_timeout_s=5.0) as c:
             refused = await until_ok(
