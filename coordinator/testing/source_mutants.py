@@ -100,6 +100,42 @@ MUTANTS: tuple[SourceMutant, ...] = (
         why="a record's clear term can be changed on disk without failing authentication",
     ),
     SourceMutant(
+        name="loop-speaks-before-persisting",
+        path="coordinator/runtime/loop.py",
+        old="        rd = core.ready()\n        send_early(self.transport, rd)\n",
+        new=(
+            "        rd = core.ready()\n"
+            "        send_early(self.transport, rd)\n"
+            "        for msg in rd.late_messages:\n"
+            "            self.transport.send(msg)\n"
+        ),
+        kills=(
+            "tests/core/test_persist_order.py::test_the_production_loop_persists_before_it_speaks",
+        ),
+        why="a vote or an append acknowledgement leaves before the disk backs it",
+    ),
+    SourceMutant(
+        name="core-answers-before-apply",
+        path="coordinator/core/member.py",
+        old="        self._pending[index] = (term, pid)\n",
+        new="        self._completed.append(Completed(pid, Applied(index, term)))\n",
+        kills=(
+            "tests/core/test_proposals.py::test_a_proposal_is_answered_only_after_it_is_applied",
+        ),
+        why="a client is told of a write a new leader may still drop",
+    ),
+    SourceMutant(
+        name="core-reads-without-quorum",
+        path="coordinator/core/member.py",
+        old="        self.node.read_index(rid)\n        self._reads.add(rid)\n",
+        new=(
+            "        self._waiting_reads.append((self.node.status().commit, rid))\n"
+            "        self._serve_reads()\n"
+        ),
+        kills=("tests/core/test_reads.py::test_a_deposed_leader_gets_no_read_answer",),
+        why="a deposed leader that still thinks it leads confirms a read barrier alone",
+    ),
+    SourceMutant(
         name="leader-reads-without-barrier",
         path="coordinator/server/_core.py",
         old="        if serializable:\n            return\n        while True:\n",
@@ -116,12 +152,17 @@ MUTANTS: tuple[SourceMutant, ...] = (
     ),
     SourceMutant(
         name="renewal-outlives-lease",
-        path="coordinator/client/_holds.py",
+        path="coordinator/client/_keepalive.py",
         old=(
-            "                async with asyncio.timeout_at(self.expires_at):\n"
-            "                    ttl_ms = await self.client.lease_keepalive_once(self.lease)\n"
+            "            if kept is None or kept.expires_at != at:\n"
+            "                continue\n"
+            "            kept._lose(\n"
         ),
-        new="                ttl_ms = await self.client.lease_keepalive_once(self.lease)\n",
+        new=(
+            "            if kept is None or kept.expires_at != at or True:\n"
+            "                continue\n"
+            "            kept._lose(\n"
+        ),
         kills=(
             "tests/client/test_holds_renewal.py"
             "::test_a_hold_is_lost_when_its_ttl_runs_out_not_when_the_client_gives_up",
