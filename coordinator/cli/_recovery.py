@@ -42,7 +42,7 @@ import click
 from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.client import Client, ConcordError
 from coordinator.fsm import SnapshotDecodeError, StateMachine
-from coordinator.runtime.member import ConfigError, parse_initial_cluster
+from coordinator.runtime.addresses import ConfigError, parse_initial_cluster
 from coordinator.runtime.recovery import restore_data_dir
 from coordinator.storage import (
     BackupError,

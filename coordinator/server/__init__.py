@@ -29,8 +29,8 @@ Contract for clients (the CLI, the sidecar, the operator):
   RotateUnlockKey, all per member, never redirected), and everything else is UNAVAILABLE
   "member is locked: run concordctl unlock" (trailing metadata `concord-locked`) or "member
   is starting". `start_gateway` / `Gateway.attach` (`server.py`, `_gateway.py`) implement
-  the switch; the member process finds `start_gateway` in `coordinator.server.server` by
-  name.
+  the switch; the member process (`coordinator.daemon`, the layer above) calls
+  `start_gateway`.
 - Streams. Watch and Observe are served by any member from its own replicated history
   (`_watch.py`, `_election.py`); KeepAlive goes to the leader.
 - Workload identity (`_workload.py`, `_policy.py`, docs/identity.md). With

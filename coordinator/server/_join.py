@@ -10,7 +10,7 @@ that was not committed.
 
 **Joining** takes three members' worth of roles, which may be one member:
 
-1. the *joiner* (`coordinator.runtime.join`) fetches the CA from a member's join port
+1. the *joiner* (`coordinator.daemon.join`) fetches the CA from a member's join port
    (`--join-listen`), checks it against the fingerprint in its token, and calls
    `Join(token, CSR, id, name, URLs)` over TLS that trusts that CA only;
 2. the member that *received* it (this module's `JoinService`) checks what it can alone (it
@@ -38,7 +38,7 @@ holding the id or the name is ALREADY_EXISTS, with what to do about it.
 
 **The first members' directory entries.** Members bootstrapped from `--initial-cluster` were
 never admitted, so the directory knew only their ids. Each member therefore makes sure of its
-own entry (`coordinator.runtime.join.keep_directory_entry`): a leader proposes it, a follower
+own entry (`coordinator.daemon.join.keep_directory_entry`): a leader proposes it, a follower
 asks the leader over the peer port (`Admission.RegisterSelf`, its own id only, like
 PromoteSelf), and `concordctl member list` shows every member's name and URLs.
 
@@ -68,10 +68,7 @@ from coordinator.fsm import (
     MemberUpsert,
     RevisionResult,
 )
-from coordinator.raft import ConfChange, ConfChangeType
-from coordinator.runtime.grpc_transport import certified_member_id, peer_refusal
-from coordinator.runtime.loop import RaftLoop
-from coordinator.runtime.tls import (
+from coordinator.pki import (
     JOIN_TOKEN_PREFIX,
     CertifiedKey,
     JoinToken,
@@ -85,6 +82,9 @@ from coordinator.runtime.tls import (
     sign_member_csr,
     verify_join_token,
 )
+from coordinator.raft import ConfChange, ConfChangeType
+from coordinator.runtime.grpc_transport import certified_member_id, peer_refusal
+from coordinator.runtime.loop import RaftLoop
 
 from . import _validate as v
 from ._core import Core, ServiceConfig
@@ -98,7 +98,7 @@ _generated: Any = jpb_grpc  # untyped generated module
 
 class JoinAuthority(Protocol):
     """What the join services need from their member process
-    (`coordinator.runtime.join.MemberAuthority` provides it)."""
+    (`coordinator.daemon.join.MemberAuthority` provides it)."""
 
     @property
     def cluster_id(self) -> str: ...
@@ -610,7 +610,7 @@ class JoinServices:
         """RegisterSelf on the leader: here if this member leads, else forwarded over the
         leader's peer port with this member's certificate (the leader checks that the id is
         in its configuration; a first member whose data dir is new asks any peer it knows,
-        `runtime.join.first_start_verdict`, and the leader may be a member it does not)."""
+        `daemon.join.first_start_verdict`, and the leader may be a member it does not)."""
         core = self.core
         if core.loop.leader == 0 and core.loop.status().commit == 0:
             # No cluster has formed: nothing committed here, no leader to ask. Said as such,

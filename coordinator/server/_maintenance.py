@@ -67,7 +67,7 @@ SNAPSHOT_CHUNK_BYTES = 1 << 20
 
 
 class MemberKeys(Protocol):
-    """What the service needs from its member process (`coordinator.runtime.member.Member`
+    """What the service needs from its member process (`coordinator.daemon.member.Member`
     provides it; an in-process test server has none)."""
 
     @property

@@ -39,7 +39,7 @@ def orphan_proof(argv: Sequence[str]) -> list[str]:
 
 def member_argv(args: Sequence[str]) -> list[str]:
     """The command line of a `concord-coordinator` member with `args`, orphan-proof."""
-    return orphan_proof([sys.executable, "-m", "coordinator.runtime.member", *args])
+    return orphan_proof([sys.executable, "-m", "coordinator.daemon.member", *args])
 
 
 def free_ports(n: int) -> list[int]:

@@ -28,7 +28,7 @@ from coordinator.runtime.tls import channel_credentials
 
 REPO = Path(__file__).resolve().parents[2]
 CONCORDCTL = [sys.executable, "-m", "coordinator.cli.main"]
-MEMBER = [sys.executable, "-m", "coordinator.runtime.member"]
+MEMBER = [sys.executable, "-m", "coordinator.daemon.member"]
 KEY_RE = re.compile(r"member (\d+) at \S+: autolock is now on\. Its unlock key:\s+(\S+)")
 
 

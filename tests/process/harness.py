@@ -2,7 +2,7 @@
 
 `ProcessCluster` creates a cluster CA in its root directory, a TLS directory per member and a
 client certificate, picks ephemeral loopback ports, and starts `python -m
-coordinator.runtime.member` once per member. It can SIGKILL, SIGTERM, SIGSTOP/SIGCONT (`pause`,
+coordinator.daemon.member` once per member. It can SIGKILL, SIGTERM, SIGSTOP/SIGCONT (`pause`,
 `resume`) and restart a member from its data directory, and `close` kills whatever is still
 running. Children are started through a tiny launcher that asks the kernel to SIGKILL them
 when the process that started them dies (Linux `PR_SET_PDEATHSIG`), so not even a killed test
@@ -31,14 +31,14 @@ from typing import Any, TypeVar
 import grpc
 
 from coordinator.client import Client
-from coordinator.runtime.tls import (
+from coordinator.pki import (
     CertifiedKey,
-    channel_credentials,
     create_ca,
     issue_client_cert,
     issue_member_cert,
     write_member_tls,
 )
+from coordinator.runtime.tls import channel_credentials
 from coordinator.testing.procs import free_ports, http_get, member_argv, metric
 
 T = TypeVar("T")

@@ -2,7 +2,7 @@
 
 `Cluster` makes a cluster CA, a TLS directory per member and a client certificate, picks free
 loopback ports, opens one gate per member (`gate.Network`) and starts `python -m
-coordinator.runtime.member` once per member with `--initial-cluster` naming the *gates*, so
+coordinator.daemon.member` once per member with `--initial-cluster` naming the *gates*, so
 every byte between members crosses the test's network (and nothing bypasses it: re-added
 members are given their gate's address as their peer URL too). Clients talk to members'
 client ports directly, as Jepsen's clients talk to their nodes.
@@ -41,14 +41,14 @@ from pathlib import Path
 import grpc
 
 from coordinator.client import Client
-from coordinator.runtime.tls import (
+from coordinator.pki import (
     CertifiedKey,
-    channel_credentials,
     create_ca,
     issue_client_cert,
     issue_member_cert,
     write_member_tls,
 )
+from coordinator.runtime.tls import channel_credentials
 
 from ..procs import free_ports, http_get, member_argv, metric
 from .gate import Network
