@@ -25,13 +25,8 @@ from cryptography import x509
 from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.api.v1 import join_pb2 as jpb
 from coordinator.api.v1 import join_pb2_grpc
-from coordinator.daemon.join import (
-    JoinAsk,
-    JoinError,
-    JoinSettings,
-    MemberAuthority,
-    join_cluster,
-)
+from coordinator.daemon.join import JoinAsk, JoinError, JoinSettings, join_cluster
+from coordinator.daemon.membership import MemberAuthority
 from coordinator.pki import (
     CertifiedKey,
     JoinToken,
