@@ -135,7 +135,7 @@ class SecretsService(Servicer):
         # A follower would make a key only to be redirected: lead first, then spend the CPU.
         await core.require_leader()
         async with self._generating:
-            now_ms = core.loop.clock.wall_ms()
+            now_ms = core.view.wall_ms()
             now = dt.datetime.fromtimestamp(now_ms / 1000, dt.UTC)
             pair = await asyncio.to_thread(sealing.new_sealing_key, now)
             add = SealingKeyAdd(
@@ -164,9 +164,9 @@ class SecretsService(Servicer):
         while True:
             await asyncio.sleep(check_s)
             newest = self._newest()
-            if not self.core.loop.is_leader or newest is None:
+            if not self.core.view.is_leader or newest is None:
                 continue
-            if not renewal_due(newest.created_ms, self.core.loop.clock.wall_ms(), period_ms):
+            if not renewal_due(newest.created_ms, self.core.view.wall_ms(), period_ms):
                 continue
             try:
                 await self._add_key(newest.id)
