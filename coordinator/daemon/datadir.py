@@ -8,7 +8,7 @@
   `--initial-cluster`, or, for a member that joined, started empty at the configuration the
   leader's log starts from; with `--join-if-new` or `--no-bootstrap` it starts empty and waits
   to be added as a learner, after asking the first members whether it ran before
-  (`join.first_start_verdict`);
+  (`membership.first_start_verdict`);
 - an autolocked one waits, *locked*, for its unlock key: from `--unlock-key-file` (polled) or
   `unlock` (the client API's Maintenance.Unlock), whichever comes first.
 """
@@ -153,7 +153,7 @@ class DataDir:
 
     async def _first_start_verdict(self, tls: MemberTls, first_member: bool) -> str:
         """--join-if-new, a new data dir: ask the first members whether a running cluster
-        knew this member (`join.first_start_verdict`). BOOTSTRAP or WAIT; ConfigError (the
+        knew this member (`membership.first_start_verdict`). BOOTSTRAP or WAIT; ConfigError (the
         member does not start) when it ran before and lost its data, or, for a first member,
         when that cannot be told."""
         cfg = self.cfg

@@ -14,9 +14,9 @@ What runs, in start-up order:
    configuration is the voters of `--initial-cluster`. With autolock on and no unlock key,
    the member is *locked*: it says so in /readyz and in its log, and waits for the key to
    appear in `--unlock-key-file` (a mounted secret) or to arrive through the client API's
-   Maintenance.Unlock (`concordctl unlock`), whichever comes first. With
+   Maintenance.Unlock (`concordctl unlock`), whichever comes first (`datadir.py`). With
    `--force-new-cluster` an existing data dir is first turned into a new one-member cluster of
-   this member (`recovery.py`; refused for a new dir);
+   this member (`runtime/recovery.py`; refused for a new dir);
 3. the Raft loop (`RaftLoop`) over the WAL, the peer gRPC server and the
    `GrpcTransport` (mutual TLS from `--tls-dir`, or plaintext with an explicit
    `--insecure`);
@@ -27,8 +27,8 @@ What runs, in start-up order:
    serves every service;
 5. a level-based peer sync: every second the transport's peer set is made equal to the
    current configuration's members, addressed by the replicated member table or, failing
-   that, `--initial-cluster` (a joined member: the address book it was given);
-6. its own entry in the replicated member directory (`join.keep_directory_entry`): its name,
+   that, `--initial-cluster` (a joined member: the address book it was given; `peers.py`);
+6. its own entry in the replicated member directory (`membership.keep_directory_entry`): its name,
    the peer URL peers dial it at (`--advertise-peer-url`, else its `--initial-cluster`
    address) and its client URL, so that `concordctl member list` shows the first members
    too (a joined member was listed by its admission already).
@@ -51,7 +51,8 @@ imports the runtime and `coordinator.server` like any module and wires them toge
 imports it. It hands itself to the client API as the `MemberKeys` the Maintenance service
 acts on (`member_id`, `member_name`, `phase`, `keys`, `unlock`). The pieces: the command
 line (`config.py`), the data directory (`datadir.py`), the gRPC services (`services.py`), the
-peer sync (`peers.py`), joining (`join.py`) and the probes' HTTP server (`httpd.py`).
+peer sync (`peers.py`), leadership's log and hand-over (`leadership.py`), joining (`join.py`,
+`membership.py`) and the probes' HTTP server (`httpd.py`).
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ holding the id or the name is ALREADY_EXISTS, with what to do about it.
 
 **The first members' directory entries.** Members bootstrapped from `--initial-cluster` were
 never admitted, so the directory knew only their ids. Each member therefore makes sure of its
-own entry (`coordinator.daemon.join.keep_directory_entry`): a leader proposes it, a follower
+own entry (`coordinator.daemon.membership.keep_directory_entry`): a leader proposes it, a follower
 asks the leader over the peer port (`Admission.RegisterSelf`, its own id only, like
 PromoteSelf), and `concordctl member list` shows every member's name and URLs.
 
@@ -98,7 +98,7 @@ _generated: Any = jpb_grpc  # untyped generated module
 
 class JoinAuthority(Protocol):
     """What the join services need from their member process
-    (`coordinator.daemon.join.MemberAuthority` provides it)."""
+    (`coordinator.daemon.membership.MemberAuthority` provides it)."""
 
     @property
     def cluster_id(self) -> str: ...
@@ -610,7 +610,7 @@ class JoinServices:
         """RegisterSelf on the leader: here if this member leads, else forwarded over the
         leader's peer port with this member's certificate (the leader checks that the id is
         in its configuration; a first member whose data dir is new asks any peer it knows,
-        `daemon.join.first_start_verdict`, and the leader may be a member it does not)."""
+        `daemon.membership.first_start_verdict`, and the leader may be a member it does not)."""
         core = self.core
         if core.view.leader == 0 and core.view.commit_index == 0:
             # No cluster has formed: nothing committed here, no leader to ask. Said as such,
