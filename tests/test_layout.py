@@ -3,6 +3,7 @@
 - The Raft core (coordinator/raft/) must stay pure and deterministic: no clock, socket, file,
   thread or random source of its own, and nothing from the project but itself. import-linter
   covers our own packages; banning stdlib modules is done here, on the AST, unambiguously.
+- The member core (coordinator/core/) is held to the same ban, with the state machine allowed.
 - operator/ is a plain folder, never a package, so it cannot shadow the stdlib ``operator``.
 - ``time.monotonic`` is read in exactly one module, coordinator/runtime/clock.py.
 - The server reads the Raft loop through ``RaftView`` only: on a ``loop`` it calls the write,
@@ -21,6 +22,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 COORDINATOR = REPO / "coordinator"
 RAFT = COORDINATOR / "raft"
+CORE = COORDINATOR / "core"
 
 # The core never reads a clock, a socket, a file or a random source of its own, never spawns
 # threads or processes, and never imports by name at run time (which would dodge this check).
@@ -65,6 +67,27 @@ def test_raft_imports_only_pure_modules(path: Path) -> None:
         if (level == 0 and top in BANNED_IN_RAFT) or (top in PROJECT_PACKAGES and not inside_raft):
             bad.append(f"{path.relative_to(REPO)}:{line}: imports {module}")
     assert not bad, "the Raft core must stay pure:\n" + "\n".join(bad)
+
+
+# The member core (coordinator/core/) is as pure as the Raft core, one layer up: it may use the
+# Raft core and the replicated state machine, and nothing else of the project (its randomness
+# is injected, like the Raft core's).
+CORE_MAY_IMPORT = ("coordinator.core", "coordinator.raft", "coordinator.fsm")
+
+
+def test_core_package_exists() -> None:
+    assert (CORE / "__init__.py").is_file(), f"{CORE} is not a package"
+
+
+@pytest.mark.parametrize("path", _py_files(CORE), ids=lambda p: str(p.relative_to(REPO)))
+def test_member_core_imports_only_pure_modules(path: Path) -> None:
+    bad = []
+    for line, module, level in _imported_modules(path):
+        top = module.split(".")[0]
+        allowed = any(module == m or module.startswith(m + ".") for m in CORE_MAY_IMPORT)
+        if (level == 0 and top in BANNED_IN_RAFT) or (top in PROJECT_PACKAGES and not allowed):
+            bad.append(f"{path.relative_to(REPO)}:{line}: imports {module}")
+    assert not bad, "the member core must stay pure:\n" + "\n".join(bad)
 
 
 def test_operator_folder_is_not_a_package() -> None:

@@ -58,7 +58,7 @@ class MemberConfig:
     force_new_cluster: bool = False
     """Restart a survivor from its own data as a new one-member cluster (runtime/recovery.py)."""
     join: JoinSettings | None = None
-    """Join a running cluster first (a new data dir; runtime/join.py)."""
+    """Join a running cluster first (a new data dir; daemon/join.py)."""
     join_listen: str = ""
     """Serve the join port (concord.v1.Join) here; "" for none."""
     ca_key_file: Path | None = None
@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="concord",
         help="the audience tokens must be minted for (default concord)",
     )
-    join = p.add_argument_group("joining a running cluster (runtime/join.py)")
+    join = p.add_argument_group("joining a running cluster (daemon/join.py)")
     join.add_argument(
         "--join",
         metavar="HOST:PORT",

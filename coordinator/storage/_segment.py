@@ -210,6 +210,23 @@ def _parse_at(data: bytes, offset: int, seq: int, cipher_for: CipherFor) -> Reco
     return Record(offset, end - offset, rtype, key_id, index, term, nonce, payload)
 
 
+def record_frames(data: bytes) -> list[tuple[int, int]]:
+    """(offset, size) of every whole record frame of a segment file's bytes, in order, read
+    from the frames' lengths alone: no CRC or authentication is checked, and a short frame at
+    the end is left out. For tools that aim at exact byte ranges (fault injection, tests);
+    recovery reads through `scan_segment`."""
+    out: list[tuple[int, int]] = []
+    offset = len(PREAMBLE)
+    while offset + _FRAME.size <= len(data):
+        length, _ = _FRAME.unpack_from(data, offset)
+        size = _FRAME.size + length
+        if offset + size > len(data):
+            break
+        out.append((offset, size))
+        offset += size
+    return out
+
+
 def _valid_record_after(data: bytes, start: int, seq: int, cipher_for: CipherFor) -> int | None:
     """Offset of the first record after `start` that authenticates in place, if any."""
     prefix = struct.pack(">I", seq)
