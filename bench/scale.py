@@ -257,7 +257,7 @@ async def _watch(
 
 def client_tls_dir(system: Cluster, root: Path) -> Path:
     """The CA and a client certificate in files, for the watcher processes."""
-    from coordinator.runtime.tls import CertifiedKey  # noqa: PLC0415
+    from coordinator.pki import CertifiedKey  # noqa: PLC0415
 
     owner = getattr(system, "cluster") if system.name == "concord" else system  # noqa: B009
     ca, cert = owner.ca, owner.client_cert

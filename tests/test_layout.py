@@ -6,6 +6,8 @@
 - The member core (coordinator/core/) is held to the same ban, with the state machine allowed.
 - operator/ is a plain folder, never a package, so it cannot shadow the stdlib ``operator``.
 - ``time.monotonic`` is read in exactly one module, coordinator/runtime/clock.py.
+- The server reads the Raft loop through ``RaftView`` only: on a ``loop`` it calls the write,
+  barrier and observer API and nothing else, and it never touches a ``node``.
 """
 
 import ast
@@ -136,3 +138,49 @@ def test_monotonic_clock_is_read_in_one_module_only() -> None:
         for line in _monotonic_uses(path)
     ]
     assert not bad, "only coordinator/runtime/clock.py reads the clock:\n" + "\n".join(bad)
+
+
+# What the server may call on the Raft loop itself: writes, barriers, the few actions and the
+# observer registration. Everything it reads goes through `runtime/view.py`'s `RaftView`.
+SERVER_LOOP_API = frozenset(
+    {
+        "submit", "propose", "change_membership", "read_barrier", "read_barrier_future",
+        "transfer_leader", "rotate_data_key", "add_observer", "remove_observer",
+    }
+)  # fmt: skip
+
+
+def _loop_reads(source: str, where: str) -> list[str]:
+    """`loop.X` / `<anything>.loop.X` with X outside SERVER_LOOP_API, and any `.node`."""
+    bad = []
+    for node in ast.walk(ast.parse(source, where)):
+        if not isinstance(node, ast.Attribute):
+            continue
+        if node.attr == "node":
+            bad.append(f"{where}:{node.lineno}: .node")
+            continue
+        owner = node.value
+        named_loop = (isinstance(owner, ast.Name) and owner.id in {"loop", "_loop"}) or (
+            isinstance(owner, ast.Attribute) and owner.attr in {"loop", "_loop"}
+        )
+        if named_loop and node.attr not in SERVER_LOOP_API:
+            bad.append(f"{where}:{node.lineno}: loop.{node.attr}")
+    return bad
+
+
+def test_the_server_reads_the_raft_loop_through_its_view_only() -> None:
+    bad = [
+        b
+        for path in _py_files(COORDINATOR / "server")
+        for b in _loop_reads(path.read_text(encoding="utf-8"), str(path.relative_to(REPO)))
+    ]
+    assert not bad, "read these through RaftView (core.view):\n" + "\n".join(bad)
+
+
+def test_the_loop_read_check_flags_reads_and_lets_writes_through() -> None:
+    source = "core.loop.leader\nx = self.loop.node.term\nloop.submit(c)\nloop.fsm.revision\n"
+    assert _loop_reads(source, "s.py") == [
+        "s.py:1: loop.leader",
+        "s.py:2: .node",
+        "s.py:4: loop.fsm",
+    ]

@@ -23,7 +23,7 @@ from typing import Any
 
 from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.client import Client, ConcordError, Lock
-from coordinator.runtime.member import build_parser
+from coordinator.daemon.config import build_parser
 from coordinator.testing.process_cluster import ProcessCluster
 
 from ..procs import Supervisor
@@ -125,7 +125,7 @@ class ConcordCluster(Cluster):
     def describe(self) -> dict[str, Any]:
         return {
             "version": source_version(),
-            "obtained": "this repository (python -m coordinator.runtime.member)",
+            "obtained": "this repository (python -m coordinator.daemon.member)",
             "settings": {
                 "members": 3,
                 "tls": "mutual TLS (client and peer)",

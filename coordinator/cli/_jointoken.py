@@ -10,7 +10,7 @@ import time
 
 import click
 
-from coordinator.runtime.tls import JOIN_TOKEN_PREFIX, JoinToken, JoinTokenError
+from coordinator.pki import JOIN_TOKEN_PREFIX, JoinToken, JoinTokenError
 
 from ._common import Ctx, emit
 from ._connect import run

@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from coordinator.fsm import SnapshotDecodeError, StateMachine
-from coordinator.runtime.member import ConfigError, parse_initial_cluster
+from coordinator.runtime.addresses import ConfigError, parse_initial_cluster
 from coordinator.runtime.recovery import restore_data_dir
 from coordinator.storage import (
     BackupError,

@@ -4,7 +4,7 @@ create|list|revoke`, against a running cluster, are in `_jointoken.py`).
 `cluster init --dir D` makes everything a new cluster needs before any member runs, as
 `docker swarm init` does, but into files a person then copies to where they belong:
 
-    D/ca.pem, D/ca-key.pem       the cluster CA (coordinator.runtime.tls.create_ca); the key
+    D/ca.pem, D/ca-key.pem       the cluster CA (coordinator.pki.create_ca); the key
                                  signs certificates: give it (--ca-key-file) only to the
                                  members that sign joining members' certificates
     D/member-I/tls/              member I's --tls-dir: ca.pem, member.pem (bound to member id
@@ -34,7 +34,7 @@ from typing import Any
 
 import click
 
-from coordinator.runtime.tls import (
+from coordinator.pki import (
     CA_FILE,
     CA_KEY_FILE,
     OPERATOR_ROLE,

@@ -87,7 +87,7 @@ def start(p: Proc, procs: Sequence[Proc], log_dir: Path) -> None:
         [
             sys.executable,
             "-m",
-            "coordinator.runtime.member",
+            "coordinator.daemon.member",
             "--id",
             str(p.id),
             "--name",

@@ -81,10 +81,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from coordinator.api.v1 import raft_pb2 as pb
 from coordinator.api.v1 import raft_pb2_grpc as pb_grpc
+from coordinator.pki import TlsError, member_id_of
 from coordinator.raft import Message, MessageType
 
 from .clock import Clock
-from .tls import TlsError, member_id_of
 from .wire import WireError, from_wire, to_wire
 
 log = logging.getLogger("concord.transport")

@@ -560,6 +560,19 @@ class RaftLoop:
         return self.core.applied_conf
 
     @property
+    def term(self) -> int:
+        return self.node.term
+
+    @property
+    def conf(self) -> ConfState:
+        """The configuration in force: the newest one in the log, committed or not."""
+        return self.node.conf
+
+    def term_at(self, index: int) -> int:
+        """The term of the log entry at `index` (0 if compacted away or past the end)."""
+        return self.node.term_at(index)
+
+    @property
     def is_leader(self) -> bool:
         return self.core.is_leader
 

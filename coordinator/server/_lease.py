@@ -91,7 +91,7 @@ class LeaseService(Servicer):
             if err is not None:
                 answer(err if isinstance(err, Exception) else unavailable(str(err)))
             elif verdict.result() is Renewal.RENEWED:
-                answer(self._response(lease, self.core.loop.lessor.ttl_ms(lease)))
+                answer(self._response(lease, self.core.view.lessor.ttl_ms(lease)))
             elif verdict.result() is Renewal.UNKNOWN:
                 answer(self._response(lease, 0))  # the lease has ended
             elif verdict.result() is Renewal.EXPIRING:
@@ -145,7 +145,7 @@ class LeaseService(Servicer):
     async def _expiry_applied(self, lease: int) -> None:
         """Wait until the expiry naming `lease` applied (the renewal lost the race: NOT_FOUND),
         or the lessor stopped serving (leadership moved; the lease may live on: retry there)."""
-        lessor, hub = self.core.loop.lessor, self.core.hub
+        lessor, hub = self.core.view.lessor, self.core.hub
         async with asyncio.timeout(self.deadline_s):
             while lessor.expiring(lease):
                 change = hub.leader_change()
@@ -175,8 +175,8 @@ class LeaseService(Servicer):
     ) -> pb.LeaseTimeToLiveResponse:
         lease = v.lease_id(request.id, "id")
         await self.core.require_leader()  # only the leader knows the renewals: redirect
-        now_ms = int(self.core.loop.clock.monotonic_s() * 1000)
-        life = self.core.loop.lessor.remaining(lease, now_ms)
+        now_ms = self.core.view.monotonic_ms()
+        life = self.core.view.lessor.remaining(lease, now_ms)
         if life is None:  # the lessor does not serve yet (or the lease is gone): the table
             info = self.core.fsm.lease_ttl(lease)
             ttl_ms, remaining_ms = info.ttl_ms, info.remaining_ms

@@ -44,10 +44,10 @@ class Renewals:
     def ask(self, lease: int) -> asyncio.Future[Renewal]:
         """Renew `lease` (arrived now): resolves with the lessor's verdict, or fails with a
         ServiceError (not the leader: a redirect; no quorum; the deadline)."""
-        loop = self._core.loop
+        view = self._core.view
         fut: asyncio.Future[Renewal] = asyncio.get_running_loop().create_future()
         self._core.lease_stats.renewals += 1
-        self._waiting.append(_Ask(lease, int(loop.clock.monotonic_s() * 1000), fut))
+        self._waiting.append(_Ask(lease, view.monotonic_ms(), fut))
         if self._runner is None:
             self._runner = asyncio.ensure_future(self._run())
         return fut
@@ -76,21 +76,21 @@ class Renewals:
         bound_s = core.cfg.deadline_s
         try:
             async with asyncio.timeout(bound_s):
-                loop = core.loop
-                leader = loop.leader
-                heard = loop.last_heard_s(leader) if leader else None
-                if leader != core.id and heard is not None and heard <= loop.election_timeout_s:
+                view = core.view
+                leader = view.leader
+                heard = view.last_heard_s(leader) if leader else None
+                if leader != core.id and heard is not None and heard <= view.election_timeout_s:
                     # A follower that hears from the leader sends the stream there at once
                     # (a barrier would only confirm that it does not lead).
                     raise core.redirect(leader)
                 core.lease_stats.barriers += 1
                 await core.require_leader()
                 while True:
-                    term = core.loop.node.term if core.loop.is_leader else 0
+                    term = view.term if view.is_leader else 0
                     if not term:
                         raise unavailable("leadership moved while renewing; retry")
                     asks = [(a.lease, a.arrived_ms) for a in batch]
-                    verdicts = core.loop.lessor.renew(asks, term)
+                    verdicts = view.lessor.renew(asks, term)
                     if verdicts[0] is not Renewal.NOT_SERVING:
                         break
                     # Leading, but the lessor starts at the loop's next turn (rule a). The

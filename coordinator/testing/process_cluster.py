@@ -33,14 +33,14 @@ from typing import Any, TypeVar
 import grpc
 
 from coordinator.client import Client
-from coordinator.runtime.tls import (
+from coordinator.pki import (
     CertifiedKey,
-    channel_credentials,
     create_ca,
     issue_client_cert,
     issue_member_cert,
     write_member_tls,
 )
+from coordinator.runtime.tls import channel_credentials
 
 from .procs import free_ports, http_get, member_argv, metric
 

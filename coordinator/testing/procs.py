@@ -37,7 +37,7 @@ def orphan_proof(argv: Sequence[str]) -> list[str]:
     return [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *cmd]
 
 
-MEMBER_MODULE = "coordinator.runtime.member"
+MEMBER_MODULE = "coordinator.daemon.member"
 """The module `concord-coordinator` runs: every test, nemesis and benchmark member is started
 as `python -m MEMBER_MODULE` (the one place to change if it moves)."""
 

@@ -24,7 +24,7 @@ from typing import Any
 import kubernetes
 import kubernetes.watch
 
-from coordinator.runtime.tls import OPERATOR_ROLE, issue_client_cert
+from coordinator.pki import OPERATOR_ROLE, issue_client_cert
 from coordinator.testing.process_cluster import ProcessCluster
 from coordinator.testing.procs import free_ports, http_get, metric, orphan_proof
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from coordinator.client import MemberList
-from coordinator.runtime.join import JoinAsk, JoinError, JoinSettings, join_cluster
-from coordinator.runtime.tls import (
+from coordinator.daemon.join import JoinAsk, JoinError, JoinSettings, join_cluster
+from coordinator.pki import (
     CA_FILE,
     JoinToken,
     create_ca,

@@ -18,7 +18,8 @@ import pytest
 from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.api.v1 import concord_pb2_grpc, raft_pb2_grpc
 from coordinator.api.v1 import raft_pb2 as raft_pb
-from coordinator.runtime.tls import load_member_tls, member_channel_credentials
+from coordinator.pki import load_member_tls
+from coordinator.runtime.tls import member_channel_credentials
 from coordinator.storage import KeyStore, record_frames
 from coordinator.testing.process_cluster import ProcessCluster, run
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from coordinator.daemon.config import build_parser
 from coordinator.runtime.eventloop import event_loop_problem, run_on
-from coordinator.runtime.member import build_parser
 
 HAVE_UVLOOP = importlib.util.find_spec("uvloop") is not None
 
@@ -41,7 +41,7 @@ def test_uvloop_without_the_package_is_refused_before_anything_starts(tmp_path: 
     data_dir = tmp_path / "d"
     argv = ["--id", "1", "--data-dir", str(data_dir), "--tls-dir", str(tmp_path), "--event-loop"]
     done = subprocess.run(
-        [sys.executable, "-m", "coordinator.runtime.member", *argv, "uvloop"],
+        [sys.executable, "-m", "coordinator.daemon.member", *argv, "uvloop"],
         capture_output=True,
         text=True,
         timeout=60,
