@@ -136,7 +136,8 @@ class _Tracker:
 
 
 def test_every_exported_metric_moves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Three real members (in one process, on loopback) through writes, leases, a queued
+    """Three real members (in one process, on loopback) through writes, leases (renewed and
+    expired), a queued
     lock, watches (one ended as a slow consumer), a sealing key, a data key rotation (a
     snapshot), a refused proposal, a leader transfer, a member stopped and removed: every
     family any member exports must move at least once, except `RARE_FAMILIES`. A metric
@@ -189,6 +190,15 @@ def test_every_exported_metric_moves(tmp_path: Path, monkeypatch: pytest.MonkeyP
                 # the server calls it (not `propose`, which the old subclass counted).
                 with pytest.raises(NotLeaderError):
                     await follower.loop.submit(Put(b"refused", b"1"))
+
+                # Leases: one renewed by the lessor in memory, one left to expire.
+                kept_id = await client.lease_grant(3_000)
+                kept = client.keep_alive(kept_id, 3_000)
+                await client.lease_grant(1_000)
+                await _until(lambda: kept.renewals >= 1)
+                await _until(lambda: _sample(leader, "concord_lease_expiries") >= 1.0)
+                seen.look()
+                kept.stop()
 
                 # Writes through the server, a lease, a lock with a waiter, a watch.
                 await client.put(b"k", b"v")
