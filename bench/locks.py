@@ -224,10 +224,12 @@ async def run_lock_level(
             if line.strip() != b"READY":
                 raise RuntimeError(f"a locker process failed to start: {line!r}")
         acquire_s = time.monotonic() - started
+        leaders = [leader, await system.leader()]
         await asyncio.sleep(ttl_ms / 1000)  # one TTL of renewals before measuring
         cpu0, all0, t0 = cpu_seconds(pid), sum(map(cpu_seconds, pids)), time.monotonic()
         puts = await probe_writes(system, leader, args.seconds)
         cpu1, all1, t1 = cpu_seconds(pid), sum(map(cpu_seconds, pids)), time.monotonic()
+        leaders.append(await system.leader())
         reports = []
         for child in children:
             assert child.stdin is not None and child.stdout is not None
@@ -261,6 +263,9 @@ async def run_lock_level(
         "lost_acquiring": sum(r.get("lost_acquiring", 0) for r in reports),
         "lost_codes": codes,
         "keepalive_streams": sum(r["streams"] for r in reports),
+        # The leader before, after taking the locks, after measuring (sampled: a change
+        # there and back is missed). Another than the first: its CPU is not "leader CPU".
+        "leaders": leaders,
     }
 
 
