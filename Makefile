@@ -34,7 +34,7 @@ help:
 	@echo "make bench-report  docs/benchmarks.md from the latest make bench"
 	@echo "make bench-operator  the operator under 1,000 churning Leases (BENCH_ARGS=...)"
 	@echo "make bench-sidecar   lock cycles/s through the sidecar beside the client library"
-	@echo "make bench-scale     5,000 watchers on one prefix, Concord beside etcd (BENCH_ARGS=...; --leases 1000,5000 for leases)"
+	@echo "make bench-scale     5,000 watchers on one prefix, Concord beside etcd (BENCH_ARGS=...; --leases 1000,5000 for leases, --locks 1000,10000 for held locks)"
 	@echo "make lint | typecheck | fmt | clean"
 
 bootstrap:

@@ -4,10 +4,14 @@ puts at a steady rate.
     python -m bench.scale [--watchers 100,1000,5000] [--rate 20] [--seconds 15]
                           [--procs 4] [--systems concord,etcd] [--etcd PATH]
                           [--leases 1000,5000 [--lease-ttl-ms 10000]]
+                          [--locks 100,1000,10000]
 
 `--leases` adds lease levels (bench/leases.py): N leases kept alive by `--procs` holder
 processes, measured for `--seconds` (leader CPU, a renewal probe's p50/p99, spurious
-expiries); `--watchers ''` runs only those.
+expiries); `--locks` adds lock levels (bench/locks.py): N locks held through the client
+library (`Client.lock()`; etcd: its v3lock API under a lease per lock) by `--procs` locker
+processes, measured for `--seconds` (leader CPU, a probe put every 50 ms, locks lost).
+`--watchers ''` runs only those.
 
 Per system (a fresh 3-member mutual-TLS cluster each, started as `make bench` starts them):
 
@@ -47,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from .leases import holder_main, lease_table, run_lease_level
+from .locks import lock_table, locker_main, run_lock_level
 from .procs import Supervisor, cpu_seconds
 from .protos import ensure_generated
 from .systems.base import Cluster
@@ -387,6 +392,16 @@ async def run_system(
                 lrow = {"system": name, "leases": n, "error": f"{err}"[:300]}
             rows.append(lrow)
             print(f"{name}: {n} leases: {lrow}", flush=True)
+        for n in args.locks:
+            try:
+                krow = await run_lock_level(
+                    system, leader, tls, n, args, endpoints=endpoints_of(system)
+                )
+                krow = {"system": name, **krow}
+            except Exception as err:
+                krow = {"system": name, "locks": n, "error": f"{err}"[:300]}
+            rows.append(krow)
+            print(f"{name}: {n} locks: {krow}", flush=True)
         if not args.watchers:
             return rows
         base = await measure_writes(system, leader, args.rate, args.seconds, "base")
@@ -439,6 +454,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 async def main_async(args: argparse.Namespace) -> int:
+    args.loadavg_at_start = os.getloadavg()  # the machine may be shared: say how busy
     ensure_generated()
     sup = Supervisor()
     rows: list[dict[str, Any]] = []
@@ -458,14 +474,18 @@ async def main_async(args: argparse.Namespace) -> int:
         "lease_ttl_ms": args.lease_ttl_ms,
         "cpus": os.cpu_count(),
         "loadavg": os.getloadavg(),
+        "loadavg_at_start": args.loadavg_at_start,
     }
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     watch_rows = [r for r in rows if "watchers" in r]
     lease_rows = [r for r in rows if "leases" in r]
+    lock_rows = [r for r in rows if "locks" in r]
     if watch_rows:
         print(table(watch_rows))
     if lease_rows:
         print(lease_table(lease_rows))
+    if lock_rows:
+        print(lock_table(lock_rows))
     print(f"written: {out}")
     return 0
 
@@ -476,6 +496,8 @@ def main(argv: list[str] | None = None) -> int:
         return watcher_main(argv[1:])
     if argv and argv[0] == "holder":
         return holder_main(argv[1:])
+    if argv and argv[0] == "locker":
+        return locker_main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.split("\n")[0])
     p.add_argument("--watchers", default="100,1000,5000")
     p.add_argument("--rate", type=float, default=20.0)
@@ -489,10 +511,17 @@ def main(argv: list[str] | None = None) -> int:
         help="lease levels, e.g. 1000,5000: N leases kept alive by --procs holder processes "
         "(bench/leases.py); pass --watchers '' to run only these",
     )
+    p.add_argument(
+        "--locks",
+        default="",
+        help="lock levels, e.g. 1000,10000: N locks held through the client library by --procs "
+        "locker processes (bench/locks.py); their leases' TTL is --lease-ttl-ms",
+    )
     p.add_argument("--lease-ttl-ms", type=int, default=10_000)
     args = p.parse_args(argv)
     args.watchers = [int(x) for x in args.watchers.split(",") if x]
     args.leases = [int(x) for x in args.leases.split(",") if x]
+    args.locks = [int(x) for x in args.locks.split(",") if x]
     args.systems = [s for s in args.systems.split(",") if s]
     return asyncio.run(main_async(args))
 

@@ -50,6 +50,7 @@ from ._secrets import SealingKeys as SealingKeys
 from ._secrets import Unsealed as Unsealed
 from ._sync import SyncClient as SyncClient
 from ._sync import SyncHeld as SyncHeld
+from ._sync import SyncKeptLease as SyncKeptLease
 from ._types import AutolockChange as AutolockChange
 from ._types import AutolockStatus as AutolockStatus
 from ._types import Compare as Compare
@@ -122,6 +123,7 @@ __all__ = [
     "Status",
     "SyncClient",
     "SyncHeld",
+    "SyncKeptLease",
     "TxnOp",
     "TxnOpResult",
     "TxnResult",

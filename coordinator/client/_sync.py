@@ -36,6 +36,7 @@ import grpc
 from ._client import Client, Leadership, LeaseInfo, Lock
 from ._config import credentials_from_tls_dir, settings_from_env
 from ._holds import HeldLeadership, HeldLock, LockLost
+from ._keepalive import KeptLease
 from ._types import (
     AutolockChange,
     AutolockStatus,
@@ -80,6 +81,43 @@ class SyncHeld:
         """Raise `LockLost` if the hold is lost; call it before acting as the holder."""
         if self.lost.is_set() and self._error is not None:
             raise self._error
+
+
+class SyncKeptLease:
+    """A lease kept alive (`SyncClient.keep_alive`), for synchronous code: the async
+    `KeptLease`'s loss as a `threading.Event`, set from the client's loop thread."""
+
+    def __init__(self, kept: KeptLease, loop: asyncio.AbstractEventLoop) -> None:
+        self.kept = kept
+        """The async handle (use it only on the client's loop)."""
+        self.lease = kept.lease
+        self._loop = loop
+        self.lost = threading.Event()
+        """Set (from the client's loop thread) the moment the lease is lost."""
+        self.code = ""
+        """Why it was lost (as `KeptLease.code`); "" while kept."""
+        self.reason = ""
+
+    def _on_lost(self, code: str, reason: str) -> None:
+        self.code, self.reason = code, reason
+        self.lost.set()
+
+    @property
+    def renewals(self) -> int:
+        """Renewals acknowledged so far (read across threads: a snapshot)."""
+        return self.kept.renewals
+
+    def wait_lost(self, timeout_s: float | None = None) -> str | None:
+        """Block until the lease is lost (returns the code) or `timeout_s` passes (None)."""
+        return self.code if self.lost.wait(timeout_s) else None
+
+    def stop(self) -> None:
+        """Stop renewing (ending the lease is the caller's business: `lease_revoke`)."""
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self.kept.stop)
+
+    def __repr__(self) -> str:
+        return f"Sync{self.kept!r}"
 
 
 class SyncClient:
@@ -218,6 +256,20 @@ class SyncClient:
 
     def lease_keepalive_once(self, lease: int) -> int:
         return self._run(self._client.lease_keepalive_once(lease))
+
+    def keep_alive(self, lease: int, ttl_ms: int, *, sent_at: float | None = None) -> SyncKeptLease:
+        """Keep `lease` alive in the background thread, on the client's one keep-alive
+        stream, until the handle's `stop()` or the lease's loss (its `lost` is set). As
+        `Client.keep_alive`; `sent_at` is a `time.monotonic()` reading (the loop's clock)
+        taken before the grant was sent (default: now)."""
+
+        async def keep() -> SyncKeptLease:
+            kept = self._client.keep_alive(lease, ttl_ms, sent_at=sent_at)
+            sync = SyncKeptLease(kept, self._loop)
+            kept.add_callback(sync._on_lost)  # registered on the loop, as it must be
+            return sync
+
+        return self._run(keep())
 
     def acquire(
         self,

@@ -127,6 +127,11 @@ class Lessor:
         """Leases named by an expiry proposed and not yet applied (subset of `_leases`)."""
         self._now_ms = 0
         """The time of the latest `step`: what a lease granted in this turn counts from."""
+        self.renewed = 0
+        """Renewals this lessor acknowledged (RENEWED), over every term it served (metrics)."""
+        self.expiries_proposed = 0
+        """Leases named by the expiries this lessor returned to propose (a lease whose
+        proposal was refused is named, and counted, again; metrics)."""
 
     # --- leadership ----------------------------------------------------------------------------
 
@@ -177,6 +182,7 @@ class Lessor:
                     lease.deadline_ms = deadline
                     heapq.heappush(self._due, (deadline, lease_id))
                 out.append(Renewal.RENEWED)
+                self.renewed += 1
         return out
 
     def ttl_ms(self, lease_id: int) -> int:
@@ -217,6 +223,7 @@ class Lessor:
         if not ids and not self._fsm.lock_delays_pending():
             return None
         self._expiring.update(ids)
+        self.expiries_proposed += len(ids)
         return ExpireLeaseIds(tuple(sorted(ids)))
 
     def expiry_refused(self, expiry: ExpireLeaseIds) -> None:

@@ -10,10 +10,10 @@ Two kinds of metric live here.
   subclass what they count, so a caller that takes another path (the server submits
   proposals, it does not call `propose`) is still counted.
 - **State** (term, role, commit and applied index, snapshot, leases, locks, sealing keys,
-  peers) is read at scrape time by `_StateCollector` from the objects that own it, so a
-  scrape always shows the present and nothing has to remember to update a gauge. Scrapes
-  run on the member's event loop (the HTTP server is asyncio), so reading the loop's state
-  needs no lock.
+  peers, and the lessor's renewal and expiry counts, plain integers in the pure lessor) is
+  read at scrape time by `_StateCollector` from the objects that own it, so a scrape shows
+  the present and nothing has to remember to update a gauge. Scrapes run on the member's
+  event loop (the HTTP server is asyncio), so reading the loop's state needs no lock.
 
 The registry is dedicated (not prometheus_client's global one), so several members can live
 in one process (tests) and the metrics page shows nothing but Concord's own series.
@@ -206,6 +206,17 @@ class _StateCollector(Collector):
             "concord_snapshot_size_bytes", "Size of the newest snapshot's state.", len(snap.data)
         )
         yield _gauge("concord_leases", "Leases alive in the state machine.", len(loop.fsm.leases()))
+        lessor = loop.lessor
+        yield CounterMetricFamily(
+            "concord_lease_renewals",
+            "Lease renewals this member's lessor acknowledged while leading (in memory).",
+            value=lessor.renewed,
+        )
+        yield CounterMetricFamily(
+            "concord_lease_expiries",
+            "Leases this member's lessor named in expiry proposals while leading.",
+            value=lessor.expiries_proposed,
+        )
         holders, waiters = _lock_census(loop.fsm)
         yield _gauge("concord_lock_holders", "Lock holders, over every lock.", holders)
         yield _gauge("concord_lock_waiters", "Queued lock acquirers, over every lock.", waiters)

@@ -31,8 +31,9 @@ Contract for clients (the CLI, the sidecar, the operator):
   is starting". `start_gateway` / `Gateway.attach` (`server.py`, `_gateway.py`) implement
   the switch; the member process (`coordinator.daemon`, the layer above) calls
   `start_gateway`.
-- Streams. Watch and Observe are served by any member from its own replicated history
-  (`_watch.py`, `_election.py`); KeepAlive goes to the leader.
+- Streams. Watch and Observe are served by any member from its own replicated history,
+  through the watch hub (`_watch.py`, `_election.py`, `_watchers.py`); KeepAlive goes to the
+  leader.
 - Workload identity (`_workload.py`, `_policy.py`, docs/identity.md). With
   `--workload-identity kubernetes` a member also serves every service on a workload port
   (TLS, no client certificate asked): each call carries a pod's ServiceAccount token as

@@ -8,10 +8,13 @@ it must be the current leadership's: a leader that lost and won again under the 
 holds a new token, and a request carrying the old one is refused (FAILED_PRECONDITION).
 
 Observe streams the election's leadership: the first message is the current state, then one
-message per change, read from the replicated event history (ELECTION_LEADER: a new leader or
-a proclaimed value; ELECTION_VACANT: a message without `leader`). A stream that falls behind
-the bounded history resynchronises from the current state instead of failing: Observe is about
-the latest leader, not every step.
+message per change, in revision order (ELECTION_LEADER: a new leader or a proclaimed value;
+ELECTION_VACANT: a message without `leader`). The changes come through the watch hub
+(`_watchers.py`) as a watch of the election's name: a stream wakes only when its election
+changed (or a key of the same name, whose events it skips), not on every applied batch. A
+stream that falls behind (the hub ends it as a slow consumer, or the bounded history moved
+past it) resynchronises from the current state instead of failing: Observe is about the
+latest leader, not every step.
 """
 
 from __future__ import annotations
@@ -22,9 +25,7 @@ from collections.abc import AsyncIterator
 from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.fsm import (
     Campaign,
-    ErrorCode,
     EventKind,
-    FsmError,
     Proclaim,
     ReleaseResult,
     Resign,
@@ -35,8 +36,10 @@ from . import _validate as v
 from ._acquire import Acquirer, AcquireSpec
 from ._core import Core
 from ._errors import Code, ServiceError, invalid
-from ._hub import WaitKind, stopping_error
+from ._hub import WaitKind
 from ._rpc import Call, Servicer, blocking, streaming, unary
+from ._watch_index import KeyRange
+from ._watchers import Watcher
 
 
 class ElectionService(Servicer):
@@ -115,31 +118,35 @@ class ElectionService(Servicer):
         self, request: pb.LeaderRequest, call: Call
     ) -> AsyncIterator[pb.LeaderResponse]:
         name = v.name(request.election, "election")
-        hub, fsm = self.core.hub, self.core.fsm
+        core, watchers = self.core, self.core.watchers
         async with asyncio.timeout(call.bound_s()):
-            await self.core.read(request.serializable)
-        generation = hub.generation
-        next_revision = fsm.revision + 1
-        yield self._current(name)
-        key = name.encode()
+            await core.read(request.serializable)
+        selected = KeyRange(name.encode(), None)
         while True:
-            await hub.applied_since(generation)
-            if hub.stopped:
-                raise stopping_error()
-            generation = hub.generation
+            # The state at revision R and a watcher from R + 1, in one turn of the event loop:
+            # nothing between them is missed or repeated.
+            watcher = watchers.add(selected, core.fsm.revision + 1)
             try:
-                events = fsm.events_since(next_revision)
-            except FsmError as err:
-                if err.code is not ErrorCode.OUT_OF_RANGE:
-                    raise
-                next_revision = fsm.revision + 1
                 yield self._current(name)
-                continue
-            if events:
-                next_revision = events[-1].revision + 1
+                async for response in self._changes(name, watcher):
+                    yield response
+            except ServiceError as err:
+                # Fell behind (slow consumer, or the history moved past it): Observe is about
+                # the latest leader, so start again from the current state.
+                if err.code not in _RESYNC or watchers.stopped:
+                    raise
+            finally:
+                watchers.remove(watcher)
+
+    async def _changes(self, name: str, watcher: Watcher) -> AsyncIterator[pb.LeaderResponse]:
+        """The election's changes as the watch hub hands them to `watcher`, in revision order;
+        the stream wakes only when an event on the election's key was applied."""
+        watchers = self.core.watchers
+        while True:
+            events = watchers.catch_up(watcher)
+            if not events and watcher.given >= watcher.floor:
+                events = await watchers.take(watcher)
             for e in events:
-                if e.key != key:
-                    continue
                 if e.kind is EventKind.ELECTION_LEADER:
                     yield pb.LeaderResponse(
                         header=self.core.header(e.revision),
@@ -148,3 +155,7 @@ class ElectionService(Servicer):
                     )
                 elif e.kind is EventKind.ELECTION_VACANT:
                     yield pb.LeaderResponse(header=self.core.header(e.revision))
+
+
+_RESYNC = (Code.RESOURCE_EXHAUSTED, Code.OUT_OF_RANGE)
+"""The ends of a watcher after which Observe resynchronises instead of failing."""

@@ -5,9 +5,9 @@ task, between applies, so it reads the state machine at a consistent point and m
 block. It turns what the loop reports into futures that handlers await:
 
 - Applies. A generation counter moves on every applied batch (and on a snapshot restore);
-  `applied_since(generation)` returns once it has moved. Observe streams read the state
-  machine's event history themselves. Watch streams do not wait here: the `WatchHub`
-  (`_watchers.py`) wakes only the watches a change concerns.
+  `applied_since(generation)` returns once it has moved (a renewal waiting for an expiry to
+  apply waits so). Watch and Observe streams do not wait here: the `WatchHub`
+  (`_watchers.py`) wakes only the streams a change concerns.
 - Blocked acquisitions (`Wait`). A Lock with wait or a Campaign that was queued registers
   (kind, name, lease) *before* it proposes, so no grant can slip between its proposal and its
   wait. The state machine's effects (see `coordinator.fsm.machine`) settle it: `LockGranted` /

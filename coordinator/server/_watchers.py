@@ -132,6 +132,8 @@ class WatchHub:
         """Events fanned out so far (a counter for metrics and tests)."""
         self.ended_slow = 0
         """Watches ended as slow consumers so far."""
+        self.woken = 0
+        """Stream wake-ups so far (one per touched watcher per pass; for tests and metrics)."""
         self._events = events
 
     def __len__(self) -> int:
@@ -300,11 +302,11 @@ class WatchHub:
         self.delivered += len(events)
         await self._wake(touched)
 
-    @staticmethod
-    async def _wake(touched: dict[Watcher, None]) -> None:
+    async def _wake(self, touched: dict[Watcher, None]) -> None:
         """Wake the touched streams a slice at a time: woken streams run (and write) in the
         event loop's next iteration, so slices let the Raft loop's own callbacks run between
         them instead of after every stream of a large pass."""
+        self.woken += len(touched)
         for i, watcher in enumerate(touched, 1):
             watcher.wake.set()
             if i % _WAKE_SLICE == 0:

@@ -5,11 +5,12 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 
-from coordinator.client import DeadlineExceeded, LockLost, SyncClient
+from coordinator.client import DeadlineExceeded, LockLost, NotFound, SyncClient
 from tests.cli.threaded import ThreadedCluster
 
 
@@ -60,3 +61,39 @@ def test_sync_leadership(cluster: ThreadedCluster) -> None:
             with pytest.raises(DeadlineExceeded):
                 b.campaign("sync-chief", b.lease_grant(10_000), b"b", timeout_s=0.3)
         assert b.leader("sync-chief") is None
+
+
+def test_sync_keep_alive_renews_and_says_when_the_lease_is_lost(
+    cluster: ThreadedCluster,
+) -> None:
+    with SyncClient(cluster.endpoints) as a, SyncClient(cluster.endpoints) as other:
+        sent_at = time.monotonic()
+        lease = a.lease_grant(1500)
+        kept = a.keep_alive(lease, 1500, sent_at=sent_at)
+        assert isinstance(kept.lost, threading.Event) and kept.wait_lost(0) is None
+        # Alive well past its TTL: the background thread renews it.
+        deadline = time.monotonic() + 10
+        while kept.renewals < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert kept.renewals >= 3 and not kept.lost.is_set()
+        assert time.monotonic() - sent_at > 1.5
+        assert other.lease_time_to_live(lease).remaining_ms > 0
+        # Revoked elsewhere: the handle learns of it.
+        other.lease_revoke(lease)
+        assert kept.wait_lost(10) == "NOT_FOUND"
+        assert kept.code == "NOT_FOUND" and kept.reason
+
+        # Stopped: no more renewals, so the lease runs out by itself.
+        second = a.lease_grant(1000)
+        kept2 = a.keep_alive(second, 1000)
+        kept2.stop()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                other.lease_time_to_live(second)
+            except NotFound:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("a lease no longer kept alive did not expire")
+        assert not kept2.lost.is_set()  # stopping is not a loss

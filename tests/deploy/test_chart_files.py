@@ -1,5 +1,5 @@
 """The chart's files, without a cluster: its crds/ are the top-level crds/, byte for byte;
-the node agent's pure helpers (image mapping, `$(VAR)` expansion)."""
+the node agent's pure helpers (image mapping, `$(VAR)` expansion); the dashboard's layout."""
 
 from __future__ import annotations
 
@@ -42,3 +42,20 @@ def test_var_expansion_follows_kubernetes() -> None:
     assert expand("$(POD_IP):$(PORT)", env) == "127.0.1.4:7070"
     assert expand("$(MISSING)", env) == "$(MISSING)"
     assert expand("$$(POD_IP)", env) == "$(POD_IP)"
+
+
+def test_dashboard_panels_have_unique_ids_and_do_not_overlap() -> None:
+    # Which series the panels read is checked against real members in
+    # tests/runtime/test_metrics.py (and against a live release in test_install.py).
+    panels = json.loads((CHART / "files" / "dashboard.json").read_text())["panels"]
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids)), f"duplicate panel ids: {sorted(ids)}"
+    cells: dict[tuple[int, int], str] = {}
+    for p in panels:
+        g = p["gridPos"]
+        assert g["x"] + g["w"] <= 24, f"{p['title']!r} is wider than the dashboard"
+        for x in range(g["x"], g["x"] + g["w"]):
+            for y in range(g["y"], g["y"] + g["h"]):
+                assert (x, y) not in cells, f"{p['title']!r} overlaps {cells[(x, y)]!r}"
+                cells[(x, y)] = p["title"]
+        assert all(t["expr"] for t in p["targets"]), f"{p['title']!r} has an empty query"

@@ -209,3 +209,20 @@ def test_expire_lease_ids_ends_exactly_those_still_there() -> None:
     assert isinstance(applied.result, ExpireResult)
     assert applied.result.expired == (a,)
     assert d.m.leases() == (c,)
+
+
+def test_counts_what_it_renewed_and_named_for_expiry(ld: Leader) -> None:
+    ld.lead(0)
+    a, b = ld.grant(), ld.grant()
+    assert (ld.lessor.renewed, ld.lessor.expiries_proposed) == (0, 0)
+    assert ld.renew(a, 1_000) is Renewal.RENEWED
+    assert ld.renew(a, 2_000) is Renewal.RENEWED
+    assert ld.renew(99, 2_000) is Renewal.UNKNOWN  # not a renewal: not counted
+    assert ld.lessor.renewed == 2
+    expiry = ld.lessor.expiry(TTL)  # b's deadline passed, a's did not
+    assert expiry is not None and expiry.ids == (b,)
+    assert ld.renew(b, TTL) is Renewal.EXPIRING  # refused: not counted
+    ld.lessor.expiry_refused(expiry)
+    again = ld.lessor.expiry(TTL)
+    assert again is not None and again.ids == (b,)
+    assert (ld.lessor.renewed, ld.lessor.expiries_proposed) == (2, 2)  # named twice

@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import random
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -136,7 +138,8 @@ class _Tracker:
 
 
 def test_every_exported_metric_moves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Three real members (in one process, on loopback) through writes, leases, a queued
+    """Three real members (in one process, on loopback) through writes, leases (renewed and
+    expired), a queued
     lock, watches (one ended as a slow consumer), a sealing key, a data key rotation (a
     snapshot), a refused proposal, a leader transfer, a member stopped and removed: every
     family any member exports must move at least once, except `RARE_FAMILIES`. A metric
@@ -190,6 +193,15 @@ def test_every_exported_metric_moves(tmp_path: Path, monkeypatch: pytest.MonkeyP
                 with pytest.raises(NotLeaderError):
                     await follower.loop.submit(Put(b"refused", b"1"))
 
+                # Leases: one renewed by the lessor in memory, one left to expire.
+                kept_id = await client.lease_grant(3_000)
+                kept = client.keep_alive(kept_id, 3_000)
+                await client.lease_grant(1_000)
+                await _until(lambda: kept.renewals >= 1)
+                await _until(lambda: _sample(leader, "concord_lease_expiries") >= 1.0)
+                seen.look()
+                kept.stop()
+
                 # Writes through the server, a lease, a lock with a waiter, a watch.
                 await client.put(b"k", b"v")
                 lease = await client.lease_grant(60_000)
@@ -237,6 +249,10 @@ def test_every_exported_metric_moves(tmp_path: Path, monkeypatch: pytest.MonkeyP
                 seen.look()
             # The allow-list names families that exist (a renamed one must leave it).
             assert seen.families() >= RARE_FAMILIES
+            # The chart's Grafana dashboard reads only families members export (the deploy
+            # test checks the same against a live release, with its alerts).
+            unknown = _dashboard_series() - seen.families()
+            assert not unknown, f"the dashboard reads series no member exports: {unknown}"
             return seen.families() - seen.moved
         finally:
             for m, t in zip(members, tasks, strict=True):
@@ -246,6 +262,17 @@ def test_every_exported_metric_moves(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
     still = asyncio.run(scenario())
     assert still - RARE_FAMILIES == set(), f"never moved: {sorted(still - RARE_FAMILIES)}"
+
+
+def _dashboard_series() -> set[str]:
+    """The metric families the chart's Grafana dashboard reads (suffixes stripped)."""
+    path = Path(__file__).resolve().parents[2] / "charts" / "concord" / "files" / "dashboard.json"
+    panels = json.loads(path.read_text())["panels"]
+    exprs = " ".join(t["expr"] for panel in panels for t in panel["targets"])
+    return {
+        re.sub(r"_(bucket|sum|count|total)$", "", name)
+        for name in re.findall(r"\bconcord_[a-z_]+", exprs)
+    }
 
 
 def _leader(members: Sequence[Member]) -> Member:

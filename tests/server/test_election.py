@@ -8,7 +8,14 @@ from pathlib import Path
 import grpc
 
 from coordinator.api.v1 import concord_pb2 as pb
-from tests.server.harness import Cluster, Session, eventually, rpc_error, with_cluster
+from tests.server.harness import (
+    Cluster,
+    Session,
+    eventually,
+    rpc_error,
+    wait_for,
+    with_cluster,
+)
 
 
 def test_campaign_leader_observe_proclaim_resign(tmp_path: Path) -> None:
@@ -89,5 +96,72 @@ def test_campaign_leader_observe_proclaim_resign(tmp_path: Path) -> None:
             return bool(got.leader.lease == l2)
 
         await eventually(follower_sees)
+
+    with_cluster(tmp_path, scenario)
+
+
+def test_observers_wake_only_for_their_election_and_see_every_change_in_order(
+    tmp_path: Path,
+) -> None:
+    observers_n, changes_n = 20, 5
+
+    async def scenario(c: Cluster) -> None:
+        leader = await c.leader()
+        client, hub = leader.client, leader.served.core.watchers
+        s = Session(51)
+        lease = (await client.lease.Grant(pb.LeaseGrantRequest(session=s.next(), ttl_ms=10_000))).id
+        streams = [
+            client.election.Observe(pb.LeaderRequest(election="a")) for _ in range(observers_n)
+        ]
+        for st in streams:
+            first = await asyncio.wait_for(st.read(), 5)
+            assert not first.HasField("leader")
+        await wait_for(lambda: len(hub) == observers_n)
+
+        # Election "b" changes many times: no observer of "a" wakes, none gets a message.
+        woken = hub.woken
+        won_b = await client.election.Campaign(
+            pb.CampaignRequest(session=s.next(), election="b", lease=lease, value=b"b0")
+        )
+        for i in range(1, 20):
+            await client.election.Proclaim(
+                pb.ProclaimRequest(session=s.next(), leader=won_b.leader, value=b"b%d" % i)
+            )
+        await client.election.Resign(pb.ResignRequest(session=s.next(), leader=won_b.leader))
+        await wait_for(lambda: hub.caught_up)
+        assert hub.woken == woken
+        pending = [asyncio.ensure_future(st.read()) for st in streams]
+        await asyncio.sleep(0.1)
+        assert not any(p.done() for p in pending)
+
+        # Every change of "a" reaches every observer, in order, each one wake-up per change.
+        won_a = await client.election.Campaign(
+            pb.CampaignRequest(session=s.next(), election="a", lease=lease, value=b"a0")
+        )
+        expected: list[tuple[int, bytes]] = [(won_a.leader.fencing_token, b"a0")]
+        got = [await asyncio.wait_for(p, 5) for p in pending]
+        assert hub.woken == woken + observers_n
+        seen = [[(m.leader.fencing_token, m.value)] for m in got]
+        revisions = [[m.header.revision] for m in got]
+        for i in range(1, changes_n):
+            await client.election.Proclaim(
+                pb.ProclaimRequest(session=s.next(), leader=won_a.leader, value=b"a%d" % i)
+            )
+            expected.append((won_a.leader.fencing_token, b"a%d" % i))
+            for j, st in enumerate(streams):
+                m = await asyncio.wait_for(st.read(), 5)
+                seen[j].append((m.leader.fencing_token, m.value))
+                revisions[j].append(m.header.revision)
+            assert hub.woken == woken + observers_n * (i + 1)
+        await client.election.Resign(pb.ResignRequest(session=s.next(), leader=won_a.leader))
+        for j, st in enumerate(streams):
+            m = await asyncio.wait_for(st.read(), 5)
+            assert not m.HasField("leader")  # vacant
+            revisions[j].append(m.header.revision)
+            st.cancel()
+        for j in range(observers_n):
+            assert seen[j] == expected
+            assert revisions[j] == sorted(set(revisions[j]))  # strictly increasing
+        await wait_for(lambda: len(hub) == 0)
 
     with_cluster(tmp_path, scenario)
