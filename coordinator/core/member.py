@@ -30,7 +30,7 @@ import itertools
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 
-from coordinator.fsm import Applied, Envelope, Lessor
+from coordinator.fsm import Applied, Envelope, Lessor, Renewal
 from coordinator.raft import (
     ConfChange,
     Config,
@@ -223,6 +223,16 @@ class MemberCore:
             self.node.propose(Envelope(0, 0, wall_ms, expiry).encode())
         except RaftError:
             self.lessor.expiry_refused(expiry)
+
+    def renew_leases(self, asks: Sequence[tuple[int, int]]) -> list[Renewal] | None:
+        """Lease renewals (lease id, arrival ms on the driver's clock) that a read barrier
+        requested after every one of them arrived has just confirmed: the lessor's verdicts,
+        one per renewal (`fsm/lessor.py`, rule b), or None if this member no longer leads
+        (the renewals are to be retried where the leader is)."""
+        term = self.node.term if self.is_leader else 0
+        if not term:
+            return None
+        return self.lessor.renew(asks, term)
 
     def flush_commit(self, now_s: float) -> None:
         """Send the commit index now if its deadline (`flush_at`) passed."""

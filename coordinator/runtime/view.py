@@ -15,7 +15,9 @@ not log entries; `fsm/lessor.py`).
 
 from __future__ import annotations
 
-from coordinator.fsm import Lessor, StateMachine
+from collections.abc import Sequence
+
+from coordinator.fsm import Lessor, Renewal, StateMachine
 from coordinator.raft import ConfState, SnapshotMeta, Status
 
 from .loop import RaftLoop
@@ -109,6 +111,12 @@ class RaftView:
     def monotonic_ms(self) -> int:
         """The member's monotonic clock in milliseconds (the lessor's time base)."""
         return int(self._loop.clock.monotonic_s() * 1000)
+
+    def renew_leases(self, asks: Sequence[tuple[int, int]]) -> list[Renewal] | None:
+        """Lease renewals (id, arrival `monotonic_ms`) a read barrier requested after all of
+        them arrived has confirmed: the lessor's verdicts, or None if this member no longer
+        leads (`MemberCore.renew_leases`, which the simulator calls too)."""
+        return self._loop.core.renew_leases(asks)
 
     @property
     def lessor(self) -> Lessor:

@@ -85,12 +85,12 @@ class Renewals:
                     raise core.redirect(leader)
                 core.lease_stats.barriers += 1
                 await core.require_leader()
+                asks = [(a.lease, a.arrived_ms) for a in batch]
                 while True:
-                    term = view.term if view.is_leader else 0
-                    if not term:
+                    confirmed = view.renew_leases(asks)
+                    if confirmed is None:
                         raise unavailable("leadership moved while renewing; retry")
-                    asks = [(a.lease, a.arrived_ms) for a in batch]
-                    verdicts = view.lessor.renew(asks, term)
+                    verdicts = confirmed
                     if verdicts[0] is not Renewal.NOT_SERVING:
                         break
                     # Leading, but the lessor starts at the loop's next turn (rule a). The

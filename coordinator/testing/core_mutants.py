@@ -7,8 +7,10 @@ for this; only tests build these.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from coordinator.core import Completed, MemberCore
-from coordinator.fsm import Applied
+from coordinator.fsm import Applied, Renewal
 
 
 class AnswersBeforeApply(MemberCore):
@@ -28,7 +30,18 @@ class ReadsWithoutQuorum(MemberCore):
         self._serve_reads()
 
 
+class RenewsWithoutDeadline(MemberCore):
+    """Broken: acknowledges lease renewals without moving their leases' deadlines in the
+    lessor, so a lease renewed every TTL/3 still expires a TTL after the leader started."""
+
+    def renew_leases(self, asks: Sequence[tuple[int, int]]) -> list[Renewal] | None:
+        if not self.is_leader or self.lessor.serving_term != self.node.term:
+            return super().renew_leases(asks)  # not leading, or not serving yet: as ever
+        return [Renewal.RENEWED if self.lessor.ttl_ms(i) else Renewal.UNKNOWN for i, _ in asks]
+
+
 CORE_MUTANTS: dict[str, type[MemberCore]] = {
     "answers_before_apply": AnswersBeforeApply,
     "reads_without_quorum": ReadsWithoutQuorum,
+    "renews_without_deadline": RenewsWithoutDeadline,
 }

@@ -17,7 +17,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from coordinator.raft import Entry, HardState, MemoryStorage, Snapshot
+from coordinator.raft import ConfState, Entry, HardState, MemoryStorage, Snapshot
 
 
 class SimCrash(Exception):
@@ -113,3 +113,48 @@ class SimWal:
         self.disk.snapshot = snapshot
         self.disk.entries = []
         self.storage.apply_snapshot(snapshot)
+
+
+class SimLog(MemoryStorage):
+    """The member core's `DurableLog` over a SimDisk: what the node reads, plus the writes the
+    core asks for, each reaching the disk under the crash model (`save` through `SimWal`;
+    a snapshot the core takes is durable, with its compaction, once `create_snapshot` and
+    `compact` return). Data keys are counters: nothing is sealed in the simulator."""
+
+    def __init__(
+        self,
+        disk: SimDisk,
+        rng: random.Random,
+        on_persist: Callable[[Sequence[Entry]], None],
+    ) -> None:
+        super().__init__()
+        disk.unsynced_hard_state = None  # the crash that preceded this load lost it
+        self.apply_snapshot(disk.snapshot)
+        self.append(disk.entries)
+        self.set_hard_state(disk.hard_state)
+        self.disk = disk
+        self._wal = SimWal(disk, self, rng, on_persist)
+        self._key_id = 1
+
+    def save(self, entries: Sequence[Entry], hard_state: HardState | None) -> None:
+        self._wal.save(entries, hard_state)
+
+    def save_snapshot(self, snapshot: Snapshot) -> None:
+        self._wal.save_snapshot(snapshot)
+
+    def create_snapshot(self, index: int, conf: ConfState, data: bytes) -> Snapshot:
+        snap = super().create_snapshot(index, conf, data)
+        self.disk.snapshot = snap
+        self.disk.fsyncs += 1
+        return snap
+
+    def compact(self, index: int) -> None:
+        super().compact(index)
+        self.disk.compact(index)
+
+    def rotate_dek(self) -> int:
+        self._key_id += 1
+        return self._key_id
+
+    def retire_keys(self) -> list[int]:
+        return []

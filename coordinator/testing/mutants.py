@@ -1,11 +1,12 @@
 """Deliberately broken variants of the core and of the state machine, to prove the
 simulator's checkers bite.
 
-Each Raft mutant breaks one rule the Raft paper states, by overriding the one small method of
-`Raft` that embodies it. Each state machine mutant swaps one part of the real `StateMachine`
-for a broken one. Production code has no flags for this: the variants live here, in the test
-kit, and are swapped in only by the simulator. A checker that cannot catch these within the
-seeds CI runs is not checking anything.
+Each member-core mutant (`core_mutants.py`) breaks one rule of what a member tells its
+callers. Each Raft mutant breaks one rule the Raft paper states, by overriding the one small
+method of `Raft` that embodies it. Each state machine mutant swaps one part of the real
+`StateMachine` for a broken one. Production code has no flags for this: the variants live
+here, in the test kit, and are swapped in only by the simulator. A checker that cannot catch
+these within the seeds CI runs is not checking anything.
 
     python -m coordinator.testing.sim --seeds 200 --mutant commit_on_minority
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from coordinator.core import MemberCore
 from coordinator.fsm import StateMachine
 from coordinator.raft import (
     Config,
@@ -28,6 +30,8 @@ from coordinator.raft import (
 from coordinator.raft._log import RaftLog
 from coordinator.raft._raft import Raft
 from coordinator.raft._readonly import PendingRead
+
+from .core_mutants import AnswersBeforeApply, ReadsWithoutQuorum, RenewsWithoutDeadline
 
 
 class _CommitOnMinority(Raft):
@@ -124,6 +128,7 @@ class Mutant:
     breaks: str
     node_factory: Callable[[Config, LogStorage], RawNode] = RawNode
     fsm_factory: Callable[[], StateMachine] = StateMachine
+    core_class: type[MemberCore] = MemberCore
 
 
 MUTANTS: dict[str, Mutant] = {
@@ -140,6 +145,21 @@ MUTANTS: dict[str, Mutant] = {
             "lock_ignores_lease",
             "a lock is held only under a live lease",
             fsm_factory=_LockIgnoresLease,
+        ),
+        Mutant(
+            "answers_before_apply",
+            "a proposal is answered once applied",
+            core_class=AnswersBeforeApply,
+        ),
+        Mutant(
+            "reads_without_quorum",
+            "a read barrier confirms leadership with a quorum",
+            core_class=ReadsWithoutQuorum,
+        ),
+        Mutant(
+            "renews_without_deadline",
+            "an acknowledged lease renewal moves the lease's deadline",
+            core_class=RenewsWithoutDeadline,
         ),
     )
 }

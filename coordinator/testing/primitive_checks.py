@@ -10,6 +10,8 @@ out: each check below only ever uses acknowledged results and call times.
 - **sequences**: every block has the count asked for; no value is issued twice (blocks are
   disjoint); each client's blocks increase; a block that returned before another was asked
   for holds smaller values (the sequence is linearizable).
+- **leases**: no lease is seen gone before its safe-until (below): an acknowledged renewal
+  is a promise the service keeps.
 - **holds** (a lock, or leadership of an election): the fencing tokens of one name are unique
   and increase in real-time grant order; no two grants were held at the same time; and no
   grant was made under a lease that an acknowledged answer had already shown to be gone.
@@ -17,12 +19,13 @@ out: each check below only ever uses acknowledged results and call times.
 When is a grant *held*, by the client's own knowledge? From the acknowledgement of the acquire
 that granted it until the earlier of (a) the call that gives it up (release, resign) and
 (b) the lease's *safe-until*: the call time of the latest acknowledged lease grant or
-keep-alive plus the TTL, minus one millisecond of stamp rounding. (b) is sound because the
-replicated clock never runs faster than the leaders' clocks (`fsm/machine.py`: within a term
-it follows one leader's stamps, across terms it pauses), and an entry is stamped after its
-client called: so the `ExpireLeases` that ends the lease is stamped at least a TTL after the
-client called its keep-alive. Lock-delay and the full-TTL refresh at a leader change only make
-a lease or a lock last longer.
+keep-alive plus the TTL, minus one millisecond of rounding. (b) is sound because only the
+leader's lessor ends a lease (`fsm/lessor.py`): it counts a renewal from its arrival, after
+the client called, acknowledges it only after a read barrier requested after that arrival
+confirmed its leadership, and a new leader gives every lease a full TTL from when it starts
+serving, which a renewal it never saw acknowledged precedes. Clocks advance at one rate in
+the simulator, so the client's TTL and the leader's are the same length. Lock-delay only
+makes a lock last longer.
 
 `check_leases_held` is the state invariant: after a command that can change a lock or an
 election, every holder and waiter still has its lease. A lock held past its lease is exactly
@@ -158,6 +161,22 @@ def check_holds(
             )
         if end > held_until:
             held_until, before = end, h
+    return None
+
+
+def check_lease_lives(
+    safe_until_us: Mapping[int, int], gone_seen_us: Mapping[int, int]
+) -> str | None:
+    """The first lease seen gone before its safe-until (module docstring), or None: a client
+    whose renewals were acknowledged may count on its lease until the call of the latest one
+    plus the TTL, across leader changes, pauses and crashes of members."""
+    for lease, gone in sorted(gone_seen_us.items()):
+        safe = safe_until_us.get(lease)
+        if safe is not None and gone < safe:
+            return (
+                f"lease {lease} was seen gone at {gone / MS:.1f} ms, although its latest "
+                f"acknowledged renewal promised it until {safe / MS:.1f} ms"
+            )
     return None
 
 

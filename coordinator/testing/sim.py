@@ -19,11 +19,12 @@ Each seed runs in three phases:
    out under a stable leader), and every history is checked: the KV's for linearizability,
    the others by `primitive_checks.py`.
 
-The members run the real `RawNode` through the real `handle_ready` driver and apply into the
-real replicated state machine (`fsm.StateMachine`); only the disk, the network and the
-clocks are simulated. Each leader stamps its proposals with its own host's clock and proposes
-`ExpireLeases` now and then, as the runtime's loop does. Safety checkers (`checkers.py`, and
-the lease invariant of `primitive_checks.py`) run at every step.
+Each member is the production member core (`core.MemberCore`: the real `RawNode`, the real
+replicated state machine `fsm.StateMachine`, the leader's lessor), driven turn by turn as the
+runtime's loop drives it; only the disk, the network and the clocks are simulated. Lease
+keep-alives take the server's path: a batched read barrier, then `MemberCore.renew_leases`.
+Safety checkers (`checkers.py`, and the lease invariant of `primitive_checks.py`) run at
+every step.
 """
 
 from __future__ import annotations
@@ -37,18 +38,24 @@ import random
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
+from coordinator.core import CoreConfig, MemberCore, ProposalLostError
+from coordinator.core.ready import persist, send_early
 from coordinator.fsm import (
     Applied,
     Campaign,
-    Command,
     Envelope,
+    ErrorCode,
+    ExpireLeaseIds,
     ExpireLeases,
+    FsmError,
+    LeaseKeepAlive,
     LeaseRevoke,
     LockAcquire,
     LockRelease,
     Noop,
+    Renewal,
     Resign,
     StateMachine,
 )
@@ -64,19 +71,22 @@ from coordinator.raft import (
     MessageType,
     RaftError,
     RawNode,
-    ReadState,
     Role,
     Snapshot,
     SnapshotMeta,
 )
 from coordinator.raft import LogStorage as Storage
-from coordinator.runtime.driver import handle_ready
 
 from . import linearizability as lin
 from .checkers import SafetyChecker, Violation
-from .disk import SimCrash, SimDisk, SimWal
+from .disk import SimCrash, SimDisk, SimLog
 from .mutants import MUTANTS
-from .primitive_checks import check_holds, check_leases_held, check_sequence
+from .primitive_checks import (
+    check_holds,
+    check_lease_lives,
+    check_leases_held,
+    check_sequence,
+)
 from .sim_clients import (
     ELECTION,
     LOCK,
@@ -137,7 +147,9 @@ class SimOptions:
     stall_p: float = 0.0
     """Per keep-alive due, the chance that a lock or election client pauses past its TTL."""
     lease_check_us: int = 500 * MS
-    """How often the leader proposes `ExpireLeases` (the runtime's `lease_check_s`)."""
+    """How often the leader's lessor is asked for expiries (the runtime's `lease_check_s`)."""
+    commit_flush_us: int = 2 * MS
+    """With `lazy_commit`: how long a commit index waits for an append to carry it."""
 
     @staticmethod
     def from_seed(seed: int, voters: int | None = None) -> SimOptions:
@@ -192,6 +204,7 @@ class SimOptions:
             lease_ttl_ms=r.choice((1000, 1500)),
             stall_p=r.choice((0.25, 0.4)),
             lease_check_us=r.choice((100, 250, 500)) * MS,
+            commit_flush_us=r.randint(0, 5 * MS),
         )
 
     def describe(self) -> str:
@@ -212,12 +225,14 @@ class ClientReply:
 
 
 class SimNode:
-    """One member: the real RawNode over a SimDisk, applying into the real StateMachine.
+    """One member: the production member core (`core.MemberCore`) over a SimDisk, driven
+    the way the runtime's loop drives it, on this host's virtual clock.
 
-    Its face towards the state machine is narrow on purpose: `apply`, `snapshot`, `restore`,
-    `applied_index`, `leases` (for the lease duty) and `get` (for reads). What it still does
-    that the runtime's loop also does (answering proposals by index and term, ReadIndex
-    waits, the snapshot policy, the lease duty) is kept to the minimum a client needs."""
+    All a member decides (answers by index and term, read barriers, snapshots, the lease
+    duty and the leader's lessor) is the core's; this adapter only turns virtual time into
+    ticks and turns, messages into `step`, client requests into proposals, reads and lease
+    renewals, and completions into replies. The state machine is watched on its way in
+    (`_Watched`) so that the checkers see every apply and restore."""
 
     def __init__(self, sim: Simulator, node_id: int, conf: ConfState | None) -> None:
         self.sim = sim
@@ -227,6 +242,7 @@ class SimNode:
             self.disk.snapshot = Snapshot(SnapshotMeta(0, 0, conf))
         self.alive = False
         self.removed = False
+        self.core: MemberCore | None = None
         self.raw: RawNode | None = None
         # Each host's monotonic clock has its own epoch, which survives a restart of the
         # member: the replicated clock must not care (fsm/machine.py re-pins per term).
@@ -235,195 +251,314 @@ class SimNode:
 
     def start(self) -> None:
         sim = self.sim
-        self.storage = self.disk.load()
-        self.fsm = sim.fsm_factory()
-        snap = self.disk.snapshot
-        if snap.data:
-            self.fsm.restore(snap.data)
-        self.applied_conf = snap.meta.conf
-        sim.checker.on_restart(self.id, snap.meta.index)
         opts = sim.opts
-        cfg = Config(
+        self.fsm = sim.fsm_factory()
+        self.log = SimLog(self.disk, sim.rng, self._on_persist)
+        sim.checker.on_restart(self.id, self.disk.snapshot.meta.index)
+        cfg = CoreConfig(
             id=self.id,
-            rng=random.Random(sim.rng.getrandbits(64)),
-            election_timeout_ticks=opts.election_ticks,
+            election_ticks=opts.election_ticks,
             heartbeat_ticks=opts.heartbeat_ticks,
-            max_msg_bytes=opts.max_msg_bytes,
-            max_inflight_msgs=opts.max_inflight,
-            snapshot_chunk_bytes=opts.chunk_bytes,
-            lazy_commit=opts.lazy_commit,
+            snapshot_every_entries=opts.snapshot_every,
+            snapshot_keep_entries=opts.snapshot_keep,
+            lease_check_s=opts.lease_check_us / 1e6,
+            commit_flush_s=opts.commit_flush_us / 1e6 if opts.lazy_commit else None,
         )
-        self.raw = sim.node_factory(cfg, self.storage)
+        watched = _Watched(self)
+        self.core = sim.core_class(
+            cfg,
+            self.log,
+            watched,
+            random.Random(sim.rng.getrandbits(64)),
+            node_factory=self._make_node,
+            now_s=self.now_s(),
+        )
+        watched.live = True
+        self.raw = self.core.node
         self.flush_due = False
-        self.next_lease_check_us = 0
-        self.wal = SimWal(self.disk, self.storage, sim.rng, self._on_persist)
-        self.pending_props: dict[int, tuple[int, int, int]] = {}
-        self.pending_reads: dict[int, tuple[int, int, str]] = {}
-        self.waiting_reads: list[tuple[int, int, int, str]] = []
+        self.waiting: dict[int, _Waiting] = {}
+        """Request id the core gave -> what answers it."""
+        self.renewals: list[_Renewal] = []
+        """Arrived, not yet covered by a read barrier."""
         self.alive = True
+
+    def _make_node(self, cfg: Config, storage: Storage) -> RawNode:
+        o = self.sim.opts
+        cfg = replace(
+            cfg,
+            max_msg_bytes=o.max_msg_bytes,
+            max_inflight_msgs=o.max_inflight,
+            snapshot_chunk_bytes=o.chunk_bytes,
+        )
+        return self.sim.node_factory(cfg, storage)
 
     def clock_ms(self) -> int:
         """This host's monotonic clock, which a leader stamps on what it proposes."""
         return self.epoch_ms + self.sim.now // MS
 
+    def now_s(self) -> float:
+        return self.clock_ms() / 1000
+
     def crash(self, reason: str) -> None:
         self.alive = False
+        self.core = None
         self.raw = None
         self.sim.stats["crashes"] += 1
         self.sim.trace("crash", self.id, reason)
 
-    # --- driving ---------------------------------------------------------------------------
+    # --- driving: one turn of the runtime's loop ------------------------------------------
 
     def process(self) -> None:
-        raw = self.raw
-        if raw is None:
+        core = self.core
+        if core is None:
             return
+        sim = self.sim
+        transport = sim.transport_for(self)
+        now_s = self.now_s()
         try:
-            while True:
-                rd = handle_ready(raw, self.wal, self.sim.transport_for(self), self)
-                if rd is None:
-                    break
+            core.leader_duties(now_s, self.clock_ms())
+            while core.has_ready():
+                rd = core.ready()
+                send_early(transport, rd)
+                persist(self.log, rd)
+                core.finish(rd, transport)
                 ss = rd.soft_state
                 if ss is not None and ss.role is Role.LEADER:
-                    self.sim.on_new_leader(self, raw)
+                    sim.on_new_leader(self, core.node)
+                self._background(core)
         except SimCrash as crash:
             self.crash(str(crash))
             return
-        if self.sim.opts.lazy_commit and not self.flush_due and raw.commit_unsent:
+        core.observe_leader(now_s)
+        core.schedule_flush(now_s)
+        core.notices()
+        if core.flush_at is not None and not self.flush_due:
             self.flush_due = True
-            self.sim.at(self.sim.rng.randint(0, 5 * MS), self.flush_commit, raw)
+            delay_us = max(0, round((core.flush_at - now_s) * 1e6))
+            sim.at(delay_us, self.flush_commit, core)
+        self._deliver(core)
 
-    def flush_commit(self, raw: RawNode) -> None:
-        """The runtime's delayed commit announcement (see `SimOptions.lazy_commit`); a node
-        that crashed or restarted meanwhile is a new RawNode and has nothing to flush."""
+    def _background(self, core: MemberCore) -> None:
+        """Snapshots (and disk steps) as they come due, inline, each image shown to the
+        checker that compares members' states at one index."""
+        while (job := core.snapshot_to_encode()) is not None:
+            job.run()
+            assert job.data is not None
+            self.sim.checker.on_snapshot(self.id, job.index, job.data)
+            write = core.snapshot_encoded(job)
+            if write is not None:
+                write.run()
+                core.disk_done(write)
+                self.sim.stats["snapshots"] += 1
+        while (work := core.next_disk_work()) is not None:
+            work.run()
+            core.disk_done(work)
+
+    def flush_commit(self, core: MemberCore) -> None:
+        """The runtime's delayed commit announcement (`CoreConfig.commit_flush_s`); a node
+        that crashed or restarted meanwhile is a new core and has nothing to flush."""
         self.flush_due = False
-        if self.raw is raw:
-            raw.flush_commit()
+        if self.core is core:
+            core.flush_commit(self.now_s())
             self.process()
 
-    def propose(self, client: int, seq: int, command: Command) -> int:
-        """Propose `command` stamped with this member's clock; returns its index. Raises
-        RaftError if this member cannot (not the leader, or a transfer is under way)."""
-        assert self.raw is not None
-        env = Envelope(client, seq, self.clock_ms(), command)
-        index, _term = self.raw.propose(env.encode())
-        return int(index)
-
     def _on_persist(self, entries: Sequence[Entry]) -> None:
-        raw = self.raw
-        assert raw is not None
-        leader_term = raw.term if raw.role is Role.LEADER else None
+        core = self.core
+        assert core is not None
+        leader_term = core.node.term if core.is_leader else None
         self.sim.checker.on_persist(self.id, entries, self._durable_term, leader_term)
 
     def _durable_term(self, index: int) -> int:
         try:
-            return self.storage.term(index)
+            return self.log.term(index)
         except LookupError:
             return 0
-
-    # --- Applier -----------------------------------------------------------------------------
-
-    def restore(self, snapshot: Snapshot) -> None:
-        self.sim.checker.on_restore(self.id, snapshot.meta)
-        self.fsm.restore(snapshot.data)
-        self.applied_conf = snapshot.meta.conf
-        for index in [i for i in self.pending_props if i <= snapshot.meta.index]:
-            del self.pending_props[index]  # outcome unknown; the client will retry
-        self.sim.on_conf_applied(self, snapshot.meta.conf)
-
-    def apply(self, entries: Sequence[Entry]) -> None:
-        sim = self.sim
-        for e in entries:
-            sim.checker.on_apply(self.id, e, self.raw.term if self.raw is not None else 0)
-            sim.stats["applied"] += 1
-            sim.hash_event("apply", self.id, e.index, e.term)
-            applied = self.fsm.apply(e)
-            if e.kind is EntryKind.CONF:
-                self.applied_conf = ConfState.decode(e.data)
-                sim.on_conf_applied(self, self.applied_conf)
-            pending = self.pending_props.pop(e.index, None)
-            if pending is not None:
-                term, client, seq = pending
-                if term == e.term and applied.result is not None:
-                    sim.reply(self, ClientReply(client, seq, "ok", applied.result))
-                else:
-                    sim.reply(self, ClientReply(client, seq, "retry"))
-            sim.on_applied(self, applied)
-        self._serve_reads()
-        self._maybe_snapshot()
-
-    def read_states(self, states: Sequence[ReadState]) -> None:
-        for rs in states:
-            pending = self.pending_reads.pop(rs.context, None)
-            if pending is not None:
-                client, seq, key = pending
-                self.waiting_reads.append((rs.index, client, seq, key))
-        self._serve_reads()
-
-    def _serve_reads(self) -> None:
-        if not self.waiting_reads:
-            return
-        keep = []
-        for index, client, seq, key in self.waiting_reads:
-            if index <= self.fsm.applied_index:
-                kv = self.fsm.get(key.encode())
-                value = None if kv is None else kv.value.decode()
-                self.sim.reply(self, ClientReply(client, seq, "ok", value))
-            else:
-                keep.append((index, client, seq, key))
-        self.waiting_reads = keep
-
-    def _maybe_snapshot(self) -> None:
-        opts = self.sim.opts
-        applied = self.fsm.applied_index
-        if applied - self.storage.snapshot().meta.index < opts.snapshot_every:
-            return
-        image = self.fsm.snapshot()
-        self.sim.checker.on_snapshot(self.id, applied, image)
-        snap = self.storage.create_snapshot(applied, self.applied_conf, image)
-        self.disk.snapshot = snap
-        self.disk.fsyncs += 1
-        keep_from = max(applied - opts.snapshot_keep, self.storage.first_index() - 1)
-        self.storage.compact(keep_from)
-        self.disk.compact(keep_from)
-        self.sim.stats["snapshots"] += 1
 
     # --- client requests -----------------------------------------------------------------
 
     def on_request(self, client: int, seq: int, request: Request) -> None:
-        raw = self.raw
-        if raw is None:
+        core = self.core
+        if core is None:
             return
-        sim = self.sim
-        try:
-            if isinstance(request, Read):
-                ctx = sim.next_ctx()
-                raw.read_index(ctx)
-                self.pending_reads[ctx] = (client, seq, request.key)
-            else:
-                index = self.propose(client, seq, request)
-                self.pending_props[index] = (raw.term, client, seq)
-        except RaftError:
-            sim.reply(self, ClientReply(client, seq, "not_leader", leader=raw.leader))
+        if isinstance(request, LeaseKeepAlive):
+            self._renewal_arrived(_Renewal(client, seq, request.id, self.clock_ms()))
             return
+        if isinstance(request, Read):
+            self.waiting[core.read()] = _Waiting(client, seq, request.key)
+        else:
+            env = Envelope(client, seq, self.clock_ms(), request)
+            self.waiting[core.propose(env.encode())] = _Waiting(client, seq)
         self.process()
 
+    def _deliver(self, core: MemberCore) -> None:
+        sim = self.sim
+        for done in core.completions():
+            w = self.waiting.pop(done.id, None)
+            if w is None:
+                continue
+            if w.renewals:
+                self._barrier_done(core, w.renewals, done.error)
+                continue
+            err = done.error
+            if err is not None:
+                if isinstance(err, ProposalLostError):
+                    sim.reply(self, ClientReply(w.client, w.seq, "retry"))
+                else:
+                    sim.reply(self, ClientReply(w.client, w.seq, "not_leader", leader=core.leader))
+            elif w.key is not None:
+                kv = self.fsm.get(w.key.encode())
+                value = None if kv is None else kv.value.decode()
+                sim.reply(self, ClientReply(w.client, w.seq, "ok", value))
+            else:
+                # Whatever the core answered goes to the client, which checks it as the
+                # server would (a client proposal always applies with a result).
+                assert isinstance(done.value, Applied)
+                sim.reply(self, ClientReply(w.client, w.seq, "ok", done.value.result))
 
-def expire_leases_duty(node: SimNode, every_us: int) -> None:
-    """The leader's lease duty, as the runtime's `RaftLoop._maybe_expire_leases`: expiry is
-    decided by proposing `ExpireLeases` now and then, never by a member's own clock."""
-    raw = node.raw
-    now = node.sim.now
-    if raw is None or raw.role is not Role.LEADER or now < node.next_lease_check_us:
-        return
-    node.next_lease_check_us = now + every_us
-    if not node.fsm.leases():
-        return
-    try:
-        node.propose(0, 0, ExpireLeases())
-    except RaftError:
-        return
-    node.process()
+    # --- lease renewals: the server's sequence (`server/_renewals.py`) ---------------------
+
+    def _renewal_arrived(self, ask: _Renewal) -> None:
+        """Renewals gather for a moment, then share one read barrier requested after all
+        of them arrived; only once it confirmed this member leads does the lessor decide."""
+        self.renewals.append(ask)
+        if len(self.renewals) == 1:
+            self.sim.at(RENEWAL_GATHER_US, self._ask_barrier, self.core)
+
+    def _ask_barrier(self, core: MemberCore) -> None:
+        batch, self.renewals = self.renewals, []
+        if self.core is not core or not batch:
+            return
+        leader = core.leader
+        if leader not in (0, self.id):
+            for a in batch:  # a follower that knows the leader sends the stream there
+                self.sim.reply(self, ClientReply(a.client, a.seq, "not_leader", leader=leader))
+            return
+        self.waiting[core.read()] = _Waiting(0, 0, renewals=tuple(batch))
+        self.process()
+
+    def _barrier_done(
+        self, core: MemberCore, batch: tuple[_Renewal, ...], err: RaftError | None
+    ) -> None:
+        if err is not None:
+            for a in batch:
+                self.sim.reply(self, ClientReply(a.client, a.seq, "not_leader", leader=core.leader))
+            return
+        self._renew(core, batch, 0)
+
+    def _renew(self, core: MemberCore, batch: tuple[_Renewal, ...], tries: int) -> None:
+        if self.core is not core:
+            return
+        verdicts = core.renew_leases([(a.lease, a.arrived_ms) for a in batch])
+        if verdicts is None:
+            for a in batch:  # leadership moved while renewing
+                self.sim.reply(self, ClientReply(a.client, a.seq, "retry"))
+            return
+        if verdicts[0] is Renewal.NOT_SERVING:
+            # Leading, but the lessor starts at the next turn: only the lessor is awaited.
+            if tries < 50:
+                self.sim.at(RENEWAL_POLL_US, self._renew, core, batch, tries + 1)
+            return
+        for a, verdict in zip(batch, verdicts, strict=True):
+            if verdict is Renewal.RENEWED:
+                self.sim.reply(self, ClientReply(a.client, a.seq, "ok", None))
+            elif verdict is Renewal.UNKNOWN:
+                self.sim.reply(self, ClientReply(a.client, a.seq, "ok", _gone(a.lease)))
+            else:
+                self._after_expiry(core, a, 0)
+
+    def _after_expiry(self, core: MemberCore, a: _Renewal, tries: int) -> None:
+        """The renewal lost the race to an expiry on its way: NOT_FOUND once it applied; if
+        leadership moved first (the lease may live on), the client retries."""
+        if self.core is not core:
+            return
+        if core.lessor.expiring(a.lease):
+            if tries < 100:
+                self.sim.at(RENEWAL_POLL_US, self._after_expiry, core, a, tries + 1)
+            return
+        if a.lease in self.fsm.leases():
+            self.sim.reply(self, ClientReply(a.client, a.seq, "retry"))
+        else:
+            self.sim.reply(self, ClientReply(a.client, a.seq, "ok", _gone(a.lease)))
+
+
+RENEWAL_GATHER_US = 2 * MS
+"""As the server's `_GATHER_S`: how long a batch of renewals gathers before its barrier."""
+RENEWAL_POLL_US = 20 * MS
+"""As the server's `_NOT_SERVING_WAIT_S`."""
+
+
+def _gone(lease: int) -> FsmError:
+    return FsmError(ErrorCode.NOT_FOUND, f"lease {lease} not found")
+
+
+@dataclass(frozen=True, slots=True)
+class _Renewal:
+    client: int
+    seq: int
+    lease: int
+    arrived_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Waiting:
+    """What a request id of the core answers: a client's proposal, a client's read of
+    `key`, or a batch of lease renewals waiting for their barrier."""
+
+    client: int
+    seq: int
+    key: str | None = None
+    renewals: tuple[_Renewal, ...] = ()
+
+
+class _Watched:
+    """The member's state machine as the core sees it, with the checkers and the simulator
+    told of every apply and restore on the way in."""
+
+    def __init__(self, node: SimNode) -> None:
+        self.node = node
+        self.fsm = node.fsm
+        self.live = False
+        """False while the core restores its disk's snapshot at start (not news)."""
+
+    @property
+    def applied_index(self) -> int:
+        return self.fsm.applied_index
+
+    @property
+    def applied_term(self) -> int:
+        return self.fsm.applied_term
+
+    def apply(self, entry: Entry) -> Applied:
+        node, sim = self.node, self.node.sim
+        core = node.core
+        sim.checker.on_apply(node.id, entry, core.node.term if core is not None else 0)
+        sim.stats["applied"] += 1
+        sim.hash_event("apply", node.id, entry.index, entry.term)
+        applied = self.fsm.apply(entry)
+        if entry.kind is EntryKind.CONF:
+            sim.on_conf_applied(node, ConfState.decode(entry.data))
+        sim.on_applied(node, applied)
+        return applied
+
+    def restore(self, data: bytes) -> None:
+        meta = self.node.log.snapshot().meta  # persisted before the restore (`core.ready`)
+        if self.live:
+            self.node.sim.checker.on_restore(self.node.id, meta)
+        self.fsm.restore(data)
+        if self.live:
+            self.node.sim.on_conf_applied(self.node, meta.conf)
+
+    def snapshot_later(self) -> Callable[[], bytes]:
+        return self.fsm.snapshot_later()
+
+    def leases(self) -> tuple[int, ...]:
+        return self.fsm.leases()
+
+    def lease_ttls(self) -> list[tuple[int, int]]:
+        return self.fsm.lease_ttls()
+
+    def lock_delays_pending(self) -> bool:
+        return self.fsm.lock_delays_pending()
 
 
 # ---------------------------------------------------------------------------------- results
@@ -460,11 +595,13 @@ class Simulator:
         opts: SimOptions,
         node_factory: NodeFactory = RawNode,
         fsm_factory: Callable[[], StateMachine] = StateMachine,
+        core_class: type[MemberCore] = MemberCore,
     ) -> None:
         self.opts = opts
         self.rng = random.Random(opts.seed ^ 0x5EED)
         self.node_factory = node_factory
         self.fsm_factory = fsm_factory
+        self.core_class = core_class
         self.checker = SafetyChecker()
         self.now = 0
         self._queue: list[tuple[int, int, Callable[..., object], tuple[object, ...]]] = []
@@ -560,13 +697,13 @@ class Simulator:
         if (msg.frm, msg.to) in self.blocked:
             return
         node = self.nodes.get(msg.to)
-        if node is None or node.raw is None or node.removed:
+        if node is None or node.core is None or node.removed:
             return
         self.stats["steps"] += 1
         if msg.type is MessageType.SNAP:
             self.stats["snapshot_chunks"] += 1
         self.hash_event("msg", msg.type.value, msg.frm, msg.to, msg.term, msg.index)
-        node.raw.step(msg)
+        node.core.step(msg)
         node.process()
 
     def reply(self, node: SimNode, rep: ClientReply) -> None:
@@ -578,12 +715,11 @@ class Simulator:
 
     def tick_all(self) -> None:
         for node in self.nodes.values():
-            raw = node.raw
-            if raw is not None and not node.removed:
+            core = node.core
+            if core is not None and not node.removed:
                 self.stats["steps"] += 1
-                raw.tick()
+                core.tick()
                 node.process()
-                expire_leases_duty(node, self.opts.lease_check_us)
         self.at(self.opts.tick_us, self.tick_all)
 
     # --- observers -----------------------------------------------------------------------
@@ -609,7 +745,7 @@ class Simulator:
                 if not gone.removed:
                     gone.removed = True
                     gone.alive = False
-                    gone.raw = None
+                    gone.core = gone.raw = None
                     self.trace("decommission", nid)
         self.ever_members |= conf.members
 
@@ -621,7 +757,8 @@ class Simulator:
             if self.marker_done is None:
                 self.marker_done = self.now
         elif isinstance(
-            cmd, (ExpireLeases, LeaseRevoke, LockAcquire, LockRelease, Campaign, Resign)
+            cmd,
+            (ExpireLeaseIds, ExpireLeases, LeaseRevoke, LockAcquire, LockRelease, Campaign, Resign),
         ):
             self.checker.checks += 1
             check_leases_held(node.fsm, self.lock_names, self.election_names)
@@ -739,11 +876,11 @@ class Simulator:
 
     def report_unreachable(self, node_id: int, peer: int) -> None:
         node = self.nodes.get(node_id)
-        if node is None or node.raw is None or self.healing:
+        if node is None or node.core is None or self.healing:
             return
         self.stats["hints"] += 1
         self.trace("unreachable", node_id, peer)
-        node.raw.report_unreachable(peer)
+        node.core.report_unreachable(peer)
         node.process()
 
     def _cut(self, side: frozenset[int], members: list[int]) -> None:
@@ -770,7 +907,7 @@ class Simulator:
             return
         cc = r.choice(choices)
         try:
-            raw.propose_conf_change(cc)
+            raw.propose_conf_change(cc)  # an operator's change: nobody waits for its outcome
         except RaftError:
             return
         self.stats["conf_changes"] += 1
@@ -839,7 +976,7 @@ class Simulator:
 
         def arrive() -> None:
             node = self.nodes.get(target)
-            if node is not None and node.raw is not None and not node.removed:
+            if node is not None and node.core is not None and not node.removed:
                 self.stats["steps"] += 1
                 node.on_request(c.id, seq, request)
 
@@ -888,6 +1025,10 @@ class Simulator:
         if not res.ok:
             return
         res.ops = sum(h.ops.values()) + res.ops_unknown
+        problem = check_lease_lives(h.safe_until_us, h.gone_seen_us)
+        if problem is not None:
+            res.ok, res.failure = False, f"lease: {problem}"
+            return
         problem = check_sequence(h.blocks)
         if problem is not None:
             res.ok, res.failure = False, f"sequence: {problem}"
@@ -927,13 +1068,10 @@ class Simulator:
         if self.marker_done is not None:
             return
         leader = self.leader()
-        if leader is not None and leader.raw is not None:
+        if leader is not None and leader.core is not None:
             self.marker_seq += 1
-            try:
-                leader.propose(0, self.marker_seq, Noop())
-                leader.process()
-            except RaftError:
-                pass
+            leader.core.propose(Envelope(0, self.marker_seq, leader.clock_ms(), Noop()).encode())
+            leader.process()
         self.at(50 * MS, self.propose_marker)
 
     def run(self) -> SimResult:
@@ -1002,7 +1140,7 @@ def run_seed(
     if mutant is None:
         return Simulator(opts).run()
     m = MUTANTS[mutant]
-    return Simulator(opts, m.node_factory, m.fsm_factory).run()
+    return Simulator(opts, m.node_factory, m.fsm_factory, m.core_class).run()
 
 
 def repro_command(seed: int, voters: int | None, mutant: str | None) -> str:

@@ -65,6 +65,8 @@ class Read:
 
 
 Request = Read | Command
+"""A `LeaseKeepAlive` is not proposed: the member renews through its leader's lessor, as the
+server's KeepAlive stream does."""
 
 
 @dataclass

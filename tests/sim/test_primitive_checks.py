@@ -24,6 +24,7 @@ from coordinator.testing.primitive_checks import (
     Block,
     Hold,
     check_holds,
+    check_lease_lives,
     check_leases_held,
     check_sequence,
 )
@@ -88,6 +89,14 @@ def test_a_hold_whose_lease_may_have_expired_ends_at_its_safe_until() -> None:
 def test_hold_violations_are_named(holds: list[Hold], gone: dict[int, int], says: str) -> None:
     problem = check_holds(holds, SAFE, gone)
     assert problem is not None and says in problem, problem
+
+
+def test_a_lease_seen_gone_before_its_acknowledged_renewal_ran_out_is_named() -> None:
+    safe = {1: 1_000 * MS, 2: 2_000 * MS}
+    assert check_lease_lives(safe, {1: 1_000 * MS, 2: 5_000 * MS}) is None
+    assert check_lease_lives(safe, {3: 1 * MS}) is None  # never acknowledged: no promise
+    problem = check_lease_lives(safe, {1: 1_500 * MS, 2: 1_999 * MS})
+    assert problem is not None and "lease 2 was seen gone at 1999.0 ms" in problem, problem
 
 
 def test_a_repeated_grant_is_one_hold() -> None:

@@ -100,6 +100,9 @@ SEED_BUDGET = {
     "no_sessions": 200,
     "stale_read": 400,
     "lock_ignores_lease": 200,
+    "answers_before_apply": 200,
+    "reads_without_quorum": 400,
+    "renews_without_deadline": 200,
 }
 
 
