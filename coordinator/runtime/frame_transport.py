@@ -53,6 +53,7 @@ import contextlib
 import logging
 import os
 import random
+import socket
 import ssl
 import tempfile
 from collections.abc import Callable, Coroutine, Mapping
@@ -453,6 +454,7 @@ class FrameTransport:
         host, port = split_address(peer.address)
         async with asyncio.timeout(self._connect_timeout_s):
             reader, writer = await asyncio.open_connection(host, port, limit=_READ_BYTES)
+            _keep_alive(writer)
             try:
                 writer.write(PREFACE)
                 if await reader.readexactly(len(PREFACE)) != PREFACE:
@@ -508,6 +510,7 @@ class FrameTransport:
         if task is not None:
             self._tasks.add(task)
         where = _peer_name(writer)
+        _keep_alive(writer)
         sender = 0
         try:
             async with asyncio.timeout(self._connect_timeout_s):
@@ -650,6 +653,27 @@ def _certified_id(writer: asyncio.StreamWriter) -> int | None:
     if refusal:
         raise FrameError(refusal)
     return certified_member_id(auth)
+
+
+def _keep_alive(writer: asyncio.StreamWriter) -> None:
+    """Let the kernel notice a peer that vanished without closing (a partition, a powered-off
+    host), as gRPC's keepalive pings do: probes after 10 s of silence, and a connection
+    whose sent bytes stay unacknowledged for 15 s is dropped (Linux; elsewhere keepalive
+    only)."""
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (
+            ("TCP_KEEPIDLE", 10),
+            ("TCP_KEEPINTVL", 5),
+            ("TCP_KEEPCNT", 2),
+            ("TCP_USER_TIMEOUT", 15_000),
+        ):
+            option = getattr(socket, name, None)
+            if option is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
 def _peer_name(writer: asyncio.StreamWriter) -> str:
