@@ -93,7 +93,7 @@ from coordinator.storage.crypto import FORMAT_FILE
 from coordinator.storage.wal import WAL_DIR
 
 from .clock import Clock, SystemClock
-from .grpc_transport import GrpcTransport, server_options
+from .grpc_transport import server_options
 from .httpd import HttpServer, Response
 from .join import (
     LOST,
@@ -114,6 +114,14 @@ from .join import (
 from .join import address_book as _address_book
 from .loop import LoopConfig, RaftLoop
 from .metrics import MemberMetrics, MeteredLog
+from .peer_transport import (
+    DEFAULT_TRANSPORT,
+    TRANSPORT_KINDS,
+    PeerTransport,
+    TransportKind,
+    make_transport,
+    serve_peers,
+)
 from .recovery import check_force_target, force_new_cluster
 from .tls import (
     CertifiedKey,
@@ -175,6 +183,8 @@ class MemberConfig:
     advertise_peer_url: str = ""
     """The URL peers dial this member at ("" if it cannot be told from --peer-listen)."""
     advertise_client_url: str = ""
+    peer_transport: TransportKind = DEFAULT_TRANSPORT
+    """How Raft messages travel between members (`peer_transport.py`)."""
     promote: bool = False
     """A member that joined asks to become a voter once it has caught up."""
     name_given: bool = True
@@ -242,6 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, required=True, help="data directory (keys, WAL)")
     p.add_argument("--client-listen", default="127.0.0.1:7070", help="client API HOST:PORT")
     p.add_argument("--peer-listen", default="127.0.0.1:7071", help="peer (Raft) HOST:PORT")
+    p.add_argument(
+        "--peer-transport",
+        choices=TRANSPORT_KINDS,
+        default=DEFAULT_TRANSPORT,
+        help="how Raft messages travel between members: grpc.aio streams, or frames (our own "
+        "framed protocol over TLS, on the same peer port); every member must use the same",
+    )
     p.add_argument(
         "--metrics-listen", default="127.0.0.1:7072", help="/metrics, /healthz, /readyz HOST:PORT"
     )
@@ -417,6 +434,7 @@ def config_from_args(ns: argparse.Namespace) -> MemberConfig:
         "ca_key_file": ns.ca_key_file,
         "advertise_peer_url": peer_url,
         "advertise_client_url": client_url,
+        "peer_transport": ns.peer_transport,
         "workload_identity": ns.workload_identity,
         "workload_listen": ns.workload_listen or "",
         "token_review_kubeconfig": ns.token_review_kubeconfig,
@@ -612,7 +630,7 @@ class Member:
         self.phase = "starting"
         """starting -> (locked ->) running -> stopping; what /readyz explains."""
         self.loop: RaftLoop | None = None
-        self.transport: GrpcTransport | None = None
+        self.transport: PeerTransport | None = None
         self.start_commit = 0
         """The commit index the WAL held at start: ready once applied up to it."""
         self.http_port = 0
@@ -767,11 +785,12 @@ class Member:
             return 0  # asked to stop while locked
         parts = _Parts(MeteredLog(wal, self.metrics.wal_fsync_seconds), client=api)
         try:
-            transport = GrpcTransport(
+            transport = make_transport(
+                cfg.peer_transport,
                 cfg.id,
                 cfg.cluster_id,
                 self.clock,
-                credentials=member_channel_credentials(tls) if tls else None,
+                tls,
                 reachable_window_s=max(1.0, 2 * cfg.election_ticks * cfg.tick_ms / 1000),
                 on_round_trip=self.metrics.observe_round_trip,
             )
@@ -797,8 +816,10 @@ class Member:
             parts.join = self._join_services(loop, transport, tls)
             if parts.join is not None:
                 parts.join.add_to_peer_server(parts.server)
-            self.peer_port = _bind(parts.server, cfg.peer_listen, tls, "peer")
-            await parts.server.start()
+            server = parts.server
+            self.peer_port = await serve_peers(
+                server, transport, cfg.peer_listen, lambda a: _bind(server, a, tls, "peer")
+            )
             log.info("peer server listening on %s", cfg.peer_listen)
             if parts.join is not None and tls is not None and cfg.join_listen:
                 self.join_port = await parts.join.listen(
@@ -1195,7 +1216,7 @@ class Member:
         )
 
     def _join_services(
-        self, loop: RaftLoop, transport: GrpcTransport, tls: MemberTls | None
+        self, loop: RaftLoop, transport: PeerTransport, tls: MemberTls | None
     ) -> _JoinServices | None:
         """The leader's half of joining (peer port) and the join port, with TLS only."""
         if tls is None:
@@ -1216,7 +1237,7 @@ class Member:
         return services
 
     def _keep_directory_entry(
-        self, loop: RaftLoop, transport: GrpcTransport, tls: MemberTls | None
+        self, loop: RaftLoop, transport: PeerTransport, tls: MemberTls | None
     ) -> asyncio.Task[None] | None:
         """List this member in the replicated member directory as it advertises itself (the
         first members were never admitted, so only they can say their names and URLs)."""
@@ -1269,11 +1290,11 @@ class Member:
             out[i] = address
         return out
 
-    def _sync_peers(self, loop: RaftLoop, transport: GrpcTransport) -> None:
+    def _sync_peers(self, loop: RaftLoop, transport: PeerTransport) -> None:
         transport.set_peers(self.desired_peers(loop))
         transport.set_voters(loop.status().conf.voters)
 
-    async def _peer_sync(self, loop: RaftLoop, transport: GrpcTransport) -> None:
+    async def _peer_sync(self, loop: RaftLoop, transport: PeerTransport) -> None:
         while True:
             await asyncio.sleep(PEER_SYNC_S)
             self._sync_peers(loop, transport)
@@ -1349,7 +1370,7 @@ class _Parts:
 
     wal: MeteredLog
     server: grpc.aio.Server | None = None
-    transport: GrpcTransport | None = None
+    transport: PeerTransport | None = None
     loop_task: asyncio.Task[None] | None = None
     client: _ClientApi | None = None
     sync_task: asyncio.Task[None] | None = None
