@@ -61,6 +61,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -78,7 +79,13 @@ from .frames import (
     encode_hello,
     encode_message,
 )
-from .grpc_transport import PeerStats, certified_member_id, peer_refusal
+from .grpc_transport import (
+    PeerStats,
+    RaftServicer,
+    add_raft_servicer,
+    certified_member_id,
+    peer_refusal,
+)
 from .tls import MemberTls
 from .wire import WireError
 
@@ -219,8 +226,11 @@ class FrameTransport:
         if peer is not None and peer.writer is None:
             peer.wake.set()
 
-    def add_to_server(self, server: object) -> None:
-        """Nothing to register on the gRPC peer server: Raft arrives on `listen`'s port."""
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        """Serve gRPC Raft streams too (behind the relay): a member still on the gRPC
+        transport reaches this one, so a cluster can change transports one member at a
+        time (a frames member dialling a gRPC one is refused, so not in both directions)."""
+        add_raft_servicer(server, RaftServicer(self))
 
     async def listen(self, address: str, grpc_backend: tuple[str, int] | None = None) -> int:
         """Listen for peers on `address` (host:port); connections that are not Raft are

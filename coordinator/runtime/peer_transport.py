@@ -6,9 +6,11 @@ frames over asyncio TLS streams, `frame_transport.py`). Either way the peer port
 port, because the join services, promotion and the directory entry call it over gRPC: with
 gRPC the gRPC server listens on it; with frames the frame listener does, and relays
 connections that are not Raft to the gRPC server on a loopback port. So no launcher, chart
-or address book changes with the choice. Every member of a cluster must make the same one:
-a frames member dialling a gRPC one is refused (logged as such), and the reverse works only
-through the relay.
+or address book changes with the choice. A frames member also serves gRPC Raft streams
+(behind the relay), so a member still on gRPC reaches it; a frames member dialling a gRPC
+one is refused (logged as such). A cluster changes transports by restarting its members one
+at a time, and until the last one has changed the gRPC members do not hear from the frames
+ones, so do it one member per election timeout with a quorum on one side, or all at once.
 """
 
 from __future__ import annotations

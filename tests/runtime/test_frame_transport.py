@@ -7,6 +7,7 @@ the bounds are generous so a loaded machine does not flake.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 
 import grpc
 
@@ -14,6 +15,7 @@ from coordinator.api.v1 import raft_pb2 as pb
 from coordinator.raft import Entry, EntryKind, Message, MessageType
 from coordinator.runtime import tls
 from coordinator.runtime.clock import SystemClock
+from coordinator.runtime.frame_transport import peer_ssl
 from coordinator.runtime.frames import (
     PREFACE,
     FrameDecoder,
@@ -140,7 +142,16 @@ def test_the_listener_refuses_a_hello_that_is_not_the_certificates_member() -> N
             writer.write(encode_hello(3, "another-cluster"))
             assert await closed_by_peer(reader)
             writer.close()
-            assert b.transport.refused_connections == 2
+            # A client certificate of the cluster CA is not a member's.
+            client = tls.issue_client_cert(CA, "client")
+            as_client = peer_ssl(
+                tls.MemberTls(CA.cert_pem, client.cert_pem, client.key_pem, dt.datetime.max)
+            )
+            reader, writer = await raw_client(b.port, as_client)
+            writer.write(encode_hello(3, CLUSTER))
+            assert await closed_by_peer(reader)
+            writer.close()
+            assert b.transport.refused_connections == 3
             # The certificate's own member is answered with the listener's hello.
             reader, writer = await raw_client(b.port, member_ssl(3))
             writer.write(encode_hello(3, CLUSTER))
