@@ -17,9 +17,10 @@ What runs, in start-up order:
    Maintenance.Unlock (`concordctl unlock`), whichever comes first. With
    `--force-new-cluster` an existing data dir is first turned into a new one-member cluster of
    this member (`recovery.py`; refused for a new dir);
-3. the Raft loop (`RaftLoop`) over the WAL, the peer gRPC server and the
-   `GrpcTransport` (mutual TLS from `--tls-dir`, or plaintext with an explicit
-   `--insecure`);
+3. the Raft loop (`RaftLoop`) over the WAL, the peer gRPC server and the peer transport
+   (`--peer-transport`: `FrameTransport`, whose listener takes the peer port and relays gRPC
+   callers to the gRPC server, or `GrpcTransport`; see `peer_transport.py`), with mutual TLS
+   from `--tls-dir`, or plaintext with an explicit `--insecure`;
 4. the client API (`coordinator.server.server.start_gateway`), when the build has it. It
    listens from the start, between steps 1 and 2: before the Raft loop exists it answers the
    Maintenance service (unlock, autolock status) and refuses everything else with UNAVAILABLE
