@@ -15,7 +15,7 @@ from coordinator.api.v1 import raft_pb2 as pb
 from coordinator.raft import Entry, EntryKind, Message, MessageType
 from coordinator.runtime import tls
 from coordinator.runtime.clock import SystemClock
-from coordinator.runtime.frame_transport import peer_ssl
+from coordinator.runtime.frame_transport import FrameTransport, peer_ssl
 from coordinator.runtime.frames import (
     PREFACE,
     FrameDecoder,
@@ -24,7 +24,8 @@ from coordinator.runtime.frames import (
     encode_hello,
     encode_message,
 )
-from coordinator.runtime.grpc_transport import GrpcTransport, server_options
+from coordinator.runtime.grpc_transport import server_options
+from coordinator.runtime.peer_transport import make_transport, serve_peers
 from coordinator.runtime.wire import to_wire
 from tests.runtime.frame_kit import (
     CA,
@@ -240,27 +241,35 @@ def test_a_peer_that_never_reads_does_not_hold_up_another() -> None:
     asyncio.run(main())
 
 
-def test_a_listener_serves_grpc_callers_through_its_relay() -> None:
-    """Join services and promotion call the peer port over gRPC: the listener relays every
-    connection that does not open with the preface to the gRPC server, TLS untouched."""
+def test_one_peer_port_serves_frames_and_grpc_callers_through_the_relay() -> None:
+    """With frames the member's peer port is the frame listener (`serve_peers`); join
+    services, promotion and members still on gRPC call it over gRPC, which it relays to the
+    gRPC server on loopback, TLS untouched, where the same transport serves Raft streams."""
 
     async def main() -> None:
         leaf = tls.issue_member_cert(CA, "member-2", ["localhost"], ["127.0.0.1"], member_id=2)
+        member = tls.MemberTls(CA.cert_pem, leaf.cert_pem, leaf.key_pem, dt.datetime.max, 2)
         got: list[Message] = []
-        backend = GrpcTransport(2, CLUSTER, SystemClock())
-        backend.bind(got.append)
-        server = grpc.aio.server(options=server_options())
-        backend.add_to_server(server)
-        grpc_port = server.add_secure_port(
-            "127.0.0.1:0", tls.server_credentials(CA.cert_pem, leaf.cert_pem, leaf.key_pem)
+        transport = make_transport(
+            "frames", 2, CLUSTER, SystemClock(), member, reachable_window_s=5.0
         )
-        await server.start()
-        front = Member(2)
-        front.port = await front.transport.listen("127.0.0.1:0", ("127.0.0.1", grpc_port))
+        assert isinstance(transport, FrameTransport)
+        transport.bind(got.append)
+        server = grpc.aio.server(options=server_options())
+        transport.add_to_server(server)
+        credentials = tls.member_server_credentials(member)
+
+        def bind(address: str) -> int:
+            port: int = server.add_secure_port(address, credentials)
+            return port
+
+        port = await serve_peers(server, transport, "127.0.0.1:0", bind)
+        framed = Member(3)
+        framed.transport.set_peers({2: f"127.0.0.1:{port}"})
         caller = tls.issue_member_cert(CA, "member-1", member_id=1)
         creds = tls.channel_credentials(CA.cert_pem, caller.cert_pem, caller.key_pem)
         try:
-            async with grpc.aio.secure_channel(front.address, creds) as channel:
+            async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds) as channel:
                 stream = channel.stream_unary(
                     "/concord.v1.Raft/Stream",
                     request_serializer=pb.RaftBatch.SerializeToString,
@@ -275,10 +284,12 @@ def test_a_listener_serves_grpc_callers_through_its_relay() -> None:
                 await wait_for(lambda: len(got) == 1)
                 await call.done_writing()
                 await call
-            assert got[0].commit == 7
+            framed.transport.send(heartbeat(3, 2, 8))
+            await wait_for(lambda: len(got) == 2)
+            assert [(m.frm, m.commit) for m in got] == [(1, 7), (3, 8)]
         finally:
-            await front.close()
+            await framed.close()
+            await transport.close()
             await server.stop(0)
-            await backend.close()
 
     asyncio.run(main())
