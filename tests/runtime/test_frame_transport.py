@@ -293,3 +293,24 @@ def test_one_peer_port_serves_frames_and_grpc_callers_through_the_relay() -> Non
             await server.stop(0)
 
     asyncio.run(main())
+
+
+def test_without_tls_the_same_protocol_runs_in_the_clear() -> None:
+    """--insecure demos: no certificates, so only the hello's ids are checked."""
+
+    async def main() -> None:
+        a = FrameTransport(1, CLUSTER, SystemClock(), backoff_initial_s=0.02)
+        b = FrameTransport(2, CLUSTER, SystemClock(), backoff_initial_s=0.02)
+        got: list[Message] = []
+        b.bind(got.append)
+        port = await b.listen("127.0.0.1:0")
+        a.set_peers({2: f"127.0.0.1:{port}"})
+        try:
+            a.send(heartbeat(1, 2, 1))
+            await wait_for(lambda: len(got) == 1)
+            assert got[0].commit == 1
+        finally:
+            await a.close()
+            await b.close()
+
+    asyncio.run(main())
