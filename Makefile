@@ -13,7 +13,7 @@ PY := $(BIN)/python
 
 SEEDS ?= 2000
 
-.PHONY: help bootstrap run run-local test test-fast test-deploy chart-crds kube-tools images images-check images-clean kind-up deploy kind-down bench-operator bench-sidecar bench-scale sim elections soak bench bench-report lint typecheck fmt clean
+.PHONY: help bootstrap run run-local test test-fast test-deploy chart-crds kube-tools images images-check images-clean kind-up deploy kind-down bench-operator bench-sidecar bench-scale sim elections soak mutants bench bench-report lint typecheck fmt clean
 
 help:
 	@echo "make run           the whole stack: control plane, helm install, operator, a kubectl demo (~35 s warm)"
@@ -29,11 +29,12 @@ help:
 	@echo "make sim SEEDS=N   run N simulation seeds (default $(SEEDS))"
 	@echo "make elections     leader-crash downtime distribution (Raft paper Figure 16)"
 	@echo "make soak MINUTES=N  random fault schedules on real processes (default $(MINUTES) min)"
+	@echo "make mutants      plausible one-line bugs, each applied to a copy of the tree; its test must fail (~2 min)"
 	@echo "make bench         Concord vs etcd vs PySyncObj (BENCH_QUICK=1: ~2 min smoke run)"
 	@echo "make bench-report  docs/benchmarks.md from the latest make bench"
 	@echo "make bench-operator  the operator under 1,000 churning Leases (BENCH_ARGS=...)"
 	@echo "make bench-sidecar   lock cycles/s through the sidecar beside the client library"
-	@echo "make bench-scale     5,000 watchers on one prefix, Concord beside etcd (BENCH_ARGS=...)"
+	@echo "make bench-scale     5,000 watchers on one prefix, Concord beside etcd (BENCH_ARGS=...; --leases 1000,5000 for leases)"
 	@echo "make lint | typecheck | fmt | clean"
 
 bootstrap:
@@ -134,6 +135,15 @@ MINUTES ?= 10
 SOAK_SEED ?=
 soak: bootstrap
 	$(PY) -m coordinator.testing.nemesis soak --minutes $(MINUTES) $(if $(SOAK_SEED),--seed $(SOAK_SEED))
+
+# Source mutants (docs/simulation.md, Tests with teeth): each entry of
+# coordinator/testing/source_mutants.py applied alone to a temporary copy of the tree (never
+# this one), only its killing tests run; a table, and a non-zero exit if one survives or no
+# longer applies. Not in make test (about 2 minutes); tests/test_source_mutants.py checks
+# that every entry still applies. MUTANTS_ARGS: --only NAME ..., --list.
+MUTANTS_ARGS ?=
+mutants: bootstrap
+	$(PY) -m coordinator.testing.source_mutants $(MUTANTS_ARGS)
 
 # Benchmarks (issue 5): 3-member Concord, etcd (built by scripts/build_etcd.sh) and PySyncObj
 # clusters; results under .results/bench/. Not part of `make test`. BENCH_ARGS passes options.

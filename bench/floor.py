@@ -1,6 +1,6 @@
 """The floor under a sequential write for any Python grpc.aio design: a bare relay.
 
-Three processes on loopback with mutual TLS (certificates from `coordinator.runtime.tls`),
+Three processes on loopback with mutual TLS (certificates from `coordinator.pki`),
 shaped like a Raft write and doing nothing else: the client sends a 64-byte value in a unary
 call; the "leader" appends it to a file and fdatasyncs on its disk thread while it writes it
 on a client stream to each "follower"; a follower appends and fdatasyncs, then acknowledges
@@ -31,6 +31,7 @@ from typing import Any
 
 import grpc
 
+from coordinator import pki
 from coordinator.runtime import tls
 from coordinator.testing.procs import free_ports
 
@@ -50,8 +51,8 @@ def _credentials(certs: Path) -> tuple[grpc.ServerCredentials, grpc.ChannelCrede
 
 
 def write_certs(where: Path) -> None:
-    ca = tls.create_ca("bench-floor")
-    member = tls.issue_member_cert(ca, "relay")
+    ca = pki.create_ca("bench-floor")
+    member = pki.issue_member_cert(ca, "relay")
     (where / "ca.pem").write_bytes(ca.cert_pem)
     (where / "member.pem").write_bytes(member.cert_pem)
     (where / "member.key").write_bytes(member.key_pem)

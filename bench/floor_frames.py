@@ -20,8 +20,8 @@ from typing import Any
 
 import grpc
 
+from coordinator import pki
 from coordinator.raft import Entry, EntryKind, Message, MessageType
-from coordinator.runtime import tls
 from coordinator.runtime.clock import SystemClock
 from coordinator.runtime.frame_transport import FrameTransport, PeerSsl, peer_ssl
 from coordinator.testing.procs import free_ports
@@ -34,20 +34,20 @@ CLUSTER = "bench-floor"
 
 def write_certs(where: Path) -> None:
     """The client's certificate (the relay's, unbound) and one bound certificate per member."""
-    ca = tls.create_ca(CLUSTER)
-    relay = tls.issue_member_cert(ca, "relay", ["localhost"])
+    ca = pki.create_ca(CLUSTER)
+    relay = pki.issue_member_cert(ca, "relay", ["localhost"])
     (where / "ca.pem").write_bytes(ca.cert_pem)
     (where / "member.pem").write_bytes(relay.cert_pem)
     (where / "member.key").write_bytes(relay.key_pem)
     for i in (1, 2, 3):
-        cert = tls.issue_member_cert(ca, f"member-{i}", member_id=i)
+        cert = pki.issue_member_cert(ca, f"member-{i}", member_id=i)
         (where / f"m{i}.pem").write_bytes(cert.cert_pem)
         (where / f"m{i}.key").write_bytes(cert.key_pem)
 
 
 def _ssl(certs: Path, member_id: int) -> PeerSsl:
     read = (certs / "ca.pem").read_bytes
-    member = tls.MemberTls(
+    member = pki.MemberTls(
         read(),
         (certs / f"m{member_id}.pem").read_bytes(),
         (certs / f"m{member_id}.key").read_bytes(),

@@ -3,8 +3,9 @@
     python -m bench.operator_churn [--leases 1000] [--workers 32] [--seconds 60]
 
 Starts the project's own control plane (coordinator/testing/controlplane.py), a 3-member coordinator
-cluster with mutual TLS (tests/process/harness.py) and `python -m concord_operator` as a
-process, creates the Lease objects, waits until every one is Ready, then lets `--workers`
+cluster with mutual TLS (coordinator/testing/process_cluster.py) and `python -m
+concord_operator` as a process, creates the Lease objects, waits until every one is Ready,
+then lets `--workers`
 clients take and release random locks among them for `--seconds`. It reports:
 
 - the operator's RSS and CPU (from /proc) while it mirrors the churn;
@@ -38,9 +39,9 @@ import kubernetes
 import kubernetes.watch
 
 from coordinator.testing.controlplane import ControlPlaneError, locate_binaries, start_control_plane
-from coordinator.testing.procs import metric
+from coordinator.testing.process_cluster import ProcessCluster
+from coordinator.testing.procs import histogram_buckets, histogram_quantile, metric
 from tests.kube.operator_harness import GROUP, VERSION, OperatorProcess, client_tls_dir
-from tests.process.harness import ProcessCluster, histogram_buckets, histogram_quantile
 
 REPO = Path(__file__).resolve().parents[1]
 NAMESPACE = "bench"

@@ -2,7 +2,7 @@
 knows about them (resident memory, CPU time).
 
 Every cluster member the benchmark starts (etcd, the PySyncObj nodes; Concord's members are
-started the same way by `tests/process/harness.py`) goes through the launcher of
+started the same way by `coordinator/testing/process_cluster.py`) goes through the launcher of
 `coordinator.testing.procs.orphan_proof`, which asks the kernel to SIGKILL it when the thread
 that started it dies (Linux `PR_SET_PDEATHSIG`), then `exec`s the real program, so the
 process id is the member's own. Each runs in a process group

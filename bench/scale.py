@@ -3,6 +3,11 @@ puts at a steady rate.
 
     python -m bench.scale [--watchers 100,1000,5000] [--rate 20] [--seconds 15]
                           [--procs 4] [--systems concord,etcd] [--etcd PATH]
+                          [--leases 1000,5000 [--lease-ttl-ms 10000]]
+
+`--leases` adds lease levels (bench/leases.py): N leases kept alive by `--procs` holder
+processes, measured for `--seconds` (leader CPU, a renewal probe's p50/p99, spurious
+expiries); `--watchers ''` runs only those.
 
 Per system (a fresh 3-member mutual-TLS cluster each, started as `make bench` starts them):
 
@@ -41,6 +46,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .leases import holder_main, lease_table, run_lease_level
 from .procs import Supervisor, cpu_seconds
 from .protos import ensure_generated
 from .systems.base import Cluster
@@ -251,7 +257,7 @@ async def _watch(
 
 def client_tls_dir(system: Cluster, root: Path) -> Path:
     """The CA and a client certificate in files, for the watcher processes."""
-    from coordinator.runtime.tls import CertifiedKey  # noqa: PLC0415
+    from coordinator.pki import CertifiedKey  # noqa: PLC0415
 
     owner = getattr(system, "cluster") if system.name == "concord" else system  # noqa: B009
     ca, cert = owner.ca, owner.client_cert
@@ -371,6 +377,18 @@ async def run_system(
     try:
         leader = await system.leader()
         tls = client_tls_dir(system, work)
+        for n in args.leases:
+            try:
+                lrow = await run_lease_level(
+                    system, leader, tls, n, args, endpoints=endpoints_of(system)
+                )
+                lrow = {"system": name, **lrow}
+            except Exception as err:
+                lrow = {"system": name, "leases": n, "error": f"{err}"[:300]}
+            rows.append(lrow)
+            print(f"{name}: {n} leases: {lrow}", flush=True)
+        if not args.watchers:
+            return rows
         base = await measure_writes(system, leader, args.rate, args.seconds, "base")
         rows.append({"system": name, "watchers": 0, **base})
         print(f"{name}: no watchers: {base}", flush=True)
@@ -437,11 +455,17 @@ async def main_async(args: argparse.Namespace) -> int:
         "rate_per_s": args.rate,
         "seconds": args.seconds,
         "watcher_procs": args.procs,
+        "lease_ttl_ms": args.lease_ttl_ms,
         "cpus": os.cpu_count(),
         "loadavg": os.getloadavg(),
     }
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    print(table(rows))
+    watch_rows = [r for r in rows if "watchers" in r]
+    lease_rows = [r for r in rows if "leases" in r]
+    if watch_rows:
+        print(table(watch_rows))
+    if lease_rows:
+        print(lease_table(lease_rows))
     print(f"written: {out}")
     return 0
 
@@ -450,6 +474,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "watcher":
         return watcher_main(argv[1:])
+    if argv and argv[0] == "holder":
+        return holder_main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.split("\n")[0])
     p.add_argument("--watchers", default="100,1000,5000")
     p.add_argument("--rate", type=float, default=20.0)
@@ -457,8 +483,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--procs", type=int, default=4)
     p.add_argument("--systems", default="concord,etcd")
     p.add_argument("--etcd", help="an etcd binary (default: scripts/build_etcd.sh's)")
+    p.add_argument(
+        "--leases",
+        default="",
+        help="lease levels, e.g. 1000,5000: N leases kept alive by --procs holder processes "
+        "(bench/leases.py); pass --watchers '' to run only these",
+    )
+    p.add_argument("--lease-ttl-ms", type=int, default=10_000)
     args = p.parse_args(argv)
     args.watchers = [int(x) for x in args.watchers.split(",") if x]
+    args.leases = [int(x) for x in args.leases.split(",") if x]
     args.systems = [s for s in args.systems.split(",") if s]
     return asyncio.run(main_async(args))
 

@@ -26,9 +26,10 @@ from typing import Any
 
 from coordinator import sealing
 from coordinator.client import Client
-from coordinator.runtime.tls import OPERATOR_ROLE, channel_credentials, issue_client_cert
+from coordinator.pki import OPERATOR_ROLE, issue_client_cert
+from coordinator.runtime.tls import channel_credentials
 from coordinator.sealing import Scope
-from tests.process.harness import ProcessCluster
+from coordinator.testing.process_cluster import ProcessCluster
 
 
 def _rate(count: int, seconds: float) -> float:

@@ -3,7 +3,8 @@ client library, in one run.
 
     python -m bench.sidecar [--seconds 10] [--workers 1,8]
 
-Starts a 3-member coordinator cluster with mutual TLS (tests/process/harness.py) and a real
+Starts a 3-member coordinator cluster with mutual TLS
+(coordinator/testing/process_cluster.py) and a real
 `python -m coordinator.sidecar` process in front of it. For each worker count, each worker
 takes and releases a lock of its own name (uncontended: this measures the path, not the
 queue) for `--seconds`:
@@ -36,7 +37,7 @@ from typing import Any
 import aiohttp
 
 from coordinator.client import Client
-from tests.process.harness import REPO, ProcessCluster
+from coordinator.testing.process_cluster import REPO, ProcessCluster
 
 Cycle = Callable[[int], Awaitable[None]]
 

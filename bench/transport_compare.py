@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.client import Client
-from tests.process.harness import ProcessCluster
+from coordinator.testing.process_cluster import ProcessCluster
 
 from .floor import summary
 from .systems.concord import _member_defaults

@@ -285,7 +285,7 @@ check_image() {
     : >"$log"
     say "check $t: uid, gid and build-time bytecode under buildah run --isolation oci"
     got="$(bah run --isolation oci "$ctr" -- python3 -c \
-        'import os, importlib.util as u, coordinator.runtime.member as m; print(os.getuid(), os.getgid(), os.path.exists(u.cache_from_source(m.__file__)))' \
+        'import os, importlib.util as u, coordinator.daemon.member as m; print(os.getuid(), os.getgid(), os.path.exists(u.cache_from_source(m.__file__)))' \
         2>>"$log")" || { tail -n 20 "$log" >&2; die "$name: python3 does not start (log: $log)"; }
     if [[ "$got" != "10001 10001 True" ]]; then
         die "$name: want uid 10001, gid 10001 and bytecode compiled at build time; got: $got"

@@ -2,7 +2,8 @@
 
 Not a test: it asserts nothing about time, it prints numbers (a table, then one JSON
 document). The cluster is started exactly as the process tests start theirs
-(`tests/process/harness.py`: real `concord-coordinator` processes, mutual TLS, ephemeral
+(`coordinator/testing/process_cluster.py`:
+real `concord-coordinator` processes, mutual TLS, ephemeral
 ports, a temporary directory) and every process is killed before the script exits, whatever
 happens (and by the kernel if the script itself is killed).
 
@@ -48,11 +49,8 @@ import grpc  # noqa: E402
 
 from coordinator.api.v1 import concord_pb2 as pb  # noqa: E402
 from coordinator.api.v1 import concord_pb2_grpc  # noqa: E402
-from tests.process.harness import (  # noqa: E402
-    ProcessCluster,
-    histogram_buckets,
-    histogram_quantile,
-)
+from coordinator.testing.process_cluster import ProcessCluster  # noqa: E402
+from coordinator.testing.procs import histogram_buckets, histogram_quantile  # noqa: E402
 
 rpc: Any = concord_pb2_grpc  # the generated stubs are untyped
 

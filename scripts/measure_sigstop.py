@@ -2,7 +2,7 @@
 
 Not a test: it prints numbers and asserts nothing about time (the process test
 `tests/process/test_process_stall.py` checks a generous bound). A 3-member cluster is started
-exactly as the process tests start theirs (`tests/process/harness.py`: real
+exactly as the process tests start theirs (`coordinator/testing/process_cluster.py`: real
 `concord-coordinator` processes, mutual TLS, loopback, the member's default timing: 100 ms
 ticks, a 10-tick election timeout) and killed before the script exits, whatever happens.
 
@@ -40,8 +40,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from coordinator.client import Client  # noqa: E402
+from coordinator.testing.process_cluster import ProcessCluster  # noqa: E402
 from coordinator.testing.procs import metric  # noqa: E402
-from tests.process.harness import ProcessCluster  # noqa: E402
 
 RUN_LIMIT_S = 600.0
 ANSWERED_BEFORE_S = 0.01

@@ -3,8 +3,11 @@
 - The Raft core (coordinator/raft/) must stay pure and deterministic: no clock, socket, file,
   thread or random source of its own, and nothing from the project but itself. import-linter
   covers our own packages; banning stdlib modules is done here, on the AST, unambiguously.
+- The member core (coordinator/core/) is held to the same ban, with the state machine allowed.
 - operator/ is a plain folder, never a package, so it cannot shadow the stdlib ``operator``.
 - ``time.monotonic`` is read in exactly one module, coordinator/runtime/clock.py.
+- The server reads the Raft loop through ``RaftView`` only: on a ``loop`` it calls the write,
+  barrier and observer API and nothing else, and it never touches a ``node``.
 """
 
 import ast
@@ -19,6 +22,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 COORDINATOR = REPO / "coordinator"
 RAFT = COORDINATOR / "raft"
+CORE = COORDINATOR / "core"
 
 # The core never reads a clock, a socket, a file or a random source of its own, never spawns
 # threads or processes, and never imports by name at run time (which would dodge this check).
@@ -63,6 +67,27 @@ def test_raft_imports_only_pure_modules(path: Path) -> None:
         if (level == 0 and top in BANNED_IN_RAFT) or (top in PROJECT_PACKAGES and not inside_raft):
             bad.append(f"{path.relative_to(REPO)}:{line}: imports {module}")
     assert not bad, "the Raft core must stay pure:\n" + "\n".join(bad)
+
+
+# The member core (coordinator/core/) is as pure as the Raft core, one layer up: it may use the
+# Raft core and the replicated state machine, and nothing else of the project (its randomness
+# is injected, like the Raft core's).
+CORE_MAY_IMPORT = ("coordinator.core", "coordinator.raft", "coordinator.fsm")
+
+
+def test_core_package_exists() -> None:
+    assert (CORE / "__init__.py").is_file(), f"{CORE} is not a package"
+
+
+@pytest.mark.parametrize("path", _py_files(CORE), ids=lambda p: str(p.relative_to(REPO)))
+def test_member_core_imports_only_pure_modules(path: Path) -> None:
+    bad = []
+    for line, module, level in _imported_modules(path):
+        top = module.split(".")[0]
+        allowed = any(module == m or module.startswith(m + ".") for m in CORE_MAY_IMPORT)
+        if (level == 0 and top in BANNED_IN_RAFT) or (top in PROJECT_PACKAGES and not allowed):
+            bad.append(f"{path.relative_to(REPO)}:{line}: imports {module}")
+    assert not bad, "the member core must stay pure:\n" + "\n".join(bad)
 
 
 def test_operator_folder_is_not_a_package() -> None:
@@ -113,3 +138,49 @@ def test_monotonic_clock_is_read_in_one_module_only() -> None:
         for line in _monotonic_uses(path)
     ]
     assert not bad, "only coordinator/runtime/clock.py reads the clock:\n" + "\n".join(bad)
+
+
+# What the server may call on the Raft loop itself: writes, barriers, the few actions and the
+# observer registration. Everything it reads goes through `runtime/view.py`'s `RaftView`.
+SERVER_LOOP_API = frozenset(
+    {
+        "submit", "propose", "change_membership", "read_barrier", "read_barrier_future",
+        "transfer_leader", "rotate_data_key", "add_observer", "remove_observer",
+    }
+)  # fmt: skip
+
+
+def _loop_reads(source: str, where: str) -> list[str]:
+    """`loop.X` / `<anything>.loop.X` with X outside SERVER_LOOP_API, and any `.node`."""
+    bad = []
+    for node in ast.walk(ast.parse(source, where)):
+        if not isinstance(node, ast.Attribute):
+            continue
+        if node.attr == "node":
+            bad.append(f"{where}:{node.lineno}: .node")
+            continue
+        owner = node.value
+        named_loop = (isinstance(owner, ast.Name) and owner.id in {"loop", "_loop"}) or (
+            isinstance(owner, ast.Attribute) and owner.attr in {"loop", "_loop"}
+        )
+        if named_loop and node.attr not in SERVER_LOOP_API:
+            bad.append(f"{where}:{node.lineno}: loop.{node.attr}")
+    return bad
+
+
+def test_the_server_reads_the_raft_loop_through_its_view_only() -> None:
+    bad = [
+        b
+        for path in _py_files(COORDINATOR / "server")
+        for b in _loop_reads(path.read_text(encoding="utf-8"), str(path.relative_to(REPO)))
+    ]
+    assert not bad, "read these through RaftView (core.view):\n" + "\n".join(bad)
+
+
+def test_the_loop_read_check_flags_reads_and_lets_writes_through() -> None:
+    source = "core.loop.leader\nx = self.loop.node.term\nloop.submit(c)\nloop.fsm.revision\n"
+    assert _loop_reads(source, "s.py") == [
+        "s.py:1: loop.leader",
+        "s.py:2: .node",
+        "s.py:4: loop.fsm",
+    ]

@@ -3,7 +3,8 @@ through the public client library only (`coordinator.client.Client`), so improve
 client or the member show up here without touching the benchmark.
 
 The cluster is started exactly as the process tests and `scripts/measure_member.py` start
-theirs (`tests/process/harness.py`: a fresh CA, a certificate per member and one for the
+theirs (`coordinator/testing/process_cluster.py`:
+a fresh CA, a certificate per member and one for the
 client, ephemeral loopback ports, the parent-death launcher). Tick length and election timeout
 are the member's own defaults (read from its argument parser), so the failover figure measures
 Concord as shipped. WAL fsync is always on in Concord (there is no switch to turn it off).
@@ -22,8 +23,8 @@ from typing import Any
 
 from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.client import Client, ConcordError, Lock
-from coordinator.runtime.member import build_parser
-from tests.process.harness import ProcessCluster
+from coordinator.daemon.config import build_parser
+from coordinator.testing.process_cluster import ProcessCluster
 
 from ..procs import Supervisor
 from .base import Cluster, MemberInfo, Session
@@ -124,7 +125,7 @@ class ConcordCluster(Cluster):
     def describe(self) -> dict[str, Any]:
         return {
             "version": source_version(),
-            "obtained": "this repository (python -m coordinator.runtime.member)",
+            "obtained": "this repository (python -m coordinator.daemon.member)",
             "settings": {
                 "members": 3,
                 "tls": "mutual TLS (client and peer)",

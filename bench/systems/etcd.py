@@ -26,16 +26,16 @@ from typing import Any
 
 import grpc
 
-from coordinator.runtime.tls import (
+from coordinator.pki import (
     CA_FILE,
     MEMBER_CERT_FILE,
     MEMBER_KEY_FILE,
-    channel_credentials,
     create_ca,
     issue_client_cert,
     issue_member_cert,
     write_member_tls,
 )
+from coordinator.runtime.tls import channel_credentials
 from coordinator.testing.procs import free_ports, http_get
 
 from ..procs import Supervisor

@@ -1,4 +1,5 @@
-"""What every concordctl command shares: the global options, running a client, printing.
+"""What every concordctl command shares, online or offline: the global options, printing, exit
+statuses (`_connect.py` runs a client for the commands that talk to a cluster).
 
 Output. Tables for people by default; `-o json` prints JSON for scripts (a list of objects,
 or one object per line for a stream). Diagnostics go to stderr, one line each, starting
@@ -26,16 +27,13 @@ import asyncio
 import json
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
-import grpc
-
-from coordinator.client import Client, ConcordError, InvalidArgument, credentials_from_tls_dir
 
 T = TypeVar("T")
 
@@ -58,21 +56,6 @@ class Ctx:
     def json(self) -> bool:
         return self.output == "json"
 
-    def client(self) -> Client:
-        """A client of `endpoints` (checked by the group already) with the TLS directory's
-        credentials; InvalidArgument for a bad TLS directory (see `run`)."""
-        return Client(self.endpoints, credentials=self.credentials(), timeout_s=self.timeout_s)
-
-    def credentials(self) -> grpc.ChannelCredentials | None:
-        """The TLS directory's credentials (the library reads it: `coordinator.client`);
-        a missing directory or file ends the command with status 2, naming it."""
-        if self.tls_dir is None:
-            return None
-        try:
-            return credentials_from_tls_dir(self.tls_dir)
-        except InvalidArgument as err:
-            fail(f"{err.message} (--tls-dir, env CONCORD_TLS_DIR)", EXIT_USAGE)
-
 
 def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     click.echo(f"Error: {message}", err=True)
@@ -81,21 +64,6 @@ def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
 
 def warn(message: str) -> None:
     click.echo(f"Warning: {message}", err=True)
-
-
-def run(ctx: Ctx, fn: Callable[[Client], Awaitable[T]]) -> T:
-    """Run `fn` with a client; a refusal ends the command with status 1, Ctrl-C with 130."""
-
-    async def main() -> T:
-        async with ctx.client() as client:
-            return await fn(client)
-
-    try:
-        return asyncio.run(main())
-    except ConcordError as err:
-        fail(str(err))
-    except KeyboardInterrupt:
-        fail("interrupted", EXIT_INTERRUPTED)
 
 
 def emit(ctx: Ctx, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:

@@ -43,7 +43,7 @@ from coordinator.storage import (
 )
 
 from ._common import EXIT_INTERRUPTED, Ctx, fail
-from ._keys import offline_unlock_keys
+from ._keyshares import offline_unlock_keys
 
 VALUE_CHARS_MAX = 64
 """A byte string longer than this is shortened in the human output (never in JSON)."""

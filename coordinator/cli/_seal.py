@@ -75,7 +75,8 @@ from coordinator.client import Client, SealFailed
 from coordinator.sealing import Scope
 
 from . import _kubeapi
-from ._common import EXIT_USAGE, Ctx, fail, run
+from ._common import EXIT_USAGE, Ctx, fail
+from ._connect import run
 
 API_VERSION = "concord.dev/v1alpha1"
 CERTIFICATE_CONFIGMAP = "concord-sealing-certificate"

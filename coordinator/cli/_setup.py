@@ -1,10 +1,10 @@
-"""concordctl's set-up commands: `cluster init` (offline) and `join-token create|list|revoke`
-(online, against a running cluster).
+"""concordctl's set-up command `cluster init`: offline, it writes files (`join-token
+create|list|revoke`, against a running cluster, are in `_jointoken.py`).
 
 `cluster init --dir D` makes everything a new cluster needs before any member runs, as
 `docker swarm init` does, but into files a person then copies to where they belong:
 
-    D/ca.pem, D/ca-key.pem       the cluster CA (coordinator.runtime.tls.create_ca); the key
+    D/ca.pem, D/ca-key.pem       the cluster CA (coordinator.pki.create_ca); the key
                                  signs certificates: give it (--ca-key-file) only to the
                                  members that sign joining members' certificates
     D/member-I/tls/              member I's --tls-dir: ca.pem, member.pem (bound to member id
@@ -21,9 +21,6 @@ cluster's replicated state (hashes only), so there is none until the cluster run
 output ends with the `concordctl join-token create` command to run then, and the command
 line a new member joins with.
 
-`join-token create|list|revoke` talk to the cluster (a client certificate is needed): create
-prints the token once (no member stores it), list shows ids and times, revoke takes an id or
-the token itself.
 """
 
 from __future__ import annotations
@@ -32,19 +29,15 @@ import ipaddress
 import json
 import secrets
 import shlex
-import time
 from pathlib import Path
 from typing import Any
 
 import click
 
-from coordinator.runtime.tls import (
+from coordinator.pki import (
     CA_FILE,
     CA_KEY_FILE,
-    JOIN_TOKEN_PREFIX,
     OPERATOR_ROLE,
-    JoinToken,
-    JoinTokenError,
     TlsError,
     create_ca,
     issue_client_cert,
@@ -54,7 +47,7 @@ from coordinator.runtime.tls import (
     write_pem,
 )
 
-from ._common import CLIENT_CERT_FILE, CLIENT_KEY_FILE, Ctx, emit, fail, run, warn
+from ._common import CLIENT_CERT_FILE, CLIENT_KEY_FILE, Ctx, fail, warn
 
 MEMBERS_MAX = 9
 PORTS_PER_MEMBER = 4
@@ -270,62 +263,3 @@ def cluster_init(
             f"{members} members tolerate no more failures than {members - 1}: an even size "
             "buys nothing; prefer 3 or 5"
         )
-
-
-# --- join tokens (online) ----------------------------------------------------------------------
-
-
-def _when(ms: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000)) if ms else ""
-
-
-@click.group(name="join-token")
-def join_token() -> None:
-    """Join tokens (as `docker swarm join-token`): the cluster keeps their hashes; a new
-    member joins with one (`concord-coordinator --join HOST:PORT --join-token TOKEN`)."""
-
-
-@join_token.command(name="create")
-@click.pass_obj
-def join_token_create(ctx: Ctx) -> None:
-    """Issue a new join token and print it (this is the only time it is shown)."""
-    resp = run(ctx, lambda c: c.join_token_create())
-    if ctx.json:
-        doc = {"id": resp.info.id, "token": resp.token, "created": _when(resp.info.created_ms)}
-        click.echo(json.dumps(doc, indent=2))
-        return
-    click.echo(resp.token)
-    click.echo(
-        f"join token {resp.info.id}: a new member joins with `concord-coordinator --id 0 "
-        "--data-dir NEW_DIR --tls-dir NEW_DIR --join HOST:PORT --join-token TOKEN ...` "
-        "(HOST:PORT: a member's --join-listen); `concordctl join-token revoke "
-        f"{resp.info.id}` withdraws it",
-        err=True,
-    )
-
-
-@join_token.command(name="revoke")
-@click.argument("token_or_id")
-@click.pass_obj
-def join_token_revoke(ctx: Ctx, token_or_id: str) -> None:
-    """Revoke a join token, given as its id (`join-token list`) or as the token itself."""
-    text = token_or_id.strip()
-    if text.upper().startswith(JOIN_TOKEN_PREFIX):
-        try:
-            JoinToken.parse(text)
-        except JoinTokenError as err:
-            raise click.BadParameter(str(err), param_hint="TOKEN_OR_ID") from None
-    info = run(ctx, lambda c: c.join_token_revoke(text))
-    row = {"id": info.id, "created": _when(info.created_ms), "revoked": _when(info.revoked_ms)}
-    emit(ctx, [row], ["id", "created", "revoked"])
-
-
-@join_token.command(name="list")
-@click.pass_obj
-def join_token_list(ctx: Ctx) -> None:
-    """The join tokens issued (ids, never the tokens), and which are revoked."""
-    tokens = run(ctx, lambda c: c.join_token_list())
-    rows = [
-        {"id": t.id, "created": _when(t.created_ms), "revoked": _when(t.revoked_ms)} for t in tokens
-    ]
-    emit(ctx, rows, ["id", "created", "revoked"])

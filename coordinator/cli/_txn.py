@@ -23,7 +23,8 @@ import click
 
 from coordinator.client import Compare, Delete, Get, Put, TxnOp, TxnOpResult
 
-from ._common import Ctx, emit, run
+from ._common import Ctx, emit
+from ._connect import run
 
 _FIELDS = {
     "version": "version",

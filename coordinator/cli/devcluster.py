@@ -28,6 +28,7 @@ from pathlib import Path
 
 from coordinator.client import Client, ConcordError
 
+from . import _connect
 from ._common import EXIT_INTERRUPTED, Ctx
 from ._setup import write_cluster_tls
 
@@ -86,7 +87,7 @@ def start(p: Proc, procs: Sequence[Proc], log_dir: Path) -> None:
         [
             sys.executable,
             "-m",
-            "coordinator.runtime.member",
+            "coordinator.daemon.member",
             "--id",
             str(p.id),
             "--name",
@@ -124,7 +125,7 @@ def stop(p: Proc) -> None:
 
 async def demo(procs: list[Proc], root: Path) -> None:
     endpoints = [p.client for p in procs]
-    credentials = Ctx(endpoints, "table", 20, root / "client").credentials()
+    credentials = _connect.credentials(Ctx(endpoints, "table", 20, root / "client"))
     # The members were started a moment ago: a refused connection means "not listening yet"
     # here, so wait for them as long as for anything else (the default gives up after 2 s).
     async with Client(endpoints, credentials=credentials, timeout_s=20, connect_timeout_s=20) as c:

@@ -42,6 +42,7 @@ from ._holds import HeldLeadership as HeldLeadership
 from ._holds import HeldLock as HeldLock
 from ._holds import LockBusy as LockBusy
 from ._holds import LockLost as LockLost
+from ._keepalive import KeptLease as KeptLease
 from ._secrets import ReEncrypted as ReEncrypted
 from ._secrets import SealedCheck as SealedCheck
 from ._secrets import SealingKeyInfo as SealingKeyInfo
@@ -95,6 +96,7 @@ __all__ = [
     "Internal",
     "InvalidArgument",
     "JoinTokenInfo",
+    "KeptLease",
     "KeyValue",
     "Leadership",
     "LeaseInfo",

@@ -82,6 +82,7 @@ from ._errors import (
     Unavailable,
     error_for,
 )
+from ._keepalive import KeptLease, Renewer
 from ._pipe import WATCH_RESUME_METADATA_KEY, CallFailed, Pipe, format_s
 from ._secrets import (
     SEAL_FAILURE_METADATA_KEY,
@@ -249,6 +250,7 @@ class Client:
         """Endpoints whose last attempt timed out, until when (the loop's clock): redirects
         naming them are not followed meanwhile (see `_transport.py`)."""
         self._closed = False
+        self._keepalive: Renewer | None = None
 
     @classmethod
     def from_tls_dir(
@@ -288,6 +290,8 @@ class Client:
 
     async def close(self) -> None:
         self._closed = True
+        if self._keepalive is not None:
+            await self._keepalive.close()
         for stubs in self._stubs.values():
             await stubs.close()
         self._stubs.clear()
@@ -638,6 +642,22 @@ class Client:
         if resp.ttl_ms == 0:
             raise NotFound(f"lease {lease} has ended (expired or revoked)")
         return int(resp.ttl_ms)
+
+    def keep_alive(self, lease: int, ttl_ms: int, *, sent_at: float | None = None) -> KeptLease:
+        """Keep `lease` (granted with `ttl_ms`) alive in the background, on the client's one
+        keep-alive stream shared by all its leases (`_keepalive.py`), until the handle's
+        `stop()` or the lease's loss, which sets its `lost` event and runs its callbacks.
+        `sent_at`: the loop time its grant was sent (default now; earlier is safer), from
+        which its TTL is counted until the first renewal is acknowledged."""
+        if self._keepalive is None:
+            self._keepalive = Renewer(self)
+        when = asyncio.get_running_loop().time() if sent_at is None else sent_at
+        return self._keepalive.keep(lease, ttl_ms, when)
+
+    @property
+    def keepalive_streams_opened(self) -> int:
+        """How many KeepAlive streams `keep_alive` has opened (one at a time)."""
+        return 0 if self._keepalive is None else self._keepalive.streams_opened
 
     async def acquire(
         self,

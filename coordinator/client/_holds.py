@@ -7,18 +7,17 @@ So `Client.lock()` and `Client.leadership()` yield a handle (`HeldLock`, `HeldLe
 whose `lost` event is set, whose `wait_lost()` returns, and whose callbacks run, as soon as
 the lease is gone or can no longer be known to be alive; `check()` raises `LockLost` then.
 
-The keeper. One background task per handle renews the lease (`lease_keepalive_once`) every
-TTL/3, counted from the START of the previous renewal, not from its answer: a slow answer
-under load does not stretch the next interval. It declares the hold lost when
+The keeper. The handle's lease is kept alive on the client's one keep-alive stream, shared by
+every lease the client keeps (`_keepalive.py`: renewals every TTL/3 counted from the send of
+the last acknowledged one, pipelined, retried on any transient failure). The hold is lost when
 - the service answers that the lease has ended (NOT_FOUND: expired, or revoked by someone), or
-- no renewal succeeded before the TTL would have run out, counted from the moment the last
-  successful renewal was SENT (its answer may come late, but the service started the new TTL
-  no earlier than that): `expires_at` below. The service only ever expires a lease later than
-  this (it counts from when it received the renewal, and gives every lease a full TTL again
-  after a leader change), so the holder hears of the loss no later than anyone else can be
-  granted the lock.
-A failed renewal short of that is logged (warning) and retried at once-ish; a loss is logged
-too. Nothing is silent.
+- no renewal was acknowledged before the TTL would have run out, counted from the moment the
+  last acknowledged renewal was SENT (its answer may come late, but the service started the
+  new TTL no earlier than that): `expires_at` below. The service only ever expires a lease
+  later than this (it counts from when the renewal arrived, and gives every lease a full TTL
+  again after a leader change), so the holder hears of the loss no later than anyone else
+  can be granted the lock.
+A loss is logged (warning), and the holder is told at once. Nothing is silent.
 
 The watch. A lease revoked by someone else, or a lock released behind the holder's back, would
 otherwise be heard only at the next renewal (up to TTL/3 later). So the handle also follows
@@ -71,9 +70,6 @@ T = TypeVar("T")
 
 log = logging.getLogger("coordinator.client")
 
-RENEWALS_PER_TTL = 3
-"""Renew every TTL/3: two renewals may fail (or be slow) before the lease is in danger."""
-
 
 class LockBusy(ConcordError):
     """A non-blocking `Client.lock(..., wait=False)` found the lock held by others (all of
@@ -108,23 +104,27 @@ LostCallback = Callable[[LockLost], object]
 
 
 class _Keeper:
-    """Keeps one lease alive and records when it is lost (see the module doc)."""
+    """Keeps one lease alive (on the client's keep-alive stream) and watches for its end;
+    records when it is lost (see the module doc)."""
 
     def __init__(self, client: Client, lease: int, ttl_ms: int, sent_at: float) -> None:
         self.client = client
         self.lease = lease
         self.ttl_s = ttl_ms / 1000
-        self.expires_at = sent_at + self.ttl_s
-        """Loop time by which a renewal must have succeeded: the send time of the last
-        successful one (or of the grant) plus the TTL."""
         self.what = f"lease {lease}"
         """What the lease holds, for messages (set once the lock or leadership is known)."""
         self.lost = asyncio.Event()
         self.error: LockLost | None = None
         self._callbacks: list[LostCallback] = []
-        self._tasks = [
-            asyncio.create_task(self._run(sent_at), name=f"concord-keepalive-{lease}"),
-        ]
+        self._tasks: list[asyncio.Task[None]] = []
+        self._kept = client.keep_alive(lease, ttl_ms, sent_at=sent_at)
+        self._kept.add_callback(self._lose)
+
+    @property
+    def expires_at(self) -> float:
+        """Loop time until which the lease is known to live: the send time of the last
+        acknowledged renewal (or of the grant) plus the TTL."""
+        return self._kept.expires_at
 
     def watch_for_end(
         self, key: bytes, start_revision: int, ended: Callable[[Event], bool]
@@ -150,58 +150,13 @@ class _Keeper:
         except Exception as err:  # the renewals still tell a loss: only say so
             log.info("watching %s stopped (%s); renewals alone now tell its loss", self.what, err)
 
-    async def _run(self, sent_at: float) -> None:
-        loop = asyncio.get_running_loop()
-        interval_s = self.ttl_s / RENEWALS_PER_TTL
-        retry_s = max(0.05, interval_s / 10)
-        next_at = sent_at + interval_s
-        while True:
-            await asyncio.sleep(max(0.0, next_at - loop.time()))
-            started = loop.time()
-            next_at = started + interval_s
-            try:
-                # No renewal may outlive the lease: past expires_at the hold is lost anyway.
-                async with asyncio.timeout_at(self.expires_at):
-                    ttl_ms = await self.client.lease_keepalive_once(self.lease)
-            except TimeoutError:
-                if loop.time() >= self.expires_at:
-                    self._lose("UNAVAILABLE", self._no_renewal())
-                    return
-                failure = "the renewal timed out"
-            except ConcordError as err:
-                if err.code == "NOT_FOUND":
-                    self._lose("NOT_FOUND", f"lease {self.lease} has ended (expired or revoked)")
-                    return
-                failure = str(err)
-            except Exception as err:  # a raw transport error must not end the keeper silently
-                failure = f"{type(err).__name__}: {err}"
-            else:
-                self.expires_at = started + ttl_ms / 1000
-                continue
-            if loop.time() >= self.expires_at:
-                self._lose("UNAVAILABLE", self._no_renewal())
-                return
-            log.warning(
-                "renewing %s (lease %d) failed, retrying (%.1f s left): %s",
-                self.what,
-                self.lease,
-                self.expires_at - loop.time(),
-                failure,
-            )
-            next_at = min(next_at, loop.time() + retry_s)
-
-    def _no_renewal(self) -> str:
-        return (
-            f"no renewal of lease {self.lease} succeeded within its TTL of {self.ttl_s:g} s "
-            "(the cluster may have lost its quorum, or no member is reachable)"
-        )
-
     def _lose(self, code: str, reason: str) -> None:
         if self.error is not None:
             return
         self.error = LockLost(self.what, code, reason)
         log.warning("%s", self.error)
         self.lost.set()
+        self._kept.stop()
         current = asyncio.current_task()
         for task in self._tasks:  # nothing left to renew or watch
             if task is not current:
@@ -220,6 +175,7 @@ class _Keeper:
     async def stop(self) -> None:
         """Stop renewing and watching (the hold is being let go: its own release must not
         read as a loss)."""
+        self._kept.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -11,6 +11,7 @@ vocabulary (`Entry`, `SessionTable`) and the standard library, nothing else.
 - `kv`, `leases`, `locks`, `elections`, `sequences`, `members`, `join_tokens`,
   `sealing_keys`: the parts of the state.
 - `machine`: `StateMachine`, `Applied` and the wake-up effects the server acts on.
+- `lessor`: the leader's in-memory lease deadlines (renewals without log entries).
 """
 
 from .commands import ENVELOPE_VERSION as ENVELOPE_VERSION
@@ -22,6 +23,7 @@ from .commands import CompareOp as CompareOp
 from .commands import CompareTarget as CompareTarget
 from .commands import Delete as Delete
 from .commands import Envelope as Envelope
+from .commands import ExpireLeaseIds as ExpireLeaseIds
 from .commands import ExpireLeases as ExpireLeases
 from .commands import JoinTokenAdd as JoinTokenAdd
 from .commands import JoinTokenRevoke as JoinTokenRevoke
@@ -51,6 +53,9 @@ from .join_tokens import JoinTokenInfo as JoinTokenInfo
 from .kv import Event as Event
 from .kv import EventKind as EventKind
 from .leases import LeaseInfo as LeaseInfo
+from .lessor import Lessor as Lessor
+from .lessor import Lifetime as Lifetime
+from .lessor import Renewal as Renewal
 from .locks import Holder as Holder
 from .locks import Waiter as Waiter
 from .machine import Applied as Applied
@@ -98,6 +103,7 @@ __all__ = [
     "ErrorCode",
     "Event",
     "EventKind",
+    "ExpireLeaseIds",
     "ExpireLeases",
     "ExpireResult",
     "FsmError",
@@ -115,6 +121,8 @@ __all__ = [
     "LeaseResult",
     "LeaseRevoke",
     "LeaseRevoked",
+    "Lessor",
+    "Lifetime",
     "LockAcquire",
     "LockGranted",
     "LockRelease",
@@ -131,6 +139,7 @@ __all__ = [
     "Range",
     "RangeResult",
     "ReleaseResult",
+    "Renewal",
     "Resign",
     "Result",
     "RevisionResult",

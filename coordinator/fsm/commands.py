@@ -296,6 +296,31 @@ class ExpireLeases:
         return cls()
 
 
+@dataclass(frozen=True, slots=True)
+class ExpireLeaseIds:
+    """Proposed by the leader's lessor (`coordinator.fsm.lessor`): end exactly these leases
+    (those still there), whose deadline in the leader's memory passed, and grant locks whose
+    lock-delay is over. The leader keeps renewals in memory, so the replicated deadlines no
+    longer say which leases are due: the leader names them. `ExpireLeases` keeps applying as
+    before, for logs written by older versions."""
+
+    TAG: ClassVar[int] = 15
+    ids: tuple[int, ...]
+    """Ascending, no duplicates: the order the clean-up runs in."""
+
+    def _write(self, w: Writer) -> None:
+        w.u32(len(self.ids))
+        for lease_id in self.ids:
+            w.u64(lease_id)
+
+    @classmethod
+    def _read(cls, r: Reader) -> Self:
+        ids = tuple(r.u64() for _ in range(r.count()))
+        if list(ids) != sorted(set(ids)):
+            raise r.fail("expired lease ids must be ascending and distinct")
+        return cls(ids)
+
+
 # --- locks and elections ---------------------------------------------------------------------
 
 
@@ -586,6 +611,7 @@ Command = (
     | LeaseKeepAlive
     | LeaseRevoke
     | ExpireLeases
+    | ExpireLeaseIds
     | LockAcquire
     | LockRelease
     | Campaign
@@ -611,6 +637,7 @@ COMMAND_TYPES: tuple[type[Command], ...] = (
     LeaseKeepAlive,
     LeaseRevoke,
     ExpireLeases,
+    ExpireLeaseIds,
     LockAcquire,
     LockRelease,
     Campaign,

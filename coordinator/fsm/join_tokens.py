@@ -1,6 +1,6 @@
 """The join tokens a cluster accepts, kept in the replicated state (hashes only).
 
-A join token (`CONCORD-JOIN-1-<CA fingerprint>-<secret>`, see `coordinator.runtime.tls`) lets
+A join token (`CONCORD-JOIN-1-<CA fingerprint>-<secret>`, see `coordinator.pki.tokens`) lets
 a new member join over the network. The cluster never stores the secret: this table keeps,
 per token, its short public id, the SHA-256 of its secret, when it was created and when (if)
 it was revoked. Like every replicated byte it is only ever on disk encrypted (in the WAL and

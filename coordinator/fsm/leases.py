@@ -5,12 +5,16 @@ passes, the lease ends and takes with it the keys attached to it, the locks it h
 for, and the elections it leads or campaigns in (the machine does that clean-up, see
 `machine.py`; this table keeps the leases themselves).
 
-Who decides expiry. Not the replicas' clocks: the leader periodically proposes `ExpireLeases`,
-and applying it ends every lease whose deadline is <= the entry's time (the replicated clock
-the machine derives from the leaders' stamps). So every replica ends the same leases at the
-same log position, and a minority partition, which cannot commit anything, can never revoke
-what it granted. Until that entry applies the lease is alive; a keep-alive that commits first
-rescues it, which is safe because nobody else can have been granted what it holds meanwhile.
+Who decides expiry. Not the replicas' clocks: the leader. Renewals no longer go through the log:
+the leader's lessor (`lessor.py`) keeps the deadlines that count in its memory and proposes
+`ExpireLeaseIds` naming the leases whose deadline passed; applying it ends exactly those. Logs
+written by older versions carry `LeaseKeepAlive` entries and `ExpireLeases`, which ends every
+lease whose deadline here is <= the entry's time (the replicated clock the machine derives
+from the leaders' stamps); both still apply as they did. Either way every replica ends the
+same leases at the same log position, and a minority partition, which cannot commit
+anything, can never revoke what it granted. The deadlines kept here are those of the grant,
+of old keep-alive entries and of the refresh below; they are what TimeToLive answers with
+until a new leader's lessor serves.
 
 Full TTL after a leader change. Once the machine has applied an entry of a term higher than any
 before, it calls `refresh(now)` at the first command stamped with a time (before running that
@@ -93,6 +97,10 @@ class LeaseTable:
 
     def ids(self) -> list[int]:
         return sorted(self._leases)
+
+    def ttls(self) -> list[tuple[int, int]]:
+        """(id, ttl_ms) of every lease, by id."""
+        return [(i, self._leases[i].ttl_ms) for i in sorted(self._leases)]
 
     def owner(self, lease_id: int) -> str | None:
         """The lease's owner namespace ("" for a cluster client's), None if no such lease."""

@@ -22,7 +22,9 @@ acting on its belief that it holds the lock. If the acquirer asked for `lock_del
 when its lease expires while it holds the lock, nobody else is granted that lock until the
 delay is over (by the replicated clock). An explicit release, or an explicit revoke of the
 lease, says the holder is done, so no delay follows. The delay ends at the first command
-applied at or after its end: the leader's periodic `ExpireLeases` guarantees there is one.
+applied at or after its end: the leader proposes an expiry entry (`ExpireLeaseIds`, even
+naming no lease) at every lease check while a delay is pending, so there is one (`ExpireLeases`
+did it in logs of older versions).
 
 Elections (`elections.py`) are the same table with max_holders 1, a value per holder, no
 lock-delay and their own event kinds and wording.
@@ -228,7 +230,7 @@ class FifoTable:
 
     def leave_queues(self, lease: int, now_ms: int) -> None:
         """Withdraw `lease` from every queue it waits in (not from what it holds). Removing a
-        waiter never frees a slot, so this grants nothing. ExpireLeases does this for every
+        waiter never frees a slot, so this grants nothing. An expiry does this for every
         expiring lease first, so that one tick never grants a lock to a lease it then ends."""
         for name in sorted(self._by_lease.get(lease, ())):
             sem = self._table[name]
@@ -240,8 +242,12 @@ class FifoTable:
                     del self._by_lease[lease]
                 self._cleanup(name, sem, now_ms)
 
+    def delays_pending(self) -> bool:
+        """Whether some lock waits for its lock-delay to end (a `tick` is then due)."""
+        return bool(self._delayed)
+
     def tick(self, now_ms: int) -> list[Grant]:
-        """Grant where a lock-delay is over (the leader's ExpireLeases drives this)."""
+        """Grant where a lock-delay is over (the leader's expiry entries drive this)."""
         grants: list[Grant] = []
         for name in sorted(self._delayed):
             sem = self._table[name]

@@ -30,8 +30,8 @@ The runtime must stamp on the leader, once per proposal, from one monotonic sour
 Leader change. When an entry of a higher term than any applied before arrives (usually the new
 leader's empty no-op), the machine notes it; at the next stamped command, before running it,
 every lease deadline becomes max(deadline, now + TTL) (see `leases.py` for why). Expiry comes
-only from the leader's `ExpireLeases` commands, so the refresh always precedes the first expiry
-decided in the new term.
+only from the leader's `ExpireLeaseIds` (or, in older logs, `ExpireLeases`) commands, so the
+refresh always precedes the first expiry decided in the new term.
 
 Sessions. Every command with client_id != 0 goes through `SessionTable`: a duplicate (same
 client, same seq) returns the saved result and changes nothing, a stale one (older seq) is
@@ -74,6 +74,7 @@ from .commands import (
     CommandDecodeError,
     Delete,
     Envelope,
+    ExpireLeaseIds,
     ExpireLeases,
     JoinTokenAdd,
     JoinTokenRevoke,
@@ -318,16 +319,11 @@ class StateMachine:
                 self._end_lease(cmd.id, expired=False, effects=effects)
                 return RevisionResult(self._history.revision)
             case ExpireLeases():
-                due = self._leases.due(now)
-                for lease_id in due:
-                    self._locks.leave_queues(lease_id, now)
-                    self._elections.leave_queues(lease_id, now)
-                for lease_id in due:
-                    effects.append(LeaseExpired(lease_id))
-                    self._end_lease(lease_id, expired=True, effects=effects)
-                effects += [_lock_granted(g) for g in self._locks.tick(now)]
-                effects += [_leader_elected(g) for g in self._elections.tick(now)]
-                return ExpireResult(self._history.revision, tuple(due))
+                return self._expire(self._leases.due(now), effects)
+            case ExpireLeaseIds():
+                # The leader named them (its lessor's deadlines passed); one that ended
+                # meanwhile (revoked, or a duplicate expiry) is skipped.
+                return self._expire([i for i in cmd.ids if i in self._leases], effects)
             case LockAcquire():
                 acq = self._locks.acquire(
                     cmd.name,
@@ -381,6 +377,20 @@ class StateMachine:
             case Noop():
                 return RevisionResult(self._history.revision)
 
+    def _expire(self, due: list[int], effects: list[Effect]) -> ExpireResult:
+        """End the `due` leases as expired (lock-delay applies), then grant what lock-delays
+        that are over now allow."""
+        now = self._now_ms
+        for lease_id in due:
+            self._locks.leave_queues(lease_id, now)
+            self._elections.leave_queues(lease_id, now)
+        for lease_id in due:
+            effects.append(LeaseExpired(lease_id))
+            self._end_lease(lease_id, expired=True, effects=effects)
+        effects += [_lock_granted(g) for g in self._locks.tick(now)]
+        effects += [_leader_elected(g) for g in self._elections.tick(now)]
+        return ExpireResult(self._history.revision, tuple(due))
+
     def _end_lease(self, lease_id: int, *, expired: bool, effects: list[Effect]) -> None:
         """Delete the lease's keys (one revision), release its locks (lock-delay if it
         expired) and elections, then forget it."""
@@ -431,6 +441,15 @@ class StateMachine:
 
     def leases(self) -> tuple[int, ...]:
         return tuple(self._leases.ids())
+
+    def lease_ttls(self) -> list[tuple[int, int]]:
+        """(id, ttl_ms) of every lease, by id (what the leader's lessor starts from)."""
+        return self._leases.ttls()
+
+    def lock_delays_pending(self) -> bool:
+        """Whether a lock waits for a lock-delay to end: the leader's next expiry entry (even
+        one naming no lease) is what grants it."""
+        return self._locks.delays_pending()
 
     def lease_owner(self, lease_id: int) -> str | None:
         """The namespace owning the lease ("" for a cluster client's), None if unknown here."""

@@ -65,6 +65,7 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from coordinator.pki import MemberTls
 from coordinator.raft import Message, MessageType
 
 from .clock import Clock
@@ -86,7 +87,6 @@ from .grpc_transport import (
     certified_member_id,
     peer_refusal,
 )
-from .tls import MemberTls
 from .wire import WireError
 
 log = logging.getLogger("concord.frames")

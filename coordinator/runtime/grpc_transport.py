@@ -81,10 +81,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from coordinator.api.v1 import raft_pb2 as pb
 from coordinator.api.v1 import raft_pb2_grpc as pb_grpc
+from coordinator.pki import TlsError, member_id_of
 from coordinator.raft import Message, MessageType
 
 from .clock import Clock
-from .tls import TlsError, member_id_of
 from .wire import WireError, from_wire, to_wire
 
 log = logging.getLogger("concord.transport")
@@ -104,8 +104,12 @@ _PROBE_STALE_S = 10.0
 
 def channel_options() -> list[tuple[str, int]]:
     """Options for peer channels: keepalive pings that notice a silently dead connection.
-    (Reconnecting is the peer task's: every attempt gets a fresh channel.)"""
+    (Reconnecting is the peer task's: every attempt gets a fresh channel, and a local
+    subchannel pool, because channels to one address otherwise share gRPC's global
+    subchannel: a fresh channel would then fail at once with the previous attempt's
+    "connection refused" for as long as gRPC's own reconnect backoff runs.)"""
     return [
+        ("grpc.use_local_subchannel_pool", 1),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.keepalive_time_ms", 10_000),
@@ -422,6 +426,9 @@ class GrpcTransport:
                 batch = [] if call is None else await self._next_batch(peer)
                 try:
                     if call is None:
+                        # From here on a hello from the peer cuts the backoff after a failure
+                        # short, also one that arrives while the failure is being handled.
+                        peer.wake.clear()
                         if channel is None:
                             channel = self._open_channel(peer.address)
                         call = _raft_stub(channel).Stream()
@@ -465,8 +472,9 @@ class GrpcTransport:
 
     @staticmethod
     async def _back_off(peer: _Peer, seconds: float) -> None:
-        """Wait `seconds`, or less if the peer dials in meanwhile."""
-        peer.wake.clear()
+        """Wait `seconds`, or less if the peer dialled in since the failed attempt began
+        (`wake` is cleared when an attempt starts, not here: a hello that arrived while the
+        failure was being handled would otherwise be forgotten)."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
                 await peer.wake.wait()

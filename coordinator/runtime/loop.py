@@ -1,29 +1,27 @@
-"""RaftLoop: one member's Raft core, driven for real on an asyncio event loop.
+"""RaftLoop: one member, driven for real on an asyncio event loop: a thin shell over the
+member core (`coordinator.core.MemberCore`), which decides everything; this module does the
+waiting, the threads and the futures.
 
-Task ownership. One task, `run()`, owns the `RawNode` and the `StateMachine`: it alone calls
-`tick`, `step`, `propose`, `read_index` and `handle_ready`, so neither needs a lock. Other
-tasks (gRPC handlers, the peer transport) never touch them; they put requests on the inbox
-and await a future that `run()` settles. The ticker is part of `run()` (a deadline, not a
-second task), so a tick can never interleave with a Ready half-processed.
+Task ownership. One task, `run()`, owns the core (and through it the `RawNode` and the
+`StateMachine`): it alone steps it, so none of them needs a lock. Other tasks (gRPC handlers,
+the peer transport) never touch them; they put requests on the inbox and await a future that
+`run()` settles from the core's `Completed` records. The ticker is part of `run()` (a
+deadline, not a second task), so a tick can never interleave with a Ready half-processed.
 
 Batching. Each turn of the loop drains everything queued, hands all proposals to the core in
-one `propose_batch`, and then processes the resulting Ready: one fsync covers every proposal
-that arrived while the previous fsync ran (group commit), and one APP per follower carries
-them all. The write and fsync of new entries run on a dedicated disk thread while `run()`
-awaits it (`driver.persist`, then `driver.finish` back on the loop): the node is not stepped
-meanwhile, so the ordering of `handle_ready` holds, but the event loop keeps accepting
-requests and peer messages, which queue up for the next turn and share its fsync.
+one batch, and then processes the resulting Ready: one fsync covers every proposal that
+arrived while the previous fsync ran (group commit), and one APP per follower carries them
+all. The write and fsync of new entries run on a dedicated disk thread while `run()` awaits
+it (`ready.persist`, then the core's `finish` back on the loop): the core is not stepped
+meanwhile, so the order of `core.ready` holds, but the event loop keeps accepting requests
+and peer messages, which queue up for the next turn and share its fsync.
 
-Snapshots. Every so many applied entries the state machine's image is taken without
+Snapshots. When the core's policy says so, the state machine's image is taken without
 stopping the member: `StateMachine.snapshot_later` copies what it needs on the loop (fast),
-a snapshot thread encodes the image while the loop goes on, and once it is ready `run()`
-writes it through the disk thread like a persist (`DurableLog.create_snapshot`, then
-`compact`), so the WAL is still touched by one thread at a time.
-
-Outcomes. A proposal is identified by the (index, term) the core gave it. When the entry at
-that index applies, the proposal succeeded iff the entry's term matches; otherwise another
-leader overwrote it and the caller gets `ProposalLostError` (retrying with the same session
-sequence is safe: the state machine answers a duplicate from its session table).
+a snapshot thread encodes the image (`SnapshotJob.run`) while the loop goes on, and once it
+is ready `run()` writes it through the disk thread like a persist (the core's
+`SnapshotWrite`), so the WAL is still touched by one thread at a time. Data key rotations'
+steps (`KeySwitch`) go the same way.
 """
 
 from __future__ import annotations
@@ -31,48 +29,49 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import itertools
 import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from coordinator.fsm import Applied, Command, Effect, Envelope, ExpireLeases, StateMachine
-from coordinator.raft import (
-    ConfChange,
-    Config,
-    ConfState,
-    Entry,
-    EntryKind,
-    LogStorage,
-    Message,
-    RaftError,
-    RawNode,
-    ReadState,
-    Role,
-    Snapshot,
-    Status,
+from coordinator.core import (
+    AppliedBatch,
+    Completed,
+    CoreConfig,
+    DurableLog,
+    KeyRotation,
+    KeySwitch,
+    LeaderChanged,
+    MemberCore,
+    ProposalLostError,
+    Restored,
+    SnapshotJob,
+    StoppedError,
+    Transport,
+    persist,
+    send_early,
 )
+from coordinator.fsm import Applied, Command, Effect, Envelope, Lessor, StateMachine
+from coordinator.raft import ConfChange, ConfState, Message, RaftError, RawNode, Status
 
 from .clock import Clock
-from .driver import Transport, Wal, finish, persist, send_early
 from .heap import image_decode
+from .wake import Wake
+
+__all__ = [
+    "DurableLog",
+    "KeyRotation",
+    "LoopConfig",
+    "LoopEvents",
+    "LoopObserver",
+    "ProposalLostError",
+    "RaftLoop",
+    "StoppedError",
+]
 
 log = logging.getLogger("concord.raft")
 _T = TypeVar("_T")
-
-
-class DurableLog(Wal, LogStorage, Protocol):
-    """The member's log: durable writes (`Wal`) and Raft's read side (`LogStorage`) in one."""
-
-    def create_snapshot(self, index: int, conf: ConfState, data: bytes) -> Snapshot: ...
-
-    def compact(self, index: int) -> int: ...
-
-    def rotate_dek(self) -> int: ...
-
-    def retire_keys(self) -> list[int]: ...
 
 
 class LoopObserver(Protocol):
@@ -120,15 +119,6 @@ class LoopEvents(Protocol):
         ...
 
 
-class ProposalLostError(RaftError):
-    """The proposal's fate is not ours to report: another leader overwrote it, or we lost
-    leadership before it applied. Retrying with the same session is always safe."""
-
-
-class StoppedError(RaftError):
-    """The member is shutting down."""
-
-
 @dataclass(frozen=True, slots=True)
 class LoopConfig:
     id: int
@@ -148,17 +138,16 @@ class LoopConfig:
     message and an answer per follower and commit fewer. None: at once, with an append of
     its own."""
 
-
-@dataclass(frozen=True, slots=True)
-class KeyRotation:
-    """What `RaftLoop.rotate_data_key` did."""
-
-    key_id: int
-    """The new data key's id: everything written from the rotation on is sealed under it."""
-    snapshot_index: int
-    """The snapshot sealed under the new key, up to which the log was compacted."""
-    retired: tuple[int, ...]
-    """Key ids dropped from the ring (nothing on disk needs them any more)."""
+    def core_config(self) -> CoreConfig:
+        return CoreConfig(
+            id=self.id,
+            election_ticks=self.election_ticks,
+            heartbeat_ticks=self.heartbeat_ticks,
+            snapshot_every_entries=self.snapshot_every_entries,
+            snapshot_keep_entries=self.snapshot_keep_entries,
+            lease_check_s=self.lease_check_s,
+            commit_flush_s=self.commit_flush_s,
+        )
 
 
 @dataclass(slots=True)
@@ -167,56 +156,16 @@ class _Proposal:
     future: asyncio.Future[Applied]
 
 
-@dataclass(slots=True)
-class _Pending:
-    term: int
-    future: asyncio.Future[Applied]
-
-
-class _Wake:
-    """asyncio.Event for the loop's one waiter, with a timeout but without the task that
-    `asyncio.wait_for` creates per wait: the loop waits once per batch of input, on the
-    latency path of every request."""
-
-    __slots__ = ("_flag", "_waiter")
-
-    def __init__(self) -> None:
-        self._flag = False
-        self._waiter: asyncio.Future[None] | None = None
-
-    def set(self) -> None:
-        self._flag = True
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def clear(self) -> None:
-        self._flag = False
-
-    async def wait(self, timeout_s: float) -> None:
-        """Until `set` (or already set) or `timeout_s` passes."""
-        if self._flag:
-            return
-        loop = asyncio.get_running_loop()
-        waiter = self._waiter = loop.create_future()
-        timer = loop.call_later(timeout_s, _resolve, waiter)
-        try:
-            await waiter
-        finally:
-            timer.cancel()
-            self._waiter = None
-
-
-def _resolve(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
+def _on_leader(leader: int) -> Callable[[LoopObserver], None]:
+    return lambda observer: observer.on_leader(leader)
 
 
 @dataclass(slots=True)
 class _Inbox:
     messages: list[Message] = field(default_factory=list)
     proposals: list[_Proposal] = field(default_factory=list)
-    calls: list[Callable[[], None]] = field(default_factory=list)
+    calls: list[tuple[asyncio.Future[Any], Callable[[], None]]] = field(default_factory=list)
+    """Work for `run()` and the future its caller awaits (failed if the loop stops first)."""
     lost: list[int] = field(default_factory=list)
     """Peers whose connection broke. Stepped before messages: a PreVote from a fellow follower
     of a crashed leader often arrives together with our own news of the crash, and must not
@@ -243,55 +192,45 @@ class RaftLoop:
         self.fsm = fsm
         self.clock = clock
         self.on_effects = on_effects
-        self._rng = rng or random.Random()
-        self.node = RawNode(
-            Config(
-                id=cfg.id,
-                rng=self._rng,
-                election_timeout_ticks=cfg.election_ticks,
-                heartbeat_ticks=cfg.heartbeat_ticks,
-                lazy_commit=cfg.commit_flush_s is not None,
-                logger=log,
-            ),
+        self.core = MemberCore(
+            cfg.core_config(),
             storage,
+            fsm,
+            rng or random.Random(),
+            logger=log,
+            image_decode=image_decode,
+            now_s=clock.monotonic_s(),
         )
-        snap = storage.snapshot()
-        if snap.data:
-            with image_decode():
-                fsm.restore(snap.data)
-        self._applied_conf = snap.meta.conf
         self._inbox = _Inbox()
-        self._wake = _Wake()
-        self._pending: dict[int, _Pending] = {}
-        self._reads: dict[int, asyncio.Future[int]] = {}
-        self._waiting_reads: list[tuple[int, asyncio.Future[int]]] = []
-        self._ctx = itertools.count(1)
+        self._wake = Wake()
+        self._futures: dict[int, asyncio.Future[Any]] = {}
+        """Core request id -> the future its `Completed` record settles."""
         self._stopped = False
-        self.leader_changes = 0
-        self._last_leader = 0
-        self._next_lease_check_s = 0.0
         self._observers: list[LoopObserver] = []
         self._heard_s: dict[int, float] = {}
         """peer id -> monotonic time its latest message arrived (any type)."""
-        self._leaderless_since_s: float | None = clock.monotonic_s()
-        """When this member last lost track of a leader; None while it knows one."""
-        self._flush_at: float | None = None
-        """When the leader sends its followers the commit index if no append has (see
-        `LoopConfig.commit_flush_s`)."""
-        self._snapshot_gap = self._draw_snapshot_gap()
-        self._snapshot_job: tuple[asyncio.Future[bytes], int, ConfState] | None = None
-        """The image being encoded, and the applied index and configuration it is of."""
+        self._encoding: tuple[SnapshotJob, asyncio.Future[None]] | None = None
+        """The image being encoded on the snapshot thread."""
         self._snapper = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"snapshot-{cfg.id}"
         )
         self._disk = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"wal-{cfg.id}"
         )
-        self._rotations: list[asyncio.Future[KeyRotation]] = []
-        """Data key rotations asked for, the WAL not yet switched to their new key."""
-        self._sealed_before: dict[asyncio.Future[KeyRotation], tuple[int, int]] = {}
-        """Switched rotations waiting for a snapshot: the new key id and the last index
-        sealed under older keys."""
+
+    @property
+    def node(self) -> RawNode:
+        return self.core.node
+
+    @property
+    def leader_changes(self) -> int:
+        return self.core.leader_changes
+
+    @property
+    def lessor(self) -> Lessor:
+        """The leader's lease deadlines (`coordinator.fsm.lessor`), kept by the core; the
+        server renews and reads through it, on this loop between two turns."""
+        return self.core.lessor
 
     # --- called from other tasks -------------------------------------------------------------
 
@@ -332,18 +271,7 @@ class RaftLoop:
         """`read_barrier` as a future (cancel it to stop waiting)."""
         self._check_running()
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        ctx = next(self._ctx)
-
-        def ask() -> None:
-            if fut.done():
-                return  # the caller gave up (timed out, cancelled) before this turn
-            try:
-                self.node.read_index(ctx)
-                self._reads[ctx] = fut
-            except RaftError as err:
-                fut.set_exception(err)
-
-        self._call(ask)
+        self._call(fut, lambda: self._ask(fut, self.core.read))
         return fut
 
     async def conf_change(self, cc: ConfChange) -> int:
@@ -354,19 +282,8 @@ class RaftLoop:
         errors; the change took effect iff this returns)."""
         self._check_running()
         fut: asyncio.Future[Applied] = asyncio.get_running_loop().create_future()
-
-        def call() -> None:
-            if fut.done():
-                return  # the caller gave up before this turn: propose nothing
-            try:
-                index, term = self.node.propose_conf_change(cc)
-            except RaftError as err:
-                fut.set_exception(err)
-                return
-            self._pending[index] = _Pending(term, fut)
-
         self._track(fut)
-        self._call(call)
+        self._call(fut, lambda: self._ask(fut, lambda: self.core.propose_conf_change(cc)))
         return await fut
 
     async def rotate_data_key(self) -> KeyRotation:
@@ -379,8 +296,7 @@ class RaftLoop:
         entries before the switch (no quorum) waits until it can."""
         self._check_running()
         done: asyncio.Future[KeyRotation] = asyncio.get_running_loop().create_future()
-        self._rotations.append(done)
-        self._wake.set()
+        self._call(done, lambda: self._ask(done, self.core.rotate_data_key))
         return await done
 
     async def transfer_leader(self, target: int) -> None:
@@ -390,7 +306,7 @@ class RaftLoop:
         await self._run_in_loop(self.node.campaign)
 
     def status(self) -> Status:
-        return self.node.status()
+        return self.core.status()
 
     def stop(self) -> None:
         self._stopped = True
@@ -426,32 +342,33 @@ class RaftLoop:
     # --- the owner task ----------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Own the node until `stop()`: ticks, inputs, Ready processing."""
+        """Own the core until `stop()`: ticks, inputs, Ready processing, background work."""
+        core = self.core
         next_tick = self.clock.monotonic_s() + self.cfg.tick_s
         try:
             while not self._stopped:
-                wake_at = next_tick if self._flush_at is None else min(next_tick, self._flush_at)
+                flush_at = core.flush_at
+                wake_at = next_tick if flush_at is None else min(next_tick, flush_at)
                 if not self._has_input():
                     await self._wake.wait(max(0.0, wake_at - self.clock.monotonic_s()))
                 self._wake.clear()
                 now = self.clock.monotonic_s()
                 while now >= next_tick:
-                    self.node.tick()
+                    core.tick()
                     next_tick += self.cfg.tick_s
                     if now - next_tick > 10 * self.cfg.tick_s:
                         next_tick = now + self.cfg.tick_s  # we were stalled: do not burst
                 self._drain_inbox()
-                if self._flush_at is not None and now >= self._flush_at:
-                    self.node.flush_commit()
-                self._maybe_expire_leases(now)
+                core.flush_commit(now)
+                core.leader_duties(now, self.clock.wall_ms())
                 while await self._handle_ready():
                     self._drain_inbox()
-                if self._rotations or self._sealed_before:
+                if core.rotating:
                     await self._advance_rotations()
-                if self._snapshot_job is not None and self._snapshot_job[0].done():
-                    await self._install_snapshot()
-                self._observe_leader()
-                self._schedule_flush(now)
+                await self._snapshot_step()
+                core.observe_leader(self.clock.monotonic_s())
+                self._deliver()
+                core.schedule_flush(now)
         finally:
             self._stopped = True
             self._snapper.shutdown(wait=True)
@@ -459,30 +376,32 @@ class RaftLoop:
             self._fail_all(StoppedError("member stopping"))
             self._notify(lambda o: o.on_stop())
 
-    def _schedule_flush(self, now_s: float) -> None:
-        delay = self.cfg.commit_flush_s
-        if delay is None or not self.node.commit_unsent:
-            self._flush_at = None
-        elif self._flush_at is None or self._flush_at <= now_s:
-            self._flush_at = now_s + delay
-
     async def _handle_ready(self) -> bool:
-        """`driver.handle_ready`, with the disk write of new entries or a snapshot on the disk
-        thread (see the module doc). False if there was nothing to do."""
-        node = self.node
-        if not node.has_ready():
+        """The core's Ready in `core.ready`'s order, with the disk write of new entries or a
+        snapshot on the disk thread (see the module doc). False if there was nothing to do."""
+        core = self.core
+        if not core.has_ready():
             return False
-        rd = node.ready()
+        rd = core.ready()
         send_early(self.transport, rd)
         if rd.entries or rd.snapshot is not None:
             await self._on_disk(lambda: persist(self.storage, rd))
         else:
             persist(self.storage, rd)  # at most a hard state: no fsync, or a rare vote's
-        finish(node, self.transport, self, rd)
+        started_s = self.clock.monotonic_s() if rd.committed_entries else 0.0
+        core.finish(rd, self.transport)
+        self._deliver()
+        if rd.committed_entries and self.events is not None:
+            try:
+                duration_s = self.clock.monotonic_s() - started_s
+                self.events.applied_batch(len(rd.committed_entries), duration_s)
+            except Exception:
+                log.exception("loop events %r failed; ignoring", self.events)
+        self._start_snapshot()
         return True
 
     async def _on_disk(self, write: Callable[[], _T]) -> _T:
-        """Run `write` on the disk thread and wait for it; nothing steps the node meanwhile."""
+        """Run `write` on the disk thread and wait for it; nothing steps the core meanwhile."""
         done = self._disk.submit(write)
         try:
             return await asyncio.wrap_future(done)
@@ -492,100 +411,99 @@ class RaftLoop:
             raise
 
     async def _advance_rotations(self) -> None:
-        """Switch the WAL to a new key for rotations that asked (between two Readys, so on
-        the disk thread after the last write under the old key), and start the snapshot that
-        completes them once what came before the switch is applied."""
+        """Run the rotations' disk steps the core asks for, on the disk thread."""
+        while (work := self.core.next_disk_work()) is not None:
+            if isinstance(work, KeySwitch):
+                asked = self._futures.get(work.rotation)
+                if asked is None or asked.done():
+                    self._futures.pop(work.rotation, None)
+                    continue  # the caller gave up before the switch: switch nothing
+            await self._on_disk(work.run)
+            self.core.disk_done(work)
+        self._deliver()
+        self._start_snapshot()
 
-        def switch() -> tuple[int, int]:
-            key_id = self.storage.rotate_dek()
-            return key_id, self.storage.last_index()
-
-        asked, self._rotations = self._rotations, []
-        for done in asked:
-            if done.done():  # the caller gave up before the switch: switch nothing
-                continue
-            key_id, last = await self._on_disk(switch)
-            self._sealed_before[done] = (key_id, last)
-            log.warning(
-                "data key rotated: key %d seals everything from index %d on; re-encrypting "
-                "through a snapshot",
-                key_id,
-                last + 1,
-            )
-        waiting = [last for _, last in self._sealed_before.values()]
-        if not waiting or self._snapshot_job is not None:
+    def _start_snapshot(self) -> None:
+        """Encode the image the core asks for on the snapshot thread."""
+        job = self.core.snapshot_to_encode()
+        if job is None:
             return
-        current = self.storage.snapshot().meta.index
-        if current >= min(waiting):  # a snapshot from the leader covers them already
-            await self._settle_snapshot(current, current, None)
-        elif self.fsm.applied_index >= min(waiting):
-            self._maybe_snapshot(now=True)
+        encoding = asyncio.get_running_loop().run_in_executor(self._snapper, job.run)
+        encoding.add_done_callback(lambda _: self._wake.set())
+        self._encoding = (job, encoding)
+
+    async def _snapshot_step(self) -> None:
+        """Write an encoded image through the disk thread (unless a snapshot received from
+        the leader overtook it)."""
+        if self._encoding is None or not self._encoding[1].done():
+            return
+        (job, encoding), self._encoding = self._encoding, None
+        encoding.result()  # an encoding failure is a bug: let it stop the member
+        write = self.core.snapshot_encoded(job)
+        if write is not None:
+            await self._on_disk(write.run)
+            self.core.disk_done(write)
+            self._deliver()
 
     def _has_input(self) -> bool:
         ib = self._inbox
         return bool(ib.messages or ib.proposals or ib.calls or ib.lost)
 
     def _drain_inbox(self) -> None:
-        ib = self._inbox
+        ib, core = self._inbox, self.core
         lost, ib.lost = ib.lost, []
         for peer in lost:
-            self.node.report_unreachable(peer)
+            core.report_unreachable(peer)
         msgs, ib.messages = ib.messages, []
         for m in msgs:
-            try:
-                self.node.step(m)
-            except ValueError as err:
-                log.warning("dropping bad message from %d: %s", m.frm, err)
+            core.step(m)
         calls, ib.calls = ib.calls, []
-        for call in calls:
+        for _, call in calls:
             call()
         while ib.proposals:
             batch = ib.proposals[: self.cfg.max_batch]
             del ib.proposals[: self.cfg.max_batch]
-            try:
-                first, term = self.node.propose_batch([p.data for p in batch])
-            except RaftError as err:
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(err)
-                continue
-            for i, p in enumerate(batch):
-                self._pending[first + i] = _Pending(term, p.future)
+            ids = core.propose_batch([p.data for p in batch])
+            for pid, p in zip(ids, batch, strict=True):
+                self._futures[pid] = p.future
+        self._deliver()
 
-    def _maybe_expire_leases(self, now_s: float) -> None:
-        """The leader decides lease expiry by proposing it; every member applies the same."""
-        if self.node.role is not Role.LEADER or now_s < self._next_lease_check_s:
-            return
-        self._next_lease_check_s = now_s + self.cfg.lease_check_s
-        if not self.fsm.leases():
-            return
-        env = Envelope(0, 0, self.clock.wall_ms(), ExpireLeases())
-        with contextlib.suppress(RaftError):
-            self.node.propose(env.encode())
+    def _ask(self, fut: asyncio.Future[Any], request: Callable[[], int]) -> None:
+        """Hand a request to the core (inside `run()`), unless its caller gave up already."""
+        if fut.done():
+            return  # the caller gave up (timed out, cancelled) before this turn: ask nothing
+        self._futures[request()] = fut
+        self._deliver()
 
-    def _observe_leader(self) -> None:
-        if self._pending and self.node.leader not in (0, self.cfg.id):
-            # Another member leads now: our proposals may or may not commit under it, and if
-            # no one writes at their indexes again they would wait forever. Their outcome is
-            # unknown; a retry with the same session is answered exactly once either way.
-            # (With no leader known they keep waiting: the caller's deadline or quorum-loss
-            # detection decides, and a returning quorum may still commit them.)
-            err = ProposalLostError(
-                "leadership changed before the outcome was known; retry with the same session"
-            )
-            for p in self._pending.values():
-                if not p.future.done():
-                    p.future.set_exception(err)
-            self._pending.clear()
-        leader = self.node.leader
-        if leader != self._last_leader:
-            if leader:
-                self.leader_changes += 1
-                self._leaderless_since_s = None
-            else:
-                self._leaderless_since_s = self.clock.monotonic_s()
-            self._last_leader = leader
-            self._notify(lambda o: o.on_leader(leader))
+    def _deliver(self) -> None:
+        """Settle the futures of the core's completed requests and tell observers what it
+        did, in order."""
+        for done in self.core.completions():
+            self._settle(done)
+        for notice in self.core.notices():
+            if isinstance(notice, AppliedBatch):
+                self._applied(notice.applied)
+            elif isinstance(notice, Restored):
+                self._notify(lambda o: o.on_restored())
+            elif isinstance(notice, LeaderChanged):
+                self._notify(_on_leader(notice.leader))
+
+    def _settle(self, done: Completed) -> None:
+        fut = self._futures.pop(done.id, None)
+        if fut is None or fut.done():
+            return  # the caller gave up
+        if done.error is not None:
+            fut.set_exception(done.error)
+        else:
+            fut.set_result(done.value)
+
+    def _applied(self, batch: Sequence[Applied]) -> None:
+        if self.on_effects is not None:
+            effects = [e for applied in batch for e in applied.effects]
+            if effects:
+                self.on_effects(effects)
+        if self._observers:
+            self._notify(lambda o: o.on_applied(batch))
 
     def _notify(self, event: Callable[[LoopObserver], None]) -> None:
         for observer in list(self._observers):
@@ -594,8 +512,8 @@ class RaftLoop:
             except Exception:
                 log.exception("observer %r failed; ignoring", observer)
 
-    def _call(self, fn: Callable[[], None]) -> None:
-        self._inbox.calls.append(fn)
+    def _call(self, fut: asyncio.Future[Any], fn: Callable[[], None]) -> None:
+        self._inbox.calls.append((fut, fn))
         self._wake.set()
 
     async def _run_in_loop(self, fn: Callable[[], _T]) -> _T:
@@ -614,155 +532,24 @@ class RaftLoop:
             if not fut.done():
                 fut.set_result(result)
 
-        self._call(call)
+        self._call(fut, call)
         return await fut
 
     def _check_running(self) -> None:
         if self._stopped:
             raise StoppedError("member stopping")
 
-    def _fail_all(self, err: Exception) -> None:
-        for done in [*self._rotations, *self._sealed_before]:
-            if not done.done():
-                done.set_exception(err)
-        self._rotations.clear()
-        self._sealed_before.clear()
-        for p in self._pending.values():
-            if not p.future.done():
-                p.future.set_exception(err)
-        self._pending.clear()
-        for f in self._reads.values():
-            if not f.done():
-                f.set_exception(err)
-        for _, f in self._waiting_reads:
-            if not f.done():
-                f.set_exception(err)
-        for queued in self._inbox.proposals:
-            if not queued.future.done():
-                queued.future.set_exception(err)
-
-    # --- Applier (called by handle_ready, inside run()) ----------------------------------------
-
-    def restore(self, snapshot: Snapshot) -> None:
-        with image_decode():
-            self.fsm.restore(snapshot.data)
-        self._applied_conf = snapshot.meta.conf
-        for index in [i for i in self._pending if i <= snapshot.meta.index]:
-            p = self._pending.pop(index)
-            if not p.future.done():
-                p.future.set_exception(
-                    ProposalLostError("outcome unknown (replaced by a snapshot); retry")
-                )
-        self._notify(lambda o: o.on_restored())
-
-    def apply(self, entries: Sequence[Entry]) -> None:
-        started_s = self.clock.monotonic_s() if self.events is not None else 0.0
-        self._apply(entries)
-        if self.events is not None:
-            try:
-                self.events.applied_batch(len(entries), self.clock.monotonic_s() - started_s)
-            except Exception:
-                log.exception("loop events %r failed; ignoring", self.events)
-
-    def _apply(self, entries: Sequence[Entry]) -> None:
-        effects: list[Effect] = []
-        batch: list[Applied] = []
-        for e in entries:
-            applied = self.fsm.apply(e)
-            batch.append(applied)
-            if e.kind is EntryKind.CONF:
-                self._applied_conf = ConfState.decode(e.data)
-            effects.extend(applied.effects)
-            p = self._pending.pop(e.index, None)
-            if p is not None and not p.future.done():
-                if p.term == e.term:
-                    p.future.set_result(applied)
-                else:
-                    p.future.set_exception(
-                        ProposalLostError("a new leader overwrote this proposal; retry")
-                    )
-        if effects and self.on_effects is not None:
-            self.on_effects(effects)
-        if self._observers:
-            self._notify(lambda o: o.on_applied(batch))
-        self._serve_reads()
-        self._maybe_snapshot()
-
-    def read_states(self, states: Sequence[ReadState]) -> None:
-        for rs in states:
-            fut = self._reads.pop(rs.context, None)
-            if fut is not None:
-                self._waiting_reads.append((rs.index, fut))
-        self._serve_reads()
-
-    def _serve_reads(self) -> None:
-        if not self._waiting_reads:
-            return
-        applied = self.fsm.applied_index
-        keep: list[tuple[int, asyncio.Future[int]]] = []
-        for index, fut in self._waiting_reads:
-            if index <= applied:
-                if not fut.done():
-                    fut.set_result(index)
-            else:
-                keep.append((index, fut))
-        self._waiting_reads = keep
-
-    def _maybe_snapshot(self, *, now: bool = False) -> None:
-        """Start encoding a snapshot when the log has grown by the drawn gap (or `now`)."""
-        applied = self.fsm.applied_index
-        snap_index = self.storage.snapshot().meta.index
-        if self._snapshot_job is not None or applied <= snap_index:
-            return
-        if applied - snap_index < self._snapshot_gap and not now:
-            return
-        job = asyncio.get_running_loop().run_in_executor(self._snapper, self.fsm.snapshot_later())
-        job.add_done_callback(lambda _: self._wake.set())
-        self._snapshot_job = (job, applied, self._applied_conf)
-
-    async def _install_snapshot(self) -> None:
-        """Write the image the snapshot thread encoded (see the module doc), unless a snapshot
-        received from the leader has overtaken it meanwhile."""
-        assert self._snapshot_job is not None
-        (job, index, conf), self._snapshot_job = self._snapshot_job, None
-        data = job.result()  # an encoding failure is a bug: let it stop the member
-        self._snapshot_gap = self._draw_snapshot_gap()
-        current = self.storage.snapshot().meta.index
-        await self._settle_snapshot(current, index, (conf, data))
-
-    async def _settle_snapshot(
-        self, current: int, index: int, image: tuple[ConfState, bytes] | None
-    ) -> None:
-        """Write `image` as the snapshot at `index` if that is newer than the `current` one,
-        compact the log and retire the keys nothing needs any more. Rotations whose entries
-        under older keys the newest snapshot covers are completed: for them the log is
-        compacted all the way to it, so that those keys can go."""
-        top = max(index, current)
-        rotated = [d for d, (_, last) in self._sealed_before.items() if last <= top]
-        if index <= current and not rotated:
-            return  # a snapshot received from the leader overtook this one
-        keep = 0 if rotated else self.cfg.snapshot_keep_entries
-
-        def install() -> list[int]:
-            if index > current and image is not None:
-                self.storage.create_snapshot(index, *image)
-            self.storage.compact(max(current, top - keep))
-            return self.storage.retire_keys()
-
-        retired = await self._on_disk(install)
-        if retired:
-            log.info("data key(s) %s retired: nothing on disk is sealed under them", retired)
-        for done in rotated:
-            key_id, _ = self._sealed_before.pop(done)
-            if not done.done():
-                done.set_result(KeyRotation(key_id, top, tuple(retired)))
-
-    def _draw_snapshot_gap(self) -> int:
-        """Entries between two snapshots: the configured count plus up to half again, drawn
-        anew each time, so that members do not all encode and write their images at once
-        (about 1.3 s of CPU and disk per 500,000 keys, measured)."""
-        every = self.cfg.snapshot_every_entries
-        return every + self._rng.randrange(every // 2 + 1)
+    def _fail_all(self, err: StoppedError) -> None:
+        self.core.fail_all(err)
+        self._deliver()
+        for fut in self._futures.values():
+            if not fut.done():
+                fut.set_exception(err)
+        self._futures.clear()
+        queued = [p.future for p in self._inbox.proposals] + [f for f, _ in self._inbox.calls]
+        for fut in queued:
+            if not fut.done():
+                fut.set_exception(err)
 
     # --- introspection -----------------------------------------------------------------------
 
@@ -770,15 +557,28 @@ class RaftLoop:
     def applied_conf(self) -> ConfState:
         """The configuration as of the state machine's applied index (what a snapshot taken
         now records; `status().conf` is the newest one in the log, committed or not)."""
-        return self._applied_conf
+        return self.core.applied_conf
+
+    @property
+    def term(self) -> int:
+        return self.node.term
+
+    @property
+    def conf(self) -> ConfState:
+        """The configuration in force: the newest one in the log, committed or not."""
+        return self.node.conf
+
+    def term_at(self, index: int) -> int:
+        """The term of the log entry at `index` (0 if compacted away or past the end)."""
+        return self.node.term_at(index)
 
     @property
     def is_leader(self) -> bool:
-        return self.node.role is Role.LEADER
+        return self.core.is_leader
 
     @property
     def leader(self) -> int:
-        return self.node.leader
+        return self.core.leader
 
     @property
     def stopped(self) -> bool:
@@ -798,5 +598,5 @@ class RaftLoop:
 
     def leaderless_for_s(self) -> float:
         """How long this member has known no leader (0 while it knows one)."""
-        since = self._leaderless_since_s
+        since = self.core.leaderless_since_s
         return 0.0 if since is None else max(0.0, self.clock.monotonic_s() - since)

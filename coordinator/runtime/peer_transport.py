@@ -20,10 +20,12 @@ from typing import Literal
 
 import grpc
 
+from coordinator.pki import MemberTls
+
 from .clock import Clock
 from .frame_transport import FrameTransport, peer_ssl
 from .grpc_transport import GrpcTransport
-from .tls import MemberTls, member_channel_credentials
+from .tls import member_channel_credentials
 
 PeerTransport = GrpcTransport | FrameTransport
 TransportKind = Literal["grpc", "frames"]

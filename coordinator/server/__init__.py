@@ -29,8 +29,8 @@ Contract for clients (the CLI, the sidecar, the operator):
   RotateUnlockKey, all per member, never redirected), and everything else is UNAVAILABLE
   "member is locked: run concordctl unlock" (trailing metadata `concord-locked`) or "member
   is starting". `start_gateway` / `Gateway.attach` (`server.py`, `_gateway.py`) implement
-  the switch; the member process finds `start_gateway` in `coordinator.server.server` by
-  name.
+  the switch; the member process (`coordinator.daemon`, the layer above) calls
+  `start_gateway`.
 - Streams. Watch and Observe are served by any member from its own replicated history
   (`_watch.py`, `_election.py`); KeepAlive goes to the leader.
 - Workload identity (`_workload.py`, `_policy.py`, docs/identity.md). With
@@ -38,12 +38,12 @@ Contract for clients (the CLI, the sidecar, the operator):
   (TLS, no client certificate asked): each call carries a pod's ServiceAccount token as
   `authorization: Bearer <token>` (UNAUTHENTICATED without a valid one, UNAVAILABLE when the
   API server cannot review it) and may touch only `k8s/<its namespace>/` (PERMISSION_DENIED
-  naming the identity, the verb and the object). The member process finds
-  `start_workload_port` in `coordinator.server.server` by name.
+  naming the identity, the verb and the object). The member process (`coordinator.daemon`)
+  starts it with `start_workload_port`.
 - Joining (`_join.py`, concord/v1/join.proto). Join tokens are managed through the Cluster
   service (client certificate needed); `Join` is served on a member's join port (no client
   certificate), `Admission` on its peer port (member certificates only). The member process
-  finds `join_services` in `coordinator.server.server` by name.
+  builds them with `join_services`.
 """
 
 from ._core import ServiceConfig as ServiceConfig

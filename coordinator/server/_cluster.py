@@ -76,7 +76,7 @@ class ClusterService(Servicer):
         core = self.core
         if not request.serializable:
             await core.require_leader()
-        status = core.loop.status()
+        status = core.view.status()
         directory = {m.id: m for m in core.fsm.members()}
         leading = status.role is Role.LEADER
         window = core.hub.no_quorum_after_s
@@ -90,7 +90,7 @@ class ClusterService(Servicer):
                 peer = status.peers.get(member)
                 match = peer.match if peer is not None else 0
                 if member != status.id:
-                    heard = core.loop.last_heard_s(member)
+                    heard = core.view.last_heard_s(member)
                     active = (peer is not None and peer.recent_active) or (
                         heard is not None and heard <= window
                     )
@@ -116,7 +116,7 @@ class ClusterService(Servicer):
         member = v.member_id(request.id)
         name = v.name(request.name, "member")
         await core.require_leader()
-        if member in core.loop.node.conf.voters:
+        if member in core.view.conf.voters:
             raise ServiceError(
                 Code.FAILED_PRECONDITION, f"member {member} is already a voter; nothing to add"
             )
@@ -126,7 +126,7 @@ class ClusterService(Servicer):
         upsert = MemberUpsert(member, name, request.peer_url, request.client_url)
         core.expect(await core.propose(upsert), RevisionResult)
         index = 0
-        if member not in core.loop.node.conf.learners:
+        if member not in core.view.conf.learners:
             applied = await core.change_membership(ConfChange(ConfChangeType.ADD_LEARNER, member))
             index = applied.index
         return pb.MemberAddLearnerResponse(header=core.header(None, index))
@@ -139,7 +139,7 @@ class ClusterService(Servicer):
         member = v.member_id(request.id)
         await core.require_leader()
         index = 0
-        if member not in core.loop.node.conf.voters:
+        if member not in core.view.conf.voters:
             applied = await core.change_membership(ConfChange(ConfChangeType.PROMOTE, member))
             index = applied.index
         return pb.MemberChangeResponse(header=core.header(None, index))
@@ -151,7 +151,7 @@ class ClusterService(Servicer):
         core = self.core
         member = v.member_id(request.id)
         await core.require_leader()
-        conf = core.loop.node.conf
+        conf = core.view.conf
         listed = any(m.id == member for m in core.fsm.members())
         if member == core.id:
             raise ServiceError(
@@ -171,7 +171,7 @@ class ClusterService(Servicer):
         applied = await core.propose(MemberRemove(member))
         core.expect(applied, RevisionResult)
         index = applied.index
-        conf = core.loop.node.conf
+        conf = core.view.conf
         if member in conf.voters or member in conf.learners:
             applied = await core.change_membership(ConfChange(ConfChangeType.REMOVE, member))
             index = applied.index
@@ -186,7 +186,7 @@ class ClusterService(Servicer):
         await core.require_leader()
         if target == core.id:
             return pb.MemberChangeResponse(header=core.header())
-        if target not in core.loop.node.conf.voters:
+        if target not in core.view.conf.voters:
             raise ServiceError(
                 Code.FAILED_PRECONDITION,
                 f"member {target} is not a voter and cannot lead; list the members to see the "
@@ -200,10 +200,10 @@ class ClusterService(Servicer):
             raise stopping_error() from None
         except RaftError as err:
             raise ServiceError(Code.FAILED_PRECONDITION, str(err)) from None
-        bound_s = min(call.bound_s() * 0.9, 4 * core.loop.election_timeout_s)
+        bound_s = min(call.bound_s() * 0.9, 4 * core.view.election_timeout_s)
         try:
             async with asyncio.timeout(bound_s):
-                while core.loop.leader != target:
+                while core.view.leader != target:
                     await first_done(core.hub.leader_change())
                     if core.hub.stopped:
                         raise stopping_error()
@@ -217,18 +217,18 @@ class ClusterService(Servicer):
 
     @unary
     async def Status(self, request: pb.StatusRequest, call: Call) -> pb.StatusResponse:
-        loop = self.core.loop
-        status = loop.status()
+        view = self.core.view
+        status = view.status()
         return pb.StatusResponse(
             header=self.core.header(),
             leader=status.leader,
             role=status.role.value,
             commit_index=status.commit,
-            applied_index=loop.fsm.applied_index,
+            applied_index=view.applied_index,
             last_index=status.last_index,
-            snapshot_index=loop.storage.snapshot().meta.index,
+            snapshot_index=view.snapshot.index,
             locked=False,
-            last_term=loop.node.term_at(status.last_index),
+            last_term=view.term_at(status.last_index),
             voters=sorted(status.conf.voters),
             learners=sorted(status.conf.learners),
         )

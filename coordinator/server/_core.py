@@ -40,6 +40,7 @@ from coordinator.raft import (
     RaftError,
 )
 from coordinator.runtime.loop import ProposalLostError, RaftLoop, StoppedError
+from coordinator.runtime.view import RaftView
 
 from ._errors import LEADER_METADATA_KEY, Code, ServiceError, from_fsm, unavailable
 from ._hub import Hub, done_unless, first_done, stopping_error
@@ -69,6 +70,18 @@ class ServiceConfig:
     demand); see `_secrets.py`."""
 
 
+@dataclass(slots=True)
+class LeaseStats:
+    """What this member's KeepAlive service did (counters, for tests and benchmarks)."""
+
+    streams: int = 0
+    """KeepAlive streams opened."""
+    renewals: int = 0
+    """Renewal requests received, on every stream."""
+    barriers: int = 0
+    """Read barriers taken to confirm them (one per batch)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Session:
     client_id: int = 0
@@ -83,14 +96,19 @@ class Core:
         self, loop: RaftLoop, cfg: ServiceConfig, watch_events: WatchEvents | None = None
     ) -> None:
         self.loop = loop
-        self.fsm = loop.fsm
+        """For writes, barriers and observers only (`submit`, `change_membership`,
+        `read_barrier_future`, `transfer_leader`, `rotate_data_key`, `add_observer`)."""
+        self.view = RaftView(loop)
+        """Everything the services read of the Raft loop."""
+        self.fsm = self.view.fsm
         self.cfg = cfg
         threshold = cfg.no_quorum_after_s
         if threshold is None:
-            threshold = 2 * loop.election_timeout_s
-        self.hub = Hub(loop, threshold)
-        self.watchers = WatchHub(loop, cfg.watch_queue_events_max, watch_events)
+            threshold = 2 * self.view.election_timeout_s
+        self.hub = Hub(self.view, threshold)
+        self.watchers = WatchHub(self.view, cfg.watch_queue_events_max, watch_events)
         self._tasks: set[asyncio.Task[None]] = set()
+        self.lease_stats = LeaseStats()
         loop.add_observer(self.hub)
         loop.add_observer(self.watchers)
 
@@ -115,13 +133,13 @@ class Core:
 
     @property
     def id(self) -> int:
-        return self.loop.cfg.id
+        return self.view.member_id
 
     def header(self, revision: int | None = None, index: int = 0) -> pb.ResponseHeader:
         return pb.ResponseHeader(
             member_id=self.id,
             revision=self.fsm.revision if revision is None else revision,
-            raft_term=self.loop.node.term,
+            raft_term=self.view.term,
             raft_index=index,
         )
 
@@ -197,7 +215,7 @@ class Core:
             return
         while True:
             self._check_quorum(write=False)
-            leader = self.loop.leader
+            leader = self.view.leader
             if leader == 0 or (leader != self.id and not self._recently_heard(leader)):
                 await self._await_leader(write=False)
                 continue
@@ -224,8 +242,8 @@ class Core:
     async def require_leader(self) -> None:
         """Confirm this member leads (a barrier), else redirect to the leader."""
         await self.read(False)
-        if not self.loop.is_leader:
-            await self._not_leader(NotLeaderError(self.loop.leader), write=False)
+        if not self.view.is_leader:
+            await self._not_leader(NotLeaderError(self.view.leader), write=False)
             raise unavailable("leadership moved while answering; retry")
 
     # --- errors ------------------------------------------------------------------------------
@@ -252,8 +270,8 @@ class Core:
         """Voters this member heard from within `no_quorum_after_s` (itself included), and the
         others."""
         window = self.hub.no_quorum_after_s
-        voters = sorted(self.loop.node.conf.voters)
-        up = [v for v in voters if (h := self.loop.last_heard_s(v)) is not None and h <= window]
+        voters = sorted(self.view.conf.voters)
+        up = [v for v in voters if (h := self.view.last_heard_s(v)) is not None and h <= window]
         return up, [v for v in voters if v not in up]
 
     def no_quorum(self, *, write: bool, in_flight: bool = True) -> ServiceError:
@@ -286,8 +304,8 @@ class Core:
 
     def _recently_heard(self, member: int) -> bool:
         """Heard from within an election timeout: a live leader heartbeats far more often."""
-        heard = self.loop.last_heard_s(member)
-        return heard is not None and heard <= self.loop.election_timeout_s
+        heard = self.view.last_heard_s(member)
+        return heard is not None and heard <= self.view.election_timeout_s
 
     async def _not_leader(self, err: NotLeaderError, *, write: bool = True) -> None:
         """Redirect to a live leader (raises), or wait for one to be known (returns)."""

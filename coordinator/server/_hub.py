@@ -41,7 +41,7 @@ from coordinator.fsm import (
     ReleaseResult,
     Resign,
 )
-from coordinator.runtime.loop import RaftLoop
+from coordinator.runtime.view import RaftView
 
 from ._errors import Code, ServiceError, unavailable
 
@@ -113,8 +113,8 @@ def stopping_error() -> ServiceError:
 
 
 class Hub:
-    def __init__(self, loop: RaftLoop, no_quorum_after_s: float) -> None:
-        self._loop = loop
+    def __init__(self, view: RaftView, no_quorum_after_s: float) -> None:
+        self._view = view
         self.no_quorum_after_s = no_quorum_after_s
         self._generation = 0
         self._applied: asyncio.Future[None] | None = None
@@ -123,8 +123,8 @@ class Hub:
         self._quorum_lost = False
         self._timer: asyncio.TimerHandle | None = None
         self._waits: dict[tuple[WaitKind, str, int], list[Wait]] = {}
-        self.stopped = loop.stopped
-        if loop.leader == 0 and not self.stopped:
+        self.stopped = view.stopped
+        if view.leader == 0 and not self.stopped:
             self._arm()
 
     # --- what handlers await -----------------------------------------------------------------
@@ -202,7 +202,7 @@ class Hub:
         self._bump()
 
     def on_restored(self) -> None:
-        fsm = self._loop.fsm
+        fsm = self._view.fsm
         for (kind, name, lease), waits in list(self._waits.items()):
             if kind is WaitKind.LOCK:
                 token = next((h.token for h in fsm.lock_holders(name) if h.lease == lease), 0)
@@ -262,7 +262,7 @@ class Hub:
         """No leader now: declare the quorum lost once that has lasted `no_quorum_after_s`."""
         if self._timer is not None or self.stopped:
             return
-        remaining = self.no_quorum_after_s - self._loop.leaderless_for_s()
+        remaining = self.no_quorum_after_s - self._view.leaderless_for_s()
         if remaining <= 0.001:
             self._declare_lost()
         else:
@@ -270,7 +270,7 @@ class Hub:
 
     def _on_timer(self) -> None:
         self._timer = None
-        if self._loop.leader == 0:
+        if self._view.leader == 0:
             self._arm()
 
     def _declare_lost(self) -> None:

@@ -10,7 +10,7 @@ that was not committed.
 
 **Joining** takes three members' worth of roles, which may be one member:
 
-1. the *joiner* (`coordinator.runtime.join`) fetches the CA from a member's join port
+1. the *joiner* (`coordinator.daemon.join`) fetches the CA from a member's join port
    (`--join-listen`), checks it against the fingerprint in its token, and calls
    `Join(token, CSR, id, name, URLs)` over TLS that trusts that CA only;
 2. the member that *received* it (this module's `JoinService`) checks what it can alone (it
@@ -38,7 +38,7 @@ holding the id or the name is ALREADY_EXISTS, with what to do about it.
 
 **The first members' directory entries.** Members bootstrapped from `--initial-cluster` were
 never admitted, so the directory knew only their ids. Each member therefore makes sure of its
-own entry (`coordinator.runtime.join.keep_directory_entry`): a leader proposes it, a follower
+own entry (`coordinator.daemon.membership.keep_directory_entry`): a leader proposes it, a follower
 asks the leader over the peer port (`Admission.RegisterSelf`, its own id only, like
 PromoteSelf), and `concordctl member list` shows every member's name and URLs.
 
@@ -68,10 +68,7 @@ from coordinator.fsm import (
     MemberUpsert,
     RevisionResult,
 )
-from coordinator.raft import ConfChange, ConfChangeType
-from coordinator.runtime.grpc_transport import certified_member_id, peer_refusal
-from coordinator.runtime.loop import RaftLoop
-from coordinator.runtime.tls import (
+from coordinator.pki import (
     JOIN_TOKEN_PREFIX,
     CertifiedKey,
     JoinToken,
@@ -85,6 +82,9 @@ from coordinator.runtime.tls import (
     sign_member_csr,
     verify_join_token,
 )
+from coordinator.raft import ConfChange, ConfChangeType
+from coordinator.runtime.grpc_transport import certified_member_id, peer_refusal
+from coordinator.runtime.loop import RaftLoop
 
 from . import _validate as v
 from ._core import Core, ServiceConfig
@@ -98,7 +98,7 @@ _generated: Any = jpb_grpc  # untyped generated module
 
 class JoinAuthority(Protocol):
     """What the join services need from their member process
-    (`coordinator.runtime.join.MemberAuthority` provides it)."""
+    (`coordinator.daemon.membership.MemberAuthority` provides it)."""
 
     @property
     def cluster_id(self) -> str: ...
@@ -158,7 +158,7 @@ async def join_token_create(core: Core, ca_pem: bytes | None) -> pb.JoinTokenCre
             "in a join token; joining over the network needs members with --tls-dir",
         )
     token = new_join_token(ca_pem)
-    created_ms = core.loop.clock.wall_ms()
+    created_ms = core.view.wall_ms()
     applied = await core.propose(JoinTokenAdd(token.id, token.secret_digest, created_ms))
     core.expect(applied, RevisionResult)
     log.info("join token %s created", token.id)  # never the token itself
@@ -180,7 +180,7 @@ async def join_token_revoke(
     core: Core, request: pb.JoinTokenRevokeRequest
 ) -> pb.JoinTokenRevokeResponse:
     token_id = _token_id(request.id)
-    applied = await core.propose(JoinTokenRevoke(token_id, core.loop.clock.wall_ms()))
+    applied = await core.propose(JoinTokenRevoke(token_id, core.view.wall_ms()))
     core.expect(applied, RevisionResult)
     info = next((t for t in core.fsm.join_tokens() if t.id == token_id), None)
     if info is None:  # revoked, then forgotten by a restore in between: report what we know
@@ -203,7 +203,7 @@ class _Admitter:
         interleave with another join."""
 
     def _check_leading(self) -> None:
-        if not self.core.loop.is_leader:
+        if not self.core.view.is_leader:
             raise unavailable(
                 f"member {self.core.id} is not the leader (any more): leadership moved while "
                 "the join was on its way; retry the join"
@@ -235,7 +235,7 @@ class _Admitter:
             applied = await core.propose(upsert)
             core.expect(applied, RevisionResult)
             index = applied.index
-            conf = core.loop.node.conf
+            conf = core.view.conf
             if member not in conf.learners and member not in conf.voters:
                 changed = await core.change_membership(
                     ConfChange(ConfChangeType.ADD_LEARNER, member)
@@ -249,7 +249,7 @@ class _Admitter:
                 token.id,
                 " (resuming an unfinished join)" if resumed else "",
             )
-            snap = core.loop.storage.snapshot().meta
+            snap = core.view.snapshot
             return jpb.AdmitResponse(
                 member_id=member,
                 name=name,
@@ -262,7 +262,7 @@ class _Admitter:
 
     def _claim(self, request: jpb.AdmitRequest) -> tuple[int, str, bool]:
         """(id, name, resumed): the id and name the new member gets, checked free."""
-        conf = self.core.loop.node.conf
+        conf = self.core.view.conf
         in_conf = conf.voters | conf.learners
         directory = {m.id: m for m in self.core.fsm.members()}
         by_name = {m.name: m for m in directory.values()}
@@ -321,7 +321,7 @@ class _Admitter:
         self._check_leading()
         async with self._lock:
             await core.require_leader()
-            conf = core.loop.node.conf
+            conf = core.view.conf
             if member in conf.voters:
                 return jpb.PromoteSelfResponse(already_voter=True)
             if member not in conf.learners:
@@ -342,7 +342,7 @@ class _Admitter:
         self._check_leading()
         async with self._lock:  # not between a join's id claim and its directory entry
             await core.require_leader()
-            conf = core.loop.node.conf
+            conf = core.view.conf
             if member not in conf.voters | conf.learners:
                 raise ServiceError(
                     Code.NOT_FOUND,
@@ -587,7 +587,7 @@ class JoinServices:
         """Admit on the leader: here if this member leads, else over the leader's peer port."""
         core = self.core
         await core.read(False)  # a leader exists and this member hears from it
-        leader = core.loop.leader
+        leader = core.view.leader
         if leader == core.id:
             return await self.admitter.admit(request)
         address = self.authority.peer_address(leader) if leader else None
@@ -610,14 +610,14 @@ class JoinServices:
         """RegisterSelf on the leader: here if this member leads, else forwarded over the
         leader's peer port with this member's certificate (the leader checks that the id is
         in its configuration; a first member whose data dir is new asks any peer it knows,
-        `runtime.join.first_start_verdict`, and the leader may be a member it does not)."""
+        `daemon.membership.first_start_verdict`, and the leader may be a member it does not)."""
         core = self.core
-        if core.loop.leader == 0 and core.loop.status().commit == 0:
+        if core.view.leader == 0 and core.view.commit_index == 0:
             # No cluster has formed: nothing committed here, no leader to ask. Said as such,
             # so that a first member starting late need not wait for a leader that needs it.
             return jpb.RegisterSelfResponse(fresh=True)
         await core.read(False)  # a leader exists and this member hears from it
-        leader = core.loop.leader
+        leader = core.view.leader
         if leader == core.id:
             return await self.admitter.register(request)
         address = self.authority.peer_address(leader) if leader else None

@@ -1,37 +1,53 @@
 """concord.v1.Lease: Grant, KeepAlive (a bidirectional stream), Revoke, TimeToLive.
 
-KeepAlive proposes one `LeaseKeepAlive` per request message, without a session (a repeated
-keep-alive is harmless), and answers each with the lease's TTL. Each one is bounded by the
-service's deadline. A lease that no longer exists ends the stream with NOT_FOUND: the client
-has lost everything that hung on it and must grant a new lease. A follower ends the stream
-with UNAVAILABLE and the leader in `concord-leader`; keep-alives go to the leader.
+KeepAlive carries every lease of a client on one stream: each request names a lease, each is
+answered (id and TTL) as soon as it is decided, in any order, and requests are pipelined (the
+stream reads on while earlier ones wait). A renewal writes nothing to the log: the leader's
+lessor renews it in memory once a batched read barrier confirmed the leadership
+(`_renewals.py`, `coordinator.fsm.lessor`). A lease that no longer exists is answered with
+ttl_ms 0 (the client has lost everything that hung on it), and the stream goes on for the
+others; a renewal racing an expiry already proposed is answered so once the expiry applies.
+A member that does not lead ends the stream with UNAVAILABLE and the leader in
+`concord-leader`; keep-alives go to the leader. Each renewal is bounded by the service's
+deadline.
+
+TimeToLive is answered by the leader from its lessor (a follower redirects to it): only the
+leader knows the renewals. Until the new leader's lessor serves, the replicated table answers
+(a full TTL after a leader change either way).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Callable
 
 from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.fsm import (
     LeaseGrant,
-    LeaseKeepAlive,
     LeaseResult,
     LeaseRevoke,
     OwnedLeaseGrant,
+    Renewal,
     RevisionResult,
 )
 
 from . import _validate as v
 from ._caller import workload
 from ._core import Core
-from ._rpc import Call, Servicer, streaming, unary
+from ._errors import unavailable
+from ._hub import first_done
+from ._renewals import Renewals
+from ._rpc import Call, Servicer, deadline_error, streaming, unary
+
+_Answer = pb.LeaseKeepAliveResponse | Exception | None
 
 
 class LeaseService(Servicer):
     def __init__(self, core: Core) -> None:
         super().__init__(core.cfg.deadline_s)
         self.core = core
+        self.renewals = Renewals(core)
 
     @unary
     async def Grant(self, request: pb.LeaseGrantRequest, call: Call) -> pb.LeaseGrantResponse:
@@ -53,13 +69,97 @@ class LeaseService(Servicer):
     async def KeepAlive(
         self, request: AsyncIterator[pb.LeaseKeepAliveRequest], call: Call
     ) -> AsyncIterator[pb.LeaseKeepAliveResponse]:
-        async for message in request:
-            lease = v.lease_id(message.id, "id")
-            async with asyncio.timeout(call.bound_s()):
-                applied = await self.core.propose(LeaseKeepAlive(lease))
-            res = self.core.expect(applied, LeaseResult)
-            yield pb.LeaseKeepAliveResponse(
-                header=self.core.header(None, applied.index), id=res.id, ttl_ms=res.ttl_ms
+        self.core.lease_stats.streams += 1
+        answers: asyncio.Queue[_Answer] = asyncio.Queue()
+        pending = 0
+        """Renewals read and not yet answered."""
+        done_reading = False
+        racing: set[asyncio.Task[None]] = set()
+
+        def answer(item: pb.LeaseKeepAliveResponse | Exception) -> None:
+            nonlocal pending
+            pending -= 1
+            answers.put_nowait(item)
+            if done_reading and not pending:
+                answers.put_nowait(None)
+
+        def settle(lease: int, verdict: asyncio.Future[Renewal]) -> None:
+            # A callback, not a task per renewal: thousands arrive every second.
+            if verdict.cancelled():
+                return
+            err = verdict.exception()
+            if err is not None:
+                answer(err if isinstance(err, Exception) else unavailable(str(err)))
+            elif verdict.result() is Renewal.RENEWED:
+                answer(self._response(lease, self.core.view.lessor.ttl_ms(lease)))
+            elif verdict.result() is Renewal.UNKNOWN:
+                answer(self._response(lease, 0))  # the lease has ended
+            elif verdict.result() is Renewal.EXPIRING:
+                task = asyncio.ensure_future(self._after_expiry(lease, answer))
+                racing.add(task)
+                task.add_done_callback(racing.discard)
+            else:  # NOT_SERVING is never a batch's verdict (it waits or fails instead)
+                answer(unavailable("this member does not serve renewals now; retry"))
+
+        async def read() -> None:
+            nonlocal pending, done_reading
+            try:
+                async for message in request:
+                    lease = v.lease_id(message.id, "id")
+                    pending += 1
+                    self.renewals.ask(lease).add_done_callback(functools.partial(settle, lease))
+            except Exception as exc:
+                answers.put_nowait(exc)
+                return
+            done_reading = True  # the client is done writing: answer what it sent, then end
+            if not pending:
+                answers.put_nowait(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (item := await answers.get()) is not None:
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+        finally:
+            reader.cancel()
+            for task in list(racing):
+                task.cancel()
+
+    def _response(self, lease: int, ttl_ms: int) -> pb.LeaseKeepAliveResponse:
+        return pb.LeaseKeepAliveResponse(header=self.core.header(), id=lease, ttl_ms=ttl_ms)
+
+    async def _after_expiry(
+        self, lease: int, answer: Callable[[pb.LeaseKeepAliveResponse | Exception], None]
+    ) -> None:
+        """A renewal that raced an expiry on its way: NOT_FOUND once it applied."""
+        try:
+            await self._expiry_applied(lease)
+        except TimeoutError:
+            answer(deadline_error(self.deadline_s))
+        except Exception as exc:
+            answer(exc)
+        else:
+            answer(self._response(lease, 0))
+
+    async def _expiry_applied(self, lease: int) -> None:
+        """Wait until the expiry naming `lease` applied (the renewal lost the race: NOT_FOUND),
+        or the lessor stopped serving (leadership moved; the lease may live on: retry there)."""
+        lessor, hub = self.core.view.lessor, self.core.hub
+        async with asyncio.timeout(self.deadline_s):
+            while lessor.expiring(lease):
+                change = hub.leader_change()
+                applied: asyncio.Future[None] = asyncio.ensure_future(
+                    hub.applied_since(hub.generation)
+                )
+                try:
+                    await first_done(applied, change)
+                finally:
+                    applied.cancel()
+        if self.core.fsm.lease_owner(lease) is not None:
+            raise unavailable(
+                f"lease {lease} was being expired when leadership moved; retry the renewal at "
+                "the new leader"
             )
 
     @unary
@@ -74,11 +174,14 @@ class LeaseService(Servicer):
         self, request: pb.LeaseTimeToLiveRequest, call: Call
     ) -> pb.LeaseTimeToLiveResponse:
         lease = v.lease_id(request.id, "id")
-        await self.core.read(False)
-        info = self.core.fsm.lease_ttl(lease)
+        await self.core.require_leader()  # only the leader knows the renewals: redirect
+        now_ms = self.core.view.monotonic_ms()
+        life = self.core.view.lessor.remaining(lease, now_ms)
+        if life is None:  # the lessor does not serve yet (or the lease is gone): the table
+            info = self.core.fsm.lease_ttl(lease)
+            ttl_ms, remaining_ms = info.ttl_ms, info.remaining_ms
+        else:
+            ttl_ms, remaining_ms = life.ttl_ms, life.remaining_ms
         return pb.LeaseTimeToLiveResponse(
-            header=self.core.header(),
-            id=info.id,
-            ttl_ms=info.ttl_ms,
-            remaining_ms=info.remaining_ms,
+            header=self.core.header(), id=lease, ttl_ms=ttl_ms, remaining_ms=remaining_ms
         )

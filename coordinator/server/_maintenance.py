@@ -67,7 +67,7 @@ SNAPSHOT_CHUNK_BYTES = 1 << 20
 
 
 class MemberKeys(Protocol):
-    """What the service needs from its member process (`coordinator.runtime.member.Member`
+    """What the service needs from its member process (`coordinator.daemon.member.Member`
     provides it; an in-process test server has none)."""
 
     @property
@@ -277,7 +277,7 @@ class MaintenanceService(Servicer):
         # No await from here to the image: index, term, configuration and image are one state.
         fsm = core.fsm
         image = fsm.snapshot()
-        conf = core.loop.applied_conf
+        conf = core.view.applied_conf
         info = pb.SnapshotInfo(
             member_id=core.id,
             cluster_id=str(getattr(self.member, "cluster_id", "")),

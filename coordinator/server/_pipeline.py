@@ -128,11 +128,11 @@ class PipelineService:
         if route is None:
             out.put(_error(c.id, invalid("the call carries no request: set one of its fields")))
             return
-        loop = asyncio.get_running_loop()
+        running = asyncio.get_running_loop()
         timeout_s = c.timeout_ms / 1000 if c.timeout_ms else None
         if timeout_s is None and not route.blocking:
             timeout_s = self.deadline_s
-        at = None if timeout_s is None else loop.time() + timeout_s
+        at = None if timeout_s is None else running.time() + timeout_s
         call = Call(_Deadline(at), self.deadline_s)
         try:
             guard = workload()

@@ -15,7 +15,7 @@ the newest key's `created_ms`. Old keys are kept: everything sealed to them stil
 **Who may call what.** Every method needs a client certificate of the cluster (the client
 port demands one under TLS). Unseal, the one method that answers plaintext, is for the
 operator's identity only: a client certificate naming the role URI `concord://role/operator`
-(`coordinator.runtime.tls.roles_of`), which `concordctl cluster init` issues in
+(`coordinator.pki.roles_of`), which `concordctl cluster init` issues in
 `operator/`. A certificate chains to the cluster CA or the TLS handshake fails, so the role in
 it is as trustworthy as the CA key. Without TLS nobody can be identified, and Unseal refuses
 everyone. ReEncrypt and ValidateSealed never return plaintext, so any client may call them.
@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from coordinator import sealing
 from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.fsm import SealingKey, SealingKeyAdd, SealingKeyResult
-from coordinator.runtime.tls import OPERATOR_ROLE, ROLE_URI_PREFIX, roles_of
+from coordinator.pki import OPERATOR_ROLE, ROLE_URI_PREFIX, roles_of
 
 from ._caller import workload
 from ._core import Core
@@ -135,7 +135,7 @@ class SecretsService(Servicer):
         # A follower would make a key only to be redirected: lead first, then spend the CPU.
         await core.require_leader()
         async with self._generating:
-            now_ms = core.loop.clock.wall_ms()
+            now_ms = core.view.wall_ms()
             now = dt.datetime.fromtimestamp(now_ms / 1000, dt.UTC)
             pair = await asyncio.to_thread(sealing.new_sealing_key, now)
             add = SealingKeyAdd(
@@ -164,9 +164,9 @@ class SecretsService(Servicer):
         while True:
             await asyncio.sleep(check_s)
             newest = self._newest()
-            if not self.core.loop.is_leader or newest is None:
+            if not self.core.view.is_leader or newest is None:
                 continue
-            if not renewal_due(newest.created_ms, self.core.loop.clock.wall_ms(), period_ms):
+            if not renewal_due(newest.created_ms, self.core.view.wall_ms(), period_ms):
                 continue
             try:
                 await self._add_key(newest.id)

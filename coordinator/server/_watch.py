@@ -187,7 +187,7 @@ class EncodedResponses:
     def get(
         self, core: Core, selected: KeyRange, events: list[Event], batch_max: int
     ) -> list[bytes]:
-        term = core.loop.node.term
+        term = core.view.term
         key = (selected, events[0].revision, events[-1].revision, len(events), term)
         found = self._cache.get(key)
         if found is None:

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from coordinator.fsm import Applied, ErrorCode, Event, FsmError
-from coordinator.runtime.loop import RaftLoop
+from coordinator.runtime.view import RaftView
 
 from ._errors import Code, ServiceError
 from ._hub import stopping_error
@@ -116,18 +116,18 @@ class WatchHub:
     """The `LoopObserver` that fans applied events out to watchers (see the module doc)."""
 
     def __init__(
-        self, loop: RaftLoop, queue_events_max: int, events: WatchEvents | None = None
+        self, view: RaftView, queue_events_max: int, events: WatchEvents | None = None
     ) -> None:
         if queue_events_max < 1:
             raise ValueError("a watch queue must hold at least one event")
-        self._loop = loop
+        self._view = view
         self.queue_events_max = queue_events_max
         self._index: WatchIndex[Watcher] = WatchIndex()
-        self._fanned = loop.fsm.revision + 1
+        self._fanned = view.fsm.revision + 1
         """The first revision not yet fanned out. Only the fan-out task moves it."""
         self._pending = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self.stopped = loop.stopped
+        self.stopped = view.stopped
         self.delivered = 0
         """Events fanned out so far (a counter for metrics and tests)."""
         self.ended_slow = 0
@@ -140,7 +140,7 @@ class WatchHub:
     @property
     def caught_up(self) -> bool:
         """Every applied revision has been fanned out (tests wait on this, not on time)."""
-        return self._fanned > self._loop.fsm.revision
+        return self._fanned > self._view.fsm.revision
 
     # --- streams ---------------------------------------------------------------------------
 
@@ -166,7 +166,7 @@ class WatchHub:
         if watcher.given >= watcher.floor:
             return []
         try:
-            events = self._loop.fsm.events_since(watcher.given)
+            events = self._view.fsm.events_since(watcher.given)
         except FsmError as err:
             if err.code is not ErrorCode.OUT_OF_RANGE:
                 raise
@@ -207,7 +207,7 @@ class WatchHub:
         else:
             # Nobody to deliver to: keep the boundary current, so the next watcher reads
             # only its own start's backlog and the hub never reads a history it has lost.
-            self._fanned = self._loop.fsm.revision + 1
+            self._fanned = self._view.fsm.revision + 1
 
     def on_restored(self) -> None:
         self.on_applied([])
@@ -237,11 +237,11 @@ class WatchHub:
             )
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+        running = asyncio.get_running_loop()
         while not self.stopped:
             await self._pending.wait()
             self._pending.clear()
-            started = loop.time()
+            started = running.time()
             try:
                 await self._fan_out()
                 # The streams woken last run their step (take, encode, hand to gRPC) before
@@ -250,7 +250,7 @@ class WatchHub:
                 # the loop, and under load passes come less often and carry more revisions
                 # each (coalescing), rather than delaying every write behind the fan-out.
                 await asyncio.sleep(0)
-                await asyncio.sleep(min(_PAUSE_MAX_S, loop.time() - started))
+                await asyncio.sleep(min(_PAUSE_MAX_S, running.time() - started))
             except Exception:
                 log.exception("watch fan-out failed; ending every watch so clients resume")
                 self._end_all(
@@ -258,7 +258,7 @@ class WatchHub:
                 )
 
     async def _fan_out(self) -> None:
-        fsm = self._loop.fsm
+        fsm = self._view.fsm
         if fsm.revision < self._fanned:
             return
         try:

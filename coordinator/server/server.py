@@ -217,7 +217,7 @@ async def start_workload_port(
 ) -> WorkloadPort:
     """The member's workload port over `gateway` (`_workload.py`): the same API for pods with
     a ServiceAccount token, scoped to their namespace. `credentials`: TLS that asks for no
-    client certificate. The member process finds this function by name."""
+    client certificate."""
     return await listen_workload_port(
         gateway,
         address,
@@ -231,5 +231,5 @@ async def start_workload_port(
 
 def join_services(loop: RaftLoop, authority: JoinAuthority) -> JoinServices:
     """A member's joining services over `loop` (`_join.py`): Admission for its peer server,
-    and the join port. The member process finds this function by name, as `start_gateway`."""
+    and the join port."""
     return JoinServices(loop, authority)

@@ -20,6 +20,7 @@ This package depends on the Raft core's vocabulary only; it never imports the ru
 """
 
 from ._segment import RecordType as RecordType
+from ._segment import record_frames as record_frames
 from .crypto import KeyStore as KeyStore
 from .crypto import combine_unlock_key_share_sets as combine_unlock_key_share_sets
 from .crypto import combine_unlock_key_shares as combine_unlock_key_shares
@@ -93,6 +94,7 @@ __all__ = [
     "log_position",
     "parse_unlock_key",
     "read_cluster_id",
+    "record_frames",
     "split_unlock_key",
     "write_cluster_id",
 ]

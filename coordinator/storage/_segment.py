@@ -176,7 +176,22 @@ class _Bad:
     """The frame and CRC were fine: this is no torn write but a changed record."""
 
 
-def _parse_at(data: bytes, offset: int, seq: int, cipher_for: CipherFor) -> Record | _Bad:
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """A record whose frame and CRC are intact and whose clear fields are plausible, but which
+    is not authenticated yet: anyone who can write the file chooses every field here (and
+    a fresh CRC), so nothing may rely on them before `open_frame` has checked the seal."""
+
+    offset: int
+    size_bytes: int
+    type: RecordType
+    key_id: int
+    index: int
+    term: int
+    nonce: bytes
+
+
+def _frame_at(data: bytes, offset: int) -> Frame | _Bad:
     remaining = len(data) - offset
     if remaining < _FRAME.size:
         return _Bad(f"a {remaining}-byte fragment of a record frame", False)
@@ -186,28 +201,56 @@ def _parse_at(data: bytes, offset: int, seq: int, cipher_for: CipherFor) -> Reco
     end = offset + _FRAME.size + length
     if end > len(data):
         return _Bad(f"record declares {length} bytes but only {remaining - 8} follow", False)
-    body = data[offset + _FRAME.size : end]
-    if zlib.crc32(body) != crc:
+    if zlib.crc32(memoryview(data)[offset + _FRAME.size : end]) != crc:
         return _Bad("checksum mismatch", False)
-    raw_type, key_id, index, term, nonce = _HEAD.unpack_from(body)
+    raw_type, key_id, index, term, nonce = _HEAD.unpack_from(data, offset + _FRAME.size)
     try:
         rtype = RecordType(raw_type)
     except ValueError:
         return _Bad(f"unknown record type {raw_type}", True)
+    return Frame(offset, end - offset, rtype, key_id, index, term, nonce)
+
+
+def _open_at(data: bytes, frame: Frame, seq: int, cipher_for: CipherFor) -> Record | _Bad:
     try:
-        cipher = cipher_for(key_id)
+        cipher = cipher_for(frame.key_id)
     except UnknownKeyError as exc:
         return _Bad(str(exc), True)
-    head = body[: _HEAD.size]
+    start = frame.offset + _FRAME.size
+    head = data[start : start + _HEAD.size]
+    sealed = memoryview(data)[start + _HEAD.size : frame.offset + frame.size_bytes]
     try:
-        payload = cipher.decrypt(nonce, body[_HEAD.size :], _aad(seq, offset, head))
+        payload = cipher.decrypt(frame.nonce, sealed, _aad(seq, frame.offset, head))
     except InvalidTag:
         return _Bad(
             "authentication failed: the record was altered, moved from another index, file "
             "or offset, or sealed under another key",
             True,
         )
-    return Record(offset, end - offset, rtype, key_id, index, term, nonce, payload)
+    f = frame
+    return Record(f.offset, f.size_bytes, f.type, f.key_id, f.index, f.term, f.nonce, payload)
+
+
+def _parse_at(data: bytes, offset: int, seq: int, cipher_for: CipherFor) -> Record | _Bad:
+    frame = _frame_at(data, offset)
+    return frame if isinstance(frame, _Bad) else _open_at(data, frame, seq, cipher_for)
+
+
+def record_frames(data: bytes) -> list[tuple[int, int]]:
+    """(offset, size) of every whole record frame of a segment file's bytes, in order, read
+    from the frames' lengths alone: no CRC or authentication is checked, and a short frame at
+    the end is left out. For tools that aim at exact byte ranges (fault injection, tests);
+    recovery reads through `scan_segment`."""
+    out: list[tuple[int, int]] = []
+    offset = len(PREAMBLE)
+    while offset + _FRAME.size <= len(data):
+        length, _ = _FRAME.unpack_from(data, offset)
+        size = _FRAME.size + length
+        if offset + size > len(data):
+            break
+        out.append((offset, size))
+        offset += size
+    return out
 
 
 def _valid_record_after(data: bytes, start: int, seq: int, cipher_for: CipherFor) -> int | None:
@@ -220,6 +263,104 @@ def _valid_record_after(data: bytes, start: int, seq: int, cipher_for: CipherFor
             return candidate
         pos = data.find(prefix, pos + 1)
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class FramedSegment:
+    """One segment read and checked for framing (every record's length and CRC, the nonce
+    ordinals, the header's position), none of it authenticated yet but the fallback search
+    that tells a torn tail from damage (see the module docstring). `open_frame` authenticates
+    a frame; the WAL's recovery decides which ones it needs to."""
+
+    path: Path
+    seq: int
+    first_index: int
+    data: bytes
+    frames: list[Frame]
+    valid_bytes: int
+    """Length of the well-framed prefix; with `torn_reason`, everything after it is torn."""
+    size_bytes: int
+    torn_reason: str | None
+    corruption: WalCorruptError | None
+    """Framing damage at `valid_bytes` that is not a torn tail."""
+
+    @property
+    def has_header(self) -> bool:
+        return bool(self.frames)
+
+
+def frame_segment(
+    path: Path, seq: int, first_index: int, cipher_for: CipherFor, *, final: bool
+) -> FramedSegment:
+    """Read one segment and check its framing; raises only `FormatVersionError`. A frame-level
+    fault (bad length or CRC) is classified torn or corrupt exactly as in `scan_segment`;
+    corruption is returned, with the frames before it, in `corruption`."""
+    data = path.read_bytes()
+    frames: list[Frame] = []
+    bad: _Bad
+    bad_at = 0
+    if len(data) >= len(PREAMBLE) and data.startswith(_MAGIC) and data[:8] != PREAMBLE:
+        (version,) = struct.unpack_from(">H", data, len(_MAGIC))
+        raise FormatVersionError(
+            f"{path} has WAL segment format version {version}; this build reads version "
+            f"{SEGMENT_FORMAT_VERSION}"
+        )
+
+    def result(valid_bytes: int, torn: str | None, corrupt: str | None = None) -> FramedSegment:
+        error = None if corrupt is None else WalCorruptError(path, valid_bytes, corrupt)
+        return FramedSegment(
+            path, seq, first_index, data, frames, valid_bytes, len(data), torn, error
+        )
+
+    if data[: len(PREAMBLE)] != PREAMBLE:
+        bad = _Bad("missing or damaged segment preamble", False)
+    else:
+        offset = len(PREAMBLE)
+        while True:
+            if offset == len(data):
+                return result(offset, None)
+            parsed = _frame_at(data, offset)
+            if isinstance(parsed, _Bad):
+                bad, bad_at = parsed, offset
+                break
+            misplaced = _misplacement(parsed, seq, len(frames))
+            if misplaced is not None:
+                # A record moved here from elsewhere fails its seal too; say that, the cause.
+                opened = _open_at(data, parsed, seq, cipher_for)
+                return result(
+                    offset, None, opened.reason if isinstance(opened, _Bad) else misplaced
+                )
+            frames.append(parsed)
+            offset += parsed.size_bytes
+    if bad.checksum_ok:
+        return result(bad_at, None, bad.reason)
+    if not final:
+        return result(bad_at, None, f"{bad.reason}, in a segment that is not the last")
+    later = _valid_record_after(data, bad_at, seq, cipher_for)
+    if later is not None:
+        reason = f"{bad.reason}, yet an intact record follows at offset {later}"
+        return result(bad_at, None, reason)
+    return result(bad_at, bad.reason)
+
+
+def open_frame(segment: FramedSegment, frame: Frame, cipher_for: CipherFor) -> Record:
+    """Authenticate and decrypt one frame of `segment`; `WalCorruptError` if it does not open
+    in place (altered, moved, unknown key) or, for the header, disagrees with the file name.
+    A frame whose CRC was good but whose seal is not was written whole and changed later, so
+    this is never a torn write."""
+    opened = _open_at(segment.data, frame, segment.seq, cipher_for)
+    if isinstance(opened, _Bad):
+        raise WalCorruptError(segment.path, frame.offset, opened.reason)
+    if opened.type is RecordType.SEGMENT_HEADER:
+        header_seq, header_first, _ = decode_segment_header(opened.payload)
+        if (header_seq, header_first) != (segment.seq, segment.first_index):
+            raise WalCorruptError(
+                segment.path,
+                frame.offset,
+                f"header says segment {header_seq} from index {header_first}, but the file "
+                f"is named for segment {segment.seq} from index {segment.first_index}",
+            )
+    return opened
 
 
 def scan_segment(
@@ -239,60 +380,33 @@ def scan_segment_partially(
 ) -> SegmentScan:
     """As `scan_segment`, but corruption is returned in `corruption` together with the
     intact records before it, for tools that show how far a damaged log reads back."""
-    data = path.read_bytes()
+    framed = frame_segment(path, seq, first_index, cipher_for, final=final)
     records: list[Record] = []
-    bad: _Bad
-    bad_at = 0
-    if len(data) >= len(PREAMBLE) and data.startswith(_MAGIC) and data[:8] != PREAMBLE:
-        (version,) = struct.unpack_from(">H", data, len(_MAGIC))
-        raise FormatVersionError(
-            f"{path} has WAL segment format version {version}; this build reads version "
-            f"{SEGMENT_FORMAT_VERSION}"
-        )
-
-    def result(valid_bytes: int, torn: str | None, corrupt: str | None = None) -> SegmentScan:
-        error = None if corrupt is None else WalCorruptError(path, valid_bytes, corrupt)
-        return SegmentScan(path, seq, first_index, records, valid_bytes, len(data), torn, error)
-
-    if data[: len(PREAMBLE)] != PREAMBLE:
-        bad = _Bad("missing or damaged segment preamble", False)
-    else:
-        offset = len(PREAMBLE)
-        while True:
-            if offset == len(data):
-                return result(offset, None)
-            parsed = _parse_at(data, offset, seq, cipher_for)
-            if isinstance(parsed, _Bad):
-                bad, bad_at = parsed, offset
-                break
-            misplaced = _misplacement(parsed, seq, first_index, len(records))
-            if misplaced is not None:
-                return result(offset, None, misplaced)
-            records.append(parsed)
-            offset += parsed.size_bytes
-    if bad.checksum_ok:
-        return result(bad_at, None, bad.reason)
-    if not final:
-        return result(bad_at, None, f"{bad.reason}, in a segment that is not the last")
-    later = _valid_record_after(data, bad_at, seq, cipher_for)
-    if later is not None:
-        reason = f"{bad.reason}, yet an intact record follows at offset {later}"
-        return result(bad_at, None, reason)
-    return result(bad_at, bad.reason)
-
-
-def _misplacement(rec: Record, seq: int, first_index: int, ordinal: int) -> str | None:
-    """The writer's own invariants, re-checked on read: nonces count records from 0, and
-    exactly the first record is a header that agrees with the file name."""
-    if wal_nonce(seq, ordinal) != rec.nonce:
-        return f"record {ordinal} carries an unexpected nonce"
-    if (rec.type is RecordType.SEGMENT_HEADER) != (ordinal == 0):
-        return f"{rec.type.name} record in position {ordinal} of the segment"
-    if ordinal == 0:
-        header_seq, header_first, _ = decode_segment_header(rec.payload)
-        if (header_seq, header_first) != (seq, first_index):
-            return (
-                f"header says segment {header_seq} from index {header_first}, but the file "
-                f"is named for segment {seq} from index {first_index}"
+    for frame in framed.frames:
+        try:
+            records.append(open_frame(framed, frame, cipher_for))
+        except WalCorruptError as exc:
+            return SegmentScan(
+                path, seq, first_index, records, frame.offset, framed.size_bytes, None, exc
             )
+    return SegmentScan(
+        path,
+        seq,
+        first_index,
+        records,
+        framed.valid_bytes,
+        framed.size_bytes,
+        framed.torn_reason,
+        framed.corruption,
+    )
+
+
+def _misplacement(frame: Frame, seq: int, ordinal: int) -> str | None:
+    """The writer's own invariants, re-checked on read: nonces count records from 0, and
+    exactly the first record is a header (`open_frame` checks it agrees with the file name).
+    These are clear fields: a check here catches accidents, not an attacker."""
+    if wal_nonce(seq, ordinal) != frame.nonce:
+        return f"record {ordinal} carries an unexpected nonce"
+    if (frame.type is RecordType.SEGMENT_HEADER) != (ordinal == 0):
+        return f"{frame.type.name} record in position {ordinal} of the segment"
     return None

@@ -14,13 +14,16 @@ O(change) instead of O(cluster state):
   whose bound is below L are required (a candidate whose votes were delayed may legitimately
   win an old term after a later term committed entries it lacks).
 - State machine safety: no two members apply different entries at one index, and each
-  member applies indices in order without gaps (on apply and snapshot restore).
+  member applies indices in order without gaps (on apply and snapshot restore); and two
+  members that snapshot their state machine at one index write the same image (the machine
+  is deterministic and its image canonical, so any difference is a divergence).
 
 `invariant()` raises `Violation`; it is a function, not `assert`, so `python -O` keeps it.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 
 from coordinator.raft import Entry, SnapshotMeta
@@ -45,6 +48,8 @@ class SafetyChecker:
         self.commit_term_bound: dict[int, int] = {}
         """Per index: a term no earlier than the one in which the entry was committed."""
         self.node_applied: dict[int, int] = {}
+        self.images: dict[int, tuple[int, bytes]] = {}
+        """Per index: the first member to snapshot there, and its image's digest."""
         self.checks = 0
 
     def on_leader(
@@ -133,6 +138,16 @@ class SafetyChecker:
             f"({meta.index} < applied {self.node_applied.get(node, 0)})",
         )
         self.node_applied[node] = meta.index
+
+    def on_snapshot(self, node: int, index: int, image: bytes) -> None:
+        self.checks += 1
+        digest = hashlib.blake2b(image, digest_size=16).digest()
+        first, seen = self.images.setdefault(index, (node, digest))
+        invariant(
+            seen == digest,
+            f"state machine safety: nodes {first} and {node} hold different states at index "
+            f"{index} (their snapshot images differ)",
+        )
 
     def on_restart(self, node: int, snapshot_index: int) -> None:
         self.node_applied[node] = snapshot_index

@@ -55,11 +55,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from coordinator import pki
 from coordinator.testing.procs import free_ports, orphan_proof
 
 REPO = Path(__file__).resolve().parents[2]
@@ -139,66 +138,24 @@ class _Issued:
     key_pem: bytes
 
 
-def _key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def _name(common_name: str, organization: str | None = None) -> x509.Name:
-    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
-    if organization is not None:
-        # Kubernetes reads a client certificate's O as the user's groups.
-        attrs.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
-    return x509.Name(attrs)
-
-
 class _Pki:
-    """A CA valid for a day, and certificates it signs (the cluster lives for one test run)."""
+    """A CA valid for a day, and certificates it signs (the cluster lives for one test run),
+    built by `coordinator.pki` like every certificate of the project."""
 
     def __init__(self) -> None:
-        self._ca_key = _key()
-        now = dt.datetime.now(dt.UTC)
-        self._not_before = now - dt.timedelta(minutes=5)  # tolerate a little clock skew
+        self._ca_key = pki.new_key()
+        now = pki.now_utc()
+        self._not_before = now - pki.BACKDATE
         self._not_after = now + dt.timedelta(days=1)
-        name = _name("concord-test-kubernetes-ca")
-        self.ca_cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(self._ca_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(self._not_before)
-            .not_valid_after(self._not_after)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(
-                x509.SubjectKeyIdentifier.from_public_key(self._ca_key.public_key()),
-                critical=False,
-            )
-            .sign(self._ca_key, hashes.SHA256())
+        self.ca_cert = pki.build_ca_cert(
+            self._ca_key,
+            pki.subject_name("concord-test-kubernetes-ca"),
+            not_before=self._not_before,
+            not_after=self._not_after,
+            digital_signature=True,
         )
-        self.ca_pem = self.ca_cert.public_bytes(serialization.Encoding.PEM)
-        self.ca_key_pem = _key_pem(self._ca_key)
+        self.ca_pem = pki.cert_pem(self.ca_cert)
+        self.ca_key_pem = pki.key_pem(self._ca_key)
 
     def issue(
         self,
@@ -207,49 +164,23 @@ class _Pki:
         organization: str | None = None,
         server_names: Sequence[str] = (),
     ) -> _Issued:
-        """A client certificate, or a serving one when `server_names` (DNS names or IPs)."""
-        key = _key()
+        """A client certificate, or a serving one when `server_names` (DNS names or IPs).
+        Kubernetes reads a client certificate's O as the user's groups."""
+        key = pki.new_key()
         usage = [ExtendedKeyUsageOID.SERVER_AUTH] if server_names else []
         usage.append(ExtendedKeyUsageOID.CLIENT_AUTH)
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(_name(common_name, organization))
-            .issuer_name(self.ca_cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(self._not_before)
-            .not_valid_after(self._not_after)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.ExtendedKeyUsage(usage), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._ca_key.public_key()),
-                critical=False,
-            )
+        cert = pki.build_leaf_cert(
+            self.ca_cert,
+            self._ca_key,
+            key.public_key(),
+            pki.subject_name(common_name, organization),
+            not_before=self._not_before,
+            not_after=self._not_after,
+            usages=usage,
+            sans=pki.host_sans(server_names),
+            key_agreement=False,
         )
-        if server_names:
-            sans: list[x509.GeneralName] = []
-            for n in server_names:
-                try:
-                    sans.append(x509.IPAddress(ipaddress.ip_address(n)))
-                except ValueError:
-                    sans.append(x509.DNSName(n))
-            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        cert = builder.sign(self._ca_key, hashes.SHA256())
-        return _Issued(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
+        return _Issued(pki.cert_pem(cert), pki.key_pem(key))
 
 
 def _write(path: Path, data: bytes, mode: int = 0o600) -> Path:
@@ -570,10 +501,10 @@ def start_control_plane(
     pki_dir.mkdir(exist_ok=True)
     (root / "etcd").mkdir(exist_ok=True, mode=0o700)
 
-    pki = _Pki()
-    ca = _write(pki_dir / "ca.crt", pki.ca_pem, 0o644)
-    ca_key = _write(pki_dir / "ca.key", pki.ca_key_pem)
-    serving = pki.issue(
+    certs = _Pki()
+    ca = _write(pki_dir / "ca.crt", certs.ca_pem, 0o644)
+    ca_key = _write(pki_dir / "ca.key", certs.ca_key_pem)
+    serving = certs.issue(
         "kube-apiserver",
         server_names=[
             "127.0.0.1",
@@ -587,11 +518,11 @@ def start_control_plane(
     )
     _write(pki_dir / "apiserver.crt", serving.cert_pem, 0o644)
     _write(pki_dir / "apiserver.key", serving.key_pem)
-    admin = pki.issue("concord-test-admin", organization="system:masters")
+    admin = certs.issue("concord-test-admin", organization="system:masters")
     _write(pki_dir / "admin.crt", admin.cert_pem, 0o644)
     _write(pki_dir / "admin.key", admin.key_pem)
-    sa_key = _key()
-    _write(pki_dir / "sa.key", _key_pem(sa_key))
+    sa_key = pki.new_key()
+    _write(pki_dir / "sa.key", pki.key_pem(sa_key))
     _write(
         pki_dir / "sa.pub",
         sa_key.public_key().public_bytes(
@@ -603,21 +534,21 @@ def start_control_plane(
     etcd_client, etcd_peer, api_port, cm_port, sched_port = free_ports(5)
     server = f"https://127.0.0.1:{api_port}"
     kubeconfig = root / "admin.kubeconfig"
-    kubeconfig.write_text(kubeconfig_yaml(server, pki.ca_pem, "concord-test-admin", admin))
+    kubeconfig.write_text(kubeconfig_yaml(server, certs.ca_pem, "concord-test-admin", admin))
     kubeconfig.chmod(0o600)
     cm_kubeconfig = root / "controller-manager.kubeconfig"
     cm_kubeconfig.write_text(
         kubeconfig_yaml(
             server,
-            pki.ca_pem,
+            certs.ca_pem,
             "system:kube-controller-manager",
-            pki.issue("system:kube-controller-manager"),
+            certs.issue("system:kube-controller-manager"),
         )
     )
     sched_kubeconfig = root / "scheduler.kubeconfig"
     sched_kubeconfig.write_text(
         kubeconfig_yaml(
-            server, pki.ca_pem, "system:kube-scheduler", pki.issue("system:kube-scheduler")
+            server, certs.ca_pem, "system:kube-scheduler", certs.issue("system:kube-scheduler")
         )
     )
 

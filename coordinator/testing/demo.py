@@ -1,9 +1,10 @@
-"""`make run`: three members of the real Raft core in one process, driven by the simulator.
+"""Three members of the real Raft core and the real state machine in one process, driven by
+the simulator: `python -m coordinator.testing.demo`.
 
-Until the networked coordinator member exists, this is the honest way to watch the core
-work end to end: an election, a lock taken with compare-and-swap, a sequence, a CAS, then
-the leader crashes, another is elected, and nothing acknowledged is lost. Everything runs
-on virtual time over a simulated network, so the transcript is the same on every run.
+An election, a lock taken under a lease (and refused to a second holder), a sequence, a
+compare-and-swap, then the leader crashes, another is elected, and nothing acknowledged is
+lost. Everything runs on virtual time over a simulated network, so the transcript is the same
+on every run.
 """
 
 from __future__ import annotations
@@ -13,10 +14,26 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 
+from coordinator.fsm import (
+    AcquireResult,
+    Compare,
+    CompareOp,
+    CompareTarget,
+    LeaseGrant,
+    LeaseResult,
+    LockAcquire,
+    LockRelease,
+    Put,
+    SequenceBlock,
+    SequenceCreate,
+    SequenceNext,
+    Txn,
+    TxnResult,
+)
 from coordinator.raft import RawNode
 
-from .linearizability import KvInput
 from .sim import MS, ClientReply, SimNode, SimOptions, Simulator
+from .sim_clients import Read, Request
 
 DEMO_CLIENT = 1
 
@@ -58,7 +75,7 @@ class DemoCluster(Simulator):
             fn(*args)
         return callable(done) and bool(done())
 
-    def call(self, inp: KvInput) -> object:
+    def call(self, inp: Request) -> object:
         """Send one command to the leader and wait (virtual time) for its answer."""
         self.seq += 1
         seq = self.seq
@@ -84,25 +101,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"and virtual time (seed {args.seed})"
     )
     c = DemoCluster(args.seed)
-    c.call(KvInput("put", "lock/jobs", "free"))
-    got = c.call(KvInput("cas", "lock/jobs", "alice", "free"))
-    print(f"  lock 'jobs': alice cas free->alice: {'acquired' if got else 'refused'}")
-    got = c.call(KvInput("cas", "lock/jobs", "bob", "free"))
-    print(f"  lock 'jobs': bob   cas free->bob:   {'acquired' if got else 'refused (held)'}")
-    c.call(KvInput("cas", "lock/jobs", "free", "alice"))
-    print("  lock 'jobs': alice releases (cas alice->free)")
+    alice, bob = (c.call(LeaseGrant(10_000)) for _ in range(2))
+    assert isinstance(alice, LeaseResult) and isinstance(bob, LeaseResult)
+    got = c.call(LockAcquire("jobs", alice.id))
+    assert isinstance(got, AcquireResult)
+    print(f"  lock 'jobs': alice {'acquired, fencing token ' + str(got.token)}")
+    got = c.call(LockAcquire("jobs", bob.id))
+    assert isinstance(got, AcquireResult)
+    print(f"  lock 'jobs': bob   {'acquired' if got.granted else 'queued (held by alice)'}")
+    c.call(LockRelease("jobs", alice.id))
+    got = c.call(LockAcquire("jobs", bob.id))
+    assert isinstance(got, AcquireResult)
+    print(f"  lock 'jobs': alice releases; bob holds it with token {got.token}")
 
+    c.call(SequenceCreate("orders"))
     values = []
     for _ in range(3):
-        cur = c.call(KvInput("get", "seq/orders"))
-        nxt = str(int(cur) + 1) if isinstance(cur, str) else "1"
-        if c.call(KvInput("cas", "seq/orders", nxt, cur if isinstance(cur, str) else None)):
-            values.append(nxt)
+        block = c.call(SequenceNext("orders"))
+        assert isinstance(block, SequenceBlock)
+        values.append(str(block.first))
     print(f"  sequence 'orders': next -> {', '.join(values)}")
 
-    c.call(KvInput("put", "config", "v1"))
-    a = c.call(KvInput("cas", "config", "v2", "v1"))
-    b = c.call(KvInput("cas", "config", "v3", "v1"))
+    c.call(Put(b"config", b"v1"))
+
+    def cas(old: bytes, new: bytes) -> bool:
+        guard = Compare(b"config", CompareTarget.VALUE, CompareOp.EQUAL, old)
+        out = c.call(Txn((guard,), (Put(b"config", new),)))
+        return isinstance(out, TxnResult) and out.succeeded
+
+    a, b = cas(b"v1", b"v2"), cas(b"v1", b"v3")
     print(f"  cas 'config': v1->v2 {'ok' if a else 'refused'}; v1->v3 {'ok' if b else 'refused'}")
 
     leader = c.leader()
@@ -112,16 +139,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     leader.crash("demo")
     c.run_until(lambda: c.leader() is not None, 5_000 * MS)
     print(f"  failover took {(c.now - crashed_at) / MS:.0f} ms of virtual time")
-    seq_value = c.call(KvInput("get", "seq/orders"))
-    config = c.call(KvInput("get", "config"))
-    print(f"  after failover: seq/orders={seq_value}, config={config} (nothing acknowledged lost)")
+    block = c.call(SequenceNext("orders"))
+    config = c.call(Read("config"))
+    assert isinstance(block, SequenceBlock)
+    print(
+        f"  after failover: sequence 'orders' next -> {block.first}, config={config} "
+        "(nothing acknowledged lost)"
+    )
     c.restart(leader)
     c.run_until(lambda: False, 500 * MS)
     raw = leader.raw
     assert raw is not None
     print(
         f"  node {leader.id} restarted from its disk: {raw.role.value}, "
-        f"following node {raw.leader}, applied index {leader.kv.applied}"
+        f"following node {raw.leader}, applied index {leader.fsm.applied_index}"
     )
     print("done.")
     return 0

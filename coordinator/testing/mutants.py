@@ -1,9 +1,11 @@
-"""Deliberately broken variants of the core, to prove the simulator's checkers bite.
+"""Deliberately broken variants of the core and of the state machine, to prove the
+simulator's checkers bite.
 
-Each mutant breaks one rule the Raft paper states, by overriding the one small method of
-`Raft` that embodies it. The production core has no flags for this: the variants live here,
-in the test kit, and are swapped into a `RawNode` only by the simulator. A checker that
-cannot catch these within the seeds CI runs is not checking anything.
+Each Raft mutant breaks one rule the Raft paper states, by overriding the one small method of
+`Raft` that embodies it. Each state machine mutant swaps one part of the real `StateMachine`
+for a broken one. Production code has no flags for this: the variants live here, in the test
+kit, and are swapped in only by the simulator. A checker that cannot catch these within the
+seeds CI runs is not checking anything.
 
     python -m coordinator.testing.sim --seeds 200 --mutant commit_on_minority
 """
@@ -13,12 +15,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from coordinator.raft import Config, LogStorage, Message, RawNode
+from coordinator.fsm import StateMachine
+from coordinator.raft import (
+    Config,
+    LogStorage,
+    Message,
+    RawNode,
+    SessionCheck,
+    SessionTable,
+    SessionVerdict,
+)
 from coordinator.raft._log import RaftLog
 from coordinator.raft._raft import Raft
 from coordinator.raft._readonly import PendingRead
-
-from .kv import KvMachine
 
 
 class _CommitOnMinority(Raft):
@@ -75,12 +84,46 @@ def _with_raft(cls: type[Raft]) -> Callable[[Config, LogStorage], RawNode]:
     return factory
 
 
+class _BrokenMachine(StateMachine):
+    """The real machine with one part swapped by `_break`, again after every restore (which
+    builds all parts afresh)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._break()
+
+    def restore(self, data: bytes) -> None:
+        super().restore(data)
+        self._break()
+
+    def _break(self) -> None:
+        raise NotImplementedError
+
+
+class _ForgetfulSessions(SessionTable):
+    def check(self, client_id: int, seq: int) -> SessionCheck:
+        return SessionCheck(SessionVerdict.NEW)  # Broken: every retry runs again.
+
+
+class _NoSessions(_BrokenMachine):
+    def _break(self) -> None:
+        # Keeps the table's contents (every member's image stays the same), not its answers.
+        self._sessions.__class__ = _ForgetfulSessions
+
+
+class _LockIgnoresLease(_BrokenMachine):
+    def _break(self) -> None:
+        # Broken: a lock is granted (or queued for) under a lease that has expired or was
+        # never granted, so it is held past its lease and no expiry will ever release it.
+        self._locks._lease_exists = lambda _lease: True
+
+
 @dataclass(frozen=True)
 class Mutant:
     name: str
     breaks: str
     node_factory: Callable[[Config, LogStorage], RawNode] = RawNode
-    fsm_factory: Callable[[], KvMachine] = KvMachine
+    fsm_factory: Callable[[], StateMachine] = StateMachine
 
 
 MUTANTS: dict[str, Mutant] = {
@@ -92,10 +135,11 @@ MUTANTS: dict[str, Mutant] = {
         Mutant("commit_prior_term", "§5.4.2 count only current-term", _with_raft(_CommitPriorTerm)),
         Mutant("stale_read", "ReadIndex confirms leadership", _with_raft(_StaleRead)),
         Mutant("apply_before_commit", "apply only committed", _with_raft(_ApplyBeforeCommit)),
+        Mutant("no_sessions", "exactly-once via client sessions", fsm_factory=_NoSessions),
         Mutant(
-            "no_sessions",
-            "exactly-once via client sessions",
-            fsm_factory=lambda: KvMachine(sessions=False),
+            "lock_ignores_lease",
+            "a lock is held only under a live lease",
+            fsm_factory=_LockIgnoresLease,
         ),
     )
 }

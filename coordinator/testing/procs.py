@@ -1,7 +1,7 @@
 """Real child processes for tests, fault-injection runs and benchmarks: started so that none
 can outlive whoever started it, on ports that were free, and read over plain HTTP.
 
-One copy, used by the process tests (`tests/process/harness.py`), the nemesis
+One copy, used by the process tests (`coordinator/testing/process_cluster.py`), the nemesis
 (`coordinator.testing.nemesis`) and the benchmark (`bench/`).
 """
 
@@ -37,9 +37,14 @@ def orphan_proof(argv: Sequence[str]) -> list[str]:
     return [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *cmd]
 
 
+MEMBER_MODULE = "coordinator.daemon.member"
+"""The module `concord-coordinator` runs: every test, nemesis and benchmark member is started
+as `python -m MEMBER_MODULE` (the one place to change if it moves)."""
+
+
 def member_argv(args: Sequence[str]) -> list[str]:
     """The command line of a `concord-coordinator` member with `args`, orphan-proof."""
-    return orphan_proof([sys.executable, "-m", "coordinator.runtime.member", *args])
+    return orphan_proof([sys.executable, "-m", MEMBER_MODULE, *args])
 
 
 def free_ports(n: int) -> list[int]:
@@ -88,3 +93,35 @@ def metric(text: str, name: str) -> float | None:
         if line.startswith(name + " "):
             return float(line.split()[-1])
     return None
+
+
+def histogram_buckets(text: str, name: str) -> list[tuple[float, float]]:
+    """(upper bound, cumulative count) of histogram `name` in a /metrics page."""
+    out: list[tuple[float, float]] = []
+    prefix = f'{name}_bucket{{le="'
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            le = line[len(prefix) : line.index('"', len(prefix))]
+            out.append((float(le), float(line.split()[-1])))
+    return sorted(out)
+
+
+def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float | None:
+    """Prometheus' `histogram_quantile`: linear interpolation inside the bucket holding the
+    q-th observation. None without observations; the highest finite bound if it falls in
+    the +Inf bucket."""
+    if not buckets or buckets[-1][1] == 0:
+        return None
+    rank = q * buckets[-1][1]
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if bound == float("inf"):
+                return lower_bound
+            if count == lower_count:
+                return bound
+            return lower_bound + (bound - lower_bound) * (rank - lower_count) / (
+                count - lower_count
+            )
+        lower_bound, lower_count = bound, count
+    return lower_bound

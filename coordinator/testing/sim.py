@@ -1,4 +1,4 @@
-"""Deterministic simulation of a Concord Raft cluster under injected faults, by seed.
+"""Deterministic simulation of a Concord cluster under injected faults, by seed.
 
 One `random.Random(seed)` drives everything: the swarm options (cluster size, which faults
 are on and how often, the workload mix), the network, the nemesis, the clients and every
@@ -8,16 +8,22 @@ the same run to the last message, and a failing seed is reproduced by one printe
     python -m coordinator.testing.sim --seed N
 
 Each seed runs in three phases:
-1. faults: clients issue put/get/cas while the nemesis drops, delays, duplicates and reorders
-   messages, partitions the network (symmetric, one-way, flapping, leader isolated), crashes
-   and restarts members (losing the unsynced part of a torn write), slows disks, changes
-   membership and transfers leadership;
+1. faults: clients (`sim_clients.py`) use every primitive (KV put/get/compare-and-swap,
+   sequences, locks and elections through leases) while the nemesis drops, delays,
+   duplicates and reorders messages, partitions the network (symmetric, one-way, flapping,
+   leader isolated), crashes and restarts members (losing the unsynced part of a torn write),
+   slows disks, changes membership and transfers leadership;
 2. heal: every fault stops and crashed members restart; a leader must be elected and a
    proposal committed within a bounded time (liveness), which is measured;
-3. drain: clients finish, and every history is checked for linearizability.
+3. drain: KV and sequence clients finish (lock and election clients go on, so leases run
+   out under a stable leader), and every history is checked: the KV's for linearizability,
+   the others by `primitive_checks.py`.
 
-The members run the real `RawNode` through the real `handle_ready` driver; only the disk,
-the network and the clock are simulated. Safety checkers (`checkers.py`) run at every step.
+The members run the real `RawNode` through the real `handle_ready` driver and apply into the
+real replicated state machine (`fsm.StateMachine`); only the disk, the network and the
+clocks are simulated. Each leader stamps its proposals with its own host's clock and proposes
+`ExpireLeases` now and then, as the runtime's loop does. Safety checkers (`checkers.py`, and
+the lease invariant of `primitive_checks.py`) run at every step.
 """
 
 from __future__ import annotations
@@ -33,6 +39,19 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
+from coordinator.fsm import (
+    Applied,
+    Campaign,
+    Command,
+    Envelope,
+    ExpireLeases,
+    LeaseRevoke,
+    LockAcquire,
+    LockRelease,
+    Noop,
+    Resign,
+    StateMachine,
+)
 from coordinator.raft import (
     NONE,
     ConfChange,
@@ -56,8 +75,19 @@ from coordinator.runtime.driver import handle_ready
 from . import linearizability as lin
 from .checkers import SafetyChecker, Violation
 from .disk import SimCrash, SimDisk, SimWal
-from .kv import Command, KvMachine, Op
 from .mutants import MUTANTS
+from .primitive_checks import check_holds, check_leases_held, check_sequence
+from .sim_clients import (
+    ELECTION,
+    LOCK,
+    Histories,
+    HoldClient,
+    KvClient,
+    Read,
+    Request,
+    SequenceClient,
+    SimClient,
+)
 
 MS = 1000  # microseconds per millisecond
 NodeFactory = Callable[[Config, Storage], RawNode]
@@ -100,6 +130,14 @@ class SimOptions:
     lazy_commit: bool = False
     """Leaders announce commits lazily (`Config.lazy_commit`), flushed a random 0-5 ms
     after a turn leaves one unsent, as the asyncio runtime does after 2 ms."""
+    seq_clients: int = 0
+    lock_clients: int = 0
+    elect_clients: int = 0
+    lease_ttl_ms: int = 1000
+    stall_p: float = 0.0
+    """Per keep-alive due, the chance that a lock or election client pauses past its TTL."""
+    lease_check_us: int = 500 * MS
+    """How often the leader proposes `ExpireLeases` (the runtime's `lease_check_s`)."""
 
     @staticmethod
     def from_seed(seed: int, voters: int | None = None) -> SimOptions:
@@ -136,7 +174,7 @@ class SimOptions:
             fault_phase_us=r.randrange(1500, 4000) * MS,
             nemesis_every_us=r.randrange(80, 400) * MS,
             faults=faults,
-            clients=r.randrange(2, 6),
+            clients=r.randrange(1, 4),
             keys=r.randrange(1, 4),
             get_p=r.choice((0.2, 0.4, 0.7)),
             cas_p=r.choice((0.2, 0.4)),
@@ -148,6 +186,12 @@ class SimOptions:
             max_inflight=r.choice((1, 4, 64)),
             client_timeout_us=r.choice((60, 150, 400)) * MS,
             lazy_commit=r.random() < 0.5,  # drawn last: earlier draws stay as they were
+            seq_clients=r.randrange(0, 2),
+            lock_clients=r.randrange(0, 3),
+            elect_clients=r.choice((0, 0, 2)),
+            lease_ttl_ms=r.choice((1000, 1500)),
+            stall_p=r.choice((0.25, 0.4)),
+            lease_check_us=r.choice((100, 250, 500)) * MS,
         )
 
     def describe(self) -> str:
@@ -168,7 +212,12 @@ class ClientReply:
 
 
 class SimNode:
-    """One member: the real RawNode over a SimDisk, applying into a KvMachine."""
+    """One member: the real RawNode over a SimDisk, applying into the real StateMachine.
+
+    Its face towards the state machine is narrow on purpose: `apply`, `snapshot`, `restore`,
+    `applied_index`, `leases` (for the lease duty) and `get` (for reads). What it still does
+    that the runtime's loop also does (answering proposals by index and term, ReadIndex
+    waits, the snapshot policy, the lease duty) is kept to the minimum a client needs."""
 
     def __init__(self, sim: Simulator, node_id: int, conf: ConfState | None) -> None:
         self.sim = sim
@@ -179,15 +228,18 @@ class SimNode:
         self.alive = False
         self.removed = False
         self.raw: RawNode | None = None
+        # Each host's monotonic clock has its own epoch, which survives a restart of the
+        # member: the replicated clock must not care (fsm/machine.py re-pins per term).
+        self.epoch_ms = sim.rng.randrange(0, 1 << 30)
         self.start()
 
     def start(self) -> None:
         sim = self.sim
         self.storage = self.disk.load()
-        self.kv = sim.fsm_factory()
+        self.fsm = sim.fsm_factory()
         snap = self.disk.snapshot
         if snap.data:
-            self.kv.restore(snap.data)
+            self.fsm.restore(snap.data)
         self.applied_conf = snap.meta.conf
         sim.checker.on_restart(self.id, snap.meta.index)
         opts = sim.opts
@@ -203,11 +255,16 @@ class SimNode:
         )
         self.raw = sim.node_factory(cfg, self.storage)
         self.flush_due = False
+        self.next_lease_check_us = 0
         self.wal = SimWal(self.disk, self.storage, sim.rng, self._on_persist)
         self.pending_props: dict[int, tuple[int, int, int]] = {}
         self.pending_reads: dict[int, tuple[int, int, str]] = {}
         self.waiting_reads: list[tuple[int, int, int, str]] = []
         self.alive = True
+
+    def clock_ms(self) -> int:
+        """This host's monotonic clock, which a leader stamps on what it proposes."""
+        return self.epoch_ms + self.sim.now // MS
 
     def crash(self, reason: str) -> None:
         self.alive = False
@@ -244,6 +301,14 @@ class SimNode:
             raw.flush_commit()
             self.process()
 
+    def propose(self, client: int, seq: int, command: Command) -> int:
+        """Propose `command` stamped with this member's clock; returns its index. Raises
+        RaftError if this member cannot (not the leader, or a transfer is under way)."""
+        assert self.raw is not None
+        env = Envelope(client, seq, self.clock_ms(), command)
+        index, _term = self.raw.propose(env.encode())
+        return int(index)
+
     def _on_persist(self, entries: Sequence[Entry]) -> None:
         raw = self.raw
         assert raw is not None
@@ -260,7 +325,7 @@ class SimNode:
 
     def restore(self, snapshot: Snapshot) -> None:
         self.sim.checker.on_restore(self.id, snapshot.meta)
-        self.kv.restore(snapshot.data)
+        self.fsm.restore(snapshot.data)
         self.applied_conf = snapshot.meta.conf
         for index in [i for i in self.pending_props if i <= snapshot.meta.index]:
             del self.pending_props[index]  # outcome unknown; the client will retry
@@ -272,23 +337,18 @@ class SimNode:
             sim.checker.on_apply(self.id, e, self.raw.term if self.raw is not None else 0)
             sim.stats["applied"] += 1
             sim.hash_event("apply", self.id, e.index, e.term)
-            result = self.kv.apply(e)
+            applied = self.fsm.apply(e)
             if e.kind is EntryKind.CONF:
                 self.applied_conf = ConfState.decode(e.data)
                 sim.on_conf_applied(self, self.applied_conf)
             pending = self.pending_props.pop(e.index, None)
             if pending is not None:
                 term, client, seq = pending
-                if term == e.term and result is not None:
-                    cmd = Command.decode(e.data)
-                    out: object = None if cmd.op is Op.PUT else result == b"\x01"
-                    sim.reply(self, ClientReply(client, seq, "ok", out))
+                if term == e.term and applied.result is not None:
+                    sim.reply(self, ClientReply(client, seq, "ok", applied.result))
                 else:
                     sim.reply(self, ClientReply(client, seq, "retry"))
-            if e.kind is EntryKind.NORMAL and e.data:
-                cmd = Command.decode(e.data)
-                if cmd.op is Op.NOOP and cmd.client_id == 0:
-                    sim.on_marker_applied(self, cmd.seq)
+            sim.on_applied(self, applied)
         self._serve_reads()
         self._maybe_snapshot()
 
@@ -305,18 +365,22 @@ class SimNode:
             return
         keep = []
         for index, client, seq, key in self.waiting_reads:
-            if index <= self.kv.applied:
-                self.sim.reply(self, ClientReply(client, seq, "ok", self.kv.get(key)))
+            if index <= self.fsm.applied_index:
+                kv = self.fsm.get(key.encode())
+                value = None if kv is None else kv.value.decode()
+                self.sim.reply(self, ClientReply(client, seq, "ok", value))
             else:
                 keep.append((index, client, seq, key))
         self.waiting_reads = keep
 
     def _maybe_snapshot(self) -> None:
         opts = self.sim.opts
-        applied = self.kv.applied
+        applied = self.fsm.applied_index
         if applied - self.storage.snapshot().meta.index < opts.snapshot_every:
             return
-        snap = self.storage.create_snapshot(applied, self.applied_conf, self.kv.snapshot())
+        image = self.fsm.snapshot()
+        self.sim.checker.on_snapshot(self.id, applied, image)
+        snap = self.storage.create_snapshot(applied, self.applied_conf, image)
         self.disk.snapshot = snap
         self.disk.fsyncs += 1
         keep_from = max(applied - opts.snapshot_keep, self.storage.first_index() - 1)
@@ -326,39 +390,40 @@ class SimNode:
 
     # --- client requests -----------------------------------------------------------------
 
-    def on_request(self, client: int, seq: int, inp: lin.KvInput) -> None:
+    def on_request(self, client: int, seq: int, request: Request) -> None:
         raw = self.raw
         if raw is None:
             return
         sim = self.sim
         try:
-            if inp.kind == "get":
+            if isinstance(request, Read):
                 ctx = sim.next_ctx()
                 raw.read_index(ctx)
-                self.pending_reads[ctx] = (client, seq, inp.key)
+                self.pending_reads[ctx] = (client, seq, request.key)
             else:
-                op = Op.PUT if inp.kind == "put" else Op.CAS
-                cmd = Command(client, seq, op, inp.key, inp.value, inp.expected)
-                index, term = raw.propose(cmd.encode())
-                self.pending_props[index] = (term, client, seq)
+                index = self.propose(client, seq, request)
+                self.pending_props[index] = (raw.term, client, seq)
         except RaftError:
             sim.reply(self, ClientReply(client, seq, "not_leader", leader=raw.leader))
             return
         self.process()
 
 
-# ---------------------------------------------------------------------------------- clients
-
-
-@dataclass
-class SimClient:
-    id: int
-    seq: int = 0
-    inp: lin.KvInput | None = None
-    call_us: int = 0
-    attempt: int = 0
-    leader_hint: int = NONE
-    last_seen: dict[str, str | None] = field(default_factory=dict)
+def expire_leases_duty(node: SimNode, every_us: int) -> None:
+    """The leader's lease duty, as the runtime's `RaftLoop._maybe_expire_leases`: expiry is
+    decided by proposing `ExpireLeases` now and then, never by a member's own clock."""
+    raw = node.raw
+    now = node.sim.now
+    if raw is None or raw.role is not Role.LEADER or now < node.next_lease_check_us:
+        return
+    node.next_lease_check_us = now + every_us
+    if not node.fsm.leases():
+        return
+    try:
+        node.propose(0, 0, ExpireLeases())
+    except RaftError:
+        return
+    node.process()
 
 
 # ---------------------------------------------------------------------------------- results
@@ -374,6 +439,8 @@ class SimResult:
     faults: int = 0
     ops: int = 0
     ops_unknown: int = 0
+    ops_by_kind: dict[str, int] = field(default_factory=dict)
+    """Acknowledged operations per primitive: kv, seq, lock, lease, elect."""
     histories: int = 0
     checks: int = 0
     lin_states: int = 0
@@ -392,7 +459,7 @@ class Simulator:
         self,
         opts: SimOptions,
         node_factory: NodeFactory = RawNode,
-        fsm_factory: Callable[[], KvMachine] = KvMachine,
+        fsm_factory: Callable[[], StateMachine] = StateMachine,
     ) -> None:
         self.opts = opts
         self.rng = random.Random(opts.seed ^ 0x5EED)
@@ -432,13 +499,13 @@ class Simulator:
         self.heal_at = 0
         self.leaderless_since: int | None = 0
         self.elections_us: list[int] = []
-        self.history: list[lin.Operation[lin.KvInput, object]] = []
+        self.hist = Histories()
         voters = frozenset(range(1, opts.voters + 1))
         conf = ConfState(voters)
         self.nodes: dict[int, SimNode] = {i: SimNode(self, i, conf) for i in sorted(voters)}
         self.next_spare = opts.voters + 1
         self.ever_members: set[int] = set(voters)
-        self.clients = [SimClient(100 + i) for i in range(opts.clients)]
+        self.clients = self._make_clients()
         self._transports: dict[int, _Transport] = {}
 
     # --- event queue ---------------------------------------------------------------------
@@ -516,6 +583,7 @@ class Simulator:
                 self.stats["steps"] += 1
                 raw.tick()
                 node.process()
+                expire_leases_duty(node, self.opts.lease_check_us)
         self.at(self.opts.tick_us, self.tick_all)
 
     # --- observers -----------------------------------------------------------------------
@@ -545,9 +613,18 @@ class Simulator:
                     self.trace("decommission", nid)
         self.ever_members |= conf.members
 
-    def on_marker_applied(self, node: SimNode, seq: int) -> None:
-        if seq == self.marker_seq and self.marker_done is None:
-            self.marker_done = self.now
+    def on_applied(self, node: SimNode, applied: Applied) -> None:
+        cmd = applied.command
+        if isinstance(cmd, Noop) and applied.client_id == 0:
+            # Any marker proves the healed cluster commits: markers are proposed only after
+            # healing, again every 50 ms, and a slow cluster may commit an earlier one.
+            if self.marker_done is None:
+                self.marker_done = self.now
+        elif isinstance(
+            cmd, (ExpireLeases, LeaseRevoke, LockAcquire, LockRelease, Campaign, Resign)
+        ):
+            self.checker.checks += 1
+            check_leases_held(node.fsm, self.lock_names, self.election_names)
 
     # --- the nemesis ---------------------------------------------------------------------
 
@@ -714,46 +791,62 @@ class Simulator:
 
     # --- clients -------------------------------------------------------------------------
 
-    def client_next(self, c: SimClient) -> None:
-        if self.now >= self.stop_clients_at:
-            return
-        r = self.rng
+    def _make_clients(self) -> list[SimClient]:
         o = self.opts
-        key = f"k{r.randrange(o.keys)}"
+        h = self.hist
+        clients: list[SimClient] = [
+            KvClient(100 + i, h, o.keys, o.get_p, o.cas_p) for i in range(o.clients)
+        ]
+        clients += [SequenceClient(100 + len(clients) + i, h) for i in range(o.seq_clients)]
+        for kind, name, count in (
+            (LOCK, "lock0", o.lock_clients),
+            (ELECTION, "elect0", o.elect_clients),
+        ):
+            clients += [
+                HoldClient(
+                    100 + len(clients) + i, h, kind, name, ttl_ms=o.lease_ttl_ms, stall_p=o.stall_p
+                )
+                for i in range(count)
+            ]
+        self.lock_names = ("lock0",) if o.lock_clients else ()
+        self.election_names = ("elect0",) if o.elect_clients else ()
+        return clients
+
+    def client_next(self, c: SimClient) -> None:
+        if self.now >= self.stop_clients_at and not isinstance(c, HoldClient):
+            # Lock and election clients go on through the drain: a stable leader is when
+            # leases run out (each leader change gives every lease a full TTL again), and
+            # their checks need no operation to finish.
+            return
+        step = c.next(self.now, self.rng)
+        if isinstance(step, int):
+            self.at(max(step, 1), self.client_next, c)
+            return
         c.seq += 1
-        x = r.random()
-        if x < o.get_p:
-            inp = lin.KvInput("get", key)
-        elif x < o.get_p + o.cas_p:
-            expected = c.last_seen.get(key)
-            inp = lin.KvInput("cas", key, f"{c.id}.{c.seq}", expected)
-        else:
-            inp = lin.KvInput("put", key, f"{c.id}.{c.seq}")
-        c.inp = inp
-        c.call_us = self.now
+        c.request = step
         c.attempt = 0
         self.client_send(c)
 
     def client_send(self, c: SimClient) -> None:
-        if c.inp is None:
+        if c.request is None:
             return
         c.attempt += 1
         members = [n for n in sorted(self.nodes) if not self.nodes[n].removed]
         target = c.leader_hint if c.leader_hint in members else self.rng.choice(members)
-        if c.inp.kind == "get" and self.rng.random() < self.opts.follower_reads_p:
+        if isinstance(c.request, Read) and self.rng.random() < self.opts.follower_reads_p:
             target = self.rng.choice(members)
-        seq, attempt, inp = c.seq, c.attempt, c.inp
+        seq, attempt, request = c.seq, c.attempt, c.request
 
         def arrive() -> None:
             node = self.nodes.get(target)
             if node is not None and node.raw is not None and not node.removed:
                 self.stats["steps"] += 1
-                node.on_request(c.id, seq, inp)
+                node.on_request(c.id, seq, request)
 
         self.at(self.delay(), arrive)
 
         def timeout() -> None:
-            if c.inp is not None and c.seq == seq and c.attempt == attempt:
+            if c.request is not None and c.seq == seq and c.attempt == attempt:
                 c.leader_hint = NONE
                 self.client_send(c)
 
@@ -761,17 +854,13 @@ class Simulator:
 
     def on_reply(self, rep: ClientReply) -> None:
         c = self.clients[rep.client - 100]
-        if c.inp is None or c.seq != rep.seq:
+        if c.request is None or c.seq != rep.seq:
             return  # an answer to an earlier attempt of a finished op
         if rep.kind == "ok":
             c.leader_hint = rep.leader
-            inp = c.inp
-            if inp.kind == "get":
-                c.last_seen[inp.key] = rep.output  # type: ignore[assignment]
-            elif rep.output is not False:  # a put, or a cas that swapped
-                c.last_seen[inp.key] = inp.value
-            self.history.append(lin.Operation(c.id, inp, c.call_us, self.now, rep.output))
-            c.inp = None
+            c.done(self.now, rep.output, self.rng)
+            self.hist.ops[c.kind] += 1
+            c.request = None
             self.at(self.rng.randint(0, 20 * MS), self.client_next, c)
             return
         c.leader_hint = rep.leader if rep.kind == "not_leader" else NONE
@@ -779,8 +868,46 @@ class Simulator:
         self.at(backoff, self._retry, c, rep.seq, c.attempt)
 
     def _retry(self, c: SimClient, seq: int, attempt: int) -> None:
-        if c.inp is not None and c.seq == seq and c.attempt == attempt:
+        if c.request is not None and c.seq == seq and c.attempt == attempt:
             self.client_send(c)
+
+    def check_histories(self, res: SimResult) -> None:
+        """Counts the operations, then (if no invariant broke meanwhile) checks every client
+        history; sets `res.failure` on the first violation."""
+        h = self.hist
+        for c in self.clients:
+            if isinstance(c, KvClient):
+                op = c.unknown()
+                if op is not None:
+                    h.kv.append(op)
+                    res.ops_unknown += 1
+            elif c.request is not None:
+                res.ops_unknown += 1
+        res.ops_by_kind = dict(h.ops)
+        self.stats["leases_lost"] = len(h.gone_seen_us)
+        if not res.ok:
+            return
+        res.ops = sum(h.ops.values()) + res.ops_unknown
+        problem = check_sequence(h.blocks)
+        if problem is not None:
+            res.ok, res.failure = False, f"sequence: {problem}"
+            return
+        for kind, names in ((LOCK, self.lock_names), (ELECTION, self.election_names)):
+            for name in names:
+                holds = [x for x in h.holds if x.kind == kind and x.name == name]
+                problem = check_holds(holds, h.safe_until_us, h.gone_seen_us)
+                if problem is not None:
+                    res.ok, res.failure = False, f"{kind}: {problem}"
+                    return
+        verdict = lin.check(lin.KvModel(), h.kv, max_states=2_000_000)
+        res.histories = verdict.partitions
+        res.lin_states = verdict.states_explored
+        if verdict.ok is False:
+            res.ok = False
+            res.failure = f"linearizability: {verdict.explanation}"
+        elif verdict.ok is None:
+            res.ok = False
+            res.failure = "linearizability: checker gave up (budget exhausted)"
 
     # --- phases --------------------------------------------------------------------------
 
@@ -803,7 +930,7 @@ class Simulator:
         if leader is not None and leader.raw is not None:
             self.marker_seq += 1
             try:
-                leader.raw.propose(Command(0, self.marker_seq, Op.NOOP).encode())
+                leader.propose(0, self.marker_seq, Noop())
                 leader.process()
             except RaftError:
                 pass
@@ -848,21 +975,7 @@ class Simulator:
         res.elections_us = self.elections_us
         if self.marker_done is not None:
             res.heal_to_commit_us = self.marker_done - self.heal_at
-        for c in self.clients:
-            if c.inp is not None and c.inp.kind != "get":
-                self.history.append(lin.Operation(c.id, c.inp, c.call_us, None, lin.UNKNOWN))
-                res.ops_unknown += 1
-        res.ops = len(self.history)
-        if res.ok:
-            verdict = lin.check(lin.KvModel(), self.history, max_states=2_000_000)
-            res.histories = verdict.partitions
-            res.lin_states = verdict.states_explored
-            if verdict.ok is False:
-                res.ok = False
-                res.failure = f"linearizability: {verdict.explanation}"
-            elif verdict.ok is None:
-                res.ok = False
-                res.failure = "linearizability: checker gave up (budget exhausted)"
+        self.check_histories(res)
         res.trace_hash = self._hash.hexdigest()
         res.stats = dict(self.stats)
         return res
@@ -1012,6 +1125,11 @@ def print_summary(results: list[SimResult], elapsed_s: float, workers: int) -> N
     )
     print(f"heal-to-commit: ms p50/p90/p99/max = {h[0]:.0f}/{h[1]:.0f}/{h[2]:.0f}/{h[3]:.0f}")
     print(f"cluster sizes: {', '.join(f'{k} members x{v}' for k, v in sorted(by_size.items()))}")
+    kinds: dict[str, int] = {}
+    for r in results:
+        for k, v in r.ops_by_kind.items():
+            kinds[k] = kinds.get(k, 0) + v
+    print(f"ops {' '.join(f'{k}={v}' for k, v in kinds.items())}")
     print(
         f"sim summary: seeds={len(results)} steps={steps} faults={faults} ops={ops} "
         f"histories={histories} violations={len(failed)} "

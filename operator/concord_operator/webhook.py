@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from coordinator import pki
 
 from .injection import Injected, Refused, Settings, ca_configmap, inject
 from .kube import Conflict, KubeApi
@@ -70,56 +70,30 @@ class ServingIdentity:
 
 def serving_identity(dns_names: list[str], now: dt.datetime | None = None) -> ServingIdentity:
     """A fresh CA and a serving certificate signed by it for `dns_names` (the first is the
-    subject's CN). P-256 keys: quick to make at every start."""
-    now = now or dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "concord-injection-webhook-ca")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + CERT_LIFETIME)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
+    subject's CN). P-256 keys (`coordinator.pki`): quick to make at every start."""
+    now = now or pki.now_utc()
+    not_before, not_after = now - pki.BACKDATE, now + CERT_LIFETIME
+    ca_key = pki.new_key()
+    ca = pki.build_ca_cert(
+        ca_key,
+        pki.subject_name("concord-injection-webhook-ca"),
+        not_before=not_before,
+        not_after=not_after,
     )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0])]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + CERT_LIFETIME)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
+    key = pki.new_key()
+    cert = pki.build_leaf_cert(
+        ca,
+        ca_key,
+        key.public_key(),
+        pki.subject_name(dns_names[0]),
+        not_before=not_before,
+        not_after=not_after,
+        usages=[ExtendedKeyUsageOID.SERVER_AUTH],
+        sans=[x509.DNSName(n) for n in dns_names],
+        key_agreement=False,
     )
     return ServingIdentity(
-        ca_pem=ca.public_bytes(serialization.Encoding.PEM),
-        cert_pem=cert.public_bytes(serialization.Encoding.PEM),
-        key_pem=key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
+        ca_pem=pki.cert_pem(ca), cert_pem=pki.cert_pem(cert), key_pem=pki.key_pem(key)
     )
 
 

@@ -239,8 +239,8 @@ def test_histogram_quantiles_are_within_one_bucket() -> None:
 def test_profile_summary_ranks_self_and_inclusive_time() -> None:
     raw = "\n".join(
         [
-            "main (/x/coordinator/runtime/member.py:1);apply (/x/coordinator/fsm/kv.py:9) 30",
-            "main (/x/coordinator/runtime/member.py:1);"
+            "main (/x/coordinator/daemon/member.py:1);apply (/x/coordinator/fsm/kv.py:9) 30",
+            "main (/x/coordinator/daemon/member.py:1);"
             "send (/v/site-packages/grpc/aio/_call.py:3) 10",
             "run (/usr/lib/python3.11/asyncio/events.py:80) 10",
         ]

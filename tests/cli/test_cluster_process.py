@@ -25,10 +25,11 @@ import yaml
 
 from coordinator.client import Client, ConcordError
 from coordinator.runtime.tls import channel_credentials
+from coordinator.testing.procs import MEMBER_MODULE
 
 REPO = Path(__file__).resolve().parents[2]
 CONCORDCTL = [sys.executable, "-m", "coordinator.cli.main"]
-MEMBER = [sys.executable, "-m", "coordinator.runtime.member"]
+MEMBER = [sys.executable, "-m", MEMBER_MODULE]
 KEY_RE = re.compile(r"member (\d+) at \S+: autolock is now on\. Its unlock key:\s+(\S+)")
 
 

@@ -138,7 +138,7 @@ def _members_of(root: Path) -> list[int]:
         for p in Path("/proc").iterdir()
         if p.name.isdigit()
         and marker in _cmdline(p)
-        and b"coordinator.runtime.member" in _cmdline(p)
+        and b"coordinator.daemon.member" in _cmdline(p)
     ]
 
 

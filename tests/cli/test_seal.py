@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from coordinator import sealing
 from coordinator.cli.main import cli
 from coordinator.client import Client
-from coordinator.runtime.tls import create_ca
+from coordinator.pki import create_ca
 from tests.cli.threaded import ThreadedCluster, concordctl
 
 NOW = dt.datetime.now(dt.UTC)

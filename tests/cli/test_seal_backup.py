@@ -14,14 +14,14 @@ import yaml
 
 from coordinator import sealing
 from coordinator.client import Client, ConcordError
-from coordinator.runtime.tls import (
+from coordinator.pki import (
     OPERATOR_ROLE,
-    channel_credentials,
     create_ca,
     issue_client_cert,
     issue_member_cert,
     write_member_tls,
 )
+from coordinator.runtime.tls import channel_credentials
 from tests.cli.test_seal import SECRET
 from tests.cli.threaded import ThreadedCluster, ThreadedMember, concordctl, member_config
 

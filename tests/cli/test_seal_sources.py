@@ -26,7 +26,7 @@ from cryptography.x509.oid import NameOID
 
 from coordinator import sealing
 from coordinator.cli.main import cli
-from coordinator.runtime.tls import CertifiedKey, create_ca, issue_member_cert
+from coordinator.pki import CertifiedKey, create_ca, issue_member_cert
 from coordinator.sealing._keys import KEY_URI_PREFIX
 
 NOW = dt.datetime.now(dt.UTC)

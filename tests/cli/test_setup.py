@@ -12,8 +12,8 @@ from click.testing import CliRunner, Result
 from cryptography import x509
 
 from coordinator.cli.main import cli
-from coordinator.runtime.member import ConfigError, build_parser, config_from_args
-from coordinator.runtime.tls import OPERATOR_ROLE, load_member_tls, new_join_token, roles_of
+from coordinator.daemon.config import ConfigError, build_parser, config_from_args
+from coordinator.pki import OPERATOR_ROLE, load_member_tls, new_join_token, roles_of
 
 
 def ctl(*args: str) -> Result:

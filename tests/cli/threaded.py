@@ -3,7 +3,7 @@
 to them from the test's main thread.
 
 - `ThreadedCluster`: the in-process 3-member cluster of tests/server/harness.py.
-- `ThreadedMember`: one real `concord-coordinator` member (`coordinator.runtime.member.Member`,
+- `ThreadedMember`: one real `concord-coordinator` member (`coordinator.daemon.member.Member`,
   client API included) on loopback, insecure, with a fast tick: the thing that locks, unlocks
   and manages its keys.
 
@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from click.testing import CliRunner, Result
 
 from coordinator.cli.main import cli
-from coordinator.runtime.member import Member, MemberConfig
+from coordinator.daemon.member import Member, MemberConfig
 from tests.server.harness import Cluster
 
 T = TypeVar("T")

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.client import Client, ConcordError
-from tests.server.harness import Cluster, with_cluster
+from tests.server.harness import Cluster, eventually, with_cluster
 
 
 def endpoints(c: Cluster) -> list[str]:
@@ -43,7 +44,13 @@ def test_lock_context_manager_gives_increasing_fencing_tokens(tmp_path: Path) ->
             async with a.lock("jobs", ttl_ms=3000) as first:
                 assert await a.check_fence("jobs", first.fencing_token)
                 waiter = asyncio.create_task(_hold(b, "jobs", order))
-                await asyncio.sleep(0.2)  # give b time to queue behind a (it must not get in)
+
+                async def queued() -> bool:
+                    leader = await c.leader()
+                    info = await leader.client.lock.Info(pb.LockInfoRequest(name="jobs"), timeout=5)
+                    return bool(info.waiters == 1)
+
+                await eventually(queued)  # b waits behind a (it must not get in)
                 order.append("a-done")
             second = await asyncio.wait_for(waiter, 10)
             assert order == ["a-done", "b-in"]

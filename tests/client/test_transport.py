@@ -29,12 +29,7 @@ from coordinator.client import (
     error_for,
 )
 from coordinator.client._transport import Failure
-from coordinator.runtime.tls import (
-    create_ca,
-    issue_client_cert,
-    issue_member_cert,
-    write_member_tls,
-)
+from coordinator.pki import create_ca, issue_client_cert, issue_member_cert, write_member_tls
 from tests.server.harness import Cluster, with_cluster
 
 QUICK_S = 4.0

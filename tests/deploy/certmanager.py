@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from coordinator.runtime.tls import CertifiedKey
+from coordinator.pki import CertifiedKey
 
 CRDS = Path(__file__).parent / "fixtures" / "cert-manager"
 

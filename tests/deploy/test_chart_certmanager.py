@@ -19,8 +19,7 @@ import pytest
 import yaml
 from cryptography import x509
 
-from coordinator.runtime.grpc_transport import peer_refusal
-from coordinator.runtime.tls import (
+from coordinator.pki import (
     OPERATOR_ROLE,
     create_ca,
     issue_client_cert,
@@ -30,6 +29,7 @@ from coordinator.runtime.tls import (
     roles_of,
     write_member_tls,
 )
+from coordinator.runtime.grpc_transport import peer_refusal
 from coordinator.server._secrets import operator_refusal
 from coordinator.testing.controlplane import ControlPlane
 from tests.deploy.certmanager import EXTENDED, KEY_USAGES, issue_like_cert_manager

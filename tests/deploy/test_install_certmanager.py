@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from coordinator.runtime.tls import create_ca
+from coordinator.pki import create_ca
 from coordinator.testing.controlplane import ControlPlane
 from coordinator.testing.nodeagent import NodeAgent
 from tests.deploy.certmanager import issue_like_cert_manager

@@ -25,6 +25,7 @@ from coordinator.fsm import (
     DeleteResult,
     Envelope,
     ErrorCode,
+    ExpireLeaseIds,
     ExpireLeases,
     ExpireResult,
     FsmError,
@@ -99,6 +100,9 @@ COMMANDS = {
     LeaseKeepAlive: st.builds(LeaseKeepAlive, u64),
     LeaseRevoke: st.builds(LeaseRevoke, u64),
     ExpireLeases: st.just(ExpireLeases()),
+    ExpireLeaseIds: st.builds(
+        ExpireLeaseIds, st.lists(u64, max_size=8, unique=True).map(lambda ids: tuple(sorted(ids)))
+    ),
     LockAcquire: st.builds(LockAcquire, texts, u64, u32, u64, u64),
     LockRelease: st.builds(LockRelease, texts, u64),
     Campaign: st.builds(Campaign, texts, u64, blobs),

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from coordinator.testing.controlplane import ControlPlane
+from coordinator.testing.process_cluster import ProcessCluster
 from tests.kube.operator_harness import KubeObjects
-from tests.process.harness import ProcessCluster
 
 
 @pytest.fixture

@@ -24,9 +24,9 @@ from typing import Any
 import kubernetes
 import kubernetes.watch
 
-from coordinator.runtime.tls import OPERATOR_ROLE, issue_client_cert
+from coordinator.pki import OPERATOR_ROLE, issue_client_cert
+from coordinator.testing.process_cluster import ProcessCluster
 from coordinator.testing.procs import free_ports, http_get, metric, orphan_proof
-from tests.process.harness import ProcessCluster
 
 REPO = Path(__file__).resolve().parents[2]
 GROUP, VERSION = "concord.dev", "v1alpha1"

@@ -1,6 +1,7 @@
 """The operator end to end: `python -m concord_operator` as a real process, against the real
 control plane (tests/kube/fixtures.py) and a real 3-member coordinator cluster with mutual TLS
-(tests/process/harness.py). Locks, elections and sequences are taken through the client
+(coordinator/testing/process_cluster.py).
+Locks, elections and sequences are taken through the client
 library, as pods do through the sidecar, and the tests watch what the operator makes of them
 in Kubernetes.
 
@@ -22,7 +23,8 @@ import pytest
 
 from coordinator.client import ConcordError
 from coordinator.testing.controlplane import ControlPlane
-from coordinator.testing.procs import metric
+from coordinator.testing.process_cluster import ProcessCluster
+from coordinator.testing.procs import histogram_buckets, histogram_quantile, metric
 from tests.kube.operator_harness import (
     KubeObjects,
     OperatorProcess,
@@ -30,7 +32,6 @@ from tests.kube.operator_harness import (
     condition,
     eventually,
 )
-from tests.process.harness import ProcessCluster, histogram_buckets, histogram_quantile
 
 # Real processes and real timing, as the process tests: out of `make test-fast` too.
 pytestmark = [pytest.mark.kube, pytest.mark.process]

@@ -30,6 +30,7 @@ import yaml
 
 from coordinator import sealing
 from coordinator.testing.controlplane import ControlPlane
+from coordinator.testing.process_cluster import ProcessCluster
 from coordinator.testing.procs import metric
 from tests.kube.operator_harness import (
     REPO,
@@ -41,7 +42,6 @@ from tests.kube.operator_harness import (
     now,
     plain_client_tls_dir,
 )
-from tests.process.harness import ProcessCluster
 
 pytestmark = [pytest.mark.kube, pytest.mark.process]
 

@@ -32,6 +32,7 @@ from aiohttp import web
 
 from coordinator.sealing import SealedRecord, sealed_record_key
 from coordinator.testing.controlplane import ControlPlane
+from coordinator.testing.process_cluster import ProcessCluster
 from coordinator.testing.procs import free_ports, http_get, orphan_proof
 from tests.kube.operator_harness import (
     REPO,
@@ -49,7 +50,6 @@ from tests.kube.test_sealed import (
     reason_is,
     secret_manifest,
 )
-from tests.process.harness import ProcessCluster
 
 pytestmark = [pytest.mark.kube, pytest.mark.process]
 

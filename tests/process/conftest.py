@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.process.harness import MakeCluster, ProcessCluster
+from coordinator.testing.process_cluster import MakeCluster, ProcessCluster
 
 _REPORT_KEY = pytest.StashKey[pytest.TestReport]()
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.client import Client, JoinTokenInfo, NewJoinToken, Unavailable
-from tests.process.harness import REPO, MakeCluster, ProcessCluster, run
+from coordinator.testing.process_cluster import REPO, MakeCluster, ProcessCluster, run
 
 pytestmark = pytest.mark.process
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pytest
 
 from coordinator.client import ConcordError
-from tests.process.harness import ProcessCluster, poll_until, run
+from coordinator.testing.process_cluster import ProcessCluster, poll_until, run
 
 pytestmark = pytest.mark.process
 

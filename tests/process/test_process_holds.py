@@ -20,7 +20,7 @@ from contextlib import contextmanager
 import pytest
 
 from coordinator.client import DeadlineExceeded
-from tests.process.harness import ProcessCluster, run
+from coordinator.testing.process_cluster import ProcessCluster, run
 
 pytestmark = pytest.mark.process
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from coordinator.client import MemberList
-from coordinator.runtime.join import JoinAsk, JoinError, JoinSettings, join_cluster
-from coordinator.runtime.tls import (
+from coordinator.daemon.join import JoinAsk, JoinError, JoinSettings, join_cluster
+from coordinator.pki import (
     CA_FILE,
     JoinToken,
     create_ca,
@@ -32,8 +32,8 @@ from coordinator.runtime.tls import (
     write_member_tls,
     write_pem,
 )
+from coordinator.testing.process_cluster import REPO, MemberProcess, ProcessCluster, run
 from coordinator.testing.procs import free_ports, member_argv
-from tests.process.harness import REPO, MemberProcess, ProcessCluster, run
 
 pytestmark = pytest.mark.process
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.client import Client, ConcordError
-from tests.process.harness import ProcessCluster, run
+from coordinator.testing.process_cluster import ProcessCluster, run
 
 pytestmark = pytest.mark.process
 

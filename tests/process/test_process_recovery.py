@@ -22,7 +22,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from coordinator.cli.main import cli
-from tests.process.harness import MakeCluster, ProcessCluster, run
+from coordinator.testing.process_cluster import MakeCluster, ProcessCluster, run
 from tests.process.test_process_join import JoinableCluster, roles
 
 pytestmark = pytest.mark.process
@@ -155,11 +155,11 @@ def _lose_two_and_recover(cluster: JoinableCluster) -> None:
         """Wait until every member applied what the leader committed; the survivor then
         holds every acknowledged write (a member that lags behind a lost majority cannot)."""
         leader = await cluster.leader()
-        commit = (await cluster.status_of(leader))["commit"]
+        commit = (await cluster.status_of(leader)).commit
 
         async def all_applied() -> bool:
             states = [await cluster.status_of(i) for i in cluster.members]
-            return all(s["applied"] >= commit for s in states)
+            return all(s.applied >= commit for s in states)
 
         await cluster.wait(all_applied, 30, f"every member to apply up to {commit}")
         return leader
@@ -176,7 +176,7 @@ def _lose_two_and_recover(cluster: JoinableCluster) -> None:
         and until then `cluster recover` rightly refuses to pick it."""
 
         async def not_leading() -> bool:
-            return (await cluster.status_of(survivor))["leader"] != survivor
+            return (await cluster.status_of(survivor)).leader != survivor
 
         await cluster.wait(not_leading, 30, f"member {survivor} not to lead alone")
 

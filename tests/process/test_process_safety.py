@@ -15,8 +15,14 @@ from pathlib import Path
 import pytest
 
 from coordinator.storage import KeyStore
+from coordinator.testing.process_cluster import (
+    REPO,
+    MakeCluster,
+    MemberProcess,
+    ProcessCluster,
+    run,
+)
 from coordinator.testing.procs import free_ports
-from tests.process.harness import REPO, MakeCluster, MemberProcess, ProcessCluster, run
 
 pytestmark = pytest.mark.process
 

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from coordinator.client import Client
-from tests.process.harness import ProcessCluster, run
+from coordinator.testing.process_cluster import ProcessCluster, run
 
 pytestmark = pytest.mark.process
 

@@ -18,18 +18,18 @@ import pytest
 from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.api.v1 import concord_pb2_grpc, raft_pb2_grpc
 from coordinator.api.v1 import raft_pb2 as raft_pb
-from coordinator.runtime.tls import load_member_tls, member_channel_credentials
-from coordinator.storage import KeyStore
-from tests.process.harness import ProcessCluster, run
+from coordinator.pki import load_member_tls
+from coordinator.runtime.tls import member_channel_credentials
+from coordinator.storage import KeyStore, record_frames
+from coordinator.testing.process_cluster import ProcessCluster, run
 
 pytestmark = pytest.mark.process
 
 rpc: Any = concord_pb2_grpc  # the generated stubs are untyped
 raft_rpc: Any = raft_pb2_grpc
 
-WAL_PREAMBLE_BYTES = 8
-"""`CCWAL\\0` + u16 version; then records framed as u32 length | u32 CRC | body."""
 FRAME = struct.Struct(">II")
+"""A WAL record frame's head, u32 length | u32 CRC: to forge a torn write."""
 
 
 async def served_nothing(cluster: ProcessCluster, member: int) -> list[grpc.StatusCode | None]:
@@ -158,20 +158,6 @@ def newest_segment(data_dir: Path) -> Path:
     return segments[-1]
 
 
-def record_offsets(data: bytes) -> list[tuple[int, int]]:
-    """(offset, size) of every whole record frame of a segment file."""
-    out: list[tuple[int, int]] = []
-    offset = WAL_PREAMBLE_BYTES
-    while offset + FRAME.size <= len(data):
-        length, _ = FRAME.unpack_from(data, offset)
-        size = FRAME.size + length
-        if offset + size > len(data):
-            break
-        out.append((offset, size))
-        offset += size
-    return out
-
-
 TORN_WRITE = FRAME.pack(4096, 0xDEADBEEF) + bytes(range(40))
 """A record frame declaring 4096 bytes with only 40 written: the head of a write the crash
 cut short (fixed bytes, so the test is the same every run)."""
@@ -193,7 +179,7 @@ def test_a_follower_with_a_torn_wal_tail_recovers_and_catches_up(
 
         segment = newest_segment(m.data_dir)
         data = segment.read_bytes()
-        records = record_offsets(data)
+        records = record_frames(data)
         assert len(records) > 1 and sum(r[1] for r in records) + 8 == len(data), segment
         if damage == "garbage-appended":
             with segment.open("ab") as f:
@@ -213,10 +199,10 @@ def test_a_follower_with_a_torn_wal_tail_recovers_and_catches_up(
         assert f"{segment.name}" in log
 
         await put_all(cluster, [b"latest"])
-        committed = (await cluster.status_of(await cluster.leader()))["commit"]
+        committed = (await cluster.status_of(await cluster.leader())).commit
 
         async def applied_up_to_the_leader() -> bool:
-            return (await cluster.status_of(target))["applied"] >= committed
+            return (await cluster.status_of(target)).applied >= committed
 
         await cluster.wait(applied_up_to_the_leader, 20, f"member {target} to apply {committed}")
         await wait_serializable(cluster, target, [*before, *after, b"latest"])

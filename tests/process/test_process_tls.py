@@ -17,15 +17,9 @@ from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.api.v1 import concord_pb2_grpc, raft_pb2_grpc
 from coordinator.api.v1 import raft_pb2 as raft_pb
 from coordinator.client import ConcordError
-from coordinator.runtime.tls import (
-    channel_credentials,
-    create_ca,
-    issue_client_cert,
-    issue_member_cert,
-    load_member_tls,
-    member_channel_credentials,
-)
-from tests.process.harness import MakeCluster, ProcessCluster, run
+from coordinator.pki import create_ca, issue_client_cert, issue_member_cert, load_member_tls
+from coordinator.runtime.tls import channel_credentials, member_channel_credentials
+from coordinator.testing.process_cluster import MakeCluster, ProcessCluster, run
 
 pytestmark = pytest.mark.process
 

@@ -17,7 +17,7 @@ import pytest
 
 from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.api.v1 import concord_pb2_grpc
-from tests.process.harness import MakeCluster, run
+from coordinator.testing.process_cluster import MakeCluster, run
 
 pytestmark = pytest.mark.process
 

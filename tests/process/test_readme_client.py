@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.process.harness import ProcessCluster, run
+from coordinator.testing.process_cluster import ProcessCluster, run
 
 pytestmark = pytest.mark.process
 

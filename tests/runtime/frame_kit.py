@@ -7,14 +7,14 @@ import asyncio
 import datetime as dt
 from collections.abc import Callable
 
+from coordinator import pki
 from coordinator.raft import Message, MessageType
-from coordinator.runtime import tls
 from coordinator.runtime.clock import SystemClock
 from coordinator.runtime.frame_transport import FrameTransport, PeerSsl, peer_ssl
 from coordinator.runtime.frames import PREFACE
 
 CLUSTER = "frames-test"
-CA = tls.create_ca(CLUSTER)
+CA = pki.create_ca(CLUSTER)
 _SSL: dict[int | None, PeerSsl] = {}
 
 
@@ -22,10 +22,10 @@ def member_ssl(member_id: int, *, bound: bool = True) -> PeerSsl:
     """TLS contexts of a member certificate bound to `member_id` (or unbound)."""
     key = member_id if bound else -member_id
     if key not in _SSL:
-        cert = tls.issue_member_cert(
+        cert = pki.issue_member_cert(
             CA, f"member-{member_id}", member_id=member_id if bound else None
         )
-        member = tls.MemberTls(CA.cert_pem, cert.cert_pem, cert.key_pem, dt.datetime.max, member_id)
+        member = pki.MemberTls(CA.cert_pem, cert.cert_pem, cert.key_pem, dt.datetime.max, member_id)
         _SSL[key] = peer_ssl(member)
     return _SSL[key]
 

@@ -11,6 +11,7 @@ import datetime as dt
 
 import grpc
 
+from coordinator import pki
 from coordinator.api.v1 import raft_pb2 as pb
 from coordinator.raft import Entry, EntryKind, Message, MessageType
 from coordinator.runtime import tls
@@ -144,9 +145,9 @@ def test_the_listener_refuses_a_hello_that_is_not_the_certificates_member() -> N
             assert await closed_by_peer(reader)
             writer.close()
             # A client certificate of the cluster CA is not a member's.
-            client = tls.issue_client_cert(CA, "client")
+            client = pki.issue_client_cert(CA, "client")
             as_client = peer_ssl(
-                tls.MemberTls(CA.cert_pem, client.cert_pem, client.key_pem, dt.datetime.max)
+                pki.MemberTls(CA.cert_pem, client.cert_pem, client.key_pem, dt.datetime.max)
             )
             reader, writer = await raw_client(b.port, as_client)
             writer.write(encode_hello(3, CLUSTER))
@@ -247,8 +248,8 @@ def test_one_peer_port_serves_frames_and_grpc_callers_through_the_relay() -> Non
     gRPC server on loopback, TLS untouched, where the same transport serves Raft streams."""
 
     async def main() -> None:
-        leaf = tls.issue_member_cert(CA, "member-2", ["localhost"], ["127.0.0.1"], member_id=2)
-        member = tls.MemberTls(CA.cert_pem, leaf.cert_pem, leaf.key_pem, dt.datetime.max, 2)
+        leaf = pki.issue_member_cert(CA, "member-2", ["localhost"], ["127.0.0.1"], member_id=2)
+        member = pki.MemberTls(CA.cert_pem, leaf.cert_pem, leaf.key_pem, dt.datetime.max, 2)
         got: list[Message] = []
         transport = make_transport(
             "frames", 2, CLUSTER, SystemClock(), member, reachable_window_s=5.0
@@ -266,7 +267,7 @@ def test_one_peer_port_serves_frames_and_grpc_callers_through_the_relay() -> Non
         port = await serve_peers(server, transport, "127.0.0.1:0", bind)
         framed = Member(3)
         framed.transport.set_peers({2: f"127.0.0.1:{port}"})
-        caller = tls.issue_member_cert(CA, "member-1", member_id=1)
+        caller = pki.issue_member_cert(CA, "member-1", member_id=1)
         creds = tls.channel_credentials(CA.cert_pem, caller.cert_pem, caller.key_pem)
         try:
             async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds) as channel:

@@ -11,6 +11,7 @@ import random
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -20,12 +21,18 @@ from coordinator.api.v1 import raft_pb2_grpc as pb_grpc
 from coordinator.fsm import Command, Put, StateMachine
 from coordinator.raft import ConfState, Message, MessageType, RaftError, Snapshot, SnapshotMeta
 from coordinator.runtime.clock import SystemClock
-from coordinator.runtime.grpc_transport import GrpcTransport, server_options
+from coordinator.runtime.grpc_transport import (
+    GrpcTransport,
+    _Peer,
+    channel_options,
+    server_options,
+)
 from coordinator.runtime.loop import LoopConfig, RaftLoop
 from coordinator.runtime.wire import to_wire
 from coordinator.storage import DiskWal, KeyStore
 
 CLUSTER = "test-cluster"
+raft_rpc: Any = pb_grpc  # the generated stubs are untyped
 
 
 async def wait_for(cond: Callable[[], bool], timeout_s: float = 15.0) -> None:
@@ -348,6 +355,54 @@ def test_a_peer_that_comes_back_is_dialled_at_once_when_it_says_hello() -> None:
             await b.close()
             await a_server.stop(0)
             await b_server.stop(0)
+
+    run(scenario())
+
+
+def test_a_hello_that_came_while_a_failure_was_handled_cuts_the_backoff_short() -> None:
+    """After a failed attempt the peer task logs the failure and closes the channel (both
+    await) before it backs off; a hello from the peer in that gap has set `wake` already.
+    The backoff must honour it, not clear it: it used to, and the hello test above then
+    waited out its 30-60 s backoff about one run in eight."""
+
+    async def scenario() -> None:
+        peer = _Peer(2, "127.0.0.1:1", queue_max=1)
+        peer.wake.set()  # the hello, heard before the backoff began
+        await asyncio.wait_for(GrpcTransport._back_off(peer, 60.0), 5)
+
+    run(scenario())
+
+
+def test_a_fresh_peer_channel_dials_afresh_right_after_a_refusal() -> None:
+    """The transport redials on a fresh channel so that gRPC's own reconnect backoff never
+    adds to its own. Channels to one address share gRPC's global subchannel unless told
+    otherwise, and that one remembers the refusal for a second: the 'fresh' channel then
+    fails at once although the peer now listens. This is what made the hello test above
+    fail about one run in eight."""
+
+    async def scenario() -> None:
+        port = free_port()
+        address = f"127.0.0.1:{port}"
+        hello = pb.RaftBatch(cluster_id=CLUSTER, sender=1)
+        refused = grpc.aio.insecure_channel(address, options=channel_options())
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await raft_rpc.RaftStub(refused).Stream().write(hello)
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+        await refused.close(None)
+
+        server = grpc.aio.server(options=server_options())
+        GrpcTransport(2, CLUSTER, SystemClock()).add_to_server(server)
+        assert server.add_insecure_port(address) == port
+        await server.start()
+        fresh = grpc.aio.insecure_channel(address, options=channel_options())
+        try:
+            call = raft_rpc.RaftStub(fresh).Stream()
+            await asyncio.wait_for(call.write(hello), 10)  # raised UNAVAILABLE at once before
+            await call.done_writing()
+            assert isinstance(await asyncio.wait_for(call, 10), pb.RaftAck)
+        finally:
+            await fresh.close(None)
+            await server.stop(0)
 
     run(scenario())
 

@@ -199,7 +199,14 @@ def test_a_caller_that_gives_up_does_not_stop_the_loop(tmp_path: Path) -> None:
             await asyncio.sleep(0)  # queued on the loops' inboxes
             for f in gave_up:
                 f.cancel()
-            await asyncio.sleep(0.3)
+            # A call queued after the abandoned ones and answered at once (refused): once each
+            # loop answered it, it has settled them.
+            await asyncio.wait_for(
+                asyncio.gather(
+                    leader.transfer_leader(99), follower.transfer_leader(99), return_exceptions=True
+                ),
+                10,
+            )
             assert all(not t.done() for t in c.tasks.values()), "a Raft loop stopped"
             leader = await c.leader()
             await leader.propose(Put(b"still", b"running"))

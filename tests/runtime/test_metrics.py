@@ -16,11 +16,11 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from coordinator.client import Client, prefix_end
+from coordinator.daemon.member import Member, MemberConfig
 from coordinator.fsm import Envelope, Put, SealingKeyAdd, StateMachine
 from coordinator.raft import ConfState, Entry, EntryKind, NotLeaderError, Snapshot, SnapshotMeta
 from coordinator.runtime.clock import ManualClock
 from coordinator.runtime.loop import LoopConfig, RaftLoop
-from coordinator.runtime.member import Member, MemberConfig
 from coordinator.runtime.metrics import MemberMetrics
 from coordinator.runtime.transport import LoopbackTransport
 from coordinator.server import ServiceConfig

@@ -16,6 +16,7 @@ from typing import TypeVar
 import pytest
 
 from coordinator.client import Client
+from coordinator.daemon.member import Member, MemberConfig
 from coordinator.fsm import (
     Envelope,
     JoinTokenAdd,
@@ -30,7 +31,6 @@ from coordinator.fsm import (
     StateMachine,
 )
 from coordinator.raft import ConfState, Entry, EntryKind, HardState, Snapshot, SnapshotMeta
-from coordinator.runtime.member import Member, MemberConfig
 from coordinator.runtime.recovery import (
     FORCED_MARKER,
     RecoveryError,

@@ -19,7 +19,7 @@ def _stream(pieces: list[bytes]) -> aiohttp.StreamReader:
 
     async def feed() -> None:
         for piece in pieces:
-            await asyncio.sleep(0.01)  # arrives later than the reader first asks
+            await asyncio.sleep(0)  # arrives after the reader asked (it runs first)
             stream.feed_data(piece)
         stream.feed_eof()
 

@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from coordinator import sealing
-from coordinator.runtime.tls import create_ca
+from coordinator.pki import create_ca
 from coordinator.sealing import Reason, Scope
 
 NOW = dt.datetime.now(dt.UTC)

@@ -19,7 +19,7 @@ from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.api.v1 import concord_pb2_grpc as pb_grpc
 from coordinator.fsm import MemberUpsert, StateMachine
 from coordinator.raft import ConfState, Snapshot, SnapshotMeta
-from coordinator.runtime.clock import SystemClock
+from coordinator.runtime.clock import Clock, SystemClock
 from coordinator.runtime.loop import LoopConfig, RaftLoop
 from coordinator.runtime.transport import LoopbackTransport
 from coordinator.server import RunningServer, ServiceConfig, start_server
@@ -156,7 +156,7 @@ class Cluster:
             wal,
             self.net,
             StateMachine(history_events_max=self.history_events_max),
-            SystemClock(),
+            self.clock_for(member),
             rng=random.Random(member),
         )
         self.net.register(member, loop.receive)
@@ -164,6 +164,10 @@ class Cluster:
         served = await start_server(loop, "127.0.0.1:0", self.credentials, config=self.service)
         self.members[member] = m = Member(loop, task, served)
         return m
+
+    def clock_for(self, member: int) -> Clock:
+        """The clock a member's loop ticks by (a test may give one member its own)."""
+        return SystemClock()
 
     def running(self) -> list[Member]:
         return list(self.members.values())

@@ -4,7 +4,7 @@ Admission), against a real 3-member cluster in process.
 Each member gets the join services over its loop (`JoinServices`), a peer port that serves
 only Admission (mutual TLS with member certificates bound to ids, real gRPC), and a join
 port (TLS, no client certificate). Joins go through the real joiner code
-(`coordinator.runtime.join.join_cluster`), so the CA fetch, the fingerprint check, the CSR and
+(`coordinator.daemon.join.join_cluster`), so the CA fetch, the fingerprint check, the CSR and
 the checks of the answer all run for real; members 1 and 2 hold the CA key, member 3 does
 not. The joined member is not started here (the process tests do that): it stays a learner
 that never catches up, which is what the promotion refusals need.
@@ -25,28 +25,25 @@ from cryptography import x509
 from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.api.v1 import join_pb2 as jpb
 from coordinator.api.v1 import join_pb2_grpc
-from coordinator.raft import ConfState
-from coordinator.runtime.join import (
-    JoinAsk,
-    JoinError,
-    JoinSettings,
-    MemberAuthority,
-    join_cluster,
-)
-from coordinator.runtime.tls import (
+from coordinator.daemon.join import JoinAsk, JoinError, JoinSettings, join_cluster
+from coordinator.daemon.membership import MemberAuthority
+from coordinator.pki import (
     CertifiedKey,
     JoinToken,
     MemberTls,
     create_ca,
     issue_client_cert,
     issue_member_cert,
-    join_server_credentials,
     make_csr,
-    member_channel_credentials,
     member_id_of,
-    member_server_credentials,
     new_join_token,
     new_member_key,
+)
+from coordinator.raft import ConfState
+from coordinator.runtime.tls import (
+    join_server_credentials,
+    member_channel_credentials,
+    member_server_credentials,
 )
 from coordinator.server import start_server
 from coordinator.server.server import JoinServices

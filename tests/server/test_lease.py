@@ -36,15 +36,51 @@ def test_grant_keepalive_revoke(tmp_path: Path) -> None:
         assert err.code() is grpc.StatusCode.NOT_FOUND
         assert f"lease {lease.id} not found" in err.details()
 
-        # Keeping a lease alive that is gone ends the stream with NOT_FOUND.
+        # Keeping a lease alive that is gone is answered with TTL 0 (it has ended), and the
+        # stream goes on serving the client's other leases.
+        other = await client.lease.Grant(pb.LeaseGrantRequest(session=s.next(), ttl_ms=3_000))
         stream = client.lease.KeepAlive()
         await stream.write(pb.LeaseKeepAliveRequest(id=lease.id))
-        err = await rpc_error(stream.read())
-        assert err.code() is grpc.StatusCode.NOT_FOUND and "grant a new lease" in err.details()
+        answer = await asyncio.wait_for(stream.read(), 5)
+        assert (answer.id, answer.ttl_ms) == (lease.id, 0)
+        await stream.write(pb.LeaseKeepAliveRequest(id=other.id))
+        answer = await asyncio.wait_for(stream.read(), 5)
+        assert (answer.id, answer.ttl_ms) == (other.id, 3_000)
+        await stream.done_writing()
+        assert await stream.read() is grpc.aio.EOF
 
         # A duplicate Grant (same session) is answered, not executed: same id, no new lease.
         again = await client.lease.Grant(pb.LeaseGrantRequest(session=s.next(), ttl_ms=5_000))
         dup = await client.lease.Grant(pb.LeaseGrantRequest(session=s.same(), ttl_ms=5_000))
         assert dup.id == again.id
+
+    with_cluster(tmp_path, scenario)
+
+
+def test_time_to_live_comes_from_the_leaders_lessor(tmp_path: Path) -> None:
+    """Only the leader knows the renewals (they are not in the log): it answers TimeToLive from
+    its lessor, counting from the latest renewal; a follower redirects the question to it."""
+
+    async def scenario(c: Cluster) -> None:
+        leader = await c.leader()
+        client = leader.client
+        s = Session(22)
+        lease = await client.lease.Grant(pb.LeaseGrantRequest(session=s.next(), ttl_ms=5_000))
+        await asyncio.sleep(1.0)  # a second of the TTL passes
+        before = await client.lease.TimeToLive(pb.LeaseTimeToLiveRequest(id=lease.id))
+        assert before.remaining_ms <= 4_100
+        stream = client.lease.KeepAlive()
+        await stream.write(pb.LeaseKeepAliveRequest(id=lease.id))
+        assert (await asyncio.wait_for(stream.read(), 5)).ttl_ms == 5_000
+        after = await client.lease.TimeToLive(pb.LeaseTimeToLiveRequest(id=lease.id))
+        assert 4_500 < after.remaining_ms <= 5_000  # renewed, without a log entry
+        await stream.done_writing()
+
+        follower = await c.follower()
+        err = await rpc_error(
+            follower.client.lease.TimeToLive(pb.LeaseTimeToLiveRequest(id=lease.id))
+        )
+        assert err.code() is grpc.StatusCode.UNAVAILABLE
+        assert "not the leader" in err.details()
 
     with_cluster(tmp_path, scenario)

@@ -16,15 +16,14 @@ from cryptography.hazmat.primitives import serialization
 
 from coordinator import sealing
 from coordinator.client import Client, ConcordError, SealFailed
-from coordinator.runtime.tls import (
+from coordinator.pki import (
     OPERATOR_ROLE,
     CertifiedKey,
-    channel_credentials,
     create_ca,
     issue_client_cert,
     issue_member_cert,
-    server_credentials,
 )
+from coordinator.runtime.tls import channel_credentials, server_credentials
 from coordinator.sealing import Reason, Scope
 from coordinator.server import ServiceConfig
 from coordinator.server._secrets import renewal_due

@@ -14,7 +14,7 @@ from typing import cast
 import pytest
 
 from coordinator.fsm import Put, StateMachine
-from coordinator.runtime.loop import RaftLoop
+from coordinator.runtime.view import RaftView
 from coordinator.server._core import Core
 from coordinator.server._errors import Code, ServiceError
 from coordinator.server._watch import SharedBarrier
@@ -47,7 +47,7 @@ class Recorder:
 
 
 def hub_over(d: Driver, queue_events_max: int = 100, events: Recorder | None = None) -> WatchHub:
-    return WatchHub(cast(RaftLoop, FakeLoop(d.m)), queue_events_max, events)
+    return WatchHub(cast(RaftView, FakeLoop(d.m)), queue_events_max, events)
 
 
 def put(d: Driver, hub: WatchHub, key: bytes, value: bytes = b"v") -> int:

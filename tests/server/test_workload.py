@@ -18,13 +18,8 @@ import pytest
 
 from coordinator import sealing
 from coordinator.client import Client, Compare, ConcordError, Delete, Get, PermissionDenied, Put
-from coordinator.runtime.tls import (
-    channel_credentials,
-    create_ca,
-    issue_client_cert,
-    issue_member_cert,
-    server_credentials,
-)
+from coordinator.pki import create_ca, issue_client_cert, issue_member_cert
+from coordinator.runtime.tls import channel_credentials, server_credentials
 from coordinator.runtime.tokenreview import (
     RejectReason,
     ReviewUnavailable,

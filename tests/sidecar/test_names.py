@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.client import InvalidArgument
-from coordinator.runtime.tls import create_ca
+from coordinator.pki import create_ca
 from coordinator.sidecar._main import client_from, name_prefix, parser
 from coordinator.sidecar._namespace import pod_namespace, token_namespace
 from coordinator.sidecar._secretfiles import config_from

@@ -25,14 +25,8 @@ from aiohttp import web
 
 from coordinator import sealing
 from coordinator.client import Client
-from coordinator.runtime.tls import (
-    OPERATOR_ROLE,
-    channel_credentials,
-    create_ca,
-    issue_client_cert,
-    issue_member_cert,
-    server_credentials,
-)
+from coordinator.pki import OPERATOR_ROLE, create_ca, issue_client_cert, issue_member_cert
+from coordinator.runtime.tls import channel_credentials, server_credentials
 from coordinator.sealing import Scope, SealedRecord, sealed_record_key
 from coordinator.sidecar import Sidecar
 from coordinator.sidecar._main import parser

@@ -1,5 +1,6 @@
 """A real concord-sidecar process (`python -m coordinator.sidecar`) in front of three real
-member processes with mutual TLS (tests/process/harness.py): SIGTERM releases what it holds
+member processes with mutual TLS (coordinator/testing/process_cluster.py):
+SIGTERM releases what it holds
 and resigns, ends the event streams, and exits 0; a non-loopback bind is refused without
 --listen-any."""
 
@@ -17,7 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.process.harness import REPO, ProcessCluster, run
+from coordinator.testing.process_cluster import REPO, ProcessCluster, run
 
 pytestmark = pytest.mark.process
 

@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from coordinator.raft import Message
+from coordinator.testing.checkers import SafetyChecker, Violation
 from coordinator.testing.mutants import MUTANTS
 from coordinator.testing.sim import SimOptions, Simulator, repro_command, run_seed
 
@@ -62,8 +63,20 @@ def test_faults_are_actually_injected() -> None:
         "transfers",
         "snapshots",
         "snapshot_chunks",
+        "leases_lost",
     ):
         assert totals[kind] > 0, f"no {kind} in 40 seeds: the nemesis is not doing its job"
+
+
+def test_every_primitive_is_exercised_and_counted() -> None:
+    totals: dict[str, int] = {}
+    for seed in range(1, 21):
+        res = run_seed(seed)
+        for k, v in res.ops_by_kind.items():
+            totals[k] = totals.get(k, 0) + v
+        assert res.ops == sum(res.ops_by_kind.values()) + res.ops_unknown
+    assert set(totals) == {"kv", "seq", "lock", "lease", "elect"}
+    assert all(v > 0 for v in totals.values()), totals
 
 
 def test_liveness_violation_is_reported_when_the_cluster_cannot_commit() -> None:
@@ -86,6 +99,7 @@ SEED_BUDGET = {
     "apply_before_commit": 200,
     "no_sessions": 200,
     "stale_read": 400,
+    "lock_ignores_lease": 200,
 }
 
 
@@ -135,3 +149,12 @@ def test_a_long_run_prints_progress_and_a_mutant_run_says_its_catches_are_expect
     assert progress[-1].split(", ")[1] == f"violations={len(caught)}"
     assert not any(line.startswith("FAIL") for line in lines)
     assert "sim summary: seeds=6 " in out.stdout
+
+
+def test_members_with_different_images_at_one_index_are_caught() -> None:
+    checker = SafetyChecker()
+    checker.on_snapshot(1, 5, b"image")
+    checker.on_snapshot(2, 5, b"image")
+    checker.on_snapshot(2, 6, b"other")
+    with pytest.raises(Violation, match="nodes 1 and 3 hold different states at index 5"):
+        checker.on_snapshot(3, 5, b"imagf")

@@ -101,6 +101,23 @@ def test_a_record_relabelled_with_another_index_fails_authentication(tmp_path: P
         reopen(data_dir)
 
 
+def test_a_record_relabelled_with_another_term_fails_authentication(tmp_path: Path) -> None:
+    """The right index with another term: replay would hand Raft an entry of a term it never
+    had (breaking log matching), so the term is bound by the AEAD as much as the index."""
+    data_dir = tmp_path / "d"
+    path, recs = _wal_with_equal_records(data_dir)
+    data = bytearray(path.read_bytes())
+    start, end = recs[3]  # entry 3
+    term_at = start + 8 + 1 + 4 + 8
+    assert struct.unpack_from(">QQ", data, term_at - 8) == (3, 1)
+    struct.pack_into(">Q", data, term_at, 2)
+    struct.pack_into(">I", data, start + 4, zlib.crc32(bytes(data[start + 8 : end])))
+    path.write_bytes(bytes(data))
+    with pytest.raises(WalCorruptError, match="authentication failed") as info:
+        reopen(data_dir)
+    assert info.value.offset == start
+
+
 def test_a_replayed_record_at_the_tail_is_not_mistaken_for_a_torn_write(tmp_path: Path) -> None:
     """An old record appended verbatim (rolling the log back to index 2) has a good CRC: it
     must be refused, not cut as torn and not obeyed as a truncation."""

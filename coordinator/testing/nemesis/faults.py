@@ -46,7 +46,7 @@ from functools import partial
 from pathlib import Path
 
 from coordinator.client import ConcordError
-from coordinator.storage import WalCorruptError, dump, log_position
+from coordinator.storage import WalCorruptError, dump, log_position, record_frames
 
 from .cluster import Cluster, ClusterError
 from .history import Clock
@@ -69,10 +69,9 @@ KINDS = (
 COMBINABLE = frozenset(KINDS[:10])
 """Kinds that may be active together (see `scenarios.random_schedule`)."""
 
-WAL_PREAMBLE_BYTES = 8
-"""`CCWAL\\0` + u16 version (coordinator/storage/_segment.py); then records framed as
-u32 length | u32 CRC | body."""
 FRAME = struct.Struct(">II")
+"""A WAL record frame's head, u32 length | u32 CRC (coordinator/storage/_segment.py): to
+forge the head of a torn write. Reading frames is `coordinator.storage.record_frames`."""
 RECOVER_S = 30.0
 """Bound on every wait for the cluster to recover after a heal."""
 FREEZE_ATTEMPTS = 20
@@ -286,20 +285,6 @@ def unsynced_tail(data_dir: Path, segment: Path) -> int | None:
     return start
 
 
-def record_offsets(data: bytes) -> list[tuple[int, int]]:
-    """(offset, size) of every whole record frame of a segment file."""
-    out: list[tuple[int, int]] = []
-    offset = WAL_PREAMBLE_BYTES
-    while offset + FRAME.size <= len(data):
-        length, _ = FRAME.unpack_from(data, offset)
-        size = FRAME.size + length
-        if offset + size > len(data):
-            break
-        out.append((offset, size))
-        offset += size
-    return out
-
-
 class TornWal(Fault):
     async def apply(self, cluster: Cluster) -> None:
         target = await pick(cluster, self.rng, self.rng.random() < 0.5)
@@ -319,7 +304,7 @@ class TornWal(Fault):
             if start is None:
                 self.detail["skipped"] = "no commit-only hard state at the tail to lose"
                 return
-            sizes = dict(record_offsets(data))
+            sizes = dict(record_frames(data))
             cut_to = start + self.rng.randint(0, sizes[start] - 1)
             os.truncate(segment, cut_to)
             self.detail.update(
@@ -395,10 +380,10 @@ class RemoveReadd(Fault):
 
     async def heal(self, cluster: Cluster) -> None:
         removed = self.targets[0]
-        target = await cluster.add_member_slot()
+        target = await cluster.add_gated_member()
         self.detail["replaced_by"] = target
         m = cluster.members[target]
-        peer_url = f"https://127.0.0.1:{m.gate_port}"  # through its gate, like everyone
+        peer_url = f"https://127.0.0.1:{m.advertised_peer_port}"  # through its gate, like everyone
         client_url = f"https://{m.client_address}"
         async with cluster.client(timeout_s=10.0, rpc_timeout_s=5.0) as c:
             refused = await until_ok(

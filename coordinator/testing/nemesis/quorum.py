@@ -194,7 +194,7 @@ class _Experiment:
         the first failure of each (else the slowest success)."""
 
         async def one(member: int) -> tuple[Probe, Probe]:
-            async with cluster.client(only=member, timeout_s=PROBE_TIMEOUT_S) as c:
+            async with cluster.client([member], timeout_s=PROBE_TIMEOUT_S) as c:
                 ser = await probe(c.get(b"quorum/probe/0", serializable=True))
                 held = await probe(_held_lock_listed(c, self.token))
             return ser, held
@@ -215,7 +215,7 @@ class _Experiment:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + LIVE_TIMEOUT_S
         for member in cluster.members:
-            async with cluster.client(only=member, timeout_s=PROBE_TIMEOUT_S) as c:
+            async with cluster.client([member], timeout_s=PROBE_TIMEOUT_S) as c:
                 while (await probe(_held_lock_listed(c, self.token))).result != "ok":
                     if loop.time() > deadline:
                         self.report.fail(f"member {member} never listed the held lock")

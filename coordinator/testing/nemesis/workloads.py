@@ -126,10 +126,8 @@ class RegisterWorkload:
         last_seen: dict[str, str | None] = {}
         rec = self.recorder
         member = 1 + index % cluster.size
-        if index < self.roaming:
-            client = cluster.client(first=member)
-        else:
-            client = cluster.client(only=member)
+        # Roaming clients start at their member and fail over; the others stay on it.
+        client = cluster.client(first=member) if index < self.roaming else cluster.client([member])
         async with client as c:
             while not stop.is_set():
                 key = rng.choice(self.keys)
@@ -275,7 +273,7 @@ class SetWorkload:
                 raise elements
             self.final_leader = elements
         for m in cluster.running():
-            async with cluster.client(only=m.id, timeout_s=10.0, rpc_timeout_s=5.0) as c:
+            async with cluster.client([m.id], timeout_s=10.0, rpc_timeout_s=5.0) as c:
                 got = await until_ok(lambda: read_prefix(c, self.prefix, True), "member read")
                 if not isinstance(got, ConcordError):
                     self.final_members[m.id] = got

@@ -18,11 +18,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from coordinator.api.v1 import raft_pb2 as pb
 from coordinator.api.v1 import raft_pb2_grpc as pb_grpc
-from coordinator.raft import Message, MessageType
-from coordinator.runtime.clock import SystemClock
-from coordinator.runtime.grpc_transport import GrpcTransport, server_options
-from coordinator.runtime.join import JoinError, fetch_presented_chain, pick_ca
-from coordinator.runtime.tls import (
+from coordinator.daemon.join import JoinError, fetch_presented_chain, pick_ca
+from coordinator.pki import (
     CA_FILE,
     MEMBER_CERT_FILE,
     MEMBER_KEY_FILE,
@@ -34,24 +31,29 @@ from coordinator.runtime.tls import (
     StoredToken,
     TlsError,
     ca_fingerprint,
-    channel_credentials,
     check_csr,
     create_ca,
     issue_client_cert,
     issue_member_cert,
-    join_server_credentials,
     load_ca_key,
     load_member_tls,
     make_csr,
-    member_channel_credentials,
     member_id_of,
-    member_server_credentials,
     new_join_token,
     new_member_key,
     sign_member_csr,
     verify_join_token,
     write_ca,
     write_member_tls,
+)
+from coordinator.raft import Message, MessageType
+from coordinator.runtime.clock import SystemClock
+from coordinator.runtime.grpc_transport import GrpcTransport, server_options
+from coordinator.runtime.tls import (
+    channel_credentials,
+    join_server_credentials,
+    member_channel_credentials,
+    member_server_credentials,
 )
 from coordinator.runtime.wire import to_wire
 

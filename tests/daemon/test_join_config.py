@@ -7,16 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from coordinator.daemon.config import ConfigError, MemberConfig, build_parser, config_from_args
+from coordinator.daemon.join import JoinRecord, read_join_record, write_join_record
+from coordinator.daemon.member import main
+from coordinator.pki import create_ca, new_join_token
 from coordinator.raft import ConfState
-from coordinator.runtime.join import JoinRecord, read_join_record, write_join_record
-from coordinator.runtime.member import (
-    ConfigError,
-    MemberConfig,
-    build_parser,
-    config_from_args,
-    main,
-)
-from coordinator.runtime.tls import create_ca, new_join_token
 from coordinator.storage import KeyStore
 
 TOKEN = str(new_join_token(create_ca("cfg-test").cert_pem))
@@ -119,7 +114,7 @@ def test_join_if_new_starts_an_unlisted_id_empty_and_bootstraps_a_listed_one(
     bootstraps; without --join-if-new the unlisted one is refused, as before."""
     import asyncio
 
-    from coordinator.runtime.member import Member
+    from coordinator.daemon.member import Member
 
     initial = "1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3"
 

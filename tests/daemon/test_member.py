@@ -1,6 +1,6 @@
 """The member process: command line, HTTP endpoints, autolock, and three real processes.
 
-The process tests start `python -m coordinator.runtime.member` on ephemeral loopback ports
+The process tests start `python -m coordinator.daemon.member` on ephemeral loopback ports
 and talk to it over HTTP. Every wait is bounded and waits for a condition.
 """
 
@@ -20,19 +20,18 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.runtime.httpd import HttpServer, Response
-from coordinator.runtime.member import (
+from coordinator.daemon.config import (
     ConfigError,
-    Member,
     MemberConfig,
     build_parser,
     config_from_args,
-    main,
     parse_initial_cluster,
 )
-from coordinator.runtime.tls import create_ca, issue_member_cert, write_member_tls
+from coordinator.daemon.httpd import HttpServer, Response
+from coordinator.daemon.member import Member, main
+from coordinator.pki import create_ca, issue_member_cert, write_member_tls
 from coordinator.storage import KeyStore
-from coordinator.testing.procs import free_ports
+from coordinator.testing.procs import MEMBER_MODULE, free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -255,7 +254,7 @@ class Proc:
         args = [
             sys.executable,
             "-m",
-            "coordinator.runtime.member",
+            MEMBER_MODULE,
             "--id",
             str(member_id),
             "--data-dir",

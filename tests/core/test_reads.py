@@ -1,0 +1,93 @@
+"""A read barrier is answered only once a quorum confirmed this member still leads (ReadIndex)
+and its state machine applied up to the read index."""
+
+from __future__ import annotations
+
+from coordinator.core import MemberCore
+from coordinator.fsm import Put
+from coordinator.testing.core_mutants import ReadsWithoutQuorum
+from tests.core.harness import Cluster
+
+
+def deposed_leader_reads(core_class: type[MemberCore]) -> list[str]:
+    """What went wrong when a leader cut off from the majority, which still believes it
+    leads, is asked for a read barrier after the majority moved on and wrote (empty: nothing)."""
+    wrong = []
+    c = Cluster(core_class)
+    c.elect(1)
+    c.propose(1, Put(b"k", b"old"), client_id=7, seq=1)
+    c.settle()
+    c.tick(1, 1)
+    c.isolate(1)
+    new = c.elect_among(2, 3)
+    written = c.propose(new, Put(b"k", b"new"), client_id=8, seq=1)
+    c.settle()
+    c.tick(new, 1)
+    write_index = c.applied(new, written).index
+    assert c.core(1).is_leader, "the old leader must not know it was deposed yet"
+    rid = c.read(1)
+    c.settle()
+    seen = c.outcome(1, rid)
+    if seen is not None and seen.done.error is None:
+        wrong.append(
+            f"a deposed leader answered a read barrier at {seen.done.value}, before the write "
+            f"at {write_index} it cannot see"
+        )
+    c.heal()
+    c.tick(new, 1)
+    seen = c.outcome(1, rid)
+    if seen is not None and seen.done.error is None and seen.done.value < write_index:  # type: ignore[operator]
+        wrong.append(f"after healing, the read was answered at a stale index {seen.done.value}")
+    return wrong
+
+
+def test_a_deposed_leader_gets_no_read_answer() -> None:
+    assert deposed_leader_reads(MemberCore) == []
+
+
+def test_the_check_catches_a_read_barrier_without_quorum() -> None:
+    wrong = deposed_leader_reads(ReadsWithoutQuorum)
+    assert wrong and "deposed leader answered" in wrong[0]
+
+
+def test_a_read_waits_for_the_quorum_and_then_for_the_apply() -> None:
+    c = Cluster()
+    c.elect(1)
+    pid = c.propose(1, Put(b"k", b"v"), client_id=7, seq=1)
+    c.settle()
+    assert c.outcome(1, pid) is not None  # acknowledged: a later read must cover it
+    rid = c.read(1)
+    # The leader cannot confirm before its followers answer: nothing yet.
+    c.process(1)
+    assert c.outcome(1, rid) is None
+    c.settle()
+    c.tick(1, 1)
+    read = c.outcome(1, rid)
+    assert read is not None and read.done.error is None
+    assert isinstance(read.done.value, int)
+    assert read.applied_index >= read.done.value  # served only once applied that far
+    # The write acknowledged before the read is covered by it.
+    assert read.done.value >= c.applied(1, pid).index
+
+
+def test_a_read_on_a_follower_is_confirmed_by_the_leader() -> None:
+    c = Cluster()
+    c.elect(1)
+    written = c.propose(1, Put(b"k", b"v"), client_id=7, seq=1)
+    c.settle()
+    rid = c.read(2)
+    c.settle()
+    c.tick(1, 1)
+    read = c.outcome(2, rid)
+    assert read is not None and read.done.error is None
+    assert isinstance(read.done.value, int) and read.done.value >= c.applied(1, written).index
+    assert read.applied_index >= read.done.value
+    kv = c.members[2].fsm.get(b"k")
+    assert kv is not None and kv.value == b"v"
+
+
+def test_a_read_with_no_leader_known_fails_at_once() -> None:
+    c = Cluster()
+    rid = c.read(1)  # nobody was elected yet
+    seen = c.outcome(1, rid)
+    assert seen is not None and seen.done.error is not None
