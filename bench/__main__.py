@@ -266,7 +266,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _floor(plan: Plan) -> dict[str, Any] | None:
     """The bare grpc.aio relay's sequential write (`bench.floor`), measured after the
-    systems in the same invocation; None if it could not run."""
+    systems in the same invocation, with its twin over the framed peer transport
+    (`bench.floor_frames`, under "frames"); None if the relay could not run."""
     from . import floor  # noqa: PLC0415
 
     log("reference: a bare grpc.aio relay (TLS, fsync, no Raft), sequential writes")
@@ -276,7 +277,16 @@ def _floor(plan: Plan) -> dict[str, Any] | None:
         log(f"reference: failed: {type(err).__name__}: {err}")
         return None
     log(f"reference: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms")
-    return result
+    from . import floor_frames  # noqa: PLC0415
+
+    log("reference: its twin over the framed peer transport")
+    try:
+        twin = asyncio.run(floor_frames.measure(writes=500 if plan.quick else 2000))
+    except Exception as err:
+        log(f"reference: the twin failed: {type(err).__name__}: {err}")
+        return result
+    log(f"reference twin: p50 {twin['p50_ms']} ms, p99 {twin['p99_ms']} ms")
+    return {**result, "frames": twin}
 
 
 def _sigterm(signum: int, frame: object) -> None:

@@ -239,11 +239,28 @@ def main(argv: list[str] | None = None) -> None:
         return
     p = argparse.ArgumentParser(prog="python -m bench floor")
     p.add_argument("--writes", type=int, default=2000)
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="alternate the grpc.aio relay and its framed twin this many times each",
+    )
     a = p.parse_args(args)
-    result = asyncio.run(measure(a.writes))
-    print(f"grpc.aio relay floor: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms "
-          f"over {result['writes']} sequential writes")  # fmt: skip
-    print(json.dumps(result))
+    from . import floor_frames  # noqa: PLC0415 (its own processes import this module)
+
+    runs: dict[str, list[dict[str, Any]]] = {"grpc": [], "frames": []}
+    for _ in range(a.rounds):
+        for kind, run in (("grpc", measure), ("frames", floor_frames.measure)):
+            result = asyncio.run(run(a.writes))
+            runs[kind].append(result)
+            print(f"{result['system']}: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms "
+                  f"over {result['writes']} sequential writes")  # fmt: skip
+            print(json.dumps(result))
+    p50 = {k: statistics.median(r["p50_ms"] for r in v) for k, v in runs.items()}
+    p99 = {k: statistics.median(r["p99_ms"] for r in v) for k, v in runs.items()}
+    print(f"median of {a.rounds} rounds: p50 grpc {p50['grpc']} ms, frames {p50['frames']} ms "
+          f"(frames/grpc {p50['frames'] / p50['grpc']:.2f}); p99 grpc {p99['grpc']} ms, "
+          f"frames {p99['frames']} ms (frames/grpc {p99['frames'] / p99['grpc']:.2f})")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -217,6 +217,17 @@ def reference_line(doc: dict[str, Any]) -> str:
         f"acknowledgement over client streams, nothing else; `bench/floor.py`), in the same "
         f"run: p50 {fmt(ref['p50_ms'], 'ms')}, p99 {fmt(ref['p99_ms'], 'ms')}"
         + (f"; against it, {' and '.join(vs)}." if vs else ".")
+        + _twin(ref.get("frames"))
+    )
+
+
+def _twin(twin: dict[str, Any] | None) -> str:
+    """The relay's twin over the framed peer transport, the design Concord runs."""
+    if not twin:
+        return ""
+    return (
+        f" Its twin with the peer hops over Concord's framed transport (`bench/floor_frames.py`):"
+        f" p50 {fmt(twin['p50_ms'], 'ms')}, p99 {fmt(twin['p99_ms'], 'ms')}."
     )
 
 

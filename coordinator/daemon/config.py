@@ -22,6 +22,7 @@ from coordinator.runtime.addresses import (
     split_host_port,
 )
 from coordinator.runtime.eventloop import DEFAULT_EVENT_LOOP, EVENT_LOOPS
+from coordinator.runtime.peer_transport import DEFAULT_TRANSPORT, TRANSPORT_KINDS, TransportKind
 from coordinator.storage import StorageError, read_cluster_id
 from coordinator.storage.crypto import FORMAT_FILE
 from coordinator.storage.wal import WAL_DIR
@@ -67,6 +68,8 @@ class MemberConfig:
     advertise_peer_url: str = ""
     """The URL peers dial this member at ("" if it cannot be told from --peer-listen)."""
     advertise_client_url: str = ""
+    peer_transport: TransportKind = DEFAULT_TRANSPORT
+    """How Raft messages travel between members (runtime/peer_transport.py)."""
     promote: bool = False
     """A member that joined asks to become a voter once it has caught up."""
     name_given: bool = True
@@ -106,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, required=True, help="data directory (keys, WAL)")
     p.add_argument("--client-listen", default="127.0.0.1:7070", help="client API HOST:PORT")
     p.add_argument("--peer-listen", default="127.0.0.1:7071", help="peer (Raft) HOST:PORT")
+    p.add_argument(
+        "--peer-transport",
+        choices=TRANSPORT_KINDS,
+        default=DEFAULT_TRANSPORT,
+        help="how Raft messages travel between members: frames (our own framed protocol over "
+        "TLS, on the same peer port) or grpc (grpc.aio streams); every member must use the same",
+    )
     p.add_argument(
         "--metrics-listen", default="127.0.0.1:7072", help="/metrics, /healthz, /readyz HOST:PORT"
     )
@@ -288,6 +298,7 @@ def config_from_args(ns: argparse.Namespace) -> MemberConfig:
         "ca_key_file": ns.ca_key_file,
         "advertise_peer_url": peer_url,
         "advertise_client_url": client_url,
+        "peer_transport": ns.peer_transport,
         "workload_identity": ns.workload_identity,
         "workload_listen": ns.workload_listen or "",
         "token_review_kubeconfig": ns.token_review_kubeconfig,

@@ -17,9 +17,10 @@ What runs, in start-up order:
    Maintenance.Unlock (`concordctl unlock`), whichever comes first (`datadir.py`). With
    `--force-new-cluster` an existing data dir is first turned into a new one-member cluster of
    this member (`runtime/recovery.py`; refused for a new dir);
-3. the Raft loop (`RaftLoop`) over the WAL, the peer gRPC server and the
-   `GrpcTransport` (mutual TLS from `--tls-dir`, or plaintext with an explicit
-   `--insecure`);
+3. the Raft loop (`RaftLoop`) over the WAL, the peer gRPC server and the peer transport
+   (`--peer-transport`: `FrameTransport`, whose listener takes the peer port and relays gRPC
+   callers to the gRPC server, or `GrpcTransport`; see `runtime/peer_transport.py`), with
+   mutual TLS from `--tls-dir`, or plaintext with an explicit `--insecure`;
 4. the client API (`coordinator.server.server.start_gateway`, `services.py`). It
    listens from the start, between steps 1 and 2: before the Raft loop exists it answers the
    Maintenance service (unlock, autolock status) and refuses everything else with UNAVAILABLE
@@ -82,9 +83,10 @@ from coordinator.pki import (
 )
 from coordinator.runtime.clock import Clock, SystemClock
 from coordinator.runtime.eventloop import event_loop_problem, run_on
-from coordinator.runtime.grpc_transport import GrpcTransport, server_options
+from coordinator.runtime.grpc_transport import server_options
 from coordinator.runtime.loop import LoopConfig, RaftLoop
 from coordinator.runtime.metrics import MemberMetrics, MeteredLog
+from coordinator.runtime.peer_transport import PeerTransport, make_transport, serve_peers
 from coordinator.runtime.recovery import check_force_target
 from coordinator.runtime.tls import join_server_credentials, member_channel_credentials
 from coordinator.server._join import JoinServices
@@ -133,7 +135,7 @@ class Member:
         self.phase = "starting"
         """starting -> (locked ->) running -> stopping; what /readyz explains."""
         self.loop: RaftLoop | None = None
-        self.transport: GrpcTransport | None = None
+        self.transport: PeerTransport | None = None
         self.start_commit = 0
         """The commit index the WAL held at start: ready once applied up to it."""
         self.http_port = 0
@@ -283,11 +285,12 @@ class Member:
             return 0  # asked to stop while locked
         parts = _Parts(MeteredLog(wal, self.metrics.wal_fsync_seconds), client=api)
         try:
-            transport = GrpcTransport(
+            transport = make_transport(
+                cfg.peer_transport,
                 cfg.id,
                 cfg.cluster_id,
                 self.clock,
-                credentials=member_channel_credentials(tls) if tls else None,
+                tls,
                 reachable_window_s=max(1.0, 2 * cfg.election_ticks * cfg.tick_ms / 1000),
                 on_round_trip=self.metrics.observe_round_trip,
             )
@@ -320,8 +323,10 @@ class Member:
             )
             if parts.join is not None:
                 parts.join.add_to_peer_server(parts.server)
-            self.peer_port = bind(parts.server, cfg.peer_listen, tls, "peer")
-            await parts.server.start()
+            server = parts.server
+            self.peer_port = await serve_peers(
+                server, transport, cfg.peer_listen, lambda a: bind(server, a, tls, "peer")
+            )
             log.info("peer server listening on %s", cfg.peer_listen)
             if parts.join is not None and tls is not None and cfg.join_listen:
                 self.join_port = await parts.join.listen(
@@ -507,7 +512,7 @@ class Member:
         )
 
     def _keep_directory_entry(
-        self, loop: RaftLoop, transport: GrpcTransport, tls: MemberTls | None
+        self, loop: RaftLoop, transport: PeerTransport, tls: MemberTls | None
     ) -> asyncio.Task[None] | None:
         """List this member in the replicated member directory as it advertises itself (the
         first members were never admitted, so only they can say their names and URLs)."""
@@ -542,7 +547,7 @@ class _Parts:
 
     wal: MeteredLog
     server: grpc.aio.Server | None = None
-    transport: GrpcTransport | None = None
+    transport: PeerTransport | None = None
     loop_task: asyncio.Task[None] | None = None
     client: ClientApi | None = None
     sync_task: asyncio.Task[None] | None = None

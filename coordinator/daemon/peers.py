@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 
 from coordinator.fsm import Applied
 from coordinator.runtime.addresses import dial_address
-from coordinator.runtime.grpc_transport import GrpcTransport
 from coordinator.runtime.loop import RaftLoop
+from coordinator.runtime.peer_transport import PeerTransport
 
 from .config import MemberConfig
 
@@ -27,7 +27,7 @@ PEER_SYNC_S = 1.0
 class PeerSync:
     """Keeps one member's transport's peers and voters equal to its loop's configuration."""
 
-    def __init__(self, cfg: MemberConfig, loop: RaftLoop, transport: GrpcTransport) -> None:
+    def __init__(self, cfg: MemberConfig, loop: RaftLoop, transport: PeerTransport) -> None:
         self.cfg = cfg
         self._loop = loop
         self._transport = transport

@@ -19,9 +19,9 @@ import grpc
 from coordinator.pki import CertifiedKey, MemberTls
 from coordinator.runtime.addresses import ConfigError
 from coordinator.runtime.clock import Clock
-from coordinator.runtime.grpc_transport import GrpcTransport
 from coordinator.runtime.loop import RaftLoop
 from coordinator.runtime.metrics import MemberMetrics
+from coordinator.runtime.peer_transport import PeerTransport
 from coordinator.runtime.tls import member_server_credentials
 from coordinator.runtime.tokenreview import ApiServer, TokenReviewer
 from coordinator.runtime.tokenreview import ConfigError as TokenReviewConfigError
@@ -155,7 +155,7 @@ class ClientApi:
 def join_services(
     cfg: MemberConfig,
     loop: RaftLoop,
-    transport: GrpcTransport,
+    transport: PeerTransport,
     tls: MemberTls | None,
     *,
     signing_ca: CertifiedKey | None,

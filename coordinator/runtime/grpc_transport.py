@@ -73,7 +73,7 @@ import logging
 import random
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from cryptography import x509
@@ -542,10 +542,22 @@ async def _failure_reason(call: grpc.aio.StreamUnaryCall | None, err: BaseExcept
     return f"stream failed: {str(err) or type(err).__name__}"
 
 
+class PeerInbox(Protocol):
+    """What the servicer needs of a transport: `GrpcTransport`, or `FrameTransport`, which
+    serves gRPC Raft streams too (from members still on the gRPC transport)."""
+
+    member_id: int
+    cluster_id: str
+
+    def deliver(self, msg: Message) -> None: ...
+    def peer_dialed_in(self, peer_id: int) -> None: ...
+    def connection_lost(self, peer_id: int) -> None: ...
+
+
 class RaftServicer:
     """The server side of `concord.v1.Raft/Stream` (see the module docstring)."""
 
-    def __init__(self, transport: GrpcTransport) -> None:
+    def __init__(self, transport: PeerInbox) -> None:
         self._transport = transport
 
     async def Stream(  # the gRPC method's name

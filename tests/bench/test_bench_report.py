@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from bench import floor, profile, report
+from bench import floor, floor_frames, profile, report
 from bench.figures import evaluate, targets
 from bench.load import Histogram
 
@@ -289,6 +289,11 @@ def test_the_reference_relay_is_reported_against_both_systems() -> None:
     assert "p50 1.60 ms, p99 3.20 ms" in line
     assert "Concord 4.00 ms (2.50x) and etcd 2.00 ms (1.25x)" in line
     assert line in report.markdown(doc)
+    assert "framed transport" not in line
+    doc["reference"]["frames"] = {"system": "frames-relay-floor", "p50_ms": 1.4, "p99_ms": 2.8}
+    assert "framed transport (`bench/floor_frames.py`): p50 1.40 ms, p99 2.80 ms." in (
+        report.reference_line(doc)
+    )
 
 
 def test_the_reference_relay_runs_and_cleans_up() -> None:
@@ -298,6 +303,13 @@ def test_the_reference_relay_runs_and_cleans_up() -> None:
     assert result["writes"] == 30
     assert 0 < result["p50_ms"] <= result["p99_ms"]
     assert _running("bench.floor") == []
+
+
+def test_the_relays_framed_twin_runs_and_cleans_up() -> None:
+    result = asyncio.run(floor_frames.measure(writes=30, warmup=5))
+    assert result["writes"] == 30
+    assert 0 < result["p50_ms"] <= result["p99_ms"]
+    assert _running("bench.floor_frames") == []
 
 
 def _running(marker: str) -> list[str]:

@@ -1,0 +1,727 @@
+"""FrameTransport: the `Transport` contract over our own framed protocol (`frames.py`) on
+asyncio streams with mutual TLS, instead of grpc.aio streams.
+
+Why: a grpc.aio stream write costs 0.3-0.5 ms holding the GIL on a loaded machine, and a
+sequential write crosses four of them (docs/latency.md). Here a message is encoded and
+appended to its peer's buffer in the Raft loop's own turn, and one callback at the end of
+that turn writes everything queued for the peer with a single `transport.write` (TLS
+encryption and `send` happen right there, no task hand-off, no per-message await).
+
+**Sending.** `send` encodes the message and appends it to the peer's pending list, bounded
+by `queue_max` messages: when full the message is dropped and counted (Raft tolerates loss;
+a slow or dead peer must never hold up the loop). The first message of a turn schedules
+`_flush` with `call_soon`; later ones in the same turn ride along (explicit batching). A
+flush writes only while the connection's write buffer is under `write_buffer_max`; above
+it, one task per peer awaits `drain()` (bounded by `write_timeout_s`: a peer that stops
+reading is cut off and redialled) and flushes again, so a stalled peer only fills its own
+buffer. While a peer is not connected its messages wait in the same bounded list; when a
+connection fails they are dropped (stale by the time the peer is back), as on the gRPC
+transport. "A quorum first" works as there too: an APP to a follower outside `prompt()`
+waits `append_lag_s` with whatever queues behind it.
+
+**Connections.** One task per peer dials, checks and then watches its connection: it sends
+`frames.PREFACE` in the clear, waits for the echo, starts TLS, and checks that the
+listener's certificate is a member certificate bound to the member it meant to dial (an
+unbound certificate, issued before ids were bound, is accepted as on the gRPC transport).
+Then each side sends a HELLO (member id, cluster id); the dialler checks the listener's.
+Messages flow one way only, dialler to listener (each member dials each peer), so after the
+hello the task just waits for the connection to end: when it does, or a dial fails, the
+owner hears `lost(peer)` (`RaftLoop.peer_unreachable`) once per run of failures, and the
+task redials after a jittered exponential backoff (cut short when the peer dials us: it is
+up again).
+
+**Listening.** The listener shares the peer port with gRPC (join services, promotion and
+the directory entry call the peer port over gRPC): it reads the first 16 bytes of a new
+connection; `PREFACE` makes it a Raft connection, anything else (a TLS ClientHello, the
+HTTP/2 preface) is relayed byte for byte to the member's gRPC server on a loopback port, so
+TLS stays end to end and the gRPC services still see the caller's certificate. On a Raft
+connection the listener requires a member certificate, reads the HELLO, refuses a cluster
+id other than its own and a member id other than the certificate's, answers with its own
+HELLO, then delivers each message after checking that its sender is the hello's member.
+Any protocol error (`FrameError`: a bad header, an oversized frame, a second hello) closes
+that connection with a logged reason; nothing escapes into the loop, and other connections
+are unaffected. A frame whose payload is not a valid Raft message is dropped and logged,
+since the framing itself is intact.
+
+Ownership: everything runs on the member's event loop; `send` must be called from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+import ssl
+import tempfile
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from coordinator.pki import MemberTls
+from coordinator.raft import Message, MessageType
+
+from .clock import Clock
+from .frames import (
+    PREFACE,
+    FrameDecoder,
+    FrameError,
+    FrameType,
+    Hello,
+    decode_hello,
+    decode_message,
+    encode_hello,
+    encode_message,
+)
+from .grpc_transport import (
+    PeerStats,
+    RaftServicer,
+    add_raft_servicer,
+    certified_member_id,
+    peer_refusal,
+)
+from .wire import WireError
+
+log = logging.getLogger("concord.frames")
+
+_PROBES = frozenset({MessageType.APP, MessageType.HEARTBEAT})
+_PROBE_ANSWERS = frozenset({MessageType.APP_RESP, MessageType.HEARTBEAT_RESP})
+_PROBE_STALE_S = 10.0
+_READ_BYTES = 256 * 1024
+_NETWORK_ERRORS = (OSError, ssl.SSLError, asyncio.IncompleteReadError, TimeoutError, FrameError)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerSsl:
+    """TLS contexts for both ends: the cluster CA verifies the other side, each presents
+    the member certificate. Host names are not checked: the member id in the certificate is
+    (see the module docstring)."""
+
+    server: ssl.SSLContext
+    client: ssl.SSLContext
+
+
+def peer_ssl(member: MemberTls) -> PeerSsl:
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False
+    # ssl loads a certificate chain from files only: a private directory, gone at once.
+    with tempfile.TemporaryDirectory(prefix="concord-peer-") as tmp:
+        cert, key = Path(tmp, "cert.pem"), Path(tmp, "key.pem")
+        cert.write_bytes(member.cert_pem)
+        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(member.key_pem)
+        for ctx in (server, client):
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(cadata=member.ca_pem.decode())
+            ctx.load_cert_chain(cert, key)
+    return PeerSsl(server, client)
+
+
+class _Peer:
+    """Mutable per-peer state; owned by the transport, touched only on the event loop."""
+
+    def __init__(self, peer_id: int, address: str) -> None:
+        self.id = peer_id
+        self.address = address
+        self.pending: list[bytes] = []
+        """Encoded frames not yet written (at most the transport's `queue_max`)."""
+        self.writer: asyncio.StreamWriter | None = None
+        """Set while the connection is up (hello exchanged)."""
+        self.flush: asyncio.Handle | None = None
+        self.drain: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.wake = asyncio.Event()
+        self.failing = False
+        self.last_sent_s: float | None = None
+        self.last_heard_s: float | None = None
+        self.round_trip_s: float | None = None
+        self.probe_s: float | None = None
+        self.sent = 0
+        self.dropped = 0
+        self.received = 0
+        self.last_error = ""
+
+
+class FrameTransport:
+    """Best-effort delivery to peers over framed TLS connections (see the module docstring).
+    `ssl_contexts` None runs without TLS (only for `--insecure` demos and tests)."""
+
+    def __init__(
+        self,
+        member_id: int,
+        cluster_id: str,
+        clock: Clock,
+        *,
+        ssl_contexts: PeerSsl | None = None,
+        queue_max: int = 4096,
+        write_buffer_max: int = 1024 * 1024,
+        backoff_initial_s: float = 0.05,
+        backoff_max_s: float = 0.5,
+        connect_timeout_s: float = 5.0,
+        write_timeout_s: float = 5.0,
+        reachable_window_s: float = 5.0,
+        append_lag_s: float = 0.01,
+        prompt_window_s: float = 0.5,
+        on_round_trip: Callable[[int, float], None] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if member_id <= 0:
+            raise ValueError("member id must be a positive integer")
+        if queue_max <= 0:
+            raise ValueError("queue_max must be positive")
+        self.member_id = member_id
+        self.cluster_id = cluster_id
+        self.clock = clock
+        self._ssl = ssl_contexts
+        self._queue_max = queue_max
+        self._write_buffer_max = write_buffer_max
+        self._backoff_initial_s = backoff_initial_s
+        self._backoff_max_s = backoff_max_s
+        self._connect_timeout_s = connect_timeout_s
+        self._write_timeout_s = write_timeout_s
+        self.reachable_window_s = reachable_window_s
+        self._append_lag_s = append_lag_s
+        self._prompt_window_s = prompt_window_s
+        self._voters: frozenset[int] = frozenset()
+        self._on_round_trip = on_round_trip
+        self._rng = rng or random.Random()
+        self._peers: dict[int, _Peer] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        """Every task this transport started that may still run (awaited by `close`)."""
+        self._receive: Callable[[Message], None] | None = None
+        self._lost: Callable[[int], None] | None = None
+        self._server: asyncio.Server | None = None
+        self._backend: tuple[str, int] | None = None
+        self._closed = False
+        self.dropped_unknown_peer = 0
+        self.refused_connections = 0
+        """Inbound connections closed for a protocol or identity error (tests, metrics)."""
+
+    # --- wiring ------------------------------------------------------------------------------
+
+    def bind(
+        self, receive: Callable[[Message], None], lost: Callable[[int], None] | None = None
+    ) -> None:
+        """Where incoming messages go (`RaftLoop.receive`); `lost(peer)` hears that a
+        connection with `peer` broke (`RaftLoop.peer_unreachable`)."""
+        self._receive = receive
+        self._lost = lost
+
+    def connection_lost(self, peer_id: int) -> None:
+        if self._lost is not None and not self._closed:
+            self._lost(peer_id)
+
+    def peer_dialed_in(self, peer_id: int) -> None:
+        peer = self._peers.get(peer_id)
+        if peer is not None and peer.writer is None:
+            peer.wake.set()
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        """Serve gRPC Raft streams too (behind the relay): a member still on the gRPC
+        transport reaches this one, so a cluster can change transports one member at a
+        time (a frames member dialling a gRPC one is refused, so not in both directions)."""
+        add_raft_servicer(server, RaftServicer(self))
+
+    async def listen(self, address: str, grpc_backend: tuple[str, int] | None = None) -> int:
+        """Listen for peers on `address` (host:port); connections that are not Raft are
+        relayed to `grpc_backend`. Returns the port bound."""
+        host, port = split_address(address)
+        self._backend = grpc_backend
+        self._server = await asyncio.start_server(
+            self._accept, host or None, port, limit=_READ_BYTES
+        )
+        bound: int = self._server.sockets[0].getsockname()[1]
+        return bound
+
+    # --- the Transport contract --------------------------------------------------------------
+
+    def send(self, msg: Message) -> None:
+        peer = self._peers.get(msg.to)
+        if peer is None or self._closed:
+            self.dropped_unknown_peer += 1
+            return
+        try:
+            data = encode_message(msg)
+        except (WireError, FrameError) as err:
+            log.error("not sending a message to peer %d: %s", msg.to, err)
+            return
+        if len(peer.pending) >= self._queue_max:
+            peer.dropped += 1
+            return
+        peer.pending.append(data)
+        if msg.type in _PROBES:
+            now = self.clock.monotonic_s()
+            if peer.probe_s is None or now - peer.probe_s > _PROBE_STALE_S:
+                peer.probe_s = now
+        if peer.flush is None and peer.drain is None and peer.writer is not None:
+            loop = asyncio.get_running_loop()
+            if msg.type is MessageType.APP and peer.id not in self.prompt():
+                peer.flush = loop.call_later(self._append_lag_s, self._flush, peer)
+            else:
+                peer.flush = loop.call_soon(self._flush, peer)
+
+    def _flush(self, peer: _Peer) -> None:
+        """Write what is pending to the peer in one write (see "Sending")."""
+        peer.flush = None
+        writer = peer.writer
+        if writer is None or not peer.pending or peer.drain is not None:
+            return
+        if writer.transport.get_write_buffer_size() > self._write_buffer_max:
+            self._start_drain(peer, writer)
+            return
+        batch, peer.pending = peer.pending, []
+        writer.write(b"".join(batch))
+        peer.sent += len(batch)
+        peer.last_sent_s = self.clock.monotonic_s()
+        if writer.transport.get_write_buffer_size() > self._write_buffer_max:
+            self._start_drain(peer, writer)
+
+    def _start_drain(self, peer: _Peer, writer: asyncio.StreamWriter) -> None:
+        peer.drain = self._spawn(self._drain(peer, writer), f"raft-drain-{peer.id}")
+
+    async def _drain(self, peer: _Peer, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(self._write_timeout_s):
+                await writer.drain()
+        except TimeoutError:
+            peer.last_error = "a write did not finish in time (peer stalled?)"
+            writer.transport.abort()  # the peer's task sees the end and redials
+            return
+        except (OSError, ssl.SSLError):
+            return  # the connection broke: the peer's task sees it too
+        finally:
+            peer.drain = None
+        if peer.writer is writer:
+            self._flush(peer)
+
+    # --- membership --------------------------------------------------------------------------
+
+    def set_peers(self, peers: Mapping[int, str]) -> None:
+        """Make the peer set exactly `peers` (id -> host:port); this member's id is ignored."""
+        wanted = {i: a for i, a in peers.items() if i != self.member_id}
+        for peer_id in [i for i in self._peers if i not in wanted]:
+            self.remove_peer(peer_id)
+        for peer_id, address in wanted.items():
+            self.add_peer(peer_id, address)
+
+    def add_peer(self, peer_id: int, address: str) -> None:
+        if peer_id == self.member_id:
+            raise ValueError(f"member {peer_id} is this member, not a peer")
+        if self._closed:
+            raise RuntimeError("the transport is closed")
+        old = self._peers.get(peer_id)
+        if old is not None:
+            if old.address == address:
+                return
+            self.remove_peer(peer_id)
+        peer = _Peer(peer_id, address)
+        self._peers[peer_id] = peer
+        peer.task = self._spawn(self._run_peer(peer), f"raft-peer-{peer_id}")
+        log.info("peer %d at %s added", peer_id, address)
+
+    def remove_peer(self, peer_id: int) -> None:
+        peer = self._peers.pop(peer_id, None)
+        if peer is None:
+            return
+        for task in (peer.task, peer.drain):
+            if task is not None:
+                task.cancel()
+        log.info("peer %d at %s removed", peer_id, peer.address)
+
+    def peers(self) -> dict[int, str]:
+        return {i: p.address for i, p in self._peers.items()}
+
+    def set_voters(self, voters: frozenset[int]) -> None:
+        self._voters = frozenset(voters)
+
+    def prompt(self) -> frozenset[int]:
+        """The peers an APP goes to at once (as `GrpcTransport.prompt`)."""
+        voters = self._voters
+        if not voters or self._append_lag_s <= 0 or self.member_id not in voters:
+            return frozenset(self._peers)
+        need = len(voters) // 2
+        now = self.clock.monotonic_s()
+        healthy = [
+            i
+            for i in sorted(voters)
+            if (p := self._peers.get(i)) is not None
+            and p.writer is not None
+            and self._heard_recently(p, now, self._prompt_window_s)
+        ]
+        if len(healthy) < need:
+            return frozenset(self._peers)
+        return frozenset(healthy[:need])
+
+    async def close(self) -> None:
+        """Stop listening, stop every peer task, close every connection."""
+        self._closed = True
+        if self._server is not None:
+            self._server.close()
+        self._peers.clear()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=5.0)
+            if stuck:
+                log.error("%d peer task(s) did not stop within 5 s", len(stuck))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # --- observation -------------------------------------------------------------------------
+
+    def stats(self) -> dict[int, PeerStats]:
+        now = self.clock.monotonic_s()
+        return {
+            i: PeerStats(
+                id=p.id,
+                address=p.address,
+                connected=p.writer is not None,
+                reachable=self._heard_recently(p, now),
+                last_sent_s=p.last_sent_s,
+                last_heard_s=p.last_heard_s,
+                round_trip_s=p.round_trip_s,
+                sent=p.sent,
+                dropped=p.dropped,
+                received=p.received,
+                last_error=p.last_error,
+            )
+            for i, p in sorted(self._peers.items())
+        }
+
+    def reachable(self, peer_id: int) -> bool:
+        peer = self._peers.get(peer_id)
+        return peer is not None and self._heard_recently(peer, self.clock.monotonic_s())
+
+    def _heard_recently(self, peer: _Peer, now: float, window_s: float | None = None) -> bool:
+        heard = peer.last_heard_s
+        window = self.reachable_window_s if window_s is None else window_s
+        return heard is not None and now - heard <= window
+
+    def deliver(self, msg: Message) -> None:
+        """A checked message from a peer: note what it tells us, then hand it to the owner."""
+        peer = self._peers.get(msg.frm)
+        if peer is not None:
+            now = self.clock.monotonic_s()
+            peer.last_heard_s = now
+            peer.received += 1
+            if msg.type in _PROBE_ANSWERS and peer.probe_s is not None:
+                sample = now - peer.probe_s
+                peer.probe_s = None
+                peer.round_trip_s = sample
+                if self._on_round_trip is not None:
+                    self._on_round_trip(peer.id, sample)
+        if self._receive is not None:
+            self._receive(msg)
+
+    # --- dialling (one task per peer) --------------------------------------------------------
+
+    async def _run_peer(self, peer: _Peer) -> None:
+        backoff_s = self._backoff_initial_s
+        while True:
+            writer: asyncio.StreamWriter | None = None
+            try:
+                reader, writer = await self._dial(peer)
+                peer.writer = writer
+                backoff_s = self._backoff_initial_s
+                if peer.failing:
+                    log.info("peer %d at %s is reachable again", peer.id, peer.address)
+                peer.failing = False
+                self._flush(peer)  # what queued while dialling
+                reason = await _watch(reader)
+            except _NETWORK_ERRORS as err:
+                reason = _reason(err)
+            except Exception as err:  # a surprise must not end this peer's task for good
+                log.exception("unexpected error in the connection to peer %d", peer.id)
+                reason = _reason(err)
+            finally:
+                if peer.writer is not None and peer.writer is writer:
+                    peer.writer = None
+                if peer.flush is not None:
+                    peer.flush.cancel()
+                    peer.flush = None
+                if writer is not None:
+                    writer.transport.abort()
+            self._failed(peer, reason)
+            await _back_off(peer, backoff_s * self._rng.uniform(0.5, 1.0))
+            backoff_s = min(backoff_s * 2, self._backoff_max_s)
+
+    async def _dial(self, peer: _Peer) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        host, port = split_address(peer.address)
+        async with asyncio.timeout(self._connect_timeout_s):
+            reader, writer = await asyncio.open_connection(host, port, limit=_READ_BYTES)
+            _keep_alive(writer)
+            try:
+                writer.write(PREFACE)
+                if await reader.readexactly(len(PREFACE)) != PREFACE:
+                    raise FrameError(
+                        "the peer port did not answer as a Raft listener (a member running "
+                        "--peer-transport grpc?)"
+                    )
+                if self._ssl is not None:
+                    await writer.start_tls(self._ssl.client)
+                    bound = _certified_id(writer)
+                    if bound is not None and bound != peer.id:
+                        raise FrameError(
+                            f"the certificate at {peer.address} is member {bound}'s, not "
+                            f"member {peer.id}'s (a stale address?)"
+                        )
+                writer.write(encode_hello(self.member_id, self.cluster_id))
+                hello, _ = await _read_hello(reader, FrameDecoder())
+                if hello.cluster_id != self.cluster_id:
+                    raise FrameError(
+                        f"the peer at {peer.address} is in cluster {hello.cluster_id!r}, this "
+                        f"member in {self.cluster_id!r}"
+                    )
+                if hello.member_id != peer.id:
+                    raise FrameError(
+                        f"the peer at {peer.address} is member {hello.member_id}, not "
+                        f"member {peer.id}"
+                    )
+            except BaseException:
+                writer.transport.abort()
+                raise
+        return reader, writer
+
+    def _failed(self, peer: _Peer, reason: str) -> None:
+        lost = len(peer.pending)
+        peer.pending.clear()
+        peer.dropped += lost
+        peer.last_error = reason
+        if not peer.failing:
+            peer.failing = True
+            self.connection_lost(peer.id)
+            log.warning(
+                "peer %d at %s is unreachable (%s); %d message(s) dropped, retrying",
+                peer.id,
+                peer.address,
+                reason,
+                lost,
+            )
+
+    # --- listening ---------------------------------------------------------------------------
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        where = _peer_name(writer)
+        _keep_alive(writer)
+        sender = 0
+        try:
+            async with asyncio.timeout(self._connect_timeout_s):
+                head = await reader.readexactly(len(PREFACE))
+            if head != PREFACE:
+                if self._backend is not None:
+                    await _relay(head, reader, writer, self._backend)
+                return
+            sender, decoder, frames = await self._greet(reader, writer, where)
+            self.peer_dialed_in(sender)
+            await self._receive_from(reader, sender, decoder, frames)
+        except FrameError as err:
+            self.refused_connections += 1
+            log.warning("closing the Raft connection from %s: %s", where, err)
+        except (OSError, ssl.SSLError, asyncio.IncompleteReadError, TimeoutError) as err:
+            log.info("the Raft connection from %s ended: %s", where, _reason(err))
+        except asyncio.CancelledError:
+            # The transport is closing. Not re-raised: asyncio's stream server would log a
+            # cancelled connection task as an error.
+            pass
+        except Exception:
+            log.exception("closing the Raft connection from %s", where)
+        finally:
+            writer.transport.abort()
+            if task is not None:
+                self._tasks.discard(task)
+            if sender:
+                self.connection_lost(sender)
+
+    async def _greet(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, where: str
+    ) -> tuple[int, FrameDecoder, list[tuple[FrameType, bytes]]]:
+        """The listener's half of the handshake: the dialler's member id, the decoder and
+        any frames that arrived with the hello. FrameError to refuse."""
+        decoder = FrameDecoder()
+        async with asyncio.timeout(self._connect_timeout_s):
+            writer.write(PREFACE)
+            bound: int | None = None
+            if self._ssl is not None:
+                await writer.start_tls(self._ssl.server)
+                bound = _certified_id(writer)
+            hello, rest = await _read_hello(reader, decoder)
+        if hello.cluster_id != self.cluster_id:
+            raise FrameError(
+                f"it is for cluster {hello.cluster_id!r}, this member ({self.member_id}) "
+                f"belongs to {self.cluster_id!r}"
+            )
+        if bound is not None and hello.member_id != bound:
+            raise FrameError(
+                f"the certificate of member {bound} cannot speak as member {hello.member_id}"
+            )
+        if hello.member_id == self.member_id:
+            raise FrameError(f"the hello names this member ({self.member_id})")
+        writer.write(encode_hello(self.member_id, self.cluster_id))
+        return hello.member_id, decoder, rest
+
+    async def _receive_from(
+        self,
+        reader: asyncio.StreamReader,
+        sender: int,
+        decoder: FrameDecoder,
+        frames: list[tuple[FrameType, bytes]],
+    ) -> None:
+        while True:
+            for kind, payload in frames:
+                if kind is FrameType.HELLO:
+                    raise FrameError(f"a second hello from member {sender}")
+                try:
+                    msg = decode_message(payload)
+                except FrameError as err:
+                    log.warning("dropping a malformed message from member %d: %s", sender, err)
+                    continue
+                if msg.frm != sender:
+                    raise FrameError(f"member {sender} sent a message as member {msg.frm}")
+                if msg.to != self.member_id:
+                    log.warning(
+                        "dropping a message for member %d from member %d: this is member %d",
+                        msg.to,
+                        msg.frm,
+                        self.member_id,
+                    )
+                    continue
+                self.deliver(msg)
+            data = await reader.read(_READ_BYTES)
+            if not data:
+                return
+            frames = decoder.feed(data)
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """'host:port' or '[v6]:port' -> (host, port)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"{address!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+async def _read_hello(
+    reader: asyncio.StreamReader, decoder: FrameDecoder
+) -> tuple[Hello, list[tuple[FrameType, bytes]]]:
+    """Read up to the first frame, which must be a HELLO; also returns the frames that
+    arrived with it."""
+    frames = decoder.feed(b"")
+    while not frames:
+        data = await reader.read(_READ_BYTES)
+        if not data:
+            raise FrameError("the connection closed before a hello")
+        frames = decoder.feed(data)
+    kind, payload = frames[0]
+    if kind is not FrameType.HELLO:
+        raise FrameError(f"the first frame is {kind.name}, not HELLO")
+    return decode_hello(payload), frames[1:]
+
+
+async def _watch(reader: asyncio.StreamReader) -> str:
+    """Wait for a dialled connection to end (the listener sends nothing after its hello)."""
+    data = await reader.read(_READ_BYTES)
+    if not data:
+        return "the peer closed the connection"
+    return "protocol error: the peer sent data after its hello"
+
+
+async def _back_off(peer: _Peer, seconds: float) -> None:
+    peer.wake.clear()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await peer.wake.wait()
+
+
+def _certified_id(writer: asyncio.StreamWriter) -> int | None:
+    """The member id the other side's certificate is bound to (None: an unbound member
+    certificate); FrameError for anything but a member certificate of the cluster CA."""
+    ssl_object = writer.get_extra_info("ssl_object")
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    if not der:
+        raise FrameError("no certificate was presented")
+    pem = x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
+    auth = {"transport_security_type": [b"ssl"], "x509_pem_cert": [pem]}
+    refusal = peer_refusal(auth)
+    if refusal:
+        raise FrameError(refusal)
+    return certified_member_id(auth)
+
+
+def _keep_alive(writer: asyncio.StreamWriter) -> None:
+    """Let the kernel notice a peer that vanished without closing (a partition, a powered-off
+    host), as gRPC's keepalive pings do: probes after 10 s of silence, and a connection
+    whose sent bytes stay unacknowledged for 15 s is dropped (Linux; elsewhere keepalive
+    only)."""
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (
+            ("TCP_KEEPIDLE", 10),
+            ("TCP_KEEPINTVL", 5),
+            ("TCP_KEEPCNT", 2),
+            ("TCP_USER_TIMEOUT", 15_000),
+        ):
+            option = getattr(socket, name, None)
+            if option is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
+def _peer_name(writer: asyncio.StreamWriter) -> str:
+    name = writer.get_extra_info("peername")
+    if isinstance(name, tuple) and len(name) >= 2:
+        return f"{name[0]}:{name[1]}"
+    return str(name)
+
+
+def _reason(err: BaseException) -> str:
+    if isinstance(err, TimeoutError):
+        return "timed out"
+    if isinstance(err, asyncio.IncompleteReadError):
+        return "the connection closed mid-handshake"
+    return str(err) or type(err).__name__
+
+
+async def _relay(
+    head: bytes,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    backend: tuple[str, int],
+) -> None:
+    """Relay a non-Raft connection to the gRPC server, byte for byte, both ways."""
+    up_reader, up_writer = await asyncio.open_connection(*backend, limit=_READ_BYTES)
+    up_writer.write(head)
+    try:
+        await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer))
+    finally:
+        up_writer.transport.abort()
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(_READ_BYTES):
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+    except (OSError, ssl.SSLError):
+        writer.transport.abort()
