@@ -494,6 +494,10 @@ COMMAND_TYPES: tuple[type[Command], ...] = (
 )
 """Every top-level command class (`Range` is a txn op only)."""
 
+_HEADER = struct.Struct(">BQQQ")
+"""The envelope's version, client_id, seq and leader_time_ms, packed in one call on encode.
+(Decode reads them one by one, so a truncated header names the field it ends in.)"""
+
 _COMMAND: Wire[Command] = one_of(COMMAND_TYPES, "unknown command tag {tag}")
 
 
@@ -512,10 +516,7 @@ class Envelope:
     def encode(self) -> bytes:
         w = Writer()
         try:
-            w.u8(ENVELOPE_VERSION)
-            w.u64(self.client_id)
-            w.u64(self.seq)
-            w.u64(self.leader_time_ms)
+            w.u64s(_HEADER, ENVELOPE_VERSION, self.client_id, self.seq, self.leader_time_ms)
             _COMMAND.write(w, self.command)
         except struct.error as exc:
             raise ValueError(
