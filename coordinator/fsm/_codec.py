@@ -3,7 +3,7 @@
 A command is declared once: a frozen dataclass whose fields carry their wire type in their
 annotation (`lease: U64 = 0`, `key: Blob`). `@declared` reads those annotations when the
 class is made (at import) and keeps one `Wire` per class: its fields in declaration order,
-each through `_wire`'s `Writer`/`Reader`. Nothing is looked up per value, so decoding a log
+each through `_wire`'s `Writer`/`Reader`. Nothing is looked up per field, so decoding a log
 entry (on the apply path) costs about what the hand-written readers it replaces did.
 
 The wire types are the primitives (`U32`, `U64`, `I64`, `Bool`, `Blob`, `Text`, `OptBlob`)
