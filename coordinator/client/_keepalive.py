@@ -25,8 +25,12 @@ transient: the unanswered renewals are sent again on a new stream, at once to th
 redirect names, else to the next endpoint after a short back-off. A stream that has answered
 nothing for `attempt_timeout_s` while renewals are in flight (a paused or cut-off member keeps
 its TCP connection open) is abandoned the same way (one that answers slowly is kept), and
-its member is suspect for a while (redirects naming it are not followed). Nothing grpc
-raises escapes: the keeper only ever reports a loss.
+its member is suspect for a while (redirects naming it are not followed, and it is passed
+over while another endpoint is left). Only the keeper's own give-up counts here, not the
+client's other calls timing out on that member: under a burst of lock acquisitions those
+time out on the busy leader again and again, and the keeper, turned away by each follower,
+went from follower to follower for a whole TTL.
+Nothing grpc raises escapes: the keeper only ever reports a loss.
 
 Loss. A lease is lost when the member answers that it has ended (NOT_FOUND), when the member
 refuses its renewals outright (a status no retry can change, e.g. PERMISSION_DENIED: every
@@ -161,6 +165,9 @@ class Renewer:
         self._task: asyncio.Task[None] | None = None
         self.streams_opened = 0
         """KeepAlive streams opened so far (one at a time)."""
+        self._gave_up_until: dict[str, float] = {}
+        """Endpoints whose stream this keeper abandoned as silent, until when (loop time):
+        redirects naming them are not followed meanwhile."""
 
     def keep(self, lease: int, ttl_ms: int, sent_at: float) -> KeptLease:
         """Keep `lease` alive; `sent_at` is the loop time its grant (or last renewal the caller
@@ -285,12 +292,12 @@ class Renewer:
                 delay_s = _BACKOFF_MIN_S
                 continue
             hint = client._hint(failure.leader)
-            if hint and hint != endpoint and not client._suspect(hint):
+            if hint and hint != endpoint and not self._gave_up_on(hint, loop.time()):
                 if hint not in client.endpoints:
                     client.endpoints.append(hint)
                 client._current = client.endpoints.index(hint)
                 continue
-            client._move_past(endpoint)
+            self._move_past(endpoint, loop.time())
             self._expire(loop.time())
             soonest = self._ends[0][0] if self._ends else loop.time()
             await self._sleep(min(loop.time() + delay_s, soonest))
@@ -329,6 +336,7 @@ class Renewer:
                 quiet = self._quiet_since()
                 if quiet is not None and now - quiet >= client.attempt_timeout_s:
                     client._suspect_until[endpoint] = now + 2 * client.attempt_timeout_s
+                    self._gave_up_until[endpoint] = now + 2 * client.attempt_timeout_s
                     stuck = CallFailed(
                         grpc.StatusCode.DEADLINE_EXCEEDED,
                         f"{endpoint} answered nothing for {client.attempt_timeout_s:g} s with "
@@ -372,6 +380,24 @@ class Renewer:
         kept._next_at = sent + kept.ttl_s / RENEWALS_PER_TTL
         self._plan(kept)
         self._wake.set()
+
+    def _gave_up_on(self, endpoint: str, now: float) -> bool:
+        until = self._gave_up_until.get(endpoint)
+        return until is not None and now < until
+
+    def _move_past(self, endpoint: str, now: float) -> None:
+        """On to the endpoint after `endpoint` (unless a call moved on already), passing over
+        those whose stream this keeper gave up on while another is left (`Client._move_past`
+        passes over every suspect one: see the module doc)."""
+        client = self._client
+        n = len(client.endpoints)
+        if client.endpoints[client._current % n] != endpoint:
+            return
+        for step in range(1, n + 1):
+            if not self._gave_up_on(client.endpoints[(client._current + step) % n], now):
+                client._current += step
+                return
+        client._current += 1
 
     def _failure(self, exc: BaseException, endpoint: str) -> Failure:
         """What the end of a stream means. A refusal no retry can change loses the leases
