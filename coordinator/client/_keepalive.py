@@ -4,7 +4,12 @@ Why one stream. A stream per renewal costs the member an RPC set-up and a task p
 TTL/3; a client holding a thousand locks made a thousand. Here a `Client` keeps at most one
 KeepAlive stream open, to the member it believes leads, and writes every lease's renewal on
 it as it falls due; the member answers each (lease id and TTL, or TTL 0 when the lease has
-ended) as soon as it is decided, so renewals are pipelined: many are in flight at once.
+ended) as soon as it is decided, so renewals are pipelined: many are in flight at once. The
+renewals that fall due together go in one message (`ids`) and are answered a response's worth
+at a time (`renewed`): at ten thousand leases, a message per renewal each way (three thousand
+a second) kept both event loops so busy that answers came back seconds late and leases ran
+out of TTL on a stream that never failed. (So a client of this version needs members that
+read `ids`: upgrade the members first.)
 
 The schedule does not drift. Each lease remembers when the renewal that was last acknowledged
 was SENT; its next renewal is due TTL/3 after that send, not TTL/3 after the answer, so a slow
@@ -20,8 +25,12 @@ transient: the unanswered renewals are sent again on a new stream, at once to th
 redirect names, else to the next endpoint after a short back-off. A stream that has answered
 nothing for `attempt_timeout_s` while renewals are in flight (a paused or cut-off member keeps
 its TCP connection open) is abandoned the same way (one that answers slowly is kept), and
-its member is suspect for a while (redirects naming it are not followed). Nothing grpc
-raises escapes: the keeper only ever reports a loss.
+its member is suspect for a while (redirects naming it are not followed, and it is passed
+over while another endpoint is left). Only the keeper's own give-up counts here, not the
+client's other calls timing out on that member: under a burst of lock acquisitions those
+time out on the busy leader again and again, and the keeper, turned away by each follower,
+went from follower to follower for a whole TTL.
+Nothing grpc raises escapes: the keeper only ever reports a loss.
 
 Loss. A lease is lost when the member answers that it has ended (NOT_FOUND), when the member
 refuses its renewals outright (a status no retry can change, e.g. PERMISSION_DENIED: every
@@ -57,6 +66,9 @@ RENEWALS_PER_TTL = 3
 _EARLY_FRACTION = 0.1
 """A renewal may go out this fraction of its interval early, with one that is due."""
 _EARLY_MAX_S = 1.0
+_IDS_PER_MESSAGE = 1024
+"""Renewals written in one message at most (`LeaseKeepAliveRequest.ids`): a message costs
+both ends far more than a lease id, so the renewals due together travel together."""
 _BACKOFF_MIN_S = 0.02
 _BACKOFF_MAX_S = 0.25
 
@@ -153,6 +165,9 @@ class Renewer:
         self._task: asyncio.Task[None] | None = None
         self.streams_opened = 0
         """KeepAlive streams opened so far (one at a time)."""
+        self._gave_up_until: dict[str, float] = {}
+        """Endpoints whose stream this keeper abandoned as silent, until when (loop time):
+        redirects naming them are not followed meanwhile."""
 
     def keep(self, lease: int, ttl_ms: int, sent_at: float) -> KeptLease:
         """Keep `lease` alive; `sent_at` is the loop time its grant (or last renewal the caller
@@ -277,12 +292,12 @@ class Renewer:
                 delay_s = _BACKOFF_MIN_S
                 continue
             hint = client._hint(failure.leader)
-            if hint and hint != endpoint and not client._suspect(hint):
+            if hint and hint != endpoint and not self._gave_up_on(hint, loop.time()):
                 if hint not in client.endpoints:
                     client.endpoints.append(hint)
                 client._current = client.endpoints.index(hint)
                 continue
-            client._move_past(endpoint)
+            self._move_past(endpoint, loop.time())
             self._expire(loop.time())
             soonest = self._ends[0][0] if self._ends else loop.time()
             await self._sleep(min(loop.time() + delay_s, soonest))
@@ -311,8 +326,9 @@ class Renewer:
                     kept._sent_at = now
                     self._flight.append((now, kept.lease))
                 try:
-                    for kept in due:
-                        await call.write(pb.LeaseKeepAliveRequest(id=kept.lease))
+                    for start in range(0, len(due), _IDS_PER_MESSAGE):
+                        ids = [kept.lease for kept in due[start : start + _IDS_PER_MESSAGE]]
+                        await call.write(pb.LeaseKeepAliveRequest(ids=ids))
                 except Exception as exc:
                     return self._failure(await _ended(exc, reader), endpoint)
                 if reader.done():
@@ -320,6 +336,7 @@ class Renewer:
                 quiet = self._quiet_since()
                 if quiet is not None and now - quiet >= client.attempt_timeout_s:
                     client._suspect_until[endpoint] = now + 2 * client.attempt_timeout_s
+                    self._gave_up_until[endpoint] = now + 2 * client.attempt_timeout_s
                     stuck = CallFailed(
                         grpc.StatusCode.DEADLINE_EXCEEDED,
                         f"{endpoint} answered nothing for {client.attempt_timeout_s:g} s with "
@@ -343,18 +360,44 @@ class Renewer:
                 raise CallFailed(grpc.StatusCode.UNAVAILABLE, f"{endpoint} ended the stream")
             client._heard_from(endpoint)
             self._answered_at = asyncio.get_running_loop().time()
-            kept = self._kept.get(int(resp.id))
-            if kept is None or kept._sent_at is None:
-                continue  # no longer kept, or an answer to a renewal already matched
-            sent, kept._sent_at = kept._sent_at, None
-            if resp.ttl_ms == 0:
-                kept._lose("NOT_FOUND", f"lease {kept.lease} has ended (expired or revoked)")
-                continue
-            kept.renewals += 1
-            kept.expires_at = max(kept.expires_at, sent + int(resp.ttl_ms) / 1000)
-            kept._next_at = sent + kept.ttl_s / RENEWALS_PER_TTL
-            self._plan(kept)
-            self._wake.set()
+            if resp.renewed:
+                for one in resp.renewed:
+                    self._settle(int(one.id), int(one.ttl_ms))
+            else:
+                self._settle(int(resp.id), int(resp.ttl_ms))
+
+    def _settle(self, lease: int, ttl_ms: int) -> None:
+        """The member answered a renewal of `lease`: its new TTL, or 0 (it has ended)."""
+        kept = self._kept.get(lease)
+        if kept is None or kept._sent_at is None:
+            return  # no longer kept, or an answer to a renewal already matched
+        sent, kept._sent_at = kept._sent_at, None
+        if ttl_ms == 0:
+            kept._lose("NOT_FOUND", f"lease {kept.lease} has ended (expired or revoked)")
+            return
+        kept.renewals += 1
+        kept.expires_at = max(kept.expires_at, sent + ttl_ms / 1000)
+        kept._next_at = sent + kept.ttl_s / RENEWALS_PER_TTL
+        self._plan(kept)
+        self._wake.set()
+
+    def _gave_up_on(self, endpoint: str, now: float) -> bool:
+        until = self._gave_up_until.get(endpoint)
+        return until is not None and now < until
+
+    def _move_past(self, endpoint: str, now: float) -> None:
+        """On to the endpoint after `endpoint` (unless a call moved on already), passing over
+        those whose stream this keeper gave up on while another is left (`Client._move_past`
+        passes over every suspect one: see the module doc)."""
+        client = self._client
+        n = len(client.endpoints)
+        if client.endpoints[client._current % n] != endpoint:
+            return
+        for step in range(1, n + 1):
+            if not self._gave_up_on(client.endpoints[(client._current + step) % n], now):
+                client._current += step
+                return
+        client._current += 1
 
     def _failure(self, exc: BaseException, endpoint: str) -> Failure:
         """What the end of a stream means. A refusal no retry can change loses the leases

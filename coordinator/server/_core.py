@@ -78,6 +78,8 @@ class LeaseStats:
     """KeepAlive streams opened."""
     renewals: int = 0
     """Renewal requests received, on every stream."""
+    messages: int = 0
+    """KeepAlive messages read (a message may carry many renewals)."""
     barriers: int = 0
     """Read barriers taken to confirm them (one per batch)."""
 

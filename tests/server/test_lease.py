@@ -57,6 +57,46 @@ def test_grant_keepalive_revoke(tmp_path: Path) -> None:
     with_cluster(tmp_path, scenario)
 
 
+def test_renewals_sent_together_are_answered_together(tmp_path: Path) -> None:
+    """Renewals in one message (`ids`) are answered in responses' `renewed` (every answer
+    decided by then in one response), a lease that is gone with TTL 0, and a single `id` on
+    the same stream still in `id`: one message per renewal each way is what a member cannot
+    afford for thousands of leases."""
+
+    async def scenario(c: Cluster) -> None:
+        client = (await c.leader()).client
+        s = Session(23)
+        leases = [
+            (await client.lease.Grant(pb.LeaseGrantRequest(session=s.next(), ttl_ms=ttl))).id
+            for ttl in (3_000, 4_000, 5_000)
+        ]
+        gone = leases.pop()
+        await client.lease.Revoke(pb.LeaseRevokeRequest(session=s.next(), id=gone))
+
+        stream = client.lease.KeepAlive()
+        await stream.write(pb.LeaseKeepAliveRequest(ids=[*leases, gone]))
+        answered: dict[int, int] = {}
+        responses = 0
+        while len(answered) < 3:
+            resp = await asyncio.wait_for(stream.read(), 5)
+            assert resp.id == 0 and resp.renewed
+            responses += 1
+            answered.update((r.id, r.ttl_ms) for r in resp.renewed)
+        assert answered == {leases[0]: 3_000, leases[1]: 4_000, gone: 0}
+        assert responses == 1  # decided by one barrier, written in one response
+
+        await stream.write(pb.LeaseKeepAliveRequest(id=leases[0]))
+        resp = await asyncio.wait_for(stream.read(), 5)
+        assert (resp.id, resp.ttl_ms, list(resp.renewed)) == (leases[0], 3_000, [])
+
+        # A bad id in a batch ends the stream like a bad single id.
+        await stream.write(pb.LeaseKeepAliveRequest(ids=[leases[1], 0]))
+        err = await rpc_error(stream.read())
+        assert err.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+    with_cluster(tmp_path, scenario)
+
+
 def test_time_to_live_comes_from_the_leaders_lessor(tmp_path: Path) -> None:
     """Only the leader knows the renewals (they are not in the log): it answers TimeToLive from
     its lessor, counting from the latest renewal; a follower redirects the question to it."""
