@@ -11,14 +11,7 @@ from typing import TYPE_CHECKING
 
 from coordinator.core import CoreConfig, MemberCore, ProposalLostError
 from coordinator.core.ready import persist, send_early
-from coordinator.fsm import (
-    Applied,
-    Envelope,
-    ErrorCode,
-    FsmError,
-    LeaseKeepAlive,
-    Renewal,
-)
+from coordinator.fsm import Applied, Envelope, ErrorCode, FsmError, LeaseKeepAlive, Renewal
 from coordinator.raft import (
     NONE,
     Config,
@@ -38,10 +31,7 @@ from .sim_options import MS
 
 if TYPE_CHECKING:
     from .sim import Simulator
-from .sim_clients import (
-    Read,
-    Request,
-)
+from .sim_clients import Read, Request
 
 # ---------------------------------------------------------------------------------- members
 
