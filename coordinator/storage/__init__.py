@@ -22,6 +22,9 @@ This package depends on the Raft core's vocabulary only; it never imports the ru
 
 from ._segment import RecordType as RecordType
 from ._segment import record_frames as record_frames
+from ._wal_state import DEFAULT_SEGMENT_BYTES as DEFAULT_SEGMENT_BYTES
+from ._wal_state import RecoveryReport as RecoveryReport
+from ._wal_state import WalMetrics as WalMetrics
 from .crypto import KeyStore as KeyStore
 from .datadir import DataDirLock as DataDirLock
 from .datadir import read_cluster_id as read_cluster_id
@@ -54,10 +57,7 @@ from .rafttool import log_position as log_position
 from .shamir import combine_unlock_key_share_sets as combine_unlock_key_share_sets
 from .shamir import combine_unlock_key_shares as combine_unlock_key_shares
 from .shamir import split_unlock_key as split_unlock_key
-from .wal import DEFAULT_SEGMENT_BYTES as DEFAULT_SEGMENT_BYTES
 from .wal import DiskWal as DiskWal
-from .wal import RecoveryReport as RecoveryReport
-from .wal import WalMetrics as WalMetrics
 
 __all__ = [
     "DEFAULT_SEGMENT_BYTES",

@@ -114,15 +114,8 @@ from .errors import (
 if TYPE_CHECKING:
     from coordinator.raft import LogStorage
 
-# Kept importable from here, where they were defined before recovery moved out.
-__all__ = [
-    "DEFAULT_SEGMENT_BYTES",
-    "SNAP_DIR",
-    "WAL_DIR",
-    "DiskWal",
-    "RecoveryReport",
-    "WalMetrics",
-]
+# The directory names stay importable from here, where they were defined before.
+__all__ = ["SNAP_DIR", "WAL_DIR", "DiskWal"]
 
 _LOCK_FILE = "LOCK"
 
