@@ -208,8 +208,6 @@ OVERSIZED_ALLOWED = frozenset(
         "coordinator/cli/_seal.py",
         "coordinator/server/_join.py",
         "coordinator/testing/linearizability.py",
-        "coordinator/daemon/member.py",
-        "coordinator/runtime/loop.py",
     }
 )
 
