@@ -203,7 +203,6 @@ OVERSIZED_ALLOWED = frozenset(
         "coordinator/runtime/frame_transport.py",
         "coordinator/runtime/grpc_transport.py",
         "coordinator/cli/_commands.py",
-        "coordinator/fsm/machine.py",
         "coordinator/testing/stack.py",
         "coordinator/cli/_seal.py",
         "coordinator/server/_join.py",
