@@ -206,7 +206,6 @@ OVERSIZED_ALLOWED = frozenset(
         "coordinator/testing/stack.py",
         "coordinator/cli/_seal.py",
         "coordinator/server/_join.py",
-        "coordinator/testing/linearizability.py",
     }
 )
 

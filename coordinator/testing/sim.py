@@ -67,6 +67,7 @@ from coordinator.raft import LogStorage as Storage
 
 from . import linearizability as lin
 from .checkers import SafetyChecker, Violation
+from .kv_model import KvModel
 from .primitive_checks import (
     check_holds,
     check_lease_lives,
@@ -406,7 +407,7 @@ class Simulator(SimNemesis):
                 if problem is not None:
                     res.ok, res.failure = False, f"{kind}: {problem}"
                     return
-        verdict = lin.check(lin.KvModel(), h.kv, max_states=2_000_000)
+        verdict = lin.check(KvModel(), h.kv, max_states=2_000_000)
         res.histories = verdict.partitions
         res.lin_states = verdict.states_explored
         if verdict.ok is False:
