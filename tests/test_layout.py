@@ -204,7 +204,6 @@ OVERSIZED_ALLOWED = frozenset(
         "coordinator/runtime/grpc_transport.py",
         "coordinator/cli/_commands.py",
         "coordinator/testing/stack.py",
-        "coordinator/server/_join.py",
     }
 )
 
