@@ -201,7 +201,6 @@ OVERSIZED_ALLOWED = frozenset(
         "coordinator/raft/_raft.py",
         # Not reached yet.
         "coordinator/runtime/frame_transport.py",
-        "coordinator/runtime/grpc_transport.py",
         "coordinator/cli/_commands.py",
         "coordinator/testing/stack.py",
     }

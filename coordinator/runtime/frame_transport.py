@@ -80,13 +80,8 @@ from .frames import (
     encode_hello,
     encode_message,
 )
-from .grpc_transport import (
-    PeerStats,
-    RaftServicer,
-    add_raft_servicer,
-    certified_member_id,
-    peer_refusal,
-)
+from .grpc_transport import PeerStats
+from .raft_servicer import RaftServicer, add_raft_servicer, certified_member_id, peer_refusal
 from .wire import WireError
 
 log = logging.getLogger("concord.frames")

@@ -77,8 +77,8 @@ from coordinator.pki import (
     verify_join_token,
 )
 from coordinator.raft import ConfChange, ConfChangeType
-from coordinator.runtime.grpc_transport import certified_member_id, peer_refusal
 from coordinator.runtime.loop import RaftLoop
+from coordinator.runtime.raft_servicer import certified_member_id, peer_refusal
 
 from . import _validate as v
 from ._core import Core, ServiceConfig
