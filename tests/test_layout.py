@@ -200,7 +200,6 @@ OVERSIZED_ALLOWED = frozenset(
         # more than moving code, and the consensus core is not the place to try it in a hurry.
         "coordinator/raft/_raft.py",
         # Not reached yet.
-        "coordinator/testing/stack.py",
     }
 )
 
