@@ -18,9 +18,12 @@ A client request becomes one log entry whose data is an `Envelope`:
 - `tag` selects the command class (one frozen, slotted dataclass each, `TAG` below); the body
   is that class's fields in declaration order. Tags are never reused.
 
-Fields are fixed-width big-endian integers, u32-length-prefixed byte strings (UTF-8 for names)
-and presence-prefixed optionals, through `_wire`. Never pickle, never a dict or JSON blob: the
-codec is the schema, and a test round-trips every command.
+Each field's annotation is its wire type (`U64`, `Blob`, `Text`, `OptBlob`, lists of those, see
+`_codec`): fixed-width big-endian integers, u32-length-prefixed byte strings (UTF-8 for names)
+and presence-prefixed optionals, through `_wire`. `@declared` derives a class's encoder and
+decoder from those annotations at import, so the declaration is the only place a command's
+layout is written. Never pickle, never a dict or JSON blob: the codec is the schema, a test
+round-trips every command, and `tests/fsm/command_vectors.json` pins the bytes of every one.
 
 Decoding checks *shape* only (lengths, tags, enum values, booleans, no trailing bytes). Whether
 a well-formed command makes sense (an empty key, a TTL of a week, a lease that does not exist)
@@ -30,11 +33,26 @@ is the state machine's call, answered with an `FsmError` the client can act on.
 from __future__ import annotations
 
 import enum
+import itertools
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar, Self, TypeVar
+from typing import Annotated, ClassVar
 
+from ._codec import (
+    I64,
+    U32,
+    U64,
+    Blob,
+    Bool,
+    OptBlob,
+    Text,
+    Wire,
+    checked,
+    declared,
+    enum_of,
+    list_of,
+    one_of,
+)
 from ._wire import DecodeError, Reader, Writer
 
 ENVELOPE_VERSION = 1
@@ -80,155 +98,110 @@ class Compare:
     op: CompareOp
     value: bytes | int
 
-    def _write(self, w: Writer) -> None:
-        w.blob(self.key)
-        w.u8(self.target)
-        w.u8(self.op)
-        if self.target is CompareTarget.VALUE:
-            if not isinstance(self.value, bytes):
-                raise TypeError(f"a VALUE compare needs bytes, got {type(self.value).__name__}")
-            w.blob(self.value)
-        else:
-            if not isinstance(self.value, int):
-                raise TypeError(f"a {self.target.name} compare needs an int, got bytes")
-            w.u64(self.value)
 
-    @classmethod
-    def _read(cls, r: Reader) -> Self:
-        key = r.blob()
-        target = _enum(r, CompareTarget)
-        op = _enum(r, CompareOp)
-        value: bytes | int = r.blob() if target is CompareTarget.VALUE else r.u64()
-        return cls(key, target, op, value)
+_TARGET = enum_of(CompareTarget)
+_OP = enum_of(CompareOp)
+
+
+def _write_compare(w: Writer, c: Compare) -> None:
+    w.blob(c.key)
+    w.u8(c.target)
+    w.u8(c.op)
+    if c.target is CompareTarget.VALUE:
+        if not isinstance(c.value, bytes):
+            raise TypeError(f"a VALUE compare needs bytes, got {type(c.value).__name__}")
+        w.blob(c.value)
+    else:
+        if not isinstance(c.value, int):
+            raise TypeError(f"a {c.target.name} compare needs an int, got bytes")
+        w.u64(c.value)
+
+
+def _read_compare(r: Reader) -> Compare:
+    key = r.blob()
+    target = _TARGET.read(r)
+    op = _OP.read(r)
+    value: bytes | int = r.blob() if target is CompareTarget.VALUE else r.u64()
+    return Compare(key, target, op, value)
+
+
+_COMPARES = list_of(Wire(_write_compare, _read_compare))
+"""`Compare` is written by hand: the layout of `value` depends on `target`."""
 
 
 # --- KV --------------------------------------------------------------------------------------
 
 
+@declared
 @dataclass(frozen=True, slots=True)
 class Put:
     """Set `key` to `value`; `lease` != 0 attaches it (deleted when the lease ends), 0 detaches.
     `prev_kv` asks for the previous key-value in the result."""
 
     TAG: ClassVar[int] = 1
-    key: bytes
-    value: bytes
-    lease: int = 0
-    prev_kv: bool = False
-
-    def _write(self, w: Writer) -> None:
-        w.blob(self.key)
-        w.blob(self.value)
-        w.u64(self.lease)
-        w.boolean(self.prev_kv)
-
-    @classmethod
-    def _read(cls, r: Reader) -> Self:
-        return cls(r.blob(), r.blob(), r.u64(), r.boolean())
+    key: Blob
+    value: Blob
+    lease: U64 = 0
+    prev_kv: Bool = False
 
 
+@declared
 @dataclass(frozen=True, slots=True)
 class Delete:
     """Delete `key`, or every key in [key, range_end) (etcd's convention: range_end b"\\0"
     means every key >= key)."""
 
     TAG: ClassVar[int] = 2
-    key: bytes
-    range_end: bytes | None = None
-
-    def _write(self, w: Writer) -> None:
-        w.blob(self.key)
-        w.opt_blob(self.range_end)
-
-    @classmethod
-    def _read(cls, r: Reader) -> Self:
-        return cls(r.blob(), r.opt_blob())
+    key: Blob
+    range_end: OptBlob = None
 
 
+@declared
 @dataclass(frozen=True, slots=True)
 class Range:
     """Read `key` or [key, range_end) inside a `Txn`; `limit` 0 means no limit. (Plain reads
     are queries on the state machine and never go through the log.)"""
 
     TAG: ClassVar[int] = 3
-    key: bytes
-    range_end: bytes | None = None
-    limit: int = 0
-
-    def _write(self, w: Writer) -> None:
-        w.blob(self.key)
-        w.opt_blob(self.range_end)
-        w.u32(self.limit)
-
-    @classmethod
-    def _read(cls, r: Reader) -> Self:
-        return cls(r.blob(), r.opt_blob(), r.u32())
+    key: Blob
+    range_end: OptBlob = None
+    limit: U32 = 0
 
 
 TxnOp = Put | Delete | Range
 
-_OP_READERS: dict[int, Callable[[Reader], TxnOp]] = {
-    Put.TAG: Put._read,
-    Delete.TAG: Delete._read,
-    Range.TAG: Range._read,
-}
+_TXN_OPS: Wire[tuple[TxnOp, ...]] = list_of(
+    one_of(
+        (Put, Delete, Range), "unknown txn op tag {tag} (a txn holds Put, Delete and Range only)"
+    )
+)
 
 
+@declared
 @dataclass(frozen=True, slots=True)
 class Txn:
     """If every compare holds, run `success`, else `failure`; atomically, at one revision."""
 
     TAG: ClassVar[int] = 4
-    compares: tuple[Compare, ...] = ()
-    success: tuple[TxnOp, ...] = ()
-    failure: tuple[TxnOp, ...] = ()
-
-    def _write(self, w: Writer) -> None:
-        w.u32(len(self.compares))
-        for c in self.compares:
-            c._write(w)
-        for ops in (self.success, self.failure):
-            w.u32(len(ops))
-            for op in ops:
-                w.u8(op.TAG)
-                op._write(w)
-
-    @classmethod
-    def _read(cls, r: Reader) -> Self:
-        compares = tuple(Compare._read(r) for _ in range(r.count()))
-        success = tuple(_read_op(r) for _ in range(r.count()))
-        failure = tuple(_read_op(r) for _ in range(r.count()))
-        return cls(compares, success, failure)
-
-
-def _read_op(r: Reader) -> TxnOp:
-    tag = r.u8()
-    reader = _OP_READERS.get(tag)
-    if reader is None:
-        raise r.fail(f"unknown txn op tag {tag} (a txn holds Put, Delete and Range only)")
-    return reader(r)
+    compares: Annotated[tuple[Compare, ...], _COMPARES] = ()
+    success: Annotated[tuple[TxnOp, ...], _TXN_OPS] = ()
+    failure: Annotated[tuple[TxnOp, ...], _TXN_OPS] = ()
 
 
 # --- leases ----------------------------------------------------------------------------------
 
 
+@declared
 @dataclass(frozen=True, slots=True)
 class LeaseGrant:
     """A new lease of `ttl_ms`; `id` 0 lets the state machine pick the id."""
 
     TAG: ClassVar[int] = 10
-    ttl_ms: int
-    id: int = 0
-
-    def _write(self, w: Writer) -> None:
-        w.u64(self.ttl_ms)
-        w.u64(self.id)
-
-    @classmethod
-    def _read(cls, r: Reader) -> Self:
-        return cls(r.u64(), r.u64())
+    ttl_ms: U64
+    id: U64 = 0
 
 
+@declared
 @dataclass(frozen=True, slots=True)
 class OwnedLeaseGrant:
     """`LeaseGrant` for a workload: the lease also records the Kubernetes namespace that owns
@@ -237,50 +210,30 @@ class OwnedLeaseGrant:
     so entries written before it decode as they always did. `owner` is never empty."""
 
     TAG: ClassVar[int] = 14
-    ttl_ms: int
-    id: int
-    owner: str
-
-    def _write(self, w: Writer) -> None:
-        w.u64(self.ttl_ms)
-        w.u64(self.id)
-        w.text(self.owner)
-
-    @classmethod
-    def _read(cls, r: Reader) -> Self:
-        return cls(r.u64(), r.u64(), r.text())
+    ttl_ms: U64
+    id: U64
+    owner: Text
 
 
+@declared
 @dataclass(frozen=True, slots=True)
 class LeaseKeepAlive:
     """Reset the lease's deadline to now + its TTL."""
 
     TAG: ClassVar[int] = 11
-    id: int
-
-    def _write(self, w: Writer) -> None:
-        w.u64(self.id)
-
-    @classmethod
-    def _read(cls, r: Reader) -> Self:
-        return cls(r.u64())
+    id: U64
 
 
+@declared
 @dataclass(frozen=True, slots=True)
 class LeaseRevoke:
     """End the lease now: its keys are deleted, its locks released, its elections resigned."""
 
     TAG: ClassVar[int] = 12
-    id: int
-
-    def _write(self, w: Writer) -> None:
-        w.u64(self.id)
-
-    @classmethod
-    def _read(cls, r: Reader) -> Self:
-        return cls(r.u64())
+    id: U64
 
 
+@declared
 @dataclass(frozen=True, slots=True)
 class ExpireLeases:
     """Proposed by the leader periodically: end every lease whose deadline has passed (by the
@@ -288,14 +241,19 @@ class ExpireLeases:
 
     TAG: ClassVar[int] = 13
 
-    def _write(self, w: Writer) -> None:
-        pass
 
-    @classmethod
-    def _read(cls, r: Reader) -> Self:
-        return cls()
+def _ascending_and_distinct(ids: tuple[int, ...]) -> bool:
+    return all(a < b for a, b in itertools.pairwise(ids))
 
 
+_ASCENDING_IDS = checked(
+    list_of(Wire(Writer.u64, Reader.u64)),
+    _ascending_and_distinct,
+    "expired lease ids must be ascending and distinct",
+)
+
+
+@declared
 @dataclass(frozen=True, slots=True)
 class ExpireLeaseIds:
     """Proposed by the leader's lessor (`coordinator.fsm.lessor`): end exactly these leases
@@ -305,25 +263,14 @@ class ExpireLeaseIds:
     before, for logs written by older versions."""
 
     TAG: ClassVar[int] = 15
-    ids: tuple[int, ...]
+    ids: Annotated[tuple[int, ...], _ASCENDING_IDS]
     """Ascending, no duplicates: the order the clean-up runs in."""
-
-    def _write(self, w: Writer) -> None:
-        w.u32(len(self.ids))
-        for lease_id in self.ids:
-            w.u64(lease_id)
-
-    @classmethod
-    def _read(cls, r: Reader) -> Self:
-        ids = tuple(r.u64() for _ in range(r.count()))
-        if list(ids) != sorted(set(ids)):
-            raise r.fail("expired lease ids must be ascending and distinct")
-        return cls(ids)
 
 
 # --- locks and elections ---------------------------------------------------------------------
 
 
+@declared
 @dataclass(frozen=True, slots=True)
 class LockAcquire:
     """Hold lock `name` under `lease`, or queue for it (FIFO). `max_holders` > 1 makes it a
@@ -332,173 +279,103 @@ class LockAcquire:
     echoed in the `LockGranted` effect when the grant comes later."""
 
     TAG: ClassVar[int] = 20
-    name: str
-    lease: int
-    max_holders: int = 1
-    lock_delay_ms: int = 0
-    waiter_id: int = 0
-
-    def _write(self, w: Writer) -> None:
-        w.text(self.name)
-        w.u64(self.lease)
-        w.u32(self.max_holders)
-        w.u64(self.lock_delay_ms)
-        w.u64(self.waiter_id)
-
-    @classmethod
-    def _read(cls, r: Reader) -> Self:
-        return cls(r.text(), r.u64(), r.u32(), r.u64(), r.u64())
+    name: Text
+    lease: U64
+    max_holders: U32 = 1
+    lock_delay_ms: U64 = 0
+    waiter_id: U64 = 0
 
 
+@declared
 @dataclass(frozen=True, slots=True)
 class LockRelease:
     """Release lock `name` held by `lease`, or withdraw `lease` from its queue."""
 
     TAG: ClassVar[int] = 21
-    name: str
-    lease: int
-
-    def _write(self, w: Writer) -> None:
-        w.text(self.name)
-        w.u64(self.lease)
-
-    @classmethod
-    def _read(cls, r: Reader) -> Self:
-        return cls(r.text(), r.u64())
+    name: Text
+    lease: U64
 
 
+@declared
 @dataclass(frozen=True, slots=True)
 class Campaign:
     """Become leader of `election` with `value` under `lease`, or queue (FIFO) until then."""
 
     TAG: ClassVar[int] = 30
-    election: str
-    lease: int
-    value: bytes
-
-    def _write(self, w: Writer) -> None:
-        w.text(self.election)
-        w.u64(self.lease)
-        w.blob(self.value)
-
-    @classmethod
-    def _read(cls, r: Reader) -> Self:
-        return cls(r.text(), r.u64(), r.blob())
+    election: Text
+    lease: U64
+    value: Blob
 
 
+@declared
 @dataclass(frozen=True, slots=True)
 class Proclaim:
     """The current leader (and only it) publishes a new value."""
 
     TAG: ClassVar[int] = 31
-    election: str
-    lease: int
-    value: bytes
-
-    def _write(self, w: Writer) -> None:
-        w.text(self.election)
-        w.u64(self.lease)
-        w.blob(self.value)
-
-    @classmethod
-    def _read(cls, r: Reader) -> Self:
-        return cls(r.text(), r.u64(), r.blob())
+    election: Text
+    lease: U64
+    value: Blob
 
 
+@declared
 @dataclass(frozen=True, slots=True)
 class Resign:
     """Step down as leader (the next candidate wins), or withdraw a pending campaign."""
 
     TAG: ClassVar[int] = 32
-    election: str
-    lease: int
-
-    def _write(self, w: Writer) -> None:
-        w.text(self.election)
-        w.u64(self.lease)
-
-    @classmethod
-    def _read(cls, r: Reader) -> Self:
-        return cls(r.text(), r.u64())
+    election: Text
+    lease: U64
 
 
 # --- sequences -------------------------------------------------------------------------------
 
 
+@declared
 @dataclass(frozen=True, slots=True)
 class SequenceCreate:
     """A sequence whose first value is `start`, stepping by `increment`."""
 
     TAG: ClassVar[int] = 40
-    name: str
-    start: int = 1
-    increment: int = 1
-
-    def _write(self, w: Writer) -> None:
-        w.text(self.name)
-        w.i64(self.start)
-        w.i64(self.increment)
-
-    @classmethod
-    def _read(cls, r: Reader) -> Self:
-        return cls(r.text(), r.i64(), r.i64())
+    name: Text
+    start: I64 = 1
+    increment: I64 = 1
 
 
+@declared
 @dataclass(frozen=True, slots=True)
 class SequenceNext:
     """Take the next `count` values as one contiguous block."""
 
     TAG: ClassVar[int] = 41
-    name: str
-    count: int = 1
-
-    def _write(self, w: Writer) -> None:
-        w.text(self.name)
-        w.u32(self.count)
-
-    @classmethod
-    def _read(cls, r: Reader) -> Self:
-        return cls(r.text(), r.u32())
+    name: Text
+    count: U32 = 1
 
 
 # --- members ---------------------------------------------------------------------------------
 
 
+@declared
 @dataclass(frozen=True, slots=True)
 class MemberUpsert:
     """Record (or update) a member's metadata. Raft membership itself changes through CONF
     entries; this is the directory the CLI and operator read names and URLs from."""
 
     TAG: ClassVar[int] = 50
-    id: int
-    name: str
-    peer_url: str
-    client_url: str
-
-    def _write(self, w: Writer) -> None:
-        w.u64(self.id)
-        w.text(self.name)
-        w.text(self.peer_url)
-        w.text(self.client_url)
-
-    @classmethod
-    def _read(cls, r: Reader) -> Self:
-        return cls(r.u64(), r.text(), r.text(), r.text())
+    id: U64
+    name: Text
+    peer_url: Text
+    client_url: Text
 
 
+@declared
 @dataclass(frozen=True, slots=True)
 class MemberRemove:
     TAG: ClassVar[int] = 51
-    id: int
-
-    def _write(self, w: Writer) -> None:
-        w.u64(self.id)
-
-    @classmethod
-    def _read(cls, r: Reader) -> Self:
-        return cls(r.u64())
+    id: U64
 
 
+@declared
 @dataclass(frozen=True, slots=True)
 class MemberReadmit:
     """Take a removed id off the never-again list, so that it may be listed and added again.
@@ -508,98 +385,60 @@ class MemberReadmit:
     explicitly (MemberAddLearner with `readmit`); a no-op for an id never removed."""
 
     TAG: ClassVar[int] = 55
-    id: int
-
-    def _write(self, w: Writer) -> None:
-        w.u64(self.id)
-
-    @classmethod
-    def _read(cls, r: Reader) -> Self:
-        return cls(r.u64())
+    id: U64
 
 
 # --- join tokens -----------------------------------------------------------------------------
 
 
+@declared
 @dataclass(frozen=True, slots=True)
 class JoinTokenAdd:
     """Accept a new join token: its public id and the SHA-256 of its secret (never the
     secret). `created_ms` is the proposing member's wall clock, for people to read."""
 
     TAG: ClassVar[int] = 52
-    id: str
-    secret_sha256: bytes
-    created_ms: int
-
-    def _write(self, w: Writer) -> None:
-        w.text(self.id)
-        w.blob(self.secret_sha256)
-        w.u64(self.created_ms)
-
-    @classmethod
-    def _read(cls, r: Reader) -> Self:
-        return cls(r.text(), r.blob(), r.u64())
+    id: Text
+    secret_sha256: Blob
+    created_ms: U64
 
 
+@declared
 @dataclass(frozen=True, slots=True)
 class JoinTokenRevoke:
     """Stop accepting join token `id` (it stays listed as revoked at `revoked_ms`)."""
 
     TAG: ClassVar[int] = 53
-    id: str
-    revoked_ms: int
-
-    def _write(self, w: Writer) -> None:
-        w.text(self.id)
-        w.u64(self.revoked_ms)
-
-    @classmethod
-    def _read(cls, r: Reader) -> Self:
-        return cls(r.text(), r.u64())
+    id: Text
+    revoked_ms: U64
 
 
 # --- sealing keys ----------------------------------------------------------------------------
 
 
+@declared
 @dataclass(frozen=True, slots=True)
 class SealingKeyAdd:
     """Add a sealing key pair made by the proposer, if the newest key is still `after` (b"":
     none yet); see `sealing_keys.py`. `created_ms` is the proposer's wall clock."""
 
     TAG: ClassVar[int] = 54
-    id: bytes
-    created_ms: int
-    private_key_der: bytes
-    certificate_pem: bytes
-    after: bytes = b""
+    id: Blob
+    created_ms: U64
+    private_key_der: Blob
+    certificate_pem: Blob
+    after: Blob = b""
 
     def __repr__(self) -> str:  # never print the private key
         return f"SealingKeyAdd(id={self.id.hex()}, after={self.after.hex()})"
 
-    def _write(self, w: Writer) -> None:
-        w.blob(self.id)
-        w.u64(self.created_ms)
-        w.blob(self.private_key_der)
-        w.blob(self.certificate_pem)
-        w.blob(self.after)
 
-    @classmethod
-    def _read(cls, r: Reader) -> Self:
-        return cls(r.blob(), r.u64(), r.blob(), r.blob(), r.blob())
-
-
+@declared
 @dataclass(frozen=True, slots=True)
 class Noop:
     """Changes nothing; a client may propose it as a barrier (it commits after all before)."""
 
     TAG: ClassVar[int] = 63
-
-    def _write(self, w: Writer) -> None:
-        pass
-
-    @classmethod
-    def _read(cls, r: Reader) -> Self:
-        return cls()
 
 
 Command = (
@@ -655,7 +494,11 @@ COMMAND_TYPES: tuple[type[Command], ...] = (
 )
 """Every top-level command class (`Range` is a txn op only)."""
 
-_READERS: dict[int, Callable[[Reader], Command]] = {cls.TAG: cls._read for cls in COMMAND_TYPES}
+_HEADER = struct.Struct(">BQQQ")
+"""The envelope's version, client_id, seq and leader_time_ms, packed in one call on encode.
+(Decode reads them one by one, so a truncated header names the field it ends in.)"""
+
+_COMMAND: Wire[Command] = one_of(COMMAND_TYPES, "unknown command tag {tag}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -673,12 +516,8 @@ class Envelope:
     def encode(self) -> bytes:
         w = Writer()
         try:
-            w.u8(ENVELOPE_VERSION)
-            w.u64(self.client_id)
-            w.u64(self.seq)
-            w.u64(self.leader_time_ms)
-            w.u8(self.command.TAG)
-            self.command._write(w)
+            w.u64s(_HEADER, ENVELOPE_VERSION, self.client_id, self.seq, self.leader_time_ms)
+            _COMMAND.write(w, self.command)
         except struct.error as exc:
             raise ValueError(
                 f"cannot encode {self!r}: an integer is out of range ({exc})"
@@ -695,21 +534,6 @@ class Envelope:
                 "; upgrade every member before proposing commands of a newer version)"
             )
         client_id, seq, leader_time_ms = r.u64(), r.u64(), r.u64()
-        tag = r.u8()
-        reader = _READERS.get(tag)
-        if reader is None:
-            raise r.fail(f"unknown command tag {tag}")
-        command = reader(r)
+        command = _COMMAND.read(r)
         r.finish()
         return cls(client_id, seq, leader_time_ms, command)
-
-
-_E = TypeVar("_E", bound=enum.IntEnum)
-
-
-def _enum(r: Reader, kind: type[_E]) -> _E:
-    raw = r.u8()
-    try:
-        return kind(raw)
-    except ValueError:
-        raise r.fail(f"unknown {kind.__name__} {raw}") from None

@@ -582,8 +582,12 @@ class Controller:
         id changes. Polled every `certificate_interval_s` (a minute by default): keys are
         renewed on a schedule of days and on demand, the coordinator has no watch for them,
         and one small read a minute costs nothing. The first poll also makes the cluster's
-        first key if there is none yet."""
+        first key if there is none yet. Until a certificate has been published, a failed poll
+        (an election under way, a member not answering yet) is retried after 1 s, doubling up
+        to the interval: users seal with `concordctl seal --cert` from the ConfigMap, and a
+        fresh install should not wait a whole interval for its first one."""
         published = ""
+        retry_s = 1.0
         while True:
             if self.leader_valid():
                 try:
@@ -591,7 +595,12 @@ class Controller:
                 except Exception:
                     log.exception("publishing the sealing certificate")
                     published = ""
-            await asyncio.sleep(self.certificate_interval_s)
+            if published:
+                retry_s = 1.0
+                await asyncio.sleep(self.certificate_interval_s)
+            else:
+                await asyncio.sleep(min(retry_s, self.certificate_interval_s))
+                retry_s = min(retry_s * 2, self.certificate_interval_s)
 
     async def _publish_certificate(self, published: str) -> str:
         """The key id now published (`published`, unchanged, if nothing could be done)."""
