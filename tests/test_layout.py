@@ -8,6 +8,8 @@
 - ``time.monotonic`` is read in exactly one module, coordinator/runtime/clock.py.
 - The server reads the Raft loop through ``RaftView`` only: on a ``loop`` it calls the write,
   barrier and observer API and nothing else, and it never touches a ``node``.
+- No module under coordinator/ (generated ``*_pb2*.py`` aside) is over 600 lines, but for an
+  allow-list that may only shrink.
 """
 
 import ast
@@ -184,3 +186,42 @@ def test_the_loop_read_check_flags_reads_and_lets_writes_through() -> None:
         "s.py:2: .node",
         "s.py:4: loop.fsm",
     ]
+
+
+MODULE_LINES_MAX = 600
+# Modules still over MODULE_LINES_MAX, to be split by what they hold. An entry must go once its
+# module is back under the limit (the test below fails until it does), so the list only shrinks.
+OVERSIZED_ALLOWED = frozenset(
+    {
+        # Being changed elsewhere right now (lease renewals): split after.
+        "coordinator/client/_client.py",
+        # One class, `Raft`, whose method groups share most of its state: splitting it takes
+        # more than moving code, and the consensus core is not the place to try it in a hurry.
+        "coordinator/raft/_raft.py",
+    }
+)
+
+
+def _module_lines() -> dict[str, int]:
+    return {
+        str(path.relative_to(REPO)): len(path.read_text(encoding="utf-8").splitlines())
+        for path in _py_files(COORDINATOR)
+        if "_pb2" not in path.name
+    }
+
+
+def test_no_module_is_over_the_line_limit() -> None:
+    over = {
+        path: n
+        for path, n in _module_lines().items()
+        if n > MODULE_LINES_MAX and path not in OVERSIZED_ALLOWED
+    }
+    assert not over, f"split these by what they hold (at most {MODULE_LINES_MAX} lines): {over}"
+
+
+def test_the_oversized_allow_list_only_names_modules_still_over_the_limit() -> None:
+    lines = _module_lines()
+    stale = sorted(p for p in OVERSIZED_ALLOWED if lines.get(p, 0) <= MODULE_LINES_MAX)
+    assert not stale, (
+        f"no longer over {MODULE_LINES_MAX} lines (or gone): drop from the list: {stale}"
+    )

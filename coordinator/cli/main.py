@@ -4,10 +4,10 @@ This module only assembles the `concordctl` group (its global options) from the 
 commands, kept apart as etcd keeps etcdctl and etcdutl (.importlinter checks it):
 
 - online, talking to a cluster through `coordinator.client` and never importing the storage
-  or the runtime: keys, leases, locks, elections, sequences, members, status
-  (`_commands.py`), `txn` (`_txn.py`), `unlock` and `cluster autolock|rotate-*-key`
-  (`_keys.py`), `join-token` (`_jointoken.py`), `seal` (`_seal.py`); they share
-  `_connect.py`;
+  or the runtime: keys, leases, sequences, members, status (`_commands.py`), locks and
+  elections (`_hold_commands.py`), `txn` (`_txn.py`), `unlock` and `cluster autolock|rotate-*-key`
+  (`_keys.py`), `join-token` (`_jointoken.py`), `seal` (`_seal.py`; where it gets the
+  certificate: `_seal_cert.py`); they share `_connect.py`;
 - offline, working on files and never importing the client or gRPC: `cluster init`
   (`_setup.py`), `rafttool` (`_rafttool.py`), `snapshot status|restore` (`_restore.py`).
 

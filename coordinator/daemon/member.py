@@ -64,7 +64,6 @@ import logging
 import random
 import signal
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -104,6 +103,7 @@ from .datadir import DataDir
 from .httpd import HttpServer, Response
 from .join import JoinAsk, JoinError, JoinSettings, join_cluster, write_join_record
 from .leadership import LeaderLog, hand_over_leadership
+from .logs import configure_logging
 from .membership import address_book as _address_book
 from .membership import keep_directory_entry, promote_when_caught_up
 from .peers import PeerSync
@@ -557,26 +557,6 @@ class _Parts:
 
 
 # --- the process -------------------------------------------------------------------------------
-
-
-class _MemberLogFormatter(logging.Formatter):
-    """One line per record: UTC time, level, member, logger, message (and a traceback)."""
-
-    def __init__(self, member: str) -> None:
-        super().__init__(
-            f"%(asctime)s.%(msecs)03dZ %(levelname)-7s {member} %(name)s: %(message)s",
-            datefmt="%Y-%m-%dT%H:%M:%S",
-        )
-        self.converter = time.gmtime
-
-
-def configure_logging(member: str, level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_MemberLogFormatter(member))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    logging.getLogger("grpc").setLevel(logging.WARNING)
 
 
 async def _amain(cfg: MemberConfig) -> int:

@@ -14,6 +14,12 @@ vocabulary (`Entry`, `SessionTable`) and the standard library, nothing else.
 - `lessor`: the leader's in-memory lease deadlines (renewals without log entries).
 """
 
+from .applied import Applied as Applied
+from .applied import Effect as Effect
+from .applied import LeaderElected as LeaderElected
+from .applied import LeaseExpired as LeaseExpired
+from .applied import LeaseRevoked as LeaseRevoked
+from .applied import LockGranted as LockGranted
 from .commands import ENVELOPE_VERSION as ENVELOPE_VERSION
 from .commands import Campaign as Campaign
 from .commands import Command as Command
@@ -58,12 +64,6 @@ from .lessor import Lifetime as Lifetime
 from .lessor import Renewal as Renewal
 from .locks import Holder as Holder
 from .locks import Waiter as Waiter
-from .machine import Applied as Applied
-from .machine import Effect as Effect
-from .machine import LeaderElected as LeaderElected
-from .machine import LeaseExpired as LeaseExpired
-from .machine import LeaseRevoked as LeaseRevoked
-from .machine import LockGranted as LockGranted
 from .machine import SnapshotDecodeError as SnapshotDecodeError
 from .machine import StateMachine as StateMachine
 from .members import Member as Member

@@ -51,6 +51,7 @@ clients waiting (effects are computed identically everywhere):
 A grant made by the request's own command is its result, not an effect. Effects are not
 produced again for a duplicate, and after a restart the server has no waiters to wake: clients
 re-issue their acquire (idempotent: a holder gets its grant back, a waiter keeps its place).
+`Applied` and the effects are defined in `applied.py`.
 
 Concurrency contract (hashicorp/raft's FSM): `apply`, `snapshot` and `restore` are called from
 one thread, the one that owns the Raft node, in log order; entries are applied exactly once
@@ -63,11 +64,11 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 
 from coordinator.raft import Entry, EntryKind, SessionTable, SessionVerdict
 
 from ._wire import DecodeError, Reader, Writer, invariant
+from .applied import Applied, Effect, LeaseExpired, LeaseRevoked, _leader_elected, _lock_granted
 from .commands import (
     Campaign,
     Command,
@@ -107,7 +108,7 @@ from .kv import (
     KvStore,
 )
 from .leases import LeaseInfo, LeaseTable
-from .locks import Grant, Holder, LockTable, Waiter
+from .locks import Holder, LockTable, Waiter
 from .members import Member, MemberTable
 from .results import (
     AcquireResult,
@@ -126,6 +127,9 @@ from .results import (
 from .sealing_keys import SealingKey, SealingKeyTable
 from .sequences import SequenceTable
 
+# fsm/lessor.py imports these from here, where they were defined before applied.py.
+__all__ = ["Applied", "LeaseExpired", "LeaseRevoked", "SnapshotDecodeError", "StateMachine"]
+
 SNAPSHOT_MAGIC = b"CFSM"
 SNAPSHOT_VERSION = 5
 """The image `snapshot` writes. Versions 1 (no join-token table), 2 (no removed member ids),
@@ -137,64 +141,6 @@ DEFAULT_MAX_SESSIONS = 100_000
 
 class SnapshotDecodeError(DecodeError):
     """A snapshot image this version cannot read; the machine is left as it was."""
-
-
-# --- what apply returns ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class LockGranted:
-    """A waiter got the lock because of someone else's release, an expiry or a lock-delay's end."""
-
-    name: str
-    lease: int
-    waiter_id: int
-    token: int
-
-
-@dataclass(frozen=True, slots=True)
-class LeaderElected:
-    """A waiting candidate became leader (the leader before it resigned or expired)."""
-
-    election: str
-    lease: int
-    token: int
-
-
-@dataclass(frozen=True, slots=True)
-class LeaseExpired:
-    """ExpireLeases ended this lease: its keys are gone, its locks and elections released."""
-
-    id: int
-
-
-@dataclass(frozen=True, slots=True)
-class LeaseRevoked:
-    """LeaseRevoke ended this lease (same clean-up as expiry, but no lock-delay)."""
-
-    id: int
-
-
-Effect = LockGranted | LeaderElected | LeaseExpired | LeaseRevoked
-
-
-@dataclass(frozen=True, slots=True)
-class Applied:
-    """The outcome of applying one entry."""
-
-    index: int
-    term: int
-    client_id: int = 0
-    seq: int = 0
-    command: Command | None = None
-    """The decoded command; None for a leader no-op, a CONF entry or undecodable data."""
-    result: Result | FsmError | None = None
-    """The command's result or rejection (INVALID_ARGUMENT for undecodable data); None for a
-    leader no-op or a CONF entry."""
-    effects: tuple[Effect, ...] = ()
-    """Wake-ups for requests other than this one, in the order they happened."""
-    duplicate: bool = False
-    """True if the session table answered (a retry or a stale request): nothing changed."""
 
 
 # --- the machine -----------------------------------------------------------------------------
@@ -650,11 +596,3 @@ class StateMachine:
             self._leases.read_owners_into(r)
         self._sessions = SessionTable.decode(r.blob(), self._max_sessions)
         r.finish()
-
-
-def _lock_granted(g: Grant) -> LockGranted:
-    return LockGranted(g.name, g.lease, g.waiter_id, g.token)
-
-
-def _leader_elected(g: Grant) -> LeaderElected:
-    return LeaderElected(g.name, g.lease, g.token)

@@ -17,16 +17,16 @@ member was down) is backing off before it dials again, up to `backoff_max_s`; on
 dials at once (`peer_dialed_in`). A restarted follower is so back in its leader's
 heartbeats within milliseconds of its peer server starting, not half a second later.
 
-**Receiving.** `RaftServicer` is the server side of the same RPC. Under TLS only a member
-certificate may open it (`peer_refusal`), and a certificate bound to a member id
-(`tls.member_id_of`) may send only that member's messages: a message that claims another
+**Receiving.** `RaftServicer` (in `raft_servicer.py`) is the server side of the same RPC. Under
+TLS only a member certificate may open it (`peer_refusal`), and a certificate bound to a member
+id (`tls.member_id_of`) may send only that member's messages: a message that claims another
 sender (in a message or a batch's `sender`) aborts the stream with PERMISSION_DENIED, so a
 compromised member certificate cannot cast another member's vote. Each batch's cluster id is
 checked first: a mismatch (a stale address after a cluster was rebuilt, a member of another
-cluster) aborts the stream with PERMISSION_DENIED and a message that says which ids
-clashed. Each message is converted with
-`from_wire`; a malformed one (`WireError`) or one addressed to another member is dropped and
-logged, the rest go to the owner's `receive` (`RaftLoop.receive`), in order.
+cluster) aborts the stream with PERMISSION_DENIED and a message that says which ids clashed.
+Each message is converted with `from_wire`; a malformed one (`WireError`) or one addressed to
+another member is dropped and logged, the rest go to the owner's `receive`
+(`RaftLoop.receive`), in order.
 
 **A quorum first.** A leader needs a majority's acknowledgement to commit, not everyone's,
 and on a small machine every stream write and every follower's fsync is CPU taken from
@@ -71,27 +71,25 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import grpc
-from cryptography import x509
-from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from coordinator.api.v1 import raft_pb2 as pb
 from coordinator.api.v1 import raft_pb2_grpc as pb_grpc
-from coordinator.pki import TlsError, member_id_of
 from coordinator.raft import Message, MessageType
 
 from .clock import Clock
-from .wire import WireError, from_wire, to_wire
+from .raft_servicer import RaftServicer, add_raft_servicer
+from .wire import WireError, to_wire
 
 log = logging.getLogger("concord.transport")
 
-# The generated service module is untyped; these are its two entry points, typed here once.
+# The generated service module is untyped; this is its client entry point, typed here once
+# (raft_servicer.py types the server's).
 _raft_stub: Callable[[grpc.aio.Channel], Any] = pb_grpc.RaftStub
-_add_raft_servicer: Callable[[Any, grpc.aio.Server], None] = pb_grpc.add_RaftServicer_to_server
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """gRPC message size limit on both ends of the peer stream (a batch, or a snapshot chunk)."""
@@ -540,138 +538,3 @@ async def _failure_reason(call: grpc.aio.StreamUnaryCall | None, err: BaseExcept
         details = await call.details()
         return f"{code.name}: {details}"
     return f"stream failed: {str(err) or type(err).__name__}"
-
-
-class PeerInbox(Protocol):
-    """What the servicer needs of a transport: `GrpcTransport`, or `FrameTransport`, which
-    serves gRPC Raft streams too (from members still on the gRPC transport)."""
-
-    member_id: int
-    cluster_id: str
-
-    def deliver(self, msg: Message) -> None: ...
-    def peer_dialed_in(self, peer_id: int) -> None: ...
-    def connection_lost(self, peer_id: int) -> None: ...
-
-
-class RaftServicer:
-    """The server side of `concord.v1.Raft/Stream` (see the module docstring)."""
-
-    def __init__(self, transport: PeerInbox) -> None:
-        self._transport = transport
-
-    async def Stream(  # the gRPC method's name
-        self, request_iterator: AsyncIterator[pb.RaftBatch], context: grpc.aio.ServicerContext
-    ) -> pb.RaftAck:
-        t = self._transport
-        auth = context.auth_context()
-        refusal = peer_refusal(auth)
-        if refusal:
-            log.error("refusing peer stream from %s: %s", context.peer(), refusal)
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
-        bound = certified_member_id(auth)
-        sender = 0
-        try:
-            async for batch in request_iterator:
-                if batch.cluster_id != t.cluster_id:
-                    log.error(
-                        "refusing peer stream from %s: it is for cluster %r, this member (%d) "
-                        "belongs to cluster %r",
-                        context.peer(),
-                        batch.cluster_id,
-                        t.member_id,
-                        t.cluster_id,
-                    )
-                    await context.abort(
-                        grpc.StatusCode.PERMISSION_DENIED,
-                        f"cluster id mismatch: member {t.member_id} belongs to cluster "
-                        f"{t.cluster_id!r} but the sender is in cluster {batch.cluster_id!r}; "
-                        "check --cluster-id and the peer addresses (a stale address after a "
-                        "rebuild?)",
-                    )
-                if batch.sender and batch.sender != sender:
-                    if bound is not None and batch.sender != bound:
-                        why = _impersonation(bound, batch.sender)
-                        log.error("refusing peer stream from %s: %s", context.peer(), why)
-                        await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
-                    sender = batch.sender
-                    t.peer_dialed_in(sender)
-                for wire in batch.messages:
-                    try:
-                        msg = from_wire(wire)
-                    except WireError as err:
-                        log.warning("dropping a malformed message from %s: %s", context.peer(), err)
-                        continue
-                    if bound is not None and msg.frm != bound:
-                        why = _impersonation(bound, msg.frm)
-                        log.error("refusing peer stream from %s: %s", context.peer(), why)
-                        await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
-                    if msg.to != t.member_id:
-                        log.warning(
-                            "dropping a message for member %d from member %d: this is member %d",
-                            msg.to,
-                            msg.frm,
-                            t.member_id,
-                        )
-                        continue
-                    t.deliver(msg)
-                    sender = msg.frm
-        finally:
-            # However it ended (the peer closed it, crashed, or the network dropped it), the
-            # sender's connection is gone: a crashed leader's followers hear it here first.
-            if sender:
-                t.connection_lost(sender)
-        return pb.RaftAck()
-
-
-def _impersonation(bound: int, claimed: int) -> str:
-    return (
-        f"the certificate of member {bound} cannot send messages as member {claimed}: each "
-        "member speaks for itself only"
-    )
-
-
-def peer_refusal(auth: Mapping[str, Sequence[bytes]]) -> str:
-    """Why a caller may not speak Raft to us ("" if it may). Under TLS every caller holds a
-    certificate from the cluster CA, clients included; only a member certificate (issued
-    for serverAuth) may open the peer stream, or any client could forge votes and
-    TimeoutNow messages. Without TLS (an explicit --insecure demo) nobody is checked."""
-    kind = b"".join(auth.get("transport_security_type", ()))
-    if kind != b"ssl":
-        return ""
-    pems = auth.get("x509_pem_cert", ())
-    if not pems:
-        return "the peer port needs a member certificate; none was presented"
-    try:
-        cert = x509.load_pem_x509_certificate(pems[0])
-        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except (ValueError, x509.ExtensionNotFound):
-        return "the peer port needs a member certificate; this one has no key usages"
-    if ExtendedKeyUsageOID.SERVER_AUTH not in usages:
-        return (
-            "the peer port accepts member certificates only; this is a client certificate "
-            "(clients use the client port)"
-        )
-    try:
-        member_id_of(cert)
-    except TlsError as err:
-        return f"the peer port needs a well-formed member certificate: {err}"
-    return ""
-
-
-def certified_member_id(auth: Mapping[str, Sequence[bytes]]) -> int | None:
-    """The member id the caller's certificate is bound to; None without TLS, without a
-    certificate, or for a certificate that names no id (issued before ids were bound). Call
-    after `peer_refusal` has accepted the caller."""
-    pems = auth.get("x509_pem_cert", ())
-    if b"".join(auth.get("transport_security_type", ())) != b"ssl" or not pems:
-        return None
-    try:
-        return member_id_of(x509.load_pem_x509_certificate(pems[0]))
-    except (ValueError, TlsError):
-        return None
-
-
-def add_raft_servicer(server: grpc.aio.Server, servicer: RaftServicer) -> None:
-    """Register `servicer` on a `grpc.aio.Server` (the generated helper is untyped)."""
-    _add_raft_servicer(servicer, server)

@@ -23,7 +23,8 @@ import grpc
 from coordinator.pki import MemberTls
 
 from .clock import Clock
-from .frame_transport import FrameTransport, peer_ssl
+from .frame_conn import peer_ssl
+from .frame_transport import FrameTransport
 from .grpc_transport import GrpcTransport
 from .tls import member_channel_credentials
 

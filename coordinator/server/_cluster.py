@@ -36,7 +36,7 @@ from . import _validate as v
 from ._core import Core
 from ._errors import Code, ServiceError, unavailable
 from ._hub import first_done, stopping_error
-from ._join import join_token_create, join_token_list, join_token_revoke
+from ._join_tokens import join_token_create, join_token_list, join_token_revoke
 from ._rpc import Call, Servicer, unary
 
 _M = pb.Member

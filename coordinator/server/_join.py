@@ -1,12 +1,12 @@
 """Joining a running cluster over the network, and the join tokens that allow it.
 
-**Tokens** (`JoinTokenCreate`, `JoinTokenList`, `JoinTokenRevoke` of the Cluster service, on
-the client port: a client certificate is needed). A new token is made by the member that
-answers (it needs the cluster CA, whose fingerprint the token carries), its secret's hash is
-committed through the log (`JoinTokenAdd`), and the token is returned once: no member
-stores the secret. Creating is not exactly-once: a retry after an unknown outcome may leave
-an extra valid token nobody has seen (list and revoke it); a retry can never return a token
-that was not committed.
+**Tokens** (`JoinTokenCreate`, `JoinTokenList`, `JoinTokenRevoke` of the Cluster service, in
+`_join_tokens.py`, on the client port: a client certificate is needed). A new token is made by
+the member that answers (it needs the cluster CA, whose fingerprint the token carries), its
+secret's hash is committed through the log (`JoinTokenAdd`), and the token is returned once: no
+member stores the secret. Creating is not exactly-once: a retry after an unknown outcome may
+leave an extra valid token nobody has seen (list and revoke it); a retry can never return a
+token that was not committed.
 
 **Joining** takes three members' worth of roles, which may be one member:
 
@@ -57,19 +57,14 @@ from typing import Any, Protocol
 
 import grpc
 
-from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.api.v1 import join_pb2 as jpb
 from coordinator.api.v1 import join_pb2_grpc as jpb_grpc
 from coordinator.fsm import (
-    JoinTokenAdd,
-    JoinTokenInfo,
-    JoinTokenRevoke,
     Member,
     MemberUpsert,
     RevisionResult,
 )
 from coordinator.pki import (
-    JOIN_TOKEN_PREFIX,
     CertifiedKey,
     JoinToken,
     JoinTokenError,
@@ -78,13 +73,12 @@ from coordinator.pki import (
     TlsError,
     check_ca_fingerprint,
     check_csr,
-    new_join_token,
     sign_member_csr,
     verify_join_token,
 )
 from coordinator.raft import ConfChange, ConfChangeType
-from coordinator.runtime.grpc_transport import certified_member_id, peer_refusal
 from coordinator.runtime.loop import RaftLoop
+from coordinator.runtime.raft_servicer import certified_member_id, peer_refusal
 
 from . import _validate as v
 from ._core import Core, ServiceConfig
@@ -125,68 +119,6 @@ class JoinAuthority(Protocol):
     def peer_credentials(self) -> grpc.ChannelCredentials | None:
         """This member's own credentials for dialing a peer port (None: --insecure)."""
         ...
-
-
-# --- tokens (Cluster service) --------------------------------------------------------------------
-
-
-def _info(t: JoinTokenInfo) -> pb.JoinTokenInfo:
-    return pb.JoinTokenInfo(id=t.id, created_ms=t.created_ms, revoked_ms=t.revoked_ms)
-
-
-def _token_id(text: str) -> str:
-    """A token's id from its id or from the token itself."""
-    text = text.strip()
-    if text.upper().startswith(JOIN_TOKEN_PREFIX):
-        try:
-            return JoinToken.parse(text).id
-        except JoinTokenError as err:
-            raise invalid(str(err)) from None
-    if not text.isascii() or not text.isalnum():
-        raise invalid(
-            f"{text!r} is neither a join token nor a token id (`concordctl join-token list` "
-            "shows the ids)"
-        )
-    return text
-
-
-async def join_token_create(core: Core, ca_pem: bytes | None) -> pb.JoinTokenCreateResponse:
-    if ca_pem is None:
-        raise ServiceError(
-            Code.FAILED_PRECONDITION,
-            f"member {core.id} runs without TLS (--insecure), so it has no cluster CA to name "
-            "in a join token; joining over the network needs members with --tls-dir",
-        )
-    token = new_join_token(ca_pem)
-    created_ms = core.view.wall_ms()
-    applied = await core.propose(JoinTokenAdd(token.id, token.secret_digest, created_ms))
-    core.expect(applied, RevisionResult)
-    log.info("join token %s created", token.id)  # never the token itself
-    return pb.JoinTokenCreateResponse(
-        header=core.header(None, applied.index),
-        token=str(token),
-        info=pb.JoinTokenInfo(id=token.id, created_ms=created_ms),
-    )
-
-
-async def join_token_list(core: Core) -> pb.JoinTokenListResponse:
-    await core.read(False)
-    return pb.JoinTokenListResponse(
-        header=core.header(), tokens=[_info(t) for t in core.fsm.join_tokens()]
-    )
-
-
-async def join_token_revoke(
-    core: Core, request: pb.JoinTokenRevokeRequest
-) -> pb.JoinTokenRevokeResponse:
-    token_id = _token_id(request.id)
-    applied = await core.propose(JoinTokenRevoke(token_id, core.view.wall_ms()))
-    core.expect(applied, RevisionResult)
-    info = next((t for t in core.fsm.join_tokens() if t.id == token_id), None)
-    if info is None:  # revoked, then forgotten by a restore in between: report what we know
-        return pb.JoinTokenRevokeResponse(header=core.header(None, applied.index))
-    log.info("join token %s revoked", token_id)
-    return pb.JoinTokenRevokeResponse(header=core.header(None, applied.index), info=_info(info))
 
 
 # --- the leader's side ---------------------------------------------------------------------------

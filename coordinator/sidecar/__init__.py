@@ -8,9 +8,9 @@ SealedSecrets as files under /run/secrets/NAME/KEY (`_secretfiles.py`; the atomi
 in `_atomic.py`, notifications in `_notify.py`).
 """
 
-from ._app import FENCING_HEADER as FENCING_HEADER
 from ._app import Sidecar as Sidecar
 from ._app import load_spec as load_spec
+from ._http import FENCING_HEADER as FENCING_HEADER
 from ._main import main as main
 
 __all__ = ["FENCING_HEADER", "Sidecar", "load_spec", "main"]

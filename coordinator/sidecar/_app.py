@@ -20,52 +20,59 @@ Status codes. One meaning each (see openapi.yaml). `_answer_error` maps the clie
 errors; bad input is caught first, by validating each body against the request schema of the
 spec itself (one source of truth for limits), naming the field. Anything unexpected is a 500,
 logged with its traceback: the tests assert that none happens.
+
+Here: `Sidecar`, its routes, health and hold handling. Elsewhere: the election routes
+(`_elections.py`), `_Hold` (`_hold.py`), the HTTP plumbing and error mapping (`_http.py`),
+the metrics (`_metrics.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import ipaddress
 import json
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from typing import Any
 
 import aiohttp
 import jsonschema
 import yaml
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import generate_latest
 
 from coordinator.client import (
-    AlreadyExists,
     Client,
     ConcordError,
     DeadlineExceeded,
-    FailedPrecondition,
     Held,
-    HeldLeadership,
-    InvalidArgument,
     KeyValue,
     LockBusy,
     LockLost,
-    NotFound,
-    OutOfRange,
-    PermissionDenied,
-    Unauthenticated,
 )
+
+from ._elections import ElectionRoutes
+from ._hold import Kind, _Hold
+from ._http import (
+    HttpError,
+    _answer_error,
+    _callback_url,
+    _error,
+    _EventStream,
+    _first,
+    _granted,
+    _int_param,
+    _json,
+    _key,
+    _kv_view,
+    _name,
+    _sse,
+)
+from ._metrics import _Metrics
 
 log = logging.getLogger("concord.sidecar")
 
-FENCING_HEADER = "Concord-Fencing-Token"
-RETRY_AFTER_S = 1
-"""What a 503 tells the app to wait before retrying: a leader election takes well under it."""
 LOST_RETENTION_S = 300.0
 """How long a lost hold stays readable (state, reason) if the app never DELETEs it."""
 SSE_HEARTBEAT_S = 15.0
@@ -73,16 +80,12 @@ SSE_HEARTBEAT_S = 15.0
 BODY_BYTES_MAX = 8 * 1024 * 1024
 """A value may be 1 MiB of UTF-8 (the coordinator's limit), which JSON escapes can make up to
 six times longer; past this a body is refused (400) before it is read."""
-MAX_NAME_BYTES = 256
-MAX_KEY_BYTES = 1024
 PROBE_KEY = b"concord/sidecar/probe"
 """Read (linearizably) by the readiness probe: it answers only through a leader with a quorum."""
 
 NO_LEASE = "no lease could be granted"
 """How the client library's `lock()` / `leadership()` say their deadline ran out before the
 lease was granted (tests/sidecar/test_api.py pins it through a 503 during quorum loss)."""
-
-Kind = Literal["lock", "leadership"]
 
 
 def load_spec() -> dict[str, Any]:
@@ -91,78 +94,7 @@ def load_spec() -> dict[str, Any]:
     return spec
 
 
-class HttpError(Exception):
-    """An answer other than success: status, message, and the offending field (or None)."""
-
-    def __init__(self, status: int, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.field = field
-
-
-@dataclass(eq=False)
-class _Hold:
-    kind: Kind
-    name: str
-    lease: int
-    fencing_token: int
-    ttl_ms: int
-    handle: Held
-    callback_url: str | None
-    value: str = ""
-    state: Literal["held", "lost", "released"] = "held"
-    reason: str | None = None
-    let_go: asyncio.Event = field(default_factory=asyncio.Event)
-    """Set to leave the library's block: release (or resign), or forget a lost hold."""
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-    """Set once the state is no longer "held" (never cleared)."""
-    task: asyncio.Task[None] | None = None
-
-    def view(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "kind": self.kind,
-            "name": self.name,
-            "lease": self.lease,
-            "fencing_token": self.fencing_token,
-            "ttl_ms": self.ttl_ms,
-            "state": self.state,
-            "reason": self.reason,
-        }
-        if self.kind == "leadership":
-            out["value"] = self.value
-        return out
-
-
-class _Metrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "concord_sidecar_requests",
-            "HTTP requests answered, by route and status",
-            ["method", "route", "status"],
-            registry=self.registry,
-        )
-        self.held = Gauge(
-            "concord_sidecar_held",
-            "Locks and leaderships held through this sidecar now",
-            ["kind"],
-            registry=self.registry,
-        )
-        self.losses = Counter(
-            "concord_sidecar_losses",
-            "Holds lost (lease ended or not renewed in time) while held",
-            ["kind"],
-            registry=self.registry,
-        )
-        self.coordinator_up = Gauge(
-            "concord_sidecar_coordinator_up",
-            "1 while the last readiness probe of the coordinator succeeded",
-            registry=self.registry,
-        )
-
-
-class Sidecar:
+class Sidecar(ElectionRoutes):
     """The API over `client` (which it does not close). `start` serves it; `shutdown` lets go
     of every hold (release, resign), bounded, and stops serving."""
 
@@ -600,105 +532,6 @@ class Sidecar:
 
         return events
 
-    # --- elections -------------------------------------------------------------------------
-
-    async def campaign(self, request: web.Request) -> web.Response:
-        name = _name(request)
-        body = await self._body(request, "Campaign")
-        ttl_ms = int(body.get("ttl_ms", 10_000))
-        wait_ms = int(body.get("wait_ms", 30_000))
-        value = str(body.get("value", ""))
-        callback = _callback_url(body.get("callback_url"))
-
-        def hold(client: Client) -> contextlib.AbstractAsyncContextManager[Held]:
-            return client.leadership(
-                self._name(name), value.encode(), ttl_ms=ttl_ms, timeout_s=wait_ms / 1000
-            )
-
-        h = await self._take(
-            "leadership", name, ttl_ms, hold, callback_url=callback, value=value, blocking=True
-        )
-        return _granted(h)
-
-    async def leader(self, request: web.Request) -> web.Response:
-        name = _name(request)
-        got = await self.client.leader(self._name(name))
-        if got is None:
-            raise HttpError(404, f"election {name!r} has no leader")
-        return _json(
-            200,
-            {
-                "name": name,
-                "lease": got.lease,
-                "fencing_token": got.fencing_token,
-                "value": got.value.decode("utf-8", "replace"),
-            },
-        )
-
-    async def observe(self, request: web.Request) -> web.StreamResponse:
-        """The leader now, then every change, from the election's watch events. The watch
-        starts after the leader read's answer revision would be ideal; the client's `leader`
-        does not return one, so the stream starts from "now" (a change in between is still
-        reported, as its event arrives after the read)."""
-        name = _name(request)
-        current = await self.client.leader(self._name(name))
-        events = self.client.watch(self._name(name).encode())
-        stream = _EventStream(request)
-        async with _sse(stream) as send:
-            if current is None:
-                await send("vacant", {"name": name})
-            else:
-                await send(
-                    "leader",
-                    _leader_view(name, current.lease, current.fencing_token, current.value),
-                )
-            nxt: asyncio.Task[Any] | None = None
-            try:
-                while not self.stopping.is_set():
-                    nxt = nxt or asyncio.ensure_future(anext(events))
-                    stop = asyncio.ensure_future(self.stopping.wait())
-                    done, _ = await asyncio.wait(
-                        {nxt, stop}, timeout=self.heartbeat_s, return_when=asyncio.FIRST_COMPLETED
-                    )
-                    stop.cancel()
-                    if nxt not in done:
-                        if not self.stopping.is_set():
-                            await send(None, None)
-                        continue
-                    try:
-                        event = nxt.result()
-                    except ConcordError as err:
-                        await send("error", {"error": str(err)})
-                        break
-                    nxt = None
-                    if event.type.value != "election":
-                        continue
-                    if event.kv.version == 0:
-                        await send("vacant", {"name": name})
-                    else:
-                        await send(
-                            "leader",
-                            _leader_view(name, event.kv.lease, event.kv.version, event.kv.value),
-                        )
-            finally:
-                if nxt is not None:
-                    nxt.cancel()
-                    with contextlib.suppress(BaseException):
-                        await nxt
-                await events.aclose()
-        return stream.response
-
-    async def proclaim(self, request: web.Request) -> web.Response:
-        h = self._find("leadership", request)
-        body = await self._body(request, "Proclaim")
-        assert isinstance(h.handle, HeldLeadership)
-        try:
-            await h.handle.proclaim(str(body["value"]).encode())
-        except (LockLost, FailedPrecondition) as err:
-            raise HttpError(409, f"no longer the leader: {err}") from None
-        h.value = str(body["value"])
-        return _json(200, h.view())
-
     # --- sequences and keys ----------------------------------------------------------------
 
     async def sequence_create(self, request: web.Request) -> web.Response:
@@ -756,162 +589,3 @@ class Sidecar:
                 "current": current,
             },
         )
-
-
-# --- helpers ---------------------------------------------------------------------------------
-
-
-def _json(status: int, body: object, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        status=status, text=json.dumps(body), content_type="application/json", headers=headers
-    )
-
-
-def _error(status: int, message: str, field_name: str | None) -> web.Response:
-    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
-    return _json(status, {"error": message, "field": field_name}, headers)
-
-
-def _answer_error(err: ConcordError) -> web.Response:
-    """A coordinator error as its one status (the blocking waits map their own first)."""
-    if isinstance(err, NotFound):
-        return _error(404, str(err), None)
-    if isinstance(err, InvalidArgument):
-        return _error(400, str(err), None)
-    if isinstance(err, AlreadyExists | FailedPrecondition | OutOfRange):
-        # The current state does not allow it (it exists; no longer yours; a sequence
-        # exhausted): asking again will not help until the state changes.
-        return _error(409, str(err), None)
-    if isinstance(err, Unauthenticated):
-        return _error(401, str(err), None)
-    if isinstance(err, PermissionDenied):
-        return _error(403, str(err), None)
-    # Unavailable, a call's own deadline, no quorum, a member restarting: the coordinator
-    # cannot answer now. The app retries; nothing it asked for half-happened that it must undo.
-    return _error(503, f"the coordinator cannot answer now: {err}", None)
-
-
-def _granted(h: _Hold) -> web.Response:
-    return _json(201, h.view(), {FENCING_HEADER: str(h.fencing_token)})
-
-
-def _leader_view(name: str, lease: int, token: int, value: bytes) -> dict[str, Any]:
-    return {
-        "name": name,
-        "lease": lease,
-        "fencing_token": token,
-        "value": value.decode("utf-8", "replace"),
-    }
-
-
-def _kv_view(kv: KeyValue, prefix: bytes = b"") -> dict[str, Any]:
-    key, value = kv.key.removeprefix(prefix), kv.value
-    try:
-        text: str | None = value.decode("utf-8")
-    except UnicodeDecodeError:
-        text = None
-    return {
-        "key": key.decode("utf-8", "replace"),
-        "value": text,
-        "value_base64": base64.b64encode(value).decode("ascii"),
-        "version": kv.version,
-        "create_revision": kv.create_revision,
-        "mod_revision": kv.mod_revision,
-        "lease": kv.lease,
-    }
-
-
-def _name(request: web.Request) -> str:
-    name = request.match_info["name"]
-    size = len(name.encode("utf-8", "surrogatepass"))
-    if not 1 <= size <= MAX_NAME_BYTES:
-        raise HttpError(400, f"name is {size} bytes; names are 1..{MAX_NAME_BYTES}", "name")
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        raise HttpError(400, "name must be valid UTF-8", "name") from None
-    return name
-
-
-def _key(request: web.Request) -> bytes:
-    try:
-        key = request.match_info["key"].encode("utf-8")
-    except UnicodeEncodeError:
-        raise HttpError(400, "key must be valid UTF-8", "key") from None
-    if not 1 <= len(key) <= MAX_KEY_BYTES:
-        raise HttpError(400, f"key is {len(key)} bytes; keys are 1..{MAX_KEY_BYTES}", "key")
-    return key
-
-
-def _int_param(raw: str, what: str, low: int, high: int) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise HttpError(400, f"{what} must be an integer, got {raw[:40]!r}", what) from None
-    if not low <= value <= high:
-        raise HttpError(400, f"{what} must be between {low} and {high}, got {value}", what)
-    return value
-
-
-def _callback_url(raw: object) -> str | None:
-    """A loss callback must stay in the pod: http to a loopback address, nothing else."""
-    if raw is None:
-        return None
-    assert isinstance(raw, str)  # the schema says so
-    parts = urlsplit(raw)
-    host = parts.hostname or ""
-    loopback = host == "localhost"
-    with contextlib.suppress(ValueError):
-        loopback = loopback or ipaddress.ip_address(host).is_loopback
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if parts.scheme != "http" or not loopback or port is None:
-        raise HttpError(
-            400,
-            "callback_url must be http://127.0.0.1:PORT/... (or localhost, ::1): the sidecar "
-            "calls only loopback addresses",
-            "callback_url",
-        )
-    return raw
-
-
-async def _first(*waits: Awaitable[object]) -> None:
-    """Return once any of `waits` completes (the others are cancelled)."""
-    tasks = [asyncio.ensure_future(w) for w in waits]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for t in tasks:
-            t.cancel()
-
-
-Send = Callable[[str | None, object], Awaitable[None]]
-
-
-class _EventStream:
-    """A text/event-stream response; `send(event, data)` writes one event (None: a comment,
-    the heartbeat). An app that went away ends the stream quietly (see `_sse`)."""
-
-    def __init__(self, request: web.Request) -> None:
-        self.request = request
-        self.response = web.StreamResponse(
-            status=200,
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"},
-        )
-
-    async def send(self, event: str | None, data: object) -> None:
-        if event is None:
-            chunk = f": {int(time.time())}\n\n"
-        else:
-            chunk = f"event: {event}\ndata: {json.dumps(data)}\n\n"
-        await self.response.write(chunk.encode())
-
-
-@contextlib.asynccontextmanager
-async def _sse(stream: _EventStream) -> AsyncIterator[Send]:
-    await stream.response.prepare(stream.request)
-    with contextlib.suppress(ConnectionError):
-        yield stream.send
-        await stream.response.write_eof()

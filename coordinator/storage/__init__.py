@@ -9,8 +9,9 @@ A member's data directory holds
     LOCK            flock held by the member process for its whole life (`datadir.py`)
     CLUSTER_ID      the cluster the dir belongs to; a start with another --cluster-id is refused
 
-`KeyStore` opens the keys (`crypto.py`: DEKs, KEK, autolock, unlock keys and their Shamir
-shares); `DiskWal` is the log (`wal.py`): the runtime passes one object both as the Raft
+`KeyStore` opens the keys (`crypto.py`: DEKs, KEK, autolock; unlock keys as text in
+`keytext.py`, their Shamir shares in `shamir.py`); `DiskWal` is the log (`wal.py`, its
+recovery in `_wal_recovery.py`): the runtime passes one object both as the Raft
 core's `LogStorage` and as `handle_ready`'s `Wal`. `dump` (`rafttool.py`) reads a data dir
 record by record for `concordctl rafttool dump`, and `log_position` says how far its log
 reaches (`concordctl cluster recover`). `backup.py` is the format of the encrypted backup
@@ -21,12 +22,10 @@ This package depends on the Raft core's vocabulary only; it never imports the ru
 
 from ._segment import RecordType as RecordType
 from ._segment import record_frames as record_frames
+from ._wal_state import DEFAULT_SEGMENT_BYTES as DEFAULT_SEGMENT_BYTES
+from ._wal_state import RecoveryReport as RecoveryReport
+from ._wal_state import WalMetrics as WalMetrics
 from .crypto import KeyStore as KeyStore
-from .crypto import combine_unlock_key_share_sets as combine_unlock_key_share_sets
-from .crypto import combine_unlock_key_shares as combine_unlock_key_shares
-from .crypto import format_unlock_key as format_unlock_key
-from .crypto import parse_unlock_key as parse_unlock_key
-from .crypto import split_unlock_key as split_unlock_key
 from .datadir import DataDirLock as DataDirLock
 from .datadir import read_cluster_id as read_cluster_id
 from .datadir import write_cluster_id as write_cluster_id
@@ -49,14 +48,16 @@ from .errors import WalCorruptError as WalCorruptError
 from .errors import WalError as WalError
 from .errors import WrongBackupKeyError as WrongBackupKeyError
 from .errors import WrongUnlockKeyError as WrongUnlockKeyError
+from .keytext import format_unlock_key as format_unlock_key
+from .keytext import parse_unlock_key as parse_unlock_key
 from .rafttool import DumpRecord as DumpRecord
 from .rafttool import LogPosition as LogPosition
 from .rafttool import dump as dump
 from .rafttool import log_position as log_position
-from .wal import DEFAULT_SEGMENT_BYTES as DEFAULT_SEGMENT_BYTES
+from .shamir import combine_unlock_key_share_sets as combine_unlock_key_share_sets
+from .shamir import combine_unlock_key_shares as combine_unlock_key_shares
+from .shamir import split_unlock_key as split_unlock_key
 from .wal import DiskWal as DiskWal
-from .wal import RecoveryReport as RecoveryReport
-from .wal import WalMetrics as WalMetrics
 
 __all__ = [
     "DEFAULT_SEGMENT_BYTES",

@@ -5,7 +5,7 @@ writes it here; `concordctl snapshot restore` reads it back into new data direct
 file must be safe to keep off-site, so it is sealed under a key that is not any member's: a
 fresh random *file key* per backup, wrapped under a *backup key* that a person holds
 (`CONCORD-BACKUP-...`, 32 random bytes in the unlock keys' checksummed base32, or split into
-Shamir shares `CONCORD-BACKUP-SHARE-...`; see `crypto.KeyFormat`). The header stays readable
+Shamir shares `CONCORD-BACKUP-SHARE-...`; see `keytext.KeyFormat`). The header stays readable
 without the key, so `snapshot status` can say what a file holds.
 
 Layout (big-endian):
@@ -53,16 +53,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ._fs import TMP_SUFFIX, fsync_dir, write_all
-from .crypto import (
-    KEY_BYTES,
-    NONCE_BYTES,
-    TAG_BYTES,
-    KeyFormat,
-    combine_key_shares,
-    format_key,
-    parse_key,
-    split_key,
-)
+from .crypto import NONCE_BYTES, TAG_BYTES
 from .errors import (
     BackupCorruptError,
     BackupError,
@@ -70,6 +61,8 @@ from .errors import (
     InvalidBackupKeyError,
     WrongBackupKeyError,
 )
+from .keytext import KEY_BYTES, KeyFormat, format_key, parse_key
+from .shamir import combine_key_shares, split_key
 
 BACKUP_FORMAT_VERSION = 1
 DEFAULT_CHUNK_BYTES = 1 << 20

@@ -21,53 +21,9 @@ one (a new leader overwrote our tail) means "the log now ends here": replay appl
 in order with exactly that rule, so the overwrite survives a restart without a separate
 truncation record.
 
-**Recovery** (`open`) loads the newest snapshot, then reads every segment in order,
-checking every record's framing: length, CRC and nonce order. A short or garbled record at
-the very end of the last segment is a torn write that was never acknowledged: it is cut (the
-file truncated and fsynced) and reported in `recovery`. Anything else that does not read
-back (a bad record with intact ones after it, damage in an earlier segment, a record that
-fails authentication, a gap in the indices, a mark naming a missing snapshot) raises
-`WalCorruptError`: a committed entry is never dropped silently. After recovery the WAL
-always starts a new segment (that is what keeps nonces unique, see `crypto.py`).
-
-**What recovery leaves unread.** Most of a long-running member's WAL lies at or below its
-newest snapshot (index S), and opening every one of those records (AES-GCM) is wasted: the
-snapshot replaces them. But a record's type and index are clear fields, authenticated only
-by opening the record, and anyone who can write the disk (without the key) can rewrite them
-and the CRC: so "this record says it is an entry at or below S" must never be what decides
-that a record which matters is not checked. The rule:
-
-- While the log replayed so far is exactly the snapshot (nothing above S, no gap open),
-  records whose clear fields say ENTRY or HARD_STATE at or below S are set aside unopened,
-  as a *run*. Any other record is opened; a segment header joins the run (opened), anything
-  else ends it. The snapshot index itself is trustworthy: the snapshot file is opened. (The
-  argument below holds from any replay state; the condition only keeps runs to the stretch
-  where they pay off.)
-- To end a run, its records are opened from the end backwards until authenticated records
-  alone fix what the run leaves behind: the log, by an entry at index i <= S (replay turns
-  the log into exactly the snapshot there, whatever came before, and closes any gap) or by
-  the record after the run being an entry at S+1 (it appends to the snapshot, likewise
-  whatever came before); the hard state, by a hard-state record or segment header (each
-  carries the whole hard state) or the record after the run being one. What lies before
-  that point cannot change the recovered log or hard state, whatever it really is, so it is
-  not opened; its clear fields only feed compaction's bookkeeping, which they can steer
-  only at indices at or below S, where nothing needs keeping.
-- A record that an attacker disguised as "covered" is therefore either irrelevant to the
-  result (overridden as above) or opened when the run ends, and fails authentication: a
-  needed entry cannot be hidden this way, since hiding it takes an authenticated record
-  after it that makes the log end at or below S+1, and such a record discards it in the
-  honest replay too. Framing checks still run on every record, so a torn tail is told from
-  damage exactly as before. What changes: a record below the snapshot that was altered
-  *with a valid CRC* is no longer noticed (it cannot matter); a record below the snapshot
-  whose CRC fails still stops recovery (unless it is a torn tail), because framing is how
-  the next record is found and how damage is told from a torn write, and a damaged frame's
-  index is among the damaged bytes. The same attacker could always roll the member back by
-  truncating its WAL at a record boundary or restoring older files; that is unchanged.
-- Whole segments are still read for framing. Their metadata (file name, header) gives only
-  the first index, and a segment may hold entries above its successor's first index (a
-  leader's overwrite or a snapshot mark rolls to a lower one), so no segment is known to lie
-  wholly below S before it is read. `metrics.recovery_records` and `recovery_decrypted`
-  count what the last `open` framed and opened.
+**Recovery** (`open`) loads the newest snapshot, then replays every segment in order; a torn
+tail is cut, anything else that does not read back raises `WalCorruptError`. How, and which
+records below the snapshot it leaves unopened and why that is safe: `_wal_recovery.py`.
 
 **Snapshots.** `save_snapshot` persists an incoming snapshot (the log is replaced by it);
 `create_snapshot` records the member's own (the log is kept until `compact`). Either way
@@ -107,7 +63,6 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -115,7 +70,6 @@ from typing import TYPE_CHECKING
 from coordinator.raft import (
     ConfState,
     Entry,
-    EntryKind,
     HardState,
     MemoryStorage,
     Snapshot,
@@ -129,98 +83,43 @@ from ._segment import (
     MARK_RESET,
     PREAMBLE,
     RECORD_OVERHEAD_BYTES,
-    Frame,
-    FramedSegment,
-    Record,
     RecordType,
-    decode_segment_header,
     encode_record,
     encode_segment_header,
-    frame_segment,
-    list_segments,
-    open_frame,
     segment_name,
 )
 from ._snapfile import (
     SNAPSHOTS_KEPT,
     list_snapshots,
-    read_snapshot,
     snapshot_key_id,
     write_snapshot,
+)
+from ._wal_recovery import WalRecovery
+from ._wal_state import (
+    DEFAULT_SEGMENT_BYTES,
+    SNAP_DIR,
+    WAL_DIR,
+    RecoveryReport,
+    WalMetrics,
+    _Segment,
 )
 from .crypto import KeyStore
 from .errors import (
     AlreadyInitializedError,
     DataDirBusyError,
     NotInitializedError,
-    WalCorruptError,
     WalError,
 )
 
 if TYPE_CHECKING:
     from coordinator.raft import LogStorage
 
-DEFAULT_SEGMENT_BYTES = 64 << 20
-WAL_DIR = "wal"
-SNAP_DIR = "snap"
+# The directory names stay importable from here, where they were defined before.
+__all__ = ["SNAP_DIR", "WAL_DIR", "DiskWal"]
+
 _LOCK_FILE = "LOCK"
 
 _log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class WalMetrics:
-    """Plain counters for the runtime to export (no metrics library is imported here)."""
-
-    saves: int = 0
-    fsyncs: int = 0
-    """Every data fsync, including segment headers and snapshot marks."""
-    fsync_last_s: float = 0.0
-    """Duration of the most recent fsync, measured with `time.perf_counter`."""
-    fsync_total_s: float = 0.0
-    bytes_written: int = 0
-    entries_written: int = 0
-    segments_created: int = 0
-    segments_deleted: int = 0
-    snapshots_written: int = 0
-    recovery_records: int = 0
-    """Records the last `open` read and checked for framing (length, CRC, nonce order)."""
-    recovery_decrypted: int = 0
-    """Of those, how many it authenticated and decrypted (see "Recovery" above)."""
-
-
-@dataclass(frozen=True, slots=True)
-class RecoveryReport:
-    """What `open` cut from the tail of the last segment (a torn, unacknowledged write)."""
-
-    path: Path
-    offset: int
-    cut_bytes: int
-    reason: str
-
-
-@dataclass(slots=True)
-class _Segment:
-    path: Path
-    seq: int
-    first_index: int
-    live_max_index: int = 0
-    """Highest index of an entry in this segment that no later record has discarded (0: none).
-    Invariant: a segment whose live_max_index <= the compaction point holds nothing replay
-    still needs above it."""
-    key_ids: set[int] = field(default_factory=set)
-    header_only: bool = True
-
-
-@dataclass(slots=True)
-class _Unread:
-    """During recovery: a record of a run that the snapshot seems to cover (see `_settle`),
-    with `record` set once it is opened."""
-
-    seg: _Segment
-    framed: FramedSegment
-    frame: Frame
-    record: Record | None = None
 
 
 def _lock(wal_dir: Path) -> int:
@@ -236,7 +135,7 @@ def _lock(wal_dir: Path) -> int:
     return fd
 
 
-class DiskWal:
+class DiskWal(WalRecovery):
     """The segmented, encrypted write-ahead log. Build one with `create` or `open`."""
 
     def __init__(
@@ -656,206 +555,6 @@ class DiskWal:
             remove_files([path for _, _, path in old])
             self._snapshot_files = self._snapshot_files[-SNAPSHOTS_KEPT:]
 
-    # --- recovery ------------------------------------------------------------------------------
-
-    def _recover(self) -> None:
-        snapshots, leftovers = list_snapshots(self._snap_dir)
-        if leftovers:
-            self._log.warning("removing interrupted snapshot writes: %s", leftovers)
-            remove_files(leftovers)
-        base = Snapshot()
-        if snapshots:
-            base, _ = read_snapshot(snapshots[-1][2], self._keys.cipher)
-            self._storage.apply_snapshot(base)
-        self._snapshot_files = snapshots
-        found = list_segments(self._wal_dir)
-        if not found:
-            raise WalCorruptError(self._wal_dir, 0, "the WAL has no segment files")
-        self._next_seq = found[-1][0] + 1
-        hs = HardState()
-        framed: FramedSegment | None = None
-        run: list[_Unread] = []
-        for position, (seq, first_index, path) in enumerate(found):
-            final = position == len(found) - 1
-            framed = frame_segment(path, seq, first_index, self._keys.cipher, final=final)
-            if framed.corruption is not None:
-                raise framed.corruption
-            seg = _Segment(path, seq, first_index)
-            self._segments.append(seg)
-            for frame in framed.frames:
-                self.metrics.recovery_records += 1
-                seg.key_ids.add(frame.key_id)
-                if frame.type is not RecordType.SEGMENT_HEADER:
-                    seg.header_only = False
-                if self._seems_covered(frame, base.meta.index):
-                    run.append(_Unread(seg, framed, frame))
-                    continue
-                rec = self._open_frame(framed, frame)
-                if run and rec.type is RecordType.SEGMENT_HEADER:
-                    run.append(_Unread(seg, framed, frame, rec))
-                    continue
-                if run:
-                    hs = self._settle(run, rec, base, hs)
-                    run = []
-                hs = self._replay(seg, rec, base, hs)
-        if run:
-            hs = self._settle(run, None, base, hs)
-        assert framed is not None
-        if self._replay_gap is not None:
-            raise WalCorruptError(*self._replay_gap)
-        self._storage.set_hard_state(hs)
-        last = self._segments[-1]
-        if framed.torn_reason is not None:
-            cut = framed.size_bytes - framed.valid_bytes
-            self.recovery = RecoveryReport(last.path, framed.valid_bytes, cut, framed.torn_reason)
-            self._log.warning(
-                "%s: cut a torn tail of %d bytes at offset %d (%s); that write was never "
-                "acknowledged",
-                last.path,
-                cut,
-                framed.valid_bytes,
-                framed.torn_reason,
-            )
-            if framed.has_header:
-                _truncate_durably(last.path, framed.valid_bytes)
-        if not framed.has_header:
-            # Created but its header never made it: drop it, after the new segment (which
-            # takes a higher seq) is durable, so its seq is never handed out again.
-            self._segments.pop()
-            if not self._segments:
-                raise WalCorruptError(last.path, 0, "the only segment has no intact header")
-        self._roll(self.last_index() + 1)
-        if not framed.has_header:
-            remove_files([last.path])
-        elif last.header_only:
-            # Nothing but a header: the new segment's header supersedes it.
-            remove_files([last.path])
-            self._segments.remove(last)
-        self._prune_snapshots()
-        self._log.info(
-            "recovered WAL %s: entries %d..%d, snapshot at %d, %d segment(s), %d of %d "
-            "records decrypted",
-            self._wal_dir,
-            self.first_index(),
-            self.last_index(),
-            self.snapshot().meta.index,
-            len(self._segments),
-            self.metrics.recovery_decrypted,
-            self.metrics.recovery_records,
-        )
-
-    def _open_frame(self, framed: FramedSegment, frame: Frame) -> Record:
-        self.metrics.recovery_decrypted += 1
-        return open_frame(framed, frame, self._keys.cipher)
-
-    def _seems_covered(self, frame: Frame, base_index: int) -> bool:
-        """Whether recovery may leave `frame` unread for now: by its clear (unauthenticated)
-        fields an entry or a hard state at or below the snapshot, met while the log
-        replayed so far is just the snapshot (nothing above it, no gap open)."""
-        return (
-            frame.index <= base_index
-            and (frame.type is RecordType.ENTRY or frame.type is RecordType.HARD_STATE)
-            and self._storage.last_index() <= base_index
-            and self._replay_gap is None
-            and base_index > 0
-        )
-
-    def _settle(
-        self, run: list[_Unread], after: Record | None, base: Snapshot, hs: HardState
-    ) -> HardState:
-        """Replay a run of records left unread, given the authenticated record `after` it
-        (None: the run ends the WAL); returns the hard state in force after the run.
-
-        Records are opened from the end of the run backwards until what the run leaves
-        behind is fixed by authenticated records alone (the argument is in the module
-        docstring): the log, by an entry at or below the snapshot (or `after` being an entry
-        at most one above it), and the hard state, by a hard state or segment header (or
-        `after` being one). Records before that point are never opened: only their clear
-        fields' bookkeeping for compaction is applied, which concerns indices at or below the
-        snapshot alone."""
-        base_index = base.meta.index
-        need_log = not (
-            after is not None and after.type is RecordType.ENTRY and after.index <= base_index + 1
-        )
-        need_hs = after is None or after.type not in (
-            RecordType.HARD_STATE,
-            RecordType.SEGMENT_HEADER,
-        )
-        start = len(run)
-        while start > 0 and (need_log or need_hs):
-            start -= 1
-            item = run[start]
-            if item.record is None:
-                item.record = self._open_frame(item.framed, item.frame)
-            if item.record.type is RecordType.ENTRY:
-                need_log = False
-            else:
-                need_hs = False
-        for item in run[:start]:
-            if item.record is not None:
-                hs = self._replay(item.seg, item.record, base, hs)
-            elif item.frame.type is RecordType.ENTRY:
-                self._discard_after(item.frame.index - 1)
-                self._mark_live(item.seg, item.frame.index)
-        for item in run[start:]:
-            assert item.record is not None
-            hs = self._replay(item.seg, item.record, base, hs)
-        return hs
-
-    def _replay(self, seg: _Segment, rec: Record, base: Snapshot, hs: HardState) -> HardState:
-        """Apply one record to the in-memory view; returns the hard state in force after it.
-
-        Replay follows the writer's rule exactly: an entry at index i means "the log now
-        ends at i". Entries at or below the base snapshot are not kept, but still discard
-        everything above it, as they did when written."""
-        storage = self._storage
-        base_index = base.meta.index
-        match rec.type:
-            case RecordType.SEGMENT_HEADER:
-                _, _, hs = decode_segment_header(rec.payload)
-            case RecordType.HARD_STATE:
-                hs = HardState(*HARD_STATE.unpack(rec.payload))
-            case RecordType.ENTRY:
-                try:
-                    kind = EntryKind(rec.payload[0])
-                except (ValueError, IndexError):
-                    raise WalCorruptError(seg.path, rec.offset, "malformed entry") from None
-                self._discard_after(rec.index - 1)
-                self._mark_live(seg, rec.index)
-                if rec.index <= base_index:
-                    self._replay_gap = None
-                    if storage.last_index() > base_index:
-                        storage.apply_snapshot(base)
-                elif rec.index > storage.last_index() + 1:
-                    # Either a segment is missing, or this entry is stale: written after
-                    # entries that lived in segments compaction has deleted, and discarded
-                    # by a later record of this log (an overwrite at a lower index). Skip it;
-                    # a gap that no later record closes is the former (see `_recover`).
-                    if self._replay_gap is None:
-                        self._replay_gap = (
-                            seg.path,
-                            rec.offset,
-                            f"entry {rec.index} leaves a gap after {storage.last_index()} "
-                            "(a segment is missing?)",
-                        )
-                else:
-                    self._replay_gap = None
-                    storage.append([Entry(rec.index, rec.term, kind, rec.payload[1:])])
-            case RecordType.SNAPSHOT_MARK:
-                if rec.index > base_index:
-                    raise WalCorruptError(
-                        seg.path,
-                        rec.offset,
-                        f"the WAL records a snapshot at index {rec.index}, but the newest "
-                        f"snapshot file is at {base_index} (was a snap/ file deleted?)",
-                    )
-                if rec.payload[0] & MARK_RESET:
-                    self._discard_after(rec.index)
-                    self._replay_gap = None
-                    if storage.last_index() > base_index:
-                        storage.apply_snapshot(base)
-        return hs
-
 
 def _create_segment(
     directory: Path, seq: int, first_index: int, hs: HardState, keys: KeyStore
@@ -887,15 +586,6 @@ def _create_segment(
         os.close(fd)
         raise
     return fd, len(data)
-
-
-def _truncate_durably(path: Path, size_bytes: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        os.ftruncate(fd, size_bytes)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 if TYPE_CHECKING:

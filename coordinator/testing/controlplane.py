@@ -29,37 +29,36 @@ Nothing here is pytest: `python -m coordinator.testing.controlplane` starts one,
 
 `existing_cluster(kubeconfig)` wraps a cluster someone else runs (kind, a real one) in the
 same `ControlPlane` face, for CONCORD_KUBE_EXISTING=1 runs; it stops nothing.
+
+The PKI is in `controlplane_pki.py`, one component's process in `controlplane_procs.py`.
 """
 
 from __future__ import annotations
 
 import atexit
-import base64
 import contextlib
 import dataclasses
-import datetime as dt
 import ipaddress
 import json
 import os
 import shutil
-import signal
 import ssl
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from coordinator import pki
-from coordinator.testing.procs import free_ports, orphan_proof
+from coordinator.testing.procs import free_ports
+
+from .controlplane_pki import _Pki, _write, kubeconfig_yaml
+from .controlplane_procs import Component, _http_status
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_DIR = REPO / "crds"
@@ -127,171 +126,6 @@ def locate_binaries() -> tuple[Path | None, str]:
         "proxy; needs Go >= 1.24, ~10 min cold) or set CONCORD_KUBE_BIN"
     )
     return None, f"{why[0]}; {how}"
-
-
-# --- the PKI ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Issued:
-    cert_pem: bytes
-    key_pem: bytes
-
-
-class _Pki:
-    """A CA valid for a day, and certificates it signs (the cluster lives for one test run),
-    built by `coordinator.pki` like every certificate of the project."""
-
-    def __init__(self) -> None:
-        self._ca_key = pki.new_key()
-        now = pki.now_utc()
-        self._not_before = now - pki.BACKDATE
-        self._not_after = now + dt.timedelta(days=1)
-        self.ca_cert = pki.build_ca_cert(
-            self._ca_key,
-            pki.subject_name("concord-test-kubernetes-ca"),
-            not_before=self._not_before,
-            not_after=self._not_after,
-            digital_signature=True,
-        )
-        self.ca_pem = pki.cert_pem(self.ca_cert)
-        self.ca_key_pem = pki.key_pem(self._ca_key)
-
-    def issue(
-        self,
-        common_name: str,
-        *,
-        organization: str | None = None,
-        server_names: Sequence[str] = (),
-    ) -> _Issued:
-        """A client certificate, or a serving one when `server_names` (DNS names or IPs).
-        Kubernetes reads a client certificate's O as the user's groups."""
-        key = pki.new_key()
-        usage = [ExtendedKeyUsageOID.SERVER_AUTH] if server_names else []
-        usage.append(ExtendedKeyUsageOID.CLIENT_AUTH)
-        cert = pki.build_leaf_cert(
-            self.ca_cert,
-            self._ca_key,
-            key.public_key(),
-            pki.subject_name(common_name, organization),
-            not_before=self._not_before,
-            not_after=self._not_after,
-            usages=usage,
-            sans=pki.host_sans(server_names),
-            key_agreement=False,
-        )
-        return _Issued(pki.cert_pem(cert), pki.key_pem(key))
-
-
-def _write(path: Path, data: bytes, mode: int = 0o600) -> Path:
-    path.write_bytes(data)
-    path.chmod(mode)
-    return path
-
-
-def kubeconfig_yaml(server: str, ca_pem: bytes, user: str, client: _Issued) -> str:
-    """A kubeconfig with everything embedded (JSON is YAML), so it works from any directory
-    and for every client library (kubectl, helm, kopf, the kubernetes package)."""
-
-    def b64(data: bytes) -> str:
-        return base64.b64encode(data).decode()
-
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": "concord-test",
-                "cluster": {"server": server, "certificate-authority-data": b64(ca_pem)},
-            }
-        ],
-        "users": [
-            {
-                "name": user,
-                "user": {
-                    "client-certificate-data": b64(client.cert_pem),
-                    "client-key-data": b64(client.key_pem),
-                },
-            }
-        ],
-        "contexts": [
-            {"name": "concord-test", "context": {"cluster": "concord-test", "user": user}}
-        ],
-        "current-context": "concord-test",
-        "preferences": {},
-    }
-    return json.dumps(config, indent=2) + "\n"
-
-
-# --- processes ----------------------------------------------------------------------------------
-
-
-@dataclass
-class Component:
-    """One control-plane process: its command line, log and (while it runs) its Popen."""
-
-    name: str
-    argv: list[str]
-    log_path: Path
-    popen: subprocess.Popen[bytes] | None = None
-    started_at: float = 0.0
-    ready_after_s: float | None = None
-    """Seconds from this component's start until it answered its readiness check."""
-
-    @property
-    def pid(self) -> int | None:
-        return self.popen.pid if self.popen is not None else None
-
-    def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.popen = subprocess.Popen(
-                orphan_proof(self.argv),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                # A group of its own: Ctrl-C on the test run reaches pytest only, and stop()
-                # can signal the whole group by the PID we hold.
-                start_new_session=True,
-            )
-        self.started_at = time.perf_counter()
-
-    def running(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
-    def log_tail(self, chars: int = 4000) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-        return text[-chars:]
-
-    def rss_mib(self) -> float | None:
-        """Resident set size now, from /proc (None when not running or not on Linux)."""
-        if not self.running() or self.pid is None:
-            return None
-        try:
-            status = Path(f"/proc/{self.pid}/status").read_text()
-        except OSError:
-            return None
-        for line in status.splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return None
-
-    def stop(self, grace_s: float = 10.0) -> None:
-        """SIGTERM to its process group, SIGKILL after `grace_s`; always reaps it."""
-        p = self.popen
-        if p is None:
-            return
-        if p.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(p.pid, signal.SIGTERM)
-            try:
-                p.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
 
 
 @dataclass
@@ -452,17 +286,6 @@ class ControlPlane:
 
 
 # --- readiness ----------------------------------------------------------------------------------
-
-
-def _http_status(url: str, context: ssl.SSLContext) -> int | None:
-    """The status of GET `url`, or None when nothing answers yet."""
-    try:
-        with urllib.request.urlopen(url, context=context, timeout=5) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as e:
-        return e.code
-    except (OSError, ssl.SSLError):
-        return None
 
 
 def _wait(

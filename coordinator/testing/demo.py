@@ -32,8 +32,10 @@ from coordinator.fsm import (
 )
 from coordinator.raft import RawNode
 
-from .sim import MS, ClientReply, SimNode, SimOptions, Simulator
+from .sim import Simulator
 from .sim_clients import Read, Request
+from .sim_member import ClientReply, SimNode
+from .sim_options import MS, SimOptions
 
 DEMO_CLIENT = 1
 

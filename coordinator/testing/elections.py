@@ -18,7 +18,10 @@ from dataclasses import replace
 
 from coordinator.raft import RawNode
 
-from .sim import MS, SimNode, SimOptions, Simulator, percentiles
+from .sim import Simulator
+from .sim_member import SimNode
+from .sim_options import MS, SimOptions
+from .sim_run import percentiles
 
 
 class ElectionTrial(Simulator):

@@ -25,62 +25,49 @@ runtime's loop drives it; only the disk, the network and the clocks are simulate
 keep-alives take the server's path: a batched read barrier, then `MemberCore.renew_leases`.
 Safety checkers (`checkers.py`, and the lease invariant of `primitive_checks.py`) run at
 every step.
+
+This module holds the engine, `Simulator`: the event queue, the network, the observers, the
+clients' side and the phases. The swarm options are in `sim_options.py`, the simulated member
+in `sim_member.py`, the fault injection in `sim_nemesis.py`, and running seeds (with the
+command line) in `sim_run.py`.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import heapq
-import json
-import multiprocessing
 import random
 import sys
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from coordinator.core import CoreConfig, MemberCore, ProposalLostError
-from coordinator.core.ready import persist, send_early
+from coordinator.core import MemberCore
 from coordinator.fsm import (
     Applied,
     Campaign,
     Envelope,
-    ErrorCode,
     ExpireLeaseIds,
     ExpireLeases,
-    FsmError,
-    LeaseKeepAlive,
     LeaseRevoke,
     LockAcquire,
     LockRelease,
     Noop,
-    Renewal,
     Resign,
     StateMachine,
 )
 from coordinator.raft import (
     NONE,
-    ConfChange,
-    ConfChangeType,
     Config,
     ConfState,
-    Entry,
-    EntryKind,
     Message,
     MessageType,
-    RaftError,
     RawNode,
-    Role,
-    Snapshot,
-    SnapshotMeta,
 )
 from coordinator.raft import LogStorage as Storage
 
 from . import linearizability as lin
 from .checkers import SafetyChecker, Violation
-from .disk import SimCrash, SimDisk, SimLog
-from .mutants import MUTANTS
+from .kv_model import KvModel
 from .primitive_checks import (
     check_holds,
     check_lease_lives,
@@ -94,471 +81,14 @@ from .sim_clients import (
     HoldClient,
     KvClient,
     Read,
-    Request,
     SequenceClient,
     SimClient,
 )
+from .sim_member import ClientReply, SimNode
+from .sim_nemesis import SimNemesis
+from .sim_options import MS, SimOptions
 
-MS = 1000  # microseconds per millisecond
 NodeFactory = Callable[[Config, Storage], RawNode]
-
-
-# ---------------------------------------------------------------------------------- options
-
-
-@dataclass(frozen=True)
-class SimOptions:
-    """Everything a seed decides; printed with the seed so a run can be understood."""
-
-    seed: int
-    voters: int
-    spares: int
-    tick_us: int
-    election_ticks: int
-    heartbeat_ticks: int
-    delay_min_us: int
-    delay_max_us: int
-    long_delay_p: float
-    drop_p: float
-    dup_p: float
-    fault_phase_us: int
-    nemesis_every_us: int
-    faults: tuple[str, ...]
-    clients: int
-    keys: int
-    get_p: float
-    cas_p: float
-    follower_reads_p: float
-    snapshot_every: int
-    snapshot_keep: int
-    chunk_bytes: int
-    max_msg_bytes: int
-    max_inflight: int
-    client_timeout_us: int
-    liveness_bound_us: int = 10_000 * MS
-    drain_us: int = 1_500 * MS
-    lazy_commit: bool = False
-    """Leaders announce commits lazily (`Config.lazy_commit`), flushed a random 0-5 ms
-    after a turn leaves one unsent, as the asyncio runtime does after 2 ms."""
-    seq_clients: int = 0
-    lock_clients: int = 0
-    elect_clients: int = 0
-    lease_ttl_ms: int = 1000
-    stall_p: float = 0.0
-    """Per keep-alive due, the chance that a lock or election client pauses past its TTL."""
-    lease_check_us: int = 500 * MS
-    """How often the leader's lessor is asked for expiries (the runtime's `lease_check_s`)."""
-    commit_flush_us: int = 2 * MS
-    """With `lazy_commit`: how long a commit index waits for an append to carry it."""
-
-    @staticmethod
-    def from_seed(seed: int, voters: int | None = None) -> SimOptions:
-        r = random.Random(seed)
-        n = voters if voters is not None else r.choice((3, 3, 5, 5, 7))
-        all_faults = (
-            "crash",
-            "partition",
-            "oneway",
-            "flap",
-            "isolate_leader",
-            "torn",
-            "slow_disk",
-            "membership",
-            "transfer",
-            "hint",
-        )
-        # Swarm testing: each seed turns on a random subset of faults, so that rarely-hit
-        # combinations are not drowned out by the common ones.
-        faults = tuple(f for f in all_faults if r.random() < 0.6) or (r.choice(all_faults),)
-        lo = r.choice((200, 500, 1000, 2000))
-        return SimOptions(
-            seed=seed,
-            voters=n,
-            spares=2,
-            tick_us=10 * MS,
-            election_ticks=15,  # randomized timeout 150-300 ms, as in the Raft paper
-            heartbeat_ticks=r.choice((2, 3, 5)),
-            delay_min_us=lo,
-            delay_max_us=lo + r.choice((2, 5, 10, 20)) * MS,
-            long_delay_p=r.choice((0.0, 0.01, 0.05)),
-            drop_p=r.choice((0.0, 0.01, 0.05, 0.15)),
-            dup_p=r.choice((0.0, 0.01, 0.05)),
-            fault_phase_us=r.randrange(1500, 4000) * MS,
-            nemesis_every_us=r.randrange(80, 400) * MS,
-            faults=faults,
-            clients=r.randrange(1, 4),
-            keys=r.randrange(1, 4),
-            get_p=r.choice((0.2, 0.4, 0.7)),
-            cas_p=r.choice((0.2, 0.4)),
-            follower_reads_p=r.choice((0.0, 0.3)),
-            snapshot_every=r.choice((15, 40, 150, 1_000_000)),
-            snapshot_keep=r.choice((0, 5, 20)),
-            chunk_bytes=r.choice((64, 256, 4096)),
-            max_msg_bytes=r.choice((200, 4096, 1 << 20)),
-            max_inflight=r.choice((1, 4, 64)),
-            client_timeout_us=r.choice((60, 150, 400)) * MS,
-            lazy_commit=r.random() < 0.5,  # drawn last: earlier draws stay as they were
-            seq_clients=r.randrange(0, 2),
-            lock_clients=r.randrange(0, 3),
-            elect_clients=r.choice((0, 0, 2)),
-            lease_ttl_ms=r.choice((1000, 1500)),
-            stall_p=r.choice((0.25, 0.4)),
-            lease_check_us=r.choice((100, 250, 500)) * MS,
-            commit_flush_us=r.randint(0, 5 * MS),
-        )
-
-    def describe(self) -> str:
-        d = asdict(self)
-        return " ".join(f"{k}={v}" for k, v in d.items())
-
-
-# ---------------------------------------------------------------------------------- members
-
-
-@dataclass
-class ClientReply:
-    client: int
-    seq: int
-    kind: str  # "ok" | "not_leader" | "retry"
-    output: object = None
-    leader: int = NONE
-
-
-class SimNode:
-    """One member: the production member core (`core.MemberCore`) over a SimDisk, driven
-    the way the runtime's loop drives it, on this host's virtual clock.
-
-    All a member decides (answers by index and term, read barriers, snapshots, the lease
-    duty and the leader's lessor) is the core's; this adapter only turns virtual time into
-    ticks and turns, messages into `step`, client requests into proposals, reads and lease
-    renewals, and completions into replies. The state machine is watched on its way in
-    (`_Watched`) so that the checkers see every apply and restore."""
-
-    def __init__(self, sim: Simulator, node_id: int, conf: ConfState | None) -> None:
-        self.sim = sim
-        self.id = node_id
-        self.disk = SimDisk()
-        if conf is not None:
-            self.disk.snapshot = Snapshot(SnapshotMeta(0, 0, conf))
-        self.alive = False
-        self.removed = False
-        self.core: MemberCore | None = None
-        self.raw: RawNode | None = None
-        # Each host's monotonic clock has its own epoch, which survives a restart of the
-        # member: the replicated clock must not care (fsm/machine.py re-pins per term).
-        self.epoch_ms = sim.rng.randrange(0, 1 << 30)
-        self.start()
-
-    def start(self) -> None:
-        sim = self.sim
-        opts = sim.opts
-        self.fsm = sim.fsm_factory()
-        self.log = SimLog(self.disk, sim.rng, self._on_persist)
-        sim.checker.on_restart(self.id, self.disk.snapshot.meta.index)
-        cfg = CoreConfig(
-            id=self.id,
-            election_ticks=opts.election_ticks,
-            heartbeat_ticks=opts.heartbeat_ticks,
-            snapshot_every_entries=opts.snapshot_every,
-            snapshot_keep_entries=opts.snapshot_keep,
-            lease_check_s=opts.lease_check_us / 1e6,
-            commit_flush_s=opts.commit_flush_us / 1e6 if opts.lazy_commit else None,
-        )
-        watched = _Watched(self)
-        self.core = sim.core_class(
-            cfg,
-            self.log,
-            watched,
-            random.Random(sim.rng.getrandbits(64)),
-            node_factory=self._make_node,
-            now_s=self.now_s(),
-        )
-        watched.live = True
-        self.raw = self.core.node
-        self.flush_due = False
-        self.waiting: dict[int, _Waiting] = {}
-        """Request id the core gave -> what answers it."""
-        self.renewals: list[_Renewal] = []
-        """Arrived, not yet covered by a read barrier."""
-        self.alive = True
-
-    def _make_node(self, cfg: Config, storage: Storage) -> RawNode:
-        o = self.sim.opts
-        cfg = replace(
-            cfg,
-            max_msg_bytes=o.max_msg_bytes,
-            max_inflight_msgs=o.max_inflight,
-            snapshot_chunk_bytes=o.chunk_bytes,
-        )
-        return self.sim.node_factory(cfg, storage)
-
-    def clock_ms(self) -> int:
-        """This host's monotonic clock, which a leader stamps on what it proposes."""
-        return self.epoch_ms + self.sim.now // MS
-
-    def now_s(self) -> float:
-        return self.clock_ms() / 1000
-
-    def crash(self, reason: str) -> None:
-        self.alive = False
-        self.core = None
-        self.raw = None
-        self.sim.stats["crashes"] += 1
-        self.sim.trace("crash", self.id, reason)
-
-    # --- driving: one turn of the runtime's loop ------------------------------------------
-
-    def process(self) -> None:
-        core = self.core
-        if core is None:
-            return
-        sim = self.sim
-        transport = sim.transport_for(self)
-        now_s = self.now_s()
-        try:
-            core.leader_duties(now_s, self.clock_ms())
-            while core.has_ready():
-                rd = core.ready()
-                send_early(transport, rd)
-                persist(self.log, rd)
-                core.finish(rd, transport)
-                ss = rd.soft_state
-                if ss is not None and ss.role is Role.LEADER:
-                    sim.on_new_leader(self, core.node)
-                self._background(core)
-        except SimCrash as crash:
-            self.crash(str(crash))
-            return
-        core.observe_leader(now_s)
-        core.schedule_flush(now_s)
-        core.notices()
-        if core.flush_at is not None and not self.flush_due:
-            self.flush_due = True
-            delay_us = max(0, round((core.flush_at - now_s) * 1e6))
-            sim.at(delay_us, self.flush_commit, core)
-        self._deliver(core)
-
-    def _background(self, core: MemberCore) -> None:
-        """Snapshots (and disk steps) as they come due, inline, each image shown to the
-        checker that compares members' states at one index."""
-        while (job := core.snapshot_to_encode()) is not None:
-            job.run()
-            assert job.data is not None
-            self.sim.checker.on_snapshot(self.id, job.index, job.data)
-            write = core.snapshot_encoded(job)
-            if write is not None:
-                write.run()
-                core.disk_done(write)
-                self.sim.stats["snapshots"] += 1
-        while (work := core.next_disk_work()) is not None:
-            work.run()
-            core.disk_done(work)
-
-    def flush_commit(self, core: MemberCore) -> None:
-        """The runtime's delayed commit announcement (`CoreConfig.commit_flush_s`); a node
-        that crashed or restarted meanwhile is a new core and has nothing to flush."""
-        self.flush_due = False
-        if self.core is core:
-            core.flush_commit(self.now_s())
-            self.process()
-
-    def _on_persist(self, entries: Sequence[Entry]) -> None:
-        core = self.core
-        assert core is not None
-        leader_term = core.node.term if core.is_leader else None
-        self.sim.checker.on_persist(self.id, entries, self._durable_term, leader_term)
-
-    def _durable_term(self, index: int) -> int:
-        try:
-            return self.log.term(index)
-        except LookupError:
-            return 0
-
-    # --- client requests -----------------------------------------------------------------
-
-    def on_request(self, client: int, seq: int, request: Request) -> None:
-        core = self.core
-        if core is None:
-            return
-        if isinstance(request, LeaseKeepAlive):
-            self._renewal_arrived(_Renewal(client, seq, request.id, self.clock_ms()))
-            return
-        if isinstance(request, Read):
-            self.waiting[core.read()] = _Waiting(client, seq, request.key)
-        else:
-            env = Envelope(client, seq, self.clock_ms(), request)
-            self.waiting[core.propose(env.encode())] = _Waiting(client, seq)
-        self.process()
-
-    def _deliver(self, core: MemberCore) -> None:
-        sim = self.sim
-        for done in core.completions():
-            w = self.waiting.pop(done.id, None)
-            if w is None:
-                continue
-            if w.renewals:
-                self._barrier_done(core, w.renewals, done.error)
-                continue
-            err = done.error
-            if err is not None:
-                if isinstance(err, ProposalLostError):
-                    sim.reply(self, ClientReply(w.client, w.seq, "retry"))
-                else:
-                    sim.reply(self, ClientReply(w.client, w.seq, "not_leader", leader=core.leader))
-            elif w.key is not None:
-                kv = self.fsm.get(w.key.encode())
-                value = None if kv is None else kv.value.decode()
-                sim.reply(self, ClientReply(w.client, w.seq, "ok", value))
-            else:
-                # Whatever the core answered goes to the client, which checks it as the
-                # server would (a client proposal always applies with a result).
-                assert isinstance(done.value, Applied)
-                sim.reply(self, ClientReply(w.client, w.seq, "ok", done.value.result))
-
-    # --- lease renewals: the server's sequence (`server/_renewals.py`) ---------------------
-
-    def _renewal_arrived(self, ask: _Renewal) -> None:
-        """Renewals gather for a moment, then share one read barrier requested after all
-        of them arrived; only once it confirmed this member leads does the lessor decide."""
-        self.renewals.append(ask)
-        if len(self.renewals) == 1:
-            self.sim.at(RENEWAL_GATHER_US, self._ask_barrier, self.core)
-
-    def _ask_barrier(self, core: MemberCore) -> None:
-        batch, self.renewals = self.renewals, []
-        if self.core is not core or not batch:
-            return
-        leader = core.leader
-        if leader not in (0, self.id):
-            for a in batch:  # a follower that knows the leader sends the stream there
-                self.sim.reply(self, ClientReply(a.client, a.seq, "not_leader", leader=leader))
-            return
-        self.waiting[core.read()] = _Waiting(0, 0, renewals=tuple(batch))
-        self.process()
-
-    def _barrier_done(
-        self, core: MemberCore, batch: tuple[_Renewal, ...], err: RaftError | None
-    ) -> None:
-        if err is not None:
-            for a in batch:
-                self.sim.reply(self, ClientReply(a.client, a.seq, "not_leader", leader=core.leader))
-            return
-        self._renew(core, batch, 0)
-
-    def _renew(self, core: MemberCore, batch: tuple[_Renewal, ...], tries: int) -> None:
-        if self.core is not core:
-            return
-        verdicts = core.renew_leases([(a.lease, a.arrived_ms) for a in batch])
-        if verdicts is None:
-            for a in batch:  # leadership moved while renewing
-                self.sim.reply(self, ClientReply(a.client, a.seq, "retry"))
-            return
-        if verdicts[0] is Renewal.NOT_SERVING:
-            # Leading, but the lessor starts at the next turn: only the lessor is awaited.
-            if tries < 50:
-                self.sim.at(RENEWAL_POLL_US, self._renew, core, batch, tries + 1)
-            return
-        for a, verdict in zip(batch, verdicts, strict=True):
-            if verdict is Renewal.RENEWED:
-                self.sim.reply(self, ClientReply(a.client, a.seq, "ok", None))
-            elif verdict is Renewal.UNKNOWN:
-                self.sim.reply(self, ClientReply(a.client, a.seq, "ok", _gone(a.lease)))
-            else:
-                self._after_expiry(core, a, 0)
-
-    def _after_expiry(self, core: MemberCore, a: _Renewal, tries: int) -> None:
-        """The renewal lost the race to an expiry on its way: NOT_FOUND once it applied; if
-        leadership moved first (the lease may live on), the client retries."""
-        if self.core is not core:
-            return
-        if core.lessor.expiring(a.lease):
-            if tries < 100:
-                self.sim.at(RENEWAL_POLL_US, self._after_expiry, core, a, tries + 1)
-            return
-        if a.lease in self.fsm.leases():
-            self.sim.reply(self, ClientReply(a.client, a.seq, "retry"))
-        else:
-            self.sim.reply(self, ClientReply(a.client, a.seq, "ok", _gone(a.lease)))
-
-
-RENEWAL_GATHER_US = 2 * MS
-"""As the server's `_GATHER_S`: how long a batch of renewals gathers before its barrier."""
-RENEWAL_POLL_US = 20 * MS
-"""As the server's `_NOT_SERVING_WAIT_S`."""
-
-
-def _gone(lease: int) -> FsmError:
-    return FsmError(ErrorCode.NOT_FOUND, f"lease {lease} not found")
-
-
-@dataclass(frozen=True, slots=True)
-class _Renewal:
-    client: int
-    seq: int
-    lease: int
-    arrived_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class _Waiting:
-    """What a request id of the core answers: a client's proposal, a client's read of
-    `key`, or a batch of lease renewals waiting for their barrier."""
-
-    client: int
-    seq: int
-    key: str | None = None
-    renewals: tuple[_Renewal, ...] = ()
-
-
-class _Watched:
-    """The member's state machine as the core sees it, with the checkers and the simulator
-    told of every apply and restore on the way in."""
-
-    def __init__(self, node: SimNode) -> None:
-        self.node = node
-        self.fsm = node.fsm
-        self.live = False
-        """False while the core restores its disk's snapshot at start (not news)."""
-
-    @property
-    def applied_index(self) -> int:
-        return self.fsm.applied_index
-
-    @property
-    def applied_term(self) -> int:
-        return self.fsm.applied_term
-
-    def apply(self, entry: Entry) -> Applied:
-        node, sim = self.node, self.node.sim
-        core = node.core
-        sim.checker.on_apply(node.id, entry, core.node.term if core is not None else 0)
-        sim.stats["applied"] += 1
-        sim.hash_event("apply", node.id, entry.index, entry.term)
-        applied = self.fsm.apply(entry)
-        if entry.kind is EntryKind.CONF:
-            sim.on_conf_applied(node, ConfState.decode(entry.data))
-        sim.on_applied(node, applied)
-        return applied
-
-    def restore(self, data: bytes) -> None:
-        meta = self.node.log.snapshot().meta  # persisted before the restore (`core.ready`)
-        if self.live:
-            self.node.sim.checker.on_restore(self.node.id, meta)
-        self.fsm.restore(data)
-        if self.live:
-            self.node.sim.on_conf_applied(self.node, meta.conf)
-
-    def snapshot_later(self) -> Callable[[], bytes]:
-        return self.fsm.snapshot_later()
-
-    def leases(self) -> tuple[int, ...]:
-        return self.fsm.leases()
-
-    def lease_ttls(self) -> list[tuple[int, int]]:
-        return self.fsm.lease_ttls()
-
-    def lock_delays_pending(self) -> bool:
-        return self.fsm.lock_delays_pending()
 
 
 # ---------------------------------------------------------------------------------- results
@@ -589,7 +119,7 @@ class SimResult:
 # ---------------------------------------------------------------------------------- engine
 
 
-class Simulator:
+class Simulator(SimNemesis):
     def __init__(
         self,
         opts: SimOptions,
@@ -763,169 +293,6 @@ class Simulator:
             self.checker.checks += 1
             check_leases_held(node.fsm, self.lock_names, self.election_names)
 
-    # --- the nemesis ---------------------------------------------------------------------
-
-    def live_members(self) -> list[SimNode]:
-        return [n for n in self.nodes.values() if n.raw is not None and not n.removed]
-
-    def leader(self) -> SimNode | None:
-        best: SimNode | None = None
-        best_term = 0
-        for n in self.live_members():
-            assert n.raw is not None
-            if n.raw.role is Role.LEADER and (best is None or n.raw.term > best_term):
-                best, best_term = n, n.raw.term
-        return best
-
-    def nemesis(self) -> None:
-        if self.healing:
-            return
-        r = self.rng
-        fault = r.choice(self.opts.faults)
-        self.stats["faults"] = self.stats.get("faults", 0) + 1
-        self.trace("nemesis", fault)
-        members = sorted(n.id for n in self.nodes.values() if not n.removed)
-        leader = self.leader()
-        if fault == "crash":
-            victims = [n for n in self.live_members()]
-            if victims:
-                v = leader if leader is not None and r.random() < 0.5 else r.choice(victims)
-                if v is leader:
-                    self.leader_lost()
-                v.crash("nemesis")
-                self._connections_lost(v.id)
-                self.at(r.randint(20 * MS, 1500 * MS), self.restart, v)
-        elif fault == "torn":
-            victims = self.live_members()
-            if victims:
-                v = r.choice(victims)
-                v.disk.tear_next_write = True
-                self.stats["torn"] += 1
-                self.at(r.randint(50 * MS, 1500 * MS), self.restart, v)
-        elif fault in ("partition", "isolate_leader", "flap"):
-            self.blocked.clear()
-            if fault == "isolate_leader" and leader is not None:
-                side = {leader.id}
-                self.leader_lost()
-            else:
-                side = set(r.sample(members, r.randint(1, max(1, len(members) // 2))))
-            for a in members:
-                for b in members:
-                    if (a in side) != (b in side):
-                        self.blocked.add((a, b))
-                        if r.random() < 0.3:  # a keepalive noticed the dead link
-                            self.at(r.randint(0, 300 * MS), self.report_unreachable, a, b)
-            self.stats["partitions"] += 1
-            heal_after = (
-                r.randint(50 * MS, 1200 * MS) if fault != "flap" else r.randint(20 * MS, 80 * MS)
-            )
-            self.at(heal_after, self.blocked.clear)
-            if fault == "flap":
-                for i in range(1, r.randint(2, 6)):
-                    self.at(i * 120 * MS, self._cut, frozenset(side), members)
-                    self.at(i * 120 * MS + r.randint(20, 80) * MS, self.blocked.clear)
-        elif fault == "oneway":
-            a, b = r.sample(members, 2) if len(members) >= 2 else (members[0], members[0])
-            if leader is not None and r.random() < 0.5:
-                a = leader.id  # the leader can send but not hear, or the reverse
-                b = r.choice([m for m in members if m != a] or [a])
-            pair = (a, b) if r.random() < 0.5 else (b, a)
-            self.blocked.add(pair)
-            self.stats["partitions"] += 1
-            self.at(r.randint(100 * MS, 1500 * MS), self.blocked.discard, pair)
-        elif fault == "slow_disk":
-            victims = self.live_members()
-            if victims:
-                v = r.choice(victims)
-                v.disk.latency_us = r.randint(5 * MS, 80 * MS)
-                self.stats["slow_disks"] += 1
-
-                def fast(v: SimNode = v) -> None:
-                    v.disk.latency_us = 0
-
-                self.at(r.randint(200 * MS, 2000 * MS), fast)
-        elif fault == "hint":
-            # A transport's false alarm: a live member told it lost its link to another
-            # (usually its leader), with no fault behind it.
-            live = self.live_members()
-            if live:
-                u = r.choice(live)
-                peer = leader.id if leader is not None and r.random() < 0.7 else r.choice(members)
-                self.report_unreachable(u.id, peer)
-        elif fault == "membership" and leader is not None:
-            self._change_membership(leader)
-        elif fault == "transfer" and leader is not None:
-            assert leader.raw is not None
-            voters = sorted(leader.raw.conf.voters - {leader.id})
-            if voters:
-                try:
-                    leader.raw.transfer_leader(r.choice(voters))
-                    self.stats["transfers"] += 1
-                    leader.process()
-                except RaftError:
-                    pass
-        self.at(
-            r.randint(self.opts.nemesis_every_us // 2, self.opts.nemesis_every_us), self.nemesis
-        )
-
-    def _connections_lost(self, dead: int) -> None:
-        """A crashed process's connections close: most members' transports notice soon."""
-        for u in self.live_members():
-            if self.rng.random() < 0.8:
-                self.at(self.rng.randint(0, 5 * MS), self.report_unreachable, u.id, dead)
-
-    def report_unreachable(self, node_id: int, peer: int) -> None:
-        node = self.nodes.get(node_id)
-        if node is None or node.core is None or self.healing:
-            return
-        self.stats["hints"] += 1
-        self.trace("unreachable", node_id, peer)
-        node.core.report_unreachable(peer)
-        node.process()
-
-    def _cut(self, side: frozenset[int], members: list[int]) -> None:
-        if self.healing:
-            return
-        for a in members:
-            for b in members:
-                if (a in side) != (b in side):
-                    self.blocked.add((a, b))
-
-    def _change_membership(self, leader: SimNode) -> None:
-        raw = leader.raw
-        assert raw is not None
-        r = self.rng
-        conf = raw.conf
-        choices: list[ConfChange] = []
-        if conf.learners:
-            choices.append(ConfChange(ConfChangeType.PROMOTE, r.choice(sorted(conf.learners))))
-        if len(conf.voters) > 3:
-            choices.append(ConfChange(ConfChangeType.REMOVE, r.choice(sorted(conf.voters))))
-        if self.next_spare <= self.opts.voters + self.opts.spares and len(conf.members) < 8:
-            choices.append(ConfChange(ConfChangeType.ADD_LEARNER, self.next_spare))
-        if not choices:
-            return
-        cc = r.choice(choices)
-        try:
-            raw.propose_conf_change(cc)  # an operator's change: nobody waits for its outcome
-        except RaftError:
-            return
-        self.stats["conf_changes"] += 1
-        self.trace("conf", cc.type.value, cc.node_id)
-        if cc.type is ConfChangeType.ADD_LEARNER:
-            self.nodes[cc.node_id] = SimNode(self, cc.node_id, None)
-            self.next_spare += 1
-        leader.process()
-
-    def restart(self, node: SimNode) -> None:
-        if node.removed or node.raw is not None:
-            return
-        self.stats["restarts"] += 1
-        self.trace("restart", node.id)
-        node.disk.tear_next_write = False
-        node.start()
-        node.process()
-
     # --- clients -------------------------------------------------------------------------
 
     def _make_clients(self) -> list[SimClient]:
@@ -1040,7 +407,7 @@ class Simulator:
                 if problem is not None:
                     res.ok, res.failure = False, f"{kind}: {problem}"
                     return
-        verdict = lin.check(lin.KvModel(), h.kv, max_states=2_000_000)
+        verdict = lin.check(KvModel(), h.kv, max_states=2_000_000)
         res.histories = verdict.partitions
         res.lin_states = verdict.states_explored
         if verdict.ok is False:
@@ -1128,153 +495,7 @@ class _Transport:
         self.sim.send(msg)
 
 
-# ---------------------------------------------------------------------------------- running
-
-
-def run_seed(
-    seed: int,
-    voters: int | None = None,
-    mutant: str | None = None,
-) -> SimResult:
-    opts = SimOptions.from_seed(seed, voters)
-    if mutant is None:
-        return Simulator(opts).run()
-    m = MUTANTS[mutant]
-    return Simulator(opts, m.node_factory, m.fsm_factory, m.core_class).run()
-
-
-def repro_command(seed: int, voters: int | None, mutant: str | None) -> str:
-    cmd = f"python -m coordinator.testing.sim --seed {seed}"
-    if voters is not None:
-        cmd += f" --voters {voters}"
-    if mutant is not None:
-        cmd += f" --mutant {mutant}"
-    return cmd
-
-
-def _run_one(args: tuple[int, int | None, str | None]) -> SimResult:
-    return run_seed(*args)
-
-
-def percentiles(values: Sequence[int], ps: Sequence[float]) -> list[float]:
-    if not values:
-        return [float("nan")] * len(ps)
-    s = sorted(values)
-    return [s[min(len(s) - 1, int(p * len(s)))] / MS for p in ps]
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m coordinator.testing.sim",
-        description="Deterministic Raft simulation under injected faults, by seed.",
-    )
-    ap.add_argument("--seed", type=int, help="run one seed, verbosely (reproduces a failure)")
-    ap.add_argument("--seeds", type=int, default=200, help="run seeds 1..N (or from --first)")
-    ap.add_argument("--first", type=int, default=1, help="first seed of a --seeds run")
-    ap.add_argument("--voters", type=int, choices=(3, 5, 7), help="force the cluster size")
-    ap.add_argument("--mutant", help="run a deliberately broken variant (see mutants.py)")
-    ap.add_argument("--workers", type=int, default=0, help="processes (default: all cores)")
-    ap.add_argument("--json", help="write per-seed results as JSON lines to this file")
-    ap.add_argument(
-        "--progress-s",
-        type=float,
-        default=5.0,
-        help="print seeds done / total and violations so far this often (0: never)",
-    )
-    args = ap.parse_args(argv)
-
-    if args.seed is not None:
-        res = run_seed(args.seed, args.voters, args.mutant)
-        print(f"seed {res.seed}: {res.options}")
-        print(json.dumps({k: v for k, v in asdict(res).items() if k != "options"}, indent=1))
-        if not res.ok:
-            print(f"FAILED: {res.failure}")
-            return 1
-        print("ok")
-        return 0
-
-    seeds = [(s, args.voters, args.mutant) for s in range(args.first, args.first + args.seeds)]
-    workers = args.workers or multiprocessing.cpu_count()
-    last = args.first + args.seeds - 1
-    print(f"sim: seeds {args.first}..{last} on {workers} workers", flush=True)
-    if args.mutant is not None:
-        print(
-            f"sim: mutant {args.mutant} is broken on purpose: its violations are expected "
-            "catches (the simulator working), not bugs",
-            flush=True,
-        )
-    started = time.perf_counter()
-    shown = started
-    results: list[SimResult] = []
-    out = open(args.json, "w") if args.json else None  # noqa: SIM115
-    try:
-        with multiprocessing.Pool(workers) as pool:
-            for res in pool.imap_unordered(_run_one, seeds, chunksize=4):
-                results.append(res)
-                if out is not None:
-                    out.write(json.dumps(asdict(res)) + "\n")
-                if not res.ok:
-                    what = "FAIL" if args.mutant is None else "expected catch of the mutant:"
-                    print(f"{what} seed {res.seed}: {res.failure}", flush=True)
-                    print(f"  options: {res.options}", flush=True)
-                    print(f"  reproduce: {repro_command(res.seed, args.voters, args.mutant)}")
-                # Thousands of seeds take minutes: say how far along it is, so that a long
-                # run is visibly alive and a violation is seen before the summary.
-                now = time.perf_counter()
-                if args.progress_s > 0 and now - shown >= args.progress_s:
-                    shown = now
-                    print(progress_line(results, len(seeds), now - started), flush=True)
-    finally:
-        if out is not None:
-            out.close()
-    elapsed = time.perf_counter() - started
-    print_summary(results, elapsed, workers)
-    return 0 if all(r.ok for r in results) else 1
-
-
-def progress_line(results: Sequence[SimResult], total: int, elapsed_s: float) -> str:
-    done = len(results)
-    violations = sum(not r.ok for r in results)
-    left_s = elapsed_s / done * (total - done) if done else 0.0
-    return (
-        f"sim progress: {done}/{total} seeds, violations={violations}, "
-        f"{elapsed_s:.0f} s, ~{left_s:.0f} s left"
-    )
-
-
-def print_summary(results: list[SimResult], elapsed_s: float, workers: int) -> None:
-    steps = sum(r.steps for r in results)
-    faults = sum(r.faults for r in results)
-    ops = sum(r.ops for r in results)
-    histories = sum(r.histories for r in results)
-    failed = [r for r in results if not r.ok]
-    elections = [e for r in results for e in r.elections_us]
-    heal = [r.heal_to_commit_us for r in results if r.heal_to_commit_us is not None]
-    by_size: dict[str, int] = {}
-    for r in results:
-        size = r.options.split(" voters=")[1].split(" ")[0]
-        by_size[size] = by_size.get(size, 0) + 1
-    ps = (0.5, 0.9, 0.99, 1.0)
-    e = percentiles(elections, ps)
-    h = percentiles(heal, ps)
-    print(
-        f"elections: {len(elections)} measured, ms p50/p90/p99/max = "
-        f"{e[0]:.0f}/{e[1]:.0f}/{e[2]:.0f}/{e[3]:.0f}"
-    )
-    print(f"heal-to-commit: ms p50/p90/p99/max = {h[0]:.0f}/{h[1]:.0f}/{h[2]:.0f}/{h[3]:.0f}")
-    print(f"cluster sizes: {', '.join(f'{k} members x{v}' for k, v in sorted(by_size.items()))}")
-    kinds: dict[str, int] = {}
-    for r in results:
-        for k, v in r.ops_by_kind.items():
-            kinds[k] = kinds.get(k, 0) + v
-    print(f"ops {' '.join(f'{k}={v}' for k, v in kinds.items())}")
-    print(
-        f"sim summary: seeds={len(results)} steps={steps} faults={faults} ops={ops} "
-        f"histories={histories} violations={len(failed)} "
-        f"wall={elapsed_s:.1f}s workers={workers} "
-        f"seeds/s={len(results) / elapsed_s:.1f} steps/s={steps / elapsed_s:.0f}"
-    )
-
-
 if __name__ == "__main__":
+    from .sim_run import main
+
     sys.exit(main())

@@ -49,6 +49,7 @@ from coordinator.raft import NONE
 
 from . import linearizability as lin
 from .checkers import Violation
+from .kv_model import KvInput
 from .primitive_checks import Block, Hold
 
 MS = 1000
@@ -73,7 +74,7 @@ server's KeepAlive stream does."""
 class Histories:
     """Everything the clients of one seed saw, for the checkers at the end."""
 
-    kv: list[lin.Operation[lin.KvInput, object]] = field(default_factory=list)
+    kv: list[lin.Operation[KvInput, object]] = field(default_factory=list)
     blocks: list[Block] = field(default_factory=list)
     holds: list[Hold] = field(default_factory=list)
     safe_until_us: dict[int, int] = field(default_factory=dict)
@@ -124,7 +125,7 @@ class KvClient(SimClient):
     ) -> None:
         super().__init__(client_id, hist)
         self.keys, self.get_p, self.cas_p = keys, get_p, cas_p
-        self.inp: lin.KvInput | None = None
+        self.inp: KvInput | None = None
         self.last_seen: dict[str, str | None] = {}
 
     def next(self, now_us: int, rng: random.Random) -> Request | int:
@@ -133,11 +134,11 @@ class KvClient(SimClient):
         x = rng.random()
         request: Request
         if x < self.get_p:
-            self.inp = lin.KvInput("get", key)
+            self.inp = KvInput("get", key)
             request = Read(key)
         elif x < self.get_p + self.cas_p:
             expected = self.last_seen.get(key)
-            self.inp = lin.KvInput("cas", key, value, expected)
+            self.inp = KvInput("cas", key, value, expected)
             # Nothing deletes a key, so version 0 means "absent".
             guard = (
                 Compare(key.encode(), CompareTarget.VERSION, CompareOp.EQUAL, 0)
@@ -146,7 +147,7 @@ class KvClient(SimClient):
             )
             request = Txn((guard,), (Put(key.encode(), value.encode()),))
         else:
-            self.inp = lin.KvInput("put", key, value)
+            self.inp = KvInput("put", key, value)
             request = Put(key.encode(), value.encode())
         return self.begin(now_us, request, "kv")
 
@@ -169,7 +170,7 @@ class KvClient(SimClient):
         self.hist.kv.append(lin.Operation(self.id, inp, self.call_us, now_us, output))
         self.inp = None
 
-    def unknown(self) -> lin.Operation[lin.KvInput, object] | None:
+    def unknown(self) -> lin.Operation[KvInput, object] | None:
         """The outstanding write at the end of the run: it may or may not have happened."""
         if self.request is None or self.inp is None or self.inp.kind == "get":
             return None

@@ -29,7 +29,7 @@ from coordinator.pki import (
     roles_of,
     write_member_tls,
 )
-from coordinator.runtime.grpc_transport import peer_refusal
+from coordinator.runtime.raft_servicer import peer_refusal
 from coordinator.server._secrets import operator_refusal
 from coordinator.testing.controlplane import ControlPlane
 from tests.deploy.certmanager import EXTENDED, KEY_USAGES, issue_like_cert_manager

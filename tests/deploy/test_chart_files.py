@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from coordinator.testing.nodeagent import IMAGE_MAP, image_entrypoint
-from coordinator.testing.nodeagent._pod import expand
+from coordinator.testing.nodeagent._container import expand
 from tests.deploy.chart import CHART, REPO
 
 

@@ -9,7 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.testing.nodeagent._pod import HOST_PATHS, Mount, _kept_visible, namespace_wrapper
+from coordinator.testing.nodeagent._container import (
+    HOST_PATHS,
+    Mount,
+    _kept_visible,
+    namespace_wrapper,
+)
 
 pytestmark = pytest.mark.process
 

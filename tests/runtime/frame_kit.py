@@ -10,7 +10,8 @@ from collections.abc import Callable
 from coordinator import pki
 from coordinator.raft import Message, MessageType
 from coordinator.runtime.clock import SystemClock
-from coordinator.runtime.frame_transport import FrameTransport, PeerSsl, peer_ssl
+from coordinator.runtime.frame_conn import PeerSsl, peer_ssl
+from coordinator.runtime.frame_transport import FrameTransport
 from coordinator.runtime.frames import PREFACE
 
 CLUSTER = "frames-test"

@@ -16,7 +16,8 @@ from coordinator.api.v1 import raft_pb2 as pb
 from coordinator.raft import Entry, EntryKind, Message, MessageType
 from coordinator.runtime import tls
 from coordinator.runtime.clock import SystemClock
-from coordinator.runtime.frame_transport import FrameTransport, peer_ssl
+from coordinator.runtime.frame_conn import peer_ssl
+from coordinator.runtime.frame_transport import FrameTransport
 from coordinator.runtime.frames import (
     PREFACE,
     FrameDecoder,

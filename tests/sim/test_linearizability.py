@@ -28,11 +28,10 @@ from pathlib import Path
 
 import pytest
 
+from coordinator.testing.kv_model import KvInput, KvModel
 from coordinator.testing.linearizability import (
     UNKNOWN,
     CheckResult,
-    KvInput,
-    KvModel,
     Model,
     Operation,
     ReadOnlyHint,
@@ -552,7 +551,8 @@ def test_verdict_does_not_depend_on_input_order() -> None:
 
 _HASH_SEED_PROBE = """
 import random
-from coordinator.testing.linearizability import UNKNOWN, KvInput, KvModel, Operation, check
+from coordinator.testing.kv_model import KvInput, KvModel
+from coordinator.testing.linearizability import UNKNOWN, Operation, check
 rng = random.Random(5)
 store, ops, now_us = {}, [], 0
 for i in range(600):  # executed one at a time at now_us, each seen over a random interval

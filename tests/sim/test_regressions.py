@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.testing.sim import repro_command, run_seed
+from coordinator.testing.sim_run import repro_command, run_seed
 
 PINNED = [
     # A candidate of term 6 whose votes were delayed won after term 7 had committed entries

@@ -14,7 +14,9 @@ import pytest
 from coordinator.raft import Message
 from coordinator.testing.checkers import SafetyChecker, Violation
 from coordinator.testing.mutants import MUTANTS
-from coordinator.testing.sim import SimOptions, Simulator, repro_command, run_seed
+from coordinator.testing.sim import Simulator
+from coordinator.testing.sim_options import SimOptions
+from coordinator.testing.sim_run import repro_command, run_seed
 
 SIM = [sys.executable, "-m", "coordinator.testing.sim"]
 

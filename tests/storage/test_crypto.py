@@ -29,7 +29,7 @@ from coordinator.storage import (
     parse_unlock_key,
     split_unlock_key,
 )
-from coordinator.storage.crypto import _interpolate, _parse_share, gf_div, gf_mul
+from coordinator.storage.shamir import _interpolate, _parse_share, gf_div, gf_mul
 
 B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 PREFIX = "CONCORD-UNLOCK-"

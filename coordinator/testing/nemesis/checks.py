@@ -27,7 +27,8 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from coordinator.testing.linearizability import UNKNOWN, KvInput, KvModel, Operation, check
+from coordinator.testing.kv_model import KvInput, KvModel
+from coordinator.testing.linearizability import UNKNOWN, Operation, check
 
 from .history import Op
 from .workloads import Grant, ResourceWrite

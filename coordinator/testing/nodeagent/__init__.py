@@ -17,8 +17,8 @@ from ._agent import DEFAULT_NODES as DEFAULT_NODES
 from ._agent import POD_NETWORK as POD_NETWORK
 from ._agent import STORAGE_CLASS as STORAGE_CLASS
 from ._agent import NodeAgent as NodeAgent
+from ._container import image_entrypoint as image_entrypoint
 from ._pod import IMAGE_MAP as IMAGE_MAP
-from ._pod import image_entrypoint as image_entrypoint
 
 __all__ = [
     "DEFAULT_NODES",

@@ -54,8 +54,9 @@ from types import TracebackType
 
 from coordinator.testing.procs import orphan_proof
 
+from ._container import AgentContext, namespace_wrapper
 from ._kube import Kube, KubeError, Obj
-from ._pod import IMAGE_MAP, AgentContext, PodRunner, namespace_wrapper
+from ._pod import IMAGE_MAP, PodRunner
 from ._slices import Endpoint, SliceMirror
 
 log = logging.getLogger("concord.nodeagent")

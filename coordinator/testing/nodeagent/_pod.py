@@ -31,33 +31,32 @@ nodes until its object is gone:
 
 A container's program is its `command`, or the entrypoint its image maps to (`IMAGE_MAP`):
 there are no images here, only the project's console scripts on PATH.
+
+Steps 1 and 2's inputs (volumes, environment, argv, mounts) are prepared in `_pod_setup.py`;
+the container model and the namespace wrapper are in `_container.py`.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import datetime as dt
 import logging
 import os
-import re
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 
 from coordinator.testing.procs import orphan_proof
 
-from ._kube import Kube, KubeError, Obj, pod_path
+from ._container import AgentContext, ContainerRun, NotYet, _Probe, now_rfc3339
+from ._kube import KubeError, Obj, pod_path
+from ._pod_setup import PodSetup
 
 log = logging.getLogger("concord.nodeagent")
 
@@ -81,177 +80,7 @@ BACKOFF_RESET_S = 60.0
 """A container that ran this long before exiting restarts without waiting again."""
 
 
-def now_rfc3339() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def image_entrypoint(image: str, image_map: Mapping[str, Sequence[str]]) -> list[str] | None:
-    """The mapped entrypoint of `image`, or None when the image is not one of ours."""
-    repo = image.split("@", 1)[0]
-    last = repo.rsplit("/", 1)[-1]
-    last = last.split(":", 1)[0]
-    entry = image_map.get(last)
-    return list(entry) if entry is not None else None
-
-
-_VAR = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
-
-
-def expand(value: str, env: Mapping[str, str]) -> str:
-    """Kubernetes' `$(VAR)` expansion: a defined VAR is replaced, an undefined one left as
-    written, and `$$` escapes a dollar."""
-
-    def one(m: re.Match[str]) -> str:
-        if m.group(0) == "$$":
-            return "$"
-        name = m.group(1)
-        return env.get(name, m.group(0))
-
-    return _VAR.sub(one, value)
-
-
-class NotYet(Exception):
-    """A volume's source is not there yet (Secret missing, claim unbound): retry later."""
-
-
-@dataclass
-class Mount:
-    source: Path
-    target: str
-    read_only: bool
-
-
-@dataclass
-class _Probe:
-    spec: Obj
-    next_at: float = 0.0
-    successes: int = 0
-    failures: int = 0
-
-
-@dataclass
-class ContainerRun:
-    """One container's process and what its status shows."""
-
-    spec: Obj
-    init: bool = False
-    popen: subprocess.Popen[bytes] | None = None
-    started_mono: float = 0.0
-    started_at: str = ""
-    restart_count: int = 0
-    started: bool = False
-    """The startup probe passed (or there is none) while this process runs."""
-    ready: bool = False
-    done: bool = False
-    """Exited and will not run again (restartPolicy)."""
-    last_exit: Obj | None = None
-    terminated: Obj | None = None
-    backoff_s: float = 0.0
-    backoff_until: float = 0.0
-    waiting_reason: str = "ContainerCreating"
-    probes: dict[str, _Probe] = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return str(self.spec["name"])
-
-    @property
-    def sidecar(self) -> bool:
-        """A native sidecar: an init container with restartPolicy Always (Kubernetes >= 1.29).
-        It starts in its turn among the init containers, the next one starts once it has
-        *started* (not exited), and it runs beside the containers, restarted whatever the
-        pod's restartPolicy, until they are done."""
-        return self.init and self.spec.get("restartPolicy") == "Always"
-
-    def running(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
-
-@dataclass
-class AgentContext:
-    """What every pod runner shares with the agent."""
-
-    kube: Kube
-    state_dir: Path
-    hosts_file: Path
-    """Every pod's and Service's full name (`NAME.NS.svc[.cluster.local]`)."""
-    resolv_file: Path
-    base_env: Mapping[str, str]
-    image_map: Mapping[str, Sequence[str]]
-
-    def hosts_for(self, namespace: str) -> Path:
-        """The hosts file pods of `namespace` see: the full names, and that namespace's
-        short ones (what cluster DNS's search path gives a pod)."""
-        return self.state_dir / "hosts.d" / namespace
-
-
-def namespace_wrapper(
-    mounts: Sequence[Mount],
-    hosts_file: Path,
-    resolv_file: Path,
-    hostname: str,
-    workdir: str,
-) -> list[str]:
-    """The argv prefix that runs what follows it in a private mount (and UTS) namespace with
-    the pod's mounts, hosts file and hostname; the program itself is `exec`ed by bash.
-
-    Every source is opened first and bound from /proc/self/fd: a volume mounted at /tmp
-    would otherwise hide sources that live under /tmp (the state dir often does) from the
-    mounts that follow it. `--no-canonicalize`, because mount(8) otherwise resolves the
-    /proc/self/fd link to its path name, which by then names what the earlier mount put
-    there."""
-    ordered = sorted(mounts, key=lambda m: m.target.count("/"))  # parents before children
-    binds = [
-        *ordered,
-        *_kept_visible(ordered),
-        Mount(hosts_file, "/etc/hosts", read_only=False),
-        Mount(resolv_file, "/etc/resolv.conf", read_only=False),
-    ]
-    fds = range(10, 10 + len(binds))
-    lines = ["set -e"]
-    lines += [f"exec {fd}< {shlex.quote(str(m.source))}" for fd, m in zip(fds, binds, strict=True)]
-    for fd, m in zip(fds, binds, strict=True):
-        target = shlex.quote(m.target)
-        if m.source.is_dir():
-            lines.append(f"mkdir -p {target}")
-        else:
-            parent = shlex.quote(os.path.dirname(m.target) or "/")
-            lines.append(f"mkdir -p {parent}; [ -e {target} ] || touch {target}")
-        lines.append(f"mount --no-canonicalize --bind /proc/self/fd/{fd} {target}")
-        if m.read_only:
-            lines.append(f"mount -o remount,bind,ro {target}")
-    lines.append(" ".join(f"exec {fd}<&-;" for fd in fds))
-    lines.append(f"hostname {shlex.quote(hostname[:63])}")
-    lines.append(f"cd {shlex.quote(workdir)} 2>/dev/null || cd /")
-    lines.append('exec "$@"')
-    unshare = shutil.which("unshare") or "/usr/bin/unshare"
-    bash = shutil.which("bash") or "/bin/bash"
-    script = "\n".join(lines)
-    return [unshare, "--mount", "--uts", "--propagation", "private", bash, "-c", script, "pod"]
-
-
-HOST_PATHS = tuple(
-    dict.fromkeys(
-        str(Path(p).resolve()) for p in (Path(__file__).parents[3], sys.prefix, sys.base_prefix)
-    )
-)
-"""What a pod's program is on the host, there being no image: the checkout (an editable
-install imports from it) and the Python environment."""
-
-
-def _kept_visible(mounts: Sequence[Mount]) -> list[Mount]:
-    """Each host path a pod's program runs from that one of the pod's volumes would hide (an
-    emptyDir at /tmp hides a checkout under /tmp), bound back over it, as an image's files
-    would stay visible beside its volumes."""
-    hidden = [
-        path
-        for path in HOST_PATHS
-        if any(path == m.target or path.startswith(m.target.rstrip("/") + "/") for m in mounts)
-    ]
-    return [Mount(Path(path), path, read_only=True) for path in hidden]
-
-
-class PodRunner(threading.Thread):
+class PodRunner(PodSetup, threading.Thread):
     """Runs one Pod (see the module doc). `update` hands it the newest object; `gone` says
     the object disappeared; the thread ends once its processes are gone."""
 
@@ -356,250 +185,6 @@ class PodRunner(threading.Thread):
         except KubeError as err:
             if err.status not in (404, 409):
                 log.warning("%s/%s: final delete: %s", self.namespace, self.pod_name, err)
-
-    # --- volumes --------------------------------------------------------------------------------
-
-    def _prepare_volumes(self) -> None:
-        pod = self.pod
-        for vol in pod["spec"].get("volumes", []):
-            name = vol["name"]
-            if name in self.mounts_by_volume:
-                continue
-            self.mounts_by_volume[name] = self._volume(pod, vol)
-
-    def _volume(self, pod: Obj, vol: Obj) -> Path:
-        kube = self.ctx.kube
-        ns = self.namespace
-        here: Path = self.dir / "volumes" / str(vol["name"])
-        if "persistentVolumeClaim" in vol:
-            claim = vol["persistentVolumeClaim"]["claimName"]
-            pvc = kube.get_or_none(f"/api/v1/namespaces/{ns}/persistentvolumeclaims/{claim}")
-            if pvc is None or pvc.get("status", {}).get("phase") != "Bound":
-                raise NotYet(f"claim {claim} is not bound yet")
-            pv = kube.get(f"/api/v1/persistentvolumes/{pvc['spec']['volumeName']}")
-            path = pv["spec"].get("hostPath", {}).get("path") or pv["spec"].get("local", {}).get(
-                "path"
-            )
-            if not path:
-                raise NotYet(f"volume {pv['metadata']['name']} has no hostPath or local path")
-            Path(path).mkdir(parents=True, exist_ok=True)
-            return Path(path)
-        if "hostPath" in vol:
-            return Path(str(vol["hostPath"]["path"]))
-        here.mkdir(parents=True, exist_ok=True)
-        if "emptyDir" in vol:
-            return here
-        if "secret" in vol:
-            src = vol["secret"]
-            self._write_files(here, self._secret(src["secretName"], src), src)
-            return here
-        if "configMap" in vol:
-            src = vol["configMap"]
-            self._write_files(here, self._config_map(src["name"], src), src)
-            return here
-        if "downwardAPI" in vol:
-            src = vol["downwardAPI"]
-            items = {
-                i["path"]: self._field(pod, i["fieldRef"]["fieldPath"]).encode()
-                for i in src.get("items", [])
-                if "fieldRef" in i
-            }
-            self._write_files(here, items, {"defaultMode": src.get("defaultMode")})
-            return here
-        if "projected" in vol:
-            files: dict[str, bytes] = {}
-            for s in vol["projected"].get("sources", []):
-                if "secret" in s:
-                    files.update(
-                        self._select(self._secret(s["secret"]["name"], s["secret"]), s["secret"])
-                    )
-                elif "configMap" in s:
-                    files.update(
-                        self._select(
-                            self._config_map(s["configMap"]["name"], s["configMap"]), s["configMap"]
-                        )
-                    )
-                elif "downwardAPI" in s:
-                    for i in s["downwardAPI"].get("items", []):
-                        if "fieldRef" in i:
-                            files[i["path"]] = self._field(pod, i["fieldRef"]["fieldPath"]).encode()
-                elif "serviceAccountToken" in s:
-                    files[s["serviceAccountToken"]["path"]] = self._token(
-                        pod, s["serviceAccountToken"]
-                    ).encode()
-            self._write_files(here, files, {"defaultMode": vol["projected"].get("defaultMode")})
-            return here
-        log.warning(
-            "%s/%s: volume %s of an unsupported kind: an empty directory",
-            self.namespace,
-            self.pod_name,
-            vol["name"],
-        )
-        return here
-
-    def _secret(self, name: str, src: Obj) -> dict[str, bytes]:
-        obj = self.ctx.kube.get_or_none(f"/api/v1/namespaces/{self.namespace}/secrets/{name}")
-        if obj is None:
-            if src.get("optional"):
-                return {}
-            raise NotYet(f"secret {name} not found")
-        return {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
-
-    def _config_map(self, name: str, src: Obj) -> dict[str, bytes]:
-        obj = self.ctx.kube.get_or_none(f"/api/v1/namespaces/{self.namespace}/configmaps/{name}")
-        if obj is None:
-            if src.get("optional"):
-                return {}
-            raise NotYet(f"configmap {name} not found")
-        data = {k: v.encode() for k, v in (obj.get("data") or {}).items()}
-        data.update({k: base64.b64decode(v) for k, v in (obj.get("binaryData") or {}).items()})
-        return data
-
-    @staticmethod
-    def _select(data: dict[str, bytes], src: Obj) -> dict[str, bytes]:
-        items = src.get("items")
-        if not items:
-            return data
-        return {i["path"]: data[i["key"]] for i in items if i["key"] in data}
-
-    def _write_files(self, here: Path, data: dict[str, bytes], src: Obj) -> None:
-        mode = src.get("defaultMode") or 0o644
-        for rel, content in self._select(data, src).items():
-            path = here / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(content)
-            path.chmod(mode)
-
-    def _token(self, pod: Obj, src: Obj) -> str:
-        """A bound service-account token, as the kubelet requests one for the pod."""
-        sa = pod["spec"].get("serviceAccountName") or "default"
-        body: Obj = {
-            "apiVersion": "authentication.k8s.io/v1",
-            "kind": "TokenRequest",
-            "spec": {
-                "expirationSeconds": src.get("expirationSeconds", 3607),
-                "boundObjectRef": {
-                    "apiVersion": "v1",
-                    "kind": "Pod",
-                    "name": self.pod_name,
-                    "uid": self.uid,
-                },
-            },
-        }
-        if src.get("audience"):
-            body["spec"]["audiences"] = [src["audience"]]
-        got = self.ctx.kube.create(
-            f"/api/v1/namespaces/{self.namespace}/serviceaccounts/{sa}/token", body
-        )
-        return str(got["status"]["token"])
-
-    def _field(self, pod: Obj, path: str) -> str:
-        meta = pod["metadata"]
-        simple = {
-            "metadata.name": meta["name"],
-            "metadata.namespace": meta["namespace"],
-            "metadata.uid": meta["uid"],
-            "spec.nodeName": pod["spec"].get("nodeName", ""),
-            "spec.serviceAccountName": pod["spec"].get("serviceAccountName", ""),
-            "status.podIP": self.ip,
-            "status.podIPs": self.ip,
-            "status.hostIP": self.host_ip,
-            "status.hostIPs": self.host_ip,
-        }
-        if path in simple:
-            return str(simple[path])
-        m = re.fullmatch(r"metadata\.(labels|annotations)\['([^']*)'\]", path)
-        if m:
-            return str((meta.get(m.group(1)) or {}).get(m.group(2), ""))
-        if path in ("metadata.labels", "metadata.annotations"):
-            items = (meta.get(path.split(".")[1]) or {}).items()
-            return "\n".join(f'{k}="{v}"' for k, v in sorted(items))
-        raise NotYet(f"unsupported fieldRef {path}")
-
-    # --- environment and command ----------------------------------------------------------------
-
-    def _env(self, spec: Obj) -> dict[str, str]:
-        pod = self.pod
-        env: dict[str, str] = dict(self.ctx.base_env)
-        env.update(
-            {
-                "HOSTNAME": pod["spec"].get("hostname") or self.pod_name,
-                # The API server at its real loopback address, never the `kubernetes`
-                # Service's ClusterIP: nothing routes the service CIDR here.
-                "KUBERNETES_SERVICE_HOST": self.ctx.kube.host,
-                "KUBERNETES_SERVICE_PORT": str(self.ctx.kube.port),
-                "KUBERNETES_SERVICE_PORT_HTTPS": str(self.ctx.kube.port),
-            }
-        )
-        for src in spec.get("envFrom", []):
-            prefix = src.get("prefix", "")
-            if "secretRef" in src:
-                ref = src["secretRef"]
-                data = self._secret(ref["name"], ref)
-            elif "configMapRef" in src:
-                ref = src["configMapRef"]
-                data = self._config_map(ref["name"], ref)
-            else:
-                continue
-            env.update({prefix + k: v.decode(errors="replace") for k, v in data.items()})
-        for var in spec.get("env", []):
-            name = var["name"]
-            if "value" in var:
-                env[name] = expand(var["value"], env)
-                continue
-            vf = var.get("valueFrom", {})
-            if "fieldRef" in vf:
-                env[name] = self._field(pod, vf["fieldRef"]["fieldPath"])
-            elif "secretKeyRef" in vf:
-                ref = vf["secretKeyRef"]
-                data = self._secret(ref["name"], ref)
-                if ref["key"] in data:
-                    env[name] = data[ref["key"]].decode(errors="replace")
-                elif not ref.get("optional"):
-                    raise NotYet(f"secret {ref['name']} has no key {ref['key']}")
-            elif "configMapKeyRef" in vf:
-                ref = vf["configMapKeyRef"]
-                data = self._config_map(ref["name"], ref)
-                if ref["key"] in data:
-                    env[name] = data[ref["key"]].decode(errors="replace")
-                elif not ref.get("optional"):
-                    raise NotYet(f"configmap {ref['name']} has no key {ref['key']}")
-            elif "resourceFieldRef" in vf:
-                env[name] = "0"  # no cgroup limits here: nothing to report
-        return env
-
-    def _argv(self, spec: Obj, env: Mapping[str, str]) -> list[str]:
-        command = spec.get("command")
-        if not command:
-            command = image_entrypoint(spec.get("image", ""), self.ctx.image_map)
-            if command is None:
-                raise NotYet(
-                    f"image {spec.get('image')!r} maps to no local program and the "
-                    "container gives no command"
-                )
-        return [expand(a, env) for a in [*command, *spec.get("args", [])]]
-
-    def _mounts(self, spec: Obj) -> list[Mount]:
-        mounts = []
-        for vm in spec.get("volumeMounts", []):
-            src = self.mounts_by_volume[vm["name"]]
-            if vm.get("subPath"):
-                src = src / vm["subPath"]
-                if not src.exists():
-                    src.mkdir(parents=True)
-            mounts.append(Mount(src, vm["mountPath"], bool(vm.get("readOnly"))))
-        return mounts
-
-    def _wrapper(self, spec: Obj) -> list[str]:
-        pod = self.pod
-        hostname = pod["spec"].get("hostname") or self.pod_name
-        return namespace_wrapper(
-            self._mounts(spec),
-            self.ctx.hosts_for(self.namespace),
-            self.ctx.resolv_file,
-            hostname,
-            spec.get("workingDir") or str(self.dir),
-        )
 
     # --- containers -----------------------------------------------------------------------------
 
