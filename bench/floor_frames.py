@@ -23,7 +23,8 @@ import grpc
 from coordinator import pki
 from coordinator.raft import Entry, EntryKind, Message, MessageType
 from coordinator.runtime.clock import SystemClock
-from coordinator.runtime.frame_transport import FrameTransport, PeerSsl, peer_ssl
+from coordinator.runtime.frame_conn import PeerSsl, peer_ssl
+from coordinator.runtime.frame_transport import FrameTransport
 from coordinator.testing.procs import free_ports
 
 from .floor import _credentials, _Log, _same, sequential_writes, summary
