@@ -57,7 +57,6 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
@@ -88,6 +87,7 @@ from ._secrets import (
     SEAL_FAILURE_METADATA_KEY,
     ReEncrypted,
     SealedCheck,
+    SealFailed,
     SealingKeyInfo,
     SealingKeys,
     Unsealed,
@@ -103,6 +103,9 @@ from ._types import (
     Event,
     JoinTokenInfo,
     KeyValue,
+    Leadership,
+    LeaseInfo,
+    Lock,
     LockInfo,
     MemberList,
     NewJoinToken,
@@ -122,42 +125,6 @@ T = TypeVar("T")
 BLOCKING_KINDS = frozenset({"lock", "campaign"})
 """Pipelined calls the member holds while the caller waits in line: bounded by
 `rpc_timeout_s` (the member answers "still queued" before it), not by `attempt_timeout_s`."""
-
-
-class SealFailed(ConcordError):
-    """A sealed value did not unseal; `reason` says why (malformed, unknown key, scope
-    mismatch, tampered)."""
-
-    def __init__(self, code: str, message: str, reason: Reason) -> None:
-        super().__init__(code, message)
-        self.reason = reason
-
-
-@dataclass(frozen=True, slots=True)
-class Lock:
-    name: str
-    lease: int
-    fencing_token: int
-
-
-@dataclass(frozen=True, slots=True)
-class LeaseInfo:
-    id: int
-    ttl_ms: int
-    """The TTL granted (fixed at grant)."""
-    remaining_ms: int
-    """How long until it expires unless kept alive (0: expiring now)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Leadership:
-    """An election's leader: the key Campaign returned (for Proclaim and Resign), and the
-    value it published."""
-
-    election: str
-    lease: int
-    fencing_token: int
-    value: bytes = b""
 
 
 class _Stubs:

@@ -1,6 +1,7 @@
 """The typed results of the client's sealed-secret calls (`Client.sealing_certificate`,
 `renew_sealing_key`, `unseal`, `re_encrypt`, `validate_sealed`), kept apart from the generated
-messages so callers (concordctl seal, the operator) never handle protobuf objects."""
+messages so callers (concordctl seal, the operator) never handle protobuf objects, and
+`SealFailed`, which says why a value did not unseal."""
 
 from __future__ import annotations
 
@@ -9,8 +10,19 @@ from dataclasses import dataclass
 from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.sealing import Reason
 
+from ._errors import ConcordError
+
 SEAL_FAILURE_METADATA_KEY = "concord-seal-failure"
 """Trailing metadata naming the `Reason` a value did not unseal (server/_secrets.py)."""
+
+
+class SealFailed(ConcordError):
+    """A sealed value did not unseal; `reason` says why (malformed, unknown key, scope
+    mismatch, tampered)."""
+
+    def __init__(self, code: str, message: str, reason: Reason) -> None:
+        super().__init__(code, message)
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
