@@ -11,7 +11,6 @@ are frozen dataclasses, never protobuf messages.
 """
 
 from ._client import Client as Client
-from ._client import prefix_end as prefix_end
 from ._config import check_endpoint as check_endpoint
 from ._config import credentials_from_tls_dir as credentials_from_tls_dir
 from ._config import parse_endpoints as parse_endpoints
@@ -39,6 +38,7 @@ from ._holds import HeldLock as HeldLock
 from ._holds import LockBusy as LockBusy
 from ._holds import LockLost as LockLost
 from ._keepalive import KeptLease as KeptLease
+from ._kv import prefix_end as prefix_end
 from ._secrets import ReEncrypted as ReEncrypted
 from ._secrets import SealedCheck as SealedCheck
 from ._secrets import SealFailed as SealFailed
