@@ -11,11 +11,6 @@ are frozen dataclasses, never protobuf messages.
 """
 
 from ._client import Client as Client
-from ._client import Leadership as Leadership
-from ._client import LeaseInfo as LeaseInfo
-from ._client import Lock as Lock
-from ._client import SealFailed as SealFailed
-from ._client import prefix_end as prefix_end
 from ._config import check_endpoint as check_endpoint
 from ._config import credentials_from_tls_dir as credentials_from_tls_dir
 from ._config import parse_endpoints as parse_endpoints
@@ -43,8 +38,10 @@ from ._holds import HeldLock as HeldLock
 from ._holds import LockBusy as LockBusy
 from ._holds import LockLost as LockLost
 from ._keepalive import KeptLease as KeptLease
+from ._kv import prefix_end as prefix_end
 from ._secrets import ReEncrypted as ReEncrypted
 from ._secrets import SealedCheck as SealedCheck
+from ._secrets import SealFailed as SealFailed
 from ._secrets import SealingKeyInfo as SealingKeyInfo
 from ._secrets import SealingKeys as SealingKeys
 from ._secrets import Unsealed as Unsealed
@@ -61,6 +58,9 @@ from ._types import EventType as EventType
 from ._types import Get as Get
 from ._types import JoinTokenInfo as JoinTokenInfo
 from ._types import KeyValue as KeyValue
+from ._types import Leadership as Leadership
+from ._types import LeaseInfo as LeaseInfo
+from ._types import Lock as Lock
 from ._types import LockHolder as LockHolder
 from ._types import LockInfo as LockInfo
 from ._types import Member as Member

@@ -59,9 +59,8 @@ from typing import TYPE_CHECKING, TypeVar
 
 from coordinator.api.v1 import concord_pb2 as pb
 
-from ._client import Leadership, Lock
 from ._errors import ConcordError, DeadlineExceeded
-from ._types import Event, EventType
+from ._types import Event, EventType, Leadership, Lock
 
 if TYPE_CHECKING:
     from ._client import Client

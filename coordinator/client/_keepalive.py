@@ -56,7 +56,7 @@ from ._pipe import CallFailed
 from ._transport import Failure
 
 if TYPE_CHECKING:
-    from ._client import Client
+    from ._calls import Calls
 
 log = logging.getLogger("coordinator.client")
 
@@ -153,7 +153,7 @@ class Renewer:
     in flight, oldest first). An entry whose time no longer matches its lease's is stale and
     skipped."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Calls) -> None:
         self._client = client
         self._kept: dict[int, KeptLease] = {}
         self._schedule: list[tuple[float, int]] = []

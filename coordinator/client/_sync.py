@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from ._client import Client, Leadership, LeaseInfo, Lock
+from ._client import Client
 from ._config import credentials_from_tls_dir, settings_from_env
 from ._holds import HeldLeadership, HeldLock, LockLost
 from ._keepalive import KeptLease
@@ -43,6 +43,9 @@ from ._types import (
     DataKeyRotation,
     Event,
     KeyValue,
+    Leadership,
+    LeaseInfo,
+    Lock,
     MemberList,
     Status,
     UnlockKeyRotation,

@@ -190,6 +190,33 @@ class MemberList:
 
 
 @dataclass(frozen=True, slots=True)
+class Lock:
+    name: str
+    lease: int
+    fencing_token: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseInfo:
+    id: int
+    ttl_ms: int
+    """The TTL granted (fixed at grant)."""
+    remaining_ms: int
+    """How long until it expires unless kept alive (0: expiring now)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Leadership:
+    """An election's leader: the key Campaign returned (for Proclaim and Resign), and the
+    value it published."""
+
+    election: str
+    lease: int
+    fencing_token: int
+    value: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
 class LockHolder:
     """One holder of a lock (or semaphore): its lease, the grant's fencing token, and the
     leader's clock when it was granted (ms since the epoch)."""

@@ -1,0 +1,102 @@
+"""The key-value calls of the `Client`: reads, writes, deletes and transactions (`KVCalls`),
+and `prefix_end`, the range of the keys under a prefix."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from coordinator.api.v1 import concord_pb2 as pb
+
+from ._calls import Calls
+from ._types import Compare, KeyValue, Put, TxnOp, TxnResult
+
+
+class KVCalls(Calls):
+    """Keys and values: `put`, `get`, `get_range`, `get_prefix`, `get_many`, `delete`, `cas`,
+    `txn`."""
+
+    async def put(self, key: bytes, value: bytes, lease: int = 0) -> int:
+        with self.session() as session:
+            req = pb.PutRequest(session=session, key=key, value=value, lease=lease)
+            resp = await self._small("put", req, lambda s: s.kv.Put)
+            return int(resp.header.revision)
+
+    async def get(self, key: bytes, *, serializable: bool = False) -> KeyValue | None:
+        """`key`'s value, or None if absent. Linearizable, unless `serializable` (the
+        answering member's own state: may be stale, works without a quorum)."""
+        kvs = await self.get_range(key, serializable=serializable)
+        return kvs[0] if kvs else None
+
+    async def get_range(
+        self,
+        key: bytes,
+        range_end: bytes = b"",
+        *,
+        limit: int = 0,
+        serializable: bool = False,
+    ) -> list[KeyValue]:
+        """The keys in [key, range_end) in key order (range_end b"": just `key`; b"\\0":
+        every key >= key), at most `limit` of them (0: all), read at one revision."""
+        req = pb.RangeRequest(key=key, range_end=range_end, limit=limit, serializable=serializable)
+        resp = await self._small("range", req, lambda s: s.kv.Range)
+        return [KeyValue._from_pb(kv) for kv in resp.kvs]
+
+    async def get_prefix(
+        self, prefix: bytes, *, limit: int = 0, serializable: bool = False
+    ) -> list[KeyValue]:
+        """Every key that starts with `prefix` (b"": every key), in key order."""
+        return await self.get_range(
+            prefix or b"\0", prefix_end(prefix), limit=limit, serializable=serializable
+        )
+
+    async def get_many(
+        self, keys: Sequence[bytes], *, serializable: bool = False
+    ) -> list[KeyValue | None]:
+        """Each key's value (None if absent), in the order given. The reads go out together
+        (one batch on the Pipeline stream), each linearizable, but not all at one revision:
+        for a consistent view of related keys, keep them under a prefix and `get_prefix`."""
+        return list(await asyncio.gather(*(self.get(k, serializable=serializable) for k in keys)))
+
+    async def delete(self, key: bytes, range_end: bytes = b"") -> int:
+        with self.session() as session:
+            req = pb.DeleteRequest(session=session, key=key, range_end=range_end)
+            resp = await self._small("delete", req, lambda s: s.kv.Delete)
+            return int(resp.deleted)
+
+    async def cas(self, key: bytes, expected: bytes | None, new: bytes) -> bool:
+        """Set `key` to `new` iff its value is `expected` (None: iff it does not exist)."""
+        if expected is None:
+            cmp = Compare(key, "version", "=", 0)
+        else:
+            cmp = Compare(key, "value", "=", expected)
+        return (await self.txn([cmp], [Put(key, new)])).succeeded
+
+    async def txn(
+        self,
+        compares: Sequence[Compare],
+        success: Sequence[TxnOp],
+        failure: Sequence[TxnOp] = (),
+    ) -> TxnResult:
+        """If every compare holds, run `success`, else `failure`, atomically (exactly once);
+        both see one revision."""
+        with self.session() as session:
+            req = pb.TxnRequest(
+                session=session,
+                compares=[c._to_pb() for c in compares],
+                success=[op._to_pb() for op in success],
+                failure=[op._to_pb() for op in failure],
+            )
+            resp = await self._small("txn", req, lambda s: s.kv.Txn)
+            return TxnResult._from_pb(resp)
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The end of the range of keys starting with `prefix` (b"\\0": every key)."""
+    end = bytearray(prefix)
+    while end:
+        if end[-1] < 0xFF:
+            end[-1] += 1
+            return bytes(end)
+        end.pop()
+    return b"\0"
