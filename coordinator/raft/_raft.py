@@ -12,17 +12,26 @@ packages them into a `Ready` for the caller, which persists before it sends (see
 
 The node never reads a clock, a socket, a file or a global random source: time arrives as
 `tick()` calls, randomness from `Config.rng`.
+
+This module holds the node's state, the funnel, the ticks and the role changes, and, until
+they too move out, the parts of the protocol that are still methods here. Each part that has
+moved lives in a module of its own (`_elections`), written as functions that take the node as
+`self` and bound into `Raft` below as its methods. Methods rather than helpers called with
+the state: there is still one object with one set of fields, a call from one part to another
+costs a method call as before, and a subclass can replace any one of them (the simulator's
+mutants do).
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import _elections
 from . import _quorum as quorum
 from ._confchange import ConfChange, ConfChangeType, apply_change
 from ._config import Config
+from ._elections import CampaignKind
 from ._log import RaftLog
 from ._progress import Inflights, Progress, ProgressState
 from ._readonly import PendingRead, ReadOnly
@@ -42,12 +51,6 @@ from .messages import (
 from .storage import CompactedError, LogStorage
 
 MT = MessageType
-
-
-class CampaignKind(enum.Enum):
-    PRE_VOTE = "pre-vote"
-    ELECTION = "election"
-    TRANSFER = "transfer"
 
 
 @dataclass(slots=True)
@@ -95,114 +98,17 @@ class Raft:
         self._sync_progress()
         self._become_follower(self.term, NONE)
 
+    # ------------------------------------------------------------------ the parts
+
     # Elections and votes.
-
-    def _hup(self) -> None:
-        if self.role is Role.LEADER or not self.promotable():
-            return
-        self._campaign(CampaignKind.PRE_VOTE if self.cfg.pre_vote else CampaignKind.ELECTION)
-
-    def _campaign(self, kind: CampaignKind) -> None:
-        if kind is CampaignKind.PRE_VOTE:
-            self._become_pre_candidate()
-            vote_type, term = MT.PRE_VOTE, self.term + 1
-        else:
-            self._become_candidate()
-            vote_type, term = MT.VOTE, self.term
-        self.votes[self.id] = True
-        if self._poll() is quorum.VoteResult.WON:
-            return  # a single-voter cluster wins at once
-        last_index, last_term = self.log.last_index(), self.log.last_term()
-        for node in sorted(self.conf.voters):
-            if node != self.id:
-                self._send(
-                    Message(
-                        vote_type,
-                        to=node,
-                        frm=self.id,
-                        term=term,
-                        index=last_index,
-                        log_term=last_term,
-                        force=kind is CampaignKind.TRANSFER,
-                    )
-                )
-
-    def _poll(self) -> quorum.VoteResult:
-        result = quorum.vote_result(self.conf.voters, self.votes)
-        if result is quorum.VoteResult.WON:
-            if self.role is Role.PRE_CANDIDATE:
-                self._campaign(CampaignKind.ELECTION)
-            else:
-                self._become_leader()
-        elif result is quorum.VoteResult.LOST:
-            self._become_follower(self.term, NONE)
-        return result
-
-    def _handle_vote_request(self, m: Message) -> None:
-        pre = m.type is MT.PRE_VOTE
-        can_vote = self._can_vote(m)
-        resp_type = MT.PRE_VOTE_RESP if pre else MT.VOTE_RESP
-        if can_vote and self._log_ok_for_vote(m):
-            # A granted PreVote answers in the asked-for term so the pre-candidate counts it.
-            self._send(Message(resp_type, to=m.frm, frm=self.id, term=m.term))
-            if not pre:
-                self.election_elapsed = 0
-                self.vote = m.frm
-        else:
-            self._send(Message(resp_type, to=m.frm, frm=self.id, term=self.term, reject=True))
-
-    def _can_vote(self, m: Message) -> bool:
-        """One vote per term (§5.2): repeat it to the same candidate, else only if unspent."""
-        return (
-            self.vote == m.frm
-            or (self.vote == NONE and self.lead == NONE)
-            or (m.type is MT.PRE_VOTE and m.term > self.term)
-        )
-
-    def _log_ok_for_vote(self, m: Message) -> bool:
-        """§5.4.1: vote only for a candidate whose log is at least as up-to-date as ours."""
-        return self.log.is_up_to_date(m.index, m.log_term)
-
-    def peer_unreachable(self, peer: int) -> None:
-        """The caller lost its connection to `peer`: a hint, never proof (the peer may be alive
-        and only this link broken). A follower told so about its leader stops counting on it
-        and campaigns soon rather than after a whole election timeout of silence: ranked by id
-        among the other voters, the first at once (and once more a heartbeat later), the next
-        `2 * heartbeat_ticks` later, and so on, so that the followers of a crashed leader do
-        not split the vote. Safe whatever the hint's truth, since an election is always safe;
-        and a live leader is not deposed, because its other followers are still in lease and
-        ignore the PreVote. So without PreVote and CheckQuorum the hint is ignored (a campaign
-        would bump terms)."""
-        if not (self.cfg.pre_vote and self.cfg.check_quorum):
-            return
-        if self.role is not Role.FOLLOWER or peer == NONE or peer != self.lead:
-            return
-        if not self.promotable():
-            return
-        self.lead = NONE
-        ranked = sorted(v for v in self.conf.voters if v != peer)
-        rank = ranked.index(self.id)
-        self.cfg.logger.info(
-            "node %d lost its connection to leader %d; campaigning in %d ticks",
-            self.id,
-            peer,
-            2 * rank * self.cfg.heartbeat_ticks,
-        )
-        if rank == 0:
-            self._hup()
-            # Again one heartbeat later if this round is lost: the others may not have heard
-            # of the crash yet when our PreVote reaches them, and ignore it (in lease).
-            self.election_elapsed = max(
-                0, self.randomized_election_timeout - self.cfg.heartbeat_ticks
-            )
-        else:
-            self.election_elapsed = max(
-                0, self.randomized_election_timeout - 2 * rank * self.cfg.heartbeat_ticks
-            )
-
-    def campaign(self) -> None:
-        """Start an election now (tests, and a lone bootstrapping member)."""
-        self.step(Message(MT.HUP, to=self.id, frm=self.id))
+    _hup = _elections._hup
+    _campaign = _elections._campaign
+    _poll = _elections._poll
+    _handle_vote_request = _elections._handle_vote_request
+    _can_vote = _elections._can_vote
+    _log_ok_for_vote = _elections._log_ok_for_vote
+    campaign = _elections.campaign
+    peer_unreachable = _elections.peer_unreachable
 
     # Log replication and the commit rule.
 
