@@ -216,9 +216,9 @@ MUTANTS: tuple[SourceMutant, ...] = (
     ),
     SourceMutant(
         name="raft-commit-prior-term",
-        path="coordinator/raft/_raft.py",
-        old="        return self.log.term(index) == self.term\n",
-        new="        return self.log.term(index) <= self.term\n",
+        path="coordinator/raft/_replication.py",
+        old="    return self.log.term(index) == self.term\n",
+        new="    return self.log.term(index) <= self.term\n",
         kills=(
             "tests/raft/test_paper.py"
             "::test_5_4_2_leader_does_not_commit_prior_term_entry_by_counting",
