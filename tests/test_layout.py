@@ -195,9 +195,6 @@ OVERSIZED_ALLOWED = frozenset(
     {
         # Being changed elsewhere right now (lease renewals): split after.
         "coordinator/client/_client.py",
-        # One class, `Raft`, whose method groups share most of its state: splitting it takes
-        # more than moving code, and the consensus core is not the place to try it in a hurry.
-        "coordinator/raft/_raft.py",
     }
 )
 

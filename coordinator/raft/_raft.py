@@ -15,21 +15,21 @@ The node never reads a clock, a socket, a file or a global random source: time a
 
 This module holds the node's state, the funnel, the ticks and the role changes, and, until
 they too move out, the parts of the protocol that are still methods here. Each part that has
-moved lives in a module of its own (`_elections`, `_replication`), written as functions that
-take the node as `self` and bound into `Raft` below as its methods. Methods rather than
-helpers called with the state: there is still one object with one set of fields, a call from
-one part to another costs a method call as before, and a subclass can replace any one of
-them (the simulator's mutants do).
+moved lives in a module of its own (`_elections`, `_replication`, `_snapshot_transfer`),
+written as functions that take the node as `self` and bound into `Raft` below as its
+methods. Methods rather than helpers called with the state: there is still one object with
+one set of fields, a call from one part to another costs a method call as before, and a
+subclass can replace any one of them (the simulator's mutants do).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from . import (
     _elections,
     _replication,
+    _snapshot_transfer,
 )
 from . import _quorum as quorum
 from ._confchange import ConfChange, ConfChangeType, apply_change
@@ -38,30 +38,12 @@ from ._elections import CampaignKind
 from ._log import RaftLog
 from ._progress import Inflights, Progress, ProgressState
 from ._readonly import PendingRead, ReadOnly
+from ._snapshot_transfer import IncomingSnapshot
 from .errors import ConfChangeError, NotLeaderError, ProposalDroppedError
-from .messages import (
-    NONE,
-    ConfState,
-    Entry,
-    EntryKind,
-    Message,
-    MessageType,
-    ReadState,
-    Role,
-    Snapshot,
-    SnapshotMeta,
-)
+from .messages import NONE, ConfState, Entry, EntryKind, Message, MessageType, ReadState, Role
 from .storage import LogStorage
 
 MT = MessageType
-
-
-@dataclass(slots=True)
-class IncomingSnapshot:
-    """A follower's snapshot in the making: the chunks received so far, in order."""
-
-    meta: SnapshotMeta
-    buf: bytearray
 
 
 class Raft:
@@ -129,102 +111,11 @@ class Raft:
     _handle_append = _replication._handle_append
 
     # Snapshots sent in chunks to a follower that is too far behind.
-
-    def _send_snapshot_chunk(self, to: int, pr: Progress) -> None:
-        snap = pr.snapshot
-        if snap is None or pr.snapshot_sent:
-            return
-        size = self.cfg.snapshot_chunk_bytes
-        off = pr.snapshot_offset
-        chunk = snap.data[off : off + size]
-        self._send(
-            Message(
-                MT.SNAP,
-                to=to,
-                frm=self.id,
-                term=self.term,
-                snapshot_meta=snap.meta,
-                offset=off,
-                data=chunk,
-                done=off + len(chunk) >= len(snap.data),
-            )
-        )
-        pr.snapshot_sent = True
-
-    def _handle_snapshot_response(self, m: Message, pr: Progress) -> None:
-        snap = pr.snapshot
-        if pr.state is not ProgressState.SNAPSHOT or snap is None:
-            return
-        if m.snapshot_meta != snap.meta:
-            return  # about an older snapshot
-        if m.offset == pr.snapshot_offset and pr.snapshot_sent:
-            return  # the chunk it asks for is already on its way (we resent a slow one)
-        if not m.reject and m.offset < pr.snapshot_offset:
-            return  # a late acknowledgement of a chunk we have moved past
-        pr.snapshot_offset = min(m.offset, len(snap.data))
-        pr.snapshot_sent = False
-        self._send_snapshot_chunk(m.frm, pr)
-
-    def _handle_snapshot_chunk(self, m: Message) -> None:
-        meta = m.snapshot_meta
-        if meta is None:
-            return
-        if meta.index <= self.log.committed:
-            self.incoming_snapshot = None
-            self._send(
-                Message(
-                    MT.APP_RESP, to=m.frm, frm=self.id, term=self.term, index=self.log.committed
-                )
-            )
-            return
-        inc = self.incoming_snapshot
-        if inc is None or inc.meta != meta:
-            inc = self.incoming_snapshot = IncomingSnapshot(meta, bytearray())
-        if m.offset != len(inc.buf):
-            self._ask_for_chunk(m.frm, meta, len(inc.buf), reject=True)
-            return
-        inc.buf += m.data
-        if not m.done:
-            self._ask_for_chunk(m.frm, meta, len(inc.buf))
-            return
-        self.incoming_snapshot = None
-        self.restore(Snapshot(meta, bytes(inc.buf)))
-        # Vouch only for what the snapshot proves: entries after it were never checked
-        # against the leader's log (restore may have kept them).
-        self._send(
-            Message(MT.APP_RESP, to=m.frm, frm=self.id, term=self.term, index=self.log.committed)
-        )
-
-    def _ask_for_chunk(
-        self, to: int, meta: SnapshotMeta, offset: int, reject: bool = False
-    ) -> None:
-        """SNAP_RESP: we hold `offset` bytes of the snapshot; send the chunk from there."""
-        self._send(
-            Message(
-                MT.SNAP_RESP,
-                to=to,
-                frm=self.id,
-                term=self.term,
-                snapshot_meta=meta,
-                offset=offset,
-                reject=reject,
-            )
-        )
-
-    def restore(self, snap: Snapshot) -> bool:
-        """Adopt a snapshot from the leader; False if our log already covers it."""
-        if snap.meta.index <= self.log.committed:
-            return False
-        if self.log.match_term(snap.meta.index, snap.meta.term):
-            # Our log agrees up to the snapshot: just learn that it is committed.
-            self.log.commit_to(snap.meta.index)
-            return False
-        self.log.restore(snap)
-        self.base_conf = snap.meta.conf
-        self.conf_history = []
-        self.conf = snap.meta.conf
-        self._sync_progress()
-        return True
+    _send_snapshot_chunk = _snapshot_transfer._send_snapshot_chunk
+    _handle_snapshot_response = _snapshot_transfer._handle_snapshot_response
+    _handle_snapshot_chunk = _snapshot_transfer._handle_snapshot_chunk
+    _ask_for_chunk = _snapshot_transfer._ask_for_chunk
+    restore = _snapshot_transfer.restore
 
     # ReadIndex.
 
