@@ -15,11 +15,11 @@ The node never reads a clock, a socket, a file or a global random source: time a
 
 This module holds the node's state, the funnel, the ticks and the role changes, and, until
 they too move out, the parts of the protocol that are still methods here. Each part that has
-moved lives in a module of its own (`_elections`, `_replication`, `_snapshot_transfer`),
-written as functions that take the node as `self` and bound into `Raft` below as its
-methods. Methods rather than helpers called with the state: there is still one object with
-one set of fields, a call from one part to another costs a method call as before, and a
-subclass can replace any one of them (the simulator's mutants do).
+moved lives in a module of its own (`_elections`, `_replication`, `_snapshot_transfer`,
+`_read_index`), written as functions that take the node as `self` and bound into `Raft`
+below as its methods. Methods rather than helpers called with the state: there is still one
+object with one set of fields, a call from one part to another costs a method call as
+before, and a subclass can replace any one of them (the simulator's mutants do).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from collections.abc import Callable
 
 from . import (
     _elections,
+    _read_index,
     _replication,
     _snapshot_transfer,
 )
@@ -37,7 +38,7 @@ from ._config import Config
 from ._elections import CampaignKind
 from ._log import RaftLog
 from ._progress import Inflights, Progress, ProgressState
-from ._readonly import PendingRead, ReadOnly
+from ._readonly import ReadOnly
 from ._snapshot_transfer import IncomingSnapshot
 from .errors import ConfChangeError, NotLeaderError, ProposalDroppedError
 from .messages import NONE, ConfState, Entry, EntryKind, Message, MessageType, ReadState, Role
@@ -118,55 +119,11 @@ class Raft:
     restore = _snapshot_transfer.restore
 
     # ReadIndex.
-
-    def read_index(self, context: int) -> None:
-        """Ask for a linearizable read point; a ReadState with `context` comes out later."""
-        if self.role is Role.LEADER:
-            self._handle_read_request(context, self.id)
-        elif self.lead != NONE:
-            self._send(
-                Message(MT.READ_INDEX, to=self.lead, frm=self.id, term=self.term, context=context)
-            )
-        else:
-            raise NotLeaderError(NONE, "a read")
-
-    def _handle_read_request(self, context: int, requester: int) -> None:
-        if self.log.term(self.log.committed) != self.term:
-            self.read_only.awaiting_commit.append((context, requester))
-            return
-        index = self.log.committed
-        if self.conf.voters == {self.id}:
-            self._answer_read(PendingRead(0, index, context, requester))
-            return
-        seq = self.read_only.add(index, context, requester)
-        self._bcast_heartbeat(seq)
-
-    def _release_reads(self) -> None:
-        acks = {node: pr.read_ack for node, pr in self.prs.items()}
-        acks[self.id] = self.read_only.seq
-        confirmed = quorum.committed_index(self.conf.voters, acks)
-        for read in self.read_only.release_to(confirmed):
-            self._answer_read(read)
-
-    def _answer_read(self, read: PendingRead) -> None:
-        if read.requester == self.id:
-            self.read_states.append(ReadState(read.index, read.context))
-        else:
-            self._send(
-                Message(
-                    MT.READ_INDEX_RESP,
-                    to=read.requester,
-                    frm=self.id,
-                    term=self.term,
-                    index=read.index,
-                    context=read.context,
-                )
-            )
-
-    def _on_first_commit_in_term(self) -> None:
-        waiting, self.read_only.awaiting_commit = self.read_only.awaiting_commit, []
-        for context, requester in waiting:
-            self._handle_read_request(context, requester)
+    read_index = _read_index.read_index
+    _handle_read_request = _read_index._handle_read_request
+    _release_reads = _read_index._release_reads
+    _answer_read = _read_index._answer_read
+    _on_first_commit_in_term = _read_index._on_first_commit_in_term
 
     # Membership: the configuration in force, and changing it.
 
