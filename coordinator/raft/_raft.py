@@ -16,10 +16,10 @@ The node never reads a clock, a socket, a file or a global random source: time a
 This module holds the node's state, the funnel, the ticks and the role changes, and, until
 they too move out, the parts of the protocol that are still methods here. Each part that has
 moved lives in a module of its own (`_elections`, `_replication`, `_snapshot_transfer`,
-`_read_index`), written as functions that take the node as `self` and bound into `Raft`
-below as its methods. Methods rather than helpers called with the state: there is still one
-object with one set of fields, a call from one part to another costs a method call as
-before, and a subclass can replace any one of them (the simulator's mutants do).
+`_read_index`, `_membership`), written as functions that take the node as `self` and bound
+into `Raft` below as its methods. Methods rather than helpers called with the state: there
+is still one object with one set of fields, a call from one part to another costs a method
+call as before, and a subclass can replace any one of them (the simulator's mutants do).
 """
 
 from __future__ import annotations
@@ -28,20 +28,20 @@ from collections.abc import Callable
 
 from . import (
     _elections,
+    _membership,
     _read_index,
     _replication,
     _snapshot_transfer,
 )
 from . import _quorum as quorum
-from ._confchange import ConfChange, ConfChangeType, apply_change
 from ._config import Config
 from ._elections import CampaignKind
 from ._log import RaftLog
-from ._progress import Inflights, Progress, ProgressState
+from ._progress import Progress, ProgressState
 from ._readonly import ReadOnly
 from ._snapshot_transfer import IncomingSnapshot
-from .errors import ConfChangeError, NotLeaderError, ProposalDroppedError
-from .messages import NONE, ConfState, Entry, EntryKind, Message, MessageType, ReadState, Role
+from .errors import ConfChangeError, NotLeaderError
+from .messages import NONE, ConfState, Entry, Message, MessageType, ReadState, Role
 from .storage import LogStorage
 
 MT = MessageType
@@ -126,96 +126,15 @@ class Raft:
     _on_first_commit_in_term = _read_index._on_first_commit_in_term
 
     # Membership: the configuration in force, and changing it.
-
-    def _newest_conf(self) -> ConfState:
-        return self.conf_history[-1][2] if self.conf_history else self.base_conf
-
-    def _record_confs(self, entries: list[Entry] | tuple[Entry, ...]) -> None:
-        newest = self.conf_history[-1][0] if self.conf_history else 0
-        for e in entries:
-            if e.kind is EntryKind.CONF and e.index > newest:
-                self.conf_history.append((e.index, e.term, ConfState.decode(e.data)))
-
-    def _after_log_change(self, appended: list[Entry] | tuple[Entry, ...]) -> None:
-        """Keep the configuration equal to the newest CONF entry in the log."""
-        hist = self.conf_history
-        while hist and self.log.term(hist[-1][0]) != hist[-1][1]:
-            hist.pop()  # that entry was truncated away by a new leader
-        self._record_confs(appended)
-        conf = self._newest_conf()
-        if conf != self.conf:
-            self.conf = conf
-            self._sync_progress()
-
-    def _sync_progress(self) -> None:
-        last = self.log.last_index()
-        members = self.conf.members
-        for node in list(self.prs):
-            if node not in members:
-                del self.prs[node]
-        for node in members:
-            pr = self.prs.get(node)
-            if pr is None:
-                pr = Progress(0, last + 1, Inflights(self.cfg.max_inflight_msgs))
-                if node == self.id:
-                    pr.match = last
-                self.prs[node] = pr
-            pr.learner = node in self.conf.learners
-        if self.lead_transferee != NONE and self.lead_transferee not in self.conf.voters:
-            self.lead_transferee = NONE
-
-    def promotable(self) -> bool:
-        return self.id in self.conf.voters
-
-    def pending_conf_index(self) -> int:
-        return self.conf_history[-1][0] if self.conf_history else 0
-
-    def compact_conf_history(self) -> None:
-        """Fold configurations below the log's start into the base (bounded memory)."""
-        first = self.log.first_index()
-        while len(self.conf_history) > 1 and self.conf_history[1][0] < first:
-            self.conf_history.pop(0)
-        if self.conf_history and self.conf_history[0][0] < first:
-            self.base_conf = self.conf_history.pop(0)[2]
-
-    def propose_conf_change(self, cc: ConfChange) -> tuple[int, int]:
-        if self.role is not Role.LEADER:
-            raise NotLeaderError(self.lead, "a membership change")
-        if self.log.term(self.log.committed) != self.term:
-            raise ProposalDroppedError(
-                "the new leader has not committed an entry in its term yet; retry shortly"
-            )
-        if self.pending_conf_index() > self.log.committed:
-            raise ProposalDroppedError(
-                "another membership change is still uncommitted; retry when it commits"
-            )
-        new = apply_change(self.conf, cc)
-        if cc.type is ConfChangeType.PROMOTE:
-            pr = self.prs[cc.node_id]
-            if pr.match < self.log.committed:
-                raise ConfChangeError(
-                    f"learner {cc.node_id} has not caught up (match {pr.match}, "
-                    f"commit {self.log.committed}); promote it once it has"
-                )
-        if self.lead_transferee != NONE:
-            raise ProposalDroppedError("a leadership transfer is in progress; retry shortly")
-        index = self.log.last_index() + 1
-        self._append([Entry(0, 0, EntryKind.CONF, new.encode())])
-        self._bcast_append()
-        return index, self.term
-
-    def _step_down_after_removal(self) -> None:
-        """Our own removal committed: hand over to the most up-to-date voter at once."""
-        self._bcast_append()  # tell followers the commit index first
-        best = max(
-            (n for n in self.conf.voters if n in self.prs),
-            key=lambda n: (self.prs[n].match, -n),
-            default=NONE,
-        )
-        if best != NONE and self.prs[best].match == self.log.last_index():
-            self._send_timeout_now(best)
-        self.cfg.logger.info("leader %d removed from the configuration; stepping down", self.id)
-        self._become_follower(self.term, NONE)
+    _newest_conf = _membership._newest_conf
+    _record_confs = _membership._record_confs
+    _after_log_change = _membership._after_log_change
+    _sync_progress = _membership._sync_progress
+    promotable = _membership.promotable
+    pending_conf_index = _membership.pending_conf_index
+    compact_conf_history = _membership.compact_conf_history
+    propose_conf_change = _membership.propose_conf_change
+    _step_down_after_removal = _membership._step_down_after_removal
 
     # Leadership transfer.
 
