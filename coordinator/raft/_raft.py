@@ -13,13 +13,13 @@ packages them into a `Ready` for the caller, which persists before it sends (see
 The node never reads a clock, a socket, a file or a global random source: time arrives as
 `tick()` calls, randomness from `Config.rng`.
 
-This module holds the node's state, the funnel, the ticks and the role changes, and, until
-they too move out, the parts of the protocol that are still methods here. Each part that has
-moved lives in a module of its own (`_elections`, `_replication`, `_snapshot_transfer`,
-`_read_index`, `_membership`), written as functions that take the node as `self` and bound
-into `Raft` below as its methods. Methods rather than helpers called with the state: there
-is still one object with one set of fields, a call from one part to another costs a method
-call as before, and a subclass can replace any one of them (the simulator's mutants do).
+This module holds the node's state, the funnel, the ticks and the role changes. What each
+part of the protocol does with a message lives in a module of its own (`_elections`,
+`_replication`, `_snapshot_transfer`, `_read_index`, `_membership`, `_leadership_transfer`,
+`_leader_lease`), written as functions that take the node as `self` and bound into `Raft`
+below as its methods. Methods rather than helpers called with the state: there is still one
+object with one set of fields, a call from one part to another costs a method call as
+before, and a subclass can replace any one of them (the simulator's mutants do).
 """
 
 from __future__ import annotations
@@ -28,19 +28,18 @@ from collections.abc import Callable
 
 from . import (
     _elections,
+    _leader_lease,
+    _leadership_transfer,
     _membership,
     _read_index,
     _replication,
     _snapshot_transfer,
 )
-from . import _quorum as quorum
 from ._config import Config
-from ._elections import CampaignKind
 from ._log import RaftLog
 from ._progress import Progress, ProgressState
 from ._readonly import ReadOnly
 from ._snapshot_transfer import IncomingSnapshot
-from .errors import ConfChangeError, NotLeaderError
 from .messages import NONE, ConfState, Entry, Message, MessageType, ReadState, Role
 from .storage import LogStorage
 
@@ -137,52 +136,13 @@ class Raft:
     _step_down_after_removal = _membership._step_down_after_removal
 
     # Leadership transfer.
-
-    def transfer_leader(self, target: int) -> None:
-        if self.role is not Role.LEADER:
-            raise NotLeaderError(self.lead, "a leadership transfer")
-        if target == self.id:
-            return
-        if target not in self.conf.voters:
-            raise ConfChangeError(f"node {target} is not a voter and cannot lead")
-        if self.lead_transferee == target:
-            return
-        self.lead_transferee = target
-        self.election_elapsed = 0  # give up after one election timeout
-        if self.prs[target].match == self.log.last_index():
-            self._send_timeout_now(target)
-        else:
-            self._send_append(target)  # TIMEOUT_NOW follows once it has caught up
-
-    def _send_timeout_now(self, to: int) -> None:
-        """Tell `to`, whose log holds all of ours, to campaign now rather than at its timeout."""
-        self._send(Message(MT.TIMEOUT_NOW, to=to, frm=self.id, term=self.term))
-
-    def _handle_timeout_now(self, m: Message) -> None:
-        if self.promotable():
-            self.cfg.logger.info("node %d campaigning at %d's request", self.id, m.frm)
-            self._campaign(CampaignKind.TRANSFER)
+    transfer_leader = _leadership_transfer.transfer_leader
+    _send_timeout_now = _leadership_transfer._send_timeout_now
+    _handle_timeout_now = _leadership_transfer._handle_timeout_now
 
     # CheckQuorum and the leader lease.
-
-    def _in_lease(self) -> bool:
-        """We heard from a live leader within an election timeout."""
-        return (
-            self.cfg.check_quorum
-            and self.lead != NONE
-            and self.election_elapsed < self.cfg.election_timeout_ticks
-        )
-
-    def _check_quorum(self) -> None:
-        """Leader, once per election timeout: step down unless a quorum was heard from since the
-        last check."""
-        active = [n for n, pr in self.prs.items() if pr.recent_active]
-        if not quorum.has_quorum(self.conf.voters, active):
-            self.cfg.logger.warning("leader %d lost contact with a quorum; stepping down", self.id)
-            self._become_follower(self.term, NONE)
-            return
-        for node, peer in self.prs.items():
-            peer.recent_active = node == self.id
+    _in_lease = _leader_lease._in_lease
+    _check_quorum = _leader_lease._check_quorum
 
     # ------------------------------------------------------------------ role changes
 
