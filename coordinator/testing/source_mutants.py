@@ -250,12 +250,22 @@ def problems(mutants: Sequence[SourceMutant], root: Path) -> list[str]:
         if not source.is_file():
             out.append(f"{m.name}: {m.path} does not exist")
             continue
-        count = source.read_text().count(m.old)
+        text = source.read_text()
+        count = text.count(m.old)
         if count != 1:
             out.append(
                 f"{m.name}: its old text occurs {count} times in {m.path} (must be once: "
                 "the source changed, update the entry)"
             )
+        elif m.path.endswith(".py"):
+            # A mutant that does not parse (say, new text indented for the code's old home)
+            # is "killed" by the import error, whatever its test checks.
+            try:
+                compile(text.replace(m.old, m.new), m.path, "exec")
+            except SyntaxError as e:
+                out.append(
+                    f"{m.name}: the mutated {m.path} does not parse: {e.msg} (line {e.lineno})"
+                )
         if m.old == m.new:
             out.append(f"{m.name}: old and new are the same")
         if not m.kills:
