@@ -1,6 +1,7 @@
 """The source-mutant table (`make mutants`) still matches the tree: every mutant's old text
-occurs exactly once in its file and every killing test exists. Running the mutants is
-`make mutants`' job (minutes); this only keeps the list from rotting silently."""
+occurs exactly once in its file, the mutated file still parses, and every killing test exists.
+Running the mutants is `make mutants`' job (minutes); this only keeps the list from rotting
+silently."""
 
 from __future__ import annotations
 
@@ -33,6 +34,17 @@ def test_a_mutant_whose_source_moved_on_is_reported(tmp_path: Path) -> None:
         "gone: its old text occurs 0 times in m.py (must be once: the source changed, "
         "update the entry)",
         "gone: test_m.py has no test named 'test_y'",
+    ]
+
+
+def test_a_mutant_that_does_not_parse_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "m.py").write_text("def f() -> int:\n    x = 1\n    return x\n")
+    (tmp_path / "test_m.py").write_text("def test_f() -> None: ...\n")
+    indented = SourceMutant(
+        "indented", "m.py", "    return x\n", "        return 2\n", ("test_m.py::test_f",), ""
+    )
+    assert problems([indented], tmp_path) == [
+        "indented: the mutated m.py does not parse: unexpected indent (line 3)"
     ]
 
 

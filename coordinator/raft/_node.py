@@ -20,8 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ._confchange import ConfChange
+from ._config import Config
 from ._progress import ProgressState
-from ._raft import Config, Raft
+from ._raft import Raft
 from .messages import (
     ConfState,
     Entry,

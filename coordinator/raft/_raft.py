@@ -12,108 +12,38 @@ packages them into a `Ready` for the caller, which persists before it sends (see
 
 The node never reads a clock, a socket, a file or a global random source: time arrives as
 `tick()` calls, randomness from `Config.rng`.
+
+This module holds the node's state, the funnel, the ticks and the role changes. What each
+part of the protocol does with a message lives in a module of its own (`_elections`,
+`_replication`, `_snapshot_transfer`, `_read_index`, `_membership`, `_leadership_transfer`,
+`_leader_lease`), written as functions that take the node as `self` and bound into `Raft`
+below as its methods. Methods rather than helpers called with the state: there is still one
+object with one set of fields, a call from one part to another costs a method call as
+before, and a subclass can replace any one of them (the simulator's mutants do).
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Protocol
 
-from . import _quorum as quorum
-from ._confchange import ConfChange, ConfChangeType, apply_change
-from ._log import RaftLog
-from ._progress import Inflights, Progress, ProgressState
-from ._readonly import PendingRead, ReadOnly
-from .errors import ConfChangeError, NotLeaderError, ProposalDroppedError
-from .messages import (
-    NONE,
-    ConfState,
-    Entry,
-    EntryKind,
-    Message,
-    MessageType,
-    ReadState,
-    Role,
-    Snapshot,
-    SnapshotMeta,
+from . import (
+    _elections,
+    _leader_lease,
+    _leadership_transfer,
+    _membership,
+    _read_index,
+    _replication,
+    _snapshot_transfer,
 )
-from .storage import CompactedError, LogStorage
+from ._config import Config
+from ._log import RaftLog
+from ._progress import Progress, ProgressState
+from ._readonly import ReadOnly
+from ._snapshot_transfer import IncomingSnapshot
+from .messages import NONE, ConfState, Entry, Message, MessageType, ReadState, Role
+from .storage import LogStorage
 
 MT = MessageType
-
-
-class RandomSource(Protocol):
-    """The slice of `random.Random` the core uses; inject one seeded per node."""
-
-    def randrange(self, start: int, stop: int, /) -> int: ...
-
-
-class Logger(Protocol):
-    def debug(self, msg: str, /, *args: object) -> None: ...
-
-    def info(self, msg: str, /, *args: object) -> None: ...
-
-    def warning(self, msg: str, /, *args: object) -> None: ...
-
-
-class NullLogger:
-    def debug(self, msg: str, /, *args: object) -> None:
-        pass
-
-    def info(self, msg: str, /, *args: object) -> None:
-        pass
-
-    def warning(self, msg: str, /, *args: object) -> None:
-        pass
-
-
-@dataclass(frozen=True, slots=True)
-class Config:
-    id: int
-    rng: RandomSource
-    election_timeout_ticks: int = 10
-    """Followers wait a random [T, 2T) ticks without a leader before campaigning."""
-    heartbeat_ticks: int = 1
-    max_msg_bytes: int = 1 << 20
-    """Upper bound on the entries carried by one APP (batching)."""
-    max_inflight_msgs: int = 256
-    """Unacknowledged APPs per follower in REPLICATE state (pipelining window)."""
-    max_apply_bytes: int | None = 8 << 20
-    """Upper bound on the committed entries handed out by one Ready."""
-    snapshot_chunk_bytes: int = 1 << 20
-    pre_vote: bool = True
-    check_quorum: bool = True
-    lazy_commit: bool = False
-    """A leader whose commit index advances does not send an append to every follower just
-    to say so: the next append or heartbeat carries it, or the runtime calls `flush_commit`.
-    Under a steady stream of writes the next append is due within a client round trip
-    anyway, and each announcement costs every follower a message and an answer. Safety is
-    the same either way: when followers learn the commit index is a matter of liveness."""
-    logger: Logger = field(default_factory=NullLogger)
-
-    def validate(self) -> None:
-        if self.id <= 0:
-            raise ValueError("Config.id must be a positive integer")
-        if self.heartbeat_ticks <= 0:
-            raise ValueError("Config.heartbeat_ticks must be positive")
-        if self.election_timeout_ticks <= self.heartbeat_ticks:
-            raise ValueError("Config.election_timeout_ticks must exceed heartbeat_ticks")
-        if self.max_inflight_msgs <= 0 or self.snapshot_chunk_bytes <= 0:
-            raise ValueError("Config.max_inflight_msgs and snapshot_chunk_bytes must be positive")
-
-
-class CampaignKind(enum.Enum):
-    PRE_VOTE = "pre-vote"
-    ELECTION = "election"
-    TRANSFER = "transfer"
-
-
-@dataclass(slots=True)
-class _IncomingSnapshot:
-    meta: SnapshotMeta
-    buf: bytearray
 
 
 class Raft:
@@ -135,7 +65,7 @@ class Raft:
         self.randomized_election_timeout = config.election_timeout_ticks
         self.lead_transferee = NONE
         self.read_only = ReadOnly()
-        self.incoming_snapshot: _IncomingSnapshot | None = None
+        self.incoming_snapshot: IncomingSnapshot | None = None
         self._step_role: Callable[[Message], None] = self._step_follower
 
         hs, snap_conf = storage.initial_state()
@@ -153,58 +83,66 @@ class Raft:
         self._sync_progress()
         self._become_follower(self.term, NONE)
 
-    # ------------------------------------------------------------------ configuration
+    # ------------------------------------------------------------------ the parts
 
-    def _newest_conf(self) -> ConfState:
-        return self.conf_history[-1][2] if self.conf_history else self.base_conf
+    # Elections and votes.
+    _hup = _elections._hup
+    _campaign = _elections._campaign
+    _poll = _elections._poll
+    _handle_vote_request = _elections._handle_vote_request
+    _can_vote = _elections._can_vote
+    _log_ok_for_vote = _elections._log_ok_for_vote
+    campaign = _elections.campaign
+    peer_unreachable = _elections.peer_unreachable
 
-    def _record_confs(self, entries: list[Entry] | tuple[Entry, ...]) -> None:
-        newest = self.conf_history[-1][0] if self.conf_history else 0
-        for e in entries:
-            if e.kind is EntryKind.CONF and e.index > newest:
-                self.conf_history.append((e.index, e.term, ConfState.decode(e.data)))
+    # Log replication and the commit rule.
+    propose = _replication.propose
+    _append = _replication._append
+    _send_append = _replication._send_append
+    _bcast_append = _replication._bcast_append
+    _bcast_heartbeat = _replication._bcast_heartbeat
+    _handle_append_response = _replication._handle_append_response
+    _quorum_index = _replication._quorum_index
+    _countable = _replication._countable
+    _maybe_commit = _replication._maybe_commit
+    _lacks_commit = _replication._lacks_commit
+    commit_unsent = _replication.commit_unsent
+    flush_commit = _replication.flush_commit
+    _handle_append = _replication._handle_append
 
-    def _after_log_change(self, appended: list[Entry] | tuple[Entry, ...]) -> None:
-        """Keep the configuration equal to the newest CONF entry in the log."""
-        hist = self.conf_history
-        while hist and self.log.term(hist[-1][0]) != hist[-1][1]:
-            hist.pop()  # that entry was truncated away by a new leader
-        self._record_confs(appended)
-        conf = self._newest_conf()
-        if conf != self.conf:
-            self.conf = conf
-            self._sync_progress()
+    # Snapshots sent in chunks to a follower that is too far behind.
+    _send_snapshot_chunk = _snapshot_transfer._send_snapshot_chunk
+    _handle_snapshot_response = _snapshot_transfer._handle_snapshot_response
+    _handle_snapshot_chunk = _snapshot_transfer._handle_snapshot_chunk
+    _ask_for_chunk = _snapshot_transfer._ask_for_chunk
+    restore = _snapshot_transfer.restore
 
-    def _sync_progress(self) -> None:
-        last = self.log.last_index()
-        members = self.conf.members
-        for node in list(self.prs):
-            if node not in members:
-                del self.prs[node]
-        for node in members:
-            pr = self.prs.get(node)
-            if pr is None:
-                pr = Progress(0, last + 1, Inflights(self.cfg.max_inflight_msgs))
-                if node == self.id:
-                    pr.match = last
-                self.prs[node] = pr
-            pr.learner = node in self.conf.learners
-        if self.lead_transferee != NONE and self.lead_transferee not in self.conf.voters:
-            self.lead_transferee = NONE
+    # ReadIndex.
+    read_index = _read_index.read_index
+    _handle_read_request = _read_index._handle_read_request
+    _release_reads = _read_index._release_reads
+    _answer_read = _read_index._answer_read
+    _on_first_commit_in_term = _read_index._on_first_commit_in_term
 
-    def promotable(self) -> bool:
-        return self.id in self.conf.voters
+    # Membership: the configuration in force, and changing it.
+    _newest_conf = _membership._newest_conf
+    _record_confs = _membership._record_confs
+    _after_log_change = _membership._after_log_change
+    _sync_progress = _membership._sync_progress
+    promotable = _membership.promotable
+    pending_conf_index = _membership.pending_conf_index
+    compact_conf_history = _membership.compact_conf_history
+    propose_conf_change = _membership.propose_conf_change
+    _step_down_after_removal = _membership._step_down_after_removal
 
-    def pending_conf_index(self) -> int:
-        return self.conf_history[-1][0] if self.conf_history else 0
+    # Leadership transfer.
+    transfer_leader = _leadership_transfer.transfer_leader
+    _send_timeout_now = _leadership_transfer._send_timeout_now
+    _handle_timeout_now = _leadership_transfer._handle_timeout_now
 
-    def compact_conf_history(self) -> None:
-        """Fold configurations below the log's start into the base (bounded memory)."""
-        first = self.log.first_index()
-        while len(self.conf_history) > 1 and self.conf_history[1][0] < first:
-            self.conf_history.pop(0)
-        if self.conf_history and self.conf_history[0][0] < first:
-            self.base_conf = self.conf_history.pop(0)[2]
+    # CheckQuorum and the leader lease.
+    _in_lease = _leader_lease._in_lease
+    _check_quorum = _leader_lease._check_quorum
 
     # ------------------------------------------------------------------ role changes
 
@@ -300,16 +238,10 @@ class Raft:
         if m.term == 0:
             pass  # local message
         elif m.term > self.term:
-            if m.type is MT.VOTE or m.type is MT.PRE_VOTE:
-                in_lease = (
-                    self.cfg.check_quorum
-                    and self.lead != NONE
-                    and self.election_elapsed < self.cfg.election_timeout_ticks
-                )
-                if in_lease and not m.force:
-                    # We heard from a live leader recently: a node that cannot hear it must
-                    # not depose it (leader stickiness, thesis §9.6).
-                    return
+            if (m.type is MT.VOTE or m.type is MT.PRE_VOTE) and not m.force and self._in_lease():
+                # We heard from a live leader recently: a node that cannot hear it must not
+                # depose it (leader stickiness, thesis §9.6).
+                return
             if m.type is MT.PRE_VOTE or (m.type is MT.PRE_VOTE_RESP and not m.reject):
                 pass  # a PreVote never changes terms; the winner bumps its own
             elif m.type is MT.APP or m.type is MT.HEARTBEAT or m.type is MT.SNAP:
@@ -337,72 +269,6 @@ class Raft:
             case _:
                 self._step_role(m)
 
-    def _hup(self) -> None:
-        if self.role is Role.LEADER or not self.promotable():
-            return
-        self._campaign(CampaignKind.PRE_VOTE if self.cfg.pre_vote else CampaignKind.ELECTION)
-
-    def _campaign(self, kind: CampaignKind) -> None:
-        if kind is CampaignKind.PRE_VOTE:
-            self._become_pre_candidate()
-            vote_type, term = MT.PRE_VOTE, self.term + 1
-        else:
-            self._become_candidate()
-            vote_type, term = MT.VOTE, self.term
-        self.votes[self.id] = True
-        if self._poll() is quorum.VoteResult.WON:
-            return  # a single-voter cluster wins at once
-        last_index, last_term = self.log.last_index(), self.log.last_term()
-        for node in sorted(self.conf.voters):
-            if node != self.id:
-                self._send(
-                    Message(
-                        vote_type,
-                        to=node,
-                        frm=self.id,
-                        term=term,
-                        index=last_index,
-                        log_term=last_term,
-                        force=kind is CampaignKind.TRANSFER,
-                    )
-                )
-
-    def _poll(self) -> quorum.VoteResult:
-        result = quorum.vote_result(self.conf.voters, self.votes)
-        if result is quorum.VoteResult.WON:
-            if self.role is Role.PRE_CANDIDATE:
-                self._campaign(CampaignKind.ELECTION)
-            else:
-                self._become_leader()
-        elif result is quorum.VoteResult.LOST:
-            self._become_follower(self.term, NONE)
-        return result
-
-    def _handle_vote_request(self, m: Message) -> None:
-        pre = m.type is MT.PRE_VOTE
-        can_vote = self._can_vote(m)
-        resp_type = MT.PRE_VOTE_RESP if pre else MT.VOTE_RESP
-        if can_vote and self._log_ok_for_vote(m):
-            # A granted PreVote answers in the asked-for term so the pre-candidate counts it.
-            self._send(Message(resp_type, to=m.frm, frm=self.id, term=m.term))
-            if not pre:
-                self.election_elapsed = 0
-                self.vote = m.frm
-        else:
-            self._send(Message(resp_type, to=m.frm, frm=self.id, term=self.term, reject=True))
-
-    def _can_vote(self, m: Message) -> bool:
-        """One vote per term (§5.2): repeat it to the same candidate, else only if unspent."""
-        return (
-            self.vote == m.frm
-            or (self.vote == NONE and self.lead == NONE)
-            or (m.type is MT.PRE_VOTE and m.term > self.term)
-        )
-
-    def _log_ok_for_vote(self, m: Message) -> bool:
-        """§5.4.1: vote only for a candidate whose log is at least as up-to-date as ours."""
-        return self.log.is_up_to_date(m.index, m.log_term)
-
     # ------------------------------------------------------------------ leader
 
     def _step_leader(self, m: Message) -> None:
@@ -411,15 +277,7 @@ class Raft:
                 self._bcast_heartbeat()
                 return
             case MT.CHECK_QUORUM:
-                active = [n for n, pr in self.prs.items() if pr.recent_active]
-                if not quorum.has_quorum(self.conf.voters, active):
-                    self.cfg.logger.warning(
-                        "leader %d lost contact with a quorum; stepping down", self.id
-                    )
-                    self._become_follower(self.term, NONE)
-                    return
-                for node, peer in self.prs.items():
-                    peer.recent_active = node == self.id
+                self._check_quorum()
                 return
             case MT.READ_INDEX:
                 self._handle_read_request(m.context, m.frm)
@@ -454,234 +312,6 @@ class Raft:
                 self._handle_snapshot_response(m, pr)
             case _:
                 pass
-
-    def _handle_append_response(self, m: Message, pr: Progress) -> None:
-        if m.reject:
-            probe = m.hint_index
-            if m.log_term > 0:
-                probe = self.log.find_conflict_by_term(m.hint_index, m.log_term)
-            if pr.maybe_decr_to(m.index, probe):
-                if pr.state is ProgressState.REPLICATE:
-                    pr.become_probe()
-                self._send_append(m.frm)
-            return
-        was_paused = pr.is_paused()
-        if not pr.maybe_update(m.index):
-            return
-        if pr.state is ProgressState.PROBE:
-            pr.become_replicate()
-        elif pr.state is ProgressState.SNAPSHOT:
-            snap_index = pr.snapshot.meta.index if pr.snapshot is not None else 0
-            if pr.match >= snap_index or pr.match + 1 >= self.log.first_index():
-                pr.become_probe()
-                pr.become_replicate()
-        else:
-            pr.inflights.free_to(m.index)
-        committed = self._maybe_commit()
-        if self.role is not Role.LEADER:
-            return  # our own removal committed and we stepped down
-        if committed and not self.cfg.lazy_commit:
-            self._bcast_append()
-        elif was_paused:
-            self._send_append(m.frm)
-        while self._send_append(m.frm, send_if_empty=False):
-            pass  # keep the pipeline full
-        if m.frm == self.lead_transferee and pr.match == self.log.last_index():
-            self._send(Message(MT.TIMEOUT_NOW, to=m.frm, frm=self.id, term=self.term))
-
-    def _quorum_index(self) -> int:
-        """The largest index a majority of voters hold."""
-        match = {node: pr.match for node, pr in self.prs.items()}
-        return quorum.committed_index(self.conf.voters, match)
-
-    def _countable(self, index: int) -> bool:
-        """§5.4.2: only an entry of the current term is committed by counting replicas."""
-        return self.log.term(index) == self.term
-
-    def _maybe_commit(self) -> bool:
-        index = self._quorum_index()
-        if index <= self.log.committed or not self._countable(index):
-            return False
-        first_in_term = self.log.term(self.log.committed) != self.term
-        self.log.commit_to(index)
-        if first_in_term:
-            self._on_first_commit_in_term()
-        if self.id not in self.conf.voters and self.pending_conf_index() <= index:
-            self._step_down_after_removal()
-            return False
-        return True
-
-    def _on_first_commit_in_term(self) -> None:
-        waiting, self.read_only.awaiting_commit = self.read_only.awaiting_commit, []
-        for context, requester in waiting:
-            self._handle_read_request(context, requester)
-
-    def _step_down_after_removal(self) -> None:
-        """Our own removal committed: hand over to the most up-to-date voter at once."""
-        self._bcast_append()  # tell followers the commit index first
-        best = max(
-            (n for n in self.conf.voters if n in self.prs),
-            key=lambda n: (self.prs[n].match, -n),
-            default=NONE,
-        )
-        if best != NONE and self.prs[best].match == self.log.last_index():
-            self._send(Message(MT.TIMEOUT_NOW, to=best, frm=self.id, term=self.term))
-        self.cfg.logger.info("leader %d removed from the configuration; stepping down", self.id)
-        self._become_follower(self.term, NONE)
-
-    def _send_append(self, to: int, send_if_empty: bool = True) -> bool:
-        pr = self.prs[to]
-        if self.role is not Role.LEADER or to == self.id or pr.is_paused():
-            return False
-        prev_index = pr.next - 1
-        prev_term = self.log.term(prev_index)
-        entries: list[Entry] = []
-        if prev_term == 0 and prev_index != 0:
-            compacted = True
-        else:
-            try:
-                entries = self.log.entries_from(pr.next, self.cfg.max_msg_bytes)
-                compacted = False
-            except CompactedError:
-                compacted = True
-        if compacted:
-            snap = self.log.storage.snapshot()
-            if snap.empty:
-                return False  # entries not yet in storage; a later Ready will fix this
-            pr.become_snapshot(snap)
-            self._send_snapshot_chunk(to, pr)
-            return False
-        if not entries and not send_if_empty:
-            return False
-        self._send(
-            Message(
-                MT.APP,
-                to=to,
-                frm=self.id,
-                term=self.term,
-                index=prev_index,
-                log_term=prev_term,
-                entries=tuple(entries),
-                commit=self.log.committed,
-            )
-        )
-        pr.sent_entries(entries[-1].index if entries else prev_index, len(entries))
-        pr.commit_sent = max(pr.commit_sent, self.log.committed)
-        return True
-
-    def _bcast_append(self) -> None:
-        for node in self.prs:
-            if node != self.id:
-                self._send_append(node)
-
-    def _lacks_commit(self, node: int, pr: Progress) -> bool:
-        """`node` could commit more than it has been told, and may be sent an append."""
-        return (
-            node != self.id
-            and pr.commit_sent < min(self.log.committed, pr.match)
-            and not pr.is_paused()
-        )
-
-    def commit_unsent(self) -> bool:
-        """Leader: some follower could commit more than it has been told (see
-        `Config.lazy_commit`)."""
-        return self.role is Role.LEADER and any(
-            self._lacks_commit(node, pr) for node, pr in self.prs.items()
-        )
-
-    def flush_commit(self) -> None:
-        """Leader: an append (empty unless entries are due) to every follower that could
-        commit more than it has been told."""
-        if self.role is Role.LEADER:
-            for node, pr in self.prs.items():
-                if self._lacks_commit(node, pr):
-                    self._send_append(node)
-
-    def _bcast_heartbeat(self, context: int | None = None) -> None:
-        ctx = self.read_only.seq if context is None else context
-        for node, pr in self.prs.items():
-            if node != self.id:
-                self._send(
-                    Message(
-                        MT.HEARTBEAT,
-                        to=node,
-                        frm=self.id,
-                        term=self.term,
-                        commit=min(pr.match, self.log.committed),
-                        context=ctx,
-                    )
-                )
-                pr.commit_sent = max(pr.commit_sent, min(pr.match, self.log.committed))
-
-    def _send_snapshot_chunk(self, to: int, pr: Progress) -> None:
-        snap = pr.snapshot
-        if snap is None or pr.snapshot_sent:
-            return
-        size = self.cfg.snapshot_chunk_bytes
-        off = pr.snapshot_offset
-        chunk = snap.data[off : off + size]
-        self._send(
-            Message(
-                MT.SNAP,
-                to=to,
-                frm=self.id,
-                term=self.term,
-                snapshot_meta=snap.meta,
-                offset=off,
-                data=chunk,
-                done=off + len(chunk) >= len(snap.data),
-            )
-        )
-        pr.snapshot_sent = True
-
-    def _handle_snapshot_response(self, m: Message, pr: Progress) -> None:
-        snap = pr.snapshot
-        if pr.state is not ProgressState.SNAPSHOT or snap is None:
-            return
-        if m.snapshot_meta != snap.meta:
-            return  # about an older snapshot
-        if m.offset == pr.snapshot_offset and pr.snapshot_sent:
-            return  # the chunk it asks for is already on its way (we resent a slow one)
-        if not m.reject and m.offset < pr.snapshot_offset:
-            return  # a late acknowledgement of a chunk we have moved past
-        pr.snapshot_offset = min(m.offset, len(snap.data))
-        pr.snapshot_sent = False
-        self._send_snapshot_chunk(m.frm, pr)
-
-    # --- ReadIndex -----------------------------------------------------------------------
-
-    def _handle_read_request(self, context: int, requester: int) -> None:
-        if self.log.term(self.log.committed) != self.term:
-            self.read_only.awaiting_commit.append((context, requester))
-            return
-        index = self.log.committed
-        if self.conf.voters == {self.id}:
-            self._answer_read(PendingRead(0, index, context, requester))
-            return
-        seq = self.read_only.add(index, context, requester)
-        self._bcast_heartbeat(seq)
-
-    def _release_reads(self) -> None:
-        acks = {node: pr.read_ack for node, pr in self.prs.items()}
-        acks[self.id] = self.read_only.seq
-        confirmed = quorum.committed_index(self.conf.voters, acks)
-        for read in self.read_only.release_to(confirmed):
-            self._answer_read(read)
-
-    def _answer_read(self, read: PendingRead) -> None:
-        if read.requester == self.id:
-            self.read_states.append(ReadState(read.index, read.context))
-        else:
-            self._send(
-                Message(
-                    MT.READ_INDEX_RESP,
-                    to=read.requester,
-                    frm=self.id,
-                    term=self.term,
-                    index=read.index,
-                    context=read.context,
-                )
-            )
 
     # ------------------------------------------------------------------ candidates
 
@@ -722,227 +352,12 @@ class Raft:
                 self.lead = m.frm
                 self._handle_snapshot_chunk(m)
             case MT.TIMEOUT_NOW:
-                if self.promotable():
-                    self.cfg.logger.info("node %d campaigning at %d's request", self.id, m.frm)
-                    self._campaign(CampaignKind.TRANSFER)
+                self._handle_timeout_now(m)
             case MT.READ_INDEX_RESP:
                 if not m.reject:
                     self.read_states.append(ReadState(m.index, m.context))
             case _:
                 pass
-
-    def _handle_append(self, m: Message) -> None:
-        if m.index < self.log.committed:
-            self._send(
-                Message(
-                    MT.APP_RESP, to=m.frm, frm=self.id, term=self.term, index=self.log.committed
-                )
-            )
-            return
-        last = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
-        if last is not None:
-            self._after_log_change(m.entries)
-            self._send(Message(MT.APP_RESP, to=m.frm, frm=self.id, term=self.term, index=last))
-            return
-        # Fast backtracking: point the leader at the last entry that could possibly match,
-        # skipping every entry of a term the leader's log cannot have at that position.
-        hint = self.log.find_conflict_by_term(min(m.index, self.log.last_index()), m.log_term)
-        self._send(
-            Message(
-                MT.APP_RESP,
-                to=m.frm,
-                frm=self.id,
-                term=self.term,
-                index=m.index,
-                reject=True,
-                hint_index=hint,
-                log_term=self.log.term(hint),
-            )
-        )
-
-    def _handle_snapshot_chunk(self, m: Message) -> None:
-        meta = m.snapshot_meta
-        if meta is None:
-            return
-        if meta.index <= self.log.committed:
-            self.incoming_snapshot = None
-            self._send(
-                Message(
-                    MT.APP_RESP, to=m.frm, frm=self.id, term=self.term, index=self.log.committed
-                )
-            )
-            return
-        inc = self.incoming_snapshot
-        if inc is None or inc.meta != meta:
-            inc = self.incoming_snapshot = _IncomingSnapshot(meta, bytearray())
-        if m.offset != len(inc.buf):
-            self._ask_for_chunk(m.frm, meta, len(inc.buf), reject=True)
-            return
-        inc.buf += m.data
-        if not m.done:
-            self._ask_for_chunk(m.frm, meta, len(inc.buf))
-            return
-        self.incoming_snapshot = None
-        self.restore(Snapshot(meta, bytes(inc.buf)))
-        # Vouch only for what the snapshot proves: entries after it were never checked
-        # against the leader's log (restore may have kept them).
-        self._send(
-            Message(MT.APP_RESP, to=m.frm, frm=self.id, term=self.term, index=self.log.committed)
-        )
-
-    def _ask_for_chunk(
-        self, to: int, meta: SnapshotMeta, offset: int, reject: bool = False
-    ) -> None:
-        """SNAP_RESP: we hold `offset` bytes of the snapshot; send the chunk from there."""
-        self._send(
-            Message(
-                MT.SNAP_RESP,
-                to=to,
-                frm=self.id,
-                term=self.term,
-                snapshot_meta=meta,
-                offset=offset,
-                reject=reject,
-            )
-        )
-
-    def restore(self, snap: Snapshot) -> bool:
-        """Adopt a snapshot from the leader; False if our log already covers it."""
-        if snap.meta.index <= self.log.committed:
-            return False
-        if self.log.match_term(snap.meta.index, snap.meta.term):
-            # Our log agrees up to the snapshot: just learn that it is committed.
-            self.log.commit_to(snap.meta.index)
-            return False
-        self.log.restore(snap)
-        self.base_conf = snap.meta.conf
-        self.conf_history = []
-        self.conf = snap.meta.conf
-        self._sync_progress()
-        return True
-
-    # ------------------------------------------------------------------ the caller's API
-
-    def propose(self, data: list[bytes]) -> tuple[int, int]:
-        """Append entries as leader; returns (first index, term) they were given."""
-        if self.role is not Role.LEADER:
-            raise NotLeaderError(self.lead, "a proposal")
-        if self.lead_transferee != NONE:
-            raise ProposalDroppedError(
-                f"leadership is being transferred to {self.lead_transferee}; retry shortly"
-            )
-        if self.id not in self.prs:
-            raise ProposalDroppedError("this leader has been removed from the cluster")
-        if not all(data):
-            raise ValueError("empty proposals are reserved for the leader's no-op entry")
-        first = self.log.last_index() + 1
-        self._append([Entry(0, 0, EntryKind.NORMAL, d) for d in data])
-        self._bcast_append()
-        return first, self.term
-
-    def propose_conf_change(self, cc: ConfChange) -> tuple[int, int]:
-        if self.role is not Role.LEADER:
-            raise NotLeaderError(self.lead, "a membership change")
-        if self.log.term(self.log.committed) != self.term:
-            raise ProposalDroppedError(
-                "the new leader has not committed an entry in its term yet; retry shortly"
-            )
-        if self.pending_conf_index() > self.log.committed:
-            raise ProposalDroppedError(
-                "another membership change is still uncommitted; retry when it commits"
-            )
-        new = apply_change(self.conf, cc)
-        if cc.type is ConfChangeType.PROMOTE:
-            pr = self.prs[cc.node_id]
-            if pr.match < self.log.committed:
-                raise ConfChangeError(
-                    f"learner {cc.node_id} has not caught up (match {pr.match}, "
-                    f"commit {self.log.committed}); promote it once it has"
-                )
-        if self.lead_transferee != NONE:
-            raise ProposalDroppedError("a leadership transfer is in progress; retry shortly")
-        index = self.log.last_index() + 1
-        self._append([Entry(0, 0, EntryKind.CONF, new.encode())])
-        self._bcast_append()
-        return index, self.term
-
-    def _append(self, entries: list[Entry]) -> None:
-        last = self.log.last_index()
-        stamped = [Entry(last + 1 + i, self.term, e.kind, e.data) for i, e in enumerate(entries)]
-        self.log.append(stamped)
-        self._after_log_change(stamped)
-        own = self.prs.get(self.id)
-        if own is not None:
-            own.maybe_update(self.log.last_index())
-        self._maybe_commit()
-
-    def read_index(self, context: int) -> None:
-        """Ask for a linearizable read point; a ReadState with `context` comes out later."""
-        if self.role is Role.LEADER:
-            self._handle_read_request(context, self.id)
-        elif self.lead != NONE:
-            self._send(
-                Message(MT.READ_INDEX, to=self.lead, frm=self.id, term=self.term, context=context)
-            )
-        else:
-            raise NotLeaderError(NONE, "a read")
-
-    def transfer_leader(self, target: int) -> None:
-        if self.role is not Role.LEADER:
-            raise NotLeaderError(self.lead, "a leadership transfer")
-        if target == self.id:
-            return
-        if target not in self.conf.voters:
-            raise ConfChangeError(f"node {target} is not a voter and cannot lead")
-        if self.lead_transferee == target:
-            return
-        self.lead_transferee = target
-        self.election_elapsed = 0  # give up after one election timeout
-        if self.prs[target].match == self.log.last_index():
-            self._send(Message(MT.TIMEOUT_NOW, to=target, frm=self.id, term=self.term))
-        else:
-            self._send_append(target)
-
-    def peer_unreachable(self, peer: int) -> None:
-        """The caller lost its connection to `peer`: a hint, never proof (the peer may be alive
-        and only this link broken). A follower told so about its leader stops counting on it
-        and campaigns soon rather than after a whole election timeout of silence: ranked by id
-        among the other voters, the first at once (and once more a heartbeat later), the next
-        `2 * heartbeat_ticks` later, and so on, so that the followers of a crashed leader do
-        not split the vote. Safe whatever the hint's truth, since an election is always safe;
-        and a live leader is not deposed, because its other followers are still in lease and
-        ignore the PreVote. So without PreVote and CheckQuorum the hint is ignored (a campaign
-        would bump terms)."""
-        if not (self.cfg.pre_vote and self.cfg.check_quorum):
-            return
-        if self.role is not Role.FOLLOWER or peer == NONE or peer != self.lead:
-            return
-        if not self.promotable():
-            return
-        self.lead = NONE
-        ranked = sorted(v for v in self.conf.voters if v != peer)
-        rank = ranked.index(self.id)
-        self.cfg.logger.info(
-            "node %d lost its connection to leader %d; campaigning in %d ticks",
-            self.id,
-            peer,
-            2 * rank * self.cfg.heartbeat_ticks,
-        )
-        if rank == 0:
-            self._hup()
-            # Again one heartbeat later if this round is lost: the others may not have heard
-            # of the crash yet when our PreVote reaches them, and ignore it (in lease).
-            self.election_elapsed = max(
-                0, self.randomized_election_timeout - self.cfg.heartbeat_ticks
-            )
-        else:
-            self.election_elapsed = max(
-                0, self.randomized_election_timeout - 2 * rank * self.cfg.heartbeat_ticks
-            )
-
-    def campaign(self) -> None:
-        """Start an election now (tests, and a lone bootstrapping member)."""
-        self.step(Message(MT.HUP, to=self.id, frm=self.id))
 
     def _send(self, m: Message) -> None:
         self.msgs.append(m)
