@@ -1,15 +1,122 @@
-"""Virtual time for the tests above the core (coordinator.testing.virtual_time)."""
+"""Virtual time for the tests above the core (coordinator.testing.virtual_time), and the guard
+that keeps real sleeps out of tests/runtime, tests/client and tests/server.
+
+A real sleep there is wall time every run of the inner loop pays, and a race with a loaded
+machine. Tests that need real time (real gRPC deadlines, real sockets cut for a while) are
+marked `process` and named below; a few condition polls over real sockets remain, named too.
+Both lists may only shrink: an entry whose sleep is gone fails the guard until removed.
+"""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import concurrent.futures
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from coordinator.testing.virtual_time import LoopClock, run_virtual, until, virtual_loop
+
+REPO = Path(__file__).resolve().parents[1]
+GUARDED = ("tests/runtime", "tests/client", "tests/server")
+
+# Tests marked `process` that sleep for real, each for a reason that needs the wall clock.
+REAL_TIME_TESTS = frozenset(
+    {
+        # gRPC call deadlines of 1 s and 1.5 s: the waiter must outlast several real rounds.
+        "tests/client/test_holds.py::test_a_wait_outlasts_a_whole_call_budget_shorter_than_one_round",
+        # A real outage (every proxied connection cut) shorter than the TTL, then restored.
+        "tests/client/test_keepalive.py::test_transient_failures_shorter_than_the_ttl_keep_the_lease",
+        # Real gRPC deadlines (1 s, 5 s) decide when "still queued" is answered.
+        "tests/server/test_lock.py::test_a_waiter_near_its_deadline_is_told_so_and_keeps_its_place",
+    }
+)  # fmt: skip
+
+# Helpers that poll a condition over real sockets or real gRPC (no event to wait on), each
+# returning as soon as it holds: not a fixed sleep, but wall-clock polling all the same.
+REAL_TIME_POLLS = frozenset(
+    {
+        "tests/runtime/frame_kit.py::wait_for",
+        "tests/runtime/test_grpc_transport.py::wait_for",
+        "tests/runtime/test_grpc_transport.py::test_a_peer_of_another_cluster_is_refused",
+        "tests/runtime/test_grpc_transport.py::test_peers_are_added_changed_and_removed_at_run_time",
+        "tests/runtime/test_join_catchup.py::test_an_empty_learner_gets_a_snapshot_from_a_compacted_leader_and_is_promoted",
+        "tests/runtime/test_metrics.py::_until",
+        "tests/runtime/test_recovery.py::wait_until",
+        "tests/server/harness.py::wait_for",
+        "tests/server/harness.py::eventually",
+    }
+)  # fmt: skip
+
+
+def _is_real_sleep(call: ast.Call) -> bool:
+    """time.sleep(x) / asyncio.sleep(x) with x other than a literal 0 (a bare yield)."""
+    func = call.func
+    if not (
+        isinstance(func, ast.Attribute)
+        and func.attr == "sleep"
+        and isinstance(func.value, ast.Name)
+        and func.value.id in {"time", "asyncio"}
+    ):
+        return False
+    arg = call.args[0] if call.args else None
+    return not (isinstance(arg, ast.Constant) and arg.value == 0)
+
+
+def _marked_process(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    return any(
+        isinstance(d, ast.Attribute)
+        and d.attr == "process"
+        and ast.unparse(d) == "pytest.mark.process"
+        for d in fn.decorator_list
+    )
+
+
+def _sleeps() -> dict[str, ast.FunctionDef | ast.AsyncFunctionDef]:
+    """ "path::top-level function" -> that function, for every real sleep in the guarded dirs."""
+    found: dict[str, ast.FunctionDef | ast.AsyncFunctionDef] = {}
+    for folder in GUARDED:
+        for path in sorted((REPO / folder).rglob("*.py")):
+            tree = ast.parse(path.read_text(), str(path))
+            for top in ast.walk(tree):
+                if not isinstance(top, ast.Module | ast.ClassDef):
+                    continue
+                for fn in top.body:
+                    if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                        continue
+                    calls = (n for n in ast.walk(fn) if isinstance(n, ast.Call))
+                    if any(_is_real_sleep(c) for c in calls):
+                        found[f"{path.relative_to(REPO)}::{fn.name}"] = fn
+    return found
+
+
+def test_no_new_real_sleeps_above_the_core() -> None:
+    found = _sleeps()
+    new = sorted(set(found) - REAL_TIME_TESTS - REAL_TIME_POLLS)
+    assert not new, (
+        "real sleeps in tests above the core: run on virtual time "
+        "(coordinator.testing.virtual_time) or wait for the event itself; a test that needs "
+        f"the wall clock is marked `process` and listed here: {new}"
+    )
+    stale = sorted((REAL_TIME_TESTS | REAL_TIME_POLLS) - set(found))
+    assert not stale, f"no longer sleeping: take them off the lists: {stale}"
+    unmarked = sorted(name for name in REAL_TIME_TESTS if not _marked_process(found[name]))
+    assert not unmarked, f"real-time tests must be marked `process`: {unmarked}"
+
+
+def test_the_guard_sees_a_sleep() -> None:
+    def calls(src: str) -> list[bool]:
+        return [_is_real_sleep(n) for n in ast.walk(ast.parse(src)) if isinstance(n, ast.Call)]
+
+    assert calls("await asyncio.sleep(0.01)") == [True]
+    assert calls("time.sleep(1)") == [True]
+    assert calls("await asyncio.sleep(delay)") == [True]
+    assert calls("await asyncio.sleep(0)") == [False]
+    assert calls("loop.sleep(1)") == [False]
+
 
 # --- the virtual-time loop --------------------------------------------------------------------
 
