@@ -173,20 +173,9 @@ class Cluster:
     def running(self) -> list[Member]:
         return list(self.members.values())
 
-    @contextlib.asynccontextmanager
-    async def changes(self) -> AsyncIterator[asyncio.Event]:
-        """An event set when any running member's loop reports a change (a leader change, an
-        applied batch, a restore): what a caller told "try again" (UNAVAILABLE) waits for
-        before it does, instead of sleeping. Enter it before the call, so none is missed."""
-        seen = _Changed()
-        members = self.running()
-        for m in members:
-            m.loop.add_observer(seen)
-        try:
-            yield seen.event
-        finally:
-            for m in members:
-                m.loop.remove_observer(seen)
+    def changes(self) -> contextlib.AbstractAsyncContextManager[asyncio.Event]:
+        """`loop_changes` of every running member."""
+        return loop_changes([m.loop for m in self.running()])
 
     async def leader(self) -> Member:
         await wait_for(lambda: any(m.loop.is_leader for m in self.running()))
@@ -220,6 +209,22 @@ class Cluster:
     async def close(self) -> None:
         for member in list(self.members):
             await self.stop(member)
+
+
+@contextlib.asynccontextmanager
+async def loop_changes(loops: Sequence[RaftLoop]) -> AsyncIterator[asyncio.Event]:
+    """An event set when any of `loops` reports a change (a leader change, an applied batch,
+    a restore): what a caller told "try again" (UNAVAILABLE, a refused configuration change)
+    waits for before it does, instead of sleeping. Enter it before the call, so none is
+    missed."""
+    seen = _Changed()
+    for loop in loops:
+        loop.add_observer(seen)
+    try:
+        yield seen.event
+    finally:
+        for loop in loops:
+            loop.remove_observer(seen)
 
 
 class _Changed:
