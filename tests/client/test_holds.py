@@ -286,6 +286,8 @@ def test_leadership_is_held_lost_and_resigned(tmp_path: Path) -> None:
     with_cluster(tmp_path, scenario)
 
 
+# gRPC call deadlines of 1 s and 1.5 s: the waiter must outlast several real rounds.
+@pytest.mark.process
 @pytest.mark.parametrize("pipeline", [True, False], ids=["pipeline", "unary"])
 def test_a_wait_outlasts_a_whole_call_budget_shorter_than_one_round(
     tmp_path: Path, pipeline: bool

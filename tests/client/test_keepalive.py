@@ -202,6 +202,8 @@ def test_a_deposed_leader_acknowledges_no_renewal(tmp_path: Path) -> None:
     with_cluster(tmp_path, scenario)
 
 
+# A real outage of 1.5 s (every proxied connection cut) while the keep-alive schedule runs.
+@pytest.mark.process
 def test_transient_failures_shorter_than_the_ttl_keep_the_lease(tmp_path: Path) -> None:
     ttl_ms = 5_000
 

@@ -13,6 +13,7 @@ from coordinator.fsm import Put
 from coordinator.raft import ConfChange, ConfChangeType, RaftError
 from coordinator.storage import DiskWal, KeyStore
 from tests.runtime.test_grpc_transport import Cluster, Node, run, wait_for
+from tests.server.harness import loop_changes
 
 
 def test_an_empty_learner_gets_a_snapshot_from_a_compacted_leader_and_is_promoted(
@@ -45,14 +46,19 @@ def test_an_empty_learner_gets_a_snapshot_from_a_compacted_leader_and_is_promote
 
             async def change(kind: ConfChangeType) -> None:
                 while True:
-                    lead = await c.leader()
-                    assert lead.loop is not None
-                    try:
-                        async with asyncio.timeout(5):
-                            await lead.loop.change_membership(ConfChange(kind, 4))
-                        return
-                    except (RaftError, TimeoutError):
-                        await asyncio.sleep(0.05)  # not caught up yet, or leadership moved
+                    nodes = [*c.running(), joiner]
+                    loops = [n.loop for n in nodes if n.loop is not None]
+                    async with loop_changes(loops) as changed:
+                        lead = await c.leader()
+                        assert lead.loop is not None
+                        try:
+                            async with asyncio.timeout(5):
+                                await lead.loop.change_membership(ConfChange(kind, 4))
+                            return
+                        except (RaftError, TimeoutError):
+                            # Not caught up yet, or leadership moved: try again once a
+                            # member (the learner among them) has moved on.
+                            await asyncio.wait_for(changed.wait(), 10)
 
             await asyncio.wait_for(change(ConfChangeType.ADD_LEARNER), 30)
             learner = joiner.loop

@@ -1,14 +1,17 @@
 """Three RaftLoops on one event loop, over the real encrypted WAL on disk.
 
-These run on real (short) time: ticks of 10 ms. Every wait is a bounded wait for a
-condition, never a sleep; the bounds are generous so a loaded machine does not flake.
+These run on virtual time (coordinator.testing.virtual_time): ticks of 10 ms of the event
+loop's clock, which jumps to the next timer whenever nothing else can run; the disk threads'
+work is real and stops the virtual clock while it runs. Every wait is bounded.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,10 +26,10 @@ from coordinator.fsm import (
     StateMachine,
 )
 from coordinator.raft import ConfState, NotLeaderError, Snapshot, SnapshotMeta
-from coordinator.runtime.clock import SystemClock
 from coordinator.runtime.loop import LoopConfig, RaftLoop
 from coordinator.runtime.transport import LoopbackTransport
 from coordinator.storage import DiskWal, KeyStore
+from coordinator.testing.virtual_time import LoopClock, run_virtual, until
 
 
 def open_member(root: Path, member: int, net: LoopbackTransport, create: bool) -> RaftLoop:
@@ -42,20 +45,15 @@ def open_member(root: Path, member: int, net: LoopbackTransport, create: bool) -
         wal,
         net,
         StateMachine(),
-        SystemClock(),
+        LoopClock(),
         rng=random.Random(member),
     )
     net.register(member, loop.receive)
     return loop
 
 
-async def wait_for(cond: object, timeout_s: float = 10.0) -> None:
-    async def poll() -> None:
-        # Members expose no change notifications; a short poll bounded by the timeout.
-        while not cond():  # type: ignore[operator]  # noqa: ASYNC110
-            await asyncio.sleep(0.005)
-
-    await asyncio.wait_for(poll(), timeout_s)
+async def wait_for(cond: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    await until(cond, timeout_s)  # members expose no change notifications: virtual polls
 
 
 class Cluster:
@@ -87,8 +85,8 @@ class Cluster:
             await self.stop(member)
 
 
-def run(coro: object) -> None:
-    asyncio.run(coro)  # type: ignore[arg-type]
+def run(coro: Coroutine[Any, Any, None]) -> None:
+    run_virtual(coro)
 
 
 def test_writes_commit_survive_a_leader_crash_and_restart(tmp_path: Path) -> None:

@@ -8,8 +8,9 @@ Real (short) time: ticks of 10 ms, an election timeout of 100 ms. Every wait is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import grpc
 
 from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.api.v1 import concord_pb2_grpc as pb_grpc
-from coordinator.fsm import MemberUpsert, StateMachine
+from coordinator.fsm import Applied, MemberUpsert, StateMachine
 from coordinator.raft import ConfState, Snapshot, SnapshotMeta
 from coordinator.runtime.clock import Clock, SystemClock
 from coordinator.runtime.loop import LoopConfig, RaftLoop
@@ -172,6 +173,10 @@ class Cluster:
     def running(self) -> list[Member]:
         return list(self.members.values())
 
+    def changes(self) -> contextlib.AbstractAsyncContextManager[asyncio.Event]:
+        """`loop_changes` of every running member."""
+        return loop_changes([m.loop for m in self.running()])
+
     async def leader(self) -> Member:
         await wait_for(lambda: any(m.loop.is_leader for m in self.running()))
         leader = next(m for m in self.running() if m.loop.is_leader)
@@ -206,9 +211,50 @@ class Cluster:
             await self.stop(member)
 
 
-def with_cluster(root: Path, scenario: Callable[[Cluster], Awaitable[None]], **kwargs: Any) -> None:
+@contextlib.asynccontextmanager
+async def loop_changes(loops: Sequence[RaftLoop]) -> AsyncIterator[asyncio.Event]:
+    """An event set when any of `loops` reports a change (a leader change, an applied batch,
+    a restore): what a caller told "try again" (UNAVAILABLE, a refused configuration change)
+    waits for before it does, instead of sleeping. Enter it before the call, so none is
+    missed."""
+    seen = _Changed()
+    for loop in loops:
+        loop.add_observer(seen)
+    try:
+        yield seen.event
+    finally:
+        for loop in loops:
+            loop.remove_observer(seen)
+
+
+class _Changed:
+    """A LoopObserver that only notes that something happened."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+
+    def on_applied(self, batch: Sequence[Applied]) -> None:
+        self.event.set()
+
+    def on_restored(self) -> None:
+        self.event.set()
+
+    def on_leader(self, leader: int) -> None:
+        self.event.set()
+
+    def on_stop(self) -> None:
+        self.event.set()
+
+
+def with_cluster(
+    root: Path,
+    scenario: Callable[[Cluster], Awaitable[None]],
+    *,
+    cluster: type[Cluster] = Cluster,
+    **kwargs: Any,
+) -> None:
     async def main() -> None:
-        c = await Cluster.start(root, **kwargs)
+        c = await cluster.start(root, **kwargs)
         try:
             await scenario(c)
         finally:

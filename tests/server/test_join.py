@@ -139,13 +139,14 @@ async def on_leader(c: Cluster, call: Callable[[Any], Awaitable[Any]]) -> Any:
     """`call(the leader's Cluster stub)`, again on the new leader if leadership moved (10 ms
     ticks on a loaded machine can cost a leader its term); bounded."""
     for _ in range(50):
-        leader = await c.leader()
-        try:
-            return await call(leader.client.cluster)
-        except grpc.aio.AioRpcError as err:
-            if err.code() is not grpc.StatusCode.UNAVAILABLE:
-                raise
-            await asyncio.sleep(0.1)
+        async with c.changes() as changed:
+            leader = await c.leader()
+            try:
+                return await call(leader.client.cluster)
+            except grpc.aio.AioRpcError as err:
+                if err.code() is not grpc.StatusCode.UNAVAILABLE:
+                    raise
+                await asyncio.wait_for(changed.wait(), 10)  # leadership moved, or the log did
     raise AssertionError("no leader answered")
 
 
@@ -361,16 +362,19 @@ def test_only_a_caught_up_learner_is_promoted_and_only_at_its_own_request(tmp_pa
         async def promote(credentials: grpc.ChannelCredentials, member: int) -> Any:
             """PromoteSelf on the leader's peer port (again if leadership moved)."""
             for _ in range(50):
-                leader = await c.leader()
-                address = j.peer_addresses[leader.id]
-                async with grpc.aio.secure_channel(address, credentials) as channel:
-                    stub = join_rpc.AdmissionStub(channel)
-                    try:
-                        return await stub.PromoteSelf(jpb.PromoteSelfRequest(id=member), timeout=5)
-                    except grpc.aio.AioRpcError as err:
-                        if err.code() is not grpc.StatusCode.UNAVAILABLE:
-                            return err
-                await asyncio.sleep(0.1)
+                async with c.changes() as changed:
+                    leader = await c.leader()
+                    address = j.peer_addresses[leader.id]
+                    async with grpc.aio.secure_channel(address, credentials) as channel:
+                        stub = join_rpc.AdmissionStub(channel)
+                        try:
+                            return await stub.PromoteSelf(
+                                jpb.PromoteSelfRequest(id=member), timeout=5
+                            )
+                        except grpc.aio.AioRpcError as err:
+                            if err.code() is not grpc.StatusCode.UNAVAILABLE:
+                                return err
+                    await asyncio.wait_for(changed.wait(), 10)
             raise AssertionError("no leader answered")
 
         own = grpc.ssl_channel_credentials(
@@ -409,18 +413,19 @@ def test_a_member_lists_itself_in_the_directory_and_only_itself(tmp_path: Path) 
                 client_url=f"https://127.0.0.1:{8000 + member}",
             )
             for _ in range(50):
-                leader = await c.leader()
-                async with grpc.aio.secure_channel(
-                    j.peer_addresses[leader.id], credentials
-                ) as channel:
-                    try:
-                        return await join_rpc.AdmissionStub(channel).RegisterSelf(
-                            request, timeout=5
-                        )
-                    except grpc.aio.AioRpcError as err:
-                        if err.code() is not grpc.StatusCode.UNAVAILABLE:
-                            return err
-                await asyncio.sleep(0.1)
+                async with c.changes() as changed:
+                    leader = await c.leader()
+                    async with grpc.aio.secure_channel(
+                        j.peer_addresses[leader.id], credentials
+                    ) as channel:
+                        try:
+                            return await join_rpc.AdmissionStub(channel).RegisterSelf(
+                                request, timeout=5
+                            )
+                        except grpc.aio.AioRpcError as err:
+                            if err.code() is not grpc.StatusCode.UNAVAILABLE:
+                                return err
+                    await asyncio.wait_for(changed.wait(), 10)
             raise AssertionError("no leader answered")
 
         first = await register(2, "bravo")

@@ -4,11 +4,40 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import grpc
 
 from coordinator.api.v1 import concord_pb2 as pb
+from coordinator.runtime.clock import Clock, SystemClock
 from tests.server.harness import Cluster, Session, rpc_error, with_cluster
+
+
+class SteppedClock:
+    """The system clock, plus the steps a test asks for: time passes for the members at once,
+    without the test waiting for it."""
+
+    def __init__(self) -> None:
+        self._real = SystemClock()
+        self._ahead_s = 0.0
+
+    def step(self, seconds: float) -> None:
+        self._ahead_s += seconds
+
+    def monotonic_s(self) -> float:
+        return self._real.monotonic_s() + self._ahead_s
+
+    def wall_ms(self) -> int:
+        return self._real.wall_ms() + round(self._ahead_s * 1000)
+
+
+class SteppedCluster(Cluster):
+    def __init__(self, root: Path, **kwargs: Any) -> None:
+        super().__init__(root, **kwargs)
+        self.clock = SteppedClock()
+
+    def clock_for(self, member: int) -> Clock:
+        return self.clock
 
 
 def test_grant_keepalive_revoke(tmp_path: Path) -> None:
@@ -106,7 +135,8 @@ def test_time_to_live_comes_from_the_leaders_lessor(tmp_path: Path) -> None:
         client = leader.client
         s = Session(22)
         lease = await client.lease.Grant(pb.LeaseGrantRequest(session=s.next(), ttl_ms=5_000))
-        await asyncio.sleep(1.0)  # a second of the TTL passes
+        assert isinstance(c, SteppedCluster)
+        c.clock.step(1.0)  # a second of the TTL passes on every member's clock
         before = await client.lease.TimeToLive(pb.LeaseTimeToLiveRequest(id=lease.id))
         assert before.remaining_ms <= 4_100
         stream = client.lease.KeepAlive()
@@ -123,4 +153,4 @@ def test_time_to_live_comes_from_the_leaders_lessor(tmp_path: Path) -> None:
         assert err.code() is grpc.StatusCode.UNAVAILABLE
         assert "not the leader" in err.details()
 
-    with_cluster(tmp_path, scenario)
+    with_cluster(tmp_path, scenario, cluster=SteppedCluster)

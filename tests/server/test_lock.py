@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 
 import grpc
+import pytest
 
 from coordinator.api.v1 import concord_pb2 as pb
 from tests.server.harness import Client, Cluster, Session, eventually, rpc_error, with_cluster
@@ -88,6 +89,25 @@ def test_contending_clients_block_until_unlock_with_increasing_tokens(tmp_path: 
             await eventually(lambda: waiters_are(a, "job", 0))
             holders = await a.lock.Info(pb.LockInfoRequest(name="job"))
             assert [h.lease for h in holders.holders] == [la]
+        finally:
+            await b.close()
+
+    with_cluster(tmp_path, scenario)
+
+
+# Real gRPC deadlines (1 s, then 5 s) decide when "still queued" is answered: wall time.
+@pytest.mark.process
+def test_a_waiter_near_its_deadline_is_told_so_and_keeps_its_place(tmp_path: Path) -> None:
+    async def scenario(c: Cluster) -> None:
+        a = (await c.leader()).client
+        b = Client((await c.leader()).served.port)
+        try:
+            sa, sb = Session(33), Session(34)
+            la, lb = await grant(a, sa), await grant(b, sb)
+            held = await a.lock.Lock(
+                pb.LockRequest(session=sa.next(), name="job", lease=la, wait=True)
+            )
+            assert held.granted
 
             # One whose deadline comes near is told so before it passes, and keeps its place:
             # re-issuing the same request (same session) waits on and gets the grant.
@@ -106,7 +126,7 @@ def test_contending_clients_block_until_unlock_with_increasing_tokens(tmp_path: 
             assert not again_queued.done()
             await a.lock.Unlock(pb.UnlockRequest(session=sa.next(), name="job", lease=la))
             granted = await asyncio.wait_for(again_queued, 5)
-            assert granted.granted and granted.fencing_token > third.fencing_token
+            assert granted.granted and granted.fencing_token > held.fencing_token
         finally:
             await b.close()
 

@@ -78,12 +78,20 @@ def test_a_follower_starts_a_watch_no_earlier_than_an_acknowledged_write(tmp_pat
         follower = await c.follower()
         receive = c.net.members[follower.id]
         held: list[Message] = []
+        beats_after_answer: list[Message] = []
+        barrier_had_its_chance = asyncio.Event()
 
         def lagging(msg: Message) -> None:  # the follower gets no entries while held
             if msg.type is MessageType.APP and holding:
                 held.append(msg)
-            else:
-                receive(msg)
+                return
+            receive(msg)
+            # Once the leader has answered the follower's read barrier, 20 more heartbeats
+            # (ticks of both members) are time enough for a wrong start to show.
+            if msg.type is MessageType.READ_INDEX_RESP or beats_after_answer:
+                beats_after_answer.append(msg)
+                if sum(m.type is MessageType.HEARTBEAT for m in beats_after_answer) >= 20:
+                    barrier_had_its_chance.set()
 
         holding = True
         c.net.members[follower.id] = lagging
@@ -98,7 +106,7 @@ def test_a_follower_starts_a_watch_no_earlier_than_an_acknowledged_write(tmp_pat
 
         fresh = follower.client.watch.Watch(pb.WatchRequest(key=b"a"))
         first = asyncio.ensure_future(fresh.read())
-        await asyncio.sleep(0.2)  # 20 ticks: no barrier may pass while the entries are held
+        await asyncio.wait_for(barrier_had_its_chance.wait(), 10)
         assert not first.done()
         holding = False
         for msg in held:

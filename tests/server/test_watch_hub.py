@@ -2,7 +2,8 @@
 
 A real StateMachine applies commands (tests.fsm.support.Driver); a stand-in for the RaftLoop
 exposes it, and the test calls the hub's LoopObserver methods as the loop would. The fan-out
-task runs on the test's event loop; `settle()` lets it finish its passes.
+task runs on the test's event loop, on virtual time (coordinator.testing.virtual_time);
+`settle()` lets it finish its passes.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from coordinator.server._errors import Code, ServiceError
 from coordinator.server._watch import SharedBarrier
 from coordinator.server._watch_index import KeyRange
 from coordinator.server._watchers import RESUME_METADATA_KEY, Watcher, WatchHub
+from coordinator.testing.virtual_time import run_virtual, until
 from tests.fsm.support import Driver
 
 
@@ -58,15 +60,12 @@ def put(d: Driver, hub: WatchHub, key: bytes, value: bytes = b"v") -> int:
 
 async def settle(hub: WatchHub | None = None) -> None:
     """A few event-loop turns, and with a hub until its fan-out has passed over everything
-    applied: a pass ends with a pause as long as the pass took, in real time, so a count of
-    turns alone is not enough on a loaded machine."""
+    applied: a pass ends with a pause as long as the pass took (in loop time), so a count of
+    turns alone does not say it is done."""
     for _ in range(20):
         await asyncio.sleep(0)
-    if hub is None:
-        return
-    async with asyncio.timeout(10):
-        while not hub.caught_up:  # noqa: ASYNC110 (the hub has no event for it; a test-only wait)
-            await asyncio.sleep(0.001)
+    if hub is not None:
+        await until(lambda: hub.caught_up, 10)  # the hub has no event for it
 
 
 async def drain(hub: WatchHub, w: Watcher) -> list[tuple[int, bytes]]:
@@ -94,7 +93,7 @@ def test_only_watchers_of_the_key_get_the_event_and_each_wakes_once() -> None:
         assert not any(w.queue or w.wake.is_set() for w in others)
         hub.close()
 
-    asyncio.run(main())
+    run_virtual(main())
 
 
 def test_a_slow_consumer_is_ended_with_its_resume_revision_and_resumes_exactly() -> None:
@@ -137,7 +136,7 @@ def test_a_slow_consumer_is_ended_with_its_resume_revision_and_resumes_exactly()
         hub.close()
         assert (events.open_watches, events.ended_slow) == (0, 1)
 
-    asyncio.run(main())
+    run_virtual(main())
 
 
 def test_a_watcher_that_joins_behind_the_fan_out_reads_the_gap_from_history() -> None:
@@ -157,7 +156,7 @@ def test_a_watcher_that_joins_behind_the_fan_out_reads_the_gap_from_history() ->
         assert [e.revision for e in await hub.take(first)] == [1, 2, 3, 4, 5, 6, 7]
         hub.close()
 
-    asyncio.run(main())
+    run_virtual(main())
 
 
 def test_stop_ends_every_watch_with_unavailable() -> None:
@@ -172,7 +171,7 @@ def test_stop_ends_every_watch_with_unavailable() -> None:
         with pytest.raises(ServiceError):
             hub.add(PODS, 1)
 
-    asyncio.run(main())
+    run_virtual(main())
 
 
 class CountingCore:
@@ -210,4 +209,4 @@ def test_watches_opening_together_share_read_barriers_asked_after_they_arrived()
                 w.result()
         assert len(core.started) == 2
 
-    asyncio.run(main())
+    run_virtual(main())
