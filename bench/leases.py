@@ -41,6 +41,7 @@ from .holders import (
     spread,
 )
 from .systems.base import Cluster
+from .tables import markdown_table
 
 PROBE_EVERY_S = 0.1
 GRANT_CONCURRENCY = 200
@@ -319,12 +320,4 @@ LEASE_COLUMNS = [
 
 
 def lease_table(rows: list[dict[str, Any]]) -> str:
-    head = "| " + " | ".join(h for _, h in LEASE_COLUMNS) + " |"
-    sep = "|" + "|".join(" --- " for _ in LEASE_COLUMNS) + "|"
-    body = [
-        "| "
-        + " | ".join("" if r.get(k) is None else str(r.get(k)) for k, _ in LEASE_COLUMNS)
-        + " |"
-        for r in rows
-    ]
-    return "\n".join([head, sep, *body])
+    return markdown_table(LEASE_COLUMNS, rows)

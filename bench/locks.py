@@ -45,6 +45,7 @@ from .holders import (
 )
 from .leases import EtcdKeeper
 from .systems.base import Cluster
+from .tables import markdown_table
 
 PROBE_EVERY_S = 0.05
 ACQUIRE_CONCURRENCY = 200
@@ -256,10 +257,4 @@ LOCK_COLUMNS = [
 
 
 def lock_table(rows: list[dict[str, Any]]) -> str:
-    head = "| " + " | ".join(h for _, h in LOCK_COLUMNS) + " |"
-    sep = "|" + "|".join(" --- " for _ in LOCK_COLUMNS) + "|"
-    body = [
-        "| " + " | ".join("" if r.get(k) is None else str(r.get(k)) for k, _ in LOCK_COLUMNS) + " |"
-        for r in rows
-    ]
-    return "\n".join([head, sep, *body])
+    return markdown_table(LOCK_COLUMNS, rows)
