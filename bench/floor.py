@@ -256,9 +256,14 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{result['system']}: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms "
                   f"over {result['writes']} sequential writes")  # fmt: skip
             print(json.dumps(result))
+    print_medians(runs, a.rounds)
+
+
+def print_medians(runs: dict[str, list[dict[str, Any]]], rounds: int) -> None:
+    """The median p50 and p99 over the rounds of the "grpc" and "frames" runs, and frames/grpc."""
     p50 = {k: statistics.median(r["p50_ms"] for r in v) for k, v in runs.items()}
     p99 = {k: statistics.median(r["p99_ms"] for r in v) for k, v in runs.items()}
-    print(f"median of {a.rounds} rounds: p50 grpc {p50['grpc']} ms, frames {p50['frames']} ms "
+    print(f"median of {rounds} rounds: p50 grpc {p50['grpc']} ms, frames {p50['frames']} ms "
           f"(frames/grpc {p50['frames'] / p50['grpc']:.2f}); p99 grpc {p99['grpc']} ms, "
           f"frames {p99['frames']} ms (frames/grpc {p99['frames'] / p99['grpc']:.2f})")  # fmt: skip
 

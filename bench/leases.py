@@ -25,36 +25,26 @@ import argparse
 import asyncio
 import collections
 import heapq
-import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from .procs import cpu_seconds
+from .holders import (
+    HolderProcs,
+    credentials,
+    measure_cpu,
+    merged_codes,
+    percentile_ms,
+    probe_every,
+    serve_report,
+    spread,
+)
 from .systems.base import Cluster
+from .tables import markdown_table
 
-REPO = Path(__file__).resolve().parents[1]
 PROBE_EVERY_S = 0.1
 GRANT_CONCURRENCY = 200
-
-
-def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
-
-
-def _credentials(tls_dir: Path) -> Any:  # noqa: ANN401 (grpc credentials)
-    from coordinator.runtime.tls import channel_credentials  # noqa: PLC0415
-
-    return channel_credentials(
-        (tls_dir / "ca.pem").read_bytes(),
-        (tls_dir / "client.pem").read_bytes(),
-        (tls_dir / "client-key.pem").read_bytes(),
-    )
 
 
 # --- holder processes ----------------------------------------------------------------------------
@@ -68,7 +58,7 @@ def holder_main(argv: list[str]) -> int:
 
 
 async def _hold(system: str, count: int, ttl_ms: int, tls_dir: Path, endpoints: list[str]) -> int:
-    creds = _credentials(tls_dir)
+    creds = credentials(tls_dir)
     gate = asyncio.Semaphore(GRANT_CONCURRENCY)
     if system == "concord":
         from coordinator.client import Client  # noqa: PLC0415
@@ -101,12 +91,7 @@ async def _hold(system: str, count: int, ttl_ms: int, tls_dir: Path, endpoints: 
         keeper.start()
         report = keeper.report
         closer = keeper.close
-    print("READY", flush=True)
-    line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-    if line.strip() == "REPORT":
-        print(json.dumps(report()), flush=True)
-    await closer()
-    return 0
+    return await serve_report(report, closer)
 
 
 class EtcdKeeper:
@@ -239,23 +224,15 @@ async def probe(
 ) -> list[float]:
     """Renew one lease of its own every PROBE_EVERY_S, each on a fresh keep-alive stream;
     returns the round trips (s)."""
-    creds = _credentials(tls)
-    out: list[float] = []
+    creds = credentials(tls)
     if system == "concord":
         from coordinator.client import Client  # noqa: PLC0415
 
         async with Client(endpoints, credentials=creds, timeout_s=30.0) as client:
             lease = await client.lease_grant(ttl_ms)
-            end = time.monotonic() + seconds
-            while time.monotonic() < end:
-                t0 = time.perf_counter()
-                try:
-                    await client.lease_keepalive_once(lease)
-                    out.append(time.perf_counter() - t0)
-                except Exception as err:
-                    print(f"probe failed: {err}"[:300], file=sys.stderr)
-                await asyncio.sleep(max(0.0, PROBE_EVERY_S - (time.perf_counter() - t0)))
-        return out
+            return await probe_every(
+                PROBE_EVERY_S, seconds, lambda: client.lease_keepalive_once(lease), "probe"
+            )
     import grpc  # noqa: PLC0415
 
     from .protos import etcd_kv_pb2 as kv  # noqa: PLC0415
@@ -265,22 +242,18 @@ async def probe(
     stub: Any = kv_grpc.LeaseStub(channel)  # type: ignore[no-untyped-call]
     try:
         lease = int((await stub.LeaseGrant(kv.LeaseGrantRequest(TTL=ttl_ms // 1000))).ID)
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            t0 = time.perf_counter()
+
+        async def renew() -> None:
             call = stub.LeaseKeepAlive(timeout=10)
             try:
                 await call.write(kv.LeaseKeepAliveRequest(ID=lease))
                 await call.read()
-                out.append(time.perf_counter() - t0)
-            except Exception as err:
-                print(f"probe failed: {err}"[:300], file=sys.stderr)
             finally:
                 call.cancel()
-            await asyncio.sleep(max(0.0, PROBE_EVERY_S - (time.perf_counter() - t0)))
+
+        return await probe_every(PROBE_EVERY_S, seconds, renew, "probe")
     finally:
         await channel.close()
-    return out
 
 
 # --- one level -----------------------------------------------------------------------------------
@@ -295,62 +268,39 @@ async def run_lease_level(
     *,
     endpoints: list[str],
 ) -> dict[str, Any]:
-    procs = max(1, min(args.procs, n))
-    per = [n // procs + (1 if k < n % procs else 0) for k in range(procs)]
     ttl_ms = args.lease_ttl_ms
-    children = [
-        await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench.scale", "holder", system.name, str(count), str(ttl_ms),
-            str(tls), *endpoints,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO, limit=1 << 24,
-        )
-        for count in per
-    ]  # fmt: skip
-    pid = system.member(leader).pid
-    pids = [system.member(i).pid for i in system.member_ids()]
+    holders = await HolderProcs.start(
+        [
+            ["holder", system.name, str(count), str(ttl_ms), str(tls), *endpoints]
+            for count in spread(n, args.procs)
+        ],
+        "holder",
+    )
     try:
         started = time.monotonic()
-        for child in children:
-            assert child.stdout is not None
-            line = await asyncio.wait_for(child.stdout.readline(), 600)
-            if line.strip() != b"READY":
-                raise RuntimeError(f"a holder process failed to start: {line!r}")
+        await holders.ready(600)
         grant_s = time.monotonic() - started
         await asyncio.sleep(ttl_ms / 1000)  # one TTL of renewals before measuring
-        cpu0, all0, t0 = cpu_seconds(pid), sum(map(cpu_seconds, pids)), time.monotonic()
-        trips = await probe(system.name, endpoints, tls, ttl_ms=ttl_ms, seconds=args.seconds)
-        cpu1, all1, t1 = cpu_seconds(pid), sum(map(cpu_seconds, pids)), time.monotonic()
-        reports = []
-        for child in children:
-            assert child.stdin is not None and child.stdout is not None
-            child.stdin.write(b"REPORT\n")
-            await child.stdin.drain()
-        for child in children:
-            assert child.stdout is not None
-            reports.append(json.loads(await asyncio.wait_for(child.stdout.readline(), 120)))
+        trips, leader_cpu, members_cpu = await measure_cpu(
+            system, leader, probe(system.name, endpoints, tls, ttl_ms=ttl_ms, seconds=args.seconds)
+        )
+        reports = await holders.reports()
     finally:
-        for child in children:
-            if child.returncode is None:
-                child.kill()
-            await child.wait()
-    codes: dict[str, int] = {}
-    for r in reports:
-        for code, k in r["lost_codes"].items():
-            codes[code] = codes.get(code, 0) + k
+        await holders.stop()
     renewals = sum(r["renewals"] for r in reports)
     window = time.monotonic() - started
     return {
         "leases": n,
         "lease_ttl_ms": ttl_ms,
         "grant_s": round(grant_s, 1),
-        "leader_cpu_pct": round(100 * (cpu1 - cpu0) / (t1 - t0), 1),
-        "members_cpu_pct": round(100 * (all1 - all0) / (t1 - t0), 1),
-        "probe_p50_ms": _pct(trips, 0.5),
-        "probe_p99_ms": _pct(trips, 0.99),
+        "leader_cpu_pct": leader_cpu,
+        "members_cpu_pct": members_cpu,
+        "probe_p50_ms": percentile_ms(trips, 0.5),
+        "probe_p99_ms": percentile_ms(trips, 0.99),
         "probes": len(trips),
         "renewals_per_s": round(renewals / window, 1),
         "spurious_expiries": sum(r["lost"] for r in reports),
-        "lost_codes": codes,
+        "lost_codes": merged_codes(reports),
         "keepalive_streams": sum(r["streams"] for r in reports),
     }
 
@@ -370,12 +320,4 @@ LEASE_COLUMNS = [
 
 
 def lease_table(rows: list[dict[str, Any]]) -> str:
-    head = "| " + " | ".join(h for _, h in LEASE_COLUMNS) + " |"
-    sep = "|" + "|".join(" --- " for _ in LEASE_COLUMNS) + "|"
-    body = [
-        "| "
-        + " | ".join("" if r.get(k) is None else str(r.get(k)) for k, _ in LEASE_COLUMNS)
-        + " |"
-        for r in rows
-    ]
-    return "\n".join([head, sep, *body])
+    return markdown_table(LEASE_COLUMNS, rows)

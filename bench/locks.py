@@ -28,18 +28,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import json
-import subprocess
-import sys
+import itertools
 import time
 from pathlib import Path
 from typing import Any
 
-from .leases import EtcdKeeper, _credentials, _pct
-from .procs import cpu_seconds
+from .holders import (
+    HolderProcs,
+    credentials,
+    measure_cpu,
+    merged_codes,
+    percentile_ms,
+    probe_every,
+    serve_report,
+    spread,
+)
+from .leases import EtcdKeeper
 from .systems.base import Cluster
+from .tables import markdown_table
 
-REPO = Path(__file__).resolve().parents[1]
 PROBE_EVERY_S = 0.05
 ACQUIRE_CONCURRENCY = 200
 
@@ -66,7 +73,7 @@ def locker_main(argv: list[str]) -> int:
 async def _hold_locks(
     system: str, count: int, *, offset: str, ttl_ms: int, tls_dir: Path, endpoints: list[str]
 ) -> int:
-    creds = _credentials(tls_dir)
+    creds = credentials(tls_dir)
     gate = asyncio.Semaphore(ACQUIRE_CONCURRENCY)
     names = [f"/bench-lock/{offset}-{i}" for i in range(count)]
     if system == "concord":
@@ -159,12 +166,7 @@ async def _hold_locks(
             await asyncio.gather(*(revoke(i) for i in range(count)), return_exceptions=True)
             await keeper.close()
 
-    print("READY", flush=True)
-    line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-    if line.strip() == "REPORT":
-        print(json.dumps(report()), flush=True)
-    await close()
-    return 0
+    return await serve_report(report, close)
 
 
 # --- the probe (in the benchmark process) --------------------------------------------------------
@@ -173,22 +175,16 @@ async def _hold_locks(
 async def probe_writes(system: Cluster, leader: int, seconds: float) -> list[float]:
     """Put one key every PROBE_EVERY_S on the leader for `seconds`; returns the latencies."""
     session = await system.session(leader)
-    out: list[float] = []
+    keys = itertools.count()
     try:
-        end = time.monotonic() + seconds
-        i = 0
-        while time.monotonic() < end:
-            t0 = time.perf_counter()
-            try:
-                await session.put(b"/bench-lock-probe/%d" % (i % 100), b"x")
-                out.append(time.perf_counter() - t0)
-            except Exception as err:
-                print(f"probe put failed: {err}"[:300], file=sys.stderr)
-            i += 1
-            await asyncio.sleep(max(0.0, PROBE_EVERY_S - (time.perf_counter() - t0)))
+        return await probe_every(
+            PROBE_EVERY_S,
+            seconds,
+            lambda: session.put(b"/bench-lock-probe/%d" % (next(keys) % 100), b"x"),
+            "probe put",
+        )
     finally:
         await session.close()
-    return out
 
 
 # --- one level -----------------------------------------------------------------------------------
@@ -203,65 +199,41 @@ async def run_lock_level(
     *,
     endpoints: list[str],
 ) -> dict[str, Any]:
-    procs = max(1, min(args.procs, n))
-    per = [n // procs + (1 if k < n % procs else 0) for k in range(procs)]
     ttl_ms = args.lease_ttl_ms
-    children = [
-        await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench.scale", "locker", system.name, str(count), f"{n}-{k}",
-            str(ttl_ms), str(tls), *endpoints,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO, limit=1 << 24,
-        )
-        for k, count in enumerate(per)
-    ]  # fmt: skip
-    pid = system.member(leader).pid
-    pids = [system.member(i).pid for i in system.member_ids()]
+    holders = await HolderProcs.start(
+        [
+            ["locker", system.name, str(count), f"{n}-{k}", str(ttl_ms), str(tls), *endpoints]
+            for k, count in enumerate(spread(n, args.procs))
+        ],
+        "locker",
+    )
     try:
         started = time.monotonic()
-        for child in children:
-            assert child.stdout is not None
-            line = await asyncio.wait_for(child.stdout.readline(), 900)
-            if line.strip() != b"READY":
-                raise RuntimeError(f"a locker process failed to start: {line!r}")
+        await holders.ready(900)
         acquire_s = time.monotonic() - started
         leaders = [leader, await system.leader()]
         await asyncio.sleep(ttl_ms / 1000)  # one TTL of renewals before measuring
-        cpu0, all0, t0 = cpu_seconds(pid), sum(map(cpu_seconds, pids)), time.monotonic()
-        puts = await probe_writes(system, leader, args.seconds)
-        cpu1, all1, t1 = cpu_seconds(pid), sum(map(cpu_seconds, pids)), time.monotonic()
+        puts, leader_cpu, members_cpu = await measure_cpu(
+            system, leader, probe_writes(system, leader, args.seconds)
+        )
         leaders.append(await system.leader())
-        reports = []
-        for child in children:
-            assert child.stdin is not None and child.stdout is not None
-            child.stdin.write(b"REPORT\n")
-            await child.stdin.drain()
-        for child in children:
-            assert child.stdout is not None
-            reports.append(json.loads(await asyncio.wait_for(child.stdout.readline(), 120)))
-        for child in children:  # they let their locks go: the next level starts clean
-            await asyncio.wait_for(child.wait(), 300)
+        reports = await holders.reports()
+        await holders.exited(300)  # they let their locks go: the next level starts clean
     finally:
-        for child in children:
-            if child.returncode is None:
-                child.kill()
-            await child.wait()
-    codes: dict[str, int] = {}
-    for r in reports:
-        for code, k in r["lost_codes"].items():
-            codes[code] = codes.get(code, 0) + k
+        await holders.stop()
     return {
         "locks": n,
         "lease_ttl_ms": ttl_ms,
         "acquire_s": round(acquire_s, 1),
-        "leader_cpu_pct": round(100 * (cpu1 - cpu0) / (t1 - t0), 1),
-        "members_cpu_pct": round(100 * (all1 - all0) / (t1 - t0), 1),
-        "probe_p50_ms": _pct(puts, 0.5),
-        "probe_p99_ms": _pct(puts, 0.99),
+        "leader_cpu_pct": leader_cpu,
+        "members_cpu_pct": members_cpu,
+        "probe_p50_ms": percentile_ms(puts, 0.5),
+        "probe_p99_ms": percentile_ms(puts, 0.99),
         "probes": len(puts),
         "locks_held": sum(r["locks"] for r in reports),
         "locks_lost": sum(r["lost"] for r in reports),
         "lost_acquiring": sum(r.get("lost_acquiring", 0) for r in reports),
-        "lost_codes": codes,
+        "lost_codes": merged_codes(reports),
         "keepalive_streams": sum(r["streams"] for r in reports),
         # The leader before, after taking the locks, after measuring (sampled: a change
         # there and back is missed). Another than the first: its CPU is not "leader CPU".
@@ -285,10 +257,4 @@ LOCK_COLUMNS = [
 
 
 def lock_table(rows: list[dict[str, Any]]) -> str:
-    head = "| " + " | ".join(h for _, h in LOCK_COLUMNS) + " |"
-    sep = "|" + "|".join(" --- " for _ in LOCK_COLUMNS) + "|"
-    body = [
-        "| " + " | ".join("" if r.get(k) is None else str(r.get(k)) for k, _ in LOCK_COLUMNS) + " |"
-        for r in rows
-    ]
-    return "\n".join([head, sep, *body])
+    return markdown_table(LOCK_COLUMNS, rows)

@@ -55,6 +55,7 @@ from .locks import lock_table, locker_main, run_lock_level
 from .procs import Supervisor, cpu_seconds
 from .protos import ensure_generated
 from .systems.base import Cluster
+from .tables import markdown_table
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / ".results" / "bench"
@@ -444,13 +445,7 @@ COLUMNS = [
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = "| " + " | ".join(h for _, h in COLUMNS) + " |"
-    sep = "|" + "|".join(" --- " for _ in COLUMNS) + "|"
-    body = [
-        "| " + " | ".join("" if r.get(k) is None else str(r.get(k)) for k, _ in COLUMNS) + " |"
-        for r in rows
-    ]
-    return "\n".join([head, sep, *body])
+    return markdown_table(COLUMNS, rows)
 
 
 async def main_async(args: argparse.Namespace) -> int:

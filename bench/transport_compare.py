@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 from coordinator.client import Client
 from coordinator.testing.process_cluster import ProcessCluster
 
-from .floor import summary
+from .floor import print_medians, summary
 from .systems.concord import _member_defaults
 
 VALUE = b"v" * 64
@@ -70,11 +69,7 @@ def main() -> None:
                 result = asyncio.run(sequential(kind, Path(tmp) / str(r), a.writes, a.warmup))
                 results.append(result)
                 print(json.dumps(result), flush=True)
-    p50 = {k: statistics.median(r["p50_ms"] for r in v) for k, v in runs.items()}
-    p99 = {k: statistics.median(r["p99_ms"] for r in v) for k, v in runs.items()}
-    print(f"median of {a.rounds} rounds: p50 grpc {p50['grpc']} ms, frames {p50['frames']} ms "
-          f"(frames/grpc {p50['frames'] / p50['grpc']:.2f}); p99 grpc {p99['grpc']} ms, "
-          f"frames {p99['frames']} ms (frames/grpc {p99['frames'] / p99['grpc']:.2f})")  # fmt: skip
+    print_medians(runs, a.rounds)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,27 @@ benchmark never builds a missing primitive out of others.
 from __future__ import annotations
 
 import abc
+import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..procs import Supervisor, wait_until
+
+
+async def poll_leader(current: Callable[[], Awaitable[int]], system: str, timeout_s: float) -> int:
+    """Ask `current` every 50 ms until it names a leader (0: none agreed on yet); TimeoutError
+    naming `system` after `timeout_s`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        found = await current()
+        if found:
+            return found
+        if loop.time() > deadline:
+            raise TimeoutError(f"no {system} leader within {timeout_s:.0f} s")
+        await asyncio.sleep(0.05)
 
 
 class Unsupported(Exception):

@@ -43,7 +43,7 @@ from ..protos import etcd_kv_pb2 as kv
 from ..protos import etcd_kv_pb2_grpc as kv_grpc
 from ..protos import etcd_lock_pb2 as lockpb
 from ..protos import etcd_lock_pb2_grpc as lock_grpc
-from .base import Cluster, MemberInfo, Session, Unsupported
+from .base import Cluster, MemberInfo, Session, Unsupported, poll_leader
 
 LOCK_TTL_S = 120
 CHANNEL_OPTIONS = [
@@ -277,15 +277,7 @@ class EtcdCluster(Cluster):
         return self._etcd_ids.get(top, 0)
 
     async def leader(self, timeout_s: float = 30.0) -> int:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while True:
-            found = await self.current_leader()
-            if found:
-                return found
-            if loop.time() > deadline:
-                raise TimeoutError(f"no etcd leader within {timeout_s:.0f} s")
-            await asyncio.sleep(0.05)
+        return await poll_leader(self.current_leader, "etcd", timeout_s)
 
     def kill(self, member_id: int) -> None:
         m = self.members[member_id]

@@ -34,7 +34,7 @@ from coordinator.testing.procs import free_ports
 from ..procs import Supervisor, wait_until
 from ..protos import pysyncobj_front_pb2 as pb
 from ..protos import pysyncobj_front_pb2_grpc as front_grpc
-from .base import Cluster, MemberInfo, Session, Unsupported
+from .base import Cluster, MemberInfo, Session, Unsupported, poll_leader
 
 REPO = Path(__file__).resolve().parents[2]
 _rpc: Any = front_grpc
@@ -216,15 +216,7 @@ class PySyncObjCluster(Cluster):
         return top if self.nodes[top].running() else 0
 
     async def leader(self, timeout_s: float = 30.0) -> int:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while True:
-            found = await self.current_leader()
-            if found:
-                return found
-            if loop.time() > deadline:
-                raise TimeoutError(f"no PySyncObj leader within {timeout_s:.0f} s")
-            await asyncio.sleep(0.05)
+        return await poll_leader(self.current_leader, "PySyncObj", timeout_s)
 
     def kill(self, member_id: int) -> None:
         n = self.nodes[member_id]

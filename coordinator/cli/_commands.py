@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -34,6 +35,17 @@ from ._common import (
 from ._connect import run
 from ._hold_commands import elect, fence, lock
 from ._params import DURATION, ID
+
+
+def _by_id(param: str) -> Callable[[Any], Any]:
+    """The commands that act on one lease or member: its ID as the first argument (passed
+    as `param`), after the context."""
+
+    def decorate(fn: Any) -> Any:  # noqa: ANN401 (click decorators are untyped)
+        return click.argument(param, metavar="ID", type=ID)(click.pass_obj(fn))
+
+    return decorate
+
 
 # --- keys ----------------------------------------------------------------------------------
 
@@ -221,8 +233,7 @@ def lease_grant(ctx: Ctx, ttl: int) -> None:
 
 
 @lease.command(name="revoke")
-@click.argument("lease_id", metavar="ID", type=ID)
-@click.pass_obj
+@_by_id("lease_id")
 def lease_revoke(ctx: Ctx, lease_id: int) -> None:
     """End lease ID now: its keys are deleted and its locks released."""
     run(ctx, lambda c: c.lease_revoke(lease_id))
@@ -230,8 +241,7 @@ def lease_revoke(ctx: Ctx, lease_id: int) -> None:
 
 
 @lease.command(name="ttl")
-@click.argument("lease_id", metavar="ID", type=ID)
-@click.pass_obj
+@_by_id("lease_id")
 def lease_ttl(ctx: Ctx, lease_id: int) -> None:
     """Lease ID's TTL and the time it has left."""
     info = run(ctx, lambda c: c.lease_time_to_live(lease_id))
@@ -301,7 +311,7 @@ def member_list(ctx: Ctx) -> None:
 
 
 @member.command(name="add")
-@click.argument("member_id", metavar="ID", type=ID)
+@_by_id("member_id")
 @click.argument("name")
 @click.argument("peer_url")
 @click.argument("client_url")
@@ -311,7 +321,6 @@ def member_list(ctx: Ctx) -> None:
     help="ID was removed earlier and this is that same member coming back (its old process "
     "surely gone): allow the id again, which is otherwise never reused",
 )
-@click.pass_obj
 def member_add(  # noqa: PLR0917 (click passes every option)
     ctx: Ctx, member_id: int, name: str, peer_url: str, client_url: str, readmit: bool
 ) -> None:
@@ -330,8 +339,7 @@ def member_add(  # noqa: PLR0917 (click passes every option)
 
 
 @member.command(name="promote")
-@click.argument("member_id", metavar="ID", type=ID)
-@click.pass_obj
+@_by_id("member_id")
 def member_promote(ctx: Ctx, member_id: int) -> None:
     """Make learner ID a voter (refused while it lags behind the leader)."""
     run(ctx, lambda c: c.member_promote(member_id))
@@ -339,8 +347,7 @@ def member_promote(ctx: Ctx, member_id: int) -> None:
 
 
 @member.command(name="remove")
-@click.argument("member_id", metavar="ID", type=ID)
-@click.pass_obj
+@_by_id("member_id")
 def member_remove(ctx: Ctx, member_id: int) -> None:
     """Remove member ID (to remove the leader, transfer leadership first)."""
     run(ctx, lambda c: c.member_remove(member_id))
@@ -348,8 +355,7 @@ def member_remove(ctx: Ctx, member_id: int) -> None:
 
 
 @member.command(name="transfer")
-@click.argument("member_id", metavar="ID", type=ID)
-@click.pass_obj
+@_by_id("member_id")
 def member_transfer(ctx: Ctx, member_id: int) -> None:
     """Hand the leadership to voter ID; returns once it leads."""
     run(ctx, lambda c: c.transfer_leader(member_id))

@@ -25,7 +25,6 @@ line a new member joins with.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import secrets
 import shlex
@@ -40,6 +39,7 @@ from coordinator.pki import (
     OPERATOR_ROLE,
     TlsError,
     create_ca,
+    is_ip_address,
     issue_client_cert,
     issue_member_cert,
     write_ca,
@@ -52,14 +52,6 @@ from ._common import CLIENT_CERT_FILE, CLIENT_KEY_FILE, Ctx, fail, warn
 MEMBERS_MAX = 9
 PORTS_PER_MEMBER = 4
 _PORT_NAMES = ("client", "peer", "metrics", "join")
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _host_port(host: str, port: int) -> str:
@@ -140,7 +132,7 @@ def cluster_init(
     cid = cluster_id or f"concord-{secrets.token_hex(4)}"
     if not cid.strip():
         raise click.BadParameter("must not be empty", param_hint="--cluster-id")
-    ips = [host] if _is_ip(host) else []
+    ips = [host] if is_ip_address(host) else []
     dns = [*dns_names, *([] if ips else [host])]
     try:
         write_cluster_tls(directory, cid, members, dns=dns, ips=ips)

@@ -29,6 +29,7 @@ from .certs import cert_pem as cert_pem
 from .certs import check_csr as check_csr
 from .certs import create_ca as create_ca
 from .certs import host_sans as host_sans
+from .certs import is_ip_address as is_ip_address
 from .certs import issue_client_cert as issue_client_cert
 from .certs import issue_member_cert as issue_member_cert
 from .certs import key_pem as key_pem

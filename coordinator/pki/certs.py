@@ -413,7 +413,7 @@ def sign_member_csr(
     dns = list(request.dns_names)
     ips = list(request.ip_addresses)
     for host in hosts:
-        (ips if _is_ip(host) else dns).append(host)
+        (ips if is_ip_address(host) else dns).append(host)
     sans = _member_sans(dns, ips, member_id)
     cert = _build_cert(
         ca, request.public_key, common_name=name, usages=_MEMBER_USAGES, sans=sans, days=days
@@ -421,7 +421,8 @@ def sign_member_csr(
     return cert_pem(cert)
 
 
-def _is_ip(text: str) -> bool:
+def is_ip_address(text: str) -> bool:
+    """`text` is an IP address (an IP SAN), not a DNS name."""
     try:
         ipaddress.ip_address(text)
     except ValueError:

@@ -55,7 +55,7 @@ import contextlib
 import logging
 import random
 import ssl
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import grpc
@@ -84,24 +84,20 @@ from .frames import (
     encode_hello,
     encode_message,
 )
-from .grpc_transport import PeerStats
+from .peer_book import PeerBook, PeerRecord
 from .raft_servicer import RaftServicer, add_raft_servicer
 from .wire import WireError
 
 log = logging.getLogger("concord.frames")
 
-_PROBES = frozenset({MessageType.APP, MessageType.HEARTBEAT})
-_PROBE_ANSWERS = frozenset({MessageType.APP_RESP, MessageType.HEARTBEAT_RESP})
-_PROBE_STALE_S = 10.0
 _NETWORK_ERRORS = (OSError, ssl.SSLError, asyncio.IncompleteReadError, TimeoutError, FrameError)
 
 
-class _Peer:
-    """Mutable per-peer state; owned by the transport, touched only on the event loop."""
+class _Peer(PeerRecord):
+    """The frame transport's per-peer state."""
 
     def __init__(self, peer_id: int, address: str) -> None:
-        self.id = peer_id
-        self.address = address
+        super().__init__(peer_id, address)
         self.pending: list[bytes] = []
         """Encoded frames not yet written (at most the transport's `queue_max`)."""
         self.writer: asyncio.StreamWriter | None = None
@@ -109,19 +105,12 @@ class _Peer:
         self.flush: asyncio.Handle | None = None
         self.drain: asyncio.Task[None] | None = None
         self.task: asyncio.Task[None] | None = None
-        self.wake = asyncio.Event()
-        self.failing = False
-        self.last_sent_s: float | None = None
-        self.last_heard_s: float | None = None
-        self.round_trip_s: float | None = None
-        self.probe_s: float | None = None
-        self.sent = 0
-        self.dropped = 0
-        self.received = 0
-        self.last_error = ""
+
+    def is_connected(self) -> bool:
+        return self.writer is not None
 
 
-class FrameTransport:
+class FrameTransport(PeerBook[_Peer]):
     """Best-effort delivery to peers over framed TLS connections (see the module docstring).
     `ssl_contexts` None runs without TLS (only for `--insecure` demos and tests)."""
 
@@ -144,13 +133,18 @@ class FrameTransport:
         on_round_trip: Callable[[int, float], None] | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        if member_id <= 0:
-            raise ValueError("member id must be a positive integer")
+        super().__init__(
+            member_id,
+            cluster_id,
+            clock,
+            log=log,
+            reachable_window_s=reachable_window_s,
+            append_lag_s=append_lag_s,
+            prompt_window_s=prompt_window_s,
+            on_round_trip=on_round_trip,
+        )
         if queue_max <= 0:
             raise ValueError("queue_max must be positive")
-        self.member_id = member_id
-        self.cluster_id = cluster_id
-        self.clock = clock
         self._ssl = ssl_contexts
         self._queue_max = queue_max
         self._write_buffer_max = write_buffer_max
@@ -158,37 +152,15 @@ class FrameTransport:
         self._backoff_max_s = backoff_max_s
         self._connect_timeout_s = connect_timeout_s
         self._write_timeout_s = write_timeout_s
-        self.reachable_window_s = reachable_window_s
-        self._append_lag_s = append_lag_s
-        self._prompt_window_s = prompt_window_s
-        self._voters: frozenset[int] = frozenset()
-        self._on_round_trip = on_round_trip
         self._rng = rng or random.Random()
-        self._peers: dict[int, _Peer] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         """Every task this transport started that may still run (awaited by `close`)."""
-        self._receive: Callable[[Message], None] | None = None
-        self._lost: Callable[[int], None] | None = None
         self._server: asyncio.Server | None = None
         self._backend: tuple[str, int] | None = None
-        self._closed = False
-        self.dropped_unknown_peer = 0
         self.refused_connections = 0
         """Inbound connections closed for a protocol or identity error (tests, metrics)."""
 
     # --- wiring ------------------------------------------------------------------------------
-
-    def bind(
-        self, receive: Callable[[Message], None], lost: Callable[[int], None] | None = None
-    ) -> None:
-        """Where incoming messages go (`RaftLoop.receive`); `lost(peer)` hears that a
-        connection with `peer` broke (`RaftLoop.peer_unreachable`)."""
-        self._receive = receive
-        self._lost = lost
-
-    def connection_lost(self, peer_id: int) -> None:
-        if self._lost is not None and not self._closed:
-            self._lost(peer_id)
 
     def peer_dialed_in(self, peer_id: int) -> None:
         peer = self._peers.get(peer_id)
@@ -215,9 +187,8 @@ class FrameTransport:
     # --- the Transport contract --------------------------------------------------------------
 
     def send(self, msg: Message) -> None:
-        peer = self._peers.get(msg.to)
-        if peer is None or self._closed:
-            self.dropped_unknown_peer += 1
+        peer = self._peer_to_send_to(msg)
+        if peer is None:
             return
         try:
             data = encode_message(msg)
@@ -228,10 +199,7 @@ class FrameTransport:
             peer.dropped += 1
             return
         peer.pending.append(data)
-        if msg.type in _PROBES:
-            now = self.clock.monotonic_s()
-            if peer.probe_s is None or now - peer.probe_s > _PROBE_STALE_S:
-                peer.probe_s = now
+        self._note_probe(peer, msg)
         if peer.flush is None and peer.drain is None and peer.writer is not None:
             loop = asyncio.get_running_loop()
             if msg.type is MessageType.APP and peer.id not in self.prompt():
@@ -275,28 +243,10 @@ class FrameTransport:
 
     # --- membership --------------------------------------------------------------------------
 
-    def set_peers(self, peers: Mapping[int, str]) -> None:
-        """Make the peer set exactly `peers` (id -> host:port); this member's id is ignored."""
-        wanted = {i: a for i, a in peers.items() if i != self.member_id}
-        for peer_id in [i for i in self._peers if i not in wanted]:
-            self.remove_peer(peer_id)
-        for peer_id, address in wanted.items():
-            self.add_peer(peer_id, address)
-
-    def add_peer(self, peer_id: int, address: str) -> None:
-        if peer_id == self.member_id:
-            raise ValueError(f"member {peer_id} is this member, not a peer")
-        if self._closed:
-            raise RuntimeError("the transport is closed")
-        old = self._peers.get(peer_id)
-        if old is not None:
-            if old.address == address:
-                return
-            self.remove_peer(peer_id)
+    def _start_peer(self, peer_id: int, address: str) -> _Peer:
         peer = _Peer(peer_id, address)
-        self._peers[peer_id] = peer
         peer.task = self._spawn(self._run_peer(peer), f"raft-peer-{peer_id}")
-        log.info("peer %d at %s added", peer_id, address)
+        return peer
 
     def remove_peer(self, peer_id: int) -> None:
         peer = self._peers.pop(peer_id, None)
@@ -307,30 +257,6 @@ class FrameTransport:
                 task.cancel()
         log.info("peer %d at %s removed", peer_id, peer.address)
 
-    def peers(self) -> dict[int, str]:
-        return {i: p.address for i, p in self._peers.items()}
-
-    def set_voters(self, voters: frozenset[int]) -> None:
-        self._voters = frozenset(voters)
-
-    def prompt(self) -> frozenset[int]:
-        """The peers an APP goes to at once (as `GrpcTransport.prompt`)."""
-        voters = self._voters
-        if not voters or self._append_lag_s <= 0 or self.member_id not in voters:
-            return frozenset(self._peers)
-        need = len(voters) // 2
-        now = self.clock.monotonic_s()
-        healthy = [
-            i
-            for i in sorted(voters)
-            if (p := self._peers.get(i)) is not None
-            and p.writer is not None
-            and self._heard_recently(p, now, self._prompt_window_s)
-        ]
-        if len(healthy) < need:
-            return frozenset(self._peers)
-        return frozenset(healthy[:need])
-
     async def close(self) -> None:
         """Stop listening, stop every peer task, close every connection."""
         self._closed = True
@@ -338,64 +264,13 @@ class FrameTransport:
             self._server.close()
         self._peers.clear()
         tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            _, stuck = await asyncio.wait(tasks, timeout=5.0)
-            if stuck:
-                log.error("%d peer task(s) did not stop within 5 s", len(stuck))
+        await self._stop_tasks(tasks)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
-
-    # --- observation -------------------------------------------------------------------------
-
-    def stats(self) -> dict[int, PeerStats]:
-        now = self.clock.monotonic_s()
-        return {
-            i: PeerStats(
-                id=p.id,
-                address=p.address,
-                connected=p.writer is not None,
-                reachable=self._heard_recently(p, now),
-                last_sent_s=p.last_sent_s,
-                last_heard_s=p.last_heard_s,
-                round_trip_s=p.round_trip_s,
-                sent=p.sent,
-                dropped=p.dropped,
-                received=p.received,
-                last_error=p.last_error,
-            )
-            for i, p in sorted(self._peers.items())
-        }
-
-    def reachable(self, peer_id: int) -> bool:
-        peer = self._peers.get(peer_id)
-        return peer is not None and self._heard_recently(peer, self.clock.monotonic_s())
-
-    def _heard_recently(self, peer: _Peer, now: float, window_s: float | None = None) -> bool:
-        heard = peer.last_heard_s
-        window = self.reachable_window_s if window_s is None else window_s
-        return heard is not None and now - heard <= window
-
-    def deliver(self, msg: Message) -> None:
-        """A checked message from a peer: note what it tells us, then hand it to the owner."""
-        peer = self._peers.get(msg.frm)
-        if peer is not None:
-            now = self.clock.monotonic_s()
-            peer.last_heard_s = now
-            peer.received += 1
-            if msg.type in _PROBE_ANSWERS and peer.probe_s is not None:
-                sample = now - peer.probe_s
-                peer.probe_s = None
-                peer.round_trip_s = sample
-                if self._on_round_trip is not None:
-                    self._on_round_trip(peer.id, sample)
-        if self._receive is not None:
-            self._receive(msg)
 
     # --- dialling (one task per peer) --------------------------------------------------------
 
@@ -407,9 +282,7 @@ class FrameTransport:
                 reader, writer = await self._dial(peer)
                 peer.writer = writer
                 backoff_s = self._backoff_initial_s
-                if peer.failing:
-                    log.info("peer %d at %s is reachable again", peer.id, peer.address)
-                peer.failing = False
+                self._note_reconnected(peer)
                 self._flush(peer)  # what queued while dialling
                 reason = await _watch(reader)
             except _NETWORK_ERRORS as err:
@@ -469,18 +342,7 @@ class FrameTransport:
     def _failed(self, peer: _Peer, reason: str) -> None:
         lost = len(peer.pending)
         peer.pending.clear()
-        peer.dropped += lost
-        peer.last_error = reason
-        if not peer.failing:
-            peer.failing = True
-            self.connection_lost(peer.id)
-            log.warning(
-                "peer %d at %s is unreachable (%s); %d message(s) dropped, retrying",
-                peer.id,
-                peer.address,
-                reason,
-                lost,
-            )
+        self._note_failure(peer, reason, lost)
 
     # --- listening ---------------------------------------------------------------------------
 

@@ -71,17 +71,17 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
 
 from coordinator.api.v1 import raft_pb2 as pb
 from coordinator.api.v1 import raft_pb2_grpc as pb_grpc
-from coordinator.raft import Message, MessageType
+from coordinator.raft import Message
 
 from .clock import Clock
+from .peer_book import PeerBook, PeerRecord
 from .raft_servicer import RaftServicer, add_raft_servicer
 from .wire import WireError, to_wire
 
@@ -93,11 +93,6 @@ _raft_stub: Callable[[grpc.aio.Channel], Any] = pb_grpc.RaftStub
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """gRPC message size limit on both ends of the peer stream (a batch, or a snapshot chunk)."""
-
-_PROBES = frozenset({MessageType.APP, MessageType.HEARTBEAT})
-_PROBE_ANSWERS = frozenset({MessageType.APP_RESP, MessageType.HEARTBEAT_RESP})
-_PROBE_STALE_S = 10.0
-"""A probe unanswered this long is forgotten rather than turned into a huge sample."""
 
 
 def channel_options() -> list[tuple[str, int]]:
@@ -128,54 +123,21 @@ def server_options() -> list[tuple[str, int]]:
     ]
 
 
-@dataclass(frozen=True, slots=True)
-class PeerStats:
-    """One peer as this member sees it. Times are `Clock.monotonic_s` values; None: never."""
-
-    id: int
-    address: str
-    connected: bool
-    """A stream to the peer is open and its last write went through."""
-    reachable: bool
-    """Heard from within the transport's `reachable_window_s`."""
-    last_sent_s: float | None
-    last_heard_s: float | None
-    round_trip_s: float | None
-    """The latest round-trip sample (leader only; see the module docstring)."""
-    sent: int
-    """Messages written to the stream."""
-    dropped: int
-    """Messages dropped: queue full, or lost with a broken stream."""
-    received: int
-    last_error: str
-    """Why the last stream failed ('' if none has)."""
-
-
-class _Peer:
-    """Mutable per-peer state; owned by the transport, touched only on the event loop."""
+class _Peer(PeerRecord):
+    """The gRPC transport's per-peer state."""
 
     def __init__(self, peer_id: int, address: str, queue_max: int) -> None:
-        self.id = peer_id
-        self.address = address
+        super().__init__(peer_id, address)
         self.queue: asyncio.Queue[pb.RaftMessage] = asyncio.Queue(maxsize=queue_max)
         """Already in wire form: a message that cannot be converted is refused by `send`."""
         self.task: asyncio.Task[None] | None = None
-        self.wake = asyncio.Event()
-        """Set when the peer dialled in: cut the backoff short."""
         self.connected = False
-        self.failing = False
-        """The last attempt failed and the failure was logged (to log changes, not spam)."""
-        self.last_sent_s: float | None = None
-        self.last_heard_s: float | None = None
-        self.round_trip_s: float | None = None
-        self.probe_s: float | None = None
-        self.sent = 0
-        self.dropped = 0
-        self.received = 0
-        self.last_error = ""
+
+    def is_connected(self) -> bool:
+        return self.connected
 
 
-class GrpcTransport:
+class GrpcTransport(PeerBook[_Peer]):
     """Best-effort delivery to peers over gRPC streams (see the module docstring).
 
     `credentials` are grpc channel credentials (`tls.channel_credentials`); None dials
@@ -201,13 +163,18 @@ class GrpcTransport:
         on_round_trip: Callable[[int, float], None] | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        if member_id <= 0:
-            raise ValueError("member id must be a positive integer")
+        super().__init__(
+            member_id,
+            cluster_id,
+            clock,
+            log=log,
+            reachable_window_s=reachable_window_s,
+            append_lag_s=append_lag_s,
+            prompt_window_s=prompt_window_s,
+            on_round_trip=on_round_trip,
+        )
         if queue_max <= 0 or batch_max <= 0:
             raise ValueError("queue_max and batch_max must be positive")
-        self.member_id = member_id
-        self.cluster_id = cluster_id
-        self.clock = clock
         self._credentials = credentials
         self._queue_max = queue_max
         self._batch_max = batch_max
@@ -215,37 +182,11 @@ class GrpcTransport:
         self._backoff_initial_s = backoff_initial_s
         self._backoff_max_s = backoff_max_s
         self._write_timeout_s = write_timeout_s
-        self.reachable_window_s = reachable_window_s
-        self._append_lag_s = append_lag_s
-        self._prompt_window_s = prompt_window_s
-        self._voters: frozenset[int] = frozenset()
-        self._on_round_trip = on_round_trip
         self._rng = rng or random.Random()
-        self._peers: dict[int, _Peer] = {}
         self._retiring: set[asyncio.Task[None]] = set()
         """Tasks of removed peers, still closing their channels (awaited by `close`)."""
-        self._receive: Callable[[Message], None] | None = None
-        self._lost: Callable[[int], None] | None = None
-        self._closed = False
-        self.dropped_unknown_peer = 0
-        """Messages for an id that is not a peer (yet, or any more)."""
 
     # --- wiring ------------------------------------------------------------------------------
-
-    def bind(
-        self, receive: Callable[[Message], None], lost: Callable[[int], None] | None = None
-    ) -> None:
-        """Where incoming messages go (`RaftLoop.receive`); until bound they are dropped.
-        `lost(peer)` hears that a connection with `peer` broke (`RaftLoop.peer_unreachable`)."""
-        self._receive = receive
-        self._lost = lost
-
-    def connection_lost(self, peer_id: int) -> None:
-        """A stream with `peer_id` ended or failed: tell the owner (a hint that the peer may
-        be down; a crashed process's connections close at once, long before an election
-        timeout of silence)."""
-        if self._lost is not None and not self._closed:
-            self._lost(peer_id)
 
     def peer_dialed_in(self, peer_id: int) -> None:
         """`peer_id` opened a stream to us, so it is up: if our stream to it is down, dial it
@@ -264,9 +205,8 @@ class GrpcTransport:
     # --- the Transport contract --------------------------------------------------------------
 
     def send(self, msg: Message) -> None:
-        peer = self._peers.get(msg.to)
-        if peer is None or self._closed:
-            self.dropped_unknown_peer += 1
+        peer = self._peer_to_send_to(msg)
+        if peer is None:
             return
         try:
             wire = to_wire(msg)
@@ -278,39 +218,16 @@ class GrpcTransport:
         except asyncio.QueueFull:
             peer.dropped += 1
             return
-        if msg.type in _PROBES:
-            now = self.clock.monotonic_s()
-            if peer.probe_s is None or now - peer.probe_s > _PROBE_STALE_S:
-                peer.probe_s = now
+        self._note_probe(peer, msg)
 
     # --- membership --------------------------------------------------------------------------
 
-    def set_peers(self, peers: Mapping[int, str]) -> None:
-        """Make the peer set exactly `peers` (id -> host:port); this member's id is ignored."""
-        wanted = {i: a for i, a in peers.items() if i != self.member_id}
-        for peer_id in [i for i in self._peers if i not in wanted]:
-            self.remove_peer(peer_id)
-        for peer_id, address in wanted.items():
-            self.add_peer(peer_id, address)
-
-    def add_peer(self, peer_id: int, address: str) -> None:
-        """Start talking to `peer_id` at `address`; a known peer with a new address is
-        reconnected, one with the same address is left alone."""
-        if peer_id == self.member_id:
-            raise ValueError(f"member {peer_id} is this member, not a peer")
-        if self._closed:
-            raise RuntimeError("the transport is closed")
-        old = self._peers.get(peer_id)
-        if old is not None:
-            if old.address == address:
-                return
-            self.remove_peer(peer_id)
+    def _start_peer(self, peer_id: int, address: str) -> _Peer:
         peer = _Peer(peer_id, address, self._queue_max)
-        self._peers[peer_id] = peer
         peer.task = asyncio.get_running_loop().create_task(
             self._run_peer(peer), name=f"raft-peer-{peer_id}"
         )
-        log.info("peer %d at %s added", peer_id, address)
+        return peer
 
     def remove_peer(self, peer_id: int) -> None:
         peer = self._peers.pop(peer_id, None)
@@ -322,95 +239,13 @@ class GrpcTransport:
             peer.task.add_done_callback(self._retiring.discard)
         log.info("peer %d at %s removed", peer_id, peer.address)
 
-    def peers(self) -> dict[int, str]:
-        return {i: p.address for i, p in self._peers.items()}
-
-    def set_voters(self, voters: frozenset[int]) -> None:
-        """The configuration's voters (this member included or not), for choosing which
-        followers get appends at once (see the module docstring)."""
-        self._voters = frozenset(voters)
-
-    def prompt(self) -> frozenset[int]:
-        """The peers an APP goes to at once: the lowest-id healthy voters, as many as make a
-        majority of the voters with this member; every peer while the voters are unknown,
-        the lag is off, or too few are healthy for a majority."""
-        voters = self._voters
-        if not voters or self._append_lag_s <= 0 or self.member_id not in voters:
-            return frozenset(self._peers)
-        need = len(voters) // 2  # followers that make a majority with this member
-        now = self.clock.monotonic_s()
-        healthy = [
-            i
-            for i in sorted(voters)
-            if (p := self._peers.get(i)) is not None
-            and p.connected
-            and self._heard_recently(p, now, self._prompt_window_s)
-        ]
-        if len(healthy) < need:
-            return frozenset(self._peers)
-        return frozenset(healthy[:need])
-
     async def close(self) -> None:
         """Stop every peer task and close its stream and channel."""
         self._closed = True
         tasks = [p.task for p in self._peers.values() if p.task is not None]
         tasks += self._retiring
         self._peers.clear()
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            _, stuck = await asyncio.wait(tasks, timeout=5.0)
-            if stuck:
-                log.error("%d peer task(s) did not stop within 5 s", len(stuck))
-
-    # --- observation -------------------------------------------------------------------------
-
-    def stats(self) -> dict[int, PeerStats]:
-        now = self.clock.monotonic_s()
-        return {i: self._stats(p, now) for i, p in sorted(self._peers.items())}
-
-    def reachable(self, peer_id: int) -> bool:
-        peer = self._peers.get(peer_id)
-        return peer is not None and self._heard_recently(peer, self.clock.monotonic_s())
-
-    def _heard_recently(self, peer: _Peer, now: float, window_s: float | None = None) -> bool:
-        """Heard from within `window_s` (default: `reachable_window_s`)."""
-        heard = peer.last_heard_s
-        window = self.reachable_window_s if window_s is None else window_s
-        return heard is not None and now - heard <= window
-
-    def _stats(self, p: _Peer, now: float) -> PeerStats:
-        return PeerStats(
-            id=p.id,
-            address=p.address,
-            connected=p.connected,
-            reachable=self._heard_recently(p, now),
-            last_sent_s=p.last_sent_s,
-            last_heard_s=p.last_heard_s,
-            round_trip_s=p.round_trip_s,
-            sent=p.sent,
-            dropped=p.dropped,
-            received=p.received,
-            last_error=p.last_error,
-        )
-
-    # --- receiving (called by the servicer) --------------------------------------------------
-
-    def deliver(self, msg: Message) -> None:
-        """A checked message from a peer: note what it tells us, then hand it to the owner."""
-        peer = self._peers.get(msg.frm)
-        if peer is not None:
-            now = self.clock.monotonic_s()
-            peer.last_heard_s = now
-            peer.received += 1
-            if msg.type in _PROBE_ANSWERS and peer.probe_s is not None:
-                sample = now - peer.probe_s
-                peer.probe_s = None
-                peer.round_trip_s = sample
-                if self._on_round_trip is not None:
-                    self._on_round_trip(peer.id, sample)
-        if self._receive is not None:
-            self._receive(msg)
+        await self._stop_tasks(tasks)
 
     # --- sending (one task per peer) ---------------------------------------------------------
 
@@ -458,9 +293,7 @@ class GrpcTransport:
                 backoff_s = self._backoff_initial_s
                 if not peer.connected:
                     peer.connected = True
-                    if peer.failing:
-                        log.info("peer %d at %s is reachable again", peer.id, peer.address)
-                    peer.failing = False
+                    self._note_reconnected(peer)
         finally:
             peer.connected = False
             if call is not None:
@@ -496,21 +329,9 @@ class GrpcTransport:
         while not peer.queue.empty():
             peer.queue.get_nowait()
             lost += 1
-        peer.dropped += lost
         peer.connected = False
-        peer.last_error = reason
-        if not peer.failing:
-            peer.failing = True
-            self.connection_lost(peer.id)
-            level = logging.ERROR if reason.startswith("PERMISSION_DENIED") else logging.WARNING
-            log.log(
-                level,
-                "peer %d at %s is unreachable (%s); %d message(s) dropped, retrying",
-                peer.id,
-                peer.address,
-                reason,
-                lost,
-            )
+        level = logging.ERROR if reason.startswith("PERMISSION_DENIED") else logging.WARNING
+        self._note_failure(peer, reason, lost, level)
 
     def _open_channel(self, address: str) -> grpc.aio.Channel:
         if self._credentials is None:

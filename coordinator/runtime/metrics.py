@@ -33,8 +33,8 @@ from coordinator.fsm import StateMachine
 from coordinator.raft import ConfState, Entry, HardState, Role, Snapshot, Status
 from coordinator.storage import DiskWal, WalMetrics
 
-from .grpc_transport import PeerStats
 from .loop import RaftLoop
+from .peer_book import PeerStats
 
 _FSYNC_BUCKETS_S = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,

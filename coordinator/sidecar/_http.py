@@ -7,12 +7,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import ipaddress
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -29,6 +27,7 @@ from coordinator.client import (
 )
 
 from ._hold import _Hold
+from ._loopback import is_loopback_http
 
 FENCING_HEADER = "Concord-Fencing-Token"
 RETRY_AFTER_S = 1
@@ -144,16 +143,7 @@ def _callback_url(raw: object) -> str | None:
     if raw is None:
         return None
     assert isinstance(raw, str)  # the schema says so
-    parts = urlsplit(raw)
-    host = parts.hostname or ""
-    loopback = host == "localhost"
-    with contextlib.suppress(ValueError):
-        loopback = loopback or ipaddress.ip_address(host).is_loopback
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if parts.scheme != "http" or not loopback or port is None:
+    if not is_loopback_http(raw):
         raise HttpError(
             400,
             "callback_url must be http://127.0.0.1:PORT/... (or localhost, ::1): the sidecar "

@@ -21,16 +21,16 @@ never fatal: the files are already in place, and the next change notifies again.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import os
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import urlsplit
 
 import aiohttp
+
+from ._loopback import is_loopback_http
 
 HTTP_TIMEOUT_S = 5.0
 
@@ -180,16 +180,7 @@ def _signal(raw: str) -> signal.Signals:
 
 
 def _loopback_url(raw: str) -> str:
-    parts = urlsplit(raw)
-    host = parts.hostname or ""
-    loopback = host == "localhost"
-    with contextlib.suppress(ValueError):
-        loopback = loopback or ipaddress.ip_address(host).is_loopback
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if parts.scheme != "http" or not loopback or port is None:
+    if not is_loopback_http(raw):
         raise ValueError(
             f"{raw!r}: the notification URL must be http://127.0.0.1:PORT/... (or localhost, "
             "::1): the sidecar calls only loopback addresses"

@@ -132,21 +132,12 @@ def plan_membership(sts: StatefulSetObserved, observed: ClusterObserved) -> Memb
             message = f"no quorum: {_scale_back(sts, len(voters), gone)}"
             # Not pending: nothing changes until a person scales back (the StatefulSet's
             # event, or the periodic refresh, brings the operator back).
-            return MembershipPlan(
-                None, Cond(MEMBERSHIP, "False", BLOCKED, message), False, warning=message
-            )
+            return _blocked(message, warning=message)
         return _waiting("no leader: membership changes wait for a quorum")
     if sts.replicas < 1:
-        return MembershipPlan(
-            None,
-            Cond(
-                MEMBERSHIP,
-                "False",
-                BLOCKED,
-                f"StatefulSet {sts.name} is scaled to 0: the members are kept (scale it up "
-                "again; the data is on the retained claims)",
-            ),
-            False,
+        return _blocked(
+            f"StatefulSet {sts.name} is scaled to 0: the members are kept (scale it up "
+            "again; the data is on the retained claims)"
         )
     wanted = set(range(1, sts.replicas + 1))
     extra = sorted((i for i in members if i not in wanted), reverse=True)
@@ -188,16 +179,9 @@ def plan_membership(sts: StatefulSetObserved, observed: ClusterObserved) -> Memb
     name = f"{sts.name}-{ordinal}"
     urls = member_urls(sts.name, ordinal, observed.members)
     if urls is None:
-        return MembershipPlan(
-            None,
-            Cond(
-                MEMBERSHIP,
-                "False",
-                BLOCKED,
-                f"cannot tell pod {name}'s URLs: no listed member is named after StatefulSet "
-                f"{sts.name} (NAME-ORDINAL)",
-            ),
-            False,
+        return _blocked(
+            f"cannot tell pod {name}'s URLs: no listed member is named after StatefulSet "
+            f"{sts.name} (NAME-ORDINAL)",
             warning=f"member {member} not added: no member's URLs follow {sts.name}'s naming",
         )
     peer_url, client_url = urls
@@ -236,9 +220,7 @@ def _scale_down(
             f"would have {reachable} running, fewer than their quorum of {quorum}: "
             f"{_scale_back(sts, len(voters), gone)}"
         )
-        return MembershipPlan(
-            None, Cond(MEMBERSHIP, "False", BLOCKED, message), False, warning=message
-        )
+        return _blocked(message, warning=message)
     if leader.id == member:
         successors = [m for m in remaining if m.id in wanted and _alive(m, sts)]
         if not successors:
@@ -300,3 +282,9 @@ def _scaling(message: str) -> Cond:
 
 def _waiting(message: str) -> MembershipPlan:
     return MembershipPlan(None, _scaling(message), True)
+
+
+def _blocked(message: str, *, warning: str = "") -> MembershipPlan:
+    """No change, and none until something else changes (not pending); `warning` asks a
+    person to act."""
+    return MembershipPlan(None, Cond(MEMBERSHIP, "False", BLOCKED, message), False, warning)

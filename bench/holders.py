@@ -1,0 +1,161 @@
+"""Holder processes for the scale levels that hold things (`bench/leases.py`,
+`bench/locks.py`): what both sides of the holder protocol do whatever is held.
+
+A level spreads N things over `--procs` child processes (`python -m bench.scale holder|locker
+...`). Each child takes its share, prints READY, and on "REPORT" from stdin prints one JSON
+line and lets go (`serve_report`). The benchmark process waits for every READY, measures the
+members' CPU around a probe that times one operation at a fixed period, then collects the
+reports (`HolderProcs`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .procs import cpu_seconds
+from .systems.base import Cluster
+
+REPO = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
+
+
+def credentials(tls_dir: Path) -> Any:  # noqa: ANN401 (grpc credentials)
+    """Client credentials from a directory of ca.pem, client.pem and client-key.pem."""
+    from coordinator.runtime.tls import channel_credentials  # noqa: PLC0415
+
+    return channel_credentials(
+        (tls_dir / "ca.pem").read_bytes(),
+        (tls_dir / "client.pem").read_bytes(),
+        (tls_dir / "client-key.pem").read_bytes(),
+    )
+
+
+def percentile_ms(values: list[float], q: float) -> float | None:
+    """The q-quantile of `values` (seconds) in milliseconds; None without values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
+
+
+def spread(n: int, procs: int) -> list[int]:
+    """How many of `n` things each holder process takes: `procs` of them (at least one, at
+    most `n`), the remainder one each to the first ones."""
+    procs = max(1, min(procs, n))
+    return [n // procs + (1 if k < n % procs else 0) for k in range(procs)]
+
+
+def merged_codes(reports: list[dict[str, Any]]) -> dict[str, int]:
+    """The holders' `lost_codes` counts added up."""
+    codes: dict[str, int] = {}
+    for r in reports:
+        for code, k in r["lost_codes"].items():
+            codes[code] = codes.get(code, 0) + k
+    return codes
+
+
+# --- the holder's side ---------------------------------------------------------------------------
+
+
+async def serve_report(
+    report: Callable[[], dict[str, Any]], close: Callable[[], Awaitable[None]]
+) -> int:
+    """Everything is held: say READY, answer one REPORT with a JSON line, then let go."""
+    print("READY", flush=True)
+    line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    if line.strip() == "REPORT":
+        print(json.dumps(report()), flush=True)
+    await close()
+    return 0
+
+
+# --- the benchmark process's side ----------------------------------------------------------------
+
+
+class HolderProcs:
+    """One level's holder processes, started by `start`; `stop` kills any still running."""
+
+    def __init__(self, children: list[asyncio.subprocess.Process], what: str) -> None:
+        self.children = children
+        self.what = what
+
+    @classmethod
+    async def start(cls, argvs: list[list[str]], what: str) -> HolderProcs:
+        """One `python -m bench.scale ARGV...` per entry of `argvs`; `what` names them in
+        errors ("holder", "locker")."""
+        children = [
+            await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bench.scale", *argv,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO, limit=1 << 24,
+            )
+            for argv in argvs
+        ]  # fmt: skip
+        return cls(children, what)
+
+    async def ready(self, timeout_s: float) -> None:
+        """Wait until every process holds its share (its READY line)."""
+        for child in self.children:
+            assert child.stdout is not None
+            line = await asyncio.wait_for(child.stdout.readline(), timeout_s)
+            if line.strip() != b"READY":
+                raise RuntimeError(f"a {self.what} process failed to start: {line!r}")
+
+    async def reports(self) -> list[dict[str, Any]]:
+        """Ask every process for its report (all at once, then read them in turn)."""
+        for child in self.children:
+            assert child.stdin is not None and child.stdout is not None
+            child.stdin.write(b"REPORT\n")
+            await child.stdin.drain()
+        out = []
+        for child in self.children:
+            assert child.stdout is not None
+            out.append(json.loads(await asyncio.wait_for(child.stdout.readline(), 120)))
+        return out
+
+    async def exited(self, timeout_s: float) -> None:
+        """Wait until every process has let go of what it held and ended."""
+        for child in self.children:
+            await asyncio.wait_for(child.wait(), timeout_s)
+
+    async def stop(self) -> None:
+        for child in self.children:
+            if child.returncode is None:
+                child.kill()
+            await child.wait()
+
+
+async def measure_cpu(system: Cluster, leader: int, work: Awaitable[T]) -> tuple[T, float, float]:
+    """Run `work`; returns its result and the leader's and all members' CPU meanwhile (%)."""
+    pid = system.member(leader).pid
+    pids = [system.member(i).pid for i in system.member_ids()]
+    cpu0, all0, t0 = cpu_seconds(pid), sum(map(cpu_seconds, pids)), time.monotonic()
+    result = await work
+    cpu1, all1, t1 = cpu_seconds(pid), sum(map(cpu_seconds, pids)), time.monotonic()
+    leader_pct = round(100 * (cpu1 - cpu0) / (t1 - t0), 1)
+    members_pct = round(100 * (all1 - all0) / (t1 - t0), 1)
+    return result, leader_pct, members_pct
+
+
+async def probe_every(
+    period_s: float, seconds: float, once: Callable[[], Awaitable[object]], what: str
+) -> list[float]:
+    """Run `once` every `period_s` for `seconds`; returns the durations (s) of those that
+    succeeded (a failure is printed as "`what` failed: ...")."""
+    out: list[float] = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        t0 = time.perf_counter()
+        try:
+            await once()
+            out.append(time.perf_counter() - t0)
+        except Exception as err:
+            print(f"{what} failed: {err}"[:300], file=sys.stderr)
+        await asyncio.sleep(max(0.0, period_s - (time.perf_counter() - t0)))
+    return out
