@@ -8,7 +8,9 @@ renewal (Concord: `Client.keep_alive`; etcd: the same schedule on etcd's LeaseKe
 stream, as clientv3 multiplexes its leases on one stream). Once every holder is renewing, the
 benchmark process measures for `--seconds`:
 
-- the leader's CPU (and all three members');
+- the leader's CPU (and all three members', and the holder processes'), as a share of wall
+  time and as CPU time per renewal acknowledged meanwhile (the holders count them), which a
+  busy machine inflates far less than a share;
 - a probe: one more lease renewed every 100 ms with a keep-alive of its own (a fresh stream,
   one request, one answer), whose round trips give p50/p99: what a new client waits;
 - the holders' renewals acknowledged per second;
@@ -62,7 +64,8 @@ def _credentials(tls_dir: Path) -> Any:  # noqa: ANN401 (grpc credentials)
 
 def holder_main(argv: list[str]) -> int:
     """`python -m bench.scale holder SYSTEM COUNT TTL_MS TLS_DIR ENDPOINT...`: grant COUNT
-    leases, keep them alive, print READY; on "REPORT" from stdin print one JSON line."""
+    leases, keep them alive, print READY; on "COUNT" from stdin print one JSON line (the
+    report so far), on "REPORT" print it and end."""
     system, count, ttl_ms, tls_dir, *endpoints = argv
     return asyncio.run(_hold(system, int(count), int(ttl_ms), Path(tls_dir), endpoints))
 
@@ -102,9 +105,12 @@ async def _hold(system: str, count: int, ttl_ms: int, tls_dir: Path, endpoints: 
         report = keeper.report
         closer = keeper.close
     print("READY", flush=True)
-    line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-    if line.strip() == "REPORT":
-        print(json.dumps(report()), flush=True)
+    while True:  # "COUNT": the report so far, and go on; "REPORT" (or EOF): report, end
+        line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        if line.strip() in ("COUNT", "REPORT"):
+            print(json.dumps(report()), flush=True)
+        if line.strip() != "COUNT":
+            break
     await closer()
     return 0
 
@@ -317,17 +323,14 @@ async def run_lease_level(
                 raise RuntimeError(f"a holder process failed to start: {line!r}")
         grant_s = time.monotonic() - started
         await asyncio.sleep(ttl_ms / 1000)  # one TTL of renewals before measuring
+        before = await _ask_holders(children, b"COUNT")
+        holders = [child.pid for child in children]
         cpu0, all0, t0 = cpu_seconds(pid), sum(map(cpu_seconds, pids)), time.monotonic()
+        held0 = sum(map(cpu_seconds, holders))
         trips = await probe(system.name, endpoints, tls, ttl_ms=ttl_ms, seconds=args.seconds)
         cpu1, all1, t1 = cpu_seconds(pid), sum(map(cpu_seconds, pids)), time.monotonic()
-        reports = []
-        for child in children:
-            assert child.stdin is not None and child.stdout is not None
-            child.stdin.write(b"REPORT\n")
-            await child.stdin.drain()
-        for child in children:
-            assert child.stdout is not None
-            reports.append(json.loads(await asyncio.wait_for(child.stdout.readline(), 120)))
+        held1 = sum(map(cpu_seconds, holders))
+        reports = await _ask_holders(children, b"REPORT")
     finally:
         for child in children:
             if child.returncode is None:
@@ -338,6 +341,7 @@ async def run_lease_level(
         for code, k in r["lost_codes"].items():
             codes[code] = codes.get(code, 0) + k
     renewals = sum(r["renewals"] for r in reports)
+    measured = max(1, renewals - sum(r["renewals"] for r in before))
     window = time.monotonic() - started
     return {
         "leases": n,
@@ -345,6 +349,12 @@ async def run_lease_level(
         "grant_s": round(grant_s, 1),
         "leader_cpu_pct": round(100 * (cpu1 - cpu0) / (t1 - t0), 1),
         "members_cpu_pct": round(100 * (all1 - all0) / (t1 - t0), 1),
+        "holders_cpu_pct": round(100 * (held1 - held0) / (t1 - t0), 1),
+        # CPU time per renewal acknowledged while measuring: what the load cannot inflate
+        # the way it does a percentage of wall time (µs; the probe's renewals included).
+        "leader_cpu_us_per_renewal": round(1e6 * (cpu1 - cpu0) / measured, 1),
+        "members_cpu_us_per_renewal": round(1e6 * (all1 - all0) / measured, 1),
+        "holders_cpu_us_per_renewal": round(1e6 * (held1 - held0) / measured, 1),
         "probe_p50_ms": _pct(trips, 0.5),
         "probe_p99_ms": _pct(trips, 0.99),
         "probes": len(trips),
@@ -355,11 +365,26 @@ async def run_lease_level(
     }
 
 
+async def _ask_holders(children: list[asyncio.subprocess.Process], what: bytes) -> list[Any]:
+    """Every holder's report (`holder_main`): after b"COUNT" they go on, after b"REPORT" not."""
+    for child in children:
+        assert child.stdin is not None
+        child.stdin.write(what + b"\n")
+        await child.stdin.drain()
+    out = []
+    for child in children:
+        assert child.stdout is not None
+        out.append(json.loads(await asyncio.wait_for(child.stdout.readline(), 120)))
+    return out
+
+
 LEASE_COLUMNS = [
     ("system", "system"),
     ("leases", "leases"),
     ("leader_cpu_pct", "leader CPU %"),
     ("members_cpu_pct", "3 members CPU %"),
+    ("leader_cpu_us_per_renewal", "leader CPU µs/renewal"),
+    ("holders_cpu_us_per_renewal", "holders CPU µs/renewal"),
     ("probe_p50_ms", "probe p50 ms"),
     ("probe_p99_ms", "probe p99 ms"),
     ("renewals_per_s", "renewals/s"),
