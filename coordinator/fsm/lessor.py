@@ -166,11 +166,12 @@ class Lessor:
 
     # --- renewals and reads ---------------------------------------------------------------------
 
-    def renew(self, asks: Sequence[tuple[int, int]], term: int) -> list[Renewal]:
-        """Renewals (lease id, arrival ms), confirmed by a barrier of `term` requested after
-        every one of them arrived (rule b). One outcome per renewal, in order."""
+    def renew(self, asks: Sequence[tuple[Sequence[int], int]], term: int) -> list[Renewal]:
+        """Renewals (lease ids that arrived together, their arrival ms), confirmed by a
+        barrier of `term` requested after every one of them arrived (rule b). One outcome per
+        lease id, in order."""
         if term != self._term or not term:
-            return [Renewal.NOT_SERVING] * len(asks)
+            return [Renewal.NOT_SERVING] * sum(len(ids) for ids, _ in asks)
         # Thousands a second on the leader's event loop: nothing per renewal but a dict
         # look-up and a comparison. The due heap is not touched (`expiry` moves an entry
         # that comes up early to the lease's deadline then), so a lease costs the heap one
@@ -178,16 +179,17 @@ class Lessor:
         leases, expiring = self._leases, self._expiring
         out: list[Renewal] = []
         put = out.append
-        for lease_id, arrived_ms in asks:
-            lease = leases.get(lease_id)
-            if lease is None:
-                put(Renewal.UNKNOWN)
-            elif lease_id in expiring:
-                put(Renewal.EXPIRING)
-            else:
-                deadline = arrived_ms + lease.ttl_ms
-                lease.deadline_ms = max(lease.deadline_ms, deadline)
-                put(Renewal.RENEWED)
+        for ids, arrived_ms in asks:
+            for lease_id in ids:
+                lease = leases.get(lease_id)
+                if lease is None:
+                    put(Renewal.UNKNOWN)
+                elif lease_id in expiring:
+                    put(Renewal.EXPIRING)
+                else:
+                    deadline = arrived_ms + lease.ttl_ms
+                    lease.deadline_ms = max(lease.deadline_ms, deadline)
+                    put(Renewal.RENEWED)
         self.renewed += out.count(Renewal.RENEWED)
         return out
 
@@ -268,7 +270,7 @@ class Lessor:
             ):
                 # A keep-alive written to the log (by an older version, or a driver that
                 # renews through the log) renews here too: it was sent before it applied.
-                self.renew([(cmd.id, self._now_ms)], self._term)
+                self.renew([((cmd.id,), self._now_ms)], self._term)
             for effect in applied.effects:
                 if isinstance(effect, LeaseExpired | LeaseRevoked):
                     self._forget(effect.id)

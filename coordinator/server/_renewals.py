@@ -90,7 +90,7 @@ class Renewals:
                     raise core.redirect(leader)
                 core.lease_stats.barriers += 1
                 await core.require_leader()
-                asks = [(lease, a.arrived_ms) for a in batch for lease in a.leases]
+                asks = [(a.leases, a.arrived_ms) for a in batch]
                 while True:
                     confirmed = view.renew_leases(asks)
                     if confirmed is None:

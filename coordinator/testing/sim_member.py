@@ -269,7 +269,7 @@ class SimNode:
     def _renew(self, core: MemberCore, batch: tuple[_Renewal, ...], tries: int) -> None:
         if self.core is not core:
             return
-        verdicts = core.renew_leases([(a.lease, a.arrived_ms) for a in batch])
+        verdicts = core.renew_leases([((a.lease,), a.arrived_ms) for a in batch])
         if verdicts is None:
             for a in batch:  # leadership moved while renewing
                 self.sim.reply(self, ClientReply(a.client, a.seq, "retry"))

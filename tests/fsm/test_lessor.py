@@ -54,7 +54,7 @@ class Leader:
         self.lessor.on_applied([self.d.new_term()])
 
     def renew(self, lease: int, at_ms: int, term: int | None = None) -> Renewal:
-        return self.lessor.renew([(lease, at_ms)], self.d.term if term is None else term)[0]
+        return self.lessor.renew([((lease,), at_ms)], self.d.term if term is None else term)[0]
 
 
 @pytest.fixture
