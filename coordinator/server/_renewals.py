@@ -24,10 +24,6 @@ _NOT_SERVING_WAIT_S = 0.02
 loop's next turn after the leader's first own entry applied)."""
 
 
-_GATHER_S = 0.002
-"""How long a new batch gathers renewals before its barrier is asked for: a burst's worth."""
-
-
 @dataclass(slots=True)
 class _Ask:
     """Renewals that arrived together (one keep-alive message's), decided together."""
@@ -64,9 +60,10 @@ class Renewals:
     async def _run(self) -> None:
         try:
             while self._waiting:
-                # Let the rest of a burst in (a client writes its due renewals back to back;
-                # they are read one message per turn of the event loop): they share the barrier.
-                await asyncio.sleep(_GATHER_S)
+                # One turn of the event loop: what arrived in this turn shares the barrier, and
+                # what arrives while it is in flight shares the next. No longer: a client sends
+                # its due renewals in one message, and a wait here is added to every renewal.
+                await asyncio.sleep(0)
                 batch, self._waiting = self._waiting, []
                 batch = [a for a in batch if not a.future.done()]
                 if batch:

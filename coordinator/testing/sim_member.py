@@ -302,8 +302,9 @@ class SimNode:
             self.sim.reply(self, ClientReply(a.client, a.seq, "ok", _gone(a.lease)))
 
 
-RENEWAL_GATHER_US = 2 * MS
-"""As the server's `_GATHER_S`: how long a batch of renewals gathers before its barrier."""
+RENEWAL_GATHER_US = 0
+"""As the server (`_renewals.py`): a batch of renewals takes what arrived at the same time,
+then asks for its barrier."""
 RENEWAL_POLL_US = 20 * MS
 """As the server's `_NOT_SERVING_WAIT_S`."""
 
