@@ -2,9 +2,10 @@
 `bench/locks.py`): what both sides of the holder protocol do whatever is held.
 
 A level spreads N things over `--procs` child processes (`python -m bench.scale holder|locker
-...`). Each child takes its share, prints READY, and on "REPORT" from stdin prints one JSON
-line and lets go (`serve_report`). The benchmark process waits for every READY, measures the
-members' CPU around a probe that times one operation at a fixed period, then collects the
+...`). Each child takes its share and prints READY; then, on stdin, "COUNT" gets one JSON line
+of its report so far while it goes on holding, and "REPORT" one JSON line before it lets go
+(`serve_report`). The benchmark process waits for every READY, measures the members' and the
+holders' CPU around a probe that times one operation at a fixed period, then collects the
 reports (`HolderProcs`).
 """
 
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -67,11 +69,15 @@ def merged_codes(reports: list[dict[str, Any]]) -> dict[str, int]:
 async def serve_report(
     report: Callable[[], dict[str, Any]], close: Callable[[], Awaitable[None]]
 ) -> int:
-    """Everything is held: say READY, answer one REPORT with a JSON line, then let go."""
+    """Everything is held: say READY; answer "COUNT" with the report so far and go on holding;
+    answer "REPORT" with a JSON line and let go (EOF lets go without one)."""
     print("READY", flush=True)
-    line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-    if line.strip() == "REPORT":
-        print(json.dumps(report()), flush=True)
+    while True:
+        line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        if line.strip() in ("COUNT", "REPORT"):
+            print(json.dumps(report()), flush=True)
+        if line.strip() != "COUNT":
+            break
     await close()
     return 0
 
@@ -107,17 +113,22 @@ class HolderProcs:
             if line.strip() != b"READY":
                 raise RuntimeError(f"a {self.what} process failed to start: {line!r}")
 
-    async def reports(self) -> list[dict[str, Any]]:
-        """Ask every process for its report (all at once, then read them in turn)."""
+    async def reports(self, what: bytes = b"REPORT") -> list[dict[str, Any]]:
+        """Every process's report (asked all at once, then read in turn): after b"COUNT" the
+        processes go on holding, after b"REPORT" they let go."""
         for child in self.children:
             assert child.stdin is not None and child.stdout is not None
-            child.stdin.write(b"REPORT\n")
+            child.stdin.write(what + b"\n")
             await child.stdin.drain()
         out = []
         for child in self.children:
             assert child.stdout is not None
             out.append(json.loads(await asyncio.wait_for(child.stdout.readline(), 120)))
         return out
+
+    @property
+    def pids(self) -> list[int]:
+        return [child.pid for child in self.children]
 
     async def exited(self, timeout_s: float) -> None:
         """Wait until every process has let go of what it held and ended."""
@@ -131,16 +142,46 @@ class HolderProcs:
             await child.wait()
 
 
-async def measure_cpu(system: Cluster, leader: int, work: Awaitable[T]) -> tuple[T, float, float]:
-    """Run `work`; returns its result and the leader's and all members' CPU meanwhile (%)."""
+@dataclass(frozen=True)
+class CpuUse:
+    """CPU seconds spent by the leader, all members and the holder processes over `wall_s`."""
+
+    leader_s: float
+    members_s: float
+    holders_s: float
+    wall_s: float
+
+    def pct(self, cpu_s: float) -> float:
+        return round(100 * cpu_s / self.wall_s, 1)
+
+
+async def measure_cpu_use(
+    system: Cluster, leader: int, holders: list[int], work: Awaitable[T]
+) -> tuple[T, CpuUse]:
+    """Run `work`; returns its result and the CPU the leader, the members and the `holders`
+    (pids) spent meanwhile."""
     pid = system.member(leader).pid
     pids = [system.member(i).pid for i in system.member_ids()]
-    cpu0, all0, t0 = cpu_seconds(pid), sum(map(cpu_seconds, pids)), time.monotonic()
+    cpu0, all0, held0 = (
+        cpu_seconds(pid),
+        sum(map(cpu_seconds, pids)),
+        sum(map(cpu_seconds, holders)),
+    )
+    t0 = time.monotonic()
     result = await work
-    cpu1, all1, t1 = cpu_seconds(pid), sum(map(cpu_seconds, pids)), time.monotonic()
-    leader_pct = round(100 * (cpu1 - cpu0) / (t1 - t0), 1)
-    members_pct = round(100 * (all1 - all0) / (t1 - t0), 1)
-    return result, leader_pct, members_pct
+    cpu1, all1, held1 = (
+        cpu_seconds(pid),
+        sum(map(cpu_seconds, pids)),
+        sum(map(cpu_seconds, holders)),
+    )
+    use = CpuUse(cpu1 - cpu0, all1 - all0, held1 - held0, time.monotonic() - t0)
+    return result, use
+
+
+async def measure_cpu(system: Cluster, leader: int, work: Awaitable[T]) -> tuple[T, float, float]:
+    """Run `work`; returns its result and the leader's and all members' CPU meanwhile (%)."""
+    result, use = await measure_cpu_use(system, leader, [], work)
+    return result, use.pct(use.leader_s), use.pct(use.members_s)
 
 
 async def probe_every(

@@ -8,7 +8,9 @@ renewal (Concord: `Client.keep_alive`; etcd: the same schedule on etcd's LeaseKe
 stream, as clientv3 multiplexes its leases on one stream). Once every holder is renewing, the
 benchmark process measures for `--seconds`:
 
-- the leader's CPU (and all three members');
+- the leader's CPU (and all three members', and the holder processes'), as a share of wall
+  time and as CPU time per renewal acknowledged meanwhile (the holders count them), which a
+  busy machine inflates far less than a share;
 - a probe: one more lease renewed every 100 ms with a keep-alive of its own (a fresh stream,
   one request, one answer), whose round trips give p50/p99: what a new client waits;
 - the holders' renewals acknowledged per second;
@@ -33,7 +35,7 @@ from typing import Any
 from .holders import (
     HolderProcs,
     credentials,
-    measure_cpu,
+    measure_cpu_use,
     merged_codes,
     percentile_ms,
     probe_every,
@@ -52,7 +54,8 @@ GRANT_CONCURRENCY = 200
 
 def holder_main(argv: list[str]) -> int:
     """`python -m bench.scale holder SYSTEM COUNT TTL_MS TLS_DIR ENDPOINT...`: grant COUNT
-    leases, keep them alive, print READY; on "REPORT" from stdin print one JSON line."""
+    leases, keep them alive, print READY; on "COUNT" from stdin print one JSON line (the
+    report so far), on "REPORT" print it and end."""
     system, count, ttl_ms, tls_dir, *endpoints = argv
     return asyncio.run(_hold(system, int(count), int(ttl_ms), Path(tls_dir), endpoints))
 
@@ -281,20 +284,31 @@ async def run_lease_level(
         await holders.ready(600)
         grant_s = time.monotonic() - started
         await asyncio.sleep(ttl_ms / 1000)  # one TTL of renewals before measuring
-        trips, leader_cpu, members_cpu = await measure_cpu(
-            system, leader, probe(system.name, endpoints, tls, ttl_ms=ttl_ms, seconds=args.seconds)
+        before = await holders.reports(b"COUNT")
+        trips, cpu = await measure_cpu_use(
+            system,
+            leader,
+            holders.pids,
+            probe(system.name, endpoints, tls, ttl_ms=ttl_ms, seconds=args.seconds),
         )
         reports = await holders.reports()
     finally:
         await holders.stop()
     renewals = sum(r["renewals"] for r in reports)
+    measured = max(1, renewals - sum(r["renewals"] for r in before))
     window = time.monotonic() - started
     return {
         "leases": n,
         "lease_ttl_ms": ttl_ms,
         "grant_s": round(grant_s, 1),
-        "leader_cpu_pct": leader_cpu,
-        "members_cpu_pct": members_cpu,
+        "leader_cpu_pct": cpu.pct(cpu.leader_s),
+        "members_cpu_pct": cpu.pct(cpu.members_s),
+        "holders_cpu_pct": cpu.pct(cpu.holders_s),
+        # CPU time per renewal acknowledged while measuring: what the load cannot inflate
+        # the way it does a percentage of wall time (µs; the probe's renewals included).
+        "leader_cpu_us_per_renewal": round(1e6 * cpu.leader_s / measured, 1),
+        "members_cpu_us_per_renewal": round(1e6 * cpu.members_s / measured, 1),
+        "holders_cpu_us_per_renewal": round(1e6 * cpu.holders_s / measured, 1),
         "probe_p50_ms": percentile_ms(trips, 0.5),
         "probe_p99_ms": percentile_ms(trips, 0.99),
         "probes": len(trips),
@@ -310,6 +324,8 @@ LEASE_COLUMNS = [
     ("leases", "leases"),
     ("leader_cpu_pct", "leader CPU %"),
     ("members_cpu_pct", "3 members CPU %"),
+    ("leader_cpu_us_per_renewal", "leader CPU µs/renewal"),
+    ("holders_cpu_us_per_renewal", "holders CPU µs/renewal"),
     ("probe_p50_ms", "probe p50 ms"),
     ("probe_p99_ms", "probe p99 ms"),
     ("renewals_per_s", "renewals/s"),

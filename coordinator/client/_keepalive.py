@@ -151,7 +151,9 @@ class Renewer:
     Bookkeeping is by heaps and a queue, so a wake-up costs what it settles, not the number of
     leases kept: `_schedule` (next renewal due), `_ends` (expires_at) and `_flight` (renewals
     in flight, oldest first). An entry whose time no longer matches its lease's is stale and
-    skipped."""
+    skipped, except in `_ends`: an acknowledged renewal does not push one there (it only moves
+    `expires_at` later); an entry that comes up before its lease's `expires_at` is pushed
+    again at it, so a kept lease costs `_ends` one entry a TTL, not one per renewal."""
 
     def __init__(self, client: Calls) -> None:
         self._client = client
@@ -175,7 +177,8 @@ class Renewer:
         kept = self._kept.get(lease)
         if kept is None:
             kept = self._kept[lease] = KeptLease(self, lease, ttl_ms, sent_at)
-            self._plan(kept)
+            heapq.heappush(self._schedule, (kept._next_at, kept.lease))
+            heapq.heappush(self._ends, (kept.expires_at, kept.lease))
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="concord-keepalive")
         self._wake.set()
@@ -194,10 +197,6 @@ class Renewer:
                 await task
 
     # --- bookkeeping -------------------------------------------------------------------------
-
-    def _plan(self, kept: KeptLease) -> None:
-        heapq.heappush(self._schedule, (kept._next_at, kept.lease))
-        heapq.heappush(self._ends, (kept.expires_at, kept.lease))
 
     def _due(self, now: float) -> list[KeptLease]:
         """Leases whose renewal is due, and not in flight. Once one is due, every lease whose
@@ -258,7 +257,10 @@ class Renewer:
         while self._ends and self._ends[0][0] <= now:
             at, lease = heapq.heappop(self._ends)
             kept = self._kept.get(lease)
-            if kept is None or kept.expires_at != at:
+            if kept is None or kept.expires_at < at:
+                continue  # no longer kept, or an entry of an earlier keeping of this id
+            if kept.expires_at > at:  # renewed since: its end is due later
+                heapq.heappush(self._ends, (kept.expires_at, lease))
                 continue
             kept._lose(
                 "UNAVAILABLE",
@@ -378,7 +380,7 @@ class Renewer:
         kept.renewals += 1
         kept.expires_at = max(kept.expires_at, sent + ttl_ms / 1000)
         kept._next_at = sent + kept.ttl_s / RENEWALS_PER_TTL
-        self._plan(kept)
+        heapq.heappush(self._schedule, (kept._next_at, kept.lease))
         self._wake.set()
 
     def _gave_up_on(self, endpoint: str, now: float) -> bool:

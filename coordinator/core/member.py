@@ -224,11 +224,12 @@ class MemberCore:
         except RaftError:
             self.lessor.expiry_refused(expiry)
 
-    def renew_leases(self, asks: Sequence[tuple[int, int]]) -> list[Renewal] | None:
-        """Lease renewals (lease id, arrival ms on the driver's clock) that a read barrier
-        requested after every one of them arrived has just confirmed: the lessor's verdicts,
-        one per renewal (`fsm/lessor.py`, rule b), or None if this member no longer leads
-        (the renewals are to be retried where the leader is)."""
+    def renew_leases(self, asks: Sequence[tuple[Sequence[int], int]]) -> list[Renewal] | None:
+        """Lease renewals (lease ids that arrived together, their arrival ms on the driver's
+        clock) that a read barrier requested after every one of them arrived has just
+        confirmed: the lessor's verdicts, one per lease id in order (`fsm/lessor.py`, rule
+        b), or None if this member no longer leads (the renewals are to be retried where the
+        leader is)."""
         term = self.node.term if self.is_leader else 0
         if not term:
             return None

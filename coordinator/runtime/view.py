@@ -112,10 +112,11 @@ class RaftView:
         """The member's monotonic clock in milliseconds (the lessor's time base)."""
         return int(self._loop.clock.monotonic_s() * 1000)
 
-    def renew_leases(self, asks: Sequence[tuple[int, int]]) -> list[Renewal] | None:
-        """Lease renewals (id, arrival `monotonic_ms`) a read barrier requested after all of
-        them arrived has confirmed: the lessor's verdicts, or None if this member no longer
-        leads (`MemberCore.renew_leases`, which the simulator calls too)."""
+    def renew_leases(self, asks: Sequence[tuple[Sequence[int], int]]) -> list[Renewal] | None:
+        """Lease renewals (ids that arrived together, their arrival `monotonic_ms`) a read
+        barrier requested after all of them arrived has confirmed: the lessor's verdicts, one
+        per id in order, or None if this member no longer leads (`MemberCore.renew_leases`,
+        which the simulator calls too)."""
         return self._loop.core.renew_leases(asks)
 
     @property

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from coordinator.api.v1 import concord_pb2 as pb
@@ -50,14 +50,15 @@ _RENEWED_MAX = 4096
 
 
 @dataclass(frozen=True, slots=True)
-class _Verdict:
-    lease: int
-    ttl_ms: int
+class _Verdicts:
+    """Answers decided together: (lease, TTL ms or 0 when it has ended), in any order."""
+
+    answers: list[tuple[int, int]]
     batched: bool
     """Asked in a request's `ids`: answered in a response's `renewed`."""
 
 
-_Answer = _Verdict | Exception | None
+_Answer = _Verdicts | Exception | None
 
 
 class LeaseService(Servicer):
@@ -89,39 +90,53 @@ class LeaseService(Servicer):
         self.core.lease_stats.streams += 1
         answers: asyncio.Queue[_Answer] = asyncio.Queue()
         pending = 0
-        """Renewals read and not yet answered."""
+        """Answers owed and not yet queued: one per message's renewals (decided together),
+        plus one per renewal that raced an expiry (answered once the expiry applied)."""
         done_reading = False
         racing: set[asyncio.Task[None]] = set()
 
-        def answer(item: _Verdict | Exception) -> None:
+        def answer(item: _Verdicts | Exception | None) -> None:
+            # None: an owed answer that turned out to hold nothing (every renewal of the
+            # message raced an expiry, and each of those is owed on its own).
             nonlocal pending
             pending -= 1
-            answers.put_nowait(item)
+            if item is not None:
+                answers.put_nowait(item)
             if done_reading and not pending:
                 answers.put_nowait(None)
 
-        def settle(lease: int, batched: bool, verdict: asyncio.Future[Renewal]) -> None:
-            # A callback, not a task per renewal: thousands arrive every second.
-            if verdict.cancelled():
+        def settle(
+            leases: Sequence[int], batched: bool, decided: asyncio.Future[list[Renewal]]
+        ) -> None:
+            # A callback, not a task: a message's renewals are settled in one go.
+            nonlocal pending
+            if decided.cancelled():
                 return
-            err = verdict.exception()
+            err = decided.exception()
             if err is not None:
                 answer(err if isinstance(err, Exception) else unavailable(str(err)))
-            elif verdict.result() is Renewal.RENEWED:
-                answer(_Verdict(lease, self.core.view.lessor.ttl_ms(lease), batched))
-            elif verdict.result() is Renewal.UNKNOWN:
-                answer(_Verdict(lease, 0, batched))  # the lease has ended
-            elif verdict.result() is Renewal.EXPIRING:
-                task = asyncio.ensure_future(self._after_expiry(lease, batched, answer))
-                racing.add(task)
-                task.add_done_callback(racing.discard)
-            else:  # NOT_SERVING is never a batch's verdict (it waits or fails instead)
-                answer(unavailable("this member does not serve renewals now; retry"))
+                return
+            ttl_of = self.core.view.lessor.ttl_ms
+            out: list[tuple[int, int]] = []
+            for lease, verdict in zip(leases, decided.result(), strict=True):
+                if verdict is Renewal.RENEWED:
+                    out.append((lease, ttl_of(lease)))
+                elif verdict is Renewal.UNKNOWN:
+                    out.append((lease, 0))  # the lease has ended
+                elif verdict is Renewal.EXPIRING:
+                    pending += 1
+                    task = asyncio.ensure_future(self._after_expiry(lease, batched, answer))
+                    racing.add(task)
+                    task.add_done_callback(racing.discard)
+                else:  # NOT_SERVING is never a batch's verdict (it waits or fails instead)
+                    answer(unavailable("this member does not serve renewals now; retry"))
+                    return
+            answer(_Verdicts(out, batched) if out else None)
 
-        def ask(lease: int, batched: bool) -> None:
+        def ask(leases: Sequence[int], batched: bool) -> None:
             nonlocal pending
             pending += 1
-            self.renewals.ask(lease).add_done_callback(functools.partial(settle, lease, batched))
+            self.renewals.ask(leases).add_done_callback(functools.partial(settle, leases, batched))
 
         async def read() -> None:
             nonlocal done_reading
@@ -129,13 +144,12 @@ class LeaseService(Servicer):
                 async for message in request:
                     self.core.lease_stats.messages += 1
                     if message.ids:
-                        leases = [v.lease_id(i, "ids") for i in message.ids]
+                        leases = v.lease_ids(message.ids, "ids")
                         if message.id:
-                            ask(v.lease_id(message.id, "id"), False)
-                        for lease in leases:
-                            ask(lease, True)
+                            ask((v.lease_id(message.id, "id"),), False)
+                        ask(leases, True)
                     else:
-                        ask(v.lease_id(message.id, "id"), False)
+                        ask((v.lease_id(message.id, "id"),), False)
             except Exception as exc:
                 answers.put_nowait(exc)
                 return
@@ -145,23 +159,36 @@ class LeaseService(Servicer):
 
         reader = asyncio.ensure_future(read())
         held: list[_Answer] = []
-        """An answer taken from the queue while filling a response, that does not go in it."""
+        """An answer taken from the queue while filling a response, that does not go in it
+        (or the part of one that did not fit)."""
         try:
             while (item := held.pop() if held else await answers.get()) is not None:
                 if isinstance(item, Exception):
                     raise item
                 if not item.batched:
-                    yield self._response(item.lease, item.ttl_ms)
+                    for lease, ttl_ms in item.answers:
+                        yield self._response(lease, ttl_ms)
                     continue
                 # Every batched answer already decided goes in this one response.
-                renewed = [pb.LeaseRenewed(id=item.lease, ttl_ms=item.ttl_ms)]
-                while len(renewed) < _RENEWED_MAX and not answers.empty():
+                renewed: list[tuple[int, int]] = []
+                while True:
+                    room = _RENEWED_MAX - len(renewed)
+                    renewed += item.answers[:room]
+                    if len(item.answers) > room:
+                        held.append(_Verdicts(item.answers[room:], True))
+                        break
+                    if answers.empty():
+                        break
                     nxt = answers.get_nowait()
-                    if not isinstance(nxt, _Verdict) or not nxt.batched:
+                    if not isinstance(nxt, _Verdicts) or not nxt.batched:
                         held.append(nxt)
                         break
-                    renewed.append(pb.LeaseRenewed(id=nxt.lease, ttl_ms=nxt.ttl_ms))
-                yield pb.LeaseKeepAliveResponse(header=self.core.header(), renewed=renewed)
+                    item = nxt
+                response = pb.LeaseKeepAliveResponse(header=self.core.header())
+                add = response.renewed.add  # a third of building a LeaseRenewed and copying it
+                for lease, ttl_ms in renewed:
+                    add(id=lease, ttl_ms=ttl_ms)
+                yield response
         finally:
             reader.cancel()
             for task in list(racing):
@@ -171,7 +198,7 @@ class LeaseService(Servicer):
         return pb.LeaseKeepAliveResponse(header=self.core.header(), id=lease, ttl_ms=ttl_ms)
 
     async def _after_expiry(
-        self, lease: int, batched: bool, answer: Callable[[_Verdict | Exception], None]
+        self, lease: int, batched: bool, answer: Callable[[_Verdicts | Exception | None], None]
     ) -> None:
         """A renewal that raced an expiry on its way: NOT_FOUND once it applied."""
         try:
@@ -181,7 +208,7 @@ class LeaseService(Servicer):
         except Exception as exc:
             answer(exc)
         else:
-            answer(_Verdict(lease, 0, batched))
+            answer(_Verdicts([(lease, 0)], batched))
 
     async def _expiry_applied(self, lease: int) -> None:
         """Wait until the expiry naming `lease` applied (the renewal lost the race: NOT_FOUND),

@@ -10,6 +10,7 @@ per round trip, not per renewal. Nothing is written to the log.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from coordinator.fsm import Renewal
@@ -23,15 +24,13 @@ _NOT_SERVING_WAIT_S = 0.02
 loop's next turn after the leader's first own entry applied)."""
 
 
-_GATHER_S = 0.002
-"""How long a new batch gathers renewals before its barrier is asked for: a burst's worth."""
-
-
 @dataclass(slots=True)
 class _Ask:
-    lease: int
+    """Renewals that arrived together (one keep-alive message's), decided together."""
+
+    leases: Sequence[int]
     arrived_ms: int
-    future: asyncio.Future[Renewal]
+    future: asyncio.Future[list[Renewal]]
 
 
 class Renewals:
@@ -41,13 +40,15 @@ class Renewals:
         """Arrived, not yet covered by a barrier."""
         self._runner: asyncio.Task[None] | None = None
 
-    def ask(self, lease: int) -> asyncio.Future[Renewal]:
-        """Renew `lease` (arrived now): resolves with the lessor's verdict, or fails with a
-        ServiceError (not the leader: a redirect; no quorum; the deadline)."""
+    def ask(self, leases: Sequence[int]) -> asyncio.Future[list[Renewal]]:
+        """Renew `leases` (arrived now): resolves with the lessor's verdicts, one per lease in
+        order, or fails with a ServiceError (not the leader: a redirect; no quorum; the
+        deadline). One future per message, not per lease: a message carries hundreds, and a
+        future, its callback and its answer per lease were most of the leader's CPU."""
         view = self._core.view
-        fut: asyncio.Future[Renewal] = asyncio.get_running_loop().create_future()
-        self._core.lease_stats.renewals += 1
-        self._waiting.append(_Ask(lease, view.monotonic_ms(), fut))
+        fut: asyncio.Future[list[Renewal]] = asyncio.get_running_loop().create_future()
+        self._core.lease_stats.renewals += len(leases)
+        self._waiting.append(_Ask(leases, view.monotonic_ms(), fut))
         if self._runner is None:
             self._runner = asyncio.ensure_future(self._run())
         return fut
@@ -59,9 +60,10 @@ class Renewals:
     async def _run(self) -> None:
         try:
             while self._waiting:
-                # Let the rest of a burst in (a client writes its due renewals back to back;
-                # they are read one message per turn of the event loop): they share the barrier.
-                await asyncio.sleep(_GATHER_S)
+                # One turn of the event loop: what arrived in this turn shares the barrier, and
+                # what arrives while it is in flight shares the next. No longer: a client sends
+                # its due renewals in one message, and a wait here is added to every renewal.
+                await asyncio.sleep(0)
                 batch, self._waiting = self._waiting, []
                 batch = [a for a in batch if not a.future.done()]
                 if batch:
@@ -85,7 +87,7 @@ class Renewals:
                     raise core.redirect(leader)
                 core.lease_stats.barriers += 1
                 await core.require_leader()
-                asks = [(a.lease, a.arrived_ms) for a in batch]
+                asks = [(a.leases, a.arrived_ms) for a in batch]
                 while True:
                     confirmed = view.renew_leases(asks)
                     if confirmed is None:
@@ -104,9 +106,12 @@ class Renewals:
             self._fail(batch, unavailable("this member is shutting down; retry"))
             raise
         else:
-            for ask, verdict in zip(batch, verdicts, strict=True):
+            start = 0
+            for ask in batch:
+                end = start + len(ask.leases)
                 if not ask.future.done():
-                    ask.future.set_result(verdict)
+                    ask.future.set_result(verdicts[start:end])
+                start = end
 
     @staticmethod
     def _fail(batch: list[_Ask], err: ServiceError) -> None:

@@ -34,10 +34,14 @@ class RenewsWithoutDeadline(MemberCore):
     """Broken: acknowledges lease renewals without moving their leases' deadlines in the
     lessor, so a lease renewed every TTL/3 still expires a TTL after the leader started."""
 
-    def renew_leases(self, asks: Sequence[tuple[int, int]]) -> list[Renewal] | None:
+    def renew_leases(self, asks: Sequence[tuple[Sequence[int], int]]) -> list[Renewal] | None:
         if not self.is_leader or self.lessor.serving_term != self.node.term:
             return super().renew_leases(asks)  # not leading, or not serving yet: as ever
-        return [Renewal.RENEWED if self.lessor.ttl_ms(i) else Renewal.UNKNOWN for i, _ in asks]
+        return [
+            Renewal.RENEWED if self.lessor.ttl_ms(i) else Renewal.UNKNOWN
+            for ids, _ in asks
+            for i in ids
+        ]
 
 
 CORE_MUTANTS: dict[str, type[MemberCore]] = {

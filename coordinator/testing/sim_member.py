@@ -269,7 +269,7 @@ class SimNode:
     def _renew(self, core: MemberCore, batch: tuple[_Renewal, ...], tries: int) -> None:
         if self.core is not core:
             return
-        verdicts = core.renew_leases([(a.lease, a.arrived_ms) for a in batch])
+        verdicts = core.renew_leases([((a.lease,), a.arrived_ms) for a in batch])
         if verdicts is None:
             for a in batch:  # leadership moved while renewing
                 self.sim.reply(self, ClientReply(a.client, a.seq, "retry"))
@@ -302,8 +302,9 @@ class SimNode:
             self.sim.reply(self, ClientReply(a.client, a.seq, "ok", _gone(a.lease)))
 
 
-RENEWAL_GATHER_US = 2 * MS
-"""As the server's `_GATHER_S`: how long a batch of renewals gathers before its barrier."""
+RENEWAL_GATHER_US = 0
+"""As the server (`_renewals.py`): a batch of renewals takes what arrived at the same time,
+then asks for its barrier."""
 RENEWAL_POLL_US = 20 * MS
 """As the server's `_NOT_SERVING_WAIT_S`."""
 

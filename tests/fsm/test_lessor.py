@@ -54,7 +54,7 @@ class Leader:
         self.lessor.on_applied([self.d.new_term()])
 
     def renew(self, lease: int, at_ms: int, term: int | None = None) -> Renewal:
-        return self.lessor.renew([(lease, at_ms)], self.d.term if term is None else term)[0]
+        return self.lessor.renew([((lease,), at_ms)], self.d.term if term is None else term)[0]
 
 
 @pytest.fixture
@@ -128,6 +128,43 @@ def test_a_renewal_only_ever_lengthens(ld: Leader) -> None:
     lease = ld.grant()
     assert ld.renew(lease, 500) is Renewal.RENEWED  # arrived before the start: no shortening
     assert ld.lessor.remaining(lease, 1_000) == Lifetime(TTL, TTL)
+
+
+def test_a_lease_renewed_for_many_ttls_is_named_exactly_at_its_last_deadline(ld: Leader) -> None:
+    """Renewals leave the due heap alone (an expiry check moves an entry that comes up early
+    to the lease's deadline): a lease renewed for many TTLs, checked every 100 ms, is never
+    named while renewed, is named the moment its last renewal's TTL ran out, and the heap
+    holds about one entry per lease however many renewals there were."""
+    ld.lead(0)
+    leases = [ld.grant() for _ in range(10)]
+    now = 0
+    for now in range(0, 20 * TTL, 100):
+        if now % (TTL // 3) < 100:
+            for lease in leases:
+                assert ld.renew(lease, now) is Renewal.RENEWED
+        assert ld.lessor.expiry(now) is None
+        assert len(ld.lessor._due) <= 2 * len(leases)
+    last = max(t for t in range(0, 20 * TTL, 100) if t % (TTL // 3) < 100)
+    assert now < last + TTL
+    assert ld.lessor.expiry(last + TTL - 1) is None
+    assert ld.lessor.expiry(last + TTL) == ExpireLeaseIds(tuple(sorted(leases)))
+
+
+def test_an_id_granted_again_expires_by_its_new_ttl(ld: Leader) -> None:
+    """The entry of an earlier grant of the same id (a later deadline) neither names the new
+    lease early nor twice."""
+    ld.lead(0)
+    lease = ld.grant(10 * TTL)
+    ld.run(LeaseRevoke(lease))
+    ld.run(LeaseGrant(TTL, lease))
+    assert ld.renew(lease, 5 * TTL) is Renewal.RENEWED
+    assert ld.lessor.expiry(TTL) is None  # its grant's entry moves to 6 * TTL
+    assert ld.renew(lease, 9 * TTL + 500) is Renewal.RENEWED
+    assert ld.lessor.expiry(6 * TTL) is None
+    assert ld.lessor.expiry(10 * TTL) is None  # the first grant's entry: not due by this one
+    assert ld.lessor.expiry(10 * TTL + 499) is None
+    assert ld.lessor.expiry(10 * TTL + 500) == ExpireLeaseIds((lease,))
+    assert ld.lessor.expiry(20 * TTL) is None  # named once
 
 
 def test_a_renewal_racing_an_expiry_is_refused_then_not_found(ld: Leader) -> None:

@@ -126,6 +126,32 @@ def test_renewals_sent_together_are_answered_together(tmp_path: Path) -> None:
     with_cluster(tmp_path, scenario)
 
 
+def test_more_answers_than_a_response_holds_go_on_in_the_next(tmp_path: Path) -> None:
+    """One message's renewals are decided together; their answers fill responses of at most
+    4,096 and the rest follow in the next, none lost or doubled. An id out of range among
+    them ends the stream before any is renewed."""
+
+    async def scenario(c: Cluster) -> None:
+        client = (await c.leader()).client
+        s = Session(25)
+        lease = (await client.lease.Grant(pb.LeaseGrantRequest(session=s.next(), ttl_ms=3_000))).id
+        stream = client.lease.KeepAlive()
+        await stream.write(pb.LeaseKeepAliveRequest(ids=[lease] * 5_000))
+        sizes = []
+        while sum(sizes) < 5_000:
+            resp = await asyncio.wait_for(stream.read(), 5)
+            assert {(r.id, r.ttl_ms) for r in resp.renewed} == {(lease, 3_000)}
+            sizes.append(len(resp.renewed))
+        assert sizes == [4_096, 904]
+
+        await stream.write(pb.LeaseKeepAliveRequest(ids=[lease, 2**63]))
+        err = await rpc_error(stream.read())
+        assert err.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "out of range" in err.details()
+
+    with_cluster(tmp_path, scenario)
+
+
 def test_time_to_live_comes_from_the_leaders_lessor(tmp_path: Path) -> None:
     """Only the leader knows the renewals (they are not in the log): it answers TimeToLive from
     its lessor, counting from the latest renewal; a follower redirects the question to it."""
