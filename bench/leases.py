@@ -64,18 +64,20 @@ async def _hold(system: str, count: int, ttl_ms: int, tls_dir: Path, endpoints: 
     creds = credentials(tls_dir)
     gate = asyncio.Semaphore(GRANT_CONCURRENCY)
     if system == "concord":
-        from coordinator.client import Client  # noqa: PLC0415
+        from coordinator.client import Client, KeptLease  # noqa: PLC0415
 
         client = Client(endpoints, credentials=creds, timeout_s=60.0)
         loop = asyncio.get_running_loop()
 
-        async def grant() -> tuple[int, float]:
+        # Each lease is kept alive from its grant on, as a holder would: granting them all
+        # first loses the early ones whenever granting takes longer than a TTL (under load).
+        async def grant() -> KeptLease:
             async with gate:
                 sent = loop.time()
-                return await client.lease_grant(ttl_ms), sent
+                lease = await client.lease_grant(ttl_ms)
+            return client.keep_alive(lease, ttl_ms, sent_at=sent)
 
-        granted = await asyncio.gather(*(grant() for _ in range(count)))
-        kept = [client.keep_alive(lease, ttl_ms, sent_at=sent) for lease, sent in granted]
+        kept = await asyncio.gather(*(grant() for _ in range(count)))
 
         def report() -> dict[str, Any]:
             lost = [k for k in kept if k.lost.is_set()]
@@ -90,8 +92,8 @@ async def _hold(system: str, count: int, ttl_ms: int, tls_dir: Path, endpoints: 
         closer = client.close
     else:
         keeper = EtcdKeeper(endpoints, creds, ttl_ms)
+        keeper.start()  # renewing each lease from its grant on, as above
         await keeper.grant(count, gate)
-        keeper.start()
         report = keeper.report
         closer = keeper.close
     return await serve_report(report, closer)
