@@ -77,25 +77,25 @@ class Renewals:
         try:
             async with asyncio.timeout(bound_s):
                 view = core.view
-                leader = view.leader
-                heard = view.last_heard_s(leader) if leader else None
-                if leader != core.id and heard is not None and heard <= view.election_timeout_s:
-                    # A follower that hears from the leader sends the stream there at once
-                    # (a barrier would only confirm that it does not lead).
-                    raise core.redirect(leader)
-                core.lease_stats.barriers += 1
-                await core.require_leader()
                 asks = [(a.lease, a.arrived_ms) for a in batch]
                 while True:
+                    # A member that knows another leader (a follower, or a leader deposed
+                    # while the batch waited) sends the stream there at once: the client
+                    # renews nowhere else, and its TTL runs while it waits here.
+                    if view.leader == core.id:
+                        core.lease_stats.barriers += 1
+                    await core.confirm_leading()
                     confirmed = view.renew_leases(asks)
-                    if confirmed is None:
-                        raise unavailable("leadership moved while renewing; retry")
-                    verdicts = confirmed
-                    if verdicts[0] is not Renewal.NOT_SERVING:
+                    while confirmed is not None and confirmed[0] is Renewal.NOT_SERVING:
+                        # Leading, but the lessor starts at the loop's next turn (rule a). The
+                        # barrier already confirmed the batch; only the lessor is awaited.
+                        await asyncio.sleep(_NOT_SERVING_WAIT_S)
+                        confirmed = view.renew_leases(asks)
+                    if confirmed is not None:
                         break
-                    # Leading, but the lessor starts at the loop's next turn (rule a). The
-                    # barrier already confirmed the batch; only the lessor is awaited.
-                    await asyncio.sleep(_NOT_SERVING_WAIT_S)
+                    # Deposed since the barrier: look again (a redirect, once the new leader
+                    # is known).
+                verdicts = confirmed
         except TimeoutError:
             self._fail(batch, deadline_error(bound_s))
         except ServiceError as err:
