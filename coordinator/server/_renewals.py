@@ -2,9 +2,14 @@
 
 The leader's lessor (`coordinator.fsm.lessor`) renews in memory, but only once a read barrier
 requested after the renewal arrived has confirmed that this member still leads (its rule b).
-Barriers are batched: renewals that arrive while one barrier is in flight wait for the next
-one, and that one confirms them all, so a member renewing thousands of leases takes a barrier
-per round trip, not per renewal. Nothing is written to the log.
+Barriers are batched: renewals that arrive together share one, so a member renewing thousands
+of leases takes a barrier per round trip, not per renewal. Nothing is written to the log.
+
+Up to `_BARRIERS_MAX` batches are confirmed at once; renewals that arrive while that many are
+in flight wait, and share the next. Why not one at a time: a renewal arriving just after a
+barrier was asked for then waited for that barrier's round trip before its own began. Under
+a burst of lock acquisitions a round trip took up to a second or more, so renewals waited
+twice that, all of it out of their TTL, and a leader change on top of it lost leases.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ loop's next turn after the leader's first own entry applied)."""
 _GATHER_S = 0.002
 """How long a new batch gathers renewals before its barrier is asked for: a burst's worth."""
 
+_BARRIERS_MAX = 2
+"""Batches confirmed at once at most (each takes a heartbeat round of its own)."""
+
 
 @dataclass(slots=True)
 class _Ask:
@@ -40,6 +48,8 @@ class Renewals:
         self._waiting: list[_Ask] = []
         """Arrived, not yet covered by a barrier."""
         self._runner: asyncio.Task[None] | None = None
+        self._confirming: set[asyncio.Task[None]] = set()
+        """Batches whose barrier is in flight (at most `_BARRIERS_MAX`)."""
 
     def ask(self, lease: int) -> asyncio.Future[Renewal]:
         """Renew `lease` (arrived now): resolves with the lessor's verdict, or fails with a
@@ -55,6 +65,8 @@ class Renewals:
     def close(self) -> None:
         if self._runner is not None:
             self._runner.cancel()
+        for task in list(self._confirming):
+            task.cancel()
 
     async def _run(self) -> None:
         try:
@@ -62,10 +74,14 @@ class Renewals:
                 # Let the rest of a burst in (a client writes its due renewals back to back;
                 # they are read one message per turn of the event loop): they share the barrier.
                 await asyncio.sleep(_GATHER_S)
+                while len(self._confirming) >= _BARRIERS_MAX:
+                    await asyncio.wait(self._confirming, return_when=asyncio.FIRST_COMPLETED)
                 batch, self._waiting = self._waiting, []
                 batch = [a for a in batch if not a.future.done()]
                 if batch:
-                    await self._confirm(batch)
+                    task = asyncio.ensure_future(self._confirm(batch))
+                    self._confirming.add(task)
+                    task.add_done_callback(self._confirming.discard)
         finally:
             self._runner = None
 

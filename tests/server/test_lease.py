@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import grpc
+import pytest
 
 from coordinator.api.v1 import concord_pb2 as pb
 from tests.server.harness import Cluster, Session, rpc_error, with_cluster
@@ -93,6 +94,48 @@ def test_renewals_sent_together_are_answered_together(tmp_path: Path) -> None:
         await stream.write(pb.LeaseKeepAliveRequest(ids=[leases[1], 0]))
         err = await rpc_error(stream.read())
         assert err.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+    with_cluster(tmp_path, scenario)
+
+
+def test_a_renewal_does_not_wait_for_the_barrier_asked_before_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Renewals are confirmed by barriers in flight together (up to a bound): one arriving
+    while a barrier is on its way takes its own at once. When they went one at a time, it
+    waited for the round trip before its own too: under a burst of lock acquisitions that
+    doubled a renewal's wait, all of it out of the lease's TTL. Here each barrier is held up
+    for `slow_s`, as a busy leader's are."""
+    slow_s = 2.0
+
+    async def scenario(c: Cluster) -> None:
+        leader = await c.leader()
+        client, s = leader.client, Session(23)
+        first = await client.lease.Grant(pb.LeaseGrantRequest(session=s.next(), ttl_ms=30_000))
+        second = await client.lease.Grant(pb.LeaseGrantRequest(session=s.next(), ttl_ms=30_000))
+        core = leader.served.core
+        confirm = core.confirm_leading
+
+        async def slow() -> None:
+            await asyncio.sleep(slow_s)
+            await confirm()
+
+        monkeypatch.setattr(core, "confirm_leading", slow)
+        loop = asyncio.get_running_loop()
+        stream = client.lease.KeepAlive()
+        await stream.write(pb.LeaseKeepAliveRequest(id=first.id))
+        await asyncio.sleep(slow_s / 4)
+        sent = loop.time()
+        await stream.write(pb.LeaseKeepAliveRequest(id=second.id))
+        answered: dict[int, float] = {}
+        for _ in range(2):
+            answer = await asyncio.wait_for(stream.read(), 10)
+            assert answer.ttl_ms == 30_000
+            answered[answer.id] = loop.time()
+        assert set(answered) == {first.id, second.id}
+        # Its own barrier's wait, not what was left of the first one's as well.
+        assert answered[second.id] - sent < slow_s + 1.0, answered[second.id] - sent
+        await stream.done_writing()
 
     with_cluster(tmp_path, scenario)
 
