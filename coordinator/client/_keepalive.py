@@ -23,13 +23,23 @@ Failures. Any end of the stream (the member stopped, a reset: UNAVAILABLE, INTER
 CANCELLED; a redirect to the leader; no quorum; DEADLINE_EXCEEDED; RESOURCE_EXHAUSTED) is
 transient: the unanswered renewals are sent again on a new stream, at once to the leader a
 redirect names, else to the next endpoint after a short back-off. A stream that has answered
-nothing for `attempt_timeout_s` while renewals are in flight (a paused or cut-off member keeps
-its TCP connection open) is abandoned the same way (one that answers slowly is kept), and
-its member is suspect for a while (redirects naming it are not followed, and it is passed
-over while another endpoint is left). Only the keeper's own give-up counts here, not the
-client's other calls timing out on that member: under a burst of lock acquisitions those
-time out on the busy leader again and again, and the keeper, turned away by each follower,
-went from follower to follower for a whole TTL.
+nothing for a renewal interval (TTL/3 of the shortest TTL kept, at least `attempt_timeout_s`)
+while renewals are in flight is abandoned the same way, and its member is suspect for a while
+(redirects naming it are not followed, and it is passed over while another endpoint is left).
+Only the keeper's own give-up counts here, not the client's other calls timing out on that
+member: under a burst of lock acquisitions those time out on the busy leader again and again,
+and the keeper, turned away by each follower, went from follower to follower for a whole TTL.
+
+Why a renewal interval, not one attempt's timeout. Only the leader renews, so leaving a leader
+that is slow but alive never helps: under a burst of ten thousand lock acquisitions the
+leader answered renewals a second or two late, the keeper gave up on it after one second,
+was sent back to it by every follower and would not go (it had just given up on it), and
+resent everything when it came back; thousands of leases ran out of TTL that way, and the
+leadership moved under the load. A member that is gone or paused is noticed by the
+transport (the channel's keepalive pings, `_transport.py`: about two seconds; the stream
+ends) and a deposed or cut-off leader ends the stream itself (a redirect, no quorum); the
+silence bound is left for a member whose transport still answers but whose service does
+not, and a renewal interval still leaves the lease two intervals to find the new leader.
 Nothing grpc raises escapes: the keeper only ever reports a loss.
 
 Loss. A lease is lost when the member answers that it has ended (NOT_FOUND), when the member
@@ -167,6 +177,8 @@ class Renewer:
         self._task: asyncio.Task[None] | None = None
         self.streams_opened = 0
         """KeepAlive streams opened so far (one at a time)."""
+        self._ttls: collections.Counter[float] = collections.Counter()
+        """How many kept leases have each TTL (s): the shortest sets the silence bound."""
         self._gave_up_until: dict[str, float] = {}
         """Endpoints whose stream this keeper abandoned as silent, until when (loop time):
         redirects naming them are not followed meanwhile."""
@@ -177,6 +189,7 @@ class Renewer:
         kept = self._kept.get(lease)
         if kept is None:
             kept = self._kept[lease] = KeptLease(self, lease, ttl_ms, sent_at)
+            self._ttls[kept.ttl_s] += 1
             heapq.heappush(self._schedule, (kept._next_at, kept.lease))
             heapq.heappush(self._ends, (kept.expires_at, kept.lease))
         if self._task is None or self._task.done():
@@ -187,6 +200,9 @@ class Renewer:
     def forget(self, kept: KeptLease) -> None:
         if self._kept.get(kept.lease) is kept:
             del self._kept[kept.lease]
+            self._ttls[kept.ttl_s] -= 1
+            if not self._ttls[kept.ttl_s]:
+                del self._ttls[kept.ttl_s]
             self._wake.set()
 
     async def close(self) -> None:
@@ -243,6 +259,13 @@ class Renewer:
         oldest = self._oldest_in_flight()
         return None if oldest is None else max(oldest, self._answered_at)
 
+    def _silence_limit_s(self) -> float:
+        """How long a stream may answer nothing, renewals in flight, before it is abandoned:
+        one renewal interval of the shortest TTL kept, at least `attempt_timeout_s` (see the
+        module doc)."""
+        shortest = min(self._ttls, default=0.0)
+        return max(self._client.attempt_timeout_s, shortest / RENEWALS_PER_TTL)
+
     def _resend_unanswered(self, now: float) -> None:
         """The stream ended: what was in flight on it goes out again on the next one."""
         flight, self._flight = self._flight, collections.deque()
@@ -277,7 +300,7 @@ class Renewer:
             times.append(self._ends[0][0])
         quiet = self._quiet_since()
         if quiet is not None:
-            times.append(quiet + self._client.attempt_timeout_s)
+            times.append(quiet + self._silence_limit_s())
         return min(times)
 
     # --- the stream ----------------------------------------------------------------------------
@@ -336,13 +359,13 @@ class Renewer:
                 if reader.done():
                     return self._failure(_outcome(reader), endpoint)
                 quiet = self._quiet_since()
-                if quiet is not None and now - quiet >= client.attempt_timeout_s:
+                silence_s = self._silence_limit_s()
+                if quiet is not None and now - quiet >= silence_s:
                     client._suspect_until[endpoint] = now + 2 * client.attempt_timeout_s
                     self._gave_up_until[endpoint] = now + 2 * client.attempt_timeout_s
                     stuck = CallFailed(
                         grpc.StatusCode.DEADLINE_EXCEEDED,
-                        f"{endpoint} answered nothing for {client.attempt_timeout_s:g} s with "
-                        "renewals in flight",
+                        f"{endpoint} answered nothing for {silence_s:g} s with renewals in flight",
                     )
                     return self._failure(stuck, endpoint)
                 await self._sleep(self._next_wake(now + 1.0), reader)

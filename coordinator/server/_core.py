@@ -241,6 +241,39 @@ class Core:
             except RaftError as err:
                 raise unavailable(f"{err}; retry the read") from None
 
+    async def confirm_leading(self) -> None:
+        """Return once a barrier requested now has confirmed that this member still leads. A
+        member that knows another live leader redirects there at once, also when it learns of
+        it while waiting (a deposed leader): unlike `require_leader` it takes no barrier
+        through that leader first, which would only confirm that it does not lead, and which
+        a new leader does not grant before its first entry commits. Fails like `read`."""
+        while True:
+            self._check_quorum(write=False)
+            leader = self.view.leader
+            if leader != self.id:
+                await self._not_leader(NotLeaderError(leader), write=False)
+                continue
+            change = self.hub.leader_change()
+            lost = self.hub.quorum_lost()
+            barrier = self.loop.read_barrier_future()
+            try:
+                done = await done_unless(barrier, change, lost)
+            except asyncio.CancelledError:
+                barrier.cancel()
+                raise
+            if not done:
+                continue  # the leader changed or the quorum is gone: look again
+            try:
+                barrier.result()
+            except NotLeaderError:
+                continue
+            except StoppedError:
+                raise stopping_error() from None
+            except RaftError as err:
+                raise unavailable(f"{err}; retry") from None
+            if self.view.is_leader:
+                return
+
     async def require_leader(self) -> None:
         """Confirm this member leads (a barrier), else redirect to the leader."""
         await self.read(False)

@@ -2,9 +2,14 @@
 
 The leader's lessor (`coordinator.fsm.lessor`) renews in memory, but only once a read barrier
 requested after the renewal arrived has confirmed that this member still leads (its rule b).
-Barriers are batched: renewals that arrive while one barrier is in flight wait for the next
-one, and that one confirms them all, so a member renewing thousands of leases takes a barrier
-per round trip, not per renewal. Nothing is written to the log.
+Barriers are batched: renewals that arrive together share one, so a member renewing thousands
+of leases takes a barrier per round trip, not per renewal. Nothing is written to the log.
+
+Up to `_BARRIERS_MAX` batches are confirmed at once; renewals that arrive while that many are
+in flight wait, and share the next. Why not one at a time: a renewal arriving just after a
+barrier was asked for then waited for that barrier's round trip before its own began. Under
+a burst of lock acquisitions a round trip took up to a second or more, so renewals waited
+twice that, all of it out of their TTL, and a leader change on top of it lost leases.
 """
 
 from __future__ import annotations
@@ -24,6 +29,10 @@ _NOT_SERVING_WAIT_S = 0.02
 loop's next turn after the leader's first own entry applied)."""
 
 
+_BARRIERS_MAX = 2
+"""Batches confirmed at once at most (each takes a heartbeat round of its own)."""
+
+
 @dataclass(slots=True)
 class _Ask:
     """Renewals that arrived together (one keep-alive message's), decided together."""
@@ -39,6 +48,8 @@ class Renewals:
         self._waiting: list[_Ask] = []
         """Arrived, not yet covered by a barrier."""
         self._runner: asyncio.Task[None] | None = None
+        self._confirming: set[asyncio.Task[None]] = set()
+        """Batches whose barrier is in flight (at most `_BARRIERS_MAX`)."""
 
     def ask(self, leases: Sequence[int]) -> asyncio.Future[list[Renewal]]:
         """Renew `leases` (arrived now): resolves with the lessor's verdicts, one per lease in
@@ -56,18 +67,25 @@ class Renewals:
     def close(self) -> None:
         if self._runner is not None:
             self._runner.cancel()
+        for task in list(self._confirming):
+            task.cancel()
 
     async def _run(self) -> None:
         try:
             while self._waiting:
                 # One turn of the event loop: what arrived in this turn shares the barrier, and
-                # what arrives while it is in flight shares the next. No longer: a client sends
-                # its due renewals in one message, and a wait here is added to every renewal.
+                # what arrives while `_BARRIERS_MAX` are in flight shares the next. No longer: a
+                # client sends its due renewals in one message, and a wait here is added to
+                # every renewal.
                 await asyncio.sleep(0)
+                while len(self._confirming) >= _BARRIERS_MAX:
+                    await asyncio.wait(self._confirming, return_when=asyncio.FIRST_COMPLETED)
                 batch, self._waiting = self._waiting, []
                 batch = [a for a in batch if not a.future.done()]
                 if batch:
-                    await self._confirm(batch)
+                    task = asyncio.ensure_future(self._confirm(batch))
+                    self._confirming.add(task)
+                    task.add_done_callback(self._confirming.discard)
         finally:
             self._runner = None
 
@@ -79,25 +97,25 @@ class Renewals:
         try:
             async with asyncio.timeout(bound_s):
                 view = core.view
-                leader = view.leader
-                heard = view.last_heard_s(leader) if leader else None
-                if leader != core.id and heard is not None and heard <= view.election_timeout_s:
-                    # A follower that hears from the leader sends the stream there at once
-                    # (a barrier would only confirm that it does not lead).
-                    raise core.redirect(leader)
-                core.lease_stats.barriers += 1
-                await core.require_leader()
                 asks = [(a.leases, a.arrived_ms) for a in batch]
                 while True:
+                    # A member that knows another leader (a follower, or a leader deposed
+                    # while the batch waited) sends the stream there at once: the client
+                    # renews nowhere else, and its TTL runs while it waits here.
+                    if view.leader == core.id:
+                        core.lease_stats.barriers += 1
+                    await core.confirm_leading()
                     confirmed = view.renew_leases(asks)
-                    if confirmed is None:
-                        raise unavailable("leadership moved while renewing; retry")
-                    verdicts = confirmed
-                    if verdicts[0] is not Renewal.NOT_SERVING:
+                    while confirmed is not None and confirmed[0] is Renewal.NOT_SERVING:
+                        # Leading, but the lessor starts at the loop's next turn (rule a). The
+                        # barrier already confirmed the batch; only the lessor is awaited.
+                        await asyncio.sleep(_NOT_SERVING_WAIT_S)
+                        confirmed = view.renew_leases(asks)
+                    if confirmed is not None:
                         break
-                    # Leading, but the lessor starts at the loop's next turn (rule a). The
-                    # barrier already confirmed the batch; only the lessor is awaited.
-                    await asyncio.sleep(_NOT_SERVING_WAIT_S)
+                    # Deposed since the barrier: look again (a redirect, once the new leader
+                    # is known).
+                verdicts = confirmed
         except TimeoutError:
             self._fail(batch, deadline_error(bound_s))
         except ServiceError as err:

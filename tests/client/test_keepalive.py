@@ -310,3 +310,36 @@ def test_a_leader_suspect_to_the_clients_other_calls_still_gets_the_renewals(
             assert client.keepalive_streams_opened <= 3
 
     with_cluster(tmp_path, scenario)
+
+
+@pytest.mark.process  # the keeper's silence bound is real time on a real gRPC stream
+def test_a_leader_that_answers_renewals_late_keeps_the_stream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A leader busy with a burst of lock acquisitions answered renewals a second or two late.
+    The keeper gave up on its stream after one second of silence, every follower sent it back
+    to that leader, it would not go (it had just given up there) and resent everything when it
+    came back: leases ran out of TTL on a leader that would have renewed them. A stream is now
+    given a renewal interval (TTL/3) to answer; here the leader answers each renewal 1.5 s
+    late, later than the old bound and well within the TTL."""
+    ttl_ms = 9_000
+
+    async def scenario(c: Cluster) -> None:
+        leader = await c.leader()
+        core = leader.served.core
+        confirm = core.confirm_leading
+
+        async def late() -> None:
+            await asyncio.sleep(1.5)
+            await confirm()
+
+        monkeypatch.setattr(core, "confirm_leading", late)
+        async with Client(endpoints(c, leader)) as client:
+            lease_id, sent_at = await lease(client, ttl_ms)
+            kept = client.keep_alive(lease_id, ttl_ms, sent_at=sent_at)
+            await wait_for(lambda: kept.renewals >= 3 or kept.lost.is_set(), 30)
+            assert not kept.lost.is_set(), kept.reason
+            assert client.keepalive_streams_opened == 1
+            assert core.lease_stats.streams == 1
+
+    with_cluster(tmp_path, scenario)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 
 from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.runtime.clock import Clock, SystemClock
@@ -148,6 +149,46 @@ def test_more_answers_than_a_response_holds_go_on_in_the_next(tmp_path: Path) ->
         err = await rpc_error(stream.read())
         assert err.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert "out of range" in err.details()
+
+    with_cluster(tmp_path, scenario)
+
+
+def test_a_renewal_does_not_wait_for_the_barrier_asked_before_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Renewals are confirmed by barriers in flight together (up to a bound): one arriving
+    while a barrier is on its way takes its own at once. When they went one at a time, it
+    waited for the round trip before its own too: under a burst of lock acquisitions that
+    doubled a renewal's wait, all of it out of the lease's TTL. Here the first barrier is held
+    up until the second renewal has been answered, as a busy leader's are."""
+
+    async def scenario(c: Cluster) -> None:
+        leader = await c.leader()
+        client, s = leader.client, Session(23)
+        first = await client.lease.Grant(pb.LeaseGrantRequest(session=s.next(), ttl_ms=30_000))
+        second = await client.lease.Grant(pb.LeaseGrantRequest(session=s.next(), ttl_ms=30_000))
+        core = leader.served.core
+        confirm = core.confirm_leading
+        first_waiting, release_first = asyncio.Event(), asyncio.Event()
+
+        async def held_once() -> None:
+            if not first_waiting.is_set():
+                first_waiting.set()
+                await release_first.wait()
+            await confirm()
+
+        monkeypatch.setattr(core, "confirm_leading", held_once)
+        stream = client.lease.KeepAlive()
+        await stream.write(pb.LeaseKeepAliveRequest(id=first.id))
+        await asyncio.wait_for(first_waiting.wait(), 10)
+        await stream.write(pb.LeaseKeepAliveRequest(id=second.id))
+        # Answered while the first renewal's barrier is still held up: its own barrier.
+        answer = await asyncio.wait_for(stream.read(), 10)
+        assert (answer.id, answer.ttl_ms) == (second.id, 30_000)
+        release_first.set()
+        answer = await asyncio.wait_for(stream.read(), 10)
+        assert (answer.id, answer.ttl_ms) == (first.id, 30_000)
+        await stream.done_writing()
 
     with_cluster(tmp_path, scenario)
 
