@@ -51,6 +51,7 @@ class Ctx:
     output: str
     timeout_s: float
     tls_dir: Path | None = None
+    connect_timeout_s: float = 5.0
 
     @property
     def json(self) -> bool:

@@ -31,7 +31,12 @@ def credentials(ctx: Ctx) -> grpc.ChannelCredentials | None:
 def client(ctx: Ctx) -> Client:
     """A client of `ctx.endpoints` (checked by the group already) with the TLS directory's
     credentials."""
-    return Client(ctx.endpoints, credentials=credentials(ctx), timeout_s=ctx.timeout_s)
+    return Client(
+        ctx.endpoints,
+        credentials=credentials(ctx),
+        timeout_s=ctx.timeout_s,
+        connect_timeout_s=min(ctx.connect_timeout_s, ctx.timeout_s),
+    )
 
 
 def run(ctx: Ctx, fn: Callable[[Client], Awaitable[T]]) -> T:

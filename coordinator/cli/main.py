@@ -60,6 +60,15 @@ DEFAULT_ENDPOINTS = "127.0.0.1:2379"
     help="Give up after this many seconds without an answer.",
 )
 @click.option(
+    "--connect-timeout",
+    "connect_timeout_s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=5.0,
+    show_default=True,
+    help="Give up after this many seconds if no member accepts a connection (members that "
+    "were just started are still opening their ports).",
+)
+@click.option(
     "--tls-dir",
     envvar="CONCORD_TLS_DIR",
     type=click.Path(file_okay=False, path_type=Path),
@@ -69,9 +78,11 @@ DEFAULT_ENDPOINTS = "127.0.0.1:2379"
 @click.pass_context
 def cli(
     click_ctx: click.Context,
+    *,
     endpoints: str,
     output: str,
     timeout_s: float,
+    connect_timeout_s: float,
     tls_dir: Path | None,
 ) -> None:
     """Talk to a Concord cluster: keys, compare-and-swap, leases, locks, elections,
@@ -80,7 +91,7 @@ def cli(
         eps = parse_endpoints(endpoints)
     except InvalidArgument as err:
         raise click.BadParameter(err.message, param_hint="--endpoints") from None
-    click_ctx.obj = Ctx(eps, output, timeout_s, tls_dir)
+    click_ctx.obj = Ctx(eps, output, timeout_s, tls_dir, connect_timeout_s)
 
 
 @cli.group()
