@@ -8,9 +8,10 @@ for this; only tests build these.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from coordinator.core import Completed, MemberCore
-from coordinator.fsm import Applied, Renewal
+from coordinator.fsm import Applied, Lessor, Renewal
 
 
 class AnswersBeforeApply(MemberCore):
@@ -40,8 +41,24 @@ class RenewsWithoutDeadline(MemberCore):
         return [Renewal.RENEWED if self.lessor.ttl_ms(i) else Renewal.UNKNOWN for i, _ in asks]
 
 
+class _LessorWithoutMargin(Lessor):
+    def _hold_ms(self, ttl_ms: int) -> int:
+        return ttl_ms
+
+
+class LeasesWithoutDriftMargin(MemberCore):
+    """Broken: the lessor holds a lease exactly its TTL on the leader's own clock, with no
+    margin for clock rates (`fsm/lessor.py`, rule f): a leader whose clock runs fast ends a
+    lease before the TTL its holder was promised has passed in true time."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401 (as MemberCore's)
+        super().__init__(*args, **kwargs)
+        self.lessor.__class__ = _LessorWithoutMargin
+
+
 CORE_MUTANTS: dict[str, type[MemberCore]] = {
     "answers_before_apply": AnswersBeforeApply,
     "reads_without_quorum": ReadsWithoutQuorum,
     "renews_without_deadline": RenewsWithoutDeadline,
+    "leases_without_drift_margin": LeasesWithoutDriftMargin,
 }

@@ -31,7 +31,12 @@ from coordinator.raft._log import RaftLog
 from coordinator.raft._raft import Raft
 from coordinator.raft._readonly import PendingRead
 
-from .core_mutants import AnswersBeforeApply, ReadsWithoutQuorum, RenewsWithoutDeadline
+from .core_mutants import (
+    AnswersBeforeApply,
+    LeasesWithoutDriftMargin,
+    ReadsWithoutQuorum,
+    RenewsWithoutDeadline,
+)
 
 
 class _CommitOnMinority(Raft):
@@ -160,6 +165,11 @@ MUTANTS: dict[str, Mutant] = {
             "renews_without_deadline",
             "an acknowledged lease renewal moves the lease's deadline",
             core_class=RenewsWithoutDeadline,
+        ),
+        Mutant(
+            "leases_without_drift_margin",
+            "a lease outlives its TTL on any clock within the rate bound",
+            core_class=LeasesWithoutDriftMargin,
         ),
     )
 }

@@ -66,6 +66,8 @@ def test_faults_are_actually_injected() -> None:
         "snapshots",
         "snapshot_chunks",
         "leases_lost",
+        "clock_rates",
+        "pauses",
     ):
         assert totals[kind] > 0, f"no {kind} in 40 seeds: the nemesis is not doing its job"
 
@@ -105,6 +107,7 @@ SEED_BUDGET = {
     "answers_before_apply": 200,
     "reads_without_quorum": 400,
     "renews_without_deadline": 200,
+    "leases_without_drift_margin": 400,
 }
 
 
