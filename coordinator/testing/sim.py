@@ -161,6 +161,7 @@ class Simulator(SimNemesis):
                 "leaders",
                 "clock_rates",
                 "pauses",
+                "lease_reads",
             ),
             0,
         )

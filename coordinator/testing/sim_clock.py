@@ -4,9 +4,10 @@ Real clocks do not run at one rate: a quartz oscillator is off by tens of parts 
 temperature moves it, NTP slews it. Everything a member decides by its clock (when it ticks,
 so its election and heartbeat timeouts; the lessor's lease deadlines; the stamps a leader
 puts on what it proposes) is measured on this clock, while the clients and the checkers
-measure true (virtual global) time. A rate stays within `coordinator.core.clocks
-.CLOCK_RATE_BOUND` of true time: that is the bound the lessor's margin (and lease reads)
-assume, so within it every check must pass, and a mutant that ignores the margin must not.
+measure true (virtual global) time. A rate stays within `CLOCK_RATE_BOUND`
+(`coordinator/fsm/lessor.py`) of true time: that is the bound the lessor's margin (and lease
+reads) assume, so within it every check must pass, and a mutant that ignores the margin
+must not.
 
 The clock is piecewise linear in true time: `anchor_true_us` maps to `anchor_local_us`, and
 from there local time runs at `rate` local microseconds per true microsecond.

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from coordinator.core import CoreConfig, MemberCore, ProposalLostError
+from coordinator.core import CoreConfig, MemberCore, ProposalLostError, ReadMode
 from coordinator.core.ready import persist, send_early
 from coordinator.fsm import Applied, Envelope, ErrorCode, FsmError, LeaseKeepAlive, Renewal
 from coordinator.raft import (
@@ -96,6 +96,8 @@ class SimNode:
             snapshot_keep_entries=opts.snapshot_keep,
             lease_check_s=opts.lease_check_us / 1e6,
             commit_flush_s=opts.commit_flush_us / 1e6 if opts.lazy_commit else None,
+            read_mode=ReadMode.LEASE if opts.lease_reads else ReadMode.BARRIER,
+            tick_s=opts.tick_us / 1e6,
         )
         watched = _Watched(self)
         self.core = sim.core_class(
@@ -192,7 +194,9 @@ class SimNode:
         transport = sim.transport_for(self)
         now_s = self.now_s()
         try:
+            served = core.lease_reads_served
             core.leader_duties(now_s, self.clock_ms())
+            sim.stats["lease_reads"] += core.lease_reads_served - served
             while core.has_ready():
                 rd = core.ready()
                 send_early(transport, rd)

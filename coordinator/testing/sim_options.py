@@ -61,6 +61,9 @@ class SimOptions:
     """How far each host's clock rate may be from true time (`sim_clock.py`): each member's
     rate is drawn within +-clock_drift, and the "clock" fault redraws it. Never beyond
     `CLOCK_RATE_BOUND`, the bound the lessor's margin assumes."""
+    lease_reads: bool = False
+    """Members serve reads on the leader's lease (`core/lease_reads.py`), not a ReadIndex
+    barrier: off unless asked for (`--lease-reads`), as in the product."""
 
     @staticmethod
     def from_seed(seed: int, voters: int | None = None) -> SimOptions:
