@@ -65,6 +65,13 @@ class _LeaseWithoutOwnTermCommit(LeaseReads):
         return super().valid(now_ms, term, voters, True)
 
 
+class _LeaseWithoutQuorum(LeaseReads):
+    def valid(
+        self, now_ms: float, term: int, voters: Iterable[int], own_term_committed: bool
+    ) -> bool:
+        return own_term_committed and not self._transferred
+
+
 class _LeaseFromTheAnswer(LeaseReads):
     def received(self, m: Message, term: int, leading: bool) -> None:
         super().received(m, term, leading)
@@ -133,6 +140,13 @@ class LeaseReadsOnTicks(_LeaseReadsMutant):
     broken = _LeaseOnTicks
 
 
+class LeaseReadsWithoutQuorum(_LeaseReadsMutant):
+    """Broken: a leader serves every read on its lease, whether or not a quorum heard from
+    it lately (a deposed leader cut off from the others then answers stale reads)."""
+
+    broken = _LeaseWithoutQuorum
+
+
 CORE_MUTANTS: dict[str, type[MemberCore]] = {
     "answers_before_apply": AnswersBeforeApply,
     "reads_without_quorum": ReadsWithoutQuorum,
@@ -142,4 +156,5 @@ CORE_MUTANTS: dict[str, type[MemberCore]] = {
     "lease_reads_before_own_term_commit": LeaseReadsBeforeOwnTermCommit,
     "lease_reads_from_the_answer": LeaseReadsFromTheAnswer,
     "lease_reads_on_ticks": LeaseReadsOnTicks,
+    "lease_reads_without_quorum": LeaseReadsWithoutQuorum,
 }

@@ -37,6 +37,7 @@ from .core_mutants import (
     LeaseReadsFromTheAnswer,
     LeaseReadsOnTicks,
     LeaseReadsWithoutDriftMargin,
+    LeaseReadsWithoutQuorum,
     LeasesWithoutDriftMargin,
     ReadsWithoutQuorum,
     RenewsWithoutDeadline,
@@ -199,6 +200,12 @@ MUTANTS: dict[str, Mutant] = {
             "lease_reads_on_ticks",
             "a leader measures its lease on its clock, which runs on while its process stalls",
             core_class=LeaseReadsOnTicks,
+            lease_reads=True,
+        ),
+        Mutant(
+            "lease_reads_without_quorum",
+            "a lease read needs a quorum that heard from the leader lately",
+            core_class=LeaseReadsWithoutQuorum,
             lease_reads=True,
         ),
     )

@@ -119,6 +119,7 @@ SEED_BUDGET = {
     "reads_without_quorum": 400,
     "renews_without_deadline": 200,
     "leases_without_drift_margin": 400,
+    "lease_reads_without_quorum": 200,
 }
 
 
