@@ -53,6 +53,8 @@ from collections.abc import Iterable, Sequence
 from coordinator.fsm import CLOCK_RATE_BOUND
 from coordinator.raft import Message, MessageType
 
+_CONTEXTS_KEPT = 1024
+"""At most this many heartbeat contexts' first sends are remembered per term."""
 _FROM_LEADER = frozenset((MessageType.APP, MessageType.HEARTBEAT, MessageType.SNAP))
 _VOTES = frozenset((MessageType.VOTE, MessageType.PRE_VOTE))
 
@@ -112,6 +114,11 @@ class LeaseReads:
             if m.term != term:
                 continue
             if m.type is MessageType.HEARTBEAT:
+                if m.context not in self._first_sent and len(self._first_sent) >= _CONTEXTS_KEPT:
+                    # Bounded over a long term: forget the oldest contexts (in the order sent).
+                    # A late answer to one only earns no credit, which is safe.
+                    for old in list(self._first_sent)[: _CONTEXTS_KEPT // 2]:
+                        del self._first_sent[old]
                 self._first_sent.setdefault(m.context, self._now_ms)
             elif m.type is MessageType.TIMEOUT_NOW:
                 self._transferred = True

@@ -223,3 +223,13 @@ def test_lease_reads_are_off_by_default() -> None:
     assert c.outcome(1, rid) is None  # a barrier, as ever
     assert c.core(1).lease_reads_served == 0
     assert isinstance(c.core(1), MemberCore)
+
+
+def test_a_long_term_remembers_a_bounded_number_of_heartbeat_contexts() -> None:
+    lease = LeaseReads(1, ELECTION_TICKS, TICK_S)
+    for ctx in range(5000):
+        lease.clock(float(ctx))
+        lease.sent([Message(MessageType.HEARTBEAT, to=2, frm=1, term=3, context=ctx)], 3)
+    assert len(lease._first_sent) <= 1024
+    lease.received(Message(MessageType.HEARTBEAT_RESP, to=1, frm=2, term=3, context=4999), 3, True)
+    assert lease.valid(4999.0, 3, (1, 2, 3), True)  # the newest still counts
