@@ -9,6 +9,7 @@ Like `coordinator.raft` it reads no clock, socket, file or random source of its 
 (tests/test_layout.py checks the imports); the asyncio loop and the simulator drive it.
 """
 
+from .lease_reads import ReadMode as ReadMode
 from .member import MemberCore as MemberCore
 from .memory import MemoryLog as MemoryLog
 from .ready import Applier as Applier

@@ -32,6 +32,7 @@ from contextlib import AbstractContextManager
 
 from coordinator.fsm import Applied, Envelope, Lessor, Renewal
 from coordinator.raft import (
+    NONE,
     ConfChange,
     Config,
     ConfState,
@@ -50,6 +51,7 @@ from coordinator.raft import (
     Status,
 )
 
+from .lease_reads import LeaseReads, ReadMode
 from .ready import Transport, finish, handle_ready
 from .records import (
     AppliedBatch,
@@ -113,6 +115,18 @@ class MemberCore:
         """Read ids asked of the node (the id is the ReadIndex context), not yet confirmed."""
         self._waiting_reads: list[tuple[int, int]] = []
         """(read index, read id): confirmed, waiting for the apply to reach the index."""
+        self._lease_reads = (
+            LeaseReads(cfg.id, cfg.election_ticks, cfg.tick_s)
+            if cfg.read_mode is ReadMode.LEASE
+            else None
+        )
+        """With lease reads on: when a quorum last heard from this leader, and whether this
+        member must refuse a vote (`core/lease_reads.py`). None with ReadIndex barriers."""
+        self._lease_pending: list[int] = []
+        """Read ids that arrived while leading with lease reads on, decided at the next
+        `leader_duties` (on a fresh clock reading): served on the lease, or a barrier."""
+        self.lease_reads_served = 0
+        """Reads served on the lease, without a round trip (metrics)."""
         self.leader_changes = 0
         self._last_leader = 0
         self.leaderless_since_s: float | None = now_s
@@ -166,11 +180,39 @@ class MemberCore:
         """A read barrier: completes with the read index once a quorum confirmed this member
         still leads (ReadIndex) and the state machine applied up to that index."""
         rid = next(self._ids)
+        if self._lease_reads is not None and self.node.role is Role.LEADER:
+            self._lease_pending.append(rid)  # decided by `leader_duties`, on its clock
+            return rid
+        self._read_barrier(rid)
+        return rid
+
+    def _read_barrier(self, rid: int) -> None:
         try:
             self._ask_read_index(rid)
         except RaftError as err:
             self._completed.append(Completed(rid, error=err))
-        return rid
+
+    def _decide_lease_reads(self, lease: LeaseReads, now_ms: float) -> None:
+        """Serve the reads waiting for a decision at the commit index if the lease holds now
+        (`core/lease_reads.py`), else send them through the ReadIndex barrier."""
+        node = self.node
+        if node.role is Role.LEADER and lease.renewal_due(now_ms, node.term):
+            # A barrier of our own: its heartbeat's answers renew the lease (its outcome is
+            # nobody's read: `read_states` passes over an id it did not hand out).
+            node.read_index(next(self._ids))
+        pending, self._lease_pending = self._lease_pending, []
+        if not pending:
+            return
+        if node.role is Role.LEADER:
+            st = node.status()
+            own_term = node.term_at(st.commit) == st.term and st.lead_transferee == NONE
+            if lease.valid(now_ms, st.term, node.conf.voters, own_term):
+                self.lease_reads_served += len(pending)
+                self._waiting_reads.extend((st.commit, rid) for rid in pending)
+                self._serve_reads()
+                return
+        for rid in pending:
+            self._read_barrier(rid)
 
     def rotate_data_key(self) -> int:
         """A data key rotation (the steps: `next_disk_work`); completes with `KeyRotation`."""
@@ -191,12 +233,20 @@ class MemberCore:
 
     def step(self, msg: Message) -> None:
         """A message from a peer; a malformed one is logged and dropped."""
+        lease = self._lease_reads
+        if lease is not None:
+            term = self.node.term
+            if lease.refuses_vote(msg, term):
+                return
+            lease.received(msg, term, self.node.role is Role.LEADER)
         try:
             self.node.step(msg)
         except ValueError as err:
             self._log.warning("dropping bad message from %d: %s", msg.frm, err)
 
     def tick(self) -> None:
+        if self._lease_reads is not None:
+            self._lease_reads.tick()
         self.node.tick()
 
     def report_unreachable(self, peer: int) -> None:
@@ -204,6 +254,10 @@ class MemberCore:
 
     def leader_duties(self, now_s: float, wall_ms: int) -> None:
         """What a leader does on its own, on the driver's clock."""
+        lease = self._lease_reads
+        if lease is not None:
+            lease.clock(now_s * 1000)
+            self._decide_lease_reads(lease, now_s * 1000)
         self._maybe_expire_leases(now_s, wall_ms)
 
     def _maybe_expire_leases(self, now_s: float, wall_ms: int) -> None:
@@ -276,7 +330,14 @@ class MemberCore:
         return self.node.has_ready()
 
     def ready(self) -> Ready:
-        return self.node.ready()
+        rd = self.node.ready()
+        self._sent(rd)
+        return rd
+
+    def _sent(self, rd: Ready | None) -> None:
+        lease = self._lease_reads
+        if lease is not None and rd is not None and self.node.role is Role.LEADER:
+            lease.sent(rd.messages, self.node.term)
 
     def finish(self, rd: Ready, transport: Transport) -> None:
         """Send, apply and advance, once `ready.persist(storage, rd)` has returned."""
@@ -284,7 +345,9 @@ class MemberCore:
 
     def handle_ready(self, transport: Transport) -> bool:
         """One whole Ready in the one order (`ready.handle_ready`); False if there was none."""
-        return handle_ready(self.node, self.storage, transport, self) is not None
+        rd = handle_ready(self.node, self.storage, transport, self)
+        self._sent(rd)
+        return rd is not None
 
     # Applier (called by `finish`)
 
@@ -470,7 +533,9 @@ class MemberCore:
             *(pid for _, pid in self._pending.values()),
             *self._reads,
             *(rid for _, rid in self._waiting_reads),
+            *self._lease_pending,
         ]
+        self._lease_pending.clear()
         self._rotations.clear()
         self._sealed_before.clear()
         self._pending.clear()

@@ -10,6 +10,7 @@ from typing import Protocol
 from coordinator.fsm import Applied
 from coordinator.raft import ConfState, Entry, LogStorage, RaftError, Snapshot
 
+from .lease_reads import ReadMode
 from .ready import Wal
 
 
@@ -66,6 +67,11 @@ class CoreConfig:
     commit_flush_s: float | None = 0.002
     """A leader tells its followers a new commit index with its next append, or after this
     long without one (see `Config.lazy_commit`). None: at once, with an append of its own."""
+    read_mode: ReadMode = ReadMode.BARRIER
+    """How a leader confirms a read: a ReadIndex barrier, or its lease (`core/lease_reads.py`;
+    every member must run with the same mode)."""
+    tick_s: float = 0.1
+    """The driver's tick length, which lease reads convert ticks to the clock with."""
 
 
 class ProposalLostError(RaftError):

@@ -57,6 +57,9 @@ class MemberConfig:
     unlock_key_file: Path | None
     tick_ms: int = 100
     election_ticks: int = 10
+    read_mode: str = "barrier"
+    """"barrier" (ReadIndex, the default) or "lease" (leader-lease reads,
+    `core/lease_reads.py`; every member of the cluster must be started with it)."""
     force_new_cluster: bool = False
     """Restart a survivor from its own data as a new one-member cluster (runtime/recovery.py)."""
     join: JoinSettings | None = None
@@ -145,6 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tick-ms", type=int, default=100, help="Raft tick (default 100)")
     p.add_argument(
         "--election-ticks", type=int, default=10, help="election timeout in ticks (default 10)"
+    )
+    p.add_argument(
+        "--read-mode",
+        default="barrier",
+        choices=("barrier", "lease"),
+        help="how the leader confirms a linearizable read: a ReadIndex round trip to a quorum "
+        "(barrier, the default) or its lease, no round trip, safe while clocks run within 2%% "
+        "of true rate (lease; set it on every member; docs/consensus.md)",
     )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument(
@@ -292,6 +303,7 @@ def config_from_args(ns: argparse.Namespace) -> MemberConfig:
         "unlock_key_file": ns.unlock_key_file,
         "tick_ms": ns.tick_ms,
         "election_ticks": ns.election_ticks,
+        "read_mode": ns.read_mode,
         "force_new_cluster": ns.force_new_cluster,
         "sealing_key_renew_days": ns.sealing_key_renew_days,
         "join_listen": ns.join_listen or "",

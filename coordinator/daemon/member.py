@@ -70,6 +70,7 @@ from dataclasses import dataclass, replace
 import grpc
 from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics, generate_latest
 
+from coordinator.core import ReadMode
 from coordinator.fsm import Member as DirectoryEntry
 from coordinator.fsm import StateMachine
 from coordinator.pki import (
@@ -296,7 +297,12 @@ class Member:
             )
             parts.transport = self.transport = transport
             loop = RaftLoop(
-                LoopConfig(id=cfg.id, tick_s=cfg.tick_ms / 1000, election_ticks=cfg.election_ticks),
+                LoopConfig(
+                    id=cfg.id,
+                    tick_s=cfg.tick_ms / 1000,
+                    election_ticks=cfg.election_ticks,
+                    read_mode=ReadMode(cfg.read_mode),
+                ),
                 parts.wal,
                 transport,
                 StateMachine(),

@@ -59,6 +59,7 @@ from .join_tokens import JoinTokenInfo as JoinTokenInfo
 from .kv import Event as Event
 from .kv import EventKind as EventKind
 from .leases import LeaseInfo as LeaseInfo
+from .lessor import CLOCK_RATE_BOUND as CLOCK_RATE_BOUND
 from .lessor import Lessor as Lessor
 from .lessor import Lifetime as Lifetime
 from .lessor import Renewal as Renewal
@@ -87,6 +88,7 @@ from .results import encode_outcome as encode_outcome
 from .sealing_keys import SealingKey as SealingKey
 
 __all__ = [
+    "CLOCK_RATE_BOUND",
     "ENVELOPE_VERSION",
     "AcquireResult",
     "Applied",

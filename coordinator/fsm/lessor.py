@@ -56,12 +56,24 @@ e. TimeToLive is answered from here on the leader (`remaining`). A follower has 
    and redirects the question to the leader; before the lessor serves (rule a) the server
    answers from the replicated table, whose deadline after a leader change is at least a
    full TTL as well.
+
+f. Clock rates. Deadlines are kept on the leader's clock, the client counts its TTL on its own,
+   and no two clocks run at quite the same rate. Both are assumed to run within
+   CLOCK_RATE_BOUND of true time (a quartz clock is within 0.01%, NTP slews at most 0.05%; the
+   bound leaves room for virtual machines). A leader's clock that runs fast would end a lease
+   early in true time, and a client's that runs slow would have it believe in the lease too
+   long; so the lessor holds each lease a margin longer than its TTL on its own clock
+   (`hold_ms`: TTL * (1 + rho) / (1 - rho), rho the bound), which covers both at once. The
+   margin costs only a dead holder's lease living a few percent longer. The simulator gives
+   each member a clock of its own rate, at the bound, and checks the clients' promises in
+   true time (`coordinator/testing/sim_clock.py`); a lessor without the margin is caught.
 """
 
 from __future__ import annotations
 
 import enum
 import heapq
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -69,6 +81,17 @@ from typing import Protocol
 from .commands import ExpireLeaseIds, LeaseGrant, LeaseKeepAlive, OwnedLeaseGrant
 from .machine import Applied, LeaseExpired, LeaseRevoked
 from .results import LeaseResult
+
+CLOCK_RATE_BOUND = 0.02
+"""Every host's monotonic clock runs within this fraction of true time's rate (rule f)."""
+
+
+def hold_ms(ttl_ms: int) -> int:
+    """How long, on the leader's clock, a lease of `ttl_ms` lives past the moment it counts
+    from, so that it outlives TTL on any clock within CLOCK_RATE_BOUND (rule f)."""
+    rho = CLOCK_RATE_BOUND
+    return math.ceil(ttl_ms * (1 + rho) / (1 - rho))
+
 
 EXPIRY_IDS_MAX = 10_000
 """At most this many leases per expiry entry (the rest are named by the next one), so one
@@ -107,7 +130,8 @@ class Lifetime:
 class _Lease:
     ttl_ms: int
     deadline_ms: int
-    """Leader's monotonic ms until which the lease lives; only ever moves forward."""
+    """Leader's monotonic ms until which the lease lives (with the rule f margin); only
+    ever moves forward."""
 
 
 class Lessor:
@@ -154,9 +178,14 @@ class Lessor:
         """Rule a: every lease gets a full TTL from now."""
         self._term = term
         now = self._now_ms
-        self._leases = {i: _Lease(ttl, now + ttl) for i, ttl in self._fsm.lease_ttls()}
+        self._leases = {
+            i: _Lease(ttl, now + self._hold_ms(ttl)) for i, ttl in self._fsm.lease_ttls()
+        }
         self._due = [(lease.deadline_ms, i) for i, lease in self._leases.items()]
         heapq.heapify(self._due)
+
+    def _hold_ms(self, ttl_ms: int) -> int:
+        return hold_ms(ttl_ms)
 
     def _stop(self) -> None:
         self._term = 0
@@ -176,7 +205,7 @@ class Lessor:
         # look-up and a comparison. The due heap is not touched (`expiry` moves an entry
         # that comes up early to the lease's deadline then), so a lease costs the heap one
         # entry per TTL, not one per renewal.
-        leases, expiring = self._leases, self._expiring
+        leases, expiring, hold = self._leases, self._expiring, self._hold_ms
         out: list[Renewal] = []
         put = out.append
         for ids, arrived_ms in asks:
@@ -187,7 +216,7 @@ class Lessor:
                 elif lease_id in expiring:
                     put(Renewal.EXPIRING)
                 else:
-                    deadline = arrived_ms + lease.ttl_ms
+                    deadline = arrived_ms + hold(lease.ttl_ms)
                     lease.deadline_ms = max(lease.deadline_ms, deadline)
                     put(Renewal.RENEWED)
         self.renewed += out.count(Renewal.RENEWED)
@@ -206,7 +235,9 @@ class Lessor:
         lease = self._leases.get(lease_id) if self._term else None
         if lease is None:
             return None
-        left = 0 if lease_id in self._expiring else max(0, lease.deadline_ms - now_ms)
+        # What the holder may count on is the TTL, not the margin (rule f).
+        left = lease.deadline_ms - (self._hold_ms(lease.ttl_ms) - lease.ttl_ms) - now_ms
+        left = 0 if lease_id in self._expiring else max(0, left)
         return Lifetime(lease.ttl_ms, left)
 
     # --- expiry --------------------------------------------------------------------------------
@@ -260,7 +291,7 @@ class Lessor:
                 and not applied.duplicate
             ):
                 ttl = applied.result.ttl_ms
-                lease = _Lease(ttl, self._now_ms + ttl)
+                lease = _Lease(ttl, self._now_ms + self._hold_ms(ttl))
                 self._leases[applied.result.id] = lease
                 heapq.heappush(self._due, (lease.deadline_ms, applied.result.id))
             if (

@@ -45,6 +45,7 @@ from coordinator.core import (
     LeaderChanged,
     MemberCore,
     ProposalLostError,
+    ReadMode,
     Restored,
     SnapshotJob,
     StoppedError,
@@ -93,6 +94,8 @@ class LoopConfig:
     is due well within this), or after this long without one (see `Config.lazy_commit`): a
     message and an answer per follower and commit fewer. None: at once, with an append of
     its own."""
+    read_mode: ReadMode = ReadMode.BARRIER
+    """ReadIndex barriers, or leader-lease reads (`core/lease_reads.py`)."""
 
     def core_config(self) -> CoreConfig:
         return CoreConfig(
@@ -103,6 +106,8 @@ class LoopConfig:
             snapshot_keep_entries=self.snapshot_keep_entries,
             lease_check_s=self.lease_check_s,
             commit_flush_s=self.commit_flush_s,
+            read_mode=self.read_mode,
+            tick_s=self.tick_s,
         )
 
 
@@ -316,7 +321,9 @@ class RaftLoop:
                         next_tick = now + self.cfg.tick_s  # we were stalled: do not burst
                 self._drain_inbox()
                 core.flush_commit(now)
-                core.leader_duties(now, self.clock.wall_ms())
+                # A fresh reading, not the turn's `now`: a lease read is decided on it, and a
+                # reading older than the decision would make the lease look younger.
+                core.leader_duties(self.clock.monotonic_s(), self.clock.wall_ms())
                 while await self._handle_ready():
                     self._drain_inbox()
                 if core.rotating:

@@ -58,7 +58,6 @@ class DemoCluster(Simulator):
         super().__init__(opts)
         self.replies: dict[int, ClientReply] = {}
         self.seq = 0
-        self.at(0, self.tick_all)
 
     def on_new_leader(self, node: SimNode, raw: RawNode) -> None:
         super().on_new_leader(node, raw)

@@ -53,7 +53,6 @@ class ElectionTrial(Simulator):
             self._connections_lost(leader.id)
 
     def measure(self) -> int | None:
-        self.at(self.rng.randint(0, self.opts.tick_us), self.tick_all)
         # Let the first election settle, then kill at a random phase of the heartbeat cycle.
         self.at(1000 * MS + self.rng.randint(0, 100 * MS), self.kill_leader)
         while self._queue and self.downtime_us is None and self.now < 10_000 * MS:

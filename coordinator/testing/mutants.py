@@ -31,7 +31,17 @@ from coordinator.raft._log import RaftLog
 from coordinator.raft._raft import Raft
 from coordinator.raft._readonly import PendingRead
 
-from .core_mutants import AnswersBeforeApply, ReadsWithoutQuorum, RenewsWithoutDeadline
+from .core_mutants import (
+    AnswersBeforeApply,
+    LeaseReadsBeforeOwnTermCommit,
+    LeaseReadsFromTheAnswer,
+    LeaseReadsOnTicks,
+    LeaseReadsWithoutDriftMargin,
+    LeaseReadsWithoutQuorum,
+    LeasesWithoutDriftMargin,
+    ReadsWithoutQuorum,
+    RenewsWithoutDeadline,
+)
 
 
 class _CommitOnMinority(Raft):
@@ -129,6 +139,8 @@ class Mutant:
     node_factory: Callable[[Config, LogStorage], RawNode] = RawNode
     fsm_factory: Callable[[], StateMachine] = StateMachine
     core_class: type[MemberCore] = MemberCore
+    lease_reads: bool = False
+    """Runs with lease reads on (`SimOptions.lease_reads`): it breaks one of their rules."""
 
 
 MUTANTS: dict[str, Mutant] = {
@@ -160,6 +172,41 @@ MUTANTS: dict[str, Mutant] = {
             "renews_without_deadline",
             "an acknowledged lease renewal moves the lease's deadline",
             core_class=RenewsWithoutDeadline,
+        ),
+        Mutant(
+            "leases_without_drift_margin",
+            "a lease outlives its TTL on any clock within the rate bound",
+            core_class=LeasesWithoutDriftMargin,
+        ),
+        Mutant(
+            "lease_reads_without_drift_margin",
+            "a lease read ends before any voter's refusal can, at any clock rate in the bound",
+            core_class=LeaseReadsWithoutDriftMargin,
+            lease_reads=True,
+        ),
+        Mutant(
+            "lease_reads_before_own_term_commit",
+            "a lease read waits for the leader's commit of its own term",
+            core_class=LeaseReadsBeforeOwnTermCommit,
+            lease_reads=True,
+        ),
+        Mutant(
+            "lease_reads_from_the_answer",
+            "a lease counts from the first send of the heartbeat a quorum answered",
+            core_class=LeaseReadsFromTheAnswer,
+            lease_reads=True,
+        ),
+        Mutant(
+            "lease_reads_on_ticks",
+            "a leader measures its lease on its clock, which runs on while its process stalls",
+            core_class=LeaseReadsOnTicks,
+            lease_reads=True,
+        ),
+        Mutant(
+            "lease_reads_without_quorum",
+            "a lease read needs a quorum that heard from the leader lately",
+            core_class=LeaseReadsWithoutQuorum,
+            lease_reads=True,
         ),
     )
 }

@@ -23,9 +23,10 @@ keep-alive plus the TTL, minus one millisecond of rounding. (b) is sound because
 leader's lessor ends a lease (`fsm/lessor.py`): it counts a renewal from its arrival, after
 the client called, acknowledges it only after a read barrier requested after that arrival
 confirmed its leadership, and a new leader gives every lease a full TTL from when it starts
-serving, which a renewal it never saw acknowledged precedes. Clocks advance at one rate in
-the simulator, so the client's TTL and the leader's are the same length. Lock-delay only
-makes a lock last longer.
+serving, which a renewal it never saw acknowledged precedes. The simulator's clocks run at
+rates of their own, within `CLOCK_RATE_BOUND`; the client's TTL here is true time, and the
+lessor holds each lease a margin longer on its own clock, so that it lasts a TTL of true time
+at any rate within the bound (rule f). Lock-delay only makes a lock last longer.
 
 `check_leases_held` is the state invariant: after a command that can change a lock or an
 election, every holder and waiter still has its lease. A lock held past its lease is exactly
@@ -165,16 +166,20 @@ def check_holds(
 
 
 def check_lease_lives(
-    safe_until_us: Mapping[int, int], gone_seen_us: Mapping[int, int]
+    safe_until_us: Mapping[int, int], gone_seen_us: Mapping[int, int], what: str = "seen gone"
 ) -> str | None:
     """The first lease seen gone before its safe-until (module docstring), or None: a client
     whose renewals were acknowledged may count on its lease until the call of the latest one
-    plus the TTL, across leader changes, pauses and crashes of members."""
+    plus the TTL, across leader changes, pauses, crashes of members and clock rates.
+
+    Also run with `gone_seen_us` the time a member first applied the lease's expiry (`what`
+    "expired"): that is when its locks pass on, which must not come before the promise ends
+    either, and it shows a lease that ended early even when its holder never asked again."""
     for lease, gone in sorted(gone_seen_us.items()):
         safe = safe_until_us.get(lease)
         if safe is not None and gone < safe:
             return (
-                f"lease {lease} was seen gone at {gone / MS:.1f} ms, although its latest "
+                f"lease {lease} was {what} at {gone / MS:.1f} ms, although its latest "
                 f"acknowledged renewal promised it until {safe / MS:.1f} ms"
             )
     return None

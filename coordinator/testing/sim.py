@@ -12,7 +12,9 @@ Each seed runs in three phases:
    sequences, locks and elections through leases) while the nemesis drops, delays,
    duplicates and reorders messages, partitions the network (symmetric, one-way, flapping,
    leader isolated), crashes and restarts members (losing the unsynced part of a torn write),
-   slows disks, changes membership and transfers leadership;
+   slows disks, changes membership, transfers leadership, changes the rate of a member's
+   clock and pauses a member's process (each member's clock runs at its own rate, within
+   the bound the lessor assumes: `sim_clock.py`);
 2. heal: every fault stops and crashed members restart; a leader must be elected and a
    proposal committed within a bounded time (liveness), which is measured;
 3. drain: KV and sequence clients finish (lock and election clients go on, so leases run
@@ -48,6 +50,7 @@ from coordinator.fsm import (
     Envelope,
     ExpireLeaseIds,
     ExpireLeases,
+    LeaseExpired,
     LeaseRevoke,
     LockAcquire,
     LockRelease,
@@ -156,6 +159,9 @@ class Simulator(SimNemesis):
                 "steps",
                 "snapshot_chunks",
                 "leaders",
+                "clock_rates",
+                "pauses",
+                "lease_reads",
             ),
             0,
         )
@@ -229,6 +235,9 @@ class Simulator(SimNemesis):
         node = self.nodes.get(msg.to)
         if node is None or node.core is None or node.removed:
             return
+        if node.paused():  # it reads its sockets when it resumes
+            self.at(node.paused_until - self.now, self.deliver, msg)
+            return
         self.stats["steps"] += 1
         if msg.type is MessageType.SNAP:
             self.stats["snapshot_chunks"] += 1
@@ -240,17 +249,6 @@ class Simulator(SimNemesis):
         if rep.kind == "ok":
             rep.leader = node.id  # clients stick to whoever answered
         self.at(self.delay(), self.on_reply, rep)
-
-    # --- ticks ---------------------------------------------------------------------------
-
-    def tick_all(self) -> None:
-        for node in self.nodes.values():
-            core = node.core
-            if core is not None and not node.removed:
-                self.stats["steps"] += 1
-                core.tick()
-                node.process()
-        self.at(self.opts.tick_us, self.tick_all)
 
     # --- observers -----------------------------------------------------------------------
 
@@ -292,6 +290,9 @@ class Simulator(SimNemesis):
         ):
             self.checker.checks += 1
             check_leases_held(node.fsm, self.lock_names, self.election_names)
+            for effect in applied.effects:
+                if isinstance(effect, LeaseExpired):
+                    self.hist.expired_us.setdefault(effect.id, self.now)
 
     # --- clients -------------------------------------------------------------------------
 
@@ -343,7 +344,9 @@ class Simulator(SimNemesis):
 
         def arrive() -> None:
             node = self.nodes.get(target)
-            if node is not None and node.core is not None and not node.removed:
+            if node is not None and node.paused():
+                self.at(node.paused_until - self.now, arrive)
+            elif node is not None and node.core is not None and not node.removed:
                 self.stats["steps"] += 1
                 node.on_request(c.id, seq, request)
 
@@ -392,7 +395,9 @@ class Simulator(SimNemesis):
         if not res.ok:
             return
         res.ops = sum(h.ops.values()) + res.ops_unknown
-        problem = check_lease_lives(h.safe_until_us, h.gone_seen_us)
+        problem = check_lease_lives(h.safe_until_us, h.gone_seen_us) or check_lease_lives(
+            h.safe_until_us, h.expired_us, "expired"
+        )
         if problem is not None:
             res.ok, res.failure = False, f"lease: {problem}"
             return
@@ -445,7 +450,6 @@ class Simulator(SimNemesis):
         o = self.opts
         res = SimResult(seed=o.seed, options=o.describe(), ok=True)
         self.stop_clients_at = 1 << 62
-        self.at(self.rng.randint(0, o.tick_us), self.tick_all)
         self.at(o.nemesis_every_us, self.nemesis)
         for c in self.clients:
             self.at(self.rng.randint(0, 50 * MS), self.client_next, c)

@@ -81,6 +81,8 @@ class Histories:
     """Lease -> until when it certainly lived (see `primitive_checks`)."""
     gone_seen_us: dict[int, int] = field(default_factory=dict)
     """Lease -> when an acknowledged answer first said it was gone."""
+    expired_us: dict[int, int] = field(default_factory=dict)
+    """Lease -> when a member first applied its expiry."""
     ops: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(("kv", "seq", "lock", "lease", "elect"), 0)
     )

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from coordinator.core import CoreConfig, MemberCore, ProposalLostError
+from coordinator.core import CoreConfig, MemberCore, ProposalLostError, ReadMode
 from coordinator.core.ready import persist, send_early
 from coordinator.fsm import Applied, Envelope, ErrorCode, FsmError, LeaseKeepAlive, Renewal
 from coordinator.raft import (
@@ -27,6 +27,7 @@ from coordinator.raft import (
 from coordinator.raft import LogStorage as Storage
 
 from .disk import SimCrash, SimDisk, SimLog
+from .sim_clock import SimClock
 from .sim_options import MS
 
 if TYPE_CHECKING:
@@ -68,6 +69,17 @@ class SimNode:
         # Each host's monotonic clock has its own epoch, which survives a restart of the
         # member: the replicated clock must not care (fsm/machine.py re-pins per term).
         self.epoch_ms = sim.rng.randrange(0, 1 << 30)
+        # Its rate, too, is its own (`sim_clock.py`): ticks, lease deadlines and the
+        # leader's stamps are all measured on it; the clients and checkers use true time.
+        self.clock = SimClock(sim.clock_rate(), sim.now)
+        self.paused_until = 0
+        """True time until which the process is paused (SIGSTOP, a long GC): it neither
+        ticks nor hears anything, while its clock runs on."""
+        self._tick_gen = 0
+        self._next_tick_local_us = self.clock.local_us(sim.now) + sim.rng.randint(
+            1, sim.opts.tick_us
+        )
+        self._schedule_tick()
         self.start()
 
     def start(self) -> None:
@@ -84,6 +96,8 @@ class SimNode:
             snapshot_keep_entries=opts.snapshot_keep,
             lease_check_s=opts.lease_check_us / 1e6,
             commit_flush_s=opts.commit_flush_us / 1e6 if opts.lazy_commit else None,
+            read_mode=ReadMode.LEASE if opts.lease_reads else ReadMode.BARRIER,
+            tick_s=opts.tick_us / 1e6,
         )
         watched = _Watched(self)
         self.core = sim.core_class(
@@ -115,7 +129,47 @@ class SimNode:
 
     def clock_ms(self) -> int:
         """This host's monotonic clock, which a leader stamps on what it proposes."""
-        return self.epoch_ms + self.sim.now // MS
+        return self.epoch_ms + self.clock.local_us(self.sim.now) // MS
+
+    # --- this host's clock and ticks ----------------------------------------------------
+
+    def set_clock_rate(self, rate: float) -> None:
+        """The nemesis moves this host's clock rate (within the bound): the tick already
+        scheduled at the old rate is replaced by one at the new."""
+        self.clock.set_rate(self.sim.now, rate)
+        self._tick_gen += 1
+        self._schedule_tick()
+
+    def _schedule_tick(self) -> None:
+        delay = self.clock.true_delay_us(self.sim.now, self._next_tick_local_us)
+        self.sim.at(delay, self._on_tick, self._tick_gen)
+
+    def _on_tick(self, gen: int) -> None:
+        if gen != self._tick_gen or self.removed:
+            return
+        sim = self.sim
+        tick_us = sim.opts.tick_us
+        core = self.core
+        if self.paused():
+            # The runtime does not burst the ticks a stall missed (`runtime/loop.py`): the
+            # first tick after the pause is the next one due on the clock.
+            resume_local = self.clock.local_us(self.paused_until)
+            while self._next_tick_local_us <= resume_local:
+                self._next_tick_local_us += tick_us
+        elif core is not None:
+            sim.stats["steps"] += 1
+            core.tick()
+            self.process()
+            self._next_tick_local_us += tick_us
+        else:
+            self._next_tick_local_us += tick_us
+        self._schedule_tick()
+
+    def paused(self) -> bool:
+        return self.sim.now < self.paused_until
+
+    def pause(self, true_us: int) -> None:
+        self.paused_until = max(self.paused_until, self.sim.now + true_us)
 
     def now_s(self) -> float:
         return self.clock_ms() / 1000
@@ -134,10 +188,15 @@ class SimNode:
         if core is None:
             return
         sim = self.sim
+        if self.paused():
+            sim.at(self.paused_until - sim.now, self.process)
+            return
         transport = sim.transport_for(self)
         now_s = self.now_s()
         try:
+            served = core.lease_reads_served
             core.leader_duties(now_s, self.clock_ms())
+            sim.stats["lease_reads"] += core.lease_reads_served - served
             while core.has_ready():
                 rd = core.ready()
                 send_early(transport, rd)
@@ -300,6 +359,10 @@ class SimNode:
             self.sim.reply(self, ClientReply(a.client, a.seq, "retry"))
         else:
             self.sim.reply(self, ClientReply(a.client, a.seq, "ok", _gone(a.lease)))
+
+
+def opts_tick(sim: Simulator) -> int:
+    return sim.opts.tick_us
 
 
 RENEWAL_GATHER_US = 0

@@ -46,6 +46,14 @@ class SimNemesis:
                 best, best_term = n, n.raw.term
         return best
 
+    def clock_rate(self) -> float:
+        """A host clock's rate: within `opts.clock_drift` of true time, at either edge of it
+        two times in three (where a margin too small shows), else anywhere within."""
+        drift = self.opts.clock_drift
+        if not drift:
+            return 1.0
+        return 1.0 + drift * self.rng.choice((-1.0, 1.0, self.rng.uniform(-1.0, 1.0)))
+
     def nemesis(self) -> None:
         if self.healing:
             return
@@ -113,6 +121,21 @@ class SimNemesis:
                     v.disk.latency_us = 0
 
                 self.at(r.randint(200 * MS, 2000 * MS), fast)
+        elif fault == "clock":
+            # A host's clock changes rate (temperature, an NTP slew), within the bound.
+            victims = self.live_members()
+            if victims:
+                r.choice(victims).set_clock_rate(self.clock_rate())
+                self.stats["clock_rates"] += 1
+        elif fault == "pause":
+            # A process stops (a long GC, SIGSTOP, a descheduled VM) while its clock runs
+            # on: it hears nothing and misses its ticks, then carries on where it was. A
+            # leader paused past the election timeout comes back deposed but not yet told.
+            victims = self.live_members()
+            if victims:
+                v = leader if leader is not None and r.random() < 0.5 else r.choice(victims)
+                v.pause(r.randint(20 * MS, 600 * MS))
+                self.stats["pauses"] += 1
         elif fault == "hint":
             # A transport's false alarm: a live member told it lost its link to another
             # (usually its leader), with no fault behind it.

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+
+from coordinator.fsm import CLOCK_RATE_BOUND
 
 MS = 1000  # microseconds per millisecond
 
@@ -55,6 +57,13 @@ class SimOptions:
     """How often the leader's lessor is asked for expiries (the runtime's `lease_check_s`)."""
     commit_flush_us: int = 2 * MS
     """With `lazy_commit`: how long a commit index waits for an append to carry it."""
+    clock_drift: float = 0.0
+    """How far each host's clock rate may be from true time (`sim_clock.py`): each member's
+    rate is drawn within +-clock_drift, and the "clock" fault redraws it. Never beyond
+    `CLOCK_RATE_BOUND`, the bound the lessor's margin assumes."""
+    lease_reads: bool = False
+    """Members serve reads on the leader's lease (`core/lease_reads.py`), not a ReadIndex
+    barrier: off unless asked for (`--lease-reads`), as in the product."""
 
     @staticmethod
     def from_seed(seed: int, voters: int | None = None) -> SimOptions:
@@ -76,7 +85,7 @@ class SimOptions:
         # combinations are not drowned out by the common ones.
         faults = tuple(f for f in all_faults if r.random() < 0.6) or (r.choice(all_faults),)
         lo = r.choice((200, 500, 1000, 2000))
-        return SimOptions(
+        opts = SimOptions(
             seed=seed,
             voters=n,
             spares=2,
@@ -110,6 +119,16 @@ class SimOptions:
             stall_p=r.choice((0.25, 0.4)),
             lease_check_us=r.choice((100, 250, 500)) * MS,
             commit_flush_us=r.randint(0, 5 * MS),
+        )
+        # Drawn after everything above, so that each seed's other options stay as they were.
+        # Half the seeds put clocks at the edge of the bound, where a missing margin shows.
+        drift = r.choice((0.0, CLOCK_RATE_BOUND / 4, CLOCK_RATE_BOUND, CLOCK_RATE_BOUND))
+        clock_faults = tuple(f for f in ("clock", "pause") if r.random() < 0.5)
+        # Half the seeds check for expiries often, so that a lease ended a few percent of its
+        # TTL early is ended before its holder's promise runs out, not a check period later.
+        check_us = r.choice((10, 20)) * MS if r.random() < 0.5 else opts.lease_check_us
+        return replace(
+            opts, clock_drift=drift, faults=opts.faults + clock_faults, lease_check_us=check_us
         )
 
     def describe(self) -> str:

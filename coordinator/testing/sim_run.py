@@ -8,7 +8,7 @@ import json
 import multiprocessing
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from .mutants import MUTANTS
 from .sim import SimResult, Simulator
@@ -21,24 +21,31 @@ def run_seed(
     seed: int,
     voters: int | None = None,
     mutant: str | None = None,
+    lease_reads: bool = False,
 ) -> SimResult:
     opts = SimOptions.from_seed(seed, voters)
-    if mutant is None:
+    m = MUTANTS[mutant] if mutant is not None else None
+    if lease_reads or (m is not None and m.lease_reads):
+        opts = replace(opts, lease_reads=True)
+    if m is None:
         return Simulator(opts).run()
-    m = MUTANTS[mutant]
     return Simulator(opts, m.node_factory, m.fsm_factory, m.core_class).run()
 
 
-def repro_command(seed: int, voters: int | None, mutant: str | None) -> str:
+def repro_command(
+    seed: int, voters: int | None, mutant: str | None, lease_reads: bool = False
+) -> str:
     cmd = f"python -m coordinator.testing.sim --seed {seed}"
     if voters is not None:
         cmd += f" --voters {voters}"
     if mutant is not None:
         cmd += f" --mutant {mutant}"
+    if lease_reads:
+        cmd += " --lease-reads"
     return cmd
 
 
-def _run_one(args: tuple[int, int | None, str | None]) -> SimResult:
+def _run_one(args: tuple[int, int | None, str | None, bool]) -> SimResult:
     return run_seed(*args)
 
 
@@ -59,6 +66,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--first", type=int, default=1, help="first seed of a --seeds run")
     ap.add_argument("--voters", type=int, choices=(3, 5, 7), help="force the cluster size")
     ap.add_argument("--mutant", help="run a deliberately broken variant (see mutants.py)")
+    ap.add_argument(
+        "--lease-reads",
+        action="store_true",
+        help="members serve reads on the leader's lease, not a ReadIndex barrier",
+    )
     ap.add_argument("--workers", type=int, default=0, help="processes (default: all cores)")
     ap.add_argument("--json", help="write per-seed results as JSON lines to this file")
     ap.add_argument(
@@ -70,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     if args.seed is not None:
-        res = run_seed(args.seed, args.voters, args.mutant)
+        res = run_seed(args.seed, args.voters, args.mutant, args.lease_reads)
         print(f"seed {res.seed}: {res.options}")
         print(json.dumps({k: v for k, v in asdict(res).items() if k != "options"}, indent=1))
         if not res.ok:
@@ -79,7 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("ok")
         return 0
 
-    seeds = [(s, args.voters, args.mutant) for s in range(args.first, args.first + args.seeds)]
+    seeds = [
+        (s, args.voters, args.mutant, args.lease_reads)
+        for s in range(args.first, args.first + args.seeds)
+    ]
     workers = args.workers or multiprocessing.cpu_count()
     last = args.first + args.seeds - 1
     print(f"sim: seeds {args.first}..{last} on {workers} workers", flush=True)
@@ -103,7 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     what = "FAIL" if args.mutant is None else "expected catch of the mutant:"
                     print(f"{what} seed {res.seed}: {res.failure}", flush=True)
                     print(f"  options: {res.options}", flush=True)
-                    print(f"  reproduce: {repro_command(res.seed, args.voters, args.mutant)}")
+                    cmd = repro_command(res.seed, args.voters, args.mutant, args.lease_reads)
+                    print(f"  reproduce: {cmd}")
                 # Thousands of seeds take minutes: say how far along it is, so that a long
                 # run is visibly alive and a violation is seen before the summary.
                 now = time.perf_counter()

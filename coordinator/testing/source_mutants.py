@@ -154,14 +154,14 @@ MUTANTS: tuple[SourceMutant, ...] = (
         name="renewal-outlives-lease",
         path="coordinator/client/_keepalive.py",
         old=(
-            "            if kept is None or kept.expires_at != at:\n"
-            "                continue\n"
-            "            kept._lose(\n"
+            "            if kept is None or kept.expires_at < at:\n"
+            "                continue  # no longer kept, or an entry of an earlier keeping"
+            " of this id\n"
         ),
         new=(
-            "            if kept is None or kept.expires_at != at or True:\n"
-            "                continue\n"
-            "            kept._lose(\n"
+            "            if kept is None or kept.expires_at < at or True:\n"
+            "                continue  # no longer kept, or an entry of an earlier keeping"
+            " of this id\n"
         ),
         kills=(
             "tests/client/test_holds_renewal.py"

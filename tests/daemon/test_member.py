@@ -73,6 +73,13 @@ def test_command_line_is_checked() -> None:
     base = ["--id", "1", "--data-dir", "/tmp/x", "--initial-cluster", "1=a:1", "--cluster-id", "c"]
     cfg = config_from_args(build_parser().parse_args([*base, "--insecure"]))
     assert cfg.name == "member-1" and cfg.insecure and cfg.tls_dir is None
+    assert cfg.read_mode == "barrier"  # lease reads only when asked for, on every member
+    lease = config_from_args(
+        build_parser().parse_args([*base, "--insecure", "--read-mode", "lease"])
+    )
+    assert lease.read_mode == "lease"
+    with pytest.raises(SystemExit):
+        main([*base, "--insecure", "--read-mode", "clock"])
     # A first member lists itself under the address its peers dial (--initial-cluster, maybe
     # a proxy in front of --peer-listen), unless told otherwise.
     assert cfg.advertise_peer_url == "http://a:1"

@@ -22,9 +22,12 @@ from coordinator.fsm import (
     LockGranted,
     Renewal,
 )
+from coordinator.fsm.lessor import CLOCK_RATE_BOUND, hold_ms
 from tests.fsm.support import Driver
 
 TTL = 3_000
+HOLD = hold_ms(TTL)
+"""How long the lessor holds a lease of TTL on its clock: the TTL and the rule f margin."""
 
 
 class Leader:
@@ -86,8 +89,8 @@ def test_leader_change_gives_every_lease_a_full_ttl(ld: Leader) -> None:
     ld.lessor.step(2_500, leader_term=3)
     assert ld.lessor.serving_term == 3
     assert ld.lessor.remaining(lease, 2_500) == Lifetime(TTL, TTL)
-    assert ld.lessor.expiry(2_500 + TTL - 1) is None
-    assert ld.lessor.expiry(2_500 + TTL) == ExpireLeaseIds((lease,))
+    assert ld.lessor.expiry(2_500 + HOLD - 1) is None
+    assert ld.lessor.expiry(2_500 + HOLD) == ExpireLeaseIds((lease,))
 
 
 def test_a_deposed_leader_acknowledges_no_renewal(ld: Leader) -> None:
@@ -117,10 +120,20 @@ def test_expiry_is_named_only_past_the_deadline(ld: Leader) -> None:
     a, b = ld.grant(), ld.grant(2 * TTL)
     assert ld.lessor.expiry(TTL - 1) is None
     assert ld.renew(a, TTL - 1) is Renewal.RENEWED  # a renewal just in time: TTL from arrival
-    assert ld.lessor.expiry(2 * TTL - 2) is None
-    assert ld.lessor.expiry(2 * TTL - 1) == ExpireLeaseIds((a,))
-    assert ld.lessor.expiry(2 * TTL - 1) is None  # named once, not again while in flight
-    assert ld.lessor.expiry(2 * TTL) == ExpireLeaseIds((b,))
+    a_deadline = TTL - 1 + HOLD
+    assert ld.lessor.expiry(a_deadline - 1) is None
+    assert ld.lessor.expiry(a_deadline) == ExpireLeaseIds((a,))
+    assert ld.lessor.expiry(a_deadline) is None  # named once, not again while in flight
+    assert ld.lessor.expiry(hold_ms(2 * TTL)) == ExpireLeaseIds((b,))
+
+
+def test_a_lease_outlives_its_ttl_in_true_time_at_any_clock_rate_within_the_bound() -> None:
+    rho = CLOCK_RATE_BOUND
+    for ttl in (1, 999, TTL, 86_400_000):
+        # The leader's clock fast by rho ends it after hold / (1 + rho) of true time; the
+        # holder's clock slow by rho has it believe in ttl / (1 - rho) of true time.
+        assert hold_ms(ttl) / (1 + rho) >= ttl / (1 - rho)
+    assert hold_ms(TTL) < TTL * 1.05  # a margin, not a second TTL
 
 
 def test_a_renewal_only_ever_lengthens(ld: Leader) -> None:
@@ -145,9 +158,9 @@ def test_a_lease_renewed_for_many_ttls_is_named_exactly_at_its_last_deadline(ld:
         assert ld.lessor.expiry(now) is None
         assert len(ld.lessor._due) <= 2 * len(leases)
     last = max(t for t in range(0, 20 * TTL, 100) if t % (TTL // 3) < 100)
-    assert now < last + TTL
-    assert ld.lessor.expiry(last + TTL - 1) is None
-    assert ld.lessor.expiry(last + TTL) == ExpireLeaseIds(tuple(sorted(leases)))
+    assert now < last + HOLD
+    assert ld.lessor.expiry(last + HOLD - 1) is None
+    assert ld.lessor.expiry(last + HOLD) == ExpireLeaseIds(tuple(sorted(leases)))
 
 
 def test_an_id_granted_again_expires_by_its_new_ttl(ld: Leader) -> None:
@@ -155,40 +168,42 @@ def test_an_id_granted_again_expires_by_its_new_ttl(ld: Leader) -> None:
     lease early nor twice."""
     ld.lead(0)
     lease = ld.grant(10 * TTL)
+    first_entry = hold_ms(10 * TTL)
     ld.run(LeaseRevoke(lease))
     ld.run(LeaseGrant(TTL, lease))
     assert ld.renew(lease, 5 * TTL) is Renewal.RENEWED
-    assert ld.lessor.expiry(TTL) is None  # its grant's entry moves to 6 * TTL
-    assert ld.renew(lease, 9 * TTL + 500) is Renewal.RENEWED
-    assert ld.lessor.expiry(6 * TTL) is None
-    assert ld.lessor.expiry(10 * TTL) is None  # the first grant's entry: not due by this one
-    assert ld.lessor.expiry(10 * TTL + 499) is None
-    assert ld.lessor.expiry(10 * TTL + 500) == ExpireLeaseIds((lease,))
+    assert ld.lessor.expiry(HOLD) is None  # its grant's entry moves to 5 * TTL + HOLD
+    last = first_entry - HOLD + 500  # its last renewal's deadline is after the first entry
+    assert ld.renew(lease, last) is Renewal.RENEWED
+    assert ld.lessor.expiry(5 * TTL + HOLD) is None
+    assert ld.lessor.expiry(first_entry) is None  # the first grant's entry: not due by this one
+    assert ld.lessor.expiry(last + HOLD - 1) is None
+    assert ld.lessor.expiry(last + HOLD) == ExpireLeaseIds((lease,))
     assert ld.lessor.expiry(20 * TTL) is None  # named once
 
 
 def test_a_renewal_racing_an_expiry_is_refused_then_not_found(ld: Leader) -> None:
     ld.lead(0)
     lease = ld.grant()
-    expiry = ld.lessor.expiry(TTL)
+    expiry = ld.lessor.expiry(HOLD)
     assert expiry == ExpireLeaseIds((lease,))
     # The holder's renewal arrives while the expiry is on its way: never acknowledged.
-    assert ld.renew(lease, TTL + 1) is Renewal.EXPIRING
-    assert ld.lessor.remaining(lease, TTL + 1) == Lifetime(TTL, 0)
+    assert ld.renew(lease, HOLD + 1) is Renewal.EXPIRING
+    assert ld.lessor.remaining(lease, HOLD + 1) == Lifetime(TTL, 0)
     applied = ld.run(expiry, client=0)
     assert applied.result == ExpireResult(applied.result.revision, (lease,))  # type: ignore[union-attr]
     assert LeaseExpired(lease) in applied.effects
     assert lease not in ld.d.m.leases()
-    assert ld.renew(lease, TTL + 2) is Renewal.UNKNOWN
+    assert ld.renew(lease, HOLD + 2) is Renewal.UNKNOWN
 
 
 def test_a_refused_expiry_proposal_is_due_again(ld: Leader) -> None:
     ld.lead(0)
     lease = ld.grant()
-    expiry = ld.lessor.expiry(TTL)
+    expiry = ld.lessor.expiry(HOLD)
     assert expiry is not None
     ld.lessor.expiry_refused(expiry)
-    assert ld.lessor.expiry(TTL + 500) == ExpireLeaseIds((lease,))
+    assert ld.lessor.expiry(HOLD + 500) == ExpireLeaseIds((lease,))
 
 
 def test_grants_and_revocations_are_followed_while_serving(ld: Leader) -> None:
@@ -226,16 +241,16 @@ def test_an_empty_expiry_is_proposed_only_for_a_lock_delay(ld: Leader) -> None:
     ld.run(LockAcquire("job", holder, lock_delay_ms=5_000))
     ld.run(LockAcquire("job", waiter))
     assert ld.lessor.expiry(TTL - 1) is None
-    ld.d.time_ms = TTL
-    expiry = ld.lessor.expiry(TTL)
+    ld.d.time_ms = HOLD
+    expiry = ld.lessor.expiry(HOLD)
     assert expiry == ExpireLeaseIds((holder,))
-    ld.run(expiry, client=0)  # the holder expires: lock-delay until 8_000
-    ld.d.time_ms = 8_000
-    tick = ld.lessor.expiry(8_000)
+    ld.run(expiry, client=0)  # the holder expires: lock-delay until HOLD + 5_000
+    ld.d.time_ms = HOLD + 5_000
+    tick = ld.lessor.expiry(HOLD + 5_000)
     assert tick == ExpireLeaseIds(())
     applied = ld.run(tick, client=0)
     assert any(isinstance(e, LockGranted) and e.lease == waiter for e in applied.effects)
-    assert ld.lessor.expiry(8_500) is None
+    assert ld.lessor.expiry(HOLD + 5_500) is None
 
 
 def test_expire_lease_ids_ends_exactly_those_still_there() -> None:
@@ -256,10 +271,10 @@ def test_counts_what_it_renewed_and_named_for_expiry(ld: Leader) -> None:
     assert ld.renew(a, 2_000) is Renewal.RENEWED
     assert ld.renew(99, 2_000) is Renewal.UNKNOWN  # not a renewal: not counted
     assert ld.lessor.renewed == 2
-    expiry = ld.lessor.expiry(TTL)  # b's deadline passed, a's did not
+    expiry = ld.lessor.expiry(HOLD)  # b's deadline passed, a's did not
     assert expiry is not None and expiry.ids == (b,)
-    assert ld.renew(b, TTL) is Renewal.EXPIRING  # refused: not counted
+    assert ld.renew(b, HOLD) is Renewal.EXPIRING  # refused: not counted
     ld.lessor.expiry_refused(expiry)
-    again = ld.lessor.expiry(TTL)
+    again = ld.lessor.expiry(HOLD)
     assert again is not None and again.ids == (b,)
     assert (ld.lessor.renewed, ld.lessor.expiries_proposed) == (2, 2)  # named twice
