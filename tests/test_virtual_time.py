@@ -18,7 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.testing.virtual_time import LoopClock, run_virtual, until, virtual_loop
+from coordinator.testing.virtual_time import (
+    CountedThreads,
+    LoopClock,
+    run_virtual,
+    until,
+    virtual_loop,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 GUARDED = ("tests/runtime", "tests/client", "tests/server")
@@ -156,7 +162,7 @@ def test_time_stands_still_while_a_thread_works() -> None:
         loop = virtual_loop()
         ticks = asyncio.create_task(ticker(loop))
         await asyncio.sleep(0)
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        with CountedThreads(loop, 1) as pool:
             assert await asyncio.wrap_future(pool.submit(work)) == 1.0
             assert loop.time() == 0.0 and seen == []
             assert await loop.run_in_executor(pool, work) == 1.0
@@ -172,7 +178,7 @@ def test_time_stands_still_while_a_thread_works() -> None:
 def test_a_started_thread_job_cannot_be_cancelled_and_a_queued_one_can() -> None:
     async def main() -> None:
         gate = threading.Event()
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        with CountedThreads(virtual_loop(), 1) as pool:
             running = pool.submit(gate.wait, 10)
             queued = pool.submit(lambda: None)
             await asyncio.sleep(0)
@@ -184,6 +190,25 @@ def test_a_started_thread_job_cannot_be_cancelled_and_a_queued_one_can() -> None
             assert await asyncio.wrap_future(running) is True
 
     run_virtual(main())
+
+
+def test_threads_that_are_not_counted_do_not_stop_time() -> None:
+    """Only counted threads hold virtual time: an executor the loop was not given (gRPC's,
+    a plain ThreadPoolExecutor anywhere in the process) is left as it is."""
+    gate = threading.Event()
+
+    async def main() -> None:
+        loop = virtual_loop()
+        with concurrent.futures.ThreadPoolExecutor(1) as plain:
+            job = plain.submit(gate.wait, 5)
+            assert type(job) is concurrent.futures.Future
+            await asyncio.sleep(10)
+            assert loop.time() == 10.0 and not job.done()
+            gate.set()
+
+    started = time.monotonic()
+    run_virtual(main())
+    assert time.monotonic() - started < 2.0
 
 
 def test_until_and_the_loop_clock_run_on_loop_time() -> None:

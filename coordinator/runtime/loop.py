@@ -22,6 +22,11 @@ a snapshot thread encodes the image (`SnapshotJob.run`) while the loop goes on, 
 is ready `run()` writes it through the disk thread like a persist (the core's
 `SnapshotWrite`), so the WAL is still touched by one thread at a time. Data key rotations'
 steps (`KeySwitch`) go the same way.
+
+Threads. The disk and snapshot threads come from the `threads` factory the loop is given
+(`runtime.threads`; real threads unless a test on virtual time passes counted ones). The loop
+owns both: it makes them when it is built and shuts them down, waiting for their jobs, when
+`run()` ends.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ from coordinator.raft import ConfChange, ConfState, Message, RaftError, RawNode,
 from .clock import Clock
 from .heap import image_decode
 from .loop_observers import LoopEvents, LoopObserver
+from .threads import ThreadFactory, one_thread
 from .wake import Wake
 
 __all__ = [
@@ -145,6 +151,7 @@ class RaftLoop:
         rng: random.Random | None = None,
         on_effects: Callable[[Sequence[Effect]], None] | None = None,
         events: LoopEvents | None = None,
+        threads: ThreadFactory = one_thread,
     ) -> None:
         self.cfg = cfg
         self.events = events
@@ -172,12 +179,8 @@ class RaftLoop:
         """peer id -> monotonic time its latest message arrived (any type)."""
         self._encoding: tuple[SnapshotJob, asyncio.Future[None]] | None = None
         """The image being encoded on the snapshot thread."""
-        self._snapper = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=f"snapshot-{cfg.id}"
-        )
-        self._disk = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=f"wal-{cfg.id}"
-        )
+        self._snapper = threads(f"snapshot-{cfg.id}")
+        self._disk = threads(f"wal-{cfg.id}")
 
     @property
     def node(self) -> RawNode:

@@ -8,11 +8,14 @@ then takes no wall time, and what the code under test does in those 5 seconds (t
 elections, expiries) still happens, in the same order as on a real loop with an infinitely
 fast machine.
 
-Work on threads is real time: while a `ThreadPoolExecutor` job submitted from the loop (the
-Raft loop's disk and snapshot threads, `asyncio.to_thread`) is unfinished, virtual time
-stands still and the loop waits for it for real, as if the job took no time at all.
-Otherwise a jump could fire election timers while a leader's fsync is under way, which no
-real machine does at that speed.
+Work on threads is real time: while a job on a `CountedThreads` executor is unfinished,
+virtual time stands still and the loop waits for it for real, as if the job took no time at
+all. Otherwise a jump could fire election timers while a leader's fsync is under way, which
+no real machine does at that speed. The loop's default executor is one (`asyncio.to_thread`,
+`run_in_executor(None, ...)`), and code under test that makes its own threads is handed
+counted ones (`counted_thread`, for the Raft loop's `threads`). Any other executor in the
+process (gRPC's, a test's plain `ThreadPoolExecutor`) is left alone and not counted: virtual
+time runs on while its jobs do.
 
 Not for real sockets or gRPC: their I/O is real time, invisible to the jump rule (the loop
 cannot tell "idle" from "waiting for a reply"). Tests that need those stay on real time,
@@ -23,16 +26,16 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import selectors
 import threading
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 if TYPE_CHECKING:
     from _typeshed import FileDescriptorLike
 
 _T = TypeVar("_T")
+_P = ParamSpec("_P")
 
 _WALL_START_MS = 1_700_000_000_000
 
@@ -45,6 +48,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         self._threads_lock = threading.Lock()
         real: selectors.BaseSelector = self._selector  # type: ignore[has-type]
         self._selector = _JumpingSelector(real, self)
+        self.set_default_executor(CountedThreads(self, thread_name_prefix="asyncio"))
 
     def time(self) -> float:
         return self._virtual_now
@@ -64,6 +68,19 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     def threads_busy(self) -> bool:
         with self._threads_lock:
             return self._threads_busy > 0
+
+    async def shutdown_default_executor(
+        self,
+        timeout: float | None = None,  # noqa: ASYNC109 (asyncio.Runner passes one, from 3.12)
+    ) -> None:
+        """Wait for the default executor's threads to finish, for real: the wait is thread
+        work like any other (virtual time stands still meanwhile, so `timeout`, virtual time
+        like every timer here, could never pass: it is ignored)."""
+        self.thread_job_started()
+        try:
+            await super().shutdown_default_executor()
+        finally:
+            self.thread_job_finished()
 
 
 class _JumpingSelector(selectors.BaseSelector):
@@ -109,46 +126,41 @@ _THREAD_POLL_S = 0.05
 own completion wakes it sooner)."""
 
 
-_real_submit = concurrent.futures.ThreadPoolExecutor.submit
-_patch_lock = threading.Lock()
-_patched = [0]
-"""How many `run_virtual` calls are under way (threads may run tests concurrently)."""
+class CountedThreads(concurrent.futures.ThreadPoolExecutor):
+    """A ThreadPoolExecutor whose unfinished jobs `loop` counts: its virtual time stands still
+    until each is done (jobs may be submitted from any thread)."""
 
+    def __init__(
+        self, loop: VirtualTimeLoop, max_workers: int | None = None, thread_name_prefix: str = ""
+    ) -> None:
+        super().__init__(max_workers, thread_name_prefix)
+        self._loop = loop
 
-def _counting_submit(
-    self: concurrent.futures.ThreadPoolExecutor,
-    fn: Callable[..., _T],
-    /,
-    *args: object,
-    **kw: object,
-) -> concurrent.futures.Future[_T]:
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        loop = None
-    if not isinstance(loop, VirtualTimeLoop):
-        return _real_submit(self, fn, *args, **kw)
-    loop.thread_job_started()
-    inner = _real_submit(self, fn, *args, **kw)
-    outer = _Mirror(inner)
+    def submit(
+        self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
+    ) -> concurrent.futures.Future[_T]:
+        inner = super().submit(fn, *args, **kwargs)
+        loop = self._loop
+        loop.thread_job_started()
+        outer = _Mirror(inner)
 
-    def finished(done: concurrent.futures.Future[_T]) -> None:
-        # The caller's callbacks (asyncio.wrap_future's, which queue the result on the loop)
-        # run inside these set_* calls, so the job stops counting only after its result is
-        # queued: the loop never sees "no thread busy, nothing ready" in between.
-        if done.cancelled():
-            concurrent.futures.Future.cancel(outer)
-        elif (error := done.exception()) is not None:
-            outer.set_exception(error)
-        else:
-            outer.set_result(done.result())
-        try:
-            loop.call_soon_threadsafe(loop.thread_job_finished)
-        except RuntimeError:  # the loop is closed: nobody is counting any more
-            loop.thread_job_finished()
+        def finished(done: concurrent.futures.Future[_T]) -> None:
+            # The caller's callbacks (asyncio.wrap_future's, which queue the result on the
+            # loop) run inside these set_* calls, so the job stops counting only after its
+            # result is queued: the loop never sees "no thread busy, nothing ready" between.
+            if done.cancelled():
+                concurrent.futures.Future.cancel(outer)
+            elif (error := done.exception()) is not None:
+                outer.set_exception(error)
+            else:
+                outer.set_result(done.result())
+            try:
+                loop.call_soon_threadsafe(loop.thread_job_finished)
+            except RuntimeError:  # the loop is closed: nobody is counting any more
+                loop.thread_job_finished()
 
-    inner.add_done_callback(finished)
-    return outer
+        inner.add_done_callback(finished)
+        return outer
 
 
 class _Mirror(concurrent.futures.Future[_T]):
@@ -167,26 +179,16 @@ class _Mirror(concurrent.futures.Future[_T]):
         return self._inner.running() or super().running()
 
 
-@contextlib.contextmanager
-def _count_thread_jobs() -> Iterator[None]:
-    """ThreadPoolExecutor.submit, counted when called from a VirtualTimeLoop (executors are
-    created by the code under test, which must not need to know it runs on virtual time)."""
-    with _patch_lock:
-        if _patched[0] == 0:
-            concurrent.futures.ThreadPoolExecutor.submit = _counting_submit  # type: ignore[assignment,method-assign]
-        _patched[0] += 1
-    try:
-        yield
-    finally:
-        with _patch_lock:
-            _patched[0] -= 1
-            if _patched[0] == 0:
-                concurrent.futures.ThreadPoolExecutor.submit = _real_submit  # type: ignore[method-assign]
+def counted_thread(name: str) -> CountedThreads:
+    """A `coordinator.runtime.threads.ThreadFactory` for code built on the running virtual
+    loop: one thread named after `name`, whose jobs that loop counts. Its owner (the Raft
+    loop, for its `threads`) shuts it down as it would a real one."""
+    return CountedThreads(virtual_loop(), max_workers=1, thread_name_prefix=name)
 
 
 def run_virtual(main: Awaitable[_T]) -> _T:
     """`asyncio.run(main)` on a VirtualTimeLoop."""
-    with _count_thread_jobs(), asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
+    with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
         return runner.run(main)  # type: ignore[arg-type]
 
 

@@ -4,6 +4,7 @@ and nothing left waiting when the loop stops."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import random
 
 import pytest
@@ -13,10 +14,11 @@ from coordinator.fsm import Put, StateMachine
 from coordinator.raft import ConfState, Snapshot, SnapshotMeta
 from coordinator.runtime.clock import SystemClock
 from coordinator.runtime.loop import LoopConfig, RaftLoop
+from coordinator.runtime.threads import ThreadFactory, one_thread
 from coordinator.runtime.transport import LoopbackTransport
 
 
-def single_member() -> RaftLoop:
+def single_member(threads: ThreadFactory = one_thread) -> RaftLoop:
     log = MemoryLog()
     log.save_snapshot(Snapshot(SnapshotMeta(0, 0, ConfState(frozenset({1})))))
     return RaftLoop(
@@ -26,6 +28,7 @@ def single_member() -> RaftLoop:
         StateMachine(),
         SystemClock(),
         rng=random.Random(1),
+        threads=threads,
     )
 
 
@@ -64,3 +67,31 @@ def test_a_single_member_answers_writes_reads_and_rotations_through_the_core() -
             await task
 
     asyncio.run(scenario())
+
+
+def test_the_loop_shuts_its_threads_down_when_it_stops() -> None:
+    """The disk and snapshot threads come from the factory the loop is given and belong to
+    the loop: once `run()` ends they take no more work (a stopped member leaves no thread)."""
+    made: dict[str, concurrent.futures.Executor] = {}
+
+    def threads(name: str) -> concurrent.futures.Executor:
+        made[name] = one_thread(name)
+        return made[name]
+
+    async def scenario() -> None:
+        loop = single_member(threads)
+        task = asyncio.create_task(loop.run())
+        try:
+            async with asyncio.timeout(10):
+                await loop.campaign()
+                for n in range(20):
+                    await loop.propose(Put(b"k", b"%d" % n), 7, n + 1)
+        finally:
+            loop.stop()
+            await task
+
+    asyncio.run(scenario())
+    assert sorted(made) == ["snapshot-1", "wal-1"]
+    for executor in made.values():
+        with pytest.raises(RuntimeError, match="after shutdown"):
+            executor.submit(lambda: None)

@@ -1,8 +1,9 @@
 """Three RaftLoops on one event loop, over the real encrypted WAL on disk.
 
 These run on virtual time (coordinator.testing.virtual_time): ticks of 10 ms of the event
-loop's clock, which jumps to the next timer whenever nothing else can run; the disk threads'
-work is real and stops the virtual clock while it runs. Every wait is bounded.
+loop's clock, which jumps to the next timer whenever nothing else can run; the disk and
+snapshot threads' work is real, on counted threads (`counted_thread`), and stops the virtual
+clock while it runs. Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from coordinator.raft import ConfState, NotLeaderError, Snapshot, SnapshotMeta
 from coordinator.runtime.loop import LoopConfig, RaftLoop
 from coordinator.runtime.transport import LoopbackTransport
 from coordinator.storage import DiskWal, KeyStore
-from coordinator.testing.virtual_time import LoopClock, run_virtual, until
+from coordinator.testing.virtual_time import LoopClock, counted_thread, run_virtual, until
 
 
 def open_member(root: Path, member: int, net: LoopbackTransport, create: bool) -> RaftLoop:
@@ -47,6 +48,7 @@ def open_member(root: Path, member: int, net: LoopbackTransport, create: bool) -
         StateMachine(),
         LoopClock(),
         rng=random.Random(member),
+        threads=counted_thread,
     )
     net.register(member, loop.receive)
     return loop
