@@ -13,6 +13,17 @@ PY := $(BIN)/python
 
 SEEDS ?= 2000
 
+# pytest-xdist workers for `make test` and `make test-fast`; 0 (the default) runs the suite in
+# one process as before. Opt in with PYTEST_WORKERS=2: most of the suite waits on real
+# processes, timers and elections, so two workers overlap those waits, but under a loaded
+# machine the timing-bound process, nemesis and kube tests fail more often on two workers.
+# Plain --dist load (each worker runs a module's tests with its own module fixtures, and
+# starts its own control plane on free ports): --dist loadfile would keep modules whole but
+# drops tests sharing a node id (the schemathesis cases of tests/sidecar/test_fuzz.py), and
+# --dist loadgroup does not group under pytest 9.2 (pytest-xdist issue 1386).
+PYTEST_WORKERS ?= 0
+PYTEST_PARALLEL := $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS))
+
 .PHONY: help bootstrap run run-local test test-fast test-deploy chart-crds kube-tools images images-check images-clean kind-up deploy kind-down bench-operator bench-sidecar bench-scale sim elections soak mutants bench bench-report lint typecheck fmt clean
 
 help:
@@ -58,13 +69,13 @@ test: bootstrap
 	$(BIN)/mypy -p coordinator -p concord_operator
 	$(BIN)/lint-imports
 	@$(MAKE) --no-print-directory kube-tools-if-needed
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_PARALLEL)
 	$(MAKE) --no-print-directory sim SEEDS=$(SEEDS)
 
 # The suite without the real-process tests (kill -9, TLS handshakes, make run and run-local end to end) and
 # without the Kubernetes control plane (four real processes, ~10 s to start).
 test-fast: bootstrap
-	$(BIN)/pytest -m "not process and not kube"
+	$(BIN)/pytest $(PYTEST_PARALLEL) -m "not process and not kube"
 
 # The chart on a real control plane through the node agent (docs/deploy.md): lint, render,
 # server-side dry runs, helm install, a member pod deleted, a rolling update, the PDB.

@@ -62,8 +62,8 @@ rm -f "$stamp"
 # Measured on a 2-CPU machine: ~18 s with a warm pip cache; a cold cache downloads ~100 MB.
 echo "bootstrap: installing Concord (-e '.[dev]') into $venv: grpcio, protobuf, cryptography," \
     "click, prometheus-client, pyyaml, aiohttp, jsonschema, the operator's kopf and kubernetes," \
-    "uvloop, and the dev tools pytest, hypothesis, schemathesis, mypy, ruff, import-linter," \
-    "grpcio-tools;" \
+    "uvloop, and the dev tools pytest, pytest-xdist, hypothesis, schemathesis, mypy, ruff," \
+    "import-linter, grpcio-tools;" \
     "usually ~20 s with a warm pip cache, a few minutes on a first, cold one"
 started=$SECONDS
 (cd "$repo" && PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \

@@ -6,6 +6,8 @@ per session (a conftest's fixtures would be scoped to its own directory: two pla
   project's own etcd + kube-apiserver + kube-controller-manager + kube-scheduler, started once
   per test session from the pinned binaries and stopped at its end; with
   CONCORD_KUBE_EXISTING=1 the cluster KUBECONFIG points at (kind, a real one) instead.
+  Under pytest-xdist (`make test PYTEST_WORKERS=2`) every worker is a session: each that runs a
+  Kubernetes test starts a plane of its own, on free ports.
 - `kube_bin_dir` (session): the pinned binaries, for a test that starts processes itself.
 - `kube_namespace` (per test): a fresh namespace, deleted afterwards, so tests never see each
   other's objects (and can run against a shared existing cluster).

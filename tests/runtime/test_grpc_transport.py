@@ -133,8 +133,13 @@ class Cluster:
         def one_leader() -> bool:
             return sum(loop.is_leader for loop in self.loops()) == 1
 
-        await wait_for(one_leader)
-        return next(n for n in self.running() if n.loop is not None and n.loop.is_leader)
+        # Looked for again after the wait, which resumes this coroutine a loop turn after its
+        # check: time enough on a loaded machine for that leader to step down.
+        while True:
+            await wait_for(one_leader)
+            found = [n for n in self.running() if n.loop is not None and n.loop.is_leader]
+            if len(found) == 1:
+                return found[0]
 
     async def propose(self, command: Command) -> None:
         """Propose through whoever leads, retrying if leadership moves meanwhile (10 ms

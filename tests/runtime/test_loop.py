@@ -69,8 +69,13 @@ class Cluster:
         return [m for i, m in self.members.items() if i in self.tasks]
 
     async def leader(self) -> RaftLoop:
-        await wait_for(lambda: any(m.is_leader for m in self.running()))
-        return next(m for m in self.running() if m.is_leader)
+        # Looked for again after the wait, which resumes this coroutine a loop turn after its
+        # check: time enough on a loaded machine for that leader to step down.
+        while True:
+            await wait_for(lambda: any(m.is_leader for m in self.running()))
+            leader = next((m for m in self.running() if m.is_leader), None)
+            if leader is not None:
+                return leader
 
     async def stop(self, member: int) -> None:
         self.members[member].stop()

@@ -178,8 +178,14 @@ class Cluster:
         return loop_changes([m.loop for m in self.running()])
 
     async def leader(self) -> Member:
-        await wait_for(lambda: any(m.loop.is_leader for m in self.running()))
-        leader = next(m for m in self.running() if m.loop.is_leader)
+        # Looked for again after the wait: the wait resumes this coroutine a loop turn after
+        # its check, time enough (on a loaded machine, at 10 ms ticks) for that leader to step
+        # down; then wait for the next one rather than fail on finding none.
+        while True:
+            await wait_for(lambda: any(m.loop.is_leader for m in self.running()))
+            leader = next((m for m in self.running() if m.loop.is_leader), None)
+            if leader is not None:
+                break
         # Every running member knows it (so followers redirect rather than wait).
         await wait_for(lambda: all(m.loop.leader == leader.id for m in self.running()))
         return leader
