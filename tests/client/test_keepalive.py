@@ -18,7 +18,7 @@ import pytest
 from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.client import Client
 from tests.server import harness
-from tests.server.harness import Cluster, Member, wait_for, with_cluster
+from tests.server.harness import Cluster, Member, leader_among, wait_for, with_cluster
 
 
 @pytest.fixture(autouse=True)
@@ -165,8 +165,7 @@ def test_a_lease_is_kept_while_its_leader_is_cut_off(tmp_path: Path) -> None:
             kept = client.keep_alive(lease_id, ttl_ms, sent_at=sent_at)
             await wait_for(lambda: kept.renewals >= 2)
             c.net.isolate(leader.id)
-            await wait_for(lambda: any(m.loop.is_leader for m in c.running() if m is not leader))
-            new = next(m for m in c.running() if m.loop.is_leader and m is not leader)
+            new = await leader_among(lambda: [m for m in c.running() if m is not leader])
             await wait_for(lambda: new.served.core.lease_stats.renewals >= 6, 20)
             assert not kept.lost.is_set(), kept.reason
             c.net.heal()

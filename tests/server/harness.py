@@ -43,6 +43,21 @@ async def wait_for(cond: Callable[[], bool], timeout_s: float = 10.0) -> None:
     await asyncio.wait_for(poll(), timeout_s)
 
 
+async def leader_among(
+    candidates: Callable[[], Sequence[Member]], timeout_s: float = 10.0
+) -> Member:
+    """The first of `candidates()` seen leading, as the check itself saw it: a member looked
+    up a loop turn after the wait may have stepped down already on a loaded machine."""
+    found: list[Member] = []
+
+    def leading() -> bool:
+        found[:] = [m for m in candidates() if m.loop.is_leader]
+        return bool(found)
+
+    await wait_for(leading, timeout_s)
+    return found[0]
+
+
 async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
     """Re-run an async check (e.g. an RPC) until it holds, bounded."""
 

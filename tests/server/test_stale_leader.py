@@ -15,7 +15,7 @@ import grpc
 
 from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.runtime.clock import Clock, SystemClock
-from tests.server.harness import Cluster, Session, rpc_error, run, wait_for
+from tests.server.harness import Cluster, Session, leader_among, rpc_error, run, wait_for
 
 
 class PausableClock:
@@ -57,8 +57,7 @@ def test_a_partitioned_old_leader_never_serves_a_stale_linearizable_read(tmp_pat
             c.clocks[old.id].pause()
             c.net.isolate(old.id)
             majority = [m for m in c.running() if m is not old]
-            await wait_for(lambda: any(m.loop.is_leader for m in majority))
-            new = next(m for m in majority if m.loop.is_leader)
+            new = await leader_among(lambda: majority)
             await new.client.kv.Put(
                 pb.PutRequest(session=s.next(), key=b"k", value=b"after"), timeout=5
             )
