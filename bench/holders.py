@@ -178,9 +178,19 @@ async def measure_cpu_use(
     return result, use
 
 
-async def measure_cpu(system: Cluster, leader: int, work: Awaitable[T]) -> tuple[T, float, float]:
-    """Run `work`; returns its result and the leader's and all members' CPU meanwhile (%)."""
-    result, use = await measure_cpu_use(system, leader, [], work)
+async def measure_cpu(system: Cluster, work: Awaitable[T]) -> tuple[T, float, float]:
+    """Run `work`; returns its result, the busiest member's CPU meanwhile and all members' (%).
+
+    The busiest member stands for the leader: the leader may change during `work` (under
+    thousands of held locks it does), and the member that led at the start would then show
+    a follower's CPU; whoever leads does the most work, whichever member that is."""
+    ids = system.member_ids()
+    pids = [system.member(i).pid for i in ids]
+    before = [cpu_seconds(pid) for pid in pids]
+    t0 = time.monotonic()
+    result = await work
+    spent = [cpu_seconds(pid) - b for pid, b in zip(pids, before, strict=True)]
+    use = CpuUse(max(spent), sum(spent), 0.0, time.monotonic() - t0)
     return result, use.pct(use.leader_s), use.pct(use.members_s)
 
 

@@ -152,9 +152,13 @@ class Calls:
         return stubs
 
     def _failure(self, exc: Exception, endpoint: str) -> Failure:
-        """What a failed attempt on `endpoint` means; a timed-out attempt makes it suspect."""
+        """What a failed attempt on `endpoint` means; a timed-out attempt makes it suspect,
+        unless the member was heard from meanwhile: a leader that is alive but slower than
+        one attempt (a few hundred lease grants in one Raft round on a loaded machine) is
+        still the leader, and the retries must follow the followers' redirects back to it
+        rather than wait out the suspicion on members that cannot serve them."""
         err = Failure.of(exc, endpoint, tls=self.credentials is not None)
-        if err.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        if err.code == grpc.StatusCode.DEADLINE_EXCEEDED and not err.answering:
             loop = asyncio.get_running_loop()
             self._suspect_until[endpoint] = loop.time() + 2 * self.attempt_timeout_s
             stubs = self._stubs.get(endpoint)

@@ -37,6 +37,7 @@ class CallFailed(Exception):
         leader: str = "",
         locked: bool = False,
         queued: bool = False,
+        answering: bool = False,
     ) -> None:
         super().__init__(f"{code.name}: {details}")
         self.status = code
@@ -44,6 +45,10 @@ class CallFailed(Exception):
         self.leader = leader
         self.locked = locked
         self.queued = queued
+        self.answering = answering
+        """The member was heard from after the call went out (it answered the call, or
+        acknowledged it and answered others): alive, if slow, so not to be left as a
+        stopped one."""
 
 
 class Pipe:
@@ -83,15 +88,18 @@ class Pipe:
             async with asyncio.timeout(timeout_s):
                 return await done
         except TimeoutError:
+            answering = self._heard_at > sent_at
             failed = CallFailed(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"{self.endpoint} did not answer within {format_s(timeout_s)}",
+                answering=answering,
             )
-            if self._heard_at <= sent_at:
-                # Nothing at all came back on the stream since this call went out (a member
-                # stopped, a connection black-holed): the whole stream is suspect, so break
-                # it, and the retry opens a fresh one. A member that answers other calls
-                # meanwhile is only slow with this one: the stream stays.
+            if not answering:
+                # Nothing at all came back on the stream since this call went out, not even
+                # the member's acknowledgement of the batch (a member stopped, a connection
+                # black-holed): the whole stream is suspect, so break it, and the retry opens
+                # a fresh one. A member that acknowledges or answers meanwhile is only slow
+                # with this call: the stream and every other call on it stay.
                 self._fail(failed)
             raise failed from None
         finally:
@@ -128,7 +136,11 @@ class Pipe:
                     if kind == "error":
                         e = r.error
                         failed = CallFailed(
-                            _status(e.code), e.message, leader=e.leader, queued=e.queued
+                            _status(e.code),
+                            e.message,
+                            leader=e.leader,
+                            queued=e.queued,
+                            answering=True,
                         )
                         done.set_exception(failed)
                     else:

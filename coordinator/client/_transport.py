@@ -94,6 +94,9 @@ class Failure:
     what to do."""
     unreachable: str = ""
     """Set when nothing answers there (refused): why, and what to do."""
+    answering: bool = False
+    """A pipelined call that timed out or failed on a member that was heard from after the
+    call went out: alive, if slow, so not suspect (see `Calls._failure`)."""
 
     @property
     def retryable(self) -> bool:
@@ -111,9 +114,11 @@ class Failure:
 
     @classmethod
     def of(cls, err: Exception, endpoint: str, *, tls: bool) -> Failure:
+        answering = False
         if isinstance(err, CallFailed):
             code, details = err.status, err.details
             leader, locked, queued = _leader_hint(err.leader), err.locked, err.queued
+            answering = err.answering
         elif isinstance(err, grpc.aio.AioRpcError):
             code, details = err.code(), err.details() or ""
             leader = _leader_hint(_metadata(err, LEADER_METADATA_KEY))
@@ -128,7 +133,7 @@ class Failure:
                 False,
             )
         wrong, unreachable = classify(endpoint, code, details, tls=tls)
-        return cls(code, details, leader, locked, queued, wrong, unreachable)
+        return cls(code, details, leader, locked, queued, wrong, unreachable, answering)
 
 
 def classify(endpoint: str, code: grpc.StatusCode, details: str, *, tls: bool) -> tuple[str, str]:

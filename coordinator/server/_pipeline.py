@@ -12,6 +12,14 @@ construction. Every call runs as its own task; a single writer task sends the re
 are ready whenever the previous write has finished, so answers batch up under load and go
 out at once when idle. A failed call becomes a `PipelineError` result (status name, message,
 leader hint); the stream itself ends only with the client, or when the member stops.
+
+Acknowledgement. A batch of calls that has had no answer written after it for `ACK_AFTER_S`
+is acknowledged by an empty response. A call can take longer than the client's attempt
+timeout on a member that is alive (a Raft round of a few hundred lease grants on a loaded
+machine): the acknowledgement tells the client that the member is reading the stream, so it
+does not take the slow call for a stopped member and break the stream, which would fail
+every call in flight on it (a whole wave of grants) and send them all again elsewhere, to
+members that cannot serve them. Batches answered sooner cost no extra message.
 """
 
 from __future__ import annotations
@@ -32,6 +40,11 @@ from ._policy import PIPELINE_VERBS
 from ._rpc import Call, Metadata, deadline_error, to_service_error
 
 log = logging.getLogger("concord.server")
+
+ACK_AFTER_S = 0.1
+"""How long a batch of calls may go without anything written after it before the member
+acknowledges it with an empty response: well inside a client's attempt timeout (1 s by
+default), long enough that a batch answered promptly needs none."""
 
 
 class _Deadline:
@@ -111,6 +124,7 @@ class PipelineService:
                     task = asyncio.ensure_future(self._run(c, out))
                     running[c.id] = task
                     task.add_done_callback(functools.partial(_forget, running, c.id))
+                out.acknowledge_later()
                 if writer.done():
                     break  # the client is gone (a write failed)
             # The client finished sending: answer what is in flight, then end the stream.
@@ -178,6 +192,10 @@ class _Outbox:
     def __init__(self, context: Any) -> None:  # noqa: ANN401 (grpc's servicer context)
         self._context = context
         self._pending: list[pb.PipelineResult] = []
+        self._ack = False
+        """Write even with no result ready: a batch waited `ACK_AFTER_S` without an answer."""
+        self._writes = 0
+        """Writes started so far (a batch is acknowledged only if none started after it)."""
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -187,11 +205,24 @@ class _Outbox:
         self._idle.clear()
         self._wake.set()
 
+    def acknowledge_later(self) -> None:
+        """A batch of calls was received: acknowledge it after `ACK_AFTER_S` unless a write
+        starts meanwhile (see the module doc)."""
+        asyncio.get_running_loop().call_later(ACK_AFTER_S, self._acknowledge, self._writes)
+
+    def _acknowledge(self, writes_before: int) -> None:
+        if self._writes == writes_before:
+            self._ack = True
+            self._idle.clear()
+            self._wake.set()
+
     async def run(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._pending:
+            while self._pending or self._ack:
+                self._ack = False
+                self._writes += 1
                 batch, self._pending = self._pending, []
                 await self._context.write(pb.PipelineResponse(results=batch))
             self._idle.set()

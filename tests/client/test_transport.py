@@ -28,6 +28,7 @@ from coordinator.client import (
     Unavailable,
     error_for,
 )
+from coordinator.client._pipe import CallFailed
 from coordinator.client._transport import Failure
 from coordinator.pki import create_ca, issue_client_cert, issue_member_cert, write_member_tls
 from tests.server.harness import Cluster, with_cluster
@@ -328,3 +329,23 @@ def test_transport_failures_are_retried_and_a_members_own_refusals_are_not() -> 
     ]
     for code, details in refused:
         assert not failure(code, details).retryable, (code, details)
+
+
+def test_a_timeout_on_a_member_that_answers_does_not_make_it_suspect() -> None:
+    """A pipelined call that timed out on a member heard from since it was sent (the batch
+    was acknowledged, or other calls answered) met a slow leader, not a stopped one: the
+    followers' redirects back to it must be followed. Silence makes it suspect as before."""
+
+    async def scenario() -> None:
+        c = Client(["127.0.0.1:1", "127.0.0.1:2"])
+        try:
+            slow = CallFailed(grpc.StatusCode.DEADLINE_EXCEEDED, "slow", answering=True)
+            assert c._failure(slow, "127.0.0.1:1").retryable
+            assert not c._suspect("127.0.0.1:1")
+            silent = CallFailed(grpc.StatusCode.DEADLINE_EXCEEDED, "silent")
+            assert c._failure(silent, "127.0.0.1:2").retryable
+            assert c._suspect("127.0.0.1:2")
+        finally:
+            await c.close()
+
+    asyncio.run(scenario())

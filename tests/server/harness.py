@@ -68,6 +68,15 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 10
     await asyncio.wait_for(poll(), timeout_s)
 
 
+async def answers(stream: Any) -> pb.PipelineResponse:
+    """The next Pipeline response that carries results (an empty one only acknowledges a
+    batch still running), bounded."""
+    while True:
+        response = await asyncio.wait_for(stream.read(), 5)
+        if response.results:
+            return response
+
+
 async def rpc_error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
     try:
         await call

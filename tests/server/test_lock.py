@@ -10,7 +10,15 @@ import grpc
 import pytest
 
 from coordinator.api.v1 import concord_pb2 as pb
-from tests.server.harness import Client, Cluster, Session, eventually, rpc_error, with_cluster
+from tests.server.harness import (
+    Client,
+    Cluster,
+    Session,
+    answers,
+    eventually,
+    rpc_error,
+    with_cluster,
+)
 
 
 async def grant(client: Client, s: Session, ttl_ms: int = 10_000) -> int:
@@ -258,7 +266,7 @@ def test_a_release_and_the_grant_it_causes_are_answered_together(tmp_path: Path)
         await send(
             pb.PipelineCall(id=1, lock=pb.LockRequest(session=sa.next(), name="j", lease=la))
         )
-        first = await stream.read()
+        first = await answers(stream)
         assert [r.id for r in first.results] == [1] and first.results[0].lock.granted
         waiting = pb.LockRequest(session=sb.next(), name="j", lease=lb, wait=True)
         await send(pb.PipelineCall(id=2, lock=waiting))
@@ -266,7 +274,7 @@ def test_a_release_and_the_grant_it_causes_are_answered_together(tmp_path: Path)
         await send(
             pb.PipelineCall(id=3, unlock=pb.UnlockRequest(session=sa.next(), name="j", lease=la))
         )
-        both = await asyncio.wait_for(stream.read(), 5)
+        both = await answers(stream)
         by_id = {r.id: r for r in both.results}
         assert sorted(by_id) == [2, 3], f"answered apart: {sorted(by_id)} first"
         assert by_id[3].unlock.held and by_id[2].lock.granted

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.api.v1 import concord_pb2 as pb
-from tests.server.harness import Cluster, Session, with_cluster
+from tests.server.harness import Cluster, Session, answers, with_cluster
 
 
 async def exchange(stub: Any, batches: list[list[pb.PipelineCall]]) -> dict[int, pb.PipelineResult]:
@@ -119,10 +119,10 @@ def test_a_blocking_lock_waits_on_the_stream_while_other_calls_complete(tmp_path
                 calls=[pb.PipelineCall(id=1, lock=wait), pb.PipelineCall(id=2, put=put)]
             )
         )
-        first = await asyncio.wait_for(stream.read(), 5)
+        first = await answers(stream)
         assert [r.id for r in first.results] == [2]  # the put, while the lock still waits
         await client.lock.Unlock(pb.UnlockRequest(session=a.next(), name="job", lease=la.id))
-        second = await asyncio.wait_for(stream.read(), 5)
+        second = await answers(stream)
         assert second.results[0].id == 1
         assert second.results[0].lock.granted
         assert second.results[0].lock.fencing_token > held.fencing_token
@@ -172,5 +172,33 @@ def test_a_blocking_calls_deadline_error_names_the_callers_deadline(tmp_path: Pa
         assert "5.0 s" not in error.message
         if error.code == "DEADLINE_EXCEEDED":
             assert error.message.startswith("no answer within 1 ms"), error.message
+
+    with_cluster(tmp_path, scenario)
+
+
+def test_a_batch_still_running_is_acknowledged(tmp_path: Path) -> None:
+    """A call slower than the client's attempt timeout on a member that is alive must not
+    look like a stopped member: the batch is acknowledged by an empty response soon after it
+    arrives, long before its answer."""
+
+    async def scenario(c: Cluster) -> None:
+        client = (await c.leader()).client
+        a, b = Session(80), Session(81)
+        la = await client.lease.Grant(pb.LeaseGrantRequest(session=a.next(), ttl_ms=10_000))
+        lb = await client.lease.Grant(pb.LeaseGrantRequest(session=b.next(), ttl_ms=10_000))
+        await client.lock.Lock(pb.LockRequest(session=a.next(), name="job", lease=la.id, wait=True))
+        stream = client.pipeline.Stream()
+        wait = pb.LockRequest(session=b.next(), name="job", lease=lb.id, wait=True)
+        await stream.write(
+            pb.PipelineRequest(calls=[pb.PipelineCall(id=1, timeout_ms=20_000, lock=wait)])
+        )
+        # The lock waits in line for as long as "job" is held: only the acknowledgement can
+        # come back meanwhile.
+        ack = await asyncio.wait_for(stream.read(), 5)
+        assert list(ack.results) == []
+        await client.lock.Unlock(pb.UnlockRequest(session=a.next(), name="job", lease=la.id))
+        granted = await answers(stream)
+        assert granted.results[0].id == 1 and granted.results[0].lock.granted
+        stream.cancel()
 
     with_cluster(tmp_path, scenario)
