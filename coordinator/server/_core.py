@@ -221,25 +221,8 @@ class Core:
             if leader == 0 or (leader != self.id and not self._recently_heard(leader)):
                 await self._await_leader(write=False)
                 continue
-            change = self.hub.leader_change()
-            lost = self.hub.quorum_lost()
-            barrier = self.loop.read_barrier_future()
-            try:
-                done = await done_unless(barrier, change, lost)
-            except asyncio.CancelledError:
-                barrier.cancel()
-                raise
-            if not done:
-                continue  # the leader changed or the quorum is gone: ask again
-            try:
-                barrier.result()
+            if await self._barrier("retry the read"):
                 return
-            except NotLeaderError:
-                continue
-            except StoppedError:
-                raise stopping_error() from None
-            except RaftError as err:
-                raise unavailable(f"{err}; retry the read") from None
 
     async def confirm_leading(self) -> None:
         """Return once a barrier requested now has confirmed that this member still leads. A
@@ -253,26 +236,32 @@ class Core:
             if leader != self.id:
                 await self._not_leader(NotLeaderError(leader), write=False)
                 continue
-            change = self.hub.leader_change()
-            lost = self.hub.quorum_lost()
-            barrier = self.loop.read_barrier_future()
-            try:
-                done = await done_unless(barrier, change, lost)
-            except asyncio.CancelledError:
-                barrier.cancel()
-                raise
-            if not done:
-                continue  # the leader changed or the quorum is gone: look again
-            try:
-                barrier.result()
-            except NotLeaderError:
-                continue
-            except StoppedError:
-                raise stopping_error() from None
-            except RaftError as err:
-                raise unavailable(f"{err}; retry") from None
-            if self.view.is_leader:
+            if await self._barrier("retry") and self.view.is_leader:
                 return
+
+    async def _barrier(self, retry: str) -> bool:
+        """One read barrier requested now: True once a quorum confirmed it; False if the
+        leader changed, the quorum was lost or this member was deposed meanwhile (look
+        again). Other failures end the call, advising to `retry`."""
+        change = self.hub.leader_change()
+        lost = self.hub.quorum_lost()
+        barrier = self.loop.read_barrier_future()
+        try:
+            done = await done_unless(barrier, change, lost)
+        except asyncio.CancelledError:
+            barrier.cancel()
+            raise
+        if not done:
+            return False
+        try:
+            barrier.result()
+        except NotLeaderError:
+            return False
+        except StoppedError:
+            raise stopping_error() from None
+        except RaftError as err:
+            raise unavailable(f"{err}; {retry}") from None
+        return True
 
     async def require_leader(self) -> None:
         """Confirm this member leads (a barrier), else redirect to the leader."""
