@@ -41,6 +41,7 @@ import dataclasses
 import ipaddress
 import json
 import os
+import re
 import shutil
 import ssl
 import subprocess
@@ -86,6 +87,16 @@ READY_TIMEOUT_S = 120.0
 POLL_S = 0.1
 
 KUBECTL_TIMEOUT_S = 120.0
+_DURATION = re.compile(r"^--timeout=(\d+)(s|m)$")
+
+
+def _wait_timeout_s(args: tuple[str, ...]) -> float:
+    """The `--timeout=` a kubectl command was given in seconds (0 without one)."""
+    for arg in args:
+        found = _DURATION.match(arg)
+        if found:
+            return float(found.group(1)) * (60 if found.group(2) == "m" else 1)
+    return 0.0
 
 
 class ControlPlaneError(Exception):
@@ -159,7 +170,10 @@ class ControlPlane:
         timeout_s: float = KUBECTL_TIMEOUT_S,
     ) -> subprocess.CompletedProcess[str]:
         """`kubectl --kubeconfig=... *args`; raises ControlPlaneError (with stderr) on a
-        non-zero exit when `check`, else returns it for the caller to read stderr."""
+        non-zero exit when `check`, else returns it for the caller to read stderr. A
+        `--timeout=Ns` among the args (kubectl wait) gets N + 30 s before the process is
+        killed, so kubectl's own message says what it waited for."""
+        timeout_s = max(timeout_s, _wait_timeout_s(args) + 30.0)
         done = subprocess.run(
             [
                 str(self.kubectl_path),
