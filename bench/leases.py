@@ -42,6 +42,7 @@ from .holders import (
     serve_report,
     spread,
 )
+from .procs import memory_kib
 from .systems.base import Cluster
 from .tables import markdown_table
 
@@ -294,6 +295,9 @@ async def run_lease_level(
             probe(system.name, endpoints, tls, ttl_ms=ttl_ms, seconds=args.seconds),
         )
         reports = await holders.reports()
+        # Memory with every session still held: the largest member's (the leader holds the
+        # lessor's state like the others; etcd's RSS counts its mmap'd bolt pages, RssAnon not).
+        memory = [memory_kib(system.member(i).pid) for i in system.member_ids()]
     finally:
         await holders.stop()
     renewals = sum(r["renewals"] for r in reports)
@@ -318,6 +322,8 @@ async def run_lease_level(
         "spurious_expiries": sum(r["lost"] for r in reports),
         "lost_codes": merged_codes(reports),
         "keepalive_streams": sum(r["streams"] for r in reports),
+        "member_rss_mib_max": round(max(m["VmRSS"] for m in memory) / 1024, 1),
+        "member_anon_mib_max": round(max(m.get("RssAnon", 0) for m in memory) / 1024, 1),
     }
 
 
@@ -333,6 +339,8 @@ LEASE_COLUMNS = [
     ("renewals_per_s", "renewals/s"),
     ("spurious_expiries", "spurious expiries"),
     ("keepalive_streams", "streams"),
+    ("member_rss_mib_max", "member RSS MiB"),
+    ("member_anon_mib_max", "member anon MiB"),
     ("grant_s", "grant s"),
 ]
 
