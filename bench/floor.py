@@ -33,7 +33,7 @@ import grpc
 
 from coordinator import pki
 from coordinator.runtime import tls
-from coordinator.testing.procs import free_ports
+from coordinator.testing.ports import free_ports
 
 from .procs import Supervisor
 

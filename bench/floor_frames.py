@@ -25,7 +25,7 @@ from coordinator.raft import Entry, EntryKind, Message, MessageType
 from coordinator.runtime.clock import SystemClock
 from coordinator.runtime.frame_conn import PeerSsl, peer_ssl
 from coordinator.runtime.frame_transport import FrameTransport
-from coordinator.testing.procs import free_ports
+from coordinator.testing.ports import free_ports
 
 from .floor import _credentials, _Log, _same, sequential_writes, summary
 from .procs import Supervisor

@@ -36,7 +36,8 @@ from coordinator.pki import (
     write_member_tls,
 )
 from coordinator.runtime.tls import channel_credentials
-from coordinator.testing.procs import free_ports, http_get
+from coordinator.testing.ports import free_ports
+from coordinator.testing.procs import http_get
 
 from ..procs import Supervisor
 from ..protos import etcd_kv_pb2 as kv

@@ -29,7 +29,7 @@ from typing import Any
 
 import grpc
 
-from coordinator.testing.procs import free_ports
+from coordinator.testing.ports import free_ports
 
 from ..procs import Supervisor, wait_until
 from ..protos import pysyncobj_front_pb2 as pb

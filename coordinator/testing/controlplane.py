@@ -56,7 +56,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 
 from coordinator import pki
-from coordinator.testing.procs import free_ports
+from coordinator.testing.ports import free_ports
 
 from .controlplane_pki import _Pki, _write, kubeconfig_yaml
 from .controlplane_procs import Component, _http_status

@@ -42,7 +42,8 @@ from coordinator.pki import (
 )
 from coordinator.runtime.tls import channel_credentials
 
-from .procs import free_ports, http_get, member_argv, metric
+from .ports import free_ports
+from .procs import http_get, member_argv, metric
 
 T = TypeVar("T")
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import sys
 from collections.abc import Sequence
 
@@ -45,18 +44,6 @@ as `python -m MEMBER_MODULE` (the one place to change if it moves)."""
 def member_argv(args: Sequence[str]) -> list[str]:
     """The command line of a `concord-coordinator` member with `args`, orphan-proof."""
     return orphan_proof([sys.executable, "-m", MEMBER_MODULE, *args])
-
-
-def free_ports(n: int) -> list[int]:
-    """`n` distinct loopback ports that were free a moment ago."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 async def http_get(port: int, path: str, timeout_s: float) -> tuple[int, str]:

@@ -12,7 +12,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ import yaml
 
 from coordinator.client import Client, ConcordError
 from coordinator.runtime.tls import channel_credentials
+from coordinator.testing.ports import free_port_block
 from coordinator.testing.procs import MEMBER_MODULE
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,25 +35,7 @@ KEY_RE = re.compile(r"member (\d+) at \S+: autolock is now on\. Its unlock key:\
 
 def _free_base_port() -> int:
     """A base port with 12 free ports after it (cluster init lays members out from it)."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = int(probe.getsockname()[1])
-        if base + 12 > 65535:
-            continue
-        socks = []
-        try:
-            for port in range(base, base + 12):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise AssertionError("no 12 consecutive free ports on 127.0.0.1")
+    return free_port_block(12)
 
 
 def _ctl(*args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -22,12 +22,13 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from coordinator.testing.ports import free_port_block
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
@@ -110,25 +111,7 @@ def script(lines: list[str], base: int) -> str:
 
 
 def _free_base_port() -> int:
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = int(probe.getsockname()[1])
-        if base + PORTS > 65535:
-            continue
-        socks: list[socket.socket] = []
-        try:
-            for port in range(base, base + PORTS):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise AssertionError(f"no {PORTS} consecutive free ports on 127.0.0.1")
+    return free_port_block(PORTS)
 
 
 def _lines() -> list[str]:

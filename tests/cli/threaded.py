@@ -13,7 +13,6 @@ Every wait is bounded.
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -24,6 +23,7 @@ from click.testing import CliRunner, Result
 
 from coordinator.cli.main import cli
 from coordinator.daemon.member import Member, MemberConfig
+from coordinator.testing.ports import free_ports
 from tests.server.harness import Cluster
 
 T = TypeVar("T")
@@ -72,9 +72,8 @@ class ThreadedCluster(LoopThread):
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    (port,) = free_ports(1)
+    return port
 
 
 def member_config(data_dir: Path, **overrides: Any) -> MemberConfig:

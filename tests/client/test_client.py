@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 
 import pytest
 
 from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.client import Client, ConcordError
+from coordinator.testing.ports import free_ports
 from tests.server.harness import Cluster, eventually, with_cluster
 
 
@@ -130,9 +130,8 @@ def test_calls_failing_together_on_a_dead_member_move_on_once(tmp_path: Path) ->
     once per failed call would bring every retry back to the dead one."""
 
     async def scenario(c: Cluster) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            dead = f"127.0.0.1:{s.getsockname()[1]}"  # closed again before anyone dials it
+        (port,) = free_ports(1)
+        dead = f"127.0.0.1:{port}"  # nothing listens there
         leader = await c.leader()
         follower = await c.follower()
         eps = [dead, f"127.0.0.1:{leader.served.port}", f"127.0.0.1:{follower.served.port}"]

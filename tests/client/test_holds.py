@@ -7,7 +7,6 @@ deadline holds with every member down."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from coordinator.client import (
     LockBusy,
     LockLost,
 )
+from coordinator.testing.ports import free_ports
 from tests.server.harness import Cluster, eventually, with_cluster
 
 
@@ -133,11 +133,7 @@ def test_acquire_deadline_with_every_member_down(tmp_path: Path) -> None:
 
 
 def test_lock_deadline_with_no_member_listening() -> None:
-    ports = []
-    for _ in range(3):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            ports.append(s.getsockname()[1])
+    ports = free_ports(3)
 
     async def scenario() -> None:
         async with Client([f"127.0.0.1:{p}" for p in ports], rpc_timeout_s=0.5) as a:

@@ -31,6 +31,7 @@ from coordinator.client import (
 from coordinator.client._pipe import CallFailed
 from coordinator.client._transport import Failure
 from coordinator.pki import create_ca, issue_client_cert, issue_member_cert, write_member_tls
+from coordinator.testing.ports import free_ports
 from tests.server.harness import Cluster, with_cluster
 
 QUICK_S = 4.0
@@ -161,9 +162,8 @@ def test_from_env(tls_dirs: tuple[Path, Path]) -> None:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    (port,) = free_ports(1)
+    return port
 
 
 @pytest.fixture

@@ -31,7 +31,8 @@ from coordinator.daemon.httpd import HttpServer, Response
 from coordinator.daemon.member import Member, main
 from coordinator.pki import create_ca, issue_member_cert, write_member_tls
 from coordinator.storage import KeyStore
-from coordinator.testing.procs import MEMBER_MODULE, free_ports
+from coordinator.testing.ports import free_ports
+from coordinator.testing.procs import MEMBER_MODULE
 
 REPO = Path(__file__).resolve().parents[2]
 

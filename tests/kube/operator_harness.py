@@ -25,8 +25,9 @@ import kubernetes
 import kubernetes.watch
 
 from coordinator.pki import OPERATOR_ROLE, issue_client_cert
+from coordinator.testing.ports import free_ports
 from coordinator.testing.process_cluster import ProcessCluster
-from coordinator.testing.procs import free_ports, http_get, metric, orphan_proof
+from coordinator.testing.procs import http_get, metric, orphan_proof
 
 REPO = Path(__file__).resolve().parents[2]
 GROUP, VERSION = "concord.dev", "v1alpha1"

@@ -48,8 +48,8 @@ from coordinator.runtime.tokenreview import (
 )
 from coordinator.sealing import Scope
 from coordinator.testing.controlplane import SERVICE_ACCOUNT_ISSUER, ControlPlane
+from coordinator.testing.ports import free_ports
 from coordinator.testing.process_cluster import REPO, ProcessCluster
-from coordinator.testing.procs import free_ports
 from tests.sidecar.harness import check_against_spec
 
 pytestmark = [pytest.mark.kube, pytest.mark.process]

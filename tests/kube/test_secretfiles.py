@@ -32,8 +32,9 @@ from aiohttp import web
 
 from coordinator.sealing import SealedRecord, sealed_record_key
 from coordinator.testing.controlplane import ControlPlane
+from coordinator.testing.ports import free_ports
 from coordinator.testing.process_cluster import ProcessCluster
-from coordinator.testing.procs import free_ports, http_get, orphan_proof
+from coordinator.testing.procs import http_get, orphan_proof
 from tests.kube.operator_harness import (
     REPO,
     KubeObjects,

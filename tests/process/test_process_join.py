@@ -32,8 +32,9 @@ from coordinator.pki import (
     write_member_tls,
     write_pem,
 )
+from coordinator.testing.ports import free_ports
 from coordinator.testing.process_cluster import REPO, MemberProcess, ProcessCluster, run
-from coordinator.testing.procs import free_ports, member_argv
+from coordinator.testing.procs import member_argv
 
 pytestmark = pytest.mark.process
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.storage import KeyStore
+from coordinator.testing.ports import free_ports
 from coordinator.testing.process_cluster import (
     REPO,
     MakeCluster,
@@ -22,7 +23,6 @@ from coordinator.testing.process_cluster import (
     ProcessCluster,
     run,
 )
-from coordinator.testing.procs import free_ports
 
 pytestmark = pytest.mark.process
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from coordinator.runtime.grpc_transport import (
 from coordinator.runtime.loop import LoopConfig, RaftLoop
 from coordinator.runtime.wire import to_wire
 from coordinator.storage import DiskWal, KeyStore
+from coordinator.testing.ports import free_ports
 
 CLUSTER = "test-cluster"
 raft_rpc: Any = pb_grpc  # the generated stubs are untyped
@@ -45,10 +45,8 @@ async def wait_for(cond: Callable[[], bool], timeout_s: float = 15.0) -> None:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    (port,) = free_ports(1)
+    return port
 
 
 class Node:

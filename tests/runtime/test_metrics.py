@@ -28,7 +28,7 @@ from coordinator.runtime.transport import LoopbackTransport
 from coordinator.server import ServiceConfig
 from coordinator.server import server as server_module
 from coordinator.storage import DiskWal, KeyStore
-from coordinator.testing.procs import free_ports
+from coordinator.testing.ports import free_ports
 
 
 def _loop(tmp_path: Path, clock: ManualClock) -> RaftLoop:

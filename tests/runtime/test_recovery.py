@@ -8,7 +8,6 @@ Members run in process (asyncio, insecure loopback, 10 ms ticks); every wait is 
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -40,6 +39,7 @@ from coordinator.runtime.recovery import (
     restored_directory,
 )
 from coordinator.storage import DiskWal, KeyStore, LockedError
+from coordinator.testing.ports import free_ports
 from tests.fsm.support import Driver
 
 T = TypeVar("T")
@@ -47,9 +47,8 @@ LEASE_TTL_MS = 60_000
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    (port,) = free_ports(1)
+    return port
 
 
 # --- an image with something of everything ------------------------------------------------------

@@ -5,7 +5,6 @@ loopback: every route and status code of openapi.yaml, every answer checked agai
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 
 import aiohttp
@@ -13,6 +12,7 @@ from aiohttp import web
 
 from coordinator.client import Client
 from coordinator.sidecar import FENCING_HEADER, Sidecar
+from coordinator.testing.ports import free_ports
 from tests.server.harness import eventually, run, wait_for
 from tests.sidecar.harness import FENCE, SPEC, Api, Rig, with_rig
 
@@ -450,9 +450,8 @@ def test_quorum_loss_is_503_with_retry_after_and_a_held_lock_is_lost_within_its_
 
 def test_without_a_coordinator_it_is_live_but_neither_started_nor_ready() -> None:
     async def scenario() -> None:
-        with socket.socket() as s:  # a port nothing listens on
-            s.bind(("127.0.0.1", 0))
-            dead = f"127.0.0.1:{s.getsockname()[1]}"
+        (port,) = free_ports(1)  # a port nothing listens on
+        dead = f"127.0.0.1:{port}"
         client = Client([dead], timeout_s=0.5, connect_timeout_s=0.2)
         sidecar = Sidecar(client, probe_interval_s=0.05)
         port = await sidecar.start("127.0.0.1", 0)
@@ -479,9 +478,8 @@ def test_the_probe_listener_serves_the_probes_only() -> None:
     """--probe-listen: the kubelet probes the pod IP while the API stays on loopback."""
 
     async def scenario() -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            dead = f"127.0.0.1:{s.getsockname()[1]}"
+        (port,) = free_ports(1)
+        dead = f"127.0.0.1:{port}"
         client = Client([dead], timeout_s=0.5, connect_timeout_s=0.2)
         sidecar = Sidecar(client, probe_interval_s=0.05)
         await sidecar.start("127.0.0.1", 0)
