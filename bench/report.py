@@ -547,27 +547,10 @@ reports events delivered of expected, delivery latency p50/p99, write p50 with a
 watchers, and the leader's (and all members') CPU. The latest numbers, the method and what
 they say are in [docs/watches.md](watches.md#measured).
 
-## Leases at scale (`make bench-scale`, `--leases`)
+## Sessions, locks and watches at scale
 
-N leases (TTL 10 s) kept alive by 4 holder processes, each on ONE keep-alive stream renewing
-every lease TTL/3 after the send of its last acknowledged renewal (Concord:
-`Client.keep_alive`; etcd: the same schedule on its LeaseKeepAlive stream), Concord beside
-etcd (`bench/leases.py`; `--watchers '' --leases 1000,5000,10000`). Measured over 30 s: the
-leader's CPU, a probe lease renewed every 100 ms on a fresh stream (p50/p99), renewals
-acknowledged per second, and spurious expiries (leases lost although their holders kept
-renewing). Before renewals stayed in the leader's memory (one fsynced log entry per renewal,
-a stream per renewal), 5,000 leases took 71-75 % of the leader's CPU, renewal p99 0.7-1.8 s
-and 4-12 spurious expiries. A shared 2-core machine (load average 9-16); each pair of rows
-(one lease count) comes from one invocation: compare within a pair.
-
-| system | leases | leader CPU % | members CPU % | probe p50/p99 ms | renewals/s | spurious |
-| --- | --- | --- | --- | --- | --- | --- |
-| concord | 1,000 | 8.5 | 13.5 | 6.7 / 73.8 | 282 | 0 |
-| etcd | 1,000 | 3.1 | 5.0 | 1.8 / 27.4 | 286 | 0 |
-| concord | 5,000 | 25.2 | 32.8 | 17.0 / 154.1 | 1,417 | 0 |
-| etcd | 5,000 | 10.1 | 27.9 | 4.3 / 129.4 | 1,347 | 0 |
-| concord | 10,000 | 47.0 | 58.6 | 18.4 / 49.6 | 2,579 | 0 |
-| etcd | 10,000 | 10.4 | 12.0 | 3.1 / 93.4 | 2,624 | 0 |
+Leases and locks held at scale (`--leases`, `--locks`): the dated measurements so far, and
+what they led to, are in [docs/scale.md](scale.md).
 
 ## Method and design choices
 
