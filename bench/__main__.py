@@ -1,7 +1,7 @@
 """`python -m bench`: run the benchmarks, or regenerate the report from a run.
 
     python -m bench run [--quick] [--systems concord,etcd,pysyncobj] [--keys N] [...]
-    python -m bench report [--results RESULTS_JSON] [--docs docs/benchmarks.md]
+    python -m bench report [--runs N | --results RESULTS_JSON...] [--docs docs/benchmarks.md]
     python -m bench floor [--writes N]
 
 `make bench` is `run` (BENCH_QUICK=1 adds --quick), `make bench-report` is `report`. A run
@@ -294,14 +294,21 @@ def _sigterm(signum: int, frame: object) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from . import report  # noqa: PLC0415
+    from . import report, runs_report  # noqa: PLC0415
 
-    path = Path(args.results) if args.results else RESULTS / "latest" / "results.json"
-    if not path.exists():
-        print(f"no results at {path}: run `make bench` first")
+    if args.results:
+        paths = [Path(p) for p in args.results]
+    else:
+        paths = runs_report.latest(RESULTS, args.runs) if RESULTS.is_dir() else []
+    missing = [p for p in paths if not p.exists()]
+    if not paths or missing:
+        print(f"no results at {missing[0] if missing else RESULTS}: run `make bench` first")
         return 1
-    doc = report.load(path)
-    written = report.write_docs(doc, Path(args.docs))
+    docs = [report.load(p) for p in paths]
+    written = report.write_docs(
+        runs_report.newest(docs), Path(args.docs), across=runs_report.across_runs(docs)
+    )
+    print(f"from {len(docs)} run(s): " + ", ".join(str(p) for p in paths))
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
@@ -339,7 +346,19 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--keep-data", action="store_true", help="keep the data directories")
     r.set_defaults(func=cmd_run)
     rep = sub.add_parser("report", help="write docs/benchmarks.md from a run")
-    rep.add_argument("--results", help="results.json (default: the latest run)")
+    rep.add_argument(
+        "--results",
+        nargs="+",
+        help="results.json of the runs to show (default: the latest --runs); the page is the "
+        "newest's, with the spread of all of them",
+    )
+    rep.add_argument(
+        "--runs",
+        type=int,
+        default=3,
+        help="how many of the latest runs under .results/bench to compare (default 3; 1: the "
+        "latest alone)",
+    )
     rep.add_argument("--docs", default=str(DOCS), help="the page to write")
     rep.set_defaults(func=cmd_report)
     args = p.parse_args(argv)

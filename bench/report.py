@@ -506,8 +506,12 @@ def systems_lines(doc: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def docs_page(doc: dict[str, Any], assets: str, plot_names: Iterable[str]) -> str:
-    """The whole of docs/benchmarks.md (`assets`: the plots' folder, relative to docs/)."""
+def docs_page(
+    doc: dict[str, Any], assets: str, plot_names: Iterable[str], *, across: str = ""
+) -> str:
+    """The whole of docs/benchmarks.md (`assets`: the plots' folder, relative to docs/;
+    `across`: the section comparing several runs, `bench.runs_report`, if any)."""
+    across = f"{across.rstrip()}\n\n" if across else ""
     plots_md = "\n\n".join(f"![{n}]({assets}/{n})" for n in plot_names)
     return f"""# Benchmarks: Concord, etcd and PySyncObj side by side
 
@@ -531,7 +535,7 @@ window; throughput is completions in the window. Ratios are Concord / peer (abov
 Concord's number is bigger, which is better for rates and worse for times and memory).
 
 {markdown(doc)}
-## Plots
+{across}## Plots
 
 {plots_md or "No plots (matplotlib was not installed)."}
 
@@ -612,9 +616,9 @@ def write_outputs(doc: dict[str, Any], out_dir: Path) -> list[Path]:
     return [out_dir / "results.json", out_dir / "table.md", *plots(doc, out_dir)]
 
 
-def write_docs(doc: dict[str, Any], docs_md: Path) -> list[Path]:
+def write_docs(doc: dict[str, Any], docs_md: Path, *, across: str = "") -> list[Path]:
     """docs/benchmarks.md and its plots (docs/benchmarks/*.png)."""
     assets_dir = docs_md.with_suffix("")
     written = plots(doc, assets_dir)
-    docs_md.write_text(docs_page(doc, assets_dir.name, [p.name for p in written]))
+    docs_md.write_text(docs_page(doc, assets_dir.name, [p.name for p in written], across=across))
     return [docs_md, *written]
