@@ -9,10 +9,11 @@ the test suite checks it on a small synthetic document without running anything.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import scale_report
 from .figures import (
     BY_ID,
     FIGURES,
@@ -507,11 +508,18 @@ def systems_lines(doc: dict[str, Any]) -> str:
 
 
 def docs_page(
-    doc: dict[str, Any], assets: str, plot_names: Iterable[str], *, across: str = ""
+    doc: dict[str, Any],
+    assets: str,
+    plot_names: Iterable[str],
+    *,
+    across: str = "",
+    scale: str | None = None,
 ) -> str:
     """The whole of docs/benchmarks.md (`assets`: the plots' folder, relative to docs/;
-    `across`: the section comparing several runs, `bench.runs_report`, if any)."""
+    `across`: the section comparing several runs, `bench.runs_report`, if any; `scale`: the
+    `make bench-scale` section, `bench.scale_report`, by default the one saying how to run it)."""
     across = f"{across.rstrip()}\n\n" if across else ""
+    scale = scale if scale is not None else scale_report.section([], None)
     plots_md = "\n\n".join(f"![{n}]({assets}/{n})" for n in plot_names)
     return f"""# Benchmarks: Concord, etcd and PySyncObj side by side
 
@@ -543,19 +551,7 @@ Concord's number is bigger, which is better for rates and worse for times and me
 
 {profile_section(doc)}
 
-## Watches at scale (`make bench-scale`)
-
-A separate run, not part of `make bench`: N watchers (100, 1,000, 5,000) on one prefix while
-one writer puts 20 keys/s, Concord beside etcd in one invocation (`bench/scale.py`). It
-reports events delivered of expected, delivery latency p50/p99, write p50 with and without
-watchers, and the leader's (and all members') CPU. The latest numbers, the method and what
-they say are in [docs/watches.md](watches.md#measured).
-
-## Sessions, locks and watches at scale
-
-Leases and locks held at scale (`--leases`, `--locks`): the dated measurements so far, and
-what they led to, are in [docs/scale.md](scale.md).
-
+{scale}
 ## Method and design choices
 
 - **Clusters.** 3 members on loopback, data directories on disk (never tmpfs), each system
@@ -616,9 +612,21 @@ def write_outputs(doc: dict[str, Any], out_dir: Path) -> list[Path]:
     return [out_dir / "results.json", out_dir / "table.md", *plots(doc, out_dir)]
 
 
-def write_docs(doc: dict[str, Any], docs_md: Path, *, across: str = "") -> list[Path]:
-    """docs/benchmarks.md and its plots (docs/benchmarks/*.png)."""
+def write_docs(
+    doc: dict[str, Any],
+    docs_md: Path,
+    *,
+    across: str = "",
+    scale_runs: Sequence[scale_report.Run] = (),
+) -> list[Path]:
+    """docs/benchmarks.md and its plots (docs/benchmarks/*.png), with the `make bench-scale`
+    runs `scale_runs` summed up in it."""
     assets_dir = docs_md.with_suffix("")
     written = plots(doc, assets_dir)
-    docs_md.write_text(docs_page(doc, assets_dir.name, [p.name for p in written], across=across))
-    return [docs_md, *written]
+    drawn = scale_report.plot(scale_runs, assets_dir) if scale_runs else None
+    scale = scale_report.section(
+        scale_runs, None if drawn is None else f"{assets_dir.name}/{drawn.name}"
+    )
+    page = docs_page(doc, assets_dir.name, [p.name for p in written], across=across, scale=scale)
+    docs_md.write_text(page)
+    return [docs_md, *written, *([drawn] if drawn else [])]
