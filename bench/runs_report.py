@@ -17,14 +17,20 @@ from .report import evaluated_targets, fmt_ratio, levels_of, systems_in
 
 
 def latest(results_dir: Path, n: int) -> list[Path]:
-    """The results.json of the newest `n` runs under `results_dir`, oldest first (run folders
-    are named by their UTC start, so names sort by time; `latest` is a link to one of them)."""
+    """The results.json of the newest `n` runs under `results_dir` in the newest run's mode
+    (full, or quick: a quick run's spread says nothing of a full one's), oldest first. Run
+    folders are named by their UTC start, with "-quick" for quick runs, so names sort by time;
+    `latest` is a link to one of them."""
     runs = sorted(
-        d / "results.json"
+        d
         for d in results_dir.iterdir()
         if d.is_dir() and not d.is_symlink() and (d / "results.json").is_file()
     )
-    return runs[-n:] if n > 0 else []
+    if not runs or n <= 0:
+        return []
+    quick = runs[-1].name.endswith("-quick")
+    same = [d / "results.json" for d in runs if d.name.endswith("-quick") == quick]
+    return same[-n:]
 
 
 def _date(doc: dict[str, Any]) -> str:

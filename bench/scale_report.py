@@ -417,14 +417,15 @@ COMMAND = (
 )
 METHOD = {
     "watchers": (
-        "### Watchers\n\nN watchers on one prefix (watch streams spread over the three members "
-        "from 4 processes) while one writer puts 20 keys/s (`bench/scale.py`): events delivered "
-        "of expected (acknowledged writes times watchers), delivery latency, write p50 with and "
-        "without watchers (the baseline row), the leader's and all members' CPU. What the "
-        "figures say about the design: [watches.md](watches.md)."
+        "### Watchers\n\nN watchers on one prefix (watch streams spread over the three "
+        "members from the client processes) while one writer puts keys at a steady rate "
+        "(20/s by default; `bench/scale.py`): events delivered of expected (acknowledged "
+        "writes times watchers), delivery latency, write p50 with and without watchers (the "
+        "baseline row), the leader's and all members' CPU. What the figures say about the "
+        "design: [watches.md](watches.md)."
     ),
     "leases": (
-        "### Leases\n\nN leases (TTL 10 s) kept alive by 4 holder processes, each on one "
+        "### Leases\n\nN leases kept alive by the client processes, each on one "
         "keep-alive stream renewing every lease TTL/3 (Concord: `Client.keep_alive`; etcd: the "
         "same schedule on its LeaseKeepAlive stream; `bench/leases.py`). Over the window: the "
         "leader's CPU (also per renewal acknowledged, which a busy machine inflates less), a "
@@ -432,7 +433,7 @@ METHOD = {
         "although their holders kept renewing), and each member's memory (the largest)."
     ),
     "locks": (
-        "### Locks held\n\nN distinct locks held by 4 locker processes through each system's "
+        "### Locks held\n\nN distinct locks held by the client processes through each system's "
         "client (Concord: `Client.lock()`, a lease per lock on the process's one keep-alive "
         "stream; etcd: its v3lock API under a lease per lock; `bench/locks.py`). Once every "
         "lock is held and one TTL has passed: the leader's CPU (the busiest member's), a "
@@ -451,9 +452,12 @@ def _run_line(run: Run) -> str:
     )
     first = start[0] if isinstance(start[0], str) else f"{start[0]:.1f}"
     last = end[0] if isinstance(end[0], str) else f"{end[0]:.1f}"
+    ttl = meta.get("lease_ttl_ms")
     return (
-        f"- `{run.name}`: {kinds or 'no rows'}; {meta.get('seconds', '?')} s windows; "
-        f"1-minute load average {first} at the start, {last} at the end"
+        f"- `{run.name}`: {kinds or 'no rows'}; {meta.get('seconds', '?')} s windows, "
+        f"{meta.get('watcher_procs', '?')} client processes"
+        + ("" if ttl is None else f", lease TTL {ttl / 1000:g} s")
+        + f"; 1-minute load average {first} at the start, {last} at the end"
     )
 
 
@@ -483,8 +487,7 @@ def section(runs: Sequence[Run], plot_path: str | None) -> str:
         HEADING,
         "",
         f"Separate runs, not part of `make bench`: Concord beside etcd, each on a fresh "
-        f"3-member mutual-TLS cluster, in each of {len(runs)} `make bench-scale` runs "
-        f"(`{COMMAND}`):",
+        f"3-member mutual-TLS cluster, in each of {len(runs)} `make bench-scale` runs:",
         "",
         *(_run_line(run) for run in runs),
         "",

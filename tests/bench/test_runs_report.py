@@ -76,8 +76,20 @@ def test_report_takes_the_latest_runs_and_renders_the_newest(tmp_path: Path) -> 
         "20300102T040000Z",
         "20300102T050000Z",
     ]
+    (results / "20300102T060000Z-quick").mkdir()
+    (results / "20300102T060000Z-quick" / "results.json").write_text("{}")
+    assert [p.parent.name for p in runs_report.latest(results, 3)] == [
+        "20300102T060000Z-quick"  # the newest is a quick run: no full run beside it
+    ]
+    (results / "20300102T070000Z").mkdir()
+    (results / "20300102T070000Z" / "results.json").write_text("{}")
+    assert [p.parent.name for p in runs_report.latest(results, 2)] == [
+        "20300102T050000Z",
+        "20300102T070000Z",
+    ]
     page = tmp_path / "benchmarks.md"
-    paths = [str(p) for p in runs_report.latest(results, 3)]
+    paths = [str(results / s / "results.json") for s in
+             ("20300102T030000Z", "20300102T040000Z", "20300102T050000Z")]  # fmt: skip
     assert main(["report", "--results", *paths, "--docs", str(page)]) == 0
     text = page.read_text()
     assert "- date (UTC): 2030-01-02 05:00:00" in text  # the newest run's page
