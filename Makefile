@@ -42,7 +42,7 @@ help:
 	@echo "make soak MINUTES=N  random fault schedules on real processes (default $(MINUTES) min)"
 	@echo "make mutants      plausible one-line bugs, each applied to a copy of the tree; its test must fail (~2 min)"
 	@echo "make bench         Concord vs etcd vs PySyncObj (BENCH_QUICK=1: ~2 min smoke run)"
-	@echo "make bench-report  docs/benchmarks.md from the latest make bench"
+	@echo "make bench-report  docs/benchmarks.md from the latest 3 make bench runs and make bench-scale (BENCH_ARGS=--runs N)"
 	@echo "make bench-operator  the operator under 1,000 churning Leases (BENCH_ARGS=...)"
 	@echo "make bench-sidecar   lock cycles/s through the sidecar beside the client library"
 	@echo "make bench-scale     5,000 watchers on one prefix, Concord beside etcd (BENCH_ARGS=...; --leases 1000,5000 for leases, --locks 1000,10000 for held locks)"
@@ -182,7 +182,7 @@ bench-scale: bootstrap
 
 bench-report: bootstrap
 	@bash scripts/bench_deps.sh
-	$(PY) -m bench report
+	$(PY) -m bench report $(BENCH_ARGS)
 
 lint: bootstrap
 	$(BIN)/ruff check .

@@ -1,12 +1,15 @@
 """`python -m bench`: run the benchmarks, or regenerate the report from a run.
 
     python -m bench run [--quick] [--systems concord,etcd,pysyncobj] [--keys N] [...]
-    python -m bench report [--results RESULTS_JSON] [--docs docs/benchmarks.md]
+    python -m bench report [--runs N | --results RESULTS_JSON...] [--scale SCALE_JSON...]
+                           [--docs docs/benchmarks.md]
     python -m bench floor [--writes N]
 
 `make bench` is `run` (BENCH_QUICK=1 adds --quick), `make bench-report` is `report`. A run
 writes results.json, table.md and the plots into .results/bench/<UTC time>/ (ignored by git;
 .results/bench/latest points at the newest) and prints the table with the ratios and targets.
+`report` renders the newest of the last three runs with the spread of all three, and sums up
+the `make bench-scale` documents (.results/bench/scale-<UTC time>.json) of the same session.
 """
 
 from __future__ import annotations
@@ -294,14 +297,26 @@ def _sigterm(signum: int, frame: object) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from . import report  # noqa: PLC0415
+    from . import report, runs_report, scale_report  # noqa: PLC0415
 
-    path = Path(args.results) if args.results else RESULTS / "latest" / "results.json"
-    if not path.exists():
-        print(f"no results at {path}: run `make bench` first")
+    if args.results:
+        paths = [Path(p) for p in args.results]
+    else:
+        paths = runs_report.latest(RESULTS, args.runs) if RESULTS.is_dir() else []
+    missing = [p for p in paths if not p.exists()]
+    if not paths or missing:
+        print(f"no results at {missing[0] if missing else RESULTS}: run `make bench` first")
         return 1
-    doc = report.load(path)
-    written = report.write_docs(doc, Path(args.docs))
+    docs = [report.load(p) for p in paths]
+    scale = [Path(p) for p in args.scale] if args.scale else scale_report.default_selection(RESULTS)
+    written = report.write_docs(
+        runs_report.newest(docs),
+        Path(args.docs),
+        across=runs_report.across_runs(docs),
+        scale_runs=scale_report.load_runs(scale),
+    )
+    print(f"from {len(docs)} run(s): " + ", ".join(str(p) for p in paths))
+    print(f"and {len(scale)} make bench-scale run(s): " + ", ".join(str(p) for p in scale))
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
@@ -339,7 +354,25 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--keep-data", action="store_true", help="keep the data directories")
     r.set_defaults(func=cmd_run)
     rep = sub.add_parser("report", help="write docs/benchmarks.md from a run")
-    rep.add_argument("--results", help="results.json (default: the latest run)")
+    rep.add_argument(
+        "--results",
+        nargs="+",
+        help="results.json of the runs to show (default: the latest --runs); the page is the "
+        "newest's, with the spread of all of them",
+    )
+    rep.add_argument(
+        "--runs",
+        type=int,
+        default=3,
+        help="how many of the latest runs under .results/bench to compare (default 3; 1: the "
+        "latest alone)",
+    )
+    rep.add_argument(
+        "--scale",
+        nargs="+",
+        help="make bench-scale documents to sum up (default: every .results/bench/scale-*.json "
+        "written within 3 hours of the newest)",
+    )
     rep.add_argument("--docs", default=str(DOCS), help="the page to write")
     rep.set_defaults(func=cmd_report)
     args = p.parse_args(argv)

@@ -9,10 +9,11 @@ the test suite checks it on a small synthetic document without running anything.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import scale_report
 from .figures import (
     BY_ID,
     FIGURES,
@@ -506,8 +507,19 @@ def systems_lines(doc: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def docs_page(doc: dict[str, Any], assets: str, plot_names: Iterable[str]) -> str:
-    """The whole of docs/benchmarks.md (`assets`: the plots' folder, relative to docs/)."""
+def docs_page(
+    doc: dict[str, Any],
+    assets: str,
+    plot_names: Iterable[str],
+    *,
+    across: str = "",
+    scale: str | None = None,
+) -> str:
+    """The whole of docs/benchmarks.md (`assets`: the plots' folder, relative to docs/;
+    `across`: the section comparing several runs, `bench.runs_report`, if any; `scale`: the
+    `make bench-scale` section, `bench.scale_report`, by default the one saying how to run it)."""
+    across = f"{across.rstrip()}\n\n" if across else ""
+    scale = scale if scale is not None else scale_report.section([], None)
     plots_md = "\n\n".join(f"![{n}]({assets}/{n})" for n in plot_names)
     return f"""# Benchmarks: Concord, etcd and PySyncObj side by side
 
@@ -531,7 +543,7 @@ window; throughput is completions in the window. Ratios are Concord / peer (abov
 Concord's number is bigger, which is better for rates and worse for times and memory).
 
 {markdown(doc)}
-## Plots
+{across}## Plots
 
 {plots_md or "No plots (matplotlib was not installed)."}
 
@@ -539,36 +551,7 @@ Concord's number is bigger, which is better for rates and worse for times and me
 
 {profile_section(doc)}
 
-## Watches at scale (`make bench-scale`)
-
-A separate run, not part of `make bench`: N watchers (100, 1,000, 5,000) on one prefix while
-one writer puts 20 keys/s, Concord beside etcd in one invocation (`bench/scale.py`). It
-reports events delivered of expected, delivery latency p50/p99, write p50 with and without
-watchers, and the leader's (and all members') CPU. The latest numbers, the method and what
-they say are in [docs/watches.md](watches.md#measured).
-
-## Leases at scale (`make bench-scale`, `--leases`)
-
-N leases (TTL 10 s) kept alive by 4 holder processes, each on ONE keep-alive stream renewing
-every lease TTL/3 after the send of its last acknowledged renewal (Concord:
-`Client.keep_alive`; etcd: the same schedule on its LeaseKeepAlive stream), Concord beside
-etcd (`bench/leases.py`; `--watchers '' --leases 1000,5000,10000`). Measured over 30 s: the
-leader's CPU, a probe lease renewed every 100 ms on a fresh stream (p50/p99), renewals
-acknowledged per second, and spurious expiries (leases lost although their holders kept
-renewing). Before renewals stayed in the leader's memory (one fsynced log entry per renewal,
-a stream per renewal), 5,000 leases took 71-75 % of the leader's CPU, renewal p99 0.7-1.8 s
-and 4-12 spurious expiries. A shared 2-core machine (load average 9-16); each pair of rows
-(one lease count) comes from one invocation: compare within a pair.
-
-| system | leases | leader CPU % | members CPU % | probe p50/p99 ms | renewals/s | spurious |
-| --- | --- | --- | --- | --- | --- | --- |
-| concord | 1,000 | 8.5 | 13.5 | 6.7 / 73.8 | 282 | 0 |
-| etcd | 1,000 | 3.1 | 5.0 | 1.8 / 27.4 | 286 | 0 |
-| concord | 5,000 | 25.2 | 32.8 | 17.0 / 154.1 | 1,417 | 0 |
-| etcd | 5,000 | 10.1 | 27.9 | 4.3 / 129.4 | 1,347 | 0 |
-| concord | 10,000 | 47.0 | 58.6 | 18.4 / 49.6 | 2,579 | 0 |
-| etcd | 10,000 | 10.4 | 12.0 | 3.1 / 93.4 | 2,624 | 0 |
-
+{scale}
 ## Method and design choices
 
 - **Clusters.** 3 members on loopback, data directories on disk (never tmpfs), each system
@@ -629,9 +612,21 @@ def write_outputs(doc: dict[str, Any], out_dir: Path) -> list[Path]:
     return [out_dir / "results.json", out_dir / "table.md", *plots(doc, out_dir)]
 
 
-def write_docs(doc: dict[str, Any], docs_md: Path) -> list[Path]:
-    """docs/benchmarks.md and its plots (docs/benchmarks/*.png)."""
+def write_docs(
+    doc: dict[str, Any],
+    docs_md: Path,
+    *,
+    across: str = "",
+    scale_runs: Sequence[scale_report.Run] = (),
+) -> list[Path]:
+    """docs/benchmarks.md and its plots (docs/benchmarks/*.png), with the `make bench-scale`
+    runs `scale_runs` summed up in it."""
     assets_dir = docs_md.with_suffix("")
     written = plots(doc, assets_dir)
-    docs_md.write_text(docs_page(doc, assets_dir.name, [p.name for p in written]))
-    return [docs_md, *written]
+    drawn = scale_report.plot(scale_runs, assets_dir) if scale_runs else None
+    scale = scale_report.section(
+        scale_runs, None if drawn is None else f"{assets_dir.name}/{drawn.name}"
+    )
+    page = docs_page(doc, assets_dir.name, [p.name for p in written], across=across, scale=scale)
+    docs_md.write_text(page)
+    return [docs_md, *written, *([drawn] if drawn else [])]
