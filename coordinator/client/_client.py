@@ -36,9 +36,9 @@ Per-member calls. Key management (`unlock_member`, `autolock_status`, `set_autol
 `rotate_unlock_key`) acts on one member's own key ring, so these calls go to the endpoint
 named, are never redirected, and are retried there only while it is unreachable or starting.
 
-Streams. `watch` and `observe` are async iterators that reconnect (to the next endpoint, if
-need be) after a broken stream and resume where they were, so a consumer sees every change
-once, in order; they give up after `timeout_s` without any member answering.
+Streams. `watch` is an async iterator that reconnects (to the next endpoint, if need be)
+after a broken stream and resumes where it was, so a consumer sees every change once, in
+order; it gives up after `timeout_s` without any member answering.
 
 Where the code is. `Client` combines the groups of calls, each a module of its own built on
 the machinery every call shares (`_calls.py`: channels, redirects, retries, sessions): keys

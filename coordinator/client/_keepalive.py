@@ -177,6 +177,8 @@ class Renewer:
         self._task: asyncio.Task[None] | None = None
         self.streams_opened = 0
         """KeepAlive streams opened so far (one at a time)."""
+        self.answers = 0
+        """Responses read on any stream so far."""
         self._ttls: collections.Counter[float] = collections.Counter()
         """How many kept leases have each TTL (s): the shortest sets the silence bound."""
         self._gave_up_until: dict[str, float] = {}
@@ -311,11 +313,13 @@ class Renewer:
         delay_s = _BACKOFF_MIN_S
         while self._kept:
             endpoint = client.endpoints[client._current % len(client.endpoints)]
+            answers = self.answers
             failure = await self._session(endpoint)
             self._resend_unanswered(loop.time())
             if failure is None:
                 delay_s = _BACKOFF_MIN_S
                 continue
+            delay_s = backoff_after(delay_s, answered=self.answers > answers)
             hint = client._hint(failure.leader)
             if hint and hint != endpoint and not self._gave_up_on(hint, loop.time()):
                 if hint not in client.endpoints:
@@ -385,6 +389,7 @@ class Renewer:
                 raise CallFailed(grpc.StatusCode.UNAVAILABLE, f"{endpoint} ended the stream")
             client._heard_from(endpoint)
             self._answered_at = asyncio.get_running_loop().time()
+            self.answers += 1
             if resp.renewed:
                 for one in resp.renewed:
                     self._settle(int(one.id), int(one.ttl_ms))
@@ -479,3 +484,10 @@ async def _ended(exc: BaseException, reader: asyncio.Future[None]) -> BaseExcept
     if reader.done():
         return _outcome(reader)
     return exc
+
+
+def backoff_after(delay_s: float, *, answered: bool) -> float:
+    """The back-off before the next stream after one that failed: from the start again if
+    that stream was answered (a stream that worked for an hour and then broke is a new
+    trouble, not the tenth retry of an old one), else as it stood."""
+    return _BACKOFF_MIN_S if answered else delay_s

@@ -34,20 +34,28 @@ from typing import Any, TypeVar
 import grpc
 
 from ._client import Client
-from ._config import credentials_from_tls_dir, settings_from_env
+from ._config import ca_credentials, credentials_from_tls_dir, settings_from_env
 from ._holds import HeldLeadership, HeldLock, LockLost
 from ._keepalive import KeptLease
+from ._secrets import ReEncrypted, SealedCheck, SealingKeyInfo, SealingKeys, Unsealed
 from ._types import (
     AutolockChange,
     AutolockStatus,
+    Compare,
     DataKeyRotation,
     Event,
+    JoinTokenInfo,
     KeyValue,
     Leadership,
     LeaseInfo,
     Lock,
+    LockInfo,
     MemberList,
+    NewJoinToken,
+    SequenceInfo,
     Status,
+    TxnOp,
+    TxnResult,
     UnlockKeyRotation,
 )
 
@@ -131,18 +139,22 @@ class SyncClient:
         endpoints: str | Sequence[str],
         *,
         credentials: grpc.ChannelCredentials | None = None,
+        token_file: str | os.PathLike[str] | None = None,
         timeout_s: float = 10.0,
         rpc_timeout_s: float = 3.0,
         attempt_timeout_s: float = 1.0,
         connect_timeout_s: float = 2.0,
+        pipeline: bool = True,
     ) -> None:
         self._client = Client(
             endpoints,
             credentials=credentials,
+            token_file=token_file,
             timeout_s=timeout_s,
             rpc_timeout_s=rpc_timeout_s,
             attempt_timeout_s=attempt_timeout_s,
             connect_timeout_s=connect_timeout_s,
+            pipeline=pipeline,
         )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -156,13 +168,29 @@ class SyncClient:
         cls,
         endpoints: str | Sequence[str],
         tls_dir: str | os.PathLike[str],
-        **options: float,
+        **options: Any,  # noqa: ANN401 (the constructor's keyword options)
     ) -> SyncClient:
         """As `Client.from_tls_dir`."""
         return cls(endpoints, credentials=credentials_from_tls_dir(tls_dir), **options)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **options: float) -> SyncClient:
+    def with_token(
+        cls,
+        endpoints: str | Sequence[str],
+        token_file: str | os.PathLike[str],
+        ca_file: str | os.PathLike[str],
+        **options: Any,  # noqa: ANN401 (the constructor's keyword options)
+    ) -> SyncClient:
+        """As `Client.with_token`: a pod's client of members' workload ports (TLS trusting
+        `ca_file`, the ServiceAccount token in `token_file` on every call)."""
+        return cls(endpoints, credentials=ca_credentials(ca_file), token_file=token_file, **options)
+
+    @classmethod
+    def from_env(
+        cls,
+        env: Mapping[str, str] | None = None,
+        **options: Any,  # noqa: ANN401 (the constructor's keyword options)
+    ) -> SyncClient:
         """As `Client.from_env` (CONCORD_ENDPOINTS, CONCORD_TLS_DIR)."""
         endpoints, credentials = settings_from_env(env)
         return cls(endpoints, credentials=credentials, **options)
@@ -230,6 +258,14 @@ class SyncClient:
 
     def cas(self, key: bytes, expected: bytes | None, new: bytes) -> bool:
         return self._run(self._client.cas(key, expected, new))
+
+    def txn(
+        self,
+        compares: Sequence[Compare],
+        success: Sequence[TxnOp],
+        failure: Sequence[TxnOp] = (),
+    ) -> TxnResult:
+        return self._run(self._client.txn(compares, success, failure))
 
     def watch(
         self, key: bytes, range_end: bytes = b"", *, start_revision: int = 0
@@ -299,6 +335,14 @@ class SyncClient:
     def check_fence(self, name: str, token: int) -> bool:
         return self._run(self._client.check_fence(name, token))
 
+    def lock_info(self, name: str, *, serializable: bool = False) -> LockInfo:
+        return self._run(self._client.lock_info(name, serializable=serializable))
+
+    @property
+    def keepalive_streams_opened(self) -> int:
+        """As `Client.keepalive_streams_opened` (read across threads: a snapshot)."""
+        return self._client.keepalive_streams_opened
+
     @contextlib.contextmanager
     def lock(
         self,
@@ -308,15 +352,18 @@ class SyncClient:
         timeout_s: float | None = None,
         max_holders: int = 1,
         lock_delay_ms: int = 0,
+        wait: bool = True,
     ) -> Iterator[SyncHeld]:
         """Hold `name` for the body of a `with` (the lease is kept alive in the background
-        thread meanwhile); released, and the lease revoked, on exit. As `Client.lock`."""
+        thread meanwhile); released, and the lease revoked, on exit. As `Client.lock`
+        (`wait=False`: `LockBusy` at once if it is held)."""
         manager = self._client.lock(
             name,
             ttl_ms=ttl_ms,
             timeout_s=timeout_s,
             max_holders=max_holders,
             lock_delay_ms=lock_delay_ms,
+            wait=wait,
         )
         yield from self._hold(manager)
 
@@ -348,6 +395,9 @@ class SyncClient:
     def sequence_next(self, name: str, count: int = 1) -> list[int]:
         return self._run(self._client.sequence_next(name, count))
 
+    def sequence_get(self, name: str, *, serializable: bool = False) -> SequenceInfo:
+        return self._run(self._client.sequence_get(name, serializable=serializable))
+
     # --- elections -----------------------------------------------------------------------------
 
     def campaign(
@@ -375,8 +425,8 @@ class SyncClient:
 
     # --- cluster -------------------------------------------------------------------------------
 
-    def members(self) -> MemberList:
-        return self._run(self._client.members())
+    def members(self, *, serializable: bool = False) -> MemberList:
+        return self._run(self._client.members(serializable=serializable))
 
     def status(self) -> Status:
         return self._run(self._client.status())
@@ -396,6 +446,32 @@ class SyncClient:
 
     def transfer_leader(self, member: int) -> None:
         self._run(self._client.transfer_leader(member))
+
+    def join_token_create(self) -> NewJoinToken:
+        return self._run(self._client.join_token_create())
+
+    def join_token_list(self) -> list[JoinTokenInfo]:
+        return self._run(self._client.join_token_list())
+
+    def join_token_revoke(self, token_or_id: str) -> JoinTokenInfo:
+        return self._run(self._client.join_token_revoke(token_or_id))
+
+    # --- sealed secrets ------------------------------------------------------------------------
+
+    def sealing_certificate(self) -> SealingKeys:
+        return self._run(self._client.sealing_certificate())
+
+    def renew_sealing_key(self) -> SealingKeyInfo:
+        return self._run(self._client.renew_sealing_key())
+
+    def unseal(self, ciphertext: bytes, namespace: str, name: str) -> Unsealed:
+        return self._run(self._client.unseal(ciphertext, namespace, name))
+
+    def re_encrypt(self, ciphertext: bytes, namespace: str, name: str) -> ReEncrypted:
+        return self._run(self._client.re_encrypt(ciphertext, namespace, name))
+
+    def validate_sealed(self, values: Sequence[tuple[bytes, str, str]]) -> list[SealedCheck]:
+        return self._run(self._client.validate_sealed(values))
 
     # --- one member's keys ---------------------------------------------------------------------
 

@@ -3,13 +3,21 @@ the in-process cluster, and how the client treats locked members."""
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from coordinator.client import ConcordError, SyncClient
+from coordinator.client import (
+    Client,
+    Compare,
+    ConcordError,
+    LockBusy,
+    Put,
+    SyncClient,
+)
 from coordinator.storage import KeyStore
 from tests.cli.threaded import ThreadedCluster, ThreadedMember, member_config
 
@@ -41,6 +49,47 @@ def test_kv_sequences_and_errors(cluster: ThreadedCluster) -> None:
         assert info.id == lease and 0 < info.remaining_ms <= 20_000
         c.lease_revoke(lease)
         assert c.status().leader in {m.id for m in cluster.cluster.running()}
+
+
+ASYNC_ONLY = {"call", "call_endpoint", "session"}
+"""Client's own machinery (stubs, sessions): nothing a blocking caller can use."""
+
+
+def test_every_client_call_has_a_blocking_twin_with_the_same_parameters() -> None:
+    public = {n for n in dir(Client) if not n.startswith("_")} - ASYNC_ONLY
+    missing = sorted(n for n in public if not hasattr(SyncClient, n))
+    assert not missing, f"SyncClient lacks {missing}"
+    for name in sorted(public):
+        want, got = getattr(Client, name), getattr(SyncClient, name)
+        if isinstance(want, property):
+            assert isinstance(got, property), name
+            continue
+        params = list(inspect.signature(want).parameters.items())
+        mine = list(inspect.signature(got).parameters.items())
+        assert [(n, p.kind, p.default) for n, p in params] == [
+            (n, p.kind, p.default) for n, p in mine
+        ], name
+
+
+def test_transactions_lock_and_sequence_reads_and_busy_locks(cluster: ThreadedCluster) -> None:
+    with SyncClient(cluster.endpoints) as c:
+        c.put(b"st/k", b"v1")
+        done = c.txn([Compare(b"st/k", "value", "=", b"v1")], [Put(b"st/k", b"v2")])
+        assert done.succeeded
+        kv = c.get(b"st/k")
+        assert kv is not None and kv.value == b"v2"
+        assert not c.txn([Compare(b"st/k", "value", "=", b"v1")], [Put(b"st/k", b"v3")]).succeeded
+        c.sequence_create("st-seq", start=10, increment=5)
+        assert c.sequence_next("st-seq") == [10]
+        info = c.sequence_get("st-seq")
+        assert (info.next, info.increment) == (15, 5)
+        with c.lock("st-lock", ttl_ms=5000) as held:
+            holders = c.lock_info("st-lock").holders
+            assert [h.fencing_token for h in holders] == [held.fencing_token]
+            with pytest.raises(LockBusy), c.lock("st-lock", wait=False):
+                pass
+        assert not c.lock_info("st-lock").holders
+        assert c.keepalive_streams_opened >= 1
 
 
 def test_lock_is_held_across_calls_from_threads(cluster: ThreadedCluster) -> None:

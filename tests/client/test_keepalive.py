@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from coordinator.api.v1 import concord_pb2 as pb
-from coordinator.client import Client
+from coordinator.client import Client, _keepalive
 from tests.server import harness
 from tests.server.harness import Cluster, Member, leader_among, wait_for, with_cluster
 
@@ -342,3 +342,15 @@ def test_a_leader_that_answers_renewals_late_keeps_the_stream(
             assert core.lease_stats.streams == 1
 
     with_cluster(tmp_path, scenario)
+
+
+def test_the_back_off_starts_again_after_a_stream_that_was_answered() -> None:
+    # Doubling up to the cap while streams fail unanswered; a stream that renewed and then
+    # broke is retried after the shortest wait, not the longest the past left behind.
+    delay = _keepalive._BACKOFF_MIN_S
+    for _ in range(10):
+        delay = _keepalive.backoff_after(delay, answered=False)
+        delay = min(delay * 2, _keepalive._BACKOFF_MAX_S)
+    assert delay == _keepalive._BACKOFF_MAX_S
+    assert _keepalive.backoff_after(delay, answered=False) == _keepalive._BACKOFF_MAX_S
+    assert _keepalive.backoff_after(delay, answered=True) == _keepalive._BACKOFF_MIN_S
