@@ -16,6 +16,9 @@ it (`ready.persist`, then the core's `finish` back on the loop): the core is not
 meanwhile, so the order of `core.ready` holds, but the event loop keeps accepting requests
 and peer messages, which queue up for the next turn and share its fsync.
 
+Retries. A retry of a session request whose entry is still undecided joins it rather than
+proposing another (`proposals.RetryJoins`, which says why).
+
 Snapshots. When the core's policy says so, the state machine's image is taken without
 stopping the member: `StateMachine.snapshot_later` copies what it needs on the loop (fast),
 a snapshot thread encodes the image (`SnapshotJob.run`) while the loop goes on, and once it
@@ -64,6 +67,7 @@ from coordinator.raft import ConfChange, ConfState, Message, RaftError, RawNode,
 from .clock import Clock
 from .heap import image_decode
 from .loop_observers import LoopEvents, LoopObserver
+from .proposals import Proposal, RetryJoins
 from .threads import ThreadFactory, one_thread
 from .wake import Wake
 
@@ -117,12 +121,6 @@ class LoopConfig:
         )
 
 
-@dataclass(slots=True)
-class _Proposal:
-    data: bytes
-    future: asyncio.Future[Applied]
-
-
 def _on_leader(leader: int) -> Callable[[LoopObserver], None]:
     return lambda observer: observer.on_leader(leader)
 
@@ -130,7 +128,7 @@ def _on_leader(leader: int) -> Callable[[LoopObserver], None]:
 @dataclass(slots=True)
 class _Inbox:
     messages: list[Message] = field(default_factory=list)
-    proposals: list[_Proposal] = field(default_factory=list)
+    proposals: list[Proposal] = field(default_factory=list)
     calls: list[tuple[asyncio.Future[Any], Callable[[], None]]] = field(default_factory=list)
     """Work for `run()` and the future its caller awaits (failed if the loop stops first)."""
     lost: list[int] = field(default_factory=list)
@@ -173,6 +171,7 @@ class RaftLoop:
         self._wake = Wake()
         self._futures: dict[int, asyncio.Future[Any]] = {}
         """Core request id -> the future its `Completed` record settles."""
+        self._joins = RetryJoins()
         self._stopped = False
         self._observers: list[LoopObserver] = []
         self._heard_s: dict[int, float] = {}
@@ -221,7 +220,8 @@ class RaftLoop:
         self._check_running()
         env = Envelope(client_id, seq, self.clock.wall_ms(), command)
         fut: asyncio.Future[Applied] = asyncio.get_running_loop().create_future()
-        self._inbox.proposals.append(_Proposal(env.encode(), fut))
+        retry = (client_id, seq, command) if client_id else None
+        self._inbox.proposals.append(Proposal(env.encode(), fut, retry))
         self._track(fut)
         self._wake.set()
         return fut
@@ -429,8 +429,7 @@ class RaftLoop:
         while ib.proposals:
             batch = ib.proposals[: self.cfg.max_batch]
             del ib.proposals[: self.cfg.max_batch]
-            ids = core.propose_batch([p.data for p in batch])
-            for pid, p in zip(ids, batch, strict=True):
+            for pid, p in self._joins.propose(batch, core.propose_batch):
                 self._futures[pid] = p.future
         self._deliver()
 
@@ -455,13 +454,15 @@ class RaftLoop:
                 self._notify(_on_leader(notice.leader))
 
     def _settle(self, done: Completed) -> None:
-        fut = self._futures.pop(done.id, None)
-        if fut is None or fut.done():
-            return  # the caller gave up
-        if done.error is not None:
-            fut.set_exception(done.error)
-        else:
-            fut.set_result(done.value)
+        waiters: list[asyncio.Future[Any] | None] = [self._futures.pop(done.id, None)]
+        waiters += self._joins.settled(done.id)
+        for waiting in waiters:
+            if waiting is None or waiting.done():
+                continue  # the caller gave up
+            if done.error is not None:
+                waiting.set_exception(done.error)
+            else:
+                waiting.set_result(done.value)
 
     def _applied(self, batch: Sequence[Applied]) -> None:
         if self.on_effects is not None:
@@ -508,7 +509,7 @@ class RaftLoop:
     def _fail_all(self, err: StoppedError) -> None:
         self.core.fail_all(err)
         self._deliver()
-        for fut in self._futures.values():
+        for fut in [*self._futures.values(), *self._joins.drop_all()]:
             if not fut.done():
                 fut.set_exception(err)
         self._futures.clear()

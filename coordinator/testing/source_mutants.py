@@ -125,6 +125,17 @@ MUTANTS: tuple[SourceMutant, ...] = (
         why="a client is told of a write a new leader may still drop",
     ),
     SourceMutant(
+        name="loop-retry-proposes-again",
+        path="coordinator/runtime/proposals.py",
+        old="            pid = self._in_flight.get(p.retry)\n",
+        new="            pid = None\n",
+        kills=(
+            "tests/runtime/test_loop.py"
+            "::test_a_retry_joins_its_first_attempt_while_that_entry_is_undecided",
+        ),
+        why="every retry of a timed-out request adds an entry to the queue it waits in",
+    ),
+    SourceMutant(
         name="core-reads-without-quorum",
         path="coordinator/core/member.py",
         old="        self.node.read_index(rid)\n        self._reads.add(rid)\n",

@@ -221,6 +221,46 @@ def test_a_caller_that_gives_up_does_not_stop_the_loop(tmp_path: Path) -> None:
     run(scenario())
 
 
+def test_a_retry_joins_its_first_attempt_while_that_entry_is_undecided(tmp_path: Path) -> None:
+    """A client whose attempt timed out retries with the same session seq while the entry is
+    still waiting for a quorum: the retry waits for that entry, and no second one is made;
+    the same seq with another command, or another seq, is proposed as before."""
+
+    async def scenario() -> None:
+        c = Cluster(tmp_path)
+        try:
+            leader = await c.leader()
+            await leader.propose(Put(b"warm", b"up"), 9, 1)
+            followers = [i for i, m in c.members.items() if m is not leader]
+            for i in followers:
+                await c.stop(i)  # no quorum: what the leader proposes now stays undecided
+            before = leader.status().last_index
+            first = leader.submit(Put(b"k", b"v"), 9, 2)
+            same_turn = leader.submit(Put(b"k", b"v"), 9, 2)
+            first.cancel()  # the first attempt's caller gave up, as a timed-out RPC does
+            await asyncio.sleep(0.02)
+            assert leader.status().last_index == before + 1  # one entry for both
+            later_turn = leader.submit(Put(b"k", b"v"), 9, 2)
+            other_command = leader.submit(Put(b"k", b"other"), 9, 2)
+            next_seq = leader.submit(Put(b"k2", b"v"), 9, 3)
+            await asyncio.sleep(0.02)
+            assert leader.status().last_index == before + 3  # the retry made none
+            for i in followers:
+                await c.restart(i)
+            a, b = await asyncio.wait_for(asyncio.gather(same_turn, later_turn), 10)
+            assert a is b and not a.duplicate and a.index == before + 1
+            d = await asyncio.wait_for(other_command, 10)
+            assert d.duplicate and d.index == before + 2  # answered from the session, as before
+            e = await asyncio.wait_for(next_seq, 10)
+            assert not e.duplicate and e.index == before + 3
+            kv = leader.fsm.get(b"k")
+            assert kv is not None and kv.value == b"v"
+        finally:
+            await c.close()
+
+    run(scenario())
+
+
 def test_a_data_key_rotation_reencrypts_through_a_snapshot_and_retires_the_old_key(
     tmp_path: Path,
 ) -> None:
