@@ -19,7 +19,9 @@ Per cell: throughput, p50/p99, the CPU of the leader and of every member over th
 before and after the cell, set against the reads the clients completed in the cell (warm-up
 included): the share of reads the leader served on its lease. Near 100 % in lease mode, 0 with
 barriers; a lease-mode cell well below 100 % fell back to barriers (the lease ran out between
-reads, or the leader changed: that is flagged too).
+reads, or the leader changed: that is flagged too). The counter counts every read the
+leader served on its lease, not only the cell's, so a share can come out a little above
+100 % (a smoke run: 100.1 %).
 
 Numbers only; nothing is asserted. The load generator shares the machine with the members:
 compare the modes within one run, on a quiet machine.
