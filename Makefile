@@ -24,7 +24,7 @@ SEEDS ?= 2000
 PYTEST_WORKERS ?= 0
 PYTEST_PARALLEL := $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS))
 
-.PHONY: help bootstrap run run-local test test-fast test-deploy chart-crds kube-tools images images-check images-clean kind-up deploy kind-down bench-operator bench-sidecar bench-scale sim elections soak mutants bench bench-report lint typecheck fmt clean
+.PHONY: help bootstrap run run-local test test-fast test-deploy chart-crds kube-tools images images-check images-clean kind-up deploy kind-down bench-operator bench-sidecar bench-scale bench-reads sim elections soak mutants bench bench-report lint typecheck fmt clean
 
 help:
 	@echo "make run           the whole stack: control plane, helm install, operator, a kubectl demo (~35 s warm)"
@@ -46,6 +46,7 @@ help:
 	@echo "make bench-operator  the operator under 1,000 churning Leases (BENCH_ARGS=...)"
 	@echo "make bench-sidecar   lock cycles/s through the sidecar beside the client library"
 	@echo "make bench-scale     5,000 watchers on one prefix, Concord beside etcd (BENCH_ARGS=...; --leases 1000,5000 for leases, --locks 1000,10000 for held locks)"
+	@echo "make bench-reads     linearizable reads, --read-mode barrier beside lease, etcd as reference (BENCH_ARGS=--rounds 3 --no-etcd ...)"
 	@echo "make lint | typecheck | fmt | clean"
 
 bootstrap:
@@ -179,6 +180,14 @@ bench-sidecar: bootstrap
 # CPU (docs/watches.md). Not in make test. BENCH_ARGS: --watchers, --seconds, --etcd PATH.
 bench-scale: bootstrap
 	$(PY) -m bench.scale $(BENCH_ARGS)
+
+# Lease reads (issue 19): the read cell of `make bench` at 1/16/64/256 in flight and a
+# sequential write as control, on fresh clusters with --read-mode barrier and with lease over
+# alternating rounds, etcd as reference; leader CPU and the share of reads served on the lease
+# (docs/latency.md). Not in make test. BENCH_ARGS: --levels, --seconds, --warmup, --rounds,
+# --no-etcd.
+bench-reads: bootstrap
+	$(PY) -m bench.read_modes $(BENCH_ARGS)
 
 bench-report: bootstrap
 	@bash scripts/bench_deps.sh

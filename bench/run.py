@@ -112,7 +112,7 @@ def _opener(
 ) -> Callable[[int], Awaitable[Worker]]:
     """open_worker(i) for one cell of a load figure: a session on the shared connection
     `conn`, or on its own (None). Lock figures count their acquire requests and completed
-    cycles (warm-up included) in `stats`."""
+    cycles, the read figure its completed reads (warm-up included) in `stats`."""
 
     async def open_worker(i: int) -> Worker:
         if conn is not None:
@@ -182,6 +182,8 @@ async def _operation(
         async def read() -> None:
             if await s.read(b"bench/read") is None:
                 raise RuntimeError("bench/read is missing")
+            # To set against a member's own read counters (bench.read_modes).
+            stats["reads"] = stats.get("reads", 0) + 1
 
         return read
     raise ValueError(f"not a load figure: {figure}")
@@ -228,26 +230,15 @@ async def load_figures(cluster: Cluster, plan: Plan, run: SystemRun, results_dir
         await cluster.prepare(fig.id, leader)
         for c in levels:
             run.doing = (fig.id, c)
-            leader = await cluster.leader()
-            cell_id = f"{fig.id}-{c}-{time.monotonic_ns()}"
-            stats: dict[str, int] = {}
-            conn = None
-            if plan.shared:
-                conn = await cluster.connect(leader, timeout_s=request_timeout_s(fig.id))
-            try:
-                cell = await run_cell(
-                    _opener(
-                        cluster, fig.id, leader=leader, cell_id=cell_id, stats=stats, conn=conn
-                    ),
-                    c,
-                    warmup_s=plan.warmup_s,
-                    duration_s=plan.duration_s,
-                    member_pids=cluster.pids,
-                )
-            finally:
-                if conn is not None:
-                    await cluster.disconnect(conn)
-            r = _cell_result(cluster.name, fig.id, cell, stats)
+            r, _stats = await figure_cell(
+                cluster,
+                fig.id,
+                c,
+                leader=await cluster.leader(),
+                warmup_s=plan.warmup_s,
+                duration_s=plan.duration_s,
+                shared=plan.shared,
+            )
             run.results.append(r)
             log(
                 f"  {fig.id} x{c}: {r['throughput_per_s']:.0f}/s p50 {r['p50_ms']} ms "
@@ -257,6 +248,40 @@ async def load_figures(cluster: Cluster, plan: Plan, run: SystemRun, results_dir
         if fig.id == "write" and cluster.name == "concord" and plan.profile_s > 0:
             run.doing = ("profile", None)
             run.profile = await profile_write(cluster, plan, log, results_dir)
+
+
+async def figure_cell(
+    cluster: Cluster,
+    figure: str,
+    concurrency: int,
+    *,
+    leader: int,
+    warmup_s: float,
+    duration_s: float,
+    shared: bool = True,
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """One cell of a load figure (`bench.load.run_cell`) aimed at `leader`, every member's
+    CPU recorded over the window; `shared`: the tasks share one connection. Returns its
+    result (as results.json holds it) and the figure's own counts (the lock figures' acquire
+    requests and cycles, the reads completed), warm-up and the window's tail included. The
+    figure's `prepare` must have run on this cluster."""
+    cell_id = f"{figure}-{concurrency}-{time.monotonic_ns()}"
+    stats: dict[str, int] = {}
+    conn = None
+    if shared:
+        conn = await cluster.connect(leader, timeout_s=request_timeout_s(figure))
+    try:
+        cell = await run_cell(
+            _opener(cluster, figure, leader=leader, cell_id=cell_id, stats=stats, conn=conn),
+            concurrency,
+            warmup_s=warmup_s,
+            duration_s=duration_s,
+            member_pids=cluster.pids,
+        )
+    finally:
+        if conn is not None:
+            await cluster.disconnect(conn)
+    return _cell_result(cluster.name, figure, cell, stats), stats
 
 
 async def profile_write(

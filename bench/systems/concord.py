@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -117,12 +118,18 @@ class ConcordCluster(Cluster):
     unsupported: dict[str, str] = {}  # noqa: RUF012
     batch_max = 128  # coordinator.fsm.kv.MAX_TXN_OPS
 
-    def __init__(self, root: Path, supervisor: Supervisor) -> None:
+    def __init__(
+        self, root: Path, supervisor: Supervisor, *, member_args: Sequence[str] = ()
+    ) -> None:
         super().__init__(root, supervisor)
         self.tick_ms, self.election_ticks = _member_defaults()
+        self.member_args = list(member_args)
+        """Added to every member's command line (e.g. `--read-mode lease`); none: the member
+        defaults, as `make bench` measures Concord."""
         self.cluster: ProcessCluster | None = None
 
     def describe(self) -> dict[str, Any]:
+        extra = {"member_args": " ".join(self.member_args)} if self.member_args else {}
         return {
             "version": source_version(),
             "obtained": "this repository (python -m coordinator.daemon.member)",
@@ -134,6 +141,7 @@ class ConcordCluster(Cluster):
                 "election_ticks": self.election_ticks,
                 "snapshot": "every 10,000 applied entries (member default)",
                 "client": "coordinator.client.Client",
+                **extra,
             },
         }
 
@@ -150,6 +158,8 @@ class ConcordCluster(Cluster):
             election_ticks=self.election_ticks,
             cluster_id="bench",
         )
+        for m in self.cluster.members.values():
+            m.extra_args = list(self.member_args)
         self.supervisor.on_close(self.cluster.close)
         self.cluster.start_all()
         await self.cluster.wait_ready(timeout_s=60)
@@ -179,6 +189,10 @@ class ConcordCluster(Cluster):
 
     async def member_ready(self, member_id: int) -> bool:
         return await self._cluster().members[member_id].ready()
+
+    async def metrics_text(self, member_id: int) -> str:
+        """The member's /metrics page (Prometheus text)."""
+        return await self._cluster().members[member_id].metrics()
 
     def _client(
         self, first: int, ids: list[int] | None, *, timeout_s: float, rpc_timeout_s: float

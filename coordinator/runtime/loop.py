@@ -190,6 +190,12 @@ class RaftLoop:
         return self.core.leader_changes
 
     @property
+    def lease_reads_served(self) -> int:
+        """Reads this member served on its leader lease, without a round trip (0 with
+        ReadIndex barriers)."""
+        return self.core.lease_reads_served
+
+    @property
     def lessor(self) -> Lessor:
         """The leader's lease deadlines (`coordinator.fsm.lessor`), kept by the core; the
         server renews and reads through it, on this loop between two turns."""

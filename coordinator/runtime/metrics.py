@@ -192,6 +192,12 @@ class _StateCollector(Collector):
             "Times this member saw a new leader.",
             value=loop.leader_changes,
         )
+        yield CounterMetricFamily(
+            "concord_lease_reads_served",
+            "Linearizable reads this member served on its leader lease, without a round trip "
+            "(--read-mode lease; 0 with ReadIndex barriers).",
+            value=loop.lease_reads_served,
+        )
         yield _gauge("concord_raft_commit_index", "Highest log index known committed.", st.commit)
         yield _gauge(
             "concord_raft_applied_index",

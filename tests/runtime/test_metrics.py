@@ -97,6 +97,10 @@ RARE_FAMILIES = {
     # Counts refusals on the workload port, which needs TLS and a TokenReview API server.
     # tests/server/test_workload.py counts them through the same `on_denied` callback.
     "concord_workload_denied",
+    # Counts reads served on the leader lease, which this scenario's members (ReadIndex
+    # barriers, the default) never do. `python -m bench.read_modes` reads it from a lease-mode
+    # leader and reports it per cell.
+    "concord_lease_reads_served",
 }
 
 Scrape = dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]
