@@ -18,6 +18,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from coordinator.client import Client, prefix_end
+from coordinator.core import ReadMode
 from coordinator.daemon.member import Member, MemberConfig
 from coordinator.fsm import Envelope, Put, SealingKeyAdd, StateMachine
 from coordinator.raft import ConfState, Entry, EntryKind, NotLeaderError, Snapshot, SnapshotMeta
@@ -29,6 +30,7 @@ from coordinator.server import ServiceConfig
 from coordinator.server import server as server_module
 from coordinator.storage import DiskWal, KeyStore
 from coordinator.testing.ports import free_ports
+from coordinator.testing.virtual_time import LoopClock, counted_thread, run_virtual, until
 
 
 def _loop(tmp_path: Path, clock: ManualClock) -> RaftLoop:
@@ -87,6 +89,40 @@ def test_sealing_key_age_follows_the_wall_clock_and_resets_on_renewal(tmp_path: 
         loop.storage.close()  # type: ignore[attr-defined]
 
 
+def test_lease_reads_are_counted(tmp_path: Path) -> None:
+    """A leader in `--read-mode lease` answers read barriers from its lease, and
+    `concord_lease_reads_served` counts them (the barrier-mode scenario below never can)."""
+
+    async def scenario() -> None:
+        wal = DiskWal.create(KeyStore.create(tmp_path / "data", autolock=False))
+        wal.save_snapshot(Snapshot(SnapshotMeta(0, 0, ConfState(frozenset({1})))))
+        loop = RaftLoop(
+            LoopConfig(id=1, tick_s=0.01, election_ticks=10, read_mode=ReadMode.LEASE),
+            wal,
+            LoopbackTransport(),
+            StateMachine(),
+            LoopClock(),
+            rng=random.Random(1),
+            threads=counted_thread,
+        )
+        metrics = MemberMetrics()
+        metrics.attach(loop)
+        task = asyncio.create_task(loop.run())
+        try:
+            await until(lambda: loop.is_leader, 10)
+            await loop.propose(Put(b"k", b"v"))  # an entry of its own term: leases may serve
+            assert _samples(metrics)["concord_lease_reads_served"] == [0.0]
+            for _ in range(3):
+                await loop.read_barrier()
+            assert _samples(metrics)["concord_lease_reads_served"] == [3.0]
+        finally:
+            loop.stop()
+            await task
+            wal.close()
+
+    run_virtual(scenario())
+
+
 # --- every exported family moves -----------------------------------------------------------------
 
 # Families a three-member in-process scenario cannot move, each with why and where it is tested.
@@ -98,8 +134,7 @@ RARE_FAMILIES = {
     # tests/server/test_workload.py counts them through the same `on_denied` callback.
     "concord_workload_denied",
     # Counts reads served on the leader lease, which this scenario's members (ReadIndex
-    # barriers, the default) never do. `python -m bench.read_modes` reads it from a lease-mode
-    # leader and reports it per cell.
+    # barriers, the default) never do: test_lease_reads_are_counted below moves it.
     "concord_lease_reads_served",
 }
 
