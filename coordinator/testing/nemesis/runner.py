@@ -60,13 +60,17 @@ def new_run_dir(label: str, base: Path | None = None) -> Path:
     """`.results/nemesis/<UTC timestamp>-<label>/`, created."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     root = base if base is not None else repo_root() / ".results" / "nemesis"
+    root.mkdir(parents=True, exist_ok=True)
     path = root / f"{stamp}-{label}"
     k = 1
-    while path.exists():
-        k += 1
-        path = root / f"{stamp}-{label}-{k}"
-    path.mkdir(parents=True)
-    return path
+    while True:
+        try:
+            path.mkdir()  # atomic: two processes in the same second never share a folder
+        except FileExistsError:
+            k += 1
+            path = root / f"{stamp}-{label}-{k}"
+            continue
+        return path
 
 
 def repro_command(name: str, seed: int) -> str:
