@@ -238,12 +238,13 @@ def test_a_retry_joins_its_first_attempt_while_that_entry_is_undecided(tmp_path:
             first = leader.submit(Put(b"k", b"v"), 9, 2)
             same_turn = leader.submit(Put(b"k", b"v"), 9, 2)
             first.cancel()  # the first attempt's caller gave up, as a timed-out RPC does
-            await asyncio.sleep(0.02)
+            # Both were queued before the loop's turn, so they reach the core together.
+            await wait_for(lambda: leader.status().last_index > before)
             assert leader.status().last_index == before + 1  # one entry for both
             later_turn = leader.submit(Put(b"k", b"v"), 9, 2)
             other_command = leader.submit(Put(b"k", b"other"), 9, 2)
             next_seq = leader.submit(Put(b"k2", b"v"), 9, 3)
-            await asyncio.sleep(0.02)
+            await wait_for(lambda: leader.status().last_index > before + 1)
             assert leader.status().last_index == before + 3  # the retry made none
             for i in followers:
                 await c.restart(i)
