@@ -111,6 +111,12 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
+def fmt_ratio(r: float | None) -> str:
+    if r is None:
+        return "-"
+    return f"{r:.2f}x" if r < 10 else f"{r:.1f}x"
+
+
 def evaluate(target: Target, results: list[dict[str, Any]]) -> dict[str, Any]:
     """{"target", "concord", "peer", "ratio", "status"}: status is "met", "not met", or "not
     measured" (a side missing, e.g. a level the quick mode skips)."""

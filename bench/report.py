@@ -23,6 +23,7 @@ from .figures import (
     Figure,
     evaluate,
     find,
+    fmt_ratio,
     metric_of,
     ratio,
     targets,
@@ -75,12 +76,6 @@ def fmt(value: float | None, unit: str) -> str:
     if unit in ("ops/s", "cycles/s"):
         return f"{_num(value)}/s"
     return f"{_num(value)} {unit}"
-
-
-def fmt_ratio(r: float | None) -> str:
-    if r is None:
-        return "-"
-    return f"{r:.2f}x" if r < 10 else f"{r:.1f}x"
 
 
 class Notes:

@@ -12,8 +12,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .figures import FIGURES, PEERS, SYSTEM_TITLES, find, metric_of, ratio
-from .report import evaluated_targets, fmt_ratio, levels_of, systems_in
+from .figures import FIGURES, PEERS, SYSTEM_TITLES, find, fmt_ratio, metric_of, ratio
+from .report import evaluated_targets, levels_of, systems_in
 
 
 def latest(results_dir: Path, n: int) -> list[Path]:

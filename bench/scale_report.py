@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .figures import fmt_ratio, ratio
+
 KINDS = ("watchers", "leases", "locks")
 SYSTEMS = ("concord", "etcd")
 TITLES = {"concord": "Concord", "etcd": "etcd"}
@@ -229,12 +231,6 @@ def num(v: float) -> str:
     return f"{v:.2f}"
 
 
-def fmt_ratio(r: float | None) -> str:
-    if r is None:
-        return "-"
-    return f"{r:.2f}x" if r < 10 else f"{r:.1f}x"
-
-
 def cell(s: Spread) -> str:
     if not s.values:
         return "failed" if s.failed else "-"
@@ -243,10 +239,6 @@ def cell(s: Spread) -> str:
     if len(s.values) == 1:
         return num(med)
     return f"{num(med)} ({num(min(s.values))}-{num(max(s.values))})"
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None or b == 0 else a / b
 
 
 def _level_text(kind: str, level: int) -> str:
@@ -266,7 +258,7 @@ def kind_table(runs: Sequence[Run], kind: str) -> str:
             got = {s: spread(runs, kind, level, s, metric) for s in SYSTEMS}
             if not any(g.values for g in got.values()) and not first:
                 continue  # a figure no run has here (the baseline has no deliveries)
-            r = _ratio(got["concord"].median, got["etcd"].median)
+            r = ratio(got["concord"].median, got["etcd"].median)
             lead = [_level_text(kind, level), " / ".join(counts)] if first else ["", ""]
             lines.append(
                 "| " + " | ".join([*lead, title, cell(got["concord"]), cell(got["etcd"]),
@@ -298,7 +290,7 @@ def growth_table(runs: Sequence[Run], kind: str) -> str:
             if all(m is None for m in meds):
                 continue
             shown = ["-" if m is None else num(m) for m in meds]
-            grew = _ratio(meds[-1], meds[0]) if len(meds) > 1 else None
+            grew = ratio(meds[-1], meds[0]) if len(meds) > 1 else None
             lines.append("| " + " | ".join([title, TITLES[system], *shown, fmt_ratio(grew)]) + " |")
     return "\n".join(lines)
 
@@ -335,7 +327,7 @@ def evaluate(target: ScaleTarget, run: Run) -> dict[str, Any]:
         status = "met" if ours <= target.limit else "not met"
         return {"status": status, "shown": num(ours)}
     theirs = [value_of(r, target.metric) for r in rows_of(run, target.kind, target.level, "etcd")]
-    r = _ratio(ours, next((v for v in theirs if v is not None), None))
+    r = ratio(ours, next((v for v in theirs if v is not None), None))
     if r is None:
         return {"status": "not measured", "shown": ""}
     return {"status": "met" if r <= target.limit else "not met", "shown": fmt_ratio(r)}
