@@ -121,6 +121,15 @@ class LoopConfig:
         )
 
 
+def _complete(fut: asyncio.Future[Any] | None, done: Completed) -> None:
+    if fut is None or fut.done():
+        return  # the caller gave up
+    if done.error is not None:
+        fut.set_exception(done.error)
+    else:
+        fut.set_result(done.value)
+
+
 def _on_leader(leader: int) -> Callable[[LoopObserver], None]:
     return lambda observer: observer.on_leader(leader)
 
@@ -460,15 +469,9 @@ class RaftLoop:
                 self._notify(_on_leader(notice.leader))
 
     def _settle(self, done: Completed) -> None:
-        waiters: list[asyncio.Future[Any] | None] = [self._futures.pop(done.id, None)]
-        waiters += self._joins.settled(done.id)
-        for waiting in waiters:
-            if waiting is None or waiting.done():
-                continue  # the caller gave up
-            if done.error is not None:
-                waiting.set_exception(done.error)
-            else:
-                waiting.set_result(done.value)
+        _complete(self._futures.pop(done.id, None), done)
+        for joined in self._joins.settled(done.id):
+            _complete(joined, done)
 
     def _applied(self, batch: Sequence[Applied]) -> None:
         if self.on_effects is not None:

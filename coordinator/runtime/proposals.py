@@ -67,11 +67,11 @@ class RetryJoins:
                 self._joined[pid] = (p.retry, joining[p.retry])
         return made
 
-    def settled(self, pid: int) -> list[asyncio.Future[Applied]]:
+    def settled(self, pid: int) -> Sequence[asyncio.Future[Applied]]:
         """Core request `pid` is decided: the retries that joined it, to settle the same way."""
         joined = self._joined.pop(pid, None)
         if joined is None:
-            return []
+            return ()
         retry, waiting = joined
         del self._in_flight[retry]
         return waiting
