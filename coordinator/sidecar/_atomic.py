@@ -13,11 +13,12 @@ An update (`AtomicDir.write`):
 1. if the payload equals what `..data` shows, nothing is done (no swap, no notification);
 2. every file is written into a new `..<UTC timestamp>.<random>` directory (fsynced, so a
    crash never leaves a torn file behind a committed `..data`);
-3. a symlink `..data_tmp` to it is renamed over `..data`: rename(2) replaces a link in one
-   step, which is the single moment the whole set changes;
-4. a `KEY -> ..data/KEY` link is made for each new key, and the link of each key the new set
-   lacks is removed (it already dangled since step 3: a removed key disappears in the swap);
-5. every other `..`-directory is removed (the old payload, and any left by a crash).
+3. a `KEY -> ..data/KEY` link is made for each new key: it dangles (DIR/KEY does not exist
+   for a reader) until the swap gives `..data` that key;
+4. a symlink `..data_tmp` to it is renamed over `..data`: rename(2) replaces a link in one
+   step, which is the single moment the whole set changes, new keys and removed ones alike;
+5. the link of each key the new set lacks is removed (it already dangled since step 4);
+6. every other `..`-directory is removed (the old payload, and any left by a crash).
 
 A reader opening DIR/KEY gets one version of that file, whole (a file is never written in
 place). A reader that needs several files of one version reads them under one payload: it
@@ -82,23 +83,27 @@ class AtomicDir:
         if old_target is not None and self.current() == dict(payload):
             return False
         new_dir = Path(tempfile.mkdtemp(prefix=_stamp(), dir=self.path))
+        made: list[Path] = []
+        tmp = self.path / DATA_TMP
         try:
             new_dir.chmod(DIR_MODE)
             for key, value in payload.items():
                 self._write_file(new_dir / key, value)
             _fsync_dir(new_dir)
-            tmp = self.path / DATA_TMP
+            for key in payload:
+                link = self.path / key
+                if not link.is_symlink():
+                    os.symlink(f"{DATA}/{key}", link)
+                    made.append(link)
             tmp.unlink(missing_ok=True)
             os.symlink(new_dir.name, tmp)
             os.rename(tmp, self.path / DATA)  # the swap: one rename(2)
         except BaseException:
+            for link in [*made, tmp]:
+                link.unlink(missing_ok=True)
             shutil.rmtree(new_dir, ignore_errors=True)
             raise
         _fsync_dir(self.path)
-        for key in payload:
-            link = self.path / key
-            if not link.is_symlink():
-                os.symlink(f"{DATA}/{key}", link)
         for key in old_keys - set(payload):
             (self.path / key).unlink(missing_ok=True)
         self._remove_stale(keep=new_dir.name)

@@ -94,6 +94,51 @@ def test_a_key_that_cannot_be_a_file_name_is_refused_and_nothing_changes(
     assert (d.path / "ok").read_bytes() == b"1"
 
 
+def test_new_keys_appear_in_the_swap_itself_not_one_by_one_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader that waits for DIR/KEY to exist and then reads the others must find them all:
+    the links of new keys are in place (dangling) before the rename, so they come to life in
+    it. Seen at the rename itself, first delivery and an update that adds a key."""
+    d = AtomicDir(tmp_path / "db")
+    at_swap: list[tuple[set[str], set[str]]] = []
+    real_rename = os.rename
+
+    def rename(src: str | Path, dst: str | Path) -> None:
+        links = {e.name for e in d.path.iterdir() if not e.name.startswith("..")}
+        readable = {name for name in links if (d.path / name).exists()}
+        at_swap.append((links, readable))
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    d.write({"user": b"app", "password": b"pw-1"})
+    assert at_swap[-1] == ({"user", "password"}, set())  # all there, none readable yet
+    d.write({"password": b"pw-2", "host": b"h"})
+    assert at_swap[-1] == ({"user", "password", "host"}, {"user", "password"})
+    assert {p.name: p.read_bytes() for p in d.path.iterdir() if not p.name.startswith("..")} == {
+        "password": b"pw-2",
+        "host": b"h",
+    }
+
+
+def test_a_failed_swap_leaves_no_link_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = AtomicDir(tmp_path / "db")
+    d.write({"ok": b"1"})
+    before = entries(d.path)
+
+    def rename(src: str | Path, dst: str | Path) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(OSError, match="No space"):
+        d.write({"ok": b"2", "new": b"3"})
+    monkeypatch.undo()
+    assert entries(d.path) == before  # no "new" link, no ..data_tmp, no payload directory
+    assert (d.path / "ok").read_bytes() == b"1"
+
+
 def _reader(
     path: Path, stop: threading.Event, seen: list[int], failures: list[str]
 ) -> Callable[[], None]:
