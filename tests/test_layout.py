@@ -8,6 +8,8 @@
 - ``time.monotonic`` is read in exactly one module, coordinator/runtime/clock.py.
 - The server reads the Raft loop through ``RaftView`` only: on a ``loop`` it calls the write,
   barrier and observer API and nothing else, and it never touches a ``node``.
+- The member process does not import aiohttp or yaml at start-up (a restart pays every import
+  before it serves; those two were a third of it and are needed only for token reviews).
 - No module under coordinator/ (generated ``*_pb2*.py`` aside) is over 600 lines, but for an
   allow-list that may only shrink.
 """
@@ -119,6 +121,19 @@ def test_stdlib_operator_survives_concord_operator() -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert Path(result.stdout.strip()).resolve().parent == stdlib
+
+
+def test_the_member_process_starts_without_aiohttp_or_yaml() -> None:
+    code = (
+        "import sys, coordinator.daemon.member; "
+        "print(sorted(m for m in ('aiohttp', 'yaml') if m in sys.modules))"
+    )
+    env = {"PYTHONPATH": f"{REPO}:{REPO / 'operator'}"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 def _monotonic_uses(path: Path) -> list[int]:
