@@ -37,8 +37,8 @@ from dataclasses import dataclass, replace
 from ._wire import I64_MAX, Reader, Writer, invariant
 from .commands import Compare, CompareOp, CompareTarget, Delete, Put, Range, Txn, TxnOp
 from .errors import FsmError, invalid, not_found, out_of_range
+from .kv_image import by_key, leased, read_columns, read_rows, write_columns
 from .results import (
-    KV_NUMBERS,
     DeleteResult,
     KeyValue,
     OpResult,
@@ -535,29 +535,20 @@ class KvStore:
         elif self._keys:
             values = operator.itemgetter(*self._keys)(self._data)
 
-        def write(w: Writer) -> None:
-            w.u32(len(values))
-            for kv in values:
-                kv._write(w)
+        return lambda w: write_columns(w, values)
 
-        return write
-
-    def read_into(self, r: Reader) -> None:
-        data: dict[bytes, KeyValue] = {}
-        n = r.count()
-        for key, value, (create, modified, version, lease) in r.blob_pairs(n, KV_NUMBERS):
-            # Both revisions as one int object when equal, as a put makes them (a key put
-            # once, the common case): 32 bytes a key.
-            mod = create if modified == create else modified
-            kv = KeyValue(key, value, create, mod, version, lease)
-            if data.setdefault(key, kv) is not kv:
-                raise r.fail(f"key {key!r} appears twice")
-        self._data = data
-        self._keys = SortedKeys(sorted(data))
+    def read_into(self, r: Reader, *, columns: bool = True) -> None:
+        """Replace the store with an image's (`kv_image.py`: columns since version 6)."""
+        if columns:
+            ordered = read_columns(r)
+            self._data = by_key(ordered)
+            self._keys = SortedKeys(map(operator.attrgetter("key"), ordered))
+        else:
+            self._data = read_rows(r)
+            self._keys = SortedKeys(sorted(self._data))
         self._by_lease = {}
-        for kv in data.values():
-            if kv.lease:
-                self._by_lease.setdefault(kv.lease, set()).add(kv.key)
+        for kv in leased(self._data.values()):
+            self._by_lease.setdefault(kv.lease, set()).add(kv.key)
 
 
 def _in_range(key: bytes, lo: bytes, hi: bytes | None) -> bool:

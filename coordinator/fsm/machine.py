@@ -131,11 +131,12 @@ from .sequences import SequenceTable
 __all__ = ["Applied", "LeaseExpired", "LeaseRevoked", "SnapshotDecodeError", "StateMachine"]
 
 SNAPSHOT_MAGIC = b"CFSM"
-SNAPSHOT_VERSION = 5
+SNAPSHOT_VERSION = 6
 """The image `snapshot` writes. Versions 1 (no join-token table), 2 (no removed member ids),
-3 (no sealing keys) and 4 (no lease owners) are still read; 4 adds the sealing key table
-after the removed member ids, 5 the owners of workload leases after that."""
-_READABLE_SNAPSHOT_VERSIONS = (1, 2, 3, 4, 5)
+3 (no sealing keys), 4 (no lease owners) and 5 (the KV as one record per key, not columns) are
+still read; 4 adds the sealing key table after the removed member ids, 5 the owners of
+workload leases after that, 6 writes the KV as columns (`kv_image.py`)."""
+_READABLE_SNAPSHOT_VERSIONS = (1, 2, 3, 4, 5, 6)
 DEFAULT_MAX_SESSIONS = 100_000
 
 
@@ -580,7 +581,7 @@ class StateMachine:
         self._clock_term = r.u64()
         self._clock_offset_ms = r.i64()
         self._history.read_into(r)
-        self._kv.read_into(r)
+        self._kv.read_into(r, columns=version >= 6)
         self._leases.read_into(r)
         self._locks.read_into(r)
         self._elections.read_into(r)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +22,8 @@ from coordinator.fsm.join_tokens import TOKENS_MAX
 from coordinator.fsm.machine import SNAPSHOT_MAGIC
 
 from .support import Driver
+
+IMAGES = Path(__file__).parent / "images"
 
 
 @pytest.fixture
@@ -93,12 +96,15 @@ def test_tokens_survive_snapshot_and_restore_in_order(d: Driver) -> None:
     assert restored.snapshot() == d.m.snapshot()
 
 
-def test_images_of_versions_1_to_4_are_still_read(d: Driver) -> None:
+def test_images_of_versions_1_to_5_are_still_read(d: Driver) -> None:
     """Images written before join tokens existed (version 1), before removed member ids
-    were kept (version 2), before sealing keys (version 3) or before lease owners (version
-    4) restore with empty tables."""
+    were kept (version 2), before sealing keys (version 3), before lease owners (version 4)
+    restore with empty tables; every one, and version 5 (the KV key by key rather than in
+    columns), is written again as the current version. The version 5 image is the one the
+    version 5 build wrote for this state (tests/fsm/images/README.md)."""
     d.ok(Put(b"k", b"v"))
-    v5 = d.m.snapshot()
+    v5 = (IMAGES / "v5-one-key.bin").read_bytes()
+    assert v5[len(SNAPSHOT_MAGIC)] == 5
     sessions = d.m._sessions.encode()  # the image's last field
     blob = struct.pack(">I", len(sessions)) + sessions
     empty = b"\0\0\0\0"
@@ -116,10 +122,11 @@ def test_images_of_versions_1_to_4_are_still_read(d: Driver) -> None:
         as_version(2, empty + blob),
         as_version(3, empty * 2 + blob),
         as_version(4, empty * 3 + blob),
+        v5,
     )
     for old_image in olds:
         old = StateMachine()
         old.restore(old_image)
         assert old.get(b"k") is not None and old.join_tokens() == ()
         assert old.removed_member_ids() == frozenset() and old.sealing_keys() == ()
-        assert old.snapshot() == v5  # rewritten as version 5
+        assert old.snapshot() == d.m.snapshot()  # rewritten as the current version

@@ -1,0 +1,111 @@
+"""The store's columns in a snapshot image (coordinator/fsm/kv_image.py): any set of keys
+round-trips exactly, the revisions of a key put once stay one object, and every way the
+columns can be wrong is refused with a message rather than decoded into a wrong store."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from coordinator.fsm._wire import DecodeError, Reader, Writer
+from coordinator.fsm.kv_image import read_columns, read_rows, write_columns
+from coordinator.fsm.results import KeyValue
+
+U64 = st.integers(0, 2**64 - 1)
+
+
+@st.composite
+def stores(draw: st.DrawFn) -> list[KeyValue]:
+    keys = sorted(draw(st.sets(st.binary(min_size=1, max_size=40), max_size=30)))
+    out = []
+    for key in keys:
+        create = draw(U64)
+        mod = draw(st.one_of(st.just(create), st.integers(create, 2**64 - 1)))
+        version = draw(st.integers(1, 2**64 - 1))
+        out.append(KeyValue(key, draw(st.binary(max_size=300)), create, mod, version, draw(U64)))
+    return out
+
+
+def encode(kvs: list[KeyValue]) -> bytes:
+    w = Writer()
+    write_columns(w, kvs)
+    return w.getvalue()
+
+
+def decode(data: bytes) -> list[KeyValue]:
+    r = Reader(data, "kv columns")
+    kvs = read_columns(r)
+    r.finish()
+    return kvs
+
+
+@settings(max_examples=200, deadline=None)
+@given(stores())
+def test_any_store_round_trips_exactly(kvs: list[KeyValue]) -> None:
+    assert decode(encode(kvs)) == kvs
+
+
+def test_the_layout_is_columns_big_endian() -> None:
+    kvs = [KeyValue(b"a", b"xy", 1, 1, 1, 0), KeyValue(b"bc", b"", 2, 5, 3, 7)]
+    assert encode(kvs) == (
+        struct.pack(">I", 2)
+        + struct.pack(">II", 1, 2)  # key lengths
+        + struct.pack(">II", 2, 0)  # value lengths
+        + b"abc"
+        + b"xy"
+        + struct.pack(">QQ", 1, 2)  # create
+        + struct.pack(">QQ", 1, 5)  # mod
+        + struct.pack(">QQ", 1, 3)  # version
+        + struct.pack(">QQ", 0, 7)  # lease
+    )
+
+
+def test_a_key_put_once_keeps_one_object_for_both_revisions() -> None:
+    big = 10**12  # above the small-int cache, so identity means sharing
+    (kv,) = decode(encode([KeyValue(b"k", b"v", big, big, 1, 0)]))
+    assert kv.create_revision is kv.mod_revision
+    (kv,) = decode(encode([KeyValue(b"k", b"v", big, big + 1, 2, 0)]))
+    assert kv.mod_revision == big + 1
+
+
+@pytest.mark.parametrize(
+    ("kvs", "message"),
+    [
+        ([KeyValue(b"b", b"", 1, 1, 1, 0), KeyValue(b"a", b"", 2, 2, 1, 0)], "ascending"),
+        ([KeyValue(b"a", b"", 1, 1, 1, 0), KeyValue(b"a", b"", 2, 2, 1, 0)], "ascending"),
+        ([KeyValue(b"a", b"", 5, 4, 1, 0)], "mod_revision is below its create_revision"),
+        ([KeyValue(b"a", b"", 1, 1, 0, 0)], "version 0"),
+    ],
+)
+def test_a_store_that_cannot_be_is_refused(kvs: list[KeyValue], message: str) -> None:
+    with pytest.raises(DecodeError, match=message):
+        decode(encode(kvs))
+
+
+def test_every_truncation_is_refused() -> None:
+    data = encode([KeyValue(b"a", b"xy", 1, 1, 1, 0), KeyValue(b"bc", b"z", 2, 5, 3, 7)])
+    for size in range(len(data)):
+        with pytest.raises(DecodeError):
+            decode(data[:size])
+
+
+def test_a_length_past_the_end_is_refused_without_reading_past_it() -> None:
+    data = struct.pack(">I", 1) + struct.pack(">II", 1_000_000, 0) + b"k" + b"\0" * 32
+    with pytest.raises(DecodeError, match="truncated"):
+        decode(data)
+
+
+def test_the_old_rows_are_still_read() -> None:
+    w = Writer()
+    w.u32(2)
+    for kv in (KeyValue(b"b", b"2", 3, 4, 2, 9), KeyValue(b"a", b"1", 1, 1, 1, 0)):
+        kv._write(w)
+    r = Reader(w.getvalue(), "kv rows")
+    assert read_rows(r) == {
+        b"b": KeyValue(b"b", b"2", 3, 4, 2, 9),
+        b"a": KeyValue(b"a", b"1", 1, 1, 1, 0),
+    }
+    r.finish()
