@@ -22,13 +22,20 @@ objects. So that this cannot accumulate, each decode first unfreezes and collect
 heap (the state it replaces included): a cycle that became garbage while frozen lives until
 the next decode at most. That collection is cheap at start, when the heap is small, and
 costs one full pass when a member installs a snapshot from its leader, which is rare.
+
+Then `release_free_heap` hands what the decode used only for a moment (its column buffers
+and lists) back to the system: glibc keeps freed heap pages otherwise, and a decode of a
+million keys left a member 251 MiB over its empty size with them, 212 MiB without (the same
+212 MiB the previous key-by-key decode reached only after the same trim; measured 2026-12-06).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import gc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 
 @contextlib.contextmanager
@@ -53,3 +60,21 @@ def image_decode() -> Iterator[None]:
     with collector_paused():
         yield
         gc.freeze()
+    release_free_heap()
+
+
+def release_free_heap() -> bool:
+    """Return the C heap's free pages to the system (glibc's `malloc_trim(0)`); False where
+    the C library has no such call (the pages are then reused by later allocations only)."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    # The process's own symbols (dlopen(NULL)) include the C library's.
+    trim: Callable[[int], int] | None = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    return trim
