@@ -196,6 +196,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         levels=tuple(int(c) for c in args.levels.split(",")) if args.levels else None,
         shared=False if args.client_per_task else None,
         pysyncobj_batch=False if args.pysyncobj_no_batch else None,
+        keys_only=True if args.keys_only else None,
     )
     ensure_generated()
     etcd = etcd_binary(args.etcd) if "etcd" in systems else None
@@ -217,7 +218,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 _run_all(_makers(systems, work, sup, etcd, plan), plan, out_dir), RUN_LIMIT_S
             )
         )
-        reference = _floor(plan)
+        reference = None if plan.keys_only else _floor(plan)
     except KeyboardInterrupt:
         log("interrupted: stopping every process")
         return 130
@@ -352,6 +353,11 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", help="results folder (default .results/bench/<UTC time>)")
     r.add_argument("--work-dir", help="where the clusters' data directories go (on disk)")
     r.add_argument("--keep-data", action="store_true", help="keep the data directories")
+    r.add_argument(
+        "--keys-only",
+        action="store_true",
+        help="only the key-load figures (memory and restart with --keys keys)",
+    )
     r.set_defaults(func=cmd_run)
     rep = sub.add_parser("report", help="write docs/benchmarks.md from a run")
     rep.add_argument(

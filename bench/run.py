@@ -66,6 +66,8 @@ class Plan:
     client); False: one connection per task."""
     pysyncobj_batch: bool = True
     """PySyncObj's default appendEntriesUseBatch."""
+    keys_only: bool = False
+    """Only the key-load figures (memory and restart with `keys` keys), on a fresh cluster."""
 
     @classmethod
     def full(cls) -> Plan:
@@ -597,17 +599,18 @@ async def run_system(
     run = SystemRun(log, [])
     cluster = make("a")
     description = cluster.describe()
-    log(f"{cluster.name}: starting 3 members")
-    try:
-        await cluster.start()
-        await load_figures(cluster, plan, run, results_dir)
-        run.doing = ("failover", None)
-        run.results.append(await failover(cluster, plan, log))
-    except Exception as err:
-        run.failed(cluster.name, err)
-    finally:
-        with contextlib.suppress(Exception):
-            await cluster.stop()
+    if not plan.keys_only:
+        log(f"{cluster.name}: starting 3 members")
+        try:
+            await cluster.start()
+            await load_figures(cluster, plan, run, results_dir)
+            run.doing = ("failover", None)
+            run.results.append(await failover(cluster, plan, log))
+        except Exception as err:
+            run.failed(cluster.name, err)
+        finally:
+            with contextlib.suppress(Exception):
+                await cluster.stop()
     cluster = make("b")
     log(f"{cluster.name}: fresh 3 members for the {plan.keys:,}-key figures")
     run.doing = ("memory", None)
