@@ -65,7 +65,7 @@ from coordinator.fsm import Applied, Command, Effect, Envelope, Lessor, StateMac
 from coordinator.raft import ConfChange, ConfState, Message, RaftError, RawNode, Status
 
 from .clock import Clock
-from .heap import image_decode
+from .heap import image_decode, release_free_heap
 from .loop_observers import LoopEvents, LoopObserver
 from .proposals import Proposal, RetryJoins
 from .threads import ThreadFactory, one_thread
@@ -421,10 +421,15 @@ class RaftLoop:
         (job, encoding), self._encoding = self._encoding, None
         encoding.result()  # an encoding failure is a bug: let it stop the member
         write = self.core.snapshot_encoded(job)
+        del job, encoding  # the image: freed before the trim below
         if write is not None:
             await self._on_disk(write.run)
             self.core.disk_done(write)
             self._deliver()
+            # The entries compaction dropped and the encoder's buffers are freed by now; give
+            # their pages back (6-17 ms at a million keys, on the disk thread, GIL released).
+            del write
+            await self._on_disk(release_free_heap)
 
     def _has_input(self) -> bool:
         ib = self._inbox
