@@ -5,7 +5,10 @@ Since image version 6 the store is written column by column rather than key by k
     u32 n
     n x u32 key lengths      n x u32 value lengths
     the n keys, back to back    the n values, back to back
-    n x u64 create_revision  n x u64 mod_revision  n x u64 version  n x u64 lease
+    n x u64 create_revision
+    u32 m, then m x u32 positions and m x u64 mod_revisions: the keys whose mod_revision is
+        not their create_revision (ascending positions); every other key was put once
+    n x u64 version          n x u64 lease
 
 (big-endian, as the rest of the image). Why: a member decodes the whole store on every
 restart and on every snapshot it installs, and encodes it for every snapshot it takes (on a
@@ -39,7 +42,13 @@ def write_columns(w: Writer, values: Sequence[KeyValue]) -> None:
     w.u32_column(map(len, map(_VALUE, values)))
     w.raw(b"".join(map(_KEY, values)))
     w.raw(b"".join(map(_VALUE, values)))
-    for field in (_CREATE, _MOD, _VERSION, _LEASE):
+    creates = list(map(_CREATE, values))
+    w.u64_column(creates)
+    changed = list(compress(range(len(values)), map(operator.ne, map(_MOD, values), creates)))
+    w.u32(len(changed))
+    w.u32_column(changed)
+    w.u64_column(map(_MOD, map(values.__getitem__, changed)))
+    for field in (_VERSION, _LEASE):
         w.u64_column(map(field, values))
 
 
@@ -49,17 +58,25 @@ def read_columns(r: Reader) -> list[KeyValue]:
     key_lengths, value_lengths = r.u32_column(n), r.u32_column(n)
     keys, values = r.blob_column(key_lengths), r.blob_column(value_lengths)
     creates = r.u64_column(n).tolist()
-    mods, versions, leases = r.u64_column(n), r.u64_column(n), r.u64_column(n)
+    m = r.count(n)
+    positions, changed = r.u32_column(m).tolist(), r.u64_column(m).tolist()
+    versions, leases = r.u64_column(n), r.u64_column(n)
     if not all(map(operator.lt, keys, islice(keys, 1, None))):
         raise r.fail("the keys are not in strictly ascending order")
-    if any(map(operator.lt, mods, creates)):
-        raise r.fail("a key's mod_revision is below its create_revision")
+    if not all(map(operator.lt, positions, islice(positions, 1, None))) or (
+        positions and positions[-1] >= n
+    ):
+        raise r.fail("the changed mod_revisions' positions are not ascending within the keys")
+    if not all(map(operator.gt, changed, map(creates.__getitem__, positions))):
+        raise r.fail("a key's mod_revision is not above its create_revision")
     if 0 in versions:
         raise r.fail("a key has version 0")
-    # max() returns its first argument when the two are equal: a key put once (the common
-    # case) keeps one int object for both revisions, 32 bytes a key.
-    shared = map(max, creates, mods)
-    rows = zip(keys, values, creates, shared, versions, leases, strict=True)
+    # A key put once (the common case) keeps one int object for both revisions (32 bytes a
+    # key), and the list of them is a copy of pointers: only changed keys cost a step here.
+    mods = creates.copy()
+    for i, mod in zip(positions, changed, strict=True):
+        mods[i] = mod
+    rows = zip(keys, values, creates, mods, versions, leases, strict=True)
     return list(map(tuple.__new__, repeat(KeyValue), rows))
 
 

@@ -57,7 +57,9 @@ def test_the_layout_is_columns_big_endian() -> None:
         + b"abc"
         + b"xy"
         + struct.pack(">QQ", 1, 2)  # create
-        + struct.pack(">QQ", 1, 5)  # mod
+        + struct.pack(">I", 1)  # one key's mod differs from its create: at position 1, 5
+        + struct.pack(">I", 1)
+        + struct.pack(">Q", 5)
         + struct.pack(">QQ", 1, 3)  # version
         + struct.pack(">QQ", 0, 7)  # lease
     )
@@ -76,13 +78,23 @@ def test_a_key_put_once_keeps_one_object_for_both_revisions() -> None:
     [
         ([KeyValue(b"b", b"", 1, 1, 1, 0), KeyValue(b"a", b"", 2, 2, 1, 0)], "ascending"),
         ([KeyValue(b"a", b"", 1, 1, 1, 0), KeyValue(b"a", b"", 2, 2, 1, 0)], "ascending"),
-        ([KeyValue(b"a", b"", 5, 4, 1, 0)], "mod_revision is below its create_revision"),
+        ([KeyValue(b"a", b"", 5, 4, 1, 0)], "mod_revision is not above its create_revision"),
         ([KeyValue(b"a", b"", 1, 1, 0, 0)], "version 0"),
     ],
 )
 def test_a_store_that_cannot_be_is_refused(kvs: list[KeyValue], message: str) -> None:
     with pytest.raises(DecodeError, match=message):
         decode(encode(kvs))
+
+
+def test_changed_positions_out_of_order_or_past_the_keys_are_refused() -> None:
+    kvs = [KeyValue(b"a", b"", 1, 2, 2, 0), KeyValue(b"b", b"", 3, 4, 2, 0)]
+    data = encode(kvs)
+    at = data.index(struct.pack(">III", 2, 0, 1))  # m = 2, positions 0 and 1
+    for positions in ((1, 0), (0, 0), (0, 2)):
+        bad = data[:at] + struct.pack(">III", 2, *positions) + data[at + 12 :]
+        with pytest.raises(DecodeError, match="positions are not ascending"):
+            decode(bad)
 
 
 def test_every_truncation_is_refused() -> None:
