@@ -586,8 +586,9 @@ Concord's number is bigger, which is better for rates and worse for times and me
   restarted and the cluster left to heal completely (every member ready, a leader agreed
   on, and for PySyncObj every node reconnected to the others).
 - **Restart with N keys.** N is 1,000,000 by default (`BENCH_ARGS='--keys N'` for
-  another count; `BENCH_ARGS='--keys-only'` runs only this figure and memory). A fresh cluster is loaded with N keys in batches of 128 writes per
-  request (etcd's and Concord's transaction limit); small writes follow until the member
+  another count; `BENCH_ARGS='--keys-only'` runs only this figure and memory). A fresh
+  cluster is loaded with N keys in batches of 128 writes per request (etcd's and Concord's
+  transaction limit); small writes follow until the member
   to restart holds every key in its snapshot (Concord: a snapshot file at or past the last
   load entry; PySyncObj: a dump written after the load; etcd: its bbolt file); the member
   (a follower) is killed with SIGKILL and restarted, timed from spawn until its own
