@@ -8,7 +8,6 @@ from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.fsm import (
     DeleteResult,
     KeyValue,
-    OpResult,
     PutResult,
     RangeResult,
     TxnResult,
@@ -78,25 +77,21 @@ def put_response(header: Header, res: PutResult, index: int) -> pb.PutResponse:
 
 
 def txn_response(header: Header, res: TxnResult, index: int) -> pb.TxnResponse:
-    return pb.TxnResponse(
-        header=header(res.revision, index),
-        succeeded=res.succeeded,
-        results=[_op_result(header, r, index) for r in res.responses],
-    )
-
-
-def _op_result(header: Header, r: OpResult, index: int) -> pb.TxnOpResult:
-    match r:
-        case PutResult():
-            return pb.TxnOpResult(
-                put=pb.PutResponse(header=header(r.revision, index), prev_kv=_opt(r.prev_kv))
-            )
-        case DeleteResult():
-            return pb.TxnOpResult(
-                delete=pb.DeleteResponse(header=header(r.revision, index), deleted=r.deleted)
-            )
-        case RangeResult():
-            return pb.TxnOpResult(range=range_response(header(r.revision, 0), r))
+    # Every op's result has the txn's revision, so a put's or a delete's header is the txn's
+    # own: made once (a range's names no index, as a plain Range's does not).
+    head = header(res.revision, index)
+    results = []
+    for r in res.responses:
+        mine = head if r.revision == res.revision else header(r.revision, index)
+        match r:
+            case PutResult():
+                op = pb.TxnOpResult(put=pb.PutResponse(header=mine, prev_kv=_opt(r.prev_kv)))
+            case DeleteResult():
+                op = pb.TxnOpResult(delete=pb.DeleteResponse(header=mine, deleted=r.deleted))
+            case RangeResult():
+                op = pb.TxnOpResult(range=range_response(header(r.revision, 0), r))
+        results.append(op)
+    return pb.TxnResponse(header=head, succeeded=res.succeeded, results=results)
 
 
 def range_response(header: pb.ResponseHeader, res: RangeResult) -> pb.RangeResponse:
