@@ -5,7 +5,7 @@ failure (what `Client.cas` sends and `make bench`'s cas figure issues). Each pie
 request's path is timed alone with `time.process_time` over many iterations, for the put
 and for the CAS, with the code the client and the member run:
 
-- client build: the library's request message (session, compare, put), as `KVCalls` makes it;
+- client build: the request message as `Client.put` and `Client.cas` make it;
 - request wire: the `PipelineCall` serialised by the client and parsed by the member;
 - validate: the member's check of the request and its conversion to the fsm command;
 - encode / decode: the command's log entry (`Envelope`), decoded again on apply by every member;
@@ -31,7 +31,8 @@ from collections.abc import Callable
 from typing import Any
 
 from coordinator.api.v1 import concord_pb2 as pb
-from coordinator.client._types import Compare, Put, TxnResult
+from coordinator.client._kv import cas_request
+from coordinator.client._types import Compare, Put
 from coordinator.fsm import Envelope, StateMachine
 from coordinator.fsm.results import decode_outcome, encode_outcome
 from coordinator.raft import Entry
@@ -55,13 +56,7 @@ def _put_request() -> pb.PutRequest:
 
 
 def _cas_request() -> pb.TxnRequest:
-    cmp = Compare(KEY, "value", "=", OLD)
-    return pb.TxnRequest(
-        session=SESSION,
-        compares=[cmp._to_pb()],
-        success=[Put(KEY, NEW)._to_pb()],
-        failure=[],
-    )
+    return cas_request(SESSION, KEY, OLD, NEW)
 
 
 class _Machine:
@@ -137,7 +132,7 @@ def pieces(kind: str, iterations: int) -> dict[str, Piece]:
     def client_result() -> object:
         if kind == "put":
             return int(parsed_result.header.revision)
-        return TxnResult._from_pb(parsed_result).succeeded
+        return bool(parsed_result.succeeded)  # as `Client.cas`
 
     return {
         "client build": client_build,
