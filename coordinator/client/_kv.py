@@ -96,16 +96,19 @@ def cas_request(
 ) -> pb.TxnRequest:
     """The request `cas` sends: what `txn([Compare(key, "value", "=", expected)],
     [Put(key, new)])` sends (or a "version" = 0 compare), made directly. A CAS is a hot path,
-    and the typed inputs and result cost the caller more CPU than the rest of the call."""
+    and the typed inputs and result cost the caller more CPU than the rest of the call; the
+    fields are filled in place (`add()`), as messages built apart are copied when passed in."""
+    if expected is not None and not isinstance(expected, bytes):
+        raise InvalidArgument("compare of value: the operand must be bytes")  # as Compare does
+    req = pb.TxnRequest(session=session)
     if expected is None:
-        cmp = pb.Compare(key=key, target=pb.Compare.VERSION, op=pb.Compare.EQUAL, number=0)
-    elif isinstance(expected, bytes):
-        cmp = pb.Compare(key=key, target=pb.Compare.VALUE, op=pb.Compare.EQUAL, value=expected)
-    else:  # as `Compare` refuses it
-        raise InvalidArgument("compare of value: the operand must be bytes")
-    return pb.TxnRequest(
-        session=session, compares=[cmp], success=[pb.TxnOp(put=pb.PutRequest(key=key, value=new))]
-    )
+        req.compares.add(key=key, target=pb.Compare.VERSION, op=pb.Compare.EQUAL, number=0)
+    else:
+        req.compares.add(key=key, target=pb.Compare.VALUE, op=pb.Compare.EQUAL, value=expected)
+    put = req.success.add().put
+    put.key = key
+    put.value = new
+    return req
 
 
 def prefix_end(prefix: bytes) -> bytes:

@@ -78,20 +78,28 @@ def put_response(header: Header, res: PutResult, index: int) -> pb.PutResponse:
 
 def txn_response(header: Header, res: TxnResult, index: int) -> pb.TxnResponse:
     # Every op's result has the txn's revision, so a put's or a delete's header is the txn's
-    # own: made once (a range's names no index, as a plain Range's does not).
+    # own: made once (a range's names no index, as a plain Range's does not). The results
+    # are filled in place (`add()`): a result message built apart and then passed in is
+    # copied again, level by level, which made a CAS's response cost three times a put's.
     head = header(res.revision, index)
-    results = []
+    resp = pb.TxnResponse(header=head, succeeded=res.succeeded)
+    results = resp.results
     for r in res.responses:
         mine = head if r.revision == res.revision else header(r.revision, index)
+        op = results.add()
         match r:
             case PutResult():
-                op = pb.TxnOpResult(put=pb.PutResponse(header=mine, prev_kv=_opt(r.prev_kv)))
+                op.put.SetInParent()
+                op.put.header.CopyFrom(mine)
+                if r.prev_kv is not None:
+                    op.put.prev_kv.CopyFrom(kv_pb(r.prev_kv))
             case DeleteResult():
-                op = pb.TxnOpResult(delete=pb.DeleteResponse(header=mine, deleted=r.deleted))
+                op.delete.SetInParent()
+                op.delete.header.CopyFrom(mine)
+                op.delete.deleted = r.deleted
             case RangeResult():
-                op = pb.TxnOpResult(range=range_response(header(r.revision, 0), r))
-        results.append(op)
-    return pb.TxnResponse(header=head, succeeded=res.succeeded, results=results)
+                op.range.CopyFrom(range_response(header(r.revision, 0), r))
+    return resp
 
 
 def range_response(header: pb.ResponseHeader, res: RangeResult) -> pb.RangeResponse:

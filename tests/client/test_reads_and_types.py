@@ -132,21 +132,25 @@ def test_results_are_dataclasses_not_protobuf(tmp_path: Path) -> None:
     with_cluster(tmp_path, scenario)
 
 
+@pytest.mark.parametrize("key", [b"k", b""])
 @pytest.mark.parametrize("expected", [b"old", b"", None])
-def test_cas_sends_what_the_equivalent_txn_sends(expected: bytes | None) -> None:
+@pytest.mark.parametrize("new", [b"new", b""])
+def test_cas_sends_what_the_equivalent_txn_sends(
+    key: bytes, expected: bytes | None, new: bytes
+) -> None:
+    """Empty fields included: the shortcut fills messages in place, and a oneof set to
+    defaults only must still be set."""
     session = pb.Session(client_id=5, seq=9)
     cmp = (
-        Compare(b"k", "version", "=", 0)
+        Compare(key, "version", "=", 0)
         if expected is None
-        else Compare(b"k", "value", "=", expected)
+        else Compare(key, "value", "=", expected)
     )
-    txn = pb.TxnRequest(
-        session=session, compares=[cmp._to_pb()], success=[Put(b"k", b"new")._to_pb()]
-    )
-    assert cas_request(session, b"k", expected, b"new") == txn
-    assert (
-        cas_request(session, b"k", expected, b"new").SerializeToString() == txn.SerializeToString()
-    )
+    txn = pb.TxnRequest(session=session, compares=[cmp._to_pb()], success=[Put(key, new)._to_pb()])
+    sent = cas_request(session, key, expected, new)
+    assert sent == txn
+    assert sent.SerializeToString() == txn.SerializeToString()
+    assert sent.success[0].WhichOneof("op") == "put"
 
 
 def test_cas_refuses_a_non_bytes_value_as_compare_does() -> None:
