@@ -378,9 +378,8 @@ class KvStore:
                 self._check_lease(op.lease)
         # Nothing below can fail: the branch runs whole or (above) not at all.
         batch = _Batch(self.revision + 1)
-        # What each op did, made into its result once the txn's revision is known: its
-        # result's TAG, a put's previous key (if asked), a delete's or a range's count, and a
-        # range's keys.
+        # What each op did, made into its result once the txn's revision is known: the
+        # result's TAG, a put's previous key (if asked), a delete's or range's count and keys.
         done: list[tuple[int, KeyValue | None, int, tuple[KeyValue, ...]]] = []
         for op in ops:
             if isinstance(op, Put):
