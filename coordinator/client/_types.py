@@ -408,13 +408,10 @@ class Compare:
             raise InvalidArgument(f"compare of {self.target}: the operand must be {kind}")
 
     def _to_pb(self) -> _PbMessage:
-        fields: dict[str, Any] = {"key": self.key, "target": _TARGETS[self.target]}
-        fields["op"] = _OPS[self.op]
+        target, op = _TARGETS[self.target], _OPS[self.op]
         if isinstance(self.operand, bytes):
-            fields["value"] = self.operand
-        else:
-            fields["number"] = self.operand
-        return pb.Compare(**fields)
+            return pb.Compare(key=self.key, target=target, op=op, value=self.operand)
+        return pb.Compare(key=self.key, target=target, op=op, number=self.operand)
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,7 +67,8 @@ def list_of(item: Wire[T]) -> Wire[tuple[T, ...]]:
             write_item(w, value)
 
     def read(r: Reader) -> tuple[T, ...]:
-        return tuple([read_item(r) for _ in range(r.count())])
+        n = r.count()
+        return tuple([read_item(r) for _ in range(n)]) if n else ()
 
     return Wire(write, read)
 
@@ -89,12 +90,15 @@ def checked(wire: Wire[T], holds: Callable[[T], bool], reason: str) -> Wire[T]:
 def enum_of(kind: type[_E]) -> Wire[_E]:
     """An `IntEnum` member in a u8; any other byte is rejected by name."""
 
+    # A table, not `kind(raw)`: calling an enum class costs ten times a dict look-up.
+    members: dict[int, _E] = {int(m): m for m in kind}
+
     def read(r: Reader) -> _E:
         raw = r.u8()
-        try:
-            return kind(raw)
-        except ValueError:
-            raise r.fail(f"unknown {kind.__name__} {raw}") from None
+        member = members.get(raw)
+        if member is None:
+            raise r.fail(f"unknown {kind.__name__} {raw}")
+        return member
 
     return Wire(Writer.u8, read)
 

@@ -25,6 +25,8 @@ _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _I64 = struct.Struct(">q")
+_U32_FROM = _U32.unpack_from
+_U64_FROM = _U64.unpack_from
 
 U32_MAX = 2**32 - 1
 U64_MAX = 2**64 - 1
@@ -140,9 +142,7 @@ class Reader:
     def _take(self, size: int) -> bytes:
         end = self._pos + size
         if end > len(self._data):
-            raise self.fail(
-                f"truncated (needs {size} more bytes, has {len(self._data) - self._pos})"
-            )
+            raise self._truncated(size)
         chunk = self._data[self._pos : end]
         self._pos = end
         return chunk
@@ -150,25 +150,53 @@ class Reader:
     def raw(self, size: int) -> bytes:
         return self._take(size)
 
+    def _truncated(self, size: int) -> DecodeError:
+        return self.fail(f"truncated (needs {size} more bytes, has {len(self._data) - self._pos})")
+
+    # The integers are read in place (`unpack_from`) rather than through `_take`: no slice
+    # is made, so decoding a log entry, which every member does for every command it
+    # applies, allocates only the values it returns.
+
     def u8(self) -> int:
-        value: int = _U8.unpack(self._take(1))[0]
-        return value
+        pos = self._pos
+        if pos >= len(self._data):
+            raise self._truncated(1)
+        self._pos = pos + 1
+        return self._data[pos]
 
     def u16(self) -> int:
         value: int = _U16.unpack(self._take(2))[0]
         return value
 
     def u32(self) -> int:
-        value: int = _U32.unpack(self._take(4))[0]
+        pos = self._pos
+        if pos + 4 > len(self._data):
+            raise self._truncated(4)
+        self._pos = pos + 4
+        value: int = _U32_FROM(self._data, pos)[0]
         return value
 
     def u64(self) -> int:
-        value: int = _U64.unpack(self._take(8))[0]
+        pos = self._pos
+        if pos + 8 > len(self._data):
+            raise self._truncated(8)
+        self._pos = pos + 8
+        value: int = _U64_FROM(self._data, pos)[0]
         return value
 
     def i64(self) -> int:
         value: int = _I64.unpack(self._take(8))[0]
         return value
+
+    def fixed(self, codec: struct.Struct) -> tuple[int, ...] | None:
+        """`codec`'s fields (fixed-width integers) read at once, or None, reading nothing, if
+        fewer bytes are left: the caller then reads them one by one, so that a truncation
+        is reported at the field it cuts."""
+        pos = self._pos
+        if pos + codec.size > len(self._data):
+            return None
+        self._pos = pos + codec.size
+        return codec.unpack_from(self._data, pos)
 
     def boolean(self) -> bool:
         value = self.u8()
@@ -177,7 +205,17 @@ class Reader:
         return value == 1
 
     def blob(self) -> bytes:
-        return self._take(self.u32())
+        """What `Writer.blob` wrote (`u32` then `_take`, inlined: every key and value)."""
+        data, pos = self._data, self._pos
+        if pos + 4 > len(data):
+            raise self._truncated(4)
+        start = pos + 4
+        end = start + _U32_FROM(data, pos)[0]
+        self._pos = start
+        if end > len(data):
+            raise self._truncated(end - start)
+        self._pos = end
+        return data[start:end]
 
     def text(self) -> str:
         raw = self.blob()

@@ -495,8 +495,10 @@ COMMAND_TYPES: tuple[type[Command], ...] = (
 """Every top-level command class (`Range` is a txn op only)."""
 
 _HEADER = struct.Struct(">BQQQ")
-"""The envelope's version, client_id, seq and leader_time_ms, packed in one call on encode.
-(Decode reads them one by one, so a truncated header names the field it ends in.)"""
+"""The envelope's version, client_id, seq and leader_time_ms, packed in one call on encode."""
+_IDS = struct.Struct(">QQQ")
+"""client_id, seq and leader_time_ms, unpacked in one call on decode when all are there (a
+truncated header is read field by field, so that the error names the field it ends in)."""
 
 _COMMAND: Wire[Command] = one_of(COMMAND_TYPES, "unknown command tag {tag}")
 
@@ -533,7 +535,8 @@ class Envelope:
                 f"unknown envelope version {version} (this build reads version {ENVELOPE_VERSION}"
                 "; upgrade every member before proposing commands of a newer version)"
             )
-        client_id, seq, leader_time_ms = r.u64(), r.u64(), r.u64()
+        ids = r.fixed(_IDS)
+        client_id, seq, leader_time_ms = (r.u64(), r.u64(), r.u64()) if ids is None else ids
         command = _COMMAND.read(r)
         r.finish()
         return cls(client_id, seq, leader_time_ms, command)

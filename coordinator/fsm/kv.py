@@ -32,7 +32,7 @@ import enum
 import operator
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from ._wire import I64_MAX, Reader, Writer, invariant
 from .commands import Compare, CompareOp, CompareTarget, Delete, Put, Range, Txn, TxnOp
@@ -360,42 +360,43 @@ class KvStore:
         return DeleteResult(self._history.commit(batch.events), len(keys))
 
     def txn(self, cmd: Txn) -> TxnResult:
-        if len(cmd.compares) > MAX_TXN_OPS:
-            raise invalid(f"txn has {len(cmd.compares)} compares; the limit is {MAX_TXN_OPS}")
-        for compare in cmd.compares:
+        compares = cmd.compares
+        if len(compares) > MAX_TXN_OPS:
+            raise invalid(f"txn has {len(compares)} compares; the limit is {MAX_TXN_OPS}")
+        for compare in compares:
             self._check_compare(compare)
-        for label, ops in (("success", cmd.success), ("failure", cmd.failure)):
-            self._check_branch(label, ops)
-        succeeded = all(self._holds(c) for c in cmd.compares)
+        self._check_branch("success", cmd.success)
+        self._check_branch("failure", cmd.failure)
+        succeeded = True
+        for compare in compares:
+            if not self._holds(compare):
+                succeeded = False
+                break
         ops = cmd.success if succeeded else cmd.failure
         for op in ops:
             if isinstance(op, Put):
                 self._check_lease(op.lease)
         # Nothing below can fail: the branch runs whole or (above) not at all.
         batch = _Batch(self.revision + 1)
-        responses: list[OpResult] = []
+        # What each op did, made into its result once the txn's revision is known: the
+        # result's TAG, a put's previous key (if asked), a delete's or range's count and keys.
+        done: list[tuple[int, KeyValue | None, int, tuple[KeyValue, ...]]] = []
         for op in ops:
             if isinstance(op, Put):
                 prev = self._put_in(batch, op)
-                responses.append(PutResult(0, prev if op.prev_kv else None))
+                done.append((PutResult.TAG, prev if op.prev_kv else None, 0, ()))
             elif isinstance(op, Delete):
                 keys = self._span(op.key, op.range_end)
                 for key in keys:
                     self._delete_in(batch, key)
-                responses.append(DeleteResult(0, len(keys)))
+                done.append((DeleteResult.TAG, None, len(keys), ()))
             else:
-                responses.append(self._range_in(op))
+                keys = self._span(op.key, op.range_end)
+                shown = keys[: op.limit] if op.limit else keys
+                kvs = tuple([self._data[k] for k in shown])
+                done.append((RangeResult.TAG, None, len(keys), kvs))
         revision = self._history.commit(batch.events) if batch.events else self.revision
-        return TxnResult(
-            revision, succeeded, tuple(replace(res, revision=revision) for res in responses)
-        )
-
-    def _range_in(self, op: Range) -> RangeResult:
-        keys = self._span(op.key, op.range_end)
-        shown = keys[: op.limit] if op.limit else keys
-        return RangeResult(
-            0, tuple(self._data[k] for k in shown), len(keys), len(shown) < len(keys)
-        )
+        return TxnResult(revision, succeeded, tuple([_op_result(revision, *d) for d in done]))
 
     def _put_in(self, batch: _Batch, cmd: Put) -> KeyValue | None:
         prev = self._data.get(cmd.key)
@@ -467,6 +468,8 @@ class KvStore:
             raise invalid(f"a {c.target.name} compare needs a non-negative integer value")
 
     def _check_branch(self, label: str, ops: tuple[TxnOp, ...]) -> None:
+        if not ops:
+            return
         if len(ops) > MAX_TXN_OPS:
             raise invalid(f"txn {label} branch has {len(ops)} ops; the limit is {MAX_TXN_OPS}")
         puts: set[bytes] = set()
@@ -549,6 +552,17 @@ class KvStore:
         self._by_lease = {}
         for kv in leased(self._data.values()):
             self._by_lease.setdefault(kv.lease, set()).add(kv.key)
+
+
+def _op_result(
+    revision: int, tag: int, prev: KeyValue | None, count: int, kvs: tuple[KeyValue, ...]
+) -> OpResult:
+    """One txn op's result, from what `KvStore.txn` noted it did."""
+    if tag == PutResult.TAG:
+        return PutResult(revision, prev)
+    if tag == DeleteResult.TAG:
+        return DeleteResult(revision, count)
+    return RangeResult(revision, kvs, count, len(kvs) < count)
 
 
 def _in_range(key: bytes, lo: bytes, hi: bytes | None) -> bool:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.fsm import (
     DeleteResult,
     KeyValue,
-    OpResult,
     PutResult,
     RangeResult,
     TxnResult,
@@ -37,28 +38,19 @@ class KVService(Servicer):
         super().__init__(core.cfg.deadline_s)
         self.core = core
 
-    def _range(self, res: RangeResult, revision: int | None = None) -> pb.RangeResponse:
-        return pb.RangeResponse(
-            header=self.core.header(revision),
-            kvs=[kv_pb(kv) for kv in res.kvs],
-            more=res.more,
-            count=res.count,
-        )
-
     @unary
     async def Range(self, request: pb.RangeRequest, call: Call) -> pb.RangeResponse:
         end = v.range_end(request.key, request.range_end)
         await self.core.read(request.serializable)
-        return self._range(self.core.fsm.range(request.key, end, request.limit))
+        return range_response(
+            self.core.header(), self.core.fsm.range(request.key, end, request.limit)
+        )
 
     @unary
     async def Put(self, request: pb.PutRequest, call: Call) -> pb.PutResponse:
         cmd = v.put(request)
         applied = await self.core.propose(cmd, v.session(request.session))
-        res = self.core.expect(applied, PutResult)
-        return pb.PutResponse(
-            header=self.core.header(res.revision, applied.index), prev_kv=_opt(res.prev_kv)
-        )
+        return put_response(self.core.header, self.core.expect(applied, PutResult), applied.index)
 
     @unary
     async def Delete(self, request: pb.DeleteRequest, call: Call) -> pb.DeleteResponse:
@@ -73,19 +65,44 @@ class KVService(Servicer):
     async def Txn(self, request: pb.TxnRequest, call: Call) -> pb.TxnResponse:
         cmd = v.txn(request)
         applied = await self.core.propose(cmd, v.session(request.session))
-        res = self.core.expect(applied, TxnResult)
-        return pb.TxnResponse(
-            header=self.core.header(res.revision, applied.index),
-            succeeded=res.succeeded,
-            results=[self._op_result(r, applied.index) for r in res.responses],
-        )
+        return txn_response(self.core.header, self.core.expect(applied, TxnResult), applied.index)
 
-    def _op_result(self, r: OpResult, index: int) -> pb.TxnOpResult:
-        header = self.core.header(r.revision, index)
+
+Header = Callable[[int | None, int], pb.ResponseHeader]
+"""`Core.header`: the response header for a revision and the entry's index."""
+
+
+def put_response(header: Header, res: PutResult, index: int) -> pb.PutResponse:
+    return pb.PutResponse(header=header(res.revision, index), prev_kv=_opt(res.prev_kv))
+
+
+def txn_response(header: Header, res: TxnResult, index: int) -> pb.TxnResponse:
+    # Every op's result has the txn's revision, so a put's or a delete's header is the txn's
+    # own: made once (a range's names no index, as a plain Range's does not). The results
+    # are filled in place (`add()`): a result message built apart and then passed in is
+    # copied again, level by level, which made a CAS's response cost three times a put's.
+    head = header(res.revision, index)
+    resp = pb.TxnResponse(header=head, succeeded=res.succeeded)
+    results = resp.results
+    for r in res.responses:
+        mine = head if r.revision == res.revision else header(r.revision, index)
+        op = results.add()
         match r:
             case PutResult():
-                return pb.TxnOpResult(put=pb.PutResponse(header=header, prev_kv=_opt(r.prev_kv)))
+                op.put.SetInParent()
+                op.put.header.CopyFrom(mine)
+                if r.prev_kv is not None:
+                    op.put.prev_kv.CopyFrom(kv_pb(r.prev_kv))
             case DeleteResult():
-                return pb.TxnOpResult(delete=pb.DeleteResponse(header=header, deleted=r.deleted))
+                op.delete.SetInParent()
+                op.delete.header.CopyFrom(mine)
+                op.delete.deleted = r.deleted
             case RangeResult():
-                return pb.TxnOpResult(range=self._range(r, r.revision))
+                op.range.CopyFrom(range_response(header(r.revision, 0), r))
+    return resp
+
+
+def range_response(header: pb.ResponseHeader, res: RangeResult) -> pb.RangeResponse:
+    return pb.RangeResponse(
+        header=header, kvs=[kv_pb(kv) for kv in res.kvs], more=res.more, count=res.count
+    )

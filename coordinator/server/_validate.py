@@ -167,41 +167,48 @@ def txn_range(r: pb.RangeRequest) -> Range:
     return Range(r.key, range_end(r.key, r.range_end), r.limit)
 
 
+_TARGETS: dict[int, CompareTarget] = {
+    number: CompareTarget[name] for name, number in pb.Compare.Target.items()
+}
+"""The wire's compare targets as the state machine's, by number (the names are the same; a
+name the state machine lacks fails here, at import)."""
+_OPS: dict[int, CompareOp] = {number: CompareOp[name] for name, number in pb.Compare.Op.items()}
+
+
 def compare(i: int, c: pb.Compare) -> Compare:
-    try:
-        target = CompareTarget[pb.Compare.Target.Name(c.target)]
-    except ValueError:
+    target = _TARGETS.get(c.target)
+    if target is None:
         known = ", ".join(pb.Compare.Target.keys())
-        raise invalid(f"compare {i}: unknown target {int(c.target)}; use one of {known}") from None
-    try:
-        op = CompareOp[pb.Compare.Op.Name(c.op)]
-    except ValueError:
+        raise invalid(f"compare {i}: unknown target {int(c.target)}; use one of {known}")
+    op = _OPS.get(c.op)
+    if op is None:
         known = ", ".join(pb.Compare.Op.keys())
-        raise invalid(f"compare {i}: unknown op {int(c.op)}; use one of {known}") from None
+        raise invalid(f"compare {i}: unknown op {int(c.op)}; use one of {known}")
+    key = c.key  # read once: each read of a bytes field makes a new object
     if target is CompareTarget.LOCK_TOKEN:
         try:
-            lock = c.key.decode("utf-8")
+            lock = key.decode("utf-8")
         except UnicodeDecodeError:
             raise invalid(
                 f"compare {i}: a LOCK_TOKEN compare's key is a lock name: UTF-8"
             ) from None
         check_name(lock, "lock")
-    else:
-        check_key(c.key, f"compare {i} key")
+    elif not key or len(key) > MAX_KEY_BYTES:
+        check_key(key, f"compare {i} key")  # raises, naming the compare
     operand = c.WhichOneof("operand")
     if target is CompareTarget.VALUE:
         if operand != "value":
             raise invalid(
-                f"compare {i} (VALUE of key {c.key!r}) needs the bytes operand `value`, not "
+                f"compare {i} (VALUE of key {key!r}) needs the bytes operand `value`, not "
                 f"{operand or 'no operand'}"
             )
-        return Compare(c.key, target, op, value(c.value))
+        return Compare(key, target, op, value(c.value))
     if operand != "number":
         raise invalid(
-            f"compare {i} ({target.name} of {c.key!r}) needs the integer operand `number`, not "
+            f"compare {i} ({target.name} of {key!r}) needs the integer operand `number`, not "
             f"{operand or 'no operand'}"
         )
-    return Compare(c.key, target, op, c.number)
+    return Compare(key, target, op, c.number)
 
 
 def txn_op(label: str, i: int, op: pb.TxnOp) -> TxnOp:
@@ -217,13 +224,14 @@ def txn_op(label: str, i: int, op: pb.TxnOp) -> TxnOp:
 
 
 def txn(r: pb.TxnRequest) -> Txn:
-    if len(r.compares) > MAX_TXN_OPS:
-        raise invalid(f"txn has {len(r.compares)} compares; the limit is {MAX_TXN_OPS}")
-    for label, ops in (("success", r.success), ("failure", r.failure)):
+    compares, success, failure = r.compares, r.success, r.failure
+    if len(compares) > MAX_TXN_OPS:
+        raise invalid(f"txn has {len(compares)} compares; the limit is {MAX_TXN_OPS}")
+    for label, ops in (("success", success), ("failure", failure)):
         if len(ops) > MAX_TXN_OPS:
             raise invalid(f"txn {label} branch has {len(ops)} ops; the limit is {MAX_TXN_OPS}")
     return Txn(
-        tuple(compare(i, c) for i, c in enumerate(r.compares)),
-        tuple(txn_op("success", i, op) for i, op in enumerate(r.success)),
-        tuple(txn_op("failure", i, op) for i, op in enumerate(r.failure)),
+        tuple([compare(i, c) for i, c in enumerate(compares)]),
+        tuple([txn_op("success", i, op) for i, op in enumerate(success)]),
+        tuple([txn_op("failure", i, op) for i, op in enumerate(failure)]) if failure else (),
     )

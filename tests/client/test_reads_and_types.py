@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from google.protobuf.message import Message
 
+from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.client import (
     Client,
     Compare,
@@ -25,6 +26,7 @@ from coordinator.client import (
     TxnResult,
     prefix_end,
 )
+from coordinator.client._kv import cas_request
 from tests.server.harness import Cluster, with_cluster
 
 
@@ -128,3 +130,32 @@ def test_results_are_dataclasses_not_protobuf(tmp_path: Path) -> None:
                 assert dataclasses.is_dataclass(value) and not isinstance(value, Message)
 
     with_cluster(tmp_path, scenario)
+
+
+@pytest.mark.parametrize("key", [b"k", b""])
+@pytest.mark.parametrize("expected", [b"old", b"", None])
+@pytest.mark.parametrize("new", [b"new", b""])
+def test_cas_sends_what_the_equivalent_txn_sends(
+    key: bytes, expected: bytes | None, new: bytes
+) -> None:
+    """Empty fields included: the shortcut fills messages in place, and a oneof set to
+    defaults only must still be set."""
+    session = pb.Session(client_id=5, seq=9)
+    cmp = (
+        Compare(key, "version", "=", 0)
+        if expected is None
+        else Compare(key, "value", "=", expected)
+    )
+    txn = pb.TxnRequest(session=session, compares=[cmp._to_pb()], success=[Put(key, new)._to_pb()])
+    sent = cas_request(session, key, expected, new)
+    assert sent == txn
+    assert sent.SerializeToString() == txn.SerializeToString()
+    assert sent.success[0].WhichOneof("op") == "put"
+
+
+def test_cas_refuses_a_non_bytes_value_as_compare_does() -> None:
+    with pytest.raises(InvalidArgument, match="the operand must be bytes") as made:
+        Compare(b"k", "value", "=", "text")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match="the operand must be bytes") as sent:
+        cas_request(pb.Session(), b"k", "text", b"new")  # type: ignore[arg-type]
+    assert str(made.value) == str(sent.value)

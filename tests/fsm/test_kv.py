@@ -342,3 +342,21 @@ def test_a_revision_larger_than_the_event_count_bound_is_kept_whole() -> None:
     d.ok(Txn((), tuple(Put(bytes([65 + i]), b"") for i in range(5))))
     assert d.m.history_horizon == 3
     assert len(d.m.events_since(3)) == 5
+
+
+def test_txn_results_keep_previous_values_counts_and_limits(d: Driver) -> None:
+    for key in (b"a", b"b", b"c"):
+        d.ok(Put(key, b"1"))
+    branch = (Put(b"a", b"2", prev_kv=True), Range(b"a", b"\0", 2), Delete(b"c"), Range(b"c"))
+    result = d.ok(Txn((), branch, ()))
+    new_a, b = KeyValue(b"a", b"2", 1, 4, 2), KeyValue(b"b", b"1", 2, 2, 1)
+    assert result == TxnResult(
+        4,
+        True,
+        (
+            PutResult(4, KeyValue(b"a", b"1", 1, 1, 1)),
+            RangeResult(4, (new_a, b), 3, True),  # before the delete, cut at the limit
+            DeleteResult(4, 1),
+            RangeResult(4, (), 0, False),
+        ),
+    )

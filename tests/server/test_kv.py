@@ -5,8 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
+import pytest
 
 from coordinator.api.v1 import concord_pb2 as pb
+from coordinator.fsm import (
+    CompareOp,
+    CompareTarget,
+    DeleteResult,
+    KeyValue,
+    OpResult,
+    PutResult,
+    RangeResult,
+    TxnResult,
+)
+from coordinator.server import _validate as v
+from coordinator.server._kv import kv_pb, txn_response
 from tests.server.harness import Cluster, Session, rpc_error, with_cluster
 
 
@@ -119,3 +132,50 @@ def test_txn_guarded_by_a_lock_token(tmp_path: Path) -> None:
         assert err.code() is grpc.StatusCode.NOT_FOUND and "lease 999" in err.details()
 
     with_cluster(tmp_path, scenario)
+
+
+def _header(revision: int | None = None, index: int = 0) -> pb.ResponseHeader:
+    return pb.ResponseHeader(member_id=1, revision=revision or 0, raft_term=2, raft_index=index)
+
+
+@pytest.mark.parametrize(
+    "responses",
+    [
+        (),
+        (PutResult(7),),
+        (PutResult(7, KeyValue(b"k", b"v", 1, 2, 3, 4)), DeleteResult(7, 2)),
+        (RangeResult(7, (KeyValue(b"k", b"v", 1, 2, 3),), 5, True), PutResult(7)),
+        (PutResult(6), DeleteResult(5, 0)),  # revisions other than the txn's keep their own
+    ],
+)
+def test_txn_response_gives_each_op_its_header(responses: tuple[OpResult, ...]) -> None:
+    res = TxnResult(7, True, responses)
+    expected = []
+    for r in responses:
+        if isinstance(r, PutResult):
+            prev = None if r.prev_kv is None else kv_pb(r.prev_kv)
+            put = pb.PutResponse(header=_header(r.revision, 9), prev_kv=prev)
+            expected.append(pb.TxnOpResult(put=put))
+        elif isinstance(r, DeleteResult):
+            delete = pb.DeleteResponse(header=_header(r.revision, 9), deleted=r.deleted)
+            expected.append(pb.TxnOpResult(delete=delete))
+        else:
+            rng = pb.RangeResponse(
+                header=_header(r.revision),
+                kvs=[kv_pb(kv) for kv in r.kvs],
+                more=r.more,
+                count=r.count,
+            )
+            expected.append(pb.TxnOpResult(range=rng))
+    assert txn_response(_header, res, 9) == pb.TxnResponse(
+        header=_header(7, 9), succeeded=True, results=expected
+    )
+
+
+def test_every_compare_target_and_op_maps_to_the_state_machines_by_name() -> None:
+    for target_name, target in pb.Compare.Target.items():
+        for op_name, op in pb.Compare.Op.items():
+            operand = {"value": b"x"} if target_name == "VALUE" else {"number": 3}
+            c = v.compare(0, pb.Compare(key=b"k", target=target, op=op, **operand))
+            assert (c.target, c.op) == (CompareTarget[target_name], CompareOp[op_name])
+            assert c.key == b"k" and c.value == (b"x" if target_name == "VALUE" else 3)
