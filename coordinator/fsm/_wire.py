@@ -279,7 +279,7 @@ class Reader:
         loops (no interpreted step per blob), each a bytes object of its own."""
         start, size = self._pos, sum(lengths)
         if start + size > len(self._data):
-            raise self.fail(f"truncated (needs {size} more bytes, has {len(self._data) - start})")
+            raise self._truncated(size)
         cuts = starmap(slice, pairwise(accumulate(lengths, initial=start)))
         blobs = list(map(self._data.__getitem__, cuts))
         self._pos = start + size

@@ -367,11 +367,7 @@ class KvStore:
             self._check_compare(compare)
         self._check_branch("success", cmd.success)
         self._check_branch("failure", cmd.failure)
-        succeeded = True
-        for compare in compares:
-            if not self._holds(compare):
-                succeeded = False
-                break
+        succeeded = all(map(self._holds, compares))
         ops = cmd.success if succeeded else cmd.failure
         for op in ops:
             if isinstance(op, Put):

@@ -193,8 +193,8 @@ def compare(i: int, c: pb.Compare) -> Compare:
                 f"compare {i}: a LOCK_TOKEN compare's key is a lock name: UTF-8"
             ) from None
         check_name(lock, "lock")
-    elif not key or len(key) > MAX_KEY_BYTES:
-        check_key(key, f"compare {i} key")  # raises, naming the compare
+    else:
+        check_key(key, f"compare {i} key")
     operand = c.WhichOneof("operand")
     if target is CompareTarget.VALUE:
         if operand != "value":
