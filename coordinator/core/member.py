@@ -111,8 +111,12 @@ class MemberCore:
         self._notices: list[Notice] = []
         self._pending: dict[int, tuple[int, int]] = {}
         """log index -> (term, proposal id)."""
-        self._reads: set[int] = set()
-        """Read ids asked of the node (the id is the ReadIndex context), not yet confirmed."""
+        self._next_barrier: list[int] = []
+        """Read ids asked for since the last Ready: they share the ReadIndex request the
+        driver's next `has_ready`/`ready` makes (`_ask_read_index`)."""
+        self._reads: dict[int, list[int]] = {}
+        """ReadIndex requests asked of the node and not yet confirmed: context -> the read
+        ids it confirms."""
         self._waiting_reads: list[tuple[int, int]] = []
         """(read index, read id): confirmed, waiting for the apply to reach the index."""
         self._lease_reads = (
@@ -187,10 +191,7 @@ class MemberCore:
         return rid
 
     def _read_barrier(self, rid: int) -> None:
-        try:
-            self._ask_read_index(rid)
-        except RaftError as err:
-            self._completed.append(Completed(rid, error=err))
+        self._next_barrier.append(rid)
 
     def _decide_lease_reads(self, lease: LeaseReads, now_ms: float) -> None:
         """Serve the reads waiting for a decision at the commit index if the lease holds now
@@ -224,10 +225,22 @@ class MemberCore:
         """Wait for the entry at `index` to apply before answering `pid`."""
         self._pending[index] = (term, pid)
 
-    def _ask_read_index(self, rid: int) -> None:
-        """Ask the node to confirm leadership with a quorum for read `rid`."""
-        self.node.read_index(rid)
-        self._reads.add(rid)
+    def _ask_read_index(self) -> None:
+        """Ask the node to confirm leadership with a quorum, once for every read asked since
+        the last Ready. One heartbeat round (a follower: one request to the leader) for the
+        lot, not one per read: reads that arrive together, as a pipelined batch of them does,
+        cost the leader one round. Safe because the request is made after each of them
+        arrived: its read index is at least the commit index each could have seen."""
+        if not self._next_barrier:
+            return
+        rids, self._next_barrier = self._next_barrier, []
+        context = next(self._ids)
+        try:
+            self.node.read_index(context)
+        except RaftError as err:
+            self._completed.extend(Completed(rid, error=err) for rid in rids)
+            return
+        self._reads[context] = rids
 
     # --- other inputs ----------------------------------------------------------------------------
 
@@ -327,9 +340,11 @@ class MemberCore:
     # --- the Ready cycle -------------------------------------------------------------------------
 
     def has_ready(self) -> bool:
+        self._ask_read_index()
         return self.node.has_ready()
 
     def ready(self) -> Ready:
+        self._ask_read_index()
         rd = self.node.ready()
         self._sent(rd)
         return rd
@@ -345,6 +360,7 @@ class MemberCore:
 
     def handle_ready(self, transport: Transport) -> bool:
         """One whole Ready in the one order (`ready.handle_ready`); False if there was none."""
+        self._ask_read_index()
         rd = handle_ready(self.node, self.storage, transport, self)
         self._sent(rd)
         return rd is not None
@@ -389,9 +405,9 @@ class MemberCore:
 
     def read_states(self, states: Sequence[ReadState]) -> None:
         for rs in states:
-            if rs.context in self._reads:
-                self._reads.discard(rs.context)
-                self._waiting_reads.append((rs.index, rs.context))
+            rids = self._reads.pop(rs.context, None)
+            if rids is not None:
+                self._waiting_reads.extend((rs.index, rid) for rid in rids)
         self._serve_reads()
 
     def _serve_reads(self) -> None:
@@ -531,7 +547,8 @@ class MemberCore:
             *self._rotations,
             *self._sealed_before,
             *(pid for _, pid in self._pending.values()),
-            *self._reads,
+            *self._next_barrier,
+            *(rid for rids in self._reads.values() for rid in rids),
             *(rid for _, rid in self._waiting_reads),
             *self._lease_pending,
         ]
@@ -539,6 +556,7 @@ class MemberCore:
         self._rotations.clear()
         self._sealed_before.clear()
         self._pending.clear()
+        self._next_barrier.clear()
         self._reads.clear()
         self._waiting_reads.clear()
         self._completed.extend(Completed(i, error=err) for i in ids)

@@ -28,8 +28,10 @@ class ReadsWithoutQuorum(MemberCore):
     """Broken: serves a read barrier at the local commit index without confirming with a
     quorum that this member still leads (a deposed leader then serves stale reads)."""
 
-    def _ask_read_index(self, rid: int) -> None:
-        self._waiting_reads.append((self.node.status().commit, rid))
+    def _ask_read_index(self) -> None:
+        rids, self._next_barrier = self._next_barrier, []
+        commit = self.node.status().commit
+        self._waiting_reads.extend((commit, rid) for rid in rids)
         self._serve_reads()
 
 

@@ -138,10 +138,12 @@ MUTANTS: tuple[SourceMutant, ...] = (
     SourceMutant(
         name="core-reads-without-quorum",
         path="coordinator/core/member.py",
-        old="        self.node.read_index(rid)\n        self._reads.add(rid)\n",
+        old="            self.node.read_index(context)\n",
         new=(
-            "        self._waiting_reads.append((self.node.status().commit, rid))\n"
-            "        self._serve_reads()\n"
+            "            commit = self.node.status().commit\n"
+            "            self._waiting_reads.extend((commit, rid) for rid in rids)\n"
+            "            self._serve_reads()\n"
+            "            return\n"
         ),
         kills=("tests/core/test_reads.py::test_a_deposed_leader_gets_no_read_answer",),
         why="a deposed leader that still thinks it leads confirms a read barrier alone",

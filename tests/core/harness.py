@@ -141,7 +141,7 @@ class Cluster:
 
     def read(self, i: int) -> int:
         rid = self.core(i).read()
-        self.collect(i)
+        self.process(i)  # as a driver does after a request: the read's barrier goes out
         return rid
 
     def outcome(self, i: int, request: int) -> Seen | None:
