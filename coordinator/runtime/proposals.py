@@ -21,6 +21,11 @@ from coordinator.fsm import Applied, Command
 Retry = tuple[int, int, Command]
 """(client id, seq, command): what makes a request a retry of another."""
 
+_Session = tuple[int, int]
+"""(client id, seq). The books are keyed by it, and the command compared only when a session
+is found: hashing a command hashes every field of it (a txn's compares and operations) each
+time, which cost a compare-and-swap more than the rest of its way through this module."""
+
 
 @dataclass(slots=True)
 class Proposal:
@@ -34,37 +39,52 @@ class RetryJoins:
     """Which undecided proposal each session request is, and the retries waiting on it."""
 
     def __init__(self) -> None:
-        self._in_flight: dict[Retry, int] = {}
-        """A session request's identity -> the core request id of its undecided proposal."""
-        self._joined: dict[int, tuple[Retry, list[asyncio.Future[Applied]]]] = {}
-        """Core request id of a session request -> its identity and the retries that joined."""
+        self._in_flight: dict[_Session, tuple[Command, int]] = {}
+        """A session request's session -> its command and the core request id of its
+        undecided proposal."""
+        self._joined: dict[int, tuple[_Session, list[asyncio.Future[Applied]]]] = {}
+        """Core request id of a session request -> its session and the retries that joined."""
 
     def propose(
         self, batch: Sequence[Proposal], propose_batch: Callable[[list[bytes]], list[int]]
     ) -> list[tuple[int, Proposal]]:
         """Propose `batch` through `propose_batch`, except the retries of a request undecided
         (proposed in an earlier turn, or earlier in this batch): they join it. Returns the
-        core request id of each proposal made."""
+        core request id of each proposal made. The same session with another command is no
+        retry: it is proposed (the state machine refuses it, as a seq used twice), and
+        nothing joins it."""
         fresh: list[Proposal] = []
-        joining: dict[Retry, list[asyncio.Future[Applied]]] = {}
+        joining: dict[_Session, tuple[Proposal, list[asyncio.Future[Applied]]]] = {}
         for p in batch:
-            if p.retry is None:
+            retry = p.retry
+            if retry is None:
                 fresh.append(p)
                 continue
-            pid = self._in_flight.get(p.retry)
-            if pid is not None:
-                self._joined[pid][1].append(p.future)
-            elif p.retry in joining:
-                joining[p.retry].append(p.future)
+            session = (retry[0], retry[1])
+            known = self._in_flight.get(session)
+            if known is not None:
+                if known[0] == retry[2]:
+                    self._joined[known[1]][1].append(p.future)
+                    continue
             else:
-                joining[p.retry] = []
-                fresh.append(p)
+                first = joining.get(session)
+                if first is None:
+                    joining[session] = (p, [])
+                elif first[0].retry == retry:
+                    first[1].append(p.future)
+                    continue
+            fresh.append(p)
         ids = propose_batch([p.data for p in fresh])
         made = list(zip(ids, fresh, strict=True))
         for pid, p in made:
-            if p.retry is not None:
-                self._in_flight[p.retry] = pid
-                self._joined[pid] = (p.retry, joining[p.retry])
+            retry = p.retry
+            if retry is None:
+                continue
+            session = (retry[0], retry[1])
+            first = joining.get(session)
+            if first is not None and first[0] is p:
+                self._in_flight[session] = (retry[2], pid)
+                self._joined[pid] = (session, first[1])
         return made
 
     def settled(self, pid: int) -> Sequence[asyncio.Future[Applied]]:
@@ -72,8 +92,8 @@ class RetryJoins:
         joined = self._joined.pop(pid, None)
         if joined is None:
             return ()
-        retry, waiting = joined
-        del self._in_flight[retry]
+        session, waiting = joined
+        del self._in_flight[session]
         return waiting
 
     def drop_all(self) -> list[asyncio.Future[Applied]]:

@@ -77,9 +77,10 @@ async def done_unless(fut: asyncio.Future[Any], *stoppers: asyncio.Future[Any]) 
     write and linearizable read waits here."""
     if fut.done():
         return True
-    if any(s.done() for s in stoppers):
-        fut.cancel()
-        return False
+    for s in stoppers:  # not any(genexpr): this runs once per write and read
+        if s.done():
+            fut.cancel()
+            return False
     stopped = False
 
     def stop(_: object) -> None:

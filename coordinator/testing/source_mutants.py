@@ -127,8 +127,8 @@ MUTANTS: tuple[SourceMutant, ...] = (
     SourceMutant(
         name="loop-retry-proposes-again",
         path="coordinator/runtime/proposals.py",
-        old="            pid = self._in_flight.get(p.retry)\n",
-        new="            pid = None\n",
+        old="            known = self._in_flight.get(session)\n",
+        new="            known = None\n",
         kills=(
             "tests/runtime/test_loop.py"
             "::test_a_retry_joins_its_first_attempt_while_that_entry_is_undecided",
