@@ -48,6 +48,7 @@ from coordinator.raft import (
     Ready,
     Role,
     Snapshot,
+    SnapshotData,
     Status,
 )
 
@@ -490,7 +491,7 @@ class MemberCore:
                 )
 
     def _settle_snapshot(
-        self, current: int, index: int, image: tuple[ConfState, bytes] | None
+        self, current: int, index: int, image: tuple[ConfState, SnapshotData] | None
     ) -> SnapshotWrite | None:
         """Write `image` as the snapshot at `index` if that is newer than the `current` one,
         compact and retire keys. Rotations whose entries under older keys the newest snapshot

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from coordinator.fsm import Applied
-from coordinator.raft import ConfState, Entry, LogStorage, RaftError, Snapshot
+from coordinator.raft import ConfState, Entry, LogStorage, RaftError, Snapshot, SnapshotData
 
 from .lease_reads import ReadMode
 from .ready import Wal
@@ -19,7 +19,7 @@ class DurableLog(Wal, LogStorage, Protocol):
     The methods below write to disk like `Wal.save`: a driver may run them on another thread,
     provided nothing else touches the log meanwhile (see `DiskWork`)."""
 
-    def create_snapshot(self, index: int, conf: ConfState, data: bytes) -> Snapshot: ...
+    def create_snapshot(self, index: int, conf: ConfState, data: SnapshotData) -> Snapshot: ...
 
     def compact(self, index: int) -> int | None: ...
 
@@ -39,9 +39,9 @@ class Machine(Protocol):
 
     def apply(self, entry: Entry) -> Applied: ...
 
-    def restore(self, data: bytes) -> None: ...
+    def restore(self, data: SnapshotData) -> None: ...
 
-    def snapshot_later(self) -> Callable[[], bytes]: ...
+    def snapshot_later(self) -> Callable[[], SnapshotData]: ...
 
     def leases(self) -> tuple[int, ...]: ...
 
@@ -136,8 +136,8 @@ class SnapshotJob:
 
     index: int
     conf: ConfState
-    encode: Callable[[], bytes]
-    data: bytes | None = None
+    encode: Callable[[], SnapshotData]
+    data: SnapshotData | None = None
 
     def run(self) -> None:
         self.data = self.encode()
@@ -175,7 +175,7 @@ class SnapshotWrite:
     storage: DurableLog
     current: int
     index: int
-    image: tuple[ConfState, bytes] | None
+    image: tuple[ConfState, SnapshotData] | None
     compact_to: int
     rotations: Sequence[int] = ()
     """Rotations this write completes."""

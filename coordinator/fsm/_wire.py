@@ -18,7 +18,7 @@ import struct
 import sys
 from array import array
 from collections.abc import Iterable, Iterator
-from itertools import accumulate, pairwise, starmap
+from itertools import accumulate, islice, pairwise, starmap
 
 _U8 = struct.Struct(">B")
 _U16 = struct.Struct(">H")
@@ -38,6 +38,13 @@ I64_MAX = 2**63 - 1
 _U32_CODE = next(code for code in "IL" if array(code).itemsize == 4)
 _U64_CODE = next(code for code in "LQ" if array(code).itemsize == 8)
 _SWAP = sys.byteorder == "little"
+
+_JOIN_BATCH = 4096
+"""How many byte strings `Writer.raw_all` joins at a time."""
+_BLOB_GROUP = 1024
+_BLOB_GROUP_BYTES_MAX = 1 << 20
+"""`Reader.blob_column` cuts a view's blobs `_BLOB_GROUP` at a time from a bytes copy of
+them, if they take at most this much."""
 
 
 class DecodeError(ValueError):
@@ -107,6 +114,14 @@ class Writer:
     def raw(self, value: bytes) -> None:
         self._buf += value
 
+    def raw_all(self, values: Iterable[bytes]) -> None:
+        """The byte strings back to back, as `raw(b"".join(values))` but joined a batch at a
+        time: the values of a large image's KV are most of the image, and joined whole
+        they would be held twice for a moment."""
+        values = iter(values)
+        while batch := list(islice(values, _JOIN_BATCH)):
+            self._buf += b"".join(batch)
+
     def u32_column(self, values: Iterable[int]) -> None:
         """Big-endian u32s back to back, no count (the reader knows it): converted by one
         C loop, for the columns of a snapshot image."""
@@ -121,16 +136,29 @@ class Writer:
         self._buf += column
 
     def getvalue(self) -> bytes:
+        """A copy of what was written (the writer can go on)."""
         return bytes(self._buf)
+
+    def view(self) -> memoryview:
+        """What was written, without the copy `getvalue` makes: for a snapshot image, which
+        can be tens of MB. The buffer is then exported and cannot grow, so the writer is
+        done (a further write raises `BufferError`)."""
+        return memoryview(self._buf).toreadonly()
 
 
 class Reader:
-    """Reads what `Writer` wrote; every failure raises `error` (a `DecodeError` subclass)."""
+    """Reads what `Writer` wrote; every failure raises `error` (a `DecodeError` subclass).
+
+    The data may be a memoryview (a snapshot image, which is read in place rather than
+    copied); what the reader returns is bytes either way, cut from the view. The caller
+    must not change the viewed buffer while reading."""
 
     __slots__ = ("_data", "_error", "_pos", "_what")
 
-    def __init__(self, data: bytes, what: str, error: type[DecodeError] = DecodeError) -> None:
-        self._data = bytes(data)
+    def __init__(
+        self, data: bytes | memoryview, what: str, error: type[DecodeError] = DecodeError
+    ) -> None:
+        self._data: bytes | memoryview = data if isinstance(data, bytes) else data.cast("B")
         self._pos = 0
         self._what = what
         self._error = error
@@ -145,7 +173,7 @@ class Reader:
             raise self._truncated(size)
         chunk = self._data[self._pos : end]
         self._pos = end
-        return chunk
+        return chunk if isinstance(chunk, bytes) else chunk.tobytes()
 
     def raw(self, size: int) -> bytes:
         return self._take(size)
@@ -215,7 +243,8 @@ class Reader:
         if end > len(data):
             raise self._truncated(end - start)
         self._pos = end
-        return data[start:end]
+        blob = data[start:end]
+        return blob if isinstance(blob, bytes) else blob.tobytes()
 
     def text(self) -> str:
         raw = self.blob()
@@ -238,7 +267,13 @@ class Reader:
         """`n` records of (blob, blob, `codec`'s fields), as `blob` and `u64s` wrote them,
         decoded in one tight loop: the bulk of a snapshot image (its keys), where a call per
         field would dominate a restart. A generator, so each record's temporaries are freed
-        before the next (no transient list of a million tuples to fragment the heap)."""
+        before the next (no transient list of a million tuples to fragment the heap).
+
+        Only images before version 6 hold such records, and a member reads one at most
+        once (its next snapshot is newer): a view is copied to bytes first rather than
+        slowing this loop with a conversion per blob."""
+        if isinstance(self._data, memoryview):
+            self._data = self._data.tobytes()
         data, end = self._data, len(self._data)
         length, numbers, size = _U32.unpack_from, codec.unpack_from, codec.size
         pos = self._pos
@@ -269,7 +304,11 @@ class Reader:
 
     def _column(self, code: str, n: int) -> array[int]:
         column = array(code)
-        column.frombytes(self._take(n * column.itemsize))
+        size = n * column.itemsize
+        if self._pos + size > len(self._data):
+            raise self._truncated(size)
+        column.frombytes(self._data[self._pos : self._pos + size])
+        self._pos += size
         if _SWAP:
             column.byteswap()
         return column
@@ -278,10 +317,26 @@ class Reader:
         """The byte strings of `lengths`, stored back to back: cut from the image by C
         loops (no interpreted step per blob), each a bytes object of its own."""
         start, size = self._pos, sum(lengths)
-        if start + size > len(self._data):
+        data = self._data
+        if start + size > len(data):
             raise self._truncated(size)
-        cuts = starmap(slice, pairwise(accumulate(lengths, initial=start)))
-        blobs = list(map(self._data.__getitem__, cuts))
+        if isinstance(data, bytes):
+            blobs = _cut(data, start, lengths)
+        else:
+            # From a view, a blob at a time would cost a memoryview object per blob: copy a
+            # group of blobs to bytes at once and cut that, unless the group is large (then
+            # a view per blob costs little next to the blob).
+            blobs = []
+            at = start
+            for first in range(0, len(lengths), _BLOB_GROUP):
+                group = lengths[first : first + _BLOB_GROUP]
+                group_size = sum(group)
+                if group_size <= _BLOB_GROUP_BYTES_MAX:
+                    blobs += _cut(data[at : at + group_size].tobytes(), 0, group)
+                else:
+                    cuts = starmap(slice, pairwise(accumulate(group, initial=at)))
+                    blobs += map(memoryview.tobytes, map(data.__getitem__, cuts))
+                at += group_size
         self._pos = start + size
         return blobs
 
@@ -298,3 +353,9 @@ class Reader:
     def finish(self) -> None:
         if self._pos != len(self._data):
             raise self.fail(f"{len(self._data) - self._pos} trailing bytes")
+
+
+def _cut(data: bytes, start: int, lengths: array[int]) -> list[bytes]:
+    """The byte strings of `lengths`, back to back in `data` from `start`, by C loops."""
+    cuts = starmap(slice, pairwise(accumulate(lengths, initial=start)))
+    return list(map(data.__getitem__, cuts))

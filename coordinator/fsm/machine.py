@@ -501,15 +501,16 @@ class StateMachine:
     def snapshot(self) -> bytes:
         """A versioned binary image of everything: clock, KV, history (with its horizon),
         leases, locks, elections, sequences, members, join tokens and the session table.
-        Canonical: two machines in the same state produce the same bytes."""
-        return self.snapshot_later()()
+        Canonical: two machines in the same state produce the same bytes (a copy of the
+        buffer they were encoded into; `snapshot_later()()` is that buffer, read-only)."""
+        return self.snapshot_later()().tobytes()
 
-    def snapshot_later(self) -> Callable[[], bytes]:
-        """`snapshot()` of the state as it is now, produced later: the returned function may
-        run on another thread while this machine goes on applying. Everything but the KV is
-        encoded now; the KV, the one part that grows large, is captured as copies of its
-        containers (its keys and values are immutable), which is fast, and encoded by the
-        returned function."""
+    def snapshot_later(self) -> Callable[[], memoryview]:
+        """`snapshot()` of the state as it is now, produced later (as a read-only view, not
+        bytes): the returned function may run on another thread while this machine goes on
+        applying. Everything but the KV is encoded now; the KV, the one part that grows
+        large, is captured as copies of its containers (its keys and values are immutable),
+        which is fast, and encoded by the returned function."""
         head = Writer()
         head.raw(SNAPSHOT_MAGIC)
         head.u8(SNAPSHOT_VERSION)
@@ -535,18 +536,18 @@ class StateMachine:
         tail.blob(self._sessions.encode())
         before, after = head.getvalue(), tail.getvalue()
 
-        def image() -> bytes:
+        def image() -> memoryview:
             w = Writer()
             w.raw(before)
             write_kv(w)
             w.raw(after)
-            return w.getvalue()
+            return w.view()
 
         return image
 
-    def restore(self, data: bytes) -> None:
+    def restore(self, data: bytes | memoryview) -> None:
         """Replace the whole state with a `snapshot()` image; on a bad image raise
-        SnapshotDecodeError and keep the current state."""
+        SnapshotDecodeError and keep the current state. A view is read in place, unchanged."""
         fresh = StateMachine(
             history_events_max=self._history_events_max,
             history_bytes_max=self._history_bytes_max,

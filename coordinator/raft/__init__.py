@@ -32,6 +32,7 @@ from .messages import MessageType as MessageType
 from .messages import ReadState as ReadState
 from .messages import Role as Role
 from .messages import Snapshot as Snapshot
+from .messages import SnapshotData as SnapshotData
 from .messages import SnapshotMeta as SnapshotMeta
 from .messages import SoftState as SoftState
 from .sessions import SessionCheck as SessionCheck
@@ -73,6 +74,7 @@ __all__ = [
     "SessionTable",
     "SessionVerdict",
     "Snapshot",
+    "SnapshotData",
     "SnapshotMeta",
     "SoftState",
     "Status",

@@ -34,7 +34,7 @@ def _send_snapshot_chunk(self: Raft, to: int, pr: Progress) -> None:
         return
     size = self.cfg.snapshot_chunk_bytes
     off = pr.snapshot_offset
-    chunk = snap.data[off : off + size]
+    chunk = bytes(snap.data[off : off + size])
     self._send(
         Message(
             MT.SNAP,

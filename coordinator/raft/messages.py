@@ -98,12 +98,17 @@ class SnapshotMeta:
     conf: ConfState = field(default_factory=ConfState)
 
 
+SnapshotData = bytes | memoryview
+"""A snapshot's image: bytes, or a read-only view of the buffer it was built or read into
+(the image is the one large thing a member holds; a view saves copying it whole)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """A state-machine image at `meta.index`; its log prefix is discarded."""
 
     meta: SnapshotMeta = field(default_factory=SnapshotMeta)
-    data: bytes = b""
+    data: SnapshotData = b""
 
     @property
     def empty(self) -> bool:

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from .messages import ConfState, Entry, HardState, Snapshot, SnapshotMeta
+from .messages import ConfState, Entry, HardState, Snapshot, SnapshotData, SnapshotMeta
 
 
 class CompactedError(LookupError):
@@ -140,7 +140,7 @@ class MemoryStorage:
         self._snapshot = snap
         self._entries = [Entry(snap.meta.index, snap.meta.term)]
 
-    def create_snapshot(self, index: int, conf: ConfState, data: bytes) -> Snapshot:
+    def create_snapshot(self, index: int, conf: ConfState, data: SnapshotData) -> Snapshot:
         """Record the state machine's image at applied `index`; the log is kept until
         `compact` so lagging followers can still be served entries."""
         if index <= self._snapshot.meta.index:

@@ -30,7 +30,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from coordinator.fsm import StateMachine
-from coordinator.raft import ConfState, Entry, HardState, Role, Snapshot, Status
+from coordinator.raft import ConfState, Entry, HardState, Role, Snapshot, SnapshotData, Status
 from coordinator.storage import DiskWal, WalMetrics
 
 from .loop import RaftLoop
@@ -382,7 +382,7 @@ class MeteredLog:
             self._observe()
 
     # DurableLog
-    def create_snapshot(self, index: int, conf: ConfState, data: bytes) -> Snapshot:
+    def create_snapshot(self, index: int, conf: ConfState, data: SnapshotData) -> Snapshot:
         try:
             return self.wal.create_snapshot(index, conf, data)
         finally:

@@ -153,7 +153,7 @@ def restore_data_dir(
         raise RecoveryError(f"cannot rewrite the member directory: {err}") from None
     revoked = fsm.revoke_join_tokens_for_recovery()
     snapshot = Snapshot(
-        SnapshotMeta(index, term, ConfState(frozenset(initial_cluster))), fsm.snapshot()
+        SnapshotMeta(index, term, ConfState(frozenset(initial_cluster))), fsm.snapshot_later()()
     )
     parent = data_dir.absolute().parent
     parent.mkdir(parents=True, exist_ok=True)
@@ -268,7 +268,7 @@ def force_new_cluster(wal: DiskWal, member_id: int) -> Forced:
         new_term=new_term,
     )
     _announce(forced, member_id, data_dir)
-    wal.save_snapshot(Snapshot(SnapshotMeta(last, term, new_conf), fsm.snapshot()))
+    wal.save_snapshot(Snapshot(SnapshotMeta(last, term, new_conf), fsm.snapshot_later()()))
     wal.save([], HardState(new_term, 0, last))
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     _write_marker(

@@ -93,7 +93,7 @@ def _records(data_dir: Path, keys: KeyStore) -> Iterator[DumpRecord]:
                 index,
                 term,
                 key_id,
-                data=snap.data,
+                data=bytes(snap.data),
                 conf=snap.meta.conf,
             )
     wal_dir = data_dir / WAL_DIR

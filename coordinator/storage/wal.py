@@ -73,6 +73,7 @@ from coordinator.raft import (
     HardState,
     MemoryStorage,
     Snapshot,
+    SnapshotData,
     SnapshotMeta,
     UnavailableError,
 )
@@ -337,7 +338,7 @@ class DiskWal(WalRecovery):
         self._storage.apply_snapshot(snapshot)
         self._discard_after(snapshot.meta.index)
 
-    def create_snapshot(self, index: int, conf: ConfState, data: bytes) -> Snapshot:
+    def create_snapshot(self, index: int, conf: ConfState, data: SnapshotData) -> Snapshot:
         """Persist the state machine's image at applied `index` (which must be stored). The
         log is kept until `compact`, so lagging followers can still be sent entries."""
         self._check_usable()

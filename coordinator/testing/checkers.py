@@ -139,7 +139,7 @@ class SafetyChecker:
         )
         self.node_applied[node] = meta.index
 
-    def on_snapshot(self, node: int, index: int, image: bytes) -> None:
+    def on_snapshot(self, node: int, index: int, image: bytes | memoryview) -> None:
         self.checks += 1
         digest = hashlib.blake2b(image, digest_size=16).digest()
         first, seen = self.images.setdefault(index, (node, digest))

@@ -17,7 +17,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from coordinator.raft import ConfState, Entry, HardState, MemoryStorage, Snapshot
+from coordinator.raft import ConfState, Entry, HardState, MemoryStorage, Snapshot, SnapshotData
 
 
 class SimCrash(Exception):
@@ -142,7 +142,7 @@ class SimLog(MemoryStorage):
     def save_snapshot(self, snapshot: Snapshot) -> None:
         self._wal.save_snapshot(snapshot)
 
-    def create_snapshot(self, index: int, conf: ConfState, data: bytes) -> Snapshot:
+    def create_snapshot(self, index: int, conf: ConfState, data: SnapshotData) -> Snapshot:
         snap = super().create_snapshot(index, conf, data)
         self.disk.snapshot = snap
         self.disk.fsyncs += 1

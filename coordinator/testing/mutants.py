@@ -106,7 +106,7 @@ class _BrokenMachine(StateMachine):
         super().__init__()
         self._break()
 
-    def restore(self, data: bytes) -> None:
+    def restore(self, data: bytes | memoryview) -> None:
         super().restore(data)
         self._break()
 

@@ -425,7 +425,7 @@ class _Watched:
         sim.on_applied(node, applied)
         return applied
 
-    def restore(self, data: bytes) -> None:
+    def restore(self, data: bytes | memoryview) -> None:
         meta = self.node.log.snapshot().meta  # persisted before the restore (`core.ready`)
         if self.live:
             self.node.sim.checker.on_restore(self.node.id, meta)
@@ -433,7 +433,7 @@ class _Watched:
         if self.live:
             self.node.sim.on_conf_applied(self.node, meta.conf)
 
-    def snapshot_later(self) -> Callable[[], bytes]:
+    def snapshot_later(self) -> Callable[[], memoryview]:
         return self.fsm.snapshot_later()
 
     def leases(self) -> tuple[int, ...]:

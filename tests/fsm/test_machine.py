@@ -316,3 +316,33 @@ def test_a_version_5_image_restores_to_the_same_state_and_is_written_as_version_
     image = restored.snapshot()
     assert image[4] == 6 and image == d.m.snapshot()
     assert restored.lease_owner(1) == d.m.lease_owner(1) and restored.get(b"a") == d.m.get(b"a")
+
+
+def view_of(data: bytes) -> memoryview:
+    """`data` as a member holds a snapshot it read from disk: a read-only view of a buffer
+    that holds more before it (the file's header and configuration)."""
+    return memoryview(bytearray(b"header" + data)).toreadonly()[6:]
+
+
+def test_an_image_restores_from_a_view_as_from_bytes(d: Driver) -> None:
+    busy(d)
+    for data in (d.m.snapshot(), (IMAGES / "v5-busy.bin").read_bytes()):
+        restored = StateMachine()
+        restored.restore(view_of(data))
+        assert restored.snapshot() == d.m.snapshot()
+        assert restored.get(b"a") == d.m.get(b"a")
+
+
+def test_the_later_image_is_a_read_only_view_of_the_same_bytes(d: Driver) -> None:
+    busy(d)
+    image = d.m.snapshot_later()()
+    assert isinstance(image, memoryview) and image.readonly
+    assert image == d.m.snapshot()
+
+
+def test_a_bad_image_is_rejected_from_a_view_too(d: Driver) -> None:
+    busy(d)
+    image = d.m.snapshot()
+    for size in (0, 5, len(image) // 2, len(image) - 1):
+        with pytest.raises(SnapshotDecodeError):
+            StateMachine().restore(view_of(image[:size]))
