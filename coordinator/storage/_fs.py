@@ -15,6 +15,7 @@ unlink). So:
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 TMP_SUFFIX = ".tmp"
@@ -39,7 +40,7 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_all(fd: int, data: bytes | bytearray) -> None:
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     """`os.write` may write less than asked; loop until every byte is handed to the kernel."""
     view = memoryview(data)
     while view:
@@ -50,12 +51,19 @@ def write_all(fd: int, data: bytes | bytearray) -> None:
 def write_file_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Replace `path` with `data` so that after a crash it holds either the old or the new
     contents, never a mix: temp file, fsync, rename, fsync of the directory."""
+    write_file_atomic_with(path, lambda fd: write_all(fd, data), mode)
+
+
+def write_file_atomic_with(path: Path, fill: Callable[[int], None], mode: int = 0o600) -> None:
+    """`write_file_atomic` of whatever `fill` writes to the file descriptor it is given, for
+    contents too large to assemble in memory first. If `fill` raises, `path` is untouched
+    and the temp file is left for the next open to remove, as after a crash."""
     tmp = path.with_name(path.name + TMP_SUFFIX)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
         # A stale temp file keeps its old mode through O_TRUNC; key files must be 0600.
         os.fchmod(fd, mode)
-        write_all(fd, data)
+        fill(fd)
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -121,7 +121,7 @@ class WalRecovery:
             remove_files(leftovers)
         base = Snapshot()
         if snapshots:
-            base, _ = read_snapshot(snapshots[-1][2], self._keys.cipher)
+            base, _ = read_snapshot(snapshots[-1][2], self._keys.data_key)
             self._storage.apply_snapshot(base)
         self._snapshot_files = snapshots
         found = list_segments(self._wal_dir)

@@ -58,11 +58,13 @@ import logging
 import os
 import struct
 import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -108,6 +110,67 @@ def snapshot_nonce() -> bytes:
     nonce = bytearray(os.urandom(NONCE_BYTES))
     nonce[0] |= 0x80
     return bytes(nonce)
+
+
+# --- sealing a stream ---------------------------------------------------------------------------
+
+STREAM_CHUNK_BYTES = 1 << 20
+"""How much `seal_stream` and `open_stream` take at a time; the most either holds besides
+the caller's plaintext. Snapshots use them: an image of a million keys is about 80 MB."""
+
+
+def seal_stream(
+    key: bytes,
+    nonce: bytes,
+    aad: bytes,
+    parts: Iterable[bytes | memoryview],
+    write: Callable[[bytes], object],
+) -> None:
+    """AES-GCM of the concatenated `parts`, handed to `write` chunk by chunk, then the tag:
+    in order the very bytes of `AESGCM(key).encrypt(nonce, b"".join(parts), aad)` (GCM is a
+    stream cipher with the tag at the end), without a joined plaintext or a whole
+    ciphertext ever in memory."""
+    encryptor = Cipher(algorithms.AES(key), modes.GCM(nonce)).encryptor()
+    encryptor.authenticate_additional_data(aad)
+    for part in parts:
+        view = memoryview(part)
+        for start in range(0, len(view), STREAM_CHUNK_BYTES):
+            write(encryptor.update(view[start : start + STREAM_CHUNK_BYTES]))
+    write(encryptor.finalize())
+    write(encryptor.tag)
+
+
+def open_stream(
+    key: bytes, nonce: bytes, aad: bytes, read_into: Callable[[memoryview], int], sealed: int
+) -> bytearray:
+    """The plaintext of `sealed` bytes (ciphertext, then the tag) that `read_into` delivers, as
+    `AESGCM(key).decrypt` would return it but decrypted chunk by chunk into one buffer, so the
+    ciphertext is never whole in memory. `InvalidTag` if it does not authenticate, `EOFError`
+    if `read_into` runs dry first; the buffer is returned only once the tag has verified."""
+    if sealed < TAG_BYTES:
+        raise EOFError(f"{sealed} bytes cannot hold a {TAG_BYTES}-byte tag")
+    plain = bytearray(sealed - TAG_BYTES)
+    out = memoryview(plain)
+    chunk = memoryview(bytearray(min(STREAM_CHUNK_BYTES, len(plain))))
+    decryptor = Cipher(algorithms.AES(key), modes.GCM(nonce)).decryptor()
+    decryptor.authenticate_additional_data(aad)
+    done = 0
+    while done < len(plain):
+        got = read_into(chunk[: len(plain) - done])
+        if got <= 0:
+            raise EOFError(f"the ciphertext ends after {done} of {len(plain)} bytes")
+        decryptor.update_into(chunk[:got], out[done : done + got])
+        done += got
+    tag = bytearray(TAG_BYTES)
+    got = 0
+    while got < TAG_BYTES:
+        n = read_into(memoryview(tag)[got:])
+        if n <= 0:
+            raise EOFError("the tag is cut short")
+        got += n
+    out.release()
+    decryptor.finalize_with_tag(bytes(tag))
+    return plain
 
 
 # --- the data directory's format marker ------------------------------------------------------
@@ -330,14 +393,19 @@ class KeyStore:
         """The AES-GCM instance for DEK `key_id`; `UnknownKeyError` if the ring lacks it."""
         cipher = self._ciphers.get(key_id)
         if cipher is None:
-            key = self._ring.keys.get(key_id)
-            if key is None:
-                raise UnknownKeyError(
-                    f"data key {key_id} is not in the key ring (dropped too early, or the "
-                    f"record belongs to another member); the ring holds {self.key_ids}"
-                )
-            cipher = self._ciphers[key_id] = AESGCM(key)
+            cipher = self._ciphers[key_id] = AESGCM(self.data_key(key_id))
         return cipher
+
+    def data_key(self, key_id: int) -> bytes:
+        """DEK `key_id` itself, for `seal_stream` and `open_stream` (an `AESGCM` seals only
+        whole buffers); `UnknownKeyError` if the ring lacks it."""
+        key = self._ring.keys.get(key_id)
+        if key is None:
+            raise UnknownKeyError(
+                f"data key {key_id} is not in the key ring (dropped too early, or the "
+                f"record belongs to another member); the ring holds {self.key_ids}"
+            )
+        return key
 
     # --- autolock and rotation ---------------------------------------------------------------
 

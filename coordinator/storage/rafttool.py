@@ -85,7 +85,7 @@ def _records(data_dir: Path, keys: KeyStore) -> Iterator[DumpRecord]:
     snap_dir = data_dir / SNAP_DIR
     if snap_dir.is_dir():
         for index, term, path in list_snapshots(snap_dir)[0]:
-            snap, key_id = read_snapshot(path, keys.cipher)
+            snap, key_id = read_snapshot(path, keys.data_key)
             yield DumpRecord(
                 f"{SNAP_DIR}/{path.name}",
                 0,
@@ -160,7 +160,7 @@ def log_position(data_dir: str | os.PathLike[str], unlock_key: str | None = None
     if snap_dir.is_dir():
         snapshots = list_snapshots(snap_dir)[0]
         if snapshots:
-            snap, _ = read_snapshot(snapshots[-1][2], keys.cipher)
+            snap, _ = read_snapshot(snapshots[-1][2], keys.data_key)
             base_index, base_term, base_conf = snap.meta.index, snap.meta.term, snap.meta.conf
     wal_dir = path / WAL_DIR
     if not wal_dir.is_dir():

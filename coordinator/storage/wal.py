@@ -538,7 +538,7 @@ class DiskWal(WalRecovery):
         meta = snapshot.meta
         key_id = self._keys.current_key_id
         try:
-            path = write_snapshot(self._snap_dir, snapshot, key_id, self._keys.cipher)
+            path = write_snapshot(self._snap_dir, snapshot, key_id, self._keys.data_key)
         except OSError as exc:
             self._failed = exc
             raise WalError(f"writing snapshot {meta.index} failed: {exc}") from exc

@@ -59,7 +59,7 @@ def test_no_secret_ever_reaches_the_disk_in_the_clear(tmp_path: Path, autolock: 
         assert (data_dir / "keys" / "kek").exists()
     # ... and yet all of it reads back with the keys.
     with reopen(data_dir, keys.unlock_key) as wal:
-        assert SECRET in wal.snapshot().data
+        assert SECRET in bytes(wal.snapshot().data)
         assert all(SECRET in e.data for e in wal.entries(101, 103))
 
 

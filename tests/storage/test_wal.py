@@ -343,7 +343,7 @@ def test_a_leftover_snapshot_temp_file_is_ignored_and_removed(tmp_path: Path) ->
         wal.create_snapshot(5, CONF, b"s5")
     snap_dir = data_dir / "snap"
     newer = write_snapshot(
-        snap_dir, Snapshot(SnapshotMeta(9, 1, CONF), b"s9"), keys.current_key_id, keys.cipher
+        snap_dir, Snapshot(SnapshotMeta(9, 1, CONF), b"s9"), keys.current_key_id, keys.data_key
     )
     newer.rename(newer.with_name(newer.name + ".tmp"))
     (snap_dir / "garbage.snap.tmp").write_bytes(b"half a snapshot")
@@ -364,7 +364,7 @@ def test_a_renamed_snapshot_without_its_mark_is_used(tmp_path: Path) -> None:
         data_dir / "snap",
         Snapshot(SnapshotMeta(8, 1, CONF), b"s8"),
         keys.current_key_id,
-        keys.cipher,
+        keys.data_key,
     )
     with reopen(data_dir) as wal:
         assert (wal.first_index(), wal.last_index()) == (9, 10)

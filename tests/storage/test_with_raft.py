@@ -47,7 +47,7 @@ class _Machine:
         self.applied = 0
 
     def restore(self, snapshot: Snapshot) -> None:
-        self.values = [v for v in snapshot.data.split(b",") if v]
+        self.values = [v for v in bytes(snapshot.data).split(b",") if v]
         self.applied = snapshot.meta.index
 
     def apply(self, entries: Sequence[Entry]) -> None:
