@@ -260,7 +260,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     print()
     print("Targets:")
     for t in doc["targets"]:
-        print(f"  [{t['status']}] {t['target']} (ratio {report.fmt_ratio(t['ratio'])})")
+        got = (
+            f"ratio {report.fmt_ratio(t['ratio'])}"
+            if t["peer"] is not None
+            else f"Concord {report.fmt(t['concord'], t['unit'])}"
+        )
+        print(f"  [{t['status']}] {t['target']} ({got})")
     print()
     shown = [str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p) for p in written]
     log(f"wrote {', '.join(shown)}")

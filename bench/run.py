@@ -114,7 +114,9 @@ def _opener(
 ) -> Callable[[int], Awaitable[Worker]]:
     """open_worker(i) for one cell of a load figure: a session on the shared connection
     `conn`, or on its own (None). Lock figures count their acquire requests and completed
-    cycles, the read figure its completed reads (warm-up included) in `stats`."""
+    cycles, the sequence figure its requests and values, the read figure its completed reads
+    (warm-up included) in `stats`."""
+    issued: set[int] = set()  # the sequence values drawn in this cell: none may come twice
 
     async def open_worker(i: int) -> Worker:
         if conn is not None:
@@ -123,7 +125,7 @@ def _opener(
             s = await cluster.session(leader, timeout_s=request_timeout_s(figure))
         try:
             await s.warm()
-            op = await _operation(s, figure, i, cell_id, stats)
+            op = await _operation(s, figure, i, cell_id, stats, issued=issued)
         except BaseException:
             await s.close()
             raise
@@ -133,7 +135,7 @@ def _opener(
 
 
 async def _operation(
-    s: Session, figure: str, i: int, cell_id: str, stats: dict[str, int]
+    s: Session, figure: str, i: int, cell_id: str, stats: dict[str, int], *, issued: set[int]
 ) -> Callable[[], Awaitable[None]]:
     if figure == "write":
         n = 0
@@ -164,7 +166,9 @@ async def _operation(
         name = f"lock/{cell_id}" if figure == "lock_contended" else f"lock/{cell_id}/{i}"
 
         async def lock() -> None:
-            stats["attempts"] = stats.get("attempts", 0) + await s.lock_cycle(name)
+            # Awaited before the count is read: other tasks add to it while this one waits.
+            attempts = await s.lock_cycle(name)
+            stats["attempts"] = stats.get("attempts", 0) + attempts
             stats["cycles"] = stats.get("cycles", 0) + 1
 
         return lock
@@ -173,10 +177,17 @@ async def _operation(
 
         async def seq() -> None:
             nonlocal last
-            got = await s.seq_next("bench-seq")
+            got, requests = await s.seq_next("bench-seq")
             if got <= last:
                 raise RuntimeError(f"sequence went from {last} to {got}")
+            # The tasks of a cell draw from one sequence: a value drawn twice is a lost
+            # increment (every cell draws new values: a sequence never goes back).
+            if got in issued:
+                raise RuntimeError(f"sequence value {got} drawn twice")
+            issued.add(got)
             last = got
+            stats["seq_requests"] = stats.get("seq_requests", 0) + requests
+            stats["values"] = stats.get("values", 0) + 1
 
         return seq
     if figure == "read":
@@ -214,6 +225,8 @@ def _cell_result(system: str, figure: str, cell: Cell, stats: dict[str, int]) ->
     out["value"] = out["throughput_per_s"]
     if stats.get("cycles"):
         out["lock_requests_per_cycle"] = round(stats["attempts"] / stats["cycles"], 2)
+    if stats.get("values"):
+        out["seq_requests_per_value"] = round(stats["seq_requests"] / stats["values"], 2)
     return out
 
 

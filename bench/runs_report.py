@@ -1,5 +1,5 @@
 """Several `make bench` runs side by side: the Concord / peer ratio of every figure in each
-run with its min, median and max, and how many runs met each target of issue 5.
+run with its min, median and max, and how many runs met each target of issue 19.
 
 A pure function of the run documents (results.json), like `bench.report`: one run on a shared
 2-core machine can be lucky or unlucky, so the page shows the spread of three.
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .figures import FIGURES, PEERS, SYSTEM_TITLES, find, fmt_ratio, metric_of, ratio
-from .report import evaluated_targets, levels_of, systems_in
+from .report import evaluated_targets, fmt, levels_of, systems_in
 
 
 def latest(results_dir: Path, n: int) -> list[Path]:
@@ -97,8 +97,10 @@ def _target_rows(docs: Sequence[dict[str, Any]]) -> list[list[str]]:
         met = sum(1 for t in got if t is not None and t["status"] == "met")
         cells = [
             "not run" if t is None
-            else t["status"] if t["ratio"] is None
-            else f"{t['status']} ({fmt_ratio(t['ratio'])})"
+            else f"{t['status']} ({fmt_ratio(t['ratio'])})" if t["ratio"] is not None
+            else f"{t['status']} ({fmt(t['concord'], t['unit'])})"
+            if t["peer"] is None and t["concord"] is not None
+            else t["status"]
             for t in got
         ]  # fmt: skip
         rows.append([text, f"{met} of {len(docs)}", *cells])
@@ -143,7 +145,7 @@ def across_runs(docs: Sequence[dict[str, Any]]) -> str:
                 _figure_rows(docs),
             ),
             "",
-            "### Targets (issue 5) across the runs",
+            "### Targets (issue 19) across the runs",
             "",
             _table(["target", "met in", *runs], _target_rows(docs)),
             "",

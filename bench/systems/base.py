@@ -4,7 +4,9 @@ and observe, and per-task sessions that do one figure's operation.
 A `Session` is one task's connection (one client, one channel) and offers the operations the
 figures are made of. A system that lacks a primitive says so in `Cluster.unsupported` (figure
 -> the reason, printed in the table) and its session raises `Unsupported` if asked anyway; the
-benchmark never builds a missing primitive out of others.
+benchmark builds a missing primitive out of others only where the system's users must, the
+way they do (etcd's sequence: a client-side compare-and-swap loop), and counts the requests
+it takes.
 """
 
 from __future__ import annotations
@@ -66,7 +68,9 @@ class Session(abc.ABC):
         of acquire requests it took (1 for a system that queues waiters)."""
         raise Unsupported("lock")
 
-    async def seq_next(self, name: str) -> int:
+    async def seq_next(self, name: str) -> tuple[int, int]:
+        """The next value of sequence `name`, and the number of requests it took (1 for a
+        system with a sequence primitive)."""
         raise Unsupported("sequence")
 
     async def read(self, key: bytes) -> bytes | None:

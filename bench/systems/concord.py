@@ -88,8 +88,8 @@ class ConcordSession(Session):
         await self.client.release(held)
         return 1
 
-    async def seq_next(self, name: str) -> int:
-        return (await self.client.sequence_next(name))[0]
+    async def seq_next(self, name: str) -> tuple[int, int]:
+        return (await self.client.sequence_next(name))[0], 1
 
     async def read(self, key: bytes) -> bytes | None:
         kv = await self.client.get(key)

@@ -92,8 +92,8 @@ class PySyncObjSession(Session):
         await self.stub.Unlock(req, timeout=self.timeout_s)
         return tries
 
-    async def seq_next(self, name: str) -> int:
-        return int((await self.stub.Next(pb.NextRequest(), timeout=self.timeout_s)).value)
+    async def seq_next(self, name: str) -> tuple[int, int]:
+        return int((await self.stub.Next(pb.NextRequest(), timeout=self.timeout_s)).value), 1
 
     async def read(self, key: bytes) -> bytes | None:
         raise Unsupported(PySyncObjCluster.unsupported["read"])

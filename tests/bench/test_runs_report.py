@@ -10,6 +10,7 @@ from typing import Any
 
 from bench import report, runs_report
 from bench.__main__ import main
+from bench.figures import targets
 from tests.bench.test_bench_report import synthetic
 
 
@@ -45,7 +46,7 @@ def test_each_runs_ratio_and_their_spread_oldest_first() -> None:
     pysyncobj = _line(text, "| write (put", "| 64 | PySyncObj |")
     assert "| 2.00x | 5.00x | 3.00x |" in pysyncobj  # 1200, 3000, 1800 over 600
     # A figure a peer lacks has no ratio row for it, not a row of dashes.
-    assert not any("sequence next" in ln and "| etcd |" in ln for ln in text.splitlines())
+    assert not any("compare-and-swap" in ln and "| PySyncObj |" in ln for ln in text.splitlines())
     assert "| write latency p99 | 64 | etcd |" in text
 
 
@@ -55,6 +56,17 @@ def test_a_target_met_in_some_runs_says_how_many() -> None:
     assert "| 2 of 3 | not met (0.80x) | met (2.00x) | met (1.20x) |" in row
     never = _line(text, "| write throughput at 256 in flight >= 1.0x etcd |")
     assert "| 0 of 3 | not measured | not measured | not measured |" in never
+    cpu = _line(text, "| CPU per sequential write")  # no peer: Concord's own figure
+    assert "| 3 of 3 | met (1.50 ms) | met (1.50 ms) | met (1.50 ms) |" in cpu
+    assert "### Targets (issue 19) across the runs" in text
+
+
+def test_every_target_is_a_row_across_the_runs() -> None:
+    text = runs_report.across_runs(_three())
+    rows = [ln for ln in text.split("### Targets")[1].splitlines() if ln.startswith("| ")]
+    assert len(rows) - 1 == len(targets())  # the header row
+    for t in targets():
+        assert any(row.startswith(f"| {t.text} |") for row in rows), t.text
 
 
 def test_one_run_is_the_page_as_before() -> None:
