@@ -10,7 +10,9 @@ encryption and `send` happen right there, no task hand-off, no per-message await
 **Sending.** `send` encodes the message and appends it to the peer's pending list, bounded
 by `queue_max` messages: when full the message is dropped and counted (Raft tolerates loss;
 a slow or dead peer must never hold up the loop). The first message of a turn schedules
-`_flush` with `call_soon`; later ones in the same turn ride along (explicit batching). A
+`_flush` with `call_soon`; later ones in the same turn ride along (explicit batching);
+`flush_now` writes them at once instead (the Raft loop does, before it hands a WAL write to
+the disk thread, whose sealing would otherwise hold the GIL while the flush waits). A
 flush writes only while the connection's write buffer is under `write_buffer_max`; above
 it, one task per peer awaits `drain()` (bounded by `write_timeout_s`: a peer that stops
 reading is cut off and redialled) and flushes again, so a stalled peer only fills its own
@@ -103,6 +105,9 @@ class _Peer(PeerRecord):
         self.writer: asyncio.StreamWriter | None = None
         """Set while the connection is up (hello exchanged)."""
         self.flush: asyncio.Handle | None = None
+        self.flush_soon = False
+        """`flush` runs at the end of this turn (not after the append lag): `flush_now` may
+        write it at once."""
         self.drain: asyncio.Task[None] | None = None
         self.task: asyncio.Task[None] | None = None
 
@@ -206,10 +211,22 @@ class FrameTransport(PeerBook[_Peer]):
                 peer.flush = loop.call_later(self._append_lag_s, self._flush, peer)
             else:
                 peer.flush = loop.call_soon(self._flush, peer)
+                peer.flush_soon = True
+
+    def flush_now(self) -> None:
+        """Write now what would be written at the end of this turn. The Raft loop calls it
+        before it hands a WAL write to the disk thread: that thread encodes and seals the
+        entries holding the GIL, and a flush left to the end of the turn waited for it, so
+        the followers got their appends a few hundred microseconds later than they could."""
+        for peer in self._peers.values():
+            if peer.flush_soon and peer.flush is not None:
+                peer.flush.cancel()
+                self._flush(peer)
 
     def _flush(self, peer: _Peer) -> None:
         """Write what is pending to the peer in one write (see "Sending")."""
         peer.flush = None
+        peer.flush_soon = False
         writer = peer.writer
         if writer is None or not peer.pending or peer.drain is not None:
             return

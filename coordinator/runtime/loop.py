@@ -41,7 +41,7 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from coordinator.core import (
     AppliedBatch,
@@ -121,6 +121,13 @@ class LoopConfig:
         )
 
 
+@runtime_checkable
+class FlushesNow(Protocol):
+    """A transport that can write at once what `send` queued for the end of the turn."""
+
+    def flush_now(self) -> None: ...
+
+
 def _complete(fut: asyncio.Future[Any] | None, done: Completed) -> None:
     if fut is None or fut.done():
         return  # the caller gave up
@@ -164,6 +171,7 @@ class RaftLoop:
         self.events = events
         self.storage = storage
         self.transport = transport
+        self._flush_now = transport.flush_now if isinstance(transport, FlushesNow) else None
         self.fsm = fsm
         self.clock = clock
         self.on_effects = on_effects
@@ -366,6 +374,9 @@ class RaftLoop:
         rd = core.ready()
         send_early(self.transport, rd)
         if rd.entries or rd.snapshot is not None:
+            if self._flush_now is not None:
+                # The appends on the wire before the disk thread takes the GIL to seal them.
+                self._flush_now()
             await self._on_disk(lambda: persist(self.storage, rd))
         else:
             persist(self.storage, rd)  # at most a hard state: no fsync, or a rare vote's

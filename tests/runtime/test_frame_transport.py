@@ -113,6 +113,32 @@ def test_messages_queued_in_one_turn_go_out_in_one_write() -> None:
     asyncio.run(main())
 
 
+def test_flush_now_writes_this_turns_messages_before_the_turn_ends() -> None:
+    # The Raft loop calls it before handing a WAL write to the disk thread, so that the
+    # appends are on the wire before that thread holds the GIL.
+    async def main() -> None:
+        a, b = Member(1), Member(2)
+        await b.listen()
+        a.transport.set_peers({2: b.address})
+        try:
+            await wait_for(lambda: a.transport.stats()[2].connected)
+            a.transport.flush_now()  # nothing queued: nothing written
+            assert a.transport.stats()[2].sent == 0
+            a.transport.send(heartbeat(1, 2, 1))
+            a.transport.send(heartbeat(1, 2, 2))
+            assert a.transport.stats()[2].sent == 0  # queued for the end of the turn
+            a.transport.flush_now()
+            assert a.transport.stats()[2].sent == 2  # written, in this very turn
+            await asyncio.sleep(0)  # the cancelled end-of-turn flush writes nothing again
+            assert a.transport.stats()[2].sent == 2
+            await wait_for(lambda: [m.commit for m in b.inbox] == [1, 2])
+        finally:
+            await a.close()
+            await b.close()
+
+    asyncio.run(main())
+
+
 def test_the_dialler_refuses_a_listener_whose_certificate_names_another_member() -> None:
     async def main() -> None:
         a, c = Member(1), Member(3)
