@@ -355,9 +355,12 @@ class MemberCore:
         if lease is not None and rd is not None and self.node.role is Role.LEADER:
             lease.sent(rd.messages, self.node.term)
 
-    def finish(self, rd: Ready, transport: Transport) -> None:
-        """Send, apply and advance, once `ready.persist(storage, rd)` has returned."""
-        finish(self.node, transport, self, rd)
+    def finish(
+        self, rd: Ready, transport: Transport, sent: Callable[[], None] | None = None
+    ) -> None:
+        """Send, apply and advance, once `ready.persist(storage, rd)` has returned (`sent`:
+        see `ready.finish`)."""
+        finish(self.node, transport, self, rd, sent)
 
     def handle_ready(self, transport: Transport) -> bool:
         """One whole Ready in the one order (`ready.handle_ready`); False if there was none."""

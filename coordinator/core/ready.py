@@ -19,7 +19,7 @@ exactly the sequencing production uses.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from coordinator.raft import Entry, HardState, Message, RawNode, ReadState, Ready, Snapshot
@@ -94,10 +94,21 @@ def persist(wal: Wal, rd: Ready) -> None:
         wal.save(rd.entries, rd.hard_state)
 
 
-def finish(node: RawNode, transport: Transport, app: Applier, rd: Ready) -> None:
-    """Steps 2-4, once `persist(rd)` has returned: send, apply, advance."""
+def finish(
+    node: RawNode,
+    transport: Transport,
+    app: Applier,
+    rd: Ready,
+    sent: Callable[[], None] | None = None,
+) -> None:
+    """Steps 2-4, once `persist(rd)` has returned: send, apply, advance. `sent`, if given,
+    runs once the messages are handed to `transport` and before the apply: a runtime whose
+    transport writes at the end of its turn flushes there, so that a follower's
+    acknowledgement of an append does not wait for the follower's own apply."""
     for msg in rd.late_messages:
         transport.send(msg)
+    if sent is not None and rd.late_messages:
+        sent()
     if rd.snapshot is not None:
         app.restore(rd.snapshot)
     if rd.committed_entries:

@@ -381,7 +381,7 @@ class RaftLoop:
         else:
             persist(self.storage, rd)  # at most a hard state: no fsync, or a rare vote's
         started_s = self.clock.monotonic_s() if rd.committed_entries else 0.0
-        core.finish(rd, self.transport)
+        core.finish(rd, self.transport, self._flush_now)
         self._deliver()
         if rd.committed_entries and self.events is not None:
             try:
