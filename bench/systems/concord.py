@@ -140,6 +140,7 @@ class ConcordCluster(Cluster):
                 "tick_ms": self.tick_ms,
                 "election_ticks": self.election_ticks,
                 "snapshot": "every 10,000 applied entries (member default)",
+                "event_loop": "uvloop (member default)",
                 "client": "coordinator.client.Client",
                 **extra,
             },

@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--event-loop",
         default=DEFAULT_EVENT_LOOP,
         choices=EVENT_LOOPS,
-        help="asyncio event loop to run on (uvloop: opt-in, needs the uvloop extra; "
+        help="event loop to run on (default uvloop; asyncio: the standard library's; "
         "runtime/eventloop.py)",
     )
     p.add_argument(

@@ -1,12 +1,12 @@
-"""Which asyncio event loop a member runs on: the standard library's (the default) or uvloop
-(`--event-loop uvloop`, opt-in; `pip install 'concord[uvloop]'` installs it).
+"""Which asyncio event loop a member runs on: uvloop (the default) or the standard library's
+(`--event-loop asyncio`).
 
-uvloop is not the default and not a required dependency because it did not measure clearly
-better under grpc.aio (docs/latency.md, "uvloop under every member"): the client API is
-served by gRPC's C core, which does its own polling, so the asyncio loop carries only the
-member's own work (Raft turns, WAL hand-offs, the peer streams' Python side). The option
-exists so that the comparison can be repeated on a quieter or larger machine without a
-patched build.
+uvloop is the default because it measured faster at every concurrency on a quiet machine
+(docs/latency.md, "uvloop under every member, on a quiet machine"): its loop, its socket
+transports and its TLS are compiled, where asyncio's TLS layer (`sslproto`) is Python code
+that every peer frame crosses twice; the client API is served by gRPC's C core either way.
+An earlier measurement on a busy machine had shown no clear difference, so the standard
+loop stays one flag away for comparing again.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 EVENT_LOOPS = ("asyncio", "uvloop")
-DEFAULT_EVENT_LOOP = "asyncio"
+DEFAULT_EVENT_LOOP = "uvloop"
 
 T = TypeVar("T")
 
@@ -29,8 +29,8 @@ def event_loop_problem(name: str) -> str | None:
         return f"unknown event loop {name!r}; choose from {', '.join(EVENT_LOOPS)}"
     if name == "uvloop" and importlib.util.find_spec("uvloop") is None:
         return (
-            "--event-loop uvloop needs the uvloop package, which is not installed: "
-            "pip install 'concord[uvloop]' (or leave the default, asyncio)"
+            "--event-loop uvloop needs the uvloop package, which is not installed (it is one "
+            "of concord's dependencies: reinstall concord, or run with --event-loop asyncio)"
         )
     return None
 

@@ -1,5 +1,6 @@
-"""`--event-loop`: the member runs on the loop it is asked for, and asking for uvloop where
-it is not installed is refused up front with a message that says what to install."""
+"""`--event-loop`: the member runs on the loop it is asked for (uvloop unless told otherwise),
+and asking for uvloop where it is not installed is refused up front with a message that says
+what to do."""
 
 from __future__ import annotations
 
@@ -22,19 +23,19 @@ async def _loop_module() -> str:
     return type(asyncio.get_running_loop()).__module__
 
 
-def test_the_default_is_the_standard_library_loop() -> None:
-    assert build_parser().get_default("event_loop") == "asyncio"
+def test_the_default_is_uvloop_and_the_standard_loop_is_one_flag_away() -> None:
+    assert build_parser().get_default("event_loop") == "uvloop"
     assert run_on("asyncio", _loop_module()).startswith("asyncio")
 
 
-@pytest.mark.skipif(not HAVE_UVLOOP, reason="uvloop is not installed (the uvloop extra)")
+@pytest.mark.skipif(not HAVE_UVLOOP, reason="uvloop is not installed (a dependency: reinstall)")
 def test_uvloop_runs_the_coroutine_on_uvloop() -> None:
     assert event_loop_problem("uvloop") is None
     assert run_on("uvloop", _loop_module()).startswith("uvloop")
 
 
-# A None entry in sys.modules makes the package look absent to find_spec and to import (the
-# dev extra installs uvloop, and this test must run there too).
+# A None entry in sys.modules makes the package look absent to find_spec and to import (uvloop
+# is installed wherever concord is, and this test must run there too).
 _HIDE_UVLOOP = (
     "import runpy, sys; sys.modules['uvloop'] = None; "
     "runpy.run_module('coordinator.daemon.member', run_name='__main__', alter_sys=True)"
@@ -46,7 +47,7 @@ def test_uvloop_without_the_package_is_refused_before_anything_starts(
 ) -> None:
     monkeypatch.setitem(sys.modules, "uvloop", None)
     coro = _loop_module()
-    with pytest.raises(ValueError, match="pip install 'concord\\[uvloop\\]'"):
+    with pytest.raises(ValueError, match="reinstall concord, or run with --event-loop asyncio"):
         run_on("uvloop", coro)
     data_dir = tmp_path / "d"
     argv = ["--id", "1", "--data-dir", str(data_dir), "--tls-dir", str(tmp_path), "--event-loop"]
