@@ -153,7 +153,9 @@ class DiskWal(WalRecovery):
         """Oldest first; the last one is the active segment, written through `_fd`."""
         self._fd = -1
         self._unsynced = False
-        """The active segment holds a write not yet fsynced (a commit-only hard state)."""
+        """The active segment holds a write not yet fsynced."""
+        self._commit_held = False
+        """A commit index moved alone and is not written yet (see `save`)."""
         self._active_bytes = 0
         self._counter = 0
         """Records written to the active segment so far: the next nonce counter."""
@@ -237,9 +239,12 @@ class DiskWal(WalRecovery):
         return wal
 
     def close(self) -> None:
-        """Release the files, fsyncing a commit index left unsynced (best effort: it is not
-        needed for safety, only spares the next start a little catching up)."""
+        """Release the files, writing and fsyncing a commit index held back (best effort: it
+        is not needed for safety, only spares the next start a little catching up)."""
         if self._fd >= 0:
+            if self._commit_held and self._failed is None and not self._closed:
+                with contextlib.suppress(OSError, WalError):
+                    self._write_hard_state()
             if self._unsynced and self._failed is None:
                 with contextlib.suppress(OSError):
                     self._sync_active()
@@ -295,12 +300,14 @@ class DiskWal(WalRecovery):
         """Append `entries` (truncating any stored suffix they overlap) and record
         `hard_state`; returns once both are durable, with one write and one fsync.
 
-        Except: a hard state that moves only the commit index, with no entries, is written
-        but not fsynced (the next fsync, a segment roll or `close` carries it). Nothing
-        depends on a commit index surviving a crash: a member that restarts with an older one
-        re-learns it from the leader, and the entries it covers are durable already. Terms and
-        votes are always synced: forgetting those could let one member vote twice in a term.
-        This saves a follower its second fsync per replicated batch."""
+        Except: a hard state that moves only the commit index, with no entries, is held in
+        memory and written with the next record, a segment roll or `close`, and neither
+        sealed nor written now. Nothing depends on a commit index surviving a crash: a member
+        that restarts with an older one re-learns it from the leader, and the entries it
+        covers are durable already. Terms and votes are always written and synced: forgetting
+        those could let one member vote twice in a term. This saves a follower its second
+        fsync per replicated batch, and a leader the write that otherwise sat between its
+        quorum's acknowledgement and its answer."""
         self._check_usable()
         entries = self._admissible(entries)
         if not entries and hard_state is None:
@@ -309,6 +316,13 @@ class DiskWal(WalRecovery):
         sync = bool(entries) or (
             hard_state is not None and (hard_state.term, hard_state.vote) != (prev.term, prev.vote)
         )
+        if not sync:
+            assert hard_state is not None  # no entries: the hard state moved, commit alone
+            self._storage.set_hard_state(hard_state)
+            self._commit_held = True
+            return
+        if hard_state is None and self._commit_held:
+            hard_state = prev  # the commit index held back rides with these entries
         records: list[tuple[RecordType, int, int, bytes]] = [
             (RecordType.ENTRY, e.index, e.term, bytes([e.kind]) + e.data) for e in entries
         ]
@@ -317,6 +331,7 @@ class DiskWal(WalRecovery):
             payload = HARD_STATE.pack(hs.term, hs.vote, hs.commit)
             records.append((RecordType.HARD_STATE, hs.commit, hs.term, payload))
         self._append(records, entries[0].index if entries else self.last_index() + 1, sync=sync)
+        self._commit_held = False
         self.metrics.saves += 1
         if entries:
             self._discard_after(entries[0].index - 1)
@@ -325,6 +340,14 @@ class DiskWal(WalRecovery):
             self.metrics.entries_written += len(entries)
         if hard_state is not None:
             self._storage.set_hard_state(hard_state)
+
+    def _write_hard_state(self) -> None:
+        hs = self._storage.hard_state
+        payload = HARD_STATE.pack(hs.term, hs.vote, hs.commit)
+        self._append(
+            [(RecordType.HARD_STATE, hs.commit, hs.term, payload)], self.last_index() + 1, sync=True
+        )
+        self._commit_held = False
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
         """Persist an incoming snapshot and replace the log with it (InstallSnapshot)."""
@@ -519,6 +542,7 @@ class DiskWal(WalRecovery):
                 self._sync_active()
             started = time.perf_counter()
             fd, size = _create_segment(self._wal_dir, seq, first_index, self.hard_state, self._keys)
+            self._commit_held = False  # the new segment's header carries the whole hard state
             elapsed = time.perf_counter() - started
         except OSError as exc:
             self._failed = exc

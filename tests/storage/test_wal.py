@@ -5,6 +5,7 @@ nothing to the disk that `save` had not already fsynced."""
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -105,35 +106,41 @@ def test_one_save_is_one_fsync(tmp_path: Path) -> None:
         assert wal.metrics.fsyncs == before, "nothing to persist, nothing to sync"
 
 
-def test_a_commit_only_hard_state_is_written_without_fsync(tmp_path: Path) -> None:
-    """Only the commit index moved: written (so a clean restart keeps it) but not fsynced;
-    the next fsync, a roll or close carries it. Term and vote changes are always synced."""
+def test_a_commit_only_hard_state_is_held_until_the_next_record_or_close(tmp_path: Path) -> None:
+    """Only the commit index moved: nothing is written or synced then; the next record (the
+    next entries), a roll or close carries it. Term and vote changes are always written and
+    synced."""
     data_dir = tmp_path / "d"
     _, wal = new_wal(data_dir, segment_bytes=2048)
     with wal:
         wal.save(ents(1, 3), HardState(1, 1, 0))
-        before = wal.metrics.fsyncs
+        fsyncs, written = wal.metrics.fsyncs, wal.metrics.bytes_written
         wal.save([], HardState(1, 1, 2))
-        assert wal.metrics.fsyncs == before
+        assert (wal.metrics.fsyncs, wal.metrics.bytes_written) == (fsyncs, written)
         assert wal.hard_state == HardState(1, 1, 2)
-        wal.save([], HardState(2, 0, 2))  # a new term: synced
-        assert wal.metrics.fsyncs == before + 1
-        wal.save([], HardState(2, 3, 2))  # a vote: synced
-        assert wal.metrics.fsyncs == before + 2
-        # Rolling to a new segment first syncs a commit left unsynced in the old one.
-        lo, created = 3, wal.metrics.segments_created
-        synced_before_roll = wal.metrics.fsyncs
+        # It rides with the next entries: a crash right after them keeps it.
+        wal.save(ents(3, 4), None)
+        crashed = tmp_path / "crashed"
+        shutil.copytree(data_dir, crashed)
+        wal.save([], HardState(2, 0, 2))  # a new term: written and synced
+        assert wal.metrics.fsyncs == fsyncs + 2
+        wal.save([], HardState(2, 3, 2))  # a vote: written and synced
+        assert wal.metrics.fsyncs == fsyncs + 3
+        # Rolling to a new segment writes the whole hard state in the new segment's header.
+        lo, created = 4, wal.metrics.segments_created
         while wal.metrics.segments_created == created:
-            synced_before_roll = wal.metrics.fsyncs
             wal.save([], HardState(2, 3, lo - 1))
             wal.save(ents(lo, lo + 5, 2), None)
             lo += 5
-        assert wal.metrics.fsyncs >= synced_before_roll + 2  # the old segment, then the new
-        wal.save([], HardState(2, 3, lo - 1))
+        wal.save([], HardState(2, 3, lo - 1))  # held: close writes it
         final = view(wal)
     with reopen(data_dir, segment_bytes=2048) as wal:
         assert view(wal) == final
-        assert wal.hard_state == HardState(2, 3, lo - 1)
+        assert wal.hard_state.commit == lo - 1
+    (crashed / "wal" / "LOCK").unlink(missing_ok=True)
+    with reopen(crashed, segment_bytes=2048) as wal:
+        assert wal.hard_state == HardState(1, 1, 2)
+        assert wal.last_index() == 3
 
 
 def test_overwritten_tail_is_truncated_and_stays_truncated(tmp_path: Path) -> None:
