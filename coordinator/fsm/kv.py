@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from ._wire import I64_MAX, Reader, Writer, invariant
 from .commands import Compare, CompareOp, CompareTarget, Delete, Put, Range, Txn, TxnOp
 from .errors import FsmError, invalid, not_found, out_of_range
-from .kv_image import by_key, leased, read_columns, read_rows, write_columns
+from .kv_image import leased, read_columns, read_rows, write_columns
 from .results import (
     DeleteResult,
     KeyValue,
@@ -539,14 +539,16 @@ class KvStore:
     def read_into(self, r: Reader, *, columns: bool = True) -> None:
         """Replace the store with an image's (`kv_image.py`: columns since version 6)."""
         if columns:
-            ordered = read_columns(r)
-            self._data = by_key(ordered)
-            self._keys = SortedKeys(map(operator.attrgetter("key"), ordered))
+            read = read_columns(r)
+            self._data = read.by_key()
+            self._keys = SortedKeys(read.keys)
+            with_lease: Iterable[KeyValue] = read.leased
         else:
             self._data = read_rows(r)
             self._keys = SortedKeys(sorted(self._data))
+            with_lease = leased(self._data.values())
         self._by_lease = {}
-        for kv in leased(self._data.values()):
+        for kv in with_lease:
             self._by_lease.setdefault(kv.lease, set()).add(kv.key)
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from itertools import compress, islice, repeat
 
 from ._wire import Reader, Writer
@@ -52,7 +53,20 @@ def write_columns(w: Writer, values: Sequence[KeyValue]) -> None:
         w.u64_column(map(field, values))
 
 
-def read_columns(r: Reader) -> list[KeyValue]:
+@dataclass(frozen=True, slots=True)
+class Columns:
+    """What `read_columns` read: the keys in order, their records, and the records of the
+    keys that carry a lease (the columns give all three without another pass per key)."""
+
+    keys: list[bytes]
+    records: list[KeyValue]
+    leased: list[KeyValue]
+
+    def by_key(self) -> dict[bytes, KeyValue]:
+        return dict(zip(self.keys, self.records, strict=True))
+
+
+def read_columns(r: Reader) -> Columns:
     """The store's keys, in order, from a version 6 image."""
     n = r.count()
     key_lengths, value_lengths = r.u32_column(n), r.u32_column(n)
@@ -77,7 +91,8 @@ def read_columns(r: Reader) -> list[KeyValue]:
     for i, mod in zip(positions, changed, strict=True):
         mods[i] = mod
     rows = zip(keys, values, creates, mods, versions, leases, strict=True)
-    return list(map(tuple.__new__, repeat(KeyValue), rows))
+    records = list(map(tuple.__new__, repeat(KeyValue), rows))
+    return Columns(keys, records, list(compress(records, leases)))
 
 
 def read_rows(r: Reader) -> dict[bytes, KeyValue]:
@@ -91,10 +106,6 @@ def read_rows(r: Reader) -> dict[bytes, KeyValue]:
         if data.setdefault(key, kv) is not kv:
             raise r.fail(f"key {key!r} appears twice")
     return data
-
-
-def by_key(kvs: Sequence[KeyValue]) -> dict[bytes, KeyValue]:
-    return dict(zip(map(_KEY, kvs), kvs, strict=True))
 
 
 def leased(kvs: Iterable[KeyValue]) -> Iterator[KeyValue]:

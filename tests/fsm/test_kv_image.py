@@ -37,9 +37,13 @@ def encode(kvs: list[KeyValue]) -> bytes:
 
 def decode(data: bytes) -> list[KeyValue]:
     r = Reader(data, "kv columns")
-    kvs = read_columns(r)
+    read = read_columns(r)
     r.finish()
-    return kvs
+    # The keys and the leased records come with the records, consistent with them.
+    assert read.keys == [kv.key for kv in read.records]
+    assert read.leased == [kv for kv in read.records if kv.lease]
+    assert read.by_key() == {kv.key: kv for kv in read.records}
+    return read.records
 
 
 @settings(max_examples=200, deadline=None)
@@ -125,9 +129,9 @@ def test_the_old_rows_are_still_read() -> None:
 
 def decode_view(data: bytes) -> list[KeyValue]:
     r = Reader(memoryview(bytearray(b"x" + data)).toreadonly()[1:], "kv columns")
-    kvs = read_columns(r)
+    records = read_columns(r).records
     r.finish()
-    return kvs
+    return records
 
 
 @settings(max_examples=100, deadline=None)
