@@ -40,6 +40,7 @@ from coordinator.raft import (
     EntryKind,
     Logger,
     Message,
+    NotLeaderError,
     NullLogger,
     RaftError,
     RandomSource,
@@ -115,9 +116,11 @@ class MemberCore:
         self._next_barrier: list[int] = []
         """Read ids asked for since the last Ready: they share the ReadIndex request the
         driver's next `has_ready`/`ready` makes (`_ask_read_index`)."""
-        self._reads: dict[int, list[int]] = {}
-        """ReadIndex requests asked of the node and not yet confirmed: context -> the read
-        ids it confirms."""
+        self._reads: dict[int, tuple[tuple[int, int], list[int]]] = {}
+        """ReadIndex requests asked of the node and not yet confirmed: context -> the (term,
+        leader) it was asked under and the read ids it confirms. Raft forgets a request when
+        either changes (a deposed leader's pending reads, a follower's forwarded one), so
+        `observe_leader` fails those, rather than leaving them to wait forever."""
         self._waiting_reads: list[tuple[int, int]] = []
         """(read index, read id): confirmed, waiting for the apply to reach the index."""
         self._lease_reads = (
@@ -241,7 +244,7 @@ class MemberCore:
         except RaftError as err:
             self._completed.extend(Completed(rid, error=err) for rid in rids)
             return
-        self._reads[context] = rids
+        self._reads[context] = ((self.node.term, self.node.leader), rids)
 
     # --- other inputs ----------------------------------------------------------------------------
 
@@ -316,7 +319,8 @@ class MemberCore:
             self.flush_at = now_s + delay
 
     def observe_leader(self, now_s: float) -> None:
-        """Fail proposals a new leader makes unknowable, and note a change of leader."""
+        """Fail proposals a new leader makes unknowable and reads whose ReadIndex request Raft
+        dropped with a change of term or leader, and note a change of leader."""
         if self._pending and self.node.leader not in (0, self.cfg.id):
             # Another member leads now: our proposals may or may not commit under it, and if
             # no one writes at their indexes again they would wait forever. Their outcome is
@@ -329,6 +333,13 @@ class MemberCore:
             self._completed.extend(Completed(pid, error=err) for _, pid in self._pending.values())
             self._pending.clear()
         leader = self.node.leader
+        if self._reads:
+            now = (self.node.term, leader)
+            gone = [context for context, (asked, _) in self._reads.items() if asked != now]
+            for context in gone:
+                _, rids = self._reads.pop(context)
+                lost = NotLeaderError(leader, "a read")  # the caller looks for the leader again
+                self._completed.extend(Completed(rid, error=lost) for rid in rids)
         if leader != self._last_leader:
             if leader:
                 self.leader_changes += 1
@@ -409,9 +420,9 @@ class MemberCore:
 
     def read_states(self, states: Sequence[ReadState]) -> None:
         for rs in states:
-            rids = self._reads.pop(rs.context, None)
-            if rids is not None:
-                self._waiting_reads.extend((rs.index, rid) for rid in rids)
+            asked = self._reads.pop(rs.context, None)
+            if asked is not None:
+                self._waiting_reads.extend((rs.index, rid) for rid in asked[1])
         self._serve_reads()
 
     def _serve_reads(self) -> None:
@@ -552,7 +563,7 @@ class MemberCore:
             *self._sealed_before,
             *(pid for _, pid in self._pending.values()),
             *self._next_barrier,
-            *(rid for rids in self._reads.values() for rid in rids),
+            *(rid for _, rids in self._reads.values() for rid in rids),
             *(rid for _, rid in self._waiting_reads),
             *self._lease_pending,
         ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from coordinator.core import MemberCore
 from coordinator.fsm import Put
-from coordinator.raft import MessageType
+from coordinator.raft import MessageType, NotLeaderError
 from coordinator.testing.core_mutants import ReadsWithoutQuorum
 from tests.core.harness import Cluster
 
@@ -134,3 +134,21 @@ def test_reads_asked_with_no_leader_all_fail() -> None:
     for rid in rids:
         seen = c.outcome(1, rid)
         assert seen is not None and seen.done.error is not None
+
+
+def test_a_read_whose_barrier_was_dropped_with_the_leadership_fails_rather_than_waits() -> None:
+    # The old leader asks for a barrier, then hears of a newer term before any follower
+    # answers: Raft drops the pending request, and the read is failed (the caller looks for
+    # the leader again) instead of waiting forever with its bookkeeping.
+    c = Cluster()
+    c.elect(1)
+    c.settle()
+    rid = c.read(1)  # the heartbeat round is queued, not delivered
+    c.net.queue.clear()
+    c.isolate(1)
+    new = c.elect_among(2, 3)
+    c.heal()
+    c.tick(new, 1)  # the old leader hears the new term
+    assert not c.core(1).is_leader
+    seen = c.outcome(1, rid)
+    assert seen is not None and isinstance(seen.done.error, NotLeaderError)
