@@ -54,6 +54,7 @@ from coordinator.raft import (
 )
 
 from .lease_reads import LeaseReads, ReadMode
+from .reads import ReadBook
 from .ready import Transport, finish, handle_ready
 from .records import (
     AppliedBatch,
@@ -113,16 +114,7 @@ class MemberCore:
         self._notices: list[Notice] = []
         self._pending: dict[int, tuple[int, int]] = {}
         """log index -> (term, proposal id)."""
-        self._next_barrier: list[int] = []
-        """Read ids asked for since the last Ready: they share the ReadIndex request the
-        driver's next `has_ready`/`ready` makes (`_ask_read_index`)."""
-        self._reads: dict[int, tuple[tuple[int, int], list[int]]] = {}
-        """ReadIndex requests asked of the node and not yet confirmed: context -> the (term,
-        leader) it was asked under and the read ids it confirms. Raft forgets a request when
-        either changes (a deposed leader's pending reads, a follower's forwarded one), so
-        `observe_leader` fails those, rather than leaving them to wait forever."""
-        self._waiting_reads: list[tuple[int, int]] = []
-        """(read index, read id): confirmed, waiting for the apply to reach the index."""
+        self._reads = ReadBook()
         self._lease_reads = (
             LeaseReads(cfg.id, cfg.election_ticks, cfg.tick_s)
             if cfg.read_mode is ReadMode.LEASE
@@ -195,7 +187,7 @@ class MemberCore:
         return rid
 
     def _read_barrier(self, rid: int) -> None:
-        self._next_barrier.append(rid)
+        self._reads.add(rid)  # asked at the driver's next `has_ready`/`ready`
 
     def _decide_lease_reads(self, lease: LeaseReads, now_ms: float) -> None:
         """Serve the reads waiting for a decision at the commit index if the lease holds now
@@ -213,7 +205,7 @@ class MemberCore:
             own_term = node.term_at(st.commit) == st.term and st.lead_transferee == NONE
             if lease.valid(now_ms, st.term, node.conf.voters, own_term):
                 self.lease_reads_served += len(pending)
-                self._waiting_reads.extend((st.commit, rid) for rid in pending)
+                self._reads.at(st.commit, pending)
                 self._serve_reads()
                 return
         for rid in pending:
@@ -235,16 +227,16 @@ class MemberCore:
         lot, not one per read: reads that arrive together, as a pipelined batch of them does,
         cost the leader one round. Safe because the request is made after each of them
         arrived: its read index is at least the commit index each could have seen."""
-        if not self._next_barrier:
+        rids = self._reads.take_next()
+        if not rids:
             return
-        rids, self._next_barrier = self._next_barrier, []
         context = next(self._ids)
         try:
             self.node.read_index(context)
         except RaftError as err:
             self._completed.extend(Completed(rid, error=err) for rid in rids)
             return
-        self._reads[context] = ((self.node.term, self.node.leader), rids)
+        self._reads.asked(context, (self.node.term, self.node.leader), rids)
 
     # --- other inputs ----------------------------------------------------------------------------
 
@@ -333,13 +325,10 @@ class MemberCore:
             self._completed.extend(Completed(pid, error=err) for _, pid in self._pending.values())
             self._pending.clear()
         leader = self.node.leader
-        if self._reads:
-            now = (self.node.term, leader)
-            gone = [context for context, (asked, _) in self._reads.items() if asked != now]
-            for context in gone:
-                _, rids = self._reads.pop(context)
-                lost = NotLeaderError(leader, "a read")  # the caller looks for the leader again
-                self._completed.extend(Completed(rid, error=lost) for rid in rids)
+        dropped = self._reads.dropped((self.node.term, leader))
+        if dropped:
+            lost = NotLeaderError(leader, "a read")  # the caller looks for the leader again
+            self._completed.extend(Completed(rid, error=lost) for rid in dropped)
         if leader != self._last_leader:
             if leader:
                 self.leader_changes += 1
@@ -419,23 +408,12 @@ class MemberCore:
             self._completed.append(Completed(pid, error=err))
 
     def read_states(self, states: Sequence[ReadState]) -> None:
-        for rs in states:
-            asked = self._reads.pop(rs.context, None)
-            if asked is not None:
-                self._waiting_reads.extend((rs.index, rid) for rid in asked[1])
+        self._reads.confirmed(states)
         self._serve_reads()
 
     def _serve_reads(self) -> None:
-        if not self._waiting_reads:
-            return
-        applied = self.fsm.applied_index
-        keep: list[tuple[int, int]] = []
-        for index, rid in self._waiting_reads:
-            if index <= applied:
-                self._completed.append(Completed(rid, index))
-            else:
-                keep.append((index, rid))
-        self._waiting_reads = keep
+        served = self._reads.served(self.fsm.applied_index)
+        self._completed.extend(Completed(rid, index) for rid, index in served)
 
     # --- snapshots, compaction and key rotation --------------------------------------------------
 
@@ -562,18 +540,13 @@ class MemberCore:
             *self._rotations,
             *self._sealed_before,
             *(pid for _, pid in self._pending.values()),
-            *self._next_barrier,
-            *(rid for _, rids in self._reads.values() for rid in rids),
-            *(rid for _, rid in self._waiting_reads),
+            *self._reads.take_all(),
             *self._lease_pending,
         ]
         self._lease_pending.clear()
         self._rotations.clear()
         self._sealed_before.clear()
         self._pending.clear()
-        self._next_barrier.clear()
-        self._reads.clear()
-        self._waiting_reads.clear()
         self._completed.extend(Completed(i, error=err) for i in ids)
 
     # --- introspection ---------------------------------------------------------------------------

@@ -56,7 +56,6 @@ retrying would report durability that does not exist.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import itertools
 import logging
 import os
@@ -82,11 +81,9 @@ from ._fs import fsync_dir, remove_files, sync_data, write_all
 from ._segment import (
     HARD_STATE,
     MARK_RESET,
-    PREAMBLE,
     RECORD_OVERHEAD_BYTES,
     RecordType,
     encode_record,
-    encode_segment_header,
     segment_name,
 )
 from ._snapfile import (
@@ -95,6 +92,7 @@ from ._snapfile import (
     snapshot_key_id,
     write_snapshot,
 )
+from ._wal_files import create_segment, lock_wal_dir
 from ._wal_recovery import WalRecovery
 from ._wal_state import (
     DEFAULT_SEGMENT_BYTES,
@@ -107,7 +105,6 @@ from ._wal_state import (
 from .crypto import KeyStore
 from .errors import (
     AlreadyInitializedError,
-    DataDirBusyError,
     NotInitializedError,
     WalError,
 )
@@ -118,22 +115,7 @@ if TYPE_CHECKING:
 # The directory names stay importable from here, where they were defined before.
 __all__ = ["SNAP_DIR", "WAL_DIR", "DiskWal"]
 
-_LOCK_FILE = "LOCK"
-
 _log = logging.getLogger(__name__)
-
-
-def _lock(wal_dir: Path) -> int:
-    fd = os.open(wal_dir / _LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise DataDirBusyError(
-            f"{wal_dir} is already open for writing (another member process, or another "
-            "DiskWal in this one)"
-        ) from None
-    return fd
 
 
 class DiskWal(WalRecovery):
@@ -206,7 +188,7 @@ class DiskWal(WalRecovery):
         if staging.exists():
             shutil.rmtree(staging)
         staging.mkdir(mode=0o700)
-        fd, _ = _create_segment(staging, 0, 1, HardState(), keys)
+        fd, _ = create_segment(staging, 0, 1, HardState(), keys)
         os.close(fd)
         os.rename(staging, wal_dir)
         fsync_dir(data_dir)
@@ -229,7 +211,7 @@ class DiskWal(WalRecovery):
                 f"{keys.data_dir} has no WAL ({wal_dir} is missing): not a member's data dir, or "
                 "one whose first start did not finish"
             )
-        lock_fd = _lock(wal_dir)
+        lock_fd = lock_wal_dir(wal_dir)
         wal = cls(keys, lock_fd, segment_bytes, logger or _log)
         try:
             wal._recover()
@@ -541,7 +523,7 @@ class DiskWal(WalRecovery):
             if self._fd >= 0 and self._unsynced:
                 self._sync_active()
             started = time.perf_counter()
-            fd, size = _create_segment(self._wal_dir, seq, first_index, self.hard_state, self._keys)
+            fd, size = create_segment(self._wal_dir, seq, first_index, self.hard_state, self._keys)
             self._commit_held = False  # the new segment's header carries the whole hard state
             elapsed = time.perf_counter() - started
         except OSError as exc:
@@ -579,38 +561,6 @@ class DiskWal(WalRecovery):
             old = self._snapshot_files[:-SNAPSHOTS_KEPT]
             remove_files([path for _, _, path in old])
             self._snapshot_files = self._snapshot_files[-SNAPSHOTS_KEPT:]
-
-
-def _create_segment(
-    directory: Path, seq: int, first_index: int, hs: HardState, keys: KeyStore
-) -> tuple[int, int]:
-    """Create segment `seq` with its header; returns (fd open for appending, size).
-
-    The empty file's name is made durable before the first sealed record is written: from
-    then on `seq` is taken, so its nonces can never be issued again (see `crypto.py`)."""
-    path = directory / segment_name(seq, first_index)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
-    try:
-        fsync_dir(directory)
-        key_id = keys.current_key_id
-        header = encode_record(
-            keys.cipher(key_id),
-            key_id,
-            seq=seq,
-            counter=0,
-            offset=len(PREAMBLE),
-            rtype=RecordType.SEGMENT_HEADER,
-            index=first_index,
-            term=0,
-            payload=encode_segment_header(seq, first_index, hs),
-        )
-        data = PREAMBLE + header
-        write_all(fd, data)
-        sync_data(fd)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, len(data)
 
 
 if TYPE_CHECKING:

@@ -29,9 +29,7 @@ class ReadsWithoutQuorum(MemberCore):
     quorum that this member still leads (a deposed leader then serves stale reads)."""
 
     def _ask_read_index(self) -> None:
-        rids, self._next_barrier = self._next_barrier, []
-        commit = self.node.status().commit
-        self._waiting_reads.extend((commit, rid) for rid in rids)
+        self._reads.at(self.node.status().commit, self._reads.take_next())
         self._serve_reads()
 
 

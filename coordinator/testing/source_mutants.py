@@ -68,7 +68,7 @@ MUTANTS: tuple[SourceMutant, ...] = (
     ),
     SourceMutant(
         name="wal-segment-name-not-synced",
-        path="coordinator/storage/wal.py",
+        path="coordinator/storage/_wal_files.py",
         old="    try:\n        fsync_dir(directory)\n",
         new="    try:\n",
         kills=(
@@ -141,7 +141,7 @@ MUTANTS: tuple[SourceMutant, ...] = (
         old="            self.node.read_index(context)\n",
         new=(
             "            commit = self.node.status().commit\n"
-            "            self._waiting_reads.extend((commit, rid) for rid in rids)\n"
+            "            self._reads.at(commit, rids)\n"
             "            self._serve_reads()\n"
             "            return\n"
         ),
