@@ -14,6 +14,7 @@ from coordinator.testing.core_mutants import (
     LeaseReadsFromTheAnswer,
     LeaseReadsOnTicks,
     LeaseReadsWithoutDriftMargin,
+    LeaseReadsWithoutQuorum,
 )
 from tests.core.harness import WALL_MS, Cluster
 
@@ -162,8 +163,9 @@ def test_the_leader_renews_its_lease_with_a_barrier_of_its_own_every_third_of_it
     assert c.outcome(1, rid) is not None
 
 
-def test_a_leader_that_heard_from_no_quorum_takes_the_barrier() -> None:
-    c = lease_cluster()
+def served_without_a_quorum(core_class: type[MemberCore]) -> bool:
+    """Does a leader that no quorum heard from answer a read (on its lease)?"""
+    c = lease_cluster(core_class)
     c.elect(1)
     c.isolate(1)
     at(c, 1, 1.0)
@@ -171,7 +173,14 @@ def test_a_leader_that_heard_from_no_quorum_takes_the_barrier() -> None:
     rid = c.read(1)
     at(c, 1, 1.001)
     c.settle()
-    assert c.outcome(1, rid) is None
+    return c.outcome(1, rid) is not None
+
+
+def test_a_leader_that_heard_from_no_quorum_takes_the_barrier() -> None:
+    assert not served_without_a_quorum(MemberCore)
+    # The check bites: the random simulator meets this case rarely (one seed in a thousand
+    # catches the mutant), so this scenario is what guards it.
+    assert served_without_a_quorum(LeaseReadsWithoutQuorum)
 
 
 def test_a_leader_that_sent_timeout_now_never_serves_on_its_lease_again_in_that_term() -> None:

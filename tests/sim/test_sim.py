@@ -119,7 +119,6 @@ SEED_BUDGET = {
     "reads_without_quorum": 400,
     "renews_without_deadline": 200,
     "leases_without_drift_margin": 400,
-    "lease_reads_without_quorum": 200,
 }
 
 
@@ -142,8 +141,11 @@ def test_mutant_is_caught(mutant: str, capsys: pytest.CaptureFixture[str]) -> No
 
 def test_every_mutant_has_a_test() -> None:
     # Lease-read mutants whose window random seeds rarely open (the election's randomized
-    # timeout already outlasts their lease): caught by tests/core/test_lease_reads.py.
+    # timeout already outlasts their lease): caught by tests/core/test_lease_reads.py. A
+    # deposed leader asked for a read before it hears of the new term is one of those: one
+    # seed in a thousand (`--seed 460 --mutant lease_reads_without_quorum`) catches it.
     scripted = {
+        "lease_reads_without_quorum",
         "commit_prior_term",
         "lease_reads_without_drift_margin",
         "lease_reads_before_own_term_commit",
