@@ -4,6 +4,7 @@ lease alive in the background on the client's one keep-alive stream (`_keepalive
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import grpc
@@ -47,12 +48,16 @@ class LeaseCalls(Calls):
             try:
                 await call.write(pb.LeaseKeepAliveRequest(id=lease))
                 resp = await call.read()
-                await call.done_writing()
             except (grpc.RpcError, asyncio.InvalidStateError) as exc:
                 # The stream may have ended (its deadline, the member going away) before a
                 # write or read: grpc then raises InvalidStateError, not its status. Report
                 # the stream's own status, as a unary call would.
                 raise await _stream_failure(call, exc, s.endpoint) from None
+            # The half-close is a courtesy once the answer (or the end) is read: a stream that
+            # ended meanwhile, its deadline passed, refuses it with grpc's internal
+            # ExecuteBatchError, which says nothing about the answer in hand.
+            with contextlib.suppress(Exception):
+                await call.done_writing()
             if resp is grpc.aio.EOF:
                 raise CallFailed(
                     grpc.StatusCode.UNAVAILABLE, f"{s.endpoint} ended the keep-alive stream"
