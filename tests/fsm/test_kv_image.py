@@ -101,11 +101,13 @@ def test_changed_positions_out_of_order_or_past_the_keys_are_refused() -> None:
             decode(bad)
 
 
-def test_every_truncation_is_refused() -> None:
+@pytest.mark.parametrize("read", ["bytes", "view"])
+def test_every_truncation_is_refused(read: str) -> None:
+    decoder = decode if read == "bytes" else decode_view
     data = encode([KeyValue(b"a", b"xy", 1, 1, 1, 0), KeyValue(b"bc", b"z", 2, 5, 3, 7)])
     for size in range(len(data)):
         with pytest.raises(DecodeError):
-            decode(data[:size])
+            decoder(data[:size])
 
 
 def test_a_length_past_the_end_is_refused_without_reading_past_it() -> None:
@@ -150,13 +152,6 @@ def test_a_view_is_cut_in_groups_small_and_large() -> None:
         for i in range(2500)
     ]
     assert decode_view(encode(kvs)) == kvs == decode(encode(kvs))
-
-
-def test_every_truncation_is_refused_from_a_view() -> None:
-    data = encode([KeyValue(b"a", b"xy", 1, 1, 1, 0), KeyValue(b"bc", b"z", 2, 5, 3, 7)])
-    for size in range(len(data)):
-        with pytest.raises(DecodeError):
-            decode_view(data[:size])
 
 
 def test_the_old_rows_are_still_read_from_a_view() -> None:
